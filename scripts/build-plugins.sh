@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the Rust plugins in plugins/ as WebAssembly components (target wasm32-wasip2, profile
+# `plugin`) and prints where each one is and how big it is.
+#
+# Usage: scripts/build-plugins.sh [extra cargo build arguments]
+# Environment: EDDY_PLUGIN_TARGET_DIR, the cargo target directory
+#              (default: $HOME/.cache/eddy/plugins-target).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+plugins=(passthrough fraud-enrich dedupe-filter chaos)
+target=wasm32-wasip2
+profile=plugin
+target_dir="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}"
+
+if ! rustup target list --installed | grep -qx "$target"; then
+    echo "installing the Rust target $target" >&2
+    rustup target add "$target"
+fi
+
+packages=()
+for plugin in "${plugins[@]}"; do
+    packages+=(-p "$plugin")
+done
+
+CARGO_TARGET_DIR="$target_dir" cargo build --profile "$profile" --target "$target" "${packages[@]}" "$@"
+
+for plugin in "${plugins[@]}"; do
+    wasm="$target_dir/$target/$profile/${plugin//-/_}.wasm"
+    if [[ ! -f "$wasm" ]]; then
+        echo "error: $plugin was built but $wasm is missing" >&2
+        exit 1
+    fi
+    printf '%s\t%s bytes\n' "$wasm" "$(wc -c <"$wasm" | tr -d ' ')"
+done
