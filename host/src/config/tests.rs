@@ -1,0 +1,85 @@
+use super::*;
+
+const GOOD: &str = r#"
+[pipeline]
+name = "fraud"
+state_dir = "state"
+
+[input]
+stream = "TXN"
+subjects = ["txn.in"]
+key = { json = "/customer" }
+
+[plugin]
+path = "fraud.wasm"
+config = { flag_threshold = 70 }
+
+[output]
+subject = "txn.enriched"
+allow = ["alerts.>"]
+
+[dead_letter]
+subject = "txn.dlq"
+"#;
+
+fn with(replace: &str, by: &str) -> Result<PipelineConfig, ConfigError> {
+    assert!(
+        GOOD.contains(replace),
+        "test edits a line that exists: {replace}"
+    );
+    PipelineConfig::parse(&GOOD.replace(replace, by))
+}
+
+#[test]
+fn a_complete_file_parses_with_defaults() {
+    let c = PipelineConfig::parse(GOOD).expect("valid");
+    assert_eq!(c.input.batch, 256);
+    assert_eq!(c.pipeline.key_groups, 128);
+    assert_eq!(c.consumer_name(), "fraud");
+    assert_eq!(c.plugin.config_json(), r#"{"flag_threshold":70}"#);
+    assert!(c.output_allowed("txn.enriched"));
+    assert!(c.output_allowed("alerts.high.risk"));
+    assert!(!c.output_allowed("forbidden.subject"));
+}
+
+#[test]
+fn errors_name_the_field_and_the_fix() {
+    let e = with(
+        "key = { json = \"/customer\" }",
+        "key = { json = \"customer\" }",
+    )
+    .expect_err("bad pointer");
+    assert_eq!(e.field, "input.key.json");
+    assert!(e.message.contains("must start with `/`"), "{e}");
+
+    let e = with("subject = \"txn.enriched\"", "subject = \"txn.*\"").expect_err("wildcard output");
+    assert_eq!(e.field, "output.subject");
+    assert!(e.message.contains("publish subject must be literal"), "{e}");
+
+    let e = with("stream = \"TXN\"", "stream = \"TXN\"\nbacth = 10").expect_err("typo");
+    assert_eq!(e.field, "bacth");
+    assert!(e.message.contains("unknown field"), "{e}");
+
+    let e = with("[dead_letter]\nsubject = \"txn.dlq\"", "").expect_err("missing section");
+    assert_eq!(e.field, "dead_letter");
+
+    let e = with("name = \"fraud\"", "name = \"fr aud\"").expect_err("bad name");
+    assert_eq!(e.field, "pipeline.name");
+
+    let e = with(
+        "state_dir = \"state\"",
+        "state_dir = \"state\"\nkey_groups = 0",
+    )
+    .expect_err("kg");
+    assert!(e.message.contains("use 1 to 65536"), "{e}");
+}
+
+#[test]
+fn subject_matching_follows_nats_wildcards() {
+    assert!(subject_matches("a.*.c", "a.b.c"));
+    assert!(!subject_matches("a.*.c", "a.b.d"));
+    assert!(subject_matches("a.>", "a.b.c"));
+    assert!(!subject_matches("a.>", "a"));
+    assert!(subject_matches("a.b", "a.b"));
+    assert!(!subject_matches("a.b", "a.b.c"));
+}

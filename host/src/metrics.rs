@@ -1,0 +1,284 @@
+//! Pipeline metrics and their Prometheus endpoint.
+//!
+//! Owns: the counters and histograms a pipeline updates, and a minimal HTTP server that
+//! renders them in the Prometheus text format at `/metrics`. Updating a metric is one relaxed
+//! atomic add: cheap enough for the event path.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in the unit of the bounds, times 1e6 (kept integral for atomics).
+    sum_micro: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
+        );
+    }
+}
+
+const LATENCY_BOUNDS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10000.0];
+
+/// The metrics of one pipeline.
+#[derive(Debug)]
+pub struct Metrics {
+    pipeline: String,
+    /// Events read from the input.
+    pub events_in: AtomicU64,
+    /// Messages published to output subjects.
+    pub outputs: AtomicU64,
+    /// Events the plugin dropped on purpose.
+    pub dropped: AtomicU64,
+    /// Events sent to the dead-letter subject, by reason.
+    pub dead_lettered: [AtomicU64; DeadLetterReason::COUNT],
+    /// Events skipped because the state already reflected them (redeliveries).
+    pub skipped_replays: AtomicU64,
+    /// Publish attempts that failed and were retried.
+    pub publish_retries: AtomicU64,
+    /// Plugin instances replaced after a trap.
+    pub instance_restarts: AtomicU64,
+    /// Seconds per plugin call (one batch).
+    pub call_seconds: Histogram,
+    /// Events per plugin call.
+    pub batch_size: Histogram,
+    state: std::sync::OnceLock<Arc<crate::state::StateStats>>,
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// The key could not be extracted.
+    Key,
+    /// The plugin rejected the event.
+    Rejected,
+    /// The plugin trapped on it.
+    Trap,
+    /// CPU budget exceeded.
+    CpuBudget,
+    /// Memory limit exceeded.
+    MemoryLimit,
+    /// The plugin broke the contract (bad subject, wrong outcome count).
+    Contract,
+}
+
+impl DeadLetterReason {
+    const COUNT: usize = 6;
+    const ALL: [DeadLetterReason; Self::COUNT] = [
+        DeadLetterReason::Key,
+        DeadLetterReason::Rejected,
+        DeadLetterReason::Trap,
+        DeadLetterReason::CpuBudget,
+        DeadLetterReason::MemoryLimit,
+        DeadLetterReason::Contract,
+    ];
+
+    /// The label used in headers and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeadLetterReason::Key => "key",
+            DeadLetterReason::Rejected => "rejected",
+            DeadLetterReason::Trap => "trap",
+            DeadLetterReason::CpuBudget => "cpu-budget",
+            DeadLetterReason::MemoryLimit => "memory-limit",
+            DeadLetterReason::Contract => "contract",
+        }
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics for `pipeline`.
+    pub fn new(pipeline: &str) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            pipeline: pipeline.to_string(),
+            events_in: AtomicU64::new(0),
+            outputs: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            dead_lettered: Default::default(),
+            skipped_replays: AtomicU64::new(0),
+            publish_retries: AtomicU64::new(0),
+            instance_restarts: AtomicU64::new(0),
+            call_seconds: Histogram::new(LATENCY_BOUNDS),
+            batch_size: Histogram::new(BATCH_BOUNDS),
+            state: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Includes the state store's counters in the exposition.
+    pub fn attach_state(&self, stats: Arc<crate::state::StateStats>) {
+        let _ = self.state.set(stats);
+    }
+
+    /// Counts one dead letter.
+    pub fn dead_letter(&self, reason: DeadLetterReason) {
+        self.dead_lettered[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total dead letters.
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let l = format!("pipeline=\"{}\"", self.pipeline);
+        let counters: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "eddy_events_in_total",
+                "Events read from the input.",
+                &self.events_in,
+            ),
+            (
+                "eddy_outputs_total",
+                "Messages published to output subjects.",
+                &self.outputs,
+            ),
+            (
+                "eddy_events_dropped_total",
+                "Events the plugin filtered out.",
+                &self.dropped,
+            ),
+            (
+                "eddy_replays_skipped_total",
+                "Redelivered events already reflected in state.",
+                &self.skipped_replays,
+            ),
+            (
+                "eddy_publish_retries_total",
+                "Publishes retried after a failure.",
+                &self.publish_retries,
+            ),
+            (
+                "eddy_instance_restarts_total",
+                "Plugin instances replaced after a trap.",
+                &self.instance_restarts,
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let name = "eddy_events_dead_lettered_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events sent to the dead-letter subject, by reason.\n# TYPE {name} counter"
+        );
+        for r in DeadLetterReason::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{{l},reason=\"{}\"}} {}",
+                r.label(),
+                self.dead_lettered[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        if let Some(stats) = self.state.get() {
+            let name = "eddy_state_expired_removed_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Expired state entries removed, by cleanup strategy.\n# TYPE {name} counter\n{name}{{{l},strategy=\"read\"}} {}\n{name}{{{l},strategy=\"compaction\"}} {}",
+                stats.expired_on_read.load(Ordering::Relaxed),
+                stats.expired_in_compaction.load(Ordering::Relaxed)
+            );
+        }
+        self.call_seconds.render(
+            &mut out,
+            "eddy_plugin_call_seconds",
+            "Duration of one plugin call (one batch).",
+            &l,
+        );
+        self.batch_size
+            .render(&mut out, "eddy_batch_size", "Events per plugin call.", &l);
+        out
+    }
+}
+
+/// Serves `/metrics` on `listen` until the task is dropped.
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {listen}: {e}; change metrics.listen")
+    })?;
+    tracing::info!(%listen, "metrics at http://{listen}/metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let read = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
+                let Ok(Ok(n)) = read else { return };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if request.starts_with("GET /metrics") {
+                    ("200 OK", metrics.render())
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_string())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            });
+        }
+    }))
+}

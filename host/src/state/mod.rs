@@ -1,0 +1,510 @@
+//! Keyed state in RocksDB: the host owns it, plugins reach it through the `keyed-state` WIT
+//! interface.
+//!
+//! Owns: the database, the registry of state names, the key layout (`layout`), key groups
+//! (`keygroup`), TTL rules (`ttl`) and the per-batch write overlay (`batch`). A batch of
+//! events works on a [`StateBatch`]: its writes are visible to its own later reads and are
+//! committed in one RocksDB write batch together with the input positions they reflect, so
+//! state and position can never disagree after a crash.
+//!
+//! Never: talks to NATS, runs plugin code, or blocks on anything but local disk.
+
+mod batch;
+pub mod keygroup;
+pub mod layout;
+pub mod ttl;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod ttl_tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteOptions};
+use serde::{Deserialize, Serialize};
+
+pub use batch::{KeyedAccess, StateBatch};
+pub use ttl::{Clock, ManualClock, SystemClock, Ttl, TtlUpdate, TtlVisibility};
+
+/// Key groups when the pipeline names none (Flink's default maximum parallelism is 128).
+pub const DEFAULT_KEY_GROUPS: u32 = 128;
+/// Upper bound: key groups are stored as u16.
+pub const MAX_KEY_GROUPS: u32 = 65_536;
+
+const CF_KEYED: &str = "keyed";
+const CF_META: &str = "meta";
+const META_KEY_GROUPS: &[u8] = b"key_groups";
+const META_FORMAT: &[u8] = b"format";
+const META_STATE_PREFIX: &str = "state/";
+const META_POSITION_PREFIX: &str = "position/";
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// What went wrong in the state layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// RocksDB failed.
+    #[error("state storage failed: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A state exists with another kind.
+    #[error("state `{name}` is a {existing:?} state; it was opened as {requested:?}")]
+    WrongKind {
+        /// The state's name.
+        name: String,
+        /// Its kind on disk.
+        existing: StateKind,
+        /// The kind asked for.
+        requested: StateKind,
+    },
+    /// The state directory belongs to another configuration.
+    #[error("{0}")]
+    Incompatible(String),
+    /// Stored bytes could not be decoded.
+    #[error("state data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Result of state operations.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// The shape of a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// One value per key.
+    Value,
+    /// Entries per key.
+    Map,
+    /// A list per key.
+    List,
+}
+
+/// One registered state, as a plugin instance opened it.
+#[derive(Debug, Clone)]
+pub struct StateInfo {
+    /// Stable id, part of every stored key.
+    pub id: u32,
+    /// The name the plugin gave.
+    pub name: String,
+    /// Its kind.
+    pub kind: StateKind,
+    /// Its TTL, if any.
+    pub ttl: Option<Ttl>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RegistryEntry {
+    id: u32,
+    kind: StateKind,
+}
+
+/// The keyed state database of one pipeline on one host.
+pub struct StateStore {
+    db: DB,
+    path: PathBuf,
+    key_groups: u32,
+    clock: Arc<dyn Clock>,
+    registry: Mutex<Registry>,
+    write_opts: WriteOptions,
+    ttls: TtlTable,
+    stats: Arc<StateStats>,
+    overrides: RwLock<HashMap<String, Option<Ttl>>>,
+}
+
+/// Kind and TTL of each state id with a TTL, shared with the compaction filter.
+type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;
+
+/// Counters of expired entries removed, by cleanup strategy.
+#[derive(Debug, Default)]
+pub struct StateStats {
+    /// Removed when a read found them expired.
+    pub expired_on_read: AtomicU64,
+    /// Removed by the compaction filter.
+    pub expired_in_compaction: AtomicU64,
+}
+
+/// Open-time tuning of the store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// SST files older than this are recompacted (and so cleaned of expired entries), even if
+    /// nothing else would compact them: keys never read again are reclaimed too.
+    pub periodic_compaction: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            periodic_compaction: std::time::Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_name: HashMap<String, (u32, StateKind)>,
+    next_id: u32,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state in `path` with `key_groups` key groups. A
+    /// directory created with another key-group count is refused: key groups are fixed for
+    /// the life of the state.
+    pub fn open(path: &Path, key_groups: u32, clock: Arc<dyn Clock>) -> Result<StateStore> {
+        StateStore::open_with(path, key_groups, clock, StoreOptions::default())
+    }
+
+    /// [`StateStore::open`] with explicit options.
+    pub fn open_with(
+        path: &Path,
+        key_groups: u32,
+        clock: Arc<dyn Clock>,
+        options: StoreOptions,
+    ) -> Result<StateStore> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            StateError::Incompatible(format!(
+                "cannot create the state directory {}: {e}; check pipeline.state_dir",
+                path.display()
+            ))
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        let mut keyed = Options::default();
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(64 << 20));
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        keyed.set_block_based_table_factory(&table);
+        keyed.set_write_buffer_size(64 << 20);
+        keyed.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        keyed.set_periodic_compaction_seconds(options.periodic_compaction.as_secs().max(1));
+        let ttls: TtlTable = Arc::default();
+        let stats = Arc::new(StateStats::default());
+        keyed.set_compaction_filter(
+            "eddy-ttl",
+            ttl_compaction_filter(ttls.clone(), clock.clone(), stats.clone()),
+        );
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(CF_KEYED, keyed),
+            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ];
+        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let mut write_opts = WriteOptions::default();
+        // The WAL is written on every batch (a process crash loses nothing committed); it is
+        // not fsynced per batch: durability against machine loss comes from checkpoints.
+        write_opts.set_sync(false);
+        let store = StateStore {
+            db,
+            path: path.to_path_buf(),
+            key_groups,
+            clock,
+            registry: Mutex::new(Registry::default()),
+            write_opts,
+            ttls,
+            stats,
+            overrides: RwLock::default(),
+        };
+        store.check_layout()?;
+        store.load_registry()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Both column families are created in `open`; a missing one means the process state
+        // is broken beyond recovery.
+        #[allow(clippy::expect_used)]
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    pub(crate) fn keyed_cf(&self) -> &rocksdb::ColumnFamily {
+        self.cf(CF_KEYED)
+    }
+
+    pub(crate) fn meta_cf(&self) -> &rocksdb::ColumnFamily {
+        self.cf(CF_META)
+    }
+
+    pub(crate) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    fn check_layout(&self) -> Result<()> {
+        let meta = self.meta_cf();
+        match self.db.get_cf(meta, META_FORMAT)? {
+            Some(v) if v != FORMAT_VERSION => {
+                return Err(StateError::Incompatible(format!(
+                    "state in {} has format {}, this host reads format {}; restore it from a savepoint with a matching host",
+                    self.path.display(),
+                    String::from_utf8_lossy(&v),
+                    String::from_utf8_lossy(FORMAT_VERSION)
+                )));
+            }
+            Some(_) => {}
+            None => self.db.put_cf(meta, META_FORMAT, FORMAT_VERSION)?,
+        }
+        match self.db.get_cf(meta, META_KEY_GROUPS)? {
+            Some(v) => {
+                let stored: u32 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StateError::Corrupt("key_groups entry".into()))?;
+                if stored != self.key_groups {
+                    return Err(StateError::Incompatible(format!(
+                        "state in {} was created with {stored} key groups but pipeline.key_groups is {}; set key_groups = {stored}, or rescale through a savepoint",
+                        self.path.display(),
+                        self.key_groups
+                    )));
+                }
+            }
+            None => self.db.put_cf(
+                meta,
+                META_KEY_GROUPS,
+                self.key_groups.to_string().as_bytes(),
+            )?,
+        }
+        Ok(())
+    }
+
+    fn load_registry(&self) -> Result<()> {
+        let mut reg = self.lock_registry();
+        let iter = self
+            .db
+            .prefix_iterator_cf(self.meta_cf(), META_STATE_PREFIX.as_bytes());
+        for item in iter {
+            let (k, v) = item?;
+            let Some(name) = k.strip_prefix(META_STATE_PREFIX.as_bytes()) else {
+                break;
+            };
+            let name = String::from_utf8_lossy(name).into_owned();
+            let entry: RegistryEntry = serde_json::from_slice(&v)
+                .map_err(|e| StateError::Corrupt(format!("registry entry {name}: {e}")))?;
+            reg.next_id = reg.next_id.max(entry.id + 1);
+            reg.by_name.insert(name, (entry.id, entry.kind));
+        }
+        Ok(())
+    }
+
+    fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A panic while holding this lock leaves the registry consistent (inserts are
+        // single operations), so a poisoned lock is safe to reuse.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens the state called `name`, registering it on first use. The id is stable for the
+    /// life of the state directory.
+    pub fn open_state(&self, name: &str, kind: StateKind, ttl: Option<Ttl>) -> Result<StateInfo> {
+        let ttl = match self
+            .overrides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            Some(over) => *over,
+            None => ttl,
+        };
+        let info = self.register(name, kind, ttl)?;
+        let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
+        match ttl {
+            Some(t) => ttls.insert(info.id, (kind, t)),
+            None => ttls.remove(&info.id),
+        };
+        Ok(info)
+    }
+
+    fn register(&self, name: &str, kind: StateKind, ttl: Option<Ttl>) -> Result<StateInfo> {
+        let mut reg = self.lock_registry();
+        if let Some(&(id, existing)) = reg.by_name.get(name) {
+            if existing != kind {
+                return Err(StateError::WrongKind {
+                    name: name.to_string(),
+                    existing,
+                    requested: kind,
+                });
+            }
+            return Ok(StateInfo {
+                id,
+                name: name.to_string(),
+                kind,
+                ttl,
+            });
+        }
+        let id = reg.next_id;
+        let entry = serde_json::to_vec(&RegistryEntry { id, kind })
+            .map_err(|e| StateError::Corrupt(e.to_string()))?;
+        self.db.put_cf(
+            self.meta_cf(),
+            format!("{META_STATE_PREFIX}{name}").as_bytes(),
+            entry,
+        )?;
+        reg.next_id += 1;
+        reg.by_name.insert(name.to_string(), (id, kind));
+        Ok(StateInfo {
+            id,
+            name: name.to_string(),
+            kind,
+            ttl,
+        })
+    }
+
+    /// The registered states: name, id, kind.
+    pub fn states(&self) -> Vec<(String, u32, StateKind)> {
+        let reg = self.lock_registry();
+        let mut out: Vec<_> = reg
+            .by_name
+            .iter()
+            .map(|(n, (id, k))| (n.clone(), *id, *k))
+            .collect();
+        out.sort_by_key(|s| s.1);
+        out
+    }
+
+    /// Number of key groups.
+    pub fn key_groups(&self) -> u32 {
+        self.key_groups
+    }
+
+    /// The key group of a key.
+    pub fn key_group(&self, key: &[u8]) -> u16 {
+        keygroup::key_group(key, self.key_groups)
+    }
+
+    /// Processing time now.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The clock shared with plugins.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// The last committed position of input `input` (e.g. a stream sequence), if any.
+    pub fn position(&self, input: &str) -> Result<Option<u64>> {
+        let key = format!("{META_POSITION_PREFIX}{input}");
+        Ok(self
+            .db
+            .get_cf(self.meta_cf(), key.as_bytes())?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> StateBatch {
+        StateBatch::default()
+    }
+
+    /// Commits a batch's writes and positions in one atomic RocksDB write.
+    pub fn commit(&self, batch: StateBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let wb = batch.into_write_batch(self);
+        self.db.write_opt(wb, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Reads one value as a plugin would (TTL applied), outside any batch. For queries and
+    /// tests; expired entries are not removed by it.
+    pub fn read_value(&self, state: &StateInfo, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut b = self.batch();
+        let kg = self.key_group(key);
+        let v = KeyedAccess::new(self, &mut b).value_get(state, kg, key)?;
+        Ok(v)
+    }
+
+    /// Sets operator TTL overrides by state name (`None` turns TTL off for that state); they
+    /// win over what plugins declare in `open`.
+    pub fn set_ttl_overrides(&self, overrides: HashMap<String, Option<Ttl>>) {
+        *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = overrides;
+    }
+
+    /// Counters of expired entries removed.
+    pub fn stats(&self) -> &Arc<StateStats> {
+        &self.stats
+    }
+
+    /// Flushes and compacts all keyed state now: expired entries are dropped by the
+    /// compaction filter. Runs in the background on its own too (periodic compaction).
+    pub fn compact(&self) -> Result<()> {
+        self.db.flush_cf(self.keyed_cf())?;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(self.keyed_cf(), None::<&[u8]>, None::<&[u8]>, &opts);
+        Ok(())
+    }
+
+    /// Bytes of keyed state on disk (SST files).
+    pub fn disk_bytes(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.keyed_cf(), "rocksdb.total-sst-files-size")?
+            .unwrap_or(0))
+    }
+
+    /// Number of keyed-state entries physically present (a full scan; for tests and tools).
+    pub fn count_entries(&self) -> Result<u64> {
+        let mut it = self.db.raw_iterator_cf(self.keyed_cf());
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
+    }
+
+    /// Flushes memtables to disk (used before measuring size, and at shutdown).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush_cf(self.keyed_cf())?;
+        self.db.flush_cf(self.meta_cf())?;
+        Ok(())
+    }
+}
+
+/// The TTL compaction filter: drops values, map entries and lists whose every element is
+/// expired, judged by the state's TTL and the timestamp stored with each value. Partially
+/// expired lists are kept (the read path trims them), as RocksDB's filter API here can only
+/// replace a value with static bytes.
+fn ttl_compaction_filter(
+    ttls: TtlTable,
+    clock: Arc<dyn Clock>,
+    stats: Arc<StateStats>,
+) -> impl FnMut(u32, &[u8], &[u8]) -> rocksdb::CompactionDecision + Send + 'static {
+    move |_level, key, value| {
+        let Some(id) = layout::state_id_of(key) else {
+            return rocksdb::CompactionDecision::Keep;
+        };
+        let ttl = match ttls.read() {
+            Ok(t) => t.get(&id).copied(),
+            Err(_) => None,
+        };
+        let Some((kind, ttl)) = ttl else {
+            return rocksdb::CompactionDecision::Keep;
+        };
+        let now = clock.now_ms();
+        let expired = match kind {
+            StateKind::Value | StateKind::Map => {
+                layout::decode_value(value).is_some_and(|(ts, _)| ttl.is_expired(ts, now))
+            }
+            StateKind::List => layout::decode_list(value)
+                .is_some_and(|els| els.iter().all(|(ts, _)| ttl.is_expired(*ts, now))),
+        };
+        if expired {
+            stats.expired_in_compaction.fetch_add(1, Ordering::Relaxed);
+            rocksdb::CompactionDecision::Remove
+        } else {
+            rocksdb::CompactionDecision::Keep
+        }
+    }
+}
+
+fn position_key(input: &str) -> Vec<u8> {
+    format!("{META_POSITION_PREFIX}{input}").into_bytes()
+}

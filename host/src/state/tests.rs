@@ -1,0 +1,136 @@
+use std::sync::Arc;
+
+use super::*;
+
+fn store(dir: &Path, clock: &ManualClock) -> StateStore {
+    StateStore::open(dir, 128, Arc::new(clock.clone())).expect("open state")
+}
+
+#[test]
+fn batch_reads_its_own_writes_and_commit_persists_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = store(dir.path(), &clock);
+    let v = st
+        .open_state("count", StateKind::Value, None)
+        .expect("open");
+    let kg = st.key_group(b"k1");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        assert_eq!(a.value_get(&v, kg, b"k1").expect("get"), None);
+        a.value_set(&v, kg, b"k1", b"1");
+        assert_eq!(
+            a.value_get(&v, kg, b"k1").expect("get"),
+            Some(b"1".to_vec())
+        );
+    }
+    b.set_position("in", 42);
+    // Not visible to another batch before commit.
+    assert_eq!(st.read_value(&v, b"k1").expect("read"), None);
+    st.commit(b).expect("commit");
+    assert_eq!(st.read_value(&v, b"k1").expect("read"), Some(b"1".to_vec()));
+    drop(st);
+    let st = store(dir.path(), &clock);
+    let v2 = st
+        .open_state("count", StateKind::Value, None)
+        .expect("reopen state");
+    assert_eq!(v2.id, v.id, "state ids are stable across restarts");
+    assert_eq!(
+        st.read_value(&v2, b"k1").expect("read"),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(st.position("in").expect("position"), Some(42));
+}
+
+#[test]
+fn wrong_kind_and_key_group_mismatch_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(0);
+    let st = store(dir.path(), &clock);
+    st.open_state("s", StateKind::Map, None).expect("open");
+    let e = st
+        .open_state("s", StateKind::List, None)
+        .expect_err("kind mismatch");
+    assert!(e.to_string().contains("is a Map state"), "{e}");
+    drop(st);
+    let e = StateStore::open(dir.path(), 64, Arc::new(clock))
+        .err()
+        .expect("key group mismatch refused");
+    assert!(e.to_string().contains("set key_groups = 128"), "{e}");
+}
+
+#[test]
+fn map_entries_merge_overlay_and_disk_in_order_and_respect_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(0);
+    let st = store(dir.path(), &clock);
+    let m = st.open_state("m", StateKind::Map, None).expect("open");
+    let kg = st.key_group(b"a");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        for k in [b"1", b"3", b"5"] {
+            a.map_put(&m, kg, b"a", k, b"disk");
+        }
+        // A key whose bytes extend "a" must not leak into "a"'s entries.
+        let kg2 = st.key_group(b"ab");
+        a.map_put(&m, kg2, b"ab", b"x", b"other");
+    }
+    st.commit(b).expect("commit");
+    let mut b = st.batch();
+    let mut a = KeyedAccess::new(&st, &mut b);
+    a.map_put(&m, kg, b"a", b"2", b"over");
+    a.map_put(&m, kg, b"a", b"5", b"over");
+    a.map_remove(&m, kg, b"a", b"3");
+    let all = a.map_entries(&m, kg, b"a", None, 100).expect("entries");
+    let keys: Vec<_> = all.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(
+        keys,
+        vec![
+            (b"1".to_vec(), b"disk".to_vec()),
+            (b"2".to_vec(), b"over".to_vec()),
+            (b"5".to_vec(), b"over".to_vec())
+        ]
+    );
+    let page = a.map_entries(&m, kg, b"a", Some(b"1"), 1).expect("page");
+    assert_eq!(page[0].0, b"2".to_vec());
+    a.map_clear(&m, kg, b"a");
+    assert!(a.map_is_empty(&m, kg, b"a").expect("empty"));
+    a.map_put(&m, kg, b"a", b"9", b"after-clear");
+    assert!(a.map_contains_for_test(&m, kg, b"a", b"9"));
+    assert!(!a.map_contains_for_test(&m, kg, b"a", b"1"));
+    st.commit(b).expect("commit");
+    let mut b = st.batch();
+    let mut a = KeyedAccess::new(&st, &mut b);
+    let all = a.map_entries(&m, kg, b"a", None, 100).expect("entries");
+    assert_eq!(all, vec![(b"9".to_vec(), b"after-clear".to_vec())]);
+}
+
+impl KeyedAccess<'_> {
+    fn map_contains_for_test(&mut self, s: &StateInfo, kg: u16, key: &[u8], mk: &[u8]) -> bool {
+        self.map_get(s, kg, key, mk).expect("get").is_some()
+    }
+}
+
+#[test]
+fn lists_append_update_and_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(0);
+    let st = store(dir.path(), &clock);
+    let l = st.open_state("l", StateKind::List, None).expect("open");
+    let kg = st.key_group(b"k");
+    let mut b = st.batch();
+    let mut a = KeyedAccess::new(&st, &mut b);
+    a.list_add_all(&l, kg, b"k", &[b"a".to_vec()]).expect("add");
+    a.list_add_all(&l, kg, b"k", &[b"b".to_vec(), b"c".to_vec()])
+        .expect("add");
+    assert_eq!(
+        a.list_get(&l, kg, b"k").expect("get"),
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+    a.list_update(&l, kg, b"k", &[b"z".to_vec()]);
+    assert_eq!(a.list_get(&l, kg, b"k").expect("get"), vec![b"z".to_vec()]);
+    a.value_clear(&l, kg, b"k");
+    assert!(a.list_get(&l, kg, b"k").expect("get").is_empty());
+}
