@@ -48,12 +48,18 @@ pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<PluginHost>,
     cache_dir: Option<PathBuf>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
 }
 
-impl Drop for Engine {
+/// Advances the engine's epoch every [`TICK`] while the engine or any plugin compiled by it
+/// is alive: CPU budgets are counted in these ticks.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -70,20 +76,23 @@ impl Engine {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Processor::add_to_linker::<PluginHost, HasSelf<PluginHost>>(&mut linker, |h| h)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        let (e, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
             .name("eddy-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(TICK);
-                    e.increment_epoch();
+                    match e.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
             })?;
         Ok(Engine {
             engine,
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
-            ticker_stop,
+            ticker: Arc::new(EpochTicker { stop: ticker_stop }),
         })
     }
 
@@ -113,6 +122,7 @@ impl Engine {
         );
         Ok(Plugin {
             pre,
+            _ticker: self.ticker.clone(),
             engine: self.engine.clone(),
             name: name.to_string(),
             version: digest[..12].to_string(),
@@ -139,6 +149,8 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Plugin {
     pre: bindings::ProcessorPre<PluginHost>,
+    /// Keeps the epoch ticking while this plugin can run.
+    _ticker: Arc<EpochTicker>,
     engine: wasmtime::Engine,
     name: String,
     version: String,
