@@ -110,8 +110,17 @@ pub struct Input {
 }
 
 impl Input {
-    /// Opens (creating if needed) the pipeline's durable consumer and starts pulling.
-    pub async fn open(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<Input> {
+    /// Opens the pipeline's durable consumer positioned just after `resume_after` (the input
+    /// position the state reflects) and starts pulling.
+    ///
+    /// The consumer is recreated at every start: the state, not the server, is the source of
+    /// truth for where to resume, and a consumer left by a stopped host still holds its
+    /// unacknowledged deliveries until their ack wait expires (a minute of silence otherwise).
+    pub async fn open(
+        nats: &Nats,
+        cfg: &PipelineConfig,
+        resume_after: u64,
+    ) -> anyhow::Result<Input> {
         let input = &cfg.input;
         let stream = nats.js.get_stream(&input.stream).await.map_err(|e| {
             anyhow!(
@@ -121,6 +130,18 @@ impl Input {
             )
         })?;
         let name = cfg.consumer_name().to_string();
+        if stream.consumer_info(&name).await.is_ok() {
+            stream.delete_consumer(&name).await.with_context(|| {
+                format!("cannot reset consumer `{name}` on stream {}", input.stream)
+            })?;
+        }
+        let deliver_policy = if resume_after == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: resume_after + 1,
+            }
+        };
         let config = consumer::pull::Config {
             durable_name: Some(name.clone()),
             filter_subjects: input.subjects.clone(),
@@ -128,15 +149,13 @@ impl Input {
             ack_policy: consumer::AckPolicy::All,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: input.max_pending,
-            deliver_policy: consumer::DeliverPolicy::All,
+            deliver_policy,
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .with_context(|| {
-            format!("cannot create consumer `{name}` on stream {}", input.stream)
-        })?;
+        let consumer: consumer::PullConsumer =
+            stream.create_consumer(config).await.with_context(|| {
+                format!("cannot create consumer `{name}` on stream {}", input.stream)
+            })?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(input.batch.max(64))
@@ -147,8 +166,13 @@ impl Input {
             .with_context(|| format!("cannot start pulling from consumer `{name}`"))?;
         Ok(Input {
             messages,
-            position_key: format!("{}/{}", input.stream, name),
+            position_key: Input::position_key(cfg),
         })
+    }
+
+    /// The name of this input in state positions: `stream/consumer`.
+    pub fn position_key(cfg: &PipelineConfig) -> String {
+        format!("{}/{}", cfg.input.stream, cfg.consumer_name())
     }
 
     /// Waits for at least one message (None at end of stream), then takes up to `max`

@@ -101,8 +101,9 @@ pub async fn run(
     let nats = transport::connect(&cfg.nats, &format!("eddy:{}", cfg.pipeline.name)).await?;
     transport::check_captured(&nats, &cfg.output.subject, "output.subject").await?;
     transport::check_captured(&nats, &cfg.dead_letter.subject, "dead_letter.subject").await?;
-    let mut input = Input::open(&nats, &cfg).await?;
-    let mut applied = worker.state().position(&input.position_key)?.unwrap_or(0);
+    let position_key = Input::position_key(&cfg);
+    let mut applied = worker.state().position(&position_key)?.unwrap_or(0);
+    let mut input = Input::open(&nats, &cfg, applied).await?;
     tracing::info!(
         pipeline = %cfg.pipeline.name,
         plugin = worker.plugin().name(),
