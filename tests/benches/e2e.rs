@@ -1,0 +1,240 @@
+//! End-to-end benchmark over a real nats-server: events/s and latency for
+//! (a) a raw NATS relay (JetStream pull consume + publish with pipelined acks, no Wasm), the
+//!     baseline, measured in the same run;
+//! (b) the pipeline with the pass-through plugin;
+//! (c) the pipeline with `fraud-enrich` and keyed state.
+//!
+//! Throughput: N events published first, then the consumer started; rate = events between the
+//! first and the last output over that time. Latency: events published at a fixed rate while
+//! the consumer runs; latency = output stored time - input stored time (same server clock).
+//!
+//! Run: `cargo bench -p eddy-tests --bench e2e` (add `-- --quick` for a short run).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use eddy_host::cli::{produce, tail};
+use eddy_host::metrics::Metrics;
+use eddy_host::pipeline::{self, RunOptions};
+use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, stream_len};
+use futures::{FutureExt, StreamExt};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Case {
+    Relay,
+    Passthrough,
+    Fraud,
+}
+
+impl Case {
+    fn name(self) -> &'static str {
+        match self {
+            Case::Relay => "(a) raw NATS relay (baseline)",
+            Case::Passthrough => "(b) pipeline, pass-through plugin",
+            Case::Fraud => "(c) pipeline, fraud-enrich + keyed state",
+        }
+    }
+}
+
+/// The baseline: what any NATS relay must do, with the same batching and ack discipline as
+/// the pipeline (pull in batches, publish all, await acks, ack the batch once).
+async fn relay(js: jetstream::Context, stop: tokio::sync::watch::Receiver<bool>) {
+    let stream = js.get_stream("TXN").await.expect("stream");
+    let c: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "relay",
+            consumer::pull::Config {
+                durable_name: Some("relay".into()),
+                ack_policy: consumer::AckPolicy::All,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await
+        .expect("messages");
+    while !*stop.borrow() {
+        let first = tokio::select! {
+            m = msgs.next() => m,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let Some(Ok(first)) = first else { break };
+        let mut batch = vec![first];
+        while batch.len() < 256 {
+            match msgs.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m),
+                _ => break,
+            }
+        }
+        let mut acks = Vec::with_capacity(batch.len());
+        for m in &batch {
+            let seq = m.info().map(|i| i.stream_sequence).unwrap_or(0);
+            let mut h = HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("relay:{seq}:0").as_str());
+            acks.push(
+                js.publish_with_headers("txn.out", h, m.payload.clone())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for a in acks {
+            a.await.expect("ack");
+        }
+        if let Some(last) = batch.last() {
+            last.ack().await.expect("ack input");
+        }
+    }
+}
+
+struct Result {
+    events_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin_path = match case {
+        Case::Fraud => plugin("fraud-enrich"),
+        _ => plugin("passthrough"),
+    };
+    let spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin_path);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let txs = produce::transactions(n, 10_000, 1, 0);
+    let payloads: Vec<Bytes> = txs
+        .iter()
+        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect();
+    produce::publish(&conn.js, "txn.in", payloads)
+        .await
+        .expect("publish");
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = match case {
+        Case::Relay => tokio::spawn(relay(conn.js.clone(), rx).map(|_| ())),
+        _ => {
+            let cfg = spec.config();
+            tokio::spawn(
+                pipeline::run(cfg, RunOptions::default(), rx, Metrics::new("bench")).map(|r| {
+                    r.expect("pipeline");
+                }),
+            )
+        }
+    };
+    // Throughput: from the first output to the last.
+    let mut t0 = None;
+    let mut first = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let t1 = loop {
+        let len = stream_len(&conn.js, "OUT").await.unwrap_or(0);
+        if t0.is_none() && len > 0 {
+            t0 = Some(Instant::now());
+            first = len;
+        }
+        if len >= n as u64 || Instant::now() > deadline {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let elapsed = t1 - t0.unwrap_or(t1);
+    let events_per_s = (n as u64 - first) as f64 / elapsed.as_secs_f64().max(1e-9);
+
+    // Latency: a steady trickle while the consumer is idle and waiting.
+    let extra = produce::transactions(rate * secs as usize, 10_000, 2, 0);
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut acks = Vec::new();
+    for (i, t) in extra.iter().enumerate() {
+        let due = started + interval * i as u32;
+        tokio::time::sleep_until(due.into()).await;
+        acks.push(
+            conn.js
+                .publish("txn.in", Bytes::from(serde_json::to_vec(t).expect("json")))
+                .await
+                .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("ack");
+    }
+    let total = n + extra.len();
+    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < total as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    let _ = task.await;
+
+    let inputs = tail::read(&conn.js, "txn.in", total, Duration::from_secs(2))
+        .await
+        .expect("inputs");
+    let input_time: HashMap<u64, u64> = inputs.iter().map(|m| (m.sequence, m.stored_ms)).collect();
+    let outputs = tail::read(&conn.js, "txn.out", total, Duration::from_secs(2))
+        .await
+        .expect("outputs");
+    let mut lat: Vec<f64> = outputs
+        .iter()
+        .filter_map(|m| {
+            let id = m
+                .headers
+                .iter()
+                .find(|(k, _)| k == "Nats-Msg-Id")?
+                .1
+                .clone();
+            let seq: u64 = id.split(':').nth(1)?.parse().ok()?;
+            (seq > n as u64).then(|| (m.stored_ms.saturating_sub(*input_time.get(&seq)?)) as f64)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Result {
+        events_per_s,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n, rate, secs) = if quick {
+        (20_000, 1_000, 2)
+    } else {
+        (100_000, 2_000, 5)
+    };
+    let mut rows = Vec::new();
+    for case in [Case::Relay, Case::Passthrough, Case::Fraud] {
+        let r = measure(case, n, rate, secs).await;
+        eprintln!("{}: {:.0} events/s", case.name(), r.events_per_s);
+        rows.push((case, r));
+    }
+    let base = rows[0].1.events_per_s;
+    println!(
+        "\nEnd-to-end over nats-server ({n} events pre-published for throughput; {rate}/s for {secs} s for latency)\n"
+    );
+    println!("| case | events/s | vs relay | p50 latency ms | p99 latency ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (case, r) in &rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            case.name(),
+            r.events_per_s,
+            r.events_per_s / base,
+            r.p50_ms,
+            r.p99_ms
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! In-process engine benchmark, no NATS: plugin calls/s and events/s through the worker
+//! (plugin call + keyed state + RocksDB commit per batch), on one core.
+//!
+//! Baseline, same process: the pass-through plugin called once per event (one component
+//! call per event, the "raw wasmtime call" cost). Every other row is a ratio to it.
+//!
+//! Run: `cargo bench -p eddy-tests --bench engine` (add `-- --quick` for a short run).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use eddy_host::engine::{Engine, Event, Limits};
+use eddy_host::metrics::Metrics;
+use eddy_host::pipeline::Worker;
+use eddy_host::state::{StateStore, SystemClock};
+use eddy_tests::plugin;
+
+struct Row {
+    name: String,
+    events: usize,
+    calls: usize,
+    secs: f64,
+}
+
+fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            key: format!("c-{}", i % keys).into_bytes(),
+            subject: "txn.in".into(),
+            headers: Vec::new(),
+            payload: payload(i),
+            timestamp_ms: 1_700_000_000_000 + i as u64,
+            sequence: i as u64 + 1,
+        })
+        .collect()
+}
+
+fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
+    let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
+    let p = engine.load_file(&plugin(plugin_name)).expect("plugin");
+    let mut worker = Worker::new(
+        p,
+        state.clone(),
+        Limits::default(),
+        config.to_string(),
+        Metrics::new("bench"),
+    )
+    .expect("worker");
+    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    // Warm up: compile caches, RocksDB memtables, allocator.
+    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
+        let r = worker.run(c, k).expect("run");
+        state.commit(r.state).expect("commit");
+    }
+    let started = Instant::now();
+    let mut calls = 0;
+    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
+        let r = worker.run(c, k).expect("run");
+        assert!(
+            r.outcomes.iter().all(Result::is_ok),
+            "{name}: all events succeed"
+        );
+        state.commit(r.state).expect("commit");
+        calls += 1;
+    }
+    Row {
+        name: name.to_string(),
+        events: evs.len(),
+        calls,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n = if quick { 50_000 } else { 400_000 };
+    let tx = |i: usize| {
+        format!(
+            r#"{{"id":"tx-{i}","customer":"c-{}","amount_cents":{},"merchant":"m-{}","category":"grocery","ts":{}}}"#,
+            i % 10_000,
+            100 + i % 5_000,
+            i % 50,
+            1_700_000_000_000u64 + i as u64 * 1000
+        )
+        .into_bytes()
+    };
+    let txs = events(n, 10_000, tx);
+    let chaos = events(n, 10_000, |i| {
+        format!(r#"{{"k":"c-{}","action":"ok"}}"#, i % 10_000).into_bytes()
+    });
+    let small = events(n, 10_000, |_| b"{}".to_vec());
+
+    let rows = vec![
+        run(
+            "pass-through, 1 event per call (baseline)",
+            "passthrough",
+            "{}",
+            &small[..n / 4],
+            1,
+        ),
+        run("pass-through, 64 per call", "passthrough", "{}", &small, 64),
+        run(
+            "pass-through, 256 per call",
+            "passthrough",
+            "{}",
+            &small,
+            256,
+        ),
+        run(
+            "pass-through, 1024 per call",
+            "passthrough",
+            "{}",
+            &small,
+            1024,
+        ),
+        run(
+            "keyed state: 1 read + 1 write per event, 256 per call",
+            "chaos",
+            "{}",
+            &chaos,
+            256,
+        ),
+        run(
+            "fraud-enrich (2 reads + 2 writes, JSON), 256 per call",
+            "fraud-enrich",
+            "{}",
+            &txs,
+            256,
+        ),
+    ];
+    let base = rows[0].events as f64 / rows[0].secs;
+    println!(
+        "\nIn-process engine benchmark ({n} events, 10,000 keys, one core, state committed per call)\n"
+    );
+    println!("| case | events/s | calls/s | µs/event | vs baseline |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &rows {
+        let eps = r.events as f64 / r.secs;
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2}x |",
+            r.name,
+            eps,
+            r.calls as f64 / r.secs,
+            1e6 / eps,
+            eps / base
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! The walking pipeline end to end: real nats-server with JetStream, real RocksDB, real
+//! WebAssembly components built from `plugins/`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eddy_host::cli::produce::{self, Transaction};
+use eddy_host::cli::tail;
+use eddy_host::metrics::Metrics;
+use eddy_host::pipeline::{self, RunOptions, RunSummary};
+use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, wait_for_len};
+use serde_json::{Value, json};
+
+/// The fraud-enrich plugin's documented behaviour, written again here from its spec.
+fn fraud_reference(txs: &[Transaction], flag_threshold: u64) -> Vec<Value> {
+    #[derive(Default, Clone)]
+    struct Stats {
+        count: u64,
+        sum: u64,
+        max: u64,
+        last_ts: Option<u64>,
+        recent: Vec<u64>,
+    }
+    let mut by_customer: HashMap<&str, Stats> = HashMap::new();
+    let mut out = Vec::new();
+    for t in txs {
+        let prev = by_customer.entry(&t.customer).or_default().clone();
+        let mut risk = 0;
+        if prev.count >= 3 && t.amount_cents > 3 * (prev.sum / prev.count) {
+            risk += 40;
+        }
+        if let Some(last) = prev.last_ts
+            && t.ts.saturating_sub(last) < 10_000
+        {
+            risk += 30;
+        }
+        if t.amount_cents >= 100_000 {
+            risk += 30;
+        }
+        let risk: u64 = risk.min(100);
+        let count = prev.count + 1;
+        let sum = prev.sum + t.amount_cents;
+        out.push(json!({
+            "id": t.id, "customer": t.customer, "amount_cents": t.amount_cents,
+            "merchant": t.merchant, "category": t.category, "ts": t.ts,
+            "customer_count": count,
+            "customer_sum_cents": sum,
+            "customer_avg_cents": sum / count,
+            "customer_max_cents": prev.max.max(t.amount_cents),
+            "previous_ts": prev.last_ts,
+            "recent_cents": prev.recent,
+            "risk": risk,
+            "flagged": risk >= flag_threshold,
+        }));
+        let s = by_customer.entry(&t.customer).or_default();
+        s.count = count;
+        s.sum = sum;
+        s.max = s.max.max(t.amount_cents);
+        s.last_ts = Some(t.ts);
+        s.recent.push(t.amount_cents);
+        if s.recent.len() > 5 {
+            s.recent.remove(0);
+        }
+    }
+    out
+}
+
+async fn publish_txs(js: &async_nats::jetstream::Context, subject: &str, txs: &[Transaction]) {
+    let payloads = txs
+        .iter()
+        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect();
+    produce::publish(js, subject, payloads)
+        .await
+        .expect("publish");
+}
+
+struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<RunSummary>>,
+    metrics: Arc<Metrics>,
+}
+
+fn start(spec: &PipelineSpec) -> Running {
+    eddy_tests::init_logging();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let metrics = Metrics::new(&spec.name);
+    let handle = tokio::spawn(pipeline::run(
+        spec.config(),
+        RunOptions::default(),
+        rx,
+        metrics.clone(),
+    ));
+    Running {
+        stop,
+        handle,
+        metrics,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> RunSummary {
+        let _ = self.stop.send(true);
+        self.handle
+            .await
+            .expect("pipeline task")
+            .expect("pipeline ran without error")
+    }
+}
+
+async fn read_json(js: &async_nats::jetstream::Context, subject: &str, max: usize) -> Vec<Value> {
+    tail::read(js, subject, max, Duration::from_secs(2))
+        .await
+        .expect("read outputs")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
+        .collect()
+}
+
+/// Outputs of one customer, in order: per-key order is what a keyed pipeline promises.
+fn by_customer(values: &[Value]) -> HashMap<String, Vec<Value>> {
+    let mut m: HashMap<String, Vec<Value>> = HashMap::new();
+    for v in values {
+        let c = v["customer"].as_str().expect("customer").to_string();
+        m.entry(c).or_default().push(v.clone());
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_enrichment_equals_an_independent_reference() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    spec.plugin_config = Some("{ flag_threshold = 60 }".into());
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+
+    let txs = produce::transactions(3_000, 40, 11, 0);
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    let run = start(&spec);
+    let got = wait_for_len(&conn.js, "OUT", 3_000, Duration::from_secs(60)).await;
+    let summary = run.stop().await;
+    assert_eq!(got, 3_000);
+    assert_eq!(summary.events_in, 3_000);
+    assert_eq!(summary.dead_lettered, 0);
+
+    let outputs = read_json(&conn.js, "txn.out", 4_000).await;
+    let expected = fraud_reference(&txs, 60);
+    assert_eq!(outputs.len(), expected.len());
+    // The pipeline processes in input order on one partition: the whole sequence matches.
+    assert_eq!(outputs, expected);
+    assert!(
+        outputs.iter().any(|v| v["flagged"] == json!(true)),
+        "the data exercises the flag"
+    );
+    assert!(
+        outputs.iter().any(|v| v["risk"] == json!(0)),
+        "and the unflagged path"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_filter_passes_first_sightings_and_drops_repeats() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = PipelineSpec::new("dedupe", &nats.url(), dir.path(), plugin("dedupe-filter"));
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+
+    let txs = produce::transactions(2_000, 30, 5, 7);
+    let mut seen = HashSet::new();
+    let expected: Vec<&Transaction> = txs
+        .iter()
+        .filter(|t| seen.insert((t.customer.clone(), t.id.clone())))
+        .collect();
+    assert!(expected.len() < txs.len() - 100, "the data has repeats");
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    let run = start(&spec);
+    let processed = async {
+        while run
+            .metrics
+            .events_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 2_000
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), processed)
+        .await
+        .expect("all events read");
+    let got = wait_for_len(
+        &conn.js,
+        "OUT",
+        expected.len() as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    let summary = run.stop().await;
+    assert_eq!(got, expected.len() as u64);
+    assert_eq!(summary.dropped, (txs.len() - expected.len()) as u64);
+    let outputs = read_json(&conn.js, "txn.out", 3_000).await;
+    let ids: Vec<(String, String)> = outputs
+        .iter()
+        .map(|v| {
+            (
+                v["customer"].as_str().unwrap_or_default().to_string(),
+                v["id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|t| (t.customer.clone(), t.id.clone()))
+        .collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_stream_keeps_state_and_loses_nothing() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let txs = produce::transactions(4_000, 25, 3, 0);
+
+    // First run: the first half, stopped while the second half is arriving.
+    publish_txs(&conn.js, "txn.in", &txs[..2_000]).await;
+    let run = start(&spec);
+    wait_for_len(&conn.js, "OUT", 1_000, Duration::from_secs(60)).await;
+    let publisher = {
+        let js = conn.js.clone();
+        let rest = txs[2_000..].to_vec();
+        tokio::spawn(async move { publish_txs(&js, "txn.in", &rest).await })
+    };
+    let first = run.stop().await;
+    assert!(
+        first.events_in >= 1_000 && first.events_in < 4_000,
+        "stopped mid-stream: {first:?}"
+    );
+    publisher.await.expect("publisher");
+
+    // Second run on the same state directory: continues where the first stopped.
+    let run = start(&spec);
+    let got = wait_for_len(&conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
+    run.stop().await;
+    assert_eq!(got, 4_000, "every input has exactly one output");
+    let outputs = read_json(&conn.js, "txn.out", 5_000).await;
+    let expected = fraud_reference(&txs, 70);
+    // Per-customer sequences equal the reference: the running stats carried across the
+    // restart (a lost state would restart counts at 1; a replay would double them).
+    assert_eq!(by_customer(&outputs), by_customer(&expected));
+    let unique: HashSet<&str> = outputs.iter().filter_map(|v| v["id"].as_str()).collect();
+    assert_eq!(unique.len(), 4_000, "no output twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = PipelineSpec::new("chaos", &nats.url(), dir.path(), plugin("chaos"));
+    spec.key = r#"{ json = "/k" }"#.into();
+    spec.cpu_ms = 50;
+    spec.memory_mb = 32;
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+
+    let bad = ["trap", "loop", "reject", "bad-subject", "oom"];
+    let mut payloads = Vec::new();
+    let mut oks = 0;
+    for i in 0..200 {
+        let action = if i % 20 == 10 {
+            bad[(i / 20) % bad.len()]
+        } else {
+            "ok"
+        };
+        if action == "ok" {
+            oks += 1;
+        }
+        payloads.push(Bytes::from(
+            json!({"k": format!("k{}", i % 4), "action": action, "i": i}).to_string(),
+        ));
+    }
+    // Malformed input: not JSON, and JSON without the key.
+    payloads.push(Bytes::from_static(b"this is not json"));
+    payloads.push(Bytes::from(json!({"action": "ok"}).to_string()));
+    produce::publish(&conn.js, "txn.in", payloads)
+        .await
+        .expect("publish");
+
+    let run = start(&spec);
+    let got = wait_for_len(&conn.js, "OUT", oks, Duration::from_secs(60)).await;
+    let dead = wait_for_len(&conn.js, "DLQ", 12, Duration::from_secs(30)).await;
+    let summary = run.stop().await;
+    assert_eq!(got, oks, "every good event produced its output");
+    assert_eq!(dead, 12, "10 failing events + 2 malformed");
+    assert_eq!(summary.dead_lettered, 12);
+
+    let letters = tail::read(&conn.js, "txn.dlq", 100, Duration::from_secs(2))
+        .await
+        .expect("read dlq");
+    let header = |m: &tail::Stored, name: &str| {
+        m.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
+    for m in &letters {
+        kinds
+            .entry(header(m, "Eddy-Error-Kind"))
+            .or_default()
+            .push(header(m, "Eddy-Error"));
+        assert!(!header(m, "Eddy-Source-Sequence").is_empty());
+    }
+    let reason = |kind: &str| kinds.get(kind).cloned().unwrap_or_default();
+    assert_eq!(reason("cpu-budget").len(), 2, "{kinds:?}");
+    assert!(
+        reason("cpu-budget")[0].contains("CPU budget of 50 ms"),
+        "{kinds:?}"
+    );
+    assert_eq!(reason("memory-limit").len(), 2, "{kinds:?}");
+    assert!(
+        reason("memory-limit")[0].contains("memory limit of 32 MiB"),
+        "{kinds:?}"
+    );
+    assert_eq!(reason("trap").len(), 2, "{kinds:?}");
+    assert!(
+        reason("trap")[0].contains("chaos: asked to trap"),
+        "the panic message is quoted: {kinds:?}"
+    );
+    assert_eq!(reason("rejected"), vec!["chaos: asked to reject"; 2]);
+    assert_eq!(reason("contract").len(), 2, "{kinds:?}");
+    assert!(
+        reason("contract")[0].contains("forbidden.subject"),
+        "{kinds:?}"
+    );
+    assert_eq!(reason("key").len(), 2, "{kinds:?}");
+    assert!(
+        reason("key").iter().any(|r| r.contains("not JSON")),
+        "{kinds:?}"
+    );
+    assert!(
+        reason("key").iter().any(|r| r.contains("has no `/k`")),
+        "{kinds:?}"
+    );
+
+    // State survived the traps: each key's counter counts exactly its good events, in order.
+    let outs = tail::read(&conn.js, "txn.out", 500, Duration::from_secs(2))
+        .await
+        .expect("read out");
+    let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();
+    for m in &outs {
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        let count: u64 = header(m, "Eddy-Count").parse().expect("count header");
+        per_key
+            .entry(v["k"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .push(count);
+    }
+    for (k, counts) in per_key {
+        let want: Vec<u64> = (1..=counts.len() as u64).collect();
+        assert_eq!(counts, want, "key {k}: counter continuous across traps");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_fails_init_stops_the_start_with_its_message() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = PipelineSpec::new("chaos", &nats.url(), dir.path(), plugin("chaos"));
+    spec.plugin_config = Some("{ fail_init = true }".into());
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let err = pipeline::run(
+        spec.config(),
+        RunOptions::default(),
+        rx,
+        Metrics::new("chaos"),
+    )
+    .await
+    .expect_err("init failure stops the start");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("chaos: init failed on purpose"), "{msg}");
+    assert!(msg.contains("[plugin.config]"), "the fix is named: {msg}");
+}
