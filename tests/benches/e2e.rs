@@ -8,7 +8,7 @@
 //! first and the last output over that time. Latency: events published at a fixed rate while
 //! the consumer runs; latency = output stored time - input stored time (same server clock).
 //!
-//! Run: `cargo bench -p eddy-tests --bench e2e` (add `-- --quick` for a short run).
+//! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -191,7 +191,11 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
                 .1
                 .clone();
             let seq: u64 = id.split(':').nth(1)?.parse().ok()?;
-            (seq > n as u64).then(|| (m.stored_ms.saturating_sub(*input_time.get(&seq)?)) as f64)
+            if seq <= n as u64 {
+                return None;
+            }
+            let sent = *input_time.get(&seq)?;
+            Some(m.stored_ms.saturating_sub(sent) as f64)
         })
         .collect();
     lat.sort_by(f64::total_cmp);

@@ -388,3 +388,43 @@ async fn a_plugin_that_fails_init_stops_the_start_with_its_message() {
     assert!(msg.contains("chaos: init failed on purpose"), "{msg}");
     assert!(msg.contains("[plugin.config]"), "the fix is named: {msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_outage_mid_run_loses_and_duplicates_nothing() {
+    let mut nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let txs = produce::transactions(8_000, 60, 17, 0);
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    drop(conn);
+
+    let run = start(&spec);
+    let watcher = nats.connect().await.expect("connect");
+    wait_for_len(&watcher.js, "OUT", 1_500, Duration::from_secs(60)).await;
+    drop(watcher);
+    // The server goes away for a second and comes back with its data.
+    nats.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nats.restart().expect("restart nats-server");
+
+    let conn = nats.connect().await.expect("reconnect");
+    let got = wait_for_len(&conn.js, "OUT", 8_000, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary = run.stop().await;
+    assert_eq!(
+        got, 8_000,
+        "the pipeline reconnected and finished: {summary:?}"
+    );
+    assert_eq!(
+        eddy_tests::stream_len(&conn.js, "OUT").await.expect("len"),
+        8_000,
+        "nothing twice"
+    );
+    let outputs = read_json(&conn.js, "txn.out", 9_000).await;
+    assert_eq!(
+        by_customer(&outputs),
+        by_customer(&fraud_reference(&txs, 70))
+    );
+}

@@ -121,6 +121,7 @@ impl Engine {
             "plugin compiled"
         );
         Ok(Plugin {
+            cached,
             pre,
             _ticker: self.ticker.clone(),
             engine: self.engine.clone(),
@@ -148,6 +149,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A compiled, linked plugin, ready to instantiate.
 #[derive(Clone)]
 pub struct Plugin {
+    cached: bool,
     pre: bindings::ProcessorPre<PluginHost>,
     /// Keeps the epoch ticking while this plugin can run.
     _ticker: Arc<EpochTicker>,
@@ -178,6 +180,11 @@ impl Plugin {
     /// Short content hash identifying this build of the plugin.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether the native code came from the compile cache instead of being compiled.
+    pub fn was_cached(&self) -> bool {
+        self.cached
     }
 
     /// The plugin's name (file stem).

@@ -82,6 +82,12 @@ impl Worker {
     /// Runs a batch. Errors only if the plugin cannot be instantiated any more (its `init`
     /// fails), which stops the pipeline.
     pub fn run(&mut self, events: &[Event], key_groups: &[u16]) -> anyhow::Result<BatchResult> {
+        if events.is_empty() {
+            return Ok(BatchResult {
+                state: StateBatch::default(),
+                outcomes: Vec::new(),
+            });
+        }
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let (state, result) = self

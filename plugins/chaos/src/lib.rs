@@ -17,6 +17,7 @@
 //! | `oom` | allocates and fills 1 MiB blocks, keeping them, until memory runs out |
 //! | `reject` | rejects the event with the reason `chaos: asked to reject` |
 //! | `bad-subject` | emits the payload unchanged to the subject `forbidden.subject` |
+//! | `escape` | tries to reach outside the sandbox (read `/etc/hostname`, list `/`, connect to 127.0.0.1:4222, read the environment) and emits a JSON report of what each attempt returned |
 //!
 //! Any other action, a payload that is not JSON or has no string `action`, is rejected with a
 //! reason starting with `chaos: `. A state error rejects the event with `chaos: <error>`.
@@ -65,6 +66,24 @@ fn exhaust_memory() -> ! {
     }
 }
 
+/// Tries what a sandboxed plugin must not be able to do; reports each result as text.
+fn escape_report() -> String {
+    let file = match std::fs::read_to_string("/etc/hostname") {
+        Ok(s) => format!("read {} bytes", s.len()),
+        Err(e) => format!("denied: {e}"),
+    };
+    let dir = match std::fs::read_dir("/") {
+        Ok(d) => format!("listed {} entries", d.count()),
+        Err(e) => format!("denied: {e}"),
+    };
+    let socket = match std::net::TcpStream::connect("127.0.0.1:4222") {
+        Ok(_) => "connected".to_owned(),
+        Err(e) => format!("denied: {e}"),
+    };
+    let env = std::env::vars().count();
+    serde_json::json!({ "file": file, "dir": dir, "socket": socket, "env_vars": env }).to_string()
+}
+
 impl Processor for Chaos {
     fn init(config: &Config) -> Result<Self, String> {
         let settings: Settings = config.parse().map_err(|e| format!("chaos: {e}"))?;
@@ -99,6 +118,7 @@ impl Processor for Chaos {
             "bad-subject" => {
                 Outcome::emit_one(Output::new(event.payload()).subject("forbidden.subject"))
             }
+            "escape" => Outcome::emit_one(Output::new(escape_report().into_bytes())),
             other => Outcome::reject(format!("chaos: unknown action {other:?}")),
         }
     }

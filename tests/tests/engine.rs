@@ -1,0 +1,223 @@
+//! The engine and metrics without NATS: compile cache, WIT contract checks, the Prometheus
+//! endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_host::engine::{Engine, Event, Limits, Outcome};
+use eddy_host::metrics::{self, Metrics};
+use eddy_host::pipeline::Worker;
+use eddy_host::state::{StateStore, SystemClock};
+use eddy_tests::plugin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[test]
+fn compiled_components_are_cached_on_disk_across_engines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let first = Engine::new(Some(&cache)).expect("engine");
+    let p = first.load_file(&plugin("fraud-enrich")).expect("compile");
+    assert!(!p.was_cached());
+    // A new engine, as after a restart: loads the native code instead of compiling.
+    let second = Engine::new(Some(&cache)).expect("engine");
+    let p2 = second.load_file(&plugin("fraud-enrich")).expect("load");
+    assert!(p2.was_cached());
+    assert_eq!(p.version(), p2.version());
+    // Loaded native code maps the cache file: release it before damaging the file.
+    drop((p, p2, first, second));
+    // A corrupt cache entry is recompiled, not trusted.
+    for entry in std::fs::read_dir(&cache).expect("cache dir") {
+        let path = entry.expect("entry").path();
+        let tmp = path.with_extension("corrupt");
+        std::fs::write(&tmp, b"garbage").expect("corrupt");
+        std::fs::rename(&tmp, &path).expect("replace");
+    }
+    let third = Engine::new(Some(&cache)).expect("engine");
+    let p3 = third.load_file(&plugin("fraud-enrich")).expect("recompile");
+    assert!(!p3.was_cached());
+}
+
+#[test]
+fn something_that_is_not_a_processor_is_refused_with_the_reason() {
+    let engine = Engine::new(None).expect("engine");
+    let e = engine
+        .load(b"not wasm at all", "junk")
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{e:#}").contains("not a valid WebAssembly component"),
+        "{e:#}"
+    );
+    // A core module (not a component) is refused too.
+    let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    let e = engine.load(&core, "core").err().expect("refused");
+    assert!(format!("{e:#}").contains("plugin core"), "{e:#}");
+}
+
+#[test]
+fn a_batch_reads_its_own_writes_and_state_is_per_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
+    let engine = Engine::new(None).expect("engine");
+    let p = engine.load_file(&plugin("chaos")).expect("plugin");
+    let mut w = Worker::new(
+        p,
+        state.clone(),
+        Limits::default(),
+        "{}".into(),
+        Metrics::new("t"),
+    )
+    .expect("worker");
+    let ev = |k: &str| Event {
+        key: k.as_bytes().to_vec(),
+        subject: "s".into(),
+        headers: vec![],
+        payload: br#"{"action":"ok"}"#.to_vec(),
+        timestamp_ms: 0,
+        sequence: 0,
+    };
+    let events = vec![ev("a"), ev("a"), ev("b"), ev("a")];
+    let kgs: Vec<u16> = events.iter().map(|e| state.key_group(&e.key)).collect();
+    let r = w.run(&events, &kgs).expect("run");
+    let counts: Vec<String> = r
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            Ok(Outcome::Emit(outs)) => outs[0]
+                .headers
+                .iter()
+                .find(|(k, _)| k == "Eddy-Count")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(counts, vec!["1", "2", "1", "3"]);
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_serves_prometheus_text() {
+    let m = Metrics::new("demo");
+    m.events_in
+        .fetch_add(42, std::sync::atomic::Ordering::Relaxed);
+    m.dead_letter(eddy_host::metrics::DeadLetterReason::Trap);
+    m.call_seconds.observe(0.002);
+    let port = eddy_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _server = metrics::serve(&addr, m.clone()).await.expect("serve");
+    let mut sock = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), sock.read_to_string(&mut body))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(
+        body.contains("eddy_events_in_total{pipeline=\"demo\"} 42"),
+        "{body}"
+    );
+    assert!(
+        body.contains("eddy_events_dead_lettered_total{pipeline=\"demo\",reason=\"trap\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("eddy_plugin_call_seconds_count{pipeline=\"demo\"} 1"),
+        "{body}"
+    );
+}
+
+/// TTL through a real plugin over the WIT: dedupe-filter declares a TTL on its `seen` map
+/// (config `ttl_ms`); the host's manual clock decides when an id may pass again.
+#[test]
+fn ttl_declared_by_a_plugin_expires_entries_on_the_host_clock() {
+    use eddy_host::state::ManualClock;
+    let run = |overrides: Option<(&str, Option<eddy_host::state::Ttl>)>| -> Vec<&'static str> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(0);
+        let state =
+            Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
+        if let Some((name, ttl)) = overrides {
+            state.set_ttl_overrides([(name.to_string(), ttl)].into_iter().collect());
+        }
+        let engine = Engine::new(None).expect("engine");
+        let p = engine.load_file(&plugin("dedupe-filter")).expect("plugin");
+        let mut w = Worker::new(
+            p,
+            state.clone(),
+            Limits::default(),
+            r#"{"ttl_ms":100}"#.into(),
+            Metrics::new("t"),
+        )
+        .expect("worker");
+        let mut verdicts = Vec::new();
+        for t in [0u64, 50, 99, 100, 150] {
+            clock.set(t);
+            let e = Event {
+                key: b"c-1".to_vec(),
+                subject: "s".into(),
+                headers: vec![],
+                payload: format!(r#"{{"id":"tx-1","customer":"c-1","ts":{t}}}"#).into_bytes(),
+                timestamp_ms: t,
+                sequence: t + 1,
+            };
+            let r = w.run(&[e], &[state.key_group(b"c-1")]).expect("run");
+            state.commit(r.state).expect("commit");
+            verdicts.push(match &r.outcomes[0] {
+                Ok(Outcome::Emit(_)) => "pass",
+                Ok(Outcome::Drop) => "drop",
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        verdicts
+    };
+    // Seen at 0 → expires at 100 (equality counts as expired) → passes again, re-stamped.
+    assert_eq!(run(None), vec!["pass", "drop", "drop", "pass", "drop"]);
+    // The operator's override wins over the plugin's declaration: TTL off.
+    assert_eq!(
+        run(Some(("seen", None))),
+        vec!["pass", "drop", "drop", "drop", "drop"]
+    );
+}
+
+/// The sandbox is closed whatever the guest imports: no files, no sockets, no environment.
+#[test]
+fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
+    // Something to connect to, so a refusal is the sandbox's and not an empty port's.
+    let listener = std::net::TcpListener::bind("127.0.0.1:4222").ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
+    let engine = Engine::new(None).expect("engine");
+    let p = engine.load_file(&plugin("chaos")).expect("plugin");
+    let mut w = Worker::new(
+        p,
+        state.clone(),
+        Limits::default(),
+        "{}".into(),
+        Metrics::new("t"),
+    )
+    .expect("worker");
+    let e = Event {
+        key: b"k".to_vec(),
+        subject: "s".into(),
+        headers: vec![],
+        payload: br#"{"action":"escape"}"#.to_vec(),
+        timestamp_ms: 0,
+        sequence: 1,
+    };
+    let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
+    let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
+        panic!("unexpected {:?}", r.outcomes[0]);
+    };
+    let report: serde_json::Value = serde_json::from_slice(&outs[0].payload).expect("json");
+    for what in ["file", "dir", "socket"] {
+        let v = report[what].as_str().unwrap_or_default();
+        assert!(v.starts_with("denied"), "{what}: {v} (report {report})");
+    }
+    assert_eq!(report["env_vars"], 0, "no environment variables: {report}");
+    drop(listener);
+}
