@@ -177,7 +177,7 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     let inputs = tail::read(&conn.js, "txn.in", total, Duration::from_secs(2))
         .await
         .expect("inputs");
-    let input_time: HashMap<u64, u64> = inputs.iter().map(|m| (m.sequence, m.stored_ms)).collect();
+    let input_time: HashMap<u64, u64> = inputs.iter().map(|m| (m.sequence, m.stored_us)).collect();
     let outputs = tail::read(&conn.js, "txn.out", total, Duration::from_secs(2))
         .await
         .expect("outputs");
@@ -195,7 +195,7 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
                 return None;
             }
             let sent = *input_time.get(&seq)?;
-            Some(m.stored_ms.saturating_sub(sent) as f64)
+            Some(m.stored_us.saturating_sub(sent) as f64 / 1000.0)
         })
         .collect();
     lat.sort_by(f64::total_cmp);
@@ -233,7 +233,7 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|");
     for (case, r) in &rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} |",
             case.name(),
             r.events_per_s,
             r.events_per_s / base,

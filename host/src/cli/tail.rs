@@ -18,8 +18,8 @@ pub struct Stored {
     pub payload: bytes::Bytes,
     /// Stream sequence.
     pub sequence: u64,
-    /// When the stream stored it, ms since the epoch.
-    pub stored_ms: u64,
+    /// When the stream stored it, µs since the epoch.
+    pub stored_us: u64,
 }
 
 /// Reads up to `max` messages on `subject` (wildcards allowed), waiting at most `idle` for
@@ -46,12 +46,12 @@ pub async fn read(
     while out.len() < max {
         match tokio::time::timeout(idle, messages.next()).await {
             Ok(Some(Ok(m))) => {
-                let (sequence, stored_ms) = m
+                let (sequence, stored_us) = m
                     .info()
                     .map(|i| {
                         (
                             i.stream_sequence,
-                            (i.published.unix_timestamp_nanos() / 1_000_000) as u64,
+                            (i.published.unix_timestamp_nanos() / 1_000) as u64,
                         )
                     })
                     .unwrap_or((0, 0));
@@ -70,7 +70,7 @@ pub async fn read(
                         .unwrap_or_default(),
                     payload: m.payload.clone(),
                     sequence,
-                    stored_ms,
+                    stored_us,
                 })
             }
             Ok(Some(Err(e))) => return Err(e.into()),
