@@ -32,7 +32,9 @@ done
 curl -s http://127.0.0.1:9464/metrics | grep -E '^eddy_(events_in|outputs|events_dropped|events_dead_lettered)_total' || true
 kill -TERM "$pid"; wait "$pid"
 
-say "a few enriched events (txn.enriched)"
-"$EDDY" tail 'txn.enriched' --count 5 --nats "$URL"
-say "flagged as risky among the last $COUNT:"
-"$EDDY" tail 'txn.enriched' --count "$want" --nats "$URL" | tail -n "$COUNT" | grep -c '"flagged":true' || true
+"$EDDY" tail 'txn.enriched' --count "$want" --nats "$URL" | tail -n "$COUNT" >.eddy/last-run.txt
+say "a few enriched events of this run (txn.enriched)"
+tail -n 3 .eddy/last-run.txt
+say "some it flagged as risky"
+grep '"flagged":true' .eddy/last-run.txt | tail -n 3 || true
+say "summary: $(wc -l <.eddy/last-run.txt) enriched, $(grep -c '"flagged":true' .eddy/last-run.txt || true) flagged; dead letters: $("$EDDY" tail 'txn.dlq' --count 1000000 --nats "$URL" | wc -l)"
