@@ -221,3 +221,59 @@ fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
     assert_eq!(report["env_vars"], 0, "no environment variables: {report}");
     drop(listener);
 }
+
+/// Value and list TTL through a real plugin: chaos keeps a `count` (value) and a `history`
+/// (list) with `ttl_ms = 100`; the host's manual clock decides what has expired.
+#[test]
+fn value_and_list_ttl_through_a_plugin_follow_the_host_clock() {
+    use eddy_host::state::ManualClock;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(0);
+    let state =
+        Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
+    let engine = Engine::new(None).expect("engine");
+    let p = engine.load_file(&plugin("chaos")).expect("plugin");
+    let mut w = Worker::new(
+        p,
+        state.clone(),
+        Limits::default(),
+        r#"{"ttl_ms":100}"#.into(),
+        Metrics::new("t"),
+    )
+    .expect("worker");
+    let mut seen = Vec::new();
+    for t in [0u64, 50, 120, 260] {
+        clock.set(t);
+        let e = Event {
+            key: b"k".to_vec(),
+            subject: "s".into(),
+            headers: vec![],
+            payload: br#"{"action":"ok"}"#.to_vec(),
+            timestamp_ms: t,
+            sequence: t + 1,
+        };
+        let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
+        state.commit(r.state).expect("commit");
+        let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
+            panic!("unexpected {:?}", r.outcomes[0]);
+        };
+        let h = |name: &str| {
+            outs[0]
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.parse::<u64>().expect("number"))
+                .expect("header")
+        };
+        seen.push((t, h("Eddy-Count"), h("Eddy-History")));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (0, 1, 1),   // first write
+            (50, 2, 2),  // count written at 0 is live (0 + 100 > 50)
+            (120, 3, 2), // count re-stamped at 50 lives; the list element of t0 expired alone
+            (260, 1, 1), // everything written at 120 expired at 220
+        ]
+    );
+}

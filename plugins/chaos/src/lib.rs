@@ -2,7 +2,8 @@
 //!
 //! # Config
 //!
-//! `{"fail_init": true}` makes `init` fail with `chaos: init failed on purpose`. Anything else
+//! `{"fail_init": true}` makes `init` fail with `chaos: init failed on purpose`.
+//! `{"ttl_ms": N}` gives the `count` and `history` states a time-to-live of N ms. Anything else
 //! (including `{}`) initialises normally.
 //!
 //! # Input
@@ -11,7 +12,7 @@
 //!
 //! | action | what happens |
 //! | --- | --- |
-//! | `ok` | increments the key's `count` (value state, `u64`) and emits the payload unchanged to the default subject with the header `Eddy-Count: <count>` |
+//! | `ok` | increments the key's `count` (value state, `u64`), appends the event's sequence to `history` (list state), and emits the payload unchanged to the default subject with the headers `Eddy-Count: <count>` and `Eddy-History: <list length>` |
 //! | `trap` | panics (`chaos: asked to trap`): the instance traps |
 //! | `loop` | spins forever, for fuel or epoch interruption to stop |
 //! | `oom` | allocates and fills 1 MiB blocks, keeping them, until memory runs out |
@@ -24,7 +25,7 @@
 
 use std::hint::black_box;
 
-use eddy_sdk::{Config, Event, Outcome, Output, Processor, ValueState};
+use eddy_sdk::{Config, Event, ListState, Outcome, Output, Processor, Ttl, ValueState};
 use serde::Deserialize;
 
 /// The plugin configuration.
@@ -33,6 +34,9 @@ struct Settings {
     /// Fail `init`.
     #[serde(default)]
     fail_init: bool,
+    /// A time-to-live for the `count` and `history` states, in ms.
+    #[serde(default)]
+    ttl_ms: Option<u64>,
 }
 
 /// The field of an input event that says what to do.
@@ -44,6 +48,7 @@ struct Command {
 /// Does what each event asks.
 struct Chaos {
     count: ValueState<u64>,
+    history: ListState<u64>,
 }
 
 /// Spins forever; `black_box` keeps the optimiser from proving anything about the loop.
@@ -90,9 +95,12 @@ impl Processor for Chaos {
         if settings.fail_init {
             return Err("chaos: init failed on purpose".to_owned());
         }
-        Ok(Chaos {
-            count: ValueState::new("count"),
-        })
+        let (mut count, mut history) = (ValueState::new("count"), ListState::new("history"));
+        if let Some(ms) = settings.ttl_ms {
+            count = count.with_ttl(Ttl::from_millis(ms));
+            history = history.with_ttl(Ttl::from_millis(ms));
+        }
+        Ok(Chaos { count, history })
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
@@ -105,12 +113,20 @@ impl Processor for Chaos {
             }
         };
         match command.action.as_str() {
-            "ok" => match self.count.update(|n| n.unwrap_or(0) + 1) {
-                Ok(count) => Outcome::emit_one(
-                    Output::new(event.payload()).header("Eddy-Count", count.to_string()),
-                ),
-                Err(e) => Outcome::reject(format!("chaos: {e}")),
-            },
+            "ok" => {
+                let counted = self.count.update(|n| n.unwrap_or(0) + 1).and_then(|count| {
+                    self.history.add(&event.sequence())?;
+                    Ok((count, self.history.get()?.len()))
+                });
+                match counted {
+                    Ok((count, history)) => Outcome::emit_one(
+                        Output::new(event.payload())
+                            .header("Eddy-Count", count.to_string())
+                            .header("Eddy-History", history.to_string()),
+                    ),
+                    Err(e) => Outcome::reject(format!("chaos: {e}")),
+                }
+            }
             "trap" => panic!("chaos: asked to trap"),
             "loop" => spin(),
             "oom" => exhaust_memory(),
