@@ -472,6 +472,21 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         Ok(wit::value_set(id, event, &bytes)?)
     }
 
+    /// Sets the current key's value with its own time-to-live (like Redis `SET .. PX`): it
+    /// wins over the state's TTL for this value until the value is written again.
+    ///
+    /// ```no_run
+    /// # let session = eddy_sdk::ValueState::<String>::new("session");
+    /// session.set_with_ttl(&"token".to_owned(), std::time::Duration::from_secs(60))?;
+    /// # Ok::<(), eddy_sdk::StateError>(())
+    /// ```
+    pub fn set_with_ttl(&self, value: &T, ttl: std::time::Duration) -> Result<(), StateError> {
+        let (id, event) = self.slot.target()?;
+        let bytes = self.slot.encode(value)?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(wit::value_set_with_ttl(id, event, &bytes, ms)?)
+    }
+
     /// Removes the current key's value.
     pub fn clear(&self) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
@@ -573,6 +588,26 @@ impl<K: MapKey, V: Serialize + DeserializeOwned> MapState<K, V> {
         let (id, event) = self.slot.target()?;
         let bytes = self.slot.encode(value)?;
         Ok(wit::map_put(id, event, &K::encode_key(key), &bytes)?)
+    }
+
+    /// Sets entry `key` with its own time-to-live: it wins over the state's TTL for this
+    /// entry until the entry is written again.
+    pub fn put_with_ttl(
+        &self,
+        key: &K::Borrowed,
+        value: &V,
+        ttl: std::time::Duration,
+    ) -> Result<(), StateError> {
+        let (id, event) = self.slot.target()?;
+        let bytes = self.slot.encode(value)?;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        Ok(wit::map_put_with_ttl(
+            id,
+            event,
+            &K::encode_key(key),
+            &bytes,
+            ms,
+        )?)
     }
 
     /// Removes entry `key` (no error if it is absent).

@@ -277,3 +277,59 @@ fn value_and_list_ttl_through_a_plugin_follow_the_host_clock() {
         ]
     );
 }
+
+/// A per-write TTL (`set-with-ttl`) through a real plugin: chaos's `flash` writes a value that
+/// lives `ttl_ms` from the payload, in a state that has no TTL of its own.
+#[test]
+fn a_per_write_ttl_through_a_plugin_expires_that_value() {
+    use eddy_host::state::ManualClock;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(0);
+    let state =
+        Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
+    let engine = Engine::new(None).expect("engine");
+    let p = engine.load_file(&plugin("chaos")).expect("plugin");
+    let mut w = Worker::new(
+        p,
+        state.clone(),
+        Limits::default(),
+        "{}".into(),
+        Metrics::new("t"),
+    )
+    .expect("worker");
+    let mut seen = Vec::new();
+    for (t, ttl) in [(0u64, 100u64), (99, 10), (109, 500), (608, 1), (609, 1)] {
+        clock.set(t);
+        let e = Event {
+            key: b"k".to_vec(),
+            subject: "s".into(),
+            headers: vec![],
+            payload: format!(r#"{{"action":"flash","ttl_ms":{ttl}}}"#).into_bytes(),
+            timestamp_ms: t,
+            sequence: t + 1,
+        };
+        let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
+        state.commit(r.state).expect("commit");
+        let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
+            panic!("unexpected {:?}", r.outcomes[0]);
+        };
+        let flash = outs[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "Eddy-Flash")
+            .map(|(_, v)| v.clone());
+        seen.push((t, flash.unwrap_or_default()));
+    }
+    // Each write's own TTL decides: 0+100 > 99; 99+10 <= 109; 109+500 > 608; 608+1 <= 609.
+    let want: Vec<(u64, String)> = [
+        (0, "absent"),
+        (99, "present"),
+        (109, "absent"),
+        (608, "present"),
+        (609, "absent"),
+    ]
+    .into_iter()
+    .map(|(t, s)| (t, s.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+}

@@ -292,6 +292,19 @@ impl keyed_state::Host for PluginHost {
         })
     }
 
+    fn value_set_with_ttl(
+        &mut self,
+        state: u32,
+        event: u32,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<(), WitError> {
+        self.with(state, event, StateKind::Value, |s, kg, k, a| {
+            a.value_set_ttl(s, kg, k, &value, ttl_ms);
+            Ok(())
+        })
+    }
+
     fn value_clear(&mut self, state: u32, event: u32) -> Result<(), WitError> {
         self.with(state, event, StateKind::Value, |s, kg, k, a| {
             a.value_clear(s, kg, k);
@@ -319,6 +332,20 @@ impl keyed_state::Host for PluginHost {
     ) -> Result<(), WitError> {
         self.with(state, event, StateKind::Map, |s, kg, k, a| {
             a.map_put(s, kg, k, &map_key, &value);
+            Ok(())
+        })
+    }
+
+    fn map_put_with_ttl(
+        &mut self,
+        state: u32,
+        event: u32,
+        map_key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    ) -> Result<(), WitError> {
+        self.with(state, event, StateKind::Map, |s, kg, k, a| {
+            a.map_put_ttl(s, kg, k, &map_key, &value, ttl_ms);
             Ok(())
         })
     }

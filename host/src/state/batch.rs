@@ -11,10 +11,12 @@ use std::ops::Bound;
 use rocksdb::WriteBatch;
 
 use super::layout::{
-    decode_list, decode_value, encode_value, map_entry_key, prefix_end, push_list_element,
-    state_key,
+    decode_list, decode_value_ttl, encode_value, encode_value_ttl, map_entry_key, prefix_end,
+    push_list_element, state_key,
 };
-use super::{Result, StateError, StateInfo, StateStore, TtlUpdate, TtlVisibility, position_key};
+use super::{
+    Result, StateError, StateInfo, StateStore, Ttl, TtlUpdate, TtlVisibility, position_key,
+};
 
 /// Writes of one batch, not yet committed.
 #[derive(Debug, Default, Clone)]
@@ -127,9 +129,20 @@ impl<'a> KeyedAccess<'a> {
         key: Vec<u8>,
         stored: &[u8],
     ) -> Result<Option<Vec<u8>>> {
-        let (ts, value) = decode_value(stored)
+        let (ts, own_ttl, value) = decode_value_ttl(stored)
             .ok_or_else(|| StateError::Corrupt(format!("value of state `{}`", state.name)))?;
-        let Some(ttl) = state.ttl else {
+        // An entry written with its own TTL expires by it, whatever the state's TTL; the
+        // state's update type and visibility still apply (Flink-style defaults without one).
+        let ttl = match (own_ttl, state.ttl) {
+            (Some(ms), Some(t)) => Some(Ttl { ttl_ms: ms, ..t }),
+            (Some(ms), None) => Some(Ttl {
+                ttl_ms: ms,
+                update: TtlUpdate::OnCreateAndWrite,
+                visibility: TtlVisibility::NeverReturnExpired,
+            }),
+            (None, t) => t,
+        };
+        let Some(ttl) = ttl else {
             return Ok(Some(value.to_vec()));
         };
         if ttl.is_expired(ts, self.now) {
@@ -146,7 +159,8 @@ impl<'a> KeyedAccess<'a> {
         }
         let value = value.to_vec();
         if ttl.update == TtlUpdate::OnReadAndWrite && ts != self.now {
-            self.batch.put(key, encode_value(self.now, &value));
+            self.batch
+                .put(key, encode_value_ttl(self.now, own_ttl, &value));
         }
         Ok(Some(value))
     }
@@ -166,6 +180,37 @@ impl<'a> KeyedAccess<'a> {
     pub fn value_set(&mut self, state: &StateInfo, kg: u16, key: &[u8], value: &[u8]) {
         self.batch
             .put(state_key(kg, state.id, key), encode_value(self.now, value));
+    }
+
+    /// Sets the value for `key` with its own TTL, overriding the state's for this entry.
+    pub fn value_set_ttl(
+        &mut self,
+        state: &StateInfo,
+        kg: u16,
+        key: &[u8],
+        value: &[u8],
+        ttl_ms: u64,
+    ) {
+        self.batch.put(
+            state_key(kg, state.id, key),
+            encode_value_ttl(self.now, Some(ttl_ms), value),
+        );
+    }
+
+    /// Sets a map entry with its own TTL, overriding the state's for this entry.
+    pub fn map_put_ttl(
+        &mut self,
+        state: &StateInfo,
+        kg: u16,
+        key: &[u8],
+        map_key: &[u8],
+        value: &[u8],
+        ttl_ms: u64,
+    ) {
+        self.batch.put(
+            map_entry_key(kg, state.id, key, map_key),
+            encode_value_ttl(self.now, Some(ttl_ms), value),
+        );
     }
 
     /// Removes the value (or list) for `key`.

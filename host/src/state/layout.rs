@@ -6,7 +6,9 @@
 //! rescaling by range deletes); the length prefix makes one key's map entries a contiguous
 //! range that no other key's entries can interleave with.
 //!
-//! Value (value state and each map entry): `last_update_ms: u64 BE | value bytes`.
+//! Value (value state and each map entry): `last_update_ms: u64 BE | value bytes`, or, for an
+//! entry written with its own TTL, `last_update_ms | 1 << 63: u64 BE | ttl_ms: u64 BE | value
+//! bytes` (timestamps stay below 2^63, so the top bit is free to flag the longer header).
 //! List: a sequence of `last_update_ms: u64 BE | len: u32 BE | element bytes`, so elements
 //! expire individually.
 
@@ -55,18 +57,41 @@ pub fn key_group_of(stored_key: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([b[0], b[1]]))
 }
 
+const OWN_TTL: u64 = 1 << 63;
+
 /// Wraps a value with its timestamp.
 pub fn encode_value(ts: u64, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + value.len());
-    out.extend_from_slice(&ts.to_be_bytes());
+    encode_value_ttl(ts, None, value)
+}
+
+/// Wraps a value with its timestamp and, if given, its own TTL.
+pub fn encode_value_ttl(ts: u64, own_ttl_ms: Option<u64>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    match own_ttl_ms {
+        Some(ttl) => {
+            out.extend_from_slice(&((ts & !OWN_TTL) | OWN_TTL).to_be_bytes());
+            out.extend_from_slice(&ttl.to_be_bytes());
+        }
+        None => out.extend_from_slice(&(ts & !OWN_TTL).to_be_bytes()),
+    }
     out.extend_from_slice(value);
     out
 }
 
 /// Splits a stored value into timestamp and bytes. None if it is too short (corrupt).
 pub fn decode_value(stored: &[u8]) -> Option<(u64, &[u8])> {
+    decode_value_ttl(stored).map(|(ts, _, v)| (ts, v))
+}
+
+/// Splits a stored value into timestamp, own TTL (if written with one) and bytes.
+pub fn decode_value_ttl(stored: &[u8]) -> Option<(u64, Option<u64>, &[u8])> {
     let (ts, rest) = stored.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*ts), rest))
+    let ts = u64::from_be_bytes(*ts);
+    if ts & OWN_TTL == 0 {
+        return Some((ts, None, rest));
+    }
+    let (ttl, rest) = rest.split_first_chunk::<8>()?;
+    Some((ts & !OWN_TTL, Some(u64::from_be_bytes(*ttl)), rest))
 }
 
 /// Appends one list element.
@@ -111,6 +136,9 @@ mod tests {
     fn values_and_lists_round_trip() {
         let v = encode_value(42, b"hello");
         assert_eq!(decode_value(&v), Some((42, &b"hello"[..])));
+        let own = encode_value_ttl(42, Some(500), b"hi");
+        assert_eq!(decode_value_ttl(&own), Some((42, Some(500), &b"hi"[..])));
+        assert_eq!(decode_value(&own), Some((42, &b"hi"[..])));
         let mut l = Vec::new();
         push_list_element(&mut l, 1, b"x");
         push_list_element(&mut l, 2, b"");

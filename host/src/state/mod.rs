@@ -110,12 +110,15 @@ pub struct StateStore {
     registry: Mutex<Registry>,
     write_opts: WriteOptions,
     ttls: TtlTable,
+    kinds: KindTable,
     stats: Arc<StateStats>,
     overrides: RwLock<HashMap<String, Option<Ttl>>>,
 }
 
 /// Kind and TTL of each state id with a TTL, shared with the compaction filter.
 type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;
+/// Kind of every opened state id, shared with the compaction filter.
+type KindTable = Arc<RwLock<HashMap<u32, StateKind>>>;
 
 /// Counters of expired entries removed, by cleanup strategy.
 #[derive(Debug, Default)]
@@ -183,10 +186,11 @@ impl StateStore {
         keyed.set_compression_type(rocksdb::DBCompressionType::Lz4);
         keyed.set_periodic_compaction_seconds(options.periodic_compaction.as_secs().max(1));
         let ttls: TtlTable = Arc::default();
+        let kinds: KindTable = Arc::default();
         let stats = Arc::new(StateStats::default());
         keyed.set_compaction_filter(
             "eddy-ttl",
-            ttl_compaction_filter(ttls.clone(), clock.clone(), stats.clone()),
+            ttl_compaction_filter(ttls.clone(), kinds.clone(), clock.clone(), stats.clone()),
         );
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_KEYED, keyed),
@@ -205,6 +209,7 @@ impl StateStore {
             registry: Mutex::new(Registry::default()),
             write_opts,
             ttls,
+            kinds,
             stats,
             overrides: RwLock::default(),
         };
@@ -309,6 +314,10 @@ impl StateStore {
             None => ttl,
         };
         let info = self.register(name, kind, ttl)?;
+        self.kinds
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id, kind);
         let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
         match ttl {
             Some(t) => ttls.insert(info.id, (kind, t)),
@@ -474,6 +483,7 @@ impl StateStore {
 /// replace a value with static bytes.
 fn ttl_compaction_filter(
     ttls: TtlTable,
+    kinds: KindTable,
     clock: Arc<dyn Clock>,
     stats: Arc<StateStats>,
 ) -> impl FnMut(u32, &[u8], &[u8]) -> rocksdb::CompactionDecision + Send + 'static {
@@ -481,20 +491,25 @@ fn ttl_compaction_filter(
         let Some(id) = layout::state_id_of(key) else {
             return rocksdb::CompactionDecision::Keep;
         };
-        let ttl = match ttls.read() {
+        let entry = match ttls.read() {
             Ok(t) => t.get(&id).copied(),
             Err(_) => None,
         };
-        let Some((kind, ttl)) = ttl else {
-            return rocksdb::CompactionDecision::Keep;
-        };
         let now = clock.now_ms();
-        let expired = match kind {
-            StateKind::Value | StateKind::Map => {
-                layout::decode_value(value).is_some_and(|(ts, _)| ttl.is_expired(ts, now))
-            }
-            StateKind::List => layout::decode_list(value)
+        let expired = match entry {
+            Some((StateKind::List, ttl)) => layout::decode_list(value)
                 .is_some_and(|els| els.iter().all(|(ts, _)| ttl.is_expired(*ts, now))),
+            // Values and map entries: their own TTL wins over the state's. Entries written
+            // with their own TTL expire even in states without one, so those are decoded
+            // too; a list state's bytes are never read as a value (its kind is known only
+            // while the state is open, so unknown states are left alone).
+            Some((_, ttl)) => layout::decode_value_ttl(value)
+                .is_some_and(|(ts, own, _)| ts.saturating_add(own.unwrap_or(ttl.ttl_ms)) <= now),
+            None => match kinds.read().ok().and_then(|k| k.get(&id).copied()) {
+                Some(StateKind::Value | StateKind::Map) => layout::decode_value_ttl(value)
+                    .is_some_and(|(ts, own, _)| own.is_some_and(|ms| ts.saturating_add(ms) <= now)),
+                _ => false,
+            },
         };
         if expired {
             stats.expired_in_compaction.fetch_add(1, Ordering::Relaxed);

@@ -398,3 +398,71 @@ fn a_million_expired_keys_never_read_again_are_reclaimed_from_disk() {
         "disk use down by at least 90%: {before} -> {after} bytes"
     );
 }
+
+#[test]
+fn a_per_write_ttl_wins_over_the_states_and_works_without_one() {
+    for (state_ttl, kind) in [
+        (None, Kind::Value),
+        (None, Kind::Map),
+        (Some(1_000u64), Kind::Value),
+        (Some(1_000), Kind::Map),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = ManualClock::new(0);
+        let store = StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("open");
+        let sk = if matches!(kind, Kind::Value) {
+            StateKind::Value
+        } else {
+            StateKind::Map
+        };
+        let ttl = state_ttl.map(|ms| Ttl {
+            ttl_ms: ms,
+            update: WRITE,
+            visibility: NEVER,
+        });
+        let s = store.open_state("s", sk, ttl).expect("state");
+        let kg = store.key_group(KEY);
+        let write = |own: Option<u64>| {
+            let mut b = store.batch();
+            let mut a = KeyedAccess::new(&store, &mut b);
+            match (kind, own) {
+                (Kind::Value, Some(ms)) => a.value_set_ttl(&s, kg, KEY, b"v", ms),
+                (Kind::Value, None) => a.value_set(&s, kg, KEY, b"v"),
+                (_, Some(ms)) => a.map_put_ttl(&s, kg, KEY, b"e", b"v", ms),
+                (_, None) => a.map_put(&s, kg, KEY, b"e", b"v"),
+            }
+            store.commit(b).expect("commit");
+        };
+        let read = || {
+            let mut b = store.batch();
+            let mut a = KeyedAccess::new(&store, &mut b);
+            let v = match kind {
+                Kind::Value => a.value_get(&s, kg, KEY).expect("get"),
+                _ => a.map_get(&s, kg, KEY, b"e").expect("get"),
+            };
+            store.commit(b).expect("commit");
+            v.is_some()
+        };
+        write(Some(50));
+        clock.set(49);
+        assert!(read(), "{kind:?}/{state_ttl:?}: live before its own TTL");
+        clock.set(50);
+        assert!(!read(), "{kind:?}/{state_ttl:?}: expired by its own TTL");
+        // Written again without one: the state's TTL (or none) applies again.
+        write(None);
+        clock.set(900);
+        assert!(
+            read(),
+            "{kind:?}/{state_ttl:?}: a plain write drops the own TTL"
+        );
+        // Compaction reclaims entries with their own TTL even in states without one.
+        write(Some(10));
+        clock.set(2_000);
+        store.compact().expect("compact");
+        assert_eq!(
+            store.count_entries().expect("count"),
+            0,
+            "{kind:?}/{state_ttl:?}"
+        );
+    }
+}

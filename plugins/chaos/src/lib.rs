@@ -18,6 +18,7 @@
 //! | `oom` | allocates and fills 1 MiB blocks, keeping them, until memory runs out |
 //! | `reject` | rejects the event with the reason `chaos: asked to reject` |
 //! | `bad-subject` | emits the payload unchanged to the subject `forbidden.subject` |
+//! | `flash` | reports (header `Eddy-Flash: present|absent`) whether the key's `flash` value exists, then writes it with its own TTL of `ttl_ms` from the payload |
 //! | `escape` | tries to reach outside the sandbox (read `/etc/hostname`, list `/`, connect to 127.0.0.1:4222, read the environment) and emits a JSON report of what each attempt returned |
 //!
 //! Any other action, a payload that is not JSON or has no string `action`, is rejected with a
@@ -43,12 +44,16 @@ struct Settings {
 #[derive(Debug, Deserialize)]
 struct Command {
     action: String,
+    /// For `flash`: the TTL of the value it writes.
+    #[serde(default)]
+    ttl_ms: u64,
 }
 
 /// Does what each event asks.
 struct Chaos {
     count: ValueState<u64>,
     history: ListState<u64>,
+    flash: ValueState<u64>,
 }
 
 /// Spins forever; `black_box` keeps the optimiser from proving anything about the loop.
@@ -100,7 +105,11 @@ impl Processor for Chaos {
             count = count.with_ttl(Ttl::from_millis(ms));
             history = history.with_ttl(Ttl::from_millis(ms));
         }
-        Ok(Chaos { count, history })
+        Ok(Chaos {
+            count,
+            history,
+            flash: ValueState::new("flash"),
+        })
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
@@ -133,6 +142,23 @@ impl Processor for Chaos {
             "reject" => Outcome::reject("chaos: asked to reject"),
             "bad-subject" => {
                 Outcome::emit_one(Output::new(event.payload()).subject("forbidden.subject"))
+            }
+            "flash" => {
+                let before = self.flash.get().map(|v| v.is_some());
+                let written = before.and_then(|b| {
+                    self.flash.set_with_ttl(
+                        &event.sequence(),
+                        std::time::Duration::from_millis(command.ttl_ms),
+                    )?;
+                    Ok(b)
+                });
+                match written {
+                    Ok(was) => Outcome::emit_one(
+                        Output::new(event.payload())
+                            .header("Eddy-Flash", if was { "present" } else { "absent" }),
+                    ),
+                    Err(e) => Outcome::reject(format!("chaos: {e}")),
+                }
             }
             "escape" => Outcome::emit_one(Output::new(escape_report().into_bytes())),
             other => Outcome::reject(format!("chaos: unknown action {other:?}")),
