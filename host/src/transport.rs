@@ -241,7 +241,11 @@ pub async fn publish_all(
     let mut pending = messages;
     let mut permanent = Vec::new();
     let mut backoff = Duration::from_millis(50);
+    let started = std::time::Instant::now();
     while !pending.is_empty() {
+        // Right after a server restart JetStream answers "no responders" until its streams
+        // are loaded: only a stream missing for longer than the grace period is permanent.
+        let settled = started.elapsed() > NO_STREAM_GRACE;
         let mut acks = Vec::with_capacity(pending.len());
         let mut retry = Vec::new();
         for m in pending {
@@ -250,7 +254,14 @@ pub async fn publish_all(
                 .headers(m.headers.clone());
             match js.send_publish(m.subject.clone(), publish).await {
                 Ok(ack) => acks.push((m, ack)),
-                Err(e) => classify(m, e.kind(), e.to_string(), &mut retry, &mut permanent),
+                Err(e) => classify(
+                    m,
+                    e.kind(),
+                    e.to_string(),
+                    settled,
+                    &mut retry,
+                    &mut permanent,
+                ),
             }
         }
         let results = futures::future::join_all(
@@ -260,7 +271,14 @@ pub async fn publish_all(
         .await;
         for (m, r) in results {
             if let Err(e) = r {
-                classify(m, e.kind(), e.to_string(), &mut retry, &mut permanent);
+                classify(
+                    m,
+                    e.kind(),
+                    e.to_string(),
+                    settled,
+                    &mut retry,
+                    &mut permanent,
+                );
             }
         }
         if !retry.is_empty() {
@@ -278,15 +296,19 @@ pub async fn publish_all(
     permanent
 }
 
+/// How long "no stream for this subject" is treated as a passing state (a restarting server).
+const NO_STREAM_GRACE: Duration = Duration::from_secs(30);
+
 fn classify(
     m: OutMessage,
     kind: PublishErrorKind,
     text: String,
+    settled: bool,
     retry: &mut Vec<OutMessage>,
     permanent: &mut Vec<PermanentFailure>,
 ) {
     match kind {
-        PublishErrorKind::StreamNotFound => permanent.push(PermanentFailure {
+        PublishErrorKind::StreamNotFound if settled => permanent.push(PermanentFailure {
             reason: format!(
                 "no JetStream stream captures subject `{}`; add the subject to a stream or stop emitting to it",
                 m.subject
