@@ -131,59 +131,6 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
     );
 }
 
-/// TTL through a real plugin over the WIT: dedupe-filter declares a TTL on its `seen` map
-/// (config `ttl_ms`); the host's manual clock decides when an id may pass again.
-#[test]
-fn ttl_declared_by_a_plugin_expires_entries_on_the_host_clock() {
-    use eddy_host::state::ManualClock;
-    let run = |overrides: Option<(&str, Option<eddy_host::state::Ttl>)>| -> Vec<&'static str> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let clock = ManualClock::new(0);
-        let state =
-            Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
-        if let Some((name, ttl)) = overrides {
-            state.set_ttl_overrides([(name.to_string(), ttl)].into_iter().collect());
-        }
-        let engine = Engine::new(None).expect("engine");
-        let p = engine.load_file(&plugin("dedupe-filter")).expect("plugin");
-        let mut w = Worker::new(
-            p,
-            state.clone(),
-            Limits::default(),
-            r#"{"ttl_ms":100}"#.into(),
-            Metrics::new("t"),
-        )
-        .expect("worker");
-        let mut verdicts = Vec::new();
-        for t in [0u64, 50, 99, 100, 150] {
-            clock.set(t);
-            let e = Event {
-                key: b"c-1".to_vec(),
-                subject: "s".into(),
-                headers: vec![],
-                payload: format!(r#"{{"id":"tx-1","customer":"c-1","ts":{t}}}"#).into_bytes(),
-                timestamp_ms: t,
-                sequence: t + 1,
-            };
-            let r = w.run(&[e], &[state.key_group(b"c-1")]).expect("run");
-            state.commit(r.state).expect("commit");
-            verdicts.push(match &r.outcomes[0] {
-                Ok(Outcome::Emit(_)) => "pass",
-                Ok(Outcome::Drop) => "drop",
-                other => panic!("unexpected {other:?}"),
-            });
-        }
-        verdicts
-    };
-    // Seen at 0 → expires at 100 (equality counts as expired) → passes again, re-stamped.
-    assert_eq!(run(None), vec!["pass", "drop", "drop", "pass", "drop"]);
-    // The operator's override wins over the plugin's declaration: TTL off.
-    assert_eq!(
-        run(Some(("seen", None))),
-        vec!["pass", "drop", "drop", "drop", "drop"]
-    );
-}
-
 /// The sandbox is closed whatever the guest imports: no files, no sockets, no environment.
 #[test]
 fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
@@ -222,114 +169,146 @@ fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
     drop(listener);
 }
 
-/// Value and list TTL through a real plugin: chaos keeps a `count` (value) and a `history`
-/// (list) with `ttl_ms = 100`; the host's manual clock decides what has expired.
-#[test]
-fn value_and_list_ttl_through_a_plugin_follow_the_host_clock() {
-    use eddy_host::state::ManualClock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(0);
-    let state =
-        Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
-    let engine = Engine::new(None).expect("engine");
-    let p = engine.load_file(&plugin("chaos")).expect("plugin");
-    let mut w = Worker::new(
-        p,
-        state.clone(),
-        Limits::default(),
-        r#"{"ttl_ms":100}"#.into(),
-        Metrics::new("t"),
-    )
-    .expect("worker");
-    let mut seen = Vec::new();
-    for t in [0u64, 50, 120, 260] {
-        clock.set(t);
+/// One plugin instance on a fresh state directory with a manual clock, fed one event at a
+/// time as successive batches would be.
+struct Harness {
+    _dir: tempfile::TempDir,
+    clock: eddy_host::state::ManualClock,
+    state: Arc<StateStore>,
+    worker: Worker,
+}
+
+impl Harness {
+    fn new(
+        plugin_name: &str,
+        config: &str,
+        overrides: &[(&str, Option<eddy_host::state::Ttl>)],
+    ) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let clock = eddy_host::state::ManualClock::new(0);
+        let state =
+            Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
+        state.set_ttl_overrides(overrides.iter().map(|(n, t)| (n.to_string(), *t)).collect());
+        let engine = Engine::new(None).expect("engine");
+        let p = engine.load_file(&plugin(plugin_name)).expect("plugin");
+        let worker = Worker::new(
+            p,
+            state.clone(),
+            Limits::default(),
+            config.into(),
+            Metrics::new("t"),
+        )
+        .expect("worker");
+        Harness {
+            _dir: dir,
+            clock,
+            state,
+            worker,
+        }
+    }
+
+    /// Handles one event for key `k` at time `t` and commits; returns its outcome.
+    fn event(&mut self, t: u64, payload: &str) -> Outcome {
+        self.clock.set(t);
         let e = Event {
             key: b"k".to_vec(),
             subject: "s".into(),
             headers: vec![],
-            payload: br#"{"action":"ok"}"#.to_vec(),
+            payload: payload.as_bytes().to_vec(),
             timestamp_ms: t,
             sequence: t + 1,
         };
-        let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
-        state.commit(r.state).expect("commit");
-        let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
-            panic!("unexpected {:?}", r.outcomes[0]);
-        };
-        let h = |name: &str| {
-            outs[0]
-                .headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.parse::<u64>().expect("number"))
-                .expect("header")
-        };
-        seen.push((t, h("Eddy-Count"), h("Eddy-History")));
+        let mut r = self
+            .worker
+            .run(&[e], &[self.state.key_group(b"k")])
+            .expect("run");
+        self.state
+            .commit(std::mem::take(&mut r.state))
+            .expect("commit");
+        r.outcomes.remove(0).expect("plugin handled the event")
     }
+}
+
+fn header(outcome: &Outcome, name: &str) -> String {
+    let Outcome::Emit(outs) = outcome else {
+        panic!("expected an emit, got {outcome:?}");
+    };
+    outs[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// TTL through a real plugin over the WIT: dedupe-filter declares a TTL on its `seen` map
+/// (config `ttl_ms`); the host's manual clock decides when an id may pass again.
+#[test]
+fn ttl_declared_by_a_plugin_expires_entries_on_the_host_clock() {
+    let run = |overrides: &[(&str, Option<eddy_host::state::Ttl>)]| -> Vec<&'static str> {
+        let mut h = Harness::new("dedupe-filter", r#"{"ttl_ms":100}"#, overrides);
+        [0u64, 50, 99, 100, 150]
+            .into_iter()
+            .map(
+                |t| match h.event(t, &format!(r#"{{"id":"tx-1","customer":"k","ts":{t}}}"#)) {
+                    Outcome::Emit(_) => "pass",
+                    Outcome::Drop => "drop",
+                    other => panic!("unexpected {other:?}"),
+                },
+            )
+            .collect()
+    };
+    // Seen at 0 → expires at 100 (equality counts as expired) → passes again, re-stamped.
+    assert_eq!(run(&[]), vec!["pass", "drop", "drop", "pass", "drop"]);
+    // The operator's override wins over the plugin's declaration: TTL off.
     assert_eq!(
-        seen,
-        vec![
-            (0, 1, 1),   // first write
-            (50, 2, 2),  // count written at 0 is live (0 + 100 > 50)
-            (120, 3, 2), // count re-stamped at 50 lives; the list element of t0 expired alone
-            (260, 1, 1), // everything written at 120 expired at 220
-        ]
+        run(&[("seen", None)]),
+        vec!["pass", "drop", "drop", "drop", "drop"]
     );
+}
+
+/// Value and list TTL through a real plugin: chaos keeps a `count` (value) and a `history`
+/// (list) with `ttl_ms = 100`; the host's manual clock decides what has expired.
+#[test]
+fn value_and_list_ttl_through_a_plugin_follow_the_host_clock() {
+    let mut h = Harness::new("chaos", r#"{"ttl_ms":100}"#, &[]);
+    let seen: Vec<(u64, String, String)> = [0u64, 50, 120, 260]
+        .into_iter()
+        .map(|t| {
+            let o = h.event(t, r#"{"action":"ok"}"#);
+            (t, header(&o, "Eddy-Count"), header(&o, "Eddy-History"))
+        })
+        .collect();
+    let want = [
+        (0, "1", "1"),   // first write
+        (50, "2", "2"),  // count written at 0 is live (0 + 100 > 50)
+        (120, "3", "2"), // count re-stamped at 50 lives; the list element of t0 expired alone
+        (260, "1", "1"), // everything written at 120 expired at 220
+    ];
+    let want: Vec<(u64, String, String)> = want
+        .iter()
+        .map(|(t, c, l)| (*t, c.to_string(), l.to_string()))
+        .collect();
+    assert_eq!(seen, want);
 }
 
 /// A per-write TTL (`set-with-ttl`) through a real plugin: chaos's `flash` writes a value that
 /// lives `ttl_ms` from the payload, in a state that has no TTL of its own.
 #[test]
 fn a_per_write_ttl_through_a_plugin_expires_that_value() {
-    use eddy_host::state::ManualClock;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = ManualClock::new(0);
-    let state =
-        Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("state"));
-    let engine = Engine::new(None).expect("engine");
-    let p = engine.load_file(&plugin("chaos")).expect("plugin");
-    let mut w = Worker::new(
-        p,
-        state.clone(),
-        Limits::default(),
-        "{}".into(),
-        Metrics::new("t"),
-    )
-    .expect("worker");
-    let mut seen = Vec::new();
-    for (t, ttl) in [(0u64, 100u64), (99, 10), (109, 500), (608, 1), (609, 1)] {
-        clock.set(t);
-        let e = Event {
-            key: b"k".to_vec(),
-            subject: "s".into(),
-            headers: vec![],
-            payload: format!(r#"{{"action":"flash","ttl_ms":{ttl}}}"#).into_bytes(),
-            timestamp_ms: t,
-            sequence: t + 1,
-        };
-        let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
-        state.commit(r.state).expect("commit");
-        let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
-            panic!("unexpected {:?}", r.outcomes[0]);
-        };
-        let flash = outs[0]
-            .headers
-            .iter()
-            .find(|(k, _)| k == "Eddy-Flash")
-            .map(|(_, v)| v.clone());
-        seen.push((t, flash.unwrap_or_default()));
-    }
+    let mut h = Harness::new("chaos", "{}", &[]);
+    let seen: Vec<String> = [(0u64, 100u64), (99, 10), (109, 500), (608, 1), (609, 1)]
+        .into_iter()
+        .map(|(t, ttl)| {
+            header(
+                &h.event(t, &format!(r#"{{"action":"flash","ttl_ms":{ttl}}}"#)),
+                "Eddy-Flash",
+            )
+        })
+        .collect();
     // Each write's own TTL decides: 0+100 > 99; 99+10 <= 109; 109+500 > 608; 608+1 <= 609.
-    let want: Vec<(u64, String)> = [
-        (0, "absent"),
-        (99, "present"),
-        (109, "absent"),
-        (608, "present"),
-        (609, "absent"),
-    ]
-    .into_iter()
-    .map(|(t, s)| (t, s.to_string()))
-    .collect();
-    assert_eq!(seen, want);
+    assert_eq!(
+        seen,
+        vec!["absent", "present", "absent", "present", "absent"]
+    );
 }
