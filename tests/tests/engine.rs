@@ -7,7 +7,7 @@ use std::time::Duration;
 use eddy_host::engine::{Engine, Event, Limits, Outcome};
 use eddy_host::metrics::{self, Metrics};
 use eddy_host::pipeline::Worker;
-use eddy_host::state::{StateStore, SystemClock};
+use eddy_host::state::StateStore;
 use eddy_tests::plugin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,18 +56,8 @@ fn something_that_is_not_a_processor_is_refused_with_the_reason() {
 
 #[test]
 fn a_batch_reads_its_own_writes_and_state_is_per_key() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
-    let engine = Engine::new(None).expect("engine");
-    let p = engine.load_file(&plugin("chaos")).expect("plugin");
-    let mut w = Worker::new(
-        p,
-        state.clone(),
-        Limits::default(),
-        "{}".into(),
-        Metrics::new("t"),
-    )
-    .expect("worker");
+    let mut h = Harness::new("chaos", "{}", &[]);
+    let (state, w) = (h.state.clone(), &mut h.worker);
     let ev = |k: &str| Event {
         key: k.as_bytes().to_vec(),
         subject: "s".into(),
@@ -136,18 +126,8 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
 fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
     // Something to connect to, so a refusal is the sandbox's and not an empty port's.
     let listener = std::net::TcpListener::bind("127.0.0.1:4222").ok();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
-    let engine = Engine::new(None).expect("engine");
-    let p = engine.load_file(&plugin("chaos")).expect("plugin");
-    let mut w = Worker::new(
-        p,
-        state.clone(),
-        Limits::default(),
-        "{}".into(),
-        Metrics::new("t"),
-    )
-    .expect("worker");
+    let mut h = Harness::new("chaos", "{}", &[]);
+    let (state, w) = (h.state.clone(), &mut h.worker);
     let e = Event {
         key: b"k".to_vec(),
         subject: "s".into(),

@@ -300,7 +300,7 @@ impl keyed_state::Host for PluginHost {
         ttl_ms: u64,
     ) -> Result<(), WitError> {
         self.with(state, event, StateKind::Value, |s, kg, k, a| {
-            a.value_set_ttl(s, kg, k, &value, ttl_ms);
+            a.value_set_ttl(s, kg, k, &value, Some(ttl_ms));
             Ok(())
         })
     }
@@ -345,7 +345,7 @@ impl keyed_state::Host for PluginHost {
         ttl_ms: u64,
     ) -> Result<(), WitError> {
         self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_put_ttl(s, kg, k, &map_key, &value, ttl_ms);
+            a.map_put_ttl(s, kg, k, &map_key, &value, Some(ttl_ms));
             Ok(())
         })
     }

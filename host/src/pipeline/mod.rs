@@ -186,8 +186,8 @@ fn default_cache_dir(state_dir: &Path) -> std::path::PathBuf {
 }
 
 /// One event of a batch on its way through.
-struct Pending {
-    msg: jetstream::Message,
+struct Pending<'a> {
+    msg: &'a jetstream::Message,
     seq: u64,
 }
 
@@ -208,8 +208,7 @@ async fn handle_batch(
     let mut key_groups = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
     let mut out = Vec::new();
-    let mut last_msg = None;
-    for msg in batch {
+    for msg in &batch {
         let (seq, ts) = match msg.info() {
             Ok(info) => (
                 info.stream_sequence,
@@ -223,7 +222,6 @@ async fn handle_batch(
         last_seq = last_seq.max(seq);
         if seq <= applied {
             metrics.skipped_replays.fetch_add(1, Ordering::Relaxed);
-            last_msg = Some(msg);
             continue;
         }
         match keys::extract(
@@ -242,17 +240,13 @@ async fn handle_batch(
                     timestamp_ms: ts,
                     sequence: seq,
                 });
-                pending.push(Pending {
-                    msg: msg.clone(),
-                    seq,
-                });
+                pending.push(Pending { msg, seq });
             }
             Err(reason) => {
-                out.push(dead_letter(cfg, &msg, seq, DeadLetterReason::Key, &reason));
+                out.push(dead_letter(cfg, msg, seq, DeadLetterReason::Key, &reason));
                 metrics.dead_letter(DeadLetterReason::Key);
             }
         }
-        last_msg = Some(msg);
     }
 
     // Run the plugin off the async runtime.
@@ -291,7 +285,7 @@ async fn handle_batch(
                 metrics.dead_letter(DeadLetterReason::Contract);
                 letters.push(dead_letter(
                     cfg,
-                    &p.msg,
+                    p.msg,
                     p.seq,
                     DeadLetterReason::Contract,
                     &f.reason,
@@ -310,7 +304,8 @@ async fn handle_batch(
     let state = worker.state().clone();
     tokio::task::spawn_blocking(move || state.commit(state_batch)).await??;
 
-    if let Some(m) = last_msg
+    // AckPolicy::All: acknowledging the batch's last message acknowledges all of it.
+    if let Some(m) = batch.last()
         && let Err(e) = m.ack().await
     {
         // Not fatal: the messages are redelivered and skipped, since state has them.
@@ -341,7 +336,7 @@ fn route(
                 metrics.dead_letter(DeadLetterReason::Contract);
                 out.push(dead_letter(
                     cfg,
-                    &p.msg,
+                    p.msg,
                     p.seq,
                     DeadLetterReason::Contract,
                     &reason,
@@ -373,7 +368,7 @@ fn route(
             metrics.dead_letter(DeadLetterReason::Rejected);
             out.push(dead_letter(
                 cfg,
-                &p.msg,
+                p.msg,
                 p.seq,
                 DeadLetterReason::Rejected,
                 &reason,
@@ -387,7 +382,7 @@ fn route(
                 FailureKind::Contract => DeadLetterReason::Contract,
             };
             metrics.dead_letter(reason);
-            out.push(dead_letter(cfg, &p.msg, p.seq, reason, &failure.message));
+            out.push(dead_letter(cfg, p.msg, p.seq, reason, &failure.message));
         }
     }
 }

@@ -11,8 +11,8 @@ use std::ops::Bound;
 use rocksdb::WriteBatch;
 
 use super::layout::{
-    decode_list, decode_value_ttl, encode_value, encode_value_ttl, map_entry_key, prefix_end,
-    push_list_element, state_key,
+    decode_list, decode_value_ttl, encode_value_ttl, map_entry_key, prefix_end, push_list_element,
+    state_key,
 };
 use super::{
     Result, StateError, StateInfo, StateStore, Ttl, TtlUpdate, TtlVisibility, position_key,
@@ -178,26 +178,26 @@ impl<'a> KeyedAccess<'a> {
 
     /// Sets the value for `key`.
     pub fn value_set(&mut self, state: &StateInfo, kg: u16, key: &[u8], value: &[u8]) {
-        self.batch
-            .put(state_key(kg, state.id, key), encode_value(self.now, value));
+        self.value_set_ttl(state, kg, key, value, None);
     }
 
-    /// Sets the value for `key` with its own TTL, overriding the state's for this entry.
+    /// Sets the value for `key`, with its own TTL if given (overriding the state's for this
+    /// entry).
     pub fn value_set_ttl(
         &mut self,
         state: &StateInfo,
         kg: u16,
         key: &[u8],
         value: &[u8],
-        ttl_ms: u64,
+        own_ttl_ms: Option<u64>,
     ) {
         self.batch.put(
             state_key(kg, state.id, key),
-            encode_value_ttl(self.now, Some(ttl_ms), value),
+            encode_value_ttl(self.now, own_ttl_ms, value),
         );
     }
 
-    /// Sets a map entry with its own TTL, overriding the state's for this entry.
+    /// Sets a map entry, with its own TTL if given (overriding the state's for this entry).
     pub fn map_put_ttl(
         &mut self,
         state: &StateInfo,
@@ -205,11 +205,11 @@ impl<'a> KeyedAccess<'a> {
         key: &[u8],
         map_key: &[u8],
         value: &[u8],
-        ttl_ms: u64,
+        own_ttl_ms: Option<u64>,
     ) {
         self.batch.put(
             map_entry_key(kg, state.id, key, map_key),
-            encode_value_ttl(self.now, Some(ttl_ms), value),
+            encode_value_ttl(self.now, own_ttl_ms, value),
         );
     }
 
@@ -244,10 +244,7 @@ impl<'a> KeyedAccess<'a> {
         map_key: &[u8],
         value: &[u8],
     ) {
-        self.batch.put(
-            map_entry_key(kg, state.id, key, map_key),
-            encode_value(self.now, value),
-        );
+        self.map_put_ttl(state, kg, key, map_key, value, None);
     }
 
     /// Removes a map entry.

@@ -426,9 +426,9 @@ fn a_per_write_ttl_wins_over_the_states_and_works_without_one() {
             let mut b = store.batch();
             let mut a = KeyedAccess::new(&store, &mut b);
             match (kind, own) {
-                (Kind::Value, Some(ms)) => a.value_set_ttl(&s, kg, KEY, b"v", ms),
+                (Kind::Value, Some(ms)) => a.value_set_ttl(&s, kg, KEY, b"v", Some(ms)),
                 (Kind::Value, None) => a.value_set(&s, kg, KEY, b"v"),
-                (_, Some(ms)) => a.map_put_ttl(&s, kg, KEY, b"e", b"v", ms),
+                (_, Some(ms)) => a.map_put_ttl(&s, kg, KEY, b"e", b"v", Some(ms)),
                 (_, None) => a.map_put(&s, kg, KEY, b"e", b"v"),
             }
             store.commit(b).expect("commit");
