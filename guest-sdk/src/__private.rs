@@ -2,25 +2,67 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::{Config, Event, Outcome, Processor};
+use crate::{
+    BroadcastEvent, Config, Event, LookupRequest, Outcome, Processor, VisitAction, VisitedEntry,
+};
 
 pub use crate::wit::eddy::plugin::types::{Event as WitEvent, Outcome as WitOutcome};
+pub use crate::wit::exports::eddy::plugin::broadcast_handler::{
+    BroadcastEvent as WitBroadcastEvent, Guest as BroadcastGuest,
+};
 pub use crate::wit::exports::eddy::plugin::handler::Guest;
+pub use crate::wit::exports::eddy::plugin::keyed_visitor::{
+    Guest as VisitorGuest, VisitAction as WitVisitAction, VisitedEntry as WitVisitedEntry,
+};
+pub use crate::wit::exports::eddy::plugin::lookup_planner::{
+    Guest as PlannerGuest, LookupRequest as WitLookupRequest,
+};
+pub use crate::wit::exports::eddy::plugin::migrator::Guest as MigratorGuest;
 pub use std::string::String;
 pub use std::vec::Vec;
 
 /// The reason every event is rejected with when `init` has not succeeded.
 pub const NOT_INITIALISED: &str = "plugin not initialised";
 
+/// The reason broadcast events are rejected with by a processor that does not handle them.
+pub const NO_BROADCAST: &str = "this plugin does not handle broadcast events: implement Processor::process_broadcast, or remove the pipeline's [broadcast] inputs";
+
 /// A [`Processor`] with its type erased, so one slot can hold whichever type was exported.
 trait ErasedProcessor {
     fn process(&mut self, event: &Event) -> Outcome;
+    fn process_broadcast(&mut self, event: &BroadcastEvent) -> Result<(), String>;
+    fn plan_lookups(&self, event: &Event) -> Vec<LookupRequest>;
+    fn visit(&mut self, tag: &str, state: &str, entry: &VisitedEntry) -> VisitAction;
+    fn migrate(&mut self, previous_version: &str) -> Result<(), String>;
 }
 
 impl<P: Processor> ErasedProcessor for P {
     fn process(&mut self, event: &Event) -> Outcome {
         Processor::process(self, event)
     }
+    fn process_broadcast(&mut self, event: &BroadcastEvent) -> Result<(), String> {
+        Processor::process_broadcast(self, event)
+    }
+    fn plan_lookups(&self, event: &Event) -> Vec<LookupRequest> {
+        Processor::plan_lookups(self, event)
+    }
+    fn visit(&mut self, tag: &str, state: &str, entry: &VisitedEntry) -> VisitAction {
+        Processor::visit(self, tag, state, entry)
+    }
+    fn migrate(&mut self, previous_version: &str) -> Result<(), String> {
+        Processor::migrate(self, previous_version)
+    }
+}
+
+/// Runs `f` with the processor built by `init`, or returns `not_ready` if there is none.
+fn with_processor<T>(
+    not_ready: impl FnOnce() -> T,
+    f: impl FnOnce(&mut dyn ErasedProcessor) -> T,
+) -> T {
+    INSTANCE.with(|slot| match slot.borrow_mut().as_mut() {
+        Some(p) => f(p.as_mut()),
+        None => not_ready(),
+    })
 }
 
 thread_local! {
@@ -55,23 +97,76 @@ impl Drop for BatchGuard {
 
 /// The exported `handle`: one outcome per event, in order.
 pub fn handle(events: Vec<WitEvent>) -> Vec<WitOutcome> {
-    INSTANCE.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let Some(processor) = slot.as_mut() else {
-            return events
-                .iter()
-                .map(|_| WitOutcome::Reject(NOT_INITIALISED.to_owned()))
-                .collect();
-        };
-        let _guard = BatchGuard;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for (index, event) in (0u32..).zip(events) {
-            CURRENT_EVENT.with(|current| current.set(Some(index)));
-            let event = Event::from(event);
-            outcomes.push(processor.process(&event).into());
-        }
-        outcomes
-    })
+    let count = events.len();
+    with_processor(
+        || vec![WitOutcome::Reject(NOT_INITIALISED.to_owned()); count],
+        |processor| {
+            let _guard = BatchGuard;
+            let mut outcomes = Vec::with_capacity(count);
+            for (index, event) in (0u32..).zip(events) {
+                CURRENT_EVENT.with(|current| current.set(Some(index)));
+                let event = Event::from(event);
+                outcomes.push(processor.process(&event).into());
+            }
+            outcomes
+        },
+    )
+}
+
+/// The exported `handle-broadcast`: one result per broadcast event, in order.
+pub fn handle_broadcast(events: Vec<WitBroadcastEvent>) -> Vec<Result<(), String>> {
+    let count = events.len();
+    with_processor(
+        || vec![Err(NOT_INITIALISED.to_owned()); count],
+        |processor| {
+            events
+                .into_iter()
+                .map(|e| processor.process_broadcast(&BroadcastEvent::from(e)))
+                .collect()
+        },
+    )
+}
+
+/// The exported `prepare`: the lookups each event needs.
+pub fn prepare(events: Vec<WitEvent>) -> Vec<Vec<WitLookupRequest>> {
+    let count = events.len();
+    with_processor(
+        || vec![Vec::new(); count],
+        |processor| {
+            events
+                .into_iter()
+                .map(|e| {
+                    processor
+                        .plan_lookups(&Event::from(e))
+                        .into_iter()
+                        .map(WitLookupRequest::from)
+                        .collect()
+                })
+                .collect()
+        },
+    )
+}
+
+/// The exported `visit`: one action per visited entry.
+pub fn visit(tag: String, state: String, entries: Vec<WitVisitedEntry>) -> Vec<WitVisitAction> {
+    let count = entries.len();
+    with_processor(
+        || vec![WitVisitAction::Keep; count],
+        |processor| {
+            entries
+                .into_iter()
+                .map(|e| processor.visit(&tag, &state, &VisitedEntry::from(e)).into())
+                .collect()
+        },
+    )
+}
+
+/// The exported `migrate`.
+pub fn migrate(previous_version: String) -> Result<(), String> {
+    with_processor(
+        || Err(NOT_INITIALISED.to_owned()),
+        |processor| processor.migrate(&previous_version),
+    )
 }
 
 #[cfg(test)]

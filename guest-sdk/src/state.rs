@@ -47,7 +47,8 @@ pub enum StateError {
     /// No event of the current batch is being processed: keyed state is only reachable from
     /// [`Processor::process`](crate::Processor::process).
     NoSuchEvent,
-    /// The state may not be written here (for example from a query or a read-only phase).
+    /// The state may not be written here (for example a visit asked for outside
+    /// `process_broadcast` or `migrate`); the message says why.
     ReadOnly(String),
     /// The host's storage engine failed; the message says how.
     Storage(String),
@@ -349,6 +350,11 @@ impl Slot {
         Ok((self.id()?, event))
     }
 
+    /// Asks the host to visit every key of this state (see `visit_all_keys` on the handles).
+    fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
+        Ok(wit::visit_all_keys(self.id()?, tag)?)
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StateError> {
         serde_json::to_vec(value).map_err(|e| {
             StateError::Encode(format!(
@@ -452,6 +458,16 @@ impl<T> ValueState<T> {
     /// by a state of another kind.
     pub fn open(&self) -> Result<(), StateError> {
         self.slot.id().map(drop)
+    }
+
+    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
+    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
+    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
+    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
+    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
+    /// [`StateError::ReadOnly`].
+    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
+        self.slot.visit_all_keys(tag)
     }
 }
 
@@ -570,6 +586,16 @@ impl<K, V> MapState<K, V> {
     /// by a state of another kind.
     pub fn open(&self) -> Result<(), StateError> {
         self.slot.id().map(drop)
+    }
+
+    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
+    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
+    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
+    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
+    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
+    /// [`StateError::ReadOnly`].
+    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
+        self.slot.visit_all_keys(tag)
     }
 }
 
@@ -858,6 +884,16 @@ impl<T> ListState<T> {
     /// by a state of another kind.
     pub fn open(&self) -> Result<(), StateError> {
         self.slot.id().map(drop)
+    }
+
+    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
+    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
+    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
+    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
+    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
+    /// [`StateError::ReadOnly`].
+    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
+        self.slot.visit_all_keys(tag)
     }
 }
 

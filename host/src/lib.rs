@@ -4,16 +4,27 @@
 //! Where things live:
 //! - [`config`]: the pipeline file and its validation;
 //! - [`engine`]: wasmtime, the sandbox, and the host side of the WIT contract (`wit/`);
-//! - [`state`]: keyed state in RocksDB (layout, key groups, TTL, batch overlay);
+//! - [`state`]: keyed and broadcast state in RocksDB (layout, key groups, TTL, batch overlay,
+//!   visits);
+//! - [`checkpoint`]: incremental checkpoints, recovery, and portable savepoints;
+//! - [`lookup`]: external stores plugins may read (Redis, NATS KV, HTTP, PostgreSQL), cached;
 //! - [`transport`]: NATS connections, the input consumer, publishing with pipelined acks;
 //! - [`pipeline`]: the run loop tying them together, and its ordering guarantees;
+//! - [`reload`]: hot reload of plugin versions, probation and rollback;
+//! - [`query`]: queryable state over NATS and HTTP;
+//! - [`control`]: operator requests to running hosts (savepoints, checkpoints, status);
 //! - [`metrics`]: counters, histograms and the Prometheus endpoint;
 //! - [`cli`]: the `eddy` command's subcommands beyond `run` (event generator, tail, streams).
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod engine;
+pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
+pub mod query;
+pub mod reload;
 pub mod state;
 pub mod transport;

@@ -91,7 +91,32 @@ pub struct Metrics {
     pub call_seconds: Histogram,
     /// Events per plugin call.
     pub batch_size: Histogram,
+    /// Broadcast events handled.
+    pub broadcast_in: AtomicU64,
+    /// Events dropped by a lookup failure policy.
+    pub lookup_drops: AtomicU64,
+    /// Checkpoints completed.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints that failed to complete.
+    pub checkpoint_failures: AtomicU64,
+    /// Seconds the pipeline waited for a checkpoint cut.
+    pub checkpoint_pause_seconds: Histogram,
+    /// Seconds from cut to completed checkpoint.
+    pub checkpoint_seconds: Histogram,
+    /// Bytes of the last completed checkpoint.
+    pub checkpoint_bytes: AtomicU64,
+    /// Bytes checkpoints added (their incremental parts), in all.
+    pub checkpoint_new_bytes: AtomicU64,
+    /// Plugin version swaps.
+    pub reloads: AtomicU64,
+    /// Versions rolled back.
+    pub rollbacks: AtomicU64,
+    /// Versions rejected before they ran.
+    pub reload_rejections: AtomicU64,
+    /// Seconds the pipeline paused to swap a plugin version (migrate included).
+    pub swap_pause_seconds: Histogram,
     state: std::sync::OnceLock<Arc<crate::state::StateStats>>,
+    lookups: std::sync::OnceLock<Arc<crate::lookup::Lookups>>,
 }
 
 /// Why an event was dead-lettered.
@@ -109,10 +134,12 @@ pub enum DeadLetterReason {
     MemoryLimit,
     /// The plugin broke the contract (bad subject, wrong outcome count).
     Contract,
+    /// A lookup failed after every retry (policy `dead-letter`).
+    Lookup,
 }
 
 impl DeadLetterReason {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
     const ALL: [DeadLetterReason; Self::COUNT] = [
         DeadLetterReason::Key,
         DeadLetterReason::Rejected,
@@ -120,6 +147,7 @@ impl DeadLetterReason {
         DeadLetterReason::CpuBudget,
         DeadLetterReason::MemoryLimit,
         DeadLetterReason::Contract,
+        DeadLetterReason::Lookup,
     ];
 
     /// The label used in headers and metrics.
@@ -131,6 +159,7 @@ impl DeadLetterReason {
             DeadLetterReason::CpuBudget => "cpu-budget",
             DeadLetterReason::MemoryLimit => "memory-limit",
             DeadLetterReason::Contract => "contract",
+            DeadLetterReason::Lookup => "lookup",
         }
     }
 }
@@ -149,13 +178,31 @@ impl Metrics {
             instance_restarts: AtomicU64::new(0),
             call_seconds: Histogram::new(LATENCY_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
+            broadcast_in: AtomicU64::new(0),
+            lookup_drops: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_failures: AtomicU64::new(0),
+            checkpoint_pause_seconds: Histogram::new(LATENCY_BOUNDS),
+            checkpoint_seconds: Histogram::new(LATENCY_BOUNDS),
+            checkpoint_bytes: AtomicU64::new(0),
+            checkpoint_new_bytes: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            rollbacks: AtomicU64::new(0),
+            reload_rejections: AtomicU64::new(0),
+            swap_pause_seconds: Histogram::new(LATENCY_BOUNDS),
             state: std::sync::OnceLock::new(),
+            lookups: std::sync::OnceLock::new(),
         })
     }
 
     /// Includes the state store's counters in the exposition.
     pub fn attach_state(&self, stats: Arc<crate::state::StateStats>) {
         let _ = self.state.set(stats);
+    }
+
+    /// Includes the lookup stores' counters in the exposition.
+    pub fn attach_lookups(&self, lookups: Arc<crate::lookup::Lookups>) {
+        let _ = self.lookups.set(lookups);
     }
 
     /// Counts one dead letter.
@@ -175,7 +222,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let l = format!("pipeline=\"{}\"", self.pipeline);
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "eddy_events_in_total",
                 "Events read from the input.",
@@ -205,6 +252,51 @@ impl Metrics {
                 "eddy_instance_restarts_total",
                 "Plugin instances replaced after a trap.",
                 &self.instance_restarts,
+            ),
+            (
+                "eddy_broadcast_events_total",
+                "Broadcast events handled.",
+                &self.broadcast_in,
+            ),
+            (
+                "eddy_lookup_drops_total",
+                "Events dropped because a lookup failed (policy drop).",
+                &self.lookup_drops,
+            ),
+            (
+                "eddy_checkpoints_total",
+                "Checkpoints completed.",
+                &self.checkpoints,
+            ),
+            (
+                "eddy_checkpoint_failures_total",
+                "Checkpoints that failed to complete.",
+                &self.checkpoint_failures,
+            ),
+            (
+                "eddy_checkpoint_new_bytes_total",
+                "Bytes checkpoints stored beyond what earlier ones share.",
+                &self.checkpoint_new_bytes,
+            ),
+            (
+                "eddy_plugin_reloads_total",
+                "Plugin versions swapped in.",
+                &self.reloads,
+            ),
+            (
+                "eddy_plugin_rollbacks_total",
+                "Plugin versions rolled back.",
+                &self.rollbacks,
+            ),
+            (
+                "eddy_plugin_rejections_total",
+                "Plugin versions rejected before they ran.",
+                &self.reload_rejections,
+            ),
+            (
+                "eddy_checkpoint_bytes",
+                "Bytes of the state at the last completed checkpoint.",
+                &self.checkpoint_bytes,
             ),
         ];
         for (name, help, c) in counters {
@@ -236,6 +328,48 @@ impl Metrics {
                 stats.expired_in_compaction.load(Ordering::Relaxed)
             );
         }
+        if let Some(lookups) = self.lookups.get() {
+            let name = "eddy_lookups_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Lookup answers by store and result.\n# TYPE {name} counter"
+            );
+            for store in lookups.stores() {
+                let st = &store.stats;
+                for (result, c) in [
+                    ("hit", &st.hits),
+                    ("miss", &st.misses),
+                    ("error", &st.errors),
+                    ("failure", &st.failures),
+                    ("load", &st.loads),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{{l},store=\"{}\",result=\"{result}\"}} {}",
+                        store.name(),
+                        c.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        }
+        self.checkpoint_pause_seconds.render(
+            &mut out,
+            "eddy_checkpoint_pause_seconds",
+            "Time the pipeline waited for a checkpoint cut.",
+            &l,
+        );
+        self.checkpoint_seconds.render(
+            &mut out,
+            "eddy_checkpoint_seconds",
+            "Time from checkpoint cut to completed checkpoint.",
+            &l,
+        );
+        self.swap_pause_seconds.render(
+            &mut out,
+            "eddy_plugin_swap_pause_seconds",
+            "Time the pipeline paused to swap a plugin version.",
+            &l,
+        );
         self.call_seconds.render(
             &mut out,
             "eddy_plugin_call_seconds",

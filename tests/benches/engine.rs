@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use eddy_host::engine::{Engine, Event, Limits};
+use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::Worker;
 use eddy_host::state::{StateStore, SystemClock};
@@ -41,29 +41,25 @@ fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize)
     let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
     let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
     let p = engine.load_file(&plugin(plugin_name)).expect("plugin");
-    let mut worker = Worker::new(
-        p,
-        state.clone(),
-        Limits::default(),
-        config.to_string(),
-        Metrics::new("bench"),
-    )
-    .expect("worker");
+    let ctx = InstanceContext {
+        state: state.clone(),
+        limits: Limits::default(),
+        lookups: None,
+    };
+    let mut worker =
+        Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
     let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    let none = Arc::default();
     // Warm up: compile caches, RocksDB memtables, allocator.
     for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
-        let r = worker.run(c, k).expect("run");
-        state.commit(r.state).expect("commit");
+        worker.handle(c, k, &none).expect("run");
     }
     let started = Instant::now();
     let mut calls = 0;
     for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
-        let r = worker.run(c, k).expect("run");
-        assert!(
-            r.outcomes.iter().all(Result::is_ok),
-            "{name}: all events succeed"
-        );
-        state.commit(r.state).expect("commit");
+        // The worker commits each batch's writes to RocksDB (one write per call).
+        let r = worker.handle(c, k, &none).expect("run");
+        assert!(r.iter().all(Result::is_ok), "{name}: all events succeed");
         calls += 1;
     }
     Row {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_host::engine::{Engine, Event, Limits, Outcome};
+use eddy_host::engine::{Engine, Event, InstanceContext, Limits, Outcome};
 use eddy_host::metrics::{self, Metrics};
 use eddy_host::pipeline::Worker;
 use eddy_host::state::StateStore;
@@ -68,9 +68,8 @@ fn a_batch_reads_its_own_writes_and_state_is_per_key() {
     };
     let events = vec![ev("a"), ev("a"), ev("b"), ev("a")];
     let kgs: Vec<u16> = events.iter().map(|e| state.key_group(&e.key)).collect();
-    let r = w.run(&events, &kgs).expect("run");
+    let r = w.handle(&events, &kgs, &Arc::default()).expect("run");
     let counts: Vec<String> = r
-        .outcomes
         .iter()
         .map(|o| match o {
             Ok(Outcome::Emit(outs)) => outs[0]
@@ -136,9 +135,11 @@ fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
         timestamp_ms: 0,
         sequence: 1,
     };
-    let r = w.run(&[e], &[state.key_group(b"k")]).expect("run");
-    let Ok(Outcome::Emit(outs)) = &r.outcomes[0] else {
-        panic!("unexpected {:?}", r.outcomes[0]);
+    let r = w
+        .handle(&[e], &[state.key_group(b"k")], &Arc::default())
+        .expect("run");
+    let Ok(Outcome::Emit(outs)) = &r[0] else {
+        panic!("unexpected {:?}", r[0]);
     };
     let report: serde_json::Value = serde_json::from_slice(&outs[0].payload).expect("json");
     for what in ["file", "dir", "socket"] {
@@ -171,14 +172,12 @@ impl Harness {
         state.set_ttl_overrides(overrides.iter().map(|(n, t)| (n.to_string(), *t)).collect());
         let engine = Engine::new(None).expect("engine");
         let p = engine.load_file(&plugin(plugin_name)).expect("plugin");
-        let worker = Worker::new(
-            p,
-            state.clone(),
-            Limits::default(),
-            config.into(),
-            Metrics::new("t"),
-        )
-        .expect("worker");
+        let ctx = InstanceContext {
+            state: state.clone(),
+            limits: Limits::default(),
+            lookups: None,
+        };
+        let worker = Worker::new(p, ctx, config.into(), Metrics::new("t")).expect("worker");
         Harness {
             _dir: dir,
             clock,
@@ -187,7 +186,8 @@ impl Harness {
         }
     }
 
-    /// Handles one event for key `k` at time `t` and commits; returns its outcome.
+    /// Handles one event for key `k` at time `t` (its writes are committed); returns its
+    /// outcome.
     fn event(&mut self, t: u64, payload: &str) -> Outcome {
         self.clock.set(t);
         let e = Event {
@@ -200,12 +200,9 @@ impl Harness {
         };
         let mut r = self
             .worker
-            .run(&[e], &[self.state.key_group(b"k")])
+            .handle(&[e], &[self.state.key_group(b"k")], &Arc::default())
             .expect("run");
-        self.state
-            .commit(std::mem::take(&mut r.state))
-            .expect("commit");
-        r.outcomes.remove(0).expect("plugin handled the event")
+        r.remove(0).expect("plugin handled the event")
     }
 }
 

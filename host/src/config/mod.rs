@@ -6,11 +6,20 @@
 //! NATS or opens state: checks that need the server (streams exist, subjects are captured)
 //! belong to `transport`.
 
+mod sections;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use sections::{
+    BroadcastInputConfig, CacheConfig, CacheMode, CheckpointConfig, DedupeCheck, FailurePolicy,
+    LookupStoreConfig, LookupsConfig, OrderMode, PartitionsConfig, QueryConfig, ReloadConfig,
+    ReloadWatch, RetryConfig, RetryOn, StoreKind,
+};
 
 /// A whole pipeline: where events come from, which plugin handles them, where results go.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +47,27 @@ pub struct PipelineConfig {
     /// Keyed state settings: TTL overrides, background cleanup.
     #[serde(default)]
     pub state: StateConfig,
+    /// Checkpoints: how often, how many kept, where.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Broadcast inputs by name (`[broadcast.rules]`): every host reads all of each.
+    #[serde(default)]
+    pub broadcast: BTreeMap<String, BroadcastInputConfig>,
+    /// Lookup stores by name (`[lookup.profiles]`).
+    #[serde(default)]
+    pub lookup: BTreeMap<String, LookupStoreConfig>,
+    /// How events wait for their lookups: capacity and output order.
+    #[serde(default)]
+    pub lookups: LookupsConfig,
+    /// Hot reload of the plugin.
+    #[serde(default)]
+    pub reload: ReloadConfig,
+    /// Queryable state endpoints.
+    #[serde(default)]
+    pub query: QueryConfig,
+    /// Which partitions of the key space this host owns.
+    #[serde(default)]
+    pub partitions: PartitionsConfig,
 }
 
 /// `[state]`: operator overrides of what plugins declare.
@@ -201,7 +231,9 @@ pub struct InputConfig {
     /// Most events handed to the plugin in one call.
     #[serde(default = "default_batch")]
     pub batch: usize,
-    /// Most events read but not yet acknowledged (the consumer's `max_ack_pending`).
+    /// Most events read but not yet acknowledged (the consumer's `max_ack_pending`). The
+    /// input is acknowledged at checkpoints, so this bounds the events between two of them: a
+    /// checkpoint is taken early when half of it is reached.
     #[serde(default = "default_max_pending")]
     pub max_pending: i64,
 }
@@ -210,7 +242,7 @@ fn default_batch() -> usize {
     256
 }
 fn default_max_pending() -> i64 {
-    20_000
+    1_000_000
 }
 
 /// Where an event's key comes from.
@@ -373,6 +405,16 @@ impl PipelineConfig {
         if self.pipeline.state_dir.is_relative() {
             self.pipeline.state_dir = base.join(&self.pipeline.state_dir);
         }
+        if let Some(dir) = &self.checkpoint.dir
+            && dir.is_relative()
+        {
+            self.checkpoint.dir = Some(base.join(dir));
+        }
+        if let Some(dir) = &self.checkpoint.savepoint_dir
+            && dir.is_relative()
+        {
+            self.checkpoint.savepoint_dir = Some(base.join(dir));
+        }
         if self.plugin.path.is_relative() {
             self.plugin.path = base.join(&self.plugin.path);
         }
@@ -504,7 +546,58 @@ impl PipelineConfig {
                 format!("`{listen}` is not an address; use host:port, e.g. 127.0.0.1:9464"),
             ));
         }
+        self.checkpoint.validate()?;
+        for (name, b) in &self.broadcast {
+            b.validate(name)?;
+        }
+        for (name, store) in &self.lookup {
+            store.validate(name)?;
+        }
+        self.lookups.validate()?;
+        self.reload.validate()?;
+        self.query.validate()?;
+        self.partitions.validate()?;
+        if !self
+            .pipeline
+            .key_groups
+            .is_multiple_of(self.partitions.count)
+        {
+            return Err(err(
+                "partitions.count",
+                format!(
+                    "{} does not divide pipeline.key_groups ({}); a partition must own whole key groups",
+                    self.partitions.count, self.pipeline.key_groups
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Where the live database lives: `<state_dir>/db`, rebuilt from the newest checkpoint at
+    /// every start.
+    pub fn db_dir(&self) -> PathBuf {
+        self.pipeline.state_dir.join("db")
+    }
+
+    /// Where checkpoints are kept.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.checkpoint
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.pipeline.state_dir.join("checkpoints"))
+    }
+
+    /// Where savepoints are written by default.
+    pub fn savepoint_dir(&self) -> PathBuf {
+        self.checkpoint
+            .savepoint_dir
+            .clone()
+            .unwrap_or_else(|| self.pipeline.state_dir.join("savepoints"))
+    }
+
+    /// The NATS subject prefix of this pipeline's control requests.
+    pub fn control_subject(&self) -> String {
+        format!("eddy.ctl.{}", self.pipeline.name)
     }
 
     /// The durable consumer name.

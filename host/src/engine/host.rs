@@ -1,22 +1,94 @@
-//! The host side of the plugin imports: keyed state, log, clock, and a closed WASI.
+//! The host side of the plugin imports: keyed state, broadcast state, lookups, log, clock, and
+//! a closed WASI.
 //!
-//! A host function returns the WIT result: a state failure is an `Err` the plugin handles,
-//! never a trap. Keyed state calls name an event by its index in the current batch; the host
-//! resolves it to that event's key and key group, so a plugin can only touch the state of
-//! keys it was given.
+//! A host function returns the WIT result: a state or lookup failure is an `Err` the plugin
+//! handles, never a trap. What a call may do depends on which export is running
+//! ([`CallMode`]): keyed state needs the current batch's events (`handle`), broadcast state is
+//! writable only from `handle-broadcast`, visits are asked for only from `handle-broadcast` and
+//! `migrate`. A forbidden write answers `read-only` with where it was attempted, and changes
+//! nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Event;
-use super::bindings::eddy::plugin::{clock, keyed_state, log, types};
+use super::bindings::eddy::plugin::{broadcast_state, clock, keyed_state, log, lookup, types};
 use super::stdio::CapturedOutput;
-use crate::state::{self, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore, Ttl};
+use crate::state::{
+    self, BroadcastAccess, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore, Ttl,
+};
 
 use keyed_state::StateError as WitError;
+
+/// Which export is running: decides what the imports allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallMode {
+    /// Between calls.
+    Idle,
+    /// `init`: states and maps may be opened.
+    Init,
+    /// `handle`: keyed state of the batch's events; broadcast state read-only.
+    Handle,
+    /// `handle-broadcast`: broadcast state read-write; visits may be asked for.
+    Broadcast,
+    /// `prepare`: no state.
+    Prepare,
+    /// `visit`: entries are passed in; no state calls.
+    Visit,
+    /// `migrate`: visits may be asked for.
+    Migrate,
+}
+
+impl CallMode {
+    fn export(self) -> &'static str {
+        match self {
+            CallMode::Idle => "no export",
+            CallMode::Init => "init",
+            CallMode::Handle => "handle",
+            CallMode::Broadcast => "handle-broadcast",
+            CallMode::Prepare => "prepare",
+            CallMode::Visit => "visit",
+            CallMode::Migrate => "migrate",
+        }
+    }
+}
+
+/// A lookup's answer: the value, `None` if the store has no such key, or why it failed.
+pub type LookupAnswer = Result<Option<Vec<u8>>, LookupFailure>;
+
+/// Why a lookup failed, as the plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupFailure {
+    /// The pipeline declares no such store.
+    UnknownStore(String),
+    /// The store failed after every retry.
+    Failed(String),
+}
+
+/// Lookups fetched before a call, by store and key.
+pub type Prefetched = HashMap<(String, String), LookupAnswer>;
+
+/// The pipeline's lookup stores as the engine sees them: a synchronous fetch for keys that
+/// were not fetched before the call (the caller is a blocking thread).
+pub trait LookupSource: Send + Sync + 'static {
+    /// Fetches `keys` from `store`, one answer per key, with the store's cache, timeout and
+    /// retries.
+    fn fetch_blocking(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer>;
+}
+
+/// A visit of every key of a keyed state, asked for by the plugin.
+#[derive(Debug, Clone)]
+pub struct VisitRequest {
+    /// The state to visit.
+    pub state: StateInfo,
+    /// The plugin's tag, passed back to `visit`.
+    pub tag: String,
+}
 
 /// Everything a plugin instance's store holds.
 pub struct PluginHost {
@@ -28,12 +100,23 @@ pub struct PluginHost {
     last_words: String,
     plugin: String,
     state: Arc<StateStore>,
-    /// Opened states, indexed by state id.
+    /// Opened keyed states, indexed by state id.
     opened: Vec<Option<StateInfo>>,
-    /// The current batch's overlay.
+    /// Opened broadcast maps: id → name.
+    maps: HashMap<u32, String>,
+    /// The current call's overlay.
     batch: StateBatch,
     /// Key group and key of each event of the current call.
     keys: Vec<(u16, Vec<u8>)>,
+    mode: CallMode,
+    lookups: Option<Arc<dyn LookupSource>>,
+    prefetched: Arc<Prefetched>,
+    visits: Vec<VisitRequest>,
+    /// CPU budget of the current call: when it started, what it may use, and how long it has
+    /// been blocked in host imports (not charged).
+    budget: Duration,
+    started: Instant,
+    waited: Duration,
 }
 
 /// A memory cap per instance; a failed grow traps with a clear message.
@@ -83,7 +166,12 @@ fn closed_wasi(stdout: &CapturedOutput, stderr: &CapturedOutput) -> WasiCtx {
 }
 
 impl PluginHost {
-    pub(super) fn new(state: Arc<StateStore>, plugin: &str, memory_bytes: usize) -> PluginHost {
+    pub(super) fn new(
+        state: Arc<StateStore>,
+        plugin: &str,
+        memory_bytes: usize,
+        lookups: Option<Arc<dyn LookupSource>>,
+    ) -> PluginHost {
         let stdout = CapturedOutput::default();
         let stderr = CapturedOutput::default();
         PluginHost {
@@ -99,17 +187,44 @@ impl PluginHost {
             plugin: plugin.to_string(),
             state,
             opened: Vec::new(),
+            maps: HashMap::new(),
             batch: StateBatch::default(),
             keys: Vec::new(),
+            mode: CallMode::Idle,
+            lookups,
+            prefetched: Arc::default(),
+            visits: Vec::new(),
+            budget: Duration::ZERO,
+            started: Instant::now(),
+            waited: Duration::ZERO,
         }
     }
 
-    /// Installs a call's events and overlay; returns the copy to roll back to on failure.
+    pub(super) fn set_mode(&mut self, mode: CallMode) {
+        self.mode = mode;
+    }
+
+    /// Starts counting a call's CPU budget.
+    pub(super) fn start_budget(&mut self, budget: Duration) {
+        self.budget = budget;
+        self.started = Instant::now();
+        self.waited = Duration::ZERO;
+    }
+
+    /// CPU time left in the current call, or `None` if it is used up.
+    pub(super) fn budget_left(&self) -> Option<Duration> {
+        let used = self.started.elapsed().saturating_sub(self.waited);
+        self.budget.checked_sub(used).filter(|d| !d.is_zero())
+    }
+
+    /// Installs a call's events, overlay and lookups; returns the copy to roll back to on
+    /// failure.
     pub(super) fn begin(
         &mut self,
         events: &[Event],
         key_groups: &[u16],
         batch: StateBatch,
+        prefetched: Arc<Prefetched>,
     ) -> Option<StateBatch> {
         self.keys.clear();
         self.keys.extend(
@@ -118,6 +233,8 @@ impl PluginHost {
                 .zip(key_groups)
                 .map(|(e, kg)| (*kg, e.key.clone())),
         );
+        self.prefetched = prefetched;
+        self.visits.clear();
         // The overlay is usually empty at a call's start (one call per batch); when it is
         // not (events re-run one by one), keep a copy so a failed call leaves no writes.
         let rollback = (!batch.is_empty()).then(|| batch.clone());
@@ -125,14 +242,21 @@ impl PluginHost {
         rollback
     }
 
-    /// Ends a call: returns the overlay with its writes, or rolled back if it failed.
-    pub(super) fn end(&mut self, ok: bool, rollback: Option<StateBatch>) -> StateBatch {
+    /// Ends a call: returns the overlay with its writes (or rolled back if it failed) and the
+    /// visits the call asked for (none if it failed).
+    pub(super) fn end(
+        &mut self,
+        ok: bool,
+        rollback: Option<StateBatch>,
+    ) -> (StateBatch, Vec<VisitRequest>) {
         self.keys.clear();
+        self.prefetched = Arc::default();
         let batch = std::mem::take(&mut self.batch);
+        let visits = std::mem::take(&mut self.visits);
         if ok {
-            batch
+            (batch, visits)
         } else {
-            rollback.unwrap_or_default()
+            (rollback.unwrap_or_default(), Vec::new())
         }
     }
 
@@ -193,6 +317,27 @@ impl PluginHost {
         let (kg, key) = keys.get(event as usize).ok_or(WitError::NoSuchEvent)?;
         let mut access = KeyedAccess::new(state, batch);
         f(info, *kg, key, &mut access).map_err(to_wit)
+    }
+
+    /// Runs `f` on an opened broadcast map, with write access only in `handle-broadcast`.
+    fn with_map<T>(
+        &mut self,
+        id: u32,
+        write: bool,
+        f: impl FnOnce(&mut BroadcastAccess<'_>) -> state::Result<T>,
+    ) -> Result<T, broadcast_state::BroadcastError> {
+        use broadcast_state::BroadcastError as E;
+        let Some(name) = self.maps.get(&id) else {
+            return Err(E::UnknownMap);
+        };
+        if write && self.mode != CallMode::Broadcast {
+            return Err(E::ReadOnly(format!(
+                "broadcast map `{name}` is written only from handle-broadcast; this write came from {}, and nothing was written",
+                self.mode.export()
+            )));
+        }
+        let mut access = BroadcastAccess::new(&self.state, &mut self.batch);
+        f(&mut access).map_err(|e| E::Storage(e.to_string()))
     }
 }
 
@@ -428,5 +573,161 @@ impl keyed_state::Host for PluginHost {
             a.value_clear(s, kg, k);
             Ok(())
         })
+    }
+
+    fn visit_all_keys(&mut self, state: u32, tag: String) -> Result<(), WitError> {
+        let info = self
+            .opened
+            .get(state as usize)
+            .and_then(Option::as_ref)
+            .ok_or(WitError::UnknownState)?
+            .clone();
+        if !matches!(self.mode, CallMode::Broadcast | CallMode::Migrate) {
+            return Err(WitError::ReadOnly(format!(
+                "visits of every key (state `{}`) may be asked for only from handle-broadcast or migrate, not from {}",
+                info.name,
+                self.mode.export()
+            )));
+        }
+        self.visits.push(VisitRequest { state: info, tag });
+        Ok(())
+    }
+}
+
+impl broadcast_state::Host for PluginHost {
+    fn open_map(&mut self, name: String) -> Result<u32, broadcast_state::BroadcastError> {
+        if name.is_empty() {
+            return Err(broadcast_state::BroadcastError::Storage(
+                "a broadcast map needs a non-empty name".into(),
+            ));
+        }
+        let id = self
+            .state
+            .open_broadcast_map(&name)
+            .map_err(|e| broadcast_state::BroadcastError::Storage(e.to_string()))?;
+        self.maps.insert(id, name);
+        Ok(id)
+    }
+
+    fn get(
+        &mut self,
+        table: u32,
+        key: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, broadcast_state::BroadcastError> {
+        self.with_map(table, false, |a| a.get(table, &key))
+    }
+
+    fn entries(
+        &mut self,
+        table: u32,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, broadcast_state::BroadcastError> {
+        self.with_map(table, false, |a| {
+            a.entries(table, start_after.as_deref(), limit.min(10_000) as usize)
+        })
+    }
+
+    fn put(
+        &mut self,
+        table: u32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), broadcast_state::BroadcastError> {
+        self.with_map(table, true, |a| {
+            a.put(table, &key, value);
+            Ok(())
+        })
+    }
+
+    fn remove(&mut self, table: u32, key: Vec<u8>) -> Result<(), broadcast_state::BroadcastError> {
+        self.with_map(table, true, |a| {
+            a.remove(table, &key);
+            Ok(())
+        })
+    }
+
+    fn clear(&mut self, table: u32) -> Result<(), broadcast_state::BroadcastError> {
+        self.with_map(table, true, |a| {
+            a.clear(table);
+            Ok(())
+        })
+    }
+}
+
+impl PluginHost {
+    /// Answers from what was fetched before the call, or fetches now (the batch waits; the
+    /// wait is not charged to the plugin's CPU budget).
+    fn lookup_many(&mut self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
+        if self.mode == CallMode::Prepare {
+            let reason = "lookups are made in handle, after prepare has planned them".to_string();
+            return vec![Err(LookupFailure::Failed(reason)); keys.len()];
+        }
+        let mut answers: Vec<Option<LookupAnswer>> = keys
+            .iter()
+            .map(|k| {
+                self.prefetched
+                    .get(&(store.to_string(), k.clone()))
+                    .cloned()
+            })
+            .collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !missing.is_empty() {
+            let fetched = match &self.lookups {
+                Some(source) => {
+                    let started = Instant::now();
+                    let fetched = source.fetch_blocking(store, &missing);
+                    self.waited += started.elapsed();
+                    fetched
+                }
+                None => vec![
+                    Err(LookupFailure::UnknownStore(format!(
+                        "`{store}`: the pipeline declares no lookup stores; add [lookup.{store}]"
+                    )));
+                    missing.len()
+                ],
+            };
+            let mut fetched = fetched.into_iter();
+            for a in answers.iter_mut().filter(|a| a.is_none()) {
+                *a = fetched.next();
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(LookupFailure::Failed("no answer".into()))))
+            .collect()
+    }
+}
+
+fn lookup_to_wit(a: LookupAnswer) -> Result<Option<Vec<u8>>, lookup::LookupError> {
+    a.map_err(|e| match e {
+        LookupFailure::UnknownStore(m) => lookup::LookupError::UnknownStore(m),
+        LookupFailure::Failed(m) => lookup::LookupError::Failed(m),
+    })
+}
+
+impl lookup::Host for PluginHost {
+    fn get(&mut self, store: String, key: String) -> Result<Option<Vec<u8>>, lookup::LookupError> {
+        let answer = self
+            .lookup_many(&store, std::slice::from_ref(&key))
+            .pop()
+            .unwrap_or_else(|| Err(LookupFailure::Failed("no answer".into())));
+        lookup_to_wit(answer)
+    }
+
+    fn get_many(
+        &mut self,
+        store: String,
+        keys: Vec<String>,
+    ) -> Vec<Result<Option<Vec<u8>>, lookup::LookupError>> {
+        self.lookup_many(&store, &keys)
+            .into_iter()
+            .map(lookup_to_wit)
+            .collect()
     }
 }

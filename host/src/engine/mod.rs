@@ -2,19 +2,25 @@
 //! and calls them with batches of events.
 //!
 //! Owns: wasmtime configuration, the compiled-component cache (`cache`), the host side of the
-//! WIT imports (`host`), budgets (CPU by epoch deadline, memory by store limits) and the
-//! classification of failures into reasons an operator can act on.
+//! WIT imports (`host`: keyed state, broadcast state, lookups, log, clock, a closed WASI),
+//! budgets (CPU by epoch deadline, memory by store limits) and the classification of failures
+//! into reasons an operator can act on.
 //!
 //! Design, measured: one component call costs microseconds whatever the guest does, so the
 //! contract passes a whole batch per call (`handler.handle(list<event>)`). Calls are
-//! synchronous on the caller's thread (the pipeline runs them on a blocking thread): plugin
-//! code is CPU-bound, and lookups against external stores are resolved by the host before
-//! the call that needs them, not by blocking inside it.
+//! synchronous on the caller's thread (the pipeline runs them on blocking threads): plugin code
+//! is CPU-bound, and lookups against external stores are fetched concurrently by the host
+//! before the call that needs them (the plugin declares them in the optional `prepare` export).
+//!
+//! A component targets world `processor` (just `handler`) or `full-processor` (plus the optional
+//! exports); the host looks the optional exports up when it loads the component and calls only
+//! what is there.
 //!
 //! Never: performs NATS I/O, or lets a plugin reach the file system, network or environment.
 
 mod cache;
 mod host;
+mod instance;
 mod stdio;
 
 use std::path::{Path, PathBuf};
@@ -24,21 +30,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Store, Trap};
+use wasmtime::Config;
+use wasmtime::component::{HasSelf, InstancePre, Linker};
 
-use crate::state::{StateBatch, StateStore};
+pub use host::{LookupAnswer, LookupFailure, LookupSource, PluginHost, Prefetched, VisitRequest};
+pub use instance::{Instance, InstanceContext};
 
-pub use host::PluginHost;
-
+/// Generated from `wit/`; the types re-exported below are documented there.
+#[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "processor",
+        world: "full-processor",
     });
 }
 
 pub use bindings::eddy::plugin::types::{Event, Outcome, Output};
+pub use bindings::exports::eddy::plugin::broadcast_handler::BroadcastEvent;
+pub use bindings::exports::eddy::plugin::keyed_visitor::{VisitAction, VisitedEntry};
+pub use bindings::exports::eddy::plugin::lookup_planner::LookupRequest;
+
+use bindings::exports::eddy::plugin::{
+    broadcast_handler, handler, keyed_visitor, lookup_planner, migrator,
+};
+
+/// The WIT package version this host speaks.
+pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.0";
 
 /// Milliseconds between epoch ticks: the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -74,7 +91,10 @@ impl Engine {
         // WASI is linked because guest toolchains import it even for pure code; the context
         // behind it is closed (see `host::closed_wasi`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Processor::add_to_linker::<PluginHost, HasSelf<PluginHost>>(&mut linker, |h| h)?;
+        bindings::FullProcessor::add_to_linker::<PluginHost, HasSelf<PluginHost>>(
+            &mut linker,
+            |h| h,
+        )?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -105,12 +125,12 @@ impl Engine {
                 .with_context(|| format!("plugin {name} is not a valid WebAssembly component"))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "plugin {name} cannot be linked: {e:#}. It must target the `processor` world of wit/eddy.wit (eddy:plugin@0.1.0)"
+                "plugin {name} cannot be linked: {e:#}. It must target world `processor` or `full-processor` of wit/eddy.wit ({WIT_PACKAGE}); rebuild it against this version"
             )
         })?;
-        let pre = bindings::ProcessorPre::new(pre).map_err(|e| {
+        let exports = Exports::find(&pre).map_err(|e| {
             anyhow!(
-                "plugin {name} is not an Eddy processor: {e:#}. It must export eddy:plugin/handler@0.1.0 (world `processor` of wit/eddy.wit)"
+                "plugin {name} is not an Eddy processor: {e:#}. It must export {WIT_PACKAGE}'s `handler` interface (world `processor` of wit/eddy.wit)"
             )
         })?;
         tracing::info!(
@@ -118,15 +138,20 @@ impl Engine {
             version = &digest[..12],
             cached,
             ms = started.elapsed().as_millis() as u64,
+            exports = %exports.capabilities(),
             "plugin compiled"
         );
         Ok(Plugin {
-            cached,
-            pre,
-            _ticker: self.ticker.clone(),
-            engine: self.engine.clone(),
-            name: name.to_string(),
-            version: digest[..12].to_string(),
+            inner: Arc::new(PluginInner {
+                cached,
+                pre,
+                exports,
+                _ticker: self.ticker.clone(),
+                engine: self.engine.clone(),
+                name: name.to_string(),
+                version: digest[..12].to_string(),
+                size: wasm.len(),
+            }),
         })
     }
 
@@ -146,16 +171,88 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A compiled, linked plugin, ready to instantiate.
+/// The content hash (first 12 hex digits of the SHA-256) a plugin's bytes get as version.
+pub fn version_of(wasm: &[u8]) -> String {
+    hex(&Sha256::digest(wasm))[..12].to_string()
+}
+
+/// Where a component's exports are, found once at load time.
+#[derive(Clone)]
+struct Exports {
+    handler: handler::GuestIndices,
+    broadcast: Option<broadcast_handler::GuestIndices>,
+    planner: Option<lookup_planner::GuestIndices>,
+    visitor: Option<keyed_visitor::GuestIndices>,
+    migrator: Option<migrator::GuestIndices>,
+}
+
+impl Exports {
+    fn find(pre: &InstancePre<PluginHost>) -> anyhow::Result<Exports> {
+        Ok(Exports {
+            handler: handler::GuestIndices::new(pre)?,
+            broadcast: broadcast_handler::GuestIndices::new(pre).ok(),
+            planner: lookup_planner::GuestIndices::new(pre).ok(),
+            visitor: keyed_visitor::GuestIndices::new(pre).ok(),
+            migrator: migrator::GuestIndices::new(pre).ok(),
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            broadcast: self.broadcast.is_some(),
+            planner: self.planner.is_some(),
+            visitor: self.visitor.is_some(),
+            migrator: self.migrator.is_some(),
+        }
+    }
+}
+
+/// Which optional exports a plugin has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `broadcast-handler`.
+    pub broadcast: bool,
+    /// `lookup-planner`.
+    pub planner: bool,
+    /// `keyed-visitor`.
+    pub visitor: bool,
+    /// `migrator`.
+    pub migrator: bool,
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names = vec!["handler"];
+        for (on, name) in [
+            (self.broadcast, "broadcast-handler"),
+            (self.planner, "lookup-planner"),
+            (self.visitor, "keyed-visitor"),
+            (self.migrator, "migrator"),
+        ] {
+            if on {
+                names.push(name);
+            }
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
+/// A compiled, linked plugin, ready to instantiate. Cheap to clone.
 #[derive(Clone)]
 pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
     cached: bool,
-    pre: bindings::ProcessorPre<PluginHost>,
+    pre: InstancePre<PluginHost>,
+    exports: Exports,
     /// Keeps the epoch ticking while this plugin can run.
     _ticker: Arc<EpochTicker>,
     engine: wasmtime::Engine,
     name: String,
     version: String,
+    size: usize,
 }
 
 /// Budgets for one instance.
@@ -179,73 +276,41 @@ impl Default for Limits {
 impl Plugin {
     /// Short content hash identifying this build of the plugin.
     pub fn version(&self) -> &str {
-        &self.version
+        &self.inner.version
     }
 
     /// Whether the native code came from the compile cache instead of being compiled.
     pub fn was_cached(&self) -> bool {
-        self.cached
+        self.inner.cached
     }
 
     /// The plugin's name (file stem).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.inner.name
     }
 
-    /// Creates an instance and runs `init` with `config_json`.
-    pub fn instantiate(
-        &self,
-        state: Arc<StateStore>,
-        limits: Limits,
-        config_json: &str,
-    ) -> anyhow::Result<Instance> {
-        let host = PluginHost::new(state, &self.name, limits.memory_bytes);
-        let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limits);
-        store.set_epoch_deadline(ticks(limits.cpu_per_event, 1).max(1000));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| anyhow!("plugin {} failed to instantiate: {e:#}", self.name))?;
-        let mut instance = Instance {
-            store,
-            bindings,
-            limits,
-            name: self.name.clone(),
-            poisoned: false,
-        };
-        let result = instance
-            .bindings
-            .eddy_plugin_handler()
-            .call_init(&mut instance.store, config_json);
-        instance.store.data_mut().flush_output();
-        match result {
-            Ok(Ok(())) => Ok(instance),
-            Ok(Err(msg)) => Err(anyhow!(
-                "plugin {} refused its configuration in init: {msg}. Fix [plugin.config] in the pipeline file",
-                self.name
-            )),
-            Err(e) => Err(anyhow!(
-                "plugin {} failed in init: {}",
-                self.name,
-                instance.describe_failure(&e).message
-            )),
-        }
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Which optional exports it has.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.exports.capabilities()
     }
 }
 
-/// Epoch ticks allowed for a call of `events` events: the per-event budget times the batch
-/// size, capped at one second (or one event's budget if larger) so a looping plugin stalls the
+/// CPU time allowed for a call of `events` events: the per-event budget times the batch size,
+/// capped at one second (or one event's budget if larger) so a looping plugin stalls the
 /// pipeline briefly. A legitimate batch that hits the cap is re-run event by event, each with
 /// its own budget, and still succeeds.
-fn ticks(per_event: Duration, events: usize) -> u64 {
-    let total = per_event
+fn call_budget(per_event: Duration, events: usize) -> Duration {
+    per_event
         .saturating_mul(events.max(1) as u32)
-        .min(per_event.max(BATCH_BUDGET_CAP));
-    (total.as_millis() / TICK.as_millis()).max(1) as u64
+        .min(per_event.max(BATCH_BUDGET_CAP))
 }
 
-/// See [`ticks`].
+/// See [`call_budget`].
 const BATCH_BUDGET_CAP: Duration = Duration::from_secs(1);
 
 /// Why a call failed.
@@ -282,103 +347,8 @@ pub struct Failure {
     pub message: String,
 }
 
-/// One live plugin instance. Reused across batches; replaced after a trap.
-pub struct Instance {
-    store: Store<PluginHost>,
-    bindings: bindings::Processor,
-    limits: Limits,
-    name: String,
-    poisoned: bool,
-}
-
-impl Instance {
-    /// Whether the instance trapped and must be replaced.
-    pub fn is_poisoned(&self) -> bool {
-        self.poisoned
-    }
-
-    /// Handles `events` (with their key groups, in the same order) against `batch`. Returns
-    /// the batch (with this call's writes, or unchanged if the call failed) and the outcomes.
-    pub fn handle(
-        &mut self,
-        events: &[Event],
-        key_groups: &[u16],
-        batch: StateBatch,
-    ) -> (StateBatch, Result<Vec<Outcome>, Failure>) {
-        let host = self.store.data_mut();
-        let before = host.begin(events, key_groups, batch);
-        self.store
-            .set_epoch_deadline(ticks(self.limits.cpu_per_event, events.len()));
-        let result = self
-            .bindings
-            .eddy_plugin_handler()
-            .call_handle(&mut self.store, events);
-        let host = self.store.data_mut();
-        host.flush_output();
-        let result = match result {
-            Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
-            Ok(outcomes) => Err(Failure {
-                kind: FailureKind::Contract,
-                message: format!(
-                    "plugin {} returned {} outcomes for {} events; `handle` must return exactly one per event",
-                    self.name,
-                    outcomes.len(),
-                    events.len()
-                ),
-            }),
-            Err(e) => {
-                self.poisoned = true;
-                Err(self.describe_failure(&e))
-            }
-        };
-        let host = self.store.data_mut();
-        let batch = host.end(result.is_ok(), before);
-        (batch, result)
-    }
-
-    fn describe_failure(&mut self, e: &wasmtime::Error) -> Failure {
-        let last_words = self.store.data_mut().take_last_words();
-        let said = if last_words.is_empty() {
-            String::new()
-        } else {
-            format!(" (plugin said: {last_words})")
-        };
-        let memory_mb = self.limits.memory_bytes >> 20;
-        if let Some(trap) = e.downcast_ref::<Trap>() {
-            if *trap == Trap::Interrupt {
-                return Failure {
-                    kind: FailureKind::CpuBudget,
-                    message: format!(
-                        "plugin {} exceeded its CPU budget of {} ms per event (endless loop?); raise limits.cpu_ms_per_event if the work is legitimate",
-                        self.name,
-                        self.limits.cpu_per_event.as_millis()
-                    ),
-                };
-            }
-            if *trap == Trap::StackOverflow {
-                return Failure {
-                    kind: FailureKind::Trap,
-                    message: format!(
-                        "plugin {} overflowed its stack (deep recursion?){said}",
-                        self.name
-                    ),
-                };
-            }
-        }
-        let text = format!("{e:#}");
-        if text.contains("growing memory") || self.store.data().hit_memory_limit() {
-            return Failure {
-                kind: FailureKind::MemoryLimit,
-                message: format!(
-                    "plugin {} exceeded its memory limit of {memory_mb} MiB; raise limits.memory_mb or make the plugin use less",
-                    self.name
-                ),
-            };
-        }
-        let root = e.root_cause().to_string();
-        Failure {
-            kind: FailureKind::Trap,
-            message: format!("plugin {} trapped: {root}{said}", self.name),
-        }
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }

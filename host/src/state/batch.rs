@@ -21,39 +21,36 @@ use super::{
 /// Writes of one batch, not yet committed.
 #[derive(Debug, Default, Clone)]
 pub struct StateBatch {
-    /// Key → new stored bytes, or None for a delete.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Prefixes cleared in this batch (map clear); overlay writes after the clear survive.
-    cleared: Vec<Vec<u8>>,
+    /// Keyed state writes (column family `keyed`).
+    keyed: Overlay,
+    /// Broadcast state writes (column family `broadcast`).
+    pub(super) broadcast: Overlay,
     /// Input positions this batch brings the state to.
     positions: BTreeMap<String, u64>,
 }
 
-impl StateBatch {
-    /// Whether the batch changes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.cleared.is_empty() && self.positions.is_empty()
+/// Writes to one column family: key → new stored bytes (None for a delete), and prefixes
+/// cleared (a map or table clear); overlay writes made after a clear survive it.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Overlay {
+    pub(super) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(super) cleared: Vec<Vec<u8>>,
+}
+
+impl Overlay {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.cleared.is_empty()
     }
 
-    /// Number of pending key writes.
-    pub fn len(&self) -> usize {
-        self.writes.len()
-    }
-
-    /// Records that the state now reflects input `input` up to `position`.
-    pub fn set_position(&mut self, input: &str, position: u64) {
-        self.positions.insert(input.to_string(), position);
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+    pub(super) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }
 
-    fn delete(&mut self, key: Vec<u8>) {
+    pub(super) fn delete(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
     }
 
-    fn clear_prefix(&mut self, prefix: Vec<u8>) {
+    pub(super) fn clear_prefix(&mut self, prefix: Vec<u8>) {
         let keys: Vec<Vec<u8>> = self
             .writes
             .range(prefix.clone()..)
@@ -66,25 +63,157 @@ impl StateBatch {
         self.cleared.push(prefix);
     }
 
-    fn is_cleared(&self, key: &[u8]) -> bool {
+    pub(super) fn is_cleared(&self, key: &[u8]) -> bool {
         self.cleared.iter().any(|p| key.starts_with(p))
     }
 
-    pub(super) fn into_write_batch(self, store: &StateStore) -> WriteBatch {
-        let mut wb = WriteBatch::default();
-        let keyed = store.keyed_cf();
+    /// The overlay's view of `key`: `Some(Some(v))` written, `Some(None)` deleted or cleared,
+    /// `None` untouched (read the disk).
+    pub(super) fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.get(key) {
+            return Some(v.clone());
+        }
+        self.is_cleared(key).then_some(None)
+    }
+
+    /// Takes `later`'s writes on top of these.
+    fn absorb(&mut self, later: Overlay) {
+        for p in later.cleared {
+            self.clear_prefix(p);
+        }
+        self.writes.extend(later.writes);
+    }
+
+    fn write_into(self, wb: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
         for prefix in &self.cleared {
             match prefix_end(prefix) {
-                Some(end) => wb.delete_range_cf(keyed, prefix.as_slice(), end.as_slice()),
-                None => wb.delete_range_cf(keyed, prefix.as_slice(), &[0xffu8; 16][..]),
+                Some(end) => wb.delete_range_cf(cf, prefix.as_slice(), end.as_slice()),
+                None => wb.delete_range_cf(cf, prefix.as_slice(), &[0xffu8; 16][..]),
             }
         }
         for (k, v) in self.writes {
             match v {
-                Some(v) => wb.put_cf(keyed, k, v),
-                None => wb.delete_cf(keyed, k),
+                Some(v) => wb.put_cf(cf, k, v),
+                None => wb.delete_cf(cf, k),
             }
         }
+    }
+
+    /// Merged overlay + disk entries of column family `cf` under `prefix`, strictly after
+    /// `after` (or from the prefix), at most `max`, deletes and cleared ranges resolved.
+    pub(super) fn scan(
+        &self,
+        store: &StateStore,
+        cf: &rocksdb::ColumnFamily,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let start: Vec<u8> = after.map(<[u8]>::to_vec).unwrap_or_else(|| prefix.to_vec());
+        let lower = match after {
+            Some(_) => Bound::Excluded(start.clone()),
+            None => Bound::Included(start.clone()),
+        };
+        let mut overlay = self
+            .writes
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .peekable();
+        let mut disk = store.db().raw_iterator_cf(cf);
+        disk.seek(&start);
+        if after.is_some() && disk.valid() && disk.key() == Some(start.as_slice()) {
+            disk.next();
+        }
+        let mut out = Vec::new();
+        while out.len() < max {
+            let disk_key = disk
+                .valid()
+                .then(|| disk.key())
+                .flatten()
+                .filter(|k| k.starts_with(prefix));
+            let over_key = overlay.peek().map(|(k, _)| k.as_slice());
+            match (disk_key, over_key) {
+                (None, None) => break,
+                (Some(d), o) if o.is_none_or(|o| d < o) => {
+                    if !self.is_cleared(d)
+                        && let Some(v) = disk.value()
+                    {
+                        out.push((d.to_vec(), v.to_vec()));
+                    }
+                    disk.next();
+                }
+                (d, Some(o)) => {
+                    if d == Some(o) {
+                        disk.next();
+                    }
+                    if let Some((k, v)) = overlay.next()
+                        && let Some(v) = v
+                    {
+                        out.push((k.clone(), v.clone()));
+                    }
+                }
+                (Some(_), None) => unreachable!("covered by the guard above"),
+            }
+        }
+        disk.status()?;
+        Ok(out)
+    }
+}
+
+impl StateBatch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.keyed.is_empty() && self.broadcast.is_empty() && self.positions.is_empty()
+    }
+
+    /// Number of pending key writes.
+    pub fn len(&self) -> usize {
+        self.keyed.writes.len() + self.broadcast.writes.len()
+    }
+
+    /// Takes the writes of `later` on top of this batch's (the later batch wins).
+    pub fn absorb(&mut self, later: StateBatch) {
+        self.keyed.absorb(later.keyed);
+        self.broadcast.absorb(later.broadcast);
+        self.positions.extend(later.positions);
+    }
+
+    /// Records that the state now reflects input `input` up to `position`.
+    pub fn set_position(&mut self, input: &str, position: u64) {
+        self.positions.insert(input.to_string(), position);
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.keyed.put(key, value);
+    }
+
+    fn delete(&mut self, key: Vec<u8>) {
+        self.keyed.delete(key);
+    }
+
+    pub(super) fn put_keyed(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.keyed.put(key, value);
+    }
+
+    pub(super) fn delete_keyed(&mut self, key: Vec<u8>) {
+        self.keyed.delete(key);
+    }
+
+    /// Keyed entries under `prefix` after `after`, through this overlay.
+    pub(super) fn keyed_scan(
+        &self,
+        store: &StateStore,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.keyed.scan(store, store.keyed_cf(), prefix, after, max)
+    }
+
+    pub(super) fn into_write_batch(self, store: &StateStore) -> WriteBatch {
+        let mut wb = WriteBatch::default();
+        self.keyed.write_into(&mut wb, store.keyed_cf());
+        self.broadcast.write_into(&mut wb, store.broadcast_cf());
         let meta = store.meta_cf();
         for (input, pos) in self.positions {
             wb.put_cf(meta, position_key(&input), pos.to_be_bytes());
@@ -108,11 +237,8 @@ impl<'a> KeyedAccess<'a> {
     }
 
     fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.batch.writes.get(key) {
-            return Ok(v.clone());
-        }
-        if self.batch.is_cleared(key) {
-            return Ok(None);
+        if let Some(v) = self.batch.keyed.get(key) {
+            return Ok(v);
         }
         Ok(self
             .store
@@ -254,7 +380,7 @@ impl<'a> KeyedAccess<'a> {
 
     /// Removes every entry of `key`'s map.
     pub fn map_clear(&mut self, state: &StateInfo, kg: u16, key: &[u8]) {
-        self.batch.clear_prefix(state_key(kg, state.id, key));
+        self.batch.keyed.clear_prefix(state_key(kg, state.id, key));
     }
 
     /// Up to `limit` live entries after `start_after` (exclusive), in map-key order.
@@ -298,63 +424,15 @@ impl<'a> KeyedAccess<'a> {
         Ok(self.map_entries(state, kg, key, None, 1)?.is_empty())
     }
 
-    /// Merged overlay + disk entries under `prefix`, strictly after `after` (or from the
-    /// prefix), at most `max`, deletes and cleared ranges resolved.
     fn scan(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let start: Vec<u8> = after.map(<[u8]>::to_vec).unwrap_or_else(|| prefix.to_vec());
-        let lower = match after {
-            Some(_) => Bound::Excluded(start.clone()),
-            None => Bound::Included(start.clone()),
-        };
-        let mut overlay = self
-            .batch
-            .writes
-            .range((lower, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .peekable();
-        let mut disk = self.store.db().raw_iterator_cf(self.store.keyed_cf());
-        disk.seek(&start);
-        if after.is_some() && disk.valid() && disk.key() == Some(start.as_slice()) {
-            disk.next();
-        }
-        let mut out = Vec::new();
-        while out.len() < max {
-            let disk_key = disk
-                .valid()
-                .then(|| disk.key())
-                .flatten()
-                .filter(|k| k.starts_with(prefix));
-            let over_key = overlay.peek().map(|(k, _)| k.as_slice());
-            match (disk_key, over_key) {
-                (None, None) => break,
-                (Some(d), o) if o.is_none_or(|o| d < o) => {
-                    if !self.batch.is_cleared(d)
-                        && let Some(v) = disk.value()
-                    {
-                        out.push((d.to_vec(), v.to_vec()));
-                    }
-                    disk.next();
-                }
-                (d, Some(o)) => {
-                    if d == Some(o) {
-                        disk.next();
-                    }
-                    if let Some((k, v)) = overlay.next()
-                        && let Some(v) = v
-                    {
-                        out.push((k.clone(), v.clone()));
-                    }
-                }
-                (Some(_), None) => unreachable!("covered by the guard above"),
-            }
-        }
-        disk.status()?;
-        Ok(out)
+        self.batch
+            .keyed
+            .scan(self.store, self.store.keyed_cf(), prefix, after, max)
     }
 
     // ---- list state ----

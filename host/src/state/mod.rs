@@ -10,9 +10,11 @@
 //! Never: talks to NATS, runs plugin code, or blocks on anything but local disk.
 
 mod batch;
+pub mod broadcast;
 pub mod keygroup;
 pub mod layout;
 pub mod ttl;
+pub mod visit;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +30,7 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, Wri
 use serde::{Deserialize, Serialize};
 
 pub use batch::{KeyedAccess, StateBatch};
+pub use broadcast::BroadcastAccess;
 pub use ttl::{Clock, ManualClock, SystemClock, Ttl, TtlUpdate, TtlVisibility};
 
 /// Key groups when the pipeline names none (Flink's default maximum parallelism is 128).
@@ -36,12 +39,14 @@ pub const DEFAULT_KEY_GROUPS: u32 = 128;
 pub const MAX_KEY_GROUPS: u32 = 65_536;
 
 const CF_KEYED: &str = "keyed";
+const CF_BROADCAST: &str = "broadcast";
 const CF_META: &str = "meta";
 const META_KEY_GROUPS: &[u8] = b"key_groups";
 const META_FORMAT: &[u8] = b"format";
 const META_STATE_PREFIX: &str = "state/";
+const META_BROADCAST_PREFIX: &str = "bmap/";
 const META_POSITION_PREFIX: &str = "position/";
-const FORMAT_VERSION: &[u8] = b"1";
+const FORMAT_VERSION: &[u8] = b"2";
 
 /// What went wrong in the state layer.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +104,10 @@ pub struct StateInfo {
 struct RegistryEntry {
     id: u32,
     kind: StateKind,
+    /// The TTL the state was last opened with (after operator overrides), so tools that read
+    /// state without the plugin (queries, savepoints) apply the same expiry.
+    #[serde(default)]
+    ttl: Option<Ttl>,
 }
 
 /// The keyed state database of one pipeline on one host.
@@ -147,8 +156,11 @@ impl Default for StoreOptions {
 
 #[derive(Default)]
 struct Registry {
-    by_name: HashMap<String, (u32, StateKind)>,
+    by_name: HashMap<String, (u32, StateKind, Option<Ttl>)>,
     next_id: u32,
+    /// Broadcast maps: name → id.
+    maps: HashMap<String, u32>,
+    next_map: u32,
 }
 
 impl StateStore {
@@ -176,6 +188,9 @@ impl StateStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.increase_parallelism(2);
+        // Column families are flushed together, so a checkpoint's keyed state, broadcast
+        // state and positions are always from the same moment.
+        opts.set_atomic_flush(true);
         let mut keyed = Options::default();
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(64 << 20));
@@ -192,8 +207,11 @@ impl StateStore {
             "eddy-ttl",
             ttl_compaction_filter(ttls.clone(), kinds.clone(), clock.clone(), stats.clone()),
         );
+        let mut broadcast = Options::default();
+        broadcast.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_KEYED, keyed),
+            ColumnFamilyDescriptor::new(CF_BROADCAST, broadcast),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
@@ -233,6 +251,10 @@ impl StateStore {
 
     pub(crate) fn meta_cf(&self) -> &rocksdb::ColumnFamily {
         self.cf(CF_META)
+    }
+
+    pub(crate) fn broadcast_cf(&self) -> &rocksdb::ColumnFamily {
+        self.cf(CF_BROADCAST)
     }
 
     pub(crate) fn db(&self) -> &DB {
@@ -290,7 +312,24 @@ impl StateStore {
             let entry: RegistryEntry = serde_json::from_slice(&v)
                 .map_err(|e| StateError::Corrupt(format!("registry entry {name}: {e}")))?;
             reg.next_id = reg.next_id.max(entry.id + 1);
-            reg.by_name.insert(name, (entry.id, entry.kind));
+            reg.by_name.insert(name, (entry.id, entry.kind, entry.ttl));
+        }
+        let iter = self
+            .db
+            .prefix_iterator_cf(self.meta_cf(), META_BROADCAST_PREFIX.as_bytes());
+        for item in iter {
+            let (k, v) = item?;
+            let Some(name) = k.strip_prefix(META_BROADCAST_PREFIX.as_bytes()) else {
+                break;
+            };
+            let id = v
+                .as_ref()
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| StateError::Corrupt("broadcast map registry".into()))?;
+            reg.next_map = reg.next_map.max(id + 1);
+            reg.maps
+                .insert(String::from_utf8_lossy(name).into_owned(), id);
         }
         Ok(())
     }
@@ -328,31 +367,36 @@ impl StateStore {
 
     fn register(&self, name: &str, kind: StateKind, ttl: Option<Ttl>) -> Result<StateInfo> {
         let mut reg = self.lock_registry();
-        if let Some(&(id, existing)) = reg.by_name.get(name) {
-            if existing != kind {
+        let id = match reg.by_name.get(name) {
+            Some(&(_, existing, _)) if existing != kind => {
                 return Err(StateError::WrongKind {
                     name: name.to_string(),
                     existing,
                     requested: kind,
                 });
             }
-            return Ok(StateInfo {
-                id,
-                name: name.to_string(),
-                kind,
-                ttl,
-            });
-        }
-        let id = reg.next_id;
-        let entry = serde_json::to_vec(&RegistryEntry { id, kind })
+            Some(&(id, _, stored_ttl)) if stored_ttl == ttl => {
+                return Ok(StateInfo {
+                    id,
+                    name: name.to_string(),
+                    kind,
+                    ttl,
+                });
+            }
+            Some(&(id, _, _)) => id,
+            None => {
+                reg.next_id += 1;
+                reg.next_id - 1
+            }
+        };
+        let entry = serde_json::to_vec(&RegistryEntry { id, kind, ttl })
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
         self.db.put_cf(
             self.meta_cf(),
             format!("{META_STATE_PREFIX}{name}").as_bytes(),
             entry,
         )?;
-        reg.next_id += 1;
-        reg.by_name.insert(name.to_string(), (id, kind));
+        reg.by_name.insert(name.to_string(), (id, kind, ttl));
         Ok(StateInfo {
             id,
             name: name.to_string(),
@@ -361,16 +405,63 @@ impl StateStore {
         })
     }
 
-    /// The registered states: name, id, kind.
-    pub fn states(&self) -> Vec<(String, u32, StateKind)> {
+    /// The registered keyed states, sorted by id, with the TTL they were last opened with.
+    pub fn states(&self) -> Vec<StateInfo> {
         let reg = self.lock_registry();
-        let mut out: Vec<_> = reg
+        let mut out: Vec<StateInfo> = reg
             .by_name
             .iter()
-            .map(|(n, (id, k))| (n.clone(), *id, *k))
+            .map(|(n, (id, kind, ttl))| StateInfo {
+                id: *id,
+                name: n.clone(),
+                kind: *kind,
+                ttl: *ttl,
+            })
             .collect();
-        out.sort_by_key(|s| s.1);
+        out.sort_by_key(|s| s.id);
         out
+    }
+
+    /// A registered keyed state by name.
+    pub fn state(&self, name: &str) -> Option<StateInfo> {
+        let reg = self.lock_registry();
+        reg.by_name.get(name).map(|(id, kind, ttl)| StateInfo {
+            id: *id,
+            name: name.to_string(),
+            kind: *kind,
+            ttl: *ttl,
+        })
+    }
+
+    /// Opens the broadcast map called `name`, registering it on first use. The id is stable
+    /// for the life of the state.
+    pub fn open_broadcast_map(&self, name: &str) -> Result<u32> {
+        let mut reg = self.lock_registry();
+        if let Some(id) = reg.maps.get(name) {
+            return Ok(*id);
+        }
+        let id = reg.next_map;
+        self.db.put_cf(
+            self.meta_cf(),
+            format!("{META_BROADCAST_PREFIX}{name}").as_bytes(),
+            id.to_be_bytes(),
+        )?;
+        reg.next_map += 1;
+        reg.maps.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    /// The broadcast maps: name and id, sorted by id.
+    pub fn broadcast_maps(&self) -> Vec<(String, u32)> {
+        let reg = self.lock_registry();
+        let mut out: Vec<(String, u32)> = reg.maps.iter().map(|(n, id)| (n.clone(), *id)).collect();
+        out.sort_by_key(|m| m.1);
+        out
+    }
+
+    /// The id of broadcast map `name`, if it exists.
+    pub fn broadcast_map(&self, name: &str) -> Option<u32> {
+        self.lock_registry().maps.get(name).copied()
     }
 
     /// Number of key groups.
@@ -402,6 +493,65 @@ impl StateStore {
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
     }
 
+    /// Every input position the state records.
+    pub fn positions(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        let iter = self
+            .db
+            .prefix_iterator_cf(self.meta_cf(), META_POSITION_PREFIX.as_bytes());
+        for item in iter {
+            let (k, v) = item?;
+            let Some(name) = k.strip_prefix(META_POSITION_PREFIX.as_bytes()) else {
+                break;
+            };
+            if let Ok(bytes) = <[u8; 8]>::try_from(v.as_ref()) {
+                out.insert(
+                    String::from_utf8_lossy(name).into_owned(),
+                    u64::from_be_bytes(bytes),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a RocksDB checkpoint of the whole database into `dir` (which must not exist):
+    /// memtables are flushed, SST files hard-linked, the small metadata files copied. The
+    /// checkpoint is itself an openable database.
+    pub fn create_checkpoint(&self, dir: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// Opens a database read-only (a checkpoint, for queries at that cut).
+    pub fn open_read_only(path: &Path, clock: Arc<dyn Clock>) -> Result<StateStore> {
+        let opts = Options::default();
+        let cfs = [CF_KEYED, CF_BROADCAST, CF_META];
+        let db = DB::open_cf_for_read_only(&opts, path, cfs, false)?;
+        let key_groups = db
+            .get_cf(
+                db.cf_handle(CF_META)
+                    .ok_or_else(|| StateError::Corrupt("no meta column family".into()))?,
+                META_KEY_GROUPS,
+            )?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .ok_or_else(|| StateError::Corrupt("no key_groups entry".into()))?;
+        let store = StateStore {
+            db,
+            path: path.to_path_buf(),
+            key_groups,
+            clock,
+            registry: Mutex::new(Registry::default()),
+            write_opts: WriteOptions::default(),
+            ttls: Arc::default(),
+            kinds: Arc::default(),
+            stats: Arc::default(),
+            overrides: RwLock::default(),
+        };
+        store.load_registry()?;
+        Ok(store)
+    }
+
     /// A new, empty batch.
     pub fn batch(&self) -> StateBatch {
         StateBatch::default()
@@ -413,6 +563,25 @@ impl StateStore {
             return Ok(());
         }
         let wb = batch.into_write_batch(self);
+        self.db.write_opt(wb, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Writes stored entries as they are (keyed, or broadcast), in one write: for restoring
+    /// savepoints.
+    pub fn write_raw(&self, entries: Vec<(Vec<u8>, Vec<u8>)>, broadcast: bool) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let cf = if broadcast {
+            self.broadcast_cf()
+        } else {
+            self.keyed_cf()
+        };
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in entries {
+            wb.put_cf(cf, k, v);
+        }
         self.db.write_opt(wb, &self.write_opts)?;
         Ok(())
     }
@@ -471,8 +640,9 @@ impl StateStore {
 
     /// Flushes memtables to disk (used before measuring size, and at shutdown).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush_cf(self.keyed_cf())?;
-        self.db.flush_cf(self.meta_cf())?;
+        let cfs = [self.keyed_cf(), self.broadcast_cf(), self.meta_cf()];
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         Ok(())
     }
 }

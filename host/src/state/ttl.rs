@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// When an entry's time-to-live restarts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TtlUpdate {
     /// Creating or writing stamps the entry (Flink's default).
     OnCreateAndWrite,
@@ -19,7 +20,8 @@ pub enum TtlUpdate {
 }
 
 /// Whether an expired entry not yet cleaned up may be returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TtlVisibility {
     /// Never (Flink's default).
     NeverReturnExpired,
@@ -28,7 +30,7 @@ pub enum TtlVisibility {
 }
 
 /// A state's TTL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ttl {
     /// Time to live in milliseconds.
     pub ttl_ms: u64,

@@ -1,0 +1,301 @@
+use std::sync::Arc;
+
+use super::savepoint;
+use super::*;
+use crate::state::{
+    KeyedAccess, ManualClock, StateKind, StateStore, Ttl, TtlUpdate, TtlVisibility,
+};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    clock: ManualClock,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().expect("tempdir"),
+            clock: ManualClock::new(1_000),
+        }
+    }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("db")
+    }
+
+    fn open(&self, key_groups: u32) -> StateStore {
+        StateStore::open(&self.db(), key_groups, Arc::new(self.clock.clone())).expect("open")
+    }
+
+    fn checkpoints(&self, retain: usize) -> Checkpoints {
+        Checkpoints::new(
+            &self.dir.path().join("checkpoints"),
+            &self.dir.path().join("staging"),
+            "t",
+            retain,
+        )
+    }
+}
+
+fn write_counts(store: &StateStore, from: u32, to: u32, value: &[u8]) {
+    let s = store
+        .open_state("count", StateKind::Value, None)
+        .expect("state");
+    let mut b = store.batch();
+    {
+        let mut a = KeyedAccess::new(store, &mut b);
+        for i in from..to {
+            let key = format!("k{i}");
+            a.value_set(&s, store.key_group(key.as_bytes()), key.as_bytes(), value);
+        }
+    }
+    store.commit(b).expect("commit");
+}
+
+fn read(store: &StateStore, key: &str) -> Option<Vec<u8>> {
+    let s = store.state("count").expect("registered");
+    store.read_value(&s, key.as_bytes()).expect("read")
+}
+
+fn cut(pos: u64) -> Cut {
+    Cut {
+        positions: BTreeMap::from([("keyed:IN/c".to_string(), pos)]),
+        plugin_version: "v1".into(),
+        ..Cut::default()
+    }
+}
+
+#[test]
+fn a_checkpoint_restores_exactly_the_state_at_its_cut() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    let staged = cps.cut(&store, 1, cut(100)).expect("cut");
+    // Writes after the cut are not in the checkpoint.
+    write_counts(&store, 0, 200, b"2");
+    let m = cps.complete(&staged).expect("complete");
+    assert_eq!(m.cut.positions["keyed:IN/c"], 100);
+    assert!(m.total_bytes > 0 && m.new_bytes > 0);
+    drop(store);
+
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("one");
+    assert_eq!(restored.id, 1);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k5"), Some(b"1".to_vec()));
+    assert_eq!(read(&store, "k150"), None, "written after the cut");
+    assert_eq!(
+        store.position("keyed:IN/c").expect("position"),
+        Some(100),
+        "positions are in the checkpointed state too"
+    );
+}
+
+#[test]
+fn checkpoints_are_incremental_and_old_ones_are_deleted() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(2);
+    let store = f.open(16);
+    let big = vec![7u8; 2_000];
+    write_counts(&store, 0, 5_000, &big);
+    let first = cps
+        .complete(&cps.cut(&store, 1, cut(1)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 5_000, 5_100, &big);
+    let second = cps
+        .complete(&cps.cut(&store, 2, cut(2)).expect("cut"))
+        .expect("complete");
+    assert!(
+        second.new_bytes * 5 < second.total_bytes,
+        "the second checkpoint stores only its new SST files: {} new of {}",
+        second.new_bytes,
+        second.total_bytes
+    );
+    let third = cps
+        .complete(&cps.cut(&store, 3, cut(3)).expect("cut"))
+        .expect("complete");
+    cps.retain(Some(third.id)).expect("retain");
+    let ids: Vec<u64> = cps.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![2, 3], "retain keeps the newest two");
+    // Files only the deleted checkpoint used are gone; those of the kept ones remain.
+    for f in &third.files {
+        assert!(cps.dir().join(&f.stored).is_file(), "{} kept", f.stored);
+    }
+    let _ = first;
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 50, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(50)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 0, 50, b"2");
+    let newest = cps
+        .complete(&cps.cut(&store, 2, cut(60)).expect("cut"))
+        .expect("complete");
+    drop(store);
+    // Damage a file only the newest checkpoint has.
+    let own = newest
+        .files
+        .iter()
+        .find(|f| f.stored.starts_with("chk-") && f.name.starts_with("MANIFEST"))
+        .expect("a private file");
+    let path = cps.dir().join(&own.stored);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).expect("damage");
+
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1, "fell back to the previous checkpoint");
+    let store = f.open(16);
+    assert_eq!(read(&store, "k1"), Some(b"1".to_vec()));
+    drop(store);
+
+    // A missing file is caught the same way.
+    std::fs::remove_dir_all(cps.dir().join("chk-0000000002")).expect("rm");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1);
+}
+
+#[test]
+fn an_incomplete_checkpoint_is_never_used() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 10, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(10)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 0, 10, b"2");
+    // Cut but never completed (the host died before the manifest).
+    let _staged = cps.cut(&store, 2, cut(20)).expect("cut");
+    drop(store);
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1);
+    assert_eq!(cps.next_id(), 3, "ids are never reused");
+}
+
+fn ttl(ms: u64) -> Ttl {
+    Ttl {
+        ttl_ms: ms,
+        update: TtlUpdate::OnCreateAndWrite,
+        visibility: TtlVisibility::NeverReturnExpired,
+    }
+}
+
+/// Savepoint restored with twice the key groups, into another directory: every key reads the
+/// same; expired entries are not carried (Flink's "cleanup in full snapshot": after restore,
+/// with the clock set back, they are still gone).
+#[test]
+fn a_savepoint_restores_elsewhere_with_other_key_groups_without_expired_entries() {
+    let f = Fixture::new();
+    let store = f.open(16);
+    let live = store
+        .open_state("live", StateKind::Value, None)
+        .expect("state");
+    let short = store
+        .open_state("short", StateKind::Map, Some(ttl(100)))
+        .expect("state");
+    let list = store
+        .open_state("hist", StateKind::List, Some(ttl(100)))
+        .expect("state");
+    let table = store.open_broadcast_map("rules").expect("map");
+    let mut b = store.batch();
+    {
+        let mut a = KeyedAccess::new(&store, &mut b);
+        for i in 0..300u32 {
+            let key = format!("c-{i}");
+            let kg = store.key_group(key.as_bytes());
+            a.value_set(&live, kg, key.as_bytes(), format!("{i}").as_bytes());
+            a.map_put(&short, kg, key.as_bytes(), b"tx", b"1");
+            a.list_add_all(&list, kg, key.as_bytes(), &[b"old".to_vec()])
+                .expect("add");
+        }
+    }
+    crate::state::BroadcastAccess::new(&store, &mut b).put(table, b"travel", b"500".to_vec());
+    store.commit(b).expect("commit");
+    // Later: the map entries expire, and the list gets a young element.
+    f.clock.set(1_150);
+    let mut b = store.batch();
+    {
+        let mut a = KeyedAccess::new(&store, &mut b);
+        let kg = store.key_group(b"c-7");
+        a.list_add_all(&list, kg, b"c-7", &[b"young".to_vec()])
+            .expect("add");
+    }
+    store.commit(b).expect("commit");
+
+    let sp_dir = f.dir.path().join("sp");
+    let meta = savepoint::write(&store, &cut(300), "t", &sp_dir, |_| {}).expect("write");
+    assert_eq!(meta.key_groups, 16);
+    assert!(meta.expired_skipped >= 300, "{meta:?}");
+    assert!(meta.files.iter().any(|f| f.key_group.is_some()));
+
+    // Restore elsewhere with twice the key groups, the clock set back before the expiry.
+    f.clock.set(1_010);
+    let other = tempfile::tempdir().expect("tempdir");
+    let target = StateStore::open(&other.path().join("db"), 32, Arc::new(f.clock.clone()))
+        .expect("open target");
+    let restored = savepoint::restore(&sp_dir, &target, |_| true, |_| {}).expect("restore");
+    assert_eq!(restored.entries, meta.entries);
+    let live2 = target.state("live").expect("state");
+    for i in 0..300u32 {
+        let key = format!("c-{i}");
+        assert_eq!(
+            target.read_value(&live2, key.as_bytes()).expect("read"),
+            Some(format!("{i}").into_bytes()),
+            "{key}"
+        );
+    }
+    let short2 = target.state("short").expect("state");
+    let hist2 = target.state("hist").expect("state");
+    let mut b = target.batch();
+    let mut a = KeyedAccess::new(&target, &mut b);
+    let kg = target.key_group(b"c-7");
+    assert_eq!(
+        a.map_get(&short2, kg, b"c-7", b"tx").expect("get"),
+        None,
+        "expired before the savepoint: still gone with the clock set back"
+    );
+    assert_eq!(
+        a.list_get(&hist2, kg, b"c-7").expect("list"),
+        vec![b"young".to_vec()]
+    );
+    let kg = target.key_group(b"c-8");
+    assert!(a.list_get(&hist2, kg, b"c-8").expect("list").is_empty());
+    let t = target.broadcast_map("rules").expect("map");
+    assert_eq!(
+        crate::state::BroadcastAccess::new(&target, &mut target.batch())
+            .get(t, b"travel")
+            .expect("get"),
+        Some(b"500".to_vec())
+    );
+    assert_eq!(target.position("keyed:IN/c").expect("pos"), Some(300));
+
+    // Only owned key groups are kept (a host owning half of the partitions).
+    let half = tempfile::tempdir().expect("tempdir");
+    let part =
+        StateStore::open(&half.path().join("db"), 32, Arc::new(f.clock.clone())).expect("open");
+    savepoint::restore(&sp_dir, &part, |kg| kg.is_multiple_of(2), |_| {}).expect("restore");
+    let live3 = part.state("live").expect("state");
+    for i in 0..300u32 {
+        let key = format!("c-{i}");
+        let kg = part.key_group(key.as_bytes());
+        let v = part.read_value(&live3, key.as_bytes()).expect("read");
+        assert_eq!(v.is_some(), kg.is_multiple_of(2), "{key} in key group {kg}");
+    }
+
+    // A damaged savepoint is refused.
+    let file = sp_dir.join(&meta.files[0].path);
+    let mut bytes = std::fs::read(&file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).expect("damage");
+    let again = tempfile::tempdir().expect("tempdir");
+    let t3 =
+        StateStore::open(&again.path().join("db"), 16, Arc::new(f.clock.clone())).expect("open");
+    let e = savepoint::restore(&sp_dir, &t3, |_| true, |_| {}).expect_err("damaged");
+    assert!(e.to_string().contains("fails its checksum"), "{e}");
+}

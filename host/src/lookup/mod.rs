@@ -1,0 +1,410 @@
+//! Async lookups against external stores (Redis, NATS KV, HTTP, PostgreSQL), with caches,
+//! timeouts, retries and failure policies.
+//!
+//! Owns: the stores a pipeline declares (`[lookup.<name>]`), their connections (`redis`,
+//! `nats_kv`, `http`, `postgres`), their caches (`cache`), and how one event's lookups are
+//! resolved. A plugin reaches these stores and nothing else.
+//!
+//! Design (the "declare, then process" model, chosen over async host imports on fibers): a
+//! plugin says in `prepare` which keys each event needs; the host fetches them for many events
+//! at once while earlier events are being handled (up to `lookups.capacity` events wait at a
+//! time, see `pipeline::window`), and then calls `handle` with the answers ready, so a plugin
+//! call never waits on the network. The plugin stays a plain synchronous component in every
+//! language, calls stay batched (the boundary, not the guest, is the cost), and a slow store
+//! holds back only the events that need it. Keys a plugin did not declare are fetched when it
+//! asks (a blocking fetch on the worker thread, not charged to its CPU budget): correct, slower.
+//!
+//! Failures never stop the pipeline: an event's time per store is capped by `timeout_ms`,
+//! retries included; after the last failure the store's `on_failure` policy decides (dead
+//! letter, not-found, drop, or hand the error to the plugin).
+//!
+//! Never: lets a lookup write, or a plugin name a store the pipeline does not declare.
+
+mod cache;
+mod http;
+mod nats_kv;
+mod postgres;
+mod redis;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::{
+    CacheMode, FailurePolicy, LookupStoreConfig, PipelineConfig, RetryOn, StoreKind,
+};
+use crate::engine::{LookupAnswer, LookupFailure, LookupRequest, LookupSource, Prefetched};
+use crate::transport::Nats;
+
+pub use cache::Cache;
+
+/// A store's raw answer for several keys: one value (or none) per key, or why it failed.
+pub(crate) type Fetched = Result<Vec<Option<Vec<u8>>>, String>;
+/// Everything a store holds, for a full cache: `(key, value)` pairs, or why it failed.
+pub(crate) type Loaded = Result<Vec<(String, Vec<u8>)>, String>;
+
+/// A connection to one kind of store.
+pub(crate) trait Connector: Send + Sync + 'static {
+    /// The values of `keys` (already prefixed), one per key.
+    fn get_many(&self, keys: Vec<String>) -> BoxFuture<'static, Fetched>;
+    /// Everything, for a full cache: `(key without prefix, value)`.
+    fn load_all(&self) -> BoxFuture<'static, Loaded>;
+}
+
+/// Counters of one store.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Answers served from the cache.
+    pub hits: AtomicU64,
+    /// Answers fetched from the store.
+    pub misses: AtomicU64,
+    /// Attempts that failed (each retry counts).
+    pub errors: AtomicU64,
+    /// Events whose lookup exhausted its time or retries.
+    pub failures: AtomicU64,
+    /// Full-cache loads.
+    pub loads: AtomicU64,
+}
+
+/// One declared store.
+pub struct Store {
+    name: String,
+    cfg: LookupStoreConfig,
+    connector: Arc<dyn Connector>,
+    cache: Cache,
+    /// Its counters.
+    pub stats: StoreStats,
+}
+
+/// What became of one event's lookups.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// The answers, by store and key.
+    pub answers: Prefetched,
+    /// What to do with the event.
+    pub verdict: Verdict,
+}
+
+/// What the failure policies decided for an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Verdict {
+    /// Hand it to the plugin.
+    #[default]
+    Proceed,
+    /// Send it to the dead-letter subject with this reason.
+    DeadLetter(String),
+    /// Drop it.
+    Drop,
+}
+
+/// The lookup stores of one pipeline.
+pub struct Lookups {
+    stores: HashMap<String, Arc<Store>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Lookups {
+    /// Sets up the pipeline's stores (connections are made lazily, so a store that is down at
+    /// start-up only fails its lookups). `None` when the pipeline declares none. Full caches
+    /// are loaded before this returns (a failed load is logged and retried on its interval).
+    pub async fn connect(
+        cfg: &PipelineConfig,
+        nats: Option<&Nats>,
+    ) -> anyhow::Result<Option<Arc<Lookups>>> {
+        if cfg.lookup.is_empty() {
+            return Ok(None);
+        }
+        let mut stores = HashMap::new();
+        for (name, sc) in &cfg.lookup {
+            let connector: Arc<dyn Connector> = match sc.kind {
+                StoreKind::Redis => Arc::new(redis::RedisStore::new(sc)?),
+                StoreKind::NatsKv => {
+                    let nats = nats.ok_or_else(|| {
+                        anyhow::anyhow!("lookup.{name}: a NATS KV store needs a NATS connection")
+                    })?;
+                    Arc::new(nats_kv::KvStore::new(sc, nats.js.clone()))
+                }
+                StoreKind::Http => Arc::new(http::HttpStore::new(sc)?),
+                StoreKind::Postgres => Arc::new(postgres::PgStore::new(sc)?),
+            };
+            let store = Arc::new(Store {
+                name: name.clone(),
+                cache: Cache::new(&sc.cache),
+                cfg: sc.clone(),
+                connector,
+                stats: StoreStats::default(),
+            });
+            if sc.cache.mode == CacheMode::Full {
+                store.load().await;
+                if sc.cache.reload_interval_ms > 0 {
+                    let weak = Arc::downgrade(&store);
+                    let every = Duration::from_millis(sc.cache.reload_interval_ms);
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(every).await;
+                            match weak.upgrade() {
+                                Some(store) => store.load().await,
+                                None => break,
+                            }
+                        }
+                    });
+                }
+            }
+            stores.insert(name.clone(), store);
+        }
+        Ok(Some(Arc::new(Lookups {
+            stores,
+            runtime: tokio::runtime::Handle::current(),
+        })))
+    }
+
+    /// The stores, by name.
+    pub fn stores(&self) -> impl Iterator<Item = &Arc<Store>> {
+        self.stores.values()
+    }
+
+    /// Resolves one event's lookups, all stores concurrently, and applies each store's failure
+    /// policy.
+    pub async fn resolve(&self, requests: Vec<LookupRequest>) -> Resolved {
+        let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
+        for r in requests {
+            let keys = by_store.entry(r.store).or_default();
+            if !keys.contains(&r.key) {
+                keys.push(r.key);
+            }
+        }
+        let fetches = by_store.into_iter().map(|(store, keys)| async move {
+            let answers = self.fetch(&store, &keys).await;
+            (store, keys, answers)
+        });
+        let mut resolved = Resolved::default();
+        for (store, keys, answers) in futures::future::join_all(fetches).await {
+            let policy = self
+                .stores
+                .get(&store)
+                .map(|s| s.cfg.on_failure)
+                .unwrap_or(FailurePolicy::Plugin);
+            for (key, answer) in keys.into_iter().zip(answers) {
+                let answer = match (answer, policy) {
+                    (Err(LookupFailure::Failed(reason)), FailurePolicy::DeadLetter) => {
+                        if resolved.verdict == Verdict::Proceed {
+                            resolved.verdict = Verdict::DeadLetter(format!(
+                                "lookup of `{key}` in store `{store}` failed: {reason} (lookup.{store}.on_failure = \"dead-letter\")"
+                            ));
+                        }
+                        Err(LookupFailure::Failed(reason))
+                    }
+                    (Err(LookupFailure::Failed(_)), FailurePolicy::NotFound) => Ok(None),
+                    (Err(LookupFailure::Failed(reason)), FailurePolicy::Drop) => {
+                        if resolved.verdict == Verdict::Proceed {
+                            resolved.verdict = Verdict::Drop;
+                        }
+                        Err(LookupFailure::Failed(reason))
+                    }
+                    (a, _) => a,
+                };
+                resolved.answers.insert((store.clone(), key), answer);
+            }
+        }
+        resolved
+    }
+
+    /// Fetches `keys` from `store`: cache first, then the store, with retries within the
+    /// store's timeout. One answer per key.
+    pub async fn fetch(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
+        match self.stores.get(store) {
+            Some(s) => s.fetch(keys).await,
+            None => {
+                let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+                vec![
+                    Err(LookupFailure::UnknownStore(format!(
+                        "`{store}` is not declared; the pipeline declares {known:?} (add [lookup.{store}])"
+                    )));
+                    keys.len()
+                ]
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Lookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lookups")
+            .field("stores", &self.stores.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LookupSource for Lookups {
+    fn fetch_blocking(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
+        self.runtime.block_on(self.fetch(store, keys))
+    }
+}
+
+impl Store {
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Loads everything into a full cache.
+    async fn load(&self) {
+        match tokio::time::timeout(
+            self.cfg.timeout().max(Duration::from_secs(30)),
+            self.connector.load_all(),
+        )
+        .await
+        {
+            Ok(Ok(all)) => {
+                let n = all.len();
+                self.cache.replace_all(all);
+                self.stats.loads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(store = %self.name, entries = n, "lookup cache loaded");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(store = %self.name, "lookup cache load failed: {e}; keeping what it had")
+            }
+            Err(_) => tracing::warn!(store = %self.name, "lookup cache load timed out"),
+        }
+    }
+
+    async fn fetch(&self, keys: &[String]) -> Vec<LookupAnswer> {
+        let mut answers: Vec<Option<LookupAnswer>> = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match self.cache.get(k) {
+                Some(v) => {
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    answers.push(Some(Ok(v)));
+                }
+                None if self.cache.mode() == CacheMode::Full => {
+                    // A full cache holds everything: a key it lacks does not exist.
+                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                    answers.push(Some(Ok(None)));
+                }
+                None => {
+                    answers.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.stats
+                .misses
+                .fetch_add(missing.len() as u64, Ordering::Relaxed);
+            let wanted: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let fetched = self.fetch_with_retries(&wanted).await;
+            for (&i, (key, answer)) in missing.iter().zip(wanted.iter().zip(fetched)) {
+                if let Ok(v) = &answer {
+                    self.cache.put(key, v.clone());
+                }
+                answers[i] = Some(answer.map_err(LookupFailure::Failed));
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(LookupFailure::Failed("no answer".into()))))
+            .collect()
+    }
+
+    /// Fetches from the store, retrying per `retry` within `timeout_ms` overall.
+    async fn fetch_with_retries(&self, keys: &[String]) -> Vec<Result<Option<Vec<u8>>, String>> {
+        let retry = &self.cfg.retry;
+        let timeout = self.cfg.timeout();
+        let prefixed: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}{k}", self.cfg.key_prefix))
+            .collect();
+        let mut results: Vec<Option<Result<Option<Vec<u8>>, String>>> = vec![None; keys.len()];
+        let attempts = AtomicU64::new(0);
+        let work = async {
+            let mut backoff = Duration::from_millis(retry.backoff_ms);
+            for attempt in 1..=retry.attempts {
+                attempts.store(u64::from(attempt), Ordering::Relaxed);
+                let todo: Vec<usize> = (0..keys.len())
+                    .filter(|&i| match &results[i] {
+                        None => true,
+                        Some(Err(_)) => retry.on.contains(&RetryOn::Error),
+                        Some(Ok(None)) => retry.on.contains(&RetryOn::NotFound),
+                        Some(Ok(Some(_))) => false,
+                    })
+                    .collect();
+                if todo.is_empty() {
+                    break;
+                }
+                let ask: Vec<String> = todo.iter().map(|&i| prefixed[i].clone()).collect();
+                match self.connector.get_many(ask).await {
+                    Ok(values) => {
+                        for (&i, v) in todo.iter().zip(values) {
+                            results[i] = Some(Ok(v));
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        for &i in &todo {
+                            results[i] = Some(Err(e.clone()));
+                        }
+                    }
+                }
+                let again = todo.iter().any(|&i| match &results[i] {
+                    Some(Err(_)) => retry.on.contains(&RetryOn::Error),
+                    Some(Ok(None)) => retry.on.contains(&RetryOn::NotFound),
+                    _ => false,
+                });
+                if !again || attempt == retry.attempts {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(retry.max_backoff_ms));
+            }
+        };
+        let timed_out = tokio::time::timeout(timeout, work).await.is_err();
+        let tried = attempts.load(Ordering::Relaxed);
+        let out: Vec<Result<Option<Vec<u8>>, String>> = results
+            .into_iter()
+            .map(|r| match r {
+                Some(Ok(v)) => Ok(v),
+                Some(Err(e)) => Err(format!("{e} (after {tried} attempts)")),
+                None if timed_out => Err(format!(
+                    "no answer within {} ms (lookup.{}.timeout_ms; {tried} attempts)",
+                    timeout.as_millis(),
+                    self.name
+                )),
+                None => Err("no answer".to_string()),
+            })
+            .collect();
+        let failed = out.iter().filter(|r| r.is_err()).count() as u64;
+        if failed > 0 {
+            self.stats.failures.fetch_add(failed, Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+/// Percent-encodes a key for a URL path segment (RFC 3986 unreserved characters stay).
+pub(crate) fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_encoded_for_urls() {
+        assert_eq!(url_encode("m-7"), "m-7");
+        assert_eq!(url_encode("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(url_encode("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,84 @@
+//! Ordering broadcast updates among keyed events by stream timestamp.
+//!
+//! The rule plugin authors rely on: a keyed event sees every broadcast update its broadcast
+//! stream stored before the keyed event's stream stored it (ties: the update first), and none
+//! stored later. Before a keyed batch is admitted, each broadcast input reads every update
+//! stored up to the batch's newest timestamp (`BroadcastInput::catch_up`); `merge` then cuts
+//! the batch where updates fall between its events. Timestamps are stored with the messages, so
+//! a replay after a crash interleaves exactly as the first run did.
+
+use async_nats::jetstream;
+
+use super::window::{Arrival, BroadcastMsg};
+use crate::transport::BroadcastInput;
+
+/// A run of keyed arrivals, or of broadcast updates, in the order the plugin sees them.
+pub(crate) enum Segment {
+    Keyed(Vec<(jetstream::Message, Arrival)>),
+    Broadcast(Vec<BroadcastMsg>),
+}
+
+fn stored_ms(m: &jetstream::Message) -> (u64, u64) {
+    m.info()
+        .map(|i| {
+            (
+                (i.published.unix_timestamp_nanos() / 1_000_000) as u64,
+                i.stream_sequence,
+            )
+        })
+        .unwrap_or((0, 0))
+}
+
+/// A broadcast message of input `input`, with its sequence and timestamp.
+pub(crate) fn broadcast_msg(input: &str, msg: jetstream::Message) -> BroadcastMsg {
+    let (ts, seq) = stored_ms(&msg);
+    BroadcastMsg {
+        input: input.to_string(),
+        seq,
+        ts,
+        msg,
+    }
+}
+
+/// Takes, from the front of every buffer, the updates stored at or before `ts`, oldest first
+/// (ties: in input order).
+fn take_until(broadcasts: &mut [BroadcastInput], ts: u64) -> Vec<BroadcastMsg> {
+    let mut out = Vec::new();
+    loop {
+        let next = broadcasts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.buffer.front().map(|m| (stored_ms(m).0, i)))
+            .filter(|(t, _)| *t <= ts)
+            .min();
+        let Some((_, i)) = next else {
+            return out;
+        };
+        if let Some(m) = broadcasts[i].buffer.pop_front() {
+            out.push(broadcast_msg(&broadcasts[i].name, m));
+        }
+    }
+}
+
+/// Interleaves the buffered broadcast updates with a keyed batch.
+pub(crate) fn merge(
+    arrivals: Vec<(jetstream::Message, Arrival)>,
+    broadcasts: &mut [BroadcastInput],
+) -> Vec<Segment> {
+    let mut segments = Vec::new();
+    let mut keyed = Vec::new();
+    for (msg, a) in arrivals {
+        let updates = take_until(broadcasts, a.ts);
+        if !updates.is_empty() {
+            if !keyed.is_empty() {
+                segments.push(Segment::Keyed(std::mem::take(&mut keyed)));
+            }
+            segments.push(Segment::Broadcast(updates));
+        }
+        keyed.push((msg, a));
+    }
+    if !keyed.is_empty() {
+        segments.push(Segment::Keyed(keyed));
+    }
+    segments
+}

@@ -1,0 +1,202 @@
+//! Routing: what each event's outcome publishes (outputs, or a dead letter with the reason),
+//! and the headers that make publishing idempotent.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+
+use crate::config::PipelineConfig;
+use crate::engine::{Failure, FailureKind, Outcome};
+use crate::metrics::{DeadLetterReason, Metrics};
+use crate::transport::publisher::{Fallback, OutMessage};
+
+/// Header carrying the dead-letter reason.
+pub const HEADER_ERROR: &str = "Eddy-Error";
+/// Header carrying the dead-letter reason's kind (`key`, `rejected`, `trap`, ...).
+pub const HEADER_ERROR_KIND: &str = "Eddy-Error-Kind";
+/// Header carrying the input subject of a dead letter.
+pub const HEADER_SOURCE_SUBJECT: &str = "Eddy-Source-Subject";
+/// Header carrying the input stream sequence of an output or dead letter.
+pub const HEADER_SOURCE_SEQUENCE: &str = "Eddy-Source-Sequence";
+/// Header carrying the plugin version that produced an output.
+pub const HEADER_PLUGIN_VERSION: &str = "Eddy-Plugin-Version";
+
+/// An input message as routing needs it: enough to build its dead letter.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// Which input: `keyed`, or `broadcast:<name>`; part of message ids.
+    pub input: Arc<str>,
+    /// The subject it arrived on.
+    pub subject: async_nats::Subject,
+    /// Its stream sequence.
+    pub seq: u64,
+    /// Its payload.
+    pub payload: Bytes,
+    /// Its headers.
+    pub headers: Option<HeaderMap>,
+}
+
+/// Where routing publishes.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pipeline: Arc<str>,
+    output: Arc<str>,
+    allow: Arc<[String]>,
+    dead_letter: Arc<str>,
+}
+
+impl Routes {
+    /// The routes of a pipeline.
+    pub fn new(cfg: &PipelineConfig) -> Routes {
+        Routes {
+            pipeline: cfg.pipeline.name.as_str().into(),
+            output: cfg.output.subject.as_str().into(),
+            allow: cfg.output.allow.clone().into(),
+            dead_letter: cfg.dead_letter.subject.as_str().into(),
+        }
+    }
+
+    fn allowed(&self, subject: &str) -> bool {
+        subject == &*self.output
+            || self
+                .allow
+                .iter()
+                .any(|p| crate::config::subject_matches(p, subject))
+    }
+
+    /// The messages for one keyed event's outcome, counting drops and dead letters.
+    pub fn outcome(
+        &self,
+        source: &Arc<Source>,
+        outcome: Result<Outcome, Failure>,
+        version: &str,
+        metrics: &Metrics,
+        out: &mut Vec<OutMessage>,
+    ) {
+        match outcome {
+            Ok(Outcome::Emit(outputs)) => {
+                if let Some(bad) = outputs
+                    .iter()
+                    .filter_map(|o| o.subject.as_deref())
+                    .find(|s| !self.allowed(s))
+                {
+                    let reason = format!(
+                        "plugin emitted to `{bad}`, which the pipeline does not allow; add it to output.allow or fix the plugin"
+                    );
+                    out.push(self.dead_letter(
+                        source,
+                        DeadLetterReason::Contract,
+                        &reason,
+                        metrics,
+                    ));
+                    return;
+                }
+                let fallback: Option<Fallback> = (!outputs.is_empty()).then(|| {
+                    let routes = self.clone();
+                    let source = source.clone();
+                    Arc::new(move |reason: &str| {
+                        routes.letter(&source, DeadLetterReason::Contract, reason)
+                    }) as Fallback
+                });
+                for (i, o) in outputs.into_iter().enumerate() {
+                    let mut headers = HeaderMap::new();
+                    for (k, v) in &o.headers {
+                        headers.append(k.as_str(), v.as_str());
+                    }
+                    headers.insert(
+                        "Nats-Msg-Id",
+                        format!("{}:{}:{}:{}", self.pipeline, source.input, source.seq, i).as_str(),
+                    );
+                    headers.insert(HEADER_PLUGIN_VERSION, version);
+                    out.push(OutMessage {
+                        subject: o.subject.unwrap_or_else(|| self.output.to_string()),
+                        headers,
+                        payload: Bytes::from(o.payload),
+                        is_output: true,
+                        fallback: fallback.clone(),
+                    });
+                }
+            }
+            Ok(Outcome::Drop) => {
+                metrics.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Outcome::Reject(reason)) => {
+                out.push(self.dead_letter(source, DeadLetterReason::Rejected, &reason, metrics));
+            }
+            Err(failure) => {
+                out.push(self.failure(source, &failure, metrics));
+            }
+        }
+    }
+
+    /// The dead letter of an event whose call failed.
+    pub fn failure(&self, source: &Source, failure: &Failure, metrics: &Metrics) -> OutMessage {
+        let reason = match failure.kind {
+            FailureKind::Trap => DeadLetterReason::Trap,
+            FailureKind::CpuBudget => DeadLetterReason::CpuBudget,
+            FailureKind::MemoryLimit => DeadLetterReason::MemoryLimit,
+            FailureKind::Contract => DeadLetterReason::Contract,
+        };
+        self.dead_letter(source, reason, &failure.message, metrics)
+    }
+
+    /// A dead letter, counted.
+    pub fn dead_letter(
+        &self,
+        source: &Source,
+        reason: DeadLetterReason,
+        message: &str,
+        metrics: &Metrics,
+    ) -> OutMessage {
+        metrics.dead_letter(reason);
+        self.letter(source, reason, message)
+    }
+
+    /// A dead letter: the original payload and headers, plus the reason. Its message id is
+    /// derived from the input position, like outputs, so a replay does not duplicate it.
+    fn letter(&self, source: &Source, reason: DeadLetterReason, message: &str) -> OutMessage {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = source.headers.as_ref() {
+            for (name, values) in h.iter() {
+                let n: &str = name.as_ref();
+                if n.starts_with("Nats-") {
+                    continue;
+                }
+                for v in values {
+                    headers.append(n, v.as_str());
+                }
+            }
+        }
+        // Header values are single lines.
+        let one_line: String = message.replace(['\r', '\n'], " ");
+        headers.insert(HEADER_ERROR, one_line.as_str());
+        headers.insert(HEADER_ERROR_KIND, reason.label());
+        headers.insert(HEADER_SOURCE_SUBJECT, source.subject.as_str());
+        headers.insert(HEADER_SOURCE_SEQUENCE, source.seq.to_string().as_str());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:{}:{}:dlq", self.pipeline, source.input, source.seq).as_str(),
+        );
+        OutMessage {
+            subject: self.dead_letter.to_string(),
+            headers,
+            payload: source.payload.clone(),
+            is_output: false,
+            fallback: None,
+        }
+    }
+}
+
+/// The NATS headers of a message as WIT `(name, value)` pairs.
+pub fn headers_to_wit(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(h) = headers else { return Vec::new() };
+    let mut out = Vec::new();
+    for (name, values) in h.iter() {
+        for v in values {
+            out.push((name.to_string(), v.as_str().to_string()));
+        }
+    }
+    out
+}

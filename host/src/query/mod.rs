@@ -1,0 +1,476 @@
+//! Queryable state: outside applications read live keyed and broadcast state, over NATS (a
+//! NATS service, `nats`) and HTTP (`http`), and the CLI (`eddy state get`).
+//!
+//! Owns: the query model (what can be asked, how answers look), owner routing, freshness.
+//!
+//! - **Freshness** `latest`: the live database, which the run loop writes one whole batch at a
+//!   time (one RocksDB write), so an answer never shows half of an event's writes.
+//!   `checkpoint`: the last completed checkpoint, opened read-only: consistent across keys, as
+//!   of a cut, while newer events keep being applied.
+//! - **Owner routing**: a key lives on the host that owns its partition
+//!   (`partition = key_group % partitions.count`, `key_group = fnv1a_32(key) % key_groups`).
+//!   Every host answers the pipeline-wide endpoints: for a key it does not own, it forwards the
+//!   request to the owner's partition endpoint over NATS.
+//! - **Values** are decoded for display: the SDKs store JSON, shown as JSON; anything else is
+//!   shown as `{"base64": ...}`. String map keys are shown as strings.
+//!
+//! TTL applies as for plugins (`never-return-expired` hides expired entries) but a query never
+//! writes: expired entries it meets are left for the plugin's reads and compaction.
+//!
+//! Never: writes state, or blocks the run loop (reads go straight to RocksDB).
+
+pub mod http;
+pub mod nats;
+
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::config::PipelineConfig;
+use crate::state::{BroadcastAccess, KeyedAccess, StateKind, StateStore, Ttl, TtlVisibility};
+
+/// How fresh an answer must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Freshness {
+    /// State after the last fully applied batch.
+    #[default]
+    Latest,
+    /// State as of the last completed checkpoint.
+    Checkpoint,
+}
+
+/// A query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// The keyed state's name (for `get`, `map`, `list`).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// The broadcast map's name (for `broadcast`).
+    #[serde(default, rename = "map")]
+    pub broadcast_map: Option<String>,
+    /// The key, as text.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The key, as base64 bytes (instead of `key`).
+    #[serde(default)]
+    pub key_base64: Option<String>,
+    /// Map state: only entries whose (text) map key starts with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Map state / broadcast map: continue after this (text) key.
+    #[serde(default)]
+    pub start_after: Option<String>,
+    /// Map state / broadcast map: the most entries (default 100, at most 10,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `latest` (default) or `checkpoint`.
+    #[serde(default)]
+    pub freshness: Freshness,
+}
+
+/// What went wrong with a query: the caller's fault (400/404) or the host's (500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    /// A malformed request: the message says what is missing or wrong.
+    BadRequest(String),
+    /// No such state, map or operation here.
+    NotFound(String),
+    /// The key belongs to another host, which did not answer.
+    Unavailable(String),
+    /// The storage failed.
+    Internal(String),
+}
+
+impl QueryError {
+    /// An HTTP-like status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            QueryError::BadRequest(_) => 400,
+            QueryError::NotFound(_) => 404,
+            QueryError::Unavailable(_) => 503,
+            QueryError::Internal(_) => 500,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            QueryError::BadRequest(m)
+            | QueryError::NotFound(m)
+            | QueryError::Unavailable(m)
+            | QueryError::Internal(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// The operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A value state's value.
+    Get,
+    /// A map state's entries.
+    Map,
+    /// A list state's elements.
+    List,
+    /// A broadcast map's entry (with `key`) or entries.
+    Broadcast,
+    /// Which partition and host own a key.
+    Owner,
+    /// The states and maps there are.
+    Describe,
+}
+
+impl Op {
+    /// The operation's endpoint name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Map => "map",
+            Op::List => "list",
+            Op::Broadcast => "broadcast",
+            Op::Owner => "owner",
+            Op::Describe => "describe",
+        }
+    }
+
+    /// Every operation.
+    pub const ALL: [Op; 6] = [
+        Op::Get,
+        Op::Map,
+        Op::List,
+        Op::Broadcast,
+        Op::Owner,
+        Op::Describe,
+    ];
+
+    /// Whether answers depend on which host owns the key.
+    pub fn keyed(self) -> bool {
+        matches!(self, Op::Get | Op::Map | Op::List)
+    }
+}
+
+/// Answers queries of one pipeline on one host.
+pub struct QueryEngine {
+    pipeline: String,
+    host: String,
+    key_groups: u32,
+    partitions: u32,
+    owned: Vec<u32>,
+    live: Arc<StateStore>,
+    /// The last completed checkpoint, opened read-only, with its id.
+    checkpoint: RwLock<Option<(u64, Arc<StateStore>)>>,
+}
+
+impl QueryEngine {
+    /// Queries over `live`.
+    pub fn new(cfg: &PipelineConfig, live: Arc<StateStore>) -> QueryEngine {
+        let partitions = cfg.partitions.count;
+        QueryEngine {
+            pipeline: cfg.pipeline.name.clone(),
+            host: cfg.partitions.host_name(),
+            key_groups: cfg.pipeline.key_groups,
+            partitions,
+            owned: (0..partitions)
+                .filter(|p| cfg.partitions.owns(*p))
+                .collect(),
+            live,
+            checkpoint: RwLock::new(None),
+        }
+    }
+
+    /// The pipeline's name.
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    /// The partitions this host owns.
+    pub fn owned(&self) -> &[u32] {
+        &self.owned
+    }
+
+    /// Serves `checkpoint` freshness from this checkpoint database from now on.
+    pub fn set_checkpoint(&self, id: u64, db: Arc<StateStore>) {
+        *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some((id, db));
+    }
+
+    /// The partition of `key`.
+    pub fn partition_of(&self, key: &[u8]) -> u32 {
+        u32::from(crate::state::keygroup::key_group(key, self.key_groups)) % self.partitions
+    }
+
+    /// Whether this host owns `key`.
+    pub fn owns(&self, key: &[u8]) -> bool {
+        self.owned.contains(&self.partition_of(key))
+    }
+
+    /// The key of a query, as bytes.
+    pub fn key_of(q: &Query) -> Result<Option<Vec<u8>>, QueryError> {
+        match (&q.key, &q.key_base64) {
+            (Some(_), Some(_)) => Err(QueryError::BadRequest(
+                "give `key` or `key_base64`, not both".into(),
+            )),
+            (Some(k), None) => Ok(Some(k.as_bytes().to_vec())),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(Some)
+                .map_err(|e| QueryError::BadRequest(format!("`key_base64` is not base64: {e}"))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Answers `q` from this host's state (the caller routes keys this host does not own).
+    pub fn execute(&self, op: Op, q: &Query) -> Result<serde_json::Value, QueryError> {
+        let (store, checkpoint) = match q.freshness {
+            Freshness::Latest => (self.live.clone(), None),
+            Freshness::Checkpoint => {
+                let guard = self.checkpoint.read().unwrap_or_else(|p| p.into_inner());
+                let (id, db) = guard.clone().ok_or_else(|| {
+                    QueryError::Unavailable(
+                        "no checkpoint has completed yet on this host; ask with freshness latest, or retry after checkpoint.interval_ms".into(),
+                    )
+                })?;
+                (db, Some(id))
+            }
+        };
+        let mut answer = match op {
+            Op::Owner => self.owner(q)?,
+            Op::Describe => self.describe(&store),
+            Op::Broadcast => self.broadcast(&store, q)?,
+            Op::Get | Op::Map | Op::List => self.keyed(&store, op, q)?,
+        };
+        if let Some(obj) = answer.as_object_mut() {
+            obj.insert(
+                "freshness".into(),
+                serde_json::to_value(q.freshness).unwrap_or_default(),
+            );
+            if let Some(id) = checkpoint {
+                obj.insert("checkpoint".into(), id.into());
+            }
+            obj.insert("host".into(), self.host.clone().into());
+        }
+        Ok(answer)
+    }
+
+    fn owner(&self, q: &Query) -> Result<serde_json::Value, QueryError> {
+        let key =
+            Self::key_of(q)?.ok_or_else(|| QueryError::BadRequest("`key` is required".into()))?;
+        let kg = crate::state::keygroup::key_group(&key, self.key_groups);
+        let partition = u32::from(kg) % self.partitions;
+        Ok(serde_json::json!({
+            "key_group": kg,
+            "key_groups": self.key_groups,
+            "partition": partition,
+            "partitions": self.partitions,
+            "owned_here": self.owned.contains(&partition),
+            "hash": "fnv1a_32(key bytes) % key_groups; partition = key_group % partitions",
+        }))
+    }
+
+    fn describe(&self, store: &StateStore) -> serde_json::Value {
+        let states: Vec<serde_json::Value> = store
+            .states()
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "kind": s.kind,
+                    "ttl_ms": s.ttl.map(|t| t.ttl_ms),
+                })
+            })
+            .collect();
+        let maps: Vec<String> = store.broadcast_maps().into_iter().map(|(n, _)| n).collect();
+        serde_json::json!({
+            "pipeline": self.pipeline,
+            "states": states,
+            "broadcast_maps": maps,
+            "partitions": self.partitions,
+            "owned": self.owned,
+        })
+    }
+
+    fn keyed(
+        &self,
+        store: &StateStore,
+        op: Op,
+        q: &Query,
+    ) -> Result<serde_json::Value, QueryError> {
+        let name = q
+            .state
+            .as_deref()
+            .ok_or_else(|| QueryError::BadRequest("`state` is required".into()))?;
+        let key =
+            Self::key_of(q)?.ok_or_else(|| QueryError::BadRequest("`key` is required".into()))?;
+        let mut info = store.state(name).ok_or_else(|| {
+            let known: Vec<String> = store.states().into_iter().map(|s| s.name).collect();
+            QueryError::NotFound(format!(
+                "no state `{name}` in pipeline {}; it has {known:?}",
+                self.pipeline
+            ))
+        })?;
+        let wanted = match op {
+            Op::Get => StateKind::Value,
+            Op::Map => StateKind::Map,
+            _ => StateKind::List,
+        };
+        if info.kind != wanted {
+            return Err(QueryError::BadRequest(format!(
+                "state `{name}` is a {:?} state; ask `{}` for it",
+                info.kind,
+                match info.kind {
+                    StateKind::Value => "get",
+                    StateKind::Map => "map",
+                    StateKind::List => "list",
+                }
+            )));
+        }
+        // Queries read like a plugin that never refreshes or cleans up.
+        info.ttl = info.ttl.map(|t| Ttl {
+            update: crate::state::TtlUpdate::OnCreateAndWrite,
+            visibility: TtlVisibility::NeverReturnExpired,
+            ..t
+        });
+        let kg = store.key_group(&key);
+        let mut scratch = store.batch();
+        let mut access = KeyedAccess::new(store, &mut scratch);
+        let internal = |e: crate::state::StateError| QueryError::Internal(e.to_string());
+        let shown_key = show_key(&key);
+        Ok(match op {
+            Op::Get => {
+                let v = access.value_get(&info, kg, &key).map_err(internal)?;
+                serde_json::json!({
+                    "state": name, "key": shown_key, "found": v.is_some(),
+                    "value": v.as_deref().map(show_value),
+                })
+            }
+            Op::List => {
+                let values = access.list_get(&info, kg, &key).map_err(internal)?;
+                serde_json::json!({
+                    "state": name, "key": shown_key,
+                    "values": values.iter().map(|v| show_value(v)).collect::<Vec<_>>(),
+                })
+            }
+            _ => {
+                let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+                let prefix = q.prefix.as_deref().unwrap_or("").as_bytes();
+                let mut cursor: Option<Vec<u8>> = match &q.start_after {
+                    Some(a) if a.as_bytes() >= prefix => Some(a.as_bytes().to_vec()),
+                    _ => prefix_predecessor(prefix),
+                };
+                let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                'pages: loop {
+                    let page = access
+                        .map_entries(&info, kg, &key, cursor.as_deref(), 256)
+                        .map_err(internal)?;
+                    let last_page = page.len() < 256;
+                    for (mk, v) in page {
+                        cursor = Some(mk.clone());
+                        if !mk.starts_with(prefix) {
+                            if mk.as_slice() > prefix {
+                                break 'pages;
+                            }
+                            continue;
+                        }
+                        entries.push((mk, v));
+                        if entries.len() > limit {
+                            break 'pages;
+                        }
+                    }
+                    if last_page {
+                        break;
+                    }
+                }
+                let next = (entries.len() > limit).then(|| {
+                    entries.truncate(limit);
+                    show_key(&entries[limit - 1].0)
+                });
+                let shown: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|(k, v)| serde_json::json!({ "key": show_key(k), "value": show_value(v) }))
+                    .collect();
+                serde_json::json!({ "state": name, "key": shown_key, "entries": shown, "next": next })
+            }
+        })
+    }
+
+    fn broadcast(&self, store: &StateStore, q: &Query) -> Result<serde_json::Value, QueryError> {
+        let name = q.broadcast_map.as_deref().ok_or_else(|| {
+            QueryError::BadRequest("`map` (the broadcast map's name) is required".into())
+        })?;
+        let id = store.broadcast_map(name).ok_or_else(|| {
+            let known: Vec<String> = store.broadcast_maps().into_iter().map(|(n, _)| n).collect();
+            QueryError::NotFound(format!(
+                "no broadcast map `{name}` in pipeline {}; it has {known:?}",
+                self.pipeline
+            ))
+        })?;
+        let mut scratch = store.batch();
+        let mut access = BroadcastAccess::new(store, &mut scratch);
+        let internal = |e: crate::state::StateError| QueryError::Internal(e.to_string());
+        match Self::key_of(q)? {
+            Some(key) => {
+                let v = access.get(id, &key).map_err(internal)?;
+                Ok(serde_json::json!({
+                    "map": name, "key": show_key(&key), "found": v.is_some(),
+                    "value": v.as_deref().map(show_value),
+                }))
+            }
+            None => {
+                let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+                let after = q.start_after.as_ref().map(|s| s.as_bytes().to_vec());
+                let page = access
+                    .entries(id, after.as_deref(), limit + 1)
+                    .map_err(internal)?;
+                let more = page.len() > limit;
+                let entries: Vec<serde_json::Value> = page
+                    .iter()
+                    .take(limit)
+                    .map(|(k, v)| serde_json::json!({ "key": show_key(k), "value": show_value(v) }))
+                    .collect();
+                let next = more.then(|| show_key(&page[limit - 1].0));
+                Ok(serde_json::json!({ "map": name, "entries": entries, "next": next }))
+            }
+        }
+    }
+}
+
+/// The greatest byte string below every string starting with `prefix` that map iteration can
+/// start after (None: start at the beginning).
+fn prefix_predecessor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    let last = p.pop()?;
+    if last == 0 {
+        return Some(p);
+    }
+    p.push(last - 1);
+    p.extend_from_slice(&[0xff; 8]);
+    Some(p)
+}
+
+/// A key for display: text if UTF-8, else `{"base64": ...}`.
+pub fn show_key(k: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(k) {
+        Ok(s) => s.into(),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(k) })
+        }
+    }
+}
+
+/// A value for display: the JSON it is (the SDKs' encoding), else `{"base64": ...}`.
+pub fn show_value(v: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(v).unwrap_or_else(
+        |_| serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) }),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,487 @@
+//! Hot reload: new plugin versions reach running hosts, are compiled and validated off the hot
+//! path, swapped in between two batches, judged on probation, and rolled back by themselves.
+//!
+//! Owns: where versions come from (`eddy deploy` puts a component into the NATS object store
+//! bucket `reload.bucket` under the pipeline's name, and every host of the pipeline watches it;
+//! or, for development, the file at `plugin.path` is watched), their validation (it compiles,
+//! links against the WIT, instantiates, and `init` accepts the pipeline's plugin config), the
+//! probation rule, and the deployment history reported by `eddy status` and the metrics.
+//!
+//! The swap itself is the run loop's (`pipeline`): at a batch boundary it replaces the plugin
+//! by the ready instance (microseconds), runs `migrate` if the new version exports it, and
+//! starts probation: for its first `reload.probation_events` events (or `probation_ms`), the new
+//! version's state writes are held in an overlay and its outputs are held back. If more than
+//! `reload.max_failure_share` of them trap or exceed a budget, the host goes back to the
+//! previous version, drops the held writes and outputs, and handles those events again with the
+//! previous version: nothing is lost and nothing is published twice. Otherwise the writes are
+//! committed and the outputs published. No checkpoint is cut during probation.
+//!
+//! Never: blocks the run loop on compiling or instantiating a plugin.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::config::{PipelineConfig, ReloadWatch};
+use crate::engine::{Engine, Instance, InstanceContext, Plugin};
+use crate::pipeline::Planner;
+use crate::transport::Nats;
+
+/// A validated new version, ready to swap in.
+pub struct Candidate {
+    /// The compiled plugin.
+    pub plugin: Plugin,
+    /// An instance whose `init` succeeded.
+    pub instance: Instance,
+    /// Its lookup planner, if the pipeline has lookups.
+    pub planner: Option<Planner>,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// What the watcher found.
+pub enum ReloadEvent {
+    /// A version ready to swap in.
+    Ready(Box<Candidate>),
+    /// A version that cannot run, and why.
+    Rejected {
+        /// Its version (content hash).
+        version: String,
+        /// Where it came from.
+        source: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// The state of one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployStatus {
+    /// Running.
+    Live,
+    /// Swapped in, on probation.
+    Probation,
+    /// Refused before it ran.
+    Rejected,
+    /// Ran, failed probation, replaced by the previous version.
+    RolledBack,
+    /// Replaced by a newer version.
+    Superseded,
+}
+
+/// One version's deployment, as `eddy status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    /// Content hash.
+    pub version: String,
+    /// Where it came from.
+    pub source: String,
+    /// When it was swapped in (or rejected), ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Its state.
+    pub status: DeployStatus,
+    /// Why it was rejected or rolled back.
+    pub reason: Option<String>,
+    /// Processing pause of its swap, µs.
+    pub swap_pause_us: Option<u64>,
+}
+
+/// The most recent deployments, newest last.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct History {
+    /// Deployments.
+    pub deployments: Vec<Deployment>,
+}
+
+impl History {
+    /// Records a deployment (keeping the last 50).
+    pub fn push(&mut self, d: Deployment) {
+        if d.status == DeployStatus::Probation || d.status == DeployStatus::Live {
+            for old in &mut self.deployments {
+                if matches!(old.status, DeployStatus::Live | DeployStatus::Probation) {
+                    old.status = DeployStatus::Superseded;
+                }
+            }
+        }
+        self.deployments.push(d);
+        if self.deployments.len() > 50 {
+            self.deployments.remove(0);
+        }
+    }
+
+    /// Sets the status of the newest deployment of `version`.
+    pub fn set(&mut self, version: &str, status: DeployStatus, reason: Option<String>) {
+        if let Some(d) = self
+            .deployments
+            .iter_mut()
+            .rev()
+            .find(|d| d.version == version)
+        {
+            d.status = status;
+            if reason.is_some() {
+                d.reason = reason;
+            }
+        }
+    }
+}
+
+/// The probation rule of a freshly swapped version: how many of its first events may fail.
+#[derive(Debug, Clone)]
+pub struct Probation {
+    /// Events it handled so far.
+    pub events: u64,
+    /// Of those, how many failed (trap, CPU budget, memory limit).
+    pub failures: u64,
+    limit: u64,
+    share: f64,
+    until: Instant,
+}
+
+/// What probation says after a batch.
+#[derive(Debug, PartialEq)]
+pub enum Judgement {
+    /// Keep watching.
+    Pending,
+    /// Passed: commit and publish what was held.
+    Pass,
+    /// Failed: roll back.
+    Fail(String),
+}
+
+impl Probation {
+    /// Probation per the pipeline's `[reload]`.
+    pub fn new(cfg: &crate::config::ReloadConfig) -> Probation {
+        Probation {
+            events: 0,
+            failures: 0,
+            limit: cfg.probation_events,
+            share: cfg.max_failure_share,
+            until: Instant::now() + Duration::from_millis(cfg.probation_ms),
+        }
+    }
+
+    /// Counts a batch's results and judges.
+    pub fn record(&mut self, events: u64, failures: u64) -> Judgement {
+        self.events += events;
+        self.failures += failures;
+        self.judge()
+    }
+
+    /// Judges what was seen so far (also when time is up with few events).
+    pub fn judge(&self) -> Judgement {
+        let allowed = (self.share * self.limit as f64).floor() as u64;
+        if self.failures > allowed {
+            return Judgement::Fail(format!(
+                "{} of its first {} events failed (trap or budget); reload.max_failure_share allows {allowed} of {}",
+                self.failures, self.events, self.limit
+            ));
+        }
+        if self.events >= self.limit {
+            return Judgement::Pass;
+        }
+        if Instant::now() >= self.until {
+            // Fewer events than the probation asks for: judge by the share seen.
+            if self.events > 0 && self.failures as f64 > self.share * self.events as f64 {
+                return Judgement::Fail(format!(
+                    "{} of its {} events failed (trap or budget) during probation",
+                    self.failures, self.events
+                ));
+            }
+            return Judgement::Pass;
+        }
+        Judgement::Pending
+    }
+}
+
+/// What the watcher needs to validate versions.
+pub struct Validator {
+    /// The engine plugins are compiled with.
+    pub engine: Arc<Engine>,
+    /// What instances get.
+    pub ctx: InstanceContext,
+    /// The plugin config.
+    pub config_json: String,
+    /// Whether the pipeline has broadcast inputs (the version must handle them).
+    pub needs_broadcast: bool,
+}
+
+impl Validator {
+    /// Compiles and validates `wasm`: a candidate, or the reason it cannot run.
+    pub fn validate(&self, wasm: &[u8], name: &str, source: &str) -> Result<Candidate, String> {
+        let plugin = self.engine.load(wasm, name).map_err(|e| format!("{e:#}"))?;
+        if self.needs_broadcast && !plugin.capabilities().broadcast {
+            return Err(format!(
+                "plugin {name} does not export broadcast-handler but the pipeline has broadcast inputs"
+            ));
+        }
+        let instance = plugin
+            .instantiate(&self.ctx, &self.config_json)
+            .map_err(|e| format!("{e:#}"))?;
+        let planner = if self.ctx.lookups.is_some() {
+            Planner::new(&plugin, &self.ctx, &self.config_json).map_err(|e| format!("{e:#}"))?
+        } else {
+            None
+        };
+        Ok(Candidate {
+            plugin,
+            instance,
+            planner,
+            source: source.to_string(),
+        })
+    }
+}
+
+/// The deployed component of `pipeline` in the object store, if any: `(bytes, version)`.
+pub async fn deployed(
+    nats: &Nats,
+    bucket: &str,
+    pipeline: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let Ok(store) = nats.js.get_object_store(bucket).await else {
+        return Ok(None);
+    };
+    let mut object = match store.get(pipeline).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "reading deployed plugin {bucket}/{pipeline}: {e}"
+            ));
+        }
+    };
+    let mut wasm = Vec::new();
+    object
+        .read_to_end(&mut wasm)
+        .await
+        .with_context(|| format!("reading deployed plugin {bucket}/{pipeline}"))?;
+    Ok(Some(wasm))
+}
+
+/// Uploads `wasm` as the deployed plugin of `pipeline` (creating the bucket if needed); returns
+/// its version.
+pub async fn deploy(
+    nats: &Nats,
+    bucket: &str,
+    pipeline: &str,
+    wasm: &[u8],
+    note: &str,
+) -> anyhow::Result<String> {
+    let store = match nats.js.get_object_store(bucket).await {
+        Ok(s) => s,
+        Err(_) => nats
+            .js
+            .create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: bucket.to_string(),
+                description: Some("Eddy plugins, by pipeline".into()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create object store bucket {bucket}"))?,
+    };
+    let version = crate::engine::version_of(wasm);
+    let meta = async_nats::jetstream::object_store::ObjectMetadata {
+        name: pipeline.to_string(),
+        description: Some(note.to_string()),
+        metadata: [("version".to_string(), version.clone())].into(),
+        ..Default::default()
+    };
+    let mut reader = wasm;
+    store
+        .put(meta, &mut reader)
+        .await
+        .with_context(|| format!("cannot upload to {bucket}/{pipeline}"))?;
+    Ok(version)
+}
+
+/// Watches for new versions per `reload.watch` and sends each, validated, to the run loop.
+/// `current` is the version running at start (not reloaded again).
+pub async fn watch(
+    cfg: Arc<PipelineConfig>,
+    nats: Nats,
+    validator: Arc<Validator>,
+    current: String,
+    tx: mpsc::Sender<ReloadEvent>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    match cfg.reload.watch {
+        ReloadWatch::Off => Ok(None),
+        ReloadWatch::File => {
+            let path = cfg.plugin.path.clone();
+            let every = Duration::from_millis(cfg.reload.poll_ms);
+            Ok(Some(tokio::spawn(watch_file(
+                path, every, validator, current, tx,
+            ))))
+        }
+        ReloadWatch::ObjectStore => {
+            let bucket = cfg.reload.bucket.clone();
+            let store = match nats.js.get_object_store(&bucket).await {
+                Ok(s) => s,
+                Err(_) => nats
+                    .js
+                    .create_object_store(async_nats::jetstream::object_store::Config {
+                        bucket: bucket.clone(),
+                        description: Some("Eddy plugins, by pipeline".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| {
+                        format!("cannot create the plugin bucket {bucket} (reload.bucket); set reload.watch = \"off\" to run without hot reload")
+                    })?,
+            };
+            let mut updates = store
+                .watch_with_history()
+                .await
+                .with_context(|| format!("cannot watch the plugin bucket {bucket}"))?;
+            let pipeline = cfg.pipeline.name.clone();
+            Ok(Some(tokio::spawn(async move {
+                let mut current = current;
+                while let Some(update) = updates.next().await {
+                    let info = match update {
+                        Ok(i) => i,
+                        Err(e) => {
+                            tracing::warn!("plugin bucket watch: {e}");
+                            continue;
+                        }
+                    };
+                    if info.name != pipeline || info.deleted {
+                        continue;
+                    }
+                    let wasm = match deployed(&nats, &bucket, &pipeline).await {
+                        Ok(Some(w)) => w,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::warn!("{e:#}");
+                            continue;
+                        }
+                    };
+                    let version = crate::engine::version_of(&wasm);
+                    if version == current {
+                        continue;
+                    }
+                    current = version.clone();
+                    let source = format!("object store {bucket}/{pipeline}");
+                    if send_validated(&validator, wasm, &pipeline, source, &tx)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })))
+        }
+    }
+}
+
+async fn watch_file(
+    path: PathBuf,
+    every: Duration,
+    validator: Arc<Validator>,
+    current: String,
+    tx: mpsc::Sender<ReloadEvent>,
+) {
+    let mut current = current;
+    let mut last_seen: Option<(std::time::SystemTime, u64)> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let Ok(meta) = tokio::fs::metadata(&path).await else {
+            continue;
+        };
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        // Wait until the file stops changing between two polls (a build may still write it).
+        if last_seen != Some(stamp) {
+            last_seen = Some(stamp);
+            continue;
+        }
+        let Ok(wasm) = tokio::fs::read(&path).await else {
+            continue;
+        };
+        let version = crate::engine::version_of(&wasm);
+        if version == current {
+            continue;
+        }
+        current = version;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".into());
+        let source = format!("file {}", path.display());
+        if send_validated(&validator, wasm, &name, source, &tx)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Validates off the run loop and reports the result.
+async fn send_validated(
+    validator: &Arc<Validator>,
+    wasm: Vec<u8>,
+    name: &str,
+    source: String,
+    tx: &mpsc::Sender<ReloadEvent>,
+) -> Result<(), ()> {
+    let version = crate::engine::version_of(&wasm);
+    tracing::info!(%version, %source, "new plugin version: validating");
+    let (v, n, s) = (validator.clone(), name.to_string(), source.clone());
+    let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &n, &s))
+        .await
+        .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
+    let event = match result {
+        Ok(c) => ReloadEvent::Ready(Box::new(c)),
+        Err(reason) => {
+            tracing::warn!(%version, %source, "new plugin version rejected: {reason}");
+            ReloadEvent::Rejected {
+                version,
+                source,
+                reason,
+            }
+        }
+    };
+    tx.send(event).await.map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(events: u64, share: f64, ms: u64) -> crate::config::ReloadConfig {
+        crate::config::ReloadConfig {
+            probation_events: events,
+            max_failure_share: share,
+            probation_ms: ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probation_passes_fails_and_times_out_by_the_rule() {
+        let judge = |events: u64, failures: u64, c: &crate::config::ReloadConfig| {
+            Probation::new(c).record(events, failures)
+        };
+        let c = cfg(100, 0.1, 60_000);
+        assert_eq!(judge(50, 0, &c), Judgement::Pending);
+        assert_eq!(judge(100, 10, &c), Judgement::Pass, "10 of 100 is allowed");
+        assert!(
+            matches!(judge(60, 11, &c), Judgement::Fail(_)),
+            "11 can never pass"
+        );
+        let c = cfg(100, 0.1, 0);
+        assert_eq!(
+            judge(5, 0, &c),
+            Judgement::Pass,
+            "time is up, nothing failed"
+        );
+        assert!(matches!(judge(5, 3, &c), Judgement::Fail(_)));
+        assert_eq!(judge(0, 0, &c), Judgement::Pass, "no events at all");
+    }
+}

