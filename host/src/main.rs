@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use eddy_host::cli::{produce, streams, tail};
+use eddy_host::cli::{ops, produce, streams, tail};
 use eddy_host::config::{NatsConfig, PipelineConfig};
 use eddy_host::metrics::{self, Metrics};
 use eddy_host::pipeline::{self, RunOptions};
+use eddy_host::query::{self, Freshness, Op, Query};
 use eddy_host::transport;
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +32,9 @@ enum Command {
     Run {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Start from this savepoint (the state directory must have no checkpoint yet).
+        #[arg(long)]
+        from_savepoint: Option<PathBuf>,
     },
     /// Validates a pipeline file and compiles its plugin, without connecting to NATS.
     Check {
@@ -66,6 +70,37 @@ enum Command {
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
         nats: String,
     },
+    /// Lists, inspects or deletes the checkpoints of a pipeline on this machine.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
+    /// Creates (through the running hosts), lists, inspects or deletes savepoints.
+    Savepoint {
+        #[command(subcommand)]
+        action: SavepointAction,
+    },
+    /// Deploys a plugin version: every host of the pipeline swaps to it (hot reload).
+    Deploy {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The plugin component.
+        plugin: PathBuf,
+        /// Seconds to wait for the hosts to report the version live (0: do not wait).
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Shows what the running hosts of a pipeline are doing: plugin version, deployments,
+    /// rollbacks, positions, checkpoints.
+    Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Reads state from the running hosts (the queryable state service).
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Prints messages stored on a subject.
     Tail {
         /// Subject (wildcards allowed).
@@ -76,6 +111,100 @@ enum Command {
         /// NATS server.
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
         nats: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointAction {
+    /// One line per completed checkpoint.
+    List {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// A checkpoint's manifest.
+    Inspect {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The checkpoint id.
+        id: u64,
+    },
+    /// Deletes a checkpoint.
+    Delete {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The checkpoint id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SavepointAction {
+    /// Asks the running hosts for a savepoint at a consistent cut, and waits for it.
+    Create {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Its name (default `sp-<unix ms>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the hosts write it (default checkpoint.savepoint_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The savepoints in the pipeline's savepoint directory.
+    List {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// A savepoint's metadata.
+    Inspect {
+        /// The savepoint directory.
+        savepoint: PathBuf,
+    },
+    /// Deletes a savepoint directory.
+    Delete {
+        /// The savepoint directory.
+        savepoint: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// A keyed state's value (`--map`: map entries, `--list`: list elements) for a key.
+    Get {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The state's name.
+        state: String,
+        /// The key.
+        key: String,
+        /// The state is a map state.
+        #[arg(long, conflicts_with = "list")]
+        map: bool,
+        /// The state is a list state.
+        #[arg(long)]
+        list: bool,
+        /// Map state: only entries whose key starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Read the last completed checkpoint instead of the latest state.
+        #[arg(long)]
+        checkpoint: bool,
+    },
+    /// A broadcast map's entry (or its entries).
+    Broadcast {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The map's name.
+        map: String,
+        /// The key (all entries if none).
+        key: Option<String>,
+    },
+    /// Which partition and host own a key.
+    Owner {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The key.
+        key: String,
     },
 }
 
@@ -106,7 +235,10 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { pipeline } => {
+        Command::Run {
+            pipeline,
+            from_savepoint,
+        } => {
             let cfg = PipelineConfig::load(&pipeline)?;
             let metrics = Metrics::new(&cfg.pipeline.name);
             let _server = match &cfg.metrics.listen {
@@ -115,11 +247,185 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let (tx, rx) = tokio::sync::watch::channel(false);
             tokio::spawn(pipeline::stop_on_signals(tx));
-            let summary = pipeline::run(cfg, RunOptions::default(), rx, metrics).await?;
+            let opts = RunOptions {
+                from_savepoint,
+                ..RunOptions::default()
+            };
+            let summary = pipeline::run(cfg, opts, rx, metrics).await?;
             eprintln!(
-                "stopped: {} events in, {} outputs, {} dropped, {} dead-lettered",
-                summary.events_in, summary.outputs, summary.dropped, summary.dead_lettered
+                "stopped: {} events in, {} outputs, {} dropped, {} dead-lettered, {} checkpoints",
+                summary.events_in,
+                summary.outputs,
+                summary.dropped,
+                summary.dead_lettered,
+                summary.checkpoints
             );
+            Ok(())
+        }
+        Command::Checkpoints { action } => match action {
+            CheckpointAction::List { pipeline } => {
+                let cfg = PipelineConfig::load(&pipeline)?;
+                let lines = ops::list_checkpoints(&cfg);
+                if lines.is_empty() {
+                    println!("no checkpoints in {}", cfg.checkpoint_dir().display());
+                }
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            CheckpointAction::Inspect { pipeline, id } => {
+                let cfg = PipelineConfig::load(&pipeline)?;
+                let m = ops::checkpoints(&cfg).load(id)?;
+                println!("{}", serde_json::to_string_pretty(&m)?);
+                Ok(())
+            }
+            CheckpointAction::Delete { pipeline, id } => {
+                let cfg = PipelineConfig::load(&pipeline)?;
+                ops::checkpoints(&cfg).delete(id)?;
+                println!("deleted checkpoint {id}");
+                Ok(())
+            }
+        },
+        Command::Savepoint { action } => match action {
+            SavepointAction::Create {
+                pipeline,
+                name,
+                dir,
+            } => {
+                let cfg = PipelineConfig::load(&pipeline)?;
+                let nats = transport::connect(&cfg.nats, "eddy-savepoint").await?;
+                let body = serde_json::json!({ "name": name, "dir": dir });
+                let answers = ops::control(
+                    &nats,
+                    &cfg.pipeline.name,
+                    "savepoint",
+                    body,
+                    Duration::from_secs(3600),
+                )
+                .await?;
+                for a in answers {
+                    println!("{}", serde_json::to_string_pretty(&a)?);
+                }
+                Ok(())
+            }
+            SavepointAction::List { pipeline } => {
+                let cfg = PipelineConfig::load(&pipeline)?;
+                for l in ops::list_savepoints(&cfg) {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            SavepointAction::Inspect { savepoint } => {
+                println!("{}", ops::inspect_savepoint(&savepoint)?);
+                Ok(())
+            }
+            SavepointAction::Delete { savepoint } => {
+                ops::delete_savepoint(&savepoint)?;
+                println!("deleted {}", savepoint.display());
+                Ok(())
+            }
+        },
+        Command::Deploy {
+            pipeline,
+            plugin,
+            wait,
+        } => {
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let wasm = std::fs::read(&plugin)
+                .with_context(|| format!("cannot read {}", plugin.display()))?;
+            let nats = transport::connect(&cfg.nats, "eddy-deploy").await?;
+            let note = format!("deployed from {}", plugin.display());
+            let version = eddy_host::reload::deploy(
+                &nats,
+                &cfg.reload.bucket,
+                &cfg.pipeline.name,
+                &wasm,
+                &note,
+            )
+            .await?;
+            println!(
+                "deployed {} as version {version} to {}/{}",
+                plugin.display(),
+                cfg.reload.bucket,
+                cfg.pipeline.name
+            );
+            if wait > 0 {
+                wait_for_version(&nats, &cfg.pipeline.name, &version, wait).await?;
+            }
+            Ok(())
+        }
+        Command::Status { pipeline } => {
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let nats = transport::connect(&cfg.nats, "eddy-status").await?;
+            let answers = ops::control(
+                &nats,
+                &cfg.pipeline.name,
+                "status",
+                serde_json::json!({}),
+                Duration::from_secs(5),
+            )
+            .await?;
+            for a in answers {
+                println!("{}", serde_json::to_string_pretty(&a)?);
+            }
+            Ok(())
+        }
+        Command::State { action } => {
+            let (pipeline, op, q) = match action {
+                StateAction::Get {
+                    pipeline,
+                    state,
+                    key,
+                    map,
+                    list,
+                    prefix,
+                    checkpoint,
+                } => {
+                    let op = if map {
+                        Op::Map
+                    } else if list {
+                        Op::List
+                    } else {
+                        Op::Get
+                    };
+                    let q = Query {
+                        state: Some(state),
+                        key: Some(key),
+                        prefix,
+                        freshness: if checkpoint {
+                            Freshness::Checkpoint
+                        } else {
+                            Freshness::Latest
+                        },
+                        ..Query::default()
+                    };
+                    (pipeline, op, q)
+                }
+                StateAction::Broadcast { pipeline, map, key } => (
+                    pipeline,
+                    Op::Broadcast,
+                    Query {
+                        broadcast_map: Some(map),
+                        key,
+                        ..Query::default()
+                    },
+                ),
+                StateAction::Owner { pipeline, key } => (
+                    pipeline,
+                    Op::Owner,
+                    Query {
+                        key: Some(key),
+                        ..Query::default()
+                    },
+                ),
+            };
+            let cfg = PipelineConfig::load(&pipeline)?;
+            let nats = transport::connect(&cfg.nats, "eddy-state").await?;
+            let answer = query::nats::ask(&nats, &cfg.pipeline.name, op, &q)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         Command::Check { pipeline } => {
@@ -197,6 +503,66 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Waits until every host that answers status runs `version` (or reports it rejected or
+/// rolled back).
+async fn wait_for_version(
+    nats: &transport::Nats,
+    pipeline: &str,
+    version: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let answers = ops::control(
+            nats,
+            pipeline,
+            "status",
+            serde_json::json!({}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_default();
+        let mut verdicts = Vec::new();
+        for a in &answers {
+            let host = a["host"].as_str().unwrap_or("?").to_string();
+            let d = a["deployments"]
+                .as_array()
+                .and_then(|ds| ds.iter().rev().find(|d| d["version"] == version));
+            match d.and_then(|d| d["status"].as_str()) {
+                Some("live") => verdicts.push((host, Ok("live".to_string()))),
+                Some(s @ ("rejected" | "rolled-back")) => verdicts.push((
+                    host,
+                    Err(format!(
+                        "{s}: {}",
+                        d.and_then(|d| d["reason"].as_str()).unwrap_or("")
+                    )),
+                )),
+                _ => {}
+            }
+        }
+        if !answers.is_empty() && verdicts.len() == answers.len() {
+            let mut failed = false;
+            for (host, v) in verdicts {
+                match v {
+                    Ok(s) => println!("  {host}: {version} {s}"),
+                    Err(e) => {
+                        failed = true;
+                        println!("  {host}: {version} {e}");
+                    }
+                }
+            }
+            anyhow::ensure!(!failed, "version {version} did not go live everywhere");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "not every host reported version {version} live within {secs} s; see `eddy status`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

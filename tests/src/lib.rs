@@ -1,9 +1,11 @@
 //! Test harness for Eddy's integration tests and end-to-end benchmarks.
 //!
 //! Everything here is real: [`NatsServer`] starts the `nats-server` binary with JetStream on
-//! a free loopback port and a temporary directory, and stops it when dropped; [`plugin`]
-//! builds the sample plugins to WebAssembly components once per test binary (wasmtime's
-//! test-programs pattern), never using checked-in binaries.
+//! a free loopback port and a temporary directory, and stops it when dropped; [`RedisServer`]
+//! and [`PostgresServer`] do the same for the lookup stores; [`SlowHttp`] is a local HTTP
+//! store with a configurable delay; [`plugin`] builds the sample plugins to WebAssembly
+//! components once per test binary (wasmtime's test-programs pattern), never using checked-in
+//! binaries.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -195,6 +197,8 @@ pub struct PipelineSpec {
     pub cpu_ms: u64,
     /// Memory limit, MiB.
     pub memory_mb: u64,
+    /// More TOML appended to the file (sections like `[checkpoint]`, `[lookup.x]`).
+    pub extra: String,
 }
 
 impl PipelineSpec {
@@ -214,6 +218,7 @@ impl PipelineSpec {
             batch: 256,
             cpu_ms: 100,
             memory_mb: 64,
+            extra: String::new(),
         }
     }
 
@@ -250,6 +255,8 @@ subject = "{dlq}"
 [limits]
 cpu_ms_per_event = {cpu}
 memory_mb = {mem}
+
+{extra}
 "#,
             name = self.name,
             state = self.state_dir.display(),
@@ -263,6 +270,7 @@ memory_mb = {mem}
             dlq = self.dead_letter,
             cpu = self.cpu_ms,
             mem = self.memory_mb,
+            extra = self.extra,
         )
     }
 
@@ -338,4 +346,485 @@ pub fn init_logging() {
                 .try_init();
         }
     });
+}
+
+/// Waits until a TCP port accepts connections.
+fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not start listening on port {port}")
+}
+
+fn stop_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A Redis server on loopback, in memory (no persistence), in a temporary directory.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one; fails with a clear message if `redis-server` is not installed.
+    pub fn start() -> anyhow::Result<RedisServer> {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+        };
+        r.spawn()?;
+        Ok(r)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server: install it (apt-get install redis-server; scripts/test.sh does)")?;
+        self.child = Some(child);
+        wait_listening(self.port, "redis-server")
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a Redis command (through `redis-cli`), e.g. `["SET", "k", "v"]`.
+    pub fn cmd(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .context("redis-cli")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Loads many commands at once (`redis-cli --pipe` with inline commands).
+    pub fn pipe(&self, commands: &[Vec<String>]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--pipe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("redis-cli --pipe")?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        for c in commands {
+            let mut line = format!("*{}\r\n", c.len());
+            for a in c {
+                line.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+            stdin.write_all(line.as_bytes())?;
+        }
+        drop(stdin);
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the server (an outage).
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A PostgreSQL server on loopback with a fresh cluster in a temporary directory. As root
+/// (PostgreSQL refuses to run as root) it runs as the `postgres` user.
+pub struct PostgresServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(read) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = read.flatten().map(|e| e.path()).collect();
+        versions.sort();
+        if let Some(v) = versions.last() {
+            return v.join("bin").join(name);
+        }
+    }
+    PathBuf::from(name)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command, run as `postgres` when we are root.
+fn as_pg(bin: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+impl PostgresServer {
+    /// Initialises a cluster and starts it.
+    pub fn start() -> anyhow::Result<PostgresServer> {
+        let dir = tempfile::tempdir()?;
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()?;
+        }
+        let data = dir.path().join("data");
+        let out = as_pg(&pg_bin("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "eddy", "--auth=trust", "--no-sync"])
+            .output()
+            .context("cannot run initdb: install PostgreSQL (apt-get install postgresql; scripts/test.sh does)")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let port = free_port();
+        let child = as_pg(&pg_bin("postgres"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start postgres")?;
+        let pg = PostgresServer {
+            child: Some(child),
+            port,
+            dir,
+        };
+        wait_listening(port, "postgres")?;
+        // Listening is not ready: wait until a query works.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if pg.sql("SELECT 1").is_ok() {
+                return Ok(pg);
+            }
+            if Instant::now() > deadline {
+                bail!("postgres does not answer queries");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `postgres://eddy@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://eddy@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs SQL through `psql`; errors with its message if it fails.
+    pub fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "eddy",
+            ])
+            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
+            .output()
+            .context("psql")?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        let _ = &self.dir;
+    }
+}
+
+/// A local HTTP store: `GET /<anything>/<key>` answers the JSON registered for `<key>` after
+/// a configurable delay, 404 for unknown keys. Counts requests.
+pub struct SlowHttp {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowHttp {
+    /// Serves `values` (key → JSON body) with `delay_ms` per request.
+    pub async fn start(
+        values: std::collections::HashMap<String, String>,
+        delay_ms: u64,
+    ) -> anyhow::Result<SlowHttp> {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let values = std::sync::Arc::new(values);
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(delay_ms));
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, d, f) = (requests.clone(), delay.clone(), fail.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (values, r, d, f) = (values.clone(), r.clone(), d.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut filled = 0;
+                    loop {
+                        // Keep-alive: answer each request on the connection.
+                        let Ok(n) = sock.read(&mut buf[filled..]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        filled += n;
+                        let text = String::from_utf8_lossy(&buf[..filled]).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let line = text.lines().next().unwrap_or_default().to_string();
+                        buf.copy_within(end + 4..filled, 0);
+                        filled -= end + 4;
+                        r.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(d.load(Ordering::Relaxed))).await;
+                        let path = line.split_whitespace().nth(1).unwrap_or("/");
+                        let key = path.rsplit('/').next().unwrap_or("").to_string();
+                        let (status, body) = if f.load(Ordering::Relaxed) {
+                            ("500 Internal Server Error", "{}".to_string())
+                        } else {
+                            match values.get(&key) {
+                                Some(v) => ("200 OK", v.clone()),
+                                None => ("404 Not Found", "{}".to_string()),
+                            }
+                        };
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(SlowHttp {
+            port,
+            requests,
+            delay_ms: delay,
+            fail,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes the delay.
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every request fail with 500 (or not).
+    pub fn set_failing(&self, fail: bool) {
+        self.fail.store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlowHttp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs a pipeline in this process until [`Running::stop`].
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<anyhow::Result<eddy_host::pipeline::RunSummary>>,
+    /// Its metrics.
+    pub metrics: std::sync::Arc<eddy_host::metrics::Metrics>,
+}
+
+impl Running {
+    /// Starts `cfg` with `opts`.
+    pub fn start_with(
+        cfg: eddy_host::config::PipelineConfig,
+        opts: eddy_host::pipeline::RunOptions,
+    ) -> Running {
+        init_logging();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let metrics = eddy_host::metrics::Metrics::new(&cfg.pipeline.name);
+        let handle = tokio::spawn(eddy_host::pipeline::run(cfg, opts, rx, metrics.clone()));
+        Running {
+            stop,
+            handle,
+            metrics,
+        }
+    }
+
+    /// Starts the pipeline of `spec` with default options.
+    pub fn start(spec: &PipelineSpec) -> Running {
+        Running::start_with(spec.config(), eddy_host::pipeline::RunOptions::default())
+    }
+
+    /// Stops it cleanly; panics if it failed.
+    pub async fn stop(self) -> eddy_host::pipeline::RunSummary {
+        let _ = self.stop.send(true);
+        self.handle
+            .await
+            .expect("pipeline task")
+            .expect("pipeline ran without error")
+    }
+
+    /// Waits for it to fail on its own; returns the error.
+    pub async fn failure(self, within: Duration) -> anyhow::Error {
+        match tokio::time::timeout(within, self.handle).await {
+            Ok(Ok(Err(e))) => e,
+            Ok(Ok(Ok(s))) => panic!("the pipeline ended without error: {s:?}"),
+            Ok(Err(e)) => panic!("pipeline task: {e}"),
+            Err(_) => panic!("the pipeline did not fail within {within:?}"),
+        }
+    }
+}
+
+/// Waits until `check` returns true, or panics with `what` after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The fraud-enrich plugin's documented behaviour, written again here from its spec.
+pub fn fraud_reference(
+    txs: &[eddy_host::cli::produce::Transaction],
+    flag_threshold: u64,
+) -> Vec<serde_json::Value> {
+    #[derive(Default, Clone)]
+    struct Stats {
+        count: u64,
+        sum: u64,
+        max: u64,
+        last_ts: Option<u64>,
+        recent: Vec<u64>,
+    }
+    let mut by_customer: std::collections::HashMap<&str, Stats> = Default::default();
+    let mut out = Vec::new();
+    for t in txs {
+        let prev = by_customer.entry(&t.customer).or_default().clone();
+        let mut risk = 0;
+        if prev.count >= 3 && t.amount_cents > 3 * (prev.sum / prev.count) {
+            risk += 40;
+        }
+        if let Some(last) = prev.last_ts
+            && t.ts.saturating_sub(last) < 10_000
+        {
+            risk += 30;
+        }
+        if t.amount_cents >= 100_000 {
+            risk += 30;
+        }
+        let risk: u64 = risk.min(100);
+        let count = prev.count + 1;
+        let sum = prev.sum + t.amount_cents;
+        out.push(serde_json::json!({
+            "id": t.id, "customer": t.customer, "amount_cents": t.amount_cents,
+            "merchant": t.merchant, "category": t.category, "ts": t.ts,
+            "customer_count": count,
+            "customer_sum_cents": sum,
+            "customer_avg_cents": sum / count,
+            "customer_max_cents": prev.max.max(t.amount_cents),
+            "previous_ts": prev.last_ts,
+            "recent_cents": prev.recent,
+            "risk": risk,
+            "flagged": risk >= flag_threshold,
+        }));
+        let s = by_customer.entry(&t.customer).or_default();
+        s.count = count;
+        s.sum = sum;
+        s.max = s.max.max(t.amount_cents);
+        s.last_ts = Some(t.ts);
+        s.recent.push(t.amount_cents);
+        if s.recent.len() > 5 {
+            s.recent.remove(0);
+        }
+    }
+    out
+}
+
+/// Publishes transactions to `subject` (pipelined, acked).
+pub async fn publish_txs(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    txs: &[eddy_host::cli::produce::Transaction],
+) {
+    let payloads = txs
+        .iter()
+        .map(|t| bytes::Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect();
+    eddy_host::cli::produce::publish(js, subject, payloads)
+        .await
+        .expect("publish");
 }

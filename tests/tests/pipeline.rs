@@ -2,112 +2,21 @@
 //! WebAssembly components built from `plugins/`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use eddy_host::cli::produce::{self, Transaction};
 use eddy_host::cli::tail;
 use eddy_host::metrics::Metrics;
-use eddy_host::pipeline::{self, RunOptions, RunSummary};
-use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, wait_for_len};
+use eddy_host::pipeline::{self, RunOptions};
+use eddy_tests::{
+    NatsServer, PipelineSpec, Running, create_streams, fraud_reference, plugin, publish_txs,
+    wait_for_len,
+};
 use serde_json::{Value, json};
 
-/// The fraud-enrich plugin's documented behaviour, written again here from its spec.
-fn fraud_reference(txs: &[Transaction], flag_threshold: u64) -> Vec<Value> {
-    #[derive(Default, Clone)]
-    struct Stats {
-        count: u64,
-        sum: u64,
-        max: u64,
-        last_ts: Option<u64>,
-        recent: Vec<u64>,
-    }
-    let mut by_customer: HashMap<&str, Stats> = HashMap::new();
-    let mut out = Vec::new();
-    for t in txs {
-        let prev = by_customer.entry(&t.customer).or_default().clone();
-        let mut risk = 0;
-        if prev.count >= 3 && t.amount_cents > 3 * (prev.sum / prev.count) {
-            risk += 40;
-        }
-        if let Some(last) = prev.last_ts
-            && t.ts.saturating_sub(last) < 10_000
-        {
-            risk += 30;
-        }
-        if t.amount_cents >= 100_000 {
-            risk += 30;
-        }
-        let risk: u64 = risk.min(100);
-        let count = prev.count + 1;
-        let sum = prev.sum + t.amount_cents;
-        out.push(json!({
-            "id": t.id, "customer": t.customer, "amount_cents": t.amount_cents,
-            "merchant": t.merchant, "category": t.category, "ts": t.ts,
-            "customer_count": count,
-            "customer_sum_cents": sum,
-            "customer_avg_cents": sum / count,
-            "customer_max_cents": prev.max.max(t.amount_cents),
-            "previous_ts": prev.last_ts,
-            "recent_cents": prev.recent,
-            "risk": risk,
-            "flagged": risk >= flag_threshold,
-        }));
-        let s = by_customer.entry(&t.customer).or_default();
-        s.count = count;
-        s.sum = sum;
-        s.max = s.max.max(t.amount_cents);
-        s.last_ts = Some(t.ts);
-        s.recent.push(t.amount_cents);
-        if s.recent.len() > 5 {
-            s.recent.remove(0);
-        }
-    }
-    out
-}
-
-async fn publish_txs(js: &async_nats::jetstream::Context, subject: &str, txs: &[Transaction]) {
-    let payloads = txs
-        .iter()
-        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
-        .collect();
-    produce::publish(js, subject, payloads)
-        .await
-        .expect("publish");
-}
-
-struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
-    handle: tokio::task::JoinHandle<anyhow::Result<RunSummary>>,
-    metrics: Arc<Metrics>,
-}
-
 fn start(spec: &PipelineSpec) -> Running {
-    eddy_tests::init_logging();
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let metrics = Metrics::new(&spec.name);
-    let handle = tokio::spawn(pipeline::run(
-        spec.config(),
-        RunOptions::default(),
-        rx,
-        metrics.clone(),
-    ));
-    Running {
-        stop,
-        handle,
-        metrics,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> RunSummary {
-        let _ = self.stop.send(true);
-        self.handle
-            .await
-            .expect("pipeline task")
-            .expect("pipeline ran without error")
-    }
+    Running::start(spec)
 }
 
 async fn read_json(js: &async_nats::jetstream::Context, subject: &str, max: usize) -> Vec<Value> {

@@ -1,5 +1,6 @@
 //! `eddy streams`: creates the JetStream streams a pipeline file needs (input, outputs,
-//! dead letters) where they do not exist yet. Existing streams are left as they are.
+//! dead letters, broadcast inputs) where they do not exist yet. Existing streams are left as
+//! they are.
 
 use anyhow::Context;
 use async_nats::jetstream::stream;
@@ -23,6 +24,14 @@ pub async fn ensure(
         format!("{}_DLQ", cfg.pipeline.name.to_uppercase()),
         vec![cfg.dead_letter.subject.clone()],
     ));
+    for b in cfg.broadcast.values() {
+        let subjects = if b.subjects.is_empty() {
+            vec![format!("{}.>", b.stream.to_lowercase())]
+        } else {
+            b.subjects.clone()
+        };
+        wanted.push((b.stream.clone(), subjects));
+    }
     for (name, subjects) in wanted {
         let mut missing = Vec::new();
         for s in &subjects {

@@ -20,13 +20,27 @@
 //! | `bad-subject` | emits the payload unchanged to the subject `forbidden.subject` |
 //! | `flash` | reports (header `Eddy-Flash: present|absent`) whether the key's `flash` value exists, then writes it with its own TTL of `ttl_ms` from the payload |
 //! | `escape` | tries to reach outside the sandbox (read `/etc/hostname`, list `/`, connect to 127.0.0.1:4222, read the environment) and emits a JSON report of what each attempt returned |
+//! | `rule` | emits the payload with the header `Eddy-Rule: <value of broadcast map "rules" at the payload's "rule" field, as JSON, or "none">` |
+//! | `broadcast-write` | tries to write the broadcast map `rules` from the keyed side; emits the header `Eddy-Broadcast-Write` with the error it got (or `written`) |
+//! | `lookup` | plans a lookup of the payload's `key` in store `store`; emits `{"found": bool, "value": <JSON or text>, "error": <text or null>}` |
+//! | `count` | like `ok` without the history: increments `count` and emits the payload with `Eddy-Count` |
 //!
 //! Any other action, a payload that is not JSON or has no string `action`, is rejected with a
 //! reason starting with `chaos: `. A state error rejects the event with `chaos: <error>`.
+//!
+//! # Broadcast events
+//!
+//! JSON objects `{"op": ...}`: `put` (`key`, `value` into the map `rules`), `remove` (`key`),
+//! `visit` (visits every key of `state` with `tag`: tag `reset` removes every entry, tag
+//! `double` doubles numbers), `fail` (returns an error). Every event that succeeds increments
+//! the entry `applied` of the map `meta`, so a test can tell that no update was applied twice.
 
 use std::hint::black_box;
 
-use eddy_sdk::{Config, Event, ListState, Outcome, Output, Processor, Ttl, ValueState};
+use eddy_sdk::{
+    BroadcastEvent, BroadcastMap, Config, Event, ListState, LookupRequest, LookupStore, Outcome,
+    Output, Processor, Ttl, ValueState, VisitAction, VisitedEntry,
+};
 use serde::Deserialize;
 
 /// The plugin configuration.
@@ -47,6 +61,28 @@ struct Command {
     /// For `flash`: the TTL of the value it writes.
     #[serde(default)]
     ttl_ms: u64,
+    /// For `rule`: the rule to read.
+    #[serde(default)]
+    rule: String,
+    /// For `lookup`: the store and key.
+    #[serde(default)]
+    store: String,
+    #[serde(default)]
+    key: String,
+}
+
+/// A broadcast event.
+#[derive(Debug, Deserialize)]
+struct BroadcastOp {
+    op: String,
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    value: serde_json::Value,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    tag: String,
 }
 
 /// Does what each event asks.
@@ -54,6 +90,8 @@ struct Chaos {
     count: ValueState<u64>,
     history: ListState<u64>,
     flash: ValueState<u64>,
+    rules: BroadcastMap<String, serde_json::Value>,
+    meta: BroadcastMap<String, u64>,
 }
 
 /// Spins forever; `black_box` keeps the optimiser from proving anything about the loop.
@@ -109,7 +147,48 @@ impl Processor for Chaos {
             count,
             history,
             flash: ValueState::new("flash"),
+            rules: BroadcastMap::new("rules"),
+            meta: BroadcastMap::new("meta"),
         })
+    }
+
+    fn process_broadcast(&mut self, event: &BroadcastEvent) -> Result<(), String> {
+        let op: BroadcastOp = event.json().map_err(|e| format!("chaos: {e}"))?;
+        let e = |e: eddy_sdk::BroadcastError| format!("chaos: {e}");
+        match op.op.as_str() {
+            "put" => self.rules.put(&op.key, &op.value).map_err(e)?,
+            "remove" => self.rules.remove(&op.key).map_err(e)?,
+            "visit" => {
+                let asked = match op.state.as_str() {
+                    "count" => self.count.visit_all_keys(&op.tag),
+                    "history" => self.history.visit_all_keys(&op.tag),
+                    other => return Err(format!("chaos: cannot visit {other:?}")),
+                };
+                asked.map_err(|e| format!("chaos: {e}"))?;
+            }
+            "fail" => return Err("chaos: broadcast failed on purpose".to_owned()),
+            other => return Err(format!("chaos: unknown broadcast op {other:?}")),
+        }
+        let applied = self.meta.get("applied").map_err(e)?.unwrap_or(0);
+        self.meta.put("applied", &(applied + 1)).map_err(e)
+    }
+
+    fn visit(&mut self, tag: &str, _state: &str, entry: &VisitedEntry) -> VisitAction {
+        match tag {
+            "reset" => VisitAction::Remove,
+            "double" => match entry.value::<u64>() {
+                Ok(n) => VisitAction::set_json(&(n * 2)).unwrap_or(VisitAction::Keep),
+                Err(_) => VisitAction::Keep,
+            },
+            _ => VisitAction::Keep,
+        }
+    }
+
+    fn plan_lookups(&self, event: &Event) -> Vec<LookupRequest> {
+        match event.json::<Command>() {
+            Ok(c) if c.action == "lookup" => vec![LookupRequest::new(c.store, c.key)],
+            _ => Vec::new(),
+        }
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
@@ -161,6 +240,48 @@ impl Processor for Chaos {
                 }
             }
             "escape" => Outcome::emit_one(Output::new(escape_report().into_bytes())),
+            "count" => match self.count.update(|n| n.unwrap_or(0) + 1) {
+                Ok(count) => Outcome::emit_one(
+                    Output::new(event.payload()).header("Eddy-Count", count.to_string()),
+                ),
+                Err(e) => Outcome::reject(format!("chaos: {e}")),
+            },
+            "rule" => match self.rules.get(&command.rule) {
+                Ok(v) => Outcome::emit_one(
+                    Output::new(event.payload()).header(
+                        "Eddy-Rule",
+                        v.map(|v| v.to_string())
+                            .unwrap_or_else(|| "none".to_owned()),
+                    ),
+                ),
+                Err(e) => Outcome::reject(format!("chaos: {e}")),
+            },
+            "broadcast-write" => {
+                let result = match self.rules.put("from-keyed", &serde_json::json!(1)) {
+                    Ok(()) => "written".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                Outcome::emit_one(
+                    Output::new(event.payload()).header("Eddy-Broadcast-Write", result),
+                )
+            }
+            "lookup" => {
+                let store = LookupStore::new(command.store);
+                let answer = match store.get(&command.key) {
+                    Ok(Some(bytes)) => {
+                        let value = serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .unwrap_or_else(|_| {
+                                serde_json::Value::String(String::from_utf8_lossy(&bytes).into())
+                            });
+                        serde_json::json!({"found": true, "value": value, "error": null})
+                    }
+                    Ok(None) => serde_json::json!({"found": false, "value": null, "error": null}),
+                    Err(e) => {
+                        serde_json::json!({"found": false, "value": null, "error": e.to_string()})
+                    }
+                };
+                Outcome::emit_json(&answer)
+            }
             other => Outcome::reject(format!("chaos: unknown action {other:?}")),
         }
     }
