@@ -18,38 +18,34 @@ pub(crate) enum Segment {
     Broadcast(Vec<BroadcastMsg>),
 }
 
-fn stored_ms(m: &jetstream::Message) -> (u64, u64) {
+/// When the stream stored `m` (ns since the Unix epoch) and its sequence.
+pub(crate) fn stored(m: &jetstream::Message) -> (u64, u64) {
     m.info()
-        .map(|i| {
-            (
-                (i.published.unix_timestamp_nanos() / 1_000_000) as u64,
-                i.stream_sequence,
-            )
-        })
+        .map(|i| (i.published.unix_timestamp_nanos() as u64, i.stream_sequence))
         .unwrap_or((0, 0))
 }
 
 /// A broadcast message of input `input`, with its sequence and timestamp.
 pub(crate) fn broadcast_msg(input: &str, msg: jetstream::Message) -> BroadcastMsg {
-    let (ts, seq) = stored_ms(&msg);
+    let (stored_ns, seq) = stored(&msg);
     BroadcastMsg {
         input: input.to_string(),
         seq,
-        ts,
+        stored_ns,
         msg,
     }
 }
 
-/// Takes, from the front of every buffer, the updates stored at or before `ts`, oldest first
+/// Takes, from the front of every buffer, the updates stored at or before `ns`, oldest first
 /// (ties: in input order).
-fn take_until(broadcasts: &mut [BroadcastInput], ts: u64) -> Vec<BroadcastMsg> {
+fn take_until(broadcasts: &mut [BroadcastInput], ns: u64) -> Vec<BroadcastMsg> {
     let mut out = Vec::new();
     loop {
         let next = broadcasts
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| b.buffer.front().map(|m| (stored_ms(m).0, i)))
-            .filter(|(t, _)| *t <= ts)
+            .filter_map(|(i, b)| b.buffer.front().map(|m| (stored(m).0, i)))
+            .filter(|(t, _)| *t <= ns)
             .min();
         let Some((_, i)) = next else {
             return out;
@@ -68,7 +64,7 @@ pub(crate) fn merge(
     let mut segments = Vec::new();
     let mut keyed = Vec::new();
     for (msg, a) in arrivals {
-        let updates = take_until(broadcasts, a.ts);
+        let updates = take_until(broadcasts, a.stored_ns);
         if !updates.is_empty() {
             if !keyed.is_empty() {
                 segments.push(Segment::Keyed(std::mem::take(&mut keyed)));

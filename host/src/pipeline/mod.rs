@@ -541,10 +541,10 @@ async fn read_input(
     while let Some(batch) = input.next_batch(cfg.input.batch).await {
         let mut arrivals = Vec::with_capacity(batch.len());
         for msg in batch {
-            let (seq, ts) = match msg.info() {
+            let (seq, stored_ns) = match msg.info() {
                 Ok(info) => (
                     info.stream_sequence,
-                    (info.published.unix_timestamp_nanos() / 1_000_000) as u64,
+                    info.published.unix_timestamp_nanos() as u64,
                 ),
                 Err(e) => {
                     tracing::warn!("input message without JetStream metadata ({e}); skipped");
@@ -582,7 +582,7 @@ async fn read_input(
                             subject: msg.subject.to_string(),
                             headers: headers_to_wit(msg.headers.as_ref()),
                             payload: msg.payload.to_vec(),
-                            timestamp_ms: ts,
+                            timestamp_ms: stored_ns / 1_000_000,
                             sequence: seq,
                         },
                     },
@@ -593,7 +593,7 @@ async fn read_input(
                 msg,
                 Arrival {
                     seq,
-                    ts,
+                    stored_ns,
                     source,
                     body,
                 },

@@ -166,7 +166,7 @@ impl Runner {
         let segments = if self.broadcasts.is_empty() {
             vec![align::Segment::Keyed(arrivals)]
         } else {
-            let until = arrivals.iter().map(|(_, a)| a.ts).max().unwrap_or(0);
+            let until = arrivals.iter().map(|(_, a)| a.stored_ns).max().unwrap_or(0);
             for b in &mut self.broadcasts {
                 b.catch_up(until).await?;
             }
@@ -227,16 +227,13 @@ impl Runner {
         if self.broadcasts.is_empty() || self.window.has_keyed() || !self.input_rx.is_empty() {
             return;
         }
-        let now = crate::checkpoint::now_ms();
+        let now_ns = crate::checkpoint::now_ms().saturating_mul(1_000_000);
         for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
             b.poll_ready();
             let mut ready = Vec::new();
             while let Some(m) = b.buffer.front() {
-                let ts = m
-                    .info()
-                    .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as u64)
-                    .unwrap_or(0);
-                if ts + cfg.idle_apply_ms > now {
+                let (stored_ns, _) = align::stored(m);
+                if stored_ns + cfg.idle_apply_ms * 1_000_000 > now_ns {
                     break;
                 }
                 if let Some(m) = b.buffer.pop_front() {
@@ -345,7 +342,7 @@ impl Runner {
                         subject: b.msg.subject.to_string(),
                         headers: headers_to_wit(b.msg.headers.as_ref()),
                         payload: b.msg.payload.to_vec(),
-                        timestamp_ms: b.ts,
+                        timestamp_ms: b.stored_ns / 1_000_000,
                         sequence: b.seq,
                     })
                     .collect();

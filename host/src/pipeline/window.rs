@@ -32,8 +32,9 @@ use crate::lookup::Resolved;
 pub(crate) struct Arrival {
     /// Stream sequence.
     pub seq: u64,
-    /// Stream timestamp, ms.
-    pub ts: u64,
+    /// When the stream stored it, ns since the Unix epoch (orders it among broadcast
+    /// updates).
+    pub stored_ns: u64,
     /// For routing and dead letters.
     pub source: Arc<Source>,
     /// What it carries.
@@ -63,8 +64,8 @@ pub(crate) struct BroadcastMsg {
     pub input: String,
     /// Stream sequence.
     pub seq: u64,
-    /// Stream timestamp, ms.
-    pub ts: u64,
+    /// When the stream stored it, ns since the Unix epoch.
+    pub stored_ns: u64,
     /// The message.
     pub msg: jetstream::Message,
 }

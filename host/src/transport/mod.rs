@@ -278,7 +278,7 @@ impl BroadcastInput {
         format!("broadcast:{name}")
     }
 
-    /// The sequence and stored time (ms) of the first message of this input after sequence
+    /// The sequence and stored time (ns) of the first message of this input after sequence
     /// `after`, if the stream has one (one request per subject filter).
     async fn next_stored_after(
         stream: &jetstream::stream::Stream,
@@ -301,7 +301,7 @@ impl BroadcastInput {
                 .await;
             match found {
                 Ok(m) => {
-                    let ts = (m.time.unix_timestamp_nanos() / 1_000_000) as u64;
+                    let ts = m.time.unix_timestamp_nanos() as u64;
                     if first.is_none_or(|(s, _)| m.sequence < s) {
                         first = Some((m.sequence, ts));
                     }
@@ -314,9 +314,9 @@ impl BroadcastInput {
     }
 
     /// Reads into the buffer every message of this input that its stream stored at or before
-    /// `until_ms` (stream time): asks the stream for the next matching message after what was
+    /// `until_ns` (stream time): asks the stream for the next matching message after what was
     /// read, and reads up to it, until there is none that old.
-    pub async fn catch_up(&mut self, until_ms: u64) -> anyhow::Result<()> {
+    pub async fn catch_up(&mut self, until_ns: u64) -> anyhow::Result<()> {
         loop {
             self.poll_ready();
             let next =
@@ -325,7 +325,7 @@ impl BroadcastInput {
             let Some((seq, ts)) = next else {
                 return Ok(());
             };
-            if ts > until_ms {
+            if ts > until_ns {
                 return Ok(());
             }
             while self.read_through < seq {
