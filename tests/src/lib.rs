@@ -586,12 +586,14 @@ impl Drop for PostgresServer {
 }
 
 /// A local HTTP store: `GET /<anything>/<key>` answers the JSON registered for `<key>` after
-/// a configurable delay, 404 for unknown keys. Counts requests.
+/// a configurable delay (ten times longer for keys starting with `slow`), 404 for unknown
+/// keys; `GET /all` answers every value as one JSON object. Counts requests.
 pub struct SlowHttp {
     port: u16,
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    values: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -605,7 +607,8 @@ impl SlowHttp {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let values = std::sync::Arc::new(values);
+        let values = std::sync::Arc::new(std::sync::Mutex::new(values));
+        let shared = values.clone();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let delay = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(delay_ms));
         let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -636,12 +639,26 @@ impl SlowHttp {
                         buf.copy_within(end + 4..filled, 0);
                         filled -= end + 4;
                         r.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(d.load(Ordering::Relaxed))).await;
                         let path = line.split_whitespace().nth(1).unwrap_or("/");
                         let key = path.rsplit('/').next().unwrap_or("").to_string();
+                        let factor = if key.starts_with("slow") { 10 } else { 1 };
+                        tokio::time::sleep(Duration::from_millis(
+                            d.load(Ordering::Relaxed) * factor,
+                        ))
+                        .await;
                         let (status, body) = if f.load(Ordering::Relaxed) {
                             ("500 Internal Server Error", "{}".to_string())
+                        } else if path == "/all" {
+                            let values = values.lock().unwrap_or_else(|p| p.into_inner());
+                            let all: serde_json::Map<String, serde_json::Value> = values
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), serde_json::from_str(v).unwrap_or_default())
+                                })
+                                .collect();
+                            ("200 OK", serde_json::Value::Object(all).to_string())
                         } else {
+                            let values = values.lock().unwrap_or_else(|p| p.into_inner());
                             match values.get(&key) {
                                 Some(v) => ("200 OK", v.clone()),
                                 None => ("404 Not Found", "{}".to_string()),
@@ -663,8 +680,17 @@ impl SlowHttp {
             requests,
             delay_ms: delay,
             fail,
+            values: shared,
             task,
         })
+    }
+
+    /// Sets (or replaces) the value of `key`.
+    pub fn set(&self, key: &str, json: &str) {
+        self.values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), json.to_string());
     }
 
     /// `http://127.0.0.1:<port>`.

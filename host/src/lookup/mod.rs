@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::config::{
@@ -69,12 +70,18 @@ pub struct StoreStats {
     pub loads: AtomicU64,
 }
 
+/// A fetch of one key under way, shared by every event that asks for the key meanwhile.
+type InFlight = futures::future::Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
+
 /// One declared store.
 pub struct Store {
     name: String,
     cfg: LookupStoreConfig,
     connector: Arc<dyn Connector>,
     cache: Cache,
+    /// Keys being fetched: a second event asking for one waits for the same answer instead
+    /// of asking the store again.
+    in_flight: std::sync::Mutex<HashMap<String, InFlight>>,
     /// Its counters.
     pub stats: StoreStats,
 }
@@ -135,6 +142,7 @@ impl Lookups {
                 cache: Cache::new(&sc.cache),
                 cfg: sc.clone(),
                 connector,
+                in_flight: std::sync::Mutex::default(),
                 stats: StoreStats::default(),
             });
             if sc.cache.mode == CacheMode::Full {
@@ -271,43 +279,71 @@ impl Store {
         }
     }
 
-    async fn fetch(&self, keys: &[String]) -> Vec<LookupAnswer> {
+    async fn fetch(self: &Arc<Self>, keys: &[String]) -> Vec<LookupAnswer> {
         let mut answers: Vec<Option<LookupAnswer>> = Vec::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            match self.cache.get(k) {
-                Some(v) => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    answers.push(Some(Ok(v)));
-                }
-                None if self.cache.mode() == CacheMode::Full => {
-                    // A full cache holds everything: a key it lacks does not exist.
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    answers.push(Some(Ok(None)));
-                }
-                None => {
-                    answers.push(None);
-                    missing.push(i);
+        let mut waits = Vec::new();
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, k) in keys.iter().enumerate() {
+                match self.cache.get(k) {
+                    Some(v) => {
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        answers.push(Some(Ok(v)));
+                    }
+                    None if self.cache.mode() == CacheMode::Full => {
+                        // A full cache holds everything: a key it lacks does not exist.
+                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                        answers.push(Some(Ok(None)));
+                    }
+                    None => {
+                        answers.push(None);
+                        let shared = match in_flight.get(k) {
+                            Some(f) => {
+                                // Asked for already, by an event still waiting: same answer.
+                                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                                f.clone()
+                            }
+                            None => {
+                                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                                let f = self.clone().fetch_one(k.clone()).boxed().shared();
+                                in_flight.insert(k.clone(), f.clone());
+                                f
+                            }
+                        };
+                        waits.push((i, shared));
+                    }
                 }
             }
         }
-        if !missing.is_empty() {
-            self.stats
-                .misses
-                .fetch_add(missing.len() as u64, Ordering::Relaxed);
-            let wanted: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
-            let fetched = self.fetch_with_retries(&wanted).await;
-            for (&i, (key, answer)) in missing.iter().zip(wanted.iter().zip(fetched)) {
-                if let Ok(v) = &answer {
-                    self.cache.put(key, v.clone());
-                }
-                answers[i] = Some(answer.map_err(LookupFailure::Failed));
-            }
+        let (indices, futures): (Vec<usize>, Vec<InFlight>) = waits.into_iter().unzip();
+        for (i, answer) in indices
+            .into_iter()
+            .zip(futures::future::join_all(futures).await)
+        {
+            answers[i] = Some(answer.map_err(LookupFailure::Failed));
         }
         answers
             .into_iter()
             .map(|a| a.unwrap_or(Err(LookupFailure::Failed("no answer".into()))))
             .collect()
+    }
+
+    /// Fetches one key (retries and timeout included), caches the answer, and ends its
+    /// in-flight entry.
+    async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, String> {
+        let answer = self
+            .fetch_with_retries(std::slice::from_ref(&key))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err("no answer".into()));
+        if let Ok(v) = &answer {
+            self.cache.put(&key, v.clone());
+        }
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        answer
     }
 
     /// Fetches from the store, retrying per `retry` within `timeout_ms` overall.
@@ -379,6 +415,9 @@ impl Store {
         let failed = out.iter().filter(|r| r.is_err()).count() as u64;
         if failed > 0 {
             self.stats.failures.fetch_add(failed, Ordering::Relaxed);
+            if let Some(Err(e)) = out.iter().find(|r| r.is_err()) {
+                tracing::warn!(store = %self.name, keys = failed, "lookup failed: {e}");
+            }
         }
         out
     }

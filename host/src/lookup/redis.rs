@@ -85,6 +85,13 @@ impl Connector for RedisStore {
             } else {
                 redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
             };
+            if let Err(e) = &result
+                && (e.is_io_error() || e.is_connection_dropped() || e.is_timeout())
+            {
+                // Start over with a fresh connection on the next lookup: a restarted Redis
+                // answers at once instead of after the old connection's reconnect backoff.
+                *slot.lock().await = None;
+            }
             result.map_err(|e| format!("Redis: {e}"))
         }
         .boxed()

@@ -105,7 +105,12 @@ impl Runner {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        // Whoever could stop us is gone: stop now rather than spin.
+                        break;
+                    }
+                }
                 Some(cmd) = self.control_rx.recv() => self.control(cmd).await?,
                 Some(ev) = self.reload_rx.recv() => self.reload(ev).await?,
                 c = self.window.completion(), if self.window.waiting() > 0 => {

@@ -1,0 +1,613 @@
+//! Async lookups against real stores: Redis, PostgreSQL, NATS KV and a local HTTP server with
+//! a configurable delay, through the `chaos` plugin's `lookup` action (it plans the lookup in
+//! `prepare` and emits what `handle` got).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy_host::cli::tail;
+use eddy_tests::{
+    NatsServer, PipelineSpec, PostgresServer, RedisServer, Running, SlowHttp, create_streams,
+    plugin, stream_len, wait_for_len,
+};
+use serde_json::{Value, json};
+
+fn spec(nats: &NatsServer, dir: &std::path::Path, stores: &str) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("lk", &nats.url(), dir, plugin("chaos"));
+    spec.key = r#"{ json = "/k" }"#.into();
+    spec.extra = stores.to_string();
+    spec
+}
+
+async fn publish(js: &async_nats::jetstream::Context, payloads: &[Value]) {
+    let p: Vec<Bytes> = payloads
+        .iter()
+        .map(|v| Bytes::from(v.to_string()))
+        .collect();
+    eddy_host::cli::produce::publish(js, "txn.in", p)
+        .await
+        .expect("publish");
+}
+
+fn lookup(i: usize, k: &str, store: &str, key: &str) -> Value {
+    json!({"i": i, "k": k, "action": "lookup", "store": store, "key": key})
+}
+
+/// Each output with the input sequence it came from (read from its message id,
+/// `<pipeline>:<input>:<sequence>:<index>`), in stream order.
+async fn answers_by_input(js: &async_nats::jetstream::Context, n: usize) -> Vec<(u64, Value)> {
+    tail::read(js, "txn.out", n + 10, Duration::from_secs(2))
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| {
+            let id = m
+                .headers
+                .iter()
+                .find(|(h, _)| h == "Nats-Msg-Id")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let seq: u64 = id
+                .split(':')
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (seq, serde_json::from_slice(&m.payload).expect("json"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_store_answers_like_a_reference() {
+    let nats = NatsServer::start().expect("nats-server");
+    let redis = RedisServer::start().expect("redis");
+    let pg = PostgresServer::start().expect("postgres");
+    let http = SlowHttp::start(
+        HashMap::from([("m-1".to_string(), r#"{"name":"Corner Shop"}"#.to_string())]),
+        1,
+    )
+    .await
+    .expect("http");
+    redis
+        .cmd(&["SET", "profile:c-1", r#"{"segment":"gold"}"#])
+        .expect("set");
+    redis
+        .cmd(&["HSET", "card:c-1", "brand", "visa", "country", "FR"])
+        .expect("hset");
+    pg.sql("CREATE TABLE merchants (id integer primary key, name text, risk real, tags jsonb)")
+        .expect("table");
+    pg.sql("INSERT INTO merchants VALUES (7, 'Luna Travel', 0.5, '[\"travel\"]')")
+        .expect("row");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = format!(
+        r#"
+[lookup.profiles]
+kind = "redis"
+url = "{redis}"
+key_prefix = "profile:"
+
+[lookup.cards]
+kind = "redis"
+url = "{redis}"
+command = "hgetall"
+key_prefix = "card:"
+
+[lookup.merchants]
+kind = "postgres"
+url = "{pg}"
+query = "SELECT name, risk, tags FROM merchants WHERE id = $1"
+
+[lookup.shops]
+kind = "http"
+url_template = "{http}/shops/{{key}}"
+
+[lookup.flags]
+kind = "nats-kv"
+bucket = "flags"
+"#,
+        redis = redis.url(),
+        pg = pg.url(),
+        http = http.url()
+    );
+    let spec = spec(&nats, dir.path(), &stores);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let kv = conn
+        .js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "flags".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("kv");
+    kv.put("c-1", Bytes::from_static(b"\"blocked\""))
+        .await
+        .expect("kv put");
+    let inputs = vec![
+        lookup(0, "c-1", "profiles", "c-1"),
+        lookup(1, "c-2", "profiles", "c-2"),
+        lookup(2, "c-1", "cards", "c-1"),
+        lookup(3, "c-1", "merchants", "7"),
+        lookup(4, "c-1", "merchants", "8"),
+        lookup(5, "c-1", "merchants", "not-a-number"),
+        lookup(6, "c-1", "shops", "m-1"),
+        lookup(7, "c-1", "shops", "m-2"),
+        lookup(8, "c-1", "flags", "c-1"),
+        lookup(9, "c-1", "flags", "c-9"),
+        lookup(10, "c-1", "nowhere", "x"),
+    ];
+    publish(&conn.js, &inputs).await;
+    let run = Running::start(&spec);
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 11, Duration::from_secs(30)).await,
+        11
+    );
+    run.stop().await;
+    let mut got = answers_by_input(&conn.js, 11).await;
+    got.sort_by_key(|(s, _)| *s);
+    let values: Vec<Value> = got.into_iter().map(|(_, v)| v).collect();
+    let found = |v: Value| json!({"found": true, "value": v, "error": null});
+    let missing = json!({"found": false, "value": null, "error": null});
+    assert_eq!(values[0], found(json!({"segment": "gold"})));
+    assert_eq!(values[1], missing);
+    assert_eq!(values[2], found(json!({"brand": "visa", "country": "FR"})));
+    assert_eq!(
+        values[3],
+        found(json!({"name": "Luna Travel", "risk": 0.5, "tags": ["travel"]}))
+    );
+    assert_eq!(values[4], missing);
+    assert_eq!(
+        values[5], missing,
+        "a key that is not a number matches no integer id"
+    );
+    assert_eq!(values[6], found(json!({"name": "Corner Shop"})));
+    assert_eq!(values[7], missing);
+    assert_eq!(values[8], found(json!("blocked")));
+    assert_eq!(values[9], missing);
+    let err = values[10]["error"].as_str().expect("an error");
+    assert!(err.contains("`nowhere` is not declared"), "{err}");
+}
+
+/// Ordered mode publishes in input order even when early events wait longer; unordered lets
+/// fast events overtake slow ones, but never those of the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_keeps_input_order_and_unordered_keeps_key_order() {
+    let mut values = HashMap::new();
+    for i in 0..400 {
+        values.insert(format!("fast{i}"), "1".to_string());
+        values.insert(format!("slow{i}"), "1".to_string());
+    }
+    let http = SlowHttp::start(values, 5).await.expect("http");
+    let inputs: Vec<Value> = (0..400)
+        .map(|i| {
+            let key = if i % 5 == 0 {
+                format!("slow{i}")
+            } else {
+                format!("fast{i}")
+            };
+            lookup(i, &format!("k{}", i % 9), "h", &key)
+        })
+        .collect();
+    for mode in ["ordered", "unordered"] {
+        let nats = NatsServer::start().expect("nats-server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = format!(
+            "[lookups]\ncapacity = 64\nmode = \"{mode}\"\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\n",
+            http.url()
+        );
+        let mut spec = spec(&nats, dir.path(), &stores);
+        spec.batch = 16;
+        let conn = nats.connect().await.expect("connect");
+        create_streams(&conn.js, &spec).await.expect("streams");
+        publish(&conn.js, &inputs).await;
+        let run = Running::start(&spec);
+        assert_eq!(
+            wait_for_len(&conn.js, "OUT", 400, Duration::from_secs(60)).await,
+            400
+        );
+        run.stop().await;
+        let order: Vec<u64> = answers_by_input(&conn.js, 400)
+            .await
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        let in_order = order.windows(2).all(|w| w[0] < w[1]);
+        // Input sequence s carries i = s - 1; its key is k{i % 9}.
+        let mut last_by_key: HashMap<u64, u64> = HashMap::new();
+        for s in &order {
+            let key = (s - 1) % 9;
+            if let Some(prev) = last_by_key.insert(key, *s) {
+                assert!(
+                    prev < *s,
+                    "{mode}: key k{key} out of order ({prev} then {s})"
+                );
+            }
+        }
+        match mode {
+            "ordered" => assert!(in_order, "ordered mode publishes in input order"),
+            _ => assert!(
+                !in_order,
+                "unordered mode lets fast lookups overtake slow ones"
+            ),
+        }
+    }
+}
+
+/// With a store that answers in 50 ms and room for 50 events, throughput is far above one
+/// event per lookup time: the events wait concurrently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_wait_for_a_slow_store_concurrently() {
+    let values: HashMap<String, String> = (0..1_000)
+        .map(|i| (format!("m{i}"), "1".to_string()))
+        .collect();
+    let http = SlowHttp::start(values, 50).await.expect("http");
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = format!(
+        "[lookups]\ncapacity = 50\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\n",
+        http.url()
+    );
+    let mut spec = spec(&nats, dir.path(), &stores);
+    spec.batch = 25;
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let inputs: Vec<Value> = (0..1_000)
+        .map(|i| lookup(i, &format!("c{}", i % 100), "h", &format!("m{i}")))
+        .collect();
+    publish(&conn.js, &inputs).await;
+    let started = Instant::now();
+    let run = Running::start(&spec);
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 1_000, Duration::from_secs(60)).await,
+        1_000
+    );
+    let secs = started.elapsed().as_secs_f64();
+    run.stop().await;
+    let rate = 1_000.0 / secs;
+    let ideal = 50.0 / 0.050;
+    eprintln!(
+        "50 ms store, capacity 50: {rate:.0} events/s = {:.2} of capacity/latency ({ideal:.0}/s)",
+        rate / ideal
+    );
+    assert!(
+        rate > 10.0 * 20.0,
+        "events wait concurrently: {rate:.0}/s, one at a time would be 20/s"
+    );
+}
+
+/// Retries happen as configured, a timeout covers them all, and each failure policy does
+/// what it says; the pipeline never stops because of a lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_timeouts_and_each_failure_policy() {
+    let http = SlowHttp::start(HashMap::from([("a".into(), "1".into())]), 1)
+        .await
+        .expect("http");
+    http.set_failing(true);
+    for policy in ["dead-letter", "not-found", "drop", "plugin"] {
+        let nats = NatsServer::start().expect("nats-server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stores = format!(
+            "[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 2000\non_failure = \"{policy}\"\nretry = {{ attempts = 3, backoff_ms = 5 }}\n",
+            http.url()
+        );
+        let spec = spec(&nats, dir.path(), &stores);
+        let conn = nats.connect().await.expect("connect");
+        create_streams(&conn.js, &spec).await.expect("streams");
+        let before = http.requests();
+        // Five different keys: lookups of one key by events waiting together share one fetch.
+        let inputs: Vec<Value> = (0..5)
+            .map(|i| lookup(i, "c", "h", &format!("a{i}")))
+            .collect();
+        publish(&conn.js, &inputs).await;
+        let run = Running::start(&spec);
+        eddy_tests::eventually(policy, Duration::from_secs(30), async || {
+            run.metrics.events_in.load(Ordering::Relaxed) == 5
+                && stream_len(&conn.js, "OUT").await.unwrap_or(0)
+                    + stream_len(&conn.js, "DLQ").await.unwrap_or(0)
+                    + run.metrics.dropped.load(Ordering::Relaxed)
+                    >= 5
+        })
+        .await;
+        let metrics = run.metrics.clone();
+        run.stop().await;
+        let (out, dlq) = (
+            stream_len(&conn.js, "OUT").await.expect("len"),
+            stream_len(&conn.js, "DLQ").await.expect("len"),
+        );
+        match policy {
+            "dead-letter" => {
+                assert_eq!((out, dlq), (0, 5));
+                let letters = tail::read(&conn.js, "txn.dlq", 5, Duration::from_secs(2))
+                    .await
+                    .expect("read");
+                let h = |n: &str| {
+                    letters[0]
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                assert_eq!(h("Eddy-Error-Kind"), "lookup");
+                assert!(h("Eddy-Error").contains("HTTP 500"), "{}", h("Eddy-Error"));
+                assert!(
+                    h("Eddy-Error").contains("after 3 attempts"),
+                    "{}",
+                    h("Eddy-Error")
+                );
+            }
+            "not-found" => {
+                assert_eq!((out, dlq), (5, 0));
+                let v = answers_by_input(&conn.js, 5).await;
+                assert_eq!(
+                    v[0].1,
+                    json!({"found": false, "value": null, "error": null})
+                );
+            }
+            "drop" => {
+                assert_eq!((out, dlq), (0, 0));
+                assert_eq!(metrics.lookup_drops.load(Ordering::Relaxed), 5);
+            }
+            _ => {
+                assert_eq!((out, dlq), (5, 0));
+                let v = answers_by_input(&conn.js, 5).await;
+                let e = v[0].1["error"].as_str().unwrap_or_default();
+                assert!(e.contains("HTTP 500"), "the plugin sees the error: {e}");
+            }
+        }
+        assert_eq!(
+            http.requests() - before,
+            15,
+            "{policy}: 3 attempts for each of 5 events"
+        );
+    }
+
+    // A timeout covers every retry.
+    http.set_failing(false);
+    http.set_delay(400);
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = format!(
+        "[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 150\n",
+        http.url()
+    );
+    let spec = spec(&nats, dir.path(), &stores);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    publish(&conn.js, &[lookup(0, "c", "h", "a")]).await;
+    let started = Instant::now();
+    let run = Running::start(&spec);
+    assert_eq!(
+        wait_for_len(&conn.js, "DLQ", 1, Duration::from_secs(30)).await,
+        1
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    run.stop().await;
+    let letters = tail::read(&conn.js, "txn.dlq", 1, Duration::from_secs(2))
+        .await
+        .expect("read");
+    let reason = letters[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "Eddy-Error")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(reason.contains("no answer within 150 ms"), "{reason}");
+}
+
+/// Redis goes away mid-run and comes back: the host keeps running, events in between follow
+/// the policy (dead letters here), none is lost, and lookups succeed again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_follows_the_policy_and_processing_resumes() {
+    let nats = NatsServer::start().expect("nats-server");
+    let mut redis = RedisServer::start().expect("redis");
+    redis.cmd(&["SET", "c-1", "1"]).expect("set");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = format!(
+        "[lookup.r]\nkind = \"redis\"\nurl = \"{}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 300\nretry = {{ attempts = 2, backoff_ms = 10 }}\n",
+        redis.url()
+    );
+    let spec = spec(&nats, dir.path(), &stores);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let run = Running::start(&spec);
+    publish(
+        &conn.js,
+        &(0..50)
+            .map(|i| lookup(i, "c", "r", "c-1"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 50, Duration::from_secs(30)).await,
+        50
+    );
+
+    redis.stop();
+    publish(
+        &conn.js,
+        &(50..70)
+            .map(|i| lookup(i, "c", "r", "c-1"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(
+        wait_for_len(&conn.js, "DLQ", 20, Duration::from_secs(60)).await,
+        20
+    );
+
+    redis.restart().expect("redis back");
+    redis.cmd(&["SET", "c-1", "1"]).expect("set");
+    // Until the host reconnects, events may still fail: keep sending until one is found.
+    let mut sent = 70;
+    eddy_tests::eventually(
+        "a lookup succeeds after the restart",
+        Duration::from_secs(30),
+        async || {
+            publish(&conn.js, &[lookup(sent, "c", "r", "c-1")]).await;
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stream_len(&conn.js, "OUT").await.unwrap_or(0) > 50
+        },
+    )
+    .await;
+    publish(
+        &conn.js,
+        &(sent..sent + 30)
+            .map(|i| lookup(i, "c", "r", "c-1"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let total = sent as u64 + 30;
+    eddy_tests::eventually(
+        "every event is out or dead-lettered",
+        Duration::from_secs(30),
+        async || {
+            stream_len(&conn.js, "OUT").await.unwrap_or(0)
+                + stream_len(&conn.js, "DLQ").await.unwrap_or(0)
+                >= total
+        },
+    )
+    .await;
+    run.stop().await;
+    let (out, dlq) = (
+        stream_len(&conn.js, "OUT").await.expect("len"),
+        stream_len(&conn.js, "DLQ").await.expect("len"),
+    );
+    assert_eq!(out + dlq, total, "none lost, none twice");
+    let answers = answers_by_input(&conn.js, out as usize).await;
+    assert!(
+        answers.iter().all(|(_, v)| v["found"] == true),
+        "outputs found their value"
+    );
+    let last: Vec<u64> = answers
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| *s > total - 30)
+        .collect();
+    assert_eq!(
+        last.len(),
+        30,
+        "after the restart, processing is back to normal"
+    );
+}
+
+/// Partial caches keep recent answers (and "not found") until they expire; full caches load
+/// everything and reload on their interval, asking the store nothing per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caches_hit_and_expire_as_configured() {
+    let values = || HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+    let http = SlowHttp::start(values(), 1).await.expect("http");
+    let loads = SlowHttp::start(values(), 1).await.expect("http");
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = format!(
+        r#"
+[lookup.partial]
+kind = "http"
+url_template = "{url}/{{key}}"
+cache = {{ mode = "partial", max_entries = 100, expire_after_write_ms = 700 }}
+
+[lookup.full]
+kind = "http"
+url_template = "{full}/{{key}}"
+load = "{full}/all"
+cache = {{ mode = "full", reload_interval_ms = 500 }}
+"#,
+        url = http.url(),
+        full = loads.url()
+    );
+    let spec = spec(&nats, dir.path(), &stores);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let run = Running::start(&spec);
+    let base = http.requests();
+    // 40 lookups of 3 keys (one missing): 3 misses; the rest are answered from the cache, or
+    // wait for the fetch already under way for the same key.
+    let inputs: Vec<Value> = (0..40)
+        .map(|i| lookup(i, "c", "partial", ["a", "b", "zz"][i % 3]))
+        .collect();
+    publish(&conn.js, &inputs).await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 40, Duration::from_secs(30)).await,
+        40
+    );
+    assert_eq!(
+        http.requests() - base,
+        3,
+        "one fetch per key, \"not found\" cached too"
+    );
+    // After expire_after_write, the keys are fetched again.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let base = http.requests();
+    publish(
+        &conn.js,
+        &(40..43)
+            .map(|i| lookup(i, "c", "partial", ["a", "b", "zz"][i % 3]))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 43, Duration::from_secs(30)).await,
+        43
+    );
+    assert_eq!(
+        http.requests() - base,
+        3,
+        "expired entries are fetched again"
+    );
+
+    // Full cache: answers without asking per key; a changed value shows after a reload.
+    let loads_before = loads.requests();
+    let t0 = Instant::now();
+    publish(
+        &conn.js,
+        &(43..63)
+            .map(|i| lookup(i, "c", "full", "a"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 63, Duration::from_secs(30)).await,
+        63
+    );
+    let reloads_possible = t0.elapsed().as_millis() as u64 / 500 + 1;
+    assert!(
+        loads.requests() - loads_before <= reloads_possible,
+        "only reloads of /all, no per-key requests"
+    );
+    loads.set("a", "99");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    publish(
+        &conn.js,
+        &[
+            lookup(63, "c", "full", "a"),
+            lookup(64, "c", "full", "nope"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 65, Duration::from_secs(30)).await,
+        65
+    );
+    let metrics = run.metrics.clone();
+    run.stop().await;
+    let mut v = answers_by_input(&conn.js, 65).await;
+    v.sort_by_key(|(s, _)| *s);
+    assert_eq!(v[63].1["value"], 99, "the reloaded value");
+    assert_eq!(
+        v[64].1["found"], false,
+        "absent from a full cache means absent"
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains("store=\"partial\",result=\"hit\"} 37"),
+        "{text}"
+    );
+    assert!(
+        text.contains("store=\"partial\",result=\"miss\"} 6"),
+        "{text}"
+    );
+}
