@@ -158,6 +158,20 @@ pub async fn request(
     verb: &str,
     body: serde_json::Value,
     timeout: Duration,
+    on_progress: impl FnMut(serde_json::Value),
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    request_from(nats, pipeline, verb, body, timeout, None, on_progress).await
+}
+
+/// [`request`], returning as soon as `hosts` hosts answered (when the caller knows how many
+/// run).
+pub async fn request_from(
+    nats: &Nats,
+    pipeline: &str,
+    verb: &str,
+    body: serde_json::Value,
+    timeout: Duration,
+    hosts: Option<usize>,
     mut on_progress: impl FnMut(serde_json::Value),
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let inbox = nats.client.new_inbox();
@@ -182,6 +196,9 @@ pub async fn request(
     let quiet = Duration::from_millis(500);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        if hosts.is_some_and(|n| answers.len() >= n) {
+            break;
+        }
         let wait_until = if answers.is_empty() {
             deadline
         } else {
