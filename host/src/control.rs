@@ -206,8 +206,10 @@ pub async fn request_from(
         };
         tokio::select! {
             m = replies.next() => match m {
+                // A status message without payload: nobody listens on the subject.
+                Some(m) if m.payload.is_empty() && m.status.is_some() => continue,
                 Some(m) => answers.push(serde_json::from_slice(&m.payload).unwrap_or_else(
-                    |_| serde_json::json!({ "error": "unreadable reply" }),
+                    |e| serde_json::json!({ "error": format!("unreadable reply ({e}): {}", String::from_utf8_lossy(&m.payload)) }),
                 )),
                 None => break,
             },
