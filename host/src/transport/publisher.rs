@@ -1,10 +1,10 @@
 //! Publishing outputs and dead letters with pipelined acks, off the run loop.
 //!
 //! The run loop hands over each batch's messages as one job and carries on; the publisher
-//! sends them at once and awaits their acks in the background, many jobs in flight. A job is
-//! *acknowledged* when every message of it and of every earlier job is stored by JetStream:
-//! checkpoints wait for that before they acknowledge the input, so an input event is never
-//! acknowledged before its outputs are stored.
+//! sends the queued jobs together and awaits their acks in the background while the run loop
+//! processes the next batches. A job is *acknowledged* when every message of it and of every
+//! earlier job is stored by JetStream: checkpoints wait for that before they acknowledge the
+//! input, so an input event is never acknowledged before its outputs are stored.
 //!
 //! Transient failures (NATS down, timeouts, a stream not loaded yet after a server restart) are
 //! retried with backoff until they succeed, so nothing is lost; duplicates from retries are
@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{DeadLetterReason, Metrics};
@@ -56,7 +54,8 @@ impl std::fmt::Debug for OutMessage {
 
 /// How long "no stream for this subject" is treated as a passing state (a restarting server).
 const NO_STREAM_GRACE: Duration = Duration::from_secs(30);
-/// Jobs awaiting acks at once; beyond that, `publish` waits (backpressure on the run loop).
+/// Jobs queued for publishing at most; beyond that, `publish` waits (backpressure on the run
+/// loop).
 const JOBS_IN_FLIGHT: usize = 64;
 
 struct Job {
@@ -148,29 +147,30 @@ async fn run(
     acked: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 ) {
-    let mut in_flight = FuturesOrdered::new();
-    let mut open = true;
-    loop {
-        tokio::select! {
-            job = rx.recv(), if open && in_flight.len() < JOBS_IN_FLIGHT => match job {
-                Some(job) => {
-                    let js = js.clone();
-                    let metrics = metrics.clone();
-                    let sent = send_all(&js, job.messages).await;
-                    in_flight.push_back(async move {
-                        settle(&js, sent, &metrics).await;
-                        job.id
-                    });
+    // Jobs are published in groups: every job queued when the previous group is stored goes
+    // out together, all acks awaited (failures retried) before the next group. The group grows
+    // with the backlog, so throughput follows the load, and a later group is never sent before
+    // an earlier one is stored: outputs keep their order even across a NATS outage.
+    while let Some(first) = rx.recv().await {
+        let mut last = first.id;
+        let mut messages = first.messages;
+        while messages.len() < GROUP_MESSAGES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    last = job.id;
+                    messages.extend(job.messages);
                 }
-                None => open = false,
-            },
-            Some(id) = in_flight.next(), if !in_flight.is_empty() => {
-                let _ = acked.send(id);
+                Err(_) => break,
             }
-            else => break,
         }
+        let sent = send_all(&js, messages).await;
+        settle(&js, sent, &metrics).await;
+        let _ = acked.send(last);
     }
 }
+
+/// Messages of queued jobs merged into one group, at most (a job is never split).
+const GROUP_MESSAGES: usize = 8_192;
 
 type Sent = Vec<(
     OutMessage,
