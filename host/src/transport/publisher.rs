@@ -177,10 +177,22 @@ type Sent = Vec<(
     Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
 )>;
 
-/// Sends every message (acks not awaited).
+/// Sends every message (acks not awaited). While the connection is down nothing more is
+/// handed to the client: those messages wait, in order, behind the failed ones, so that what
+/// the client buffers during an outage (and re-sends on reconnect, ahead of our retries) stays
+/// as small as possible. Each message's place is kept either way.
 async fn send_all(js: &jetstream::Context, messages: Vec<OutMessage>) -> Sent {
+    let client = js.client();
     let mut sent = Vec::with_capacity(messages.len());
-    for m in messages {
+    let mut down = false;
+    for (i, m) in messages.into_iter().enumerate() {
+        if i % 64 == 0 && !down {
+            down = client.connection_state() != async_nats::connection::State::Connected;
+        }
+        if down {
+            sent.push((m, Err(PublishErrorKind::Other.into())));
+            continue;
+        }
         let publish = PublishMessage::build()
             .payload(m.payload.clone())
             .headers(m.headers.clone());
