@@ -4,8 +4,17 @@
 //!
 //! # Config
 //!
-//! `{"flag_threshold": 70}`: the risk from which a transaction is `flagged` (default 70). Unknown
-//! fields are an error, so a misspelt setting is caught when the pipeline starts.
+//! `{"flag_threshold": 70, "profiles": "profiles", "merchants": "merchants"}`: the risk from which
+//! a transaction is `flagged` (default 70), and the lookup stores (declared by the pipeline as
+//! `[lookup.<name>]`) to read the customer's profile (by customer id) and the merchant's record
+//! (by merchant id) from; without a store, that field of the output is `null`. Unknown fields are
+//! an error, so a misspelt setting is caught when the pipeline starts.
+//!
+//! # Rules (broadcast)
+//!
+//! Broadcast events `{"category": "travel", "limit_cents": 50000}` set the limit of a merchant
+//! category in the broadcast map `category_limits`; `{"category": "travel", "remove": true}`
+//! removes it. Every transaction sees the limits stored before it.
 //!
 //! # Input
 //!
@@ -39,6 +48,9 @@
 //! | `customer_max_cents` | their largest amount, this one included |
 //! | `previous_ts` | `ts` of the customer's previous transaction, or `null` |
 //! | `recent_cents` | the up to 5 previous amounts, oldest first (before this transaction) |
+//! | `category_limit_cents` | the limit of the transaction's category, or `null` |
+//! | `profile` | the customer's profile from the `profiles` store (JSON), or `null` |
+//! | `merchant_info` | the merchant's record from the `merchants` store (JSON), or `null` |
 //! | `risk` | 0 to 100, see below |
 //! | `flagged` | `risk >= flag_threshold` |
 //!
@@ -48,11 +60,17 @@
 //! - 40 if `prev.count >= 3` and `amount_cents > 3 * (prev.sum_cents / prev.count)`;
 //! - 30 if there is a previous transaction and `ts - prev.last_ts < 10000` (the subtraction
 //!   saturates at 0, so an out-of-order transaction counts as close);
-//! - 30 if `amount_cents >= 100000`.
+//! - 30 if `amount_cents >= 100000`;
+//! - 20 if the category has a limit and `amount_cents > limit`.
 //!
-//! A state error rejects the event with the reason `fraud-enrich: <error>`.
+//! A state error rejects the event with the reason `fraud-enrich: <error>`; a failed lookup is
+//! handled by the pipeline's `on_failure` policy (dead letter by default) before the plugin
+//! sees the event, or, with policy `plugin`, rejects it with the lookup's error.
 
-use eddy_sdk::{Config, Event, ListState, Outcome, Output, Processor, StateError, ValueState};
+use eddy_sdk::{
+    BroadcastEvent, BroadcastMap, Config, Event, ListState, LookupRequest, LookupStore, Outcome,
+    Output, Processor, StateError, ValueState,
+};
 use serde::{Deserialize, Serialize};
 
 /// How many previous amounts `recent` keeps.
@@ -65,6 +83,23 @@ struct Settings {
     /// The risk from which a transaction is flagged.
     #[serde(default = "default_flag_threshold")]
     flag_threshold: u32,
+    /// The lookup store of customer profiles.
+    #[serde(default)]
+    profiles: Option<String>,
+    /// The lookup store of merchant records.
+    #[serde(default)]
+    merchants: Option<String>,
+}
+
+/// A rule from the broadcast input.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    category: String,
+    #[serde(default)]
+    limit_cents: Option<u64>,
+    #[serde(default)]
+    remove: bool,
 }
 
 fn default_flag_threshold() -> u32 {
@@ -106,12 +141,15 @@ struct Enriched<'a> {
     customer_max_cents: u64,
     previous_ts: Option<u64>,
     recent_cents: &'a [u64],
+    category_limit_cents: Option<u64>,
+    profile: Option<serde_json::Value>,
+    merchant_info: Option<serde_json::Value>,
     risk: u32,
     flagged: bool,
 }
 
-/// The risk score of `tx` given the customer's statistics before it.
-fn risk(tx: &Transaction, prev: Option<&Stats>) -> u32 {
+/// The risk score of `tx` given the customer's statistics before it and its category's limit.
+fn risk(tx: &Transaction, prev: Option<&Stats>, limit: Option<u64>) -> u32 {
     let mut risk = 0u32;
     if let Some(prev) = prev {
         if prev.count >= 3 && tx.amount_cents > (prev.sum_cents / prev.count).saturating_mul(3) {
@@ -123,6 +161,9 @@ fn risk(tx: &Transaction, prev: Option<&Stats>) -> u32 {
     }
     if tx.amount_cents >= 100_000 {
         risk += 30;
+    }
+    if limit.is_some_and(|l| tx.amount_cents > l) {
+        risk += 20;
     }
     risk.min(100)
 }
@@ -143,6 +184,17 @@ struct FraudEnrich {
     flag_threshold: u32,
     stats: ValueState<Stats>,
     recent: ListState<u64>,
+    limits: BroadcastMap<String, u64>,
+    profiles: Option<LookupStore>,
+    merchants: Option<LookupStore>,
+}
+
+/// Looks `key` up in `store` (if configured): the JSON value or `null`.
+fn lookup(store: Option<&LookupStore>, key: &str) -> Result<Option<serde_json::Value>, String> {
+    match store {
+        Some(s) => s.get_json(key).map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
 }
 
 impl FraudEnrich {
@@ -151,8 +203,19 @@ impl FraudEnrich {
         let mut recent = self.recent.get()?;
         recent.drain(..recent.len().saturating_sub(RECENT_LEN));
 
+        let limit = self
+            .limits
+            .get(&tx.category)
+            .map_err(|e| StateError::Storage(e.to_string()))?;
+        let (profile, merchant_info) = match (
+            lookup(self.profiles.as_ref(), &tx.customer),
+            lookup(self.merchants.as_ref(), &tx.merchant),
+        ) {
+            (Ok(p), Ok(m)) => (p, m),
+            (Err(e), _) | (_, Err(e)) => return Ok(Outcome::reject(format!("fraud-enrich: {e}"))),
+        };
         let now = updated(prev.as_ref(), tx);
-        let risk = risk(tx, prev.as_ref());
+        let risk = risk(tx, prev.as_ref(), limit);
         let enriched = Enriched {
             id: &tx.id,
             customer: &tx.customer,
@@ -166,6 +229,9 @@ impl FraudEnrich {
             customer_max_cents: now.max_cents,
             previous_ts: prev.map(|p| p.last_ts),
             recent_cents: &recent,
+            category_limit_cents: limit,
+            profile,
+            merchant_info,
             risk,
             flagged: risk >= self.flag_threshold,
         };
@@ -190,7 +256,41 @@ impl Processor for FraudEnrich {
             flag_threshold: settings.flag_threshold,
             stats: ValueState::new("stats"),
             recent: ListState::new("recent"),
+            limits: BroadcastMap::new("category_limits"),
+            profiles: settings.profiles.map(LookupStore::new),
+            merchants: settings.merchants.map(LookupStore::new),
         })
+    }
+
+    fn plan_lookups(&self, event: &Event) -> Vec<LookupRequest> {
+        let Ok(tx) = event.json::<Transaction>() else {
+            return Vec::new();
+        };
+        let mut plan = Vec::new();
+        if let Some(p) = &self.profiles {
+            plan.push(p.request(tx.customer));
+        }
+        if let Some(m) = &self.merchants {
+            plan.push(m.request(tx.merchant));
+        }
+        plan
+    }
+
+    fn process_broadcast(&mut self, event: &BroadcastEvent) -> Result<(), String> {
+        let rule: Rule = event
+            .json()
+            .map_err(|e| format!("fraud-enrich: not a rule: {e}"))?;
+        let result = match (rule.remove, rule.limit_cents) {
+            (true, _) => self.limits.remove(&rule.category),
+            (false, Some(limit)) => self.limits.put(&rule.category, &limit),
+            (false, None) => {
+                return Err(format!(
+                    "fraud-enrich: rule for `{}` has neither limit_cents nor remove",
+                    rule.category
+                ));
+            }
+        };
+        result.map_err(|e| format!("fraud-enrich: {e}"))
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
@@ -233,35 +333,41 @@ mod tests {
 
     #[test]
     fn first_transaction_is_risky_only_when_large() {
-        assert_eq!(risk(&tx(1250, 0), None), 0);
-        assert_eq!(risk(&tx(100_000, 0), None), 30);
-        assert_eq!(risk(&tx(99_999, 0), None), 0);
+        assert_eq!(risk(&tx(1250, 0), None, None), 0);
+        assert_eq!(risk(&tx(100_000, 0), None, None), 30);
+        assert_eq!(risk(&tx(99_999, 0), None, None), 0);
     }
 
     #[test]
     fn spikes_need_three_previous_transactions() {
         // Average 1000: more than 3000 is a spike.
         let three = stats(3, 3000, 0);
-        assert_eq!(risk(&tx(3001, 60_000), Some(&three)), 40);
-        assert_eq!(risk(&tx(3000, 60_000), Some(&three)), 0);
-        assert_eq!(risk(&tx(9999, 60_000), Some(&stats(2, 2000, 0))), 0);
+        assert_eq!(risk(&tx(3001, 60_000), Some(&three), None), 40);
+        assert_eq!(risk(&tx(3000, 60_000), Some(&three), None), 0);
+        assert_eq!(risk(&tx(9999, 60_000), Some(&stats(2, 2000, 0)), None), 0);
         // Integer average: 3100 / 3 = 1033, so more than 3099 is a spike.
-        assert_eq!(risk(&tx(3100, 60_000), Some(&stats(3, 3100, 0))), 40);
+        assert_eq!(risk(&tx(3100, 60_000), Some(&stats(3, 3100, 0)), None), 40);
     }
 
     #[test]
     fn quick_succession_and_saturation() {
         let prev = stats(1, 100, 50_000);
-        assert_eq!(risk(&tx(100, 59_999), Some(&prev)), 30);
-        assert_eq!(risk(&tx(100, 60_000), Some(&prev)), 0);
+        assert_eq!(risk(&tx(100, 59_999), Some(&prev), None), 30);
+        assert_eq!(risk(&tx(100, 60_000), Some(&prev), None), 0);
         // Out of order: the saturating difference is 0.
-        assert_eq!(risk(&tx(100, 1), Some(&prev)), 30);
+        assert_eq!(risk(&tx(100, 1), Some(&prev), None), 30);
     }
 
     #[test]
     fn risk_is_capped() {
         let prev = stats(3, 3, 0);
-        assert_eq!(risk(&tx(200_000, 1), Some(&prev)), 100);
+        assert_eq!(risk(&tx(200_000, 1), Some(&prev), Some(1)), 100);
+    }
+
+    #[test]
+    fn over_the_category_limit() {
+        assert_eq!(risk(&tx(501, 0), None, Some(500)), 20);
+        assert_eq!(risk(&tx(500, 0), None, Some(500)), 0);
     }
 
     #[test]
@@ -303,12 +409,15 @@ mod tests {
             customer_max_cents: 1250,
             previous_ts: None,
             recent_cents: &[],
+            category_limit_cents: None,
+            profile: None,
+            merchant_info: None,
             risk: 0,
             flagged: false,
         };
         assert_eq!(
             serde_json::to_string(&enriched).expect("encodes"),
-            r#"{"id":"tx-1","customer":"c-42","amount_cents":1250,"merchant":"m-7","category":"grocery","ts":1700000000000,"customer_count":1,"customer_sum_cents":1250,"customer_avg_cents":1250,"customer_max_cents":1250,"previous_ts":null,"recent_cents":[],"risk":0,"flagged":false}"#
+            r#"{"id":"tx-1","customer":"c-42","amount_cents":1250,"merchant":"m-7","category":"grocery","ts":1700000000000,"customer_count":1,"customer_sum_cents":1250,"customer_avg_cents":1250,"customer_max_cents":1250,"previous_ts":null,"recent_cents":[],"category_limit_cents":null,"profile":null,"merchant_info":null,"risk":0,"flagged":false}"#
         );
     }
 
