@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use eddy_host::cli::{ops, produce, streams, tail};
+use eddy_host::cli::{harness, ops, produce, streams, tail};
 use eddy_host::config::{NatsConfig, PipelineConfig};
 use eddy_host::metrics::{self, Metrics};
 use eddy_host::pipeline::{self, RunOptions};
@@ -101,6 +101,45 @@ enum Command {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Runs a plugin on events from a JSON Lines file (or `-`), with state in a temporary
+    /// directory, and prints each event's outcome as JSON: no NATS needed.
+    Test {
+        /// The plugin component.
+        plugin: PathBuf,
+        /// The events.
+        events: PathBuf,
+        /// JSON pointer to each event's key in its payload.
+        #[arg(long, default_value = "/key")]
+        key: String,
+        /// Lines are envelopes: {"key", "payload", "subject", "headers", "broadcast"}.
+        #[arg(long)]
+        envelope: bool,
+        /// The plugin configuration (JSON).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Events per plugin call.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Print every state entry at the end.
+        #[arg(long)]
+        dump_state: bool,
+    },
+    /// Creates something new from a template: `eddy new plugin --lang python my-filter`.
+    New {
+        #[command(subcommand)]
+        what: NewWhat,
+    },
+    /// Publishes one message (a broadcast rule, a test event) to a JetStream subject and
+    /// waits until it is stored.
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Payload (text, usually JSON).
+        payload: String,
+        /// NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+    },
     /// Prints messages stored on a subject.
     Tail {
         /// Subject (wildcards allowed).
@@ -111,6 +150,21 @@ enum Command {
         /// NATS server.
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
         nats: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NewWhat {
+    /// A plugin directory that builds into a component and runs with `eddy test`.
+    Plugin {
+        /// Its name: lowercase letters, digits and `-`.
+        name: String,
+        /// The language: rust, js, python, go or c.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create it (the directory `<dir>/<name>`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -479,6 +533,58 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("publishing to {subject} (is a stream capturing it?)"))?;
             println!("published {count} transactions to {subject} ({rate:.0}/s)");
+            Ok(())
+        }
+        Command::Test {
+            plugin,
+            events,
+            key,
+            envelope,
+            config,
+            batch,
+            dump_state,
+        } => {
+            let opts = harness::HarnessOptions {
+                key,
+                envelope,
+                config,
+                batch,
+                dump_state,
+            };
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = stdout.lock();
+                harness::run(&plugin, &events, &opts, &mut out)
+            })
+            .await?
+        }
+        Command::New {
+            what: NewWhat::Plugin { name, lang, dir },
+        } => {
+            let (created, build) = eddy_host::cli::scaffold::new_plugin(&lang, &name, &dir)?;
+            println!("created {}", created.display());
+            println!(
+                "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl --key /customer",
+                created.display()
+            );
+            Ok(())
+        }
+        Command::Publish {
+            subject,
+            payload,
+            nats,
+        } => {
+            let conn = transport::connect(&nats_config(&nats), "eddy-publish").await?;
+            let ack = conn
+                .js
+                .publish(subject.clone(), Bytes::from(payload))
+                .await
+                .with_context(|| format!("publishing to {subject}"))?
+                .await
+                .with_context(|| {
+                    format!("{subject} was not stored (does a stream capture it? `eddy streams`)")
+                })?;
+            println!("stored in {} as message {}", ack.stream, ack.sequence);
             Ok(())
         }
         Command::Tail {

@@ -1,0 +1,181 @@
+//! `eddy new plugin --lang <lang> <name>`: a new plugin directory from the language's template,
+//! ready to build and to run with `eddy test`.
+//!
+//! Templates live in the Eddy source tree: `guest-sdk/template/` for Rust and
+//! `guest-sdk/<lang>/template/` for the other languages. Every file is copied with `{{name}}`
+//! replaced by the plugin's name (`{{crate}}`: the name with `-` as `_`, `{{sdk}}`: the Rust
+//! SDK's path, `{{root}}`: the Eddy source tree), and a file ending in `.tmpl` loses that
+//! ending. Other languages build through `scripts/guests/<lang>.sh`, which installs their
+//! pinned toolchain; the new directory's `build.sh` calls it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// The languages a plugin can be written in.
+pub const LANGUAGES: [&str; 5] = ["rust", "js", "python", "go", "c"];
+
+/// The Eddy source tree: `EDDY_ROOT`, else where this binary was built from.
+pub fn eddy_root() -> PathBuf {
+    std::env::var_os("EDDY_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// Creates `<parent>/<name>` from the template of `lang`; returns the directory and how to
+/// build it.
+pub fn new_plugin(lang: &str, name: &str, parent: &Path) -> anyhow::Result<(PathBuf, String)> {
+    if !LANGUAGES.contains(&lang) {
+        bail!(
+            "unknown language `{lang}`: choose one of {}",
+            LANGUAGES.join(", ")
+        );
+    }
+    let valid = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!(
+            "plugin name `{name}`: use lowercase letters, digits and `-`, starting with a letter (e.g. `card-enrich`)"
+        );
+    }
+    let root = eddy_root()
+        .canonicalize()
+        .context("the Eddy source tree is not found: set EDDY_ROOT to it")?;
+    let template = match lang {
+        "rust" => root.join("guest-sdk/template"),
+        other => root.join("guest-sdk").join(other).join("template"),
+    };
+    if !template.is_dir() {
+        bail!(
+            "no template for {lang} at {}: is EDDY_ROOT the Eddy source tree?",
+            template.display()
+        );
+    }
+    let dir = parent.join(name);
+    if dir.exists() {
+        bail!(
+            "{} already exists: choose another name or remove it",
+            dir.display()
+        );
+    }
+    let words = Words {
+        name: name.to_string(),
+        crate_name: name.replace('-', "_"),
+        sdk: root.join("guest-sdk").display().to_string(),
+        root: root.display().to_string(),
+    };
+    copy_tree(&template, &dir, &words)?;
+    // Sample events for `eddy test`, the same in every language.
+    let events = dir.join("events.jsonl");
+    if !events.exists() {
+        std::fs::copy(root.join("guest-sdk/template/events.jsonl"), &events)?;
+    }
+    let build = if lang == "rust" {
+        "./build.sh".to_string()
+    } else {
+        let script = dir.join("build.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/usr/bin/env bash\n\
+                 # Builds this plugin into a WebAssembly component: ./{name}.wasm\n\
+                 # (installs the pinned {lang} toolchain into ~/.cache/eddy/tools on first use).\n\
+                 set -euo pipefail\n\
+                 here=\"$(cd \"$(dirname \"${{BASH_SOURCE[0]}}\")\" && pwd)\"\n\
+                 bash \"{root}/scripts/guests/{lang}.sh\" build \"$here\" \"$here/{name}.wasm\"\n",
+                root = words.root,
+            ),
+        )?;
+        "./build.sh".to_string()
+    };
+    make_executable(&dir.join("build.sh"))?;
+    Ok((dir, build))
+}
+
+struct Words {
+    name: String,
+    crate_name: String,
+    sdk: String,
+    root: String,
+}
+
+impl Words {
+    fn fill(&self, text: &str) -> String {
+        text.replace("{{name}}", &self.name)
+            .replace("{{crate}}", &self.crate_name)
+            .replace("{{sdk}}", &self.sdk)
+            .replace("{{root}}", &self.root)
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path, words: &Words) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name == "target" || file_name == "node_modules" || file_name.ends_with(".wasm") {
+            continue;
+        }
+        let target_name = words.fill(file_name.strip_suffix(".tmpl").unwrap_or(&file_name));
+        let target = to.join(target_name);
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target, words)?;
+            continue;
+        }
+        let bytes = std::fs::read(entry.path())?;
+        match String::from_utf8(bytes) {
+            Ok(text) => std::fs::write(&target, words.fill(&text))?,
+            Err(e) => std::fs::write(&target, e.into_bytes())?,
+        }
+    }
+    Ok(())
+}
+
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.is_file() {
+        let mut p = std::fs::metadata(path)?.permissions();
+        p.set_mode(0o755);
+        std::fs::set_permissions(path, p)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rust_plugin_is_created_with_its_name_filled_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (created, build) = new_plugin("rust", "card-enrich", dir.path()).expect("new");
+        assert_eq!(build, "./build.sh");
+        let cargo = std::fs::read_to_string(created.join("Cargo.toml")).expect("Cargo.toml");
+        assert!(cargo.contains("name = \"card-enrich\""), "{cargo}");
+        assert!(!cargo.contains("{{"), "every placeholder filled: {cargo}");
+        let script = std::fs::read_to_string(created.join("build.sh")).expect("build.sh");
+        assert!(script.contains("card_enrich.wasm"), "{script}");
+        assert!(created.join("src/lib.rs").is_file());
+    }
+
+    #[test]
+    fn bad_names_languages_and_existing_directories_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = new_plugin("cobol", "x", dir.path())
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("rust, js, python, go, c"), "{e}");
+        let e = new_plugin("rust", "Bad Name", dir.path())
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("lowercase"), "{e}");
+        new_plugin("rust", "twice", dir.path()).expect("first");
+        let e = new_plugin("rust", "twice", dir.path())
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("already exists"), "{e}");
+    }
+}
