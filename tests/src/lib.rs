@@ -133,28 +133,35 @@ pub fn plugin_target_dir() -> PathBuf {
 /// The sample plugins, built once per process by `scripts/build-plugins.sh`.
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let script = workspace_root().join("scripts/build-plugins.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .env("EDDY_PLUGIN_TARGET_DIR", plugin_target_dir())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "building plugins failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
+    let built = BUILT.get_or_init(|| run_build_script("scripts/build-plugins.sh"));
     if let Err(e) = built {
         panic!("{e}");
     }
     plugin_target_dir()
         .join("wasm32-wasip2/plugin")
         .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Runs a build script of the repository (path relative to its root) with the plugin target
+/// directory set; the error carries the end of its output.
+pub fn run_build_script(script: &str) -> Result<(), String> {
+    let script = workspace_root().join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("EDDY_PLUGIN_TARGET_DIR", plugin_target_dir())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = err.lines().rev().take(20).collect();
+    Err(format!(
+        "{} failed ({}):\n{}",
+        script.display(),
+        out.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    ))
 }
 
 /// The `eddy` binary built next to this test binary (`cargo build --bins` first; the README's
@@ -824,6 +831,9 @@ pub fn fraud_reference(
             "customer_max_cents": prev.max.max(t.amount_cents),
             "previous_ts": prev.last_ts,
             "recent_cents": prev.recent,
+            "category_limit_cents": null,
+            "profile": null,
+            "merchant_info": null,
             "risk": risk,
             "flagged": risk >= flag_threshold,
         }));
@@ -853,4 +863,134 @@ pub async fn publish_txs(
     eddy_host::cli::produce::publish(js, subject, payloads)
         .await
         .expect("publish");
+}
+
+/// The same component with a custom section appended: another version (content hash), the
+/// same behaviour.
+pub fn variant(wasm: &[u8], n: u32) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"eddy-variant";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(&n.to_le_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // a custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Shared by the in-process benchmarks (`benches/engine.rs`, `benches/languages.rs`).
+pub mod bench {
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
+    use eddy_host::metrics::Metrics;
+    use eddy_host::pipeline::Worker;
+    use eddy_host::state::{StateStore, SystemClock};
+
+    /// `n` events over `keys` keys (`c-<i % keys>`), payloads from `payload(i)`.
+    pub fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                key: format!("c-{}", i % keys).into_bytes(),
+                subject: "txn.in".into(),
+                headers: Vec::new(),
+                payload: payload(i),
+                timestamp_ms: 1_700_000_000_000 + i as u64,
+                sequence: i as u64 + 1,
+            })
+            .collect()
+    }
+
+    /// Card transactions over 10,000 customers, amounts and merchants varying.
+    pub fn transactions(n: usize) -> Vec<Event> {
+        events(n, 10_000, |i| {
+            format!(
+                r#"{{"id":"tx-{i}","customer":"c-{}","amount_cents":{},"merchant":"m-{}","category":"grocery","ts":{}}}"#,
+                i % 10_000,
+                100 + i % 5_000,
+                i % 50,
+                1_700_000_000_000u64 + i as u64 * 1000
+            )
+            .into_bytes()
+        })
+    }
+
+    /// How fast a worker ran a plugin over events.
+    pub struct Rate {
+        /// Events handled.
+        pub events: usize,
+        /// Plugin calls made.
+        pub calls: usize,
+        /// Seconds taken.
+        pub secs: f64,
+    }
+
+    /// Runs `evs` through one worker of the component at `wasm` (fresh state, compiled
+    /// beforehand, 20 batches of warm-up), `batch` events per call, each batch's writes
+    /// committed to RocksDB.
+    pub fn worker_rate(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
+        worker_rate_on(wasm, config, evs, batch, |_| {})
+    }
+
+    /// [`worker_rate`] on a state that `setup` prepared first.
+    pub fn worker_rate_on(
+        wasm: &Path,
+        config: &str,
+        evs: &[Event],
+        batch: usize,
+        setup: impl FnOnce(&StateStore),
+    ) -> Rate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state =
+            Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
+        setup(&state);
+        let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
+        let p = engine.load_file(wasm).expect("plugin");
+        let ctx = InstanceContext {
+            state: state.clone(),
+            limits: Limits {
+                memory_bytes: 512 << 20,
+                ..Limits::default()
+            },
+            lookups: None,
+        };
+        let mut worker =
+            Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
+        let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+        let none = Arc::default();
+        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
+            worker.handle(c, k, &none).expect("run");
+        }
+        let started = Instant::now();
+        let mut calls = 0;
+        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
+            let r = worker.handle(c, k, &none).expect("run");
+            assert!(
+                r.iter().all(Result::is_ok),
+                "{}: all events succeed",
+                wasm.display()
+            );
+            calls += 1;
+        }
+        Rate {
+            events: evs.len(),
+            calls,
+            secs: started.elapsed().as_secs_f64(),
+        }
+    }
 }

@@ -9,37 +9,10 @@ use bytes::Bytes;
 use eddy_host::cli::tail;
 use eddy_host::transport::Nats;
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, plugin, stream_len,
+    NatsServer, PipelineSpec, Running, create_stream, create_streams, plugin, stream_len, variant,
     wait_for_len,
 };
 use serde_json::{Value, json};
-
-/// The same component with a custom section appended: another version (content hash), the
-/// same behaviour.
-fn variant(wasm: &[u8], n: u32) -> Vec<u8> {
-    fn leb(mut v: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"eddy-variant";
-    let data = n.to_le_bytes();
-    let mut body = Vec::new();
-    leb(name.len(), &mut body);
-    body.extend_from_slice(name);
-    body.extend_from_slice(&data);
-    let mut out = wasm.to_vec();
-    out.push(0); // custom section
-    leb(body.len(), &mut out);
-    out.extend_from_slice(&body);
-    out
-}
 
 fn spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
     let mut spec = PipelineSpec::new("swap", &nats.url(), dir, plugin("chaos"));

@@ -1,0 +1,971 @@
+/* eddy.c: the runtime of the C layer. Implements the exports of the `full-processor` world on
+ * top of the plugin's EDDY_PLUGIN(...) definition, and wraps the imports (keyed state,
+ * broadcast state, lookups, log, clock) behind eddy.h.
+ *
+ * Ownership follows `wit-bindgen c`: export arguments belong to the export (freed here), export
+ * results are freed by the generated post-return functions with free(), import results belong
+ * to the caller (registered here to be freed when the arena is emptied). */
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eddy.h"
+#include "full_processor.h"
+
+extern const eddy_plugin eddy_the_plugin;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Memory: a bump arena emptied after each event and export call, plus pointers to free(). */
+
+typedef struct chunk {
+    struct chunk *next;
+    size_t size, used;
+    _Alignas(16) unsigned char data[];
+} chunk;
+
+typedef struct {
+    chunk *head;
+    void **frees;
+    size_t nfrees, capfrees;
+} arena;
+
+static arena scratch, permanent;
+static arena *current = &scratch;
+
+#define CHUNK_SIZE (64 * 1024)
+
+static void *oom(void) {
+    abort();
+}
+
+void *eddy_alloc(size_t size) {
+    size = (size + 15) & ~(size_t)15;
+    chunk *c = current->head;
+    if (!c || c->size - c->used < size) {
+        size_t want = size > CHUNK_SIZE ? size : CHUNK_SIZE;
+        chunk *n = malloc(sizeof(chunk) + want);
+        if (!n) return oom();
+        n->size = want;
+        n->used = 0;
+        /* A big allocation gets its own chunk behind the current one, which stays in use. */
+        if (c && size > CHUNK_SIZE) {
+            n->next = c->next;
+            c->next = n;
+        } else {
+            n->next = c;
+            current->head = n;
+        }
+        c = n;
+    }
+    void *p = c->data + c->used;
+    c->used += size;
+    return p;
+}
+
+/* Frees p when the current arena is emptied. */
+static void defer_free(void *p) {
+    if (!p) return;
+    arena *a = current;
+    if (a->nfrees == a->capfrees) {
+        a->capfrees = a->capfrees ? a->capfrees * 2 : 64;
+        a->frees = realloc(a->frees, a->capfrees * sizeof(void *));
+        if (!a->frees) oom();
+    }
+    a->frees[a->nfrees++] = p;
+}
+
+/* Empties the scratch arena, keeping one chunk for the next event. */
+static void reset_scratch(void) {
+    for (size_t i = 0; i < scratch.nfrees; i++) free(scratch.frees[i]);
+    scratch.nfrees = 0;
+    chunk *c = scratch.head;
+    if (!c) return;
+    chunk *rest = c->next;
+    while (rest) {
+        chunk *next = rest->next;
+        free(rest);
+        rest = next;
+    }
+    if (c->size > CHUNK_SIZE) {
+        free(c);
+        scratch.head = NULL;
+    } else {
+        c->next = NULL;
+        c->used = 0;
+    }
+}
+
+char *eddy_strndup(const char *s, size_t n) {
+    char *p = eddy_alloc(n + 1);
+    if (n) memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+/* A small printf (no stdio: wasi-libc's vfprintf would link file-descriptor imports, which a
+ * component without the WASI adapter cannot have). Supports %s %.*s %c %% and the integer
+ * conversions d i u x with the length modifiers h hh l ll z j; flags and widths are ignored. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} fmtbuf;
+
+static void fmt_put(fmtbuf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 128;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = eddy_alloc(cap);
+        if (b->len) memcpy(p, b->buf, b->len);
+        b->buf = p;
+        b->cap = cap;
+    }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
+}
+
+static void fmt_uint(fmtbuf *b, uint64_t v, unsigned base, bool negative) {
+    char tmp[24];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v);
+    if (negative) tmp[--i] = '-';
+    fmt_put(b, tmp + i, sizeof tmp - i);
+}
+
+char *eddy_vsprintf(const char *format, va_list ap) {
+    fmtbuf b = {0};
+    fmt_put(&b, "", 0);
+    for (const char *p = format; *p; p++) {
+        if (*p != '%') {
+            const char *q = p;
+            while (*q && *q != '%') q++;
+            fmt_put(&b, p, (size_t)(q - p));
+            p = q - 1;
+            continue;
+        }
+        p++;
+        while (*p == '-' || *p == '+' || *p == ' ' || *p == '#' || *p == '0') p++;
+        while (*p >= '0' && *p <= '9') p++;
+        int precision = -1;
+        if (*p == '.') {
+            p++;
+            if (*p == '*') {
+                precision = va_arg(ap, int);
+                p++;
+            } else {
+                precision = 0;
+                while (*p >= '0' && *p <= '9') precision = precision * 10 + (*p++ - '0');
+            }
+        }
+        int size = 0; /* 0 int, 1 long, 2 long long, 3 size_t, 4 intmax_t */
+        if (*p == 'h') { p++; if (*p == 'h') p++; }
+        else if (*p == 'l') { p++; size = 1; if (*p == 'l') { p++; size = 2; } }
+        else if (*p == 'z') { p++; size = 3; }
+        else if (*p == 'j') { p++; size = 4; }
+        switch (*p) {
+        case 's': {
+            const char *s = va_arg(ap, const char *);
+            if (!s) s = "(null)";
+            size_t n = strlen(s);
+            if (precision >= 0 && (size_t)precision < n) n = (size_t)precision;
+            fmt_put(&b, s, n);
+            break;
+        }
+        case 'c': {
+            char c = (char)va_arg(ap, int);
+            fmt_put(&b, &c, 1);
+            break;
+        }
+        case 'd':
+        case 'i': {
+            int64_t v = size == 0 ? va_arg(ap, int)
+                        : size == 1 ? va_arg(ap, long)
+                        : size == 2 ? va_arg(ap, long long)
+                        : size == 3 ? (int64_t)va_arg(ap, size_t)
+                                    : va_arg(ap, intmax_t);
+            fmt_uint(&b, v < 0 ? 0 - (uint64_t)v : (uint64_t)v, 10, v < 0);
+            break;
+        }
+        case 'u':
+        case 'x': {
+            uint64_t v = size == 0 ? va_arg(ap, unsigned)
+                         : size == 1 ? va_arg(ap, unsigned long)
+                         : size == 2 ? va_arg(ap, unsigned long long)
+                         : size == 3 ? va_arg(ap, size_t)
+                                     : va_arg(ap, uintmax_t);
+            fmt_uint(&b, v, *p == 'x' ? 16 : 10, false);
+            break;
+        }
+        case '%': fmt_put(&b, "%", 1); break;
+        case '\0': p--; break;
+        default: fmt_put(&b, p - 1, 2); break;
+        }
+    }
+    return b.buf;
+}
+
+char *eddy_sprintf(const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    char *s = eddy_vsprintf(format, ap);
+    va_end(ap);
+    return s;
+}
+
+eddy_bytes eddy_bytes_of(const char *s) {
+    eddy_bytes b = {(const uint8_t *)s, strlen(s)};
+    return b;
+}
+
+/* Views for the generated types (the host only reads import arguments). */
+static full_processor_string_t wit_str(const char *s) {
+    full_processor_string_t w = {(uint8_t *)s, strlen(s)};
+    return w;
+}
+
+static full_processor_list_u8_t wit_bytes(eddy_bytes b) {
+    full_processor_list_u8_t w = {(uint8_t *)b.ptr, b.len};
+    return w;
+}
+
+/* A malloc'ed copy, for results the generated post-return code frees. */
+static full_processor_string_t owned_str(const char *s, size_t n) {
+    full_processor_string_t w = {NULL, n};
+    if (n) {
+        w.ptr = malloc(n);
+        if (!w.ptr) oom();
+        memcpy(w.ptr, s, n);
+    }
+    return w;
+}
+
+static const char *from_wit_str(full_processor_string_t s) {
+    return eddy_strndup((const char *)s.ptr, s.len);
+}
+
+/* An import's result, owned by us: freed with the arena. */
+static eddy_bytes adopt(full_processor_list_u8_t l) {
+    defer_free(l.ptr);
+    eddy_bytes b = {l.ptr, l.len};
+    return b;
+}
+
+static const char *adopt_str(full_processor_string_t s) {
+    const char *c = from_wit_str(s);
+    free(s.ptr);
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Events and outcomes */
+
+struct eddy_outcome {
+    eddy_plugin_types_outcome_t *wit;
+};
+
+struct eddy_output {
+    eddy_plugin_types_output_t *wit;
+};
+
+static eddy_event convert_event(const eddy_plugin_types_event_t *e) {
+    eddy_event ev;
+    ev.key = (eddy_bytes){e->key.ptr, e->key.len};
+    ev.subject = from_wit_str(e->subject);
+    ev.header_count = e->headers.len;
+    eddy_header *h = eddy_alloc(e->headers.len * sizeof *h + 1);
+    for (size_t i = 0; i < e->headers.len; i++) {
+        h[i].name = from_wit_str(e->headers.ptr[i].f0);
+        h[i].value = from_wit_str(e->headers.ptr[i].f1);
+    }
+    ev.headers = h;
+    ev.payload = (eddy_bytes){e->payload.ptr, e->payload.len};
+    ev.timestamp_ms = e->timestamp_ms;
+    ev.sequence = e->sequence;
+    return ev;
+}
+
+const char *eddy_event_header(const eddy_event *event, const char *name) {
+    for (size_t i = 0; i < event->header_count; i++)
+        if (strcmp(event->headers[i].name, name) == 0) return event->headers[i].value;
+    return NULL;
+}
+
+eddy_json *eddy_event_json(const eddy_event *event, const char **error) {
+    return eddy_json_parse(event->payload.ptr, event->payload.len, error);
+}
+
+static void clear_outcome(eddy_plugin_types_outcome_t *o) {
+    eddy_plugin_types_outcome_free(o);
+    memset(o, 0, sizeof *o);
+}
+
+eddy_output *eddy_emit(eddy_outcome *outcome, eddy_bytes payload) {
+    eddy_plugin_types_outcome_t *o = outcome->wit;
+    if (o->tag != EDDY_PLUGIN_TYPES_OUTCOME_EMIT) {
+        clear_outcome(o);
+        o->tag = EDDY_PLUGIN_TYPES_OUTCOME_EMIT;
+    }
+    eddy_plugin_types_list_output_t *l = &o->val.emit;
+    l->ptr = realloc(l->ptr, (l->len + 1) * sizeof *l->ptr);
+    if (!l->ptr) oom();
+    eddy_plugin_types_output_t *out = &l->ptr[l->len++];
+    memset(out, 0, sizeof *out);
+    if (payload.len) {
+        out->payload.ptr = malloc(payload.len);
+        if (!out->payload.ptr) oom();
+        memcpy(out->payload.ptr, payload.ptr, payload.len);
+        out->payload.len = payload.len;
+    }
+    eddy_output *handle = eddy_alloc(sizeof *handle);
+    handle->wit = out;
+    return handle;
+}
+
+eddy_output *eddy_emit_json(eddy_outcome *outcome, const eddy_writer *json) {
+    return eddy_emit(outcome, eddy_w_bytes(json));
+}
+
+void eddy_output_header(eddy_output *output, const char *name, const char *value) {
+    eddy_plugin_types_list_header_t *h = &output->wit->headers;
+    h->ptr = realloc(h->ptr, (h->len + 1) * sizeof *h->ptr);
+    if (!h->ptr) oom();
+    h->ptr[h->len].f0 = owned_str(name, strlen(name));
+    h->ptr[h->len].f1 = owned_str(value, strlen(value));
+    h->len++;
+}
+
+void eddy_output_subject(eddy_output *output, const char *subject) {
+    full_processor_option_string_free(&output->wit->subject);
+    output->wit->subject.is_some = true;
+    output->wit->subject.val = owned_str(subject, strlen(subject));
+}
+
+void eddy_drop(eddy_outcome *outcome) {
+    clear_outcome(outcome->wit);
+    outcome->wit->tag = EDDY_PLUGIN_TYPES_OUTCOME_DROP;
+}
+
+void eddy_reject(eddy_outcome *outcome, const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    char *msg = eddy_vsprintf(format, ap);
+    va_end(ap);
+    clear_outcome(outcome->wit);
+    outcome->wit->tag = EDDY_PLUGIN_TYPES_OUTCOME_REJECT;
+    outcome->wit->val.reject = owned_str(msg, strlen(msg));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Keyed state */
+
+/* The index of the event being processed, or -1. */
+static int64_t current_event = -1;
+
+static const char *state_error(eddy_plugin_keyed_state_state_error_t *e) {
+    const char *m;
+    switch (e->tag) {
+    case EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_UNKNOWN_STATE:
+        return "state is not open in this plugin instance";
+    case EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_WRONG_KIND:
+        m = adopt_str(e->val.wrong_kind);
+        return eddy_sprintf("state exists with another kind: %s", m);
+    case EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_NO_SUCH_EVENT:
+        return "no event is being processed: keyed state is only reachable from `process`";
+    case EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_READ_ONLY:
+        m = adopt_str(e->val.read_only);
+        return eddy_sprintf("state is read-only here: %s", m);
+    default:
+        m = adopt_str(e->val.storage);
+        return eddy_sprintf("state storage failed: %s", m);
+    }
+}
+
+static eddy_state new_state(const char *name, eddy_state_kind kind) {
+    eddy_state s = {.name = name, .kind = kind};
+    return s;
+}
+
+eddy_state eddy_value_state(const char *name) { return new_state(name, EDDY_VALUE); }
+eddy_state eddy_map_state(const char *name) { return new_state(name, EDDY_MAP); }
+eddy_state eddy_list_state(const char *name) { return new_state(name, EDDY_LIST); }
+
+void eddy_state_set_ttl(eddy_state *state, eddy_ttl ttl) {
+    state->has_ttl = true;
+    state->ttl = ttl;
+    state->opened = false; /* opened again, with the TTL, on next use */
+}
+
+const char *eddy_state_open(eddy_state *state) {
+    if (state->opened) return NULL;
+    static const eddy_plugin_keyed_state_state_kind_t kinds[] = {
+        EDDY_PLUGIN_KEYED_STATE_STATE_KIND_VALUE, EDDY_PLUGIN_KEYED_STATE_STATE_KIND_MAP,
+        EDDY_PLUGIN_KEYED_STATE_STATE_KIND_LIST};
+    full_processor_string_t name = wit_str(state->name);
+    eddy_plugin_keyed_state_ttl_config_t ttl = {
+        .ttl_ms = state->ttl.ttl_ms,
+        .update = state->ttl.update_on_read
+                      ? EDDY_PLUGIN_KEYED_STATE_TTL_UPDATE_ON_READ_AND_WRITE
+                      : EDDY_PLUGIN_KEYED_STATE_TTL_UPDATE_ON_CREATE_AND_WRITE,
+        .visibility = state->ttl.return_expired
+                          ? EDDY_PLUGIN_KEYED_STATE_TTL_VISIBILITY_RETURN_EXPIRED_IF_NOT_CLEANED_UP
+                          : EDDY_PLUGIN_KEYED_STATE_TTL_VISIBILITY_NEVER_RETURN_EXPIRED,
+    };
+    eddy_plugin_keyed_state_state_error_t err;
+    uint32_t id;
+    if (!eddy_plugin_keyed_state_open(&name, kinds[state->kind], state->has_ttl ? &ttl : NULL,
+                                      &id, &err))
+        return state_error(&err);
+    state->id = id;
+    state->opened = true;
+    return NULL;
+}
+
+/* The state's id and the current event, or an error. */
+static const char *target(eddy_state *state, uint32_t *event) {
+    if (current_event < 0) return state_error(&(eddy_plugin_keyed_state_state_error_t){
+                                  .tag = EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_NO_SUCH_EVENT});
+    *event = (uint32_t)current_event;
+    return eddy_state_open(state);
+}
+
+const char *eddy_state_visit_all_keys(eddy_state *state, const char *tag) {
+    const char *e = eddy_state_open(state);
+    if (e) return e;
+    full_processor_string_t t = wit_str(tag);
+    eddy_plugin_keyed_state_state_error_t err;
+    if (!eddy_plugin_keyed_state_visit_all_keys(state->id, &t, &err)) return state_error(&err);
+    return NULL;
+}
+
+static const char *decode_value(const char *what, const char *name, eddy_bytes b,
+                                eddy_json **out) {
+    const char *perr;
+    *out = eddy_json_parse(b.ptr, b.len, &perr);
+    if (!*out) return eddy_sprintf("cannot decode a value of %s `%s`: %s", what, name, perr);
+    return NULL;
+}
+
+#define TARGET(state)                                    \
+    uint32_t ev;                                         \
+    eddy_plugin_keyed_state_state_error_t err;           \
+    const char *terr = target(state, &ev);               \
+    if (terr) return terr
+
+const char *eddy_value_get(eddy_state *state, eddy_json **out) {
+    *out = NULL;
+    TARGET(state);
+    full_processor_option_list_u8_t r;
+    if (!eddy_plugin_keyed_state_value_get(state->id, ev, &r, &err)) return state_error(&err);
+    if (!r.is_some) return NULL;
+    return decode_value("state", state->name, adopt(r.val), out);
+}
+
+const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
+    TARGET(state);
+    full_processor_list_u8_t v = wit_bytes(json);
+    if (!eddy_plugin_keyed_state_value_set(state->id, ev, &v, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_value_set_with_ttl(eddy_state *state, eddy_bytes json, uint64_t ttl_ms) {
+    TARGET(state);
+    full_processor_list_u8_t v = wit_bytes(json);
+    if (!eddy_plugin_keyed_state_value_set_with_ttl(state->id, ev, &v, ttl_ms, &err))
+        return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_value_clear(eddy_state *state) {
+    TARGET(state);
+    if (!eddy_plugin_keyed_state_value_clear(state->id, ev, &err)) return state_error(&err);
+    return NULL;
+}
+
+/* Map keys */
+
+eddy_bytes eddy_key_str(const char *s) { return eddy_bytes_of(s); }
+
+eddy_bytes eddy_key_strn(const char *s, size_t len) {
+    eddy_bytes b = {(const uint8_t *)s, len};
+    return b;
+}
+
+static eddy_bytes be(uint64_t v, size_t n) {
+    uint8_t *p = eddy_alloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+    eddy_bytes b = {p, n};
+    return b;
+}
+
+eddy_bytes eddy_key_u32(uint32_t v) { return be(v, 4); }
+eddy_bytes eddy_key_u64(uint64_t v) { return be(v, 8); }
+eddy_bytes eddy_key_i32(int32_t v) { return be((uint32_t)v ^ 0x80000000u, 4); }
+eddy_bytes eddy_key_i64(int64_t v) { return be((uint64_t)v ^ 0x8000000000000000ull, 8); }
+
+const char *eddy_key_to_u64(eddy_bytes key, uint64_t *out) {
+    if (key.len != 8) return eddy_sprintf("a u64 key is 8 bytes, this one is %zu", key.len);
+    uint64_t v = 0;
+    for (size_t i = 0; i < 8; i++) v = (v << 8) | key.ptr[i];
+    *out = v;
+    return NULL;
+}
+
+const char *eddy_key_to_i64(eddy_bytes key, int64_t *out) {
+    uint64_t u;
+    if (key.len != 8) return eddy_sprintf("a i64 key is 8 bytes, this one is %zu", key.len);
+    eddy_key_to_u64(key, &u);
+    *out = (int64_t)(u ^ 0x8000000000000000ull);
+    return NULL;
+}
+
+eddy_bytes eddy_json_u64(uint64_t v) {
+    eddy_writer w = {0};
+    eddy_w_u64(&w, v);
+    return eddy_w_bytes(&w);
+}
+
+/* Map state */
+
+const char *eddy_map_get(eddy_state *state, eddy_bytes key, eddy_json **out) {
+    *out = NULL;
+    TARGET(state);
+    full_processor_list_u8_t k = wit_bytes(key);
+    full_processor_option_list_u8_t r;
+    if (!eddy_plugin_keyed_state_map_get(state->id, ev, &k, &r, &err)) return state_error(&err);
+    if (!r.is_some) return NULL;
+    return decode_value("state", state->name, adopt(r.val), out);
+}
+
+const char *eddy_map_put(eddy_state *state, eddy_bytes key, eddy_bytes json) {
+    TARGET(state);
+    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    if (!eddy_plugin_keyed_state_map_put(state->id, ev, &k, &v, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_map_put_with_ttl(eddy_state *state, eddy_bytes key, eddy_bytes json,
+                                  uint64_t ttl_ms) {
+    TARGET(state);
+    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    if (!eddy_plugin_keyed_state_map_put_with_ttl(state->id, ev, &k, &v, ttl_ms, &err))
+        return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_map_remove(eddy_state *state, eddy_bytes key) {
+    TARGET(state);
+    full_processor_list_u8_t k = wit_bytes(key);
+    if (!eddy_plugin_keyed_state_map_remove(state->id, ev, &k, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_map_contains(eddy_state *state, eddy_bytes key, bool *out) {
+    TARGET(state);
+    full_processor_list_u8_t k = wit_bytes(key);
+    if (!eddy_plugin_keyed_state_map_contains(state->id, ev, &k, out, &err))
+        return state_error(&err);
+    return NULL;
+}
+
+/* Adopts and decodes a page of entries. */
+static const char *decode_entries(const char *what, const char *name,
+                                  full_processor_list_tuple2_list_u8_list_u8_t *l,
+                                  eddy_map_entry **entries, size_t *count) {
+    defer_free(l->ptr);
+    eddy_map_entry *e = eddy_alloc(l->len * sizeof *e + 1);
+    const char *first_error = NULL;
+    for (size_t i = 0; i < l->len; i++) {
+        e[i].key = adopt(l->ptr[i].f0);
+        eddy_bytes v = adopt(l->ptr[i].f1);
+        const char *derr = decode_value(what, name, v, &e[i].value);
+        if (derr && !first_error) first_error = derr;
+    }
+    *entries = e;
+    *count = l->len;
+    return first_error;
+}
+
+const char *eddy_map_entries(eddy_state *state, const eddy_bytes *start_after, uint32_t limit,
+                             eddy_map_entry **entries, size_t *count) {
+    *entries = NULL;
+    *count = 0;
+    TARGET(state);
+    full_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
+                                                 : (full_processor_list_u8_t){0};
+    full_processor_list_tuple2_list_u8_list_u8_t r;
+    if (!eddy_plugin_keyed_state_map_entries(state->id, ev, start_after ? &after : NULL, limit,
+                                             &r, &err))
+        return state_error(&err);
+    return decode_entries("state", state->name, &r, entries, count);
+}
+
+const char *eddy_map_is_empty(eddy_state *state, bool *out) {
+    TARGET(state);
+    if (!eddy_plugin_keyed_state_map_is_empty(state->id, ev, out, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_map_clear(eddy_state *state) {
+    TARGET(state);
+    if (!eddy_plugin_keyed_state_map_clear(state->id, ev, &err)) return state_error(&err);
+    return NULL;
+}
+
+/* List state */
+
+const char *eddy_list_get(eddy_state *state, eddy_json ***items, size_t *count) {
+    *items = NULL;
+    *count = 0;
+    TARGET(state);
+    full_processor_list_list_u8_t r;
+    if (!eddy_plugin_keyed_state_list_get(state->id, ev, &r, &err)) return state_error(&err);
+    defer_free(r.ptr);
+    eddy_json **v = eddy_alloc(r.len * sizeof *v + 1);
+    const char *first_error = NULL;
+    for (size_t i = 0; i < r.len; i++) {
+        const char *derr = decode_value("state", state->name, adopt(r.ptr[i]), &v[i]);
+        if (derr && !first_error) first_error = derr;
+    }
+    *items = v;
+    *count = r.len;
+    return first_error;
+}
+
+static full_processor_list_list_u8_t wit_values(const eddy_bytes *values, size_t count) {
+    full_processor_list_list_u8_t l = {eddy_alloc(count * sizeof(full_processor_list_u8_t) + 1),
+                                       count};
+    for (size_t i = 0; i < count; i++) l.ptr[i] = wit_bytes(values[i]);
+    return l;
+}
+
+const char *eddy_list_add(eddy_state *state, eddy_bytes json) {
+    TARGET(state);
+    full_processor_list_u8_t v = wit_bytes(json);
+    if (!eddy_plugin_keyed_state_list_add(state->id, ev, &v, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_list_add_all(eddy_state *state, const eddy_bytes *values, size_t count) {
+    TARGET(state);
+    full_processor_list_list_u8_t l = wit_values(values, count);
+    if (!eddy_plugin_keyed_state_list_add_all(state->id, ev, &l, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_list_update(eddy_state *state, const eddy_bytes *values, size_t count) {
+    TARGET(state);
+    full_processor_list_list_u8_t l = wit_values(values, count);
+    if (!eddy_plugin_keyed_state_list_update(state->id, ev, &l, &err)) return state_error(&err);
+    return NULL;
+}
+
+const char *eddy_list_clear(eddy_state *state) {
+    TARGET(state);
+    if (!eddy_plugin_keyed_state_list_clear(state->id, ev, &err)) return state_error(&err);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Broadcast state */
+
+static const char *broadcast_error(eddy_plugin_broadcast_state_broadcast_error_t *e) {
+    switch (e->tag) {
+    case EDDY_PLUGIN_BROADCAST_STATE_BROADCAST_ERROR_UNKNOWN_MAP:
+        return "broadcast map is not open";
+    case EDDY_PLUGIN_BROADCAST_STATE_BROADCAST_ERROR_READ_ONLY:
+        return eddy_sprintf("broadcast state is read-only here: %s", adopt_str(e->val.read_only));
+    default:
+        return eddy_sprintf("broadcast storage failed: %s", adopt_str(e->val.storage));
+    }
+}
+
+eddy_broadcast_map eddy_broadcast_map_new(const char *name) {
+    eddy_broadcast_map m = {.name = name};
+    return m;
+}
+
+static const char *map_open(eddy_broadcast_map *map) {
+    if (map->opened) return NULL;
+    full_processor_string_t name = wit_str(map->name);
+    eddy_plugin_broadcast_state_broadcast_error_t err;
+    if (!eddy_plugin_broadcast_state_open_map(&name, &map->id, &err)) return broadcast_error(&err);
+    map->opened = true;
+    return NULL;
+}
+
+#define MAP_OPEN(map)                                    \
+    eddy_plugin_broadcast_state_broadcast_error_t err;   \
+    const char *oerr = map_open(map);                    \
+    if (oerr) return oerr
+
+const char *eddy_broadcast_get(eddy_broadcast_map *map, eddy_bytes key, eddy_json **out) {
+    *out = NULL;
+    MAP_OPEN(map);
+    full_processor_list_u8_t k = wit_bytes(key);
+    full_processor_option_list_u8_t r;
+    if (!eddy_plugin_broadcast_state_get(map->id, &k, &r, &err)) return broadcast_error(&err);
+    if (!r.is_some) return NULL;
+    return decode_value("broadcast map", map->name, adopt(r.val), out);
+}
+
+const char *eddy_broadcast_put(eddy_broadcast_map *map, eddy_bytes key, eddy_bytes json) {
+    MAP_OPEN(map);
+    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    if (!eddy_plugin_broadcast_state_put(map->id, &k, &v, &err)) return broadcast_error(&err);
+    return NULL;
+}
+
+const char *eddy_broadcast_remove(eddy_broadcast_map *map, eddy_bytes key) {
+    MAP_OPEN(map);
+    full_processor_list_u8_t k = wit_bytes(key);
+    if (!eddy_plugin_broadcast_state_remove(map->id, &k, &err)) return broadcast_error(&err);
+    return NULL;
+}
+
+const char *eddy_broadcast_clear(eddy_broadcast_map *map) {
+    MAP_OPEN(map);
+    if (!eddy_plugin_broadcast_state_clear(map->id, &err)) return broadcast_error(&err);
+    return NULL;
+}
+
+const char *eddy_broadcast_entries(eddy_broadcast_map *map, const eddy_bytes *start_after,
+                                   uint32_t limit, eddy_map_entry **entries, size_t *count) {
+    *entries = NULL;
+    *count = 0;
+    MAP_OPEN(map);
+    full_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
+                                                 : (full_processor_list_u8_t){0};
+    full_processor_list_tuple2_list_u8_list_u8_t r;
+    if (!eddy_plugin_broadcast_state_entries(map->id, start_after ? &after : NULL, limit, &r,
+                                             &err))
+        return broadcast_error(&err);
+    return decode_entries("broadcast map", map->name, &r, entries, count);
+}
+
+eddy_json *eddy_broadcast_event_json(const eddy_broadcast_event *event, const char **error) {
+    return eddy_json_parse(event->payload.ptr, event->payload.len, error);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lookups, log, clock */
+
+const char *eddy_lookup(const char *store, const char *key, eddy_bytes *out, bool *found) {
+    full_processor_string_t s = wit_str(store), k = wit_str(key);
+    full_processor_option_list_u8_t r;
+    eddy_plugin_lookup_lookup_error_t err;
+    *found = false;
+    out->ptr = NULL;
+    out->len = 0;
+    if (!eddy_plugin_lookup_get(&s, &k, &r, &err)) {
+        if (err.tag == EDDY_PLUGIN_LOOKUP_LOOKUP_ERROR_UNKNOWN_STORE)
+            return eddy_sprintf("unknown lookup store: %s", adopt_str(err.val.unknown_store));
+        return eddy_sprintf("lookup failed: %s", adopt_str(err.val.failed));
+    }
+    if (r.is_some) {
+        *found = true;
+        *out = adopt(r.val);
+    }
+    return NULL;
+}
+
+const char *eddy_lookup_json(const char *store, const char *key, eddy_json **out) {
+    eddy_bytes b;
+    bool found;
+    *out = NULL;
+    const char *err = eddy_lookup(store, key, &b, &found);
+    if (err || !found) return err;
+    const char *perr;
+    *out = eddy_json_parse(b.ptr, b.len, &perr);
+    if (!*out)
+        return eddy_sprintf("value of `%s` in store `%s` is not the JSON expected: %s", key,
+                            store, perr);
+    return NULL;
+}
+
+struct eddy_lookup_plan {
+    exports_eddy_plugin_lookup_planner_list_lookup_request_t *wit;
+};
+
+void eddy_plan_lookup(eddy_lookup_plan *plan, const char *store, const char *key) {
+    exports_eddy_plugin_lookup_planner_list_lookup_request_t *l = plan->wit;
+    l->ptr = realloc(l->ptr, (l->len + 1) * sizeof *l->ptr);
+    if (!l->ptr) oom();
+    l->ptr[l->len].store = owned_str(store, strlen(store));
+    l->ptr[l->len].key = owned_str(key, strlen(key));
+    l->len++;
+}
+
+void eddy_log(eddy_log_level level, const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    char *msg = eddy_vsprintf(format, ap);
+    va_end(ap);
+    full_processor_string_t m = {(uint8_t *)msg, strlen(msg)};
+    eddy_plugin_log_log((eddy_plugin_log_level_t)level, &m);
+}
+
+uint64_t eddy_now_ms(void) { return eddy_plugin_clock_now_ms(); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Exports */
+
+#define NOT_INITIALISED "plugin not initialised"
+#define NO_BROADCAST                                                                          \
+    "this plugin does not handle broadcast events: implement Processor::process_broadcast, " \
+    "or remove the pipeline's [broadcast] inputs"
+
+static bool initialised;
+
+bool exports_eddy_plugin_handler_init(full_processor_string_t *config, full_processor_string_t *err) {
+    initialised = false;
+    current = &permanent;
+    const char *text = from_wit_str(*config);
+    full_processor_string_free(config);
+    /* Whitespace only counts as `{}`, as in the Rust SDK. */
+    const char *p = text;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    const char *perr = NULL;
+    eddy_json *parsed = eddy_json_parse(*p ? text : "{}", *p ? strlen(text) : 2, &perr);
+    const char *error = parsed ? eddy_the_plugin.init(parsed)
+                               : eddy_sprintf("invalid plugin config: %s", perr);
+    current = &scratch;
+    if (error) {
+        *err = owned_str(error, strlen(error));
+        return false;
+    }
+    initialised = true;
+    return true;
+}
+
+void exports_eddy_plugin_handler_handle(exports_eddy_plugin_handler_list_event_t *events,
+                                        exports_eddy_plugin_handler_list_outcome_t *ret) {
+    size_t n = events->len;
+    ret->len = n;
+    ret->ptr = calloc(n ? n : 1, sizeof *ret->ptr);
+    if (!ret->ptr) oom();
+    for (size_t i = 0; i < n; i++) {
+        eddy_plugin_types_outcome_t *o = &ret->ptr[i];
+        if (!initialised) {
+            o->tag = EDDY_PLUGIN_TYPES_OUTCOME_REJECT;
+            o->val.reject = owned_str(NOT_INITIALISED, strlen(NOT_INITIALISED));
+            continue;
+        }
+        o->tag = EDDY_PLUGIN_TYPES_OUTCOME_DROP;
+        current_event = (int64_t)i;
+        eddy_event ev = convert_event(&events->ptr[i]);
+        eddy_outcome outcome = {o};
+        eddy_the_plugin.process(&ev, &outcome);
+        current_event = -1;
+        reset_scratch();
+    }
+    exports_eddy_plugin_handler_list_event_free(events);
+}
+
+void exports_eddy_plugin_broadcast_handler_handle_broadcast(
+    exports_eddy_plugin_broadcast_handler_list_broadcast_event_t *events,
+    exports_eddy_plugin_broadcast_handler_list_result_void_string_t *ret) {
+    size_t n = events->len;
+    ret->len = n;
+    ret->ptr = calloc(n ? n : 1, sizeof *ret->ptr);
+    if (!ret->ptr) oom();
+    for (size_t i = 0; i < n; i++) {
+        exports_eddy_plugin_broadcast_handler_broadcast_event_t *e = &events->ptr[i];
+        const char *error;
+        if (!initialised) {
+            error = NOT_INITIALISED;
+        } else if (!eddy_the_plugin.broadcast) {
+            error = NO_BROADCAST;
+        } else {
+            eddy_broadcast_event be;
+            be.input = from_wit_str(e->input);
+            be.subject = from_wit_str(e->subject);
+            be.header_count = e->headers.len;
+            eddy_header *h = eddy_alloc(e->headers.len * sizeof *h + 1);
+            for (size_t j = 0; j < e->headers.len; j++) {
+                h[j].name = from_wit_str(e->headers.ptr[j].f0);
+                h[j].value = from_wit_str(e->headers.ptr[j].f1);
+            }
+            be.headers = h;
+            be.payload = (eddy_bytes){e->payload.ptr, e->payload.len};
+            be.timestamp_ms = e->timestamp_ms;
+            be.sequence = e->sequence;
+            error = eddy_the_plugin.broadcast(&be);
+        }
+        if (error) {
+            ret->ptr[i].is_err = true;
+            ret->ptr[i].val.err = owned_str(error, strlen(error));
+        }
+        reset_scratch();
+    }
+    exports_eddy_plugin_broadcast_handler_list_broadcast_event_free(events);
+}
+
+void exports_eddy_plugin_lookup_planner_prepare(
+    exports_eddy_plugin_lookup_planner_list_event_t *events,
+    exports_eddy_plugin_lookup_planner_list_list_lookup_request_t *ret) {
+    size_t n = events->len;
+    ret->len = n;
+    ret->ptr = calloc(n ? n : 1, sizeof *ret->ptr);
+    if (!ret->ptr) oom();
+    if (initialised && eddy_the_plugin.plan_lookups) {
+        for (size_t i = 0; i < n; i++) {
+            eddy_event ev = convert_event(&events->ptr[i]);
+            eddy_lookup_plan plan = {&ret->ptr[i]};
+            eddy_the_plugin.plan_lookups(&ev, &plan);
+            reset_scratch();
+        }
+    }
+    exports_eddy_plugin_lookup_planner_list_event_free(events);
+}
+
+void exports_eddy_plugin_keyed_visitor_visit(
+    full_processor_string_t *tag, full_processor_string_t *state,
+    exports_eddy_plugin_keyed_visitor_list_visited_entry_t *entries,
+    exports_eddy_plugin_keyed_visitor_list_visit_action_t *ret) {
+    size_t n = entries->len;
+    ret->len = n;
+    ret->ptr = calloc(n ? n : 1, sizeof *ret->ptr);
+    if (!ret->ptr) oom();
+    if (initialised && eddy_the_plugin.visit) {
+        for (size_t i = 0; i < n; i++) {
+            const char *t = from_wit_str(*tag), *s = from_wit_str(*state);
+            exports_eddy_plugin_keyed_visitor_visited_entry_t *e = &entries->ptr[i];
+            eddy_visited_entry entry = {
+                .key = {e->key.ptr, e->key.len},
+                .has_map_key = e->map_key.is_some,
+                .map_key = {e->map_key.val.ptr, e->map_key.is_some ? e->map_key.val.len : 0},
+                .value = {e->value.ptr, e->value.len},
+            };
+            eddy_bytes value = {0};
+            eddy_visit_action a = eddy_the_plugin.visit(t, s, &entry, &value);
+            if (a == EDDY_VISIT_SET) {
+                ret->ptr[i].tag = EXPORTS_EDDY_PLUGIN_KEYED_VISITOR_VISIT_ACTION_SET;
+                full_processor_string_t copy = owned_str((const char *)value.ptr, value.len);
+                ret->ptr[i].val.set = (full_processor_list_u8_t){copy.ptr, copy.len};
+            } else {
+                ret->ptr[i].tag = a == EDDY_VISIT_REMOVE
+                                      ? EXPORTS_EDDY_PLUGIN_KEYED_VISITOR_VISIT_ACTION_REMOVE
+                                      : EXPORTS_EDDY_PLUGIN_KEYED_VISITOR_VISIT_ACTION_KEEP;
+            }
+            reset_scratch();
+        }
+    }
+    full_processor_string_free(tag);
+    full_processor_string_free(state);
+    exports_eddy_plugin_keyed_visitor_list_visited_entry_free(entries);
+}
+
+bool exports_eddy_plugin_migrator_migrate(full_processor_string_t *previous_version,
+                                          full_processor_string_t *err) {
+    const char *error = NULL;
+    if (!initialised) error = NOT_INITIALISED;
+    else if (eddy_the_plugin.migrate) error = eddy_the_plugin.migrate(from_wit_str(*previous_version));
+    full_processor_string_free(previous_version);
+    if (error) *err = owned_str(error, strlen(error));
+    reset_scratch();
+    return error == NULL;
+}

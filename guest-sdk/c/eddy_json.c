@@ -1,0 +1,858 @@
+/* eddy_json.c: a small JSON reader and writer for Eddy plugins written in C.
+ *
+ * The reader builds a tree in the per-call arena (see eddy_alloc); it accepts RFC 8259 JSON
+ * only (no comments, no trailing commas, UTF-8 checked inside strings) and keeps the text of
+ * numbers, so integers of any width are read exactly. The writer produces compact JSON with
+ * the same escaping as Rust's serde_json, so every SDK writes byte-identical state. */
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eddy.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reader */
+
+typedef struct {
+    const char *text;
+    size_t len;
+    size_t pos;
+    const char *error;
+    int depth;
+} reader;
+
+#define MAX_DEPTH 128
+
+static void fail(reader *r, const char *what) {
+    if (r->error) return;
+    size_t line = 1, column = 0;
+    size_t end = r->pos < r->len ? r->pos + 1 : r->len;
+    for (size_t i = 0; i < end; i++) {
+        if (r->text[i] == '\n') {
+            line++;
+            column = 0;
+        } else {
+            column++;
+        }
+    }
+    if (r->pos >= r->len) column++;
+    r->error = eddy_sprintf("%s at line %zu column %zu", what, line, column);
+}
+
+static void skip_ws(reader *r) {
+    while (r->pos < r->len) {
+        char c = r->text[r->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        r->pos++;
+    }
+}
+
+static eddy_json *node(eddy_json_kind kind) {
+    eddy_json *n = eddy_alloc(sizeof *n);
+    memset(n, 0, sizeof *n);
+    n->kind = kind;
+    return n;
+}
+
+static int hex4(reader *r, uint32_t *out) {
+    if (r->len - r->pos < 4) {
+        r->pos = r->len;
+        fail(r, "EOF while parsing a string");
+        return 0;
+    }
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = r->text[r->pos];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else {
+            fail(r, "invalid escape");
+            return 0;
+        }
+        r->pos++;
+    }
+    *out = v;
+    return 1;
+}
+
+static size_t put_utf8(char *out, uint32_t cp) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Length of the valid UTF-8 sequence at s (at most n bytes), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t len;
+    uint32_t min;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; cp = c & 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; cp = c & 0x0F; }
+    else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; cp = c & 0x07; }
+    else return 0;
+    if (n < len) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+
+/* Parses a string starting after its opening quote; the result is NUL-terminated. */
+static int parse_string(reader *r, const char **out, size_t *out_len) {
+    /* First pass: find the end and whether there are escapes. */
+    size_t start = r->pos, i = start;
+    int escapes = 0;
+    while (i < r->len && r->text[i] != '"') {
+        if (r->text[i] == '\\') {
+            escapes = 1;
+            i++;
+        }
+        i++;
+    }
+    char *buf = eddy_alloc((i > r->len ? r->len : i) - start + 1);
+    size_t n = 0;
+    for (;;) {
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing a string");
+            return 0;
+        }
+        unsigned char c = (unsigned char)r->text[r->pos];
+        if (c == '"') {
+            r->pos++;
+            break;
+        }
+        if (c < 0x20) {
+            fail(r, "control character (\\u0000-\\u001F) found while parsing a string");
+            return 0;
+        }
+        if (c != '\\') {
+            size_t l = utf8_len((const unsigned char *)r->text + r->pos, r->len - r->pos);
+            if (l == 0) {
+                fail(r, "invalid unicode code point");
+                return 0;
+            }
+            memcpy(buf + n, r->text + r->pos, l);
+            n += l;
+            r->pos += l;
+            continue;
+        }
+        r->pos++;
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing a string");
+            return 0;
+        }
+        char e = r->text[r->pos++];
+        switch (e) {
+        case '"': buf[n++] = '"'; break;
+        case '\\': buf[n++] = '\\'; break;
+        case '/': buf[n++] = '/'; break;
+        case 'b': buf[n++] = '\b'; break;
+        case 'f': buf[n++] = '\f'; break;
+        case 'n': buf[n++] = '\n'; break;
+        case 'r': buf[n++] = '\r'; break;
+        case 't': buf[n++] = '\t'; break;
+        case 'u': {
+            uint32_t cp;
+            if (!hex4(r, &cp)) return 0;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                fail(r, "lone leading surrogate in hex escape");
+                return 0;
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF) {
+                uint32_t lo;
+                if (r->len - r->pos < 2 || r->text[r->pos] != '\\' || r->text[r->pos + 1] != 'u') {
+                    fail(r, "unexpected end of hex escape");
+                    return 0;
+                }
+                r->pos += 2;
+                if (!hex4(r, &lo)) return 0;
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    fail(r, "lone leading surrogate in hex escape");
+                    return 0;
+                }
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            /* An escape never takes more bytes decoded than written (\uXXXX is 6 bytes). */
+            n += put_utf8(buf + n, cp);
+            break;
+        }
+        default:
+            r->pos--;
+            fail(r, "invalid escape");
+            return 0;
+        }
+    }
+    (void)escapes;
+    buf[n] = '\0';
+    *out = buf;
+    *out_len = n;
+    return 1;
+}
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+
+static eddy_json *parse_number(reader *r) {
+    size_t start = r->pos;
+    int integer = 1, negative = 0;
+    if (r->text[r->pos] == '-') {
+        negative = 1;
+        r->pos++;
+    }
+    if (r->pos >= r->len || !is_digit(r->text[r->pos])) {
+        fail(r, "invalid number");
+        return NULL;
+    }
+    if (r->text[r->pos] == '0') {
+        r->pos++;
+        if (r->pos < r->len && is_digit(r->text[r->pos])) {
+            fail(r, "invalid number");
+            return NULL;
+        }
+    } else {
+        while (r->pos < r->len && is_digit(r->text[r->pos])) r->pos++;
+    }
+    if (r->pos < r->len && r->text[r->pos] == '.') {
+        integer = 0;
+        r->pos++;
+        if (r->pos >= r->len || !is_digit(r->text[r->pos])) {
+            fail(r, "invalid number");
+            return NULL;
+        }
+        while (r->pos < r->len && is_digit(r->text[r->pos])) r->pos++;
+    }
+    if (r->pos < r->len && (r->text[r->pos] == 'e' || r->text[r->pos] == 'E')) {
+        integer = 0;
+        r->pos++;
+        if (r->pos < r->len && (r->text[r->pos] == '+' || r->text[r->pos] == '-')) r->pos++;
+        if (r->pos >= r->len || !is_digit(r->text[r->pos])) {
+            fail(r, "invalid number");
+            return NULL;
+        }
+        while (r->pos < r->len && is_digit(r->text[r->pos])) r->pos++;
+    }
+    eddy_json *n = node(EDDY_JSON_NUMBER);
+    n->str = eddy_strndup(r->text + start, r->pos - start);
+    n->len = r->pos - start;
+    if (integer) {
+        /* The magnitude, if it fits in 64 bits. */
+        uint64_t mag = 0;
+        int fits = 1;
+        for (size_t i = start + (size_t)negative; i < r->pos; i++) {
+            unsigned d = (unsigned)(r->text[i] - '0');
+            if (mag > (UINT64_MAX - d) / 10) {
+                fits = 0;
+                break;
+            }
+            mag = mag * 10 + d;
+        }
+        if (fits) {
+            if (!negative) {
+                n->is_u64 = 1;
+                n->u64 = mag;
+                if (mag <= (uint64_t)INT64_MAX) {
+                    n->is_i64 = 1;
+                    n->i64 = (int64_t)mag;
+                }
+            } else if (mag != 0 && mag <= (uint64_t)INT64_MAX + 1) {
+                /* Like serde_json, "-0" is a float, not an integer. */
+                n->is_i64 = 1;
+                n->i64 = (int64_t)(0 - mag);
+            }
+        }
+    }
+    return n;
+}
+
+static int literal(reader *r, const char *word) {
+    size_t l = strlen(word);
+    for (size_t i = 0; i < l; i++) {
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing a value");
+            return 0;
+        }
+        if (r->text[r->pos] != word[i]) {
+            fail(r, "expected ident");
+            return 0;
+        }
+        r->pos++;
+    }
+    return 1;
+}
+
+/* A growable array of pointers in malloc'ed memory, copied into the arena when complete. */
+typedef struct {
+    void **items;
+    size_t len, cap;
+} ptrvec;
+
+static void ptrvec_push(ptrvec *v, void *p) {
+    if (v->len == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 8;
+        v->items = realloc(v->items, v->cap * sizeof *v->items);
+        if (!v->items) abort();
+    }
+    v->items[v->len++] = p;
+}
+
+static eddy_json *parse_value(reader *r);
+
+static eddy_json *parse_array(reader *r) {
+    eddy_json *n = node(EDDY_JSON_ARRAY);
+    ptrvec items = {0};
+    r->pos++; /* '[' */
+    skip_ws(r);
+    if (r->pos < r->len && r->text[r->pos] == ']') {
+        r->pos++;
+        return n;
+    }
+    for (;;) {
+        eddy_json *item = parse_value(r);
+        if (!item) break;
+        ptrvec_push(&items, item);
+        skip_ws(r);
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing a list");
+            break;
+        }
+        char c = r->text[r->pos];
+        if (c == ',') {
+            r->pos++;
+            skip_ws(r);
+            if (r->pos < r->len && r->text[r->pos] == ']') {
+                fail(r, "trailing comma");
+                break;
+            }
+            continue;
+        }
+        if (c == ']') {
+            r->pos++;
+            break;
+        }
+        fail(r, "expected `,` or `]`");
+        break;
+    }
+    if (!r->error) {
+        n->count = items.len;
+        n->items = eddy_alloc(items.len * sizeof(eddy_json *));
+        memcpy(n->items, items.items, items.len * sizeof(eddy_json *));
+    }
+    free(items.items);
+    return r->error ? NULL : n;
+}
+
+static eddy_json *parse_object(reader *r) {
+    eddy_json *n = node(EDDY_JSON_OBJECT);
+    ptrvec members = {0};
+    r->pos++; /* '{' */
+    skip_ws(r);
+    if (r->pos < r->len && r->text[r->pos] == '}') {
+        r->pos++;
+        return n;
+    }
+    for (;;) {
+        skip_ws(r);
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing an object");
+            break;
+        }
+        if (r->text[r->pos] != '"') {
+            fail(r, r->text[r->pos] == '}' ? "trailing comma" : "key must be a string");
+            break;
+        }
+        r->pos++;
+        eddy_json_member *m = eddy_alloc(sizeof *m);
+        if (!parse_string(r, &m->key, &m->key_len)) break;
+        skip_ws(r);
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing an object");
+            break;
+        }
+        if (r->text[r->pos] != ':') {
+            fail(r, "expected `:`");
+            break;
+        }
+        r->pos++;
+        m->value = parse_value(r);
+        if (!m->value) break;
+        ptrvec_push(&members, m);
+        skip_ws(r);
+        if (r->pos >= r->len) {
+            fail(r, "EOF while parsing an object");
+            break;
+        }
+        char c = r->text[r->pos];
+        if (c == ',') {
+            r->pos++;
+            continue;
+        }
+        if (c == '}') {
+            r->pos++;
+            break;
+        }
+        fail(r, "expected `,` or `}`");
+        break;
+    }
+    if (!r->error) {
+        n->count = members.len;
+        n->members = eddy_alloc(members.len * sizeof(eddy_json_member));
+        for (size_t i = 0; i < members.len; i++)
+            n->members[i] = *(eddy_json_member *)members.items[i];
+    }
+    free(members.items);
+    return r->error ? NULL : n;
+}
+
+static eddy_json *parse_value(reader *r) {
+    skip_ws(r);
+    if (r->pos >= r->len) {
+        fail(r, "EOF while parsing a value");
+        return NULL;
+    }
+    if (++r->depth > MAX_DEPTH) {
+        fail(r, "recursion limit exceeded");
+        return NULL;
+    }
+    eddy_json *v = NULL;
+    char c = r->text[r->pos];
+    switch (c) {
+    case 'n':
+        if (literal(r, "null")) v = node(EDDY_JSON_NULL);
+        break;
+    case 't':
+        if (literal(r, "true")) {
+            v = node(EDDY_JSON_BOOL);
+            v->boolean = true;
+        }
+        break;
+    case 'f':
+        if (literal(r, "false")) v = node(EDDY_JSON_BOOL);
+        break;
+    case '"': {
+        r->pos++;
+        const char *s;
+        size_t l;
+        if (parse_string(r, &s, &l)) {
+            v = node(EDDY_JSON_STRING);
+            v->str = s;
+            v->len = l;
+        }
+        break;
+    }
+    case '[': v = parse_array(r); break;
+    case '{': v = parse_object(r); break;
+    default:
+        if (c == '-' || is_digit(c)) v = parse_number(r);
+        else fail(r, "expected value");
+    }
+    r->depth--;
+    return r->error ? NULL : v;
+}
+
+eddy_json *eddy_json_parse(const void *text, size_t len, const char **error) {
+    reader r = {.text = text, .len = len};
+    eddy_json *v = parse_value(&r);
+    if (v) {
+        skip_ws(&r);
+        if (r.pos < r.len) fail(&r, "trailing characters");
+    }
+    if (r.error) {
+        if (error) *error = r.error;
+        return NULL;
+    }
+    if (error) *error = NULL;
+    return v;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Access */
+
+const char *eddy_json_kind_name(const eddy_json *v) {
+    if (!v) return "nothing";
+    switch (v->kind) {
+    case EDDY_JSON_NULL: return "null";
+    case EDDY_JSON_BOOL: return "a boolean";
+    case EDDY_JSON_NUMBER: return v->is_u64 || v->is_i64 ? "an integer" : "a number";
+    case EDDY_JSON_STRING: return "a string";
+    case EDDY_JSON_ARRAY: return "an array";
+    case EDDY_JSON_OBJECT: return "an object";
+    }
+    return "?";
+}
+
+const eddy_json *eddy_json_get(const eddy_json *object, const char *key) {
+    if (!object || object->kind != EDDY_JSON_OBJECT) return NULL;
+    size_t kl = strlen(key);
+    /* The last occurrence wins, as in serde_json's Value. */
+    for (size_t i = object->count; i-- > 0;) {
+        const eddy_json_member *m = &object->members[i];
+        if (m->key_len == kl && memcmp(m->key, key, kl) == 0) return m->value;
+    }
+    return NULL;
+}
+
+const eddy_json *eddy_json_at(const eddy_json *array, size_t index) {
+    if (!array || array->kind != EDDY_JSON_ARRAY || index >= array->count) return NULL;
+    return array->items[index];
+}
+
+bool eddy_json_is_null(const eddy_json *v) { return !v || v->kind == EDDY_JSON_NULL; }
+
+bool eddy_json_as_u64(const eddy_json *v, uint64_t *out) {
+    if (!v || v->kind != EDDY_JSON_NUMBER || !v->is_u64) return false;
+    *out = v->u64;
+    return true;
+}
+
+bool eddy_json_as_i64(const eddy_json *v, int64_t *out) {
+    if (!v || v->kind != EDDY_JSON_NUMBER || !v->is_i64) return false;
+    *out = v->i64;
+    return true;
+}
+
+const char *eddy_json_as_str(const eddy_json *v, size_t *len) {
+    if (!v || v->kind != EDDY_JSON_STRING) return NULL;
+    if (len) *len = v->len;
+    return v->str;
+}
+
+bool eddy_json_as_bool(const eddy_json *v, bool *out) {
+    if (!v || v->kind != EDDY_JSON_BOOL) return false;
+    *out = v->boolean;
+    return true;
+}
+
+/* Field readers with serde-like error messages. */
+
+static const char *type_error(const eddy_json *v, const char *field, const char *expected) {
+    return eddy_sprintf("invalid type: %s, expected %s (field `%s`)", eddy_json_kind_name(v),
+                        expected, field);
+}
+
+const char *eddy_json_expect_object(const eddy_json *v, const char *what) {
+    if (v && v->kind == EDDY_JSON_OBJECT) return NULL;
+    return eddy_sprintf("invalid type: %s, expected %s", eddy_json_kind_name(v), what);
+}
+
+const char *eddy_json_field_str(const eddy_json *object, const char *field, const char **out,
+                                size_t *len) {
+    const eddy_json *v = eddy_json_get(object, field);
+    if (!v) return eddy_sprintf("missing field `%s`", field);
+    if (v->kind != EDDY_JSON_STRING) return type_error(v, field, "a string");
+    *out = v->str;
+    if (len) *len = v->len;
+    return NULL;
+}
+
+const char *eddy_json_field_u32_or(const eddy_json *object, const char *field, uint32_t dflt,
+                                   uint32_t *out) {
+    const eddy_json *v = eddy_json_get(object, field);
+    uint64_t u;
+    if (!v) {
+        *out = dflt;
+        return NULL;
+    }
+    if (!eddy_json_as_u64(v, &u) || u > UINT32_MAX) return type_error(v, field, "u32");
+    *out = (uint32_t)u;
+    return NULL;
+}
+
+const eddy_json *eddy_json_as_struct(const eddy_json *v, const char *const *fields,
+                                     const char *what, const char **error) {
+    *error = NULL;
+    if (v && v->kind == EDDY_JSON_OBJECT) {
+        /* Like serde's derive: a field given twice is an error. */
+        for (const char *const *f = fields; *f; f++) {
+            size_t fl = strlen(*f), seen = 0;
+            for (size_t i = 0; i < v->count; i++)
+                if (v->members[i].key_len == fl && memcmp(v->members[i].key, *f, fl) == 0) seen++;
+            if (seen > 1) {
+                *error = eddy_sprintf("duplicate field `%s`", *f);
+                return NULL;
+            }
+        }
+        return v;
+    }
+    if (!v || v->kind != EDDY_JSON_ARRAY) {
+        *error = eddy_sprintf("invalid type: %s, expected %s", eddy_json_kind_name(v), what);
+        return NULL;
+    }
+    size_t n = 0;
+    while (fields[n]) n++;
+    if (v->count > n) {
+        *error = eddy_sprintf("trailing characters: invalid length %zu, expected %s with %zu "
+                              "elements", v->count, what, n);
+        return NULL;
+    }
+    eddy_json *o = node(EDDY_JSON_OBJECT);
+    o->count = v->count;
+    o->members = eddy_alloc(v->count * sizeof(eddy_json_member) + 1);
+    for (size_t i = 0; i < v->count; i++) {
+        o->members[i].key = fields[i];
+        o->members[i].key_len = strlen(fields[i]);
+        o->members[i].value = v->items[i];
+    }
+    return o;
+}
+
+const char *eddy_json_field_u64(const eddy_json *object, const char *field, uint64_t *out) {
+    const eddy_json *v = eddy_json_get(object, field);
+    if (!v) return eddy_sprintf("missing field `%s`", field);
+    if (!eddy_json_as_u64(v, out)) return type_error(v, field, "u64");
+    return NULL;
+}
+
+const char *eddy_json_field_opt_u64(const eddy_json *object, const char *field, bool *present,
+                                    uint64_t *out) {
+    const eddy_json *v = eddy_json_get(object, field);
+    *present = false;
+    if (eddy_json_is_null(v)) return NULL;
+    if (!eddy_json_as_u64(v, out)) return type_error(v, field, "u64");
+    *present = true;
+    return NULL;
+}
+
+const char *eddy_json_field_opt_str(const eddy_json *object, const char *field,
+                                    const char **out) {
+    const eddy_json *v = eddy_json_get(object, field);
+    *out = NULL;
+    if (eddy_json_is_null(v)) return NULL;
+    if (v->kind != EDDY_JSON_STRING) return type_error(v, field, "a string");
+    *out = v->str;
+    return NULL;
+}
+
+const char *eddy_json_field_opt_bool(const eddy_json *object, const char *field, bool *out) {
+    const eddy_json *v = eddy_json_get(object, field);
+    if (!v) return NULL;
+    if (v->kind != EDDY_JSON_BOOL) return type_error(v, field, "a boolean");
+    *out = v->boolean;
+    return NULL;
+}
+
+const char *eddy_json_deny_unknown(const eddy_json *object, const char *const *fields) {
+    if (!object || object->kind != EDDY_JSON_OBJECT) return NULL;
+    for (size_t i = 0; i < object->count; i++) {
+        const eddy_json_member *m = &object->members[i];
+        int known = 0;
+        for (const char *const *f = fields; *f; f++) {
+            if (strlen(*f) == m->key_len && memcmp(*f, m->key, m->key_len) == 0) {
+                known = 1;
+                break;
+            }
+        }
+        if (!known) {
+            /* Lists the expected fields like serde does. */
+            eddy_writer list = {0};
+            for (const char *const *f = fields; *f; f++) {
+                eddy_w_raw(&list, f == fields ? "`" : ", `", f == fields ? 1 : 3);
+                eddy_w_raw(&list, *f, strlen(*f));
+                eddy_w_raw(&list, "`", 1);
+            }
+            eddy_w_raw(&list, "", 1);
+            return eddy_sprintf("unknown field `%s`, expected one of %s", m->key, list.data);
+        }
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Writer */
+
+static void grow(eddy_writer *w, size_t extra) {
+    if (w->len + extra <= w->cap) return;
+    size_t cap = w->cap ? w->cap * 2 : 256;
+    while (cap < w->len + extra) cap *= 2;
+    char *data = eddy_alloc(cap);
+    if (w->len) memcpy(data, w->data, w->len);
+    w->data = data;
+    w->cap = cap;
+}
+
+void eddy_w_raw(eddy_writer *w, const char *s, size_t n) {
+    grow(w, n);
+    memcpy(w->data + w->len, s, n);
+    w->len += n;
+}
+
+/* A value is about to be written: a comma if it is not the first in its container. */
+static void before_value(eddy_writer *w) {
+    if (w->after_key) {
+        w->after_key = false;
+        return;
+    }
+    if (w->depth > 0 && w->depth <= EDDY_WRITER_MAX_DEPTH) {
+        if (w->has_item[w->depth - 1]) eddy_w_raw(w, ",", 1);
+        w->has_item[w->depth - 1] = true;
+    }
+}
+
+static void open_container(eddy_writer *w, char c) {
+    before_value(w);
+    eddy_w_raw(w, &c, 1);
+    w->depth++;
+    if (w->depth <= EDDY_WRITER_MAX_DEPTH) w->has_item[w->depth - 1] = false;
+}
+
+void eddy_w_object(eddy_writer *w) { open_container(w, '{'); }
+void eddy_w_array(eddy_writer *w) { open_container(w, '['); }
+
+void eddy_w_end_object(eddy_writer *w) {
+    w->depth--;
+    eddy_w_raw(w, "}", 1);
+}
+
+void eddy_w_end_array(eddy_writer *w) {
+    w->depth--;
+    eddy_w_raw(w, "]", 1);
+}
+
+static void write_escaped(eddy_writer *w, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    grow(w, n + 2);
+    w->data[w->len++] = '"';
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        char u[6];
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        default:
+            if (c < 0x20) {
+                u[0] = '\\'; u[1] = 'u'; u[2] = '0'; u[3] = '0';
+                u[4] = hex[c >> 4]; u[5] = hex[c & 15];
+            }
+        }
+        if (!esc && c >= 0x20) {
+            run++;
+            continue;
+        }
+        if (run) eddy_w_raw(w, s + i - run, run);
+        run = 0;
+        if (esc) eddy_w_raw(w, esc, strlen(esc));
+        else eddy_w_raw(w, u, 6);
+    }
+    if (run) eddy_w_raw(w, s + n - run, run);
+    eddy_w_raw(w, "\"", 1);
+}
+
+void eddy_w_key(eddy_writer *w, const char *key) {
+    before_value(w);
+    write_escaped(w, key, strlen(key));
+    eddy_w_raw(w, ":", 1);
+    w->after_key = true;
+}
+
+void eddy_w_strn(eddy_writer *w, const char *s, size_t n) {
+    before_value(w);
+    write_escaped(w, s, n);
+}
+
+void eddy_w_str(eddy_writer *w, const char *s) { eddy_w_strn(w, s, strlen(s)); }
+
+static void write_uint(eddy_writer *w, uint64_t v, bool negative) {
+    char buf[24];
+    size_t i = sizeof buf;
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (negative) buf[--i] = '-';
+    before_value(w);
+    eddy_w_raw(w, buf + i, sizeof buf - i);
+}
+
+void eddy_w_u64(eddy_writer *w, uint64_t v) { write_uint(w, v, false); }
+
+void eddy_w_i64(eddy_writer *w, int64_t v) {
+    write_uint(w, v < 0 ? 0 - (uint64_t)v : (uint64_t)v, v < 0);
+}
+
+void eddy_w_bool(eddy_writer *w, bool v) {
+    before_value(w);
+    eddy_w_raw(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void eddy_w_null(eddy_writer *w) {
+    before_value(w);
+    eddy_w_raw(w, "null", 4);
+}
+
+void eddy_w_json(eddy_writer *w, const eddy_json *v) {
+    if (!v) {
+        eddy_w_null(w);
+        return;
+    }
+    switch (v->kind) {
+    case EDDY_JSON_NULL: eddy_w_null(w); break;
+    case EDDY_JSON_BOOL: eddy_w_bool(w, v->boolean); break;
+    case EDDY_JSON_NUMBER:
+        before_value(w);
+        eddy_w_raw(w, v->str, v->len);
+        break;
+    case EDDY_JSON_STRING: eddy_w_strn(w, v->str, v->len); break;
+    case EDDY_JSON_ARRAY:
+        eddy_w_array(w);
+        for (size_t i = 0; i < v->count; i++) eddy_w_json(w, v->items[i]);
+        eddy_w_end_array(w);
+        break;
+    case EDDY_JSON_OBJECT:
+        eddy_w_object(w);
+        for (size_t i = 0; i < v->count; i++) {
+            before_value(w);
+            write_escaped(w, v->members[i].key, v->members[i].key_len);
+            eddy_w_raw(w, ":", 1);
+            w->after_key = true;
+            eddy_w_json(w, v->members[i].value);
+        }
+        eddy_w_end_object(w);
+        break;
+    }
+}
+
+eddy_bytes eddy_w_bytes(const eddy_writer *w) {
+    eddy_bytes b = {(const uint8_t *)w->data, w->len};
+    return b;
+}
+
+char *eddy_w_cstr(eddy_writer *w) {
+    grow(w, 1);
+    w->data[w->len] = '\0';
+    return w->data;
+}
+
+eddy_bytes eddy_json_encode(const eddy_json *v) {
+    eddy_writer w = {0};
+    eddy_w_json(&w, v);
+    return eddy_w_bytes(&w);
+}

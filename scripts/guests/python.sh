@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds Eddy plugins written in Python as WebAssembly components.
+#
+# Usage:
+#   scripts/guests/python.sh tools                       install the pinned toolchain
+#   scripts/guests/python.sh build <plugin-dir> <out>    build one plugin (its module is app.py)
+#   scripts/guests/python.sh                             tools + build the Python samples and
+#                                                        escape-python into
+#                                                        $HOME/.cache/eddy/plugins-target/guests/
+#
+# Toolchain: `componentize-py` from PyPI, in a virtualenv under $HOME/.cache/eddy/tools/python/.
+# It is the one maintained way to build a Python component: its wheel carries CPython compiled
+# to wasm32-wasip2 and links the plugin's code and the layer (guest-sdk/python/eddy.py) into a
+# snapshot, so nothing else (no wasi-sdk, no wasm-tools) is needed.
+#
+# WASI: by default the component imports WASI p2 (filesystem, sockets, clocks, random, CLI),
+# which the host links in a closed context: files, sockets and the environment are denied,
+# `print` goes to the host's log, `time.time()` and `random` work. With `--stub-wasi`
+# (EDDY_PY_STUB_WASI=1) the component imports nothing but eddy:plugin, but then any standard
+# library call that reaches WASI (`time.time()`, `random`, `print`, `os.environ`) traps the
+# instance instead of failing as an exception, which is a poor default for plugin authors.
+# escape-python is always built unstubbed: it exists to show what the host's WASI denies.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TOOLS="${EDDY_TOOLS_DIR:-$HOME/.cache/eddy/tools}/python"
+OUT_DIR="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}/guests"
+
+# Pinned version.
+COMPONENTIZE_PY_VERSION=0.25.1
+
+VENV="$TOOLS/venv"
+CPY="$VENV/bin/componentize-py"
+
+tools() {
+    if [[ -x "$CPY" ]] && [[ "$("$CPY" --version 2>/dev/null)" == "componentize-py $COMPONENTIZE_PY_VERSION" ]]; then
+        return 0
+    fi
+    local python="${PYTHON:-python3}"
+    if ! "$python" -c 'import sys, venv; assert sys.version_info >= (3, 9)' 2>/dev/null; then
+        echo "python.sh: Python 3.9+ with the venv module is needed (Debian: apt-get install python3-venv)" >&2
+        exit 1
+    fi
+    echo "python.sh: installing componentize-py==$COMPONENTIZE_PY_VERSION into $VENV" >&2
+    mkdir -p "$TOOLS"
+    rm -rf "$VENV"
+    "$python" -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+}
+
+# build <plugin-dir> <out.wasm> [stub: 0/1]
+build() {
+    local dir="$1" out="$2" stub="${3:-${EDDY_PY_STUB_WASI:-0}}"
+    if [[ ! -f "$dir/app.py" ]]; then
+        echo "python.sh: $dir/app.py not found (a Python plugin's module is app.py)" >&2
+        exit 1
+    fi
+    [[ -x "$CPY" ]] || tools
+    local flags=()
+    if [[ "$stub" == 1 ]]; then
+        flags+=(--stub-wasi)
+    fi
+    mkdir -p "$(dirname "$out")"
+    local abs_dir abs_out
+    abs_dir="$(cd "$dir" && pwd)"
+    abs_out="$(cd "$(dirname "$out")" && pwd)/$(basename "$out")"
+    # componentize-py runs in a temporary directory so that nothing lands in the repository,
+    # and the layer is staged alone there, so that only eddy.py (not the guide or the
+    # template) is on the component's Python path.
+    local work
+    work="$(mktemp -d)"
+    mkdir -p "$work/sdk"
+    cp "$ROOT/guest-sdk/python/eddy.py" "$work/sdk/"
+    if ! (cd "$work" && "$CPY" -d "$ROOT/wit" -w full-processor componentize \
+        -p "$abs_dir" -p "$work/sdk" "${flags[@]}" app -o "$abs_out" >/dev/null); then
+        rm -rf "$work"
+        return 1
+    fi
+    rm -rf "$work"
+    # Keep the plugin directory clean of the bytecode cache componentize-py may leave.
+    rm -rf "$abs_dir/__pycache__"
+}
+
+size_of() {
+    stat -c %s "$1"
+}
+
+main() {
+    case "${1:-}" in
+        tools)
+            tools
+            ;;
+        build)
+            if [[ $# -ne 3 ]]; then
+                echo "usage: $0 build <plugin-dir> <out.wasm>" >&2
+                exit 2
+            fi
+            build "$2" "$3"
+            ;;
+        "")
+            tools
+            mkdir -p "$OUT_DIR"
+            local plugin out
+            for plugin in fraud-enrich dedupe-filter; do
+                out="$OUT_DIR/$plugin-python.wasm"
+                build "$ROOT/plugins/$plugin-python" "$out"
+                echo "$out $(size_of "$out") bytes"
+            done
+            out="$OUT_DIR/escape-python.wasm"
+            build "$ROOT/plugins/escape-python" "$out" 0
+            echo "$out $(size_of "$out") bytes"
+            ;;
+        *)
+            echo "usage: $0 [tools | build <plugin-dir> <out.wasm>]" >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,541 @@
+//! The WIT contract proven from five languages: the fraud enrichment and the dedupe filter,
+//! written in Rust, JavaScript, Python, Go and C, run over a real nats-server on one scenario
+//! (`tests/data/languages/events.jsonl`: transactions, repeated ids, rule updates on a
+//! broadcast subject, one malformed event) must publish the same outputs and leave the same
+//! state; state written by one language must be read by the next after a hot swap; and a guest
+//! that reaches for files or sockets is denied.
+//!
+//! Each language's components are built by `scripts/guests/<lang>.sh`, which installs its
+//! pinned toolchain into `~/.cache/eddy/tools`. Where that cannot work on a machine, the
+//! language is reported as skipped with the reason; with `EDDY_REQUIRE_LANGUAGES=1` (CI sets
+//! it) a skip is a failure.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy_host::cli::tail;
+use eddy_host::pipeline::RunOptions;
+use eddy_host::state::{StateStore, SystemClock};
+use eddy_tests::{
+    NatsServer, PipelineSpec, Running, create_stream, eddy_bin, plugin, plugin_target_dir,
+    run_build_script, variant, workspace_root,
+};
+use serde_json::Value;
+
+const LANGUAGES: [&str; 4] = ["js", "python", "go", "c"];
+const PLUGINS: [&str; 2] = ["fraud-enrich", "dedupe-filter"];
+
+/// The component of `plugin` in `lang`, built on first use; `None` (and a "skipped" line with
+/// the reason) when the language's toolchain cannot build here.
+fn guest(plugin_name: &str, lang: &str) -> Option<PathBuf> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let result = {
+        let mut built = built.lock().expect("lock");
+        built
+            .entry(lang.to_string())
+            .or_insert_with(|| run_build_script(&format!("scripts/guests/{lang}.sh")))
+            .clone()
+    };
+    let wasm = plugin_target_dir()
+        .join("guests")
+        .join(format!("{plugin_name}-{lang}.wasm"));
+    let reason = match result {
+        Ok(()) if wasm.is_file() => return Some(wasm),
+        Ok(()) => format!("{} was not built", wasm.display()),
+        Err(e) => e,
+    };
+    if std::env::var_os("EDDY_REQUIRE_LANGUAGES").is_some() {
+        panic!("{lang} is required here (EDDY_REQUIRE_LANGUAGES) but: {reason}");
+    }
+    eprintln!("skipped: {plugin_name} in {lang}: {reason}");
+    None
+}
+
+/// One line of the scenario file.
+enum Line {
+    Keyed(Value),
+    Rule(Value),
+}
+
+fn scenario() -> Vec<Line> {
+    let path = workspace_root().join("tests/data/languages/events.jsonl");
+    let text = std::fs::read_to_string(&path).expect("scenario file");
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("scenario line is JSON");
+            if v.get("broadcast").is_some() {
+                Line::Rule(v["payload"].clone())
+            } else {
+                Line::Keyed(v["payload"].clone())
+            }
+        })
+        .collect()
+}
+
+fn bytes_of(payload: &Value) -> Bytes {
+    match payload {
+        Value::String(s) => Bytes::from(s.clone()),
+        other => Bytes::from(other.to_string()),
+    }
+}
+
+/// Publishes scenario lines in order, each stored before the next is sent, so stream
+/// timestamps order rule updates and transactions exactly as in the file.
+async fn publish(js: &async_nats::jetstream::Context, lines: &[Line]) {
+    for line in lines {
+        let (subject, payload) = match line {
+            Line::Keyed(p) => ("txn.in", p),
+            Line::Rule(p) => ("rules.fraud", p),
+        };
+        js.publish(subject, bytes_of(payload))
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+/// What a pipeline published, in order: headers other than the host's own, and the payload
+/// as canonical JSON (object members sorted, no whitespace).
+async fn published(js: &async_nats::jetstream::Context, subject: &str, n: usize) -> Vec<String> {
+    tail::read(js, subject, n, Duration::from_secs(2))
+        .await
+        .expect("read outputs")
+        .iter()
+        .map(|m| {
+            let mut headers: Vec<&(String, String)> = m
+                .headers
+                .iter()
+                .filter(|(name, _)| name != "Nats-Msg-Id" && name != "Eddy-Plugin-Version")
+                .collect();
+            headers.sort();
+            let payload: Value = serde_json::from_slice(&m.payload).unwrap_or_else(|_| {
+                Value::String(String::from_utf8_lossy(&m.payload).into_owned())
+            });
+            format!("{headers:?} {payload}")
+        })
+        .collect()
+}
+
+fn spec(
+    nats: &NatsServer,
+    dir: &Path,
+    plugin_name: &str,
+    lang: &str,
+    wasm: PathBuf,
+) -> PipelineSpec {
+    let mut spec = PipelineSpec::new(&format!("{plugin_name}-{lang}"), &nats.url(), dir, wasm);
+    spec.state_dir = dir.join(format!("{plugin_name}-{lang}"));
+    spec.output = format!("out.{plugin_name}.{lang}");
+    spec.dead_letter = format!("dlq.{plugin_name}.{lang}");
+    spec.batch = 64;
+    // Python and JavaScript runtimes are large: room for them, and for their first calls.
+    spec.memory_mb = 256;
+    spec.cpu_ms = 2_000;
+    if plugin_name == "fraud-enrich" {
+        spec.extra = "[broadcast.rules]\nstream = \"RULES\"\nsubjects = [\"rules.fraud\"]\n".into();
+    }
+    spec
+}
+
+/// Compiled components are cached across test runs: Python and JavaScript take seconds.
+fn options() -> RunOptions {
+    RunOptions {
+        compile_cache: Some(plugin_target_dir().join("compiled")),
+        ..RunOptions::default()
+    }
+}
+
+async fn streams(js: &async_nats::jetstream::Context) {
+    create_stream(js, "TXN", &["txn.in"]).await.expect("TXN");
+    create_stream(js, "RULES", &["rules.fraud"])
+        .await
+        .expect("RULES");
+    create_stream(js, "OUT", &["out.>"]).await.expect("OUT");
+    create_stream(js, "DLQ", &["dlq.>"]).await.expect("DLQ");
+}
+
+/// Every keyed and broadcast entry of a stopped pipeline's state, decoded.
+fn state_of(spec: &PipelineSpec) -> Vec<Value> {
+    let db = spec.state_dir.join("db");
+    let state = StateStore::open_read_only(&db, std::sync::Arc::new(SystemClock)).expect("state");
+    eddy_host::cli::harness::dump(&state).expect("dump")
+}
+
+async fn count_subject(js: &async_nats::jetstream::Context, subject: &str, want: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = tail::read(js, subject, want + 1, Duration::from_millis(500))
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if n >= want || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = nats.connect().await.expect("connect");
+    streams(&conn.js).await;
+    let lines = scenario();
+    let keyed = lines.iter().filter(|l| matches!(l, Line::Keyed(_))).count();
+    publish(&conn.js, &lines).await;
+
+    // Rust first, then each language that builds here; one pipeline each, same input.
+    let mut runs: Vec<(String, String, PipelineSpec)> = Vec::new();
+    for plugin_name in PLUGINS {
+        runs.push((
+            plugin_name.into(),
+            "rust".into(),
+            spec(&nats, dir.path(), plugin_name, "rust", plugin(plugin_name)),
+        ));
+        for lang in LANGUAGES {
+            if let Some(wasm) = guest(plugin_name, lang) {
+                runs.push((
+                    plugin_name.into(),
+                    lang.into(),
+                    spec(&nats, dir.path(), plugin_name, lang, wasm),
+                ));
+            }
+        }
+    }
+    let running: Vec<Running> = runs
+        .iter()
+        .map(|(_, _, s)| Running::start_with(s.config(), options()))
+        .collect();
+    // Every event is published (or, for a repeated id, dropped), except the malformed one,
+    // which is dead-lettered.
+    let mut harness = HashMap::new();
+    for plugin_name in PLUGINS {
+        harness.insert(plugin_name, rust_reference(plugin_name));
+    }
+    for (plugin_name, lang, s) in &runs {
+        let want = harness[plugin_name.as_str()].len();
+        let got = count_subject(&conn.js, &s.output, want).await;
+        assert_eq!(got, want, "{plugin_name} in {lang}: number of outputs");
+        assert_eq!(
+            count_subject(&conn.js, &s.dead_letter, 1).await,
+            1,
+            "{plugin_name} in {lang}: the malformed event is dead-lettered"
+        );
+    }
+    for r in running {
+        r.stop().await;
+    }
+    assert!(
+        harness["dedupe-filter"].len() < keyed - 1,
+        "the scenario repeats ids, so dedupe drops some"
+    );
+
+    let mut reference: HashMap<String, (Vec<String>, Vec<Value>, String)> = HashMap::new();
+    for (plugin_name, lang, s) in &runs {
+        let outputs = published(&conn.js, &s.output, keyed + 10).await;
+        let state = state_of(s);
+        let dead: Vec<tail::Stored> =
+            tail::read(&conn.js, &s.dead_letter, 5, Duration::from_secs(1))
+                .await
+                .expect("dead letters");
+        let reason = dead[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == "Eddy-Error")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let prefix = reason.split(": ").take(2).collect::<Vec<_>>().join(": ");
+        if lang == "rust" {
+            assert!(!state.is_empty(), "{plugin_name}: the Rust run left state");
+            assert_eq!(
+                outputs,
+                harness[plugin_name.as_str()],
+                "{plugin_name}: over NATS as in the local harness"
+            );
+            reference.insert(plugin_name.clone(), (outputs, state, prefix));
+            continue;
+        }
+        let (want_out, want_state, want_prefix) = &reference[plugin_name];
+        assert_eq!(outputs.len(), want_out.len(), "{plugin_name} in {lang}");
+        for (i, (got, want)) in outputs.iter().zip(want_out).enumerate() {
+            assert_eq!(
+                got, want,
+                "{plugin_name} in {lang}: output {i} differs from Rust's"
+            );
+        }
+        assert_eq!(
+            &state, want_state,
+            "{plugin_name} in {lang}: state differs from Rust's"
+        );
+        assert_eq!(
+            &prefix, want_prefix,
+            "{plugin_name} in {lang}: dead-letter reason"
+        );
+        eprintln!(
+            "{plugin_name} in {lang}: {} outputs and {} state entries equal Rust's",
+            outputs.len(),
+            state.len()
+        );
+    }
+}
+
+/// Outputs of the Rust plugin for the scenario, from the local harness (`eddy test`), in the
+/// form [`published`] gives.
+fn rust_reference(plugin_name: &str) -> Vec<String> {
+    let out = Command::new(eddy_bin())
+        .arg("test")
+        .arg(plugin(plugin_name))
+        .arg(workspace_root().join("tests/data/languages/events.jsonl"))
+        .arg("--envelope")
+        .output()
+        .expect("eddy test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            let o = v["outputs"].as_array()?.first()?.clone();
+            let mut headers: Vec<(String, String)> = o["headers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| Some((h[0].as_str()?.to_string(), h[1].as_str()?.to_string())))
+                .collect();
+            headers.sort();
+            let refs: Vec<&(String, String)> = headers.iter().collect();
+            Some(format!("{refs:?} {}", o["payload"]))
+        })
+        .collect()
+}
+
+/// The deployment history the pipeline's one host reports.
+async fn deployments(nats: &eddy_host::transport::Nats, pipeline: &str) -> Vec<Value> {
+    let answers = eddy_host::control::request_from(
+        nats,
+        pipeline,
+        "status",
+        serde_json::json!({}),
+        Duration::from_secs(5),
+        Some(1),
+        |_| {},
+    )
+    .await
+    .unwrap_or_default();
+    answers
+        .first()
+        .and_then(|a| a["ok"]["deployments"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+async fn wait_live(nats: &eddy_host::transport::Nats, pipeline: &str, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let history = deployments(nats, pipeline).await;
+        if history
+            .iter()
+            .any(|d| d["version"] == version && d["status"] == "live")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never went live: {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
+    let chain: Vec<(String, PathBuf)> = LANGUAGES
+        .iter()
+        .filter_map(|lang| guest("fraud-enrich", lang).map(|w| (lang.to_string(), w)))
+        .chain([("rust".to_string(), plugin("fraud-enrich"))])
+        .collect();
+    if chain.len() < 2 {
+        eprintln!("skipped: no other language builds here, nothing to swap to");
+        return;
+    }
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conn = nats.connect().await.expect("connect");
+    streams(&conn.js).await;
+    let mut s = spec(
+        &nats,
+        dir.path(),
+        "fraud-enrich",
+        "chain",
+        plugin("fraud-enrich"),
+    );
+    s.extra
+        .push_str("[reload]\nprobation_events = 20\nprobation_ms = 500\n");
+    let run = Running::start_with(s.config(), options());
+    let first =
+        eddy_host::engine::version_of(&std::fs::read(plugin("fraud-enrich")).expect("wasm"));
+    wait_live(&conn, &s.name, &first).await;
+
+    // The scenario in as many chunks as versions: Rust writes the first chunk's state, each
+    // language in turn continues from the state the previous one left.
+    let lines = scenario();
+    let chunks = chain.len() + 1;
+    let size = lines.len().div_ceil(chunks);
+    let mut published_keyed = 0;
+    let mut versions = vec![("rust".to_string(), first)];
+    for (i, chunk) in lines.chunks(size).enumerate() {
+        if i > 0 {
+            let (lang, wasm) = &chain[i - 1];
+            // The Rust component again at the end: marked, so it is a new version.
+            let bytes = variant(&std::fs::read(wasm).expect("component"), i as u32);
+            let v = eddy_host::reload::deploy(&conn, "eddy-plugins", &s.name, &bytes, "test")
+                .await
+                .expect("deploy");
+            wait_live(&conn, &s.name, &v).await;
+            versions.push((lang.clone(), v));
+        }
+        publish(&conn.js, chunk).await;
+        // Every transaction has an output; the malformed event (a bare string) is
+        // dead-lettered.
+        published_keyed += chunk
+            .iter()
+            .filter(|l| matches!(l, Line::Keyed(p) if p.is_object()))
+            .count();
+        let got = count_subject(&conn.js, &s.output, published_keyed).await;
+        assert_eq!(got, published_keyed, "chunk {i}");
+    }
+    // The processing pause of each swap (large components: Python, JavaScript, Go).
+    for d in deployments(&conn, &s.name).await {
+        if let Some((lang, _)) = versions.iter().find(|(_, v)| d["version"] == *v) {
+            eprintln!("swap to {lang}: pause {} us", d["swap_pause_us"]);
+        }
+    }
+    run.stop().await;
+
+    let got = published(&conn.js, &s.output, lines.len()).await;
+    let want = rust_reference("fraud-enrich");
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g, w,
+            "output {i} differs from an all-Rust run (versions {versions:?})"
+        );
+    }
+    // Each version really handled its chunk: the version header changed along the chain.
+    let seen: std::collections::BTreeSet<String> =
+        tail::read(&conn.js, &s.output, lines.len(), Duration::from_secs(1))
+            .await
+            .expect("outputs")
+            .iter()
+            .filter_map(|m| {
+                m.headers
+                    .iter()
+                    .find(|(n, _)| n == "Eddy-Plugin-Version")
+                    .map(|(_, v)| v.clone())
+            })
+            .collect();
+    assert_eq!(
+        seen.len(),
+        versions.len(),
+        "every version published: {versions:?}"
+    );
+}
+
+#[test]
+fn a_python_guest_that_reaches_for_files_sockets_or_the_environment_is_denied() {
+    let Some(wasm) = guest("escape", "python") else {
+        return;
+    };
+    // Something to connect to, so a refusal is the sandbox's and not an empty port's.
+    let listener = std::net::TcpListener::bind("127.0.0.1:4222").ok();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, "{\"k\": \"a\"}\n").expect("events");
+    let out = Command::new(eddy_bin())
+        .args(["test"])
+        .arg(&wasm)
+        .arg(&events)
+        .args(["--key", "/k"])
+        .output()
+        .expect("eddy test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().expect("one line"))
+            .expect("JSON");
+    let report = &line["outputs"][0]["payload"];
+    for what in ["file", "dir", "socket"] {
+        let v = report[what].as_str().unwrap_or_default();
+        assert!(v.starts_with("denied"), "{what}: {v} (report {report})");
+    }
+    assert_eq!(report["env_vars"], 0, "no environment variables: {report}");
+    drop(listener);
+}
+
+#[test]
+fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let langs = std::iter::once("rust").chain(
+        LANGUAGES
+            .into_iter()
+            .filter(|lang| guest("fraud-enrich", lang).is_some()),
+    );
+    for lang in langs {
+        let name = format!("hello-{lang}");
+        let new = Command::new(eddy_bin())
+            .args(["new", "plugin", "--lang", lang, &name, "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("eddy new");
+        assert!(
+            new.status.success(),
+            "{}",
+            String::from_utf8_lossy(&new.stderr)
+        );
+        let created = dir.path().join(&name);
+        let build = Command::new("bash")
+            .arg(created.join("build.sh"))
+            // Rust templates share one target directory across runs: dependencies build once.
+            .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
+            .output()
+            .expect("build.sh");
+        assert!(
+            build.status.success(),
+            "{lang} template build: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let run = Command::new(eddy_bin())
+            .arg("test")
+            .arg(created.join(format!("{name}.wasm")))
+            .arg(created.join("events.jsonl"))
+            .args(["--key", "/customer"])
+            .output()
+            .expect("eddy test");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let counts: Vec<Value> = String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("JSON line");
+                v["outputs"][0]["payload"]["count"].clone()
+            })
+            .collect();
+        assert_eq!(counts, vec![1, 1, 2], "{lang}: counts per key");
+        eprintln!("{lang} template: built and counted {counts:?}");
+    }
+}
