@@ -190,7 +190,8 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
                 .find(|(k, _)| k == "Nats-Msg-Id")?
                 .1
                 .clone();
-            let seq: u64 = id.split(':').nth(1)?.parse().ok()?;
+            // `relay:<seq>:0` or `<pipeline>:in:<seq>:<index>`: the sequence is next to last.
+            let seq: u64 = id.rsplit(':').nth(1)?.parse().ok()?;
             if seq <= n as u64 {
                 return None;
             }

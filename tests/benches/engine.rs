@@ -7,13 +7,8 @@
 //! Run: `cargo bench --profile dev -p eddy-tests --bench engine` (add `-- --quick` for a short
 //! run). The dev profile optimises dependencies and the host and shares the cached RocksDB build.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
-use eddy_host::metrics::Metrics;
-use eddy_host::pipeline::Worker;
-use eddy_host::state::{StateStore, SystemClock};
+use eddy_host::engine::Event;
+use eddy_tests::bench::{events, transactions, worker_rate};
 use eddy_tests::plugin;
 
 struct Row {
@@ -23,69 +18,22 @@ struct Row {
     secs: f64,
 }
 
-fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
-    (0..n)
-        .map(|i| Event {
-            key: format!("c-{}", i % keys).into_bytes(),
-            subject: "txn.in".into(),
-            headers: Vec::new(),
-            payload: payload(i),
-            timestamp_ms: 1_700_000_000_000 + i as u64,
-            sequence: i as u64 + 1,
-        })
-        .collect()
-}
-
 fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize) -> Row {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
-    let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
-    let p = engine.load_file(&plugin(plugin_name)).expect("plugin");
-    let ctx = InstanceContext {
-        state: state.clone(),
-        limits: Limits::default(),
-        lookups: None,
-    };
-    let mut worker =
-        Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
-    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
-    let none = Arc::default();
-    // Warm up: compile caches, RocksDB memtables, allocator.
-    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
-        worker.handle(c, k, &none).expect("run");
-    }
-    let started = Instant::now();
-    let mut calls = 0;
-    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
-        // The worker commits each batch's writes to RocksDB (one write per call).
-        let r = worker.handle(c, k, &none).expect("run");
-        assert!(r.iter().all(Result::is_ok), "{name}: all events succeed");
-        calls += 1;
-    }
+    let r = worker_rate(&plugin(plugin_name), config, evs, batch);
     Row {
         name: name.to_string(),
-        events: evs.len(),
-        calls,
-        secs: started.elapsed().as_secs_f64(),
+        events: r.events,
+        calls: r.calls,
+        secs: r.secs,
     }
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 50_000 } else { 400_000 };
-    let tx = |i: usize| {
-        format!(
-            r#"{{"id":"tx-{i}","customer":"c-{}","amount_cents":{},"merchant":"m-{}","category":"grocery","ts":{}}}"#,
-            i % 10_000,
-            100 + i % 5_000,
-            i % 50,
-            1_700_000_000_000u64 + i as u64 * 1000
-        )
-        .into_bytes()
-    };
-    let txs = events(n, 10_000, tx);
+    let txs = transactions(n);
     let chaos = events(n, 10_000, |i| {
-        format!(r#"{{"k":"c-{}","action":"ok"}}"#, i % 10_000).into_bytes()
+        format!(r#"{{"k":"c-{}","action":"count"}}"#, i % 10_000).into_bytes()
     });
     let small = events(n, 10_000, |_| b"{}".to_vec());
 

@@ -1,0 +1,156 @@
+//! State at scale, in process: checkpoints of 1M and 10M keys (pause, duration, size,
+//! incremental delta, restore time) and keyed events reading a 1M-entry broadcast table.
+//!
+//! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
+//! a shorter broadcast run).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use eddy_host::checkpoint::{Checkpoints, Cut};
+use eddy_host::state::{BroadcastAccess, KeyedAccess, StateKind, StateStore, SystemClock};
+use eddy_tests::bench::{events, worker_rate_on};
+use eddy_tests::plugin;
+
+/// A fraud-like statistics value, as the Rust SDK stores it (compact JSON).
+fn stats(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"count":{},"sum_cents":{},"max_cents":{},"last_ts":{}}}"#,
+        i % 97 + 1,
+        i * 13 % 1_000_000,
+        i % 50_000,
+        1_700_000_000_000u64 + i
+    )
+    .into_bytes()
+}
+
+fn write_keys(store: &StateStore, from: u64, to: u64, salt: u64) {
+    let state = store
+        .open_state("stats", StateKind::Value, None)
+        .expect("state");
+    let mut i = from;
+    while i < to {
+        let mut batch = store.batch();
+        let end = (i + 50_000).min(to);
+        {
+            let mut access = KeyedAccess::new(store, &mut batch);
+            for k in i..end {
+                let key = format!("c-{k}");
+                let kg = store.key_group(key.as_bytes());
+                access.value_set(&state, kg, key.as_bytes(), &stats(k ^ salt));
+            }
+        }
+        store.commit(batch).expect("commit");
+        i = end;
+    }
+}
+
+fn checkpoints(keys: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("db");
+    let store = StateStore::open(&db, 128, Arc::new(SystemClock)).expect("state");
+    let started = Instant::now();
+    write_keys(&store, 0, keys, 0);
+    store.flush().expect("flush");
+    let write_s = started.elapsed().as_secs_f64();
+    let cps = Checkpoints::new(
+        &dir.path().join("checkpoints"),
+        &dir.path().join("staging"),
+        "bench",
+        3,
+    );
+    let first = cps
+        .complete(&cps.cut(&store, 1, Cut::default()).expect("cut"))
+        .expect("complete");
+    // 1% of the keys change, then the next checkpoint.
+    write_keys(&store, 0, keys / 100, 7);
+    let second = cps
+        .complete(&cps.cut(&store, 2, Cut::default()).expect("cut"))
+        .expect("complete");
+    drop(store);
+    let restored = dir.path().join("restored");
+    let started = Instant::now();
+    cps.restore_newest(&restored)
+        .expect("restore")
+        .expect("a checkpoint");
+    let reopened = StateStore::open(&restored, 128, Arc::new(SystemClock)).expect("reopen");
+    let restore_ms = started.elapsed().as_millis();
+    let entries = reopened.count_entries().expect("count");
+    assert_eq!(entries, keys, "every key restored");
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "| {keys} | {write_s:.1} s | {} ms | {} ms | {:.1} MiB | {} ms | {} ms | {:.1} MiB ({:.1}%) | {restore_ms} ms |",
+        first.cut_ms,
+        first.complete_ms,
+        mb(first.total_bytes),
+        second.cut_ms,
+        second.complete_ms,
+        mb(second.new_bytes),
+        second.new_bytes as f64 * 100.0 / second.total_bytes.max(1) as f64,
+    );
+}
+
+fn broadcast(quick: bool) {
+    let n = if quick { 20_000 } else { 200_000 };
+    let table = 1_000_000u64;
+    let lookups = events(n, 10_000, |i| {
+        format!(
+            r#"{{"action":"rule","rule":"r-{}"}}"#,
+            (i as u64 * 7_919) % table
+        )
+        .into_bytes()
+    });
+    let fill = |store: &StateStore| {
+        let map = store.open_broadcast_map("rules").expect("map");
+        let mut i = 0;
+        while i < table {
+            let mut batch = store.batch();
+            {
+                let mut access = BroadcastAccess::new(store, &mut batch);
+                for k in i..(i + 50_000).min(table) {
+                    access.put(
+                        map,
+                        format!("r-{k}").as_bytes(),
+                        format!("{k}").into_bytes(),
+                    );
+                }
+            }
+            store.commit(batch).expect("commit");
+            i += 50_000;
+        }
+        store.flush().expect("flush");
+    };
+    let chaos = plugin("chaos");
+    let empty = worker_rate_on(&chaos, "{}", &lookups, 256, |_| {});
+    let full = worker_rate_on(&chaos, "{}", &lookups, 256, fill);
+    let eps = |r: &eddy_tests::bench::Rate| r.events as f64 / r.secs;
+    println!(
+        "\nKeyed events each reading one broadcast entry ({n} events, 256 per call, chaos `rule`)\n"
+    );
+    println!("| broadcast table `rules` | events/s | vs empty table |");
+    println!("|---|---:|---:|");
+    println!("| empty (every read misses) | {:.0} | 1.00 |", eps(&empty));
+    println!(
+        "| 1,000,000 entries (every read hits) | {:.0} | {:.2} |",
+        eps(&full),
+        eps(&full) / eps(&empty)
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[u64] = if quick {
+        &[100_000, 1_000_000]
+    } else {
+        &[1_000_000, 10_000_000]
+    };
+    println!("\nCheckpoints of value state (fraud-like JSON values, 128 key groups)\n");
+    println!(
+        "| keys | write | 1st cut (pause) | 1st complete | 1st size | 2nd cut | 2nd complete | 2nd delta (1% keys changed) | restore + open |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &keys in sizes {
+        checkpoints(keys);
+    }
+    broadcast(quick);
+}
