@@ -115,6 +115,7 @@ impl Runner {
                 Some(ev) = self.reload_rx.recv() => self.reload(ev).await?,
                 c = self.window.completion(), if self.window.waiting() > 0 => {
                     self.window.complete(c.0, c.1);
+                    self.window.complete_arrived();
                 }
                 arrivals = self.input_rx.recv(), if self.window.has_room() => match arrivals {
                     Some(arrivals) => self.admit(arrivals).await?,
@@ -141,6 +142,7 @@ impl Runner {
             if self.window.waiting() > 0 {
                 let c = self.window.completion().await;
                 self.window.complete(c.0, c.1);
+                self.window.complete_arrived();
             } else if !self.window.is_empty() {
                 break;
             }

@@ -218,6 +218,14 @@ impl<A> Window<A> {
         }
     }
 
+    /// Records every lookup answer that has already arrived, so the events they release go to
+    /// the plugin together rather than one call each.
+    pub(crate) fn complete_arrived(&mut self) {
+        while let Ok((id, resolved)) = self.rx.try_recv() {
+            self.complete(id, resolved);
+        }
+    }
+
     /// Records a lookup answer.
     pub(crate) fn complete(&mut self, id: u64, resolved: Resolved) {
         let Some(front) = self.slots.front().map(|s| s.id) else {
