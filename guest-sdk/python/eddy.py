@@ -37,9 +37,15 @@ __all__ = [
 # JSON
 
 
+# One encoder for every call: ``json.dumps`` with these options would build a new JSONEncoder
+# each time, which costs as much as the encoding of a small value.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode = _ENCODER.encode
+
+
 def json_bytes(value: Any) -> bytes:
     """The compact JSON encoding of ``value`` in UTF-8: the shared state encoding."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _encode(value).encode()
 
 
 def parse_json(data: Union[bytes, str]) -> Any:

@@ -66,6 +66,159 @@ func structFields(t reflect.Type) []fieldInfo {
 	return out
 }
 
+// The fields of each struct type decoded so far (the layer runs on one thread).
+var fieldCache = map[reflect.Type][]fieldInfo{}
+
+func cachedFields(t reflect.Type) []fieldInfo {
+	fields, ok := fieldCache[t]
+	if !ok {
+		fields = structFields(t)
+		fieldCache[t] = fields
+	}
+	return fields
+}
+
+// checkMembersFast does the checks of decode's slow path (required fields, nulls, then
+// duplicate and unknown members in document order) with one pass over valid JSON, without the
+// map and the token stream that cost most of a decode. It only handles a top-level object
+// whose member names are plain ASCII without escapes, where the raw name is the name; it
+// returns done=false for anything else, which the slow path then decides.
+func checkMembersFast(data []byte, fields []fieldInfo, denyUnknown bool) (done bool, err error) {
+	const maxFields = 64
+	if len(fields) > maxFields {
+		return false, nil
+	}
+	type member struct {
+		name  string
+		null  bool
+		index int // in fields, or -1
+	}
+	var members [16]member
+	list := members[:0]
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return false, nil
+	}
+	i = skipSpace(data, i+1)
+	for i < len(data) && data[i] != '}' {
+		if data[i] != '"' {
+			return false, nil
+		}
+		start := i + 1
+		end := start
+		for end < len(data) && data[end] != '"' {
+			if data[end] == '\\' || data[end] >= 0x80 {
+				return false, nil
+			}
+			end++
+		}
+		name := data[start:end]
+		i = skipSpace(data, end+1)
+		if i >= len(data) || data[i] != ':' {
+			return false, nil
+		}
+		i = skipSpace(data, i+1)
+		valueStart := i
+		i = skipValue(data, i)
+		m := member{name: string(name), index: -1}
+		m.null = string(data[valueStart:i]) == "null"
+		for j := range fields {
+			if fields[j].name == m.name {
+				m.index = j
+				break
+			}
+		}
+		list = append(list, m)
+		i = skipSpace(data, i)
+		if i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	// Required fields, in declaration order; the last occurrence of a name is its value (as
+	// in the map of the slow path).
+	for j, f := range fields {
+		if !f.required {
+			continue
+		}
+		present, null := false, false
+		for _, m := range list {
+			if m.index == j {
+				present, null = true, m.null
+			}
+		}
+		if !present {
+			return true, fmt.Errorf("missing field `%s`", f.name)
+		}
+		if null {
+			return true, fmt.Errorf("invalid type: null, expected a value for field `%s`", f.name)
+		}
+	}
+	// Unknown and duplicate members, in document order.
+	var seen [maxFields]bool
+	for _, m := range list {
+		if m.index < 0 {
+			if denyUnknown {
+				names := make([]string, len(fields))
+				for k, f := range fields {
+					names[k] = "`" + f.name + "`"
+				}
+				return true, fmt.Errorf("unknown field `%s`, expected one of %s", m.name, strings.Join(names, ", "))
+			}
+			continue
+		}
+		if seen[m.index] {
+			return true, fmt.Errorf("duplicate field `%s`", m.name)
+		}
+		seen[m.index] = true
+	}
+	return true, nil
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the (valid) JSON value starting at i.
+func skipValue(data []byte, i int) int {
+	depth := 0
+	for i < len(data) {
+		switch c := data[i]; c {
+		case '"':
+			i++
+			for i < len(data) && data[i] != '"' {
+				if data[i] == '\\' {
+					i++
+				}
+				i++
+			}
+			i++
+			if depth == 0 {
+				return i
+			}
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',', ' ', '\t', '\r', '\n':
+			if depth == 0 {
+				return i
+			}
+		}
+		i++
+	}
+	return i
+}
+
 func kindName(first byte) string {
 	switch first {
 	case '{':
@@ -90,7 +243,7 @@ func decode(data []byte, v any, denyUnknown bool) error {
 	if !json.Valid(data) {
 		return json.Unmarshal(data, v) // for its syntax error message
 	}
-	fields := structFields(rv.Elem().Type())
+	fields := cachedFields(rv.Elem().Type())
 	// serde also reads a struct from an array of its fields, in declaration order.
 	if trimmed := bytes.TrimLeft(data, " \t\r\n"); trimmed[0] == '[' {
 		var items []json.RawMessage
@@ -113,6 +266,12 @@ func decode(data []byte, v any, denyUnknown bool) error {
 		}
 		obj.WriteByte('}')
 		data = obj.Bytes()
+	}
+	if done, err := checkMembersFast(data, fields, denyUnknown); done {
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(data, v)
 	}
 	var members map[string]json.RawMessage
 	if err := json.Unmarshal(data, &members); err != nil {
