@@ -274,6 +274,24 @@ fn a_savepoint_restores_elsewhere_with_other_key_groups_without_expired_entries(
     );
     assert_eq!(target.position("keyed:IN/c").expect("pos"), Some(300));
 
+    // Expiry runs on the restored timestamps (the young element was written at 1,150 with a
+    // 100 ms TTL), and after restoring with twice the key groups the compaction filter still
+    // drops what expired: only the 300 values without TTL stay on disk.
+    f.clock.set(1_249);
+    let mut b = target.batch();
+    let mut a = KeyedAccess::new(&target, &mut b);
+    let kg = target.key_group(b"c-7");
+    assert_eq!(
+        a.list_get(&hist2, kg, b"c-7").expect("list"),
+        vec![b"young".to_vec()]
+    );
+    f.clock.set(1_250);
+    let mut b = target.batch();
+    let mut a = KeyedAccess::new(&target, &mut b);
+    assert!(a.list_get(&hist2, kg, b"c-7").expect("list").is_empty());
+    target.compact().expect("compact");
+    assert_eq!(target.count_entries().expect("count"), 300);
+
     // Only owned key groups are kept (a host owning half of the partitions).
     let half = tempfile::tempdir().expect("tempdir");
     let part =
