@@ -1,0 +1,285 @@
+//! Queryable state and lookups over a real nats-server, each against a baseline in the same
+//! run:
+//! - queries: p50/p99 latency and queries/s over NATS and HTTP on a running fraud pipeline;
+//!   pipeline throughput with 1,000 queries/s running vs none;
+//! - lookups: a 1 ms HTTP store with capacity 100 (limit: 100 / 1 ms = 100k events/s), and the
+//!   cache-hit path vs the same pipeline reading only keyed state.
+//!
+//! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy_host::cli::produce;
+use eddy_host::query::{self, Freshness, Op, Query};
+use eddy_tests::{
+    NatsServer, PipelineSpec, Running, SlowHttp, create_streams, free_port, plugin, stream_len,
+};
+
+struct Bench {
+    _nats: NatsServer,
+    _dir: tempfile::TempDir,
+    conn: eddy_host::transport::Nats,
+    spec: PipelineSpec,
+}
+
+async fn setup(extra: &str, config: Option<&str>) -> Bench {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    spec.extra = extra.to_string();
+    spec.plugin_config = config.map(str::to_string);
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    Bench {
+        _nats: nats,
+        _dir: dir,
+        conn,
+        spec,
+    }
+}
+
+async fn publish(b: &Bench, n: usize, customers: usize, seed: u64) {
+    let payloads: Vec<Bytes> = produce::transactions(n, customers, seed, 0)
+        .iter()
+        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect();
+    produce::publish(&b.conn.js, "txn.in", payloads)
+        .await
+        .expect("publish");
+}
+
+/// Events/s from the first output until `n` outputs are stored.
+async fn throughput(b: &Bench, n: u64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (mut t0, mut first) = (None, 0);
+    loop {
+        let len = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
+        if t0.is_none() && len > 0 {
+            t0 = Some(Instant::now());
+            first = len;
+        }
+        if len >= n || Instant::now() > deadline {
+            let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+            return (len - first) as f64 / secs.max(1e-9);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn stats_query(customer: usize) -> Query {
+    Query {
+        state: Some("stats".into()),
+        key: Some(format!("c-{customer}")),
+        freshness: Freshness::Latest,
+        ..Query::default()
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+async fn queries(quick: bool) {
+    let n = if quick { 20_000 } else { 100_000 };
+    let port = free_port();
+    let b = setup(&format!("[query]\nhttp = \"127.0.0.1:{port}\"\n"), None).await;
+    publish(&b, n, 1_000, 1).await;
+    let run = Running::start(&b.spec);
+    let base_eps = throughput(&b, n as u64).await;
+
+    // Latency, one query at a time; then queries/s with 16 in flight.
+    let samples = if quick { 1_000 } else { 5_000 };
+    let mut nats_ms = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        query::nats::ask(&b.conn, "bench", Op::Get, &stats_query(i % 1_000))
+            .await
+            .expect("query");
+        nats_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let http = reqwest::Client::new();
+    let url = |i: usize| format!("http://127.0.0.1:{port}/v1/state/stats/c-{}", i % 1_000);
+    let mut http_ms = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        let r = http.get(url(i)).send().await.expect("http");
+        assert!(r.status().is_success());
+        r.bytes().await.expect("body");
+        http_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    nats_ms.sort_by(f64::total_cmp);
+    http_ms.sort_by(f64::total_cmp);
+    let burst = |over_http: bool| {
+        let (conn, http) = (b.conn.clone(), http.clone());
+        async move {
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for w in 0..16 {
+                let (conn, http) = (conn.clone(), http.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut done = 0u64;
+                    let mut i = w;
+                    while started.elapsed() < Duration::from_secs(3) {
+                        if over_http {
+                            let r = http
+                                .get(format!(
+                                    "http://127.0.0.1:{port}/v1/state/stats/c-{}",
+                                    i % 1_000
+                                ))
+                                .send()
+                                .await
+                                .expect("http");
+                            r.bytes().await.expect("body");
+                        } else {
+                            query::nats::ask(&conn, "bench", Op::Get, &stats_query(i % 1_000))
+                                .await
+                                .expect("query");
+                        }
+                        done += 1;
+                        i += 16;
+                    }
+                    done
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.expect("task");
+            }
+            total as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    let nats_qps = burst(false).await;
+    let http_qps = burst(true).await;
+
+    // Throughput with 1,000 queries/s running, same pipeline, next n events.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let conn = b.conn.clone();
+    let load = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut i = 0;
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        while !*stop_rx.borrow() {
+            tick.tick().await;
+            // One query per millisecond whatever each one takes: they overlap when slow.
+            let (conn, answered) = (conn.clone(), answered.clone());
+            tokio::spawn(async move {
+                if query::nats::ask(&conn, "bench", Op::Get, &stats_query(i % 1_000))
+                    .await
+                    .is_ok()
+                {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            i += 1;
+        }
+        answered.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let started = Instant::now();
+    publish(&b, n, 1_000, 2).await;
+    let loaded_eps = throughput(&b, 2 * n as u64).await;
+    let _ = stop_tx.send(true);
+    let asked = load.await.expect("load");
+    let qps = asked as f64 / started.elapsed().as_secs_f64();
+    run.stop().await;
+
+    println!("\nQueryable state, fraud pipeline with 1,000 customers ({n} events)\n");
+    println!("| transport | p50 ms | p99 ms | queries/s (16 in flight) |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| NATS service | {:.3} | {:.3} | {nats_qps:.0} |",
+        pct(&nats_ms, 0.5),
+        pct(&nats_ms, 0.99)
+    );
+    println!(
+        "| HTTP | {:.3} | {:.3} | {http_qps:.0} |",
+        pct(&http_ms, 0.5),
+        pct(&http_ms, 0.99)
+    );
+    println!("\n| pipeline | events/s | vs no queries |");
+    println!("|---|---:|---:|");
+    println!("| no queries | {base_eps:.0} | 1.00 |");
+    println!(
+        "| {qps:.0} queries/s over NATS | {loaded_eps:.0} | {:.2} |",
+        loaded_eps / base_eps
+    );
+}
+
+async fn lookups(quick: bool) {
+    let n = if quick { 20_000 } else { 100_000 };
+    let customers = 50_000;
+    // Every customer has a profile; the store answers after 1 ms.
+    let profiles: HashMap<String, String> = (0..customers)
+        .map(|i| (format!("c-{i}"), format!(r#"{{"segment":"s{}"}}"#, i % 7)))
+        .collect();
+    let http = SlowHttp::start(profiles, 1).await.expect("http store");
+    let store = |cache: &str| {
+        format!(
+            "[lookups]\ncapacity = 100\nmode = \"ordered\"\n\n[lookup.profiles]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ntimeout_ms = 2000\ncache = {cache}\n",
+            http.url()
+        )
+    };
+    let config = Some("{ profiles = \"profiles\" }");
+
+    // 1 ms store, no cache: every event waits for its lookup.
+    let b = setup(&store("{ mode = \"none\" }"), config).await;
+    publish(&b, n, customers, 3).await;
+    let run = Running::start(&b.spec);
+    let uncached = throughput(&b, n as u64).await;
+    eprintln!(
+        "uncached: {uncached:.0} events/s, {} store requests",
+        http.requests()
+    );
+    run.stop().await;
+
+    // Cache hits: 1,000 customers, warmed, then measured; vs keyed state only.
+    let b = setup(
+        &store("{ mode = \"partial\", max_entries = 10000 }"),
+        config,
+    )
+    .await;
+    publish(&b, 2_000, 1_000, 4).await;
+    let run = Running::start(&b.spec);
+    throughput(&b, 2_000).await;
+    publish(&b, n, 1_000, 5).await;
+    let cached = throughput(&b, 2_000 + n as u64).await;
+    run.stop().await;
+    let b = setup("", None).await;
+    publish(&b, n, 1_000, 5).await;
+    let run = Running::start(&b.spec);
+    let keyed_only = throughput(&b, n as u64).await;
+    run.stop().await;
+
+    println!("\nLookups, fraud pipeline, capacity 100, ordered ({n} events)\n");
+    println!("| case | events/s | ratio |");
+    println!("|---|---:|---:|");
+    println!(
+        "| 1 ms HTTP store, no cache, 50,000 customers | {uncached:.0} | {:.2} of the 100k/s limit |",
+        uncached / 100_000.0
+    );
+    println!("| keyed state only, no lookup (baseline) | {keyed_only:.0} | 1.00 |");
+    println!(
+        "| profile lookup served from the cache | {cached:.0} | {:.2} of baseline |",
+        cached / keyed_only
+    );
+    println!("\nHTTP store requests: {}", http.requests());
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = |name: &str| {
+        !args.iter().any(|a| a == "queries" || a == "lookups") || args.iter().any(|a| a == name)
+    };
+    if only("queries") {
+        queries(quick).await;
+    }
+    if only("lookups") {
+        lookups(quick).await;
+    }
+}
