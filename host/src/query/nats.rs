@@ -160,6 +160,11 @@ pub(crate) async fn answer(
         }
         return forward(nats, engine, op, &key, payload).await;
     }
+    // A point read (`get`, `owner`, one broadcast entry) takes microseconds: answered in
+    // place. Pages and lists may read many entries: on the blocking pool, off the runtime.
+    if matches!(op, Op::Get | Op::Owner | Op::Describe) {
+        return engine.execute(op, &q);
+    }
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.execute(op, &q))
         .await
