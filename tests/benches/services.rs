@@ -3,7 +3,8 @@
 //! - queries: p50/p99 latency and queries/s over NATS and HTTP on a running fraud pipeline;
 //!   pipeline throughput with 1,000 queries/s running vs none;
 //! - lookups: a 1 ms HTTP store with capacity 100 (limit: 100 / 1 ms = 100k events/s), and the
-//!   cache-hit path vs the same pipeline reading only keyed state.
+//!   cache-hit path vs the same pipeline reading only keyed state;
+//! - checkpoints: throughput with a checkpoint every 10 s vs none during the run.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
 
@@ -289,17 +290,54 @@ async fn lookups(quick: bool) {
     println!("\nHTTP store requests: {}", http.requests());
 }
 
+/// The same pipeline with a checkpoint every 10 s and with none during the run (interval 1 h,
+/// input acknowledgements allowed to pile up past the run), same events.
+async fn checkpoints(quick: bool) {
+    let n = if quick { 200_000 } else { 600_000 };
+    let mut rows = Vec::new();
+    for (label, interval) in [
+        ("none during the run", 3_600_000u64),
+        ("every 10 s", 10_000),
+    ] {
+        let b = setup(
+            &format!("[checkpoint]\ninterval_ms = {interval}\ndedupe_check = \"warn\"\n"),
+            None,
+        )
+        .await;
+        publish(&b, n, 10_000, 6).await;
+        let toml = b
+            .spec
+            .toml()
+            .replace("batch = 256\n", "batch = 256\nmax_pending = 4000000\n");
+        let cfg = eddy_host::config::PipelineConfig::parse(&toml).expect("pipeline");
+        let metrics_run = Running::start_with(cfg, eddy_host::pipeline::RunOptions::default());
+        let eps = throughput(&b, n as u64).await;
+        let summary = metrics_run.stop().await;
+        rows.push((label, eps, summary.checkpoints));
+    }
+    println!("\nCheckpoints during a run of {n} events (fraud pipeline, 10,000 customers)\n");
+    println!("| checkpoints | events/s | checkpoints taken | vs none |");
+    println!("|---|---:|---:|---:|");
+    for (label, eps, taken) in &rows {
+        println!("| {label} | {eps:.0} | {taken} | {:.2} |", eps / rows[0].1);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let sections = ["queries", "lookups", "checkpoints"];
     let only = |name: &str| {
-        !args.iter().any(|a| a == "queries" || a == "lookups") || args.iter().any(|a| a == name)
+        !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
     if only("queries") {
         queries(quick).await;
     }
     if only("lookups") {
         lookups(quick).await;
+    }
+    if only("checkpoints") {
+        checkpoints(quick).await;
     }
 }
