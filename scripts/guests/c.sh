@@ -44,26 +44,12 @@ cmd_tools() {
     ensure_wit_bindgen
 }
 
-# Generates the bindings once per WIT version; prints their directory.
-bindings() {
-    local dir
-    dir="$EDDY_GUEST_CACHE/c-bindings-$(wit_hash)-wb$WIT_BINDGEN_VERSION"
-    if [[ ! -f "$dir/full_processor_component_type.o" ]]; then
-        rm -rf "$dir.tmp"
-        mkdir -p "$dir.tmp"
-        "$WIT_BINDGEN" c --world full-processor --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
-        rm -rf "$dir"
-        mv "$dir.tmp" "$dir"
-    fi
-    printf '%s\n' "$dir"
-}
-
 cmd_build() {
     local plugin_dir="${1:?usage: c.sh build <plugin-dir> <out.wasm>}"
     local out="${2:?usage: c.sh build <plugin-dir> <out.wasm>}"
     [[ -d "$plugin_dir" ]] || { echo "error: no directory $plugin_dir" >&2; exit 1; }
     local gen work
-    gen="$(bindings)"
+    gen="$(wit_bindings c full_processor_component_type.o)"
     work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-c.XXXXXX")"
     local sources=("$plugin_dir"/*.c)
     [[ -e "${sources[0]}" ]] || { echo "error: no .c files in $plugin_dir" >&2; exit 1; }

@@ -78,26 +78,12 @@ cmd_tools() {
     ensure_adapter
 }
 
-# Generates the bindings once per WIT version; prints their directory.
-bindings() {
-    local dir
-    dir="$EDDY_GUEST_CACHE/go-bindings-$(wit_hash)-wb$WIT_BINDGEN_VERSION"
-    if [[ ! -f "$dir/wit_exports.go" ]]; then
-        rm -rf "$dir.tmp"
-        mkdir -p "$dir.tmp"
-        "$WIT_BINDGEN" go --world full-processor --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
-        rm -rf "$dir"
-        mv "$dir.tmp" "$dir"
-    fi
-    printf '%s\n' "$dir"
-}
-
 cmd_build() {
     local plugin_dir="${1:?usage: go.sh build <plugin-dir> <out.wasm>}"
     local out="${2:?usage: go.sh build <plugin-dir> <out.wasm>}"
     [[ -d "$plugin_dir" ]] || { echo "error: no directory $plugin_dir" >&2; exit 1; }
     local gen work
-    gen="$(bindings)"
+    gen="$(wit_bindings go wit_exports.go)"
     work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go.XXXXXX")"
     # The module: generated bindings + the layer + the export glue + the plugin as `plugin`.
     cp -r "$gen"/. "$work/"

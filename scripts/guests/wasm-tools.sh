@@ -73,6 +73,22 @@ wit_hash() {
     cat "$EDDY_ROOT"/wit/*.wit | sha256sum | cut -c1-12
 }
 
+# Generates the `wit-bindgen <lang>` bindings of the full-processor world once per WIT version
+# and wit-bindgen version (done when `<marker>`, a file the generator writes, is there);
+# prints their directory.
+wit_bindings() {
+    local lang="$1" marker="$2" dir
+    dir="$EDDY_GUEST_CACHE/$lang-bindings-$(wit_hash)-wb$WIT_BINDGEN_VERSION"
+    if [[ ! -f "$dir/$marker" ]]; then
+        rm -rf "$dir.tmp"
+        mkdir -p "$dir.tmp"
+        "$WIT_BINDGEN" "$lang" --world full-processor --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
+        rm -rf "$dir"
+        mv "$dir.tmp" "$dir"
+    fi
+    printf '%s\n' "$dir"
+}
+
 # Prints a component's path and size.
 report_component() {
     printf '%s\t%s bytes\n' "$1" "$(wc -c <"$1" | tr -d ' ')"

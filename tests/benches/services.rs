@@ -305,12 +305,9 @@ async fn checkpoints(quick: bool) {
         )
         .await;
         publish(&b, n, 10_000, 6).await;
-        let toml = b
-            .spec
-            .toml()
-            .replace("batch = 256\n", "batch = 256\nmax_pending = 4000000\n");
-        let cfg = eddy_host::config::PipelineConfig::parse(&toml).expect("pipeline");
-        let metrics_run = Running::start_with(cfg, eddy_host::pipeline::RunOptions::default());
+        let mut spec = b.spec.clone();
+        spec.max_pending = Some(4_000_000);
+        let metrics_run = Running::start(&spec);
         let eps = throughput(&b, n as u64).await;
         let summary = metrics_run.stop().await;
         rows.push((label, eps, summary.checkpoints));

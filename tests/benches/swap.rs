@@ -5,46 +5,17 @@
 //! Run: `cargo bench --profile dev -p eddy-tests --bench swap` (the JavaScript component comes
 //! from `scripts/guests/js.sh`, which the README's test command runs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use eddy_host::cli::produce;
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_streams, plugin, plugin_target_dir, variant,
+    NatsServer, PipelineSpec, Running, create_streams, host_status, plugin, plugin_target_dir,
+    variant, wait_deployment,
 };
-use serde_json::Value;
 
-async fn deployments(nats: &eddy_host::transport::Nats) -> Vec<Value> {
-    eddy_host::control::request_from(
-        nats,
-        "swap",
-        "status",
-        serde_json::json!({}),
-        Duration::from_secs(5),
-        Some(1),
-        |_| {},
-    )
-    .await
-    .unwrap_or_default()
-    .first()
-    .and_then(|a| a["ok"]["deployments"].as_array().cloned())
-    .unwrap_or_default()
-}
-
-async fn wait_live(nats: &eddy_host::transport::Nats, version: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if deployments(nats)
-            .await
-            .iter()
-            .any(|d| d["version"] == version && d["status"] == "live")
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{version} did not go live");
-}
+/// A deploy compiles the component before it swaps.
+const WITHIN: Duration = Duration::from_secs(120);
 
 /// p50 and p99 swap pauses (µs) over 20 deploys of `wasm`.
 async fn swaps(wasm: &std::path::Path) -> (u64, u64, usize) {
@@ -63,7 +34,15 @@ async fn swaps(wasm: &std::path::Path) -> (u64, u64, usize) {
     };
     let run = Running::start_with(spec.config(), options);
     let base = std::fs::read(wasm).expect("component");
-    wait_live(&conn, &eddy_host::engine::version_of(&base)).await;
+    wait_deployment(
+        &conn,
+        "swap",
+        &eddy_host::engine::version_of(&base),
+        "live",
+        1,
+        WITHIN,
+    )
+    .await;
 
     // A steady stream: 100 transactions every 10 ms until the swaps are done.
     let js = conn.js.clone();
@@ -86,13 +65,15 @@ async fn swaps(wasm: &std::path::Path) -> (u64, u64, usize) {
         let v = eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &variant(&base, n), "b")
             .await
             .expect("deploy");
-        wait_live(&conn, &v).await;
+        wait_deployment(&conn, "swap", &v, "live", 1, WITHIN).await;
     }
     let _ = stop_tx.send(true);
     producer.await.expect("producer");
-    let mut pauses: Vec<u64> = deployments(&conn)
-        .await
-        .iter()
+    let status = host_status(&conn, "swap", 1).await;
+    let mut pauses: Vec<u64> = status[0]["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(|d| d["swap_pause_us"].as_u64())
         .collect();
     run.stop().await;

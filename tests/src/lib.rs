@@ -79,20 +79,7 @@ impl NatsServer {
     /// Stops the server (its data stays), as in an outage: SIGTERM, so JetStream flushes
     /// what it acknowledged, then SIGKILL if it lingers.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     /// Starts it again on the same port with the same data.
@@ -204,6 +191,10 @@ pub struct PipelineSpec {
     pub cpu_ms: u64,
     /// Memory limit, MiB.
     pub memory_mb: u64,
+    /// The durable consumer's name (`input.consumer`); default: the pipeline's name.
+    pub consumer: Option<String>,
+    /// Unacknowledged input events allowed at most (`input.max_pending`); default: the host's.
+    pub max_pending: Option<i64>,
     /// More TOML appended to the file (sections like `[checkpoint]`, `[lookup.x]`).
     pub extra: String,
 }
@@ -225,8 +216,22 @@ impl PipelineSpec {
             batch: 256,
             cpu_ms: 100,
             memory_mb: 64,
+            consumer: None,
+            max_pending: None,
             extra: String::new(),
         }
+    }
+
+    /// This pipeline as host `part` (0 or 1) of two, each owning one of two partitions and
+    /// reading its own subject (`txn.a`, `txn.b`; see [`create_two_host_streams`]) with its own
+    /// durable consumer.
+    pub fn one_of_two_hosts(mut self, part: u32) -> PipelineSpec {
+        self.input_subject = if part == 0 { "txn.a" } else { "txn.b" }.into();
+        self.consumer = Some(format!("{}-{part}", self.name));
+        self.extra.push_str(&format!(
+            "\n[partitions]\ncount = 2\nowned = [{part}]\nhost = \"host-{part}\"\n"
+        ));
+        self
     }
 
     /// The TOML text.
@@ -236,6 +241,13 @@ impl PipelineSpec {
             .as_ref()
             .map(|c| format!("config = {c}\n"))
             .unwrap_or_default();
+        let mut input_more = String::new();
+        if let Some(c) = &self.consumer {
+            input_more.push_str(&format!("consumer = \"{c}\"\n"));
+        }
+        if let Some(m) = self.max_pending {
+            input_more.push_str(&format!("max_pending = {m}\n"));
+        }
         format!(
             r#"[pipeline]
 name = "{name}"
@@ -249,7 +261,7 @@ stream = "{stream}"
 subjects = ["{subject}"]
 key = {key}
 batch = {batch}
-
+{input_more}
 [plugin]
 path = "{plugin}"
 {config}
@@ -316,6 +328,15 @@ pub async fn create_streams(
     create_stream(js, &spec.stream, &[&spec.input_subject]).await?;
     create_stream(js, "OUT", &[&spec.output]).await?;
     create_stream(js, "DLQ", &[&spec.dead_letter]).await?;
+    Ok(())
+}
+
+/// The streams of two hosts sharing one pipeline ([`PipelineSpec::one_of_two_hosts`]): the
+/// input `TXN` on `txn.a` and `txn.b`, `OUT` on `txn.out`, `DLQ` on `txn.dlq`.
+pub async fn create_two_host_streams(js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
+    create_stream(js, "TXN", &["txn.a", "txn.b"]).await?;
+    create_stream(js, "OUT", &["txn.out"]).await?;
+    create_stream(js, "DLQ", &["txn.dlq"]).await?;
     Ok(())
 }
 
@@ -775,6 +796,67 @@ impl Running {
             Ok(Err(e)) => panic!("pipeline task: {e}"),
             Err(_) => panic!("the pipeline did not fail within {within:?}"),
         }
+    }
+}
+
+/// The status each running host of `pipeline` reports on its control subject (at most
+/// `hosts` answers, waiting up to 5 s for them).
+pub async fn host_status(
+    nats: &eddy_host::transport::Nats,
+    pipeline: &str,
+    hosts: usize,
+) -> Vec<serde_json::Value> {
+    eddy_host::control::request_from(
+        nats,
+        pipeline,
+        "status",
+        serde_json::json!({}),
+        Duration::from_secs(5),
+        Some(hosts),
+        |_| {},
+    )
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .filter_map(|a| a.get("ok").cloned())
+    .collect()
+}
+
+/// The latest record of `version` in a host status's deployment history.
+pub fn deployment(status: &serde_json::Value, version: &str) -> Option<serde_json::Value> {
+    status["deployments"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|d| d["version"] == version)
+        .cloned()
+}
+
+/// Waits until `hosts` hosts of `pipeline` report `version` with status `want` (`live`,
+/// `probation`, `rejected`, `rolled-back`); returns their statuses. Panics after `within`.
+pub async fn wait_deployment(
+    nats: &eddy_host::transport::Nats,
+    pipeline: &str,
+    version: &str,
+    want: &str,
+    hosts: usize,
+    within: Duration,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let all = host_status(nats, pipeline, hosts).await;
+        let done = all
+            .iter()
+            .filter(|s| deployment(s, version).is_some_and(|d| d["status"] == want))
+            .count();
+        if done == hosts {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version {version} not {want} on {hosts} hosts: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

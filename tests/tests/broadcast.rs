@@ -12,7 +12,8 @@ use eddy_host::pipeline::Worker;
 use eddy_host::query::{self, Op, Query};
 use eddy_host::state::{KeyedAccess, StateKind, StateStore, SystemClock};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, plugin, wait_for_len,
+    NatsServer, PipelineSpec, Running, create_stream, create_streams, create_two_host_streams,
+    plugin, wait_for_len,
 };
 use serde_json::{Value, json};
 
@@ -263,15 +264,7 @@ async fn a_restart_restores_broadcast_state_and_applies_nothing_twice() {
 async fn two_hosts_on_one_broadcast_input_both_see_every_update() {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
-    create_stream(&conn.js, "TXN", &["txn.a", "txn.b"])
-        .await
-        .expect("input");
-    create_stream(&conn.js, "OUT", &["txn.out"])
-        .await
-        .expect("out");
-    create_stream(&conn.js, "DLQ", &["txn.dlq"])
-        .await
-        .expect("dlq");
+    create_two_host_streams(&conn.js).await.expect("streams");
     create_stream(&conn.js, "RULES", &["rules.>"])
         .await
         .expect("rules stream");
@@ -279,22 +272,7 @@ async fn two_hosts_on_one_broadcast_input_both_see_every_update() {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
-    let host = |dir: &std::path::Path, part: u32| {
-        let mut s = spec(&nats, dir);
-        s.input_subject = if part == 0 {
-            "txn.a".into()
-        } else {
-            "txn.b".into()
-        };
-        s.extra.push_str(&format!(
-            "\n[partitions]\ncount = 2\nowned = [{part}]\nhost = \"host-{part}\"\n"
-        ));
-        let toml = s.toml().replace(
-            "key = { json = \"/k\" }",
-            &format!("key = {{ json = \"/k\" }}\nconsumer = \"rules-{part}\""),
-        );
-        eddy_host::config::PipelineConfig::parse(&toml).expect("config")
-    };
+    let host = |dir: &std::path::Path, part: u32| spec(&nats, dir).one_of_two_hosts(part).config();
     let a = Running::start_with(host(da.path(), 0), Default::default());
     let b = Running::start_with(host(db.path(), 1), Default::default());
     publish(

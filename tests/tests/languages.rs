@@ -21,13 +21,15 @@ use eddy_host::cli::tail;
 use eddy_host::pipeline::RunOptions;
 use eddy_host::state::{StateStore, SystemClock};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, eddy_bin, plugin, plugin_target_dir,
-    run_build_script, variant, workspace_root,
+    NatsServer, PipelineSpec, Running, create_stream, eddy_bin, host_status, plugin,
+    plugin_target_dir, run_build_script, variant, wait_deployment, workspace_root,
 };
 use serde_json::Value;
 
 const LANGUAGES: [&str; 4] = ["js", "python", "go", "c"];
 const PLUGINS: [&str; 2] = ["fraud-enrich", "dedupe-filter"];
+/// A deploy compiles the component first: Python's takes seconds.
+const SWAP_WITHIN: Duration = Duration::from_secs(180);
 
 /// The component of `plugin` in `lang`, built on first use; `None` (and a "skipped" line with
 /// the reason) when the language's toolchain cannot build here.
@@ -54,6 +56,17 @@ fn guest(plugin_name: &str, lang: &str) -> Option<PathBuf> {
     }
     eprintln!("skipped: {plugin_name} in {lang}: {reason}");
     None
+}
+
+/// Runs `eddy <args>` and returns what it printed; panics with its stderr if it failed.
+fn eddy(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(eddy_bin()).args(args).output().expect("eddy");
+    assert!(
+        out.status.success(),
+        "eddy {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One line of the scenario file.
@@ -289,71 +302,29 @@ async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
 /// Outputs of the Rust plugin for the scenario, from the local harness (`eddy test`), in the
 /// form [`published`] gives.
 fn rust_reference(plugin_name: &str) -> Vec<String> {
-    let out = Command::new(eddy_bin())
-        .arg("test")
-        .arg(plugin(plugin_name))
-        .arg(workspace_root().join("tests/data/languages/events.jsonl"))
-        .arg("--envelope")
-        .output()
-        .expect("eddy test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            let o = v["outputs"].as_array()?.first()?.clone();
-            let mut headers: Vec<(String, String)> = o["headers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|h| Some((h[0].as_str()?.to_string(), h[1].as_str()?.to_string())))
-                .collect();
-            headers.sort();
-            let refs: Vec<&(String, String)> = headers.iter().collect();
-            Some(format!("{refs:?} {}", o["payload"]))
-        })
-        .collect()
-}
-
-/// The deployment history the pipeline's one host reports.
-async fn deployments(nats: &eddy_host::transport::Nats, pipeline: &str) -> Vec<Value> {
-    let answers = eddy_host::control::request_from(
-        nats,
-        pipeline,
-        "status",
-        serde_json::json!({}),
-        Duration::from_secs(5),
-        Some(1),
-        |_| {},
-    )
-    .await
-    .unwrap_or_default();
-    answers
-        .first()
-        .and_then(|a| a["ok"]["deployments"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-async fn wait_live(nats: &eddy_host::transport::Nats, pipeline: &str, version: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let history = deployments(nats, pipeline).await;
-        if history
-            .iter()
-            .any(|d| d["version"] == version && d["status"] == "live")
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{version} never went live: {history:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let events = workspace_root().join("tests/data/languages/events.jsonl");
+    let wasm = plugin(plugin_name);
+    eddy(&[
+        "test".as_ref(),
+        wasm.as_os_str(),
+        events.as_os_str(),
+        "--envelope".as_ref(),
+    ])
+    .lines()
+    .filter_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        let o = v["outputs"].as_array()?.first()?.clone();
+        let mut headers: Vec<(String, String)> = o["headers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| Some((h[0].as_str()?.to_string(), h[1].as_str()?.to_string())))
+            .collect();
+        headers.sort();
+        let refs: Vec<&(String, String)> = headers.iter().collect();
+        Some(format!("{refs:?} {}", o["payload"]))
+    })
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,7 +354,7 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
     let run = Running::start_with(s.config(), options());
     let first =
         eddy_host::engine::version_of(&std::fs::read(plugin("fraud-enrich")).expect("wasm"));
-    wait_live(&conn, &s.name, &first).await;
+    wait_deployment(&conn, &s.name, &first, "live", 1, SWAP_WITHIN).await;
 
     // The scenario in as many chunks as versions: Rust writes the first chunk's state, each
     // language in turn continues from the state the previous one left.
@@ -400,7 +371,7 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
             let v = eddy_host::reload::deploy(&conn, "eddy-plugins", &s.name, &bytes, "test")
                 .await
                 .expect("deploy");
-            wait_live(&conn, &s.name, &v).await;
+            wait_deployment(&conn, &s.name, &v, "live", 1, SWAP_WITHIN).await;
             versions.push((lang.clone(), v));
         }
         publish(&conn.js, chunk).await;
@@ -414,7 +385,8 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
         assert_eq!(got, published_keyed, "chunk {i}");
     }
     // The processing pause of each swap (large components: Python, JavaScript, Go).
-    for d in deployments(&conn, &s.name).await {
+    let status = host_status(&conn, &s.name, 1).await;
+    for d in status[0]["deployments"].as_array().into_iter().flatten() {
         if let Some((lang, _)) = versions.iter().find(|(_, v)| d["version"] == *v) {
             eprintln!("swap to {lang}: pause {} us", d["swap_pause_us"]);
         }
@@ -460,21 +432,14 @@ fn a_python_guest_that_reaches_for_files_sockets_or_the_environment_is_denied() 
     let dir = tempfile::tempdir().expect("tempdir");
     let events = dir.path().join("events.jsonl");
     std::fs::write(&events, "{\"k\": \"a\"}\n").expect("events");
-    let out = Command::new(eddy_bin())
-        .args(["test"])
-        .arg(&wasm)
-        .arg(&events)
-        .args(["--key", "/k"])
-        .output()
-        .expect("eddy test");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: Value =
-        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().expect("one line"))
-            .expect("JSON");
+    let out = eddy(&[
+        "test".as_ref(),
+        wasm.as_os_str(),
+        events.as_os_str(),
+        "--key".as_ref(),
+        "/k".as_ref(),
+    ]);
+    let line: Value = serde_json::from_str(out.lines().next().expect("one line")).expect("JSON");
     let report = &line["outputs"][0]["payload"];
     for what in ["file", "dir", "socket"] {
         let v = report[what].as_str().unwrap_or_default();
@@ -494,16 +459,15 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
     );
     for lang in langs {
         let name = format!("hello-{lang}");
-        let new = Command::new(eddy_bin())
-            .args(["new", "plugin", "--lang", lang, &name, "--dir"])
-            .arg(dir.path())
-            .output()
-            .expect("eddy new");
-        assert!(
-            new.status.success(),
-            "{}",
-            String::from_utf8_lossy(&new.stderr)
-        );
+        eddy(&[
+            "new".as_ref(),
+            "plugin".as_ref(),
+            "--lang".as_ref(),
+            lang.as_ref(),
+            name.as_ref(),
+            "--dir".as_ref(),
+            dir.path().as_os_str(),
+        ]);
         let created = dir.path().join(&name);
         let build = Command::new("bash")
             .arg(created.join("build.sh"))
@@ -516,19 +480,16 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
             "{lang} template build: {}",
             String::from_utf8_lossy(&build.stderr)
         );
-        let run = Command::new(eddy_bin())
-            .arg("test")
-            .arg(created.join(format!("{name}.wasm")))
-            .arg(created.join("events.jsonl"))
-            .args(["--key", "/customer"])
-            .output()
-            .expect("eddy test");
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let counts: Vec<Value> = String::from_utf8_lossy(&run.stdout)
+        let wasm = created.join(format!("{name}.wasm"));
+        let events = created.join("events.jsonl");
+        let run = eddy(&[
+            "test".as_ref(),
+            wasm.as_os_str(),
+            events.as_os_str(),
+            "--key".as_ref(),
+            "/customer".as_ref(),
+        ]);
+        let counts: Vec<Value> = run
             .lines()
             .map(|l| {
                 let v: Value = serde_json::from_str(l).expect("JSON line");

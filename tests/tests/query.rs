@@ -7,8 +7,8 @@ use std::time::Duration;
 use eddy_host::cli::produce;
 use eddy_host::query::{self, Freshness, Op, Query, QueryError};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, plugin, publish_txs,
-    wait_for_len,
+    NatsServer, PipelineSpec, Running, create_streams, create_two_host_streams, plugin,
+    publish_txs, wait_for_len,
 };
 use serde_json::Value;
 
@@ -194,38 +194,21 @@ async fn checkpoint_freshness_answers_from_the_last_checkpoint() {
 async fn errors_tokens_and_owner_routing() {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
-    create_stream(&conn.js, "TXN", &["txn.a", "txn.b"])
-        .await
-        .expect("input");
-    create_stream(&conn.js, "OUT", &["txn.out"])
-        .await
-        .expect("out");
-    create_stream(&conn.js, "DLQ", &["txn.dlq"])
-        .await
-        .expect("dlq");
+    create_two_host_streams(&conn.js).await.expect("streams");
     let (da, db) = (
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
     let port_a = eddy_tests::free_port();
     let host = |dir: &std::path::Path, part: u32, http: Option<u16>| {
-        let mut s = PipelineSpec::new("fraud", &nats.url(), dir, plugin("fraud-enrich"));
-        s.input_subject = if part == 0 {
-            "txn.a".into()
-        } else {
-            "txn.b".into()
-        };
-        s.extra = format!("[partitions]\ncount = 2\nowned = [{part}]\nhost = \"host-{part}\"\n");
+        let mut s = PipelineSpec::new("fraud", &nats.url(), dir, plugin("fraud-enrich"))
+            .one_of_two_hosts(part);
         if let Some(port) = http {
             s.extra.push_str(&format!(
                 "\n[query]\nhttp = \"127.0.0.1:{port}\"\ntoken = \"s3cret\"\n"
             ));
         }
-        let toml = s.toml().replace(
-            "key = { json = \"/customer\" }",
-            &format!("key = {{ json = \"/customer\" }}\nconsumer = \"fraud-{part}\""),
-        );
-        eddy_host::config::PipelineConfig::parse(&toml).expect("config")
+        s.config()
     };
     let a = Running::start_with(host(da.path(), 0, Some(port_a)), Default::default());
     let b = Running::start_with(host(db.path(), 1, None), Default::default());

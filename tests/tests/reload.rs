@@ -3,14 +3,13 @@
 //! a pipeline follows one deploy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use eddy_host::cli::tail;
-use eddy_host::transport::Nats;
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, plugin, stream_len, variant,
-    wait_for_len,
+    NatsServer, PipelineSpec, Running, create_streams, create_two_host_streams, deployment,
+    host_status, plugin, stream_len, variant, wait_deployment, wait_for_len,
 };
 use serde_json::{Value, json};
 
@@ -22,56 +21,15 @@ fn spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
     spec
 }
 
-async fn status(nats: &Nats, pipeline: &str, hosts: usize) -> Vec<Value> {
-    eddy_host::control::request_from(
-        nats,
-        pipeline,
-        "status",
-        json!({}),
-        Duration::from_secs(5),
-        Some(hosts),
-        |_| {},
-    )
-    .await
-    .unwrap_or_default()
-    .into_iter()
-    .filter_map(|a| a.get("ok").cloned())
-    .collect()
-}
+/// How long a deploy may take to reach a status here.
+const WITHIN: Duration = Duration::from_secs(30);
 
-/// The status of `version` in a host's deployment history.
-fn deployment(status: &Value, version: &str) -> Option<Value> {
-    status["deployments"]
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|d| d["version"] == version)
-        .cloned()
-}
-
-async fn wait_status(
-    nats: &Nats,
-    pipeline: &str,
-    version: &str,
-    want: &str,
-    hosts: usize,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let all = status(nats, pipeline, hosts).await;
-        let done = all
-            .iter()
-            .filter(|s| deployment(s, version).is_some_and(|d| d["status"] == want))
-            .count();
-        if done == hosts {
-            return all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "version {version} not {want} on {hosts} hosts: {all:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The reason a host recorded for what happened to `version`.
+fn reason_of(status: &Value, version: &str) -> String {
+    deployment(status, version).expect("recorded")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Outputs in input order: (input sequence, key, count, version).
@@ -131,7 +89,7 @@ async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
     let base = std::fs::read(plugin("chaos")).expect("chaos.wasm");
     let mut versions = vec![eddy_host::engine::version_of(&base)];
     // Deploy only once the host runs (a version deployed before it starts is its first).
-    wait_status(&conn, "swap", &versions[0], "live", 1).await;
+    wait_deployment(&conn, "swap", &versions[0], "live", 1, WITHIN).await;
 
     // A producer: 20 events every 10 ms over 10 keys, until every swap is done.
     let js = conn.js.clone();
@@ -157,7 +115,7 @@ async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
         let v = eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &wasm, "test")
             .await
             .expect("deploy");
-        wait_status(&conn, "swap", &v, "live", 1).await;
+        wait_deployment(&conn, "swap", &v, "live", 1, WITHIN).await;
         versions.push(v);
     }
     // The last version handles a while of the stream too.
@@ -168,7 +126,7 @@ async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
         wait_for_len(&conn.js, "OUT", sent, Duration::from_secs(60)).await,
         sent
     );
-    let s = status(&conn, "swap", 1).await;
+    let s = host_status(&conn, "swap", 1).await;
     run.stop().await;
     assert_eq!(
         stream_len(&conn.js, "OUT").await.expect("len"),
@@ -247,11 +205,8 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
     let v = eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &init, "test")
         .await
         .expect("deploy");
-    let s = wait_status(&conn, "swap", &v, "rejected", 1).await;
-    let reason = deployment(&s[0], &v).expect("recorded")["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let s = wait_deployment(&conn, "swap", &v, "rejected", 1, WITHIN).await;
+    let reason = reason_of(&s[0], &v);
     assert!(reason.contains("faulty: init refuses to start"), "{reason}");
 
     // Not a processor at all: an empty component.
@@ -259,11 +214,8 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
     let v = eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &empty, "test")
         .await
         .expect("deploy");
-    let s = wait_status(&conn, "swap", &v, "rejected", 1).await;
-    let reason = deployment(&s[0], &v).expect("recorded")["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let s = wait_deployment(&conn, "swap", &v, "rejected", 1, WITHIN).await;
+    let reason = reason_of(&s[0], &v);
     assert!(reason.contains("not an Eddy processor"), "{reason}");
 
     // Traps on every event: rolled back, its events handled again by the previous version.
@@ -271,13 +223,10 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
     let bad = eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &trap, "test")
         .await
         .expect("deploy");
-    wait_status(&conn, "swap", &bad, "probation", 1).await;
+    wait_deployment(&conn, "swap", &bad, "probation", 1, WITHIN).await;
     publish(100, 300).await;
-    let s = wait_status(&conn, "swap", &bad, "rolled-back", 1).await;
-    let reason = deployment(&s[0], &bad).expect("recorded")["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let s = wait_deployment(&conn, "swap", &bad, "rolled-back", 1, WITHIN).await;
+    let reason = reason_of(&s[0], &bad);
     assert!(reason.contains("failed (trap or budget)"), "{reason}");
     assert_eq!(
         wait_for_len(&conn.js, "OUT", 300, Duration::from_secs(30)).await,
@@ -314,39 +263,16 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
 async fn two_hosts_of_a_pipeline_both_switch_after_one_deploy() {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
-    create_stream(&conn.js, "TXN", &["txn.a", "txn.b"])
-        .await
-        .expect("input");
-    create_stream(&conn.js, "OUT", &["txn.out"])
-        .await
-        .expect("out");
-    create_stream(&conn.js, "DLQ", &["txn.dlq"])
-        .await
-        .expect("dlq");
+    create_two_host_streams(&conn.js).await.expect("streams");
     let (da, db) = (
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
-    let host = |dir: &std::path::Path, part: u32| {
-        let mut s = spec(&nats, dir);
-        s.input_subject = if part == 0 {
-            "txn.a".into()
-        } else {
-            "txn.b".into()
-        };
-        s.extra.push_str(&format!(
-            "\n[partitions]\ncount = 2\nowned = [{part}]\nhost = \"host-{part}\"\n"
-        ));
-        let toml = s.toml().replace(
-            "key = { json = \"/k\" }",
-            &format!("key = {{ json = \"/k\" }}\nconsumer = \"swap-{part}\""),
-        );
-        eddy_host::config::PipelineConfig::parse(&toml).expect("config")
-    };
+    let host = |dir: &std::path::Path, part: u32| spec(&nats, dir).one_of_two_hosts(part).config();
     let a = Running::start_with(host(da.path(), 0), Default::default());
     let b = Running::start_with(host(db.path(), 1), Default::default());
     eddy_tests::eventually("both hosts answer", Duration::from_secs(30), async || {
-        status(&conn, "swap", 2).await.len() == 2
+        host_status(&conn, "swap", 2).await.len() == 2
     })
     .await;
     let wasm = variant(&std::fs::read(plugin("chaos")).expect("chaos.wasm"), 77);
@@ -354,7 +280,7 @@ async fn two_hosts_of_a_pipeline_both_switch_after_one_deploy() {
         .await
         .expect("deploy");
     // Both hosts swapped (on probation): every event from now on meets the new version.
-    wait_status(&conn, "swap", &v, "probation", 2).await;
+    wait_deployment(&conn, "swap", &v, "probation", 2, WITHIN).await;
     for (subject, i) in [("txn.a", 0), ("txn.b", 1)] {
         // Events pass probation (or its time runs out) on each host.
         for j in 0..50 {
@@ -367,7 +293,7 @@ async fn two_hosts_of_a_pipeline_both_switch_after_one_deploy() {
                 .expect("stored");
         }
     }
-    let s = wait_status(&conn, "swap", &v, "live", 2).await;
+    let s = wait_deployment(&conn, "swap", &v, "live", 2, WITHIN).await;
     let hosts: Vec<&str> = s.iter().filter_map(|s| s["host"].as_str()).collect();
     assert_eq!(hosts.len(), 2, "{hosts:?}");
     assert_eq!(

@@ -300,38 +300,37 @@ impl StateStore {
 
     fn load_registry(&self) -> Result<()> {
         let mut reg = self.lock_registry();
-        let iter = self
-            .db
-            .prefix_iterator_cf(self.meta_cf(), META_STATE_PREFIX.as_bytes());
-        for item in iter {
-            let (k, v) = item?;
-            let Some(name) = k.strip_prefix(META_STATE_PREFIX.as_bytes()) else {
-                break;
-            };
-            let name = String::from_utf8_lossy(name).into_owned();
+        for (name, v) in self.meta_entries(META_STATE_PREFIX)? {
             let entry: RegistryEntry = serde_json::from_slice(&v)
                 .map_err(|e| StateError::Corrupt(format!("registry entry {name}: {e}")))?;
             reg.next_id = reg.next_id.max(entry.id + 1);
             reg.by_name.insert(name, (entry.id, entry.kind, entry.ttl));
         }
-        let iter = self
-            .db
-            .prefix_iterator_cf(self.meta_cf(), META_BROADCAST_PREFIX.as_bytes());
-        for item in iter {
-            let (k, v) = item?;
-            let Some(name) = k.strip_prefix(META_BROADCAST_PREFIX.as_bytes()) else {
-                break;
-            };
-            let id = v
-                .as_ref()
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|_| StateError::Corrupt("broadcast map registry".into()))?;
+        for (name, v) in self.meta_entries(META_BROADCAST_PREFIX)? {
+            let id =
+                v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| {
+                    StateError::Corrupt(format!("broadcast map registry entry {name}"))
+                })?;
             reg.next_map = reg.next_map.max(id + 1);
-            reg.maps
-                .insert(String::from_utf8_lossy(name).into_owned(), id);
+            reg.maps.insert(name, id);
         }
         Ok(())
+    }
+
+    /// The meta entries under `prefix`: (the rest of the key as text, value).
+    fn meta_entries(&self, prefix: &str) -> Result<Vec<(String, Box<[u8]>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .prefix_iterator_cf(self.meta_cf(), prefix.as_bytes())
+        {
+            let (k, v) = item?;
+            let Some(name) = k.strip_prefix(prefix.as_bytes()) else {
+                break;
+            };
+            out.push((String::from_utf8_lossy(name).into_owned(), v));
+        }
+        Ok(out)
     }
 
     fn lock_registry(&self) -> std::sync::MutexGuard<'_, Registry> {
