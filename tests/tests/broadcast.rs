@@ -156,6 +156,58 @@ async fn a_rule_update_mid_stream_changes_later_events_and_not_earlier_ones() {
     }
 }
 
+/// The same order when the host reads a backlog in small steps (`max_pending` stalls the
+/// keyed input until each checkpoint acknowledges it): while the keyed input is stalled no
+/// keyed event is in hand, and updates stored after events still in the stream must wait for
+/// them rather than be applied as if the keyed input were idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(&nats, dir.path());
+    spec.max_pending = Some(8);
+    spec.batch = 4;
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    create_stream(&conn.js, "RULES", &["rules.>"])
+        .await
+        .expect("rules stream");
+    for (n, from) in [0, 100, 200].into_iter().enumerate() {
+        publish(&conn.js, "txn.in", keyed(from, from + 100)).await;
+        publish(
+            &conn.js,
+            "rules.set",
+            vec![json!({"op": "put", "key": "limit", "value": 100 * (n + 1)})],
+        )
+        .await;
+    }
+    publish(&conn.js, "txn.in", keyed(300, 400)).await;
+    // Every update is older than `idle_apply_ms` when the host starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let run = Running::start(&spec);
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 400, Duration::from_secs(60)).await,
+        400
+    );
+    run.stop().await;
+
+    let seen = rules_seen(&conn.js, 400).await;
+    assert_eq!(seen.len(), 400);
+    let wrong: Vec<String> = seen
+        .iter()
+        .filter_map(|(i, rule)| {
+            let want = match i {
+                0..100 => "none",
+                100..200 => "100",
+                200..300 => "200",
+                _ => "300",
+            };
+            (rule != want).then(|| format!("event {i} saw {rule}, not {want}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{} events saw the wrong rule: {wrong:?}", wrong.len());
+}
+
 /// A write from the keyed side is an error the plugin sees, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_from_the_keyed_side_is_refused_and_changes_nothing() {

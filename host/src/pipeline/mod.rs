@@ -189,6 +189,7 @@ pub async fn run(
         .map(|v| v.iter().copied().collect())
         .unwrap_or_default();
     let input = Input::open(&nats, &cfg, resume_after).await?;
+    let keyed_backlog = input.backlog.clone();
     let mut broadcasts = Vec::new();
     for (name, bcfg) in &cfg.broadcast {
         let after = restored_cut
@@ -285,6 +286,8 @@ pub async fn run(
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
         keyed_key,
+        keyed_backlog,
+        keyed_read_through: resume_after,
         keyed_position: resume_after,
         restored_skip: skip,
         publisher,

@@ -26,7 +26,7 @@ use crate::reload::{
 };
 use crate::state::StateStore;
 use crate::transport::publisher::OutMessage;
-use crate::transport::{self, BroadcastInput, Nats, Publisher};
+use crate::transport::{self, Backlog, BroadcastInput, Nats, Publisher};
 
 /// A checkpoint being completed in the background.
 pub(super) struct Completing {
@@ -58,6 +58,10 @@ pub(super) struct Runner {
     pub(super) broadcasts: Vec<BroadcastInput>,
     pub(super) broadcast_positions: BTreeMap<String, u64>,
     pub(super) keyed_key: String,
+    /// What of the keyed input is still in the stream, past `keyed_read_through`.
+    pub(super) keyed_backlog: Backlog,
+    /// The newest keyed stream sequence admitted (or the restored position).
+    pub(super) keyed_read_through: u64,
     /// The keyed position of the last cut (or the restored one).
     pub(super) keyed_position: u64,
     pub(super) restored_skip: BTreeSet<u64>,
@@ -122,7 +126,7 @@ impl Runner {
                     None => anyhow::bail!("the keyed input ended"),
                 },
                 _ = tick.tick() => {
-                    self.idle_broadcasts();
+                    self.idle_broadcasts().await;
                     self.judge_probation(false).await?;
                 }
             }
@@ -170,6 +174,9 @@ impl Runner {
     /// for lookups where the pipeline has them.
     async fn admit(&mut self, arrivals: Vec<(jetstream::Message, Arrival)>) -> anyhow::Result<()> {
         self.unacked += arrivals.len() as u64;
+        if let Some(seq) = arrivals.iter().map(|(_, a)| a.seq).max() {
+            self.keyed_read_through = self.keyed_read_through.max(seq);
+        }
         let segments = if self.broadcasts.is_empty() {
             vec![align::Segment::Keyed(arrivals)]
         } else {
@@ -229,18 +236,38 @@ impl Runner {
     }
 
     /// Applies broadcast updates that arrived while no keyed event did, once they are
-    /// `idle_apply_ms` old (keyed events stored before them have arrived by then).
-    fn idle_broadcasts(&mut self) {
+    /// `idle_apply_ms` old, and only those stored before the next keyed message still in the
+    /// stream: a keyed input that is stalled (`max_pending`) or starting on a backlog has
+    /// nothing in hand, yet events stored before an update must still be handled before it.
+    async fn idle_broadcasts(&mut self) {
         if self.broadcasts.is_empty() || self.window.has_keyed() || !self.input_rx.is_empty() {
             return;
         }
         let now_ns = crate::checkpoint::now_ms().saturating_mul(1_000_000);
+        let mut due = false;
         for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
             b.poll_ready();
+            due |= b.buffer.front().is_some_and(|m| {
+                align::stored(m).0 + cfg.idle_apply_ms * 1_000_000 <= now_ns
+            });
+        }
+        if !due {
+            return;
+        }
+        let keyed_next = match self.keyed_backlog.next_after(self.keyed_read_through).await {
+            Ok(next) => next.map(|(_, ns)| ns),
+            Err(e) => {
+                tracing::warn!("cannot look into the keyed input ({e}); broadcast updates wait");
+                return;
+            }
+        };
+        for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
             let mut ready = Vec::new();
             while let Some(m) = b.buffer.front() {
                 let (stored_ns, _) = align::stored(m);
-                if stored_ns + cfg.idle_apply_ms * 1_000_000 > now_ns {
+                if stored_ns + cfg.idle_apply_ms * 1_000_000 > now_ns
+                    || keyed_next.is_some_and(|k| stored_ns > k)
+                {
                     break;
                 }
                 if let Some(m) = b.buffer.pop_front() {

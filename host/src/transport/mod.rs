@@ -109,6 +109,59 @@ pub struct Input {
     messages: consumer::pull::Stream,
     /// The input's name in state positions: `keyed:<stream>/<consumer>`.
     pub position_key: String,
+    /// Asks the stream what this input has not delivered yet.
+    pub backlog: Backlog,
+}
+
+/// Looks into a stream, past what an input has read, for the next message its subject filters
+/// select. The run loop uses it on the keyed input before applying broadcast updates while no
+/// keyed event is in hand: an update may be applied only if no keyed message stored before it
+/// is still on its way (the keyed input may be stalled, or not yet started, on a backlog).
+#[derive(Clone)]
+pub struct Backlog {
+    stream: jetstream::stream::Stream,
+    filters: Vec<String>,
+    name: String,
+}
+
+impl Backlog {
+    fn new(stream: jetstream::stream::Stream, filters: &[String], name: &str) -> Backlog {
+        Backlog {
+            stream,
+            filters: if filters.is_empty() {
+                vec![">".to_string()]
+            } else {
+                filters.to_vec()
+            },
+            name: name.to_string(),
+        }
+    }
+
+    /// The sequence and stored time (ns since the Unix epoch) of the first selected message
+    /// after sequence `after`, if the stream holds one (one request per subject filter).
+    pub async fn next_after(&self, after: u64) -> anyhow::Result<Option<(u64, u64)>> {
+        let mut first: Option<(u64, u64)> = None;
+        for f in &self.filters {
+            let found = self
+                .stream
+                .raw_message_builder()
+                .sequence(after + 1)
+                .next_by_subject(f.clone())
+                .send()
+                .await;
+            match found {
+                Ok(m) => {
+                    let ts = m.time.unix_timestamp_nanos() as u64;
+                    if first.is_none_or(|(s, _)| m.sequence < s) {
+                        first = Some((m.sequence, ts));
+                    }
+                }
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => bail!("input `{}`: {e}", self.name),
+            }
+        }
+        Ok(first)
+    }
 }
 
 impl Input {
@@ -163,6 +216,7 @@ impl Input {
         Ok(Input {
             messages,
             position_key: Input::position_key(cfg),
+            backlog: Backlog::new(stream, &input.subjects, &input.stream),
         })
     }
 
@@ -227,8 +281,7 @@ pub struct BroadcastInput {
     pub name: String,
     /// Its name in checkpoint positions: `broadcast:<name>`.
     pub position_key: String,
-    stream: jetstream::stream::Stream,
-    filters: Vec<String>,
+    backlog: Backlog,
     messages: consumer::pull::Ordered,
     /// Messages read, not yet applied, in order.
     pub buffer: std::collections::VecDeque<jetstream::Message>,
@@ -265,8 +318,7 @@ impl BroadcastInput {
         Ok(BroadcastInput {
             name: name.to_string(),
             position_key: BroadcastInput::position_key(name),
-            stream,
-            filters: cfg.subjects.clone(),
+            backlog: Backlog::new(stream, &cfg.subjects, &format!("broadcast.{name}")),
             messages,
             buffer: Default::default(),
             read_through: resume_after,
@@ -278,50 +330,13 @@ impl BroadcastInput {
         format!("broadcast:{name}")
     }
 
-    /// The sequence and stored time (ns) of the first message of this input after sequence
-    /// `after`, if the stream has one (one request per subject filter).
-    async fn next_stored_after(
-        stream: &jetstream::stream::Stream,
-        filters: &[String],
-        name: &str,
-        after: u64,
-    ) -> anyhow::Result<Option<(u64, u64)>> {
-        let filters: Vec<String> = if filters.is_empty() {
-            vec![">".to_string()]
-        } else {
-            filters.to_vec()
-        };
-        let mut first: Option<(u64, u64)> = None;
-        for f in filters {
-            let found = stream
-                .raw_message_builder()
-                .sequence(after + 1)
-                .next_by_subject(f)
-                .send()
-                .await;
-            match found {
-                Ok(m) => {
-                    let ts = m.time.unix_timestamp_nanos() as u64;
-                    if first.is_none_or(|(s, _)| m.sequence < s) {
-                        first = Some((m.sequence, ts));
-                    }
-                }
-                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
-                Err(e) => bail!("broadcast input `{name}`: {e}"),
-            }
-        }
-        Ok(first)
-    }
-
     /// Reads into the buffer every message of this input that its stream stored at or before
     /// `until_ns` (stream time): asks the stream for the next matching message after what was
     /// read, and reads up to it, until there is none that old.
     pub async fn catch_up(&mut self, until_ns: u64) -> anyhow::Result<()> {
         loop {
             self.poll_ready();
-            let next =
-                Self::next_stored_after(&self.stream, &self.filters, &self.name, self.read_through)
-                    .await?;
+            let next = self.backlog.next_after(self.read_through).await?;
             let Some((seq, ts)) = next else {
                 return Ok(());
             };
