@@ -5,10 +5,10 @@
 //! call per event, the "raw wasmtime call" cost). Every other row is a ratio to it.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench engine` (add `-- --quick` for a short
-//! run). The dev profile optimises dependencies and the host and shares the cached RocksDB build.
+//! run; `-- --only <plugin>` for one plugin's rows, e.g. under `perf record`). The dev profile optimises dependencies and the host and shares the cached RocksDB build.
 
 use eddy_host::engine::Event;
-use eddy_tests::bench::{events, transactions, worker_rate};
+use eddy_tests::bench::{events, state_rate, transactions, worker_rate};
 use eddy_tests::plugin;
 
 struct Row {
@@ -19,6 +19,16 @@ struct Row {
 }
 
 fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize) -> Row {
+    // `-- --only <plugin>` runs one plugin's rows (for profiling); the others report 0 events.
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    if only.is_some_and(|o| o != plugin_name) {
+        return Row {
+            name: name.to_string(),
+            events: 0,
+            calls: 0,
+            secs: 1.0,
+        };
+    }
     let r = worker_rate(&plugin(plugin_name), config, evs, batch);
     Row {
         name: name.to_string(),
@@ -67,6 +77,15 @@ fn main() {
             &chaos,
             256,
         ),
+        {
+            let r = state_rate(&chaos, 256);
+            Row {
+                name: "host only, no plugin: 1 read + 1 write per event, 256 per commit".into(),
+                events: r.events,
+                calls: r.calls,
+                secs: r.secs,
+            }
+        },
         run(
             "fraud-enrich (2 reads + 2 writes, JSON), 256 per call",
             "fraud-enrich",
@@ -95,6 +114,13 @@ fn main() {
     // TTL overhead: dedupe-filter (map contains + put per event) with and without a TTL on
     // its map. Runs alternate (A B B A A B) so drift in the machine's state (RocksDB
     // background work, page cache) falls on both sides alike; means are compared.
+    if std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .is_some_and(|o| o != "dedupe-filter")
+    {
+        return;
+    }
     let (mut plain, mut ttl) = (Vec::new(), Vec::new());
     for with_ttl in [false, true, true, false, false, true] {
         let config = if with_ttl {

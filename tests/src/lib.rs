@@ -982,7 +982,7 @@ pub mod bench {
     use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
     use eddy_host::metrics::Metrics;
     use eddy_host::pipeline::Worker;
-    use eddy_host::state::{StateStore, SystemClock};
+    use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemClock};
 
     /// `n` events over `keys` keys (`c-<i % keys>`), payloads from `payload(i)`.
     pub fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
@@ -1029,6 +1029,51 @@ pub mod bench {
         worker_rate_on(wasm, config, evs, batch, |_| {})
     }
 
+    /// The host's share of one keyed read + write per event, without a plugin: per batch of
+    /// `batch` events, a value read and a value write of 8 bytes through the batch overlay,
+    /// then one commit. The floor under the plugin rows of the engine benchmark.
+    pub fn state_rate(evs: &[Event], batch: usize) -> Rate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            write_ahead_log: false,
+            ..StoreOptions::default()
+        };
+        let state =
+            StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state");
+        let info = state
+            .open_state("count", StateKind::Value, None)
+            .expect("open state");
+        let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+        let run = |evs: &[Event], kgs: &[u16]| {
+            let mut b = state.batch();
+            let mut access = KeyedAccess::new(&state, &mut b);
+            for (e, kg) in evs.iter().zip(kgs) {
+                let n = access
+                    .value_get(&info, *kg, &e.key)
+                    .expect("read")
+                    .and_then(|v| v.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                access.value_set(&info, *kg, &e.key, &(n + 1).to_le_bytes());
+            }
+            state.commit(b).expect("commit");
+        };
+        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
+            run(c, k);
+        }
+        let started = Instant::now();
+        let mut calls = 0;
+        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
+            run(c, k);
+            calls += 1;
+        }
+        Rate {
+            events: evs.len(),
+            calls,
+            secs: started.elapsed().as_secs_f64(),
+        }
+    }
+
     /// [`worker_rate`] on a state that `setup` prepared first.
     pub fn worker_rate_on(
         wasm: &Path,
@@ -1038,8 +1083,14 @@ pub mod bench {
         setup: impl FnOnce(&StateStore),
     ) -> Rate {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state =
-            Arc::new(StateStore::open(dir.path(), 128, Arc::new(SystemClock)).expect("state"));
+        // Opened as a pipeline opens its live state: no write-ahead log.
+        let options = StoreOptions {
+            write_ahead_log: false,
+            ..StoreOptions::default()
+        };
+        let state = Arc::new(
+            StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state"),
+        );
         setup(&state);
         let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
         let p = engine.load_file(wasm).expect("plugin");

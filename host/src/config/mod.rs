@@ -81,6 +81,10 @@ pub struct StateConfig {
     /// read again are reclaimed too.
     #[serde(default = "default_periodic_compaction")]
     pub periodic_compaction_secs: u64,
+    /// Memory for hot values: keyed entries recently read or written, kept in front of RocksDB
+    /// for point reads, in MiB (0: none).
+    #[serde(default = "default_hot_values_mb")]
+    pub hot_values_mb: u64,
 }
 
 impl Default for StateConfig {
@@ -88,8 +92,13 @@ impl Default for StateConfig {
         StateConfig {
             ttl: Default::default(),
             periodic_compaction_secs: default_periodic_compaction(),
+            hot_values_mb: default_hot_values_mb(),
         }
     }
+}
+
+fn default_hot_values_mb() -> u64 {
+    (crate::state::hot::DEFAULT_BUDGET >> 20) as u64
 }
 
 fn default_periodic_compaction() -> u64 {

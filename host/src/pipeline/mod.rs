@@ -202,7 +202,11 @@ pub async fn run(
     // Queries, control requests, hot reload.
     let query = Arc::new(QueryEngine::new(&cfg, state.clone()));
     let query_service = if cfg.query.nats {
-        Some(crate::query::nats::serve(&nats, query.clone()).await?)
+        // Its own connection: answers do not queue behind the pipeline's outputs in one
+        // connection's write buffer, nor the outputs behind them.
+        let conn =
+            transport::connect(&cfg.nats, &format!("eddy:{}:query", cfg.pipeline.name)).await?;
+        Some(crate::query::nats::serve(&conn, query.clone()).await?)
     } else {
         None
     };
@@ -418,6 +422,8 @@ fn open_state(
 ) -> anyhow::Result<StateStore> {
     let store_options = StoreOptions {
         periodic_compaction: Duration::from_secs(cfg.state.periodic_compaction_secs),
+        write_ahead_log: false,
+        hot_values_bytes: (cfg.state.hot_values_mb as usize) << 20,
     };
     let state = StateStore::open_with(
         db_dir,

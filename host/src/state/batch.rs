@@ -210,6 +210,11 @@ impl StateBatch {
         self.keyed.scan(store, store.keyed_cf(), prefix, after, max)
     }
 
+    /// The keyed writes, for the hot values to take at commit.
+    pub(super) fn keyed_overlay(&self) -> &Overlay {
+        &self.keyed
+    }
+
     pub(super) fn into_write_batch(self, store: &StateStore) -> WriteBatch {
         let mut wb = WriteBatch::default();
         self.keyed.write_into(&mut wb, store.keyed_cf());
@@ -240,11 +245,14 @@ impl<'a> KeyedAccess<'a> {
         if let Some(v) = self.batch.keyed.get(key) {
             return Ok(v);
         }
-        Ok(self
-            .store
-            .db()
-            .get_pinned_cf(self.store.keyed_cf(), key)?
-            .map(|v| v.to_vec()))
+        if let Some(v) = self.store.hot_get(key) {
+            return Ok(Some(v));
+        }
+        let stored = self.store.db().get_pinned_cf(self.store.keyed_cf(), key)?;
+        Ok(stored.map(|v| {
+            self.store.hot_fill(key, &v);
+            v.to_vec()
+        }))
     }
 
     /// Applies TTL to one stored value/entry read at `key`: returns the value to show, and

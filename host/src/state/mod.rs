@@ -11,6 +11,7 @@
 
 mod batch;
 pub mod broadcast;
+pub mod hot;
 pub mod keygroup;
 pub mod layout;
 pub mod ttl;
@@ -122,6 +123,7 @@ pub struct StateStore {
     kinds: KindTable,
     stats: Arc<StateStats>,
     overrides: RwLock<HashMap<String, Option<Ttl>>>,
+    hot: Mutex<hot::HotValues>,
 }
 
 /// Kind and TTL of each state id with a TTL, shared with the compaction filter.
@@ -144,12 +146,21 @@ pub struct StoreOptions {
     /// SST files older than this are recompacted (and so cleaned of expired entries), even if
     /// nothing else would compact them: keys never read again are reclaimed too.
     pub periodic_compaction: std::time::Duration,
+    /// Whether commits go through RocksDB's write-ahead log. A pipeline's live database is
+    /// rebuilt from the newest checkpoint at every start (and flushed at a clean stop and at
+    /// every checkpoint), so the log would only be written, never read: pipelines turn it off.
+    /// On for a store whose directory is reopened as it is after a crash.
+    pub write_ahead_log: bool,
+    /// Bytes of hot values kept in memory in front of RocksDB (`hot`); 0 for none.
+    pub hot_values_bytes: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             periodic_compaction: std::time::Duration::from_secs(6 * 3600),
+            write_ahead_log: true,
+            hot_values_bytes: hot::DEFAULT_BUDGET,
         }
     }
 }
@@ -216,9 +227,9 @@ impl StateStore {
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut write_opts = WriteOptions::default();
-        // The WAL is written on every batch (a process crash loses nothing committed); it is
-        // not fsynced per batch: durability against machine loss comes from checkpoints.
+        // Never fsynced per batch: durability against machine loss comes from checkpoints.
         write_opts.set_sync(false);
+        write_opts.disable_wal(!options.write_ahead_log);
         let store = StateStore {
             db,
             path: path.to_path_buf(),
@@ -230,6 +241,7 @@ impl StateStore {
             kinds,
             stats,
             overrides: RwLock::default(),
+            hot: Mutex::new(hot::HotValues::new(options.hot_values_bytes)),
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -357,10 +369,14 @@ impl StateStore {
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.id, kind);
         let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
-        match ttl {
+        let before = match ttl {
             Some(t) => ttls.insert(info.id, (kind, t)),
             None => ttls.remove(&info.id),
         };
+        if before.map(|(_, t)| t.visibility) != ttl.map(|t| t.visibility) {
+            // Whether its entries may be cached changed (see `hot`).
+            self.hot().clear();
+        }
         Ok(info)
     }
 
@@ -546,6 +562,7 @@ impl StateStore {
             kinds: Arc::default(),
             stats: Arc::default(),
             overrides: RwLock::default(),
+            hot: Mutex::new(hot::HotValues::new(0)),
         };
         store.load_registry()?;
         Ok(store)
@@ -556,14 +573,61 @@ impl StateStore {
         StateBatch::default()
     }
 
-    /// Commits a batch's writes and positions in one atomic RocksDB write.
+    /// Commits a batch's writes and positions in one atomic RocksDB write (and through to the
+    /// hot values).
     pub fn commit(&self, batch: StateBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        {
+            let mut hot = self.hot();
+            let keyed = batch.keyed_overlay();
+            if keyed.cleared.is_empty() {
+                for (k, v) in &keyed.writes {
+                    match v {
+                        Some(v) if self.hot_cacheable(k) => hot.put(k, v),
+                        _ => hot.remove(k),
+                    }
+                }
+            } else {
+                hot.clear();
+            }
+        }
         let wb = batch.into_write_batch(self);
-        self.db.write_opt(wb, &self.write_opts)?;
+        if let Err(e) = self.db.write_opt(wb, &self.write_opts) {
+            self.hot().clear();
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, hot::HotValues> {
+        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stored bytes at keyed `key` if they are hot.
+    pub(crate) fn hot_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let mut hot = self.hot();
+        hot.check_epoch(self.stats.expired_in_compaction.load(Ordering::Relaxed));
+        hot.get(key)
+    }
+
+    /// Keeps bytes just read from RocksDB at keyed `key` hot.
+    pub(crate) fn hot_fill(&self, key: &[u8], stored: &[u8]) {
+        if self.hot_cacheable(key) {
+            self.hot().put(key, stored);
+        }
+    }
+
+    /// Whether entries at `key` may be cached: not those of a state that reports expired
+    /// entries until compaction cleans them up.
+    fn hot_cacheable(&self, key: &[u8]) -> bool {
+        let Some(id) = layout::state_id_of(key) else {
+            return false;
+        };
+        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
+        ttls.get(&id)
+            .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
     }
 
     /// Writes stored entries as they are (keyed, or broadcast), in one write: for restoring
@@ -572,6 +636,7 @@ impl StateStore {
         if entries.is_empty() {
             return Ok(());
         }
+        self.hot().clear();
         let cf = if broadcast {
             self.broadcast_cf()
         } else {

@@ -466,3 +466,55 @@ fn a_per_write_ttl_wins_over_the_states_and_works_without_one() {
         );
     }
 }
+
+/// Hot values (`hot`) never change what a read reports: an entry read (and so cached), then
+/// dropped by the compaction filter, reads as RocksDB says after compaction, counted as
+/// removed by compaction and not again on read; under `return-expired-if-not-cleaned-up` a read
+/// after compaction reports the cleanup, not a cached copy.
+#[test]
+fn hot_values_follow_what_compaction_removed() {
+    for (visibility, before_compaction) in [(NEVER, None), (RELAXED, Some("A".to_string()))] {
+        let f = fixture(Kind::Value, 100, WRITE, visibility);
+        f.at(0).set("A");
+        assert_eq!(f.at(50).get().as_deref(), Some("A"), "read, now hot");
+        f.clock.set(150);
+        let stats = f.store.stats();
+        let on_read = stats.expired_on_read.load(Ordering::Relaxed);
+        f.store.compact().expect("compact");
+        assert_eq!(stats.expired_in_compaction.load(Ordering::Relaxed), 1);
+        assert!(!f.physically_present());
+        assert_eq!(f.get(), None, "{visibility:?}: cleaned up, so not returned");
+        assert_eq!(
+            stats.expired_on_read.load(Ordering::Relaxed),
+            on_read,
+            "{visibility:?}: removed once, by compaction"
+        );
+        // Without compaction the relaxed visibility still returns it once.
+        let g = fixture(Kind::Value, 100, WRITE, visibility);
+        g.at(0).set("A");
+        assert_eq!(g.at(50).get().as_deref(), Some("A"));
+        assert_eq!(g.at(150).get(), before_compaction, "{visibility:?}");
+    }
+}
+
+/// Commits write through the hot values: an overwrite, a delete and a map clear are what the
+/// next batch reads.
+#[test]
+fn hot_values_see_every_commit() {
+    let f = fixture(Kind::Map, 1_000_000, WRITE, NEVER);
+    f.at(0).set("A");
+    assert_eq!(f.get().as_deref(), Some("A"));
+    f.set("B");
+    assert_eq!(f.get().as_deref(), Some("B"));
+    let kg = f.store.key_group(KEY);
+    let mut b = f.store.batch();
+    KeyedAccess::new(&f.store, &mut b).map_remove(&f.state, kg, KEY, b"e");
+    f.store.commit(b).expect("commit");
+    assert_eq!(f.get(), None);
+    f.set("C");
+    assert_eq!(f.get().as_deref(), Some("C"));
+    let mut b = f.store.batch();
+    KeyedAccess::new(&f.store, &mut b).map_clear(&f.state, kg, KEY);
+    f.store.commit(b).expect("commit");
+    assert_eq!(f.get(), None);
+}
