@@ -205,7 +205,11 @@ async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
             (rule != want).then(|| format!("event {i} saw {rule}, not {want}"))
         })
         .collect();
-    assert!(wrong.is_empty(), "{} events saw the wrong rule: {wrong:?}", wrong.len());
+    assert!(
+        wrong.is_empty(),
+        "{} events saw the wrong rule: {wrong:?}",
+        wrong.len()
+    );
 }
 
 /// A write from the keyed side is an error the plugin sees, and nothing is written.

@@ -257,15 +257,18 @@ async fn events_wait_for_a_slow_store_concurrently() {
         .map(|i| lookup(i, &format!("c{}", i % 100), "h", &format!("m{i}")))
         .collect();
     publish(&conn.js, &inputs).await;
-    let started = Instant::now();
     let run = Running::start(&spec);
+    // Timed from the first output, so start-up (a cold compile on a loaded machine) does not
+    // count.
+    let first = wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(60)).await;
+    let started = Instant::now();
     assert_eq!(
         wait_for_len(&conn.js, "OUT", 1_000, Duration::from_secs(60)).await,
         1_000
     );
     let secs = started.elapsed().as_secs_f64();
     run.stop().await;
-    let rate = 1_000.0 / secs;
+    let rate = (1_000 - first) as f64 / secs;
     let ideal = 50.0 / 0.050;
     eprintln!(
         "50 ms store, capacity 50: {rate:.0} events/s = {:.2} of capacity/latency ({ideal:.0}/s)",

@@ -173,7 +173,9 @@ async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = PipelineSpec::new("chaos", &nats.url(), dir.path(), plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
-    spec.cpu_ms = 50;
+    // Room for the `oom` event to reach the memory limit (32 one-MiB blocks) before the CPU
+    // budget on a loaded machine: the budget is counted in wall-clock ticks.
+    spec.cpu_ms = 250;
     spec.memory_mb = 32;
     let conn = nats.connect().await.expect("connect");
     create_streams(&conn.js, &spec).await.expect("streams");
@@ -230,7 +232,7 @@ async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
     let reason = |kind: &str| kinds.get(kind).cloned().unwrap_or_default();
     assert_eq!(reason("cpu-budget").len(), 2, "{kinds:?}");
     assert!(
-        reason("cpu-budget")[0].contains("CPU budget of 50 ms"),
+        reason("cpu-budget")[0].contains("CPU budget of 250 ms"),
         "{kinds:?}"
     );
     assert_eq!(reason("memory-limit").len(), 2, "{kinds:?}");

@@ -247,9 +247,10 @@ impl Runner {
         let mut due = false;
         for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
             b.poll_ready();
-            due |= b.buffer.front().is_some_and(|m| {
-                align::stored(m).0 + cfg.idle_apply_ms * 1_000_000 <= now_ns
-            });
+            due |= b
+                .buffer
+                .front()
+                .is_some_and(|m| align::stored(m).0 + cfg.idle_apply_ms * 1_000_000 <= now_ns);
         }
         if !due {
             return;
