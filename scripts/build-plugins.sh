@@ -9,7 +9,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-plugins=(passthrough fraud-enrich dedupe-filter chaos)
+plugins=(passthrough counter fraud-enrich dedupe-filter chaos)
 target=wasm32-wasip2
 profile=plugin
 target_dir="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}"

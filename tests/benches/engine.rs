@@ -71,7 +71,14 @@ fn main() {
             1024,
         ),
         run(
-            "keyed state: 1 read + 1 write per event, 256 per call",
+            "keyed state: 1 read + 1 write per event, 256 per call (counter)",
+            "counter",
+            "{}",
+            &chaos,
+            256,
+        ),
+        run(
+            "same, plus a JSON parse and a header per event (chaos `count`)",
             "chaos",
             "{}",
             &chaos,
