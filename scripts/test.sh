@@ -6,6 +6,7 @@ source "$(dirname "$0")/env.sh"
 cd "$EDDY_ROOT"
 
 ensure_tools
+prune_target
 bash scripts/build-plugins.sh
 # The sample plugins in the other guest languages (each script installs its pinned toolchain
 # into ~/.cache/eddy/tools once). A language that cannot build here is reported and its tests
