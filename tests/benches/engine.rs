@@ -8,7 +8,9 @@
 //! run; `-- --only <plugin>` for one plugin's rows, e.g. under `perf record`). The dev profile optimises dependencies and the host and shares the cached RocksDB build.
 
 use eddy_host::engine::Event;
-use eddy_tests::bench::{events, state_rate, transactions, worker_rate};
+use eddy_tests::bench::{
+    events, state_rate, store_options, transactions, worker_rate, worker_rate_on,
+};
 use eddy_tests::plugin;
 
 struct Row {
@@ -118,16 +120,35 @@ fn main() {
             eps / base
         );
     }
+    // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.
+    if std::env::args().any(|a| a == "--only") {
+        return;
+    }
+    println!("\n| hot values, 256 per call | off, events/s | on, events/s | on / off |");
+    println!("|---|---:|---:|---:|");
+    for (name, plugin_name, evs) in [
+        ("counter (1 read + 1 write)", "counter", &chaos),
+        ("fraud-enrich", "fraud-enrich", &txs),
+    ] {
+        let wasm = plugin(plugin_name);
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for hot in [false, true, true, false] {
+            let mut options = store_options();
+            if !hot {
+                options.hot_values_bytes = 0;
+            }
+            let r = worker_rate_on(&wasm, "{}", evs, 256, options, |_| {});
+            let eps = r.events as f64 / r.secs;
+            if hot { on.push(eps) } else { off.push(eps) }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (a, b) = (mean(&off), mean(&on));
+        println!("| {name} | {a:.0} | {b:.0} | {:.2} |", b / a);
+    }
+
     // TTL overhead: dedupe-filter (map contains + put per event) with and without a TTL on
     // its map. Runs alternate (A B B A A B) so drift in the machine's state (RocksDB
     // background work, page cache) falls on both sides alike; means are compared.
-    if std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1)
-        .is_some_and(|o| o != "dedupe-filter")
-    {
-        return;
-    }
     let (mut plain, mut ttl) = (Vec::new(), Vec::new());
     for with_ttl in [false, true, true, false, false, true] {
         let config = if with_ttl {

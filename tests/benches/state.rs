@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use eddy_host::checkpoint::{Checkpoints, Cut};
 use eddy_host::state::{BroadcastAccess, KeyedAccess, StateKind, StateStore, SystemClock};
-use eddy_tests::bench::{events, worker_rate_on};
+use eddy_tests::bench::{events, store_options, worker_rate_on};
 use eddy_tests::plugin;
 
 /// A fraud-like statistics value, as the Rust SDK stores it (compact JSON).
@@ -121,8 +121,8 @@ fn broadcast(quick: bool) {
         store.flush().expect("flush");
     };
     let chaos = plugin("chaos");
-    let empty = worker_rate_on(&chaos, "{}", &lookups, 256, |_| {});
-    let full = worker_rate_on(&chaos, "{}", &lookups, 256, fill);
+    let empty = worker_rate_on(&chaos, "{}", &lookups, 256, store_options(), |_| {});
+    let full = worker_rate_on(&chaos, "{}", &lookups, 256, store_options(), fill);
     let eps = |r: &eddy_tests::bench::Rate| r.events as f64 / r.secs;
     println!(
         "\nKeyed events each reading one broadcast entry ({n} events, 256 per call, chaos `rule`)\n"

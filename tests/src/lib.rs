@@ -1026,7 +1026,16 @@ pub mod bench {
     /// beforehand, 20 batches of warm-up), `batch` events per call, each batch's writes
     /// committed to RocksDB.
     pub fn worker_rate(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
-        worker_rate_on(wasm, config, evs, batch, |_| {})
+        worker_rate_on(wasm, config, evs, batch, store_options(), |_| {})
+    }
+
+    /// The store options a pipeline opens its live state with: no write-ahead log, hot values
+    /// at their default size.
+    pub fn store_options() -> StoreOptions {
+        StoreOptions {
+            write_ahead_log: false,
+            ..StoreOptions::default()
+        }
     }
 
     /// The host's share of one keyed read + write per event, without a plugin: per batch of
@@ -1034,12 +1043,8 @@ pub mod bench {
     /// then one commit. The floor under the plugin rows of the engine benchmark.
     pub fn state_rate(evs: &[Event], batch: usize) -> Rate {
         let dir = tempfile::tempdir().expect("tempdir");
-        let options = StoreOptions {
-            write_ahead_log: false,
-            ..StoreOptions::default()
-        };
-        let state =
-            StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state");
+        let state = StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), store_options())
+            .expect("state");
         let info = state
             .open_state("count", StateKind::Value, None)
             .expect("open state");
@@ -1074,20 +1079,16 @@ pub mod bench {
         }
     }
 
-    /// [`worker_rate`] on a state that `setup` prepared first.
+    /// [`worker_rate`] on a state opened with `options` that `setup` prepared first.
     pub fn worker_rate_on(
         wasm: &Path,
         config: &str,
         evs: &[Event],
         batch: usize,
+        options: StoreOptions,
         setup: impl FnOnce(&StateStore),
     ) -> Rate {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Opened as a pipeline opens its live state: no write-ahead log.
-        let options = StoreOptions {
-            write_ahead_log: false,
-            ..StoreOptions::default()
-        };
         let state = Arc::new(
             StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state"),
         );
