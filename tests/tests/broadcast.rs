@@ -212,6 +212,60 @@ async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
     );
 }
 
+/// With several broadcast inputs and no keyed traffic, updates apply in the order their
+/// streams stored them, across inputs: here input `b` stores `limit = 2`, then input `a` stores
+/// `limit = 1`, so the table ends at 1 (applying input by input would end at 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_updates_of_several_inputs_apply_in_stored_order() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = spec(&nats, dir.path());
+    spec.extra = "[broadcast.a]\nstream = \"RULES_A\"\nsubjects = [\"rules.a\"]\nidle_apply_ms = 100\n\n[broadcast.b]\nstream = \"RULES_B\"\nsubjects = [\"rules.b\"]\nidle_apply_ms = 100\n".into();
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    create_stream(&conn.js, "RULES_A", &["rules.a"])
+        .await
+        .expect("stream a");
+    create_stream(&conn.js, "RULES_B", &["rules.b"])
+        .await
+        .expect("stream b");
+    let run = Running::start(&spec);
+    let wait_applied = |n: u64| {
+        let conn = &conn;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while applied(conn).await != Some(json!(n)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n} updates were not applied within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    for round in 0..3u64 {
+        publish(
+            &conn.js,
+            "rules.b",
+            vec![json!({"op": "put", "key": "limit", "value": 2 + 10 * round})],
+        )
+        .await;
+        publish(
+            &conn.js,
+            "rules.a",
+            vec![json!({"op": "put", "key": "limit", "value": 1 + 10 * round})],
+        )
+        .await;
+        wait_applied(2 * (round + 1)).await;
+        assert_eq!(
+            broadcast_entry(&conn, "rules", "rules", "limit").await,
+            json!(1 + 10 * round),
+            "round {round}: the update stored last wins"
+        );
+    }
+    run.stop().await;
+}
+
 /// A write from the keyed side is an error the plugin sees, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_from_the_keyed_side_is_refused_and_changes_nothing() {

@@ -110,6 +110,8 @@ pub struct BroadcastInputConfig {
     pub subjects: Vec<String>,
     /// When no keyed event arrives, how long after its stream stored it a broadcast update is
     /// applied anyway (keyed events stored before it may still be on their way until then).
+    /// With several broadcast inputs the largest value holds for all, so their updates apply
+    /// in stored order.
     #[serde(default = "default_idle_apply_ms")]
     pub idle_apply_ms: u64,
 }

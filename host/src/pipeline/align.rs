@@ -38,7 +38,7 @@ pub(crate) fn broadcast_msg(input: &str, msg: jetstream::Message) -> BroadcastMs
 
 /// Takes, from the front of every buffer, the updates stored at or before `ns`, oldest first
 /// (ties: in input order).
-fn take_until(broadcasts: &mut [BroadcastInput], ns: u64) -> Vec<BroadcastMsg> {
+pub(crate) fn take_until(broadcasts: &mut [BroadcastInput], ns: u64) -> Vec<BroadcastMsg> {
     let mut out = Vec::new();
     loop {
         let next = broadcasts

@@ -236,47 +236,47 @@ impl Runner {
     }
 
     /// Applies broadcast updates that arrived while no keyed event did, once they are
-    /// `idle_apply_ms` old, and only those stored before the next keyed message still in the
-    /// stream: a keyed input that is stalled (`max_pending`) or starting on a backlog has
-    /// nothing in hand, yet events stored before an update must still be handled before it.
+    /// `idle_apply_ms` old (the largest of the inputs', so no input's older update can still be
+    /// on its way), and only those stored before the next keyed message still in the stream: a
+    /// keyed input that is stalled (`max_pending`) or starting on a backlog has nothing in
+    /// hand, yet events stored before an update must still be handled before it. Updates of
+    /// several inputs apply in the order their streams stored them, as among keyed events.
     async fn idle_broadcasts(&mut self) {
         if self.broadcasts.is_empty() || self.window.has_keyed() || !self.input_rx.is_empty() {
             return;
         }
-        let now_ns = crate::checkpoint::now_ms().saturating_mul(1_000_000);
+        let idle_ns = self
+            .cfg
+            .broadcast
+            .values()
+            .map(|b| b.idle_apply_ms)
+            .max()
+            .unwrap_or(0)
+            .saturating_mul(1_000_000);
+        let due_until = crate::checkpoint::now_ms()
+            .saturating_mul(1_000_000)
+            .saturating_sub(idle_ns);
         let mut due = false;
-        for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
+        for b in &mut self.broadcasts {
             b.poll_ready();
             due |= b
                 .buffer
                 .front()
-                .is_some_and(|m| align::stored(m).0 + cfg.idle_apply_ms * 1_000_000 <= now_ns);
+                .is_some_and(|m| align::stored(m).0 <= due_until);
         }
         if !due {
             return;
         }
-        let keyed_next = match self.keyed_backlog.next_after(self.keyed_read_through).await {
-            Ok(next) => next.map(|(_, ns)| ns),
+        let until = match self.keyed_backlog.next_after(self.keyed_read_through).await {
+            Ok(Some((_, keyed_ns))) => due_until.min(keyed_ns),
+            Ok(None) => due_until,
             Err(e) => {
                 tracing::warn!("cannot look into the keyed input ({e}); broadcast updates wait");
                 return;
             }
         };
-        for (b, cfg) in self.broadcasts.iter_mut().zip(self.cfg.broadcast.values()) {
-            let mut ready = Vec::new();
-            while let Some(m) = b.buffer.front() {
-                let (stored_ns, _) = align::stored(m);
-                if stored_ns + cfg.idle_apply_ms * 1_000_000 > now_ns
-                    || keyed_next.is_some_and(|k| stored_ns > k)
-                {
-                    break;
-                }
-                if let Some(m) = b.buffer.pop_front() {
-                    ready.push(align::broadcast_msg(&b.name, m));
-                }
-            }
-            self.window.push_broadcast(ready);
-        }
+        let ready = align::take_until(&mut self.broadcasts, until);
+        self.window.push_broadcast(ready);
     }
 
     /// Runs one released group and publishes its messages (or holds them during probation).
