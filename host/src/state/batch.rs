@@ -245,12 +245,13 @@ impl<'a> KeyedAccess<'a> {
         if let Some(v) = self.batch.keyed.get(key) {
             return Ok(v);
         }
-        if let Some(v) = self.store.hot_get(key) {
-            return Ok(Some(v));
-        }
+        let generation = match self.store.hot_get(key) {
+            Ok(v) => return Ok(Some(v)),
+            Err(generation) => generation,
+        };
         let stored = self.store.db().get_pinned_cf(self.store.keyed_cf(), key)?;
         Ok(stored.map(|v| {
-            self.store.hot_fill(key, &v);
+            self.store.hot_fill(generation, key, &v);
             v.to_vec()
         }))
     }

@@ -9,6 +9,11 @@
 //! `return-expired-if-not-cleaned-up` are never cached: whether compaction has cleaned an
 //! entry up is what such a read reports.
 //!
+//! Readers other than the pipeline's worker (queries) read through it too, from their own
+//! threads. A value read from RocksDB is kept only if nothing was committed between the read
+//! and the keeping (a generation count), so a query that read just before a commit cannot put
+//! the older value back over the committed one.
+//!
 //! Bounded by bytes; when full it starts over empty (cheap, and a stream's working set
 //! refills it within a batch or two).
 
@@ -27,6 +32,8 @@ pub(super) struct HotValues {
     budget: usize,
     /// The compaction filter's removal count when the cache was last known valid.
     compaction_epoch: u64,
+    /// Bumped by every change made behind a reader's back (commit, clear).
+    generation: u64,
 }
 
 impl HotValues {
@@ -36,6 +43,25 @@ impl HotValues {
             bytes: 0,
             budget,
             compaction_epoch: 0,
+            generation: 0,
+        }
+    }
+
+    /// The current generation: pass it to [`HotValues::fill`] with bytes read from RocksDB
+    /// after taking it.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks a change of what RocksDB holds (a commit).
+    pub(super) fn bump(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Keeps bytes read from RocksDB, unless anything changed since `generation` was taken.
+    pub(super) fn fill(&mut self, generation: u64, key: &[u8], value: &[u8]) {
+        if generation == self.generation {
+            self.put(key, value);
         }
     }
 
@@ -81,6 +107,7 @@ impl HotValues {
     pub(super) fn clear(&mut self) {
         self.map.clear();
         self.bytes = 0;
+        self.generation += 1;
     }
 
     #[cfg(test)]
@@ -119,6 +146,19 @@ mod tests {
         assert_eq!(hot.get(b"a"), Some(b"1".to_vec()));
         hot.check_epoch(1);
         assert_eq!(hot.get(b"a"), None);
+    }
+
+    #[test]
+    fn a_read_that_a_commit_overtook_is_not_kept() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        let before = hot.generation();
+        // A commit lands between the reader's RocksDB read and its fill.
+        hot.put(b"k", b"new");
+        hot.bump();
+        hot.fill(before, b"k", b"old");
+        assert_eq!(hot.get(b"k"), Some(b"new".to_vec()));
+        hot.fill(hot.generation(), b"j", b"1");
+        assert_eq!(hot.get(b"j"), Some(b"1".to_vec()));
     }
 
     #[test]

@@ -581,6 +581,7 @@ impl StateStore {
         }
         {
             let mut hot = self.hot();
+            hot.bump();
             let keyed = batch.keyed_overlay();
             if keyed.cleared.is_empty() {
                 for (k, v) in &keyed.writes {
@@ -605,17 +606,18 @@ impl StateStore {
         self.hot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stored bytes at keyed `key` if they are hot.
-    pub(crate) fn hot_get(&self, key: &[u8]) -> Option<Vec<u8>> {
+    /// The stored bytes at keyed `key` if they are hot (`Ok`), or the generation to hand to
+    /// [`StateStore::hot_fill`] with what RocksDB holds (`Err`).
+    pub(crate) fn hot_get(&self, key: &[u8]) -> std::result::Result<Vec<u8>, u64> {
         let mut hot = self.hot();
         hot.check_epoch(self.stats.expired_in_compaction.load(Ordering::Relaxed));
-        hot.get(key)
+        hot.get(key).ok_or(hot.generation())
     }
 
-    /// Keeps bytes just read from RocksDB at keyed `key` hot.
-    pub(crate) fn hot_fill(&self, key: &[u8], stored: &[u8]) {
+    /// Keeps bytes read from RocksDB at keyed `key` hot, unless a commit came in between.
+    pub(crate) fn hot_fill(&self, generation: u64, key: &[u8], stored: &[u8]) {
         if self.hot_cacheable(key) {
-            self.hot().put(key, stored);
+            self.hot().fill(generation, key, stored);
         }
     }
 
