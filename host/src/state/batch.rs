@@ -84,14 +84,14 @@ impl Overlay {
         self.writes.extend(later.writes);
     }
 
-    fn write_into(self, wb: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
+    fn write_into(&self, wb: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
         for prefix in &self.cleared {
             match prefix_end(prefix) {
                 Some(end) => wb.delete_range_cf(cf, prefix.as_slice(), end.as_slice()),
                 None => wb.delete_range_cf(cf, prefix.as_slice(), &[0xffu8; 16][..]),
             }
         }
-        for (k, v) in self.writes {
+        for (k, v) in &self.writes {
             match v {
                 Some(v) => wb.put_cf(cf, k, v),
                 None => wb.delete_cf(cf, k),
@@ -215,13 +215,13 @@ impl StateBatch {
         &self.keyed
     }
 
-    pub(super) fn into_write_batch(self, store: &StateStore) -> WriteBatch {
+    pub(super) fn write_batch(&self, store: &StateStore) -> WriteBatch {
         let mut wb = WriteBatch::default();
         self.keyed.write_into(&mut wb, store.keyed_cf());
         self.broadcast.write_into(&mut wb, store.broadcast_cf());
         let meta = store.meta_cf();
-        for (input, pos) in self.positions {
-            wb.put_cf(meta, position_key(&input), pos.to_be_bytes());
+        for (input, pos) in &self.positions {
+            wb.put_cf(meta, position_key(input), pos.to_be_bytes());
         }
         wb
     }

@@ -573,32 +573,27 @@ impl StateStore {
         StateBatch::default()
     }
 
-    /// Commits a batch's writes and positions in one atomic RocksDB write (and through to the
-    /// hot values).
+    /// Commits a batch's writes and positions in one atomic RocksDB write, then through to the
+    /// hot values (so a query never reads there what RocksDB does not hold yet).
     pub fn commit(&self, batch: StateBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        {
-            let mut hot = self.hot();
-            hot.bump();
-            let keyed = batch.keyed_overlay();
-            if keyed.cleared.is_empty() {
-                for (k, v) in &keyed.writes {
-                    match v {
-                        Some(v) if self.hot_cacheable(k) => hot.put(k, v),
-                        _ => hot.remove(k),
-                    }
+        let written = self.db.write_opt(batch.write_batch(self), &self.write_opts);
+        let mut hot = self.hot();
+        hot.bump();
+        let keyed = batch.keyed_overlay();
+        if written.is_err() || !keyed.cleared.is_empty() {
+            hot.clear();
+        } else {
+            for (k, v) in &keyed.writes {
+                match v {
+                    Some(v) if self.hot_cacheable(k) => hot.put(k, v),
+                    _ => hot.remove(k),
                 }
-            } else {
-                hot.clear();
             }
         }
-        let wb = batch.into_write_batch(self);
-        if let Err(e) = self.db.write_opt(wb, &self.write_opts) {
-            self.hot().clear();
-            return Err(e.into());
-        }
+        written?;
         Ok(())
     }
 
