@@ -5,7 +5,8 @@
 //! call per event, the "raw wasmtime call" cost). Every other row is a ratio to it.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench engine` (add `-- --quick` for a short
-//! run; `-- --only <plugin>` for one plugin's rows, e.g. under `perf record`). The dev profile optimises dependencies and the host and shares the cached RocksDB build.
+//! run; `-- --only <plugin>` for one plugin's rows, e.g. under `perf record`). The dev profile
+//! optimises dependencies and the host and shares the cached RocksDB build.
 
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
@@ -20,10 +21,14 @@ struct Row {
     secs: f64,
 }
 
+/// The plugin named by `-- --only <plugin>`: only its rows run (for profiling).
+fn only() -> Option<String> {
+    std::env::args().skip_while(|a| a != "--only").nth(1)
+}
+
 fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize) -> Row {
-    // `-- --only <plugin>` runs one plugin's rows (for profiling); the others report 0 events.
-    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    if only.is_some_and(|o| o != plugin_name) {
+    // The other rows report 0 events.
+    if only().is_some_and(|o| o != plugin_name) {
         return Row {
             name: name.to_string(),
             events: 0,
@@ -121,7 +126,7 @@ fn main() {
         );
     }
     // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.
-    if std::env::args().any(|a| a == "--only") {
+    if only().is_some() {
         return;
     }
     println!("\n| hot values, 256 per call | off, events/s | on, events/s | on / off |");

@@ -1049,7 +1049,7 @@ pub mod bench {
             .open_state("count", StateKind::Value, None)
             .expect("open state");
         let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
-        let run = |evs: &[Event], kgs: &[u16]| {
+        timed_batches(evs, &kgs, batch, |evs, kgs| {
             let mut b = state.batch();
             let mut access = KeyedAccess::new(&state, &mut b);
             for (e, kg) in evs.iter().zip(kgs) {
@@ -1062,7 +1062,17 @@ pub mod bench {
                 access.value_set(&info, *kg, &e.key, &(n + 1).to_le_bytes());
             }
             state.commit(b).expect("commit");
-        };
+        })
+    }
+
+    /// Runs `run` on `evs` (with their key groups `kgs`) `batch` at a time: 20 batches of
+    /// warm-up, then every batch timed.
+    fn timed_batches(
+        evs: &[Event],
+        kgs: &[u16],
+        batch: usize,
+        mut run: impl FnMut(&[Event], &[u16]),
+    ) -> Rate {
         for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
             run(c, k);
         }
@@ -1107,24 +1117,13 @@ pub mod bench {
             Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
         let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
         let none = Arc::default();
-        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
-            worker.handle(c, k, &none).expect("run");
-        }
-        let started = Instant::now();
-        let mut calls = 0;
-        for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
+        timed_batches(evs, &kgs, batch, |c, k| {
             let r = worker.handle(c, k, &none).expect("run");
             assert!(
                 r.iter().all(Result::is_ok),
                 "{}: all events succeed",
                 wasm.display()
             );
-            calls += 1;
-        }
-        Rate {
-            events: evs.len(),
-            calls,
-            secs: started.elapsed().as_secs_f64(),
-        }
+        })
     }
 }

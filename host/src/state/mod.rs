@@ -580,6 +580,8 @@ impl StateStore {
             return Ok(());
         }
         let written = self.db.write_opt(batch.write_batch(self), &self.write_opts);
+        // Lock order, as in `open_state`: the TTL table, then the hot values.
+        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
         let mut hot = self.hot();
         hot.bump();
         let keyed = batch.keyed_overlay();
@@ -588,7 +590,7 @@ impl StateStore {
         } else {
             for (k, v) in &keyed.writes {
                 match v {
-                    Some(v) if self.hot_cacheable(k) => hot.put(k, v),
+                    Some(v) if hot_cacheable(&ttls, k) => hot.put(k, v),
                     _ => hot.remove(k),
                 }
             }
@@ -611,20 +613,10 @@ impl StateStore {
 
     /// Keeps bytes read from RocksDB at keyed `key` hot, unless a commit came in between.
     pub(crate) fn hot_fill(&self, generation: u64, key: &[u8], stored: &[u8]) {
-        if self.hot_cacheable(key) {
+        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
+        if hot_cacheable(&ttls, key) {
             self.hot().fill(generation, key, stored);
         }
-    }
-
-    /// Whether entries at `key` may be cached: not those of a state that reports expired
-    /// entries until compaction cleans them up.
-    fn hot_cacheable(&self, key: &[u8]) -> bool {
-        let Some(id) = layout::state_id_of(key) else {
-            return false;
-        };
-        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
-        ttls.get(&id)
-            .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
     }
 
     /// Writes stored entries as they are (keyed, or broadcast), in one write: for restoring
@@ -749,6 +741,15 @@ fn ttl_compaction_filter(
             rocksdb::CompactionDecision::Keep
         }
     }
+}
+
+/// Whether entries at `key` may be hot values: not those of a state that reports expired
+/// entries until compaction cleans them up (`ttls`: the store's TTL table).
+fn hot_cacheable(ttls: &HashMap<u32, (StateKind, Ttl)>, key: &[u8]) -> bool {
+    layout::state_id_of(key).is_some_and(|id| {
+        ttls.get(&id)
+            .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
+    })
 }
 
 fn position_key(input: &str) -> Vec<u8> {
