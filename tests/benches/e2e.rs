@@ -7,8 +7,13 @@
 //! Throughput: N events published first, then the consumer started; rate = events between the
 //! first and the last output over that time. Latency: events published at a fixed rate while
 //! the consumer runs; latency = output stored time - input stored time (same server clock).
+//! CPU: time on the CPU per event during the throughput phase, of this process (relay or
+//! pipeline) and of nats-server, from `/proc` (on two cores, what one side burns the other
+//! cannot use). Printed to stderr too: how busy the plugin calls kept the worker's thread and
+//! the mean events per call.
 //!
-//! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run).
+//! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run;
+//! `-- --only relay|pass|fraud` for one case, e.g. under `perf`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +24,7 @@ use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
+use eddy_tests::bench::cpu_time;
 use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, stream_len};
 use futures::{FutureExt, StreamExt};
 
@@ -96,6 +102,14 @@ async fn relay(js: jetstream::Context, stop: tokio::sync::watch::Receiver<bool>)
 
 struct Result {
     events_per_s: f64,
+    /// CPU µs per event from the first output to the last: this process (relay or pipeline,
+    /// plus the benchmark's polling) and nats-server.
+    host_us: f64,
+    server_us: f64,
+    /// Share of the throughput phase spent in plugin calls (the worker's thread), and the
+    /// mean events per call.
+    call_busy: f64,
+    mean_batch: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -120,18 +134,29 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
         .expect("publish");
 
     let (stop, rx) = tokio::sync::watch::channel(false);
+    let metrics = Metrics::new("bench");
     let task = match case {
         Case::Relay => tokio::spawn(relay(conn.js.clone(), rx).map(|_| ())),
         _ => {
             let cfg = spec.config();
             tokio::spawn(
-                pipeline::run(cfg, RunOptions::default(), rx, Metrics::new("bench")).map(|r| {
+                pipeline::run(cfg, RunOptions::default(), rx, metrics.clone()).map(|r| {
                     r.expect("pipeline");
                 }),
             )
         }
     };
     // Throughput: from the first output to the last.
+    let server_pid = nats.pid().expect("nats-server runs");
+    let cpu = || {
+        (
+            cpu_time(std::process::id()),
+            cpu_time(server_pid),
+            metrics.call_seconds.sum(),
+            metrics.batch_size.count(),
+        )
+    };
+    let mut cpu0 = cpu();
     let mut t0 = None;
     let mut first = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -139,6 +164,7 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
         let len = stream_len(&conn.js, "OUT").await.unwrap_or(0);
         if t0.is_none() && len > 0 {
             t0 = Some(Instant::now());
+            cpu0 = cpu();
             first = len;
         }
         if len >= n as u64 || Instant::now() > deadline {
@@ -146,8 +172,14 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let cpu1 = cpu();
     let elapsed = t1 - t0.unwrap_or(t1);
     let events_per_s = (n as u64 - first) as f64 / elapsed.as_secs_f64().max(1e-9);
+    let counted = (n as u64 - first).max(1) as f64;
+    let per_event = |a: Duration, b: Duration| (b - a).as_secs_f64() * 1e6 / counted;
+    let (host_us, server_us) = (per_event(cpu0.0, cpu1.0), per_event(cpu0.1, cpu1.1));
+    let call_busy = (cpu1.2 - cpu0.2) / elapsed.as_secs_f64().max(1e-9);
+    let mean_batch = counted / (cpu1.3 - cpu0.3).max(1) as f64;
 
     // Latency: a steady trickle while the consumer is idle and waiting.
     let extra = produce::transactions(rate * secs as usize, 10_000, 2, 0);
@@ -207,6 +239,10 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     };
     Result {
         events_per_s,
+        host_us,
+        server_us,
+        call_busy,
+        mean_batch,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
     }
@@ -220,24 +256,46 @@ async fn main() {
     } else {
         (100_000, 2_000, 5)
     };
+    // `-- --only relay|pass|fraud`: one case alone (for profiling); ratios then read "n/a".
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     let mut rows = Vec::new();
     for case in [Case::Relay, Case::Passthrough, Case::Fraud] {
+        if only.is_some_and(|o| !case.name().contains(o.as_str())) {
+            continue;
+        }
         let r = measure(case, n, rate, secs).await;
-        eprintln!("{}: {:.0} events/s", case.name(), r.events_per_s);
+        eprintln!(
+            "{}: {:.0} events/s, plugin calls busy {:.0}% of the time, {:.0} events per call",
+            case.name(),
+            r.events_per_s,
+            r.call_busy * 100.0,
+            r.mean_batch
+        );
         rows.push((case, r));
     }
-    let base = rows[0].1.events_per_s;
+    let base = match rows.first() {
+        Some((Case::Relay, r)) => r.events_per_s,
+        _ => f64::NAN,
+    };
     println!(
         "\nEnd-to-end over nats-server ({n} events pre-published for throughput; {rate}/s for {secs} s for latency)\n"
     );
-    println!("| case | events/s | vs relay | p50 latency ms | p99 latency ms |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| case | events/s | vs relay | CPU µs/event: host | nats-server | p50 latency ms | p99 latency ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (case, r) in &rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |",
             case.name(),
             r.events_per_s,
             r.events_per_s / base,
+            r.host_us,
+            r.server_us,
             r.p50_ms,
             r.p99_ms
         );

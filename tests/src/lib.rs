@@ -71,6 +71,11 @@ impl NatsServer {
         bail!("nats-server did not start listening on port {}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -983,6 +988,20 @@ pub mod bench {
     use eddy_host::metrics::Metrics;
     use eddy_host::pipeline::Worker;
     use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemClock};
+
+    /// CPU time used so far by process `pid` (all its live threads), from Linux's
+    /// `/proc/<pid>/task/*/schedstat` (nanoseconds on the CPU). Zero where that is unreadable.
+    pub fn cpu_time(pid: u32) -> std::time::Duration {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return std::time::Duration::ZERO;
+        };
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        std::time::Duration::from_nanos(ns)
+    }
 
     /// `n` events over `keys` keys (`c-<i % keys>`), payloads from `payload(i)`.
     pub fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
