@@ -167,6 +167,7 @@ pub fn write(
     let (mut entries, mut expired) = (0u64, 0u64);
     let total = store.key_groups() as usize;
     let mut current: Option<FileWriter> = None;
+    store.settle()?;
     let mut it = store.db().raw_iterator_cf(store.keyed_cf());
     it.seek_to_first();
     while it.valid() {

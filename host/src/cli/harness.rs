@@ -213,6 +213,7 @@ pub fn dump(state: &StateStore) -> anyhow::Result<Vec<serde_json::Value>> {
         .map(|s| (s.id, (s.name, s.kind)))
         .collect();
     let mut out = Vec::new();
+    state.settle()?;
     let mut it = state.db().raw_iterator_cf(state.keyed_cf());
     it.seek_to_first();
     while it.valid() {

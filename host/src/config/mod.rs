@@ -82,7 +82,8 @@ pub struct StateConfig {
     #[serde(default = "default_periodic_compaction")]
     pub periodic_compaction_secs: u64,
     /// Memory for hot values: keyed entries recently read or written, kept in front of RocksDB
-    /// for point reads, in MiB (0: none).
+    /// for point reads, and value/list writes waiting for the next checkpoint, in MiB (0: none,
+    /// every write goes to RocksDB at once).
     #[serde(default = "default_hot_values_mb")]
     pub hot_values_mb: u64,
 }

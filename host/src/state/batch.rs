@@ -84,14 +84,24 @@ impl Overlay {
         self.writes.extend(later.writes);
     }
 
-    fn write_into(&self, wb: &mut WriteBatch, cf: &rocksdb::ColumnFamily) {
+    /// Adds the overlay to `wb`, leaving out the writes whose index (in key order) `skip`
+    /// names.
+    fn write_into(
+        &self,
+        wb: &mut WriteBatch,
+        cf: &rocksdb::ColumnFamily,
+        skip: impl Fn(usize) -> bool,
+    ) {
         for prefix in &self.cleared {
             match prefix_end(prefix) {
                 Some(end) => wb.delete_range_cf(cf, prefix.as_slice(), end.as_slice()),
                 None => wb.delete_range_cf(cf, prefix.as_slice(), &[0xffu8; 16][..]),
             }
         }
-        for (k, v) in &self.writes {
+        for (i, (k, v)) in self.writes.iter().enumerate() {
+            if skip(i) {
+                continue;
+            }
             match v {
                 Some(v) => wb.put_cf(cf, k, v),
                 None => wb.delete_cf(cf, k),
@@ -207,6 +217,8 @@ impl StateBatch {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        // Value and list writes may still wait in the hot values: RocksDB gets them first.
+        store.settle()?;
         self.keyed.scan(store, store.keyed_cf(), prefix, after, max)
     }
 
@@ -215,10 +227,17 @@ impl StateBatch {
         &self.keyed
     }
 
-    pub(super) fn write_batch(&self, store: &StateStore) -> WriteBatch {
+    /// The RocksDB write of this batch, leaving out the keyed writes whose index (in key
+    /// order, as [`StateBatch::keyed_overlay`] lists them) `skip` names: those deferred.
+    pub(super) fn write_batch_except(
+        &self,
+        store: &StateStore,
+        skip: impl Fn(usize) -> bool,
+    ) -> WriteBatch {
         let mut wb = WriteBatch::default();
-        self.keyed.write_into(&mut wb, store.keyed_cf());
-        self.broadcast.write_into(&mut wb, store.broadcast_cf());
+        self.keyed.write_into(&mut wb, store.keyed_cf(), skip);
+        self.broadcast
+            .write_into(&mut wb, store.broadcast_cf(), |_| false);
         let meta = store.meta_cf();
         for (input, pos) in &self.positions {
             wb.put_cf(meta, position_key(input), pos.to_be_bytes());

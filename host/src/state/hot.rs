@@ -1,21 +1,33 @@
 //! Hot values: the stored bytes of keyed entries recently read or committed, kept in memory in
-//! front of RocksDB for point reads (`value-get`, `map-get`, `map-contains`).
+//! front of RocksDB for point reads (`value-get`, `list-get`, `map-get`, `map-contains`), and
+//! the deferred writes of value and list state.
 //!
-//! Owns: what may be cached and when it is forgotten. RocksDB stays the source of truth: every
-//! commit writes through (the cache takes the committed bytes, or forgets a deleted key), and
-//! anything that changes the database behind the commit path forgets everything: a cleared
-//! prefix, a raw write (savepoint restore), and an entry dropped by the TTL compaction filter
-//! (seen through its counter). Entries of a state whose TTL visibility is
-//! `return-expired-if-not-cleaned-up` are never cached: whether compaction has cleaned an
-//! entry up is what such a read reports.
+//! Owns: what may be cached, which entries still have to reach RocksDB (*dirty*), and when
+//! entries are forgotten. The store (`super::StateStore`) decides what is deferred and does
+//! the writing; this module only keeps the books.
+//!
+//! - Map entries (scanned by `map-entries`, queries and visits) and everything of a state whose
+//!   TTL visibility is `return-expired-if-not-cleaned-up` are written through at commit and
+//!   cached clean. Entries of such a state are never cached at all: whether compaction has
+//!   cleaned an entry up is what such a read reports.
+//! - Value and list entries are *deferred*: a commit puts them here, dirty, and they reach
+//!   RocksDB when the store settles (before a checkpoint, a savepoint, a visit, a flush, when
+//!   the budget is full, and when the store is dropped). A key written by every event of a
+//!   checkpoint interval then costs one RocksDB write per interval instead of one per batch.
+//!   The live database has no write-ahead log and is rebuilt from the newest checkpoint at
+//!   every start, so nothing a checkpoint holds is lost by deferring.
+//! - Anything that changes the database behind the commit path forgets the clean entries: a
+//!   cleared prefix, a raw write (savepoint restore), and an entry dropped by the TTL
+//!   compaction filter (seen through its counter). Dirty entries are newer than anything
+//!   RocksDB holds, so they stay.
 //!
 //! Readers other than the pipeline's worker (queries) read through it too, from their own
 //! threads. A value read from RocksDB is kept only if nothing was committed between the read
 //! and the keeping (a generation count), so a query that read just before a commit cannot put
 //! the older value back over the committed one.
 //!
-//! Bounded by bytes; when full it starts over empty (cheap, and a stream's working set
-//! refills it within a batch or two).
+//! Bounded by bytes; when full, the store settles the dirty entries and this starts over empty
+//! (cheap, and a stream's working set refills it within a batch or two).
 
 use std::collections::HashMap;
 
@@ -26,13 +38,22 @@ pub const DEFAULT_BUDGET: usize = 32 << 20;
 const ENTRY_OVERHEAD: usize = 64;
 
 #[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    /// Committed, not yet in RocksDB.
+    dirty: bool,
+}
+
+#[derive(Debug)]
 pub(super) struct HotValues {
-    map: HashMap<Vec<u8>, Vec<u8>>,
+    map: HashMap<Vec<u8>, Entry>,
     bytes: usize,
     budget: usize,
+    /// Number of dirty entries.
+    dirty: usize,
     /// The compaction filter's removal count when the cache was last known valid.
     compaction_epoch: u64,
-    /// Bumped by every change made behind a reader's back (commit, clear).
+    /// Bumped by every change made behind a reader's back (commit, forgetting).
     generation: u64,
 }
 
@@ -42,9 +63,16 @@ impl HotValues {
             map: HashMap::new(),
             bytes: 0,
             budget,
+            dirty: 0,
             compaction_epoch: 0,
             generation: 0,
         }
+    }
+
+    /// Whether anything is cached at all (a zero budget turns hot values and deferred writes
+    /// off).
+    pub(super) fn enabled(&self) -> bool {
+        self.budget > 0
     }
 
     /// The current generation: pass it to [`HotValues::fill`] with bytes read from RocksDB
@@ -53,7 +81,7 @@ impl HotValues {
         self.generation
     }
 
-    /// Marks a change of what RocksDB holds (a commit).
+    /// Marks a change of the committed state (a commit).
     pub(super) fn bump(&mut self) {
         self.generation += 1;
     }
@@ -65,48 +93,135 @@ impl HotValues {
         }
     }
 
-    /// Forgets everything if the compaction filter removed entries since the last call.
+    /// Forgets the clean entries if the compaction filter removed entries since the last call.
     pub(super) fn check_epoch(&mut self, removed_by_compaction: u64) {
         if removed_by_compaction != self.compaction_epoch {
-            self.clear();
+            self.forget_clean();
             self.compaction_epoch = removed_by_compaction;
         }
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.get(key).cloned()
+        self.map.get(key).map(|e| e.value.clone())
     }
 
+    /// Caches bytes that RocksDB holds (read, or written through). When full, the clean
+    /// entries are forgotten first; if the dirty ones alone fill the budget, the bytes are not
+    /// kept (the next commit settles and starts over).
     pub(super) fn put(&mut self, key: &[u8], value: &[u8]) {
-        if self.budget == 0 {
+        if !self.enabled() {
             return;
         }
-        let size = key.len() + value.len() + ENTRY_OVERHEAD;
-        if self.bytes + size > self.budget {
-            self.clear();
+        if !self.fits(key, value) {
+            self.forget_clean();
+            if !self.fits(key, value) {
+                self.remove(key);
+                return;
+            }
         }
+        // An entry that is dirty stays dirty: writing the same bytes again is harmless.
+        self.set(key, value, false);
+    }
+
+    /// Keeps a committed value that RocksDB does not hold yet. False, and nothing kept, when it
+    /// does not fit: the store then settles, starts over and tries again.
+    #[must_use]
+    pub(super) fn put_dirty(&mut self, key: &[u8], value: &[u8]) -> bool {
+        if !self.enabled() || !self.fits(key, value) {
+            return false;
+        }
+        self.set(key, value, true);
+        true
+    }
+
+    fn fits(&self, key: &[u8], value: &[u8]) -> bool {
+        let held = self
+            .map
+            .get(key)
+            .map_or(0, |e| key.len() + e.value.len() + ENTRY_OVERHEAD);
+        self.bytes - held + key.len() + value.len() + ENTRY_OVERHEAD <= self.budget
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], dirty: bool) {
         match self.map.get_mut(key) {
-            Some(v) => {
-                self.bytes = self.bytes + value.len() - v.len();
-                v.clear();
-                v.extend_from_slice(value);
+            Some(e) => {
+                self.bytes = self.bytes + value.len() - e.value.len();
+                e.value.clear();
+                e.value.extend_from_slice(value);
+                if dirty && !e.dirty {
+                    self.dirty += 1;
+                    e.dirty = true;
+                }
             }
             None => {
-                self.map.insert(key.to_vec(), value.to_vec());
-                self.bytes += size;
+                self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
+                self.dirty += usize::from(dirty);
+                self.map.insert(
+                    key.to_vec(),
+                    Entry {
+                        value: value.to_vec(),
+                        dirty,
+                    },
+                );
             }
         }
     }
 
+    /// Forgets `key`, dirty or not (its delete was written to RocksDB).
     pub(super) fn remove(&mut self, key: &[u8]) {
-        if let Some(v) = self.map.remove(key) {
-            self.bytes -= key.len() + v.len() + ENTRY_OVERHEAD;
+        if let Some(e) = self.map.remove(key) {
+            self.bytes -= key.len() + e.value.len() + ENTRY_OVERHEAD;
+            self.dirty -= usize::from(e.dirty);
         }
     }
 
-    pub(super) fn clear(&mut self) {
+    /// Number of dirty entries.
+    pub(super) fn dirty_len(&self) -> usize {
+        self.dirty
+    }
+
+    /// The dirty entries, in key order (RocksDB inserts sorted keys fastest).
+    pub(super) fn dirty_entries(&self) -> Vec<(&[u8], &[u8])> {
+        let mut out: Vec<(&[u8], &[u8])> = self
+            .map
+            .iter()
+            .filter(|(_, e)| e.dirty)
+            .map(|(k, e)| (k.as_slice(), e.value.as_slice()))
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out
+    }
+
+    /// Marks every entry clean: RocksDB now holds them.
+    pub(super) fn mark_clean(&mut self) {
+        for e in self.map.values_mut() {
+            e.dirty = false;
+        }
+        self.dirty = 0;
+    }
+
+    /// Forgets every clean entry; dirty ones stay.
+    pub(super) fn forget_clean(&mut self) {
+        if self.dirty == 0 {
+            self.map.clear();
+            self.bytes = 0;
+        } else {
+            self.map.retain(|_, e| e.dirty);
+            self.bytes = self
+                .map
+                .iter()
+                .map(|(k, e)| k.len() + e.value.len() + ENTRY_OVERHEAD)
+                .sum();
+        }
+        self.generation += 1;
+    }
+
+    /// Forgets everything. Only once settled: a dirty entry forgotten would be a lost write.
+    pub(super) fn forget_all(&mut self) {
+        debug_assert_eq!(self.dirty, 0, "forgetting dirty entries loses writes");
         self.map.clear();
         self.bytes = 0;
+        self.dirty = 0;
         self.generation += 1;
     }
 
@@ -139,13 +254,67 @@ mod tests {
     }
 
     #[test]
-    fn a_removal_by_compaction_forgets_everything() {
+    fn a_removal_by_compaction_forgets_the_clean_entries_only() {
         let mut hot = HotValues::new(DEFAULT_BUDGET);
         hot.put(b"a", b"1");
+        assert!(hot.put_dirty(b"d", b"2"));
         hot.check_epoch(0);
         assert_eq!(hot.get(b"a"), Some(b"1".to_vec()));
         hot.check_epoch(1);
         assert_eq!(hot.get(b"a"), None);
+        assert_eq!(
+            hot.get(b"d"),
+            Some(b"2".to_vec()),
+            "a dirty entry is newer than the disk"
+        );
+        assert_eq!(hot.dirty_len(), 1);
+    }
+
+    #[test]
+    fn dirty_entries_are_counted_listed_in_key_order_and_settled() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        assert!(hot.put_dirty(b"b", b"1"));
+        assert!(hot.put_dirty(b"a", b"1"));
+        assert!(hot.put_dirty(b"a", b"2"), "rewriting a dirty entry");
+        hot.put(b"c", b"1");
+        assert_eq!(hot.dirty_len(), 2);
+        assert_eq!(
+            hot.dirty_entries(),
+            vec![(&b"a"[..], &b"2"[..]), (&b"b"[..], &b"1"[..])]
+        );
+        hot.remove(b"b");
+        assert_eq!(
+            hot.dirty_len(),
+            1,
+            "a removed dirty entry is no longer owed"
+        );
+        hot.mark_clean();
+        assert_eq!(hot.dirty_len(), 0);
+        assert!(hot.dirty_entries().is_empty());
+        assert_eq!(
+            hot.get(b"a"),
+            Some(b"2".to_vec()),
+            "settled entries stay cached"
+        );
+    }
+
+    #[test]
+    fn a_full_cache_keeps_its_dirty_entries_and_refuses_more() {
+        let mut hot = HotValues::new(2 * (ENTRY_OVERHEAD + 2));
+        assert!(hot.put_dirty(b"a", b"1"));
+        hot.put(b"b", b"1");
+        hot.put(b"c", b"1");
+        assert_eq!(hot.get(b"a"), Some(b"1".to_vec()), "dirty: kept when full");
+        assert_eq!(hot.get(b"b"), None, "clean: forgotten to make room");
+        assert_eq!(hot.get(b"c"), Some(b"1".to_vec()));
+        assert!(hot.put_dirty(b"a", b"2"), "replacing in place fits");
+        assert!(
+            !hot.put_dirty(b"d", b"1"),
+            "full: the store must settle first"
+        );
+        hot.mark_clean();
+        hot.forget_all();
+        assert!(hot.put_dirty(b"d", b"1"));
     }
 
     #[test]
@@ -162,9 +331,11 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_budget_caches_nothing() {
+    fn a_zero_budget_caches_nothing_and_defers_nothing() {
         let mut hot = HotValues::new(0);
         hot.put(b"a", b"1");
         assert_eq!(hot.get(b"a"), None);
+        assert!(!hot.put_dirty(b"a", b"1"));
+        assert!(!hot.enabled());
     }
 }

@@ -124,6 +124,9 @@ pub struct StateStore {
     stats: Arc<StateStats>,
     overrides: RwLock<HashMap<String, Option<Ttl>>>,
     hot: Mutex<hot::HotValues>,
+    /// Whether value and list writes wait in the hot values until the store settles (`hot`):
+    /// only without a write-ahead log, for a database rebuilt from a checkpoint at every start.
+    defer_writes: bool,
 }
 
 /// Kind and TTL of each state id with a TTL, shared with the compaction filter.
@@ -151,7 +154,8 @@ pub struct StoreOptions {
     /// every checkpoint), so the log would only be written, never read: pipelines turn it off.
     /// On for a store whose directory is reopened as it is after a crash.
     pub write_ahead_log: bool,
-    /// Bytes of hot values kept in memory in front of RocksDB (`hot`); 0 for none.
+    /// Bytes of hot values kept in memory in front of RocksDB (`hot`); 0 for none. Without a
+    /// write-ahead log, value and list writes also wait there until the store settles.
     pub hot_values_bytes: usize,
 }
 
@@ -242,6 +246,7 @@ impl StateStore {
             stats,
             overrides: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(options.hot_values_bytes)),
+            defer_writes: !options.write_ahead_log,
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -269,6 +274,8 @@ impl StateStore {
         self.cf(CF_BROADCAST)
     }
 
+    /// The database. Keyed value and list writes may still wait in the hot values: call
+    /// [`StateStore::settle`] before reading keyed state other than through [`KeyedAccess`].
     pub(crate) fn db(&self) -> &DB {
         &self.db
     }
@@ -368,14 +375,26 @@ impl StateStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.id, kind);
+        let visibility = |t: Option<&(StateKind, Ttl)>| t.map(|(_, t)| t.visibility);
+        let before = visibility(
+            self.ttls
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&info.id),
+        );
+        let changes = before != ttl.map(|t| t.visibility);
+        if changes {
+            // Whether its entries may be cached (and deferred) changes (see `hot`): what waits
+            // is written first, while no table lock is held (the compaction filter reads them).
+            self.settle()?;
+        }
         let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
-        let before = match ttl {
+        match ttl {
             Some(t) => ttls.insert(info.id, (kind, t)),
             None => ttls.remove(&info.id),
         };
-        if before.map(|(_, t)| t.visibility) != ttl.map(|t| t.visibility) {
-            // Whether its entries may be cached changed (see `hot`).
-            self.hot().clear();
+        if changes {
+            self.hot().forget_clean();
         }
         Ok(info)
     }
@@ -533,6 +552,7 @@ impl StateStore {
     /// memtables are flushed, SST files hard-linked, the small metadata files copied. The
     /// checkpoint is itself an openable database.
     pub fn create_checkpoint(&self, dir: &Path) -> Result<()> {
+        self.settle()?;
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
         cp.create_checkpoint(dir)?;
         Ok(())
@@ -563,6 +583,7 @@ impl StateStore {
             stats: Arc::default(),
             overrides: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(0)),
+            defer_writes: false,
         };
         store.load_registry()?;
         Ok(store)
@@ -579,23 +600,82 @@ impl StateStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let written = self.db.write_opt(batch.write_batch(self), &self.write_opts);
-        // Lock order, as in `open_state`: the TTL table, then the hot values.
-        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
+        let keyed = batch.keyed_overlay();
+        // What each keyed write becomes besides RocksDB, decided before writing so that no
+        // table lock is held while RocksDB writes (its compaction filter reads the tables).
+        // A batch that clears a prefix is written through whole, so that its range deletes
+        // and the writes after them reach RocksDB together and in order.
+        let defer = self.defer_writes && keyed.cleared.is_empty();
+        let plan: Vec<HotPlan> = {
+            let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
+            let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+            keyed
+                .writes
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(_) if defer && deferrable(&kinds, &ttls, k) => HotPlan::Defer,
+                    Some(_) if hot_cacheable(&ttls, k) => HotPlan::Cache,
+                    _ => HotPlan::Forget,
+                })
+                .collect()
+        };
+        // RocksDB first, then the hot values: a query never finds hot a write that RocksDB
+        // does not hold yet, except a deferred one, which only the hot values hold.
+        let written = self.db.write_opt(
+            batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer),
+            &self.write_opts,
+        );
         let mut hot = self.hot();
         hot.bump();
-        let keyed = batch.keyed_overlay();
         if written.is_err() || !keyed.cleared.is_empty() {
-            hot.clear();
+            hot.forget_clean();
         } else {
-            for (k, v) in &keyed.writes {
-                match v {
-                    Some(v) if hot_cacheable(&ttls, k) => hot.put(k, v),
+            for ((k, v), plan) in keyed.writes.iter().zip(&plan) {
+                match (v, plan) {
+                    (Some(v), HotPlan::Defer) => self.defer_locked(&mut hot, k, v)?,
+                    (Some(v), HotPlan::Cache) => hot.put(k, v),
                     _ => hot.remove(k),
                 }
             }
         }
         written?;
+        Ok(())
+    }
+
+    /// Keeps a deferred write hot; when the budget is full, settles and starts over.
+    fn defer_locked(&self, hot: &mut hot::HotValues, key: &[u8], value: &[u8]) -> Result<()> {
+        if hot.put_dirty(key, value) {
+            return Ok(());
+        }
+        self.settle_locked(hot)?;
+        hot.forget_all();
+        if !hot.put_dirty(key, value) {
+            // Larger than the whole budget: written now.
+            self.db
+                .put_cf_opt(self.keyed_cf(), key, value, &self.write_opts)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the deferred value and list writes to RocksDB (`hot`). Done before anything
+    /// reads RocksDB other than through the hot values: checkpoints, savepoints, visits,
+    /// flushes, full scans; and when the store is dropped.
+    pub fn settle(&self) -> Result<()> {
+        let mut hot = self.hot();
+        self.settle_locked(&mut hot)
+    }
+
+    fn settle_locked(&self, hot: &mut hot::HotValues) -> Result<()> {
+        if hot.dirty_len() == 0 {
+            return Ok(());
+        }
+        let cf = self.keyed_cf();
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in hot.dirty_entries() {
+            wb.put_cf(cf, k, v);
+        }
+        self.db.write_opt(wb, &self.write_opts)?;
+        hot.mark_clean();
         Ok(())
     }
 
@@ -625,7 +705,11 @@ impl StateStore {
         if entries.is_empty() {
             return Ok(());
         }
-        self.hot().clear();
+        {
+            let mut hot = self.hot();
+            self.settle_locked(&mut hot)?;
+            hot.forget_all();
+        }
         let cf = if broadcast {
             self.broadcast_cf()
         } else {
@@ -680,6 +764,7 @@ impl StateStore {
 
     /// Number of keyed-state entries physically present (a full scan; for tests and tools).
     pub fn count_entries(&self) -> Result<u64> {
+        self.settle()?;
         let mut it = self.db.raw_iterator_cf(self.keyed_cf());
         it.seek_to_first();
         let mut n = 0;
@@ -693,6 +778,7 @@ impl StateStore {
 
     /// Flushes memtables to disk (used before measuring size, and at shutdown).
     pub fn flush(&self) -> Result<()> {
+        self.settle()?;
         let cfs = [self.keyed_cf(), self.broadcast_cf(), self.meta_cf()];
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
@@ -749,6 +835,45 @@ fn hot_cacheable(ttls: &HashMap<u32, (StateKind, Ttl)>, key: &[u8]) -> bool {
     layout::state_id_of(key).is_some_and(|id| {
         ttls.get(&id)
             .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
+    })
+}
+
+impl Drop for StateStore {
+    /// Deferred writes reach RocksDB before it closes, so a store reopened after a clean
+    /// drop finds them (a crash loses them with the memtables; see `hot`).
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::error!(
+                "state store {}: deferred writes not written: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// What a commit does with a keyed write besides RocksDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HotPlan {
+    /// Keep it hot and dirty instead of writing it now.
+    Defer,
+    /// Write it, and keep it hot.
+    Cache,
+    /// Write it (or its delete), and forget it.
+    Forget,
+}
+
+/// Whether a write at `key` may wait in the hot values (`hot`): value and list state, which
+/// only point reads see, and only if its entries may be hot at all.
+fn deferrable(
+    kinds: &HashMap<u32, StateKind>,
+    ttls: &HashMap<u32, (StateKind, Ttl)>,
+    key: &[u8],
+) -> bool {
+    layout::state_id_of(key).is_some_and(|id| {
+        matches!(kinds.get(&id), Some(StateKind::Value | StateKind::List))
+            && ttls
+                .get(&id)
+                .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
     })
 }
 

@@ -1,5 +1,7 @@
 use std::sync::Arc;
 
+use super::layout::{map_entry_key, state_key};
+use super::visit::Visit;
 use super::*;
 
 fn store(dir: &Path, clock: &ManualClock) -> StateStore {
@@ -133,4 +135,148 @@ fn lists_append_update_and_clear() {
     assert_eq!(a.list_get(&l, kg, b"k").expect("get"), vec![b"z".to_vec()]);
     a.value_clear(&l, kg, b"k");
     assert!(a.list_get(&l, kg, b"k").expect("get").is_empty());
+}
+
+// ---- deferred writes (see `hot`) ----
+
+/// A store as a pipeline opens it: no write-ahead log, so value and list writes are deferred.
+fn deferring_store(dir: &Path, clock: &ManualClock, hot_bytes: usize) -> StateStore {
+    let options = StoreOptions {
+        write_ahead_log: false,
+        hot_values_bytes: hot_bytes,
+        ..StoreOptions::default()
+    };
+    StateStore::open_with(dir, 128, Arc::new(clock.clone()), options).expect("open state")
+}
+
+/// Whether RocksDB itself (not the hot values) holds keyed `key`.
+fn on_disk(st: &StateStore, key: &[u8]) -> bool {
+    st.db()
+        .get_cf(st.keyed_cf(), key)
+        .expect("rocksdb read")
+        .is_some()
+}
+
+#[test]
+fn value_and_list_writes_wait_hot_map_writes_do_not_and_every_reader_sees_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let l = st.open_state("l", StateKind::List, None).expect("open");
+    let m = st.open_state("m", StateKind::Map, None).expect("open");
+    let kg = st.key_group(b"k");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        a.value_set(&v, kg, b"k", b"1");
+        a.list_update(&l, kg, b"k", &[b"x".to_vec(), b"y".to_vec()]);
+        a.map_put(&m, kg, b"k", b"e", b"2");
+    }
+    st.commit(b).expect("commit");
+    assert!(!on_disk(&st, &state_key(kg, v.id, b"k")), "value: deferred");
+    assert!(!on_disk(&st, &state_key(kg, l.id, b"k")), "list: deferred");
+    assert!(
+        on_disk(&st, &map_entry_key(kg, m.id, b"k", b"e")),
+        "map: written"
+    );
+
+    // The next batch and a query read the deferred writes.
+    let mut b = st.batch();
+    let mut a = KeyedAccess::new(&st, &mut b);
+    assert_eq!(a.value_get(&v, kg, b"k").expect("get"), Some(b"1".to_vec()));
+    assert_eq!(
+        a.list_get(&l, kg, b"k").expect("get"),
+        vec![b"x".to_vec(), b"y".to_vec()]
+    );
+    assert_eq!(st.read_value(&v, b"k").expect("read"), Some(b"1".to_vec()));
+
+    // A checkpoint holds them: it settles first.
+    let cp = dir.path().join("cp");
+    st.create_checkpoint(&cp).expect("checkpoint");
+    assert!(on_disk(&st, &state_key(kg, v.id, b"k")), "settled");
+    let snap = StateStore::open_read_only(&cp, Arc::new(clock.clone())).expect("open cp");
+    let v_snap = snap
+        .states()
+        .into_iter()
+        .find(|s| s.name == "v")
+        .expect("v");
+    assert_eq!(
+        snap.read_value(&v_snap, b"k").expect("read"),
+        Some(b"1".to_vec())
+    );
+}
+
+#[test]
+fn a_full_budget_settles_before_starting_over_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    // Room for about ten entries: every few batches the budget is full.
+    let st = deferring_store(dir.path(), &clock, 10 * 100);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let keys: Vec<String> = (0..50).map(|i| format!("key-{i}")).collect();
+    for round in 0..4u32 {
+        for chunk in keys.chunks(7) {
+            let mut b = st.batch();
+            let mut a = KeyedAccess::new(&st, &mut b);
+            for k in chunk {
+                let kg = st.key_group(k.as_bytes());
+                let before = a.value_get(&v, kg, k.as_bytes()).expect("get");
+                let expected = (round > 0).then(|| (round - 1).to_string().into_bytes());
+                assert_eq!(before, expected, "{k} in round {round}");
+                a.value_set(&v, kg, k.as_bytes(), round.to_string().as_bytes());
+            }
+            st.commit(b).expect("commit");
+        }
+    }
+    for k in &keys {
+        assert_eq!(
+            st.read_value(&v, k.as_bytes()).expect("read"),
+            Some(b"3".to_vec())
+        );
+    }
+}
+
+#[test]
+fn visits_dumps_and_a_reopened_store_see_deferred_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let m = st.open_state("m", StateKind::Map, None).expect("open");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        for k in ["a", "b", "c"] {
+            a.value_set(&v, st.key_group(k.as_bytes()), k.as_bytes(), b"1");
+        }
+    }
+    st.commit(b).expect("commit");
+    // A later batch that clears a map (written through whole) leaves the deferred values be.
+    let mut b = st.batch();
+    KeyedAccess::new(&st, &mut b).map_clear(&m, st.key_group(b"a"), b"a");
+    st.commit(b).expect("commit");
+    assert_eq!(st.read_value(&v, b"b").expect("read"), Some(b"1".to_vec()));
+
+    let mut visit = Visit::new(v.clone());
+    let mut b = st.batch();
+    let mut seen = Vec::new();
+    loop {
+        let chunk = visit.next_chunk(&st, &mut b, 10).expect("visit");
+        if chunk.is_empty() {
+            break;
+        }
+        seen.extend(chunk.into_iter().map(|i| i.key));
+    }
+    seen.sort();
+    assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+
+    let mut b = st.batch();
+    KeyedAccess::new(&st, &mut b).value_set(&v, st.key_group(b"d"), b"d", b"2");
+    st.commit(b).expect("commit");
+    drop(st);
+    let st = deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    assert_eq!(st.read_value(&v, b"d").expect("read"), Some(b"2".to_vec()));
+    assert_eq!(st.count_entries().expect("count"), 4);
 }
