@@ -310,6 +310,7 @@ pub async fn run(
         next_candidate: None,
         last_checkpoint: None,
         started: Instant::now(),
+        draining: false,
     };
     let result = runner.run(shutdown).await;
     // Everything that holds the state goes, so the same process can open it again.

@@ -25,7 +25,7 @@ use crate::reload::{
     Candidate, DeployStatus, Deployment, History, Judgement, Probation, ReloadEvent,
 };
 use crate::state::StateStore;
-use crate::transport::publisher::OutMessage;
+use crate::transport::publisher::{Later, OutMessage, Outgoing};
 use crate::transport::{self, Backlog, BroadcastInput, Nats, Publisher};
 
 /// A checkpoint being completed in the background.
@@ -84,6 +84,8 @@ pub(super) struct Runner {
     pub(super) next_candidate: Option<Box<Candidate>>,
     pub(super) last_checkpoint: Option<(u64, u64)>,
     pub(super) started: Instant,
+    /// Set once a stop is requested: nothing more is admitted.
+    pub(super) draining: bool,
 }
 
 impl Runner {
@@ -93,9 +95,16 @@ impl Runner {
         let interval = self.cfg.checkpoint.interval();
         let early = (self.cfg.input.max_pending / 2).max(1) as u64;
         loop {
-            while let Some(group) = self.window.take_released(self.cfg.input.batch) {
-                self.process(group).await?;
-            }
+            // One group per pass: calls admit what arrives while they run, so on a backlog
+            // there is always another group, and the checks below (checkpoint, stop, commands)
+            // must come between groups rather than after the backlog.
+            let handled = match self.window.take_released(self.cfg.input.batch) {
+                Some(group) => {
+                    self.process(group).await?;
+                    true
+                }
+                None => false,
+            };
             self.poll_completion().await?;
             if self.completing.is_none()
                 && self.probation.is_none()
@@ -129,6 +138,8 @@ impl Runner {
                     self.idle_broadcasts().await;
                     self.judge_probation(false).await?;
                 }
+                // More may be released: go on without waiting.
+                _ = std::future::ready(()), if handled => {}
             }
         }
         self.drain().await
@@ -138,6 +149,7 @@ impl Runner {
     /// checkpoint, and waits for every output.
     async fn drain(&mut self) -> anyhow::Result<()> {
         tracing::info!("stop requested: finishing the events in hand");
+        self.draining = true;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.window.is_empty() && Instant::now() < deadline {
             while let Some(group) = self.window.take_released(self.cfg.input.batch) {
@@ -290,22 +302,23 @@ impl Runner {
         let Some(p) = self.probation.as_mut() else {
             return Ok(());
         };
-        p.outputs.extend(out);
+        p.outputs.extend(out.into_vec());
         p.groups.push(kept);
         let judgement = p.rule.record(events, failures);
         self.apply_judgement(judgement).await
     }
 
-    async fn publish(&mut self, out: Vec<OutMessage>) -> anyhow::Result<()> {
+    async fn publish(&mut self, out: Outgoing) -> anyhow::Result<()> {
         self.cut_dirty = true;
-        self.publisher.publish(out).await?;
+        self.publisher.publish_outgoing(out).await?;
         Ok(())
     }
 
     /// Runs one group through the plugin: its messages, the events handed to the plugin, and
     /// how many of those failed (trap or budget).
-    async fn run_group(&mut self, group: Released) -> anyhow::Result<(Vec<OutMessage>, u64, u64)> {
+    async fn run_group(&mut self, group: Released) -> anyhow::Result<(Outgoing, u64, u64)> {
         let mut out = Vec::new();
+        let mut later: Option<Later> = None;
         let (mut handed, mut failed) = (0u64, 0u64);
         match group {
             Released::Keyed(items) => {
@@ -346,27 +359,38 @@ impl Runner {
                     handed = events.len() as u64;
                     let mut worker = self.worker.take().context("worker lost")?;
                     let prefetched = Arc::new(prefetched);
-                    let (worker, result) = tokio::task::spawn_blocking(move || {
-                        let r = worker.handle(&events, &key_groups, &prefetched);
-                        (worker, r)
-                    })
-                    .await?;
+                    let (worker, result) = self
+                        .while_calling(tokio::task::spawn_blocking(move || {
+                            let r = worker.handle(&events, &key_groups, &prefetched);
+                            (worker, r)
+                        }))
+                        .await?;
                     let version = worker.plugin().version().to_string();
                     self.worker = Some(worker);
-                    for (source, outcome) in sources.iter().zip(result?) {
-                        if let Err(f) = &outcome
-                            && matches!(
-                                f.kind,
-                                FailureKind::Trap
-                                    | FailureKind::CpuBudget
-                                    | FailureKind::MemoryLimit
-                            )
-                        {
-                            failed += 1;
+                    let outcomes = result?;
+                    failed = outcomes
+                        .iter()
+                        .filter(|o| {
+                            o.as_ref().is_err_and(|f| {
+                                matches!(
+                                    f.kind,
+                                    FailureKind::Trap
+                                        | FailureKind::CpuBudget
+                                        | FailureKind::MemoryLimit
+                                )
+                            })
+                        })
+                        .count() as u64;
+                    // Routing (headers, message ids, dead letters) happens on the publisher's
+                    // task while the plugin already runs the next batch.
+                    let (routes, metrics) = (self.routes.clone(), self.metrics.clone());
+                    later = Some(Box::new(move || {
+                        let mut out = Vec::with_capacity(sources.len());
+                        for (source, outcome) in sources.iter().zip(outcomes) {
+                            routes.outcome(source, outcome, &version, &metrics, &mut out);
                         }
-                        self.routes
-                            .outcome(source, outcome, &version, &self.metrics, &mut out);
-                    }
+                        out
+                    }));
                 }
             }
             Released::Broadcast(msgs) => {
@@ -382,11 +406,12 @@ impl Runner {
                     })
                     .collect();
                 let mut worker = self.worker.take().context("worker lost")?;
-                let (worker, result) = tokio::task::spawn_blocking(move || {
-                    let r = worker.handle_broadcast(&events);
-                    (worker, r)
-                })
-                .await?;
+                let (worker, result) = self
+                    .while_calling(tokio::task::spawn_blocking(move || {
+                        let r = worker.handle_broadcast(&events);
+                        (worker, r)
+                    }))
+                    .await?;
                 self.worker = Some(worker);
                 for (b, r) in msgs.iter().zip(result?) {
                     self.metrics.broadcast_in.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +435,36 @@ impl Runner {
                 }
             }
         }
-        Ok((out, handed, failed))
+        Ok((Outgoing { ready: out, later }, handed, failed))
+    }
+
+    /// Awaits a plugin call running on the worker's thread, admitting what arrives meanwhile
+    /// (key extraction happened on the reader; alignment with broadcasts and lookup planning
+    /// happen here), so the next batch is in the window, whole, when the call returns. Without
+    /// this, the worker waited for each admission and took whatever one read had delivered.
+    /// Admitted events queue behind the group being handled, so order is unchanged.
+    async fn while_calling<T: Send + 'static>(
+        &mut self,
+        call: tokio::task::JoinHandle<T>,
+    ) -> anyhow::Result<T> {
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut call => return Ok(done?),
+                c = self.window.completion(), if self.window.waiting() > 0 => {
+                    self.window.complete(c.0, c.1);
+                    self.window.complete_arrived();
+                }
+                arrivals = self.input_rx.recv(), if !self.draining && self.window.has_room() => {
+                    match arrivals {
+                        Some(arrivals) => self.admit(arrivals).await?,
+                        // The run loop reports the end of the input once this call is done.
+                        None => return Ok(call.await?),
+                    }
+                }
+            }
+        }
     }
 
     // ---- checkpoints ----
@@ -882,7 +936,8 @@ impl Runner {
                     self.history.set(&version, DeployStatus::Live, None);
                     tracing::info!(%version, events = p.rule.events, failures = p.rule.failures, "plugin passed probation");
                 }
-                self.publish(p.outputs).await?;
+                self.cut_dirty = true;
+                self.publisher.publish(p.outputs).await?;
                 self.next_swap().await
             }
             Judgement::Fail(reason) => {

@@ -25,6 +25,10 @@ use crate::metrics::{DeadLetterReason, Metrics};
 /// Builds the dead letter that replaces an output that can never be stored, from the reason.
 pub type Fallback = Arc<dyn Fn(&str) -> OutMessage + Send + Sync>;
 
+/// Builds more messages of a job on the publisher's task, off the run loop (routing a batch's
+/// outcomes), so the run loop can hand the plugin its next batch sooner.
+pub type Later = Box<dyn FnOnce() -> Vec<OutMessage> + Send>;
+
 /// One message to publish.
 #[derive(Clone)]
 pub struct OutMessage {
@@ -58,9 +62,28 @@ const NO_STREAM_GRACE: Duration = Duration::from_secs(30);
 /// loop).
 const JOBS_IN_FLIGHT: usize = 64;
 
+/// The messages of one job: those built, then those `later` builds.
+pub struct Outgoing {
+    /// Built already.
+    pub ready: Vec<OutMessage>,
+    /// Built on the publisher's task (or by [`Outgoing::into_vec`]).
+    pub later: Option<Later>,
+}
+
+impl Outgoing {
+    /// All the messages, in order, built now.
+    pub fn into_vec(self) -> Vec<OutMessage> {
+        let mut out = self.ready;
+        if let Some(later) = self.later {
+            out.extend(later());
+        }
+        out
+    }
+}
+
 struct Job {
     id: u64,
-    messages: Vec<OutMessage>,
+    out: Outgoing,
 }
 
 /// The background publisher of one pipeline.
@@ -88,13 +111,22 @@ impl Publisher {
     /// Queues `messages` as one job and returns its id; waits only when too many jobs are in
     /// flight. An empty job completes in order like the others.
     pub async fn publish(&mut self, messages: Vec<OutMessage>) -> anyhow::Result<u64> {
+        self.publish_outgoing(Outgoing {
+            ready: messages,
+            later: None,
+        })
+        .await
+    }
+
+    /// [`Publisher::publish`], building the `later` part on the publisher's task.
+    pub async fn publish_outgoing(&mut self, out: Outgoing) -> anyhow::Result<u64> {
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the publisher is closed"))?;
         self.next_id += 1;
         let id = self.next_id;
-        tx.send(Job { id, messages })
+        tx.send(Job { id, out })
             .await
             .map_err(|_| anyhow::anyhow!("the publisher stopped"))?;
         Ok(id)
@@ -153,12 +185,12 @@ async fn run(
     // an earlier one is stored: outputs keep their order even across a NATS outage.
     while let Some(first) = rx.recv().await {
         let mut last = first.id;
-        let mut messages = first.messages;
+        let mut messages = first.out.into_vec();
         while messages.len() < GROUP_MESSAGES {
             match rx.try_recv() {
                 Ok(job) => {
                     last = job.id;
-                    messages.extend(job.messages);
+                    messages.extend(job.out.into_vec());
                 }
                 Err(_) => break,
             }
