@@ -23,8 +23,20 @@ impl Fixture {
         self.dir.path().join("db")
     }
 
+    /// Opened as a pipeline opens its live database: no write-ahead log, so value and list
+    /// writes wait in the hot values until a checkpoint settles them.
     fn open(&self, key_groups: u32) -> StateStore {
-        StateStore::open(&self.db(), key_groups, Arc::new(self.clock.clone())).expect("open")
+        let options = crate::state::StoreOptions {
+            write_ahead_log: false,
+            ..Default::default()
+        };
+        StateStore::open_with(
+            &self.db(),
+            key_groups,
+            Arc::new(self.clock.clone()),
+            options,
+        )
+        .expect("open")
     }
 
     fn checkpoints(&self, retain: usize) -> Checkpoints {

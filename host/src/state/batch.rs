@@ -218,7 +218,7 @@ impl StateBatch {
         max: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         // Value and list writes may still wait in the hot values: RocksDB gets them first.
-        store.settle()?;
+        store.settle_for_scan(prefix)?;
         self.keyed.scan(store, store.keyed_cf(), prefix, after, max)
     }
 

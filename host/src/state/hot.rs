@@ -112,6 +112,12 @@ impl HotValues {
         if !self.enabled() {
             return;
         }
+        if self.map.get(key).is_some_and(|e| e.dirty) {
+            // Never dropped for room: it stays dirty, with the newer bytes (writing the same
+            // bytes again at the next settle is harmless).
+            self.set(key, value, false);
+            return;
+        }
         if !self.fits(key, value) {
             self.forget_clean();
             if !self.fits(key, value) {
@@ -119,7 +125,6 @@ impl HotValues {
                 return;
             }
         }
-        // An entry that is dirty stays dirty: writing the same bytes again is harmless.
         self.set(key, value, false);
     }
 

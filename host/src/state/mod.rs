@@ -2,10 +2,13 @@
 //! interface.
 //!
 //! Owns: the database, the registry of state names, the key layout (`layout`), key groups
-//! (`keygroup`), TTL rules (`ttl`) and the per-batch write overlay (`batch`). A batch of
-//! events works on a [`StateBatch`]: its writes are visible to its own later reads and are
-//! committed in one RocksDB write batch together with the input positions they reflect, so
-//! state and position can never disagree after a crash.
+//! (`keygroup`), TTL rules (`ttl`), the per-batch write overlay (`batch`) and the hot values
+//! in front of RocksDB (`hot`). A batch of events works on a [`StateBatch`]: its writes are
+//! visible to its own later reads and are committed together with the input positions they
+//! reflect. With a write-ahead log, one RocksDB write holds them all, so state and position
+//! never disagree after a crash; without one (a pipeline's live database, rebuilt from a
+//! checkpoint at every start), value and list writes may wait in the hot values until the
+//! store settles, which every checkpoint does first.
 //!
 //! Never: talks to NATS, runs plugin code, or blocks on anything but local disk.
 
@@ -124,8 +127,14 @@ pub struct StateStore {
     stats: Arc<StateStats>,
     overrides: RwLock<HashMap<String, Option<Ttl>>>,
     hot: Mutex<hot::HotValues>,
+    /// Held by whoever writes keyed state (a commit, a settle, a raw write) from its RocksDB
+    /// write until the hot values agree with it, so two writers never interleave there: a
+    /// settle between a commit's delete and its hot update would write the deleted value
+    /// back. Taken before the hot values' lock; readers take only that one.
+    writing: Mutex<()>,
     /// Whether value and list writes wait in the hot values until the store settles (`hot`):
-    /// only without a write-ahead log, for a database rebuilt from a checkpoint at every start.
+    /// only without a write-ahead log, for a database rebuilt from a checkpoint at every start,
+    /// and with hot values at all.
     defer_writes: bool,
 }
 
@@ -246,7 +255,8 @@ impl StateStore {
             stats,
             overrides: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(options.hot_values_bytes)),
-            defer_writes: !options.write_ahead_log,
+            writing: Mutex::new(()),
+            defer_writes: !options.write_ahead_log && options.hot_values_bytes > 0,
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -388,11 +398,13 @@ impl StateStore {
             // is written first, while no table lock is held (the compaction filter reads them).
             self.settle()?;
         }
-        let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
-        match ttl {
-            Some(t) => ttls.insert(info.id, (kind, t)),
-            None => ttls.remove(&info.id),
-        };
+        {
+            let mut ttls = self.ttls.write().unwrap_or_else(|p| p.into_inner());
+            match ttl {
+                Some(t) => ttls.insert(info.id, (kind, t)),
+                None => ttls.remove(&info.id),
+            };
+        }
         if changes {
             self.hot().forget_clean();
         }
@@ -583,6 +595,7 @@ impl StateStore {
             stats: Arc::default(),
             overrides: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(0)),
+            writing: Mutex::new(()),
             defer_writes: false,
         };
         store.load_registry()?;
@@ -594,8 +607,9 @@ impl StateStore {
         StateBatch::default()
     }
 
-    /// Commits a batch's writes and positions in one atomic RocksDB write, then through to the
-    /// hot values (so a query never reads there what RocksDB does not hold yet).
+    /// Commits a batch's writes and positions: one RocksDB write of all but the deferred ones
+    /// (see `hot`), then the hot values (so a query never reads there what RocksDB does not
+    /// hold yet, except deferred writes, which only the hot values hold).
     pub fn commit(&self, batch: StateBatch) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
@@ -619,8 +633,7 @@ impl StateStore {
                 })
                 .collect()
         };
-        // RocksDB first, then the hot values: a query never finds hot a write that RocksDB
-        // does not hold yet, except a deferred one, which only the hot values hold.
+        let _writing = self.writing();
         let written = self.db.write_opt(
             batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer),
             &self.write_opts,
@@ -628,6 +641,11 @@ impl StateStore {
         let mut hot = self.hot();
         hot.bump();
         if written.is_err() || !keyed.cleared.is_empty() {
+            // Written through whole: nothing of an older deferred write of these keys may
+            // stay, or it would hide this batch's write and be settled over it.
+            for k in keyed.writes.keys() {
+                hot.remove(k);
+            }
             hot.forget_clean();
         } else {
             for ((k, v), plan) in keyed.writes.iter().zip(&plan) {
@@ -661,8 +679,31 @@ impl StateStore {
     /// reads RocksDB other than through the hot values: checkpoints, savepoints, visits,
     /// flushes, full scans; and when the store is dropped.
     pub fn settle(&self) -> Result<()> {
+        let _writing = self.writing();
         let mut hot = self.hot();
         self.settle_locked(&mut hot)
+    }
+
+    /// Settles if a scan of `prefix` (key group + state id, at least) could miss deferred
+    /// writes: those of value and list state.
+    pub(crate) fn settle_for_scan(&self, prefix: &[u8]) -> Result<()> {
+        let deferred_kind = layout::state_id_of(prefix).is_none_or(|id| {
+            matches!(
+                self.kinds
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&id),
+                Some(StateKind::Value | StateKind::List) | None
+            )
+        });
+        if deferred_kind {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn settle_locked(&self, hot: &mut hot::HotValues) -> Result<()> {
@@ -693,8 +734,10 @@ impl StateStore {
 
     /// Keeps bytes read from RocksDB at keyed `key` hot, unless a commit came in between.
     pub(crate) fn hot_fill(&self, generation: u64, key: &[u8], stored: &[u8]) {
-        let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
-        if hot_cacheable(&ttls, key) {
+        // The TTL table's guard is dropped before the hot values' lock is taken: that lock
+        // may be held across a RocksDB write, whose compaction filter reads the table.
+        let cacheable = hot_cacheable(&self.ttls.read().unwrap_or_else(|p| p.into_inner()), key);
+        if cacheable {
             self.hot().fill(generation, key, stored);
         }
     }
@@ -705,6 +748,7 @@ impl StateStore {
         if entries.is_empty() {
             return Ok(());
         }
+        let _writing = self.writing();
         {
             let mut hot = self.hot();
             self.settle_locked(&mut hot)?;
@@ -746,6 +790,7 @@ impl StateStore {
     /// Flushes and compacts all keyed state now: expired entries are dropped by the
     /// compaction filter. Runs in the background on its own too (periodic compaction).
     pub fn compact(&self) -> Result<()> {
+        self.settle()?;
         self.db.flush_cf(self.keyed_cf())?;
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);

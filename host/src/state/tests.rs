@@ -280,3 +280,64 @@ fn visits_dumps_and_a_reopened_store_see_deferred_writes() {
     assert_eq!(st.read_value(&v, b"d").expect("read"), Some(b"2".to_vec()));
     assert_eq!(st.count_entries().expect("count"), 4);
 }
+
+/// Found in review: a batch that clears a map is written through whole; an older deferred
+/// write of a key it also writes (or deletes) must not survive it, hot or at the next settle.
+#[test]
+fn a_batch_that_clears_a_map_overrides_older_deferred_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let m = st.open_state("m", StateKind::Map, None).expect("open");
+    let (kg_k, kg_j) = (st.key_group(b"k"), st.key_group(b"j"));
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        a.value_set(&v, kg_k, b"k", b"old");
+        a.value_set(&v, kg_j, b"j", b"old");
+    }
+    st.commit(b).expect("commit");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        a.value_set(&v, kg_k, b"k", b"new");
+        a.value_clear(&v, kg_j, b"j");
+        a.map_clear(&m, st.key_group(b"x"), b"x");
+    }
+    st.commit(b).expect("commit");
+    assert_eq!(
+        st.read_value(&v, b"k").expect("read"),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(st.read_value(&v, b"j").expect("read"), None);
+    st.settle().expect("settle");
+    let cp = dir.path().join("cp");
+    st.create_checkpoint(&cp).expect("checkpoint");
+    let snap = StateStore::open_read_only(&cp, Arc::new(clock.clone())).expect("open cp");
+    let v_snap = snap
+        .states()
+        .into_iter()
+        .find(|s| s.name == "v")
+        .expect("v");
+    assert_eq!(
+        snap.read_value(&v_snap, b"k").expect("read"),
+        Some(b"new".to_vec())
+    );
+    assert_eq!(snap.read_value(&v_snap, b"j").expect("read"), None);
+}
+
+/// With hot values off there is nowhere to wait: every write goes into the batch's one
+/// RocksDB write.
+#[test]
+fn without_hot_values_nothing_is_deferred() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(dir.path(), &clock, 0);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let kg = st.key_group(b"k");
+    let mut b = st.batch();
+    KeyedAccess::new(&st, &mut b).value_set(&v, kg, b"k", b"1");
+    st.commit(b).expect("commit");
+    assert!(on_disk(&st, &state_key(kg, v.id, b"k")));
+}

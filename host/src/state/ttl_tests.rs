@@ -27,7 +27,14 @@ struct Fixture {
 fn fixture(kind: Kind, ttl_ms: u64, update: TtlUpdate, visibility: TtlVisibility) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(0);
-    let store = StateStore::open(dir.path(), 128, Arc::new(clock.clone())).expect("open");
+    // As a pipeline opens its live database: no write-ahead log, so value and list writes
+    // are deferred (`hot`) and every scenario below runs through that path.
+    let options = StoreOptions {
+        write_ahead_log: false,
+        ..StoreOptions::default()
+    };
+    let store =
+        StateStore::open_with(dir.path(), 128, Arc::new(clock.clone()), options).expect("open");
     let sk = match kind {
         Kind::Value => StateKind::Value,
         Kind::Map => StateKind::Map,
@@ -99,7 +106,10 @@ impl Fixture {
         }
     }
 
+    /// Whether RocksDB holds the entry once deferred writes are settled (what a checkpoint
+    /// would hold).
     fn physically_present(&self) -> bool {
+        self.store.settle().expect("settle");
         self.store
             .db()
             .get_cf(self.store.keyed_cf(), self.stored_key())
@@ -281,6 +291,7 @@ fn list_reads_under_on_read_and_write_rewrite_only_live_elements_restamped() {
         .expect("get");
     f.store.commit(b).expect("commit");
     assert_eq!(got, vec![b"new".to_vec()]);
+    f.store.settle().expect("settle");
     let raw = f
         .store
         .db()
@@ -307,6 +318,7 @@ fn compaction_filter_drops_expired_entries_without_reads() {
                 Kind::Map => layout::map_entry_key(kg, f.state.id, key, b"e"),
                 _ => layout::state_key(kg, f.state.id, key),
             };
+            f.store.settle().expect("settle");
             f.store
                 .db()
                 .get_cf(f.store.keyed_cf(), k)
