@@ -458,7 +458,14 @@ impl Runner {
                 }
                 arrivals = self.input_rx.recv(), if !self.draining && self.window.has_room() => {
                     match arrivals {
-                        Some(arrivals) => self.admit(arrivals).await?,
+                        Some(arrivals) => {
+                            if let Err(e) = self.admit(arrivals).await {
+                                // The call holds the worker (and the state): let it finish
+                                // before the error stops the pipeline.
+                                let _ = call.await;
+                                return Err(e);
+                            }
+                        }
                         // The run loop reports the end of the input once this call is done.
                         None => return Ok(call.await?),
                     }
