@@ -55,9 +55,12 @@ enum Leaf {
 
 /// The value at JSON pointer `pointer` (RFC 6901) in `payload`, found in one pass over the
 /// payload without building the document: the key is looked up for every event. The whole
-/// payload is still checked to be JSON; of duplicate object members the last counts, as when
-/// the document is built.
+/// payload is still checked as building it would (UTF-8, escapes, number range, depth); of
+/// duplicate object members the last counts, as when the document is built.
 fn json_at(payload: &[u8], pointer: &str) -> Result<Option<Leaf>, serde_json::Error> {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        return Ok(None);
+    }
     let tokens: Vec<std::borrow::Cow<'_, str>> = pointer
         .split('/')
         .skip(1)
@@ -103,7 +106,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
             if hit {
                 found = map.next_value_seed(Walk(rest))?;
             } else {
-                map.next_value::<serde::de::IgnoredAny>()?;
+                map.next_value_seed(Skip)?;
             }
         }
         Ok(match first {
@@ -127,7 +130,7 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
                 seq.next_element_seed(Walk(&self.0[1..]))?
                     .map(|f| found = f)
             } else {
-                seq.next_element::<serde::de::IgnoredAny>()?.map(drop)
+                seq.next_element_seed(Skip)?
             };
             if more.is_none() {
                 break;
@@ -165,6 +168,62 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(self.0.is_empty().then_some(Leaf::Other("null")))
+    }
+}
+
+/// Passes over a value off the pointer's path, checking it as building it would (serde's
+/// `IgnoredAny` skips strings and numbers unchecked) but keeping nothing.
+struct Skip;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 }
 
@@ -251,6 +310,26 @@ mod tests {
         assert!(e.contains("not JSON"), "{e}");
         let e = extract(&json, "t", None, br#"{"customer":"c-1","x":[1,}"#).expect_err("bad");
         assert!(e.contains("not JSON"), "the whole payload is checked: {e}");
+        // What building the document refuses, the one pass refuses too, off the path as well.
+        for bad in [
+            &b"{\"customer\":\"c\",\"x\":\"\xff\"}"[..],
+            br#"{"customer":"c","x":"\ud800"}"#,
+            br#"{"customer":"c","x":1e400}"#,
+            format!(
+                r#"{{"customer":"c","x":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            )
+            .as_bytes(),
+        ] {
+            assert!(serde_json::from_slice::<serde_json::Value>(bad).is_err());
+            let e = extract(&json, "t", None, bad).expect_err("not JSON");
+            assert!(e.contains("not JSON"), "{e}");
+        }
+        assert_eq!(
+            json_at(br#"{"customer":"c"}"#, "customer").expect("json"),
+            None
+        );
         let e = extract(&json, "t", None, br#"{"customer":""}"#).expect_err("empty");
         assert!(e.contains("is an empty string"), "{e}");
         let e = extract(&json, "t", None, br#"{"customer":{"id":1}}"#).expect_err("object");
