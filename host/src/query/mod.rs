@@ -192,6 +192,11 @@ impl QueryEngine {
         &self.pipeline
     }
 
+    /// Whether this host owns every partition (so no query is ever forwarded).
+    pub fn owns_all(&self) -> bool {
+        self.owned.len() == self.partitions as usize
+    }
+
     /// The partitions this host owns.
     pub fn owned(&self) -> &[u32] {
         &self.owned

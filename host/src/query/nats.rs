@@ -95,10 +95,14 @@ fn spawn_endpoint(
     nats: Nats,
     route: bool,
 ) -> tokio::task::JoinHandle<()> {
+    // A point read on a host that owns every partition never waits on anything: answered
+    // here, without a task per request (a spawn and, often, a wake-up of another thread).
+    // Everything else may wait (a forward, a page off the runtime): a task each.
+    let inline = matches!(op, Op::Get | Op::Owner | Op::Describe) && engine.owns_all();
     tokio::spawn(async move {
         while let Some(request) = endpoint.next().await {
             let (engine, nats) = (engine.clone(), nats.clone());
-            tokio::spawn(async move {
+            let respond = async move {
                 let answer = answer(&engine, &nats, op, &request.message.payload, route).await;
                 let response = match answer {
                     Ok(v) => Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())),
@@ -129,7 +133,12 @@ fn spawn_endpoint(
                     }
                     (Err(_), None) => {}
                 }
-            });
+            };
+            if inline {
+                respond.await;
+            } else {
+                tokio::spawn(respond);
+            }
         }
     })
 }
