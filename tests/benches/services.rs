@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use eddy_host::cli::produce;
 use eddy_host::query::{self, Freshness, Op, Query};
+use eddy_tests::bench::cpu_time;
 use eddy_tests::{
     NatsServer, PipelineSpec, Running, SlowHttp, create_streams, free_port, plugin, stream_len,
 };
@@ -91,7 +92,13 @@ async fn queries(quick: bool) {
     let b = setup(&format!("[query]\nhttp = \"127.0.0.1:{port}\"\n"), None).await;
     publish(&b, n, 1_000, 1).await;
     let run = Running::start(&b.spec);
+    let server = b._nats.pid().expect("nats-server runs");
+    // CPU µs per event of one phase: this process (pipeline, query load, polling) and
+    // nats-server together; on two cores, what queries burn the pipeline cannot use.
+    let cpu = || cpu_time(std::process::id()) + cpu_time(server);
+    let c0 = cpu();
     let base_eps = throughput(&b, n as u64).await;
+    let base_cpu = (cpu() - c0).as_secs_f64() * 1e6 / n as f64;
 
     // Latency, one query at a time; then queries/s with 16 in flight.
     let samples = if quick { 1_000 } else { 5_000 };
@@ -197,15 +204,20 @@ async fn queries(quick: bool) {
     });
     let started = Instant::now();
     publish(&b, n, 1_000, 2).await;
+    let c0 = cpu();
     let loaded_eps = throughput(&b, 2 * n as u64).await;
+    let loaded_cpu = (cpu() - c0).as_secs_f64() * 1e6 / n as f64;
     let _ = stop_tx.send(true);
     let asked = load.join().expect("load");
     let qps = asked as f64 / started.elapsed().as_secs_f64();
     // And the next n events without queries again: the baseline is the mean of the phases
     // before and after, so drift over the run falls on both sides.
     publish(&b, n, 1_000, 3).await;
+    let c0 = cpu();
     let after_eps = throughput(&b, 3 * n as u64).await;
+    let after_cpu = (cpu() - c0).as_secs_f64() * 1e6 / n as f64;
     let base_eps = (base_eps + after_eps) / 2.0;
+    let base_cpu = (base_cpu + after_cpu) / 2.0;
     run.stop().await;
 
     println!("\nQueryable state, fraud pipeline with 1,000 customers ({n} events)\n");
@@ -221,11 +233,13 @@ async fn queries(quick: bool) {
         pct(&http_ms, 0.5),
         pct(&http_ms, 0.99)
     );
-    println!("\n| pipeline | events/s | vs no queries |");
-    println!("|---|---:|---:|");
-    println!("| no queries (mean of the phases before and after) | {base_eps:.0} | 1.00 |");
+    println!("\n| pipeline | events/s | vs no queries | CPU µs/event (all processes) |");
+    println!("|---|---:|---:|---:|");
     println!(
-        "| {qps:.0} queries/s over NATS | {loaded_eps:.0} | {:.2} |",
+        "| no queries (mean of the phases before and after) | {base_eps:.0} | 1.00 | {base_cpu:.1} |"
+    );
+    println!(
+        "| {qps:.0} queries/s over NATS | {loaded_eps:.0} | {:.2} | {loaded_cpu:.1} |",
         loaded_eps / base_eps
     );
 }

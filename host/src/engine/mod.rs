@@ -86,6 +86,11 @@ impl Engine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        // For profiling plugins: `EDDY_WASM_PROFILE=perfmap` names compiled guest functions in
+        // /tmp/perf-<pid>.map, which `perf report` reads.
+        if std::env::var("EDDY_WASM_PROFILE").is_ok_and(|v| v == "perfmap") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // WASI is linked because guest toolchains import it even for pure code; the context
