@@ -129,7 +129,9 @@ fn main() {
     if only().is_some() {
         return;
     }
-    println!("\n| hot values, 256 per call | off, events/s | on, events/s | on / off |");
+    println!(
+        "\n| hot values (and deferred writes), 256 per call | off, events/s | on, events/s | on / off |"
+    );
     println!("|---|---:|---:|---:|");
     for (name, plugin_name, evs) in [
         ("counter (1 read + 1 write)", "counter", &chaos),

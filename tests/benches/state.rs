@@ -48,7 +48,9 @@ fn write_keys(store: &StateStore, from: u64, to: u64, salt: u64) {
 fn checkpoints(keys: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
-    let store = StateStore::open(&db, 128, Arc::new(SystemClock)).expect("state");
+    // As a pipeline opens it: value writes wait in the hot values, and the cut settles them.
+    let store =
+        StateStore::open_with(&db, 128, Arc::new(SystemClock), store_options()).expect("state");
     let started = Instant::now();
     write_keys(&store, 0, keys, 0);
     store.flush().expect("flush");

@@ -51,6 +51,8 @@ pub(super) struct HotValues {
     budget: usize,
     /// Number of dirty entries.
     dirty: usize,
+    /// Dirty puts since the last settle (a key rewritten while dirty counts each time).
+    deferred_puts: u64,
     /// The compaction filter's removal count when the cache was last known valid.
     compaction_epoch: u64,
     /// Bumped by every change made behind a reader's back (commit, forgetting).
@@ -64,6 +66,7 @@ impl HotValues {
             bytes: 0,
             budget,
             dirty: 0,
+            deferred_puts: 0,
             compaction_epoch: 0,
             generation: 0,
         }
@@ -128,6 +131,15 @@ impl HotValues {
         self.set(key, value, false);
     }
 
+    /// Updates a cached entry with bytes just written through; a key not cached stays out (a
+    /// blind write is not a sign of a coming read; a read-modify-write read it, and so cached
+    /// it, first).
+    pub(super) fn refresh(&mut self, key: &[u8], value: &[u8]) {
+        if self.map.contains_key(key) {
+            self.put(key, value);
+        }
+    }
+
     /// Keeps a committed value that RocksDB does not hold yet. False, and nothing kept, when it
     /// does not fit: the store then settles, starts over and tries again.
     #[must_use]
@@ -136,7 +148,14 @@ impl HotValues {
             return false;
         }
         self.set(key, value, true);
+        self.deferred_puts += 1;
         true
+    }
+
+    /// Dirty puts since the last [`HotValues::mark_clean`]: with [`HotValues::dirty_len`], how
+    /// much deferring saved.
+    pub(super) fn deferred_since_settle(&self) -> u64 {
+        self.deferred_puts
     }
 
     fn fits(&self, key: &[u8], value: &[u8]) -> bool {
@@ -203,6 +222,7 @@ impl HotValues {
             e.dirty = false;
         }
         self.dirty = 0;
+        self.deferred_puts = 0;
     }
 
     /// Forgets every clean entry; dirty ones stay.
@@ -333,6 +353,20 @@ mod tests {
         assert_eq!(hot.get(b"k"), Some(b"new".to_vec()));
         hot.fill(hot.generation(), b"j", b"1");
         assert_eq!(hot.get(b"j"), Some(b"1".to_vec()));
+    }
+
+    #[test]
+    fn a_refresh_updates_what_is_cached_and_adds_nothing() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        hot.refresh(b"blind", b"1");
+        assert_eq!(hot.get(b"blind"), None, "a blind write is not cached");
+        hot.put(b"read", b"1");
+        hot.refresh(b"read", b"2");
+        assert_eq!(hot.get(b"read"), Some(b"2".to_vec()));
+        assert!(hot.put_dirty(b"d", b"1"));
+        hot.refresh(b"d", b"2");
+        assert_eq!(hot.get(b"d"), Some(b"2".to_vec()));
+        assert_eq!(hot.dirty_len(), 1, "still owed to RocksDB");
     }
 
     #[test]

@@ -136,7 +136,18 @@ pub struct StateStore {
     /// only without a write-ahead log, for a database rebuilt from a checkpoint at every start,
     /// and with hot values at all.
     defer_writes: bool,
+    /// Whether deferring pays now: off while recent settles found almost every deferred
+    /// write was to a different key (nothing saved, the bookkeeping only cost), back on after
+    /// [`PROBE_AFTER_COMMITS`] commits to look again.
+    deferring: std::sync::atomic::AtomicBool,
+    /// Commits left before deferring is tried again.
+    probe_in: std::sync::atomic::AtomicU32,
 }
+
+/// Commits written through, after deferring stopped paying, before it is tried again.
+const PROBE_AFTER_COMMITS: u32 = 1024;
+/// Deferred writes a settle must have seen to judge whether deferring pays.
+const JUDGE_AFTER_WRITES: u64 = 4096;
 
 /// Kind and TTL of each state id with a TTL, shared with the compaction filter.
 type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;
@@ -257,6 +268,8 @@ impl StateStore {
             hot: Mutex::new(hot::HotValues::new(options.hot_values_bytes)),
             writing: Mutex::new(()),
             defer_writes: !options.write_ahead_log && options.hot_values_bytes > 0,
+            deferring: true.into(),
+            probe_in: 0.into(),
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -597,6 +610,8 @@ impl StateStore {
             hot: Mutex::new(hot::HotValues::new(0)),
             writing: Mutex::new(()),
             defer_writes: false,
+            deferring: false.into(),
+            probe_in: 0.into(),
         };
         store.load_registry()?;
         Ok(store)
@@ -619,7 +634,7 @@ impl StateStore {
         // table lock is held while RocksDB writes (its compaction filter reads the tables).
         // A batch that clears a prefix is written through whole, so that its range deletes
         // and the writes after them reach RocksDB together and in order.
-        let defer = self.defer_writes && keyed.cleared.is_empty();
+        let defer = self.defer_writes && keyed.cleared.is_empty() && self.deferring_now();
         let plan: Vec<HotPlan> = {
             let ttls = self.ttls.read().unwrap_or_else(|p| p.into_inner());
             let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
@@ -651,7 +666,7 @@ impl StateStore {
             for ((k, v), plan) in keyed.writes.iter().zip(&plan) {
                 match (v, plan) {
                     (Some(v), HotPlan::Defer) => self.defer_locked(&mut hot, k, v)?,
-                    (Some(v), HotPlan::Cache) => hot.put(k, v),
+                    (Some(v), HotPlan::Cache) => hot.refresh(k, v),
                     _ => hot.remove(k),
                 }
             }
@@ -706,7 +721,36 @@ impl StateStore {
         self.writing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether this commit may defer; counts down to the next try while it may not.
+    fn deferring_now(&self) -> bool {
+        if self.deferring.load(Ordering::Relaxed) {
+            return true;
+        }
+        if self.probe_in.fetch_sub(1, Ordering::Relaxed) <= 1 {
+            self.deferring.store(true, Ordering::Relaxed);
+            tracing::debug!("state: deferring value and list writes again, to see if it pays");
+        }
+        false
+    }
+
+    /// Whether deferring is on (see `hot`); for tests and the status report.
+    pub fn defers_writes(&self) -> bool {
+        self.defer_writes && self.deferring.load(Ordering::Relaxed)
+    }
+
     fn settle_locked(&self, hot: &mut hot::HotValues) -> Result<()> {
+        // Judged before settling: of the writes deferred since the last settle, how many
+        // were to a key already waiting (saved a RocksDB write). Under a tenth: stop for a while.
+        let (deferred, waiting) = (hot.deferred_since_settle(), hot.dirty_len() as u64);
+        if deferred >= JUDGE_AFTER_WRITES && waiting * 10 > deferred * 9 {
+            self.deferring.store(false, Ordering::Relaxed);
+            self.probe_in.store(PROBE_AFTER_COMMITS, Ordering::Relaxed);
+            tracing::debug!(
+                deferred,
+                waiting,
+                "state: deferred writes were nearly all to different keys; writing through for now"
+            );
+        }
         if hot.dirty_len() == 0 {
             return Ok(());
         }
@@ -901,7 +945,7 @@ impl Drop for StateStore {
 enum HotPlan {
     /// Keep it hot and dirty instead of writing it now.
     Defer,
-    /// Write it, and keep it hot.
+    /// Write it, and refresh it if it is hot.
     Cache,
     /// Write it (or its delete), and forget it.
     Forget,

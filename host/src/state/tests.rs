@@ -341,3 +341,58 @@ fn without_hot_values_nothing_is_deferred() {
     st.commit(b).expect("commit");
     assert!(on_disk(&st, &state_key(kg, v.id, b"k")));
 }
+
+/// Deferring pays when keys are written again before the next settle; when nearly every
+/// write is to a new key it only costs, so the store writes through for a while and then
+/// tries again.
+#[test]
+fn deferring_stops_when_it_saves_nothing_and_tries_again_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let write = |keys: &mut dyn Iterator<Item = String>| {
+        let mut b = st.batch();
+        let mut a = KeyedAccess::new(&st, &mut b);
+        for k in keys {
+            a.value_set(&v, st.key_group(k.as_bytes()), k.as_bytes(), b"1");
+        }
+        st.commit(b).expect("commit");
+    };
+
+    // 100 keys written 50 times each: 5,000 deferred writes, 100 waiting. Keeps deferring.
+    for _ in 0..50 {
+        write(&mut (0..100).map(|i| format!("hot-{i}")));
+    }
+    st.settle().expect("settle");
+    assert!(st.defers_writes(), "rewrites were saved");
+
+    // 5,000 keys written once each: nothing saved. Writes go through after the settle.
+    for chunk in 0..50 {
+        write(&mut (0..100).map(|i| format!("once-{chunk}-{i}")));
+    }
+    st.settle().expect("settle");
+    assert!(!st.defers_writes(), "nothing was saved");
+    write(&mut std::iter::once("next".to_owned()));
+    let kg = st.key_group(b"next");
+    assert!(
+        on_disk(&st, &state_key(kg, v.id, b"next")),
+        "written through"
+    );
+
+    // After the probe interval, deferring is tried again.
+    for i in 0..PROBE_AFTER_COMMITS {
+        write(&mut std::iter::once(format!("later-{i}")));
+    }
+    assert!(st.defers_writes(), "tried again");
+    write(&mut std::iter::once("probe".to_owned()));
+    let kg = st.key_group(b"probe");
+    assert!(
+        !on_disk(&st, &state_key(kg, v.id, b"probe")),
+        "deferred again"
+    );
+    assert_eq!(
+        st.read_value(&v, b"probe").expect("read"),
+        Some(b"1".to_vec())
+    );
+}
