@@ -157,6 +157,19 @@ fn on_disk(st: &StateStore, key: &[u8]) -> bool {
         .is_some()
 }
 
+/// A checkpoint of `st` in `dir`, opened read-only, and its state `v`.
+fn checkpoint_of(st: &StateStore, dir: &Path, clock: &ManualClock) -> (StateStore, StateInfo) {
+    let cp = dir.join("cp");
+    st.create_checkpoint(&cp).expect("checkpoint");
+    let snap = StateStore::open_read_only(&cp, Arc::new(clock.clone())).expect("open cp");
+    let v = snap
+        .states()
+        .into_iter()
+        .find(|s| s.name == "v")
+        .expect("v");
+    (snap, v)
+}
+
 #[test]
 fn value_and_list_writes_wait_hot_map_writes_do_not_and_every_reader_sees_both() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -192,15 +205,8 @@ fn value_and_list_writes_wait_hot_map_writes_do_not_and_every_reader_sees_both()
     assert_eq!(st.read_value(&v, b"k").expect("read"), Some(b"1".to_vec()));
 
     // A checkpoint holds them: it settles first.
-    let cp = dir.path().join("cp");
-    st.create_checkpoint(&cp).expect("checkpoint");
+    let (snap, v_snap) = checkpoint_of(&st, dir.path(), &clock);
     assert!(on_disk(&st, &state_key(kg, v.id, b"k")), "settled");
-    let snap = StateStore::open_read_only(&cp, Arc::new(clock.clone())).expect("open cp");
-    let v_snap = snap
-        .states()
-        .into_iter()
-        .find(|s| s.name == "v")
-        .expect("v");
     assert_eq!(
         snap.read_value(&v_snap, b"k").expect("read"),
         Some(b"1".to_vec())
@@ -311,15 +317,7 @@ fn a_batch_that_clears_a_map_overrides_older_deferred_writes() {
         Some(b"new".to_vec())
     );
     assert_eq!(st.read_value(&v, b"j").expect("read"), None);
-    st.settle().expect("settle");
-    let cp = dir.path().join("cp");
-    st.create_checkpoint(&cp).expect("checkpoint");
-    let snap = StateStore::open_read_only(&cp, Arc::new(clock.clone())).expect("open cp");
-    let v_snap = snap
-        .states()
-        .into_iter()
-        .find(|s| s.name == "v")
-        .expect("v");
+    let (snap, v_snap) = checkpoint_of(&st, dir.path(), &clock);
     assert_eq!(
         snap.read_value(&v_snap, b"k").expect("read"),
         Some(b"new".to_vec())
