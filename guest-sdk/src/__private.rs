@@ -92,6 +92,7 @@ struct BatchGuard;
 impl Drop for BatchGuard {
     fn drop(&mut self) {
         CURRENT_EVENT.with(|current| current.set(None));
+        crate::broadcast::forget_batch_reads();
     }
 }
 

@@ -9,11 +9,16 @@
 //! its stream before the keyed event was stored in its own, and none stored after (the host
 //! orders them by the streams' timestamps, so a replay after a crash sees the same tables).
 //!
+//! Reading is cheap to repeat: during a keyed batch the maps cannot change, so
+//! [`BroadcastMap::get`] asks the host for a key once per batch and answers the batch's other
+//! events from memory.
+//!
 //! The rule for plugin authors: `process_broadcast` must be deterministic. Its writes may depend
 //! only on the broadcast events and the broadcast state, never on the clock, randomness or
 //! lookups, so that every host, and every replay, builds the same tables.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -23,6 +28,36 @@ use serde::de::DeserializeOwned;
 use crate::state::MapKey;
 use crate::wit::eddy::plugin::broadcast_state as wit;
 use crate::wit::exports::eddy::plugin::broadcast_handler as export;
+
+/// Bytes read per (map, key); `None`: no entry.
+type Reads = HashMap<(wit::MapId, Vec<u8>), Option<Vec<u8>>>;
+
+thread_local! {
+    /// What [`BroadcastMap::get`] read during the keyed batch being handled. Broadcast maps are
+    /// written only between keyed batches (in `process_broadcast`), so within one they cannot
+    /// change: each key is asked of the host once per batch, whatever number of events read it.
+    static BATCH_READS: RefCell<Reads> = RefCell::new(HashMap::new());
+}
+
+/// Forgets the reads of the batch that ended.
+pub(crate) fn forget_batch_reads() {
+    BATCH_READS.with(|r| r.borrow_mut().clear());
+}
+
+/// The bytes at `key` in map `id`: from this batch's earlier reads while a keyed batch is
+/// handled, else from the host.
+fn read(id: wit::MapId, key: Vec<u8>) -> Result<Option<Vec<u8>>, wit::BroadcastError> {
+    if crate::__private::current_event().is_none() {
+        return wit::get(id, &key);
+    }
+    let cache_key = (id, key);
+    if let Some(hit) = BATCH_READS.with(|r| r.borrow().get(&cache_key).cloned()) {
+        return Ok(hit);
+    }
+    let bytes = wit::get(id, &cache_key.1)?;
+    BATCH_READS.with(|r| r.borrow_mut().insert(cache_key, bytes.clone()));
+    Ok(bytes)
+}
 
 /// How many entries [`BroadcastMap::entries`] fetches from the host at once.
 const ENTRIES_PAGE: u32 = 256;
@@ -233,7 +268,7 @@ impl<K, V> BroadcastMap<K, V> {
 impl<K: MapKey, V: Serialize + DeserializeOwned> BroadcastMap<K, V> {
     /// The entry for `key`, if any.
     pub fn get(&self, key: &K::Borrowed) -> Result<Option<V>, BroadcastError> {
-        match wit::get(self.id()?, &K::encode_key(key))? {
+        match read(self.id()?, K::encode_key(key))? {
             Some(bytes) => self.decode(&bytes).map(Some),
             None => Ok(None),
         }
