@@ -702,14 +702,75 @@ static const char *map_open(eddy_broadcast_map *map) {
     const char *oerr = map_open(map);                    \
     if (oerr) return oerr
 
+/* Broadcast reads of the keyed batch being handled. Broadcast maps change only between keyed
+ * batches (in the broadcast hook), so within one a key is asked of the host once and the
+ * batch's other events are answered from these copies (as the Rust SDK does). */
+typedef struct {
+    uint32_t map;
+    uint8_t *key, *value; /* malloc'ed; value NULL when the map has no entry */
+    size_t key_len, value_len;
+} batch_read;
+
+#define BATCH_READS_MAX 64
+static batch_read batch_reads[BATCH_READS_MAX];
+static size_t n_batch_reads;
+
+static void forget_batch_reads(void) {
+    for (size_t i = 0; i < n_batch_reads; i++) {
+        free(batch_reads[i].key);
+        free(batch_reads[i].value);
+    }
+    n_batch_reads = 0;
+}
+
+static const batch_read *find_batch_read(uint32_t map, eddy_bytes key) {
+    for (size_t i = 0; i < n_batch_reads; i++) {
+        const batch_read *r = &batch_reads[i];
+        if (r->map == map && r->key_len == key.len &&
+            (key.len == 0 || memcmp(r->key, key.ptr, key.len) == 0))
+            return r;
+    }
+    return NULL;
+}
+
+static uint8_t *copy_bytes(const uint8_t *p, size_t n) {
+    uint8_t *c = malloc(n ? n : 1);
+    if (!c) oom();
+    if (n) memcpy(c, p, n);
+    return c;
+}
+
+/* Keeps a read for the rest of the batch (the first BATCH_READS_MAX distinct keys). */
+static void keep_batch_read(uint32_t map, eddy_bytes key, const eddy_bytes *value) {
+    if (n_batch_reads == BATCH_READS_MAX) return;
+    batch_read *r = &batch_reads[n_batch_reads++];
+    r->map = map;
+    r->key = copy_bytes(key.ptr, key.len);
+    r->key_len = key.len;
+    r->value = value ? copy_bytes(value->ptr, value->len) : NULL;
+    r->value_len = value ? value->len : 0;
+}
+
 const char *eddy_broadcast_get(eddy_broadcast_map *map, eddy_bytes key, eddy_json **out) {
     *out = NULL;
     MAP_OPEN(map);
+    bool keyed = current_event >= 0;
+    const batch_read *hit = keyed ? find_batch_read(map->id, key) : NULL;
+    if (hit) {
+        if (!hit->value) return NULL;
+        eddy_bytes v = {hit->value, hit->value_len};
+        return decode_value("broadcast map", map->name, v, out);
+    }
     full_processor_list_u8_t k = wit_bytes(key);
     full_processor_option_list_u8_t r;
     if (!eddy_plugin_broadcast_state_get(map->id, &k, &r, &err)) return broadcast_error(&err);
-    if (!r.is_some) return NULL;
-    return decode_value("broadcast map", map->name, adopt(r.val), out);
+    if (!r.is_some) {
+        if (keyed) keep_batch_read(map->id, key, NULL);
+        return NULL;
+    }
+    eddy_bytes v = adopt(r.val);
+    if (keyed) keep_batch_read(map->id, key, &v);
+    return decode_value("broadcast map", map->name, v, out);
 }
 
 const char *eddy_broadcast_put(eddy_broadcast_map *map, eddy_bytes key, eddy_bytes json) {
@@ -862,6 +923,7 @@ void exports_eddy_plugin_handler_handle(exports_eddy_plugin_handler_list_event_t
         current_event = -1;
         reset_scratch();
     }
+    forget_batch_reads();
     exports_eddy_plugin_handler_list_event_free(events);
 }
 

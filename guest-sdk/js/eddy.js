@@ -369,6 +369,11 @@ const stateCall = (f) => hostCall((tag, val) => new StateError(tag, val), f);
 
 // Index of the event being processed in the current batch, or null.
 let currentEvent = null;
+// Broadcast reads of the keyed batch being handled (string and number keys): broadcast maps
+// change only between keyed batches, so a key is asked of the host once per batch, as in the
+// Rust SDK. Bytes are kept, not decoded values, so a plugin that changes a value it read
+// cannot change what the next event reads.
+const batchReads = new Map();
 
 /**
  * Time-to-live of a state's entries (Flink's StateTtlConfig): entries expire `ms` after their
@@ -655,7 +660,13 @@ export class BroadcastMap {
   }
   get(key) {
     const id = this.open();
-    const bytes = broadcastCall(() => broadcastState.get(id, this.keys_.encode(key)));
+    const memo = currentEvent !== null && (typeof key === "string" || typeof key === "number")
+      ? `${id}|${typeof key}|${key}` : null;
+    let bytes = memo === null ? undefined : batchReads.get(memo);
+    if (bytes === undefined) {
+      bytes = broadcastCall(() => broadcastState.get(id, this.keys_.encode(key)));
+      if (memo !== null) batchReads.set(memo, bytes);
+    }
     return bytes === null ? null : this.decode(bytes);
   }
   put(key, value) {
@@ -787,6 +798,7 @@ export function exportPlugin(PluginClass) {
         }
       } finally {
         currentEvent = null;
+        batchReads.clear();
       }
       return outcomes;
     },

@@ -273,6 +273,10 @@ def _state_call(f: Callable[[], Any]) -> Any:
 
 # Index of the event being processed in the current batch, or None.
 _current_event: Optional[int] = None
+# Broadcast reads of the keyed batch being handled: broadcast maps change only between keyed
+# batches, so a key is asked of the host once per batch, as in the Rust SDK. Bytes are kept,
+# not decoded values, so a plugin that changes a value it read cannot change the next event's.
+_batch_reads: Dict[Tuple[int, bytes], Optional[bytes]] = {}
 
 
 class Ttl:
@@ -550,7 +554,13 @@ class BroadcastMap:
 
     def get(self, key: Any, default: Any = None) -> Any:
         mid, k = self.open(), self._ek(key)
-        data = _broadcast_call(lambda: _bs.get(mid, k))
+        if _current_event is None:
+            data = _broadcast_call(lambda: _bs.get(mid, k))
+        elif (mid, k) in _batch_reads:
+            data = _batch_reads[(mid, k)]
+        else:
+            data = _broadcast_call(lambda: _bs.get(mid, k))
+            _batch_reads[(mid, k)] = data
         return default if data is None else self._decode(data)
 
     def put(self, key: Any, value: Any) -> None:
@@ -682,6 +692,7 @@ def export(plugin_class: type):
                     outcomes.append(_lower_outcome(outcome))
             finally:
                 _current_event = None
+                _batch_reads.clear()
             return outcomes
 
     class BroadcastHandler:

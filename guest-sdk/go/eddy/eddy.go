@@ -306,6 +306,7 @@ func ExportHandle(events []eddy_plugin_types.Event) []eddy_plugin_types.Outcome 
 		currentEvent = -1
 		out[i] = outcome.toWit()
 	}
+	forgetBatchReads()
 	maybeGC(len(events))
 	return out
 }

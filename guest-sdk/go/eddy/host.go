@@ -68,6 +68,49 @@ func (m *BroadcastMap[K, V]) open() (uint32, error) {
 	return m.id, nil
 }
 
+// batchRead is one broadcast read kept for the rest of a keyed batch.
+type batchRead struct {
+	found bool
+	data  []byte
+}
+
+type batchReadKey struct {
+	id  uint32
+	key string
+}
+
+// batchReads holds the broadcast reads of the keyed batch being handled: broadcast maps change
+// only between keyed batches, so a key is asked of the host once per batch, as in the Rust SDK.
+// Bytes are kept, not decoded values, so a plugin that changes a value it read cannot change
+// the next event's.
+var batchReads = map[batchReadKey]batchRead{}
+
+func forgetBatchReads() {
+	clear(batchReads)
+}
+
+func readBroadcast(id uint32, key []byte) (batchRead, error) {
+	memo := batchReadKey{id, string(key)}
+	if currentEvent >= 0 {
+		if hit, ok := batchReads[memo]; ok {
+			return hit, nil
+		}
+	}
+	r := bs.Get(id, key)
+	if r.IsErr() {
+		return batchRead{}, fromWitBroadcastError(r.Err())
+	}
+	read := batchRead{found: !r.Ok().IsNone()}
+	if read.found {
+		// A copy: the binding's buffer is not ours to keep past this call.
+		read.data = append([]byte(nil), r.Ok().Some()...)
+	}
+	if currentEvent >= 0 {
+		batchReads[memo] = read
+	}
+	return read, nil
+}
+
 // Get returns the entry k and whether it exists.
 func (m *BroadcastMap[K, V]) Get(k K) (V, bool, error) {
 	var zero V
@@ -75,15 +118,15 @@ func (m *BroadcastMap[K, V]) Get(k K) (V, bool, error) {
 	if err != nil {
 		return zero, false, err
 	}
-	r := bs.Get(id, EncodeKey(k))
-	if r.IsErr() {
-		return zero, false, fromWitBroadcastError(r.Err())
+	read, err := readBroadcast(id, EncodeKey(k))
+	if err != nil {
+		return zero, false, err
 	}
-	if r.Ok().IsNone() {
+	if !read.found {
 		return zero, false, nil
 	}
 	var v V
-	if err := Unmarshal(r.Ok().Some(), &v); err != nil {
+	if err := Unmarshal(read.data, &v); err != nil {
 		return zero, false, &BroadcastError{fmt.Sprintf("cannot decode a value of broadcast map `%s`: %v", m.name, err)}
 	}
 	return v, true, nil
