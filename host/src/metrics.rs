@@ -332,6 +332,20 @@ impl Metrics {
                 stats.expired_on_read.load(Ordering::Relaxed),
                 stats.expired_in_compaction.load(Ordering::Relaxed)
             );
+            let name = "eddy_state_hot_reads_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Keyed point reads, by whether the hot values answered them.\n# TYPE {name} counter\n{name}{{{l},result=\"hit\"}} {}\n{name}{{{l},result=\"miss\"}} {}",
+                stats.hot_hits.load(Ordering::Relaxed),
+                stats.hot_misses.load(Ordering::Relaxed)
+            );
+            let name = "eddy_state_deferred_writes_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Value and list writes that waited in the hot values (counted when settled), and the RocksDB writes that settling them took.\n# TYPE {name} counter\n{name}{{{l},stage=\"deferred\"}} {}\n{name}{{{l},stage=\"written\"}} {}",
+                stats.deferred_writes.load(Ordering::Relaxed),
+                stats.settled_writes.load(Ordering::Relaxed)
+            );
         }
         if let Some(lookups) = self.lookups.get() {
             let name = "eddy_lookups_total";

@@ -91,6 +91,17 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
         .fetch_add(42, std::sync::atomic::Ordering::Relaxed);
     m.dead_letter(eddy_host::metrics::DeadLetterReason::Trap);
     m.call_seconds.observe(0.002);
+    let stats = std::sync::Arc::new(eddy_host::state::StateStats::default());
+    stats
+        .hot_hits
+        .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .deferred_writes
+        .fetch_add(500, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .settled_writes
+        .fetch_add(20, std::sync::atomic::Ordering::Relaxed);
+    m.attach_state(stats);
     let port = eddy_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _server = metrics::serve(&addr, m.clone()).await.expect("serve");
@@ -118,6 +129,14 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
         body.contains("eddy_plugin_call_seconds_count{pipeline=\"demo\"} 1"),
         "{body}"
     );
+    for line in [
+        "eddy_state_hot_reads_total{pipeline=\"demo\",result=\"hit\"} 7",
+        "eddy_state_hot_reads_total{pipeline=\"demo\",result=\"miss\"} 0",
+        "eddy_state_deferred_writes_total{pipeline=\"demo\",stage=\"deferred\"} 500",
+        "eddy_state_deferred_writes_total{pipeline=\"demo\",stage=\"written\"} 20",
+    ] {
+        assert!(body.contains(line), "{line} in {body}");
+    }
 }
 
 /// The sandbox is closed whatever the guest imports: no files, no sockets, no environment.

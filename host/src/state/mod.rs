@@ -154,13 +154,22 @@ type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;
 /// Kind of every opened state id, shared with the compaction filter.
 type KindTable = Arc<RwLock<HashMap<u32, StateKind>>>;
 
-/// Counters of expired entries removed, by cleanup strategy.
+/// Counters of the store: expired entries removed, by cleanup strategy, and how the hot values
+/// (`hot`) are doing.
 #[derive(Debug, Default)]
 pub struct StateStats {
     /// Removed when a read found them expired.
     pub expired_on_read: AtomicU64,
     /// Removed by the compaction filter.
     pub expired_in_compaction: AtomicU64,
+    /// Keyed point reads answered by the hot values.
+    pub hot_hits: AtomicU64,
+    /// Keyed point reads that went to RocksDB.
+    pub hot_misses: AtomicU64,
+    /// Value and list writes deferred, counted when settled.
+    pub deferred_writes: AtomicU64,
+    /// RocksDB writes settling them took (fewer: a key rewritten while waiting is written once).
+    pub settled_writes: AtomicU64,
 }
 
 /// Open-time tuning of the store.
@@ -760,6 +769,12 @@ impl StateStore {
             wb.put_cf(cf, k, v);
         }
         self.db.write_opt(wb, &self.write_opts)?;
+        self.stats
+            .deferred_writes
+            .fetch_add(deferred, Ordering::Relaxed);
+        self.stats
+            .settled_writes
+            .fetch_add(waiting, Ordering::Relaxed);
         hot.mark_clean();
         Ok(())
     }
@@ -773,7 +788,13 @@ impl StateStore {
     pub(crate) fn hot_get(&self, key: &[u8]) -> std::result::Result<Vec<u8>, u64> {
         let mut hot = self.hot();
         hot.check_epoch(self.stats.expired_in_compaction.load(Ordering::Relaxed));
-        hot.get(key).ok_or(hot.generation())
+        let found = hot.get(key).ok_or(hot.generation());
+        let counter = match found {
+            Ok(_) => &self.stats.hot_hits,
+            Err(_) => &self.stats.hot_misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Keeps bytes read from RocksDB at keyed `key` hot, unless a commit came in between.

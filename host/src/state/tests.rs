@@ -194,7 +194,8 @@ fn value_and_list_writes_wait_hot_map_writes_do_not_and_every_reader_sees_both()
         "map: written"
     );
 
-    // The next batch and a query read the deferred writes.
+    // The next batch and a query read the deferred writes, from the hot values.
+    let hits = st.stats().hot_hits.load(Ordering::Relaxed);
     let mut b = st.batch();
     let mut a = KeyedAccess::new(&st, &mut b);
     assert_eq!(a.value_get(&v, kg, b"k").expect("get"), Some(b"1".to_vec()));
@@ -203,6 +204,7 @@ fn value_and_list_writes_wait_hot_map_writes_do_not_and_every_reader_sees_both()
         vec![b"x".to_vec(), b"y".to_vec()]
     );
     assert_eq!(st.read_value(&v, b"k").expect("read"), Some(b"1".to_vec()));
+    assert_eq!(st.stats().hot_hits.load(Ordering::Relaxed), hits + 3);
 
     // A checkpoint holds them: it settles first.
     let (snap, v_snap) = checkpoint_of(&st, dir.path(), &clock);
@@ -364,6 +366,13 @@ fn deferring_stops_when_it_saves_nothing_and_tries_again_later() {
     }
     st.settle().expect("settle");
     assert!(st.defers_writes(), "rewrites were saved");
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(count(&st.stats().deferred_writes), 5_000);
+    assert_eq!(
+        count(&st.stats().settled_writes),
+        100,
+        "one RocksDB write per key"
+    );
 
     // 5,000 keys written once each: nothing saved. Writes go through after the settle.
     for chunk in 0..50 {
