@@ -702,10 +702,18 @@ impl StateStore {
     /// Writes the deferred value and list writes to RocksDB (`hot`). Done before anything
     /// reads RocksDB other than through the hot values: checkpoints, savepoints, visits,
     /// flushes, full scans; and when the store is dropped.
+    ///
+    /// The hot values stay readable while RocksDB writes (a checkpoint's settle can take tens
+    /// of milliseconds, and queries read there): only writers change dirty entries, and they
+    /// wait for this one.
     pub fn settle(&self) -> Result<()> {
         let _writing = self.writing();
-        let mut hot = self.hot();
-        self.settle_locked(&mut hot)
+        let Some((wb, deferred, waiting)) = self.settle_batch(&mut self.hot()) else {
+            return Ok(());
+        };
+        self.db.write_opt(wb, &self.write_opts)?;
+        self.settled(&mut self.hot(), deferred, waiting);
+        Ok(())
     }
 
     /// Settles if a scan of `prefix` (key group + state id, at least) could miss deferred
@@ -747,9 +755,20 @@ impl StateStore {
         self.defer_writes && self.deferring.load(Ordering::Relaxed)
     }
 
+    /// [`StateStore::settle`] for a writer that holds the hot values already.
     fn settle_locked(&self, hot: &mut hot::HotValues) -> Result<()> {
-        // Judged before settling: of the writes deferred since the last settle, how many
-        // were to a key already waiting (saved a RocksDB write). Under a tenth: stop for a while.
+        if let Some((wb, deferred, waiting)) = self.settle_batch(hot) {
+            self.db.write_opt(wb, &self.write_opts)?;
+            self.settled(hot, deferred, waiting);
+        }
+        Ok(())
+    }
+
+    /// The RocksDB write of the dirty entries (none: nothing waits), with the counts to judge
+    /// whether deferring pays: the writes deferred since the last settle, and the entries
+    /// they left waiting (a key rewritten while waiting saved a RocksDB write). Under a tenth
+    /// saved, deferring stops for a while.
+    fn settle_batch(&self, hot: &mut hot::HotValues) -> Option<(rocksdb::WriteBatch, u64, u64)> {
         let (deferred, waiting) = (hot.deferred_since_settle(), hot.dirty_len() as u64);
         if deferred >= JUDGE_AFTER_WRITES && waiting * 10 > deferred * 9 {
             self.deferring.store(false, Ordering::Relaxed);
@@ -760,15 +779,19 @@ impl StateStore {
                 "state: deferred writes were nearly all to different keys; writing through for now"
             );
         }
-        if hot.dirty_len() == 0 {
-            return Ok(());
+        if waiting == 0 {
+            return None;
         }
         let cf = self.keyed_cf();
         let mut wb = rocksdb::WriteBatch::default();
         for (k, v) in hot.dirty_entries() {
             wb.put_cf(cf, k, v);
         }
-        self.db.write_opt(wb, &self.write_opts)?;
+        Some((wb, deferred, waiting))
+    }
+
+    /// Marks the dirty entries written.
+    fn settled(&self, hot: &mut hot::HotValues, deferred: u64, waiting: u64) {
         self.stats
             .deferred_writes
             .fetch_add(deferred, Ordering::Relaxed);
@@ -776,7 +799,6 @@ impl StateStore {
             .settled_writes
             .fetch_add(waiting, Ordering::Relaxed);
         hot.mark_clean();
-        Ok(())
     }
 
     fn hot(&self) -> std::sync::MutexGuard<'_, hot::HotValues> {

@@ -403,3 +403,45 @@ fn deferring_stops_when_it_saves_nothing_and_tries_again_later() {
         Some(b"1".to_vec())
     );
 }
+
+/// A settle writes RocksDB without holding the hot values: readers on other threads (queries)
+/// go on meanwhile, and always see the committed values, before, during and after it.
+#[test]
+fn readers_see_the_committed_values_while_a_settle_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = Arc::new(deferring_store(dir.path(), &clock, hot::DEFAULT_BUDGET));
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k-{i}")).collect();
+    for round in [b"1", b"2"] {
+        for chunk in keys.chunks(1_000) {
+            let mut b = st.batch();
+            let mut a = KeyedAccess::new(&st, &mut b);
+            for k in chunk {
+                a.value_set(&v, st.key_group(k.as_bytes()), k.as_bytes(), round);
+            }
+            st.commit(b).expect("commit");
+        }
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (st, v, keys, done) = (st.clone(), v.clone(), keys.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(Ordering::Relaxed) || reads < keys.len() as u64 {
+                let k = &keys[reads as usize % keys.len()];
+                assert_eq!(
+                    st.read_value(&v, k.as_bytes()).expect("read"),
+                    Some(b"2".to_vec()),
+                    "{k}"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    st.settle().expect("settle");
+    done.store(true, Ordering::Relaxed);
+    assert!(reader.join().expect("reader") >= keys.len() as u64);
+    assert_eq!(st.count_entries().expect("count"), keys.len() as u64);
+}
