@@ -311,40 +311,48 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        let name = "eddy_events_dead_lettered_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Events sent to the dead-letter subject, by reason.\n# TYPE {name} counter"
+        let dead: Vec<(&str, &AtomicU64)> = DeadLetterReason::ALL
+            .iter()
+            .map(|r| (r.label(), &self.dead_lettered[*r as usize]))
+            .collect();
+        split_counter(
+            &mut out,
+            "eddy_events_dead_lettered_total",
+            "Events sent to the dead-letter subject, by reason.",
+            &l,
+            "reason",
+            &dead,
         );
-        for r in DeadLetterReason::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{{l},reason=\"{}\"}} {}",
-                r.label(),
-                self.dead_lettered[r as usize].load(Ordering::Relaxed)
-            );
-        }
         if let Some(stats) = self.state.get() {
-            let name = "eddy_state_expired_removed_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Expired state entries removed, by cleanup strategy.\n# TYPE {name} counter\n{name}{{{l},strategy=\"read\"}} {}\n{name}{{{l},strategy=\"compaction\"}} {}",
-                stats.expired_on_read.load(Ordering::Relaxed),
-                stats.expired_in_compaction.load(Ordering::Relaxed)
+            split_counter(
+                &mut out,
+                "eddy_state_expired_removed_total",
+                "Expired state entries removed, by cleanup strategy.",
+                &l,
+                "strategy",
+                &[
+                    ("read", &stats.expired_on_read),
+                    ("compaction", &stats.expired_in_compaction),
+                ],
             );
-            let name = "eddy_state_hot_reads_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Keyed point reads, by whether the hot values answered them.\n# TYPE {name} counter\n{name}{{{l},result=\"hit\"}} {}\n{name}{{{l},result=\"miss\"}} {}",
-                stats.hot_hits.load(Ordering::Relaxed),
-                stats.hot_misses.load(Ordering::Relaxed)
+            split_counter(
+                &mut out,
+                "eddy_state_hot_reads_total",
+                "Keyed point reads, by whether the hot values answered them.",
+                &l,
+                "result",
+                &[("hit", &stats.hot_hits), ("miss", &stats.hot_misses)],
             );
-            let name = "eddy_state_deferred_writes_total";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Value and list writes that waited in the hot values (counted when settled), and the RocksDB writes that settling them took.\n# TYPE {name} counter\n{name}{{{l},stage=\"deferred\"}} {}\n{name}{{{l},stage=\"written\"}} {}",
-                stats.deferred_writes.load(Ordering::Relaxed),
-                stats.settled_writes.load(Ordering::Relaxed)
+            split_counter(
+                &mut out,
+                "eddy_state_deferred_writes_total",
+                "Value and list writes that waited in the hot values (counted when settled), and the RocksDB writes that settling them took.",
+                &l,
+                "stage",
+                &[
+                    ("deferred", &stats.deferred_writes),
+                    ("written", &stats.settled_writes),
+                ],
             );
         }
         if let Some(lookups) = self.lookups.get() {
@@ -398,6 +406,25 @@ impl Metrics {
         self.batch_size
             .render(&mut out, "eddy_batch_size", "Events per plugin call.", &l);
         out
+    }
+}
+
+/// One counter split by a label: a series `{labels,<label>="<value>"}` per `(value, counter)`.
+fn split_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: &str,
+    label: &str,
+    series: &[(&str, &AtomicU64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, c) in series {
+        let _ = writeln!(
+            out,
+            "{name}{{{labels},{label}=\"{value}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
     }
 }
 

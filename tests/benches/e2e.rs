@@ -24,7 +24,7 @@ use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
-use eddy_tests::bench::cpu_time;
+use eddy_tests::bench::{cpu_time, only_arg};
 use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, stream_len};
 use futures::{FutureExt, StreamExt};
 
@@ -256,15 +256,11 @@ async fn main() {
     } else {
         (100_000, 2_000, 5)
     };
-    // `-- --only relay|pass|fraud`: one case alone (for profiling); ratios then read "n/a".
-    let args: Vec<String> = std::env::args().collect();
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1));
+    // `-- --only relay|pass|fraud`: one case alone (for profiling); without the relay, ratios read "n/a".
+    let only = only_arg();
     let mut rows = Vec::new();
     for case in [Case::Relay, Case::Passthrough, Case::Fraud] {
-        if only.is_some_and(|o| !case.name().contains(o.as_str())) {
+        if only.as_deref().is_some_and(|o| !case.name().contains(o)) {
             continue;
         }
         let r = measure(case, n, rate, secs).await;
@@ -294,10 +290,13 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (case, r) in &rows {
         println!(
-            "| {} | {:.0} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
             case.name(),
             r.events_per_s,
-            r.events_per_s / base,
+            match base.is_finite() {
+                true => format!("{:.2}", r.events_per_s / base),
+                false => "n/a".to_string(),
+            },
             r.host_us,
             r.server_us,
             r.p50_ms,

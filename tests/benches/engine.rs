@@ -10,7 +10,7 @@
 
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
-    events, state_rate, store_options, transactions, worker_rate, worker_rate_on,
+    events, only_arg, state_rate, store_options, transactions, worker_rate, worker_rate_on,
 };
 use eddy_tests::plugin;
 
@@ -21,14 +21,9 @@ struct Row {
     secs: f64,
 }
 
-/// The plugin named by `-- --only <plugin>`: only its rows run (for profiling).
-fn only() -> Option<String> {
-    std::env::args().skip_while(|a| a != "--only").nth(1)
-}
-
 fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize) -> Row {
-    // The other rows report 0 events.
-    if only().is_some_and(|o| o != plugin_name) {
+    // `-- --only <plugin>`: the other rows run nothing and are not printed.
+    if only_arg().is_some_and(|o| o != plugin_name) {
         return Row {
             name: name.to_string(),
             events: 0,
@@ -54,7 +49,7 @@ fn main() {
     });
     let small = events(n, 10_000, |_| b"{}".to_vec());
 
-    let rows = vec![
+    let rows = [
         run(
             "pass-through, 1 event per call (baseline)",
             "passthrough",
@@ -108,25 +103,30 @@ fn main() {
             256,
         ),
     ];
+    // With `--only` and the baseline not run, ratios are left out.
     let base = rows[0].events as f64 / rows[0].secs;
+    let ratio = |eps: f64| match base > 0.0 {
+        true => format!("{:.2}x", eps / base),
+        false => "n/a".to_string(),
+    };
     println!(
         "\nIn-process engine benchmark ({n} events, 10,000 keys, one core, state committed per call)\n"
     );
     println!("| case | events/s | calls/s | µs/event | vs baseline |");
     println!("|---|---:|---:|---:|---:|");
-    for r in &rows {
+    for r in rows.iter().filter(|r| r.events > 0) {
         let eps = r.events as f64 / r.secs;
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2}x |",
+            "| {} | {:.0} | {:.0} | {:.2} | {} |",
             r.name,
             eps,
             r.calls as f64 / r.secs,
             1e6 / eps,
-            eps / base
+            ratio(eps)
         );
     }
     // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.
-    if only().is_some() {
+    if only_arg().is_some() {
         return;
     }
     println!(

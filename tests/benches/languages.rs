@@ -7,17 +7,13 @@
 //! them); a language whose component is missing is listed as such. `-- --only <lang>` runs one
 //! language beside Rust; with `EDDY_WASM_PROFILE=perfmap`, `perf` names the guests' functions.
 
-use eddy_tests::bench::{transactions, worker_rate};
+use eddy_tests::bench::{only_arg, transactions, worker_rate};
 use eddy_tests::{plugin, plugin_target_dir};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    let quick = std::env::args().any(|a| a == "--quick");
     // `-- --only c`: one guest language beside Rust (for profiling).
-    let only = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1));
+    let only = only_arg();
     let n = if quick { 20_000 } else { 100_000 };
     let txs = transactions(n);
     println!("\nGuest languages: {n} transactions, 10,000 keys, 256 events per call, one core\n");
@@ -34,7 +30,7 @@ fn main() {
         };
         println!("| {name} | Rust | {} | {base_eps:.0} | 1.00 |", size(&rust));
         for lang in ["js", "python", "go", "c"] {
-            if only.is_some_and(|o| o != lang) {
+            if only.as_deref().is_some_and(|o| o != lang) {
                 continue;
             }
             let wasm = plugin_target_dir()

@@ -989,6 +989,12 @@ pub mod bench {
     use eddy_host::pipeline::Worker;
     use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemClock};
 
+    /// What follows `--only` on a benchmark's command line: the one case to run (for
+    /// profiling).
+    pub fn only_arg() -> Option<String> {
+        std::env::args().skip_while(|a| a != "--only").nth(1)
+    }
+
     /// CPU time used so far by process `pid` (all its live threads), from Linux's
     /// `/proc/<pid>/task/*/schedstat` (nanoseconds on the CPU). Zero where that is unreadable.
     pub fn cpu_time(pid: u32) -> std::time::Duration {

@@ -4,10 +4,48 @@ use async_nats::HeaderMap;
 
 use crate::config::KeySource;
 
-/// Extracts the key of a message, or says why it cannot (the event is then dead-lettered
-/// with that reason).
-pub fn extract(
+/// Finds keys where the pipeline's `input.key` says. Built once per pipeline: a JSON pointer
+/// is split into its tokens here, not for every event.
+pub struct KeyExtractor {
+    source: KeySource,
+    /// The JSON pointer's unescaped tokens (`None`: not a pointer, or not a JSON source).
+    tokens: Option<Vec<String>>,
+}
+
+impl KeyExtractor {
+    /// An extractor for `source`.
+    pub fn new(source: &KeySource) -> KeyExtractor {
+        let tokens = match source {
+            KeySource::Json(pointer) => pointer_tokens(pointer),
+            _ => None,
+        };
+        KeyExtractor {
+            source: source.clone(),
+            tokens,
+        }
+    }
+
+    /// Extracts the key of a message, or says why it cannot (the event is then dead-lettered
+    /// with that reason).
+    pub fn extract(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        extract(
+            &self.source,
+            self.tokens.as_deref(),
+            subject,
+            headers,
+            payload,
+        )
+    }
+}
+
+fn extract(
     source: &KeySource,
+    tokens: Option<&[String]>,
     subject: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
@@ -25,7 +63,7 @@ pub fn extract(
             .ok_or_else(|| {
                 format!("no key: subject `{subject}` has no token {i} (input.key.subject_token counts from 0)")
             }),
-        KeySource::Json(pointer) => match json_at(payload, pointer) {
+        KeySource::Json(pointer) => match json_at(payload, tokens) {
             Err(e) => Err(format!(
                 "no key: the payload is not JSON ({e}); input.key.json needs a JSON payload"
             )),
@@ -53,35 +91,35 @@ enum Leaf {
     Other(&'static str),
 }
 
-/// The value at JSON pointer `pointer` (RFC 6901) in `payload`, found in one pass over the
-/// payload without building the document: the key is looked up for every event. The whole
-/// payload is still checked as building it would (UTF-8, escapes, number range, depth); of
-/// duplicate object members the last counts, as when the document is built.
-fn json_at(payload: &[u8], pointer: &str) -> Result<Option<Leaf>, serde_json::Error> {
+/// The unescaped tokens of JSON pointer `pointer` (RFC 6901); `None` if it is not one (it
+/// must be empty or start with `/`).
+fn pointer_tokens(pointer: &str) -> Option<Vec<String>> {
     if !pointer.is_empty() && !pointer.starts_with('/') {
-        return Ok(None);
+        return None;
     }
-    let tokens: Vec<std::borrow::Cow<'_, str>> = pointer
-        .split('/')
-        .skip(1)
-        .map(|t| {
-            if t.contains('~') {
-                t.replace("~1", "/").replace("~0", "~").into()
-            } else {
-                t.into()
-            }
-        })
-        .collect();
+    let unescape = |t: &str| t.replace("~1", "/").replace("~0", "~");
+    Some(pointer.split('/').skip(1).map(unescape).collect())
+}
+
+/// The value at the JSON pointer of `tokens` (see [`pointer_tokens`]; `None` finds nothing)
+/// in `payload`, found in one pass over the payload without building the document: the key is
+/// looked up for every event. The whole payload is still checked as building it would (UTF-8,
+/// escapes, number range, depth); of duplicate object members the last counts, as when the
+/// document is built.
+fn json_at(payload: &[u8], tokens: Option<&[String]>) -> Result<Option<Leaf>, serde_json::Error> {
+    let Some(tokens) = tokens else {
+        return Ok(None);
+    };
     let mut de = serde_json::Deserializer::from_slice(payload);
-    let found = serde::de::DeserializeSeed::deserialize(Walk(&tokens), &mut de)?;
+    let found = serde::de::DeserializeSeed::deserialize(Walk(tokens), &mut de)?;
     de.end()?;
     Ok(found)
 }
 
 /// Follows the remaining pointer tokens through one JSON value.
-struct Walk<'t, 'p>(&'t [std::borrow::Cow<'p, str>]);
+struct Walk<'t>(&'t [String]);
 
-impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_, '_> {
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
     type Value = Option<Leaf>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Leaf>, D::Error> {
@@ -89,7 +127,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_, '_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     type Value = Option<Leaf>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -253,6 +291,19 @@ impl<'de> serde::de::Visitor<'de> for KeyIs<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn extract(
+        source: &KeySource,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        KeyExtractor::new(source).extract(subject, headers, payload)
+    }
+
+    fn json_at(payload: &[u8], pointer: &str) -> Result<Option<Leaf>, serde_json::Error> {
+        super::json_at(payload, pointer_tokens(pointer).as_deref())
+    }
 
     fn json_kind(v: &serde_json::Value) -> &'static str {
         match v {

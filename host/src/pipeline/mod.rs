@@ -548,6 +548,7 @@ async fn read_input(
 ) {
     let mut max_seen = resume_after;
     let source_name: Arc<str> = KEYED.into();
+    let key_of = keys::KeyExtractor::new(&cfg.input.key);
     while let Some(batch) = input.next_batch(cfg.input.batch).await {
         let mut arrivals = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -579,12 +580,7 @@ async fn read_input(
                 Body::Done
             } else {
                 metrics.events_in.fetch_add(1, Ordering::Relaxed);
-                match keys::extract(
-                    &cfg.input.key,
-                    &msg.subject,
-                    msg.headers.as_ref(),
-                    &msg.payload,
-                ) {
+                match key_of.extract(&msg.subject, msg.headers.as_ref(), &msg.payload) {
                     Ok(key) => Body::Event {
                         key_group: crate::state::keygroup::key_group(&key, key_groups),
                         event: Event {

@@ -127,8 +127,7 @@ impl Runner {
                 Some(cmd) = self.control_rx.recv() => self.control(cmd).await?,
                 Some(ev) = self.reload_rx.recv() => self.reload(ev).await?,
                 c = self.window.completion(), if self.window.waiting() > 0 => {
-                    self.window.complete(c.0, c.1);
-                    self.window.complete_arrived();
+                    self.window.record(c);
                 }
                 arrivals = self.input_rx.recv(), if self.window.has_room() => match arrivals {
                     Some(arrivals) => self.admit(arrivals).await?,
@@ -157,8 +156,7 @@ impl Runner {
             }
             if self.window.waiting() > 0 {
                 let c = self.window.completion().await;
-                self.window.complete(c.0, c.1);
-                self.window.complete_arrived();
+                self.window.record(c);
             } else if !self.window.is_empty() {
                 break;
             }
@@ -453,8 +451,7 @@ impl Runner {
                 biased;
                 done = &mut call => return Ok(done?),
                 c = self.window.completion(), if self.window.waiting() > 0 => {
-                    self.window.complete(c.0, c.1);
-                    self.window.complete_arrived();
+                    self.window.record(c);
                 }
                 arrivals = self.input_rx.recv(), if !self.draining && self.window.has_room() => {
                     match arrivals {
@@ -943,8 +940,7 @@ impl Runner {
                     self.history.set(&version, DeployStatus::Live, None);
                     tracing::info!(%version, events = p.rule.events, failures = p.rule.failures, "plugin passed probation");
                 }
-                self.cut_dirty = true;
-                self.publisher.publish(p.outputs).await?;
+                self.publish(p.outputs.into()).await?;
                 self.next_swap().await
             }
             Judgement::Fail(reason) => {

@@ -218,9 +218,15 @@ impl<A> Window<A> {
         }
     }
 
-    /// Records every lookup answer that has already arrived, so the events they release go to
-    /// the plugin together rather than one call each.
-    pub(crate) fn complete_arrived(&mut self) {
+    /// Records a lookup answer (from [`Window::completion`]) and every other one that has
+    /// already arrived, so the events they release go to the plugin together rather than one
+    /// call each.
+    pub(crate) fn record(&mut self, (id, resolved): (u64, Resolved)) {
+        self.complete(id, resolved);
+        self.complete_arrived();
+    }
+
+    fn complete_arrived(&mut self) {
         while let Ok((id, resolved)) = self.rx.try_recv() {
             self.complete(id, resolved);
         }

@@ -37,6 +37,11 @@ pub const DEFAULT_BUDGET: usize = 32 << 20;
 /// Per-entry bookkeeping counted against the budget besides key and value bytes.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// What an entry counts against the budget.
+fn size(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
 #[derive(Debug)]
 struct Entry {
     value: Vec<u8>,
@@ -159,11 +164,8 @@ impl HotValues {
     }
 
     fn fits(&self, key: &[u8], value: &[u8]) -> bool {
-        let held = self
-            .map
-            .get(key)
-            .map_or(0, |e| key.len() + e.value.len() + ENTRY_OVERHEAD);
-        self.bytes - held + key.len() + value.len() + ENTRY_OVERHEAD <= self.budget
+        let held = self.map.get(key).map_or(0, |e| size(key, &e.value));
+        self.bytes - held + size(key, value) <= self.budget
     }
 
     fn set(&mut self, key: &[u8], value: &[u8], dirty: bool) {
@@ -178,7 +180,7 @@ impl HotValues {
                 }
             }
             None => {
-                self.bytes += key.len() + value.len() + ENTRY_OVERHEAD;
+                self.bytes += size(key, value);
                 self.dirty += usize::from(dirty);
                 self.map.insert(
                     key.to_vec(),
@@ -194,7 +196,7 @@ impl HotValues {
     /// Forgets `key`, dirty or not (its delete was written to RocksDB).
     pub(super) fn remove(&mut self, key: &[u8]) {
         if let Some(e) = self.map.remove(key) {
-            self.bytes -= key.len() + e.value.len() + ENTRY_OVERHEAD;
+            self.bytes -= size(key, &e.value);
             self.dirty -= usize::from(e.dirty);
         }
     }
@@ -232,11 +234,7 @@ impl HotValues {
             self.bytes = 0;
         } else {
             self.map.retain(|_, e| e.dirty);
-            self.bytes = self
-                .map
-                .iter()
-                .map(|(k, e)| k.len() + e.value.len() + ENTRY_OVERHEAD)
-                .sum();
+            self.bytes = self.map.iter().map(|(k, e)| size(k, &e.value)).sum();
         }
         self.generation += 1;
     }

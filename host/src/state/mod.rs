@@ -750,8 +750,9 @@ impl StateStore {
         false
     }
 
-    /// Whether deferring is on (see `hot`); for tests and the status report.
-    pub fn defers_writes(&self) -> bool {
+    /// Whether deferring is on (see `hot`).
+    #[cfg(test)]
+    pub(crate) fn defers_writes(&self) -> bool {
         self.defer_writes && self.deferring.load(Ordering::Relaxed)
     }
 
@@ -1001,12 +1002,9 @@ fn deferrable(
     ttls: &HashMap<u32, (StateKind, Ttl)>,
     key: &[u8],
 ) -> bool {
-    layout::state_id_of(key).is_some_and(|id| {
-        matches!(kinds.get(&id), Some(StateKind::Value | StateKind::List))
-            && ttls
-                .get(&id)
-                .is_none_or(|(_, t)| t.visibility != TtlVisibility::ReturnExpiredIfNotCleanedUp)
-    })
+    layout::state_id_of(key)
+        .is_some_and(|id| matches!(kinds.get(&id), Some(StateKind::Value | StateKind::List)))
+        && hot_cacheable(ttls, key)
 }
 
 fn position_key(input: &str) -> Vec<u8> {

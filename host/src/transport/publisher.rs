@@ -70,6 +70,12 @@ pub struct Outgoing {
     pub later: Option<Later>,
 }
 
+impl From<Vec<OutMessage>> for Outgoing {
+    fn from(ready: Vec<OutMessage>) -> Outgoing {
+        Outgoing { ready, later: None }
+    }
+}
+
 impl Outgoing {
     /// All the messages, in order, built now.
     pub fn into_vec(self) -> Vec<OutMessage> {
@@ -111,11 +117,7 @@ impl Publisher {
     /// Queues `messages` as one job and returns its id; waits only when too many jobs are in
     /// flight. An empty job completes in order like the others.
     pub async fn publish(&mut self, messages: Vec<OutMessage>) -> anyhow::Result<u64> {
-        self.publish_outgoing(Outgoing {
-            ready: messages,
-            later: None,
-        })
-        .await
+        self.publish_outgoing(messages.into()).await
     }
 
     /// [`Publisher::publish`], building the `later` part on the publisher's task.
