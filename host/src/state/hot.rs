@@ -31,6 +31,10 @@
 
 use std::collections::HashMap;
 
+/// Keys are event keys, which senders choose: a seeded hasher (foldhash's, randomly seeded per
+/// map) keeps them from being steered into collisions, at a fraction of SipHash's cost.
+type Hasher = foldhash::fast::RandomState;
+
 /// Default budget of a store's hot values, in bytes of keys and values.
 pub const DEFAULT_BUDGET: usize = 32 << 20;
 
@@ -51,7 +55,7 @@ struct Entry {
 
 #[derive(Debug)]
 pub(super) struct HotValues {
-    map: HashMap<Vec<u8>, Entry>,
+    map: HashMap<Vec<u8>, Entry, Hasher>,
     bytes: usize,
     budget: usize,
     /// Number of dirty entries.
@@ -67,7 +71,7 @@ pub(super) struct HotValues {
 impl HotValues {
     pub(super) fn new(budget: usize) -> HotValues {
         HotValues {
-            map: HashMap::new(),
+            map: HashMap::default(),
             bytes: 0,
             budget,
             dirty: 0,
