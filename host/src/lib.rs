@@ -16,6 +16,13 @@
 //! - [`metrics`]: counters, histograms and the Prometheus endpoint;
 //! - [`cli`]: the `eddy` command's subcommands beyond `run` (event generator, tail, streams).
 
+/// The allocator of every process linking the host (the `eddy` binary, tests, benchmarks).
+/// Events, state values and NATS messages are allocated on one thread and freed on another
+/// by the thousand per second; glibc's malloc spent about a fifth of the host's CPU there in
+/// the end-to-end benchmark (see `docs/BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
