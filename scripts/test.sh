@@ -15,6 +15,8 @@ for lang in js python go c; do
   say "building the $lang plugins"
   bash "scripts/guests/$lang.sh" || say "$lang plugins did not build: their tests will say why"
 done
+say "testing the Go layer's JSON codec against encoding/json"
+bash scripts/guests/go.sh test
 say "building"
 cargo build --workspace --bins --tests
 say "testing"

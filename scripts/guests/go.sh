@@ -6,6 +6,7 @@
 #   scripts/guests/go.sh build <plugin-dir> <out>  build the Go package in <plugin-dir> (package
 #                                                  `plugin`, importing "wit_component/eddy") into
 #                                                  the component <out>
+#   scripts/guests/go.sh test                      the layer's unit tests (natively)
 #   scripts/guests/go.sh                           tools, then both samples to
 #                                                  $HOME/.cache/eddy/plugins-target/guests/
 #
@@ -108,6 +109,23 @@ cmd_build() {
     "$WASM_TOOLS" validate "$out"
 }
 
+# Runs the Go layer's own unit tests natively (its JSON codec is plain Go, no bindings).
+cmd_test() {
+    local work
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go-test.XXXXXX")"
+    cp -r "$SDK/eddy/internal/codec" "$work/codec"
+    printf 'module codec\n\ngo 1.27\n' >"$work/codec/go.mod"
+    local status=0
+    (
+        cd "$work/codec"
+        export GOTOOLCHAIN=local GOPROXY=off GOSUMDB=off GOWORK=off
+        export GOCACHE="$EDDY_GUEST_CACHE/go-build" GOMODCACHE="$EDDY_GUEST_CACHE/go-mod"
+        "$GO" vet . && "$GO" test -count=1 .
+    ) || status=$?
+    rm -rf "$work"
+    return $status
+}
+
 samples() {
     local plugin
     mkdir -p "$EDDY_GUEST_OUT"
@@ -120,6 +138,7 @@ samples() {
 case "${1:-}" in
     tools) cmd_tools ;;
     build) shift; cmd_build "$@" ;;
+    test) cmd_tools; cmd_test ;;
     "") cmd_tools; samples ;;
-    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm>]" >&2; exit 2 ;;
+    *) echo "usage: $0 [tools | test | build <plugin-dir> <out.wasm>]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,741 @@
+package codec
+
+// Fast paths for the shapes plugins use on every event: flat structs of strings, integers,
+// booleans, pointers to those, slices of those and json.RawMessage; and those types alone (a
+// state value, a list element). encoding/json's reflection costs several times the work itself
+// in a wasm guest (measured: docs/BENCHMARKS.md, guest languages). Every fast path either
+// produces what the general path (serde.go) would, or declines (ok=false) and the general path
+// runs, which is also where every error message comes from: a fast path never fails.
+
+import (
+	"encoding"
+	"encoding/json"
+	"reflect"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+type kind uint8
+
+const (
+	kString kind = iota + 1
+	kUint
+	kInt
+	kBool
+	kRaw // json.RawMessage
+)
+
+// shape is how one value is read and written: a kind, behind a pointer or in a slice.
+type shape struct {
+	kind  kind
+	bits  int  // of an integer kind
+	ptr   bool // *T: null is nil
+	slice bool // []T
+}
+
+type fastField struct {
+	name      string
+	index     int
+	shape     shape
+	required  bool // serde's rule: not a pointer, no omitempty
+	omitEmpty bool
+}
+
+// plan is a struct type's fast path; ok is false when the type has a field or method the fast
+// paths do not cover.
+type plan struct {
+	ok     bool
+	fields []fastField
+}
+
+var (
+	rawMessageType = reflect.TypeFor[json.RawMessage]()
+	marshalerTypes = []reflect.Type{
+		reflect.TypeFor[json.Marshaler](),
+		reflect.TypeFor[json.Unmarshaler](),
+		reflect.TypeFor[encoding.TextMarshaler](),
+		reflect.TypeFor[encoding.TextUnmarshaler](),
+	}
+	// The plans made so far (the layer runs on one thread).
+	plans = map[reflect.Type]*plan{}
+)
+
+// custom reports whether t (or *t) decides its own JSON, which only encoding/json honours.
+func custom(t reflect.Type) bool {
+	for _, m := range marshalerTypes {
+		if t.Implements(m) || reflect.PointerTo(t).Implements(m) {
+			return true
+		}
+	}
+	// json/v2's interfaces, by name (constant names keep the linker's dead code elimination).
+	pt := reflect.PointerTo(t)
+	_, to := t.MethodByName("MarshalJSONTo")
+	_, ptrTo := pt.MethodByName("MarshalJSONTo")
+	_, from := t.MethodByName("UnmarshalJSONFrom")
+	_, ptrFrom := pt.MethodByName("UnmarshalJSONFrom")
+	return to || ptrTo || from || ptrFrom
+}
+
+// scalar returns the kind of a plain string, integer or boolean type.
+func scalar(t reflect.Type) (kind, int, bool) {
+	if custom(t) {
+		return 0, 0, false
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return kString, 0, true
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return kUint, t.Bits(), true
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return kInt, t.Bits(), true
+	case reflect.Bool:
+		return kBool, 0, true
+	}
+	return 0, 0, false
+}
+
+// shapeOf returns how values of t are handled, if a fast path covers them.
+func shapeOf(t reflect.Type) (shape, bool) {
+	if t == rawMessageType {
+		return shape{kind: kRaw}, true
+	}
+	s := shape{}
+	switch t.Kind() {
+	case reflect.Pointer:
+		s.ptr, t = true, t.Elem()
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 || custom(t) {
+			return s, false // []byte is base64 to encoding/json
+		}
+		s.slice, t = true, t.Elem()
+	}
+	k, bits, ok := scalar(t)
+	s.kind, s.bits = k, bits
+	return s, ok
+}
+
+// simpleName reports whether a member name is written and read as its bytes.
+func simpleName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			return false
+		}
+	}
+	return name != ""
+}
+
+func planOf(t reflect.Type) *plan {
+	if p, ok := plans[t]; ok {
+		return p
+	}
+	p := &plan{ok: !custom(t)}
+	for i := 0; p.ok && i < t.NumField(); i++ {
+		f := t.Field(i)
+		if f.Anonymous {
+			p.ok = false
+			break
+		}
+		if !f.IsExported() {
+			continue
+		}
+		name, opts := f.Name, ""
+		if tag, ok := f.Tag.Lookup("json"); ok {
+			if tag == "-" {
+				continue
+			}
+			name, opts, _ = strings.Cut(tag, ",")
+			if name == "" {
+				name = f.Name
+			}
+		}
+		omit := false
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "":
+			case "omitempty":
+				omit = true
+			default:
+				p.ok = false // ",string", ",omitzero", ...
+			}
+		}
+		s, ok := shapeOf(f.Type)
+		if !ok || !simpleName(name) {
+			p.ok = false
+			break
+		}
+		required := !omit && f.Type.Kind() != reflect.Pointer
+		p.fields = append(p.fields, fastField{name: name, index: i, shape: s, required: required, omitEmpty: omit})
+	}
+	// Two fields of one name: encoding/json's rules for which wins are the general path's.
+	for i := range p.fields {
+		for j := i + 1; j < len(p.fields); j++ {
+			if strings.EqualFold(p.fields[i].name, p.fields[j].name) {
+				p.ok = false
+			}
+		}
+	}
+	plans[t] = p
+	return p
+}
+
+// ---- encoding ----
+
+// fastMarshal encodes v if a fast path covers its type and its values.
+func fastMarshal(v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case uint64:
+		return strconv.AppendUint(nil, x, 10), true
+	case int64:
+		return strconv.AppendInt(nil, x, 10), true
+	case int:
+		return strconv.AppendInt(nil, int64(x), 10), true
+	case string:
+		return appendString(make([]byte, 0, len(x)+2), x)
+	case bool:
+		return strconv.AppendBool(nil, x), true
+	}
+	rv := reflect.ValueOf(v)
+	if !rv.IsValid() || rv.Kind() != reflect.Struct {
+		return nil, false
+	}
+	p := planOf(rv.Type())
+	if !p.ok {
+		return nil, false
+	}
+	out := make([]byte, 0, 64+24*len(p.fields))
+	out = append(out, '{')
+	first := true
+	for _, f := range p.fields {
+		fv := rv.Field(f.index)
+		if f.omitEmpty && empty(fv, f.shape) {
+			continue
+		}
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		out = append(out, '"')
+		out = append(out, f.name...)
+		out = append(out, '"', ':')
+		var ok bool
+		if out, ok = appendValue(out, fv, f.shape); !ok {
+			return nil, false
+		}
+	}
+	return append(out, '}'), true
+}
+
+func empty(v reflect.Value, s shape) bool {
+	switch {
+	case s.ptr:
+		return v.IsNil()
+	case s.slice || s.kind == kRaw:
+		return v.Len() == 0
+	}
+	return v.IsZero()
+}
+
+func appendValue(out []byte, v reflect.Value, s shape) ([]byte, bool) {
+	switch {
+	case s.kind == kRaw:
+		raw := v.Bytes()
+		if v.IsNil() {
+			return append(out, "null"...), true
+		}
+		if !compactPlain(raw) {
+			return nil, false
+		}
+		return append(out, raw...), true
+	case s.ptr:
+		if v.IsNil() {
+			return append(out, "null"...), true
+		}
+		return appendScalar(out, v.Elem(), s.kind)
+	case s.slice:
+		if v.IsNil() {
+			return append(out, "null"...), true
+		}
+		out = append(out, '[')
+		for i := 0; i < v.Len(); i++ {
+			if i > 0 {
+				out = append(out, ',')
+			}
+			var ok bool
+			if out, ok = appendScalar(out, v.Index(i), s.kind); !ok {
+				return nil, false
+			}
+		}
+		return append(out, ']'), true
+	}
+	return appendScalar(out, v, s.kind)
+}
+
+func appendScalar(out []byte, v reflect.Value, k kind) ([]byte, bool) {
+	switch k {
+	case kString:
+		return appendString(out, v.String())
+	case kUint:
+		return strconv.AppendUint(out, v.Uint(), 10), true
+	case kInt:
+		return strconv.AppendInt(out, v.Int(), 10), true
+	case kBool:
+		return strconv.AppendBool(out, v.Bool()), true
+	}
+	return nil, false
+}
+
+// appendString writes s quoted when no byte of it needs an escape and it is valid UTF-8
+// without U+2028/U+2029 (which encoding/json escapes and serde does not).
+func appendString(out []byte, s string) ([]byte, bool) {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' {
+			return nil, false
+		}
+		if c >= 0x80 {
+			ascii = false
+		}
+	}
+	if !ascii && (!utf8.ValidString(s) || strings.Contains(s, "\u2028") || strings.Contains(s, "\u2029")) {
+		return nil, false
+	}
+	out = append(out, '"')
+	out = append(out, s...)
+	return append(out, '"'), true
+}
+
+// compactPlain reports whether raw is one valid JSON value, without whitespace, escapes or
+// non-ASCII bytes: encoding/json writes such a RawMessage as it is.
+func compactPlain(raw []byte) bool {
+	for _, c := range raw {
+		if c <= ' ' || c == '\\' || c >= 0x80 {
+			return false
+		}
+	}
+	end, ok := skipChecked(raw, 0, 0)
+	return ok && end == len(raw)
+}
+
+// ---- decoding ----
+
+// fastUnmarshal decodes data into v (a pointer) if a fast path covers the type and the input;
+// false leaves v untouched.
+func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
+	switch x := v.(type) {
+	case *uint64:
+		n, ok := wholeUint(data, 64)
+		if ok {
+			*x = n
+		}
+		return ok
+	case *int64:
+		n, ok := wholeInt(data, 64)
+		if ok {
+			*x = n
+		}
+		return ok
+	case *string:
+		i := skipSpace(data, 0)
+		s, end, ok := readString(data, i)
+		if !ok || skipSpace(data, end) != len(data) {
+			return false
+		}
+		*x = s
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() || rv.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	t := rv.Elem().Type()
+	p := planOf(t)
+	if !p.ok || len(p.fields) > 64 {
+		return false
+	}
+	tmp := reflect.New(t).Elem()
+	var seen uint64
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return false
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		i++
+	} else {
+		for {
+			name, end, ok := readName(data, i)
+			if !ok {
+				return false
+			}
+			i = skipSpace(data, end)
+			if i >= len(data) || data[i] != ':' {
+				return false
+			}
+			i = skipSpace(data, i+1)
+			idx := -1
+			for j := range p.fields {
+				if p.fields[j].name == name {
+					idx = j
+					break
+				}
+			}
+			if idx < 0 {
+				if denyUnknown {
+					return false
+				}
+				for j := range p.fields {
+					if strings.EqualFold(p.fields[j].name, name) {
+						return false // encoding/json would fill it
+					}
+				}
+				if i, ok = skipChecked(data, i, 0); !ok {
+					return false
+				}
+			} else {
+				if seen&(1<<idx) != 0 {
+					return false // a duplicate: the general path's error
+				}
+				seen |= 1 << idx
+				f := &p.fields[idx]
+				if i, ok = readValue(data, i, tmp.Field(f.index), f.shape); !ok {
+					return false
+				}
+			}
+			i = skipSpace(data, i)
+			if i < len(data) && data[i] == ',' {
+				i = skipSpace(data, i+1)
+				continue
+			}
+			if i < len(data) && data[i] == '}' {
+				i++
+				break
+			}
+			return false
+		}
+	}
+	if skipSpace(data, i) != len(data) {
+		return false
+	}
+	for j, f := range p.fields {
+		if f.required && seen&(1<<j) == 0 {
+			return false // missing: the general path's error
+		}
+	}
+	dst := rv.Elem()
+	for j, f := range p.fields {
+		if seen&(1<<j) != 0 {
+			dst.Field(f.index).Set(tmp.Field(f.index))
+		}
+	}
+	return true
+}
+
+// readName reads a member name without escapes or non-ASCII bytes.
+func readName(data []byte, i int) (string, int, bool) {
+	if i >= len(data) || data[i] != '"' {
+		return "", 0, false
+	}
+	for j := i + 1; j < len(data); j++ {
+		switch c := data[j]; {
+		case c == '"':
+			return string(data[i+1 : j]), j + 1, true
+		case c < 0x20 || c == '\\' || c >= 0x80:
+			return "", 0, false
+		}
+	}
+	return "", 0, false
+}
+
+// readString reads a string without escapes (valid UTF-8, no control characters).
+func readString(data []byte, i int) (string, int, bool) {
+	if i >= len(data) || data[i] != '"' {
+		return "", 0, false
+	}
+	ascii := true
+	for j := i + 1; j < len(data); j++ {
+		switch c := data[j]; {
+		case c == '"':
+			body := data[i+1 : j]
+			if !ascii && !utf8.Valid(body) {
+				return "", 0, false
+			}
+			return string(body), j + 1, true
+		case c < 0x20 || c == '\\':
+			return "", 0, false
+		case c >= 0x80:
+			ascii = false
+		}
+	}
+	return "", 0, false
+}
+
+// digits returns the end of the integer literal at i (canonical: no leading zeros, no
+// fraction or exponent after it), and whether it is negative.
+func digits(data []byte, i int, signed bool) (start, end int, neg, ok bool) {
+	if signed && i < len(data) && data[i] == '-' {
+		neg = true
+		i++
+	}
+	start = i
+	for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+		i++
+	}
+	if i == start || (data[start] == '0' && i-start > 1) {
+		return 0, 0, false, false
+	}
+	if i < len(data) && (data[i] == '.' || data[i] == 'e' || data[i] == 'E') {
+		return 0, 0, false, false
+	}
+	return start, i, neg, true
+}
+
+func readUint(data []byte, i, bits int) (uint64, int, bool) {
+	start, end, _, ok := digits(data, i, false)
+	if !ok {
+		return 0, 0, false
+	}
+	n, err := strconv.ParseUint(string(data[start:end]), 10, bits)
+	return n, end, err == nil
+}
+
+func readInt(data []byte, i, bits int) (int64, int, bool) {
+	_, end, _, ok := digits(data, i, true)
+	if !ok {
+		return 0, 0, false
+	}
+	n, err := strconv.ParseInt(string(data[i:end]), 10, bits)
+	return n, end, err == nil
+}
+
+func wholeUint(data []byte, bits int) (uint64, bool) {
+	n, end, ok := readUint(data, skipSpace(data, 0), bits)
+	return n, ok && skipSpace(data, end) == len(data)
+}
+
+func wholeInt(data []byte, bits int) (int64, bool) {
+	n, end, ok := readInt(data, skipSpace(data, 0), bits)
+	return n, ok && skipSpace(data, end) == len(data)
+}
+
+// readValue reads the value at i into v, as shape s says.
+func readValue(data []byte, i int, v reflect.Value, s shape) (int, bool) {
+	switch {
+	case s.kind == kRaw:
+		end, ok := skipChecked(data, i, 0)
+		if !ok || string(data[i:end]) == "null" {
+			return 0, false
+		}
+		v.SetBytes(append([]byte(nil), data[i:end]...))
+		return end, true
+	case s.ptr:
+		if strings.HasPrefix(string(data[i:min(i+4, len(data))]), "null") {
+			v.SetZero()
+			return i + 4, true
+		}
+		elem := reflect.New(v.Type().Elem())
+		end, ok := readScalar(data, i, elem.Elem(), s)
+		if ok {
+			v.Set(elem)
+		}
+		return end, ok
+	case s.slice:
+		if i >= len(data) || data[i] != '[' {
+			return 0, false
+		}
+		out := reflect.MakeSlice(v.Type(), 0, 8)
+		i = skipSpace(data, i+1)
+		if i < len(data) && data[i] == ']' {
+			v.Set(out)
+			return i + 1, true
+		}
+		elem := reflect.New(v.Type().Elem()).Elem()
+		for {
+			end, ok := readScalar(data, i, elem, s)
+			if !ok {
+				return 0, false
+			}
+			out = reflect.Append(out, elem)
+			i = skipSpace(data, end)
+			if i < len(data) && data[i] == ',' {
+				i = skipSpace(data, i+1)
+				continue
+			}
+			if i < len(data) && data[i] == ']' {
+				v.Set(out)
+				return i + 1, true
+			}
+			return 0, false
+		}
+	}
+	return readScalar(data, i, v, s)
+}
+
+func readScalar(data []byte, i int, v reflect.Value, s shape) (int, bool) {
+	switch s.kind {
+	case kString:
+		str, end, ok := readString(data, i)
+		if ok {
+			v.SetString(str)
+		}
+		return end, ok
+	case kUint:
+		n, end, ok := readUint(data, i, s.bits)
+		if ok {
+			v.SetUint(n)
+		}
+		return end, ok
+	case kInt:
+		n, end, ok := readInt(data, i, s.bits)
+		if ok {
+			v.SetInt(n)
+		}
+		return end, ok
+	case kBool:
+		rest := string(data[i:min(i+5, len(data))])
+		switch {
+		case strings.HasPrefix(rest, "true"):
+			v.SetBool(true)
+			return i + 4, true
+		case rest == "false":
+			v.SetBool(false)
+			return i + 5, true
+		}
+	}
+	return 0, false
+}
+
+// skipChecked returns the end of the valid JSON value at i (false for anything invalid, or
+// nested deeper than encoding/json's limit).
+func skipChecked(data []byte, i, depth int) (int, bool) {
+	if i >= len(data) || depth > 10000 {
+		return 0, false
+	}
+	switch c := data[i]; {
+	case c == '"':
+		return skipString(data, i)
+	case c == '{' || c == '[':
+		closer := byte('}')
+		if c == '[' {
+			closer = ']'
+		}
+		i = skipSpace(data, i+1)
+		if i < len(data) && data[i] == closer {
+			return i + 1, true
+		}
+		for {
+			if c == '{' {
+				end, ok := skipString(data, i)
+				if !ok {
+					return 0, false
+				}
+				i = skipSpace(data, end)
+				if i >= len(data) || data[i] != ':' {
+					return 0, false
+				}
+				i = skipSpace(data, i+1)
+			}
+			end, ok := skipChecked(data, i, depth+1)
+			if !ok {
+				return 0, false
+			}
+			i = skipSpace(data, end)
+			if i < len(data) && data[i] == ',' {
+				i = skipSpace(data, i+1)
+				continue
+			}
+			if i < len(data) && data[i] == closer {
+				return i + 1, true
+			}
+			return 0, false
+		}
+	case c == 't':
+		return i + 4, string(data[i:min(i+4, len(data))]) == "true"
+	case c == 'f':
+		return i + 5, string(data[i:min(i+5, len(data))]) == "false"
+	case c == 'n':
+		return i + 4, string(data[i:min(i+4, len(data))]) == "null"
+	case c == '-' || (c >= '0' && c <= '9'):
+		return skipNumber(data, i)
+	}
+	return 0, false
+}
+
+// skipString returns the end of the valid JSON string at i.
+func skipString(data []byte, i int) (int, bool) {
+	if i >= len(data) || data[i] != '"' {
+		return 0, false
+	}
+	start := i + 1
+	for j := start; j < len(data); j++ {
+		switch c := data[j]; {
+		case c == '"':
+			return j + 1, utf8.Valid(data[start:j])
+		case c < 0x20:
+			return 0, false
+		case c == '\\':
+			j++
+			if j >= len(data) {
+				return 0, false
+			}
+			switch data[j] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if j+4 >= len(data) {
+					return 0, false
+				}
+				for _, h := range data[j+1 : j+5] {
+					if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
+						return 0, false
+					}
+				}
+				j += 4
+			default:
+				return 0, false
+			}
+		}
+	}
+	return 0, false
+}
+
+// skipNumber returns the end of the valid JSON number at i.
+func skipNumber(data []byte, i int) (int, bool) {
+	if data[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(data) && data[i] == '0':
+		i++
+	case i < len(data) && data[i] >= '1' && data[i] <= '9':
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+	default:
+		return 0, false
+	}
+	if i < len(data) && data[i] == '.' {
+		i++
+		start := i
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return 0, false
+		}
+	}
+	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
+		i++
+		if i < len(data) && (data[i] == '+' || data[i] == '-') {
+			i++
+		}
+		start := i
+		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return 0, false
+		}
+	}
+	return i, true
+}

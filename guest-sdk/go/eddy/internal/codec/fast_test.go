@@ -1,0 +1,193 @@
+package codec
+
+// The fast paths against the general path: for every input, Unmarshal (fast path first) must
+// give what decode (the general path alone) gives: the same error text, or the same value; and
+// Marshal the same bytes as marshalGeneral. Inputs are the edge cases below, then documents
+// generated from them with a fixed seed. Run natively: bash scripts/guests/go.sh test.
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+type tx struct {
+	ID          string `json:"id"`
+	Customer    string `json:"customer"`
+	AmountCents uint64 `json:"amount_cents"`
+	Ts          uint64 `json:"ts"`
+}
+
+type mixed struct {
+	Name    string          `json:"name"`
+	Count   int32           `json:"count"`
+	Small   uint8           `json:"small,omitempty"`
+	Flag    bool            `json:"flag,omitempty"`
+	Limit   *uint64         `json:"limit"`
+	Label   *string         `json:"label"`
+	Recent  []uint64        `json:"recent,omitempty"`
+	Tags    []string        `json:"tags,omitempty"`
+	Info    json.RawMessage `json:"info,omitempty"`
+	NoTag   int64
+	private int
+}
+
+type cents uint64
+
+func (c cents) MarshalJSON() ([]byte, error) { return []byte(fmt.Sprintf("\"%d\"", uint64(c))), nil }
+
+type withCustom struct {
+	Amount cents `json:"amount"`
+}
+
+type withFloat struct {
+	X float64 `json:"x"`
+}
+
+var memberNames = []string{"id", "customer", "amount_cents", "ts", "ID", "Customer", "extra", "name",
+	"count", "small", "flag", "limit", "label", "recent", "tags", "info", "NoTag", "noTag", "x", "amount"}
+
+var values = []string{
+	`"tx-1"`, `""`, `"c-42"`, `"caf\u00e9"`, `"café"`, `"a\"b"`, `"a\\b"`, `"\ud800"`, "\"bad\xff\"",
+	"\"tab\there\"", `"<&>"`, `"\u2028"`,
+	`0`, `1`, `01`, `-1`, `-0`, `255`, `256`, `1.0`, `1e3`, `1E3`, `-`, `18446744073709551615`,
+	`18446744073709551616`, `9223372036854775807`, `-9223372036854775808`, `-9223372036854775809`,
+	`2147483648`, `-2147483649`,
+	`true`, `false`, `null`, `tru`, `nul`,
+	`[]`, `[1,2,3]`, `[ 1 , 2 ]`, `[1,]`, `["a","b"]`, `[null]`, `[1.5]`, `[01]`,
+	`{}`, `{"a":1}`, `{"a":[{"b":null}]}`, `{"a":}`, `{"a" 1}`, `{"a":1,}`,
+}
+
+func decodeBoth[T any](t *testing.T, data []byte, strict bool) {
+	t.Helper()
+	var general, fast T
+	errGeneral := decode(data, &general, strict)
+	var errFast error
+	if strict {
+		errFast = UnmarshalStrict(data, &fast)
+	} else {
+		errFast = Unmarshal(data, &fast)
+	}
+	if fmt.Sprint(errGeneral) != fmt.Sprint(errFast) {
+		t.Fatalf("%T strict=%v %q: general error %v, with fast paths %v", general, strict, data, errGeneral, errFast)
+	}
+	if errGeneral == nil && !reflect.DeepEqual(general, fast) {
+		t.Fatalf("%T strict=%v %q: general %+v, with fast paths %+v", general, strict, data, general, fast)
+	}
+}
+
+func checkAll(t *testing.T, data []byte) {
+	t.Helper()
+	for _, strict := range []bool{false, true} {
+		decodeBoth[tx](t, data, strict)
+		decodeBoth[mixed](t, data, strict)
+		decodeBoth[withCustom](t, data, strict)
+		decodeBoth[withFloat](t, data, strict)
+		decodeBoth[uint64](t, data, strict)
+		decodeBoth[int64](t, data, strict)
+		decodeBoth[string](t, data, strict)
+	}
+}
+
+func TestEdgeCases(t *testing.T) {
+	docs := []string{
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1700000000000}`,
+		` { "id" : "tx-1" , "customer":"c-42","amount_cents":1250,"ts":1700000000000 } `,
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1700000000000,"merchant":{"x":[1,"y"]}}`,
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250}`,
+		`{"id":"tx-1","id":"tx-2","customer":"c-42","amount_cents":1250,"ts":1}`,
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1,"ID":"x"}`,
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1} x`,
+		`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1}{}`,
+		`{"id":null,"customer":"c-42","amount_cents":1250,"ts":1}`,
+		`["tx-1","c-42",1250,1]`,
+		`{"name":"n","count":-5,"limit":null,"label":"l","recent":[1,2],"tags":["a"],"info":{"k":1},"NoTag":3}`,
+		`{"name":"n","count":1,"limit":7,"label":null,"NoTag":0,"info":null}`,
+		`{"name":"n","count":1,"small":300,"NoTag":0}`,
+		`{"name":"n","count":1,"recent":null,"NoTag":0}`,
+		`{"name":"n","count":1,"notag":5}`,
+		`{"amount":5}`, `{"x":1.5}`, `{}`, ``, `   `, `{`, `"s"`, `42`, ` 42 `, `-7`, `null`,
+	}
+	for _, d := range docs {
+		checkAll(t, []byte(d))
+	}
+	for _, v := range values {
+		checkAll(t, []byte(v))
+		for _, name := range memberNames {
+			checkAll(t, []byte(`{"`+name+`":`+v+`}`))
+		}
+	}
+}
+
+func TestGeneratedDocuments(t *testing.T) {
+	r := rand.New(rand.NewSource(7))
+	space := []string{"", "", "", " ", "\n\t"}
+	for n := 0; n < 20000; n++ {
+		var b strings.Builder
+		b.WriteString(space[r.Intn(len(space))] + "{")
+		members := r.Intn(7)
+		for m := 0; m < members; m++ {
+			if m > 0 {
+				b.WriteString(",")
+			}
+			b.WriteString(space[r.Intn(len(space))])
+			fmt.Fprintf(&b, "%q:%s", memberNames[r.Intn(len(memberNames))], space[r.Intn(len(space))])
+			b.WriteString(values[r.Intn(len(values))])
+		}
+		b.WriteString(space[r.Intn(len(space))] + "}")
+		checkAll(t, []byte(b.String()))
+	}
+}
+
+// The fast path must be taken where it should, or the comparisons above prove nothing.
+func TestFastPathIsTaken(t *testing.T) {
+	var x tx
+	if !fastUnmarshal([]byte(`{"id":"tx-1","customer":"c-42","amount_cents":1250,"ts":1,"other":[1,{"a":null}]}`), &x, false) {
+		t.Fatal("a plain transaction did not take the fast path")
+	}
+	if x != (tx{"tx-1", "c-42", 1250, 1}) {
+		t.Fatalf("decoded %+v", x)
+	}
+	var m mixed
+	if !fastUnmarshal([]byte(`{"name":"n","count":-5,"limit":9,"label":null,"recent":[1,2],"info":{"k":1},"NoTag":3}`), &m, false) {
+		t.Fatal("mixed did not take the fast path")
+	}
+	if _, ok := fastMarshal(m); !ok {
+		t.Fatal("mixed did not encode on the fast path")
+	}
+	var n uint64
+	if !fastUnmarshal([]byte("18446744073709551615"), &n, false) || n != 1<<64-1 {
+		t.Fatal("uint64 did not take the fast path")
+	}
+	if _, ok := fastMarshal(withCustom{5}); ok {
+		t.Fatal("a type with MarshalJSON took the fast path")
+	}
+}
+
+func TestMarshalMatchesGeneral(t *testing.T) {
+	limit, label := uint64(70), "lbl"
+	cases := []any{
+		tx{"tx-1", "c-42", 1250, 1700000000000},
+		tx{"t\"x", "c\\", 0, 0},
+		tx{"caf\u00e9 <&>", "\u2028", 1, 2},
+		tx{"bad\xff", "\x01", 1, 2},
+		mixed{Name: "n", Count: -3, Limit: &limit, Label: &label, Recent: []uint64{1, 2}, Tags: []string{"a", "b\n"}, Info: json.RawMessage(`{"k":[1,2]}`)},
+		mixed{Name: "", Recent: []uint64{}, Info: json.RawMessage(`null`)},
+		mixed{Info: json.RawMessage(`{ "k": 1 }`)},
+		mixed{Info: json.RawMessage(`"\u00e9"`)},
+		mixed{Small: 3, Flag: true, NoTag: -9},
+		withCustom{5}, withFloat{1.5},
+		uint64(18446744073709551615), int64(-9223372036854775808), 42, "plain", "quo\"te", "tab\t", true, false,
+		[]uint64{1, 2}, map[string]int{"a": 1}, nil,
+	}
+	for _, v := range cases {
+		want, errWant := marshalGeneral(v)
+		got, errGot := Marshal(v)
+		if fmt.Sprint(errWant) != fmt.Sprint(errGot) || string(want) != string(got) {
+			t.Fatalf("%#v: general %q (%v), with fast paths %q (%v)", v, want, errWant, got, errGot)
+		}
+	}
+}
