@@ -136,18 +136,9 @@ func planOf(t reflect.Type) *plan {
 			p.ok = false
 			break
 		}
-		if !f.IsExported() {
+		name, opts, ok := jsonName(f)
+		if !ok {
 			continue
-		}
-		name, opts := f.Name, ""
-		if tag, ok := f.Tag.Lookup("json"); ok {
-			if tag == "-" {
-				continue
-			}
-			name, opts, _ = strings.Cut(tag, ",")
-			if name == "" {
-				name = f.Name
-			}
 		}
 		omit := false
 		for _, o := range strings.Split(opts, ",") {
@@ -479,9 +470,7 @@ func digits(data []byte, i int, signed bool) (start, end int, neg, ok bool) {
 		i++
 	}
 	start = i
-	for i < len(data) && data[i] >= '0' && data[i] <= '9' {
-		i++
-	}
+	i = skipDigits(data, i)
 	if i == start || (data[start] == '0' && i-start > 1) {
 		return 0, 0, false, false
 	}
@@ -708,34 +697,34 @@ func skipNumber(data []byte, i int) (int, bool) {
 	case i < len(data) && data[i] == '0':
 		i++
 	case i < len(data) && data[i] >= '1' && data[i] <= '9':
-		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
-			i++
-		}
+		i = skipDigits(data, i)
 	default:
 		return 0, false
 	}
 	if i < len(data) && data[i] == '.' {
-		i++
-		start := i
-		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
-			i++
-		}
-		if i == start {
+		end := skipDigits(data, i+1)
+		if end == i+1 {
 			return 0, false
 		}
+		i = end
 	}
 	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
 		i++
 		if i < len(data) && (data[i] == '+' || data[i] == '-') {
 			i++
 		}
-		start := i
-		for i < len(data) && data[i] >= '0' && data[i] <= '9' {
-			i++
-		}
-		if i == start {
+		end := skipDigits(data, i)
+		if end == i {
 			return 0, false
 		}
+		i = end
 	}
 	return i, true
+}
+
+func skipDigits(data []byte, i int) int {
+	for i < len(data) && data[i] >= '0' && data[i] <= '9' {
+		i++
+	}
+	return i
 }

@@ -59,22 +59,32 @@ type fieldInfo struct {
 	required bool
 }
 
+// jsonName returns the member name and tag options of a struct field, or false for a field
+// encoding/json leaves out (unexported, or tagged "-").
+func jsonName(f reflect.StructField) (name, opts string, ok bool) {
+	if !f.IsExported() {
+		return "", "", false
+	}
+	name = f.Name
+	if tag, tagged := f.Tag.Lookup("json"); tagged {
+		if tag == "-" {
+			return "", "", false
+		}
+		name, opts, _ = strings.Cut(tag, ",")
+		if name == "" {
+			name = f.Name
+		}
+	}
+	return name, opts, true
+}
+
 func structFields(t reflect.Type) []fieldInfo {
 	var out []fieldInfo
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if !f.IsExported() {
+		name, opts, ok := jsonName(f)
+		if !ok {
 			continue
-		}
-		name, opts := f.Name, ""
-		if tag, ok := f.Tag.Lookup("json"); ok {
-			if tag == "-" {
-				continue
-			}
-			name, opts, _ = strings.Cut(tag, ",")
-			if name == "" {
-				name = f.Name
-			}
 		}
 		k := f.Type.Kind()
 		optional := strings.Contains(opts, "omitempty") || k == reflect.Pointer || k == reflect.Interface
