@@ -149,6 +149,19 @@ static int parse_string(reader *r, const char **out, size_t *out_len) {
             fail(r, "control character (\\u0000-\\u001F) found while parsing a string");
             return 0;
         }
+        if (c >= 0x20 && c < 0x80 && c != '\\') {
+            /* A run of plain ASCII is copied at once. */
+            size_t end = r->pos + 1;
+            while (end < r->len) {
+                unsigned char d = (unsigned char)r->text[end];
+                if (d < 0x20 || d >= 0x80 || d == '"' || d == '\\') break;
+                end++;
+            }
+            memcpy(buf + n, r->text + r->pos, end - r->pos);
+            n += end - r->pos;
+            r->pos = end;
+            continue;
+        }
         if (c != '\\') {
             size_t l = utf8_len((const unsigned char *)r->text + r->pos, r->len - r->pos);
             if (l == 0) {
@@ -730,46 +743,55 @@ void eddy_w_end_array(eddy_writer *w) {
     eddy_w_raw(w, "]", 1);
 }
 
+/* Bytes a JSON string cannot hold as they are: control characters, '"' and '\\'. */
+static const unsigned char needs_escape[256] = {
+    [0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1,
+};
+
 static void write_escaped(eddy_writer *w, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
+    size_t plain = 0;
+    while (plain < n && !needs_escape[(unsigned char)s[plain]]) plain++;
     grow(w, n + 2);
     w->data[w->len++] = '"';
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        const char *esc = NULL;
-        char u[6];
-        switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        default:
-            if (c < 0x20) {
-                u[0] = '\\'; u[1] = 'u'; u[2] = '0'; u[3] = '0';
-                u[4] = hex[c >> 4]; u[5] = hex[c & 15];
-            }
-        }
-        if (!esc && c >= 0x20) {
-            run++;
-            continue;
-        }
-        if (run) eddy_w_raw(w, s + i - run, run);
-        run = 0;
-        if (esc) eddy_w_raw(w, esc, strlen(esc));
-        else eddy_w_raw(w, u, 6);
+    if (plain == n) { /* the usual case: nothing to escape, one copy */
+        memcpy(w->data + w->len, s, n);
+        w->len += n;
+        w->data[w->len++] = '"';
+        return;
     }
-    if (run) eddy_w_raw(w, s + n - run, run);
+    size_t start = 0;
+    for (size_t i = plain; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!needs_escape[c]) continue;
+        if (i > start) eddy_w_raw(w, s + start, i - start);
+        start = i + 1;
+        char e[6] = {'\\', 0};
+        size_t len = 2;
+        switch (c) {
+        case '"': e[1] = '"'; break;
+        case '\\': e[1] = '\\'; break;
+        case '\b': e[1] = 'b'; break;
+        case '\f': e[1] = 'f'; break;
+        case '\n': e[1] = 'n'; break;
+        case '\r': e[1] = 'r'; break;
+        case '\t': e[1] = 't'; break;
+        default:
+            e[1] = 'u'; e[2] = '0'; e[3] = '0';
+            e[4] = hex[c >> 4]; e[5] = hex[c & 15];
+            len = 6;
+        }
+        eddy_w_raw(w, e, len);
+    }
+    if (n > start) eddy_w_raw(w, s + start, n - start);
     eddy_w_raw(w, "\"", 1);
 }
 
 void eddy_w_key(eddy_writer *w, const char *key) {
     before_value(w);
     write_escaped(w, key, strlen(key));
-    eddy_w_raw(w, ":", 1);
+    grow(w, 1);
+    w->data[w->len++] = ':';
     w->after_key = true;
 }
 

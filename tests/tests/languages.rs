@@ -1,9 +1,10 @@
 //! The WIT contract proven from five languages: the fraud enrichment and the dedupe filter,
 //! written in Rust, JavaScript, Python, Go and C, run over a real nats-server on one scenario
 //! (`tests/data/languages/events.jsonl`: transactions, repeated ids, rule updates on a
-//! broadcast subject, one malformed event) must publish the same outputs and leave the same
-//! state; state written by one language must be read by the next after a hot swap; and a guest
-//! that reaches for files or sockets is denied.
+//! broadcast subject, strings with escapes and non-ASCII characters, one malformed event)
+//! must publish the same outputs and leave the same state; state written by one language must
+//! be read by the next after a hot swap; and a guest that reaches for files or sockets is
+//! denied.
 //!
 //! Each language's components are built by `scripts/guests/<lang>.sh`, which installs its
 //! pinned toolchain into `~/.cache/eddy/tools`. Where that cannot work on a machine, the
