@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"unicode/utf8"
 
+	"wit_component/eddy/internal/codec"
 	ks "wit_component/eddy_plugin_keyed_state"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
@@ -442,14 +443,22 @@ func (s *ListState[T]) Get() ([]T, error) {
 	return out, nil
 }
 
+// encodeAll encodes the elements into one buffer (one allocation, not one per element).
 func (s *ListState[T]) encodeAll(values []T) ([][]byte, error) {
 	out := make([][]byte, len(values))
+	ends := make([]int, len(values))
+	var buf []byte
 	for i, v := range values {
-		b, err := s.encode(v)
-		if err != nil {
-			return nil, err
+		var err error
+		if buf, err = codec.Append(buf, v); err != nil {
+			return nil, stateErr("cannot encode a value of state `%s`: %v", s.name, err)
 		}
-		out[i] = b
+		ends[i] = len(buf)
+	}
+	start := 0
+	for i, end := range ends {
+		out[i] = buf[start:end:end]
+		start = end
 	}
 	return out, nil
 }

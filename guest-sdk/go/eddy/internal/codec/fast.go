@@ -47,6 +47,8 @@ type fastField struct {
 type plan struct {
 	ok     bool
 	fields []fastField
+	// scratch is where a decode lands before it is known to succeed (reused: one thread).
+	scratch reflect.Value
 }
 
 var (
@@ -174,17 +176,22 @@ func planOf(t reflect.Type) *plan {
 
 // fastMarshal encodes v if a fast path covers its type and its values.
 func fastMarshal(v any) ([]byte, bool) {
+	return fastAppend(nil, v)
+}
+
+// fastAppend appends the encoding of v to out if a fast path covers its type and its values.
+func fastAppend(out []byte, v any) ([]byte, bool) {
 	switch x := v.(type) {
 	case uint64:
-		return strconv.AppendUint(nil, x, 10), true
+		return strconv.AppendUint(out, x, 10), true
 	case int64:
-		return strconv.AppendInt(nil, x, 10), true
+		return strconv.AppendInt(out, x, 10), true
 	case int:
-		return strconv.AppendInt(nil, int64(x), 10), true
+		return strconv.AppendInt(out, int64(x), 10), true
 	case string:
-		return appendString(make([]byte, 0, len(x)+2), x)
+		return appendString(out, x)
 	case bool:
-		return strconv.AppendBool(nil, x), true
+		return strconv.AppendBool(out, x), true
 	}
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() || rv.Kind() != reflect.Struct {
@@ -194,7 +201,9 @@ func fastMarshal(v any) ([]byte, bool) {
 	if !p.ok {
 		return nil, false
 	}
-	out := make([]byte, 0, 64+24*len(p.fields))
+	if out == nil {
+		out = make([]byte, 0, 64+24*len(p.fields))
+	}
 	out = append(out, '{')
 	first := true
 	for _, f := range p.fields {
@@ -345,7 +354,11 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 	if !p.ok || len(p.fields) > 64 {
 		return false
 	}
-	tmp := reflect.New(t).Elem()
+	if !p.scratch.IsValid() {
+		p.scratch = reflect.New(t).Elem()
+	}
+	tmp := p.scratch
+	tmp.SetZero()
 	var seen uint64
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {

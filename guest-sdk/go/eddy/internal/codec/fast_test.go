@@ -189,5 +189,9 @@ func TestMarshalMatchesGeneral(t *testing.T) {
 		if fmt.Sprint(errWant) != fmt.Sprint(errGot) || string(want) != string(got) {
 			t.Fatalf("%#v: general %q (%v), with fast paths %q (%v)", v, want, errWant, got, errGot)
 		}
+		appended, errAppend := Append([]byte("prefix,"), v)
+		if fmt.Sprint(errWant) != fmt.Sprint(errAppend) || (errWant == nil && string(appended) != "prefix,"+string(want)) {
+			t.Fatalf("%#v: Append gave %q (%v), Marshal %q (%v)", v, appended, errAppend, want, errWant)
+		}
 	}
 }

@@ -21,6 +21,15 @@ func Marshal(v any) ([]byte, error) {
 	return marshalGeneral(v)
 }
 
+// Append appends the encoding of v (as Marshal writes it) to out.
+func Append(out []byte, v any) ([]byte, error) {
+	if b, ok := fastAppend(out, v); ok {
+		return b, nil
+	}
+	b, err := marshalGeneral(v)
+	return append(out, b...), err
+}
+
 // marshalGeneral is Marshal without the fast paths.
 func marshalGeneral(v any) ([]byte, error) {
 	var buf bytes.Buffer
