@@ -123,14 +123,10 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
 
 /* Parses a string starting after its opening quote; the result is NUL-terminated. */
 static int parse_string(reader *r, const char **out, size_t *out_len) {
-    /* First pass: find the end and whether there are escapes. */
+    /* First pass: find the end, to size the buffer (decoded text is never longer). */
     size_t start = r->pos, i = start;
-    int escapes = 0;
     while (i < r->len && r->text[i] != '"') {
-        if (r->text[i] == '\\') {
-            escapes = 1;
-            i++;
-        }
+        if (r->text[i] == '\\') i++;
         i++;
     }
     char *buf = eddy_alloc((i > r->len ? r->len : i) - start + 1);
@@ -219,7 +215,6 @@ static int parse_string(reader *r, const char **out, size_t *out_len) {
             return 0;
         }
     }
-    (void)escapes;
     buf[n] = '\0';
     *out = buf;
     *out_len = n;

@@ -58,6 +58,7 @@ var (
 		reflect.TypeFor[json.Unmarshaler](),
 		reflect.TypeFor[encoding.TextMarshaler](),
 		reflect.TypeFor[encoding.TextUnmarshaler](),
+		reflect.TypeFor[encoding.TextAppender](),
 	}
 	// The plans made so far (the layer runs on one thread).
 	plans = map[reflect.Type]*plan{}
@@ -120,7 +121,8 @@ func shapeOf(t reflect.Type) (shape, bool) {
 // simpleName reports whether a member name is written and read as its bytes.
 func simpleName(name string) bool {
 	for i := 0; i < len(name); i++ {
-		if c := name[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+		// encoding/json (json/v2 inside) also ends a tag's name at a quote or backquote.
+		if c := name[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c == '\'' || c == '`' {
 			return false
 		}
 	}
@@ -325,18 +327,27 @@ func compactPlain(raw []byte) bool {
 func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 	switch x := v.(type) {
 	case *uint64:
+		if x == nil {
+			return false
+		}
 		n, ok := wholeUint(data, 64)
 		if ok {
 			*x = n
 		}
 		return ok
 	case *int64:
+		if x == nil {
+			return false
+		}
 		n, ok := wholeInt(data, 64)
 		if ok {
 			*x = n
 		}
 		return ok
 	case *string:
+		if x == nil {
+			return false
+		}
 		i := skipSpace(data, 0)
 		s, end, ok := readString(data, i)
 		if !ok || skipSpace(data, end) != len(data) {
@@ -430,10 +441,25 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 	dst := rv.Elem()
 	for j, f := range p.fields {
 		if seen&(1<<j) != 0 {
-			dst.Field(f.index).Set(tmp.Field(f.index))
+			store(dst.Field(f.index), tmp.Field(f.index), f.shape)
 		}
 	}
 	return true
+}
+
+// store sets dst to the decoded src the way encoding/json writes into a destination that
+// already holds something: through a non-nil pointer, and into a slice's backing array.
+func store(dst, src reflect.Value, s shape) {
+	switch {
+	case s.kind == kRaw:
+		dst.SetBytes(append(dst.Bytes()[:0], src.Bytes()...))
+	case s.ptr && !src.IsNil() && !dst.IsNil():
+		dst.Elem().Set(src.Elem())
+	case s.slice && !dst.IsNil():
+		dst.Set(reflect.AppendSlice(dst.Slice(0, 0), src))
+	default:
+		dst.Set(src)
+	}
 }
 
 // readName reads a member name without escapes or non-ASCII bytes.
@@ -611,7 +637,8 @@ func readScalar(data []byte, i int, v reflect.Value, s shape) (int, bool) {
 // skipChecked returns the end of the valid JSON value at i (false for anything invalid, or
 // nested deeper than encoding/json's limit).
 func skipChecked(data []byte, i, depth int) (int, bool) {
-	if i >= len(data) || depth > 10000 {
+	// Deep nesting is left to the general path and its limit (10,000 in encoding/json).
+	if i >= len(data) || depth > 1000 {
 		return 0, false
 	}
 	switch c := data[i]; {

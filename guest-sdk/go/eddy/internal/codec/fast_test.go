@@ -195,3 +195,87 @@ func TestMarshalMatchesGeneral(t *testing.T) {
 		}
 	}
 }
+
+// Cases found in review: each was a difference between the paths.
+
+type quoteTag struct {
+	A string `json:"a'b"`
+	B string "json:\"c`d\""
+}
+
+type level int
+
+func (l level) AppendText(b []byte) ([]byte, error) {
+	return append(b, fmt.Sprintf("L%d", int(l))...), nil
+}
+
+type withAppender struct {
+	L  level   `json:"l"`
+	Ls []level `json:"ls"`
+}
+
+type reused struct {
+	S []string        `json:"s"`
+	P *int            `json:"p"`
+	R json.RawMessage `json:"r"`
+}
+
+func TestReviewedDifferences(t *testing.T) {
+	// A tag name ends at a quote or backquote for encoding/json.
+	for _, d := range []string{`{"a'b":"x","c` + "`" + `d":"y"}`, `{"a":"x","c":"y"}`, `{"a'b":"x","a":"y"}`} {
+		checkAll(t, []byte(d))
+		decodeBoth[quoteTag](t, []byte(d), false)
+	}
+	for _, v := range []any{quoteTag{"x", "y"}, withAppender{3, []level{1, 2}}} {
+		want, errWant := marshalGeneral(v)
+		got, errGot := Marshal(v)
+		if fmt.Sprint(errWant) != fmt.Sprint(errGot) || string(want) != string(got) {
+			t.Fatalf("%#v: general %q (%v), with fast paths %q (%v)", v, want, errWant, got, errGot)
+		}
+	}
+	// Nil typed pointers: an error, not a panic.
+	for _, v := range []any{(*uint64)(nil), (*int64)(nil), (*string)(nil)} {
+		if Unmarshal([]byte(`1`), v) == nil || Unmarshal([]byte(`"s"`), v) == nil {
+			t.Fatalf("%T: decoding into nil gave no error", v)
+		}
+	}
+	// Nesting around encoding/json's limit, in an unknown member and in a RawMessage.
+	for _, n := range []int{999, 1000, 1001, 9999, 10000, 10001} {
+		deep := strings.Repeat("[", n) + strings.Repeat("]", n)
+		decodeBoth[tx](t, []byte(`{"id":"x","customer":"c","amount_cents":1,"ts":1,"u":`+deep+`}`), false)
+		decodeBoth[mixed](t, []byte(`{"name":"n","count":1,"NoTag":0,"info":`+deep+`}`), false)
+		want, errWant := marshalGeneral(mixed{Info: json.RawMessage(deep)})
+		got, errGot := Marshal(mixed{Info: json.RawMessage(deep)})
+		if fmt.Sprint(errWant) != fmt.Sprint(errGot) || string(want) != string(got) {
+			t.Fatalf("depth %d: general %.40q (%v), with fast paths %.40q (%v)", n, want, errWant, got, errGot)
+		}
+	}
+}
+
+// Decoding into a destination that already holds values writes where encoding/json writes:
+// through its pointers and into its slices' backing arrays.
+func TestDecodingIntoAFilledDestination(t *testing.T) {
+	first := []byte(`{"s":["x","y"],"p":1,"r":{"k":1}}`)
+	second := []byte(`{"s":["q","r"],"p":5,"r":[2]}`)
+	var g, f reused
+	if err := decode(first, &g, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := decode(first, &f, false); err != nil {
+		t.Fatal(err)
+	}
+	gS, gP, gR := g.S, g.P, g.R
+	fS, fP, fR := f.S, f.P, f.R
+	if err := decode(second, &g, false); err != nil {
+		t.Fatal(err)
+	}
+	if !fastUnmarshal(second, &f, false) {
+		t.Fatal("the fast path declined")
+	}
+	if !reflect.DeepEqual(g, f) {
+		t.Fatalf("general %+v, fast %+v", g, f)
+	}
+	if fmt.Sprint(gS, *gP, string(gR)) != fmt.Sprint(fS, *fP, string(fR)) {
+		t.Fatalf("what the old slices and pointer see: general %v %v %s, fast %v %v %s", gS, *gP, gR, fS, *fP, fR)
+	}
+}
