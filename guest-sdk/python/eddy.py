@@ -45,11 +45,15 @@ _encode = _ENCODER.encode
 
 def json_bytes(value: Any) -> bytes:
     """The compact JSON encoding of ``value`` in UTF-8: the shared state encoding."""
+    if type(value) is int:  # the common list element: digits, as the encoder writes them
+        return str(value).encode()
     return _encode(value).encode()
 
 
 def parse_json(data: Union[bytes, str]) -> Any:
     """Parses JSON from UTF-8 bytes (or a string). Raises ``ValueError`` on bad input."""
+    if type(data) is bytes and data.isdigit() and (len(data) == 1 or data[0] != 0x30):
+        return int(data)  # a plain non-negative integer, read as json.loads would
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
     return json.loads(data)
@@ -264,9 +268,10 @@ def _variant(err: Any) -> Tuple[str, str]:
     return kebab, getattr(err, "value", "")
 
 
-def _state_call(f: Callable[[], Any]) -> Any:
+def _state_call(f: Callable[..., Any], *args: Any) -> Any:
+    """Calls the keyed-state import ``f(*args)``; a WIT error is raised as StateError."""
     try:
-        return f()
+        return f(*args)
     except Err as e:
         raise StateError(*_variant(e.value)) from None
 
@@ -342,19 +347,20 @@ class _StateHandle:
         """Opens the state in the host now (it is opened on first use otherwise)."""
         if self.id is None:
             ttl = self.ttl._wit() if self.ttl is not None else None
-            self.id = _state_call(lambda: _ks.open(self.name, self.kind, ttl))
+            self.id = _state_call(_ks.open, self.name, self.kind, ttl)
         return self.id
 
     def _target(self) -> Tuple[int, int]:
         if _current_event is None:
             raise StateError("no-such-event")
-        return self.open(), _current_event
+        sid = self.id
+        return (sid if sid is not None else self.open()), _current_event
 
     def visit_all_keys(self, tag: str) -> None:
         """Asks the host to visit every key of this state (from ``process_broadcast`` or
         ``migrate``)."""
         sid = self.open()
-        _state_call(lambda: _ks.visit_all_keys(sid, tag))
+        _state_call(_ks.visit_all_keys, sid, tag)
 
     def _encode(self, value: Any) -> bytes:
         try:
@@ -378,19 +384,19 @@ class ValueState(_StateHandle):
     def get(self, default: Any = None) -> Any:
         """The value of the current event's key, or ``default``."""
         sid, ev = self._target()
-        data = _state_call(lambda: _ks.value_get(sid, ev))
+        data = _state_call(_ks.value_get, sid, ev)
         return default if data is None else self._decode(data)
 
     def set(self, value: Any) -> None:
         sid, ev = self._target()
         data = self._encode(value)
-        _state_call(lambda: _ks.value_set(sid, ev, data))
+        _state_call(_ks.value_set, sid, ev, data)
 
     def set_with_ttl(self, value: Any, ttl_ms: int) -> None:
         """Sets the value with its own time-to-live (wins over the state's TTL for it)."""
         sid, ev = self._target()
         data = self._encode(value)
-        _state_call(lambda: _ks.value_set_with_ttl(sid, ev, data, ttl_ms))
+        _state_call(_ks.value_set_with_ttl, sid, ev, data, ttl_ms)
 
     def update(self, f: Callable[[Any], Any]) -> Any:
         """Reads, applies ``f(value_or_None)``, writes and returns the result."""
@@ -400,7 +406,7 @@ class ValueState(_StateHandle):
 
     def clear(self) -> None:
         sid, ev = self._target()
-        _state_call(lambda: _ks.value_clear(sid, ev))
+        _state_call(_ks.value_clear, sid, ev)
 
 
 class MapState(_StateHandle):
@@ -426,36 +432,36 @@ class MapState(_StateHandle):
     def get(self, key: Any, default: Any = None) -> Any:
         sid, ev = self._target()
         k = self._key(key)
-        data = _state_call(lambda: _ks.map_get(sid, ev, k))
+        data = _state_call(_ks.map_get, sid, ev, k)
         return default if data is None else self._decode(data)
 
     def put(self, key: Any, value: Any) -> None:
         sid, ev = self._target()
         k, v = self._key(key), self._encode(value)
-        _state_call(lambda: _ks.map_put(sid, ev, k, v))
+        _state_call(_ks.map_put, sid, ev, k, v)
 
     def put_with_ttl(self, key: Any, value: Any, ttl_ms: int) -> None:
         sid, ev = self._target()
         k, v = self._key(key), self._encode(value)
-        _state_call(lambda: _ks.map_put_with_ttl(sid, ev, k, v, ttl_ms))
+        _state_call(_ks.map_put_with_ttl, sid, ev, k, v, ttl_ms)
 
     def remove(self, key: Any) -> None:
         sid, ev = self._target()
         k = self._key(key)
-        _state_call(lambda: _ks.map_remove(sid, ev, k))
+        _state_call(_ks.map_remove, sid, ev, k)
 
     def contains(self, key: Any) -> bool:
         sid, ev = self._target()
         k = self._key(key)
-        return _state_call(lambda: _ks.map_contains(sid, ev, k))
+        return _state_call(_ks.map_contains, sid, ev, k)
 
     def is_empty(self) -> bool:
         sid, ev = self._target()
-        return _state_call(lambda: _ks.map_is_empty(sid, ev))
+        return _state_call(_ks.map_is_empty, sid, ev)
 
     def clear(self) -> None:
         sid, ev = self._target()
-        _state_call(lambda: _ks.map_clear(sid, ev))
+        _state_call(_ks.map_clear, sid, ev)
 
     def entries(self, page_size: int = 256) -> List[Tuple[Any, Any]]:
         """Every entry as (key, value) in key order (fetched from the host in pages)."""
@@ -463,7 +469,7 @@ class MapState(_StateHandle):
         out: List[Tuple[Any, Any]] = []
         after: Optional[bytes] = None
         while True:
-            page = _state_call(lambda: _ks.map_entries(sid, ev, after, page_size))
+            page = _state_call(_ks.map_entries, sid, ev, after, page_size)
             out.extend((self._unkey(k), self._decode(v)) for k, v in page)
             if len(page) < page_size:
                 return out
@@ -481,27 +487,27 @@ class ListState(_StateHandle):
 
     def get(self) -> List[Any]:
         sid, ev = self._target()
-        return [self._decode(b) for b in _state_call(lambda: _ks.list_get(sid, ev))]
+        return [self._decode(b) for b in _state_call(_ks.list_get, sid, ev)]
 
     def add(self, value: Any) -> None:
         sid, ev = self._target()
         v = self._encode(value)
-        _state_call(lambda: _ks.list_add(sid, ev, v))
+        _state_call(_ks.list_add, sid, ev, v)
 
     def add_all(self, values: Iterable[Any]) -> None:
         sid, ev = self._target()
         vs = [self._encode(v) for v in values]
-        _state_call(lambda: _ks.list_add_all(sid, ev, vs))
+        _state_call(_ks.list_add_all, sid, ev, vs)
 
     def update(self, values: Iterable[Any]) -> None:
         """Replaces the whole list."""
         sid, ev = self._target()
         vs = [self._encode(v) for v in values]
-        _state_call(lambda: _ks.list_update(sid, ev, vs))
+        _state_call(_ks.list_update, sid, ev, vs)
 
     def clear(self) -> None:
         sid, ev = self._target()
-        _state_call(lambda: _ks.list_clear(sid, ev))
+        _state_call(_ks.list_clear, sid, ev)
 
 
 # ------------------------------------------------------------------------------------------
