@@ -531,9 +531,10 @@ class BroadcastError(Exception):
         super().__init__(text)
 
 
-def _broadcast_call(f: Callable[[], Any]) -> Any:
+def _broadcast_call(f: Callable[..., Any], *args: Any) -> Any:
+    """Calls the broadcast-state import ``f(*args)``; a WIT error is raised as BroadcastError."""
     try:
-        return f()
+        return f(*args)
     except Err as e:
         raise BroadcastError(*_variant(e.value)) from None
 
@@ -549,7 +550,7 @@ class BroadcastMap:
 
     def open(self) -> int:
         if self.id is None:
-            self.id = _broadcast_call(lambda: _bs.open_map(self.name))
+            self.id = _broadcast_call(_bs.open_map, self.name)
         return self.id
 
     def _decode(self, data: bytes) -> Any:
@@ -560,33 +561,33 @@ class BroadcastMap:
 
     def get(self, key: Any, default: Any = None) -> Any:
         mid, k = self.open(), self._ek(key)
-        if _current_event is None:
-            data = _broadcast_call(lambda: _bs.get(mid, k))
-        elif (mid, k) in _batch_reads:
+        keyed = _current_event is not None
+        if keyed and (mid, k) in _batch_reads:
             data = _batch_reads[(mid, k)]
         else:
-            data = _broadcast_call(lambda: _bs.get(mid, k))
-            _batch_reads[(mid, k)] = data
+            data = _broadcast_call(_bs.get, mid, k)
+            if keyed:
+                _batch_reads[(mid, k)] = data
         return default if data is None else self._decode(data)
 
     def put(self, key: Any, value: Any) -> None:
         mid, k, v = self.open(), self._ek(key), json_bytes(value)
-        _broadcast_call(lambda: _bs.put(mid, k, v))
+        _broadcast_call(_bs.put, mid, k, v)
 
     def remove(self, key: Any) -> None:
         mid, k = self.open(), self._ek(key)
-        _broadcast_call(lambda: _bs.remove(mid, k))
+        _broadcast_call(_bs.remove, mid, k)
 
     def clear(self) -> None:
         mid = self.open()
-        _broadcast_call(lambda: _bs.clear(mid))
+        _broadcast_call(_bs.clear, mid)
 
     def entries(self, page_size: int = 256) -> List[Tuple[Any, Any]]:
         mid = self.open()
         out: List[Tuple[Any, Any]] = []
         after: Optional[bytes] = None
         while True:
-            page = _broadcast_call(lambda: _bs.entries(mid, after, page_size))
+            page = _broadcast_call(_bs.entries, mid, after, page_size)
             out.extend((self._dk(k), self._decode(v)) for k, v in page)
             if len(page) < page_size:
                 return out

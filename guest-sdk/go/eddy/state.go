@@ -91,7 +91,12 @@ func (s *slot) target() (uint32, uint32, error) {
 }
 
 func (s *slot) encode(v any) ([]byte, error) {
-	b, err := Marshal(v)
+	return s.appendEncoded(nil, v)
+}
+
+// appendEncoded appends the encoding of v to buf.
+func (s *slot) appendEncoded(buf []byte, v any) ([]byte, error) {
+	b, err := codec.Append(buf, v)
 	if err != nil {
 		return nil, stateErr("cannot encode a value of state `%s`: %v", s.name, err)
 	}
@@ -450,8 +455,8 @@ func (s *ListState[T]) encodeAll(values []T) ([][]byte, error) {
 	var buf []byte
 	for i, v := range values {
 		var err error
-		if buf, err = codec.Append(buf, v); err != nil {
-			return nil, stateErr("cannot encode a value of state `%s`: %v", s.name, err)
+		if buf, err = s.appendEncoded(buf, v); err != nil {
+			return nil, err
 		}
 		ends[i] = len(buf)
 	}

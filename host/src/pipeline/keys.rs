@@ -33,51 +33,35 @@ impl KeyExtractor {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Result<Vec<u8>, String> {
-        extract(
-            &self.source,
-            self.tokens.as_deref(),
-            subject,
-            headers,
-            payload,
-        )
-    }
-}
-
-fn extract(
-    source: &KeySource,
-    tokens: Option<&[String]>,
-    subject: &str,
-    headers: Option<&HeaderMap>,
-    payload: &[u8],
-) -> Result<Vec<u8>, String> {
-    match source {
-        KeySource::Header(name) => headers
-            .and_then(|h| h.get(name.as_str()))
-            .map(|v| v.as_str().as_bytes().to_vec())
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| format!("no key: the message has no `{name}` header (input.key.header)")),
-        KeySource::SubjectToken(i) => subject
-            .split('.')
-            .nth(*i)
-            .map(|t| t.as_bytes().to_vec())
-            .ok_or_else(|| {
-                format!("no key: subject `{subject}` has no token {i} (input.key.subject_token counts from 0)")
-            }),
-        KeySource::Json(pointer) => match json_at(payload, tokens) {
-            Err(e) => Err(format!(
-                "no key: the payload is not JSON ({e}); input.key.json needs a JSON payload"
-            )),
-            Ok(Some(Leaf::Str(s))) if !s.is_empty() => Ok(s.into_bytes()),
-            Ok(Some(Leaf::Str(_))) => Err(format!("no key: `{pointer}` is an empty string")),
-            Ok(Some(Leaf::Number(n))) => Ok(n.to_string().into_bytes()),
-            Ok(Some(Leaf::Bool(b))) => Ok(b.to_string().into_bytes()),
-            Ok(Some(Leaf::Other(kind))) => Err(format!(
-                "no key: `{pointer}` is {kind}, not a string or number"
-            )),
-            Ok(None) => Err(format!(
-                "no key: the payload has no `{pointer}` (input.key.json)"
-            )),
-        },
+        match &self.source {
+            KeySource::Header(name) => headers
+                .and_then(|h| h.get(name.as_str()))
+                .map(|v| v.as_str().as_bytes().to_vec())
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| format!("no key: the message has no `{name}` header (input.key.header)")),
+            KeySource::SubjectToken(i) => subject
+                .split('.')
+                .nth(*i)
+                .map(|t| t.as_bytes().to_vec())
+                .ok_or_else(|| {
+                    format!("no key: subject `{subject}` has no token {i} (input.key.subject_token counts from 0)")
+                }),
+            KeySource::Json(pointer) => match json_at(payload, self.tokens.as_deref()) {
+                Err(e) => Err(format!(
+                    "no key: the payload is not JSON ({e}); input.key.json needs a JSON payload"
+                )),
+                Ok(Some(Leaf::Str(s))) if !s.is_empty() => Ok(s.into_bytes()),
+                Ok(Some(Leaf::Str(_))) => Err(format!("no key: `{pointer}` is an empty string")),
+                Ok(Some(Leaf::Number(n))) => Ok(n.to_string().into_bytes()),
+                Ok(Some(Leaf::Bool(b))) => Ok(b.to_string().into_bytes()),
+                Ok(Some(Leaf::Other(kind))) => Err(format!(
+                    "no key: `{pointer}` is {kind}, not a string or number"
+                )),
+                Ok(None) => Err(format!(
+                    "no key: the payload has no `{pointer}` (input.key.json)"
+                )),
+            },
+        }
     }
 }
 

@@ -176,11 +176,6 @@ func planOf(t reflect.Type) *plan {
 
 // ---- encoding ----
 
-// fastMarshal encodes v if a fast path covers its type and its values.
-func fastMarshal(v any) ([]byte, bool) {
-	return fastAppend(nil, v)
-}
-
 // fastAppend appends the encoding of v to out if a fast path covers its type and its values.
 func fastAppend(out []byte, v any) ([]byte, bool) {
 	switch x := v.(type) {
@@ -555,7 +550,7 @@ func readValue(data []byte, i int, v reflect.Value, s shape) (int, bool) {
 		if !ok || string(data[i:end]) == "null" {
 			return 0, false
 		}
-		v.SetBytes(append([]byte(nil), data[i:end]...))
+		v.SetBytes(data[i:end]) // into the scratch value; store copies it out
 		return end, true
 	case s.ptr:
 		if strings.HasPrefix(string(data[i:min(i+4, len(data))]), "null") {

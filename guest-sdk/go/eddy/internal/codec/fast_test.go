@@ -155,14 +155,14 @@ func TestFastPathIsTaken(t *testing.T) {
 	if !fastUnmarshal([]byte(`{"name":"n","count":-5,"limit":9,"label":null,"recent":[1,2],"info":{"k":1},"NoTag":3}`), &m, false) {
 		t.Fatal("mixed did not take the fast path")
 	}
-	if _, ok := fastMarshal(m); !ok {
+	if _, ok := fastAppend(nil, m); !ok {
 		t.Fatal("mixed did not encode on the fast path")
 	}
 	var n uint64
 	if !fastUnmarshal([]byte("18446744073709551615"), &n, false) || n != 1<<64-1 {
 		t.Fatal("uint64 did not take the fast path")
 	}
-	if _, ok := fastMarshal(withCustom{5}); ok {
+	if _, ok := fastAppend(nil, withCustom{5}); ok {
 		t.Fatal("a type with MarshalJSON took the fast path")
 	}
 }

@@ -15,10 +15,7 @@ import (
 // no HTML escaping of <, > and &, no trailing newline. Struct fields come out in declaration
 // order.
 func Marshal(v any) ([]byte, error) {
-	if b, ok := fastMarshal(v); ok {
-		return b, nil
-	}
-	return marshalGeneral(v)
+	return Append(nil, v)
 }
 
 // Append appends the encoding of v (as Marshal writes it) to out.
