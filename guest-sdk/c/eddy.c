@@ -523,7 +523,9 @@ const char *eddy_key_to_i64(eddy_bytes key, int64_t *out) {
 }
 
 eddy_bytes eddy_json_u64(uint64_t v) {
-    eddy_writer w = {0};
+    /* A writer over an exactly sized buffer: no 256-byte first chunk per number. */
+    char *buf = eddy_alloc(20);
+    eddy_writer w = {.data = buf, .cap = 20};
     eddy_w_u64(&w, v);
     return eddy_w_bytes(&w);
 }

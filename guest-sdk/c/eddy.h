@@ -127,7 +127,11 @@ void eddy_w_object(eddy_writer *w);
 void eddy_w_end_object(eddy_writer *w);
 void eddy_w_array(eddy_writer *w);
 void eddy_w_end_array(eddy_writer *w);
-void eddy_w_key(eddy_writer *w, const char *key);
+void eddy_w_keyn(eddy_writer *w, const char *key, size_t n);
+/* Inline, so that a literal key's length is known when compiling. */
+static inline void eddy_w_key(eddy_writer *w, const char *key) {
+    eddy_w_keyn(w, key, __builtin_strlen(key));
+}
 void eddy_w_str(eddy_writer *w, const char *s);
 void eddy_w_strn(eddy_writer *w, const char *s, size_t n);
 void eddy_w_u64(eddy_writer *w, uint64_t v);

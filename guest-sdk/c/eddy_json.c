@@ -12,6 +12,40 @@
 #include "eddy.h"
 
 /* ------------------------------------------------------------------------------------------ */
+/* Scanning eight bytes at a time (wasm has 64-bit loads; a byte loop costs a branch a byte). */
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static uint64_t load8(const char *p) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+/* Non-zero if some byte of x is below n (n <= 128), or equals c1 or c2. Exact as a yes/no. */
+static uint64_t any_below_or_eq(uint64_t x, unsigned n, unsigned char c1, unsigned char c2) {
+    uint64_t a = x ^ (ONES * c1), b = x ^ (ONES * c2);
+    return ((x - ONES * n) & ~x & HIGHS) | ((a - ONES) & ~a & HIGHS) | ((b - ONES) & ~b & HIGHS);
+}
+
+/* How many leading bytes of s (n bytes) a JSON string can hold as they are: no control
+ * character, '"' or '\\'. With `ascii_only`, bytes from 0x80 end the run too. */
+static size_t plain_run(const char *s, size_t n, bool ascii_only) {
+    size_t i = 0;
+    while (i + 8 <= n) {
+        uint64_t x = load8(s + i);
+        if (any_below_or_eq(x, 0x20, '"', '\\') | (ascii_only ? x & HIGHS : 0)) break;
+        i += 8;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == '"' || c == '\\' || (ascii_only && c >= 0x80)) break;
+    }
+    return i;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Reader */
 
 typedef struct {
@@ -123,8 +157,20 @@ static size_t utf8_len(const unsigned char *s, size_t n) {
 
 /* Parses a string starting after its opening quote; the result is NUL-terminated. */
 static int parse_string(reader *r, const char **out, size_t *out_len) {
+    size_t start = r->pos;
+    /* The usual case: plain ASCII up to the closing quote, copied at once. */
+    size_t run = plain_run(r->text + start, r->len - start, true);
+    if (start + run < r->len && r->text[start + run] == '"') {
+        char *buf = eddy_alloc(run + 1);
+        memcpy(buf, r->text + start, run);
+        buf[run] = '\0';
+        r->pos = start + run + 1;
+        *out = buf;
+        *out_len = run;
+        return 1;
+    }
     /* First pass: find the end, to size the buffer (decoded text is never longer). */
-    size_t start = r->pos, i = start;
+    size_t i = start + run;
     while (i < r->len && r->text[i] != '"') {
         if (r->text[i] == '\\') i++;
         i++;
@@ -148,11 +194,7 @@ static int parse_string(reader *r, const char **out, size_t *out_len) {
         if (c >= 0x20 && c < 0x80 && c != '\\') {
             /* A run of plain ASCII is copied at once. */
             size_t end = r->pos + 1;
-            while (end < r->len) {
-                unsigned char d = (unsigned char)r->text[end];
-                if (d < 0x20 || d >= 0x80 || d == '"' || d == '\\') break;
-                end++;
-            }
+            end += plain_run(r->text + end, r->len - end, true);
             memcpy(buf + n, r->text + r->pos, end - r->pos);
             n += end - r->pos;
             r->pos = end;
@@ -271,7 +313,8 @@ static eddy_json *parse_number(reader *r) {
         int fits = 1;
         for (size_t i = start + (size_t)negative; i < r->pos; i++) {
             unsigned d = (unsigned)(r->text[i] - '0');
-            if (mag > (UINT64_MAX - d) / 10) {
+            /* Constants only: a division per digit is slow in wasm (no 128-bit multiply). */
+            if (mag > UINT64_MAX / 10 || (mag == UINT64_MAX / 10 && d > UINT64_MAX % 10)) {
                 fits = 0;
                 break;
             }
@@ -311,26 +354,44 @@ static int literal(reader *r, const char *word) {
     return 1;
 }
 
-/* A growable array of pointers in malloc'ed memory, copied into the arena when complete. */
+/* A growable array of pointers, copied into the arena when complete. The first PTRVEC_INLINE
+ * live in the struct itself (on the stack): most objects and arrays never call malloc. */
+#define PTRVEC_INLINE 16
 typedef struct {
-    void **items;
+    void **items; /* `inline_items` or malloc'ed */
     size_t len, cap;
+    void *inline_items[PTRVEC_INLINE];
 } ptrvec;
+
+static void ptrvec_init(ptrvec *v) {
+    v->items = v->inline_items;
+    v->len = 0;
+    v->cap = PTRVEC_INLINE;
+}
 
 static void ptrvec_push(ptrvec *v, void *p) {
     if (v->len == v->cap) {
-        v->cap = v->cap ? v->cap * 2 : 8;
-        v->items = realloc(v->items, v->cap * sizeof *v->items);
-        if (!v->items) abort();
+        size_t cap = v->cap * 2;
+        void **items = malloc(cap * sizeof *items);
+        if (!items) abort();
+        memcpy(items, v->items, v->len * sizeof *items);
+        if (v->items != v->inline_items) free(v->items);
+        v->items = items;
+        v->cap = cap;
     }
     v->items[v->len++] = p;
+}
+
+static void ptrvec_free(ptrvec *v) {
+    if (v->items != v->inline_items) free(v->items);
 }
 
 static eddy_json *parse_value(reader *r);
 
 static eddy_json *parse_array(reader *r) {
     eddy_json *n = node(EDDY_JSON_ARRAY);
-    ptrvec items = {0};
+    ptrvec items;
+    ptrvec_init(&items);
     r->pos++; /* '[' */
     skip_ws(r);
     if (r->pos < r->len && r->text[r->pos] == ']') {
@@ -368,13 +429,14 @@ static eddy_json *parse_array(reader *r) {
         n->items = eddy_alloc(items.len * sizeof(eddy_json *));
         memcpy(n->items, items.items, items.len * sizeof(eddy_json *));
     }
-    free(items.items);
+    ptrvec_free(&items);
     return r->error ? NULL : n;
 }
 
 static eddy_json *parse_object(reader *r) {
     eddy_json *n = node(EDDY_JSON_OBJECT);
-    ptrvec members = {0};
+    ptrvec members;
+    ptrvec_init(&members);
     r->pos++; /* '{' */
     skip_ws(r);
     if (r->pos < r->len && r->text[r->pos] == '}') {
@@ -430,7 +492,7 @@ static eddy_json *parse_object(reader *r) {
         for (size_t i = 0; i < members.len; i++)
             n->members[i] = *(eddy_json_member *)members.items[i];
     }
-    free(members.items);
+    ptrvec_free(&members);
     return r->error ? NULL : n;
 }
 
@@ -592,14 +654,20 @@ const eddy_json *eddy_json_as_struct(const eddy_json *v, const char *const *fiel
                                      const char *what, const char **error) {
     *error = NULL;
     if (v && v->kind == EDDY_JSON_OBJECT) {
-        /* Like serde's derive: a field given twice is an error. */
-        for (const char *const *f = fields; *f; f++) {
-            size_t fl = strlen(*f), seen = 0;
-            for (size_t i = 0; i < v->count; i++)
-                if (v->members[i].key_len == fl && memcmp(v->members[i].key, *f, fl) == 0) seen++;
-            if (seen > 1) {
-                *error = eddy_sprintf("duplicate field `%s`", *f);
-                return NULL;
+        /* Like serde's derive: a field given twice is an error (a repeated unknown member is
+         * not). Members are compared with each other first, which is cheap (lengths differ),
+         * and only a repeated name is looked up among the fields. */
+        for (size_t i = 0; i < v->count; i++) {
+            const eddy_json_member *a = &v->members[i];
+            for (size_t j = i + 1; j < v->count; j++) {
+                const eddy_json_member *b = &v->members[j];
+                if (a->key_len != b->key_len || memcmp(a->key, b->key, a->key_len) != 0) continue;
+                for (const char *const *f = fields; *f; f++) {
+                    if (strlen(*f) == a->key_len && memcmp(*f, a->key, a->key_len) == 0) {
+                        *error = eddy_sprintf("duplicate field `%s`", *f);
+                        return NULL;
+                    }
+                }
             }
         }
         return v;
@@ -745,8 +813,7 @@ static const unsigned char needs_escape[256] = {
 
 static void write_escaped(eddy_writer *w, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
-    size_t plain = 0;
-    while (plain < n && !needs_escape[(unsigned char)s[plain]]) plain++;
+    size_t plain = plain_run(s, n, false);
     grow(w, n + 2);
     w->data[w->len++] = '"';
     if (plain == n) { /* the usual case: nothing to escape, one copy */
@@ -782,9 +849,9 @@ static void write_escaped(eddy_writer *w, const char *s, size_t n) {
     eddy_w_raw(w, "\"", 1);
 }
 
-void eddy_w_key(eddy_writer *w, const char *key) {
+void eddy_w_keyn(eddy_writer *w, const char *key, size_t n) {
     before_value(w);
-    write_escaped(w, key, strlen(key));
+    write_escaped(w, key, n);
     grow(w, 1);
     w->data[w->len++] = ':';
     w->after_key = true;
@@ -797,13 +864,43 @@ void eddy_w_strn(eddy_writer *w, const char *s, size_t n) {
 
 void eddy_w_str(eddy_writer *w, const char *s) { eddy_w_strn(w, s, strlen(s)); }
 
+/* "00" to "99": two digits per step. */
+static const char digit_pairs[201] = "00010203040506070809101112131415161718192021222324252627282930"
+                                     "31323334353637383940414243444546474849505152535455565758596061"
+                                     "62636465666768697071727374757677787980818283848586878889909192"
+                                     "93949596979899";
+
+/* Writes the digits of v < 2^32 ending at buf[i], returning the new start. 32-bit division by a
+ * constant is a multiply in wasm; a 64-bit one is a real division. */
+static size_t put_u32(char *buf, size_t i, uint32_t v) {
+    while (v >= 100) {
+        uint32_t r = v % 100;
+        v /= 100;
+        buf[--i] = digit_pairs[2 * r + 1];
+        buf[--i] = digit_pairs[2 * r];
+    }
+    if (v >= 10) {
+        buf[--i] = digit_pairs[2 * v + 1];
+        buf[--i] = digit_pairs[2 * v];
+    } else {
+        buf[--i] = (char)('0' + v);
+    }
+    return i;
+}
+
 static void write_uint(eddy_writer *w, uint64_t v, bool negative) {
     char buf[24];
     size_t i = sizeof buf;
-    do {
-        buf[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    /* Above 2^32, peel off eight digits at a time with one 64-bit division each. */
+    while (v > UINT32_MAX) {
+        uint64_t q = v / 100000000;
+        uint32_t low = (uint32_t)(v - q * 100000000);
+        size_t end = i;
+        i = put_u32(buf, i, low);
+        while (end - i < 8) buf[--i] = '0';
+        v = q;
+    }
+    i = put_u32(buf, i, (uint32_t)v);
     if (negative) buf[--i] = '-';
     before_value(w);
     eddy_w_raw(w, buf + i, sizeof buf - i);

@@ -5,13 +5,15 @@
 #   scripts/guests/c.sh tools                     install the pinned tools (idempotent)
 #   scripts/guests/c.sh build <plugin-dir> <out>  build the *.c files of <plugin-dir> with the
 #                                                 C layer into the component <out>
+#   scripts/guests/c.sh test                      the layer's JSON code, natively with
+#                                                 sanitizers (guest-sdk/c/test/json_test.c)
 #   scripts/guests/c.sh                           tools, then both samples to
 #                                                 $HOME/.cache/eddy/plugins-target/guests/
 #
 # Toolchain: Debian's clang 14 with wasi-libc, lld 14 and compiler-rt for wasm32 (apt);
 # `wit-bindgen c` (wit-bindgen-cli 0.63.0) for the bindings, generated at build time into
 # $HOME/.cache/eddy/guests/c-bindings-<wit hash>; `wasm-tools component new` (1.262.0).
-# CFLAGS adds compiler flags (default -O2).
+# CFLAGS replaces the optimisation flags (default -O3).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,7 +58,7 @@ cmd_build() {
     # -mexec-model=reactor: a library with exports and no main.
     # shellcheck disable=SC2086
     "$CLANG" --target=wasm32-wasi --sysroot="$SYSROOT" -mexec-model=reactor \
-        ${CFLAGS:--O2} -std=c11 -Wall -Wextra -Wno-unused-parameter \
+        ${CFLAGS:--O3} -std=c11 -Wall -Wextra -Wno-unused-parameter \
         -I "$SDK" -I "$gen" -I "$plugin_dir" \
         "${sources[@]}" "$SDK/eddy.c" "$SDK/eddy_json.c" \
         "$gen/full_processor.c" "$gen/full_processor_component_type.o" \
@@ -65,6 +67,20 @@ cmd_build() {
     "$WASM_TOOLS" component new "$work/core.wasm" -o "$out"
     rm -rf "$work"
     "$WASM_TOOLS" validate "$out"
+}
+
+# The JSON reader and writer need no component around them, so they are tested natively,
+# where AddressSanitizer and UBSan can watch the fast paths' reads.
+cmd_test() {
+    local cc="${CC:-cc}" work
+    command -v "$cc" >/dev/null || { echo "c.sh test: a native C compiler is needed ($cc)" >&2; exit 1; }
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-c-test.XXXXXX")"
+    "$cc" -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
+        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_test.c" "$SDK/eddy_json.c" \
+        -o "$work/json_test"
+    # The test allocates without freeing, like the layer's per-event arena.
+    ASAN_OPTIONS=detect_leaks=0 "$work/json_test"
+    rm -rf "$work"
 }
 
 samples() {
@@ -79,6 +95,7 @@ samples() {
 case "${1:-}" in
     tools) cmd_tools ;;
     build) shift; cmd_build "$@" ;;
+    test) cmd_test ;;
     "") cmd_tools; samples ;;
-    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm>]" >&2; exit 2 ;;
+    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | test]" >&2; exit 2 ;;
 esac

@@ -2,6 +2,11 @@
 //! same in-process worker as `benches/engine.rs` (plugin call + keyed state + RocksDB commit
 //! per batch), as a ratio to the Rust plugin measured in the same run.
 //!
+//! The machine's speed drifts by 10-20% within minutes, which moved single-shot ratios by as
+//! much. So each language runs in rounds paired with a fresh Rust run (Rust, then the
+//! language, alternately), and the table shows the median of the rounds' rates and ratios with
+//! the lowest and highest ratio beside it.
+//!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench languages` (`-- --quick` for a short
 //! run). Components come from `scripts/guests/<lang>.sh` (the README's test command builds
 //! them); a language whose component is missing is listed as such. `-- --only <lang>` runs one
@@ -10,25 +15,39 @@
 use eddy_tests::bench::{only_arg, transactions, worker_rate};
 use eddy_tests::{plugin, plugin_target_dir};
 
+/// Paired rounds per language.
+const ROUNDS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // `-- --only c`: one guest language beside Rust (for profiling).
     let only = only_arg();
     let n = if quick { 20_000 } else { 100_000 };
     let txs = transactions(n);
-    println!("\nGuest languages: {n} transactions, 10,000 keys, 256 events per call, one core\n");
-    println!("| plugin | language | component | events/s | vs Rust |");
-    println!("|---|---|---:|---:|---:|");
+    println!(
+        "\nGuest languages: {n} transactions, 10,000 keys, 256 events per call, one core; \
+         median of {ROUNDS} rounds, each paired with a Rust run\n"
+    );
+    println!("| plugin | language | component | events/s | vs Rust | lowest..highest |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let size = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| format!("{} KB", m.len() / 1024))
+            .unwrap_or_default()
+    };
+    let rate = |wasm: &std::path::Path, config: &str| {
+        let r = worker_rate(wasm, config, &txs, 256);
+        r.events as f64 / r.secs
+    };
     for (name, config) in [("fraud-enrich", "{}"), ("dedupe-filter", "{}")] {
         let rust = plugin(name);
-        let base = worker_rate(&rust, config, &txs, 256);
-        let base_eps = base.events as f64 / base.secs;
-        let size = |p: &std::path::Path| {
-            std::fs::metadata(p)
-                .map(|m| format!("{} KB", m.len() / 1024))
-                .unwrap_or_default()
-        };
-        println!("| {name} | Rust | {} | {base_eps:.0} | 1.00 |", size(&rust));
+        let mut rust_rates = Vec::new();
+        let mut rows = Vec::new();
         for lang in ["js", "python", "go", "c"] {
             if only.as_deref().is_some_and(|o| o != lang) {
                 continue;
@@ -37,16 +56,40 @@ fn main() {
                 .join("guests")
                 .join(format!("{name}-{lang}.wasm"));
             if !wasm.is_file() {
-                println!("| {name} | {lang} | missing: run scripts/guests/{lang}.sh | | |");
+                rows.push(format!(
+                    "| {name} | {lang} | missing: run scripts/guests/{lang}.sh | | | |"
+                ));
                 continue;
             }
-            let r = worker_rate(&wasm, config, &txs, 256);
-            let eps = r.events as f64 / r.secs;
-            println!(
-                "| {name} | {lang} | {} | {eps:.0} | {:.2} |",
-                size(&wasm),
-                eps / base_eps
+            let (mut rates, mut ratios) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let base = rate(&rust, config);
+                let eps = rate(&wasm, config);
+                rust_rates.push(base);
+                rates.push(eps);
+                ratios.push(eps / base);
+            }
+            let (lo, hi) = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
             );
+            rows.push(format!(
+                "| {name} | {lang} | {} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
+                size(&wasm),
+                median(rates),
+                median(ratios),
+            ));
+        }
+        if rust_rates.is_empty() {
+            rust_rates.push(rate(&rust, config));
+        }
+        println!(
+            "| {name} | Rust | {} | {:.0} | 1.00 | |",
+            size(&rust),
+            median(rust_rates)
+        );
+        for row in rows {
+            println!("{row}");
         }
     }
 }
