@@ -164,14 +164,11 @@ func (s *ValueState[T]) Get() (T, bool, error) {
 	if err != nil {
 		return zero, false, err
 	}
-	r := ks.ValueGet(id, ev)
-	if r.IsErr() {
-		return zero, false, fromWitStateError(r.Err())
+	b, found, err := hostValueGet(id, ev)
+	if err != nil || !found {
+		return zero, false, err
 	}
-	if r.Ok().IsNone() {
-		return zero, false, nil
-	}
-	v, err := decodeAs[T](s.name, r.Ok().Some())
+	v, err := decodeAs[T](s.name, b)
 	return v, err == nil, err
 }
 
@@ -185,7 +182,7 @@ func (s *ValueState[T]) Set(v T) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.ValueSet(id, ev, b))
+	return hostValueSet(id, ev, b, nil)
 }
 
 // SetWithTTL sets the value with its own time-to-live.
@@ -198,7 +195,7 @@ func (s *ValueState[T]) SetWithTTL(v T, ttlMs uint64) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.ValueSetWithTtl(id, ev, b, ttlMs))
+	return hostValueSet(id, ev, b, &ttlMs)
 }
 
 // Clear removes the current key's value.
@@ -340,7 +337,7 @@ func (s *MapState[K, V]) Put(k K, v V) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.MapPut(id, ev, EncodeKey(k), b))
+	return hostMapPut(id, ev, EncodeKey(k), b, nil)
 }
 
 // PutWithTTL sets the entry k with its own time-to-live.
@@ -353,7 +350,7 @@ func (s *MapState[K, V]) PutWithTTL(k K, v V, ttlMs uint64) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.MapPutWithTtl(id, ev, EncodeKey(k), b, ttlMs))
+	return hostMapPut(id, ev, EncodeKey(k), b, &ttlMs)
 }
 
 // Remove removes the entry k (no error if absent).
@@ -433,12 +430,12 @@ func (s *ListState[T]) Get() ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := ks.ListGet(id, ev)
-	if r.IsErr() {
-		return nil, fromWitStateError(r.Err())
+	elems, err := hostListGet(id, ev)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]T, 0, len(r.Ok()))
-	for _, b := range r.Ok() {
+	out := make([]T, 0, len(elems))
+	for _, b := range elems {
 		v, err := decodeAs[T](s.name, b)
 		if err != nil {
 			return nil, err
@@ -478,7 +475,7 @@ func (s *ListState[T]) Add(v T) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.ListAdd(id, ev, b))
+	return hostListAdd(id, ev, b)
 }
 
 // AddAll appends several elements.
@@ -491,7 +488,7 @@ func (s *ListState[T]) AddAll(values []T) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.ListAddAll(id, ev, bs))
+	return hostListValues(id, ev, bs, false)
 }
 
 // Update replaces the whole list.
@@ -504,7 +501,7 @@ func (s *ListState[T]) Update(values []T) error {
 	if err != nil {
 		return err
 	}
-	return unit(ks.ListUpdate(id, ev, bs))
+	return hostListValues(id, ev, bs, true)
 }
 
 // Clear removes the list.
