@@ -232,14 +232,19 @@ static full_processor_list_u8_t wit_bytes(eddy_bytes b) {
     return w;
 }
 
-/* A malloc'ed copy, for results the generated post-return code frees. */
+/* A malloc'ed copy of n bytes; NULL for none (the generated free code frees only a non-empty
+ * list, so an empty one must not own memory). */
+static uint8_t *copy_bytes(const void *p, size_t n) {
+    if (!n) return NULL;
+    uint8_t *c = malloc(n);
+    if (!c) oom();
+    memcpy(c, p, n);
+    return c;
+}
+
+/* A copy for results the generated post-return code frees. */
 static full_processor_string_t owned_str(const char *s, size_t n) {
-    full_processor_string_t w = {NULL, n};
-    if (n) {
-        w.ptr = malloc(n);
-        if (!w.ptr) oom();
-        memcpy(w.ptr, s, n);
-    }
+    full_processor_string_t w = {copy_bytes(s, n), n};
     return w;
 }
 
@@ -314,12 +319,8 @@ eddy_output *eddy_emit(eddy_outcome *outcome, eddy_bytes payload) {
     if (!l->ptr) oom();
     eddy_plugin_types_output_t *out = &l->ptr[l->len++];
     memset(out, 0, sizeof *out);
-    if (payload.len) {
-        out->payload.ptr = malloc(payload.len);
-        if (!out->payload.ptr) oom();
-        memcpy(out->payload.ptr, payload.ptr, payload.len);
-        out->payload.len = payload.len;
-    }
+    out->payload.ptr = copy_bytes(payload.ptr, payload.len);
+    out->payload.len = payload.len;
     eddy_output *handle = eddy_alloc(sizeof *handle);
     handle->wit = out;
     return handle;
@@ -709,7 +710,8 @@ static const char *map_open(eddy_broadcast_map *map) {
  * batch's other events are answered from these copies (as the Rust SDK does). */
 typedef struct {
     uint32_t map;
-    uint8_t *key, *value; /* malloc'ed; value NULL when the map has no entry */
+    bool found; /* whether the map has an entry */
+    uint8_t *key, *value; /* malloc'ed */
     size_t key_len, value_len;
 } batch_read;
 
@@ -735,13 +737,6 @@ static const batch_read *find_batch_read(uint32_t map, eddy_bytes key) {
     return NULL;
 }
 
-static uint8_t *copy_bytes(const uint8_t *p, size_t n) {
-    uint8_t *c = malloc(n ? n : 1);
-    if (!c) oom();
-    if (n) memcpy(c, p, n);
-    return c;
-}
-
 /* Keeps a read for the rest of the batch (the first BATCH_READS_MAX distinct keys). */
 static void keep_batch_read(uint32_t map, eddy_bytes key, const eddy_bytes *value) {
     if (n_batch_reads == BATCH_READS_MAX) return;
@@ -749,6 +744,7 @@ static void keep_batch_read(uint32_t map, eddy_bytes key, const eddy_bytes *valu
     r->map = map;
     r->key = copy_bytes(key.ptr, key.len);
     r->key_len = key.len;
+    r->found = value != NULL;
     r->value = value ? copy_bytes(value->ptr, value->len) : NULL;
     r->value_len = value ? value->len : 0;
 }
@@ -759,7 +755,7 @@ const char *eddy_broadcast_get(eddy_broadcast_map *map, eddy_bytes key, eddy_jso
     bool keyed = current_event >= 0;
     const batch_read *hit = keyed ? find_batch_read(map->id, key) : NULL;
     if (hit) {
-        if (!hit->value) return NULL;
+        if (!hit->found) return NULL;
         eddy_bytes v = {hit->value, hit->value_len};
         return decode_value("broadcast map", map->name, v, out);
     }

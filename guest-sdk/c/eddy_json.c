@@ -176,7 +176,10 @@ static int parse_string(reader *r, const char **out, size_t *out_len) {
         i++;
     }
     char *buf = eddy_alloc((i > r->len ? r->len : i) - start + 1);
-    size_t n = 0;
+    /* The plain run before whatever ended it is known already. */
+    memcpy(buf, r->text + start, run);
+    size_t n = run;
+    r->pos = start + run;
     for (;;) {
         if (r->pos >= r->len) {
             fail(r, "EOF while parsing a string");
@@ -806,46 +809,38 @@ void eddy_w_end_array(eddy_writer *w) {
     eddy_w_raw(w, "]", 1);
 }
 
-/* Bytes a JSON string cannot hold as they are: control characters, '"' and '\\'. */
-static const unsigned char needs_escape[256] = {
-    [0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1,
-};
-
-static void write_escaped(eddy_writer *w, const char *s, size_t n) {
+/* Writes the escape of c, a byte plain_run stopped at, as serde_json does. */
+static void write_escape(eddy_writer *w, unsigned char c) {
     static const char hex[] = "0123456789abcdef";
-    size_t plain = plain_run(s, n, false);
+    char e[6] = {'\\', 0};
+    size_t len = 2;
+    switch (c) {
+    case '"': e[1] = '"'; break;
+    case '\\': e[1] = '\\'; break;
+    case '\b': e[1] = 'b'; break;
+    case '\f': e[1] = 'f'; break;
+    case '\n': e[1] = 'n'; break;
+    case '\r': e[1] = 'r'; break;
+    case '\t': e[1] = 't'; break;
+    default:
+        e[1] = 'u'; e[2] = '0'; e[3] = '0';
+        e[4] = hex[c >> 4]; e[5] = hex[c & 15];
+        len = 6;
+    }
+    eddy_w_raw(w, e, len);
+}
+
+/* A JSON string of s: plain runs copied at once, the bytes between them escaped. */
+static void write_escaped(eddy_writer *w, const char *s, size_t n) {
     grow(w, n + 2);
     w->data[w->len++] = '"';
-    if (plain == n) { /* the usual case: nothing to escape, one copy */
-        memcpy(w->data + w->len, s, n);
-        w->len += n;
-        w->data[w->len++] = '"';
-        return;
+    for (size_t i = 0;;) {
+        size_t plain = plain_run(s + i, n - i, false);
+        if (plain) eddy_w_raw(w, s + i, plain);
+        i += plain;
+        if (i == n) break;
+        write_escape(w, (unsigned char)s[i++]);
     }
-    size_t start = 0;
-    for (size_t i = plain; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!needs_escape[c]) continue;
-        if (i > start) eddy_w_raw(w, s + start, i - start);
-        start = i + 1;
-        char e[6] = {'\\', 0};
-        size_t len = 2;
-        switch (c) {
-        case '"': e[1] = '"'; break;
-        case '\\': e[1] = '\\'; break;
-        case '\b': e[1] = 'b'; break;
-        case '\f': e[1] = 'f'; break;
-        case '\n': e[1] = 'n'; break;
-        case '\r': e[1] = 'r'; break;
-        case '\t': e[1] = 't'; break;
-        default:
-            e[1] = 'u'; e[2] = '0'; e[3] = '0';
-            e[4] = hex[c >> 4]; e[5] = hex[c & 15];
-            len = 6;
-        }
-        eddy_w_raw(w, e, len);
-    }
-    if (n > start) eddy_w_raw(w, s + start, n - start);
     eddy_w_raw(w, "\"", 1);
 }
 
@@ -943,10 +938,7 @@ void eddy_w_json(eddy_writer *w, const eddy_json *v) {
     case EDDY_JSON_OBJECT:
         eddy_w_object(w);
         for (size_t i = 0; i < v->count; i++) {
-            before_value(w);
-            write_escaped(w, v->members[i].key, v->members[i].key_len);
-            eddy_w_raw(w, ":", 1);
-            w->after_key = true;
+            eddy_w_keyn(w, v->members[i].key, v->members[i].key_len);
             eddy_w_json(w, v->members[i].value);
         }
         eddy_w_end_object(w);

@@ -293,9 +293,10 @@ async fn main() {
             "| {} | {:.0} | {} | {:.1} | {:.1} | {:.2} | {:.2} |",
             case.name(),
             r.events_per_s,
-            match base.is_finite() {
-                true => format!("{:.2}", r.events_per_s / base),
-                false => "n/a".to_string(),
+            if base.is_finite() {
+                format!("{:.2}", r.events_per_s / base)
+            } else {
+                "n/a".to_string()
             },
             r.host_us,
             r.server_us,

@@ -105,9 +105,12 @@ fn main() {
     ];
     // With `--only` and the baseline not run, ratios are left out.
     let base = rows[0].events as f64 / rows[0].secs;
-    let ratio = |eps: f64| match base > 0.0 {
-        true => format!("{:.2}x", eps / base),
-        false => "n/a".to_string(),
+    let ratio = |eps: f64| {
+        if base > 0.0 {
+            format!("{:.2}x", eps / base)
+        } else {
+            "n/a".to_string()
+        }
     };
     println!(
         "\nIn-process engine benchmark ({n} events, 10,000 keys, one core, state committed per call)\n"

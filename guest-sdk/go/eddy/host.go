@@ -100,10 +100,11 @@ func readBroadcast(id uint32, key []byte) (batchRead, error) {
 	if r.IsErr() {
 		return batchRead{}, fromWitBroadcastError(r.Err())
 	}
+	// The bytes are kept as the host wrote them: Go memory from cabi_realloc, which the
+	// collector keeps while referenced (see imports.go). Decoding copies out of them.
 	read := batchRead{found: !r.Ok().IsNone()}
 	if read.found {
-		// A copy: the binding's buffer is not ours to keep past this call.
-		read.data = append([]byte(nil), r.Ok().Some()...)
+		read.data = r.Ok().Some()
 	}
 	if currentEvent >= 0 {
 		batchReads[memo] = read

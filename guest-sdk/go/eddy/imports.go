@@ -146,20 +146,24 @@ func hostListAdd(state, event uint32, value []byte) error {
 }
 
 // hostListValues calls list-add-all (replace false) or list-update (replace true) with the
-// elements laid out as the canonical ABI's list<list<u8>>: a (pointer, length) pair each.
-func hostListValues(state, event uint32, values [][]byte, replace bool) error {
-	pairs := make([]uint32, 2*len(values))
-	for i, v := range values {
-		pairs[2*i] = uint32(bytesPtr(v))
-		pairs[2*i+1] = uint32(len(v))
+// elements encoded one after another in buf, element i ending at ends[i], laid out as the
+// canonical ABI's list<list<u8>>: a (pointer, length) pair each, pointing into buf.
+func hostListValues(state, event uint32, buf []byte, ends []int, replace bool) error {
+	base := uint32(bytesPtr(buf))
+	pairs := make([]uint32, 2*len(ends))
+	start := 0
+	for i, end := range ends {
+		pairs[2*i] = base + uint32(start)
+		pairs[2*i+1] = uint32(end - start)
+		start = end
 	}
 	p := uintptr(unsafe.Pointer(unsafe.SliceData(pairs)))
 	if replace {
-		importListUpdate(int32(state), int32(event), p, uint32(len(values)), retPtr())
+		importListUpdate(int32(state), int32(event), p, uint32(len(ends)), retPtr())
 	} else {
-		importListAddAll(int32(state), int32(event), p, uint32(len(values)), retPtr())
+		importListAddAll(int32(state), int32(event), p, uint32(len(ends)), retPtr())
 	}
 	runtime.KeepAlive(pairs)
-	runtime.KeepAlive(values)
+	runtime.KeepAlive(buf)
 	return unitResult()
 }

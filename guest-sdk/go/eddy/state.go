@@ -445,24 +445,17 @@ func (s *ListState[T]) Get() ([]T, error) {
 	return out, nil
 }
 
-// encodeAll encodes the elements into one buffer (one allocation, not one per element).
-func (s *ListState[T]) encodeAll(values []T) ([][]byte, error) {
-	out := make([][]byte, len(values))
-	ends := make([]int, len(values))
-	var buf []byte
+// encodeAll encodes the elements one after another into one buffer (one allocation, not one
+// per element), with where each ends.
+func (s *ListState[T]) encodeAll(values []T) (buf []byte, ends []int, err error) {
+	ends = make([]int, len(values))
 	for i, v := range values {
-		var err error
 		if buf, err = s.appendEncoded(buf, v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		ends[i] = len(buf)
 	}
-	start := 0
-	for i, end := range ends {
-		out[i] = buf[start:end:end]
-		start = end
-	}
-	return out, nil
+	return buf, ends, nil
 }
 
 // Add appends one element.
@@ -484,11 +477,11 @@ func (s *ListState[T]) AddAll(values []T) error {
 	if err != nil {
 		return err
 	}
-	bs, err := s.encodeAll(values)
+	buf, ends, err := s.encodeAll(values)
 	if err != nil {
 		return err
 	}
-	return hostListValues(id, ev, bs, false)
+	return hostListValues(id, ev, buf, ends, false)
 }
 
 // Update replaces the whole list.
@@ -497,11 +490,11 @@ func (s *ListState[T]) Update(values []T) error {
 	if err != nil {
 		return err
 	}
-	bs, err := s.encodeAll(values)
+	buf, ends, err := s.encodeAll(values)
 	if err != nil {
 		return err
 	}
-	return hostListValues(id, ev, bs, true)
+	return hostListValues(id, ev, buf, ends, true)
 }
 
 // Clear removes the list.
