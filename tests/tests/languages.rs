@@ -3,8 +3,9 @@
 //! (`tests/data/languages/events.jsonl`: transactions, repeated ids, rule updates on a
 //! broadcast subject, strings with escapes and non-ASCII characters, one malformed event)
 //! must publish the same outputs and leave the same state; state written by one language must
-//! be read by the next after a hot swap; and a guest that reaches for files or sockets is
-//! denied.
+//! be read by the next after a hot swap; a guest that reaches for files or sockets is
+//! denied; and the Go layer's own keyed-state import declarations each do what the generated
+//! bindings would (`plugins/state-tour-go`).
 //!
 //! Each language's components are built by `scripts/guests/<lang>.sh`, which installs its
 //! pinned toolchain into `~/.cache/eddy/tools`. Where that cannot work on a machine, the
@@ -25,7 +26,7 @@ use eddy_tests::{
     NatsServer, PipelineSpec, Running, create_stream, eddy_bin, host_status, plugin,
     plugin_target_dir, run_build_script, variant, wait_deployment, workspace_root,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const LANGUAGES: [&str; 4] = ["js", "python", "go", "c"];
 const PLUGINS: [&str; 2] = ["fraud-enrich", "dedupe-filter"];
@@ -68,6 +69,26 @@ fn eddy(args: &[&std::ffi::OsStr]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `eddy test` on `wasm` with these JSON lines as events (keyed by their "k") and more
+/// arguments; returns the printed lines, parsed.
+fn eddy_test(wasm: &Path, lines: &[&str], args: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n")).expect("events");
+    let mut all: Vec<&std::ffi::OsStr> = vec![
+        "test".as_ref(),
+        wasm.as_os_str(),
+        events.as_os_str(),
+        "--key".as_ref(),
+        "/k".as_ref(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    eddy(&all)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 /// One line of the scenario file.
@@ -430,24 +451,109 @@ fn a_python_guest_that_reaches_for_files_sockets_or_the_environment_is_denied() 
     };
     // Something to connect to, so a refusal is the sandbox's and not an empty port's.
     let listener = std::net::TcpListener::bind("127.0.0.1:4222").ok();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let events = dir.path().join("events.jsonl");
-    std::fs::write(&events, "{\"k\": \"a\"}\n").expect("events");
-    let out = eddy(&[
-        "test".as_ref(),
-        wasm.as_os_str(),
-        events.as_os_str(),
-        "--key".as_ref(),
-        "/k".as_ref(),
-    ]);
-    let line: Value = serde_json::from_str(out.lines().next().expect("one line")).expect("JSON");
-    let report = &line["outputs"][0]["payload"];
+    let lines = eddy_test(&wasm, &[r#"{"k": "a"}"#], &[]);
+    let report = &lines[0]["outputs"][0]["payload"];
     for what in ["file", "dir", "socket"] {
         let v = report[what].as_str().unwrap_or_default();
         assert!(v.starts_with("denied"), "{what}: {v} (report {report})");
     }
     assert_eq!(report["env_vars"], 0, "no environment variables: {report}");
     drop(listener);
+}
+
+/// The Go layer calls the keyed-state imports through its own declarations (not the generated
+/// bindings); the samples use only some of them. `state-tour-go` calls every write and read:
+/// values, list elements of several lengths (one empty, one non-ASCII), two keys interleaved,
+/// and per-entry TTLs of 1 ms (gone by the next event), 500 ms (there at once, gone after a
+/// 550 ms wait: a TTL passed too small or too large fails) and one hour (kept).
+#[test]
+fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
+    let Some(wasm) = guest("state-tour", "go") else {
+        return;
+    };
+    let lines = [
+        r#"{"k":"a","op":"read"}"#,
+        r#"{"k":"a","op":"write","n":7,"items":["seven","ü-eight",""]}"#,
+        r#"{"k":"b","op":"write","n":100,"items":["b"]}"#,
+        r#"{"k":"a","op":"read"}"#,
+        r#"{"k":"a","op":"update","items":["x","yy"]}"#,
+        r#"{"k":"b","op":"read"}"#,
+        r#"{"k":"a","op":"write","n":9,"items":["nine","ten"]}"#,
+        r#"{"k":"a","op":"read"}"#,
+        r#"{"k":"b","op":"clear"}"#,
+        // Past the 500 ms TTL, in steps within the CPU budget of an event.
+        r#"{"k":"a","op":"wait","ms":50}"#,
+        r#"{"k":"a","op":"read"}"#,
+        r#"{"k":"b","op":"read"}"#,
+    ];
+    let wait = lines
+        .iter()
+        .position(|l| l.contains("wait"))
+        .expect("a wait");
+    let mut lines: Vec<&str> = lines.to_vec();
+    for _ in 0..10 {
+        lines.insert(wait, lines[wait]);
+    }
+    // One event per call: each event's reads come after the previous event's writes settled.
+    let got = eddy_test(&wasm, &lines, &["--batch", "1", "--dump-state"]);
+    let emitted = |v: Value| json!({"outcome": "emit", "outputs": [{"headers": [], "payload": v, "subject": null}]});
+    // The report of a key: `value`, `mid` and `long` hold n (or null); `short` never survives.
+    let report = |value: Option<u64>, mid: Option<u64>, long: Option<u64>, list: Value| {
+        let mut map = vec![];
+        for (k, v) in [("long", long), ("mid", mid), ("n", value)] {
+            if let Some(v) = v {
+                map.push(json!({"k": k, "v": v}));
+            }
+        }
+        emitted(
+            json!({"value": value, "short": null, "mid": mid, "long": long, "map": map, "list": list}),
+        )
+    };
+    let drop = json!({"outcome": "drop"});
+    let mut want = vec![
+        report(None, None, None, json!([])),
+        emitted(json!({"wrote": 7})),
+        emitted(json!({"wrote": 100})),
+        report(Some(7), Some(7), Some(7), json!(["seven", "ü-eight", ""])),
+        drop.clone(),
+        report(Some(100), Some(100), Some(100), json!(["b"])),
+        emitted(json!({"wrote": 9})),
+        report(Some(9), Some(9), Some(9), json!(["x", "yy", "nine", "ten"])),
+        // `clear` clears `value`, `map` and `list`, not the other values.
+        emitted(
+            json!({"value": null, "short": null, "mid": 100, "long": 100, "map": [], "list": []}),
+        ),
+    ];
+    want.extend(std::iter::repeat_n(drop, 11));
+    want.extend([
+        report(Some(9), None, Some(9), json!(["x", "yy", "nine", "ten"])),
+        emitted(
+            json!({"value": null, "short": null, "mid": null, "long": 100, "map": [], "list": []}),
+        ),
+    ]);
+    for (i, w) in want.iter_mut().enumerate() {
+        w["seq"] = (i + 1).into();
+    }
+    // What the host stored, decoded by the host: the same JSON encoding as every other SDK,
+    // and no expired entry.
+    let entry =
+        |key: &str, state: &str, value: Value| json!({"key": key, "state": state, "value": value});
+    let map_entry = |key: &str, map_key: &str, value: Value| json!({"key": key, "state": "map", "map_key": map_key, "value": value});
+    let mut state = vec![
+        entry("a", "value", 9.into()),
+        entry("a", "long", 9.into()),
+        map_entry("a", "long", 9.into()),
+        map_entry("a", "n", 9.into()),
+        entry("a", "list", json!(["x", "yy", "nine", "ten"])),
+        entry("b", "long", 100.into()),
+    ];
+    let (outcomes, mut stored): (Vec<Value>, Vec<Value>) =
+        got.into_iter().partition(|v| v.get("outcome").is_some());
+    let order = |v: &Value| v.to_string();
+    stored.sort_by_key(order);
+    state.sort_by_key(order);
+    assert_eq!(outcomes, want, "outcomes");
+    assert_eq!(stored, state, "stored state");
 }
 
 #[test]
