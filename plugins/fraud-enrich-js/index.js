@@ -16,53 +16,9 @@ import {
   isU64,
   exportPlugin,
 } from "eddy-sdk";
+import { field, isString, parseTransaction, risk, updated } from "./transaction.js";
 
 const RECENT_LEN = 5;
-
-/** Checks that `obj[name]` exists and passes `check`; the error reads like serde's. */
-function field(obj, name, check, expected) {
-  if (!(name in obj)) throw new Error(`missing field \`${name}\``);
-  const v = obj[name];
-  if (!check(v)) throw new Error(`invalid type for \`${name}\`: ${JSON.stringify(v)}, expected ${expected}`);
-  return v;
-}
-const isString = (v) => typeof v === "string";
-
-/** The transaction in `payload`, or a thrown Error saying why it is not one. */
-function parseTransaction(payload) {
-  if (!isObject(payload)) throw new Error(`invalid type: ${JSON.stringify(payload)}, expected struct Transaction`);
-  return {
-    id: field(payload, "id", isString, "a string"),
-    customer: field(payload, "customer", isString, "a string"),
-    amount_cents: field(payload, "amount_cents", isU64, "u64"),
-    merchant: field(payload, "merchant", isString, "a string"),
-    category: field(payload, "category", isString, "a string"),
-    ts: field(payload, "ts", isU64, "u64"),
-  };
-}
-
-/** The risk score of `tx` given the customer's statistics before it and its category's limit. */
-function risk(tx, prev, limit) {
-  let r = 0;
-  if (prev !== null) {
-    if (prev.count >= 3 && tx.amount_cents > Math.floor(prev.sum_cents / prev.count) * 3) r += 40;
-    if (Math.max(0, tx.ts - prev.last_ts) < 10000) r += 30;
-  }
-  if (tx.amount_cents >= 100000) r += 30;
-  if (limit !== null && tx.amount_cents > limit) r += 20;
-  return Math.min(r, 100);
-}
-
-/** The customer's statistics after `tx`. */
-function updated(prev, tx) {
-  const p = prev || { count: 0, sum_cents: 0, max_cents: 0, last_ts: 0 };
-  return {
-    count: p.count + 1,
-    sum_cents: p.sum_cents + tx.amount_cents,
-    max_cents: Math.max(p.max_cents, tx.amount_cents),
-    last_ts: tx.ts,
-  };
-}
 
 class FraudEnrich {
   init(config) {

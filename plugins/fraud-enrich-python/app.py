@@ -6,67 +6,12 @@ broadcast map ``category_limits`` (string → u64) and the lookups ``profiles`` 
 named by the config.
 """
 
-import json
-
 import eddy
 from eddy import (BroadcastMap, ListState, LookupStore, Outcome, Output, ValueState,
                   deny_unknown_fields, is_u64)
+from transaction import field, is_str, parse_transaction, risk, updated
 
 RECENT_LEN = 5
-
-
-def _field(obj, name, check, expected):
-    """``obj[name]`` if present and accepted by ``check``; the error reads like serde's."""
-    if name not in obj:
-        raise ValueError(f"missing field `{name}`")
-    v = obj[name]
-    if not check(v):
-        raise ValueError(f"invalid type for `{name}`: {json.dumps(v)}, expected {expected}")
-    return v
-
-
-def _is_str(v):
-    return isinstance(v, str)
-
-
-def parse_transaction(payload):
-    """The transaction in ``payload`` (a dict), or ValueError saying why it is not one."""
-    if not isinstance(payload, dict):
-        raise ValueError(f"invalid type: {json.dumps(payload)}, expected struct Transaction")
-    return {
-        "id": _field(payload, "id", _is_str, "a string"),
-        "customer": _field(payload, "customer", _is_str, "a string"),
-        "amount_cents": _field(payload, "amount_cents", is_u64, "u64"),
-        "merchant": _field(payload, "merchant", _is_str, "a string"),
-        "category": _field(payload, "category", _is_str, "a string"),
-        "ts": _field(payload, "ts", is_u64, "u64"),
-    }
-
-
-def risk(tx, prev, limit):
-    """The risk score of ``tx`` given the customer's statistics before it and the limit."""
-    r = 0
-    if prev is not None:
-        if prev["count"] >= 3 and tx["amount_cents"] > (prev["sum_cents"] // prev["count"]) * 3:
-            r += 40
-        if max(0, tx["ts"] - prev["last_ts"]) < 10_000:
-            r += 30
-    if tx["amount_cents"] >= 100_000:
-        r += 30
-    if limit is not None and tx["amount_cents"] > limit:
-        r += 20
-    return min(r, 100)
-
-
-def updated(prev, tx):
-    """The customer's statistics after ``tx``."""
-    p = prev or {"count": 0, "sum_cents": 0, "max_cents": 0, "last_ts": 0}
-    return {
-        "count": p["count"] + 1,
-        "sum_cents": p["sum_cents"] + tx["amount_cents"],
-        "max_cents": max(p["max_cents"], tx["amount_cents"]),
-        "last_ts": tx["ts"],
-    }
 
 
 class FraudEnrich:
@@ -106,7 +51,7 @@ class FraudEnrich:
             if not isinstance(rule, dict):
                 raise ValueError("expected struct Rule")
             deny_unknown_fields(rule, ["category", "limit_cents", "remove"])
-            _field(rule, "category", _is_str, "a string")
+            field(rule, "category", is_str, "a string")
             if rule.get("limit_cents") is not None and not is_u64(rule["limit_cents"]):
                 raise ValueError("`limit_cents` is not a u64")
             if "remove" in rule and not isinstance(rule["remove"], bool):
