@@ -26,7 +26,7 @@ import clockApi from "eddy:plugin/clock@0.2.0";
 
 // QuickJS has no TextEncoder/TextDecoder, and a byte-at-a-time loop in JS costs ~0.2 µs a byte
 // (most of a plugin's time, measured). So both directions go through native built-ins: a
-// "binary string" (one char per byte, 0-255) is made from bytes with String.fromCharCode and
+// "binary string" (one char per byte, 0-255) is made from bytes with toBase64 + atob and
 // turned into bytes with btoa + Uint8Array.fromBase64; UTF-8 comes from encodeURIComponent
 // (+ unescape) and goes back with escape (+ decodeURIComponent). Whatever those cannot take
 // (lone surrogates, invalid UTF-8) falls back to the exact loops below.

@@ -7,7 +7,7 @@
 //
 //	{"op": "write", "n": N, "items": [S...]}
 //	    value `value` := N; values `short`, `mid` and `long` := N with their own TTLs of 1 ms,
-//	    500 ms and one hour; map `map`: "n" := N, and "short", "mid", "long" := N with the same
+//	    3 s and one hour; map `map`: "n" := N, and "short", "mid", "long" := N with the same
 //	    TTLs; list `list`: Add(first item), AddAll(the other items). It then waits until the
 //	    host's clock has moved 5 ms past the write, so that the 1 ms entries have expired before
 //	    the next event. Emits {"wrote": N}.
@@ -29,7 +29,7 @@ import (
 
 const (
 	hourMs = 3_600_000
-	midMs  = 500
+	midMs  = 3_000
 )
 
 type request struct {

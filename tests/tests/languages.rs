@@ -465,10 +465,11 @@ fn a_python_guest_that_reaches_for_files_sockets_or_the_environment_is_denied() 
 /// The Go layer calls the keyed-state imports through its own declarations (not the generated
 /// bindings); the samples use only some of them. `state-tour-go` calls every write and read:
 /// values, list elements of several lengths (one empty, one non-ASCII), two keys interleaved,
-/// and per-entry TTLs of 1 ms (gone by the next event), 500 ms (there at once, gone after a
-/// 550 ms wait: a TTL passed too small or too large fails) and one hour (kept).
+/// and per-entry TTLs of 1 ms (gone by the next event), 3 s (there for the next events, gone
+/// after a 3.1 s wait: a TTL passed too small or too large fails) and one hour (kept).
 #[test]
 fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
+    const WAITS: usize = 62; // × 50 ms: past the 3 s TTL
     let Some(wasm) = guest("state-tour", "go") else {
         return;
     };
@@ -482,7 +483,7 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
         r#"{"k":"a","op":"write","n":9,"items":["nine","ten"]}"#,
         r#"{"k":"a","op":"read"}"#,
         r#"{"k":"b","op":"clear"}"#,
-        // Past the 500 ms TTL, in steps within the CPU budget of an event.
+        // Past the 3 s TTL, in 50 ms steps (within the CPU budget of an event).
         r#"{"k":"a","op":"wait","ms":50}"#,
         r#"{"k":"a","op":"read"}"#,
         r#"{"k":"b","op":"read"}"#,
@@ -492,7 +493,7 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
         .position(|l| l.contains("wait"))
         .expect("a wait");
     let mut lines: Vec<&str> = lines.to_vec();
-    for _ in 0..10 {
+    for _ in 1..WAITS {
         lines.insert(wait, lines[wait]);
     }
     // One event per call: each event's reads come after the previous event's writes settled.
@@ -525,7 +526,7 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
             json!({"value": null, "short": null, "mid": 100, "long": 100, "map": [], "list": []}),
         ),
     ];
-    want.extend(std::iter::repeat_n(drop, 11));
+    want.extend(std::iter::repeat_n(drop, WAITS));
     want.extend([
         report(Some(9), None, Some(9), json!(["x", "yy", "nine", "ten"])),
         emitted(
