@@ -182,11 +182,8 @@ function smallInt(bytes) {
 /** Parses JSON from UTF-8 bytes (or a string). Throws a SyntaxError on bad input. */
 export function parseJson(bytes) {
   if (typeof bytes === "string") return JSON.parse(bytes);
-  if (bytes.length <= 16) {
-    const v = smallInt(bytes);
-    if (v !== undefined) return v;
-  }
-  return JSON.parse(utf8Decode(bytes, true));
+  const v = smallInt(bytes);
+  return v !== undefined ? v : JSON.parse(utf8Decode(bytes, true));
 }
 
 /** The compact JSON encoding of a value, as UTF-8 bytes: the shared state encoding. */

@@ -44,7 +44,7 @@ function outcomeOf(f) {
   try {
     return { value: f() };
   } catch (e) {
-    return { error: e instanceof SyntaxError || e instanceof Error ? "rejected" : String(e) };
+    return { error: e instanceof Error ? "rejected" : String(e) };
   }
 }
 

@@ -473,7 +473,7 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
     let Some(wasm) = guest("state-tour", "go") else {
         return;
     };
-    let lines = [
+    let mut lines = vec![
         r#"{"k":"a","op":"read"}"#,
         r#"{"k":"a","op":"write","n":7,"items":["seven","ü-eight",""]}"#,
         r#"{"k":"b","op":"write","n":100,"items":["b"]}"#,
@@ -483,19 +483,13 @@ fn the_go_layer_writes_and_reads_every_kind_of_keyed_state() {
         r#"{"k":"a","op":"write","n":9,"items":["nine","ten"]}"#,
         r#"{"k":"a","op":"read"}"#,
         r#"{"k":"b","op":"clear"}"#,
-        // Past the 3 s TTL, in 50 ms steps (within the CPU budget of an event).
-        r#"{"k":"a","op":"wait","ms":50}"#,
-        r#"{"k":"a","op":"read"}"#,
-        r#"{"k":"b","op":"read"}"#,
     ];
-    let wait = lines
-        .iter()
-        .position(|l| l.contains("wait"))
-        .expect("a wait");
-    let mut lines: Vec<&str> = lines.to_vec();
-    for _ in 1..WAITS {
-        lines.insert(wait, lines[wait]);
-    }
+    // Past the 3 s TTL, in 50 ms steps (within the CPU budget of an event).
+    lines.extend(std::iter::repeat_n(
+        r#"{"k":"a","op":"wait","ms":50}"#,
+        WAITS,
+    ));
+    lines.extend([r#"{"k":"a","op":"read"}"#, r#"{"k":"b","op":"read"}"#]);
     // One event per call: each event's reads come after the previous event's writes settled.
     let got = eddy_test(&wasm, &lines, &["--batch", "1", "--dump-state"]);
     let emitted = |v: Value| json!({"outcome": "emit", "outputs": [{"headers": [], "payload": v, "subject": null}]});

@@ -55,21 +55,16 @@ row() { # engine, µs, baseline µs
 }
 
 bash "$EDDY_ROOT/scripts/guests/js.sh" tools
-bash "$EDDY_ROOT/scripts/guests/python.sh" tools >/dev/null 2>&1 || bash "$EDDY_ROOT/scripts/guests/python.sh" tools
+bash "$EDDY_ROOT/scripts/guests/python.sh" tools >/dev/null
 
 # The benchmark beside the plugin's own logic module.
 mkdir -p "$work/js" "$work/python"
 cp "$HERE/js/index.js" "$EDDY_ROOT/plugins/fraud-enrich-js/transaction.js" "$work/js/"
 cp "$HERE/python/"*.py "$EDDY_ROOT/plugins/fraud-enrich-python/transaction.py" "$work/python/"
 
-node_us="$(node -e "import('$work/js/index.js').then((m) => console.log(m.bench()))")"
-python_us="$(python3 "$work/python/logic.py" | sed -E 's/logic: ([0-9.]+) us.*/\1/')"
-
 (cd "$work/js" && "$TOOLS/js/node_modules/.bin/componentize-qjs" --wit "$EDDY_ROOT/wit" \
     --world processor --js index.js --module-root . --sync -o "$work/qjs.wasm" >/dev/null)
 bash "$EDDY_ROOT/scripts/guests/python.sh" build "$work/python" "$work/python.wasm" >/dev/null
-
-rows=()
 if ((spidermonkey)); then
     SM="$TOOLS/js-spidermonkey"
     if [[ ! -f "$SM/node_modules/@bytecodealliance/componentize-js/package.json" ]]; then
@@ -83,8 +78,17 @@ if ((spidermonkey)); then
         --wit "$EDDY_ROOT/wit" -n processor -d http fetch-event)
     (cd "$work/js" && "${cjs[@]}" -o "$work/sm.wasm" >/dev/null)
     (cd "$work/js" && "${cjs[@]}" --aot --weval-bin "$TOOLS/weval/bin/weval" -o "$work/sm-aot.wasm" >/dev/null)
-    rows+=("$(row "SpiderMonkey (componentize-js $SM_VERSION)" "$(in_component "$work/sm.wasm")" "$node_us")")
-    rows+=("$(row "SpiderMonkey + weval AOT (componentize-js $SM_VERSION)" "$(in_component "$work/sm-aot.wasm")" "$node_us")")
+fi
+
+# Every figure is taken before the table is printed: a run that reports none stops the script
+# here (set -e) instead of printing an empty row.
+node_us="$(node -e "import('$work/js/index.js').then((m) => console.log(m.bench()))")"
+python_us="$(python3 "$work/python/logic.py" | sed -E 's/logic: ([0-9.]+) us.*/\1/')"
+qjs_us="$(in_component "$work/qjs.wasm")"
+cpython_us="$(in_component "$work/python.wasm")"
+if ((spidermonkey)); then
+    sm_us="$(in_component "$work/sm.wasm")"
+    sm_aot_us="$(in_component "$work/sm-aot.wasm")"
 fi
 
 echo
@@ -93,7 +97,10 @@ echo
 echo "| engine | µs per event | vs native |"
 echo "|---|---:|---:|"
 row "node $(node --version) (native, JIT): baseline" "$node_us" "$node_us"
-row "QuickJS (componentize-qjs, the project's JS engine)" "$(in_component "$work/qjs.wasm")" "$node_us"
-for r in "${rows[@]}"; do echo "$r"; done
+row "QuickJS (componentize-qjs, the project's JS engine)" "$qjs_us" "$node_us"
+if ((spidermonkey)); then
+    row "SpiderMonkey (componentize-js $SM_VERSION)" "$sm_us" "$node_us"
+    row "SpiderMonkey + weval AOT (componentize-js $SM_VERSION)" "$sm_aot_us" "$node_us"
+fi
 row "python3 $(python3 -c 'import platform; print(platform.python_version())') (native): baseline" "$python_us" "$python_us"
-row "CPython (componentize-py, the project's Python engine)" "$(in_component "$work/python.wasm")" "$python_us"
+row "CPython (componentize-py, the project's Python engine)" "$cpython_us" "$python_us"
