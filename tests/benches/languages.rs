@@ -2,7 +2,7 @@
 //! same in-process worker as `benches/engine.rs` (plugin call + keyed state + RocksDB commit
 //! per batch), as a ratio to the Rust plugin measured in the same run.
 //!
-//! The machine's speed drifts by 10-20% within minutes, which moved single-shot ratios by as
+//! The machine's speed drifts by 10-20% within minutes, which moves single-shot ratios by as
 //! much. So each language runs in rounds paired with a fresh Rust run (Rust, then the
 //! language, alternately), and the table shows the median of the rounds' rates and ratios with
 //! the lowest and highest ratio beside it.

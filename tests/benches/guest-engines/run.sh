@@ -16,7 +16,7 @@
 # plugins/fraud-enrich-{js,python}) inside a component under `eddy test` (the
 # figure comes back as init's error); the baseline is the same file run natively by node
 # (V8, with its JIT) or python3, in the same script. Compare the figures with the per-event
-# budget that issue 9's goal allows: 0.2 of Rust's fraud-enrich is 1/(0.2 × Rust's events/s),
+# budget that the goal of 0.2 of Rust's fraud-enrich allows: 1/(0.2 × Rust's events/s),
 # ~34 µs per event for everything (parse, state, output, host calls) at the Rust figure in
 # docs/BENCHMARKS.md.
 set -euo pipefail
