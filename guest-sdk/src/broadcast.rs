@@ -25,6 +25,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::event::{Message, message_accessors};
 use crate::state::MapKey;
 use crate::wit::eddy::plugin::broadcast_state as wit;
 use crate::wit::exports::eddy::plugin::broadcast_handler as export;
@@ -73,81 +74,29 @@ const ENTRIES_PAGE: u32 = 256;
 /// assert_eq!(rule["limit_cents"], 50000);
 /// # Ok::<(), String>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct BroadcastEvent {
     input: String,
-    subject: String,
-    headers: Vec<(String, String)>,
-    payload: Vec<u8>,
-    timestamp_ms: u64,
-    sequence: u64,
+    message: Message,
 }
+
+message_accessors!(BroadcastEvent, input);
 
 impl BroadcastEvent {
     /// An event of broadcast input `input` with this payload. For tests.
     pub fn new(input: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         BroadcastEvent {
             input: input.into(),
-            payload: payload.into(),
-            ..BroadcastEvent::default()
+            message: Message {
+                payload: payload.into(),
+                ..Message::default()
+            },
         }
-    }
-
-    /// Sets the subject. For tests.
-    #[must_use]
-    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
-        self.subject = subject.into();
-        self
-    }
-
-    /// Adds a header. For tests.
-    #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
     }
 
     /// The broadcast input's name (`[broadcast.<name>]` in the pipeline file).
     pub fn input(&self) -> &str {
         &self.input
-    }
-
-    /// The NATS subject it was published on.
-    pub fn subject(&self) -> &str {
-        &self.subject
-    }
-
-    /// All NATS headers as `(name, value)` pairs, in message order.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-
-    /// The value of the first header called `name` (case-sensitive, as in NATS).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The payload, as published.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// Decodes the payload as JSON into `T`; the error is serde_json's message.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_slice(&self.payload).map_err(|e| e.to_string())
-    }
-
-    /// When the broadcast stream stored it, in milliseconds since the Unix epoch.
-    pub fn timestamp_ms(&self) -> u64 {
-        self.timestamp_ms
-    }
-
-    /// Its sequence in the broadcast stream.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
     }
 }
 
@@ -155,11 +104,13 @@ impl From<export::BroadcastEvent> for BroadcastEvent {
     fn from(e: export::BroadcastEvent) -> Self {
         BroadcastEvent {
             input: e.input,
-            subject: e.subject,
-            headers: e.headers,
-            payload: e.payload,
-            timestamp_ms: e.timestamp_ms,
-            sequence: e.sequence,
+            message: Message {
+                subject: e.subject,
+                headers: e.headers,
+                payload: e.payload,
+                timestamp_ms: e.timestamp_ms,
+                sequence: e.sequence,
+            },
         }
     }
 }

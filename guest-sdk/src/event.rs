@@ -1,8 +1,104 @@
-//! Input events.
-
-use serde::de::DeserializeOwned;
+//! Input events, and the message fields they share with broadcast events.
 
 use crate::wit::eddy::plugin::types as wit;
+
+/// What an [`Event`] and a [`BroadcastEvent`](crate::BroadcastEvent) both carry: a NATS message
+/// as its stream stored it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Message {
+    pub(crate) subject: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) sequence: u64,
+}
+
+/// Gives `$event`, a struct with the field `$origin` (where the event comes from: its key or
+/// its input) and a `message: Message`, the accessors and test builders of both kinds of event,
+/// and a `Debug` that shows every field flat. A macro rather than a trait, so that they are
+/// inherent methods: a plugin calls them without importing anything.
+macro_rules! message_accessors {
+    ($event:ident, $origin:ident) => {
+        impl $event {
+            /// Sets the subject. For tests.
+            #[must_use]
+            pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
+                self.message.subject = subject.into();
+                self
+            }
+
+            /// Adds a header. For tests.
+            #[must_use]
+            pub fn with_header(
+                mut self,
+                name: impl Into<String>,
+                value: impl Into<String>,
+            ) -> Self {
+                self.message.headers.push((name.into(), value.into()));
+                self
+            }
+
+            /// The NATS subject the event was published on.
+            pub fn subject(&self) -> &str {
+                &self.message.subject
+            }
+
+            /// All NATS headers as `(name, value)` pairs, in message order. A name may repeat.
+            pub fn headers(&self) -> &[(String, String)] {
+                &self.message.headers
+            }
+
+            /// The value of the first header called `name`. Names are compared
+            /// case-sensitively, as NATS does.
+            pub fn header(&self, name: &str) -> Option<&str> {
+                self.message
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+            }
+
+            /// The message payload, as published.
+            pub fn payload(&self) -> &[u8] {
+                &self.message.payload
+            }
+
+            /// Decodes the payload as JSON into `T`.
+            ///
+            /// The error is serde_json's message, which says what failed and where (for example
+            /// ``missing field `id` at line 1 column 20``); add your own context when you
+            /// reject the event with it.
+            pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+                serde_json::from_slice(&self.message.payload).map_err(|e| e.to_string())
+            }
+
+            /// When the stream stored the message, in milliseconds since the Unix epoch.
+            pub fn timestamp_ms(&self) -> u64 {
+                self.message.timestamp_ms
+            }
+
+            /// The stream's sequence number of the message: unique and increasing per input.
+            pub fn sequence(&self) -> u64 {
+                self.message.sequence
+            }
+        }
+
+        impl std::fmt::Debug for $event {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let m = &self.message;
+                f.debug_struct(stringify!($event))
+                    .field(stringify!($origin), &self.$origin)
+                    .field("subject", &m.subject)
+                    .field("headers", &m.headers)
+                    .field("payload", &m.payload)
+                    .field("timestamp_ms", &m.timestamp_ms)
+                    .field("sequence", &m.sequence)
+                    .finish()
+            }
+        }
+    };
+}
+pub(crate) use message_accessors;
 
 /// One input event: a NATS message and the key the host extracted from it.
 ///
@@ -32,15 +128,13 @@ use crate::wit::eddy::plugin::types as wit;
 /// assert_eq!((tx.id.as_str(), tx.amount_cents), ("tx-1", 1250));
 /// # Ok::<(), String>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Event {
     key: Vec<u8>,
-    subject: String,
-    headers: Vec<(String, String)>,
-    payload: Vec<u8>,
-    timestamp_ms: u64,
-    sequence: u64,
+    message: Message,
 }
+
+message_accessors!(Event, key);
 
 impl Event {
     /// An event with this key and payload, an empty subject, no headers, and timestamp and
@@ -48,36 +142,24 @@ impl Event {
     pub fn new(key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Self {
         Event {
             key: key.into(),
-            payload: payload.into(),
-            ..Event::default()
+            message: Message {
+                payload: payload.into(),
+                ..Message::default()
+            },
         }
-    }
-
-    /// Sets the subject. For tests.
-    #[must_use]
-    pub fn with_subject(mut self, subject: impl Into<String>) -> Self {
-        self.subject = subject.into();
-        self
-    }
-
-    /// Adds a header. For tests.
-    #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
     }
 
     /// Sets the stream timestamp. For tests.
     #[must_use]
     pub fn with_timestamp_ms(mut self, timestamp_ms: u64) -> Self {
-        self.timestamp_ms = timestamp_ms;
+        self.message.timestamp_ms = timestamp_ms;
         self
     }
 
     /// Sets the stream sequence number. For tests.
     #[must_use]
     pub fn with_sequence(mut self, sequence: u64) -> Self {
-        self.sequence = sequence;
+        self.message.sequence = sequence;
         self
     }
 
@@ -91,60 +173,19 @@ impl Event {
     pub fn key_str(&self) -> Option<&str> {
         std::str::from_utf8(&self.key).ok()
     }
-
-    /// The NATS subject the event was published on.
-    pub fn subject(&self) -> &str {
-        &self.subject
-    }
-
-    /// All NATS headers as `(name, value)` pairs, in message order. A name may repeat.
-    pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
-    }
-
-    /// The value of the first header called `name`. Names are compared case-sensitively, as NATS
-    /// does.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The message payload, as published.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// Decodes the payload as JSON into `T`.
-    ///
-    /// The error is serde_json's message, which says what failed and where (for example
-    /// ``missing field `id` at line 1 column 20``); add your own context when you reject the
-    /// event with it.
-    pub fn json<T: DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_slice(&self.payload).map_err(|e| e.to_string())
-    }
-
-    /// When the input stream stored the message, in milliseconds since the Unix epoch.
-    pub fn timestamp_ms(&self) -> u64 {
-        self.timestamp_ms
-    }
-
-    /// The input stream's sequence number of the message: unique and increasing per input.
-    pub fn sequence(&self) -> u64 {
-        self.sequence
-    }
 }
 
 impl From<wit::Event> for Event {
     fn from(event: wit::Event) -> Self {
         Event {
             key: event.key,
-            subject: event.subject,
-            headers: event.headers,
-            payload: event.payload,
-            timestamp_ms: event.timestamp_ms,
-            sequence: event.sequence,
+            message: Message {
+                subject: event.subject,
+                headers: event.headers,
+                payload: event.payload,
+                timestamp_ms: event.timestamp_ms,
+                sequence: event.sequence,
+            },
         }
     }
 }
@@ -172,6 +213,36 @@ mod tests {
         assert_eq!(event.payload(), b"{}");
         assert_eq!(event.timestamp_ms(), 5);
         assert_eq!(event.sequence(), 6);
+    }
+
+    #[test]
+    fn both_kinds_of_event_share_the_message_accessors_and_debug_flat() {
+        let event = Event::new("k", "p")
+            .with_subject("a.b")
+            .with_header("X", "1");
+        assert_eq!(
+            format!("{event:?}"),
+            r#"Event { key: [107], subject: "a.b", headers: [("X", "1")], payload: [112], timestamp_ms: 0, sequence: 0 }"#
+        );
+        let broadcast = crate::BroadcastEvent::new("rules", "p")
+            .with_subject("a.b")
+            .with_header("X", "1");
+        assert_eq!(
+            (
+                broadcast.input(),
+                broadcast.subject(),
+                broadcast.header("X")
+            ),
+            ("rules", "a.b", Some("1"))
+        );
+        assert_eq!(
+            broadcast.json::<String>(),
+            Err("expected value at line 1 column 1".to_owned())
+        );
+        assert_eq!(
+            format!("{broadcast:?}"),
+            r#"BroadcastEvent { input: "rules", subject: "a.b", headers: [("X", "1")], payload: [112], timestamp_ms: 0, sequence: 0 }"#
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Ttl {
     /// Entries live for `ttl` after their last update, in whole milliseconds (rounded down,
     /// saturating at `u64::MAX`).
     pub fn new(ttl: Duration) -> Self {
-        Ttl::from_millis(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        Ttl::from_millis(millis(ttl))
     }
 
     /// Entries live for `ttl_ms` milliseconds after their last update.
@@ -350,11 +350,6 @@ impl Slot {
         Ok((self.id()?, event))
     }
 
-    /// Asks the host to visit every key of this state (see `visit_all_keys` on the handles).
-    fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
-        Ok(wit::visit_all_keys(self.id()?, tag)?)
-    }
-
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StateError> {
         serde_json::to_vec(value).map_err(|e| {
             StateError::Encode(format!(
@@ -378,14 +373,74 @@ impl Slot {
             StateError::Decode(format!("cannot decode a key of state `{}`: {e}", self.name))
         })
     }
+}
 
-    fn debug(&self, f: &mut fmt::Formatter<'_>, handle: &str) -> fmt::Result {
-        f.debug_struct(handle)
-            .field("name", &self.name)
-            .field("ttl", &self.ttl)
-            .field("id", &self.id.get())
-            .finish()
-    }
+/// Gives `$handle`, a struct of a `slot: Slot` and a `_types: PhantomData`, what every keyed-state
+/// handle has: `new` for state kind `$kind`, `with_ttl`, `name`, `ttl`, `open`,
+/// `visit_all_keys` and `Debug`. A macro rather than a trait, so that they are inherent
+/// methods: a plugin calls them without importing anything.
+macro_rules! state_handle {
+    ($handle:ident<$($param:ident),+>, $kind:ident, $what:literal) => {
+        impl<$($param),+> $handle<$($param),+> {
+            #[doc = concat!("A handle to the ", $what, " state called `name` (unique in the pipeline).")]
+            pub fn new(name: impl Into<String>) -> Self {
+                $handle {
+                    slot: Slot::new(name.into(), wit::StateKind::$kind),
+                    _types: PhantomData,
+                }
+            }
+
+            /// Gives the state's entries a time-to-live; each entry, and each entry of a map,
+            /// expires on its own. Set it before first use.
+            #[must_use]
+            pub fn with_ttl(mut self, ttl: Ttl) -> Self {
+                self.slot.set_ttl(ttl);
+                self
+            }
+
+            /// The state's name.
+            pub fn name(&self) -> &str {
+                &self.slot.name
+            }
+
+            /// The state's time-to-live, if set.
+            pub fn ttl(&self) -> Option<Ttl> {
+                self.slot.ttl
+            }
+
+            /// Opens the state now instead of on first use, to fail `init` early if the name is
+            /// taken by a state of another kind.
+            pub fn open(&self) -> Result<(), StateError> {
+                self.slot.id().map(drop)
+            }
+
+            /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`):
+            /// after the current
+            /// [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
+            /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live
+            /// entry, in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`,
+            /// and applies the [`VisitAction`](crate::VisitAction) returned for each. Anywhere
+            /// else it fails with [`StateError::ReadOnly`].
+            pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
+                Ok(wit::visit_all_keys(self.slot.id()?, tag)?)
+            }
+        }
+
+        impl<$($param),+> fmt::Debug for $handle<$($param),+> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($handle))
+                    .field("name", &self.slot.name)
+                    .field("ttl", &self.slot.ttl)
+                    .field("id", &self.slot.id.get())
+                    .finish()
+            }
+        }
+    };
+}
+
+/// A duration in whole milliseconds, rounded down, saturating at `u64::MAX`.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -425,51 +480,10 @@ impl Slot {
 /// ```
 pub struct ValueState<T> {
     slot: Slot,
-    _type: PhantomData<fn() -> T>,
+    _types: PhantomData<fn() -> T>,
 }
 
-impl<T> ValueState<T> {
-    /// A handle to the value state called `name` (unique in the pipeline).
-    pub fn new(name: impl Into<String>) -> Self {
-        ValueState {
-            slot: Slot::new(name.into(), wit::StateKind::Value),
-            _type: PhantomData,
-        }
-    }
-
-    /// Gives the state's entries a time-to-live. Set it before first use.
-    #[must_use]
-    pub fn with_ttl(mut self, ttl: Ttl) -> Self {
-        self.slot.set_ttl(ttl);
-        self
-    }
-
-    /// The state's name.
-    pub fn name(&self) -> &str {
-        &self.slot.name
-    }
-
-    /// The state's time-to-live, if set.
-    pub fn ttl(&self) -> Option<Ttl> {
-        self.slot.ttl
-    }
-
-    /// Opens the state now instead of on first use, to fail `init` early if the name is taken
-    /// by a state of another kind.
-    pub fn open(&self) -> Result<(), StateError> {
-        self.slot.id().map(drop)
-    }
-
-    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
-    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
-    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
-    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
-    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
-    /// [`StateError::ReadOnly`].
-    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
-        self.slot.visit_all_keys(tag)
-    }
-}
+state_handle!(ValueState<T>, Value, "value");
 
 impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// The current key's value, if any.
@@ -496,11 +510,10 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// session.set_with_ttl(&"token".to_owned(), std::time::Duration::from_secs(60))?;
     /// # Ok::<(), eddy_sdk::StateError>(())
     /// ```
-    pub fn set_with_ttl(&self, value: &T, ttl: std::time::Duration) -> Result<(), StateError> {
+    pub fn set_with_ttl(&self, value: &T, ttl: Duration) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
         let bytes = self.slot.encode(value)?;
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        Ok(wit::value_set_with_ttl(id, event, &bytes, ms)?)
+        Ok(wit::value_set_with_ttl(id, event, &bytes, millis(ttl))?)
     }
 
     /// Removes the current key's value.
@@ -514,12 +527,6 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         let new = f(self.get()?);
         self.set(&new)?;
         Ok(new)
-    }
-}
-
-impl<T> fmt::Debug for ValueState<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.slot.debug(f, "ValueState")
     }
 }
 
@@ -555,49 +562,7 @@ pub struct MapState<K, V> {
     _types: PhantomData<fn() -> (K, V)>,
 }
 
-impl<K, V> MapState<K, V> {
-    /// A handle to the map state called `name` (unique in the pipeline).
-    pub fn new(name: impl Into<String>) -> Self {
-        MapState {
-            slot: Slot::new(name.into(), wit::StateKind::Map),
-            _types: PhantomData,
-        }
-    }
-
-    /// Gives the state's entries a time-to-live (each map entry expires on its own). Set it
-    /// before first use.
-    #[must_use]
-    pub fn with_ttl(mut self, ttl: Ttl) -> Self {
-        self.slot.set_ttl(ttl);
-        self
-    }
-
-    /// The state's name.
-    pub fn name(&self) -> &str {
-        &self.slot.name
-    }
-
-    /// The state's time-to-live, if set.
-    pub fn ttl(&self) -> Option<Ttl> {
-        self.slot.ttl
-    }
-
-    /// Opens the state now instead of on first use, to fail `init` early if the name is taken
-    /// by a state of another kind.
-    pub fn open(&self) -> Result<(), StateError> {
-        self.slot.id().map(drop)
-    }
-
-    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
-    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
-    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
-    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
-    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
-    /// [`StateError::ReadOnly`].
-    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
-        self.slot.visit_all_keys(tag)
-    }
-}
+state_handle!(MapState<K, V>, Map, "map");
 
 impl<K: MapKey, V: Serialize + DeserializeOwned> MapState<K, V> {
     /// The value of entry `key` of the current key's map, if any.
@@ -622,17 +587,16 @@ impl<K: MapKey, V: Serialize + DeserializeOwned> MapState<K, V> {
         &self,
         key: &K::Borrowed,
         value: &V,
-        ttl: std::time::Duration,
+        ttl: Duration,
     ) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
         let bytes = self.slot.encode(value)?;
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         Ok(wit::map_put_with_ttl(
             id,
             event,
             &K::encode_key(key),
             &bytes,
-            ms,
+            millis(ttl),
         )?)
     }
 
@@ -679,12 +643,6 @@ impl<K: MapKey, V: Serialize + DeserializeOwned> MapState<K, V> {
             pages: Pages::new(&self.slot),
             _type: PhantomData,
         }
-    }
-}
-
-impl<K, V> fmt::Debug for MapState<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.slot.debug(f, "MapState")
     }
 }
 
@@ -851,51 +809,10 @@ impl<K> fmt::Debug for MapKeys<'_, K> {
 /// ```
 pub struct ListState<T> {
     slot: Slot,
-    _type: PhantomData<fn() -> T>,
+    _types: PhantomData<fn() -> T>,
 }
 
-impl<T> ListState<T> {
-    /// A handle to the list state called `name` (unique in the pipeline).
-    pub fn new(name: impl Into<String>) -> Self {
-        ListState {
-            slot: Slot::new(name.into(), wit::StateKind::List),
-            _type: PhantomData,
-        }
-    }
-
-    /// Gives the state's entries a time-to-live. Set it before first use.
-    #[must_use]
-    pub fn with_ttl(mut self, ttl: Ttl) -> Self {
-        self.slot.set_ttl(ttl);
-        self
-    }
-
-    /// The state's name.
-    pub fn name(&self) -> &str {
-        &self.slot.name
-    }
-
-    /// The state's time-to-live, if set.
-    pub fn ttl(&self) -> Option<Ttl> {
-        self.slot.ttl
-    }
-
-    /// Opens the state now instead of on first use, to fail `init` early if the name is taken
-    /// by a state of another kind.
-    pub fn open(&self) -> Result<(), StateError> {
-        self.slot.id().map(drop)
-    }
-
-    /// Asks the host to visit every key of this state (Flink's `applyToKeyedState`): after the
-    /// current [`Processor::process_broadcast`](crate::Processor::process_broadcast) or
-    /// [`Processor::migrate`](crate::Processor::migrate) call, the host hands every live entry,
-    /// in chunks, to [`Processor::visit`](crate::Processor::visit) with `tag`, and applies the
-    /// [`VisitAction`](crate::VisitAction) returned for each. Anywhere else it fails with
-    /// [`StateError::ReadOnly`].
-    pub fn visit_all_keys(&self, tag: &str) -> Result<(), StateError> {
-        self.slot.visit_all_keys(tag)
-    }
-}
+state_handle!(ListState<T>, List, "list");
 
 impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Every element of the current key's list, oldest first; empty if there is none.
@@ -936,12 +853,6 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     fn encode_all(&self, values: &[T]) -> Result<Vec<Vec<u8>>, StateError> {
         values.iter().map(|v| self.slot.encode(v)).collect()
-    }
-}
-
-impl<T> fmt::Debug for ListState<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.slot.debug(f, "ListState")
     }
 }
 
