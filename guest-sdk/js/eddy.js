@@ -283,13 +283,22 @@ export class BroadcastEvent extends Event {
   }
 }
 
+// Output and Outcome keep their fields private; their static blocks hand these two readers to
+// lowerOutcome, the one place outside the classes that reads them.
+let outputToWit;
+let outcomeToWit;
+// Outcomes are built by Outcome's static functions only; its constructor asks for this token.
+const OUTCOME = Symbol("Outcome");
+
 /** A message to publish: `new Output(payload).subject("x").header("A", "1")`. */
 export class Output {
+  #payload;
+  #subject = null;
+  #headers = [];
+
   /** `payload`: a Uint8Array, a string (sent as UTF-8) or an array of bytes. */
   constructor(payload) {
-    this.payload = toBytes(payload);
-    this.destination = null;
-    this.headers = [];
+    this.#payload = toBytes(payload);
   }
   /** An output whose payload is the compact JSON of `value`. */
   static json(value) {
@@ -297,29 +306,39 @@ export class Output {
   }
   /** Publishes to `subject` instead of the pipeline's default output subject. */
   subject(subject) {
-    this.destination = subject;
+    this.#subject = subject;
     return this;
   }
   /** Adds a header (a name may repeat). */
   header(name, value) {
-    this.headers.push([String(name), String(value)]);
+    this.#headers.push([String(name), String(value)]);
     return this;
+  }
+
+  static {
+    outputToWit = (o) => ({ subject: o.#subject, headers: o.#headers, payload: o.#payload });
   }
 }
 
 /** What became of an event. Build with the static functions. */
 export class Outcome {
-  constructor(tag, val) {
-    this.tag = tag;
-    this.val = val;
+  #tag;
+  #val;
+
+  constructor(token, tag, val) {
+    if (token !== OUTCOME) {
+      throw new TypeError("build an Outcome with Outcome.emit, emitOne, emitJson, drop or reject");
+    }
+    this.#tag = tag;
+    this.#val = val;
   }
   /** Publish these outputs (possibly none). */
   static emit(outputs) {
-    return new Outcome("emit", outputs);
+    return new Outcome(OUTCOME, "emit", Array.from(outputs));
   }
   /** Publish one output. */
   static emitOne(output) {
-    return new Outcome("emit", [output]);
+    return new Outcome(OUTCOME, "emit", [output]);
   }
   /** Publish the compact JSON of `value` to the default subject. */
   static emitJson(value) {
@@ -331,11 +350,22 @@ export class Outcome {
   }
   /** Filter the event out on purpose. */
   static drop() {
-    return new Outcome("drop");
+    return new Outcome(OUTCOME, "drop");
   }
   /** Send the event to the dead-letter subject with this reason. */
   static reject(reason) {
-    return new Outcome("reject", String(reason));
+    return new Outcome(OUTCOME, "reject", String(reason));
+  }
+
+  static {
+    outcomeToWit = (o) => {
+      if (o.#tag === "drop") return { tag: "drop" };
+      if (o.#tag === "reject") return { tag: "reject", val: o.#val };
+      if (!o.#val.every((out) => out instanceof Output)) {
+        return { tag: "reject", val: "plugin emitted something that is not an Output" };
+      }
+      return { tag: "emit", val: o.#val.map(outputToWit) };
+    };
   }
 }
 
@@ -344,11 +374,7 @@ function lowerOutcome(o) {
   if (!(o instanceof Outcome)) {
     return { tag: "reject", val: "plugin returned something that is not an Outcome" };
   }
-  if (o.tag !== "emit") return o.tag === "drop" ? { tag: "drop" } : { tag: "reject", val: o.val };
-  return {
-    tag: "emit",
-    val: o.val.map((out) => ({ subject: out.destination, headers: out.headers, payload: out.payload })),
-  };
+  return outcomeToWit(o);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -456,14 +482,35 @@ function keyType(t) {
   return t; // a custom {encode, decode}
 }
 
-class StateHandle {
+/**
+ * The [key, value] byte pairs of a map, fetched from the host `pageSize` at a time as the
+ * iteration advances: `fetch(after, pageSize)` returns the page after key `after` (null: the
+ * first page).
+ */
+function* pages(fetch, pageSize) {
+  let after = null;
+  for (;;) {
+    const page = fetch(after, pageSize);
+    yield* page;
+    if (page.length < pageSize) return;
+    after = page[page.length - 1][0];
+  }
+}
+
+/** `f` of each item of `items`, lazily. */
+function* mapItems(items, f) {
+  for (const item of items) yield f(item);
+}
+
+/** A keyed state's name, kind and TTL, its host id once opened, and its value encoding. */
+class Slot {
   constructor(name, kind, options) {
     this.name = name;
     this.kind = kind;
     this.ttl = (options && options.ttl) || null;
     this.id = null;
   }
-  /** Opens the state in the host now (it is opened on first use otherwise). */
+  /** The state's host id, opening it on first use. */
   open() {
     if (this.id === null) {
       const t = this.ttl;
@@ -476,14 +523,10 @@ class StateHandle {
     }
     return this.id;
   }
+  /** The state's host id for a keyed call, which needs an event being processed. */
   target() {
     if (currentEvent === null) throw new StateError("no-such-event");
     return this.open();
-  }
-  /** Asks the host to visit every key of this state (from processBroadcast or migrate). */
-  visitAllKeys(tag) {
-    const id = this.open();
-    stateCall(() => keyedState.visitAllKeys(id, tag));
   }
   encode(value) {
     try {
@@ -501,26 +544,60 @@ class StateHandle {
   }
 }
 
+/**
+ * What the three keyed-state handles share. Each subclass keeps the same Slot in its own
+ * `#slot` too: a class's private fields are not visible to its subclasses.
+ */
+class StateHandle {
+  #slot;
+
+  constructor(slot) {
+    this.#slot = slot;
+  }
+  /** The state's name. */
+  get name() {
+    return this.#slot.name;
+  }
+  /** The state's time-to-live (from `ttl(...)`), or null. */
+  get ttl() {
+    return this.#slot.ttl;
+  }
+  /** Opens the state in the host now (it is opened on first use otherwise). */
+  open() {
+    this.#slot.open();
+  }
+  /** Asks the host to visit every key of this state (from processBroadcast or migrate). */
+  visitAllKeys(tag) {
+    const id = this.#slot.open();
+    stateCall(() => keyedState.visitAllKeys(id, tag));
+  }
+}
+
 /** One JSON value per key (Flink ValueState). Options: `{ttl: ttl(ms)}`. */
 export class ValueState extends StateHandle {
+  #slot;
+
   constructor(name, options) {
-    super(name, "value", options);
+    const slot = new Slot(name, "value", options);
+    super(slot);
+    this.#slot = slot;
   }
   /** The value of the current event's key, or null. */
   get() {
-    const id = this.target();
+    const slot = this.#slot;
+    const id = slot.target();
     const bytes = stateCall(() => keyedState.valueGet(id, currentEvent));
-    return bytes === null ? null : this.decode(bytes);
+    return bytes === null ? null : slot.decode(bytes);
   }
   set(value) {
-    const id = this.target();
-    const bytes = this.encode(value);
+    const id = this.#slot.target();
+    const bytes = this.#slot.encode(value);
     stateCall(() => keyedState.valueSet(id, currentEvent, bytes));
   }
   /** Sets the value with its own time-to-live (wins over the state's TTL for this entry). */
   setWithTtl(value, ttlMs) {
-    const id = this.target();
-    const bytes = this.encode(value);
+    const id = this.#slot.target();
+    const bytes = this.#slot.encode(value);
     stateCall(() => keyedState.valueSetWithTtl(id, currentEvent, bytes, ttlMs));
   }
   /** Reads, applies `f(valueOrNull)`, writes and returns the result. */
@@ -530,110 +607,141 @@ export class ValueState extends StateHandle {
     return next;
   }
   clear() {
-    const id = this.target();
+    const id = this.#slot.target();
     stateCall(() => keyedState.valueClear(id, currentEvent));
   }
 }
 
-/** Entries key → JSON value per key, ordered by key bytes. Options: `{keyType, ttl}`. */
+/**
+ * Entries key → JSON value per key, ordered by key bytes, with a Map's methods (each acting on
+ * the current event's key). Options: `{keyType, ttl}`.
+ */
 export class MapState extends StateHandle {
+  #slot;
+  #keys;
+
   constructor(name, options = {}) {
-    super(name, "map", options);
-    this.keys_ = keyType(options.keyType || "string");
+    const slot = new Slot(name, "map", options);
+    super(slot);
+    this.#slot = slot;
+    this.#keys = keyType(options.keyType || "string");
   }
-  ek(key) {
+  #encodeKey(key) {
     try {
-      return this.keys_.encode(key);
+      return this.#keys.encode(key);
     } catch (e) {
-      throw new StateError("encode", `cannot encode a key of state \`${this.name}\`: ${e.message}`);
+      throw new StateError("encode", `cannot encode a key of state \`${this.#slot.name}\`: ${e.message}`);
     }
   }
-  dk(bytes) {
+  #decodeKey(bytes) {
     try {
-      return this.keys_.decode(bytes);
+      return this.#keys.decode(bytes);
     } catch (e) {
-      throw new StateError("decode", `cannot decode a key of state \`${this.name}\`: ${e.message}`);
+      throw new StateError("decode", `cannot decode a key of state \`${this.#slot.name}\`: ${e.message}`);
     }
   }
+  /** The value of entry `key`, or null. */
   get(key) {
-    const id = this.target();
-    const bytes = stateCall(() => keyedState.mapGet(id, currentEvent, this.ek(key)));
-    return bytes === null ? null : this.decode(bytes);
+    const slot = this.#slot;
+    const id = slot.target();
+    const bytes = stateCall(() => keyedState.mapGet(id, currentEvent, this.#encodeKey(key)));
+    return bytes === null ? null : slot.decode(bytes);
   }
-  put(key, value) {
-    const id = this.target();
-    const k = this.ek(key);
-    const v = this.encode(value);
+  /** Sets entry `key`; returns the map. */
+  set(key, value) {
+    const id = this.#slot.target();
+    const k = this.#encodeKey(key);
+    const v = this.#slot.encode(value);
     stateCall(() => keyedState.mapPut(id, currentEvent, k, v));
+    return this;
   }
-  putWithTtl(key, value, ttlMs) {
-    const id = this.target();
-    const k = this.ek(key);
-    const v = this.encode(value);
+  /** Sets entry `key` with its own time-to-live (wins over the state's TTL); returns the map. */
+  setWithTtl(key, value, ttlMs) {
+    const id = this.#slot.target();
+    const k = this.#encodeKey(key);
+    const v = this.#slot.encode(value);
     stateCall(() => keyedState.mapPutWithTtl(id, currentEvent, k, v, ttlMs));
+    return this;
   }
-  remove(key) {
-    const id = this.target();
-    stateCall(() => keyedState.mapRemove(id, currentEvent, this.ek(key)));
+  /** Whether entry `key` exists. Counts as a read for TTL. */
+  has(key) {
+    const id = this.#slot.target();
+    return stateCall(() => keyedState.mapContains(id, currentEvent, this.#encodeKey(key)));
   }
-  contains(key) {
-    const id = this.target();
-    return stateCall(() => keyedState.mapContains(id, currentEvent, this.ek(key)));
+  /** Removes entry `key` (nothing happens if it is absent). */
+  delete(key) {
+    const id = this.#slot.target();
+    stateCall(() => keyedState.mapRemove(id, currentEvent, this.#encodeKey(key)));
   }
   isEmpty() {
-    const id = this.target();
+    const id = this.#slot.target();
     return stateCall(() => keyedState.mapIsEmpty(id, currentEvent));
   }
   clear() {
-    const id = this.target();
+    const id = this.#slot.target();
     stateCall(() => keyedState.mapClear(id, currentEvent));
   }
-  /** Every entry as [key, value] pairs in key order (fetched from the host in pages). */
-  entries(pageSize = 256) {
-    const id = this.target();
-    const out = [];
-    let after = null;
-    for (;;) {
-      const page = stateCall(() => keyedState.mapEntries(id, currentEvent, after, pageSize));
-      for (const [k, v] of page) out.push([this.dk(k), this.decode(v)]);
-      if (page.length < pageSize) return out;
-      after = page[page.length - 1][0];
-    }
+  /** The current event's entries in key order, fetched from the host in pages. */
+  #raw(pageSize) {
+    const id = this.#slot.target();
+    const event = currentEvent;
+    return pages((after, n) => stateCall(() => keyedState.mapEntries(id, event, after, n)), pageSize);
   }
-  keys() {
-    return this.entries().map(([k]) => k);
+  /** An iterator of [key, value] pairs in key order, fetched from the host `pageSize` at a time. */
+  entries(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([k, v]) => [this.#decodeKey(k), this.#slot.decode(v)]);
+  }
+  /** An iterator of the keys in key order (values are not decoded). */
+  keys(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([k]) => this.#decodeKey(k));
+  }
+  /** An iterator of the values in key order. */
+  values(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([, v]) => this.#slot.decode(v));
+  }
+  [Symbol.iterator]() {
+    return this.entries();
   }
 }
 
 /** A list of JSON values per key, oldest first (Flink ListState). Options: `{ttl}`. */
 export class ListState extends StateHandle {
+  #slot;
+
   constructor(name, options) {
-    super(name, "list", options);
+    const slot = new Slot(name, "list", options);
+    super(slot);
+    this.#slot = slot;
   }
   /** Every element (an empty array when there is none). */
   get() {
-    const id = this.target();
-    return stateCall(() => keyedState.listGet(id, currentEvent)).map((b) => this.decode(b));
+    const slot = this.#slot;
+    const id = slot.target();
+    return stateCall(() => keyedState.listGet(id, currentEvent)).map((b) => slot.decode(b));
   }
   add(value) {
-    const id = this.target();
-    const v = this.encode(value);
+    const id = this.#slot.target();
+    const v = this.#slot.encode(value);
     stateCall(() => keyedState.listAdd(id, currentEvent, v));
   }
+  /** Appends every element of an iterable, in order. */
   addAll(values) {
-    const id = this.target();
-    const vs = values.map((v) => this.encode(v));
+    const id = this.#slot.target();
+    const vs = Array.from(values, (v) => this.#slot.encode(v));
     stateCall(() => keyedState.listAddAll(id, currentEvent, vs));
   }
-  /** Replaces the whole list. */
+  /** Replaces the whole list with the elements of an iterable. */
   update(values) {
-    const id = this.target();
-    const vs = values.map((v) => this.encode(v));
+    const id = this.#slot.target();
+    const vs = Array.from(values, (v) => this.#slot.encode(v));
     stateCall(() => keyedState.listUpdate(id, currentEvent, vs));
   }
   clear() {
-    const id = this.target();
+    const id = this.#slot.target();
     stateCall(() => keyedState.listClear(id, currentEvent));
+  }
+  [Symbol.iterator]() {
+    return this.get()[Symbol.iterator]();
   }
 }
 
@@ -656,60 +764,90 @@ export class BroadcastError extends Error {
 const broadcastCall = (f) => hostCall((tag, val) => new BroadcastError(tag, val), f);
 
 /**
- * A named map shared by every key, written only from `processBroadcast`. Values are JSON, keys
- * encoded as for MapState. Options: `{keyType}` (default "string").
+ * A named map shared by every key, written only from `processBroadcast`, with a Map's
+ * methods. Values are JSON, keys encoded as for MapState. Options: `{keyType}` (default
+ * "string").
  */
 export class BroadcastMap {
+  #name;
+  #keys;
+  #id = null;
+
   constructor(name, options = {}) {
-    this.name = name;
-    this.keys_ = keyType(options.keyType || "string");
-    this.id = null;
+    this.#name = name;
+    this.#keys = keyType(options.keyType || "string");
   }
+  /** The map's name. */
+  get name() {
+    return this.#name;
+  }
+  /** Opens the map in the host now (it is opened on first use otherwise). */
   open() {
-    if (this.id === null) this.id = broadcastCall(() => broadcastState.openMap(this.name));
-    return this.id;
+    if (this.#id === null) this.#id = broadcastCall(() => broadcastState.openMap(this.#name));
+    return this.#id;
   }
-  decode(bytes) {
+  #decode(bytes) {
     try {
       return parseJson(bytes);
     } catch (e) {
-      throw new BroadcastError("decode", `cannot decode a value of broadcast map \`${this.name}\`: ${e.message}`);
+      throw new BroadcastError("decode", `cannot decode a value of broadcast map \`${this.#name}\`: ${e.message}`);
     }
   }
-  get(key) {
+  /** The bytes at `key`, or null; within a keyed batch a string or number key is read once. */
+  #read(key) {
     const id = this.open();
     const memo = currentEvent !== null && (typeof key === "string" || typeof key === "number")
       ? `${id}|${typeof key}|${key}` : null;
     let bytes = memo === null ? undefined : batchReads.get(memo);
     if (bytes === undefined) {
-      bytes = broadcastCall(() => broadcastState.get(id, this.keys_.encode(key)));
+      bytes = broadcastCall(() => broadcastState.get(id, this.#keys.encode(key)));
       if (memo !== null) batchReads.set(memo, bytes);
     }
-    return bytes === null ? null : this.decode(bytes);
+    return bytes;
   }
-  put(key, value) {
+  /** The value at `key`, or null. */
+  get(key) {
+    const bytes = this.#read(key);
+    return bytes === null ? null : this.#decode(bytes);
+  }
+  /** Whether the map has an entry at `key`. */
+  has(key) {
+    return this.#read(key) !== null;
+  }
+  /** Sets the entry at `key` (only in processBroadcast); returns the map. */
+  set(key, value) {
     const id = this.open();
-    broadcastCall(() => broadcastState.put(id, this.keys_.encode(key), jsonBytes(value)));
+    broadcastCall(() => broadcastState.put(id, this.#keys.encode(key), jsonBytes(value)));
+    return this;
   }
-  remove(key) {
+  /** Removes the entry at `key` (only in processBroadcast). */
+  delete(key) {
     const id = this.open();
-    broadcastCall(() => broadcastState.remove(id, this.keys_.encode(key)));
+    broadcastCall(() => broadcastState.remove(id, this.#keys.encode(key)));
   }
+  /** Removes every entry (only in processBroadcast). */
   clear() {
     const id = this.open();
     broadcastCall(() => broadcastState.clear(id));
   }
-  /** Every entry as [key, value] pairs in key order. */
-  entries(pageSize = 256) {
+  #raw(pageSize) {
     const id = this.open();
-    const out = [];
-    let after = null;
-    for (;;) {
-      const page = broadcastCall(() => broadcastState.entries(id, after, pageSize));
-      for (const [k, v] of page) out.push([this.keys_.decode(k), this.decode(v)]);
-      if (page.length < pageSize) return out;
-      after = page[page.length - 1][0];
-    }
+    return pages((after, n) => broadcastCall(() => broadcastState.entries(id, after, n)), pageSize);
+  }
+  /** An iterator of [key, value] pairs in key order, fetched from the host `pageSize` at a time. */
+  entries(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([k, v]) => [this.#keys.decode(k), this.#decode(v)]);
+  }
+  /** An iterator of the keys in key order. */
+  keys(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([k]) => this.#keys.decode(k));
+  }
+  /** An iterator of the values in key order. */
+  values(pageSize = 256) {
+    return mapItems(this.#raw(pageSize), ([, v]) => this.#decode(v));
+  }
+  [Symbol.iterator]() {
+    return this.entries();
   }
 }
 
@@ -732,16 +870,22 @@ const lookupCall = (f) => hostCall((tag, val) => new LookupError(tag, val), f);
 
 /** A lookup store the pipeline declares as `[lookup.<name>]`. */
 export class LookupStore {
+  #name;
+
   constructor(name) {
-    this.name = name;
+    this.#name = name;
+  }
+  /** The store's name. */
+  get name() {
+    return this.#name;
   }
   /** A request for `planLookups`. */
   request(key) {
-    return { store: this.name, key: String(key) };
+    return { store: this.#name, key: String(key) };
   }
   /** The value's bytes, or null if the store has no such key. Throws a LookupError. */
   get(key) {
-    return lookupCall(() => lookupApi.get(this.name, key));
+    return lookupCall(() => lookupApi.get(this.#name, key));
   }
   /** The value parsed as JSON, or null. */
   getJson(key) {
@@ -750,12 +894,12 @@ export class LookupStore {
     try {
       return parseJson(bytes);
     } catch (e) {
-      throw new LookupError("decode", `value of \`${key}\` in store \`${this.name}\` is not the JSON expected: ${e.message}`);
+      throw new LookupError("decode", `value of \`${key}\` in store \`${this.#name}\` is not the JSON expected: ${e.message}`);
     }
   }
   /** One `{ok: bytes|null}` or `{err: LookupError}` per key, in order. */
   getMany(keys) {
-    return lookupApi.getMany(this.name, keys).map((r) =>
+    return lookupApi.getMany(this.#name, Array.from(keys)).map((r) =>
       r.tag === "ok" ? { ok: r.val } : { err: new LookupError(r.val.tag, r.val.val) },
     );
   }
@@ -768,7 +912,7 @@ export class LookupStore {
 export const NOT_INITIALISED = "plugin not initialised";
 /** The reason broadcast events are rejected with by a plugin without `processBroadcast`. */
 export const NO_BROADCAST =
-  "this plugin does not handle broadcast events: implement Processor::process_broadcast, or remove the pipeline's [broadcast] inputs";
+  "this plugin does not handle broadcast events: give the plugin class a processBroadcast(event) method, or remove the pipeline's [broadcast] inputs";
 
 function message(e) {
   return e instanceof Error ? e.message : String(e);

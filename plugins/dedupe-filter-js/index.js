@@ -34,8 +34,8 @@ class DedupeFilter {
       return Outcome.reject(`dedupe-filter: payload is not a JSON object with a string "id": ${e.message}`);
     }
     try {
-      if (this.seen.contains(id)) return Outcome.drop();
-      this.seen.put(id, isU64(ts) ? ts : event.timestampMs);
+      if (this.seen.has(id)) return Outcome.drop();
+      this.seen.set(id, isU64(ts) ? ts : event.timestampMs);
       return Outcome.emitOne(new Output(event.payload));
     } catch (e) {
       return Outcome.reject(`dedupe-filter: ${e.message}`);

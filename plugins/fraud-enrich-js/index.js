@@ -68,9 +68,9 @@ class FraudEnrich {
     }
     try {
       if (rule.remove === true) {
-        this.limits.remove(rule.category);
+        this.limits.delete(rule.category);
       } else if (rule.limit_cents != null) {
-        this.limits.put(rule.category, rule.limit_cents);
+        this.limits.set(rule.category, rule.limit_cents);
       } else {
         throw new Error(`rule for \`${rule.category}\` has neither limit_cents nor remove`);
       }
