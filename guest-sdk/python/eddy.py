@@ -13,8 +13,10 @@ the same error texts, so plugins in either language share state and behave alike
 
 from __future__ import annotations
 
+import enum
 import json
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
+                    Union)
 
 from componentize_py_types import Err, Ok
 from wit_world.exports import broadcast_handler as _bh
@@ -28,9 +30,10 @@ from wit_world.imports import lookup as _lookup
 from wit_world.imports import types as _types
 
 __all__ = [
-    "BroadcastError", "BroadcastEvent", "BroadcastMap", "Event", "ListState", "LookupError",
-    "LookupStore", "MapState", "Outcome", "Output", "StateError", "Ttl", "ValueState",
-    "deny_unknown_fields", "export", "is_u64", "json_bytes", "log", "now_ms", "parse_json",
+    "BroadcastError", "BroadcastEvent", "BroadcastMap", "Event", "KeyType", "ListState",
+    "LookupStore", "LookupStoreError", "MapState", "Outcome", "Output", "SetValue", "StateError",
+    "Ttl", "ValueState", "VisitAction", "deny_unknown_fields", "export", "is_u64", "json_bytes",
+    "log", "now_ms", "parse_json",
 ]
 
 # ------------------------------------------------------------------------------------------
@@ -150,13 +153,14 @@ class Event:
 
 
 class BroadcastEvent(Event):
-    """One event of a broadcast input; ``input`` is the input's name."""
+    """One event of a broadcast input; ``input_name`` is the input's name
+    (``[broadcast.<name>]`` in the pipeline file)."""
 
-    __slots__ = ("input",)
+    __slots__ = ("input_name",)
 
-    def __init__(self, input: str, payload: bytes, **kw: Any):
+    def __init__(self, input_name: str, payload: bytes, **kw: Any):
         super().__init__(b"", payload, **kw)
-        self.input = input
+        self.input_name = input_name
 
 
 class Output:
@@ -186,22 +190,29 @@ class Output:
 
 
 class Outcome:
-    """What became of an event. Build with the static methods."""
+    """What became of an event. Build with the static methods; ``kind`` is an
+    ``Outcome.Kind``."""
+
+    class Kind(enum.Enum):
+        EMIT = "emit"
+        DROP = "drop"
+        REJECT = "reject"
 
     __slots__ = ("kind", "outputs", "reason")
 
-    def __init__(self, kind: str, outputs: Optional[List[Output]] = None, reason: str = ""):
+    def __init__(self, kind: "Outcome.Kind", outputs: Optional[List[Output]] = None,
+                 reason: str = ""):
         self.kind = kind
         self.outputs = outputs or []
         self.reason = reason
 
     @staticmethod
     def emit(outputs: Iterable[Output]) -> "Outcome":
-        return Outcome("emit", list(outputs))
+        return Outcome(Outcome.Kind.EMIT, list(outputs))
 
     @staticmethod
     def emit_one(output: Output) -> "Outcome":
-        return Outcome("emit", [output])
+        return Outcome(Outcome.Kind.EMIT, [output])
 
     @staticmethod
     def emit_json(value: Any) -> "Outcome":
@@ -212,14 +223,14 @@ class Outcome:
 
     @staticmethod
     def drop() -> "Outcome":
-        return Outcome("drop")
+        return Outcome(Outcome.Kind.DROP)
 
     @staticmethod
     def reject(reason: str) -> "Outcome":
-        return Outcome("reject", reason=str(reason))
+        return Outcome(Outcome.Kind.REJECT, reason=str(reason))
 
     def __repr__(self) -> str:
-        return f"Outcome({self.kind!r}, {self.outputs!r}, {self.reason!r})"
+        return f"Outcome({self.kind}, {self.outputs!r}, {self.reason!r})"
 
 
 def _lower_outcome(o: Any) -> _types.Outcome:
@@ -227,9 +238,9 @@ def _lower_outcome(o: Any) -> _types.Outcome:
         o = Outcome.emit_one(o)
     if not isinstance(o, Outcome):
         return _types.Outcome_Reject("plugin returned something that is not an Outcome")
-    if o.kind == "emit":
+    if o.kind is Outcome.Kind.EMIT:
         return _types.Outcome_Emit([_types.Output(x.subject, x.headers, x.payload) for x in o.outputs])
-    if o.kind == "drop":
+    if o.kind is Outcome.Kind.DROP:
         return _types.Outcome_Drop()
     return _types.Outcome_Reject(o.reason)
 
@@ -239,24 +250,34 @@ def _lower_outcome(o: Any) -> _types.Outcome:
 
 
 class StateError(Exception):
-    """Why a state call failed. ``kind``: the host's error name, or "decode"/"encode"."""
+    """Why a state call failed: ``kind`` (a ``StateError.Kind``) and the host's ``detail``."""
 
-    def __init__(self, kind: str, detail: str = ""):
+    class Kind(enum.Enum):
+        """The host's state errors (values: their WIT names), and this layer's own."""
+        UNKNOWN_STATE = "unknown-state"
+        WRONG_KIND = "wrong-kind"
+        NO_SUCH_EVENT = "no-such-event"
+        READ_ONLY = "read-only"
+        STORAGE = "storage"
+        DECODE = "decode"
+        ENCODE = "encode"
+
+    def __init__(self, kind: "StateError.Kind", detail: str = ""):
         self.kind = kind
         self.detail = detail
         super().__init__(self._describe())
 
     def _describe(self) -> str:
         k, m = self.kind, self.detail
-        if k == "unknown-state":
+        if k is StateError.Kind.UNKNOWN_STATE:
             return "state is not open in this plugin instance"
-        if k == "wrong-kind":
+        if k is StateError.Kind.WRONG_KIND:
             return f"state exists with another kind: {m}"
-        if k == "no-such-event":
+        if k is StateError.Kind.NO_SUCH_EVENT:
             return "no event is being processed: keyed state is only reachable from `process`"
-        if k == "read-only":
+        if k is StateError.Kind.READ_ONLY:
             return f"state is read-only here: {m}"
-        if k == "storage":
+        if k is StateError.Kind.STORAGE:
             return f"state storage failed: {m}"
         return m
 
@@ -273,7 +294,8 @@ def _state_call(f: Callable[..., Any], *args: Any) -> Any:
     try:
         return f(*args)
     except Err as e:
-        raise StateError(*_variant(e.value)) from None
+        name, detail = _variant(e.value)
+        raise StateError(StateError.Kind(name), detail) from None
 
 
 # Index of the event being processed in the current batch, or None.
@@ -325,15 +347,75 @@ def _fixed_int(width: int, signed: bool):
     return encode, decode
 
 
-#: Map key encodings, as (encode, decode): the same bytes as the Rust SDK's ``MapKey``.
-KEY_TYPES = {
-    "string": (lambda k: k.encode("utf-8"), lambda b: bytes(b).decode("utf-8")),
-    "bytes": (lambda k: bytes(k), lambda b: bytes(b)),
-    "u32": _fixed_int(4, False),
-    "u64": _fixed_int(8, False),
-    "i32": _fixed_int(4, True),
-    "i64": _fixed_int(8, True),
+class KeyType(enum.Enum):
+    """How ``MapState`` and ``BroadcastMap`` keys become the bytes the host orders entries by:
+    the same bytes as the Rust SDK's ``MapKey``, so byte order is the keys' natural order."""
+
+    STRING = "string"  #: UTF-8
+    BYTES = "bytes"  #: as they are
+    U32 = "u32"  #: big-endian, 4 bytes
+    U64 = "u64"  #: big-endian, 8 bytes
+    I32 = "i32"  #: big-endian, 4 bytes, sign bit flipped
+    I64 = "i64"  #: big-endian, 8 bytes, sign bit flipped
+
+
+_KEY_CODECS = {
+    KeyType.STRING: (lambda k: k.encode("utf-8"), lambda b: bytes(b).decode("utf-8")),
+    KeyType.BYTES: (lambda k: bytes(k), lambda b: bytes(b)),
+    KeyType.U32: _fixed_int(4, False),
+    KeyType.U64: _fixed_int(8, False),
+    KeyType.I32: _fixed_int(4, True),
+    KeyType.I64: _fixed_int(8, True),
 }
+
+#: A ``KeyType``, or an ``(encode, decode)`` pair of functions for keys of your own.
+KeyCodec = Union[KeyType, Tuple[Callable[[Any], bytes], Callable[[bytes], Any]]]
+
+
+def _key_codec(key_type: KeyCodec) -> Tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    if isinstance(key_type, KeyType):
+        return _KEY_CODECS[key_type]
+    if isinstance(key_type, str):
+        raise TypeError(f"key_type is a KeyType (KeyType.{key_type.upper()}) or an (encode, decode) pair, "
+                        f"not {key_type!r}")
+    encode, decode = key_type
+    return encode, decode
+
+
+def _pages(fetch: Callable[[Optional[bytes], int], List[Tuple[bytes, bytes]]],
+           page_size: int) -> Iterator[Tuple[bytes, bytes]]:
+    """The (key, value) bytes of a map, fetched ``page_size`` at a time as the iteration
+    advances: ``fetch(after, page_size)`` returns the page after key ``after`` (None: the
+    first page)."""
+    after: Optional[bytes] = None
+    while True:
+        page = fetch(after, page_size)
+        yield from page
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
+
+
+class _MapIteration:
+    """``items()``, ``keys()``, ``values()`` and iteration over the keys (as a dict does) for a
+    map handle that has ``_raw(page_size)`` (the entries' bytes, paged), ``_decode_key`` and
+    ``_decode``. Entries are fetched from the host ``page_size`` at a time as the iteration
+    advances."""
+
+    def items(self, page_size: int = 256) -> Iterator[Tuple[Any, Any]]:
+        """The entries as (key, value) in key order."""
+        return ((self._decode_key(k), self._decode(v)) for k, v in self._raw(page_size))
+
+    def keys(self, page_size: int = 256) -> Iterator[Any]:
+        """The keys in key order (values are not decoded)."""
+        return (self._decode_key(k) for k, _ in self._raw(page_size))
+
+    def values(self, page_size: int = 256) -> Iterator[Any]:
+        """The values in key order."""
+        return (self._decode(v) for _, v in self._raw(page_size))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.keys()
 
 
 class _StateHandle:
@@ -341,19 +423,19 @@ class _StateHandle:
         self.name = name
         self.kind = kind
         self.ttl = ttl
-        self.id: Optional[int] = None
+        self._id: Optional[int] = None
 
     def open(self) -> int:
         """Opens the state in the host now (it is opened on first use otherwise)."""
-        if self.id is None:
+        if self._id is None:
             ttl = self.ttl._wit() if self.ttl is not None else None
-            self.id = _state_call(_ks.open, self.name, self.kind, ttl)
-        return self.id
+            self._id = _state_call(_ks.open, self.name, self.kind, ttl)
+        return self._id
 
     def _target(self) -> Tuple[int, int]:
         if _current_event is None:
-            raise StateError("no-such-event")
-        sid = self.id
+            raise StateError(StateError.Kind.NO_SUCH_EVENT)
+        sid = self._id
         return (sid if sid is not None else self.open()), _current_event
 
     def visit_all_keys(self, tag: str) -> None:
@@ -366,13 +448,13 @@ class _StateHandle:
         try:
             return json_bytes(value)
         except (TypeError, ValueError) as e:
-            raise StateError("encode", f"cannot encode a value of state `{self.name}`: {e}") from None
+            raise StateError(StateError.Kind.ENCODE, f"cannot encode a value of state `{self.name}`: {e}") from None
 
     def _decode(self, data: bytes) -> Any:
         try:
             return parse_json(data)
         except ValueError as e:
-            raise StateError("decode", f"cannot decode a value of state `{self.name}`: {e}") from None
+            raise StateError(StateError.Kind.DECODE, f"cannot decode a value of state `{self.name}`: {e}") from None
 
 
 class ValueState(_StateHandle):
@@ -409,25 +491,26 @@ class ValueState(_StateHandle):
         _state_call(_ks.value_clear, sid, ev)
 
 
-class MapState(_StateHandle):
-    """Entries key → JSON value per key, ordered by key bytes. ``key_type``: "string",
-    "bytes", "u32", "u64", "i32", "i64" or an (encode, decode) pair."""
+class MapState(_StateHandle, _MapIteration):
+    """Entries key → JSON value per key, ordered by key bytes: ``key in state``, iteration
+    over the keys, ``items()``. Keys are encoded by ``key_type`` (a ``KeyType`` or an
+    ``(encode, decode)`` pair)."""
 
-    def __init__(self, name: str, key_type: Any = "string", ttl: Optional[Ttl] = None):
+    def __init__(self, name: str, key_type: KeyCodec = KeyType.STRING, ttl: Optional[Ttl] = None):
         super().__init__(name, _ks.StateKind.MAP, ttl)
-        self._ek, self._dk = KEY_TYPES[key_type] if isinstance(key_type, str) else key_type
+        self._ek, self._dk = _key_codec(key_type)
 
     def _key(self, key: Any) -> bytes:
         try:
             return self._ek(key)
         except (TypeError, ValueError, AttributeError) as e:
-            raise StateError("encode", f"cannot encode a key of state `{self.name}`: {e}") from None
+            raise StateError(StateError.Kind.ENCODE, f"cannot encode a key of state `{self.name}`: {e}") from None
 
-    def _unkey(self, data: bytes) -> Any:
+    def _decode_key(self, data: bytes) -> Any:
         try:
             return self._dk(data)
         except ValueError as e:
-            raise StateError("decode", f"cannot decode a key of state `{self.name}`: {e}") from None
+            raise StateError(StateError.Kind.DECODE, f"cannot decode a key of state `{self.name}`: {e}") from None
 
     def get(self, key: Any, default: Any = None) -> Any:
         sid, ev = self._target()
@@ -450,7 +533,8 @@ class MapState(_StateHandle):
         k = self._key(key)
         _state_call(_ks.map_remove, sid, ev, k)
 
-    def contains(self, key: Any) -> bool:
+    def __contains__(self, key: Any) -> bool:
+        """``key in state``: whether entry ``key`` exists. Counts as a read for TTL."""
         sid, ev = self._target()
         k = self._key(key)
         return _state_call(_ks.map_contains, sid, ev, k)
@@ -463,24 +547,14 @@ class MapState(_StateHandle):
         sid, ev = self._target()
         _state_call(_ks.map_clear, sid, ev)
 
-    def entries(self, page_size: int = 256) -> List[Tuple[Any, Any]]:
-        """Every entry as (key, value) in key order (fetched from the host in pages)."""
+    def _raw(self, page_size: int) -> Iterator[Tuple[bytes, bytes]]:
         sid, ev = self._target()
-        out: List[Tuple[Any, Any]] = []
-        after: Optional[bytes] = None
-        while True:
-            page = _state_call(_ks.map_entries, sid, ev, after, page_size)
-            out.extend((self._unkey(k), self._decode(v)) for k, v in page)
-            if len(page) < page_size:
-                return out
-            after = page[-1][0]
-
-    def keys(self) -> List[Any]:
-        return [k for k, _ in self.entries()]
+        return _pages(lambda after, n: _state_call(_ks.map_entries, sid, ev, after, n), page_size)
 
 
 class ListState(_StateHandle):
-    """A list of JSON values per key, oldest first (Flink ListState)."""
+    """A list of JSON values per key, oldest first (Flink ListState); iterable, and
+    ``value in state`` compares decoded elements."""
 
     def __init__(self, name: str, ttl: Optional[Ttl] = None):
         super().__init__(name, _ks.StateKind.LIST, ttl)
@@ -509,22 +583,35 @@ class ListState(_StateHandle):
         sid, ev = self._target()
         _state_call(_ks.list_clear, sid, ev)
 
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.get())
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self.get()
+
 
 # ------------------------------------------------------------------------------------------
 # Broadcast state
 
 
 class BroadcastError(Exception):
-    """Why a broadcast state call failed."""
+    """Why a broadcast state call failed: ``kind`` (a ``BroadcastError.Kind``) and
+    ``detail``."""
 
-    def __init__(self, kind: str, detail: str = ""):
+    class Kind(enum.Enum):
+        UNKNOWN_MAP = "unknown-map"
+        READ_ONLY = "read-only"
+        STORAGE = "storage"
+        DECODE = "decode"
+
+    def __init__(self, kind: "BroadcastError.Kind", detail: str = ""):
         self.kind = kind
         self.detail = detail
-        if kind == "unknown-map":
+        if kind is BroadcastError.Kind.UNKNOWN_MAP:
             text = "broadcast map is not open"
-        elif kind == "read-only":
+        elif kind is BroadcastError.Kind.READ_ONLY:
             text = f"broadcast state is read-only here: {detail}"
-        elif kind == "storage":
+        elif kind is BroadcastError.Kind.STORAGE:
             text = f"broadcast storage failed: {detail}"
         else:
             text = detail
@@ -536,39 +623,53 @@ def _broadcast_call(f: Callable[..., Any], *args: Any) -> Any:
     try:
         return f(*args)
     except Err as e:
-        raise BroadcastError(*_variant(e.value)) from None
+        name, detail = _variant(e.value)
+        raise BroadcastError(BroadcastError.Kind(name), detail) from None
 
 
-class BroadcastMap:
-    """A named map shared by every key, written only from ``process_broadcast``. Values are
-    JSON; keys are encoded as for MapState (default "string")."""
+class BroadcastMap(_MapIteration):
+    """A named map shared by every key, written only from ``process_broadcast``: ``key in
+    bmap``, iteration over the keys, ``items()``. Values are JSON; keys are encoded as for
+    MapState (default ``KeyType.STRING``)."""
 
-    def __init__(self, name: str, key_type: Any = "string"):
+    def __init__(self, name: str, key_type: KeyCodec = KeyType.STRING):
         self.name = name
-        self._ek, self._dk = KEY_TYPES[key_type] if isinstance(key_type, str) else key_type
-        self.id: Optional[int] = None
+        self._ek, self._dk = _key_codec(key_type)
+        self._id: Optional[int] = None
 
     def open(self) -> int:
-        if self.id is None:
-            self.id = _broadcast_call(_bs.open_map, self.name)
-        return self.id
+        """Opens the map in the host now (it is opened on first use otherwise)."""
+        if self._id is None:
+            self._id = _broadcast_call(_bs.open_map, self.name)
+        return self._id
+
+    def _decode_key(self, data: bytes) -> Any:
+        return self._dk(data)
 
     def _decode(self, data: bytes) -> Any:
         try:
             return parse_json(data)
         except ValueError as e:
-            raise BroadcastError("decode", f"cannot decode a value of broadcast map `{self.name}`: {e}") from None
+            raise BroadcastError(BroadcastError.Kind.DECODE,
+                                 f"cannot decode a value of broadcast map `{self.name}`: {e}") from None
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def _read(self, key: Any) -> Optional[bytes]:
+        """The bytes at ``key``, or None; within a keyed batch, asked of the host once."""
         mid, k = self.open(), self._ek(key)
         keyed = _current_event is not None
         if keyed and (mid, k) in _batch_reads:
-            data = _batch_reads[(mid, k)]
-        else:
-            data = _broadcast_call(_bs.get, mid, k)
-            if keyed:
-                _batch_reads[(mid, k)] = data
+            return _batch_reads[(mid, k)]
+        data = _broadcast_call(_bs.get, mid, k)
+        if keyed:
+            _batch_reads[(mid, k)] = data
+        return data
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        data = self._read(key)
         return default if data is None else self._decode(data)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._read(key) is not None
 
     def put(self, key: Any, value: Any) -> None:
         mid, k, v = self.open(), self._ek(key), json_bytes(value)
@@ -582,35 +683,40 @@ class BroadcastMap:
         mid = self.open()
         _broadcast_call(_bs.clear, mid)
 
-    def entries(self, page_size: int = 256) -> List[Tuple[Any, Any]]:
+    def _raw(self, page_size: int) -> Iterator[Tuple[bytes, bytes]]:
         mid = self.open()
-        out: List[Tuple[Any, Any]] = []
-        after: Optional[bytes] = None
-        while True:
-            page = _broadcast_call(_bs.entries, mid, after, page_size)
-            out.extend((self._dk(k), self._decode(v)) for k, v in page)
-            if len(page) < page_size:
-                return out
-            after = page[-1][0]
+        return _pages(lambda after, n: _broadcast_call(_bs.entries, mid, after, n), page_size)
 
 
 # ------------------------------------------------------------------------------------------
 # Lookups
 
 
-class LookupError(Exception):  # noqa: A001 - mirrors the WIT name
-    """Why a lookup failed."""
+class LookupStoreError(Exception):
+    """Why a lookup failed: ``kind`` (a ``LookupStoreError.Kind``) and ``detail``. (The WIT
+    calls it ``lookup-error``; ``LookupError`` would hide Python's own, which ``KeyError`` and
+    ``IndexError`` derive from.)"""
 
-    def __init__(self, kind: str, detail: str = ""):
+    class Kind(enum.Enum):
+        UNKNOWN_STORE = "unknown-store"
+        FAILED = "failed"
+        DECODE = "decode"
+
+    def __init__(self, kind: "LookupStoreError.Kind", detail: str = ""):
         self.kind = kind
         self.detail = detail
-        if kind == "unknown-store":
+        if kind is LookupStoreError.Kind.UNKNOWN_STORE:
             text = f"unknown lookup store: {detail}"
-        elif kind == "failed":
+        elif kind is LookupStoreError.Kind.FAILED:
             text = f"lookup failed: {detail}"
         else:
             text = detail
         super().__init__(text)
+
+
+def _lookup_error(err: Any) -> LookupStoreError:
+    name, detail = _variant(err)
+    return LookupStoreError(LookupStoreError.Kind(name), detail)
 
 
 class LookupStore:
@@ -624,11 +730,11 @@ class LookupStore:
         return (self.name, str(key))
 
     def get(self, key: str) -> Optional[bytes]:
-        """The value's bytes, or None if the store has no such key. Raises LookupError."""
+        """The value's bytes, or None if the store has no such key. Raises LookupStoreError."""
         try:
             return _lookup.get(self.name, key)
         except Err as e:
-            raise LookupError(*_variant(e.value)) from None
+            raise _lookup_error(e.value) from None
 
     def get_json(self, key: str) -> Any:
         """The value parsed as JSON, or None."""
@@ -638,17 +744,13 @@ class LookupStore:
         try:
             return parse_json(data)
         except ValueError as e:
-            raise LookupError("decode", f"value of `{key}` in store `{self.name}` is not the JSON expected: {e}") from None
+            raise LookupStoreError(LookupStoreError.Kind.DECODE,
+                              f"value of `{key}` in store `{self.name}` is not the JSON expected: {e}") from None
 
-    def get_many(self, keys: List[str]) -> List[Union[Optional[bytes], LookupError]]:
-        """One result per key, in order: the bytes, None, or a LookupError (not raised)."""
-        out: List[Union[Optional[bytes], LookupError]] = []
-        for r in _lookup.get_many(self.name, keys):
-            if isinstance(r, Err):
-                out.append(LookupError(*_variant(r.value)))
-            else:
-                out.append(r.value)
-        return out
+    def get_many(self, keys: Iterable[str]) -> List[Union[Optional[bytes], LookupStoreError]]:
+        """One result per key, in order: the bytes, None, or a LookupStoreError (not raised)."""
+        return [_lookup_error(r.value) if isinstance(r, Err) else r.value
+                for r in _lookup.get_many(self.name, list(keys))]
 
 
 # ------------------------------------------------------------------------------------------
@@ -657,8 +759,21 @@ class LookupStore:
 #: The reason every event is rejected with when ``init`` has not succeeded (as in Rust).
 NOT_INITIALISED = "plugin not initialised"
 #: The reason broadcast events are rejected with by a plugin without ``process_broadcast``.
-NO_BROADCAST = ("this plugin does not handle broadcast events: implement Processor::process_broadcast, "
-                "or remove the pipeline's [broadcast] inputs")
+NO_BROADCAST = ("this plugin does not handle broadcast events: give the plugin class a "
+                "process_broadcast(self, event) method, or remove the pipeline's [broadcast] inputs")
+
+
+class VisitAction(enum.Enum):
+    """What ``visit`` does with an entry: keep it or remove it; ``SetValue`` replaces it."""
+
+    KEEP = "keep"
+    REMOVE = "remove"
+
+
+class SetValue(NamedTuple):
+    """A ``visit`` result that replaces the entry's value with these bytes (JSON)."""
+
+    value: Union[bytes, str]
 
 
 def export(plugin_class: type):
@@ -741,14 +856,14 @@ def export(plugin_class: type):
             if visit is None:
                 return [_kv.VisitAction_Keep() for _ in entries]
             out: List[_kv.VisitAction] = []
-            # `entry` has .key, .map_key (or None), .value; return "keep", "remove" or
-            # ("set", bytes).
+            # `entry` has .key, .map_key (or None), .value; `visit` returns a VisitAction or a
+            # SetValue (None keeps the entry).
             for entry in entries:
                 action = visit(tag, state, entry)
-                if action == "remove":
+                if action is VisitAction.REMOVE:
                     out.append(_kv.VisitAction_Remove())
-                elif isinstance(action, tuple) and action[0] == "set":
-                    out.append(_kv.VisitAction_Set(_to_bytes(action[1])))
+                elif isinstance(action, SetValue):
+                    out.append(_kv.VisitAction_Set(_to_bytes(action.value)))
                 else:
                     out.append(_kv.VisitAction_Keep())
             return out

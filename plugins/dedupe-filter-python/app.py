@@ -8,7 +8,7 @@ key → the transaction's ``ts``), with an optional TTL from the config's ``ttl_
 import json
 
 import eddy
-from eddy import MapState, Outcome, Output, Ttl, deny_unknown_fields, is_u64
+from eddy import KeyType, MapState, Outcome, Output, Ttl, deny_unknown_fields, is_u64
 
 
 class DedupeFilter:
@@ -22,7 +22,7 @@ class DedupeFilter:
                 raise ValueError("`ttl_ms` must be more than 0")
         except ValueError as e:
             raise ValueError(f"invalid plugin config: {e}") from None
-        self.seen = MapState("seen", key_type="string", ttl=Ttl(ttl_ms) if ttl_ms is not None else None)
+        self.seen = MapState("seen", key_type=KeyType.STRING, ttl=Ttl(ttl_ms) if ttl_ms is not None else None)
 
     # No process_broadcast: the layer rejects broadcast events as the Rust SDK's default does.
 
@@ -39,7 +39,7 @@ class DedupeFilter:
             return Outcome.reject(f'dedupe-filter: payload is not a JSON object with a string "id": {e}')
         tx_id, ts = payload["id"], payload.get("ts")
         try:
-            if self.seen.contains(tx_id):
+            if tx_id in self.seen:
                 return Outcome.drop()
             self.seen.put(tx_id, ts if is_u64(ts) else event.timestamp_ms)
             return Outcome.emit_one(Output(event.payload))

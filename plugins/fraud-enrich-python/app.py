@@ -75,7 +75,7 @@ class FraudEnrich:
             return Outcome.reject(f"fraud-enrich: payload is not a transaction: {e}")
         try:
             return self.enrich(tx)
-        except (eddy.StateError, eddy.LookupError) as e:
+        except (eddy.StateError, eddy.LookupStoreError) as e:
             return Outcome.reject(f"fraud-enrich: {e}")
 
     def enrich(self, tx):
@@ -85,8 +85,8 @@ class FraudEnrich:
             limit = self.limits.get(tx["category"])
         except eddy.BroadcastError as e:
             # As in Rust: a broadcast error is reported as a state storage error.
-            raise eddy.StateError("storage", str(e)) from None
-        # A failed lookup raises LookupError, which `process` turns into `fraud-enrich: <error>`.
+            raise eddy.StateError(eddy.StateError.Kind.STORAGE, str(e)) from None
+        # A failed lookup raises LookupStoreError; `process` turns it into `fraud-enrich: <error>`.
         profile = self.profiles.get_json(tx["customer"]) if self.profiles else None
         merchant_info = self.merchants.get_json(tx["merchant"]) if self.merchants else None
 
