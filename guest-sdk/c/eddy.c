@@ -873,8 +873,8 @@ uint64_t eddy_now_ms(void) { return eddy_plugin_clock_now_ms(); }
 /* Exports */
 
 #define NOT_INITIALISED "plugin not initialised"
-#define NO_BROADCAST                                                                          \
-    "this plugin does not handle broadcast events: implement Processor::process_broadcast, " \
+#define NO_BROADCAST                                                                    \
+    "this plugin does not handle broadcast events: give EDDY_PLUGIN a .broadcast hook, " \
     "or remove the pipeline's [broadcast] inputs"
 
 static bool initialised;

@@ -49,10 +49,11 @@ type Migrator interface {
 	Migrate(previousVersion string) error
 }
 
-// The reasons used by the layer; the same text as the Rust SDK's.
+// The reasons used by the layer: notInitialised is every SDK's text; noBroadcast names the
+// method a Go plugin adds.
 const (
 	notInitialised = "plugin not initialised"
-	noBroadcast    = "this plugin does not handle broadcast events: implement Processor::process_broadcast, or remove the pipeline's [broadcast] inputs"
+	noBroadcast    = "this plugin does not handle broadcast events: give the plugin type a ProcessBroadcast(*eddy.BroadcastEvent) error method, or remove the pipeline's [broadcast] inputs"
 )
 
 var (

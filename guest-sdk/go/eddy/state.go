@@ -24,7 +24,7 @@ func stateErr(format string, args ...any) error {
 }
 
 // ErrNoSuchEvent is returned by keyed state calls made outside Process.
-var ErrNoSuchEvent error = &StateError{"no event is being processed: keyed state is only reachable from `process`"}
+var ErrNoSuchEvent error = &StateError{"no event is being processed: keyed state is only reachable from `Process`"}
 
 func fromWitStateError(e ks.StateError) error {
 	switch e.Tag() {
