@@ -25,19 +25,96 @@
 //!
 //! Never: talks to NATS, or runs while the database it cuts is being written.
 
+mod remote;
 pub mod savepoint;
+pub mod storage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::state::StateStore;
+use eddy_state::StateStore;
+
+/// What can go wrong with checkpoints. Recovery falls back to an older checkpoint only on
+/// [`Error::Corrupt`]: an I/O error (a disk that is full, unreadable or not mounted) is
+/// reported as it is, since the newest checkpoint may be fine once it is fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A checkpoint's manifest or files are not what it says: never used.
+    #[error("checkpoint {id} is corrupt: {reason}")]
+    Corrupt {
+        /// The checkpoint.
+        id: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest written by a newer host.
+    #[error(
+        "checkpoint {id} has manifest format {format}, this host reads up to {MANIFEST_FORMAT}: upgrade the host"
+    )]
+    Format {
+        /// The checkpoint.
+        id: u64,
+        /// Its manifest format.
+        format: u32,
+    },
+    /// No checkpoint of that id.
+    #[error("no checkpoint {id} in {dir}")]
+    Missing {
+        /// The id asked for.
+        id: u64,
+        /// The checkpoint directory.
+        dir: PathBuf,
+    },
+    /// Every checkpoint there is fails verification.
+    #[error(
+        "every checkpoint in {dir} is corrupt ({ids:?}); restore a savepoint (eddy run --from-savepoint) or move the directory away to start from empty state"
+    )]
+    AllCorrupt {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoints skipped.
+        ids: Vec<u64>,
+    },
+    /// The state store refused (writing the positions, making the RocksDB checkpoint).
+    #[error("state: {0}")]
+    State(#[from] eddy_state::StateError),
+    /// The checkpoint store beyond this host failed (unreachable, refused): the checkpoint is
+    /// not complete and is tried again.
+    #[error("checkpoint store: {0}")]
+    Storage(#[from] storage::StorageError),
+}
+
+/// Checkpoint results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds what was being done to an I/O error.
+trait IoContext<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn doing(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            what: what(),
+            source,
+        })
+    }
+}
 
 /// Version of the manifest format this host writes and reads.
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -97,6 +174,9 @@ pub struct Manifest {
     pub cut_ms: u64,
     /// Milliseconds from cut to manifest.
     pub complete_ms: u64,
+    /// Bytes sent to the checkpoint store beyond this host (0 without one).
+    #[serde(default)]
+    pub uploaded_bytes: u64,
 }
 
 /// A cut taken but not yet completed.
@@ -136,6 +216,12 @@ pub struct Checkpoints {
     retain: usize,
     /// SHA-256 of SST files already hashed, by name and size: SST files never change.
     sums: Mutex<HashMap<(String, u64), String>>,
+    /// The store beyond this host, if any: then `dir` is a cache of it, and a checkpoint is
+    /// complete only once its manifest is stored there.
+    remote: Option<remote::Remote>,
+    /// Ids this host gives new checkpoints start above this (a partition's owner in cluster
+    /// mode: its lease epoch, shifted, so two owners never write the same names).
+    id_base: u64,
 }
 
 impl Checkpoints {
@@ -148,7 +234,28 @@ impl Checkpoints {
             pipeline: pipeline.to_string(),
             retain: retain.max(1),
             sums: Mutex::default(),
+            remote: None,
+            id_base: 0,
         }
+    }
+
+    /// Gives new checkpoints ids in `(base, base + 2^32)`: an owner under lease epoch `e`
+    /// uses `e << 32`, so ids grow from owner to owner and never collide.
+    pub fn with_id_base(mut self, base: u64) -> Checkpoints {
+        self.id_base = base;
+        self
+    }
+
+    /// Keeps every checkpoint in `storage` too: completed there (manifest last), restored
+    /// from there, with `dir` as the local cache that spares downloads.
+    pub fn with_storage(mut self, storage: Arc<dyn storage::Storage>) -> Checkpoints {
+        self.remote = Some(remote::Remote::new(storage));
+        self
+    }
+
+    /// The store beyond this host, if any.
+    pub fn storage(&self) -> Option<&Arc<dyn storage::Storage>> {
+        self.remote.as_ref().map(|r| r.storage())
     }
 
     /// The checkpoint directory.
@@ -156,33 +263,36 @@ impl Checkpoints {
         &self.dir
     }
 
-    /// The id the next checkpoint gets: one more than any checkpoint on disk, complete or not.
+    /// The id the next checkpoint gets: one more than any checkpoint on disk (complete or
+    /// not) or in the store.
     pub fn next_id(&self) -> u64 {
+        let end = self.id_base.saturating_add(1 << 32);
         let max = list_ids(&self.dir, false)
             .into_iter()
             .chain(list_ids(&self.staging, false))
+            .chain(self.remote.as_ref().map(|r| r.newest_id()))
+            .filter(|id| *id < end || self.id_base == 0)
             .max()
             .unwrap_or(0);
-        max + 1
+        max.max(self.id_base) + 1
     }
 
     /// Takes a cut of `store`: writes `cut.positions` into it, then a RocksDB checkpoint.
     /// The caller must not write to the store meanwhile.
-    pub fn cut(&self, store: &StateStore, id: u64, cut: Cut) -> anyhow::Result<Staged> {
+    pub fn cut(&self, store: &StateStore, id: u64, cut: Cut) -> Result<Staged> {
         let started = Instant::now();
         let mut batch = store.batch();
         for (input, pos) in &cut.positions {
             batch.set_position(input, *pos);
         }
         store.commit(batch)?;
-        std::fs::create_dir_all(&self.staging)?;
+        std::fs::create_dir_all(&self.staging)
+            .doing(|| format!("create {}", self.staging.display()))?;
         let dir = self.staging.join(format!("chk-{id:010}"));
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(&dir).doing(|| format!("clear {}", dir.display()))?;
         }
-        store
-            .create_checkpoint(&dir)
-            .with_context(|| format!("RocksDB checkpoint into {}", dir.display()))?;
+        store.create_checkpoint(&dir)?;
         Ok(Staged {
             id,
             dir,
@@ -197,15 +307,18 @@ impl Checkpoints {
     /// Stores a staged cut: new SST files into `shared/`, the rest into `chk-<id>/files`, every
     /// file checksummed, the manifest last. Returns the manifest; the staged directory is left
     /// for the caller (queries read it), see [`Checkpoints::retire_staged`].
-    pub fn complete(&self, staged: &Staged) -> anyhow::Result<Manifest> {
+    pub fn complete(&self, staged: &Staged) -> Result<Manifest> {
         let shared = self.dir.join("shared");
         let own = self.dir.join(format!("chk-{:010}", staged.id));
         let files_dir = own.join("files");
-        std::fs::create_dir_all(&shared)?;
-        std::fs::create_dir_all(&files_dir)?;
+        std::fs::create_dir_all(&shared).doing(|| format!("create {}", shared.display()))?;
+        std::fs::create_dir_all(&files_dir).doing(|| format!("create {}", files_dir.display()))?;
         let mut files = Vec::new();
         let (mut total, mut new_bytes) = (0u64, 0u64);
-        let mut entries: Vec<_> = std::fs::read_dir(&staged.dir)?.collect::<Result<_, _>>()?;
+        let read = || -> std::io::Result<Vec<std::fs::DirEntry>> {
+            std::fs::read_dir(&staged.dir)?.collect()
+        };
+        let mut entries = read().doing(|| format!("list {}", staged.dir.display()))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -213,7 +326,10 @@ impl Checkpoints {
             if !path.is_file() {
                 continue;
             }
-            let size = entry.metadata()?.len();
+            let size = entry
+                .metadata()
+                .doing(|| format!("stat {}", path.display()))?
+                .len();
             total += size;
             if name.ends_with(".sst") {
                 let sha = self.sst_sum(&path, &name, size)?;
@@ -231,7 +347,8 @@ impl Checkpoints {
                 });
             } else {
                 let target = files_dir.join(&name);
-                std::fs::copy(&path, &target)?;
+                std::fs::copy(&path, &target)
+                    .doing(|| format!("copy {} to {}", path.display(), target.display()))?;
                 new_bytes += size;
                 files.push(FileEntry {
                     stored: format!("chk-{:010}/files/{name}", staged.id),
@@ -252,18 +369,29 @@ impl Checkpoints {
             total_bytes: total,
             new_bytes,
             cut_ms: staged.cut_ms,
-            complete_ms: staged.started.elapsed().as_millis() as u64,
+            complete_ms: 0,
+            uploaded_bytes: 0,
         };
-        write_atomically(
-            &own.join("manifest.json"),
-            &serde_json::to_vec_pretty(&manifest)?,
-        )?;
+        let mut manifest = manifest;
+        if let Some(remote) = &self.remote {
+            manifest.uploaded_bytes = remote.upload_files(&self.dir, &manifest)?;
+        }
+        manifest.complete_ms = staged.started.elapsed().as_millis() as u64;
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(std::io::Error::other)
+            .doing(|| "encode the manifest".into())?;
+        // The store's manifest first: a checkpoint exists once the store has it, and the
+        // local copy is only a cache of it.
+        if let Some(remote) = &self.remote {
+            remote.put_manifest(manifest.id, &json)?;
+        }
+        write_atomically(&own.join("manifest.json"), &json)?;
         sync_dir(&own);
         sync_dir(&self.dir);
         Ok(manifest)
     }
 
-    fn sst_sum(&self, path: &Path, name: &str, size: u64) -> anyhow::Result<String> {
+    fn sst_sum(&self, path: &Path, name: &str, size: u64) -> Result<String> {
         let key = (name.to_string(), size);
         if let Some(sum) = self
             .sums
@@ -284,7 +412,7 @@ impl Checkpoints {
     /// Deletes staged directories other than `keep` (the one queries read), and checkpoints
     /// beyond the newest `retain`, and shared files no kept checkpoint uses. Incomplete
     /// checkpoint directories older than the newest complete one are removed too.
-    pub fn retain(&self, keep_staged: Option<u64>) -> anyhow::Result<()> {
+    pub fn retain(&self, keep_staged: Option<u64>) -> Result<()> {
         for id in list_ids(&self.staging, false) {
             if Some(id) != keep_staged {
                 let _ = std::fs::remove_dir_all(self.staging.join(format!("chk-{id:010}")));
@@ -295,10 +423,14 @@ impl Checkpoints {
         let newest = complete.last().copied().unwrap_or(0);
         for id in list_ids(&self.dir, false) {
             if !keep.contains(&id) && (id < newest || complete.contains(&id)) {
-                std::fs::remove_dir_all(self.dir.join(format!("chk-{id:010}")))?;
+                let dir = self.dir.join(format!("chk-{id:010}"));
+                std::fs::remove_dir_all(&dir).doing(|| format!("remove {}", dir.display()))?;
             }
         }
-        self.collect_shared(keep.into_iter());
+        self.collect_shared(keep.iter().copied());
+        if let Some(remote) = &self.remote {
+            remote.retain(self.retain, |id| self.load(id).ok())?;
+        }
         Ok(())
     }
 
@@ -332,114 +464,180 @@ impl Checkpoints {
     }
 
     /// The manifest of checkpoint `id`.
-    pub fn load(&self, id: u64) -> anyhow::Result<Manifest> {
+    pub fn load(&self, id: u64) -> Result<Manifest> {
         let path = self.dir.join(format!("chk-{id:010}")).join("manifest.json");
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("checkpoint {id} has no manifest ({})", path.display()))?;
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .with_context(|| format!("checkpoint {id}: manifest is not valid"))?;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Missing {
+                    id,
+                    dir: self.dir.clone(),
+                });
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("read {}", path.display()),
+                    source,
+                });
+            }
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            id,
+            reason: format!("manifest {} is not valid ({e})", path.display()),
+        })?;
         if m.format > MANIFEST_FORMAT {
-            bail!(
-                "checkpoint {id} has manifest format {}, this host reads up to {MANIFEST_FORMAT}: upgrade the host",
-                m.format
-            );
+            return Err(Error::Format {
+                id,
+                format: m.format,
+            });
         }
         Ok(m)
     }
 
-    /// Completed checkpoints, oldest first.
-    pub fn list(&self) -> Vec<Manifest> {
+    /// Completed checkpoints in the local directory, oldest first.
+    pub fn list_local(&self) -> Vec<Manifest> {
         list_ids(&self.dir, true)
             .into_iter()
             .filter_map(|id| self.load(id).ok())
             .collect()
     }
 
-    /// Deletes checkpoint `id` (its shared files go when no other checkpoint uses them).
-    pub fn delete(&self, id: u64) -> anyhow::Result<()> {
-        let dir = self.dir.join(format!("chk-{id:010}"));
-        if !dir.is_dir() {
-            bail!("no checkpoint {id} in {}", self.dir.display());
+    /// Completed checkpoints, oldest first (those in the store, when there is one).
+    pub fn list(&self) -> Vec<Manifest> {
+        match &self.remote {
+            Some(remote) => remote
+                .ids()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|id| self.load(id).ok().or_else(|| remote.manifest(id).ok()))
+                .collect(),
+            None => list_ids(&self.dir, true)
+                .into_iter()
+                .filter_map(|id| self.load(id).ok())
+                .collect(),
         }
-        std::fs::remove_dir_all(&dir)?;
+    }
+
+    /// Deletes checkpoint `id` (its shared files go when no other checkpoint uses them),
+    /// from the store too when there is one.
+    pub fn delete(&self, id: u64) -> Result<()> {
+        let dir = self.dir.join(format!("chk-{id:010}"));
+        let in_store = match &self.remote {
+            Some(remote) => remote.ids()?.contains(&id),
+            None => false,
+        };
+        if !dir.is_dir() && !in_store {
+            return Err(Error::Missing {
+                id,
+                dir: self.dir.clone(),
+            });
+        }
+        if let Some(remote) = &self.remote {
+            remote.delete(id)?;
+        }
+        if dir.is_dir() {
+            std::fs::remove_dir_all(&dir).doing(|| format!("remove {}", dir.display()))?;
+        }
         self.collect_shared(list_ids(&self.dir, true).into_iter());
+        if let Some(remote) = &self.remote {
+            remote.retain(self.retain, |id| self.load(id).ok())?;
+        }
         Ok(())
     }
 
-    /// Checks that every file of `m` is present with its size and checksum.
-    pub fn verify(&self, m: &Manifest) -> anyhow::Result<()> {
+    /// Checks that every file of `m` is present with its size and checksum: a file missing
+    /// or different is [`Error::Corrupt`], a file that cannot be read is [`Error::Io`].
+    pub fn verify(&self, m: &Manifest) -> Result<()> {
+        let corrupt = |reason: String| Error::Corrupt { id: m.id, reason };
         for f in &m.files {
             let path = self.dir.join(&f.stored);
-            let meta = std::fs::metadata(&path)
-                .map_err(|e| anyhow!("file {} is missing ({e})", f.stored))?;
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(corrupt(format!("file {} is missing", f.stored)));
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: format!("stat {}", path.display()),
+                        source,
+                    });
+                }
+            };
             if meta.len() != f.size {
-                bail!(
+                return Err(corrupt(format!(
                     "file {} has {} bytes, the manifest says {}",
                     f.stored,
                     meta.len(),
                     f.size
-                );
+                )));
             }
-            let sum = sha256_file(&path)?;
-            if sum != f.sha256 {
-                bail!("file {} fails its checksum", f.stored);
+            if sha256_file(&path)? != f.sha256 {
+                return Err(corrupt(format!("file {} fails its checksum", f.stored)));
             }
         }
         Ok(())
     }
 
     /// Rebuilds `db_dir` from the newest checkpoint that verifies, falling back to older ones
-    /// (with a warning naming what was wrong). `None` if there is no usable checkpoint: the
-    /// pipeline starts from empty state at the beginning of its inputs.
-    pub fn restore_newest(&self, db_dir: &Path) -> anyhow::Result<Option<Manifest>> {
-        let ids = list_ids(&self.dir, true);
+    /// when one is corrupt (with a warning naming what was wrong). Any other error (I/O, a
+    /// newer manifest format) stops the restore: an older checkpoint would silently lose
+    /// progress the newest one may still hold. `None` if there is no checkpoint: the pipeline
+    /// starts from empty state at the beginning of its inputs.
+    pub fn restore_newest(&self, db_dir: &Path) -> Result<Option<Manifest>> {
+        self.restore_up_to(db_dir, None)
+    }
+
+    /// [`Checkpoints::restore_newest`] among the checkpoints with ids up to `max` (the one a
+    /// partition's checkpoint pointer names, in cluster mode: newer ones were never
+    /// committed).
+    pub fn restore_up_to(&self, db_dir: &Path, max: Option<u64>) -> Result<Option<Manifest>> {
+        let mut ids = match &self.remote {
+            Some(remote) => remote.ids()?,
+            None => list_ids(&self.dir, true),
+        };
+        if let Some(max) = max {
+            ids.retain(|id| *id <= max);
+        }
         let mut skipped = Vec::new();
         for id in ids.into_iter().rev() {
-            let m = match self.load(id) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(
-                        checkpoint = id,
-                        "checkpoint unusable: {e:#}; falling back to the previous one"
-                    );
-                    skipped.push(id);
-                    continue;
-                }
+            let usable = match &self.remote {
+                Some(remote) => remote.fetch(&self.dir, id),
+                None => self.load(id),
             };
-            if let Err(e) = self.verify(&m) {
-                tracing::warn!(
-                    checkpoint = id,
-                    "checkpoint is corrupt: {e:#}; falling back to the previous one"
-                );
-                skipped.push(id);
-                continue;
+            match usable.and_then(|m| self.verify(&m).map(|()| m)) {
+                Ok(m) => {
+                    self.materialize(&m, db_dir)?;
+                    if !skipped.is_empty() {
+                        tracing::warn!(
+                            restored = id,
+                            skipped = ?skipped,
+                            "restored an older checkpoint because newer ones are corrupt"
+                        );
+                    }
+                    return Ok(Some(m));
+                }
+                Err(e @ Error::Corrupt { .. }) => {
+                    tracing::warn!(checkpoint = id, "{e}; falling back to the previous one");
+                    skipped.push(id);
+                }
+                Err(e) => return Err(e),
             }
-            self.materialize(&m, db_dir)?;
-            if !skipped.is_empty() {
-                tracing::warn!(
-                    restored = id,
-                    skipped = ?skipped,
-                    "restored an older checkpoint because newer ones are corrupt"
-                );
-            }
-            return Ok(Some(m));
         }
         if !skipped.is_empty() {
-            bail!(
-                "every checkpoint in {} is corrupt ({skipped:?}); restore a savepoint (eddy run --from-savepoint) or move the directory away to start from empty state",
-                self.dir.display()
-            );
+            return Err(Error::AllCorrupt {
+                dir: self.dir.clone(),
+                ids: skipped,
+            });
         }
         Ok(None)
     }
 
     /// Writes the database of checkpoint `m` into `db_dir` (replacing what is there).
-    pub fn materialize(&self, m: &Manifest, db_dir: &Path) -> anyhow::Result<()> {
+    pub fn materialize(&self, m: &Manifest, db_dir: &Path) -> Result<()> {
         if db_dir.exists() {
-            std::fs::remove_dir_all(db_dir)
-                .with_context(|| format!("cannot clear {}", db_dir.display()))?;
+            std::fs::remove_dir_all(db_dir).doing(|| format!("clear {}", db_dir.display()))?;
         }
-        std::fs::create_dir_all(db_dir)?;
+        std::fs::create_dir_all(db_dir).doing(|| format!("create {}", db_dir.display()))?;
         for f in &m.files {
             let from = self.dir.join(&f.stored);
             let to = db_dir.join(&f.name);
@@ -447,7 +645,8 @@ impl Checkpoints {
                 link_or_copy(&from, &to)?;
             } else {
                 // RocksDB may append to MANIFEST files: never share them with the checkpoint.
-                std::fs::copy(&from, &to)?;
+                std::fs::copy(&from, &to)
+                    .doing(|| format!("copy {} to {}", from.display(), to.display()))?;
             }
         }
         Ok(())
@@ -473,24 +672,25 @@ fn list_ids(dir: &Path, complete: bool) -> Vec<u64> {
 }
 
 /// Hard-links `from` to `to`, or copies it when they are on different file systems.
-pub(crate) fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
     if std::fs::hard_link(from, to).is_err() {
         let tmp = to.with_extension("tmp");
         std::fs::copy(from, &tmp)
-            .with_context(|| format!("copy {} to {}", from.display(), tmp.display()))?;
-        std::fs::rename(&tmp, to)?;
+            .doing(|| format!("copy {} to {}", from.display(), tmp.display()))?;
+        std::fs::rename(&tmp, to).doing(|| format!("rename {}", tmp.display()))?;
     }
     Ok(())
 }
 
 /// SHA-256 of a file, hex.
-pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).doing(|| format!("read {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f
+            .read(&mut buf)
+            .doing(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -500,15 +700,15 @@ pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    {
+    let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+        std::fs::rename(&tmp, path)
+    };
+    write().doing(|| format!("write {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) {
@@ -517,7 +717,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Wall-clock time, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -28,10 +28,10 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Cut, now_ms, sha256_file, write_atomically};
-use crate::state::layout::{
+use eddy_state::layout::{
     PREFIX_LEN, decode_list, decode_value_ttl, key_group_of, push_list_element, state_id_of,
 };
-use crate::state::{StateKind, StateStore, Ttl};
+use eddy_state::{StateKind, StateStore, Ttl};
 
 /// Version of the savepoint format this host writes; it reads this and older ones.
 pub const SAVEPOINT_FORMAT: u32 = 1;
@@ -239,7 +239,7 @@ pub fn write(
     it.seek_to_first();
     while it.valid() {
         if let (Some(k), Some(v)) = (it.key(), it.value())
-            && let Some((map, key)) = crate::state::broadcast::split_key(k)
+            && let Some((map, key)) = eddy_state::broadcast::split_key(k)
             && let Some(&mi) = map_index.get(&map)
         {
             w.out.write_all(&(mi as u32).to_be_bytes())?;
@@ -418,7 +418,7 @@ pub fn restore(
                 let key = r.bytes()?;
                 let value = r.bytes()?;
                 let map = *maps.get(index as usize).context("record names no map")?;
-                chunk.push((crate::state::broadcast::entry_key(map, &key), value));
+                chunk.push((eddy_state::broadcast::entry_key(map, &key), value));
             } else {
                 let key = r.bytes()?;
                 let map_key = if r.u8()? == 1 { Some(r.bytes()?) } else { None };
@@ -428,7 +428,7 @@ pub fn restore(
                 if !owns(kg) {
                     continue;
                 }
-                let mut stored = crate::state::layout::state_key(kg, id, &key);
+                let mut stored = eddy_state::layout::state_key(kg, id, &key);
                 if let Some(mk) = map_key {
                     stored.extend_from_slice(&mk);
                 }

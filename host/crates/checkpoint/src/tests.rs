@@ -2,9 +2,7 @@ use std::sync::Arc;
 
 use super::savepoint;
 use super::*;
-use crate::state::{
-    KeyedAccess, ManualClock, StateKind, StateStore, Ttl, TtlUpdate, TtlVisibility,
-};
+use eddy_state::{KeyedAccess, ManualClock, StateKind, StateStore, Ttl, TtlUpdate, TtlVisibility};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -26,7 +24,7 @@ impl Fixture {
     /// Opened as a pipeline opens its live database: no write-ahead log, so value and list
     /// writes wait in the hot values until a checkpoint settles them.
     fn open(&self, key_groups: u32) -> StateStore {
-        let options = crate::state::StoreOptions {
+        let options = eddy_state::StoreOptions {
             write_ahead_log: false,
             ..Default::default()
         };
@@ -173,6 +171,46 @@ fn a_corrupt_newest_checkpoint_falls_back_to_the_previous_one() {
 }
 
 #[test]
+fn an_unreadable_newest_checkpoint_is_an_error_not_a_fallback() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 50, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(50)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 0, 50, b"2");
+    let newest = cps
+        .complete(&cps.cut(&store, 2, cut(60)).expect("cut"))
+        .expect("complete");
+    drop(store);
+    // A file of the newest checkpoint that cannot be read (a symbolic link loop stands for a
+    // disk that fails: ELOOP is an I/O error, not a missing file). Falling back would restart
+    // from checkpoint 1 although checkpoint 2 may be intact once the disk is fixed.
+    let own = newest
+        .files
+        .iter()
+        .find(|f| f.stored.starts_with("chk-") && f.name.starts_with("MANIFEST"))
+        .expect("a private file");
+    let path = cps.dir().join(&own.stored);
+    std::fs::remove_file(&path).expect("rm");
+    std::os::unix::fs::symlink(&path, &path).expect("a link to itself");
+
+    match cps.restore_newest(&f.db()) {
+        Err(Error::Io { what, .. }) => assert!(what.contains("MANIFEST"), "{what}"),
+        other => panic!("an I/O error, not a fallback: {other:?}"),
+    }
+    // A corrupt manifest, in contrast, is corruption: checkpoint 1 is used.
+    std::fs::remove_file(&path).expect("rm link");
+    std::fs::write(
+        cps.dir().join("chk-0000000002/manifest.json"),
+        b"{ not json",
+    )
+    .expect("damage");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1, "fell back past the corrupt manifest");
+}
+
+#[test]
 fn an_incomplete_checkpoint_is_never_used() {
     let f = Fixture::new();
     let cps = f.checkpoints(3);
@@ -226,7 +264,7 @@ fn a_savepoint_restores_elsewhere_with_other_key_groups_without_expired_entries(
                 .expect("add");
         }
     }
-    crate::state::BroadcastAccess::new(&store, &mut b).put(table, b"travel", b"500".to_vec());
+    eddy_state::BroadcastAccess::new(&store, &mut b).put(table, b"travel", b"500".to_vec());
     store.commit(b).expect("commit");
     // Later: the map entries expire, and the list gets a young element.
     f.clock.set(1_150);
@@ -279,7 +317,7 @@ fn a_savepoint_restores_elsewhere_with_other_key_groups_without_expired_entries(
     assert!(a.list_get(&hist2, kg, b"c-8").expect("list").is_empty());
     let t = target.broadcast_map("rules").expect("map");
     assert_eq!(
-        crate::state::BroadcastAccess::new(&target, &mut target.batch())
+        eddy_state::BroadcastAccess::new(&target, &mut target.batch())
             .get(t, b"travel")
             .expect("get"),
         Some(b"500".to_vec())
@@ -328,4 +366,114 @@ fn a_savepoint_restores_elsewhere_with_other_key_groups_without_expired_entries(
         StateStore::open(&again.path().join("db"), 16, Arc::new(f.clock.clone())).expect("open");
     let e = savepoint::restore(&sp_dir, &t3, |_| true, |_| {}).expect_err("damaged");
     assert!(e.to_string().contains("fails its checksum"), "{e}");
+}
+
+/// Checkpoints of the fixture kept in a store directory beside it, as a host keeps them in
+/// the NATS object store or S3.
+fn stored(f: &Fixture, retain: usize) -> Checkpoints {
+    f.checkpoints(retain)
+        .with_storage(Arc::new(storage::DirStorage::new(
+            &f.dir.path().join("store"),
+        )))
+}
+
+#[test]
+fn a_wiped_host_restores_its_state_from_the_store() {
+    let f = Fixture::new();
+    let cps = stored(&f, 2);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    let first = cps
+        .complete(&cps.cut(&store, 1, cut(100)).expect("cut"))
+        .expect("complete");
+    assert_eq!(
+        first.uploaded_bytes, first.total_bytes,
+        "everything is new to the store"
+    );
+    write_counts(&store, 100, 120, b"2");
+    let second = cps
+        .complete(&cps.cut(&store, 2, cut(120)).expect("cut"))
+        .expect("complete");
+    assert!(
+        second.uploaded_bytes < second.total_bytes,
+        "SST files already stored are not sent again: {} of {}",
+        second.uploaded_bytes,
+        second.total_bytes
+    );
+    cps.retain(None).expect("retain");
+    drop(store);
+
+    // The host's disk is gone: database, staging and the local checkpoint cache.
+    for d in ["db", "staging", "checkpoints"] {
+        std::fs::remove_dir_all(f.dir.path().join(d)).expect("wipe");
+    }
+    let cps = stored(&f, 2);
+    let restored = cps
+        .restore_newest(&f.db())
+        .expect("restore")
+        .expect("from the store");
+    assert_eq!(restored.id, 2);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k5"), Some(b"1".to_vec()));
+    assert_eq!(read(&store, "k110"), Some(b"2".to_vec()));
+    assert_eq!(
+        cps.next_id(),
+        3,
+        "ids continue after the store's, not the empty disk's"
+    );
+
+    // Retention applies to the store: two more checkpoints leave the newest two, and no
+    // shared file that neither uses.
+    for (id, pos) in [(3, 130), (4, 140)] {
+        write_counts(&store, 0, 10, format!("{id}").as_bytes());
+        cps.complete(&cps.cut(&store, id, cut(pos)).expect("cut"))
+            .expect("complete");
+        cps.retain(None).expect("retain");
+    }
+    let kept: Vec<u64> = cps.list().iter().map(|m| m.id).collect();
+    assert_eq!(kept, vec![3, 4]);
+    let objects = storage::DirStorage::new(&f.dir.path().join("store"));
+    use storage::Storage;
+    let used: std::collections::HashSet<String> = cps
+        .list()
+        .into_iter()
+        .flat_map(|m| m.files.into_iter().map(|f| f.stored))
+        .collect();
+    let shared = objects.list("shared/").expect("list");
+    assert!(!shared.is_empty());
+    for name in shared {
+        assert!(used.contains(&name), "{name} is used by no kept checkpoint");
+    }
+    assert!(objects.list("chk-0000000001/").expect("list").is_empty());
+}
+
+#[test]
+fn a_file_missing_from_the_store_falls_back_to_the_previous_checkpoint() {
+    let f = Fixture::new();
+    let cps = stored(&f, 3);
+    let store = f.open(16);
+    write_counts(&store, 0, 50, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(50)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 0, 50, b"2");
+    let newest = cps
+        .complete(&cps.cut(&store, 2, cut(60)).expect("cut"))
+        .expect("complete");
+    drop(store);
+    std::fs::remove_dir_all(f.dir.path().join("checkpoints")).expect("wipe the cache");
+    let own = newest
+        .files
+        .iter()
+        .find(|f| f.stored.starts_with("chk-"))
+        .expect("a private file");
+    std::fs::remove_file(f.dir.path().join("store").join(&own.stored)).expect("lose it");
+
+    let cps = stored(&f, 3);
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(
+        restored.id, 1,
+        "fell back past the checkpoint with a missing file"
+    );
+    let store = f.open(16);
+    assert_eq!(read(&store, "k1"), Some(b"1".to_vec()));
 }

@@ -19,8 +19,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::Event;
 use super::bindings::eddy::plugin::{broadcast_state, clock, keyed_state, log, lookup, types};
 use super::stdio::CapturedOutput;
-use crate::state::{
-    self, BroadcastAccess, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore, Ttl,
+use eddy_state::{
+    self as state, BroadcastAccess, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore, Ttl,
 };
 
 use keyed_state::StateError as WitError;
@@ -119,7 +119,28 @@ pub struct PluginHost {
     waited: Duration,
 }
 
-/// A memory cap per instance; a failed grow traps with a clear message.
+/// A grow past an instance's memory cap: the error the limiter traps with, found again by
+/// type when the call's failure is classified.
+#[derive(Debug)]
+pub(crate) struct MemoryLimitExceeded {
+    desired: usize,
+    max: usize,
+}
+
+impl std::fmt::Display for MemoryLimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory limit: growing memory to {} bytes exceeds {} bytes",
+            self.desired, self.max
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimitExceeded {}
+
+/// A memory cap per instance; a failed grow traps with [`MemoryLimitExceeded`]. `hit` stays
+/// set for guests whose runtime turns a failed grow into a trap of its own.
 pub(crate) struct MemoryLimiter {
     max: usize,
     hit: bool,
@@ -134,10 +155,10 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit = true;
-            return Err(wasmtime::Error::msg(format!(
-                "memory limit: growing memory to {desired} bytes exceeds {} bytes",
-                self.max
-            )));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired,
+                max: self.max,
+            }));
         }
         Ok(true)
     }

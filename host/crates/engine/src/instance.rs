@@ -13,12 +13,14 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::exports::eddy::plugin::{
     broadcast_handler, handler, keyed_visitor, lookup_planner, migrator,
 };
-use super::host::{CallMode, LookupSource, PluginHost, Prefetched, VisitRequest};
+use super::host::{
+    CallMode, LookupSource, MemoryLimitExceeded, PluginHost, Prefetched, VisitRequest,
+};
 use super::{
     BroadcastEvent, Event, Failure, FailureKind, Limits, LookupRequest, Outcome, Plugin, TICK,
     VisitAction, VisitedEntry, call_budget,
 };
-use crate::state::{StateBatch, StateStore};
+use eddy_state::{StateBatch, StateStore};
 
 /// What an instance is given to work with.
 #[derive(Clone)]
@@ -358,8 +360,8 @@ impl Instance {
                 };
             }
         }
-        let text = format!("{e:#}");
-        if text.contains("growing memory") || self.store.data().hit_memory_limit() {
+        if e.downcast_ref::<MemoryLimitExceeded>().is_some() || self.store.data().hit_memory_limit()
+        {
             return Failure {
                 kind: FailureKind::MemoryLimit,
                 message: format!(

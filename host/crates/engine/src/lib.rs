@@ -3,8 +3,9 @@
 //!
 //! Owns: wasmtime configuration, the compiled-component cache (`cache`), the host side of the
 //! WIT imports (`host`: keyed state, broadcast state, lookups, log, clock, a closed WASI),
-//! budgets (CPU by epoch deadline, memory by store limits) and the classification of failures
-//! into reasons an operator can act on.
+//! budgets (CPU by epoch deadline, memory by store limits), the classification of failures
+//! into reasons an operator can act on, and the [`Worker`] that runs batches through a plugin
+//! with failures isolated to single events (`worker`).
 //!
 //! Design, measured: one component call costs microseconds whatever the guest does, so the
 //! contract passes a whole batch per call (`handler.handle(list<event>)`). Calls are
@@ -22,6 +23,7 @@ mod cache;
 mod host;
 mod instance;
 mod stdio;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,12 +37,13 @@ use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 pub use host::{LookupAnswer, LookupFailure, LookupSource, PluginHost, Prefetched, VisitRequest};
 pub use instance::{Instance, InstanceContext};
+pub use worker::{Planner, Worker, WorkerMetrics};
 
 /// Generated from `wit/`; the types re-exported below are documented there.
 #[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../../wit",
         world: "full-processor",
     });
 }

@@ -13,16 +13,29 @@
 //! test harness (`eddy test`).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::engine::{
+use crate::{
     BroadcastEvent, Event, Failure, Instance, InstanceContext, LookupRequest, Outcome, Plugin,
     Prefetched, VisitAction, VisitRequest, VisitedEntry,
 };
-use crate::metrics::Metrics;
-use crate::state::visit::{self, ItemAction, Visit};
-use crate::state::{StateBatch, StateStore};
+use eddy_state::visit::{self, ItemAction, Visit};
+use eddy_state::{StateBatch, StateStore};
+
+/// What the worker reports as it runs, for whoever keeps metrics (the host's Prometheus
+/// registry; nothing in benchmarks and `eddy test`).
+pub trait WorkerMetrics: Send + Sync {
+    /// One plugin call of `events` keyed events took `seconds`.
+    fn batch_called(&self, events: usize, seconds: f64);
+    /// An instance was replaced by a fresh one after a trap.
+    fn instance_restarted(&self);
+}
+
+/// Keeps no metrics.
+impl WorkerMetrics for () {
+    fn batch_called(&self, _events: usize, _seconds: f64) {}
+    fn instance_restarted(&self) {}
+}
 
 /// Entries handed to the plugin per `visit` call.
 const VISIT_CHUNK: usize = 1024;
@@ -33,7 +46,7 @@ pub struct Worker {
     instance: Option<Instance>,
     ctx: InstanceContext,
     config_json: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn WorkerMetrics>,
     /// Writes held back (probation), read through by later batches.
     held: Option<StateBatch>,
 }
@@ -44,7 +57,7 @@ impl Worker {
         plugin: Plugin,
         ctx: InstanceContext,
         config_json: String,
-        metrics: Arc<Metrics>,
+        metrics: Arc<dyn WorkerMetrics>,
     ) -> anyhow::Result<Worker> {
         let instance = plugin.instantiate(&ctx, &config_json)?;
         Ok(Worker {
@@ -109,9 +122,7 @@ impl Worker {
 
     fn instance(&mut self) -> anyhow::Result<&mut Instance> {
         if self.instance.as_ref().is_none_or(Instance::is_poisoned) {
-            self.metrics
-                .instance_restarts
-                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.instance_restarted();
             self.instance = None;
             let fresh = self.plugin.instantiate(&self.ctx, &self.config_json)?;
             self.instance = Some(fresh);
@@ -156,9 +167,7 @@ impl Worker {
             .instance()?
             .handle(events, key_groups, base, prefetched);
         self.metrics
-            .call_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(events.len() as f64);
+            .batch_called(events.len(), started.elapsed().as_secs_f64());
         let (batch, outcomes) = match result {
             Ok(outcomes) => (batch, outcomes.into_iter().map(Ok).collect()),
             Err(failure) if events.len() == 1 => (batch, vec![Err(failure)]),
@@ -225,7 +234,7 @@ impl Worker {
                             all_visits.extend(visits);
                             results.push(Ok(()));
                         }
-                        Ok(Err(m)) | Err(crate::engine::Failure { message: m, .. }) => {
+                        Ok(Err(m)) | Err(crate::Failure { message: m, .. }) => {
                             batch = before;
                             results.push(Err(m));
                         }

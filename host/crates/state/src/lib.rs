@@ -294,21 +294,24 @@ impl StateStore {
             .expect("column family created at open")
     }
 
-    pub(crate) fn keyed_cf(&self) -> &rocksdb::ColumnFamily {
+    /// The keyed state's column family (raw reads by the savepoint writer and dump tools).
+    pub fn keyed_cf(&self) -> &rocksdb::ColumnFamily {
         self.cf(CF_KEYED)
     }
 
-    pub(crate) fn meta_cf(&self) -> &rocksdb::ColumnFamily {
+    /// The registry and positions' column family.
+    pub fn meta_cf(&self) -> &rocksdb::ColumnFamily {
         self.cf(CF_META)
     }
 
-    pub(crate) fn broadcast_cf(&self) -> &rocksdb::ColumnFamily {
+    /// The broadcast state's column family.
+    pub fn broadcast_cf(&self) -> &rocksdb::ColumnFamily {
         self.cf(CF_BROADCAST)
     }
 
     /// The database. Keyed value and list writes may still wait in the hot values: call
     /// [`StateStore::settle`] before reading keyed state other than through [`KeyedAccess`].
-    pub(crate) fn db(&self) -> &DB {
+    pub fn db(&self) -> &DB {
         &self.db
     }
 
