@@ -8,6 +8,7 @@
 //!
 //! Never: touches state itself. It hands commands to the run loop, which acts between batches.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +17,175 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::reload::Deployment;
 use crate::transport::Nats;
+
+/// A host's answer to `status`: what it runs and how far it is. Serialized by the host and
+/// read back by the CLI with the same type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The host's name.
+    pub host: String,
+    /// Partitions of the pipeline and those this host owns.
+    pub partitions: PartitionsStatus,
+    /// Since the run started, ms.
+    pub uptime_ms: u64,
+    /// The plugin running now.
+    pub plugin: Option<PluginStatus>,
+    /// The version on probation, if one is.
+    pub probation: Option<ProbationStatus>,
+    /// Deployment history, oldest first.
+    pub deployments: Vec<Deployment>,
+    /// Position of every input.
+    pub positions: BTreeMap<String, u64>,
+    /// The newest completed checkpoint.
+    pub last_checkpoint: Option<CheckpointRef>,
+    /// Events read.
+    pub events_in: u64,
+    /// Outputs published.
+    pub outputs: u64,
+    /// Events dropped by the plugin.
+    pub dropped: u64,
+    /// Events dead-lettered.
+    pub dead_lettered: u64,
+}
+
+impl HostStatus {
+    /// The latest record of `version` in the deployment history.
+    pub fn deployment(&self, version: &str) -> Option<&Deployment> {
+        self.deployments.iter().rev().find(|d| d.version == version)
+    }
+}
+
+/// Partitions in a [`HostStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionsStatus {
+    /// Partitions of the pipeline.
+    pub count: u32,
+    /// Those this host owns.
+    pub owned: Vec<u32>,
+}
+
+/// The running plugin in a [`HostStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// Its name.
+    pub name: String,
+    /// Its version (content hash).
+    pub version: String,
+    /// The optional exports it has.
+    pub exports: String,
+}
+
+/// A version on probation in a [`HostStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbationStatus {
+    /// Events it handled so far.
+    pub events: u64,
+    /// Of those, how many failed.
+    pub failures: u64,
+    /// The version it replaced (and that comes back if it fails).
+    pub previous: String,
+}
+
+/// A checkpoint named in a [`HostStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    /// Its id.
+    pub id: u64,
+    /// When it was cut, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// The answer to `checkpoint`: the checkpoint completed for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    /// Its id.
+    pub id: u64,
+    /// When it was cut, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Input positions it records.
+    pub positions: BTreeMap<String, u64>,
+    /// The plugin version that wrote its state.
+    pub plugin_version: String,
+    /// Bytes of the database at the cut.
+    pub total_bytes: u64,
+    /// Bytes it added to storage.
+    pub new_bytes: u64,
+    /// Files it names.
+    pub files: usize,
+    /// Milliseconds the pipeline waited for the cut.
+    pub cut_ms: u64,
+    /// Milliseconds from cut to manifest.
+    pub complete_ms: u64,
+}
+
+impl From<&crate::checkpoint::Manifest> for CheckpointSummary {
+    fn from(m: &crate::checkpoint::Manifest) -> Self {
+        CheckpointSummary {
+            id: m.id,
+            created_ms: m.created_ms,
+            positions: m.cut.positions.clone(),
+            plugin_version: m.cut.plugin_version.clone(),
+            total_bytes: m.total_bytes,
+            new_bytes: m.new_bytes,
+            files: m.files.len(),
+            cut_ms: m.cut_ms,
+            complete_ms: m.complete_ms,
+        }
+    }
+}
+
+/// The answer to `savepoint`: where it was written and what it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavepointSummary {
+    /// Its directory, on the host that wrote it.
+    pub savepoint: String,
+    /// Entries written.
+    pub entries: u64,
+    /// Entries left out because their TTL had expired.
+    pub expired_skipped: u64,
+    /// Key groups of the state it was taken from.
+    pub key_groups: u32,
+    /// Files written.
+    pub files: usize,
+    /// Input positions it records.
+    pub positions: BTreeMap<String, u64>,
+    /// The plugin version that wrote its state.
+    pub plugin_version: String,
+}
+
+/// Progress of a savepoint being written, sent to the request's `progress` subject.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SavepointProgress {
+    /// Files written.
+    pub done: usize,
+    /// Files to write.
+    pub total: usize,
+    /// Entries written so far.
+    pub entries: u64,
+}
+
+/// One host's answer to a control request: `{"ok": ...}` or `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Answer<T> {
+    /// What was asked for.
+    Ok(T),
+    /// Why it could not be done.
+    Error(String),
+}
+
+impl<T> From<Result<T, String>> for Answer<T> {
+    fn from(r: Result<T, String>) -> Self {
+        match r {
+            Ok(v) => Answer::Ok(v),
+            Err(e) => Answer::Error(e),
+        }
+    }
+}
 
 /// A request for the run loop.
 #[derive(Debug)]
@@ -27,20 +196,20 @@ pub enum Command {
         name: String,
         /// Where; default `checkpoint.savepoint_dir`.
         dir: Option<PathBuf>,
-        /// A subject to send progress to.
-        progress: Option<String>,
+        /// Where to send progress while it is written.
+        progress_tx: Option<mpsc::UnboundedSender<SavepointProgress>>,
         /// The answer.
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<SavepointSummary, String>>,
     },
     /// Take a checkpoint now.
     Checkpoint {
         /// The answer: the completed checkpoint.
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<CheckpointSummary, String>>,
     },
     /// Report status.
     Status {
         /// The answer.
-        reply: oneshot::Sender<serde_json::Value>,
+        reply: oneshot::Sender<HostStatus>,
     },
 }
 
@@ -86,79 +255,101 @@ pub async fn serve(
                 .to_string();
             let (client, tx) = (client.clone(), tx.clone());
             tokio::spawn(async move {
-                let answer = handle(&verb, &msg.payload, &tx).await;
-                let body = serde_json::to_vec(&answer).unwrap_or_default();
+                let body = handle(&verb, &msg.payload, &tx, &client).await;
                 let _ = client.publish(reply_to, Bytes::from(body)).await;
             });
         }
     }))
 }
 
-async fn handle(verb: &str, payload: &[u8], tx: &mpsc::Sender<Command>) -> serde_json::Value {
-    let result: Result<serde_json::Value, String> = async {
-        match verb {
-            "savepoint" => {
-                let req: SavepointRequest = if payload.is_empty() {
-                    SavepointRequest::default()
-                } else {
-                    serde_json::from_slice(payload)
-                        .map_err(|e| format!("bad savepoint request: {e}"))?
-                };
-                let (reply, rx) = oneshot::channel();
-                let name = req
-                    .name
-                    .unwrap_or_else(|| format!("sp-{}", crate::checkpoint::now_ms()));
-                if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-                    return Err(format!(
-                        "`{name}` is not a savepoint name; use letters, digits, - and _"
-                    ));
+/// Serializes a run-loop answer for the wire.
+fn encode<T: Serialize>(answer: Result<T, String>) -> Vec<u8> {
+    serde_json::to_vec(&Answer::from(answer)).unwrap_or_default()
+}
+
+async fn handle(
+    verb: &str,
+    payload: &[u8],
+    tx: &mpsc::Sender<Command>,
+    client: &async_nats::Client,
+) -> Vec<u8> {
+    const STOPPING: &str = "the pipeline is stopping";
+    const STOPPED: &str = "the pipeline stopped";
+    match verb {
+        "savepoint" => {
+            let req: SavepointRequest = if payload.is_empty() {
+                SavepointRequest::default()
+            } else {
+                match serde_json::from_slice(payload) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return encode::<()>(Err(format!("bad savepoint request: {e}")));
+                    }
                 }
-                tx.send(Command::Savepoint {
-                    name,
-                    dir: req.dir,
-                    progress: req.progress,
-                    reply,
-                })
-                .await
-                .map_err(|_| "the pipeline is stopping".to_string())?;
-                rx.await.map_err(|_| "the pipeline stopped".to_string())?
+            };
+            let name = req
+                .name
+                .unwrap_or_else(|| format!("sp-{}", crate::checkpoint::now_ms()));
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return encode::<()>(Err(format!(
+                    "`{name}` is not a savepoint name; use letters, digits, - and _"
+                )));
             }
-            "checkpoint" => {
-                let (reply, rx) = oneshot::channel();
-                tx.send(Command::Checkpoint { reply })
-                    .await
-                    .map_err(|_| "the pipeline is stopping".to_string())?;
-                rx.await.map_err(|_| "the pipeline stopped".to_string())?
+            // Progress crosses from the writer's thread over a channel; this task sends it on.
+            let progress_tx = req.progress.map(|subject| {
+                let (ptx, mut prx) = mpsc::unbounded_channel::<SavepointProgress>();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    while let Some(p) = prx.recv().await {
+                        let body = serde_json::to_vec(&p).unwrap_or_default();
+                        let _ = client.publish(subject.clone(), body.into()).await;
+                    }
+                });
+                ptx
+            });
+            let (reply, rx) = oneshot::channel();
+            let cmd = Command::Savepoint {
+                name,
+                dir: req.dir,
+                progress_tx,
+                reply,
+            };
+            if tx.send(cmd).await.is_err() {
+                return encode::<()>(Err(STOPPING.into()));
             }
-            "status" => {
-                let (reply, rx) = oneshot::channel();
-                tx.send(Command::Status { reply })
-                    .await
-                    .map_err(|_| "the pipeline is stopping".to_string())?;
-                rx.await.map_err(|_| "the pipeline stopped".to_string())
-            }
-            other => Err(format!(
-                "unknown control request `{other}`; use savepoint, checkpoint or status"
-            )),
+            encode(rx.await.unwrap_or_else(|_| Err(STOPPED.into())))
         }
-    }
-    .await;
-    match result {
-        Ok(v) => serde_json::json!({ "ok": v }),
-        Err(e) => serde_json::json!({ "error": e }),
+        "checkpoint" => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Checkpoint { reply }).await.is_err() {
+                return encode::<()>(Err(STOPPING.into()));
+            }
+            encode(rx.await.unwrap_or_else(|_| Err(STOPPED.into())))
+        }
+        "status" => {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Command::Status { reply }).await.is_err() {
+                return encode::<()>(Err(STOPPING.into()));
+            }
+            encode(rx.await.map_err(|_| STOPPED.to_string()))
+        }
+        other => encode::<()>(Err(format!(
+            "unknown control request `{other}`; use savepoint, checkpoint or status"
+        ))),
     }
 }
 
 /// Sends a control request to every host of `pipeline` and gathers their answers: waits up to
-/// `timeout` for the first, then `quiet` for more. Progress messages (if `on_progress`) are
-/// passed on as they come.
+/// `timeout` for the first, then `quiet` for more. Savepoint progress (if `on_progress`) is
+/// passed on as it comes. Answers are the JSON each host sent (an [`Answer`]); an unreadable
+/// one becomes `{"error": ...}`.
 pub async fn request(
     nats: &Nats,
     pipeline: &str,
     verb: &str,
     body: serde_json::Value,
     timeout: Duration,
-    on_progress: impl FnMut(serde_json::Value),
+    on_progress: impl FnMut(SavepointProgress),
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     request_from(nats, pipeline, verb, body, timeout, None, on_progress).await
 }
@@ -172,7 +363,7 @@ pub async fn request_from(
     body: serde_json::Value,
     timeout: Duration,
     hosts: Option<usize>,
-    mut on_progress: impl FnMut(serde_json::Value),
+    mut on_progress: impl FnMut(SavepointProgress),
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let inbox = nats.client.new_inbox();
     let progress_inbox = nats.client.new_inbox();

@@ -73,6 +73,7 @@ const LATENCY_BOUNDS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10000.0];
+const RESTORE_BOUNDS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// The metrics of one pipeline.
 #[derive(Debug)]
@@ -84,12 +85,15 @@ pub struct Metrics {
     pub outputs: AtomicU64,
     /// Events the plugin dropped on purpose.
     pub dropped: AtomicU64,
-    /// Events sent to the dead-letter subject, by reason.
+    /// Events stored on the dead-letter subject, by reason.
     pub dead_lettered: [AtomicU64; DeadLetterReason::COUNT],
     /// Events skipped because the state already reflected them (redeliveries).
     pub skipped_replays: AtomicU64,
     /// Publish attempts that failed and were retried.
     pub publish_retries: AtomicU64,
+    /// Messages that cannot be stored for now for a reason only an operator can fix (no
+    /// stream captures their subject): held, with their input unacknowledged, until they are.
+    pub parked: AtomicU64,
     /// Plugin instances replaced after a trap.
     pub instance_restarts: AtomicU64,
     /// Seconds per plugin call (one batch).
@@ -120,8 +124,28 @@ pub struct Metrics {
     pub reload_rejections: AtomicU64,
     /// Seconds the pipeline paused to swap a plugin version (migrate included).
     pub swap_pause_seconds: Histogram,
+    /// Partitions this host owns (cluster mode).
+    pub partitions_owned: AtomicU64,
+    /// Partitions this host took (cluster mode), from a free lease or a lapsed one.
+    pub partitions_acquired: AtomicU64,
+    /// Of those, partitions another host held before (failovers and hand-offs).
+    pub failovers: AtomicU64,
+    /// Seconds a lease renewal took (cluster mode).
+    pub lease_renewal_seconds: Histogram,
+    /// Seconds restoring state took at the start of a run (downloads included).
+    pub restore_seconds: Histogram,
+    /// Bytes checkpoints sent to the store beyond the host.
+    pub checkpoint_upload_bytes: AtomicU64,
     state: std::sync::OnceLock<Arc<crate::state::StateStats>>,
-    lookups: std::sync::OnceLock<Arc<crate::lookup::Lookups>>,
+    lookups: std::sync::OnceLock<Arc<dyn LookupCounters>>,
+}
+
+/// Counters of the lookup stores, read when the metrics are rendered (implemented by
+/// `crate::lookup::Lookups`; the metrics know nothing of stores).
+pub trait LookupCounters: Send + Sync + std::fmt::Debug {
+    /// Calls `f(store, result, count)` for every store and result (`hit`, `miss`, `error`,
+    /// `failure`, `load`).
+    fn each(&self, f: &mut dyn FnMut(&str, &str, u64));
 }
 
 /// Why an event was dead-lettered.
@@ -141,10 +165,12 @@ pub enum DeadLetterReason {
     Contract,
     /// A lookup failed after every retry (policy `dead-letter`).
     Lookup,
+    /// An output larger than the server's `max_payload`.
+    TooLarge,
 }
 
 impl DeadLetterReason {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
     const ALL: [DeadLetterReason; Self::COUNT] = [
         DeadLetterReason::Key,
         DeadLetterReason::Rejected,
@@ -153,6 +179,7 @@ impl DeadLetterReason {
         DeadLetterReason::MemoryLimit,
         DeadLetterReason::Contract,
         DeadLetterReason::Lookup,
+        DeadLetterReason::TooLarge,
     ];
 
     /// The label used in headers and metrics.
@@ -165,7 +192,19 @@ impl DeadLetterReason {
             DeadLetterReason::MemoryLimit => "memory-limit",
             DeadLetterReason::Contract => "contract",
             DeadLetterReason::Lookup => "lookup",
+            DeadLetterReason::TooLarge => "too-large",
         }
+    }
+}
+
+impl eddy_engine::WorkerMetrics for Metrics {
+    fn batch_called(&self, events: usize, seconds: f64) {
+        self.call_seconds.observe(seconds);
+        self.batch_size.observe(events as f64);
+    }
+
+    fn instance_restarted(&self) {
+        self.instance_restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -180,6 +219,13 @@ impl Metrics {
             dead_lettered: Default::default(),
             skipped_replays: AtomicU64::new(0),
             publish_retries: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            partitions_owned: AtomicU64::new(0),
+            partitions_acquired: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            lease_renewal_seconds: Histogram::new(LATENCY_BOUNDS),
+            restore_seconds: Histogram::new(RESTORE_BOUNDS),
+            checkpoint_upload_bytes: AtomicU64::new(0),
             instance_restarts: AtomicU64::new(0),
             call_seconds: Histogram::new(LATENCY_BOUNDS),
             batch_size: Histogram::new(BATCH_BOUNDS),
@@ -206,7 +252,7 @@ impl Metrics {
     }
 
     /// Includes the lookup stores' counters in the exposition.
-    pub fn attach_lookups(&self, lookups: Arc<crate::lookup::Lookups>) {
+    pub fn attach_lookups(&self, lookups: Arc<dyn LookupCounters>) {
         let _ = self.lookups.set(lookups);
     }
 
@@ -304,6 +350,53 @@ impl Metrics {
                 &self.checkpoint_bytes,
             ),
         ];
+        let name = "eddy_publish_parked";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
+            self.parked.load(Ordering::Relaxed)
+        );
+        let name = "eddy_partitions_owned";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Partitions this host owns (cluster mode).\n# TYPE {name} gauge\n{name}{{{l}}} {}",
+            self.partitions_owned.load(Ordering::Relaxed)
+        );
+        for (name, help, c) in [
+            (
+                "eddy_partitions_acquired_total",
+                "Partitions this host took (cluster mode).",
+                &self.partitions_acquired,
+            ),
+            (
+                "eddy_partition_failovers_total",
+                "Partitions this host took over from another host (cluster mode).",
+                &self.failovers,
+            ),
+            (
+                "eddy_checkpoint_upload_bytes_total",
+                "Bytes checkpoints sent to the store beyond the host.",
+                &self.checkpoint_upload_bytes,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        self.lease_renewal_seconds.render(
+            &mut out,
+            "eddy_lease_renewal_seconds",
+            "Time a partition lease renewal took (cluster mode).",
+            &l,
+        );
+        self.restore_seconds.render(
+            &mut out,
+            "eddy_restore_seconds",
+            "Time restoring state took at the start of a run, downloads from the store included.",
+            &l,
+        );
         for (name, help, c) in counters {
             let _ = writeln!(
                 out,
@@ -361,23 +454,12 @@ impl Metrics {
                 out,
                 "# HELP {name} Lookup answers by store and result.\n# TYPE {name} counter"
             );
-            for store in lookups.stores() {
-                let st = &store.stats;
-                for (result, c) in [
-                    ("hit", &st.hits),
-                    ("miss", &st.misses),
-                    ("error", &st.errors),
-                    ("failure", &st.failures),
-                    ("load", &st.loads),
-                ] {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{{l},store=\"{}\",result=\"{result}\"}} {}",
-                        store.name(),
-                        c.load(Ordering::Relaxed)
-                    );
-                }
-            }
+            lookups.each(&mut |store, result, count| {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{l},store=\"{store}\",result=\"{result}\"}} {count}"
+                );
+            });
         }
         self.checkpoint_pause_seconds.render(
             &mut out,

@@ -16,15 +16,17 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use crate::engine::Worker;
 use crate::engine::{BroadcastEvent, Engine, Event, InstanceContext, Limits, Outcome};
 use crate::metrics::Metrics;
-use crate::pipeline::Worker;
 use crate::state::layout::{PREFIX_LEN, decode_list, decode_value};
 use crate::state::{StateKind, StateStore, SystemClock};
 
 /// What `eddy test` is asked to do.
 #[derive(Debug, Clone)]
 pub struct HarnessOptions {
+    /// CPU budget per event, ms (`limits.cpu_ms_per_event`).
+    pub cpu_ms_per_event: u64,
     /// JSON pointer to the key in each payload (ignored with `envelope`).
     pub key: String,
     /// Lines are envelopes.
@@ -120,7 +122,10 @@ pub fn run(
     let p = engine.load_file(plugin)?;
     let ctx = InstanceContext {
         state: state.clone(),
-        limits: Limits::default(),
+        limits: Limits {
+            cpu_per_event: std::time::Duration::from_millis(opts.cpu_ms_per_event),
+            ..Limits::default()
+        },
         lookups: None,
     };
     let mut worker = Worker::new(p, ctx, opts.config.clone(), Metrics::new("test"))?;
@@ -272,4 +277,18 @@ pub fn dump(state: &StateStore) -> anyhow::Result<Vec<serde_json::Value>> {
     }
     it.status()?;
     Ok(out)
+}
+
+/// `eddy test`: runs the harness on a blocking thread, printing to stdout.
+pub async fn command(
+    plugin: std::path::PathBuf,
+    events: std::path::PathBuf,
+    opts: HarnessOptions,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        run(&plugin, &events, &opts, &mut out)
+    })
+    .await?
 }

@@ -1,12 +1,388 @@
-//! Operator and developer commands beyond `eddy run`: the synthetic event generator
-//! (`produce`), reading a subject (`tail`), creating a pipeline's streams (`streams`), and the
-//! operator commands on checkpoints, savepoints, deployments and state (`ops`), the local
-//! plugin harness (`harness`, `eddy test`) and new plugins from templates (`scaffold`,
-//! `eddy new plugin`).
+//! The `eddy` command line: its arguments ([`Cli`]), and one function per subcommand, each in
+//! the module of what it works on. `main.rs` parses and calls [`dispatch`].
+//!
+//! - `run`: `eddy run`, `eddy check`;
+//! - `checkpoints`: `eddy checkpoints …` and `eddy savepoint …`;
+//! - `hosts`: `eddy deploy`, `eddy status` and requests to running hosts;
+//! - `state`: `eddy state …`;
+//! - `io`: `eddy produce`, `eddy publish`, `eddy tail` (test data in, messages out), over the
+//!   libraries `produce` (the synthetic event generator) and `tail` (reading a subject);
+//! - `streams`: `eddy streams`;
+//! - `harness`: `eddy test`, a plugin on events from a file without NATS;
+//! - `scaffold`: `eddy new plugin`.
+//!
+//! Commands that only talk to running hosts (`status`, `deploy`, `savepoint create`, `state`)
+//! load the pipeline file without requiring its plugin file to be on this machine.
 
+pub mod checkpoints;
 pub mod harness;
-pub mod ops;
+pub mod hosts;
+pub mod io;
 pub mod produce;
+pub mod run;
 pub mod scaffold;
+pub mod state;
 pub mod streams;
 pub mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The `eddy` command line.
+#[derive(Parser)]
+#[command(
+    name = "eddy",
+    version,
+    about = "Stateful stream processing on NATS with WebAssembly plugins"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// What to do.
+    pub command: Command,
+}
+
+/// A subcommand.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Runs a pipeline until SIGINT/SIGTERM.
+    Run {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Start from this savepoint (the state directory must have no checkpoint yet).
+        #[arg(long)]
+        from_savepoint: Option<PathBuf>,
+    },
+    /// Validates a pipeline file and compiles its plugin, without connecting to NATS.
+    Check {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Creates the JetStream streams a pipeline needs, where missing.
+    Streams {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Subjects for the input stream when it must be created (default: input.subjects).
+        #[arg(long)]
+        input_subject: Vec<String>,
+    },
+    /// Publishes synthetic card transactions (JSON) to a subject.
+    Produce {
+        /// Subject to publish to; a `*` token is replaced by each transaction's customer
+        /// (`txn.in.*` for a cluster's partitioned input).
+        #[arg(long, default_value = "txn.in")]
+        subject: String,
+        /// How many.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Distinct customers.
+        #[arg(long, default_value_t = 100)]
+        customers: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Repeat an earlier transaction id every N transactions (0: never).
+        #[arg(long, default_value_t = 0)]
+        duplicate_every: usize,
+        /// NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+    },
+    /// Lists, inspects or deletes the checkpoints of a pipeline on this machine.
+    Checkpoints {
+        /// What to do.
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
+    /// Creates (through the running hosts), lists, inspects or deletes savepoints.
+    Savepoint {
+        /// What to do.
+        #[command(subcommand)]
+        action: SavepointAction,
+    },
+    /// Deploys a plugin version: every host of the pipeline swaps to it (hot reload).
+    Deploy {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The plugin component.
+        plugin: PathBuf,
+        /// Seconds to wait for the hosts to report the version live (0: do not wait).
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Shows what the running hosts of a pipeline are doing: plugin version, deployments,
+    /// rollbacks, positions, checkpoints.
+    Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// The hosts of a cluster and who owns each partition (`[cluster]` pipelines).
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// Reads state from the running hosts (the queryable state service).
+    State {
+        /// What to read.
+        #[command(subcommand)]
+        action: StateAction,
+    },
+    /// Runs a plugin on events from a JSON Lines file (or `-`), with state in a temporary
+    /// directory, and prints each event's outcome as JSON: no NATS needed.
+    Test {
+        /// The plugin component.
+        plugin: PathBuf,
+        /// The events.
+        events: PathBuf,
+        /// JSON pointer to each event's key in its payload.
+        #[arg(long, default_value = "/key")]
+        key: String,
+        /// Lines are envelopes: {"key", "payload", "subject", "headers", "broadcast"}.
+        #[arg(long)]
+        envelope: bool,
+        /// The plugin configuration (JSON).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Events per plugin call.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Print every state entry at the end.
+        #[arg(long)]
+        dump_state: bool,
+        /// CPU budget per event, ms, as `limits.cpu_ms_per_event` in a pipeline.
+        #[arg(long, default_value_t = 100)]
+        cpu_ms_per_event: u64,
+    },
+    /// Creates something new from a template: `eddy new plugin --lang python my-filter`.
+    New {
+        /// What to create.
+        #[command(subcommand)]
+        what: NewWhat,
+    },
+    /// Publishes one message (a broadcast rule, a test event) to a JetStream subject and
+    /// waits until it is stored.
+    Publish {
+        /// Subject.
+        subject: String,
+        /// Payload (text, usually JSON).
+        payload: String,
+        /// NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+    },
+    /// Prints messages stored on a subject.
+    Tail {
+        /// Subject (wildcards allowed).
+        subject: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+    },
+}
+
+/// What `eddy new` creates.
+#[derive(Subcommand)]
+pub enum NewWhat {
+    /// A plugin directory that builds into a component and runs with `eddy test`.
+    Plugin {
+        /// Its name: lowercase letters, digits and `-`.
+        name: String,
+        /// The language: rust, js, python, go or c.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create it (the directory `<dir>/<name>`).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// `eddy checkpoints` actions.
+#[derive(Subcommand)]
+pub enum CheckpointAction {
+    /// One line per completed checkpoint.
+    List {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// A checkpoint's manifest.
+    Inspect {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The checkpoint id.
+        id: u64,
+    },
+    /// Deletes a checkpoint.
+    Delete {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The checkpoint id.
+        id: u64,
+    },
+}
+
+/// `eddy savepoint` actions.
+#[derive(Subcommand)]
+pub enum SavepointAction {
+    /// Asks the running hosts for a savepoint at a consistent cut, and waits for it.
+    Create {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Its name (default `sp-<unix ms>`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where the hosts write it (default checkpoint.savepoint_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The savepoints in the pipeline's savepoint directory.
+    List {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// A savepoint's metadata.
+    Inspect {
+        /// The savepoint directory.
+        savepoint: PathBuf,
+    },
+    /// Deletes a savepoint directory.
+    Delete {
+        /// The savepoint directory.
+        savepoint: PathBuf,
+    },
+}
+
+/// `eddy cluster` actions.
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// Live hosts; per partition its owner, epoch, lag and last checkpoint.
+    Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `eddy state` actions.
+#[derive(Subcommand)]
+pub enum StateAction {
+    /// A keyed state's value (`--map`: map entries, `--list`: list elements) for a key.
+    Get {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The state's name.
+        state: String,
+        /// The key.
+        key: String,
+        /// The state is a map state.
+        #[arg(long, conflicts_with = "list")]
+        map: bool,
+        /// The state is a list state.
+        #[arg(long)]
+        list: bool,
+        /// Map state: only entries whose key starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Read the last completed checkpoint instead of the latest state.
+        #[arg(long)]
+        checkpoint: bool,
+    },
+    /// A broadcast map's entry (or its entries).
+    Broadcast {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The map's name.
+        map: String,
+        /// The key (all entries if none).
+        key: Option<String>,
+    },
+    /// Which partition and host own a key.
+    Owner {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The key.
+        key: String,
+    },
+}
+
+/// Runs one subcommand.
+pub async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            pipeline,
+            from_savepoint,
+        } => run::run(&pipeline, from_savepoint).await,
+        Command::Check { pipeline } => run::check(&pipeline).await,
+        Command::Streams {
+            pipeline,
+            input_subject,
+        } => streams::command(&pipeline, input_subject).await,
+        Command::Produce {
+            subject,
+            count,
+            customers,
+            seed,
+            duplicate_every,
+            nats,
+        } => io::produce(&nats, &subject, count, customers, seed, duplicate_every).await,
+        Command::Checkpoints { action } => checkpoints::checkpoints(action).await,
+        Command::Savepoint { action } => checkpoints::savepoint(action).await,
+        Command::Deploy {
+            pipeline,
+            plugin,
+            wait,
+        } => hosts::deploy(&pipeline, &plugin, wait).await,
+        Command::Status { pipeline } => hosts::status(&pipeline).await,
+        Command::State { action } => state::command(action).await,
+        Command::Cluster {
+            action: ClusterAction::Status { pipeline, json },
+        } => {
+            let (hosts, partitions) = crate::cluster::status::collect(&pipeline).await?;
+            if json {
+                let v = serde_json::json!({ "hosts": hosts, "partitions": partitions });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::cluster::status::table(&hosts, &partitions));
+            }
+            Ok(())
+        }
+        Command::Test {
+            plugin,
+            events,
+            key,
+            envelope,
+            config,
+            batch,
+            dump_state,
+            cpu_ms_per_event,
+        } => {
+            let opts = harness::HarnessOptions {
+                cpu_ms_per_event,
+                key,
+                envelope,
+                config,
+                batch,
+                dump_state,
+            };
+            harness::command(plugin, events, opts).await
+        }
+        Command::New {
+            what: NewWhat::Plugin { name, lang, dir },
+        } => scaffold::command(&lang, &name, &dir),
+        Command::Publish {
+            subject,
+            payload,
+            nats,
+        } => io::publish(&nats, &subject, payload).await,
+        Command::Tail {
+            subject,
+            count,
+            nats,
+        } => io::tail(&nats, &subject, count).await,
+    }
+}

@@ -92,17 +92,38 @@ pub fn transactions(
     out
 }
 
-/// Publishes payloads to `subject` through JetStream, acks pipelined; returns events/s.
+/// The subject of a transaction for `pattern`: its `*` token replaced by the customer (the
+/// key a cluster's input stream partitions by), or `pattern` itself without one.
+pub fn subject_for(pattern: &str, t: &Transaction) -> String {
+    pattern
+        .split('.')
+        .map(|tok| if tok == "*" { t.customer.as_str() } else { tok })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Publishes `payloads` to `subject` (pipelined, every ack awaited); returns messages per
+/// second.
 pub async fn publish(
     js: &jetstream::Context,
     subject: &str,
     payloads: Vec<Bytes>,
 ) -> anyhow::Result<f64> {
+    publish_each(js, payloads.into_iter().map(|p| (subject.to_string(), p))).await
+}
+
+/// Publishes each payload to its own subject (pipelined, every ack awaited); returns
+/// messages per second.
+pub async fn publish_each(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, Bytes)>,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let n = payloads.len();
+    let mut n = 0usize;
     let mut acks = Vec::with_capacity(4096);
-    for p in payloads {
-        acks.push(js.publish(subject.to_string(), p).await?);
+    for (subject, p) in messages {
+        n += 1;
+        acks.push(js.publish(subject, p).await?);
         if acks.len() == 4096 {
             for a in acks.drain(..) {
                 a.await?;

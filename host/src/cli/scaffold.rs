@@ -179,3 +179,14 @@ mod tests {
         assert!(e.contains("already exists"), "{e}");
     }
 }
+
+/// `eddy new plugin`: creates the project and says how to build and try it.
+pub fn command(lang: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
+    let (created, build) = new_plugin(lang, name, dir)?;
+    println!("created {}", created.display());
+    println!(
+        "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl --key /customer",
+        created.display()
+    );
+    Ok(())
+}

@@ -32,6 +32,8 @@ pub async fn ensure(
         };
         wanted.push((b.stream.clone(), subjects));
     }
+    let replicas = crate::transport::replicas(nats);
+    let input_stream = cfg.input.stream.clone();
     for (name, subjects) in wanted {
         let mut missing = Vec::new();
         for s in &subjects {
@@ -49,15 +51,85 @@ pub async fn ensure(
             ));
             continue;
         }
+        let transform = match &cfg.cluster {
+            Some(cluster) if name == input_stream => Some(partition_transform(
+                cluster,
+                &missing,
+                cfg.partitions.count,
+            )?),
+            _ => None,
+        };
+        let note = transform
+            .as_ref()
+            .map(|t| format!(", stored as {}", t.destination))
+            .unwrap_or_default();
         nats.js
             .create_stream(stream::Config {
                 name: name.clone(),
                 subjects: missing.clone(),
+                subject_transform: transform,
+                num_replicas: replicas,
                 ..Default::default()
             })
             .await
             .with_context(|| format!("cannot create stream {name} for {missing:?}"))?;
-        report.push(format!("stream {name}: created for {}", missing.join(", ")));
+        report.push(format!(
+            "stream {name}: created for {}{note} (replicas: {replicas})",
+            missing.join(", ")
+        ));
     }
     Ok(report)
+}
+
+/// The input stream's subject transform in cluster mode: events published on the one input
+/// subject, whose single `*` token is the key, are stored under their partition's subject
+/// (`cluster.partition_subject`), the partition computed by NATS with the hash Eddy's key
+/// groups use (`{{partition(count, 1)}}`).
+pub fn partition_transform(
+    cluster: &crate::config::ClusterConfig,
+    subjects: &[String],
+    count: u32,
+) -> anyhow::Result<stream::SubjectTransform> {
+    let [source] = subjects else {
+        anyhow::bail!(
+            "with [cluster], input.subjects must be one subject whose `*` token is the key (e.g. \"txn.in.*\"); got {subjects:?}"
+        );
+    };
+    let wildcards = source.split('.').filter(|t| *t == "*").count();
+    anyhow::ensure!(
+        wildcards == 1 && !source.split('.').any(|t| t == ">"),
+        "with [cluster], input subject `{source}` must have exactly one `*` token, the key (e.g. \"txn.in.*\")"
+    );
+    let target = cluster
+        .partition_subject
+        .trim_end_matches(".>")
+        .trim_end_matches(".*");
+    let destination = format!(
+        "{}.{{{{wildcard(1)}}}}",
+        target.replace("{partition}", &format!("{{{{partition({count},1)}}}}"))
+    );
+    Ok(stream::SubjectTransform {
+        source: source.clone(),
+        destination,
+    })
+}
+
+/// `eddy streams`: creates the pipeline's missing streams; the input stream captures
+/// `input_subject` if given, else `input.subjects`.
+pub async fn command(pipeline: &std::path::Path, input_subject: Vec<String>) -> anyhow::Result<()> {
+    let cfg = PipelineConfig::load_remote(pipeline)?;
+    let nats = crate::transport::connect(&cfg.nats, "eddy-streams").await?;
+    let subjects = if input_subject.is_empty() {
+        cfg.input.subjects.clone()
+    } else {
+        input_subject
+    };
+    anyhow::ensure!(
+        !subjects.is_empty(),
+        "input.subjects is empty: pass --input-subject to say what the input stream captures"
+    );
+    for line in ensure(&nats, &cfg, &subjects).await? {
+        println!("{line}");
+    }
+    Ok(())
 }

@@ -6,19 +6,28 @@
 //! NATS or opens state: checks that need the server (streams exist, subjects are captured)
 //! belong to `transport`.
 
+mod checkpoint;
+mod cluster;
+mod core;
 mod sections;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use checkpoint::{CheckpointConfig, CheckpointStore, DedupeCheck, S3Config};
+pub use cluster::ClusterConfig;
+pub use core::{
+    DeadLetterConfig, InputConfig, KeySource, LimitsConfig, MetricsConfig, NatsConfig,
+    OutputConfig, PipelineSection, PluginConfig, StateConfig, TtlOverride, TtlUpdateName,
+    TtlVisibilityName,
+};
 pub use sections::{
-    BroadcastInputConfig, CacheConfig, CacheMode, CheckpointConfig, DedupeCheck, FailurePolicy,
-    LookupStoreConfig, LookupsConfig, OrderMode, PartitionsConfig, QueryConfig, ReloadConfig,
-    ReloadWatch, RetryConfig, RetryOn, StoreKind,
+    BroadcastInputConfig, CacheConfig, CacheMode, FailurePolicy, LookupStoreConfig, LookupsConfig,
+    OrderMode, PartitionsConfig, QueryConfig, ReloadConfig, ReloadWatch, RetryConfig, RetryOn,
+    StoreKind,
 };
 
 /// A whole pipeline: where events come from, which plugin handles them, where results go.
@@ -68,289 +77,13 @@ pub struct PipelineConfig {
     /// Which partitions of the key space this host owns.
     #[serde(default)]
     pub partitions: PartitionsConfig,
-}
-
-/// `[state]`: operator overrides of what plugins declare.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateConfig {
-    /// TTL per state name (`[state.ttl.seen]`), overriding the plugin's declaration.
+    /// Partitions that move between hosts by themselves (leases in NATS KV).
     #[serde(default)]
-    pub ttl: std::collections::BTreeMap<String, TtlOverride>,
-    /// Recompact SST files older than this many seconds, so expired entries of keys never
-    /// read again are reclaimed too.
-    #[serde(default = "default_periodic_compaction")]
-    pub periodic_compaction_secs: u64,
-    /// Memory for hot values: keyed entries recently read or written, kept in front of RocksDB
-    /// for point reads, and value/list writes waiting for the next checkpoint, in MiB (0: none,
-    /// every write goes to RocksDB at once).
-    #[serde(default = "default_hot_values_mb")]
-    pub hot_values_mb: u64,
-}
-
-impl Default for StateConfig {
-    fn default() -> Self {
-        StateConfig {
-            ttl: Default::default(),
-            periodic_compaction_secs: default_periodic_compaction(),
-            hot_values_mb: default_hot_values_mb(),
-        }
-    }
-}
-
-fn default_hot_values_mb() -> u64 {
-    (crate::state::hot::DEFAULT_BUDGET >> 20) as u64
-}
-
-fn default_periodic_compaction() -> u64 {
-    6 * 3600
-}
-
-/// A TTL set by the operator for one state. `ttl_ms = 0` turns TTL off for it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TtlOverride {
-    /// Time to live, ms; 0 disables TTL.
-    pub ttl_ms: u64,
-    /// `on-create-and-write` (default) or `on-read-and-write`.
-    #[serde(default)]
-    pub update: TtlUpdateName,
-    /// `never-return-expired` (default) or `return-expired-if-not-cleaned-up`.
-    #[serde(default)]
-    pub visibility: TtlVisibilityName,
-}
-
-/// TTL update type, as written in the config.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TtlUpdateName {
-    /// Writes stamp.
-    #[default]
-    OnCreateAndWrite,
-    /// Reads stamp too.
-    OnReadAndWrite,
-}
-
-/// TTL visibility, as written in the config.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TtlVisibilityName {
-    /// Never return expired.
-    #[default]
-    NeverReturnExpired,
-    /// Return once if not cleaned up.
-    ReturnExpiredIfNotCleanedUp,
-}
-
-impl TtlOverride {
-    /// The TTL it sets, or None when it turns TTL off.
-    pub fn to_ttl(&self) -> Option<crate::state::Ttl> {
-        use crate::state::{Ttl, TtlUpdate, TtlVisibility};
-        (self.ttl_ms > 0).then_some(Ttl {
-            ttl_ms: self.ttl_ms,
-            update: match self.update {
-                TtlUpdateName::OnCreateAndWrite => TtlUpdate::OnCreateAndWrite,
-                TtlUpdateName::OnReadAndWrite => TtlUpdate::OnReadAndWrite,
-            },
-            visibility: match self.visibility {
-                TtlVisibilityName::NeverReturnExpired => TtlVisibility::NeverReturnExpired,
-                TtlVisibilityName::ReturnExpiredIfNotCleanedUp => {
-                    TtlVisibility::ReturnExpiredIfNotCleanedUp
-                }
-            },
-        })
-    }
-}
-
-/// `[pipeline]`: identity and state.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineSection {
-    /// Unique name of the pipeline: part of output message ids and metric labels.
-    pub name: String,
-    /// Directory holding the pipeline's RocksDB state. Relative paths are resolved against the
-    /// directory of the config file.
-    pub state_dir: PathBuf,
-    /// Number of key groups the key space is split into (fixed for the life of the state).
-    #[serde(default = "default_key_groups")]
-    pub key_groups: u32,
-}
-
-fn default_key_groups() -> u32 {
-    crate::state::DEFAULT_KEY_GROUPS
-}
-
-/// `[nats]`: server address and credentials.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// Server URL(s), comma separated.
-    #[serde(default = "default_nats_url")]
-    pub url: String,
-    /// Token authentication.
-    #[serde(default)]
-    pub token: Option<String>,
-    /// User for user/password authentication.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Password for user/password authentication.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Path to a `.creds` file (JWT + nkey seed).
-    #[serde(default)]
-    pub creds: Option<PathBuf>,
-    /// How long to wait for the first connection before giving up, in milliseconds.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-}
-
-impl Default for NatsConfig {
-    fn default() -> Self {
-        NatsConfig {
-            url: default_nats_url(),
-            token: None,
-            user: None,
-            password: None,
-            creds: None,
-            connect_timeout_ms: default_connect_timeout_ms(),
-        }
-    }
-}
-
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".to_string()
-}
-fn default_connect_timeout_ms() -> u64 {
-    5_000
-}
-
-/// `[input]`: the JetStream stream and durable consumer the pipeline reads.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputConfig {
-    /// The JetStream stream to read.
-    pub stream: String,
-    /// Subject filters inside the stream; empty means the whole stream.
-    #[serde(default)]
-    pub subjects: Vec<String>,
-    /// Durable consumer name; defaults to the pipeline name.
-    #[serde(default)]
-    pub consumer: Option<String>,
-    /// How to find an event's key.
-    pub key: KeySource,
-    /// Most events handed to the plugin in one call.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
-    /// Most events read but not yet acknowledged (the consumer's `max_ack_pending`). The
-    /// input is acknowledged at checkpoints, so this bounds the events between two of them: a
-    /// checkpoint is taken early when half of it is reached.
-    #[serde(default = "default_max_pending")]
-    pub max_pending: i64,
-}
-
-fn default_batch() -> usize {
-    256
-}
-fn default_max_pending() -> i64 {
-    1_000_000
-}
-
-/// Where an event's key comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum KeySource {
-    /// The value of this NATS header.
-    Header(String),
-    /// The subject token at this 0-based position (`txn.c-42.new` token 1 is `c-42`).
-    SubjectToken(usize),
-    /// The JSON value at this JSON pointer (RFC 6901) in the payload. Strings are used as
-    /// their UTF-8 bytes, numbers and booleans as their JSON text.
-    Json(String),
-}
-
-/// `[plugin]`: the component and its configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginConfig {
-    /// Path to the `.wasm` component. Relative to the config file's directory.
-    pub path: PathBuf,
-    /// Free-form configuration handed to the plugin's `init` as JSON.
-    #[serde(default)]
-    pub config: Option<toml::Table>,
-}
-
-impl PluginConfig {
-    /// The plugin configuration as the JSON text `init` receives.
-    pub fn config_json(&self) -> String {
-        match &self.config {
-            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_string()),
-            None => "{}".to_string(),
-        }
-    }
-}
-
-/// `[output]`: where the plugin's outputs go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputConfig {
-    /// The default subject for outputs that name none.
-    pub subject: String,
-    /// Subjects (NATS wildcards allowed) the plugin may publish to. The default subject is
-    /// always allowed.
-    #[serde(default)]
-    pub allow: Vec<String>,
-}
-
-/// `[dead_letter]`: where unhandled events go.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeadLetterConfig {
-    /// Subject for dead letters; must be captured by a JetStream stream.
-    pub subject: String,
-}
-
-/// `[limits]`: the plugin's sandbox budgets.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// CPU time one event may use, in milliseconds. A batch call gets this times its size.
-    #[serde(default = "default_cpu_ms")]
-    pub cpu_ms_per_event: u64,
-    /// Linear memory one plugin instance may use, in MiB.
-    #[serde(default = "default_memory_mb")]
-    pub memory_mb: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            cpu_ms_per_event: default_cpu_ms(),
-            memory_mb: default_memory_mb(),
-        }
-    }
-}
-
-fn default_cpu_ms() -> u64 {
-    100
-}
-fn default_memory_mb() -> u64 {
-    64
-}
-
-impl LimitsConfig {
-    /// The per-event CPU budget.
-    pub fn cpu_per_event(&self) -> Duration {
-        Duration::from_millis(self.cpu_ms_per_event)
-    }
-}
-
-/// `[metrics]`: the Prometheus endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address to serve `/metrics` on, e.g. `127.0.0.1:9464`. None: no endpoint.
-    #[serde(default)]
-    pub listen: Option<String>,
+    pub cluster: Option<ClusterConfig>,
+    /// Set on the copy of the configuration that runs one partition in cluster mode (never
+    /// read from the file): names that partition's checkpoints in the store.
+    #[serde(skip)]
+    pub run_partition: Option<u32>,
 }
 
 /// A configuration error: which file, which field, what is wrong and how to fix it.
@@ -379,6 +112,17 @@ impl PipelineConfig {
     /// Reads, parses and validates a pipeline file. Relative paths in it are resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let config = PipelineConfig::load_remote(path)?;
+        config.validate_plugin().map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })?;
+        Ok(config)
+    }
+
+    /// [`PipelineConfig::load`] for commands that only talk to running hosts (`eddy status`,
+    /// `eddy deploy`, `eddy state`): the plugin file need not be on this machine.
+    pub fn load_remote(path: &Path) -> Result<PipelineConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_path_buf()),
             field: "(file)".into(),
@@ -435,8 +179,8 @@ impl PipelineConfig {
         }
     }
 
-    /// Checks that need the file system: the plugin exists.
-    pub fn validate_files(&self) -> Result<(), ConfigError> {
+    /// Checks that need the plugin file: it exists.
+    pub fn validate_plugin(&self) -> Result<(), ConfigError> {
         if !self.plugin.path.is_file() {
             return Err(err(
                 "plugin.path",
@@ -446,6 +190,11 @@ impl PipelineConfig {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks that need the file system besides the plugin: the credentials file exists.
+    pub fn validate_files(&self) -> Result<(), ConfigError> {
         if let Some(creds) = &self.nats.creds
             && !creds.is_file()
         {
@@ -457,105 +206,16 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// Checks that need nothing but the config itself.
+    /// Checks that need nothing but the config itself: each section checks itself, then what
+    /// spans sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_name("pipeline.name", &self.pipeline.name)?;
-        let kg = self.pipeline.key_groups;
-        if kg == 0 || kg > crate::state::MAX_KEY_GROUPS {
-            return Err(err(
-                "pipeline.key_groups",
-                format!(
-                    "{kg} is out of range; use 1 to {} (default {})",
-                    crate::state::MAX_KEY_GROUPS,
-                    crate::state::DEFAULT_KEY_GROUPS
-                ),
-            ));
-        }
-        if self.nats.url.trim().is_empty() {
-            return Err(err(
-                "nats.url",
-                "is empty; set it to e.g. nats://127.0.0.1:4222".into(),
-            ));
-        }
-        if self.nats.token.is_some() && (self.nats.user.is_some() || self.nats.creds.is_some()) {
-            return Err(err(
-                "nats.token",
-                "set only one of token, user/password or creds".into(),
-            ));
-        }
-        if self.nats.user.is_some() != self.nats.password.is_some() {
-            return Err(err(
-                "nats.password",
-                "user and password go together; set both or neither".into(),
-            ));
-        }
-        check_name("input.stream", &self.input.stream)?;
-        if let Some(consumer) = &self.input.consumer {
-            check_name("input.consumer", consumer)?;
-        }
-        for s in &self.input.subjects {
-            check_subject("input.subjects", s, true)?;
-        }
-        if self.input.batch == 0 || self.input.batch > 10_000 {
-            return Err(err(
-                "input.batch",
-                format!("{} is out of range; use 1 to 10000", self.input.batch),
-            ));
-        }
-        if self.input.max_pending < self.input.batch as i64 {
-            return Err(err(
-                "input.max_pending",
-                format!(
-                    "{} is smaller than input.batch ({}); raise it",
-                    self.input.max_pending, self.input.batch
-                ),
-            ));
-        }
-        match &self.input.key {
-            KeySource::Header(name) if name.is_empty() => {
-                return Err(err("input.key.header", "is empty; name a header".into()));
-            }
-            KeySource::Json(pointer) if !pointer.starts_with('/') => {
-                return Err(err(
-                    "input.key.json",
-                    format!(
-                        "`{pointer}` is not a JSON pointer; it must start with `/`, e.g. \"/customer\""
-                    ),
-                ));
-            }
-            _ => {}
-        }
-        check_subject("output.subject", &self.output.subject, false)?;
-        for s in &self.output.allow {
-            check_subject("output.allow", s, true)?;
-        }
-        check_subject("dead_letter.subject", &self.dead_letter.subject, false)?;
-        if self.limits.cpu_ms_per_event == 0 || self.limits.cpu_ms_per_event > 60_000 {
-            return Err(err(
-                "limits.cpu_ms_per_event",
-                format!(
-                    "{} is out of range; use 1 to 60000",
-                    self.limits.cpu_ms_per_event
-                ),
-            ));
-        }
-        if self.limits.memory_mb < 2 || self.limits.memory_mb > 4096 {
-            return Err(err(
-                "limits.memory_mb",
-                format!(
-                    "{} is out of range; use 2 to 4096 (a plugin needs at least its initial memory)",
-                    self.limits.memory_mb
-                ),
-            ));
-        }
-        if let Some(listen) = &self.metrics.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(err(
-                "metrics.listen",
-                format!("`{listen}` is not an address; use host:port, e.g. 127.0.0.1:9464"),
-            ));
-        }
+        self.pipeline.validate()?;
+        self.nats.validate()?;
+        self.input.validate()?;
+        self.output.validate()?;
+        self.dead_letter.validate()?;
+        self.limits.validate()?;
+        self.metrics.validate()?;
         self.checkpoint.validate()?;
         for (name, b) in &self.broadcast {
             b.validate(name)?;
@@ -567,6 +227,22 @@ impl PipelineConfig {
         self.reload.validate()?;
         self.query.validate()?;
         self.partitions.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if self.partitions.owned.is_some() {
+                return Err(err(
+                    "partitions.owned",
+                    "is set, but with [cluster] partitions move between hosts by themselves; remove partitions.owned".into(),
+                ));
+            }
+            if self.query.http.is_some() {
+                return Err(err(
+                    "query.http",
+                    "is not served with [cluster] yet (queries go over NATS: `eddy state`, eddy.query.<pipeline>.*); remove query.http".into(),
+                ));
+            }
+        }
+        self.check_no_loop()?;
         if !self
             .pipeline
             .key_groups
@@ -583,6 +259,40 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// Refuses outputs that the pipeline would read again as input: one event would become
+    /// endlessly many.
+    fn check_no_loop(&self) -> Result<(), ConfigError> {
+        let mut inputs: Vec<(String, &String)> = self
+            .input
+            .subjects
+            .iter()
+            .map(|s| ("input.subjects".to_string(), s))
+            .collect();
+        for (name, b) in &self.broadcast {
+            inputs.extend(
+                b.subjects
+                    .iter()
+                    .map(|s| (format!("broadcast.{name}.subjects"), s)),
+            );
+        }
+        for (in_field, pattern) in inputs {
+            for (field, subject) in [
+                ("output.subject", &self.output.subject),
+                ("dead_letter.subject", &self.dead_letter.subject),
+            ] {
+                if subject_matches(pattern, subject) {
+                    return Err(err(
+                        field,
+                        format!(
+                            "`{subject}` is read back by {in_field} `{pattern}`: every message sent there would be handled again, forever; send it to a subject no input captures"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Where the live database lives: `<state_dir>/db`, rebuilt from the newest checkpoint at
     /// every start.
     pub fn db_dir(&self) -> PathBuf {
@@ -595,6 +305,44 @@ impl PipelineConfig {
             .dir
             .clone()
             .unwrap_or_else(|| self.pipeline.state_dir.join("checkpoints"))
+    }
+
+    /// This configuration narrowed to running partition `p` alone (cluster mode): its own
+    /// state directory, durable consumer, input subject, checkpoint names, and no HTTP
+    /// endpoint of its own.
+    pub fn for_partition(&self, p: u32) -> PipelineConfig {
+        let mut c = self.clone();
+        c.run_partition = Some(p);
+        c.partitions.owned = Some(vec![p]);
+        c.pipeline.state_dir = self.pipeline.state_dir.join(format!("p{p}"));
+        if let Some(dir) = &self.checkpoint.dir {
+            c.checkpoint.dir = Some(dir.join(format!("p{p}")));
+        }
+        c.input.consumer = Some(format!("{}-p{p}", self.consumer_name()));
+        if let Some(cluster) = &self.cluster {
+            c.input.subjects = vec![cluster.subject_of(p)];
+        }
+        c.query.http = None;
+        c
+    }
+
+    /// Where this pipeline's (or this partition's) checkpoints are named in the store:
+    /// `<pipeline>/` or `<pipeline>/p<N>/`.
+    pub fn checkpoint_prefix(&self) -> String {
+        match self.run_partition {
+            Some(p) => format!("{}/p{p}/", self.pipeline.name),
+            None => format!("{}/", self.pipeline.name),
+        }
+    }
+
+    /// The pipeline's checkpoints on this machine.
+    pub fn checkpoints(&self) -> crate::checkpoint::Checkpoints {
+        crate::checkpoint::Checkpoints::new(
+            &self.checkpoint_dir(),
+            &self.pipeline.state_dir.join("staging"),
+            &self.pipeline.name,
+            self.checkpoint.retain,
+        )
     }
 
     /// Where savepoints are written by default.

@@ -3,101 +3,11 @@
 //! names the field and the fix.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{ConfigError, check_name, check_subject, err};
-
-/// `[checkpoint]`: consistent cuts of all state and input positions, from which a host
-/// recovers after a crash.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckpointConfig {
-    /// Milliseconds between checkpoints (the most work a crash makes the host redo).
-    #[serde(default = "default_interval_ms")]
-    pub interval_ms: u64,
-    /// How many completed checkpoints are kept.
-    #[serde(default = "default_retain")]
-    pub retain: usize,
-    /// Where checkpoints are kept; default `<state_dir>/checkpoints`.
-    #[serde(default)]
-    pub dir: Option<PathBuf>,
-    /// Where `eddy savepoint create` writes; default `<state_dir>/savepoints`.
-    #[serde(default)]
-    pub savepoint_dir: Option<PathBuf>,
-    /// What to do when the output stream's duplicate window is shorter than a checkpoint
-    /// interval plus `recovery_allowance_ms` (replayed outputs could then be stored twice).
-    #[serde(default)]
-    pub dedupe_check: DedupeCheck,
-    /// How long a crashed host may take to come back, for the duplicate-window check.
-    #[serde(default = "default_recovery_allowance_ms")]
-    pub recovery_allowance_ms: u64,
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        CheckpointConfig {
-            interval_ms: default_interval_ms(),
-            retain: default_retain(),
-            dir: None,
-            savepoint_dir: None,
-            dedupe_check: DedupeCheck::default(),
-            recovery_allowance_ms: default_recovery_allowance_ms(),
-        }
-    }
-}
-
-fn default_interval_ms() -> u64 {
-    5_000
-}
-fn default_retain() -> usize {
-    3
-}
-fn default_recovery_allowance_ms() -> u64 {
-    60_000
-}
-
-/// `checkpoint.dedupe_check`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DedupeCheck {
-    /// Refuse to start (the default): exactly-once output is not guaranteed.
-    #[default]
-    Refuse,
-    /// Start, with a warning in the log.
-    Warn,
-}
-
-impl CheckpointConfig {
-    /// The interval.
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms)
-    }
-
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval_ms < 50 || self.interval_ms > 3_600_000 {
-            return Err(err(
-                "checkpoint.interval_ms",
-                format!(
-                    "{} is out of range; use 50 to 3600000 (default 5000)",
-                    self.interval_ms
-                ),
-            ));
-        }
-        if self.retain == 0 || self.retain > 100 {
-            return Err(err(
-                "checkpoint.retain",
-                format!(
-                    "{} is out of range; keep 1 to 100 checkpoints (default 3; 2 or more lets a corrupt newest one fall back)",
-                    self.retain
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// `[broadcast.<name>]`: a broadcast input. Every host reads all of it.
 #[derive(Debug, Clone, Deserialize)]

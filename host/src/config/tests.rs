@@ -83,3 +83,29 @@ fn subject_matching_follows_nats_wildcards() {
     assert!(subject_matches("a.b", "a.b"));
     assert!(!subject_matches("a.b", "a.b.c"));
 }
+
+#[test]
+fn an_output_read_back_by_an_input_is_refused() {
+    for (output, dlq, field) in [
+        ("txn.in", "txn.dlq", "output.subject"),
+        ("txn.enriched", "txn.in", "dead_letter.subject"),
+    ] {
+        let text = GOOD
+            .replace(
+                "subject = \"txn.enriched\"",
+                &format!("subject = \"{output}\""),
+            )
+            .replace("subject = \"txn.dlq\"", &format!("subject = \"{dlq}\""));
+        let e = PipelineConfig::parse(&text).expect_err("a loop");
+        assert_eq!(e.field, field, "{e}");
+        assert!(
+            e.message.contains("read back by input.subjects `txn.in`"),
+            "{e}"
+        );
+    }
+    let wildcard = GOOD
+        .replace("subjects = [\"txn.in\"]", "subjects = [\"txn.>\"]")
+        .replace("subject = \"txn.dlq\"", "subject = \"dlq.txn\"");
+    let e = PipelineConfig::parse(&wildcard).expect_err("captured by a wildcard");
+    assert_eq!(e.field, "output.subject", "{e}");
+}

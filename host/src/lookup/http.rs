@@ -1,10 +1,10 @@
 //! HTTP lookups: `GET` on a URL template; 200 is the value (the body), 404 is "not found",
-//! anything else is an error.
+//! 5xx and 429 are passing failures (retried), any other status a refusal.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::{Connector, Fetched, Loaded, url_encode};
+use super::{Connector, Fetched, Loaded, LookupError, url_encode};
 use crate::config::LookupStoreConfig;
 
 /// An HTTP store.
@@ -37,20 +37,23 @@ impl HttpStore {
     }
 }
 
-async fn get_one(client: reqwest::Client, url: String) -> Result<Option<Vec<u8>>, String> {
+async fn get_one(client: reqwest::Client, url: String) -> Result<Option<Vec<u8>>, LookupError> {
     let resp = client
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+        .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}")))?;
     match resp.status() {
         s if s.is_success() => resp
             .bytes()
             .await
             .map(|b| Some(b.to_vec()))
-            .map_err(|e| format!("GET {url}: {e}")),
+            .map_err(|e| LookupError::Unavailable(format!("GET {url}: {e}"))),
         reqwest::StatusCode::NOT_FOUND => Ok(None),
-        s => Err(format!("GET {url}: HTTP {s}")),
+        s if s.is_server_error() || s == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+            Err(LookupError::Unavailable(format!("GET {url}: HTTP {s}")))
+        }
+        s => Err(LookupError::Refused(format!("GET {url}: HTTP {s}"))),
     }
 }
 
@@ -69,12 +72,17 @@ impl Connector for HttpStore {
     fn load_all(&self) -> BoxFuture<'static, Loaded> {
         let (client, load) = (self.client.clone(), self.load.clone());
         async move {
-            let url = load.ok_or("no `load` URL for a full cache")?;
+            let url =
+                load.ok_or_else(|| LookupError::Refused("no `load` URL for a full cache".into()))?;
             let body = get_one(client, url.clone())
                 .await?
-                .ok_or_else(|| format!("GET {url}: not found"))?;
+                .ok_or_else(|| LookupError::Refused(format!("GET {url}: not found")))?;
             let all: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)
-                .map_err(|e| format!("GET {url}: not a JSON object of key to value: {e}"))?;
+                .map_err(|e| {
+                    LookupError::Refused(format!(
+                        "GET {url}: not a JSON object of key to value: {e}"
+                    ))
+                })?;
             Ok(all
                 .into_iter()
                 .map(|(k, v)| (k, serde_json::to_vec(&v).unwrap_or_default()))

@@ -42,10 +42,48 @@ use crate::transport::Nats;
 
 pub use cache::Cache;
 
+/// Why a store did not answer, and whether asking again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The store could not be reached or answered with a passing failure (connection refused
+    /// or dropped, timeout, HTTP 5xx or 429): retried per `retry`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store refused the request itself (a query it rejects, HTTP 4xx, a bucket that does
+    /// not exist, an answer that does not decode): asking again gives the same answer, so it
+    /// is not retried.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl LookupError {
+    /// Whether a retry may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, LookupError::Unavailable(_))
+    }
+}
+
 /// A store's raw answer for several keys: one value (or none) per key, or why it failed.
-pub(crate) type Fetched = Result<Vec<Option<Vec<u8>>>, String>;
+pub(crate) type Fetched = Result<Vec<Option<Vec<u8>>>, LookupError>;
 /// Everything a store holds, for a full cache: `(key, value)` pairs, or why it failed.
-pub(crate) type Loaded = Result<Vec<(String, Vec<u8>)>, String>;
+pub(crate) type Loaded = Result<Vec<(String, Vec<u8>)>, LookupError>;
+
+impl crate::metrics::LookupCounters for Lookups {
+    fn each(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+        for store in self.stores() {
+            let st = &store.stats;
+            for (result, c) in [
+                ("hit", &st.hits),
+                ("miss", &st.misses),
+                ("error", &st.errors),
+                ("failure", &st.failures),
+                ("load", &st.loads),
+            ] {
+                f(store.name(), result, c.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
 
 /// A connection to one kind of store.
 pub(crate) trait Connector: Send + Sync + 'static {
@@ -71,7 +109,7 @@ pub struct StoreStats {
 }
 
 /// A fetch of one key under way, shared by every event that asks for the key meanwhile.
-type InFlight = futures::future::Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
+type InFlight = futures::future::Shared<BoxFuture<'static, Result<Option<Vec<u8>>, LookupError>>>;
 
 /// One declared store.
 pub struct Store {
@@ -320,7 +358,7 @@ impl Store {
             .into_iter()
             .zip(futures::future::join_all(futures).await)
         {
-            answers[i] = Some(answer.map_err(LookupFailure::Failed));
+            answers[i] = Some(answer.map_err(|e| LookupFailure::Failed(e.to_string())));
         }
         answers
             .into_iter()
@@ -330,12 +368,12 @@ impl Store {
 
     /// Fetches one key (retries and timeout included), caches the answer, and ends its
     /// in-flight entry.
-    async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, String> {
+    async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, LookupError> {
         let answer = self
             .fetch_with_retries(std::slice::from_ref(&key))
             .await
             .pop()
-            .unwrap_or_else(|| Err("no answer".into()));
+            .unwrap_or_else(|| Err(LookupError::Unavailable("no answer".into())));
         if let Ok(v) = &answer {
             self.cache.put(&key, v.clone());
         }
@@ -347,14 +385,17 @@ impl Store {
     }
 
     /// Fetches from the store, retrying per `retry` within `timeout_ms` overall.
-    async fn fetch_with_retries(&self, keys: &[String]) -> Vec<Result<Option<Vec<u8>>, String>> {
+    async fn fetch_with_retries(
+        &self,
+        keys: &[String],
+    ) -> Vec<Result<Option<Vec<u8>>, LookupError>> {
         let retry = &self.cfg.retry;
         let timeout = self.cfg.timeout();
         let prefixed: Vec<String> = keys
             .iter()
             .map(|k| format!("{}{k}", self.cfg.key_prefix))
             .collect();
-        let mut results: Vec<Option<Result<Option<Vec<u8>>, String>>> = vec![None; keys.len()];
+        let mut results: Vec<Option<Result<Option<Vec<u8>>, LookupError>>> = vec![None; keys.len()];
         let attempts = AtomicU64::new(0);
         let work = async {
             let mut backoff = Duration::from_millis(retry.backoff_ms);
@@ -363,7 +404,7 @@ impl Store {
                 let todo: Vec<usize> = (0..keys.len())
                     .filter(|&i| match &results[i] {
                         None => true,
-                        Some(Err(_)) => retry.on.contains(&RetryOn::Error),
+                        Some(Err(e)) => e.retryable() && retry.on.contains(&RetryOn::Error),
                         Some(Ok(None)) => retry.on.contains(&RetryOn::NotFound),
                         Some(Ok(Some(_))) => false,
                     })
@@ -386,7 +427,7 @@ impl Store {
                     }
                 }
                 let again = todo.iter().any(|&i| match &results[i] {
-                    Some(Err(_)) => retry.on.contains(&RetryOn::Error),
+                    Some(Err(e)) => e.retryable() && retry.on.contains(&RetryOn::Error),
                     Some(Ok(None)) => retry.on.contains(&RetryOn::NotFound),
                     _ => false,
                 });
@@ -399,17 +440,20 @@ impl Store {
         };
         let timed_out = tokio::time::timeout(timeout, work).await.is_err();
         let tried = attempts.load(Ordering::Relaxed);
-        let out: Vec<Result<Option<Vec<u8>>, String>> = results
+        let out: Vec<Result<Option<Vec<u8>>, LookupError>> = results
             .into_iter()
             .map(|r| match r {
                 Some(Ok(v)) => Ok(v),
-                Some(Err(e)) => Err(format!("{e} (after {tried} attempts)")),
-                None if timed_out => Err(format!(
+                Some(Err(LookupError::Unavailable(e))) => Err(LookupError::Unavailable(format!(
+                    "{e} (after {tried} attempts)"
+                ))),
+                Some(Err(e)) => Err(e),
+                None if timed_out => Err(LookupError::Unavailable(format!(
                     "no answer within {} ms (lookup.{}.timeout_ms; {tried} attempts)",
                     timeout.as_millis(),
                     self.name
-                )),
-                None => Err("no answer".to_string()),
+                ))),
+                None => Err(LookupError::Unavailable("no answer".to_string())),
             })
             .collect();
         let failed = out.iter().filter(|r| r.is_err()).count() as u64;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 
-use super::{Connector, Fetched, Loaded};
+use super::{Connector, Fetched, Loaded, LookupError};
 use crate::config::LookupStoreConfig;
 
 /// A NATS KV bucket.
@@ -34,14 +34,31 @@ async fn bucket(
     js: &jetstream::Context,
     name: &str,
     cell: &OnceCell<jetstream::kv::Store>,
-) -> Result<jetstream::kv::Store, String> {
+) -> Result<jetstream::kv::Store, LookupError> {
     cell.get_or_try_init(|| async {
         js.get_key_value(name).await.map_err(|e| {
-            format!("NATS KV bucket `{name}`: {e} (create it with `nats kv add {name}`)")
+            let text =
+                format!("NATS KV bucket `{name}`: {e} (create it with `nats kv add {name}`)");
+            if bucket_missing(&e) {
+                LookupError::Refused(text)
+            } else {
+                LookupError::Unavailable(text)
+            }
         })
     })
     .await
     .cloned()
+}
+
+/// Whether the bucket's stream does not exist (as opposed to the server not answering).
+fn bucket_missing(e: &jetstream::context::KeyValueError) -> bool {
+    use jetstream::context::{GetStreamError, GetStreamErrorKind};
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<GetStreamError>())
+        .is_some_and(|s| {
+            matches!(s.kind(), GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+        })
 }
 
 impl Connector for KvStore {
@@ -55,7 +72,7 @@ impl Connector for KvStore {
                 .into_iter()
                 .map(|v| {
                     v.map(|o| o.map(|b| b.to_vec()))
-                        .map_err(|e| format!("NATS KV `{name}`: {e}"))
+                        .map_err(|e| LookupError::Unavailable(format!("NATS KV `{name}`: {e}")))
                 })
                 .collect()
         }
@@ -74,10 +91,10 @@ impl Connector for KvStore {
             let keys: Vec<String> = kv
                 .keys()
                 .await
-                .map_err(|e| format!("NATS KV `{name}` keys: {e}"))?
+                .map_err(|e| LookupError::Unavailable(format!("NATS KV `{name}` keys: {e}")))?
                 .try_collect()
                 .await
-                .map_err(|e| format!("NATS KV `{name}` keys: {e}"))?;
+                .map_err(|e| LookupError::Unavailable(format!("NATS KV `{name}` keys: {e}")))?;
             let mut out = Vec::new();
             let mut gets =
                 futures::stream::iter(keys.into_iter().filter(|k| k.starts_with(&prefix)))
@@ -87,7 +104,9 @@ impl Connector for KvStore {
                     })
                     .buffer_unordered(64);
             while let Some((k, v)) = gets.next().await {
-                if let Some(v) = v.map_err(|e| format!("NATS KV `{name}`: {e}"))? {
+                if let Some(v) =
+                    v.map_err(|e| LookupError::Unavailable(format!("NATS KV `{name}`: {e}")))?
+                {
                     out.push((k[prefix.len()..].to_string(), v.to_vec()));
                 }
             }

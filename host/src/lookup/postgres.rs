@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 use tokio_postgres::types::Type;
 
-use super::{Connector, Fetched, Loaded};
+use super::{Connector, Fetched, Loaded, LookupError};
 use crate::config::LookupStoreConfig;
 
 /// A PostgreSQL store.
@@ -45,7 +45,7 @@ async fn connect(
     url: &str,
     query: &str,
     slot: &Mutex<Option<Conn>>,
-) -> Result<(Arc<tokio_postgres::Client>, tokio_postgres::Statement), String> {
+) -> Result<(Arc<tokio_postgres::Client>, tokio_postgres::Statement), LookupError> {
     let mut guard = slot.lock().await;
     if let Some(c) = guard.as_ref()
         && !c.client.is_closed()
@@ -54,7 +54,7 @@ async fn connect(
     }
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| pg_error("cannot connect to PostgreSQL", &e))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("PostgreSQL connection closed: {e}");
@@ -64,7 +64,7 @@ async fn connect(
     let lookup = client
         .prepare(&wrapped)
         .await
-        .map_err(|e| format!("PostgreSQL rejected the lookup query: {e}"))?;
+        .map_err(|e| pg_error("PostgreSQL rejected the lookup query", &e))?;
     let client = Arc::new(client);
     *guard = Some(Conn {
         client: client.clone(),
@@ -73,12 +73,23 @@ async fn connect(
     Ok((client, lookup))
 }
 
+/// A PostgreSQL error: the server refusing the statement (an SQL error it reports) is not
+/// worth retrying; a connection that failed is.
+fn pg_error(what: &str, e: &tokio_postgres::Error) -> LookupError {
+    let text = format!("{what}: {e}");
+    if e.as_db_error().is_some() {
+        LookupError::Refused(text)
+    } else {
+        LookupError::Unavailable(text)
+    }
+}
+
 /// Runs the lookup for one key, converting it to the parameter's type.
 async fn lookup_one(
     client: &tokio_postgres::Client,
     stmt: &tokio_postgres::Statement,
     key: &str,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, LookupError> {
     let param = stmt.params().first().cloned().unwrap_or(Type::TEXT);
     let row = match param {
         Type::INT2 | Type::INT4 | Type::INT8 => {
@@ -95,7 +106,7 @@ async fn lookup_one(
         }
         _ => client.query_opt(stmt, &[&key]).await,
     }
-    .map_err(|e| format!("PostgreSQL: {e}"))?;
+    .map_err(|e| pg_error("PostgreSQL", &e))?;
     Ok(row
         .and_then(|r| r.get::<_, Option<String>>(0))
         .map(String::into_bytes))
@@ -124,7 +135,8 @@ impl Connector for PgStore {
             self.load.clone(),
         );
         async move {
-            let load = load.ok_or("no `load` query for a full cache")?;
+            let load = load
+                .ok_or_else(|| LookupError::Refused("no `load` query for a full cache".into()))?;
             let (client, _) = connect(&url, &query, &slot).await?;
             let rows = client
                 .query(
@@ -132,7 +144,7 @@ impl Connector for PgStore {
                     &[],
                 )
                 .await
-                .map_err(|e| format!("PostgreSQL load query: {e}"))?;
+                .map_err(|e| pg_error("PostgreSQL load query", &e))?;
             Ok(rows
                 .into_iter()
                 .filter_map(|r| {

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use tokio::sync::Mutex;
 
-use super::{Connector, Fetched, Loaded};
+use super::{Connector, Fetched, Loaded, LookupError};
 use crate::config::LookupStoreConfig;
 
 /// A Redis store.
@@ -37,7 +37,7 @@ impl RedisStore {
 async fn connection(
     client: &redis::Client,
     slot: &Mutex<Option<ConnectionManager>>,
-) -> Result<ConnectionManager, String> {
+) -> Result<ConnectionManager, LookupError> {
     let mut guard = slot.lock().await;
     if let Some(c) = guard.as_ref() {
         return Ok(c.clone());
@@ -47,9 +47,19 @@ async fn connection(
         .set_number_of_retries(1);
     let c = ConnectionManager::new_with_config(client.clone(), config)
         .await
-        .map_err(|e| format!("cannot connect to Redis: {e}"))?;
+        .map_err(|e| LookupError::Unavailable(format!("cannot connect to Redis: {e}")))?;
     *guard = Some(c.clone());
     Ok(c)
+}
+
+/// A Redis error, retryable when the connection failed rather than the command.
+fn redis_error(what: &str, e: &redis::RedisError) -> LookupError {
+    let text = format!("{what}: {e}");
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+        LookupError::Unavailable(text)
+    } else {
+        LookupError::Refused(text)
+    }
 }
 
 fn hash_json(fields: Vec<(String, String)>) -> Option<Vec<u8>> {
@@ -92,7 +102,7 @@ impl Connector for RedisStore {
                 // answers at once instead of after the old connection's reconnect backoff.
                 *slot.lock().await = None;
             }
-            result.map_err(|e| format!("Redis: {e}"))
+            result.map_err(|e| redis_error("Redis", &e))
         }
         .boxed()
     }
@@ -117,7 +127,7 @@ impl Connector for RedisStore {
                     .arg(1000)
                     .query_async(&mut conn)
                     .await
-                    .map_err(|e| format!("Redis SCAN: {e}"))?;
+                    .map_err(|e| redis_error("Redis SCAN", &e))?;
                 keys.extend(batch);
                 cursor = next;
                 if cursor == 0 {
@@ -134,14 +144,14 @@ impl Connector for RedisStore {
                     let hs: Vec<Vec<(String, String)>> = pipe
                         .query_async(&mut conn)
                         .await
-                        .map_err(|e| format!("Redis: {e}"))?;
+                        .map_err(|e| redis_error("Redis", &e))?;
                     hs.into_iter().map(hash_json).collect()
                 } else {
                     redis::cmd("MGET")
                         .arg(chunk)
                         .query_async(&mut conn)
                         .await
-                        .map_err(|e| format!("Redis MGET: {e}"))?
+                        .map_err(|e| redis_error("Redis MGET", &e))?
                 };
                 for (k, v) in chunk.iter().zip(values) {
                     if let Some(v) = v {

@@ -24,41 +24,39 @@
 //! Never: blocks the async runtime on plugin code or disk-heavy work.
 
 mod align;
+mod input;
 pub mod keys;
 pub mod route;
 mod runner;
+mod services;
+mod start;
 pub(crate) mod window;
-mod worker;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context;
-use async_nats::jetstream;
 use tokio::sync::{mpsc, watch};
 
-use crate::checkpoint::{Checkpoints, Cut, Manifest};
+use crate::checkpoint::Cut;
 use crate::config::{PipelineConfig, ReloadWatch};
-use crate::engine::{self, Event, InstanceContext};
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
-use crate::query::QueryEngine;
 use crate::reload::{self, DeployStatus, Deployment, History};
-use crate::state::{Clock, StateStore, StoreOptions, SystemClock};
-use crate::transport::{self, BroadcastInput, Input, Nats, Publisher};
+use crate::state::{Clock, SystemClock};
+use crate::transport::{self, BroadcastInput, Input, Publisher};
 
 pub use route::{
     HEADER_ERROR, HEADER_ERROR_KIND, HEADER_PLUGIN_VERSION, HEADER_SOURCE_SEQUENCE,
     HEADER_SOURCE_SUBJECT,
 };
-pub use worker::{Planner, Worker};
+pub use start::build_worker;
 
-use route::{Routes, Source, headers_to_wit};
-use runner::Runner;
-use window::{Arrival, Body, Window};
+use route::Routes;
+use runner::{Checkpointing, Reloading, Runner};
+use services::Services;
+use window::Window;
 
 /// Signals a running pipeline to stop: send `true`.
 pub type Shutdown = watch::Receiver<bool>;
@@ -78,6 +76,46 @@ pub struct RunSummary {
     pub checkpoints: u64,
 }
 
+impl RunSummary {
+    fn of(metrics: &Metrics) -> RunSummary {
+        RunSummary {
+            events_in: metrics.events_in.load(Ordering::Relaxed),
+            outputs: metrics.outputs.load(Ordering::Relaxed),
+            dropped: metrics.dropped.load(Ordering::Relaxed),
+            dead_lettered: metrics.dead_lettered_total(),
+            checkpoints: metrics.checkpoints.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a run of partitions held under a lease checks so that it never acts once another
+/// host may own them (cluster mode): a host paused past its lease, or cut off from NATS, must
+/// not commit a checkpoint over the new owner's, acknowledge input, or publish.
+pub trait Fence: Send + Sync {
+    /// `Err(why)` once this host's lease may have lapsed by its own clock.
+    fn check(&self) -> Result<(), String>;
+    /// Moves the partition's checkpoint pointer to checkpoint `id` by compare-and-set;
+    /// `Err(why)` when another owner moved it since (this host is fenced).
+    fn commit(&self, id: u64) -> futures::future::BoxFuture<'static, Result<(), String>>;
+    /// The checkpoint the pointer names: restore it (or an older one), never a newer one.
+    fn committed(&self) -> Option<u64>;
+    /// The base of this owner's checkpoint ids (`epoch << 32`).
+    fn id_base(&self) -> u64;
+}
+
+/// The error a fenced run stops with: it lost its lease, and did not acknowledge, commit or
+/// publish anything after noticing.
+#[derive(Debug)]
+pub struct Fenced(pub String);
+
+impl std::fmt::Display for Fenced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fenced: {}", self.0)
+    }
+}
+
+impl std::error::Error for Fenced {}
+
 /// Options for a run beyond the config file.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -88,6 +126,8 @@ pub struct RunOptions {
     /// Start from this savepoint instead of the newest checkpoint (the state directory must
     /// hold no checkpoint).
     pub from_savepoint: Option<std::path::PathBuf>,
+    /// The lease the run's partitions are held under (cluster mode).
+    pub fence: Option<Arc<dyn Fence>>,
 }
 
 impl Default for RunOptions {
@@ -96,6 +136,7 @@ impl Default for RunOptions {
             clock: Arc::new(SystemClock),
             compile_cache: None,
             from_savepoint: None,
+            fence: None,
         }
     }
 }
@@ -112,129 +153,85 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<RunSummary> {
     let cfg = Arc::new(cfg);
-    let checkpoints = Arc::new(Checkpoints::new(
-        &cfg.checkpoint_dir(),
-        &cfg.pipeline.state_dir.join("staging"),
-        &cfg.pipeline.name,
-        cfg.checkpoint.retain,
-    ));
-    let (state, restored) = {
-        let (cfg, opts, checkpoints) = (cfg.clone(), opts.clone(), checkpoints.clone());
-        tokio::task::spawn_blocking(move || restore(&cfg, &opts, &checkpoints)).await??
-    };
-    metrics.attach_state(state.stats().clone());
+
+    // 1. NATS, the lookup stores, and where checkpoints are kept beyond this host.
     let nats = transport::connect(&cfg.nats, &format!("eddy:{}", cfg.pipeline.name)).await?;
     let lookups = Lookups::connect(&cfg, Some(&nats)).await?;
     if let Some(l) = &lookups {
         metrics.attach_lookups(l.clone());
     }
-    // The newest deployed version wins over the file named in the pipeline.
+    let mut checkpoints = match crate::storage::open(&cfg, &nats).await? {
+        Some(storage) => cfg.checkpoints().with_storage(storage),
+        None => cfg.checkpoints(),
+    };
+    if let Some(fence) = &opts.fence {
+        checkpoints = checkpoints.with_id_base(fence.id_base());
+    }
+    let checkpoints = Arc::new(checkpoints);
+
+    // 2. State: the newest checkpoint (or a savepoint), restored before any input is read.
+    let restoring = Instant::now();
+    let (state, restored) = {
+        let (cfg, opts, checkpoints) = (cfg.clone(), opts.clone(), checkpoints.clone());
+        tokio::task::spawn_blocking(move || start::restore(&cfg, &opts, &checkpoints)).await??
+    };
+    metrics
+        .restore_seconds
+        .observe(restoring.elapsed().as_secs_f64());
+    metrics.attach_state(state.stats().clone());
+    let restored = restored.map(|m| m.cut).unwrap_or_default();
+
+    // 3. The plugin: the newest deployed version wins over the file named in the pipeline.
     let deployed = if cfg.reload.watch == ReloadWatch::ObjectStore {
         reload::deployed(&nats, &cfg.reload.bucket, &cfg.pipeline.name).await?
     } else {
         None
     };
-    let deployed_from = deployed
-        .is_some()
-        .then(|| format!("object store {}/{}", cfg.reload.bucket, cfg.pipeline.name));
+    let source = match deployed {
+        Some(_) => format!("object store {}/{}", cfg.reload.bucket, cfg.pipeline.name),
+        None => format!("file {}", cfg.plugin.path.display()),
+    };
     let built = {
         let (cfg, opts, metrics, state) =
             (cfg.clone(), opts.clone(), metrics.clone(), state.clone());
         let lookups = lookups.clone();
         tokio::task::spawn_blocking(move || {
-            build_worker_on(&cfg, &opts, metrics, state, lookups, deployed)
+            start::build_worker_on(&cfg, &opts, metrics, state, lookups, deployed)
         })
         .await??
     };
-    let Built {
-        mut worker,
-        planner,
-        engine,
-    } = built;
-    transport::check_captured(&nats, &cfg.output.subject, "output.subject").await?;
-    transport::check_captured(&nats, &cfg.dead_letter.subject, "dead_letter.subject").await?;
-    check_dedupe_window(&nats, &cfg).await?;
-    if !cfg.broadcast.is_empty() && !worker.plugin().capabilities().broadcast {
-        anyhow::bail!(
-            "the pipeline has broadcast inputs ({}) but plugin {} does not export broadcast-handler; build it for world `full-processor` (the Rust SDK does: implement Processor::process_broadcast), or remove [broadcast]",
-            cfg.broadcast.keys().cloned().collect::<Vec<_>>().join(", "),
-            worker.plugin().name()
-        );
-    }
-    let restored_cut = restored.map(|m| m.cut).unwrap_or_default();
-    // A different version than the one that wrote the checkpoint: let it migrate the state.
-    if !restored_cut.plugin_version.is_empty()
-        && restored_cut.plugin_version != worker.plugin().version()
-    {
-        let previous = restored_cut.plugin_version.clone();
-        let (w, r) = tokio::task::spawn_blocking(move || {
-            let r = worker.migrate(&previous);
-            (worker, r)
-        })
-        .await?;
-        worker = w;
-        if let Err(msg) = r? {
-            anyhow::bail!(
-                "plugin {} refused to migrate state written by version {}: {msg}",
-                worker.plugin().version(),
-                restored_cut.plugin_version
-            );
-        }
-    }
+
+    // 4. Checks that must pass before any input is read.
+    start::check_outputs(&nats, &cfg).await?;
+    start::check_capabilities(&cfg, &built.worker)?;
+    let worker = start::migrate_from(built.worker, &restored).await?;
+
+    // 5. Inputs, from just after the restored positions.
     let keyed_key = Input::position_key(&cfg);
-    let resume_after = restored_cut.positions.get(&keyed_key).copied().unwrap_or(0);
-    let skip: BTreeSet<u64> = restored_cut
+    let resume_after = restored.positions.get(&keyed_key).copied().unwrap_or(0);
+    let skip: BTreeSet<u64> = restored
         .done_after
         .get(&keyed_key)
         .map(|v| v.iter().copied().collect())
         .unwrap_or_default();
     let input = Input::open(&nats, &cfg, resume_after).await?;
     let keyed_backlog = input.backlog.clone();
-    let mut broadcasts = Vec::new();
-    for (name, bcfg) in &cfg.broadcast {
-        let after = restored_cut
-            .positions
-            .get(&BroadcastInput::position_key(name))
-            .copied()
-            .unwrap_or(0);
-        broadcasts.push(BroadcastInput::open(&nats, name, bcfg, after).await?);
-    }
-    // Queries, control requests, hot reload.
-    let query = Arc::new(QueryEngine::new(&cfg, state.clone()));
-    let query_service = if cfg.query.nats {
-        // Its own connection: answers do not queue behind the pipeline's outputs in one
-        // connection's write buffer, nor the outputs behind them.
-        let conn =
-            transport::connect(&cfg.nats, &format!("eddy:{}:query", cfg.pipeline.name)).await?;
-        Some(crate::query::nats::serve(&conn, query.clone()).await?)
-    } else {
-        None
-    };
-    let query_http = match &cfg.query.http {
-        Some(listen) => Some(
-            crate::query::http::serve(
-                listen,
-                query.clone(),
-                Some(nats.clone()),
-                cfg.query.token.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
+    let broadcasts = open_broadcasts(&nats, &cfg, &restored).await?;
+
+    // 6. Services beside the loop: queries, control requests, hot reload.
     let (control_tx, control_rx) = mpsc::channel(16);
-    let control_task = crate::control::serve(&nats, &cfg.pipeline.name, control_tx).await?;
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let validator = Arc::new(reload::Validator {
-        engine,
-        ctx: worker.context().clone(),
-        config_json: worker.config_json().to_string(),
-        needs_broadcast: !cfg.broadcast.is_empty(),
-    });
-    let reload_task = reload::watch(
-        cfg.clone(),
-        nats.clone(),
-        validator,
+    let services = Services::start(
+        &cfg,
+        &nats,
+        &state,
+        control_tx,
+        reload::Validator {
+            engine: built.engine,
+            ctx: worker.context().clone(),
+            config_json: worker.config_json().to_string(),
+            needs_broadcast: !cfg.broadcast.is_empty(),
+        },
         worker.plugin().version().to_string(),
         reload_tx,
     )
@@ -242,7 +239,7 @@ pub async fn run(
     let mut history = History::default();
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
-        source: deployed_from.unwrap_or_else(|| format!("file {}", cfg.plugin.path.display())),
+        source,
         at_ms: crate::checkpoint::now_ms(),
         status: DeployStatus::Live,
         reason: None,
@@ -257,8 +254,10 @@ pub async fn run(
         lookup_stores = cfg.lookup.len(),
         "pipeline running"
     );
+
+    // 7. The run loop, fed by the reader task.
     let (input_tx, input_rx) = mpsc::channel(2);
-    let input_task = tokio::spawn(read_input(
+    let input_task = tokio::spawn(input::read_input(
         input,
         input_tx,
         cfg.clone(),
@@ -272,18 +271,16 @@ pub async fn run(
     } else {
         cfg.input.batch * 2
     };
-    let publisher = Publisher::spawn(nats.js.clone(), metrics.clone());
     let mut runner = Runner {
         routes: Routes::new(&cfg),
         cfg: cfg.clone(),
-        nats: nats.clone(),
         state,
         worker: Some(worker),
-        planner,
+        planner: built.planner,
         window: Window::new(cfg.lookups.mode, capacity),
         input_rx,
         broadcasts,
-        broadcast_positions: restored_cut
+        broadcast_positions: restored
             .positions
             .iter()
             .filter(|(k, _)| k.starts_with("broadcast:"))
@@ -292,323 +289,50 @@ pub async fn run(
         keyed_key,
         keyed_backlog,
         keyed_read_through: resume_after,
-        keyed_position: resume_after,
         restored_skip: skip,
-        publisher,
-        checkpoints,
-        completing: None,
-        last_cut: Instant::now(),
-        unacked: 0,
-        cut_dirty: false,
+        publisher: Publisher::spawn(nats.js.clone(), metrics.clone()),
+        checkpointing: Checkpointing::new(checkpoints, resume_after),
+        reloading: Reloading::new(reload_rx, history),
         lookups,
         metrics: metrics.clone(),
-        query,
+        query: services.query.clone(),
         control_rx,
-        reload_rx,
-        history,
-        probation: None,
-        next_candidate: None,
-        last_checkpoint: None,
         started: Instant::now(),
         draining: false,
+        fence: opts.fence.clone(),
+        fenced: None,
     };
     let result = runner.run(shutdown).await;
-    // Everything that holds the state goes, so the same process can open it again.
-    for t in [Some(input_task), Some(control_task), reload_task]
-        .into_iter()
-        .flatten()
-    {
-        t.abort();
-        let _ = t.await;
-    }
-    if let Some(s) = query_service {
-        s.stop().await;
-    }
-    if let Some(h) = query_http {
-        h.abort();
-        let _ = h.await;
-    }
+
+    // 8. Teardown: everything that holds the state goes, so the same process can open it
+    //    again.
+    input_task.abort();
+    let _ = input_task.await;
+    services.stop().await;
     drop(runner);
-    let summary = RunSummary {
-        events_in: metrics.events_in.load(Ordering::Relaxed),
-        outputs: metrics.outputs.load(Ordering::Relaxed),
-        dropped: metrics.dropped.load(Ordering::Relaxed),
-        dead_lettered: metrics.dead_lettered_total(),
-        checkpoints: metrics.checkpoints.load(Ordering::Relaxed),
-    };
+    let summary = RunSummary::of(&metrics);
     result?;
     nats.client.flush().await.ok();
     tracing::info!(pipeline = %cfg.pipeline.name, "pipeline stopped cleanly");
     Ok(summary)
 }
 
-/// Restores state: from a savepoint if asked, else from the newest checkpoint (or empty).
-fn restore(
+/// Opens every broadcast input just after its restored position.
+async fn open_broadcasts(
+    nats: &transport::Nats,
     cfg: &PipelineConfig,
-    opts: &RunOptions,
-    checkpoints: &Checkpoints,
-) -> anyhow::Result<(Arc<StateStore>, Option<Manifest>)> {
-    let db_dir = cfg.db_dir();
-    if let Some(sp) = &opts.from_savepoint {
-        if !checkpoints.list().is_empty() {
-            anyhow::bail!(
-                "--from-savepoint: {} already holds checkpoints of this pipeline; restore into an empty state directory (pipeline.state_dir), or move the checkpoints away",
-                checkpoints.dir().display()
-            );
-        }
-        if db_dir.exists() {
-            std::fs::remove_dir_all(&db_dir)?;
-        }
-        let state = Arc::new(open_state(cfg, opts, &db_dir)?);
-        let owns = |kg: u16| cfg.partitions.owns(u32::from(kg) % cfg.partitions.count);
-        let started = Instant::now();
-        let meta = crate::checkpoint::savepoint::restore(sp, &state, owns, |p| {
-            tracing::info!(
-                files = p.done,
-                of = p.total,
-                entries = p.entries,
-                "restoring savepoint"
-            );
-        })?;
-        tracing::info!(
-            savepoint = %sp.display(),
-            entries = meta.entries,
-            from_key_groups = meta.key_groups,
-            to_key_groups = cfg.pipeline.key_groups,
-            ms = started.elapsed().as_millis() as u64,
-            "savepoint restored"
-        );
-        // Its positions name the inputs of the pipeline it came from: keep those of inputs
-        // this pipeline has.
-        let cut = Cut {
-            positions: meta.cut.positions.clone(),
-            done_after: meta.cut.done_after.clone(),
-            plugin_version: meta.cut.plugin_version.clone(),
-            outputs: 0,
-        };
-        let staged = checkpoints.cut(&state, checkpoints.next_id(), cut)?;
-        let manifest = checkpoints.complete(&staged)?;
-        checkpoints.retain(Some(staged.id()))?;
-        return Ok((state, Some(manifest)));
+    restored: &Cut,
+) -> anyhow::Result<Vec<BroadcastInput>> {
+    let mut broadcasts = Vec::new();
+    for (name, bcfg) in &cfg.broadcast {
+        let after = restored
+            .positions
+            .get(&BroadcastInput::position_key(name))
+            .copied()
+            .unwrap_or(0);
+        broadcasts.push(BroadcastInput::open(nats, name, bcfg, after).await?);
     }
-    let manifest = checkpoints.restore_newest(&db_dir)?;
-    match &manifest {
-        Some(m) => tracing::info!(checkpoint = m.id, "restored the newest checkpoint"),
-        None => {
-            if db_dir.exists() {
-                // State without a checkpoint: a crash before the first checkpoint completed.
-                // The input was never acknowledged, so starting over from empty state is exact.
-                std::fs::remove_dir_all(&db_dir)?;
-            }
-            tracing::info!("no checkpoint yet: starting from empty state");
-        }
-    }
-    let state = Arc::new(open_state(cfg, opts, &db_dir)?);
-    if let Some(m) = &manifest
-        && m.key_groups != cfg.pipeline.key_groups
-    {
-        anyhow::bail!(
-            "the checkpoint has {} key groups but pipeline.key_groups is {}; set it back, or rescale through a savepoint",
-            m.key_groups,
-            cfg.pipeline.key_groups
-        );
-    }
-    Ok((state, manifest))
-}
-
-fn open_state(
-    cfg: &PipelineConfig,
-    opts: &RunOptions,
-    db_dir: &Path,
-) -> anyhow::Result<StateStore> {
-    let store_options = StoreOptions {
-        periodic_compaction: Duration::from_secs(cfg.state.periodic_compaction_secs),
-        write_ahead_log: false,
-        hot_values_bytes: (cfg.state.hot_values_mb as usize) << 20,
-    };
-    let state = StateStore::open_with(
-        db_dir,
-        cfg.pipeline.key_groups,
-        opts.clock.clone(),
-        store_options,
-    )
-    .with_context(|| format!("cannot open state in {}", db_dir.display()))?;
-    state.set_ttl_overrides(
-        cfg.state
-            .ttl
-            .iter()
-            .map(|(name, o)| (name.clone(), o.to_ttl()))
-            .collect(),
-    );
-    Ok(state)
-}
-
-/// Opens state and compiles the plugin (blocking work), for `eddy check` and tools that run a
-/// plugin without NATS: the state is the live database as it is.
-pub fn build_worker(
-    cfg: &PipelineConfig,
-    opts: &RunOptions,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Worker> {
-    let state = Arc::new(open_state(cfg, opts, &cfg.db_dir())?);
-    Ok(build_worker_on(cfg, opts, metrics, state, None, None)?.worker)
-}
-
-/// A worker, its lookup planner, and the engine that compiled its plugin (new versions are
-/// compiled by the same engine).
-struct Built {
-    worker: Worker,
-    planner: Option<Planner>,
-    engine: Arc<engine::Engine>,
-}
-
-fn build_worker_on(
-    cfg: &PipelineConfig,
-    opts: &RunOptions,
-    metrics: Arc<Metrics>,
-    state: Arc<StateStore>,
-    lookups: Option<Arc<Lookups>>,
-    deployed: Option<Vec<u8>>,
-) -> anyhow::Result<Built> {
-    let cache = opts
-        .compile_cache
-        .clone()
-        .unwrap_or_else(|| default_cache_dir(&cfg.pipeline.state_dir));
-    let engine = Arc::new(engine::Engine::new(Some(&cache))?);
-    let plugin = match deployed {
-        Some(wasm) => engine.load(&wasm, &cfg.pipeline.name)?,
-        None => engine.load_file(&cfg.plugin.path)?,
-    };
-    let ctx = InstanceContext {
-        state,
-        limits: engine::Limits {
-            cpu_per_event: cfg.limits.cpu_per_event(),
-            memory_bytes: (cfg.limits.memory_mb as usize) << 20,
-        },
-        lookups: lookups.map(|l| l as Arc<dyn engine::LookupSource>),
-    };
-    let config_json = cfg.plugin.config_json();
-    let planner = if ctx.lookups.is_some() {
-        Planner::new(&plugin, &ctx, &config_json)?
-    } else {
-        None
-    };
-    let worker = Worker::new(plugin, ctx, config_json, metrics)?;
-    Ok(Built {
-        worker,
-        planner,
-        engine,
-    })
-}
-
-fn default_cache_dir(state_dir: &Path) -> std::path::PathBuf {
-    state_dir.join(".compiled")
-}
-
-/// Refuses (or warns, per `checkpoint.dedupe_check`) when the output stream's duplicate window
-/// is shorter than a checkpoint interval plus the recovery allowance: outputs replayed after a
-/// crash could then be stored twice.
-async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<()> {
-    let need =
-        Duration::from_millis(cfg.checkpoint.interval_ms + cfg.checkpoint.recovery_allowance_ms);
-    for (subject, field) in [
-        (&cfg.output.subject, "output.subject"),
-        (&cfg.dead_letter.subject, "dead_letter.subject"),
-    ] {
-        let name = transport::check_captured(nats, subject, field).await?;
-        let mut stream = nats.js.get_stream(&name).await?;
-        let window = stream.info().await?.config.duplicate_window;
-        if window < need {
-            let msg = format!(
-                "stream {name} (capturing {field} `{subject}`) keeps message ids for {} s, less than checkpoint.interval_ms + checkpoint.recovery_allowance_ms = {} s: after a crash, replayed outputs could be stored twice. Raise the stream's duplicate window (`nats stream edit {name} --dupe-window {}s`) or shorten checkpoint.interval_ms",
-                window.as_secs_f64(),
-                need.as_secs_f64(),
-                need.as_secs().max(1)
-            );
-            match cfg.checkpoint.dedupe_check {
-                crate::config::DedupeCheck::Refuse => {
-                    anyhow::bail!("{msg}; or set checkpoint.dedupe_check = \"warn\" to run anyway")
-                }
-                crate::config::DedupeCheck::Warn => tracing::warn!("{msg}"),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads keyed batches, skips what is already done, extracts keys: off the run loop.
-async fn read_input(
-    mut input: Input,
-    tx: mpsc::Sender<Vec<(jetstream::Message, Arrival)>>,
-    cfg: Arc<PipelineConfig>,
-    key_groups: u32,
-    resume_after: u64,
-    skip: BTreeSet<u64>,
-    metrics: Arc<Metrics>,
-) {
-    let mut max_seen = resume_after;
-    let source_name: Arc<str> = KEYED.into();
-    let key_of = keys::KeyExtractor::new(&cfg.input.key);
-    while let Some(batch) = input.next_batch(cfg.input.batch).await {
-        let mut arrivals = Vec::with_capacity(batch.len());
-        for msg in batch {
-            let (seq, stored_ns) = match msg.info() {
-                Ok(info) => (
-                    info.stream_sequence,
-                    info.published.unix_timestamp_nanos() as u64,
-                ),
-                Err(e) => {
-                    tracing::warn!("input message without JetStream metadata ({e}); skipped");
-                    continue;
-                }
-            };
-            if seq <= max_seen {
-                // Delivered again (an ack wait expired): it is in the window or done.
-                metrics.skipped_replays.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            max_seen = seq;
-            let source = Arc::new(Source {
-                input: source_name.clone(),
-                subject: msg.subject.clone(),
-                seq,
-                payload: msg.payload.clone(),
-                headers: msg.headers.clone(),
-            });
-            let body = if skip.contains(&seq) {
-                metrics.skipped_replays.fetch_add(1, Ordering::Relaxed);
-                Body::Done
-            } else {
-                metrics.events_in.fetch_add(1, Ordering::Relaxed);
-                match key_of.extract(&msg.subject, msg.headers.as_ref(), &msg.payload) {
-                    Ok(key) => Body::Event {
-                        key_group: crate::state::keygroup::key_group(&key, key_groups),
-                        event: Event {
-                            key,
-                            subject: msg.subject.to_string(),
-                            headers: headers_to_wit(msg.headers.as_ref()),
-                            payload: msg.payload.to_vec(),
-                            timestamp_ms: stored_ns / 1_000_000,
-                            sequence: seq,
-                        },
-                    },
-                    Err(reason) => Body::BadKey(reason),
-                }
-            };
-            arrivals.push((
-                msg,
-                Arrival {
-                    seq,
-                    stored_ns,
-                    source,
-                    body,
-                },
-            ));
-        }
-        if !arrivals.is_empty() && tx.send(arrivals).await.is_err() {
-            break;
-        }
-    }
+    Ok(broadcasts)
 }
 
 /// Waits for SIGINT or SIGTERM, then signals `tx`.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::config::PipelineConfig;
 use crate::engine::{Failure, FailureKind, Outcome};
 use crate::metrics::{DeadLetterReason, Metrics};
-use crate::transport::publisher::{Fallback, OutMessage};
+use crate::transport::publisher::{Fallback, OutKind, OutMessage};
 
 /// Header carrying the dead-letter reason.
 pub const HEADER_ERROR: &str = "Eddy-Error";
@@ -66,7 +66,8 @@ impl Routes {
                 .any(|p| crate::config::subject_matches(p, subject))
     }
 
-    /// The messages for one keyed event's outcome, counting drops and dead letters.
+    /// The messages for one keyed event's outcome, counting drops (outputs and dead letters
+    /// are counted by the publisher once stored).
     pub fn outcome(
         &self,
         source: &Arc<Source>,
@@ -85,19 +86,14 @@ impl Routes {
                     let reason = format!(
                         "plugin emitted to `{bad}`, which the pipeline does not allow; add it to output.allow or fix the plugin"
                     );
-                    out.push(self.dead_letter(
-                        source,
-                        DeadLetterReason::Contract,
-                        &reason,
-                        metrics,
-                    ));
+                    out.push(self.dead_letter(source, DeadLetterReason::Contract, &reason));
                     return;
                 }
                 let fallback: Option<Fallback> = (!outputs.is_empty()).then(|| {
                     let routes = self.clone();
                     let source = source.clone();
-                    Arc::new(move |reason: &str| {
-                        routes.letter(&source, DeadLetterReason::Contract, reason)
+                    Arc::new(move |kind: DeadLetterReason, reason: &str| {
+                        routes.dead_letter(&source, kind, reason)
                     }) as Fallback
                 });
                 for (i, o) in outputs.into_iter().enumerate() {
@@ -114,7 +110,7 @@ impl Routes {
                         subject: o.subject.unwrap_or_else(|| self.output.to_string()),
                         headers,
                         payload: Bytes::from(o.payload),
-                        is_output: true,
+                        kind: OutKind::Output,
                         fallback: fallback.clone(),
                     });
                 }
@@ -123,40 +119,33 @@ impl Routes {
                 metrics.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Outcome::Reject(reason)) => {
-                out.push(self.dead_letter(source, DeadLetterReason::Rejected, &reason, metrics));
+                out.push(self.dead_letter(source, DeadLetterReason::Rejected, &reason));
             }
             Err(failure) => {
-                out.push(self.failure(source, &failure, metrics));
+                out.push(self.failure(source, &failure));
             }
         }
     }
 
     /// The dead letter of an event whose call failed.
-    pub fn failure(&self, source: &Source, failure: &Failure, metrics: &Metrics) -> OutMessage {
+    pub fn failure(&self, source: &Source, failure: &Failure) -> OutMessage {
         let reason = match failure.kind {
             FailureKind::Trap => DeadLetterReason::Trap,
             FailureKind::CpuBudget => DeadLetterReason::CpuBudget,
             FailureKind::MemoryLimit => DeadLetterReason::MemoryLimit,
             FailureKind::Contract => DeadLetterReason::Contract,
         };
-        self.dead_letter(source, reason, &failure.message, metrics)
+        self.dead_letter(source, reason, &failure.message)
     }
 
-    /// A dead letter, counted.
+    /// A dead letter: the original payload and headers, plus the reason. Its message id is
+    /// derived from the input position, like outputs, so a replay does not duplicate it.
     pub fn dead_letter(
         &self,
         source: &Source,
         reason: DeadLetterReason,
         message: &str,
-        metrics: &Metrics,
     ) -> OutMessage {
-        metrics.dead_letter(reason);
-        self.letter(source, reason, message)
-    }
-
-    /// A dead letter: the original payload and headers, plus the reason. Its message id is
-    /// derived from the input position, like outputs, so a replay does not duplicate it.
-    fn letter(&self, source: &Source, reason: DeadLetterReason, message: &str) -> OutMessage {
         let mut headers = HeaderMap::new();
         if let Some(h) = source.headers.as_ref() {
             for (name, values) in h.iter() {
@@ -183,7 +172,7 @@ impl Routes {
             subject: self.dead_letter.to_string(),
             headers,
             payload: source.payload.clone(),
-            is_output: false,
+            kind: OutKind::DeadLetter(reason),
             fallback: None,
         }
     }

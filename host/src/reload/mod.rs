@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::config::{PipelineConfig, ReloadWatch};
+use crate::engine::Planner;
 use crate::engine::{Engine, Instance, InstanceContext, Plugin};
-use crate::pipeline::Planner;
 use crate::transport::Nats;
 
 /// A validated new version, ready to swap in.
@@ -61,7 +61,7 @@ pub enum ReloadEvent {
 }
 
 /// The state of one deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeployStatus {
     /// Running.
@@ -77,7 +77,7 @@ pub enum DeployStatus {
 }
 
 /// One version's deployment, as `eddy status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     /// Content hash.
     pub version: String,

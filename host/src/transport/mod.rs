@@ -52,7 +52,14 @@ pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats
     }
     let client = tokio::time::timeout(
         Duration::from_millis(cfg.connect_timeout_ms + 1000),
-        opts.connect(cfg.url.as_str()),
+        // `nats.url` may list several servers of a cluster, comma-separated.
+        opts.connect(
+            cfg.url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .map_err(|_| anyhow!("timed out connecting to NATS at {}", cfg.url))
@@ -93,6 +100,17 @@ fn version_at_least(version: &str, min: (u64, u64)) -> bool {
     let major = parts.next().unwrap_or(0);
     let minor = parts.next().unwrap_or(0);
     (major, minor) >= min
+}
+
+/// How many replicas the assets Eddy creates get: 1 on a standalone server, else as many
+/// servers as the cluster advertises, up to 3 (JetStream's usual R3).
+pub fn replicas(nats: &Nats) -> usize {
+    let info = nats.client.server_info();
+    if info.cluster.is_none() {
+        return 1;
+    }
+    // The advertised client URLs include this server's own.
+    info.connect_urls.len().clamp(1, 3)
 }
 
 /// Checks that a JetStream stream captures `subject`, so publishes to it are stored and acked.
@@ -334,9 +352,33 @@ impl BroadcastInput {
     /// `until_ns` (stream time): asks the stream for the next matching message after what was
     /// read, and reads up to it, until there is none that old.
     pub async fn catch_up(&mut self, until_ns: u64) -> anyhow::Result<()> {
+        // A NATS restart or leader election makes the requests below fail or wait for a
+        // while: keep trying (keyed events must not overtake an update that is stored), and
+        // say so every few seconds.
+        let mut waiting_since: Option<std::time::Instant> = None;
+        let mut said = std::time::Instant::now();
+        let name = self.name.clone();
+        let mut patience = |what: String| {
+            let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+            if said.elapsed() >= Duration::from_secs(5) {
+                said = std::time::Instant::now();
+                tracing::warn!(
+                    input = %name,
+                    waited_s = since.elapsed().as_secs(),
+                    "broadcast input: {what}; keyed events wait for it (NATS restarting?)"
+                );
+            }
+        };
         loop {
             self.poll_ready();
-            let next = self.backlog.next_after(self.read_through).await?;
+            let next = match self.backlog.next_after(self.read_through).await {
+                Ok(next) => next,
+                Err(e) => {
+                    patience(format!("cannot look into the stream ({e:#})"));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
             let Some((seq, ts)) = next else {
                 return Ok(());
             };
@@ -344,21 +386,14 @@ impl BroadcastInput {
                 return Ok(());
             }
             while self.read_through < seq {
-                let next = tokio::time::timeout(Duration::from_secs(10), self.messages.next())
-                    .await
-                    .map_err(|_| {
-                        anyhow!(
-                            "broadcast input `{}`: message {seq} is stored but was not delivered within 10 s",
-                            self.name
-                        )
-                    })?;
-                match next {
-                    Some(Ok(m)) => self.push(m),
-                    Some(Err(e)) => {
-                        tracing::warn!(input = %self.name, "broadcast input: {e}; retrying");
+                match tokio::time::timeout(Duration::from_secs(5), self.messages.next()).await {
+                    Err(_) => patience(format!("message {seq} is stored but not delivered yet")),
+                    Ok(Some(Ok(m))) => self.push(m),
+                    Ok(Some(Err(e))) => {
+                        patience(format!("{e}"));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    None => bail!("broadcast input `{}` ended", self.name),
+                    Ok(None) => bail!("broadcast input `{}` ended", self.name),
                 }
             }
         }

@@ -8,8 +8,14 @@
 //!
 //! Transient failures (NATS down, timeouts, a stream not loaded yet after a server restart) are
 //! retried with backoff until they succeed, so nothing is lost; duplicates from retries are
-//! dropped by JetStream thanks to `Nats-Msg-Id`. A message that can never be stored (no stream
-//! captures its subject, too large) is replaced by its fallback, a dead letter saying why.
+//! dropped by JetStream thanks to `Nats-Msg-Id`. An output that can never be stored (no stream
+//! captures its subject, larger than the server's `max_payload`) is replaced by its fallback, a
+//! dead letter saying why. A dead letter is never given up: one too large loses its payload
+//! (the input stream still has it, at the sequence its headers name), and one no stream
+//! captures is *parked*, retried until an operator creates the stream, with its job (and so
+//! the input behind it) unacknowledged meanwhile and `eddy_publish_parked` saying so.
+//!
+//! Outputs and dead letters are counted when stored, not when routed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,8 +28,22 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{DeadLetterReason, Metrics};
 
-/// Builds the dead letter that replaces an output that can never be stored, from the reason.
-pub type Fallback = Arc<dyn Fn(&str) -> OutMessage + Send + Sync>;
+/// Builds the dead letter that replaces an output that can never be stored, from the kind and
+/// the reason.
+pub type Fallback = Arc<dyn Fn(DeadLetterReason, &str) -> OutMessage + Send + Sync>;
+
+/// What a message is, for counting once it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutKind {
+    /// An output (`eddy_outputs_total`).
+    Output,
+    /// A dead letter, with its reason (`eddy_events_dead_lettered_total`).
+    DeadLetter(DeadLetterReason),
+}
+
+/// Header of a dead letter whose payload was left out because the message would exceed the
+/// server's `max_payload`.
+pub const HEADER_PAYLOAD_OMITTED: &str = "Eddy-Payload-Omitted";
 
 /// Builds more messages of a job on the publisher's task, off the run loop (routing a batch's
 /// outcomes), so the run loop can hand the plugin its next batch sooner.
@@ -38,8 +58,8 @@ pub struct OutMessage {
     pub headers: HeaderMap,
     /// Payload.
     pub payload: Bytes,
-    /// An output (counted in `eddy_outputs_total` once stored), or a dead letter.
-    pub is_output: bool,
+    /// An output or a dead letter.
+    pub kind: OutKind,
     /// What to publish instead if this can never be stored: the event as a dead letter.
     /// `None` for dead letters themselves.
     pub fallback: Option<Fallback>,
@@ -51,7 +71,7 @@ impl std::fmt::Debug for OutMessage {
             .field("subject", &self.subject)
             .field("headers", &self.headers)
             .field("payload", &self.payload)
-            .field("is_output", &self.is_output)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -242,6 +262,8 @@ async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut pending = sent;
+    let mut parked = 0u64;
+    let mut last_alarm: Option<Instant> = None;
     loop {
         let results = futures::future::join_all(pending.into_iter().map(|(m, r)| async move {
             match r {
@@ -257,50 +279,120 @@ async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
         .await;
         let settled = started.elapsed() > NO_STREAM_GRACE;
         let mut retry = Vec::new();
+        let mut stuck: Option<String> = None;
+        let mut first_error: Option<String> = None;
         for (m, r) in results {
-            match r {
+            let (kind, text) = match r {
                 Ok(_) => {
-                    if m.is_output {
-                        metrics.outputs.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err((kind, text)) => match permanent(&m.subject, kind, &text, settled) {
-                    Some(reason) => match &m.fallback {
-                        Some(fallback) => {
-                            metrics.dead_letter(DeadLetterReason::Contract);
-                            retry.push(fallback(&reason));
+                    match m.kind {
+                        OutKind::Output => metrics.outputs.fetch_add(1, Ordering::Relaxed),
+                        OutKind::DeadLetter(reason) => {
+                            metrics.dead_letter(reason);
+                            0
                         }
-                        None => tracing::error!("dead letter could not be stored: {reason}"),
-                    },
-                    None => retry.push(m),
+                    };
+                    continue;
+                }
+                Err(e) => e,
+            };
+            first_error.get_or_insert_with(|| format!("{}: {text}", m.subject));
+            match (permanent(&m.subject, kind, &text, settled), &m.fallback) {
+                (None, _) => retry.push(m),
+                (Some((reason, why)), Some(fallback)) => retry.push(fallback(reason, &why)),
+                (Some((DeadLetterReason::TooLarge, why)), None) => match without_payload(&m) {
+                    Some(smaller) => retry.push(smaller),
+                    None => {
+                        stuck.get_or_insert(why);
+                        retry.push(m);
+                    }
                 },
+                (Some((_, why)), None) => {
+                    stuck.get_or_insert(why);
+                    retry.push(m);
+                }
             }
         }
+        let now_parked = if stuck.is_some() {
+            retry.len() as u64
+        } else {
+            0
+        };
+        metrics.parked.fetch_add(now_parked, Ordering::Relaxed);
+        metrics.parked.fetch_sub(parked, Ordering::Relaxed);
+        parked = now_parked;
         if retry.is_empty() {
             return;
         }
         metrics
             .publish_retries
             .fetch_add(retry.len() as u64, Ordering::Relaxed);
-        tracing::warn!(
-            count = retry.len(),
-            "publish failed; retrying in {} ms (NATS unavailable?)",
-            backoff.as_millis()
-        );
+        if let Some(why) = &stuck {
+            // Only an operator can fix this: say so every ten seconds, not at every retry.
+            if last_alarm.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_alarm = Some(Instant::now());
+                tracing::error!(
+                    count = retry.len(),
+                    "messages cannot be stored: {why}; they are held and retried, and their input is not acknowledged until they are stored"
+                );
+            }
+        } else {
+            tracing::warn!(
+                count = retry.len(),
+                "publish failed ({}); retrying in {} ms",
+                first_error.as_deref().unwrap_or("?"),
+                backoff.as_millis()
+            );
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
         pending = send_all(js, retry).await;
     }
 }
 
-/// Why a failed publish can never succeed, or `None` if it may succeed later.
-fn permanent(subject: &str, kind: PublishErrorKind, text: &str, settled: bool) -> Option<String> {
+/// A dead letter too large for the server, without its payload (the input stream keeps it,
+/// at the subject and sequence the letter's headers name); `None` if it has none to drop.
+fn without_payload(m: &OutMessage) -> Option<OutMessage> {
+    if m.payload.is_empty() || m.headers.get(HEADER_PAYLOAD_OMITTED).is_some() {
+        return None;
+    }
+    let mut headers = m.headers.clone();
+    headers.insert(
+        HEADER_PAYLOAD_OMITTED,
+        format!(
+            "{} bytes: over the server's max_payload with these headers; read the event from the input stream at Eddy-Source-Sequence",
+            m.payload.len()
+        )
+        .as_str(),
+    );
+    Some(OutMessage {
+        subject: m.subject.clone(),
+        headers,
+        payload: Bytes::new(),
+        kind: m.kind,
+        fallback: None,
+    })
+}
+
+/// Why a failed publish can never succeed as it is (the dead-letter kind and the reason), or
+/// `None` if it may succeed later.
+fn permanent(
+    subject: &str,
+    kind: PublishErrorKind,
+    text: &str,
+    settled: bool,
+) -> Option<(DeadLetterReason, String)> {
     match kind {
-        PublishErrorKind::StreamNotFound if settled => Some(format!(
-            "no JetStream stream captures subject `{subject}`; add the subject to a stream or stop emitting to it"
+        PublishErrorKind::StreamNotFound if settled => Some((
+            DeadLetterReason::Contract,
+            format!(
+                "no JetStream stream captures subject `{subject}`; add the subject to a stream (`eddy streams <pipeline.toml>` creates the pipeline's) or stop emitting to it"
+            ),
         )),
-        PublishErrorKind::MaxPayloadExceeded => Some(format!(
-            "output too large for the server's max_payload: {text}"
+        PublishErrorKind::MaxPayloadExceeded => Some((
+            DeadLetterReason::TooLarge,
+            format!(
+                "message on `{subject}` too large for the server's max_payload ({text}); raise max_payload or emit less"
+            ),
         )),
         _ => None,
     }

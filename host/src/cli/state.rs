@@ -1,0 +1,65 @@
+//! `eddy state …`: reads live state from the running hosts (the queryable state service).
+
+use super::StateAction;
+use crate::config::PipelineConfig;
+use crate::query::{self, Freshness, Op, Query};
+use crate::transport;
+
+/// `eddy state get|broadcast|owner`.
+pub async fn command(action: StateAction) -> anyhow::Result<()> {
+    let (pipeline, op, q) = match action {
+        StateAction::Get {
+            pipeline,
+            state,
+            key,
+            map,
+            list,
+            prefix,
+            checkpoint,
+        } => {
+            let op = if map {
+                Op::Map
+            } else if list {
+                Op::List
+            } else {
+                Op::Get
+            };
+            let q = Query {
+                state: Some(state),
+                key: Some(key),
+                prefix,
+                freshness: if checkpoint {
+                    Freshness::Checkpoint
+                } else {
+                    Freshness::Latest
+                },
+                ..Query::default()
+            };
+            (pipeline, op, q)
+        }
+        StateAction::Broadcast { pipeline, map, key } => (
+            pipeline,
+            Op::Broadcast,
+            Query {
+                broadcast_map: Some(map),
+                key,
+                ..Query::default()
+            },
+        ),
+        StateAction::Owner { pipeline, key } => (
+            pipeline,
+            Op::Owner,
+            Query {
+                key: Some(key),
+                ..Query::default()
+            },
+        ),
+    };
+    let cfg = PipelineConfig::load_remote(&pipeline)?;
+    let nats = transport::connect(&cfg.nats, "eddy-state").await?;
+    let answer = query::nats::ask(&nats, &cfg.pipeline.name, op, &q)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}

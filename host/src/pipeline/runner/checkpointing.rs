@@ -1,0 +1,273 @@
+//! Checkpoints from the run loop's side: when to cut, what a cut records, and completing it in
+//! the background (outputs stored first, then files and manifest, then the input ack).
+//!
+//! Owns the bookkeeping between two checkpoints ([`Checkpointing`]): the checkpoint in
+//! progress, when the last cut was taken, how much input waits for an ack, and whether
+//! anything happened since.
+//!
+//! Never: cuts while the plugin runs (cuts are taken between two batches), or acknowledges
+//! input before the checkpoint that contains it is complete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use tokio::sync::oneshot;
+
+use super::Runner;
+use crate::checkpoint::{Checkpoints, Cut, Manifest};
+use crate::control::{CheckpointRef, CheckpointSummary};
+use crate::pipeline::Fenced;
+use crate::state::StateStore;
+use crate::transport;
+
+/// Where the run loop stands between two checkpoints.
+pub(in crate::pipeline) struct Checkpointing {
+    pub(super) checkpoints: Arc<Checkpoints>,
+    /// The checkpoint being completed in the background.
+    completing: Option<Completing>,
+    last_cut: Instant,
+    /// Events read since the last cut (unacknowledged until it completes).
+    pub(super) unacked: u64,
+    /// Whether anything was handled since the last cut.
+    pub(super) dirty: bool,
+    /// The keyed position of the last cut (or the restored one).
+    pub(super) keyed_position: u64,
+    /// The newest completed checkpoint.
+    pub(super) last: Option<CheckpointRef>,
+}
+
+/// A checkpoint being completed in the background.
+struct Completing {
+    id: u64,
+    task: tokio::task::JoinHandle<anyhow::Result<Manifest>>,
+    waiters: Vec<oneshot::Sender<Result<CheckpointSummary, String>>>,
+}
+
+impl Checkpointing {
+    pub(in crate::pipeline) fn new(checkpoints: Arc<Checkpoints>, keyed_position: u64) -> Self {
+        Checkpointing {
+            checkpoints,
+            completing: None,
+            last_cut: Instant::now(),
+            unacked: 0,
+            dirty: false,
+            keyed_position,
+            last: None,
+        }
+    }
+
+    /// Whether a checkpoint is being completed.
+    pub(super) fn in_progress(&self) -> bool {
+        self.completing.is_some()
+    }
+
+    /// Whether a cut is due: something happened, and the interval passed or `early` events
+    /// wait for an ack.
+    pub(super) fn due(&self, interval: std::time::Duration, early: u64) -> bool {
+        self.completing.is_none()
+            && self.dirty
+            && (self.last_cut.elapsed() >= interval || self.unacked >= early)
+    }
+
+    /// Answers `reply` when the checkpoint in progress completes; gives it back if none is.
+    pub(super) fn wait(
+        &mut self,
+        reply: oneshot::Sender<Result<CheckpointSummary, String>>,
+    ) -> Result<(), oneshot::Sender<Result<CheckpointSummary, String>>> {
+        match self.completing.as_mut() {
+            Some(c) => {
+                c.waiters.push(reply);
+                Ok(())
+            }
+            None => Err(reply),
+        }
+    }
+}
+
+impl Runner {
+    /// What a cut taken now records: the cut, its keyed position, and the message whose ack
+    /// acknowledges everything up to it.
+    pub(super) fn current_cut(&self) -> anyhow::Result<(Cut, u64, Option<jetstream::Message>)> {
+        let mut positions = self.broadcast_positions.clone();
+        let (keyed, ack) = match self.window.position() {
+            Some((seq, msg)) => (*seq, Some(msg.clone())),
+            None => (self.checkpointing.keyed_position, None),
+        };
+        positions.insert(self.keyed_key.clone(), keyed);
+        let mut done_after: Vec<u64> = self.window.done_after();
+        done_after.extend(self.restored_skip.range(keyed + 1..));
+        done_after.sort_unstable();
+        done_after.dedup();
+        let worker = self.worker.as_ref().context("worker lost")?;
+        let cut = Cut {
+            positions,
+            done_after: if done_after.is_empty() {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([(self.keyed_key.clone(), done_after)])
+            },
+            plugin_version: worker.plugin().version().to_string(),
+            outputs: self.metrics.outputs.load(Ordering::Relaxed),
+        };
+        Ok((cut, keyed, ack))
+    }
+
+    /// Cuts a checkpoint now (between two batches) and completes it in the background.
+    pub(super) async fn checkpoint(&mut self) -> anyhow::Result<()> {
+        let (cut, keyed, ack) = self.current_cut()?;
+        let job = self.publisher.last_job();
+        let (checkpoints, state) = (self.checkpointing.checkpoints.clone(), self.state.clone());
+        let started = Instant::now();
+        // `next_id` may ask the checkpoint store (once): on the blocking thread too.
+        let staged = tokio::task::spawn_blocking(move || {
+            let id = checkpoints.next_id();
+            checkpoints.cut(&state, id, cut)
+        })
+        .await??;
+        let id = staged.id();
+        self.metrics
+            .checkpoint_pause_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let c = &mut self.checkpointing;
+        c.keyed_position = keyed;
+        c.last_cut = Instant::now();
+        c.unacked = 0;
+        c.dirty = false;
+        let acked = self.publisher.watch_acked();
+        let checkpoints = c.checkpoints.clone();
+        let fence = self.fence.clone();
+        let task = tokio::spawn(async move {
+            transport::publisher::wait_for(acked, job).await?;
+            let (staged, manifest) = {
+                let checkpoints = checkpoints.clone();
+                tokio::task::spawn_blocking(move || {
+                    let m = checkpoints.complete(&staged);
+                    (staged, m)
+                })
+                .await?
+            };
+            let manifest = manifest?;
+            // Under a lease, the checkpoint counts once the partition's pointer names it; a
+            // host that lost the partition finds out here, before it acknowledges anything.
+            if let Some(fence) = &fence {
+                fence
+                    .commit(manifest.id)
+                    .await
+                    .map_err(|why| anyhow::Error::new(Fenced(why)))?;
+            }
+            // The cut is durable and every output up to it is stored: acknowledge the input.
+            if let Some(msg) = ack
+                && let Err(e) = msg.ack().await
+            {
+                tracing::warn!("input ack failed ({e}); the next checkpoint acknowledges it");
+            }
+            let keep = staged.id();
+            tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await??;
+            Ok(manifest)
+        });
+        c.completing = Some(Completing {
+            id,
+            task,
+            waiters: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Notices a completed checkpoint without waiting for one.
+    pub(super) async fn poll_completion(&mut self) -> anyhow::Result<()> {
+        if self
+            .checkpointing
+            .completing
+            .as_ref()
+            .is_some_and(|c| c.task.is_finished())
+        {
+            self.await_completion().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in progress, if any, and records how it ended.
+    pub(super) async fn await_completion(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.checkpointing.completing.take() {
+            let result = c.task.await?;
+            self.finish_completion(c.id, result, c.waiters).await;
+        }
+        Ok(())
+    }
+
+    async fn finish_completion(
+        &mut self,
+        id: u64,
+        result: anyhow::Result<Manifest>,
+        waiters: Vec<oneshot::Sender<Result<CheckpointSummary, String>>>,
+    ) {
+        let m = match result {
+            Ok(m) => m,
+            Err(e) if e.downcast_ref::<Fenced>().is_some() => {
+                tracing::warn!(checkpoint = id, "{e}; stopping at once");
+                for w in waiters {
+                    let _ = w.send(Err(format!("checkpoint {id}: {e}")));
+                }
+                self.fenced = Some(e.to_string());
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    checkpoint = id,
+                    "checkpoint failed: {e:#}; the next one will be tried"
+                );
+                self.metrics
+                    .checkpoint_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.checkpointing.dirty = true;
+                for w in waiters {
+                    let _ = w.send(Err(format!("checkpoint {id} failed: {e:#}")));
+                }
+                return;
+            }
+        };
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_seconds
+            .observe(m.complete_ms as f64 / 1000.0);
+        self.metrics
+            .checkpoint_bytes
+            .store(m.total_bytes, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_new_bytes
+            .fetch_add(m.new_bytes, Ordering::Relaxed);
+        self.metrics
+            .checkpoint_upload_bytes
+            .fetch_add(m.uploaded_bytes, Ordering::Relaxed);
+        self.checkpointing.last = Some(CheckpointRef {
+            id: m.id,
+            created_ms: m.created_ms,
+        });
+        tracing::debug!(
+            checkpoint = m.id,
+            cut_ms = m.cut_ms,
+            complete_ms = m.complete_ms,
+            bytes = m.total_bytes,
+            new_bytes = m.new_bytes,
+            "checkpoint complete"
+        );
+        // Queries at `checkpoint` freshness read this cut from now on.
+        if let Some(dir) = self.checkpointing.checkpoints.staged_dir(m.id) {
+            let clock = self.state.clock();
+            match tokio::task::spawn_blocking(move || StateStore::open_read_only(&dir, clock)).await
+            {
+                Ok(Ok(db)) => self.query.set_checkpoint(m.id, Arc::new(db)),
+                Ok(Err(e)) => tracing::warn!("cannot open checkpoint {} for queries: {e}", m.id),
+                Err(e) => tracing::warn!("cannot open checkpoint {} for queries: {e}", m.id),
+            }
+        }
+        let summary = CheckpointSummary::from(&m);
+        for w in waiters {
+            let _ = w.send(Ok(summary.clone()));
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Start-up steps of a run: restoring state (newest checkpoint or a savepoint), opening it,
+//! compiling the plugin into a worker, and the checks that must pass before any input is read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::RunOptions;
+use crate::checkpoint::{Checkpoints, Cut, Manifest};
+use crate::config::PipelineConfig;
+use crate::engine::{self, InstanceContext, Planner, Worker};
+use crate::lookup::Lookups;
+use crate::metrics::Metrics;
+use crate::state::{StateStore, StoreOptions};
+use crate::transport::{self, Nats};
+
+/// Restores state: from a savepoint if asked, else from the newest checkpoint (or empty).
+pub(super) fn restore(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    checkpoints: &Checkpoints,
+) -> anyhow::Result<(Arc<StateStore>, Option<Manifest>)> {
+    let db_dir = cfg.db_dir();
+    if let Some(sp) = &opts.from_savepoint {
+        // The state directory's own checkpoints: a store beyond the host may hold this
+        // pipeline's earlier checkpoints, and the savepoint's cut becomes the newest there.
+        if !checkpoints.list_local().is_empty() {
+            anyhow::bail!(
+                "--from-savepoint: {} already holds checkpoints of this pipeline; restore into an empty state directory (pipeline.state_dir), or move the checkpoints away",
+                checkpoints.dir().display()
+            );
+        }
+        if db_dir.exists() {
+            std::fs::remove_dir_all(&db_dir)?;
+        }
+        let state = Arc::new(open_state(cfg, opts, &db_dir)?);
+        let owns = |kg: u16| cfg.partitions.owns(u32::from(kg) % cfg.partitions.count);
+        let started = Instant::now();
+        let meta = crate::checkpoint::savepoint::restore(sp, &state, owns, |p| {
+            tracing::info!(
+                files = p.done,
+                of = p.total,
+                entries = p.entries,
+                "restoring savepoint"
+            );
+        })?;
+        tracing::info!(
+            savepoint = %sp.display(),
+            entries = meta.entries,
+            from_key_groups = meta.key_groups,
+            to_key_groups = cfg.pipeline.key_groups,
+            ms = started.elapsed().as_millis() as u64,
+            "savepoint restored"
+        );
+        // Its positions name the inputs of the pipeline it came from: keep those of inputs
+        // this pipeline has.
+        let cut = Cut {
+            positions: meta.cut.positions.clone(),
+            done_after: meta.cut.done_after.clone(),
+            plugin_version: meta.cut.plugin_version.clone(),
+            outputs: 0,
+        };
+        let staged = checkpoints.cut(&state, checkpoints.next_id(), cut)?;
+        let manifest = checkpoints.complete(&staged)?;
+        checkpoints.retain(Some(staged.id()))?;
+        return Ok((state, Some(manifest)));
+    }
+    let committed = opts.fence.as_ref().and_then(|f| f.committed());
+    let manifest = match (&opts.fence, committed) {
+        // A partition whose pointer names no checkpoint yet starts empty, whatever an
+        // earlier owner left uncommitted in the store.
+        (Some(_), None) => None,
+        _ => checkpoints.restore_up_to(&db_dir, committed)?,
+    };
+    match &manifest {
+        Some(m) => tracing::info!(checkpoint = m.id, "restored the newest checkpoint"),
+        None => {
+            if db_dir.exists() {
+                // State without a checkpoint: a crash before the first checkpoint completed.
+                // The input was never acknowledged, so starting over from empty state is exact.
+                std::fs::remove_dir_all(&db_dir)?;
+            }
+            tracing::info!("no checkpoint yet: starting from empty state");
+        }
+    }
+    let state = Arc::new(open_state(cfg, opts, &db_dir)?);
+    if let Some(m) = &manifest
+        && m.key_groups != cfg.pipeline.key_groups
+    {
+        anyhow::bail!(
+            "the checkpoint has {} key groups but pipeline.key_groups is {}; set it back, or rescale through a savepoint",
+            m.key_groups,
+            cfg.pipeline.key_groups
+        );
+    }
+    Ok((state, manifest))
+}
+
+fn open_state(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    db_dir: &Path,
+) -> anyhow::Result<StateStore> {
+    let store_options = StoreOptions {
+        periodic_compaction: Duration::from_secs(cfg.state.periodic_compaction_secs),
+        write_ahead_log: false,
+        hot_values_bytes: (cfg.state.hot_values_mb as usize) << 20,
+    };
+    let state = StateStore::open_with(
+        db_dir,
+        cfg.pipeline.key_groups,
+        opts.clock.clone(),
+        store_options,
+    )
+    .with_context(|| format!("cannot open state in {}", db_dir.display()))?;
+    state.set_ttl_overrides(
+        cfg.state
+            .ttl
+            .iter()
+            .map(|(name, o)| (name.clone(), o.to_ttl()))
+            .collect(),
+    );
+    Ok(state)
+}
+
+/// Opens state and compiles the plugin (blocking work), for `eddy check` and tools that run a
+/// plugin without NATS: the state is the live database as it is.
+pub fn build_worker(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Worker> {
+    let state = Arc::new(open_state(cfg, opts, &cfg.db_dir())?);
+    Ok(build_worker_on(cfg, opts, metrics, state, None, None)?.worker)
+}
+
+/// A worker, its lookup planner, and the engine that compiled its plugin (new versions are
+/// compiled by the same engine).
+pub(super) struct Built {
+    pub(super) worker: Worker,
+    pub(super) planner: Option<Planner>,
+    pub(super) engine: Arc<engine::Engine>,
+}
+
+pub(super) fn build_worker_on(
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+    metrics: Arc<Metrics>,
+    state: Arc<StateStore>,
+    lookups: Option<Arc<Lookups>>,
+    deployed: Option<Vec<u8>>,
+) -> anyhow::Result<Built> {
+    let cache = opts
+        .compile_cache
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&cfg.pipeline.state_dir));
+    let engine = Arc::new(engine::Engine::new(Some(&cache))?);
+    let plugin = match deployed {
+        Some(wasm) => engine.load(&wasm, &cfg.pipeline.name)?,
+        None => engine.load_file(&cfg.plugin.path)?,
+    };
+    let ctx = InstanceContext {
+        state,
+        limits: engine::Limits {
+            cpu_per_event: cfg.limits.cpu_per_event(),
+            memory_bytes: (cfg.limits.memory_mb as usize) << 20,
+        },
+        lookups: lookups.map(|l| l as Arc<dyn engine::LookupSource>),
+    };
+    let config_json = cfg.plugin.config_json();
+    let planner = if ctx.lookups.is_some() {
+        Planner::new(&plugin, &ctx, &config_json)?
+    } else {
+        None
+    };
+    let worker = Worker::new(plugin, ctx, config_json, metrics)?;
+    Ok(Built {
+        worker,
+        planner,
+        engine,
+    })
+}
+
+fn default_cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(".compiled")
+}
+
+/// Refuses (or warns, per `checkpoint.dedupe_check`) when the output stream's duplicate window
+/// is shorter than a checkpoint interval plus the recovery allowance: outputs replayed after a
+/// crash could then be stored twice.
+async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<()> {
+    // In a cluster, a dead host's partitions wait for its lease to lapse before another host
+    // restores and replays them.
+    let lease = cfg.cluster.as_ref().map_or(0, |c| c.lease_ms);
+    let need = Duration::from_millis(
+        cfg.checkpoint.interval_ms + cfg.checkpoint.recovery_allowance_ms + lease,
+    );
+    for (subject, field) in [
+        (&cfg.output.subject, "output.subject"),
+        (&cfg.dead_letter.subject, "dead_letter.subject"),
+    ] {
+        let name = transport::check_captured(nats, subject, field).await?;
+        let mut stream = nats.js.get_stream(&name).await?;
+        let window = stream.info().await?.config.duplicate_window;
+        if window < need {
+            let msg = format!(
+                "stream {name} (capturing {field} `{subject}`) keeps message ids for {} s, less than checkpoint.interval_ms + checkpoint.recovery_allowance_ms (+ cluster.lease_ms) = {} s: after a crash, replayed outputs could be stored twice. Raise the stream's duplicate window (`nats stream edit {name} --dupe-window {}s`) or shorten checkpoint.interval_ms",
+                window.as_secs_f64(),
+                need.as_secs_f64(),
+                need.as_secs().max(1)
+            );
+            match cfg.checkpoint.dedupe_check {
+                crate::config::DedupeCheck::Refuse => {
+                    anyhow::bail!("{msg}; or set checkpoint.dedupe_check = \"warn\" to run anyway")
+                }
+                crate::config::DedupeCheck::Warn => tracing::warn!("{msg}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a stream stores every output and dead letter, that it is not the input stream
+/// (one event would become endlessly many), and that its duplicate window covers a replay.
+pub(super) async fn check_outputs(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<()> {
+    for (subject, field) in [
+        (&cfg.output.subject, "output.subject"),
+        (&cfg.dead_letter.subject, "dead_letter.subject"),
+    ] {
+        let stream = transport::check_captured(nats, subject, field).await?;
+        if stream == cfg.input.stream {
+            anyhow::bail!(
+                "{field} `{subject}` is stored in the input stream {stream}: every message sent there would be read and handled again, forever; send it to a subject a different stream captures"
+            );
+        }
+    }
+    check_dedupe_window(nats, cfg).await
+}
+
+/// Refuses a plugin that cannot serve the pipeline's inputs.
+pub(super) fn check_capabilities(cfg: &PipelineConfig, worker: &Worker) -> anyhow::Result<()> {
+    if !cfg.broadcast.is_empty() && !worker.plugin().capabilities().broadcast {
+        anyhow::bail!(
+            "the pipeline has broadcast inputs ({}) but plugin {} does not export broadcast-handler; give it a broadcast handler (Rust: Processor::process_broadcast, JavaScript: processBroadcast, Python: process_broadcast, Go: ProcessBroadcast, C: the .broadcast hook of EDDY_PLUGIN), or remove [broadcast]",
+            cfg.broadcast.keys().cloned().collect::<Vec<_>>().join(", "),
+            worker.plugin().name()
+        );
+    }
+    Ok(())
+}
+
+/// Lets the plugin migrate state written by another version (the one in the restored cut).
+pub(super) async fn migrate_from(mut worker: Worker, restored: &Cut) -> anyhow::Result<Worker> {
+    if restored.plugin_version.is_empty() || restored.plugin_version == worker.plugin().version() {
+        return Ok(worker);
+    }
+    let previous = restored.plugin_version.clone();
+    let (worker, r) = tokio::task::spawn_blocking(move || {
+        let r = worker.migrate(&previous);
+        (worker, r)
+    })
+    .await?;
+    if let Err(msg) = r? {
+        anyhow::bail!(
+            "plugin {} refused to migrate state written by version {}: {msg}",
+            worker.plugin().version(),
+            restored.plugin_version
+        );
+    }
+    Ok(worker)
+}
