@@ -1,0 +1,383 @@
+//! Cluster mode (`[cluster]`): every host runs the same `eddy run pipeline.toml`, and the
+//! pipeline's partitions spread over the live hosts by themselves, with NATS JetStream as the
+//! only coordinator.
+//!
+//! Owns the life of a host in the cluster: it registers and heartbeats (`leases`), takes free
+//! partitions up to its share and hands off those beyond it (`assign`), and runs each owned
+//! partition as a pipeline run of its own ([`crate::pipeline::run`] on
+//! [`PipelineConfig::for_partition`]): its own RocksDB, durable consumer, checkpoints (in the
+//! store under `<pipeline>/p<N>/`) and plugin instance, so a partition moves without pausing
+//! the others.
+//!
+//! Moving a partition:
+//! - *hand-off* (a host joined, or this one stops): the run drains, takes its last
+//!   checkpoint and commits it to the partition's pointer, then the lease is released; the
+//!   new owner takes it at its next tick;
+//! - *failover* (a host died): its leases expire after `cluster.lease_ms`; a survivor takes
+//!   the partition, claims its pointer, restores the committed checkpoint from the store and
+//!   replays from its input position. Replayed outputs carry the same message ids, so the
+//!   output stream's duplicate window drops them (checked at start: the window must cover a
+//!   checkpoint interval plus the lease plus the recovery allowance).
+//!
+//! Fencing: each run holds a [`crate::pipeline::Fence`]. It stops by itself once its lease may
+//! have lapsed by its own clock (renewed less than `lease_ms` ago, minus a margin), before
+//! publishing; and its checkpoints count only once the pointer moves by compare-and-set at
+//! the revision it last wrote, before the input is acknowledged: a host paused past its lease
+//! cannot commit over the new owner, acknowledge, or publish after it wakes.
+//!
+//! Never: decides ownership from a read; only a compare-and-set on a lease does.
+
+mod assign;
+mod leases;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Fence, Fenced, RunOptions, RunSummary, Shutdown};
+use crate::transport;
+
+use leases::{Coordination, Lease};
+
+/// One process-wide origin for the monotonic deadlines the fences compare against.
+fn mono_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The fence of one owned partition.
+struct LeaseFence {
+    coord: Coordination,
+    partition: u32,
+    epoch: u64,
+    /// The pointer's revision this owner last wrote.
+    pointer_revision: Arc<AtomicU64>,
+    /// The checkpoint the pointer named when this owner claimed it.
+    committed: Option<u64>,
+    /// Until when (by [`mono_ms`]) the lease surely holds.
+    deadline_ms: Arc<AtomicU64>,
+}
+
+impl Fence for LeaseFence {
+    fn check(&self) -> Result<(), String> {
+        let now = mono_ms();
+        let deadline = self.deadline_ms.load(Ordering::Acquire);
+        if now < deadline {
+            Ok(())
+        } else {
+            Err(format!(
+                "the lease on partition {} was last renewed too long ago ({} ms past its margin); another host may own it",
+                self.partition,
+                now - deadline
+            ))
+        }
+    }
+
+    fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), String>> {
+        let (coord, p, epoch) = (self.coord.clone(), self.partition, self.epoch);
+        let revision = self.pointer_revision.clone();
+        let deadline = self.deadline_ms.clone();
+        async move {
+            if mono_ms() >= deadline.load(Ordering::Acquire) {
+                return Err(format!("the lease on partition {p} may have lapsed"));
+            }
+            let at = revision.load(Ordering::Acquire);
+            match coord.write_pointer(p, Some(id), epoch, at).await {
+                Ok(new) => {
+                    revision.store(new, Ordering::Release);
+                    Ok(())
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        .boxed()
+    }
+
+    fn committed(&self) -> Option<u64> {
+        self.committed
+    }
+
+    fn id_base(&self) -> u64 {
+        self.epoch << 32
+    }
+}
+
+/// A partition this host owns and runs.
+struct Owned {
+    lease: Lease,
+    deadline_ms: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+/// Runs `cfg` as one host of its cluster until `shutdown`, then hands every partition off.
+pub async fn run(
+    cfg: PipelineConfig,
+    opts: RunOptions,
+    mut shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<RunSummary> {
+    let cluster = cfg
+        .cluster
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the pipeline has no [cluster] section"))?;
+    let lease = Duration::from_millis(cluster.lease_ms);
+    let cfg = Arc::new(cfg);
+    let nats =
+        transport::connect(&cfg.nats, &format!("eddy:{}:cluster", cfg.pipeline.name)).await?;
+    let me = format!(
+        "{}-{}-{}",
+        cfg.partitions.host_name(),
+        std::process::id(),
+        crate::checkpoint::now_ms() % 100_000
+    );
+    let replicas = transport::replicas(&nats);
+    let coord = Coordination::open(&nats, &cfg.pipeline.name, &me, lease, replicas).await?;
+    coord.heartbeat().await?;
+    tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
+
+    let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
+    let mut handing_off: Vec<JoinHandle<()>> = Vec::new();
+    let mut summary = RunSummary::default();
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A partition whose run failed (not fenced) waits before this host takes it again.
+    let mut cooling: BTreeMap<u32, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        if let Err(e) = coord.heartbeat().await {
+            tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
+        }
+        // Renew every lease; a lost one stops its run at once.
+        for (p, o) in owned.iter_mut() {
+            let sent = mono_ms();
+            let started = Instant::now();
+            match coord.renew(&mut o.lease).await {
+                Ok(true) => {
+                    metrics
+                        .lease_renewal_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let margin = cluster.lease_ms / 6;
+                    o.deadline_ms
+                        .store(sent + cluster.lease_ms - margin, Ordering::Release);
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        partition = p,
+                        "lease lost to another host; stopping the partition"
+                    );
+                    // Its fence fails from now on: the run stops at its next publish or
+                    // commit, acknowledging nothing more.
+                    o.deadline_ms.store(0, Ordering::Release);
+                    let _ = o.stop.send(true);
+                }
+                Err(e) => tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying"),
+            }
+        }
+        // Runs that ended on their own.
+        let ended: Vec<u32> = owned
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            let Some(o) = owned.remove(&p) else { continue };
+            match o.task.await {
+                Ok(Ok(s)) => add(&mut summary, &s),
+                Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
+                    tracing::warn!(partition = p, "partition stopped: {e:#}");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
+                    coord.release(&o.lease).await;
+                    cooling.insert(p, Instant::now());
+                }
+                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
+            }
+        }
+        metrics
+            .partitions_owned
+            .store(owned.len() as u64, Ordering::Relaxed);
+        let (hosts, owners) = match (coord.hosts().await, coord.owners().await) {
+            (Ok(mut h), Ok(o)) => {
+                h.insert(me.clone());
+                (h, o)
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot read the cluster's hosts and leases ({e:#}); retrying");
+                continue;
+            }
+        };
+        let moves = assign::moves(cfg.partitions.count, &hosts, &owners, &me);
+        for p in moves.release {
+            if let Some(o) = owned.remove(&p) {
+                tracing::info!(partition = p, "handing the partition off");
+                handing_off.push(tokio::spawn(hand_off(coord.clone(), p, o)));
+            }
+        }
+        cooling.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        for p in moves.acquire {
+            if owned.contains_key(&p) || cooling.contains_key(&p) {
+                continue;
+            }
+            match start_partition(&cfg, &opts, &coord, &metrics, &cluster, p, &owners).await {
+                Ok(Some(o)) => {
+                    owned.insert(p, o);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(partition = p, "cannot take the partition: {e:#}"),
+            }
+        }
+        handing_off.retain(|h| !h.is_finished());
+    }
+
+    // Stopping: every partition hands off (last checkpoint, pointer, release), in parallel.
+    tracing::info!(
+        partitions = owned.len(),
+        "leaving the cluster: handing partitions off"
+    );
+    let mut last = Vec::new();
+    for (p, o) in owned {
+        last.push(tokio::spawn(hand_off(coord.clone(), p, o)));
+    }
+    for h in last.into_iter().chain(handing_off) {
+        let _ = h.await;
+    }
+    coord.leave().await;
+    summary.events_in = metrics.events_in.load(Ordering::Relaxed);
+    summary.outputs = metrics.outputs.load(Ordering::Relaxed);
+    summary.dropped = metrics.dropped.load(Ordering::Relaxed);
+    summary.dead_lettered = metrics.dead_lettered_total();
+    summary.checkpoints = metrics.checkpoints.load(Ordering::Relaxed);
+    Ok(summary)
+}
+
+fn add(total: &mut RunSummary, s: &RunSummary) {
+    total.events_in += s.events_in;
+    total.outputs += s.outputs;
+    total.dropped += s.dropped;
+    total.dead_lettered += s.dead_lettered;
+    total.checkpoints += s.checkpoints;
+}
+
+/// Takes partition `p` if it is free: lease, pointer claim, then a run of its own.
+async fn start_partition(
+    cfg: &Arc<PipelineConfig>,
+    opts: &RunOptions,
+    coord: &Coordination,
+    metrics: &Arc<Metrics>,
+    cluster: &crate::config::ClusterConfig,
+    p: u32,
+    owners: &BTreeMap<u32, String>,
+) -> anyhow::Result<Option<Owned>> {
+    let sent = mono_ms();
+    let Some(lease) = coord.acquire(p).await? else {
+        return Ok(None);
+    };
+    let deadline_ms = Arc::new(AtomicU64::new(
+        sent + cluster.lease_ms - cluster.lease_ms / 6,
+    ));
+    let (committed, pointer_revision) = match coord.claim(&lease).await {
+        Ok(c) => c,
+        Err(e) => {
+            coord.release(&lease).await;
+            return Err(e);
+        }
+    };
+    if owners.contains_key(&p) {
+        metrics.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+    metrics.partitions_acquired.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        partition = p,
+        epoch = lease.epoch,
+        checkpoint = ?committed,
+        "took the partition"
+    );
+    let fence = Arc::new(LeaseFence {
+        coord: coord.clone(),
+        partition: p,
+        epoch: lease.epoch,
+        pointer_revision: Arc::new(AtomicU64::new(pointer_revision)),
+        committed,
+        deadline_ms: deadline_ms.clone(),
+    });
+    let run_opts = RunOptions {
+        fence: Some(fence),
+        compile_cache: opts
+            .compile_cache
+            .clone()
+            .or_else(|| Some(cfg.pipeline.state_dir.join(".compiled"))),
+        ..opts.clone()
+    };
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(pipeline::run(
+        cfg.for_partition(p),
+        run_opts,
+        rx,
+        metrics.clone(),
+    ));
+    Ok(Some(Owned {
+        lease,
+        deadline_ms,
+        stop,
+        task,
+    }))
+}
+
+/// Stops an owned partition cleanly (its last checkpoint is committed to the pointer), then
+/// releases its lease so another host takes it without waiting for expiry.
+async fn hand_off(coord: Coordination, p: u32, o: Owned) {
+    let started = Instant::now();
+    let _ = o.stop.send(true);
+    match o.task.await {
+        Ok(Ok(_)) => {
+            coord.release(&o.lease).await;
+            tracing::info!(
+                partition = p,
+                ms = started.elapsed().as_millis() as u64,
+                "partition handed off"
+            );
+        }
+        Ok(Err(e)) => tracing::warn!(partition = p, "partition stopped with an error: {e:#}"),
+        Err(e) => tracing::warn!(partition = p, "partition task: {e}"),
+    }
+}
+
+/// The live hosts of a pipeline, each partition's owner, and its pointer, for `eddy cluster
+/// status`.
+pub(crate) async fn view(
+    nats: &transport::Nats,
+    cfg: &PipelineConfig,
+) -> anyhow::Result<(
+    BTreeSet<String>,
+    BTreeMap<u32, String>,
+    BTreeMap<u32, leases::Pointer>,
+)> {
+    let lease = Duration::from_millis(cfg.cluster.as_ref().map_or(6_000, |c| c.lease_ms));
+    let coord = Coordination::open(nats, &cfg.pipeline.name, "eddy-cli", lease, 1).await?;
+    Ok((
+        coord.hosts().await?,
+        coord.owners().await?,
+        coord.pointers(cfg.partitions.count).await,
+    ))
+}
