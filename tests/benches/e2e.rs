@@ -15,6 +15,8 @@
 //! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run;
 //! `-- --only relay|pass|fraud` for one case, e.g. under `perf`).
 
+eddy_tests::host_allocator!();
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

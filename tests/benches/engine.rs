@@ -8,6 +8,8 @@
 //! run; `-- --only <plugin>` for one plugin's rows, e.g. under `perf record`). The dev profile
 //! optimises dependencies and the host and shares the cached RocksDB build.
 
+eddy_tests::host_allocator!();
+
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
     events, only_arg, state_rate, store_options, transactions, worker_rate, worker_rate_on,

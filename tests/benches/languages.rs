@@ -12,6 +12,8 @@
 //! them); a language whose component is missing is listed as such. `-- --only <lang>` runs one
 //! language beside Rust; with `EDDY_WASM_PROFILE=perfmap`, `perf` names the guests' functions.
 
+eddy_tests::host_allocator!();
+
 use eddy_tests::bench::{only_arg, transactions, worker_rate};
 use eddy_tests::{plugin, plugin_target_dir};
 

@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
 
+eddy_tests::host_allocator!();
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
 //! a shorter broadcast run).
 
+eddy_tests::host_allocator!();
+
 use std::sync::Arc;
 use std::time::Instant;
 

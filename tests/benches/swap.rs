@@ -5,6 +5,8 @@
 //! Run: `cargo bench --profile dev -p eddy-tests --bench swap` (the JavaScript component comes
 //! from `scripts/guests/js.sh`, which the README's test command runs).
 
+eddy_tests::host_allocator!();
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eddy_host::cli::tail;
+use eddy_host::engine::Worker;
 use eddy_host::engine::{BroadcastEvent, Engine, InstanceContext, Limits};
 use eddy_host::metrics::Metrics;
-use eddy_host::pipeline::Worker;
 use eddy_host::query::{self, Op, Query};
 use eddy_host::state::{KeyedAccess, StateKind, StateStore, SystemClock};
 use eddy_tests::{

@@ -9,7 +9,7 @@ use eddy_host::cli::{produce, tail};
 use eddy_host::pipeline::RunOptions;
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, eddy_bin, plugin,
+    Fixture, NatsServer, PipelineSpec, Running, create_stream, create_streams, eddy_bin, plugin,
     publish_txs, stream_len, wait_for_len,
 };
 use serde_json::Value;
@@ -165,7 +165,9 @@ async fn ten_kill_9s_over_200k_events_leave_exact_outputs_and_state() {
 async fn a_corrupt_newest_checkpoint_falls_back_and_the_result_is_still_exact() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    // On the host's own disk: with a store beyond it, a damaged local copy is fetched again.
+    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"))
+        .local_checkpoints();
     spec.extra = "[checkpoint]\ninterval_ms = 100\nretain = 3\n".into();
     let conn = nats.connect().await.expect("connect");
     create_streams(&conn.js, &spec).await.expect("streams");
@@ -177,7 +179,7 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_the_result_is_still_exact() 
     run.stop().await;
 
     // Damage the newest checkpoint's MANIFEST copy.
-    let cps = eddy_host::cli::ops::checkpoints(&spec.config());
+    let cps = spec.config().checkpoints();
     let list = cps.list();
     assert!(
         list.len() >= 2,
@@ -215,11 +217,12 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_the_result_is_still_exact() 
 /// key like the original, and the pipeline goes on from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_savepoint_restores_elsewhere_with_other_key_groups() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
     let txs = produce::transactions(8_000, 300, 11, 0);
     publish_txs(&conn.js, "txn.in", &txs[..5_000]).await;
     let run = Running::start(&spec);
@@ -304,11 +307,12 @@ async fn one_run_three_ways_gives_the_same_output() {
 
     // Straight.
     let straight = {
-        let nats = NatsServer::start().expect("nats-server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-        let conn = nats.connect().await.expect("connect");
-        create_streams(&conn.js, &spec).await.expect("streams");
+        let Fixture {
+            nats: _nats,
+            dir: _dir,
+            spec,
+            conn,
+        } = Fixture::start("fraud", "fraud-enrich").await;
         publish_txs(&conn.js, "txn.in", &txs).await;
         let run = Running::start(&spec);
         wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(60)).await;
@@ -341,11 +345,12 @@ async fn one_run_three_ways_gives_the_same_output() {
 
     // Restored from a savepoint taken half-way, on another state directory.
     let restored = {
-        let nats = NatsServer::start().expect("nats-server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-        let conn = nats.connect().await.expect("connect");
-        create_streams(&conn.js, &spec).await.expect("streams");
+        let Fixture {
+            nats,
+            dir,
+            spec,
+            conn,
+        } = Fixture::start("fraud", "fraud-enrich").await;
         publish_txs(&conn.js, "txn.in", &txs[..10_000]).await;
         let run = Running::start(&spec);
         wait_for_len(&conn.js, "OUT", 10_000, Duration::from_secs(60)).await;

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use eddy_host::engine::Worker;
 use eddy_host::engine::{Engine, Event, InstanceContext, Limits, Outcome};
 use eddy_host::metrics::{self, Metrics};
-use eddy_host::pipeline::Worker;
 use eddy_host::state::StateStore;
 use eddy_tests::plugin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

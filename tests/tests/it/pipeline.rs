@@ -10,8 +10,8 @@ use eddy_host::cli::tail;
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_streams, fraud_reference, plugin, publish_txs,
-    wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_streams, fraud_reference, plugin,
+    publish_txs, wait_for_len,
 };
 use serde_json::{Value, json};
 
@@ -73,11 +73,12 @@ async fn fraud_enrichment_equals_an_independent_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_filter_passes_first_sightings_and_drops_repeats() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("dedupe", &nats.url(), dir.path(), plugin("dedupe-filter"));
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start("dedupe", "dedupe-filter").await;
 
     let txs = produce::transactions(2_000, 30, 5, 7);
     let mut seen = HashSet::new();
@@ -130,11 +131,12 @@ async fn dedupe_filter_passes_first_sightings_and_drops_repeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_stream_keeps_state_and_loses_nothing() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
     let txs = produce::transactions(4_000, 25, 3, 0);
 
     // First run: the first half, stopped while the second half is arriving.
@@ -302,11 +304,12 @@ async fn a_plugin_that_fails_init_stops_the_start_with_its_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_outage_mid_run_loses_and_duplicates_nothing() {
-    let mut nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        mut nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
     let txs = produce::transactions(8_000, 60, 17, 0);
     publish_txs(&conn.js, "txn.in", &txs).await;
     drop(conn);

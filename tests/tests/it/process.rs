@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
 use eddy_tests::{
-    NatsServer, PipelineSpec, create_streams, eddy_bin, plugin, stream_len, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_streams, eddy_bin, plugin, stream_len,
+    wait_for_len,
 };
 use serde_json::Value;
 
@@ -224,4 +225,54 @@ fn bad_configuration_is_refused_with_the_field_and_the_fix() {
         "{stderr}"
     );
     assert!(stderr.contains("nats-server -js"), "{stderr}");
+}
+
+/// An operator's machine has the pipeline file but not the plugin the hosts run: `eddy
+/// status` asks the running hosts and answers, typed on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_without_the_plugin_file_on_this_machine() {
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
+    let run = Running::start(&spec);
+    let txs = produce::transactions(500, 10, 3, 0);
+    publish(&conn.js, &txs).await;
+    wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(30)).await;
+    let mut elsewhere = spec.clone();
+    elsewhere.plugin = dir.path().join("not-on-this-machine.wasm");
+    let path = dir.path().join("operator.toml");
+    elsewhere.write(&path).expect("write");
+    let out = Command::new(eddy_bin())
+        .args(["status"])
+        .arg(&path)
+        .output()
+        .expect("eddy binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let status: eddy_host::control::HostStatus =
+        serde_json::from_str(&stdout).expect("one host's status, as the host sends it");
+    assert_eq!(status.pipeline, "fraud");
+    assert_eq!(status.events_in, 500);
+    let plugin = status.plugin.clone().expect("the running plugin");
+    assert_eq!(
+        status
+            .deployment(&plugin.version)
+            .expect("its deployment")
+            .status,
+        eddy_host::reload::DeployStatus::Live
+    );
+    // `eddy run` still needs the plugin, and says which field and file.
+    let out = Command::new(eddy_bin())
+        .args(["check"])
+        .arg(&path)
+        .output()
+        .expect("eddy binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("plugin.path"), "{stderr}");
+    run.stop().await;
 }

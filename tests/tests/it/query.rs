@@ -113,7 +113,9 @@ async fn answers_match_the_reference_at_the_promised_cut_under_load() {
             }
             if ids.len() == 1 && answers.len() == customers.len() {
                 let id = *ids.iter().next().expect("one id");
-                let m = eddy_host::cli::ops::checkpoints(&spec.config())
+                let m = spec
+                    .config()
+                    .checkpoints()
                     .list()
                     .into_iter()
                     .find(|m| m.id == id);

@@ -1,0 +1,173 @@
+//! Shared by the in-process benchmarks (`benches/engine.rs`, `benches/languages.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use eddy_host::engine::Worker;
+use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
+use eddy_host::metrics::Metrics;
+use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemClock};
+
+/// What follows `--only` on a benchmark's command line: the one case to run (for
+/// profiling).
+pub fn only_arg() -> Option<String> {
+    std::env::args().skip_while(|a| a != "--only").nth(1)
+}
+
+/// CPU time used so far by process `pid` (all its live threads), from Linux's
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds on the CPU). Zero where that is unreadable.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return std::time::Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    std::time::Duration::from_nanos(ns)
+}
+
+/// `n` events over `keys` keys (`c-<i % keys>`), payloads from `payload(i)`.
+pub fn events(n: usize, keys: usize, payload: impl Fn(usize) -> Vec<u8>) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            key: format!("c-{}", i % keys).into_bytes(),
+            subject: "txn.in".into(),
+            headers: Vec::new(),
+            payload: payload(i),
+            timestamp_ms: 1_700_000_000_000 + i as u64,
+            sequence: i as u64 + 1,
+        })
+        .collect()
+}
+
+/// Card transactions over 10,000 customers, amounts and merchants varying.
+pub fn transactions(n: usize) -> Vec<Event> {
+    events(n, 10_000, |i| {
+        format!(
+            r#"{{"id":"tx-{i}","customer":"c-{}","amount_cents":{},"merchant":"m-{}","category":"grocery","ts":{}}}"#,
+            i % 10_000,
+            100 + i % 5_000,
+            i % 50,
+            1_700_000_000_000u64 + i as u64 * 1000
+        )
+        .into_bytes()
+    })
+}
+
+/// How fast a worker ran a plugin over events.
+pub struct Rate {
+    /// Events handled.
+    pub events: usize,
+    /// Plugin calls made.
+    pub calls: usize,
+    /// Seconds taken.
+    pub secs: f64,
+}
+
+/// Runs `evs` through one worker of the component at `wasm` (fresh state, compiled
+/// beforehand, 20 batches of warm-up), `batch` events per call, each batch's writes
+/// committed to RocksDB.
+pub fn worker_rate(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
+    worker_rate_on(wasm, config, evs, batch, store_options(), |_| {})
+}
+
+/// The store options a pipeline opens its live state with: no write-ahead log, hot values
+/// at their default size.
+pub fn store_options() -> StoreOptions {
+    StoreOptions {
+        write_ahead_log: false,
+        ..StoreOptions::default()
+    }
+}
+
+/// The host's share of one keyed read + write per event, without a plugin: per batch of
+/// `batch` events, a value read and a value write of 8 bytes through the batch overlay,
+/// then one commit. The floor under the plugin rows of the engine benchmark.
+pub fn state_rate(evs: &[Event], batch: usize) -> Rate {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), store_options())
+        .expect("state");
+    let info = state
+        .open_state("count", StateKind::Value, None)
+        .expect("open state");
+    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    timed_batches(evs, &kgs, batch, |evs, kgs| {
+        let mut b = state.batch();
+        let mut access = KeyedAccess::new(&state, &mut b);
+        for (e, kg) in evs.iter().zip(kgs) {
+            let n = access
+                .value_get(&info, *kg, &e.key)
+                .expect("read")
+                .and_then(|v| v.try_into().ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            access.value_set(&info, *kg, &e.key, &(n + 1).to_le_bytes());
+        }
+        state.commit(b).expect("commit");
+    })
+}
+
+/// Runs `run` on `evs` (with their key groups `kgs`) `batch` at a time: 20 batches of
+/// warm-up, then every batch timed.
+fn timed_batches(
+    evs: &[Event],
+    kgs: &[u16],
+    batch: usize,
+    mut run: impl FnMut(&[Event], &[u16]),
+) -> Rate {
+    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)).take(20) {
+        run(c, k);
+    }
+    let started = Instant::now();
+    let mut calls = 0;
+    for (c, k) in evs.chunks(batch).zip(kgs.chunks(batch)) {
+        run(c, k);
+        calls += 1;
+    }
+    Rate {
+        events: evs.len(),
+        calls,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// [`worker_rate`] on a state opened with `options` that `setup` prepared first.
+pub fn worker_rate_on(
+    wasm: &Path,
+    config: &str,
+    evs: &[Event],
+    batch: usize,
+    options: StoreOptions,
+    setup: impl FnOnce(&StateStore),
+) -> Rate {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = Arc::new(
+        StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state"),
+    );
+    setup(&state);
+    let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
+    let p = engine.load_file(wasm).expect("plugin");
+    let ctx = InstanceContext {
+        state: state.clone(),
+        limits: Limits {
+            memory_bytes: 512 << 20,
+            ..Limits::default()
+        },
+        lookups: None,
+    };
+    let mut worker =
+        Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
+    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    let none = Arc::default();
+    timed_batches(evs, &kgs, batch, |c, k| {
+        let r = worker.handle(c, k, &none).expect("run");
+        assert!(
+            r.iter().all(Result::is_ok),
+            "{}: all events succeed",
+            wasm.display()
+        );
+    })
+}

@@ -1,0 +1,146 @@
+//! Nothing acknowledged that is not stored somewhere: an output too large for the server
+//! becomes a dead letter of kind `too-large` (without its payload when even that is too
+//! large), and dead letters that no stream captures wait, with their input unacknowledged,
+//! until an operator creates the stream.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eddy_host::cli::tail;
+use eddy_tests::{
+    NatsServer, PipelineSpec, Running, create_stream, create_streams, eventually, plugin,
+    stream_len, wait_for_len,
+};
+
+fn chaos_spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("chaos", &nats.url(), dir, plugin("chaos"));
+    spec.key = r#"{ json = "/k" }"#.into();
+    spec
+}
+
+async fn publish(js: &async_nats::jetstream::Context, payloads: &[String]) {
+    for p in payloads {
+        js.publish("txn.in", Bytes::from(p.clone()))
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+/// How many input messages the pipeline's consumer has not had acknowledged.
+async fn unacknowledged(js: &async_nats::jetstream::Context) -> u64 {
+    let s = js.get_stream("TXN").await.expect("stream");
+    let mut c: async_nats::jetstream::consumer::PullConsumer =
+        s.get_consumer("chaos").await.expect("consumer");
+    let info = c.info().await.expect("info");
+    info.num_ack_pending as u64 + info.num_pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_too_large_for_the_server_is_dead_lettered_not_lost() {
+    let nats = NatsServer::start_with_conf(Some("max_payload: 8192\n")).expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = chaos_spec(&nats, dir.path());
+    spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    // An input that fits, whose output (the same payload plus Eddy's headers) does not, and
+    // whose dead letter (payload plus the reason) does not either.
+    let big = format!(
+        r#"{{"action":"ok","k":"big","pad":"{}"}}"#,
+        "x".repeat(8_100)
+    );
+    let small = |i: u32| format!(r#"{{"action":"ok","k":"k{i}"}}"#);
+    publish(&conn.js, &[small(1), big.clone(), small(2), small(3)]).await;
+    let run = Running::start(&spec);
+    wait_for_len(&conn.js, "OUT", 3, Duration::from_secs(30)).await;
+    wait_for_len(&conn.js, "DLQ", 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = tail::read(&conn.js, "txn.dlq", 10, Duration::from_secs(1))
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let header = |n: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("Eddy-Error-Kind"), "too-large");
+    assert!(
+        header("Eddy-Error").contains("max_payload"),
+        "{}",
+        header("Eddy-Error")
+    );
+    assert_eq!(
+        header("Eddy-Source-Sequence"),
+        "2",
+        "names the input to read it from"
+    );
+    assert!(header("Eddy-Payload-Omitted").contains("bytes"));
+    assert!(dead[0].payload.is_empty());
+    assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 3);
+    // Counted as stored, and the input is acknowledged once it is.
+    assert_eq!(
+        run.metrics.dead_lettered[eddy_host::metrics::DeadLetterReason::TooLarge as usize]
+            .load(Ordering::Relaxed),
+        1
+    );
+    let summary = run.stop().await;
+    assert_eq!(summary.outputs, 3);
+    assert_eq!(summary.dead_lettered, 1);
+    assert_eq!(unacknowledged(&conn.js).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_wait_for_a_missing_stream_and_their_input_stays_unacknowledged() {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = chaos_spec(&nats, dir.path());
+    spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let run = Running::start(&spec);
+    publish(&conn.js, &[r#"{"action":"ok","k":"a"}"#.to_string()]).await;
+    wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(30)).await;
+
+    // The operator deletes the dead-letter stream; events keep coming, some rejected.
+    conn.js.delete_stream("DLQ").await.expect("delete DLQ");
+    let events: Vec<String> = (0..6)
+        .map(|i| {
+            let action = if i % 2 == 0 { "reject" } else { "ok" };
+            format!(r#"{{"action":"{action}","k":"k{i}"}}"#)
+        })
+        .collect();
+    publish(&conn.js, &events).await;
+    // Past the grace for a stream that is only restarting (30 s), the dead letters are
+    // parked, not dropped, and the alarm metric says so.
+    eventually("dead letters parked", Duration::from_secs(60), async || {
+        run.metrics.parked.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(
+        unacknowledged(&conn.js).await >= 3,
+        "the input behind them is not acknowledged"
+    );
+
+    create_stream(&conn.js, "DLQ", &["txn.dlq"])
+        .await
+        .expect("DLQ again");
+    wait_for_len(&conn.js, "DLQ", 3, Duration::from_secs(30)).await;
+    wait_for_len(&conn.js, "OUT", 4, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(run.metrics.parked.load(Ordering::Relaxed), 0);
+    let summary = run.stop().await;
+    assert_eq!(
+        stream_len(&conn.js, "DLQ").await.expect("len"),
+        3,
+        "each once"
+    );
+    assert_eq!(summary.dead_lettered, 3);
+    assert_eq!(unacknowledged(&conn.js).await, 0);
+}
