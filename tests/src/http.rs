@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use crate::*;
-
 /// A local HTTP store: `GET /<anything>/<key>` answers the JSON registered for `<key>` after
 /// a configurable delay (ten times longer for keys starting with `slow`), 404 for unknown
 /// keys; `GET /all` answers every value as one JSON object. Counts requests.

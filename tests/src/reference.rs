@@ -1,9 +1,5 @@
 //! Reference behaviour written again from specs, and test data publishing.
 
-
-
-use crate::*;
-
 /// The fraud-enrich plugin's documented behaviour, written again here from its spec.
 pub fn fraud_reference(
     txs: &[eddy_host::cli::produce::Transaction],

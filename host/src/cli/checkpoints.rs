@@ -28,13 +28,13 @@ async fn open(pipeline: &Path) -> anyhow::Result<(PipelineConfig, Checkpoints)> 
     Ok((cfg, checkpoints))
 }
 
+/// What a `checkpoints` subcommand does with the pipeline's checkpoints, on a blocking thread.
+type CheckpointsAct = Box<dyn FnOnce(&PipelineConfig, &Checkpoints) -> anyhow::Result<()> + Send>;
+
 /// `eddy checkpoints list|inspect|delete`.
 pub async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
     // The store's calls block: they run on a blocking thread.
-    let (pipeline, act): (
-        _,
-        Box<dyn FnOnce(&PipelineConfig, &Checkpoints) -> anyhow::Result<()> + Send>,
-    ) = match action {
+    let (pipeline, act): (_, CheckpointsAct) = match action {
         CheckpointAction::List { pipeline } => (
             pipeline,
             Box::new(|cfg, cps| {

@@ -144,6 +144,17 @@ fn make_executable(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `eddy new plugin`: creates the project and says how to build and try it.
+pub fn command(lang: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
+    let (created, build) = new_plugin(lang, name, dir)?;
+    println!("created {}", created.display());
+    println!(
+        "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl --key /customer",
+        created.display()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,15 +189,4 @@ mod tests {
             .to_string();
         assert!(e.contains("already exists"), "{e}");
     }
-}
-
-/// `eddy new plugin`: creates the project and says how to build and try it.
-pub fn command(lang: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
-    let (created, build) = new_plugin(lang, name, dir)?;
-    println!("created {}", created.display());
-    println!(
-        "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl --key /customer",
-        created.display()
-    );
-    Ok(())
 }
