@@ -146,7 +146,9 @@ pub async fn run(
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
 
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
-    let mut handing_off: Vec<JoinHandle<()>> = Vec::new();
+    // Partitions draining for a hand-off: their leases are still renewed until the last
+    // checkpoint is committed, then released.
+    let mut handing_off: BTreeMap<u32, Owned> = BTreeMap::new();
     let mut summary = RunSummary::default();
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,8 +169,8 @@ pub async fn run(
         if let Err(e) = coord.heartbeat().await {
             tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
         }
-        // Renew every lease; a lost one stops its run at once.
-        for (p, o) in owned.iter_mut() {
+        // Renew every lease (of partitions running or draining); a lost one stops its run.
+        for (p, o) in owned.iter_mut().chain(handing_off.iter_mut()) {
             let sent = mono_ms();
             let started = Instant::now();
             match coord.renew(&mut o.lease).await {
@@ -231,7 +233,8 @@ pub async fn run(
         for p in moves.release {
             if let Some(o) = owned.remove(&p) {
                 tracing::info!(partition = p, "handing the partition off");
-                handing_off.push(tokio::spawn(hand_off(coord.clone(), p, o)));
+                let _ = o.stop.send(true);
+                handing_off.insert(p, o);
             }
         }
         cooling.retain(|_, at| at.elapsed() < Duration::from_secs(10));
@@ -247,20 +250,41 @@ pub async fn run(
                 Err(e) => tracing::warn!(partition = p, "cannot take the partition: {e:#}"),
             }
         }
-        handing_off.retain(|h| !h.is_finished());
+        finish_hand_offs(&coord, &mut handing_off).await;
     }
 
-    // Stopping: every partition hands off (last checkpoint, pointer, release), in parallel.
+    // Stopping: every partition hands off (last checkpoint, pointer, release), in parallel,
+    // with the leases renewed meanwhile so the last commits still count.
     tracing::info!(
         partitions = owned.len(),
         "leaving the cluster: handing partitions off"
     );
-    let mut last = Vec::new();
-    for (p, o) in owned {
-        last.push(tokio::spawn(hand_off(coord.clone(), p, o)));
+    for (p, o) in std::mem::take(&mut owned) {
+        let _ = o.stop.send(true);
+        handing_off.insert(p, o);
     }
-    for h in last.into_iter().chain(handing_off) {
-        let _ = h.await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !handing_off.is_empty() && Instant::now() < deadline {
+        for (p, o) in handing_off.iter_mut() {
+            let sent = mono_ms();
+            if let Ok(true) = coord.renew(&mut o.lease).await {
+                o.deadline_ms.store(
+                    sent + cluster.lease_ms - cluster.lease_ms / 6,
+                    Ordering::Release,
+                );
+            } else {
+                tracing::warn!(partition = p, "lease not renewed while handing off");
+            }
+        }
+        finish_hand_offs(&coord, &mut handing_off).await;
+        tokio::time::sleep(Duration::from_millis(100).min(lease / 3)).await;
+    }
+    for (p, o) in handing_off {
+        tracing::warn!(
+            partition = p,
+            "hand-off did not finish in 120 s; leaving its lease to lapse"
+        );
+        o.task.abort();
     }
     coord.leave().await;
     summary.events_in = metrics.events_in.load(Ordering::Relaxed);
@@ -344,22 +368,26 @@ async fn start_partition(
     }))
 }
 
-/// Stops an owned partition cleanly (its last checkpoint is committed to the pointer), then
-/// releases its lease so another host takes it without waiting for expiry.
-async fn hand_off(coord: Coordination, p: u32, o: Owned) {
-    let started = Instant::now();
-    let _ = o.stop.send(true);
-    match o.task.await {
-        Ok(Ok(_)) => {
-            coord.release(&o.lease).await;
-            tracing::info!(
-                partition = p,
-                ms = started.elapsed().as_millis() as u64,
-                "partition handed off"
-            );
+/// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
+/// committed), so another host takes the partition without waiting for expiry.
+async fn finish_hand_offs(coord: &Coordination, handing_off: &mut BTreeMap<u32, Owned>) {
+    let done: Vec<u32> = handing_off
+        .iter()
+        .filter(|(_, o)| o.task.is_finished())
+        .map(|(p, _)| *p)
+        .collect();
+    for p in done {
+        let Some(o) = handing_off.remove(&p) else {
+            continue;
+        };
+        match o.task.await {
+            Ok(Ok(_)) => {
+                coord.release(&o.lease).await;
+                tracing::info!(partition = p, "partition handed off");
+            }
+            Ok(Err(e)) => tracing::warn!(partition = p, "partition stopped with an error: {e:#}"),
+            Err(e) => tracing::warn!(partition = p, "partition task: {e}"),
         }
-        Ok(Err(e)) => tracing::warn!(partition = p, "partition stopped with an error: {e:#}"),
-        Err(e) => tracing::warn!(partition = p, "partition task: {e}"),
     }
 }
 
