@@ -16,12 +16,13 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::Event;
-use super::bindings::eddy::plugin::{broadcast_state, clock, keyed_state, log, lookup, types};
-use super::stdio::CapturedOutput;
-use eddy_state::{
-    self as state, BroadcastAccess, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore, Ttl,
-};
+mod lookups;
+mod state;
+
+use crate::Event;
+use crate::bindings::eddy::plugin::{broadcast_state, clock, keyed_state, log, types};
+use crate::stdio::CapturedOutput;
+use eddy_state::{BroadcastAccess, KeyedAccess, StateBatch, StateInfo, StateKind, StateStore};
 
 use keyed_state::StateError as WitError;
 
@@ -316,7 +317,7 @@ impl PluginHost {
         id: u32,
         event: u32,
         kind: StateKind,
-        f: impl FnOnce(&StateInfo, u16, &[u8], &mut KeyedAccess<'_>) -> state::Result<T>,
+        f: impl FnOnce(&StateInfo, u16, &[u8], &mut KeyedAccess<'_>) -> eddy_state::Result<T>,
     ) -> Result<T, WitError> {
         let PluginHost {
             opened,
@@ -345,7 +346,7 @@ impl PluginHost {
         &mut self,
         id: u32,
         write: bool,
-        f: impl FnOnce(&mut BroadcastAccess<'_>) -> state::Result<T>,
+        f: impl FnOnce(&mut BroadcastAccess<'_>) -> eddy_state::Result<T>,
     ) -> Result<T, broadcast_state::BroadcastError> {
         use broadcast_state::BroadcastError as E;
         let Some(name) = self.maps.get(&id) else {
@@ -362,9 +363,9 @@ impl PluginHost {
     }
 }
 
-fn to_wit(e: state::StateError) -> WitError {
+fn to_wit(e: eddy_state::StateError) -> WitError {
     match e {
-        state::StateError::WrongKind { .. } => WitError::WrongKind(e.to_string()),
+        eddy_state::StateError::WrongKind { .. } => WitError::WrongKind(e.to_string()),
         other => WitError::Storage(other.to_string()),
     }
 }
@@ -396,359 +397,5 @@ impl log::Host for PluginHost {
             log::Level::Warn => tracing::warn!(target: "plugin", plugin = %p, "{message}"),
             log::Level::Error => tracing::error!(target: "plugin", plugin = %p, "{message}"),
         }
-    }
-}
-
-fn ttl_from_wit(t: keyed_state::TtlConfig) -> Ttl {
-    Ttl {
-        ttl_ms: t.ttl_ms,
-        update: match t.update {
-            keyed_state::TtlUpdate::OnCreateAndWrite => state::TtlUpdate::OnCreateAndWrite,
-            keyed_state::TtlUpdate::OnReadAndWrite => state::TtlUpdate::OnReadAndWrite,
-        },
-        visibility: match t.visibility {
-            keyed_state::TtlVisibility::NeverReturnExpired => {
-                state::TtlVisibility::NeverReturnExpired
-            }
-            keyed_state::TtlVisibility::ReturnExpiredIfNotCleanedUp => {
-                state::TtlVisibility::ReturnExpiredIfNotCleanedUp
-            }
-        },
-    }
-}
-
-impl keyed_state::Host for PluginHost {
-    fn open(
-        &mut self,
-        name: String,
-        kind: keyed_state::StateKind,
-        ttl: Option<keyed_state::TtlConfig>,
-    ) -> Result<u32, WitError> {
-        let kind = match kind {
-            keyed_state::StateKind::Value => StateKind::Value,
-            keyed_state::StateKind::Map => StateKind::Map,
-            keyed_state::StateKind::List => StateKind::List,
-        };
-        if name.is_empty() {
-            return Err(WitError::Storage("a state needs a non-empty name".into()));
-        }
-        let info = self
-            .state
-            .open_state(&name, kind, ttl.map(ttl_from_wit))
-            .map_err(to_wit)?;
-        let id = info.id;
-        let slot = id as usize;
-        if self.opened.len() <= slot {
-            self.opened.resize(slot + 1, None);
-        }
-        self.opened[slot] = Some(info);
-        Ok(id)
-    }
-
-    fn value_get(&mut self, state: u32, event: u32) -> Result<Option<Vec<u8>>, WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
-            a.value_get(s, kg, k)
-        })
-    }
-
-    fn value_set(&mut self, state: u32, event: u32, value: Vec<u8>) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
-            a.value_set(s, kg, k, &value);
-            Ok(())
-        })
-    }
-
-    fn value_set_with_ttl(
-        &mut self,
-        state: u32,
-        event: u32,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
-            a.value_set_ttl(s, kg, k, &value, Some(ttl_ms));
-            Ok(())
-        })
-    }
-
-    fn value_clear(&mut self, state: u32, event: u32) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
-            a.value_clear(s, kg, k);
-            Ok(())
-        })
-    }
-
-    fn map_get(
-        &mut self,
-        state: u32,
-        event: u32,
-        map_key: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_get(s, kg, k, &map_key)
-        })
-    }
-
-    fn map_put(
-        &mut self,
-        state: u32,
-        event: u32,
-        map_key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_put(s, kg, k, &map_key, &value);
-            Ok(())
-        })
-    }
-
-    fn map_put_with_ttl(
-        &mut self,
-        state: u32,
-        event: u32,
-        map_key: Vec<u8>,
-        value: Vec<u8>,
-        ttl_ms: u64,
-    ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_put_ttl(s, kg, k, &map_key, &value, Some(ttl_ms));
-            Ok(())
-        })
-    }
-
-    fn map_remove(&mut self, state: u32, event: u32, map_key: Vec<u8>) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_remove(s, kg, k, &map_key);
-            Ok(())
-        })
-    }
-
-    fn map_contains(&mut self, state: u32, event: u32, map_key: Vec<u8>) -> Result<bool, WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            Ok(a.map_get(s, kg, k, &map_key)?.is_some())
-        })
-    }
-
-    fn map_entries(
-        &mut self,
-        state: u32,
-        event: u32,
-        start_after: Option<Vec<u8>>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_entries(s, kg, k, start_after.as_deref(), limit.min(10_000) as usize)
-        })
-    }
-
-    fn map_is_empty(&mut self, state: u32, event: u32) -> Result<bool, WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_is_empty(s, kg, k)
-        })
-    }
-
-    fn map_clear(&mut self, state: u32, event: u32) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
-            a.map_clear(s, kg, k);
-            Ok(())
-        })
-    }
-
-    fn list_get(&mut self, state: u32, event: u32) -> Result<Vec<Vec<u8>>, WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
-            a.list_get(s, kg, k)
-        })
-    }
-
-    fn list_add(&mut self, state: u32, event: u32, value: Vec<u8>) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
-            a.list_add_all(s, kg, k, std::slice::from_ref(&value))
-        })
-    }
-
-    fn list_add_all(
-        &mut self,
-        state: u32,
-        event: u32,
-        values: Vec<Vec<u8>>,
-    ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
-            a.list_add_all(s, kg, k, &values)
-        })
-    }
-
-    fn list_update(
-        &mut self,
-        state: u32,
-        event: u32,
-        values: Vec<Vec<u8>>,
-    ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
-            a.list_update(s, kg, k, &values);
-            Ok(())
-        })
-    }
-
-    fn list_clear(&mut self, state: u32, event: u32) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
-            a.value_clear(s, kg, k);
-            Ok(())
-        })
-    }
-
-    fn visit_all_keys(&mut self, state: u32, tag: String) -> Result<(), WitError> {
-        let info = self
-            .opened
-            .get(state as usize)
-            .and_then(Option::as_ref)
-            .ok_or(WitError::UnknownState)?
-            .clone();
-        if !matches!(self.mode, CallMode::Broadcast | CallMode::Migrate) {
-            return Err(WitError::ReadOnly(format!(
-                "visits of every key (state `{}`) may be asked for only from handle-broadcast or migrate, not from {}",
-                info.name,
-                self.mode.export()
-            )));
-        }
-        self.visits.push(VisitRequest { state: info, tag });
-        Ok(())
-    }
-}
-
-impl broadcast_state::Host for PluginHost {
-    fn open_map(&mut self, name: String) -> Result<u32, broadcast_state::BroadcastError> {
-        if name.is_empty() {
-            return Err(broadcast_state::BroadcastError::Storage(
-                "a broadcast map needs a non-empty name".into(),
-            ));
-        }
-        let id = self
-            .state
-            .open_broadcast_map(&name)
-            .map_err(|e| broadcast_state::BroadcastError::Storage(e.to_string()))?;
-        self.maps.insert(id, name);
-        Ok(id)
-    }
-
-    fn get(
-        &mut self,
-        table: u32,
-        key: Vec<u8>,
-    ) -> Result<Option<Vec<u8>>, broadcast_state::BroadcastError> {
-        self.with_map(table, false, |a| a.get(table, &key))
-    }
-
-    fn entries(
-        &mut self,
-        table: u32,
-        start_after: Option<Vec<u8>>,
-        limit: u32,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, broadcast_state::BroadcastError> {
-        self.with_map(table, false, |a| {
-            a.entries(table, start_after.as_deref(), limit.min(10_000) as usize)
-        })
-    }
-
-    fn put(
-        &mut self,
-        table: u32,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> Result<(), broadcast_state::BroadcastError> {
-        self.with_map(table, true, |a| {
-            a.put(table, &key, value);
-            Ok(())
-        })
-    }
-
-    fn remove(&mut self, table: u32, key: Vec<u8>) -> Result<(), broadcast_state::BroadcastError> {
-        self.with_map(table, true, |a| {
-            a.remove(table, &key);
-            Ok(())
-        })
-    }
-
-    fn clear(&mut self, table: u32) -> Result<(), broadcast_state::BroadcastError> {
-        self.with_map(table, true, |a| {
-            a.clear(table);
-            Ok(())
-        })
-    }
-}
-
-impl PluginHost {
-    /// Answers from what was fetched before the call, or fetches now (the batch waits; the
-    /// wait is not charged to the plugin's CPU budget).
-    fn lookup_many(&mut self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
-        if self.mode == CallMode::Prepare {
-            let reason = "lookups are made in handle, after prepare has planned them".to_string();
-            return vec![Err(LookupFailure::Failed(reason)); keys.len()];
-        }
-        let mut answers: Vec<Option<LookupAnswer>> = keys
-            .iter()
-            .map(|k| {
-                self.prefetched
-                    .get(&(store.to_string(), k.clone()))
-                    .cloned()
-            })
-            .collect();
-        let missing: Vec<String> = keys
-            .iter()
-            .zip(&answers)
-            .filter(|(_, a)| a.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !missing.is_empty() {
-            let fetched = match &self.lookups {
-                Some(source) => {
-                    let started = Instant::now();
-                    let fetched = source.fetch_blocking(store, &missing);
-                    self.waited += started.elapsed();
-                    fetched
-                }
-                None => vec![
-                    Err(LookupFailure::UnknownStore(format!(
-                        "`{store}`: the pipeline declares no lookup stores; add [lookup.{store}]"
-                    )));
-                    missing.len()
-                ],
-            };
-            let mut fetched = fetched.into_iter();
-            for a in answers.iter_mut().filter(|a| a.is_none()) {
-                *a = fetched.next();
-            }
-        }
-        answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(LookupFailure::Failed("no answer".into()))))
-            .collect()
-    }
-}
-
-fn lookup_to_wit(a: LookupAnswer) -> Result<Option<Vec<u8>>, lookup::LookupError> {
-    a.map_err(|e| match e {
-        LookupFailure::UnknownStore(m) => lookup::LookupError::UnknownStore(m),
-        LookupFailure::Failed(m) => lookup::LookupError::Failed(m),
-    })
-}
-
-impl lookup::Host for PluginHost {
-    fn get(&mut self, store: String, key: String) -> Result<Option<Vec<u8>>, lookup::LookupError> {
-        let answer = self
-            .lookup_many(&store, std::slice::from_ref(&key))
-            .pop()
-            .unwrap_or_else(|| Err(LookupFailure::Failed("no answer".into())));
-        lookup_to_wit(answer)
-    }
-
-    fn get_many(
-        &mut self,
-        store: String,
-        keys: Vec<String>,
-    ) -> Vec<Result<Option<Vec<u8>>, lookup::LookupError>> {
-        self.lookup_many(&store, &keys)
-            .into_iter()
-            .map(lookup_to_wit)
-            .collect()
     }
 }
