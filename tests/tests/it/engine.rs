@@ -169,6 +169,53 @@ fn a_plugin_cannot_reach_files_sockets_or_the_environment() {
     drop(listener);
 }
 
+/// A looping event costs about its own CPU budget, not a batch's second: the batch holding it
+/// fails after about one event's budget (its usual time with a wide margin), then its events
+/// are re-run one by one and only the looping one fails.
+#[test]
+fn a_looping_event_costs_about_its_own_budget() {
+    let mut h = Harness::new("chaos", "{}", &[]);
+    let mut batch = |round: u64, looping: Option<usize>| {
+        let events: Vec<Event> = (0..256u64)
+            .map(|i| Event {
+                key: format!("k{i}").into_bytes(),
+                subject: "s".into(),
+                headers: vec![],
+                payload: if looping == Some(i as usize) {
+                    br#"{"action":"loop"}"#.to_vec()
+                } else {
+                    br#"{"action":"ok"}"#.to_vec()
+                },
+                timestamp_ms: 0,
+                sequence: round * 256 + i + 1,
+            })
+            .collect();
+        let groups: Vec<u16> = events.iter().map(|e| h.state.key_group(&e.key)).collect();
+        h.worker
+            .handle(&events, &groups, &Arc::default())
+            .expect("run")
+    };
+    // Clean batches first: the worker learns what a batch usually takes.
+    for round in 0..10 {
+        assert!(batch(round, None).iter().all(Result::is_ok));
+    }
+    let started = std::time::Instant::now();
+    for round in 10..15 {
+        let r = batch(round, Some(100));
+        let failed: Vec<usize> = (0..r.len()).filter(|i| r[*i].is_err()).collect();
+        assert_eq!(failed, vec![100], "only the looping event fails");
+        let reason = &r[100].as_ref().expect_err("looped").message;
+        assert!(reason.contains("CPU budget"), "{reason}");
+    }
+    let per_batch = started.elapsed() / 5;
+    // About 100 ms for the batch call, 100 ms for the looping event alone, a new instance;
+    // the whole batch's budget (one second) would be spent otherwise.
+    assert!(
+        per_batch < Duration::from_millis(600),
+        "a batch with one looping event took {per_batch:?} (budget 100 ms per event)"
+    );
+}
+
 /// One plugin instance on a fresh state directory with a manual clock, fed one event at a
 /// time as successive batches would be.
 struct Harness {

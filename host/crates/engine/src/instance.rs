@@ -168,6 +168,16 @@ impl Instance {
         f: impl FnOnce(&mut Self) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         let budget = call_budget(self.limits.cpu_per_event, events);
+        self.call_within(mode, budget, f)
+    }
+
+    /// Runs one call in `mode` with `budget` of CPU time, classifying a failure.
+    fn call_within<R>(
+        &mut self,
+        mode: CallMode,
+        budget: Duration,
+        f: impl FnOnce(&mut Self) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
         let host = self.store.data_mut();
         host.set_mode(mode);
         host.start_budget(budget);
@@ -183,21 +193,24 @@ impl Instance {
     }
 
     /// Handles `events` (with their key groups, in the same order) against `batch`, with the
-    /// lookups fetched for them. Returns the batch (with this call's writes, or unchanged if
-    /// the call failed) and the outcomes.
+    /// lookups fetched for them, within `budget` of CPU time (at most [`call_budget`]'s).
+    /// Returns the batch (with this call's writes, or unchanged if the call failed) and the
+    /// outcomes.
     pub fn handle(
         &mut self,
         events: &[Event],
         key_groups: &[u16],
         batch: StateBatch,
         prefetched: &Arc<Prefetched>,
+        budget: Duration,
     ) -> (StateBatch, Result<Vec<Outcome>, Failure>) {
         let rollback = self
             .store
             .data_mut()
             .begin(events, key_groups, batch, prefetched.clone());
         let handler = self.handler.clone();
-        let result = self.call(CallMode::Handle, events.len(), |me| {
+        let budget = budget.min(call_budget(self.limits.cpu_per_event, events.len()));
+        let result = self.call_within(CallMode::Handle, budget, |me| {
             handler.call_handle(&mut me.store, events)
         });
         let result = match result {

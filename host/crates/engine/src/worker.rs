@@ -13,7 +13,7 @@
 //! test harness (`eddy test`).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::{
     BroadcastEvent, Event, Failure, Instance, InstanceContext, LookupRequest, Outcome, Plugin,
@@ -40,6 +40,9 @@ impl WorkerMetrics for () {
 /// Entries handed to the plugin per `visit` call.
 const VISIT_CHUNK: usize = 1024;
 
+/// How many times its usual time a batch call may take before it is re-run event by event.
+const BATCH_MARGIN: u32 = 16;
+
 /// A plugin, its live instance, and the state it works on.
 pub struct Worker {
     plugin: Plugin,
@@ -49,6 +52,8 @@ pub struct Worker {
     metrics: Arc<dyn WorkerMetrics>,
     /// Writes held back (probation), read through by later batches.
     held: Option<StateBatch>,
+    /// The mean time per event of recent clean batch calls (exponentially weighted).
+    typical: Option<Duration>,
 }
 
 impl Worker {
@@ -67,6 +72,7 @@ impl Worker {
             config_json,
             metrics,
             held: None,
+            typical: None,
         })
     }
 
@@ -163,13 +169,17 @@ impl Worker {
         let holding = self.is_holding();
         let base = self.base();
         let started = Instant::now();
+        let budget = self.first_budget(events.len());
         let (batch, result) = self
             .instance()?
-            .handle(events, key_groups, base, prefetched);
-        self.metrics
-            .batch_called(events.len(), started.elapsed().as_secs_f64());
+            .handle(events, key_groups, base, prefetched, budget);
+        let took = started.elapsed();
+        self.metrics.batch_called(events.len(), took.as_secs_f64());
         let (batch, outcomes) = match result {
-            Ok(outcomes) => (batch, outcomes.into_iter().map(Ok).collect()),
+            Ok(outcomes) => {
+                self.learn(took, events.len());
+                (batch, outcomes.into_iter().map(Ok).collect())
+            }
             Err(failure) if events.len() == 1 => (batch, vec![Err(failure)]),
             Err(failure) => {
                 tracing::warn!(
@@ -184,6 +194,31 @@ impl Worker {
         Ok(outcomes)
     }
 
+    /// The budget of a batch call: what its events usually take with a wide margin
+    /// ([`BATCH_MARGIN`] times the recent mean), never less than one event's budget and never
+    /// more than the per-event budget times the batch (capped at a second). A batch holding a
+    /// looping event then fails after about one event's budget rather than a second, and is
+    /// re-run event by event, each with the full per-event budget: a batch that was merely
+    /// slower than usual still succeeds that way.
+    fn first_budget(&self, events: usize) -> Duration {
+        let per_event = self.ctx.limits.cpu_per_event;
+        match self.typical {
+            Some(t) => t
+                .saturating_mul(BATCH_MARGIN.saturating_mul(events as u32))
+                .max(per_event),
+            None => Duration::MAX,
+        }
+    }
+
+    /// Folds a clean batch call's time per event into the running mean.
+    fn learn(&mut self, took: Duration, events: usize) {
+        let sample = took / events.max(1) as u32;
+        self.typical = Some(match self.typical {
+            Some(t) => (t * 7 + sample) / 8,
+            None => sample,
+        });
+    }
+
     fn one_by_one(
         &mut self,
         events: &[Event],
@@ -193,9 +228,14 @@ impl Worker {
     ) -> anyhow::Result<(StateBatch, Vec<Result<Outcome, Failure>>)> {
         let mut outcomes = Vec::with_capacity(events.len());
         for i in 0..events.len() {
-            let (next, result) =
-                self.instance()?
-                    .handle(&events[i..=i], &key_groups[i..=i], batch, prefetched);
+            let per_event = self.ctx.limits.cpu_per_event;
+            let (next, result) = self.instance()?.handle(
+                &events[i..=i],
+                &key_groups[i..=i],
+                batch,
+                prefetched,
+                per_event,
+            );
             batch = next;
             outcomes.push(result.map(|mut o| o.remove(0)));
         }
