@@ -21,6 +21,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // State (RocksDB's files), checkpoints and connections share the process's descriptors:
+    // take what the system allows, not the shell's default soft limit (often 1024).
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(
+            "cannot raise the open-files limit: {e}; RocksDB and clients share the default"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -132,8 +132,12 @@ pub async fn run(
         .ok_or_else(|| anyhow::anyhow!("the pipeline has no [cluster] section"))?;
     let lease = Duration::from_millis(cluster.lease_ms);
     let cfg = Arc::new(cfg);
-    let nats =
-        transport::connect(&cfg.nats, &format!("eddy:{}:cluster", cfg.pipeline.name)).await?;
+    let nats = transport::connect_waiting(
+        &cfg.nats,
+        &format!("eddy:{}:cluster", cfg.pipeline.name),
+        &mut shutdown.clone(),
+    )
+    .await?;
     let me = format!(
         "{}-{}-{}",
         cfg.partitions.host_name(),

@@ -14,16 +14,27 @@
 //!
 //! Every route takes `freshness=latest|checkpoint`. With `query.token` set, a request must carry
 //! `Authorization: Bearer <token>` (401 otherwise). Keys owned by another host are fetched from
-//! it over NATS. Errors answer `{"error": "...", "code": N}` with that status.
+//! it over NATS. Errors answer `{"error": "...", "code": N}` with that status (bad parameters,
+//! unknown routes and methods included).
+//!
+//! No client can take the host down: at most [`MAX_CONNECTIONS`] connections are served at
+//! once (more are answered 503 and closed), a client has [`HEADER_TIMEOUT`] to send its request
+//! headers, and requests are limited to [`MAX_REQUEST_BYTES`]; the file descriptors state and
+//! checkpoints need are never spent on clients.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 use super::{Freshness, Op, Query, QueryEngine, QueryError};
 use crate::transport::Nats;
@@ -69,16 +80,103 @@ pub async fn serve(
         .route("/v1/broadcast/{map}/{key}", get(broadcast_one))
         .route("/v1/owner/{key}", get(owner))
         .route("/v1/describe", get(describe))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(as_json_error))
         .with_state(ctx);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve queries on {listen}: {e}; change query.http"))?;
     tracing::info!(%listen, "queryable state at http://{listen}/v1/");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("query HTTP server stopped: {e}");
-        }
-    }))
+    Ok(tokio::spawn(accept(listener, app)))
+}
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client has to send a request's headers (also how long an idle connection stays).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request line plus headers.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Accepts connections until the task is dropped, each served under the limits above.
+async fn accept(listener: tokio::net::TcpListener, app: Router) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut warned = None::<std::time::Instant>;
+    loop {
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin on the error.
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!("query HTTP: cannot accept a connection: {e}");
+                    warned = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(sock));
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .serve_connection(TokioIo::new(sock), service);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Answers a connection over the limit with 503 and closes it.
+async fn refuse(mut sock: tokio::net::TcpStream) {
+    let body = format!(
+        r#"{{"error":"the query endpoint serves {MAX_CONNECTIONS} connections at once; try again","code":503}}"#
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(answer.as_bytes())).await;
+}
+
+async fn not_found() -> Response {
+    error(QueryError::NotFound(
+        "no such route; see /v1/describe and the routes in docs/OPERATIONS.md".into(),
+    ))
+}
+
+/// Error answers that are not yet the documented JSON (axum's own, for a bad parameter or a
+/// method other than GET) become `{"error": <their text>, "code": N}`.
+async fn as_json_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).into_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string(),
+    };
+    let text = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("{text}: every route answers GET only")
+    } else {
+        text
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": text, "code": status.as_u16() })),
+    )
+        .into_response()
 }
 
 fn error(e: QueryError) -> Response {
@@ -99,7 +197,17 @@ fn authorised(ctx: &Ctx, headers: &HeaderMap) -> bool {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    given == Some(token.as_ref())
+    given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes()))
+}
+
+/// Compares a given secret with the expected one in time that depends only on their lengths,
+/// so response times do not reveal how much of a guess was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = given.len() ^ expected.len();
+    for (i, e) in expected.iter().enumerate() {
+        diff |= usize::from(given.get(i).copied().unwrap_or(!e) ^ e);
+    }
+    diff == 0
 }
 
 async fn run(ctx: Ctx, headers: HeaderMap, op: Op, q: Query) -> Response {

@@ -32,6 +32,64 @@ pub struct Nats {
     pub js: jetstream::Context,
 }
 
+/// NATS could not be reached (no server listening, a timeout, refused credentials).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach NATS at {url} (nats.url): {cause}. Start a server (nats-server -js) or fix the URL and credentials"
+)]
+pub struct Unreachable {
+    /// `nats.url`.
+    pub url: String,
+    /// What the client said.
+    pub cause: String,
+}
+
+/// [`connect`], waiting while NATS cannot be reached (a host started before its server, or
+/// during a restart of the whole NATS cluster): tries again with a backoff up to 5 s, says so
+/// every few seconds, and gives up only when `stop` turns true. What waiting cannot fix (an old
+/// server, JetStream off, an unreadable credentials file) ends it at once.
+pub async fn connect_waiting(
+    cfg: &NatsConfig,
+    client_name: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Nats> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let mut said = None::<std::time::Instant>;
+    loop {
+        match connect(cfg, client_name).await {
+            Ok(nats) => {
+                if said.is_some() {
+                    tracing::info!(
+                        "connected to NATS at {} after {:.0} s",
+                        cfg.url,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(nats);
+            }
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                    tracing::warn!("{e}; waiting for it (stop with Ctrl-C or SIGTERM)");
+                    said = Some(std::time::Instant::now());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if *stop.borrow() {
+            bail!("stopped while waiting for NATS at {} (nats.url)", cfg.url);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            bail!("stopped while waiting for NATS at {} (nats.url)", cfg.url);
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Connects, and refuses a server older than [`MIN_SERVER`].
 pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats> {
     let mut opts = async_nats::ConnectOptions::new()
@@ -62,13 +120,11 @@ pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats
         ),
     )
     .await
-    .map_err(|_| anyhow!("timed out connecting to NATS at {}", cfg.url))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| {
-        format!(
-            "cannot reach NATS at {} (nats.url). Start a server (nats-server -js) or fix the URL and credentials",
-            cfg.url
-        )
+    .map_err(|_| "timed out".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    .map_err(|cause| Unreachable {
+        url: cfg.url.clone(),
+        cause,
     })?;
     let version = client.server_info().version;
     if !version_at_least(&version, MIN_SERVER) {
