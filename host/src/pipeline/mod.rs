@@ -43,7 +43,7 @@ use crate::checkpoint::Cut;
 use crate::config::{PipelineConfig, ReloadWatch};
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
-use crate::reload::{self, DeployStatus, Deployment, History};
+use crate::reload::{self, DeployStatus, Deployment};
 use crate::state::{Clock, SystemClock};
 use crate::transport::{self, BroadcastInput, Input, Publisher};
 
@@ -155,7 +155,12 @@ pub async fn run(
     let cfg = Arc::new(cfg);
 
     // 1. NATS, the lookup stores, and where checkpoints are kept beyond this host.
-    let nats = transport::connect(&cfg.nats, &format!("eddy:{}", cfg.pipeline.name)).await?;
+    let nats = transport::connect_waiting(
+        &cfg.nats,
+        &format!("eddy:{}", cfg.pipeline.name),
+        &mut shutdown.clone(),
+    )
+    .await?;
     let lookups = Lookups::connect(&cfg, Some(&nats)).await?;
     if let Some(l) = &lookups {
         metrics.attach_lookups(l.clone());
@@ -181,16 +186,9 @@ pub async fn run(
     metrics.attach_state(state.stats().clone());
     let restored = restored.map(|m| m.cut).unwrap_or_default();
 
-    // 3. The plugin: the newest deployed version wins over the file named in the pipeline.
-    let deployed = if cfg.reload.watch == ReloadWatch::ObjectStore {
-        reload::deployed(&nats, &cfg.reload.bucket, &cfg.pipeline.name).await?
-    } else {
-        None
-    };
-    let source = match deployed {
-        Some(_) => format!("object store {}/{}", cfg.reload.bucket, cfg.pipeline.name),
-        None => format!("file {}", cfg.plugin.path.display()),
-    };
+    // 3. The plugin: the newest deployed version wins over the file named in the pipeline,
+    //    unless it was rolled back; then the last good one.
+    let (deployed, source, mut history) = start::choose_plugin(&nats, &cfg).await?;
     let built = {
         let (cfg, opts, metrics, state) =
             (cfg.clone(), opts.clone(), metrics.clone(), state.clone());
@@ -236,7 +234,6 @@ pub async fn run(
         reload_tx,
     )
     .await?;
-    let mut history = History::default();
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
         source,
@@ -292,7 +289,17 @@ pub async fn run(
         restored_skip: skip,
         publisher: Publisher::spawn(nats.js.clone(), metrics.clone()),
         checkpointing: Checkpointing::new(checkpoints, resume_after),
-        reloading: Reloading::new(reload_rx, history),
+        reloading: Reloading::new(
+            reload_rx,
+            history,
+            (cfg.reload.watch == ReloadWatch::ObjectStore).then(|| {
+                (
+                    nats.clone(),
+                    cfg.reload.bucket.clone(),
+                    cfg.pipeline.name.clone(),
+                )
+            }),
+        ),
         lookups,
         metrics: metrics.clone(),
         query: services.query.clone(),

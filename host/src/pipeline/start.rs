@@ -9,10 +9,11 @@ use anyhow::Context;
 
 use super::RunOptions;
 use crate::checkpoint::{Checkpoints, Cut, Manifest};
-use crate::config::PipelineConfig;
+use crate::config::{PipelineConfig, ReloadWatch};
 use crate::engine::{self, InstanceContext, Planner, Worker};
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
+use crate::reload::{self, History, record};
 use crate::state::{StateStore, StoreOptions};
 use crate::transport::{self, Nats};
 
@@ -224,6 +225,54 @@ async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Resul
 
 /// Checks that a stream stores every output and dead letter, that it is not the input stream
 /// (one event would become endlessly many), and that its duplicate window covers a replay.
+/// The plugin to start: the deployed component when versions come from the plugin bucket
+/// (`None`: the file at `plugin.path`), where it came from, and the remembered deployment
+/// history. A deployed version that was rolled back is not started again: the last good
+/// version is, from the bucket, or else the file.
+pub(super) async fn choose_plugin(
+    nats: &Nats,
+    cfg: &PipelineConfig,
+) -> anyhow::Result<(Option<Vec<u8>>, String, History)> {
+    let file = || format!("file {}", cfg.plugin.path.display());
+    if cfg.reload.watch != ReloadWatch::ObjectStore {
+        return Ok((None, file(), History::default()));
+    }
+    let (bucket, pipeline) = (&cfg.reload.bucket, &cfg.pipeline.name);
+    let history = record::load(nats, bucket, pipeline).await;
+    let Some(wasm) = reload::deployed(nats, bucket, pipeline).await? else {
+        return Ok((None, file(), history));
+    };
+    let version = engine::version_of(&wasm);
+    let Some(reason) = history.rolled_back(&version) else {
+        return Ok((
+            Some(wasm),
+            format!("object store {bucket}/{pipeline}"),
+            history,
+        ));
+    };
+    let good = history
+        .last_good()
+        .filter(|v| *v != version)
+        .map(str::to_string);
+    let kept = match &good {
+        Some(v) => record::component(nats, bucket, pipeline, v).await,
+        None => None,
+    };
+    let (wasm, source) = match (kept, good) {
+        (Some(w), Some(v)) => (
+            Some(w),
+            format!("object store {bucket}/{}", record::versioned(pipeline, &v)),
+        ),
+        _ => (None, file()),
+    };
+    tracing::warn!(
+        rolled_back = %version,
+        starting = %source,
+        "the deployed version was rolled back ({reason}); starting the last good version instead: deploy a fixed version"
+    );
+    Ok((wasm, source, history))
+}
+
 pub(super) async fn check_outputs(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<()> {
     for (subject, field) in [
         (&cfg.output.subject, "output.subject"),

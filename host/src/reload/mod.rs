@@ -9,12 +9,17 @@
 //!
 //! The swap itself is the run loop's (`pipeline`): at a batch boundary it replaces the plugin
 //! by the ready instance (microseconds), runs `migrate` if the new version exports it, and
-//! starts probation: for its first `reload.probation_events` events (or `probation_ms`), the new
+//! starts probation: for its first `reload.probation_events` events (or, once `probation_ms` has
+//! passed, however many it has seen, if at least ten: a version deployed at a quiet time stays
+//! on probation until events come), the new
 //! version's state writes are held in an overlay and its outputs are held back. If more than
 //! `reload.max_failure_share` of them trap or exceed a budget, the host goes back to the
 //! previous version, drops the held writes and outputs, and handles those events again with the
 //! previous version: nothing is lost and nothing is published twice. Otherwise the writes are
 //! committed and the outputs published. No checkpoint is cut during probation.
+//!
+//! The history and every deployed component are remembered in NATS (`record`): a restart starts
+//! the version that was live, and a rolled-back version never comes back by itself.
 //!
 //! Never: blocks the run loop on compiling or instantiating a plugin.
 
@@ -32,6 +37,8 @@ use crate::config::{PipelineConfig, ReloadWatch};
 use crate::engine::Planner;
 use crate::engine::{Engine, Instance, InstanceContext, Plugin};
 use crate::transport::Nats;
+
+pub mod record;
 
 /// A validated new version, ready to swap in.
 pub struct Candidate {
@@ -94,7 +101,7 @@ pub struct Deployment {
 }
 
 /// The most recent deployments, newest last.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct History {
     /// Deployments.
     pub deployments: Vec<Deployment>,
@@ -131,6 +138,9 @@ impl History {
         }
     }
 }
+
+/// Events a version must have handled before `reload.probation_ms` alone can end its probation.
+const MIN_JUDGED_EVENTS: u64 = 10;
 
 /// The probation rule of a freshly swapped version: how many of its first events may fail.
 #[derive(Debug, Clone)]
@@ -186,9 +196,10 @@ impl Probation {
         if self.events >= self.limit {
             return Judgement::Pass;
         }
-        if Instant::now() >= self.until {
-            // Fewer events than the probation asks for: judge by the share seen.
-            if self.events > 0 && self.failures as f64 > self.share * self.events as f64 {
+        if Instant::now() >= self.until && self.events >= self.limit.min(MIN_JUDGED_EVENTS) {
+            // Fewer events than the probation asks for: judge by the share seen. With fewer
+            // still (a deploy at a quiet time), it stays on probation until events come.
+            if self.failures as f64 > self.share * self.events as f64 {
                 return Judgement::Fail(format!(
                     "{} of its {} events failed (trap or budget) during probation",
                     self.failures, self.events
@@ -294,6 +305,19 @@ pub async fn deploy(
         metadata: [("version".to_string(), version.clone())].into(),
         ..Default::default()
     };
+    // By version first, so a host that sees the new deployment can always find it again.
+    let kept = async_nats::jetstream::object_store::ObjectMetadata {
+        name: record::versioned(pipeline, &version),
+        description: Some(note.to_string()),
+        ..Default::default()
+    };
+    let mut reader = wasm;
+    store.put(kept, &mut reader).await.with_context(|| {
+        format!(
+            "cannot upload to {bucket}/{}",
+            record::versioned(pipeline, &version)
+        )
+    })?;
     let mut reader = wasm;
     store
         .put(meta, &mut reader)
@@ -367,6 +391,16 @@ pub async fn watch(
                         continue;
                     }
                     current = version.clone();
+                    if let Some(reason) = record::load(&nats, &bucket, &pipeline)
+                        .await
+                        .rolled_back(&version)
+                    {
+                        tracing::warn!(
+                            %version,
+                            "the deployed version was rolled back ({reason}); not running it again: deploy a fixed version"
+                        );
+                        continue;
+                    }
                     let source = format!("object store {bucket}/{pipeline}");
                     if send_validated(&validator, wasm, &pipeline, source, &tx)
                         .await
@@ -478,10 +512,21 @@ mod tests {
         let c = cfg(100, 0.1, 0);
         assert_eq!(
             judge(5, 0, &c),
-            Judgement::Pass,
-            "time is up, nothing failed"
+            Judgement::Pending,
+            "time is up, but 5 events are too few to judge"
         );
-        assert!(matches!(judge(5, 3, &c), Judgement::Fail(_)));
-        assert_eq!(judge(0, 0, &c), Judgement::Pass, "no events at all");
+        assert_eq!(judge(0, 0, &c), Judgement::Pending, "no events at all");
+        assert_eq!(
+            judge(12, 1, &c),
+            Judgement::Pass,
+            "time is up, 1 of 12 failed"
+        );
+        assert!(matches!(judge(12, 3, &c), Judgement::Fail(_)));
+        let c = cfg(4, 0.1, 0);
+        assert_eq!(
+            judge(4, 0, &c),
+            Judgement::Pass,
+            "a short probation, all seen"
+        );
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use eddy_host::cli::tail;
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_streams, create_two_host_streams, deployment,
-    host_status, plugin, stream_len, variant, wait_deployment, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_two_host_streams, deployment, host_status,
+    plugin, stream_len, variant, wait_deployment, wait_for_len,
 };
 use serde_json::{Value, json};
 
-fn spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
-    let mut spec = PipelineSpec::new("swap", &nats.url(), dir, plugin("chaos"));
+fn spec(nats_url: &str, dir: &std::path::Path) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("swap", nats_url, dir, plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
     spec.batch = 32;
     spec.extra = "[reload]\nprobation_events = 40\nprobation_ms = 1000\n".into();
@@ -80,11 +80,12 @@ fn assert_counts_continuous(outs: &[(u64, String, u64, String)]) {
 /// deployment order), and state goes on across every swap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&nats, dir.path());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(spec).await;
     let run = Running::start(&spec);
     let base = std::fs::read(plugin("chaos")).expect("chaos.wasm");
     let mut versions = vec![eddy_host::engine::version_of(&base)];
@@ -177,11 +178,12 @@ async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
 /// the reasons are reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&nats, dir.path());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(spec).await;
     let run = Running::start(&spec);
     let publish = async |from: u64, to: u64| {
         for i in from..to {
@@ -255,6 +257,43 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
         text.contains("eddy_plugin_rejections_total{pipeline=\"swap\"} 2"),
         "{text}"
     );
+
+    // A restart remembers: the rolled-back version (still the deployed object) is not run
+    // again, the history is kept, and the previous version handles the next events.
+    let run = Running::start(&spec);
+    publish(300, 400).await;
+    assert_eq!(
+        wait_for_len(&conn.js, "OUT", 400, Duration::from_secs(30)).await,
+        400
+    );
+    let s = wait_deployment(&conn, "swap", &bad, "rolled-back", 1, WITHIN).await;
+    assert!(reason_of(&s[0], &bad).contains("failed (trap or budget)"));
+
+    // A version deployed at a quiet time stays on probation until events come.
+    let chaos = std::fs::read(plugin("chaos")).expect("chaos.wasm");
+    let quiet =
+        eddy_host::reload::deploy(&conn, "eddy-plugins", "swap", &variant(&chaos, 7), "test")
+            .await
+            .expect("deploy");
+    wait_deployment(&conn, "swap", &quiet, "probation", 1, WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_deployment(&conn, "swap", &quiet, "probation", 1, Duration::ZERO).await;
+    publish(400, 460).await;
+    wait_deployment(&conn, "swap", &quiet, "live", 1, WITHIN).await;
+    let again = run.metrics.clone();
+    run.stop().await;
+    assert!(
+        again
+            .render()
+            .contains("eddy_plugin_rollbacks_total{pipeline=\"swap\"} 0"),
+        "the rolled-back version did not run again"
+    );
+    let outs = outputs(&conn.js, 460).await;
+    assert_counts_continuous(&outs);
+    assert!(
+        outs.iter().all(|(_, _, _, v)| *v != bad),
+        "no output of the bad version"
+    );
 }
 
 /// Two hosts of one pipeline (each with its own partition of the input) both switch after one
@@ -268,7 +307,8 @@ async fn two_hosts_of_a_pipeline_both_switch_after_one_deploy() {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
-    let host = |dir: &std::path::Path, part: u32| spec(&nats, dir).one_of_two_hosts(part).config();
+    let host =
+        |dir: &std::path::Path, part: u32| spec(&nats.url(), dir).one_of_two_hosts(part).config();
     let a = Running::start_with(host(da.path(), 0), Default::default());
     let b = Running::start_with(host(db.path(), 1), Default::default());
     eddy_tests::eventually("both hosts answer", Duration::from_secs(30), async || {

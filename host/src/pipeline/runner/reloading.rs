@@ -2,7 +2,8 @@
 //! its probation (writes held in an overlay, outputs held back), and the rollback that hands
 //! what it handled to the previous version.
 //!
-//! Owns the deployment history, the version on probation and the one waiting behind it
+//! Owns the deployment history (remembered in NATS for restarts when versions come from the
+//! plugin bucket: `reload::record`), the version on probation and the one waiting behind it
 //! ([`Reloading`]).
 //!
 //! Never: publishes an output or commits a write of a version still on probation.
@@ -16,8 +17,9 @@ use super::Runner;
 use crate::engine::{Planner, Plugin};
 use crate::pipeline::window::Released;
 use crate::reload::{
-    Candidate, DeployStatus, Deployment, History, Judgement, Probation, ReloadEvent,
+    Candidate, DeployStatus, Deployment, History, Judgement, Probation, ReloadEvent, record,
 };
+use crate::transport::Nats;
 use crate::transport::publisher::OutMessage;
 
 /// New versions arriving, the one on probation, and what happened to each.
@@ -27,6 +29,8 @@ pub(in crate::pipeline) struct Reloading {
     pub(super) probation: Option<OnProbation>,
     /// A version that arrived during another's probation: swapped in after it.
     next: Option<Box<Candidate>>,
+    /// Where the history is remembered: NATS, the plugin bucket, the pipeline.
+    keep: Option<(Nats, String, String)>,
 }
 
 /// A new version on probation.
@@ -40,12 +44,18 @@ pub(super) struct OnProbation {
 }
 
 impl Reloading {
-    pub(in crate::pipeline) fn new(rx: mpsc::Receiver<ReloadEvent>, history: History) -> Self {
+    /// `keep`: where to remember the history (NATS, plugin bucket, pipeline), if anywhere.
+    pub(in crate::pipeline) fn new(
+        rx: mpsc::Receiver<ReloadEvent>,
+        history: History,
+        keep: Option<(Nats, String, String)>,
+    ) -> Self {
         Reloading {
             rx,
             history,
             probation: None,
             next: None,
+            keep,
         }
     }
 
@@ -61,6 +71,13 @@ impl Reloading {
 }
 
 impl Runner {
+    /// Remembers the history for restarts (a failure is logged: the run goes on).
+    async fn remember(&mut self) {
+        if let Some((nats, bucket, pipeline)) = &self.reloading.keep {
+            record::save(nats, bucket, pipeline, &self.reloading.history).await;
+        }
+    }
+
     pub(super) async fn reload(&mut self, ev: ReloadEvent) -> anyhow::Result<()> {
         match ev {
             ReloadEvent::Rejected {
@@ -79,6 +96,7 @@ impl Runner {
                     reason: Some(reason),
                     swap_pause_us: None,
                 });
+                self.remember().await;
                 Ok(())
             }
             ReloadEvent::Ready(c) => {
@@ -144,6 +162,7 @@ impl Runner {
                 .reload_rejections
                 .fetch_add(1, Ordering::Relaxed);
             self.go_back(previous).await?;
+            self.remember().await;
             tracing::warn!(%version, "new plugin version rejected: {reason}");
             return Ok(());
         }
@@ -159,6 +178,7 @@ impl Runner {
             reason: None,
             swap_pause_us: Some(pause.as_micros() as u64),
         });
+        self.remember().await;
         tracing::info!(
             %version,
             previous = previous.version(),
@@ -231,6 +251,7 @@ impl Runner {
                         .set(&version, DeployStatus::Live, None);
                     tracing::info!(%version, events = p.rule.events, failures = p.rule.failures, "plugin passed probation");
                 }
+                self.remember().await;
                 self.publish(p.outputs.into()).await?;
                 self.next_swap().await
             }
@@ -257,6 +278,7 @@ impl Runner {
                 self.reloading
                     .history
                     .set(&previous_version, DeployStatus::Live, None);
+                self.remember().await;
                 // What the bad version handled is handled again by the previous one: its
                 // outputs and writes were never published or committed.
                 for group in p.groups {
