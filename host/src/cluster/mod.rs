@@ -154,13 +154,17 @@ pub async fn run(
     // checkpoint is committed, then released.
     let mut handing_off: BTreeMap<u32, Owned> = BTreeMap::new();
     let mut summary = RunSummary::default();
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A partition whose run failed (not fenced) waits before this host takes it again.
     let mut cooling: BTreeMap<u32, Instant> = BTreeMap::new();
+    // Leases and the heartbeat are renewed every third of the lease. While partitions move
+    // (this host hands some off, or owns fewer than its share) the loop looks again every
+    // `MOVING` instead, so a released partition is taken at once rather than at a tick.
+    let renew_every = lease / 3;
+    let mut renewed: Option<Instant> = None;
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break;
@@ -170,34 +174,13 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        if let Err(e) = coord.heartbeat().await {
-            tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
-        }
-        // Renew every lease (of partitions running or draining); a lost one stops its run.
-        for (p, o) in owned.iter_mut().chain(handing_off.iter_mut()) {
-            let sent = mono_ms();
-            let started = Instant::now();
-            match coord.renew(&mut o.lease).await {
-                Ok(true) => {
-                    metrics
-                        .lease_renewal_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    let margin = cluster.lease_ms / 6;
-                    o.deadline_ms
-                        .store(sent + cluster.lease_ms - margin, Ordering::Release);
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        partition = p,
-                        "lease lost to another host; stopping the partition"
-                    );
-                    // Its fence fails from now on: the run stops at its next publish or
-                    // commit, acknowledging nothing more.
-                    o.deadline_ms.store(0, Ordering::Release);
-                    let _ = o.stop.send(true);
-                }
-                Err(e) => tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying"),
+        wait = renew_every;
+        if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
+            renewed = Some(Instant::now());
+            if let Err(e) = coord.heartbeat().await {
+                tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
             }
+            renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off).await;
         }
         // Runs that ended on their own.
         let ended: Vec<u32> = owned
@@ -255,6 +238,11 @@ pub async fn run(
             }
         }
         finish_hand_offs(&coord, &mut handing_off).await;
+        if !handing_off.is_empty()
+            || (owned.len() as u32) < assign::share(cfg.partitions.count, &hosts, &me)
+        {
+            wait = MOVING.min(renew_every);
+        }
     }
 
     // Stopping: every partition hands off (last checkpoint, pointer, release), in parallel,
@@ -370,6 +358,44 @@ async fn start_partition(
         stop,
         task,
     }))
+}
+
+/// How often the supervisor looks again while partitions move to or from this host.
+const MOVING: Duration = Duration::from_millis(200);
+
+/// Renews the lease of every partition running or draining here; a lost one stops its run.
+async fn renew_all(
+    coord: &Coordination,
+    cluster: &crate::config::ClusterConfig,
+    metrics: &Metrics,
+    owned: &mut BTreeMap<u32, Owned>,
+    handing_off: &mut BTreeMap<u32, Owned>,
+) {
+    for (p, o) in owned.iter_mut().chain(handing_off.iter_mut()) {
+        let sent = mono_ms();
+        let started = Instant::now();
+        match coord.renew(&mut o.lease).await {
+            Ok(true) => {
+                metrics
+                    .lease_renewal_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let margin = cluster.lease_ms / 6;
+                o.deadline_ms
+                    .store(sent + cluster.lease_ms - margin, Ordering::Release);
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    partition = p,
+                    "lease lost to another host; stopping the partition"
+                );
+                // Its fence fails from now on: the run stops at its next publish or
+                // commit, acknowledging nothing more.
+                o.deadline_ms.store(0, Ordering::Release);
+                let _ = o.stop.send(true);
+            }
+            Err(e) => tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying"),
+        }
+    }
 }
 
 /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is

@@ -110,24 +110,26 @@ impl Remote {
     /// Uploads the files of `m` the store lacks (shared SST files once; the checkpoint's own
     /// files always) from the local directory `dir`; returns the bytes sent.
     pub(crate) fn upload_files(&self, dir: &Path, m: &Manifest) -> Result<u64> {
-        let mut sent = 0;
-        for f in &m.files {
-            let shared = f.stored.starts_with("shared/");
-            if shared
-                && self
-                    .shared_in_store()?
-                    .as_ref()
-                    .is_some_and(|s| s.contains(&f.stored))
-            {
-                continue;
-            }
+        let stored: Vec<&crate::FileEntry> = {
+            let shared = self.shared_in_store()?;
+            m.files
+                .iter()
+                .filter(|f| {
+                    !(f.stored.starts_with("shared/")
+                        && shared.as_ref().is_some_and(|s| s.contains(&f.stored)))
+                })
+                .collect()
+        };
+        in_parallel(&stored, |f| {
             self.storage.put_file(&f.stored, &dir.join(&f.stored))?;
-            sent += f.size;
-            if shared && let Some(s) = self.shared_in_store()?.as_mut() {
+            if f.stored.starts_with("shared/")
+                && let Some(s) = self.shared_in_store()?.as_mut()
+            {
                 s.insert(f.stored.clone());
             }
-        }
-        Ok(sent)
+            Ok(())
+        })?;
+        Ok(stored.iter().map(|f| f.size).sum())
     }
 
     /// Stores checkpoint `id`'s manifest: from now on the checkpoint exists.
@@ -143,16 +145,18 @@ impl Remote {
     /// local checkpoint's). A file missing from the store makes the checkpoint corrupt.
     pub(crate) fn fetch(&self, dir: &Path, id: u64) -> Result<Manifest> {
         let m = self.manifest(id)?;
-        let mut fetched = (0usize, 0u64);
-        for f in &m.files {
-            let local = dir.join(&f.stored);
-            let cached = std::fs::metadata(&local).is_ok_and(|meta| meta.len() == f.size)
-                && sha256_file(&local).is_ok_and(|sum| sum == f.sha256);
-            if cached {
-                continue;
-            }
+        let missing: Vec<&crate::FileEntry> = m
+            .files
+            .iter()
+            .filter(|f| {
+                let local = dir.join(&f.stored);
+                !(std::fs::metadata(&local).is_ok_and(|meta| meta.len() == f.size)
+                    && sha256_file(&local).is_ok_and(|sum| sum == f.sha256))
+            })
+            .collect();
+        in_parallel(&missing, |f| {
             self.storage
-                .get_file(&f.stored, &local)
+                .get_file(&f.stored, &dir.join(&f.stored))
                 .map_err(|e| match e {
                     StorageError::NotFound(_) => Error::Corrupt {
                         id,
@@ -163,10 +167,9 @@ impl Remote {
                         ),
                     },
                     e => Error::Storage(e),
-                })?;
-            fetched.0 += 1;
-            fetched.1 += f.size;
-        }
+                })
+        })?;
+        let fetched = (missing.len(), missing.iter().map(|f| f.size).sum::<u64>());
         let json = serde_json::to_vec_pretty(&m)
             .map_err(std::io::Error::other)
             .map_err(|source| Error::Io {
@@ -246,5 +249,37 @@ impl Remote {
             }
         }
         Ok(())
+    }
+}
+
+/// Transfers at once per checkpoint: a store answers each request after a round trip, so a
+/// few in flight fill the link where one leaves it idle.
+const TRANSFERS: usize = 4;
+
+/// Runs `f` on every item, [`TRANSFERS`] at a time; the first error wins (the others still
+/// finish what they started).
+fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let first_error = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..TRANSFERS.min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    if let Err(e) = f(item) {
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
