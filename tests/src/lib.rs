@@ -6,19 +6,24 @@
 //! - [`redis`], [`postgres`], [`http`]: the lookup stores ([`RedisServer`],
 //!   [`PostgresServer`], and [`SlowHttp`], a local HTTP store with a configurable delay);
 //! - [`s3`]: [`S3Server`], an S3-compatible checkpoint store (moto);
+//! - [`proxy`]: [`Relay`], a TCP relay a test cuts to take a server out of reach;
 //! - [`plugins`]: [`plugin`] builds the sample plugins to WebAssembly components once per test
 //!   binary (wasmtime's test-programs pattern), never using checked-in binaries;
 //! - [`spec`]: the pipeline file a test runs ([`PipelineSpec`]), its streams, and [`Fixture`],
 //!   the usual start (a server, a directory, a spec, a connection, the streams);
 //! - [`running`]: pipelines running in the test process and what their hosts report;
+//! - [`hosts`]: hosts as `eddy run` processes, signalled as operators and crashes do, and
+//!   what `eddy cluster status` says of them;
 //! - [`reference`]: behaviour written again from specs, to compare against;
 //! - [`bench`]: helpers shared by the in-process benchmarks.
 
 pub mod bench;
+pub mod hosts;
 pub mod http;
 pub mod nats;
 pub mod plugins;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 pub mod reference;
 pub mod running;
@@ -29,6 +34,7 @@ pub use http::SlowHttp;
 pub use nats::{NatsCluster, NatsServer};
 pub use plugins::{eddy_bin, plugin, plugin_target_dir, run_build_script, variant};
 pub use postgres::PostgresServer;
+pub use proxy::Relay;
 pub use redis::RedisServer;
 pub use reference::{fraud_reference, publish_txs};
 pub use running::{Running, deployment, eventually, host_status, wait_deployment};

@@ -22,6 +22,18 @@ impl NatsServer {
         NatsServer::start_with_conf(None)
     }
 
+    /// A server on `port` (one a test chose before the server existed).
+    pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir()?,
+            conf: None,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
     /// A server with `conf` (nats-server configuration syntax, e.g. `max_payload: 8192`)
     /// besides the usual flags.
     pub fn start_with_conf(conf: Option<&str>) -> anyhow::Result<NatsServer> {

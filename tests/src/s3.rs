@@ -50,6 +50,11 @@ impl S3Server {
         Ok(server)
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -57,10 +62,15 @@ impl S3Server {
 
     /// The `[checkpoint.s3]` table that names this server (with credentials moto accepts).
     pub fn table(&self) -> String {
+        self.table_via(self.port)
+    }
+
+    /// The `[checkpoint.s3]` table that reaches this server through loopback port `port` (a
+    /// [`crate::Relay`] in front of it).
+    pub fn table_via(&self, port: u16) -> String {
         format!(
-            "[checkpoint.s3]\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
-            self.bucket,
-            self.endpoint()
+            "[checkpoint.s3]\nbucket = \"{}\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\naccess_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+            self.bucket
         )
     }
 }

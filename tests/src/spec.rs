@@ -80,6 +80,13 @@ impl PipelineSpec {
         self
     }
 
+    /// Keeps checkpoints in `s3`, reached through `relay` (which a test can cut).
+    pub fn s3_checkpoints_via(mut self, s3: &S3Server, relay: &Relay) -> PipelineSpec {
+        self.checkpoint.push_str("store = \"s3\"\n");
+        self.tables.push_str(&s3.table_via(relay.port()));
+        self
+    }
+
     /// Keeps checkpoints in the state directory alone (`checkpoint.store = "local"`): for
     /// tests of what happens to checkpoint files on the host's own disk.
     pub fn local_checkpoints(mut self) -> PipelineSpec {
@@ -240,8 +247,8 @@ pub async fn wait_for_len(
     }
 }
 
-/// The usual start of a test: a nats-server, a temporary directory, a pipeline spec named
-/// `name` running the sample plugin `plugin_name`, a connection, and the spec's streams.
+/// The usual start of a test: a nats-server, a temporary directory, a pipeline spec on that
+/// server with its state in that directory, a connection, and the spec's streams.
 pub struct Fixture {
     /// The server.
     pub nats: NatsServer,
@@ -254,11 +261,18 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// Starts everything, with the spec as [`PipelineSpec::new`] makes it.
+    /// Starts everything, with the spec as [`PipelineSpec::new`] makes it: pipeline `name`
+    /// running the sample plugin `plugin_name`.
     pub async fn start(name: &str, plugin_name: &str) -> Fixture {
+        Fixture::start_with(|url, dir| PipelineSpec::new(name, url, dir, plugin(plugin_name))).await
+    }
+
+    /// Starts everything, with the spec `make` returns from the server's URL and the
+    /// directory (edits to the spec go in `make`: the streams are created from its result).
+    pub async fn start_with(make: impl FnOnce(&str, &Path) -> PipelineSpec) -> Fixture {
         let nats = NatsServer::start().expect("nats-server");
         let dir = tempfile::tempdir().expect("tempdir");
-        let spec = PipelineSpec::new(name, &nats.url(), dir.path(), plugin(plugin_name));
+        let spec = make(&nats.url(), dir.path());
         let conn = nats.connect().await.expect("connect");
         create_streams(&conn.js, &spec).await.expect("streams");
         Fixture {

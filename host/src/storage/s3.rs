@@ -17,6 +17,17 @@ use crate::config::S3Config;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A few quick retries per request: a checkpoint whose upload fails is tried again whole at
+/// the next interval, so an unreachable store shows up as a failed checkpoint (and its metric)
+/// within seconds rather than after the crate's default three minutes of retrying.
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+        ..object_store::RetryConfig::default()
+    }
+}
+
 /// An S3 bucket holding checkpoints.
 pub struct S3Storage {
     store: Arc<dyn ObjectStore>,
@@ -28,7 +39,9 @@ pub struct S3Storage {
 impl S3Storage {
     /// The bucket `cfg` names; credentials from `cfg` or the usual AWS environment variables.
     pub fn open(cfg: &S3Config, prefix: &str) -> anyhow::Result<S3Storage> {
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(&cfg.bucket);
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_retry(retries());
         if let Some(region) = &cfg.region {
             b = b.with_region(region);
         }

@@ -3,16 +3,14 @@
 //! from the input: a host killed mid-run, a host paused past its lease, a host joining.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use eddy_host::cli::{produce, streams, tail};
 use eddy_host::query::{self, Op, Query};
-use eddy_tests::{
-    NatsCluster, PipelineSpec, eddy_bin, eventually, plugin, stream_len, wait_for_len,
-};
+use eddy_tests::hosts::{self, HostProcess, owners, pointers};
+use eddy_tests::{NatsCluster, PipelineSpec, eventually, plugin, stream_len, wait_for_len};
 use serde_json::Value;
 
 const PARTITIONS: u32 = 8;
@@ -31,95 +29,14 @@ fn spec(url: &str, dir: &Path, host: &str) -> PipelineSpec {
     spec
 }
 
-struct Host {
-    name: String,
-    config: PathBuf,
-    child: Child,
-}
-
-fn spawn(dir: &Path, url: &str, name: &str) -> Host {
+fn spawn(dir: &Path, url: &str, name: &str) -> HostProcess {
     let config = dir.join(format!("{name}.toml"));
     spec(url, dir, name).write(&config).expect("config");
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-    let child = Command::new(eddy_bin())
-        .arg("run")
-        .arg(&config)
-        .env("RUST_LOG", "info,async_nats=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("eddy binary");
-    Host {
-        name: name.into(),
-        config,
-        child,
-    }
+    HostProcess::spawn(name, &config, &dir.join(format!("{name}.log")))
 }
 
-fn signal(h: &Host, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &h.child.id().to_string()])
-        .status();
-}
-
-fn wait_exit(h: &mut Host) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while h.child.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "{} did not exit", h.name);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `eddy cluster status --json`: each partition's owner (the host name prefix of its id).
-fn owners(config: &Path) -> BTreeMap<u32, String> {
-    // A busy cluster (an election, a server catching up) may fail one read: try a few times.
-    let mut out = status_json(config);
-    for _ in 0..10 {
-        if out.status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        out = status_json(config);
-    }
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let mut m = BTreeMap::new();
-    for p in v["partitions"].as_array().expect("partitions") {
-        if let Some(o) = p["owner"].as_str() {
-            let host = o.split('-').next().unwrap_or(o).to_string();
-            m.insert(p["partition"].as_u64().expect("n") as u32, host);
-        }
-    }
-    m
-}
-
-fn status_json(config: &Path) -> std::process::Output {
-    Command::new(eddy_bin())
-        .args(["cluster", "status", "--json"])
-        .arg(config)
-        .output()
-        .expect("eddy binary")
-}
-
-/// Every partition's committed (epoch, checkpoint), from `eddy cluster status --json`.
-fn pointers(config: &Path) -> BTreeMap<u32, (u64, u64)> {
-    let out = Command::new(eddy_bin())
-        .args(["cluster", "status", "--json"])
-        .arg(config)
-        .output()
-        .expect("eddy binary");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let mut m = BTreeMap::new();
-    for p in v["partitions"].as_array().expect("partitions") {
-        if let (Some(e), Some(c)) = (p["epoch"].as_u64(), p["checkpoint"].as_u64()) {
-            m.insert(p["partition"].as_u64().expect("n") as u32, (e, c));
-        }
-    }
-    m
+fn shared(config: &Path, hosts: &[&str], min: usize, max: usize) -> bool {
+    hosts::shared(config, PARTITIONS, hosts, min, max)
 }
 
 fn partition_of(customer: &str) -> u32 {
@@ -148,7 +65,9 @@ async fn outputs(
     js: &async_nats::jetstream::Context,
     max: usize,
 ) -> BTreeMap<String, (Value, u64)> {
-    let msgs = tail::read(js, "txn.out", max, Duration::from_secs(3))
+    // A generous idle limit: an election among the servers may hold delivery for seconds, and
+    // a read cut short would look like lost outputs.
+    let msgs = tail::read(js, "txn.out", max, Duration::from_secs(15))
         .await
         .expect("read outputs");
     let mut out = BTreeMap::new();
@@ -191,9 +110,17 @@ async fn assert_exact(
             key: Some(customer.clone()),
             ..Query::default()
         };
-        let v = query::nats::ask(conn, "fraud", Op::Get, &q)
-            .await
-            .expect("query answered by the partition's owner");
+        // While a partition moves nobody answers for it: ask again, as a client would.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let v = loop {
+            match query::nats::ask(conn, "fraud", Op::Get, &q).await {
+                Ok(v) => break v,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("query for {customer} unanswered for 30 s: {e:?}"),
+            }
+        };
         assert_eq!(v["value"]["count"], *count, "{customer}: count");
         assert_eq!(v["value"]["sum_cents"], *sum, "{customer}: sum");
     }
@@ -220,7 +147,7 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     let (nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(300_000, 400, 21, 0);
     publish(&conn.js, &txs).await;
-    let mut hosts: Vec<Host> = ["a", "b", "c"]
+    let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
         .iter()
         .map(|n| spawn(dir.path(), &nats.url(), n))
         .collect();
@@ -228,13 +155,7 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     eventually(
         "a, b and c share the partitions",
         Duration::from_secs(90),
-        async || {
-            let o = owners(&hosts[0].config);
-            o.len() == PARTITIONS as usize
-                && ["a", "b", "c"]
-                    .iter()
-                    .all(|h| (2..=3).contains(&o.values().filter(|v| v == h).count()))
-        },
+        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
     )
     .await;
     wait_for_len(&conn.js, "FRAUD_OUT", 90_000, Duration::from_secs(180)).await;
@@ -249,8 +170,8 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_micros() as u64;
-    signal(&hosts[1], "-KILL");
-    wait_exit(&mut hosts[1]);
+    hosts[1].signal("-KILL");
+    hosts[1].wait_exit();
     let got = wait_for_len(&conn.js, "FRAUD_OUT", 300_000, Duration::from_secs(240)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = owners(&hosts[0].config);
@@ -260,7 +181,7 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
             "{after:?}"
         );
     }
-    let outs = outputs(&conn.js, 310_000).await;
+    let outs = outputs(&conn.js, 300_000).await;
     // The gap of the moved partitions: the longest silence among their outputs from the
     // kill on (what the dead host had in flight may still land just after the kill).
     let mut times: Vec<u64> = outs
@@ -274,7 +195,13 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
         .filter(|w| w[1] > killed_at_us)
         .map(|w| w[1] - w[0].max(killed_at_us))
         .max()
-        .expect("the moved partitions produced output after the kill");
+        .unwrap_or_else(|| {
+            panic!(
+                "the moved partitions {moved:?} produced no output after the kill: {} outputs of theirs, the last at {:?} µs, killed at {killed_at_us} µs; owners before {before:?}, after {after:?}",
+                times.len(),
+                times.last()
+            )
+        });
     println!(
         "failover: partitions {moved:?} of the killed host went {:.2} s without output after kill -9 (lease 3 s)",
         gap as f64 / 1e6
@@ -286,8 +213,8 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     );
     assert_exact(&conn, &txs, &outs).await;
     for h in hosts.iter_mut().filter(|h| h.name != "b") {
-        signal(h, "-TERM");
-        wait_exit(h);
+        h.signal("-TERM");
+        h.wait_exit();
     }
 }
 
@@ -312,7 +239,7 @@ async fn a_host_paused_past_its_lease_is_fenced() {
         },
     )
     .await;
-    signal(&a, "-STOP");
+    a.signal("-STOP");
     eventually(
         "b took a's partitions",
         Duration::from_secs(30),
@@ -325,7 +252,7 @@ async fn a_host_paused_past_its_lease_is_fenced() {
     let taken = pointers(&b.config);
     publish(&conn.js, &txs[20_000..]).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 40_000, Duration::from_secs(120)).await;
-    signal(&a, "-CONT");
+    a.signal("-CONT");
     // a wakes up past its lease: it must not commit, acknowledge or publish for the
     // partitions it held (it may take some back through new leases afterwards).
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -348,11 +275,11 @@ async fn a_host_paused_past_its_lease_is_fenced() {
         stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
         40_000
     );
-    let outs = outputs(&conn.js, 41_000).await;
+    let outs = outputs(&conn.js, 40_000).await;
     assert_exact(&conn, &txs, &outs).await;
     for h in [&mut a, &mut b] {
-        signal(h, "-TERM");
-        wait_exit(h);
+        h.signal("-TERM");
+        h.wait_exit();
     }
 }
 
@@ -363,7 +290,7 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     let (nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(120_000, 300, 29, 0);
     publish(&conn.js, &txs[..60_000]).await;
-    let mut hosts: Vec<Host> = ["a", "b", "c"]
+    let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
         .iter()
         .map(|n| spawn(dir.path(), &nats.url(), n))
         .collect();
@@ -372,23 +299,13 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     eventually(
         "a, b and c share the partitions",
         Duration::from_secs(60),
-        async || {
-            let o = owners(&hosts[0].config);
-            o.len() == PARTITIONS as usize
-                && ["a", "b", "c"]
-                    .iter()
-                    .all(|h| (2..=3).contains(&o.values().filter(|v| v == h).count()))
-        },
+        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
     )
     .await;
     let before = owners(&hosts[0].config);
     hosts.push(spawn(dir.path(), &nats.url(), "d"));
     eventually("d owns its share", Duration::from_secs(60), async || {
-        let o = owners(&hosts[0].config);
-        o.len() == PARTITIONS as usize
-            && ["a", "b", "c", "d"]
-                .iter()
-                .all(|h| o.values().filter(|v| v == h).count() == 2)
+        shared(&hosts[0].config, &["a", "b", "c", "d"], 2, 2)
     })
     .await;
     let after = owners(&hosts[0].config);
@@ -405,14 +322,112 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
         stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
         120_000
     );
-    let outs = outputs(&conn.js, 121_000).await;
+    let outs = outputs(&conn.js, 120_000).await;
     assert_exact(&conn, &txs, &outs).await;
     let log = std::fs::read_to_string(dir.path().join("d.log")).expect("log");
     assert!(log.contains("took the partition"), "{log}");
     for h in &mut hosts {
-        signal(h, "-TERM");
+        h.signal("-TERM");
     }
     for h in &mut hosts {
-        wait_exit(h);
+        h.wait_exit();
+    }
+}
+
+/// The leader of stream `name`, once it has one.
+async fn leader_of(conn: &eddy_host::transport::Nats, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut stream) = conn.js.get_stream(name).await
+            && let Ok(info) = stream.info().await
+            && let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone())
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "stream {name} has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Moves the leadership of each of `streams` to the server leading the first one (stepping
+/// down until the election lands there), and returns that server's name.
+async fn lead_together(conn: &eddy_host::transport::Nats, streams: &[&str]) -> String {
+    let leader = leader_of(conn, streams[0]).await;
+    for name in &streams[1..] {
+        for _ in 0..30 {
+            let now = leader_of(conn, name).await;
+            if now == leader {
+                break;
+            }
+            let _ = conn
+                .client
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"),
+                    Bytes::new(),
+                )
+                .await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while leader_of(conn, name).await == now && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        assert_eq!(
+            leader_of(conn, name).await,
+            leader,
+            "{name} follows {leader}"
+        );
+    }
+    leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut nats, conn) = start_cluster(dir.path()).await;
+    let txs = produce::transactions(150_000, 300, 31, 0);
+    publish(&conn.js, &txs).await;
+    let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(dir.path(), &nats.url(), n))
+        .collect();
+    eventually(
+        "a, b and c share the partitions",
+        Duration::from_secs(90),
+        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
+    )
+    .await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 40_000, Duration::from_secs(180)).await;
+    // One server leads the lease, pointer and host buckets and the checkpoint store.
+    let led = [
+        "KV_eddy-fraud-leases",
+        "KV_eddy-fraud-pointers",
+        "KV_eddy-fraud-hosts",
+        "OBJ_eddy-checkpoints",
+    ];
+    let leader = lead_together(&conn, &led).await;
+    nats.kill(&leader);
+    println!("killed nats-server {leader}, leader of {led:?}");
+    let got = wait_for_len(&conn.js, "FRAUD_OUT", 150_000, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in &led {
+        assert_ne!(
+            leader_of(&conn, s).await,
+            leader,
+            "{s} elected a new leader"
+        );
+    }
+    assert_eq!(got, 150_000);
+    assert_eq!(
+        stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
+        150_000
+    );
+    let outs = outputs(&conn.js, 150_000).await;
+    assert_exact(&conn, &txs, &outs).await;
+    for h in &mut hosts {
+        h.signal("-TERM");
+    }
+    for h in &mut hosts {
+        h.wait_exit();
     }
 }

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
+use eddy_tests::hosts::HostProcess;
 use eddy_tests::{
-    Fixture, NatsServer, PipelineSpec, Running, create_streams, eddy_bin, plugin, stream_len,
-    wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_streams, eddy_bin, eventually, free_port,
+    plugin, stream_len, wait_for_len,
 };
 use serde_json::Value;
 
@@ -90,13 +91,14 @@ fn expected_counts(txs: &[produce::Transaction]) -> HashMap<String, Vec<(String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work_and_exits_zero() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
     let txs = produce::transactions(6_000, 50, 21, 0);
     publish(&conn.js, &txs).await;
 
@@ -124,13 +126,14 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
     let txs = produce::transactions(20_000, 200, 9, 0);
     publish(&conn.js, &txs).await;
 
@@ -210,21 +213,61 @@ fn bad_configuration_is_refused_with_the_field_and_the_fix() {
             assert!(stderr.contains(want), "case {i}: `{want}` in: {stderr}");
         }
     }
-    // And an unreachable NATS server is named, with the fix.
-    let path = dir.path().join("unreachable.toml");
-    spec.write(&path).expect("write");
-    let out = Command::new(eddy_bin())
-        .args(["run"])
-        .arg(&path)
-        .output()
-        .expect("eddy binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("cannot reach NATS at nats://127.0.0.1:1"),
-        "{stderr}"
+}
+
+/// A host started before its NATS server waits for it, saying where it looks and what to do,
+/// then runs: every event once, as if NATS had been there from the start. Stopped while it
+/// waits, it exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_before_its_nats_waits_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let spec = PipelineSpec::new("fraud", &url, dir.path(), plugin("fraud-enrich"));
+    // The streams exist (made by an operator earlier); the server is down when the host starts.
+    let mut nats = NatsServer::start_on(port).expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    drop(conn);
+    nats.stop();
+    let config = dir.path().join("pipeline.toml");
+    spec.write(&config).expect("config");
+    let log = dir.path().join("a.log");
+    let mut host = HostProcess::spawn("a", &config, &log);
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(
+        "the host says it waits",
+        Duration::from_secs(15),
+        async || said().contains(&format!("cannot reach NATS at {url}")),
+    )
+    .await;
+    assert!(said().contains("nats-server -js"), "{}", said());
+    assert!(host.running(), "it waits instead of exiting");
+
+    nats.restart().expect("nats-server again");
+    let conn = nats.connect().await.expect("connect");
+    let txs = produce::transactions(2_000, 20, 19, 0);
+    publish(&conn.js, &txs).await;
+    wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
+    host.stop();
+    assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 2_000);
+    let (n, counts) = counts_per_customer(&conn.js, 3_000).await;
+    assert_eq!(n, 2_000);
+    assert_eq!(counts, expected_counts(&txs));
+
+    // Stopped before any server is there: it does not wait on.
+    let elsewhere = PipelineSpec::new(
+        "fraud",
+        "nats://127.0.0.1:1",
+        dir.path(),
+        plugin("fraud-enrich"),
     );
-    assert!(stderr.contains("nats-server -js"), "{stderr}");
+    elsewhere.write(&config).expect("config");
+    let mut host = HostProcess::spawn("b", &config, &dir.path().join("b.log"));
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    host.stop();
+    assert!(stopped.elapsed() < Duration::from_secs(5));
 }
 
 /// An operator's machine has the pipeline file but not the plugin the hosts run: `eddy
@@ -275,4 +318,82 @@ async fn status_answers_without_the_plugin_file_on_this_machine() {
     assert!(!out.status.success());
     assert!(stderr.contains("plugin.path"), "{stderr}");
     run.stop().await;
+}
+
+/// Thousands of half-open connections to the query endpoint (a request line, headers never
+/// finished) against a host allowed 1,024 file descriptors: it keeps processing and
+/// checkpointing, closes the stalled connections after the header timeout, and answers
+/// queries again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_connections_leave_the_host_serving_and_checkpointing() {
+    use std::io::{Read, Write};
+    let Fixture {
+        nats: _nats,
+        dir,
+        mut spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
+    let (query_port, metrics_port) = (free_port(), free_port());
+    spec.extra = format!(
+        "[checkpoint]\ninterval_ms = 200\n\n[query]\nhttp = \"127.0.0.1:{query_port}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let config = dir.path().join("pipeline.toml");
+    spec.write(&config).expect("config");
+    let mut host = HostProcess::spawn_limited("a", &config, &dir.path().join("a.log"), 1_024);
+    let txs = produce::transactions(4_000, 40, 17, 0);
+    publish(&conn.js, &txs[..2_000]).await;
+    wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
+    let checkpoints = || -> u64 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("scrape");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .find(|l| l.starts_with("eddy_checkpoints_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("eddy_checkpoints_total")
+    };
+    let before = checkpoints();
+
+    let stalled: Vec<std::net::TcpStream> = (0..3_000)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", query_port)).ok()?;
+            s.write_all(b"GET /v1/describe HTTP/1.1\r\nHost: x\r\n")
+                .ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(
+        stalled.len() > 2_000,
+        "{} connections opened",
+        stalled.len()
+    );
+    publish(&conn.js, &txs[2_000..]).await;
+    wait_for_len(&conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
+    eventually("checkpoints go on", Duration::from_secs(20), async || {
+        checkpoints() >= before + 3
+    })
+    .await;
+    assert!(host.running(), "the host is still up");
+
+    // The stalled connections are closed by the host after the header timeout.
+    tokio::time::sleep(eddy_host::query::http::HEADER_TIMEOUT + Duration::from_secs(2)).await;
+    let mut first = stalled.into_iter().next().expect("one");
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    assert!(
+        first.read_to_end(&mut rest).is_ok(),
+        "the host closed a stalled connection"
+    );
+    let r = reqwest::get(format!("http://127.0.0.1:{query_port}/v1/describe"))
+        .await
+        .expect("a fresh query");
+    assert_eq!(r.status(), 200);
+    let log = std::fs::read_to_string(dir.path().join("a.log")).expect("log");
+    assert!(!log.contains("Too many open files"), "{log}");
+    host.stop();
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use eddy_host::cli::produce;
 use eddy_host::query::{self, Op, Query};
+use std::sync::atomic::Ordering;
+
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin, publish_txs, stream_len,
-    wait_for_len,
+    NatsServer, PipelineSpec, Relay, Running, S3Server, create_streams, eventually, plugin,
+    publish_txs, stream_len, wait_for_len,
 };
 
 /// Runs half the events, stops, wipes the state directory, runs the rest: the second run
@@ -25,16 +27,26 @@ async fn a_wiped_host_continues_from_the_store(nats: &NatsServer, spec: Pipeline
     run.stop().await;
     let local = spec.config().checkpoints();
     assert!(!local.list().is_empty(), "the first run checkpointed");
+    wipe_and_finish(nats, &spec, &txs, 3_000).await;
+}
 
+/// Wipes the state directory, publishes `txs[done..]` and runs the pipeline again: every
+/// output once, and the state the host answers counts all of `txs`, so what came before
+/// `done` came back from the store (from empty state it would count the rest only).
+async fn wipe_and_finish(
+    nats: &NatsServer,
+    spec: &PipelineSpec,
+    txs: &[produce::Transaction],
+    done: usize,
+) {
+    let conn = nats.connect().await.expect("connect");
     std::fs::remove_dir_all(&spec.state_dir).expect("wipe the state directory");
-    publish_txs(&conn.js, "txn.in", &txs[3_000..]).await;
-    let run = Running::start(&spec);
-    let got = wait_for_len(&conn.js, "OUT", 6_000, Duration::from_secs(60)).await;
+    publish_txs(&conn.js, "txn.in", &txs[done..]).await;
+    let run = Running::start(spec);
+    let got = wait_for_len(&conn.js, "OUT", txs.len() as u64, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // State as the running host answers it: counts over all 6,000 events, so the first
-    // 3,000 came back from the store (from empty state they would count 3,000 only).
     let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for t in &txs {
+    for t in txs {
         let e = want.entry(t.customer.clone()).or_default();
         e.0 += 1;
         e.1 += t.amount_cents;
@@ -52,10 +64,10 @@ async fn a_wiped_host_continues_from_the_store(nats: &NatsServer, spec: Pipeline
         assert_eq!(v["value"]["sum_cents"], *sum, "{customer}: sum");
     }
     run.stop().await;
-    assert_eq!(got, 6_000);
+    assert_eq!(got, txs.len() as u64);
     assert_eq!(
         stream_len(&conn.js, "OUT").await.expect("len"),
-        6_000,
+        txs.len() as u64,
         "the restart replayed nothing twice"
     );
 }
@@ -104,4 +116,59 @@ async fn a_wiped_host_gets_its_state_back_from_s3() {
         .s3_checkpoints(&s3);
     spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
     a_wiped_host_continues_from_the_store(&nats, spec).await;
+}
+
+/// The store out of reach mid-run (a relay in front of it cut, the store keeping its data):
+/// events keep flowing, each failed checkpoint is counted in the metrics and the next one
+/// tried; once the store is back a checkpoint lands, and a wiped host restores from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_keeps_events_flowing_and_checkpoints_are_retried() {
+    let nats = NatsServer::start().expect("nats-server");
+    let s3 = S3Server::start().expect("moto_server");
+    let relay = Relay::start(s3.port()).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"))
+        .s3_checkpoints_via(&s3, &relay);
+    spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let txs = produce::transactions(9_000, 40, 13, 0);
+    publish_txs(&conn.js, "txn.in", &txs[..3_000]).await;
+    let run = Running::start(&spec);
+    wait_for_len(&conn.js, "OUT", 3_000, Duration::from_secs(60)).await;
+    let m = run.metrics.clone();
+    eventually(
+        "a checkpoint is stored",
+        Duration::from_secs(30),
+        async || m.checkpoints.load(Ordering::Relaxed) >= 1,
+    )
+    .await;
+
+    relay.cut();
+    let failed_before = m.checkpoint_failures.load(Ordering::Relaxed);
+    publish_txs(&conn.js, "txn.in", &txs[3_000..6_000]).await;
+    wait_for_len(&conn.js, "OUT", 6_000, Duration::from_secs(60)).await;
+    eventually(
+        "failed checkpoints are counted",
+        Duration::from_secs(60),
+        async || m.checkpoint_failures.load(Ordering::Relaxed) > failed_before,
+    )
+    .await;
+    let text = m.render();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("eddy_checkpoint_failures_total") && !l.ends_with(" 0")),
+        "{text}"
+    );
+
+    relay.restore();
+    let stored = m.checkpoints.load(Ordering::Relaxed);
+    eventually(
+        "a checkpoint is stored once the store is back",
+        Duration::from_secs(60),
+        async || m.checkpoints.load(Ordering::Relaxed) > stored,
+    )
+    .await;
+    run.stop().await;
+    wipe_and_finish(&nats, &spec, &txs, 6_000).await;
 }

@@ -1,0 +1,510 @@
+//! Cluster benchmark over real servers, every figure from this one run:
+//! (a) checkpoint upload throughput through the host's own storage backends: the NATS object
+//!     store on a 3-node cluster (R3) and S3 (moto), 64 MB in 16 files of 4 MB;
+//! (b) pipeline throughput (fraud-enrich, in process, a checkpoint every 500 ms) with
+//!     checkpoints in the NATS object store and in S3, as ratios to local checkpoints;
+//! (c) one host in cluster mode (16 partitions, leases) against one host as today (`eddy run`
+//!     processes, the same input);
+//! (d) failover: a 3-node NATS cluster, 3 hosts, 16 partitions, 1M keys in state, steady
+//!     load; kill -9 one host: time from the kill to the first output of each moved partition;
+//! (e) rebalance: the killed host starts again and takes its share back by hand-off: the
+//!     longest output gap of the moved partitions, against that of the partitions that stayed.
+//!
+//! Run: `cargo build --bin eddy && cargo bench --profile dev -p eddy-tests --bench cluster`
+//! (`-- --quick` for smaller volumes; `-- --only upload|remote|mode|failover`).
+
+eddy_tests::host_allocator!();
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eddy_host::cli::produce::{self, Transaction};
+use eddy_host::cli::streams;
+use eddy_tests::bench::only_arg;
+use eddy_tests::hosts::{self, HostProcess};
+use eddy_tests::{
+    NatsCluster, NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin, stream_len,
+};
+use futures::StreamExt;
+
+const PARTITIONS: u32 = 16;
+
+/// Outputs arriving this soon after the kill were sent by the killed host before it died.
+const IN_FLIGHT: Duration = Duration::from_millis(250);
+
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
+
+fn wanted(case: &str) -> bool {
+    only_arg().is_none_or(|o| o == case)
+}
+
+#[tokio::main]
+async fn main() {
+    if wanted("upload") {
+        upload().await;
+    }
+    if wanted("remote") {
+        remote().await;
+    }
+    if wanted("mode") {
+        mode().await;
+    }
+    if wanted("failover") {
+        failover().await;
+    }
+}
+
+/// (a) MB/s of `put_file` for 16 files of 4 MB, through the configured store of `spec`.
+async fn upload_rate(spec: &PipelineSpec, nats: &eddy_host::transport::Nats) -> f64 {
+    let storage = eddy_host::storage::open(&spec.config(), nats)
+        .await
+        .expect("store")
+        .expect("a remote store");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let files: Vec<_> = (0..16)
+        .map(|i| {
+            // Incompressible bytes, as compressed SST files are.
+            let bytes: Vec<u8> = (0..4 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let path = dir.path().join(format!("f{i}.sst"));
+            std::fs::write(&path, bytes).expect("write");
+            (format!("bench/f{i}.sst"), path)
+        })
+        .collect();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        for (name, path) in files {
+            storage.put_file(&name, &path).expect("upload");
+        }
+    })
+    .await
+    .expect("uploads");
+    64.0 / started.elapsed().as_secs_f64()
+}
+
+async fn upload() {
+    let nats = NatsCluster::start(3).await.expect("3 nats-servers");
+    let conn = nats.connect().await.expect("connect");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let to_nats = upload_rate(&spec, &conn).await;
+    let s3 = S3Server::start().expect("moto_server");
+    let to_s3 = upload_rate(&spec.clone().s3_checkpoints(&s3), &conn).await;
+    println!("\n(a) checkpoint upload, 64 MB in 16 files of 4 MB");
+    println!("{:<44} {:>10}", "store", "MB/s");
+    println!(
+        "{:<44} {:>10.1}",
+        "NATS object store, 3-node cluster, R3", to_nats
+    );
+    println!("{:<44} {:>10.1}", "S3 (moto on loopback)", to_s3);
+}
+
+/// Events/s of the fraud pipeline over `n` events published first, timed from the first
+/// output to the last.
+async fn pipeline_rate(spec: PipelineSpec, nats: &NatsServer, txs: &[Transaction]) -> f64 {
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    eddy_tests::publish_txs(&conn.js, "txn.in", txs).await;
+    let run = Running::start(&spec);
+    let (first, last) = time_outputs(&conn.js, "OUT", txs.len() as u64).await;
+    let checkpoints = run
+        .metrics
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed);
+    run.stop().await;
+    eprintln!("  {} checkpoints", checkpoints);
+    txs.len() as f64 / (last - first).as_secs_f64()
+}
+
+/// When stream `name` got its first message and when it reached `n`.
+async fn time_outputs(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    n: u64,
+) -> (Instant, Instant) {
+    let mut first = None;
+    loop {
+        let len = stream_len(js, name).await.unwrap_or(0);
+        let now = Instant::now();
+        if len > 0 && first.is_none() {
+            first = Some(now);
+        }
+        if len >= n {
+            return (first.unwrap_or(now), now);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn remote() {
+    let n = if quick() { 40_000 } else { 200_000 };
+    let txs = produce::transactions(n, 5_000, 41, 0);
+    let mut rows = Vec::new();
+    // Twice each, interleaved, so a slow moment of the machine does not favour one store.
+    for round in 0..2 {
+        for store in ["local", "nats", "s3"] {
+            // Fresh servers each run: a store holding another run's checkpoints would be
+            // restored from.
+            let nats = NatsServer::start().expect("nats-server");
+            let s3 = S3Server::start().expect("moto_server");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut spec =
+                PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
+            spec.checkpoint = "interval_ms = 500\n".into();
+            spec = match store {
+                "local" => spec.local_checkpoints(),
+                "s3" => spec.s3_checkpoints(&s3),
+                _ => spec,
+            };
+            eprintln!("round {round}: checkpoints in {store}");
+            rows.push((store, pipeline_rate(spec, &nats, &txs).await));
+        }
+    }
+    let mean = |s: &str| {
+        let r: Vec<f64> = rows.iter().filter(|r| r.0 == s).map(|r| r.1).collect();
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    let local = mean("local");
+    println!("\n(b) fraud-enrich pipeline, {n} events, checkpoint every 500 ms (mean of 2)");
+    println!("{:<44} {:>12} {:>8}", "checkpoints in", "events/s", "ratio");
+    for (store, label) in [
+        ("local", "local directory (baseline)"),
+        ("nats", "NATS object store"),
+        ("s3", "S3 (moto)"),
+    ] {
+        println!(
+            "{:<44} {:>12.0} {:>8.2}",
+            label,
+            mean(store),
+            mean(store) / local
+        );
+    }
+}
+
+/// The pipeline file of cluster host `name`.
+/// The pipeline file of cluster host `name`, checkpointing every `interval_ms` (`None`: the
+/// default, 5 s), at the default lease.
+fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("fraud", url, &dir.join(name), plugin("fraud-enrich"));
+    spec.input_subject = "txn.in.*".into();
+    let interval = interval_ms
+        .map(|i| format!("[checkpoint]\ninterval_ms = {i}\n\n"))
+        .unwrap_or_default();
+    spec.extra = format!(
+        "{interval}[partitions]\ncount = {PARTITIONS}\nhost = \"{name}\"\n\n[cluster]\npartition_subject = \"txn.p.{{partition}}.>\"\n"
+    );
+    spec
+}
+
+async fn publish(js: &async_nats::jetstream::Context, txs: &[Transaction]) {
+    produce::publish_each(
+        js,
+        txs.iter().map(|t| {
+            (
+                produce::subject_for("txn.in.*", t),
+                Bytes::from(serde_json::to_vec(t).expect("json")),
+            )
+        }),
+    )
+    .await
+    .expect("publish");
+}
+
+/// Events/s of one `eddy run` process over `txs`, published first.
+async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
+    let nats = NatsServer::start().expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(1_000));
+    if !cluster {
+        spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into();
+    }
+    let cfg = spec.config();
+    streams::ensure(&conn, &cfg, &cfg.input.subjects)
+        .await
+        .expect("streams");
+    publish(&conn.js, txs).await;
+    let config = dir.path().join("a.toml");
+    spec.write(&config).expect("config");
+    let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
+    let (first, last) = time_outputs(&conn.js, "FRAUD_OUT", txs.len() as u64).await;
+    host.stop();
+    txs.len() as f64 / (last - first).as_secs_f64()
+}
+
+async fn mode() {
+    let n = if quick() { 40_000 } else { 200_000 };
+    let txs = produce::transactions(n, 5_000, 43, 0);
+    let mut single = Vec::new();
+    let mut clustered = Vec::new();
+    for _ in 0..2 {
+        single.push(process_rate(false, &txs).await);
+        clustered.push(process_rate(true, &txs).await);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!("\n(c) one `eddy run` host, fraud-enrich, {n} events (mean of 2)");
+    println!("{:<44} {:>12} {:>8}", "mode", "events/s", "ratio");
+    println!(
+        "{:<44} {:>12.0} {:>8.2}",
+        "single host, no [cluster] (baseline)",
+        mean(&single),
+        1.0
+    );
+    println!(
+        "{:<44} {:>12.0} {:>8.2}",
+        format!("[cluster], {PARTITIONS} partitions, leases"),
+        mean(&clustered),
+        mean(&clustered) / mean(&single)
+    );
+}
+
+fn partition_of(customer: &str) -> u32 {
+    u32::from(eddy_host::state::keygroup::key_group(
+        customer.as_bytes(),
+        128,
+    )) % PARTITIONS
+}
+
+/// Arrival times of outputs per partition, recorded from a core subscription to the output
+/// subject.
+type Arrivals = Arc<std::sync::Mutex<BTreeMap<u32, Vec<Instant>>>>;
+
+async fn record_arrivals(conn: &eddy_host::transport::Nats) -> Arrivals {
+    let mut sub = conn.client.subscribe("txn.out").await.expect("subscribe");
+    let arrivals: Arrivals = Arc::default();
+    let a = arrivals.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let now = Instant::now();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            if let Some(c) = v["customer"].as_str() {
+                a.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(partition_of(c))
+                    .or_default()
+                    .push(now);
+            }
+        }
+    });
+    arrivals
+}
+
+/// Publishes `per_second` events spread over `keys` customers until dropped.
+fn steady_load(
+    js: async_nats::jetstream::Context,
+    keys: usize,
+    per_second: usize,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut n = 0usize;
+        loop {
+            tick.tick().await;
+            let batch: Vec<Transaction> = produce::transactions(per_second / 20, keys, n as u64, 0)
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut t)| {
+                    t.id = format!("load-{}", n + i);
+                    t
+                })
+                .collect();
+            n += batch.len();
+            let messages: Vec<(String, Bytes)> = batch
+                .iter()
+                .map(|t| {
+                    (
+                        produce::subject_for("txn.in.*", t),
+                        Bytes::from(serde_json::to_vec(t).expect("json")),
+                    )
+                })
+                .collect();
+            let _ = produce::publish_each(&js, messages).await;
+        }
+    })
+    .abort_handle()
+}
+
+/// The longest gap between consecutive arrivals of partition `p` within `[from, to]`.
+fn longest_gap(arrivals: &Arrivals, p: u32, from: Instant, to: Instant) -> Duration {
+    let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for &t in a.get(&p).into_iter().flatten() {
+        if t <= from || t > to {
+            continue;
+        }
+        gap = gap.max(t - last);
+        last = t;
+    }
+    gap.max(to.saturating_duration_since(last))
+}
+
+async fn failover() {
+    let keys = if quick() { 100_000 } else { 1_000_000 };
+    let nats = NatsCluster::start(3).await.expect("3 nats-servers");
+    let conn = nats.connect().await.expect("connect");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // EDDY_BENCH_KEEP=1 keeps the hosts' logs and state for a look afterwards.
+    let (_removed_at_end, root) = if std::env::var_os("EDDY_BENCH_KEEP").is_some() {
+        let kept = tmp.keep();
+        eprintln!("hosts' logs and state kept in {}", kept.display());
+        (None, kept)
+    } else {
+        let path = tmp.path().to_path_buf();
+        (Some(tmp), path)
+    };
+    let dir = root.as_path();
+    // EDDY_BENCH_INTERVAL_MS: the hosts' checkpoint interval (default: the pipeline default).
+    let interval = std::env::var("EDDY_BENCH_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let cfg = cluster_spec(&nats.url(), dir, "a", interval).config();
+    streams::ensure(&conn, &cfg, &cfg.input.subjects)
+        .await
+        .expect("streams");
+    // One event per key: `keys` customers in state.
+    let txs: Vec<Transaction> = produce::transactions(keys, 1, 47, 0)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut t)| {
+            t.customer = format!("c-{i}");
+            t
+        })
+        .collect();
+    let started = Instant::now();
+    publish(&conn.js, &txs).await;
+    eprintln!(
+        "published {keys} events in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let spawn = |name: &str| {
+        let config = dir.join(format!("{name}.toml"));
+        cluster_spec(&nats.url(), dir, name, interval)
+            .write(&config)
+            .expect("config");
+        HostProcess::spawn(name, &config, &dir.join(format!("{name}.log")))
+    };
+    let mut hosts: Vec<HostProcess> = ["a", "b", "c"].iter().map(|n| spawn(n)).collect();
+    let started = Instant::now();
+    let (_, done) = time_outputs(&conn.js, "FRAUD_OUT", keys as u64).await;
+    eprintln!(
+        "3 hosts processed {keys} events in {:.1} s",
+        (done - started).as_secs_f64()
+    );
+    let config = hosts[0].config.clone();
+    while !hosts::shared(&config, PARTITIONS, &["a", "b", "c"], 5, 6) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Checkpoints of the full state, then steady load.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let arrivals = record_arrivals(&conn).await;
+    let load = steady_load(conn.js.clone(), keys, 2_000);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let before = hosts::owners(&config);
+    let moved: BTreeSet<u32> = before
+        .iter()
+        .filter(|(_, o)| *o == "b")
+        .map(|(p, _)| *p)
+        .collect();
+    let status = hosts::cluster_status(&config);
+    let bytes: u64 = status["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| moved.contains(&(p["partition"].as_u64().unwrap_or(0) as u32)))
+        .filter_map(|p| p["checkpoint_bytes"].as_u64())
+        .sum();
+    hosts[1].signal("-KILL");
+    hosts[1].wait_exit();
+    // From the moment it is gone; what it had already sent may still arrive for a few ms.
+    let killed = Instant::now() + IN_FLIGHT;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let firsts: Vec<(u32, Option<Duration>)> = {
+        let a = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        moved
+            .iter()
+            .map(|p| {
+                let first = a
+                    .get(p)
+                    .and_then(|v| v.iter().find(|t| **t > killed))
+                    .map(|t| *t - killed + IN_FLIGHT);
+                (*p, first)
+            })
+            .collect()
+    };
+
+    // (e) b comes back: it takes its share over by hand-off while the load goes on.
+    let joined = Instant::now();
+    hosts[1] = spawn("b");
+    while !hosts::shared(&config, PARTITIONS, &["a", "b", "c"], 5, 6) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = Instant::now();
+    let after = hosts::owners(&config);
+    let rebalanced: Vec<u32> = (0..PARTITIONS)
+        .filter(|p| after.get(p).map(String::as_str) == Some("b"))
+        .collect();
+    let stayed: Vec<u32> = (0..PARTITIONS)
+        .filter(|p| !rebalanced.contains(p))
+        .collect();
+    load.abort();
+    let gaps = |ps: &[u32]| {
+        ps.iter()
+            .map(|p| longest_gap(&arrivals, *p, joined, settled))
+            .max()
+            .unwrap_or_default()
+    };
+    let pause_moved = gaps(&rebalanced);
+    let pause_stayed = gaps(&stayed);
+    for h in &mut hosts {
+        h.signal("-TERM");
+    }
+    for h in &mut hosts {
+        h.wait_exit();
+    }
+
+    println!(
+        "\n(d) failover: 3-node NATS, 3 hosts, {PARTITIONS} partitions, {keys} keys, 2,000 events/s, default lease (6 s), checkpoint every {} ms",
+        interval.unwrap_or(5_000)
+    );
+    println!(
+        "checkpoints of the killed host's partitions: {:.1} MB",
+        bytes as f64 / 1e6
+    );
+    println!("{:<12} {:>28}", "partition", "kill -9 to first output, s");
+    for (p, first) in &firsts {
+        match first {
+            Some(d) => println!("{p:<12} {:>28.2}", d.as_secs_f64()),
+            None => println!("{p:<12} {:>28}", "none within 25 s"),
+        }
+    }
+    println!(
+        "\n(e) rebalance: b rejoins and takes {} partitions back by hand-off",
+        rebalanced.len()
+    );
+    println!("{:<44} {:>14}", "partitions", "longest gap, s");
+    println!(
+        "{:<44} {:>14.2}",
+        "moved to the joining host",
+        pause_moved.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:>14.2}",
+        "stayed (baseline: the load's own gaps)",
+        pause_stayed.as_secs_f64()
+    );
+}

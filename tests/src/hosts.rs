@@ -1,0 +1,167 @@
+//! Eddy hosts as operators run them: `eddy run <pipeline.toml>` processes with their own log
+//! file, signalled as an operator or a crash would ([`HostProcess`]), and what
+//! `eddy cluster status` says about them ([`owners`], [`pointers`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::eddy_bin;
+
+/// The hosts' log filter: `EDDY_HOST_LOG` if set (e.g. `info,eddy_host::pipeline=debug`).
+fn log_filter() -> String {
+    std::env::var("EDDY_HOST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into())
+}
+
+/// One `eddy run` process; killed when dropped.
+pub struct HostProcess {
+    /// The name it was started as (the first part of its host id).
+    pub name: String,
+    /// Its pipeline file.
+    pub config: PathBuf,
+    child: Child,
+}
+
+impl HostProcess {
+    /// Runs `eddy run config`, logging to `log` (`RUST_LOG=info`).
+    pub fn spawn(name: &str, config: &Path, log: &Path) -> HostProcess {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(eddy_bin())
+            .arg("run")
+            .arg(config)
+            .env("RUST_LOG", log_filter())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the eddy binary (cargo build --bin eddy)");
+        HostProcess {
+            name: name.into(),
+            config: config.to_path_buf(),
+            child,
+        }
+    }
+
+    /// Runs `eddy run config` allowed at most `open_files` file descriptors (`prlimit`), as
+    /// on a machine with a tight limit.
+    pub fn spawn_limited(name: &str, config: &Path, log: &Path, open_files: u64) -> HostProcess {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={open_files}:{open_files}"))
+            .arg(eddy_bin())
+            .arg("run")
+            .arg(config)
+            .env("RUST_LOG", log_filter())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("prlimit (util-linux) and the eddy binary");
+        HostProcess {
+            name: name.into(),
+            config: config.to_path_buf(),
+            child,
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (`-KILL`, `-TERM`, `-STOP`, `-CONT`).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to a minute for it to exit; panics if it does not.
+    pub fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().ok().flatten().is_none() {
+            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (hand-off), then waits for the exit.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        self.wait_exit();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `eddy cluster status --json` for the cluster of `config`, read again a few times if a busy
+/// cluster (an election, a server catching up) fails one read.
+pub fn cluster_status(config: &Path) -> Value {
+    let read = || {
+        Command::new(eddy_bin())
+            .args(["cluster", "status", "--json"])
+            .arg(config)
+            .output()
+            .expect("the eddy binary")
+    };
+    let mut out = read();
+    for _ in 0..10 {
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        out = read();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Each owned partition's owner (the host name: the part of its id before the first `-`).
+pub fn owners(config: &Path) -> BTreeMap<u32, String> {
+    let v = cluster_status(config);
+    let mut m = BTreeMap::new();
+    for p in v["partitions"].as_array().expect("partitions") {
+        if let Some(o) = p["owner"].as_str() {
+            let host = o.split('-').next().unwrap_or(o).to_string();
+            m.insert(p["partition"].as_u64().expect("n") as u32, host);
+        }
+    }
+    m
+}
+
+/// Every partition's committed (epoch, checkpoint).
+pub fn pointers(config: &Path) -> BTreeMap<u32, (u64, u64)> {
+    let v = cluster_status(config);
+    let mut m = BTreeMap::new();
+    for p in v["partitions"].as_array().expect("partitions") {
+        if let (Some(e), Some(c)) = (p["epoch"].as_u64(), p["checkpoint"].as_u64()) {
+            m.insert(p["partition"].as_u64().expect("n") as u32, (e, c));
+        }
+    }
+    m
+}
+
+/// All `count` partitions owned, each of `hosts` holding between `min` and `max` of them.
+pub fn shared(config: &Path, count: u32, hosts: &[&str], min: usize, max: usize) -> bool {
+    let o = owners(config);
+    o.len() == count as usize
+        && hosts.iter().all(|h| {
+            let n = o.values().filter(|v| v == h).count();
+            (min..=max).contains(&n)
+        })
+}
