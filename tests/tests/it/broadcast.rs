@@ -12,13 +12,13 @@ use eddy_host::metrics::Metrics;
 use eddy_host::query::{self, Op, Query};
 use eddy_host::state::{KeyedAccess, StateKind, StateStore, SystemClock};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, create_two_host_streams,
-    plugin, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_stream, create_two_host_streams, plugin,
+    wait_for_len,
 };
 use serde_json::{Value, json};
 
-fn spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
-    let mut spec = PipelineSpec::new("rules", &nats.url(), dir, plugin("chaos"));
+fn spec(nats_url: &str, dir: &std::path::Path) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("rules", nats_url, dir, plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
     spec.extra =
         "[broadcast.rules]\nstream = \"RULES\"\nsubjects = [\"rules.>\"]\nidle_apply_ms = 100\n"
@@ -98,11 +98,12 @@ async fn applied(nats: &eddy_host::transport::Nats) -> Option<Value> {
 /// runs live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_update_mid_stream_changes_later_events_and_not_earlier_ones() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&nats, dir.path());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(spec).await;
     create_stream(&conn.js, "RULES", &["rules.>"])
         .await
         .expect("rules stream");
@@ -162,13 +163,18 @@ async fn a_rule_update_mid_stream_changes_later_events_and_not_earlier_ones() {
 /// them rather than be applied as if the keyed input were idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(&nats, dir.path());
-    spec.max_pending = Some(8);
-    spec.batch = 4;
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = spec(url, dir);
+        spec.max_pending = Some(8);
+        spec.batch = 4;
+        spec
+    })
+    .await;
     create_stream(&conn.js, "RULES", &["rules.>"])
         .await
         .expect("rules stream");
@@ -217,12 +223,17 @@ async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
 /// `limit = 1`, so the table ends at 1 (applying input by input would end at 2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_updates_of_several_inputs_apply_in_stored_order() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = spec(&nats, dir.path());
-    spec.extra = "[broadcast.a]\nstream = \"RULES_A\"\nsubjects = [\"rules.a\"]\nidle_apply_ms = 100\n\n[broadcast.b]\nstream = \"RULES_B\"\nsubjects = [\"rules.b\"]\nidle_apply_ms = 100\n".into();
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = spec(url, dir);
+        spec.extra = "[broadcast.a]\nstream = \"RULES_A\"\nsubjects = [\"rules.a\"]\nidle_apply_ms = 100\n\n[broadcast.b]\nstream = \"RULES_B\"\nsubjects = [\"rules.b\"]\nidle_apply_ms = 100\n".into();
+        spec
+    })
+    .await;
     create_stream(&conn.js, "RULES_A", &["rules.a"])
         .await
         .expect("stream a");
@@ -269,11 +280,12 @@ async fn idle_updates_of_several_inputs_apply_in_stored_order() {
 /// A write from the keyed side is an error the plugin sees, and nothing is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_from_the_keyed_side_is_refused_and_changes_nothing() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&nats, dir.path());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(spec).await;
     create_stream(&conn.js, "RULES", &["rules.>"])
         .await
         .expect("rules stream");
@@ -324,11 +336,12 @@ async fn a_write_from_the_keyed_side_is_refused_and_changes_nothing() {
 /// before the restart are not applied again, later ones are applied once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_restores_broadcast_state_and_applies_nothing_twice() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let spec = spec(&nats, dir.path());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(spec).await;
     create_stream(&conn.js, "RULES", &["rules.>"])
         .await
         .expect("rules stream");
@@ -382,7 +395,8 @@ async fn two_hosts_on_one_broadcast_input_both_see_every_update() {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     );
-    let host = |dir: &std::path::Path, part: u32| spec(&nats, dir).one_of_two_hosts(part).config();
+    let host =
+        |dir: &std::path::Path, part: u32| spec(&nats.url(), dir).one_of_two_hosts(part).config();
     let a = Running::start_with(host(da.path(), 0), Default::default());
     let b = Running::start_with(host(db.path(), 1), Default::default());
     publish(

@@ -9,8 +9,8 @@ use eddy_host::cli::{produce, tail};
 use eddy_host::pipeline::RunOptions;
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::{
-    Fixture, NatsServer, PipelineSpec, Running, create_stream, create_streams, eddy_bin, plugin,
-    publish_txs, stream_len, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_stream, eddy_bin, plugin, publish_txs,
+    stream_len, wait_for_len,
 };
 use serde_json::Value;
 
@@ -93,14 +93,19 @@ async fn queried_stats(
 /// the final state equals the reference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_kill_9s_over_200k_events_leave_exact_outputs_and_state() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    spec.extra = "[checkpoint]\ninterval_ms = 300\n".into();
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        spec.extra = "[checkpoint]\ninterval_ms = 300\n".into();
+        spec
+    })
+    .await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
     let txs = produce::transactions(200_000, 500, 77, 0);
     publish_txs(&conn.js, "txn.in", &txs).await;
 
@@ -163,14 +168,20 @@ async fn ten_kill_9s_over_200k_events_leave_exact_outputs_and_state() {
 /// is still exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_newest_checkpoint_falls_back_and_the_result_is_still_exact() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    // On the host's own disk: with a store beyond it, a damaged local copy is fetched again.
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"))
-        .local_checkpoints();
-    spec.extra = "[checkpoint]\ninterval_ms = 100\nretain = 3\n".into();
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        // On the host's own disk: with a store beyond it, a damaged local copy is fetched
+        // again.
+        let mut spec =
+            PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich")).local_checkpoints();
+        spec.extra = "[checkpoint]\ninterval_ms = 100\nretain = 3\n".into();
+        spec
+    })
+    .await;
     let txs = produce::transactions(12_000, 80, 5, 0);
     publish_txs(&conn.js, "txn.in", &txs[..6_000]).await;
     let run = Running::start(&spec);
@@ -322,14 +333,19 @@ async fn one_run_three_ways_gives_the_same_output() {
 
     // With crashes.
     let crashed = {
-        let nats = NatsServer::start().expect("nats-server");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-        spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
+        let Fixture {
+            nats: _nats,
+            dir,
+            spec,
+            conn,
+        } = Fixture::start_with(|url, dir| {
+            let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+            spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
+            spec
+        })
+        .await;
         let config = dir.path().join("pipeline.toml");
         spec.write(&config).expect("write");
-        let conn = nats.connect().await.expect("connect");
-        create_streams(&conn.js, &spec).await.expect("streams");
         publish_txs(&conn.js, "txn.in", &txs).await;
         for (i, at) in [3_000u64, 9_000, 15_000].iter().enumerate() {
             let mut child = spawn(&config, &dir.path().join(format!("r{i}.log")));

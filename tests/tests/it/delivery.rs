@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use eddy_host::cli::tail;
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_stream, create_streams, eventually, plugin,
+    Fixture, NatsServer, PipelineSpec, Running, create_stream, create_streams, eventually, plugin,
     stream_len, wait_for_len,
 };
 
-fn chaos_spec(nats: &NatsServer, dir: &std::path::Path) -> PipelineSpec {
-    let mut spec = PipelineSpec::new("chaos", &nats.url(), dir, plugin("chaos"));
+fn chaos_spec(nats_url: &str, dir: &std::path::Path) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("chaos", nats_url, dir, plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
     spec
 }
@@ -42,7 +42,7 @@ async fn unacknowledged(js: &async_nats::jetstream::Context) -> u64 {
 async fn an_output_too_large_for_the_server_is_dead_lettered_not_lost() {
     let nats = NatsServer::start_with_conf(Some("max_payload: 8192\n")).expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = chaos_spec(&nats, dir.path());
+    let mut spec = chaos_spec(&nats.url(), dir.path());
     spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
     let conn = nats.connect().await.expect("connect");
     create_streams(&conn.js, &spec).await.expect("streams");
@@ -98,12 +98,17 @@ async fn an_output_too_large_for_the_server_is_dead_lettered_not_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_wait_for_a_missing_stream_and_their_input_stays_unacknowledged() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = chaos_spec(&nats, dir.path());
-    spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = chaos_spec(url, dir);
+        spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
+        spec
+    })
+    .await;
     let run = Running::start(&spec);
     publish(&conn.js, &[r#"{"action":"ok","k":"a"}"#.to_string()]).await;
     wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(30)).await;

@@ -158,14 +158,8 @@ async fn published(js: &async_nats::jetstream::Context, subject: &str, n: usize)
         .collect()
 }
 
-fn spec(
-    nats: &NatsServer,
-    dir: &Path,
-    plugin_name: &str,
-    lang: &str,
-    wasm: PathBuf,
-) -> PipelineSpec {
-    let mut spec = PipelineSpec::new(&format!("{plugin_name}-{lang}"), &nats.url(), dir, wasm);
+fn spec(nats_url: &str, dir: &Path, plugin_name: &str, lang: &str, wasm: PathBuf) -> PipelineSpec {
+    let mut spec = PipelineSpec::new(&format!("{plugin_name}-{lang}"), nats_url, dir, wasm);
     spec.state_dir = dir.join(format!("{plugin_name}-{lang}"));
     spec.output = format!("out.{plugin_name}.{lang}");
     spec.dead_letter = format!("dlq.{plugin_name}.{lang}");
@@ -233,14 +227,20 @@ async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
         runs.push((
             plugin_name.into(),
             "rust".into(),
-            spec(&nats, dir.path(), plugin_name, "rust", plugin(plugin_name)),
+            spec(
+                &nats.url(),
+                dir.path(),
+                plugin_name,
+                "rust",
+                plugin(plugin_name),
+            ),
         ));
         for lang in LANGUAGES {
             if let Some(wasm) = guest(plugin_name, lang) {
                 runs.push((
                     plugin_name.into(),
                     lang.into(),
-                    spec(&nats, dir.path(), plugin_name, lang, wasm),
+                    spec(&nats.url(), dir.path(), plugin_name, lang, wasm),
                 ));
             }
         }
@@ -366,7 +366,7 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
     let conn = nats.connect().await.expect("connect");
     streams(&conn.js).await;
     let mut s = spec(
-        &nats,
+        &nats.url(),
         dir.path(),
         "fraud-enrich",
         "chain",

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use eddy_host::cli::tail;
 use eddy_tests::{
-    NatsServer, PipelineSpec, PostgresServer, RedisServer, Running, SlowHttp, create_streams,
-    plugin, stream_len, wait_for_len,
+    Fixture, PipelineSpec, PostgresServer, RedisServer, Running, SlowHttp, plugin, stream_len,
+    wait_for_len,
 };
 use serde_json::{Value, json};
 
-fn spec(nats: &NatsServer, dir: &std::path::Path, stores: &str) -> PipelineSpec {
-    let mut spec = PipelineSpec::new("lk", &nats.url(), dir, plugin("chaos"));
+fn spec(nats_url: &str, dir: &std::path::Path, stores: &str) -> PipelineSpec {
+    let mut spec = PipelineSpec::new("lk", nats_url, dir, plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
     spec.extra = stores.to_string();
     spec
@@ -61,7 +61,6 @@ async fn answers_by_input(js: &async_nats::jetstream::Context, n: usize) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_store_answers_like_a_reference() {
-    let nats = NatsServer::start().expect("nats-server");
     let redis = RedisServer::start().expect("redis");
     let pg = PostgresServer::start().expect("postgres");
     let http = SlowHttp::start(
@@ -80,7 +79,6 @@ async fn every_kind_of_store_answers_like_a_reference() {
         .expect("table");
     pg.sql("INSERT INTO merchants VALUES (7, 'Luna Travel', 0.5, '[\"travel\"]')")
         .expect("row");
-    let dir = tempfile::tempdir().expect("tempdir");
     let stores = format!(
         r#"
 [lookup.profiles]
@@ -111,9 +109,12 @@ bucket = "flags"
         pg = pg.url(),
         http = http.url()
     );
-    let spec = spec(&nats, dir.path(), &stores);
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
     let kv = conn
         .js
         .create_key_value(async_nats::jetstream::kv::Config {
@@ -191,16 +192,21 @@ async fn ordered_keeps_input_order_and_unordered_keeps_key_order() {
         })
         .collect();
     for mode in ["ordered", "unordered"] {
-        let nats = NatsServer::start().expect("nats-server");
-        let dir = tempfile::tempdir().expect("tempdir");
         let stores = format!(
             "[lookups]\ncapacity = 64\nmode = \"{mode}\"\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\n",
             http.url()
         );
-        let mut spec = spec(&nats, dir.path(), &stores);
-        spec.batch = 16;
-        let conn = nats.connect().await.expect("connect");
-        create_streams(&conn.js, &spec).await.expect("streams");
+        let Fixture {
+            nats: _nats,
+            dir: _dir,
+            spec,
+            conn,
+        } = Fixture::start_with(|url, dir| {
+            let mut spec = spec(url, dir, &stores);
+            spec.batch = 16;
+            spec
+        })
+        .await;
         publish(&conn.js, &inputs).await;
         let run = Running::start(&spec);
         assert_eq!(
@@ -243,16 +249,21 @@ async fn events_wait_for_a_slow_store_concurrently() {
         .map(|i| (format!("m{i}"), "1".to_string()))
         .collect();
     let http = SlowHttp::start(values, 50).await.expect("http");
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
     let stores = format!(
         "[lookups]\ncapacity = 50\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\n",
         http.url()
     );
-    let mut spec = spec(&nats, dir.path(), &stores);
-    spec.batch = 25;
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = spec(url, dir, &stores);
+        spec.batch = 25;
+        spec
+    })
+    .await;
     let inputs: Vec<Value> = (0..1_000)
         .map(|i| lookup(i, &format!("c{}", i % 100), "h", &format!("m{i}")))
         .collect();
@@ -289,15 +300,16 @@ async fn retries_timeouts_and_each_failure_policy() {
         .expect("http");
     http.set_failing(true);
     for policy in ["dead-letter", "not-found", "drop", "plugin"] {
-        let nats = NatsServer::start().expect("nats-server");
-        let dir = tempfile::tempdir().expect("tempdir");
         let stores = format!(
             "[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 2000\non_failure = \"{policy}\"\nretry = {{ attempts = 3, backoff_ms = 5 }}\n",
             http.url()
         );
-        let spec = spec(&nats, dir.path(), &stores);
-        let conn = nats.connect().await.expect("connect");
-        create_streams(&conn.js, &spec).await.expect("streams");
+        let Fixture {
+            nats: _nats,
+            dir: _dir,
+            spec,
+            conn,
+        } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
         let before = http.requests();
         // Five different keys: lookups of one key by events waiting together share one fetch.
         let inputs: Vec<Value> = (0..5)
@@ -370,15 +382,16 @@ async fn retries_timeouts_and_each_failure_policy() {
     // A timeout covers every retry.
     http.set_failing(false);
     http.set_delay(400);
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
     let stores = format!(
         "[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 150\n",
         http.url()
     );
-    let spec = spec(&nats, dir.path(), &stores);
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
     publish(&conn.js, &[lookup(0, "c", "h", "a")]).await;
     let started = Instant::now();
     let run = Running::start(&spec);
@@ -404,17 +417,18 @@ async fn retries_timeouts_and_each_failure_policy() {
 /// the policy (dead letters here), none is lost, and lookups succeed again afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_follows_the_policy_and_processing_resumes() {
-    let nats = NatsServer::start().expect("nats-server");
     let mut redis = RedisServer::start().expect("redis");
     redis.cmd(&["SET", "c-1", "1"]).expect("set");
-    let dir = tempfile::tempdir().expect("tempdir");
     let stores = format!(
         "[lookup.r]\nkind = \"redis\"\nurl = \"{}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 300\nretry = {{ attempts = 2, backoff_ms = 10 }}\n",
         redis.url()
     );
-    let spec = spec(&nats, dir.path(), &stores);
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
     let run = Running::start(&spec);
     publish(
         &conn.js,
@@ -504,8 +518,6 @@ async fn caches_hit_and_expire_as_configured() {
     let values = || HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
     let http = SlowHttp::start(values(), 1).await.expect("http");
     let loads = SlowHttp::start(values(), 1).await.expect("http");
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
     let stores = format!(
         r#"
 [lookup.partial]
@@ -522,9 +534,12 @@ cache = {{ mode = "full", reload_interval_ms = 500 }}
         url = http.url(),
         full = loads.url()
     );
-    let spec = spec(&nats, dir.path(), &stores);
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
     let run = Running::start(&spec);
     let base = http.requests();
     // 40 lookups of 3 keys (one missing): 3 misses; the rest are answered from the cache, or

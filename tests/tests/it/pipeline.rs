@@ -10,8 +10,7 @@ use eddy_host::cli::tail;
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
 use eddy_tests::{
-    Fixture, NatsServer, PipelineSpec, Running, create_streams, fraud_reference, plugin,
-    publish_txs, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, fraud_reference, plugin, publish_txs, wait_for_len,
 };
 use serde_json::{Value, json};
 
@@ -40,12 +39,17 @@ fn by_customer(values: &[Value]) -> HashMap<String, Vec<Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fraud_enrichment_equals_an_independent_reference() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    spec.plugin_config = Some("{ flag_threshold = 60 }".into());
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        spec.plugin_config = Some("{ flag_threshold = 60 }".into());
+        spec
+    })
+    .await;
 
     let txs = produce::transactions(3_000, 40, 11, 0);
     publish_txs(&conn.js, "txn.in", &txs).await;
@@ -171,16 +175,21 @@ async fn restart_mid_stream_keeps_state_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("chaos", &nats.url(), dir.path(), plugin("chaos"));
-    spec.key = r#"{ json = "/k" }"#.into();
-    // Room for the `oom` event to reach the memory limit (32 one-MiB blocks) before the CPU
-    // budget on a loaded machine: the budget is counted in wall-clock ticks.
-    spec.cpu_ms = 250;
-    spec.memory_mb = 32;
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("chaos", url, dir, plugin("chaos"));
+        spec.key = r#"{ json = "/k" }"#.into();
+        // Room for the `oom` event to reach the memory limit (32 one-MiB blocks) before the
+        // CPU budget on a loaded machine: the budget is counted in wall-clock ticks.
+        spec.cpu_ms = 250;
+        spec.memory_mb = 32;
+        spec
+    })
+    .await;
 
     let bad = ["trap", "loop", "reject", "bad-subject", "oom"];
     let mut payloads = Vec::new();

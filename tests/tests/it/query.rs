@@ -7,8 +7,8 @@ use std::time::Duration;
 use eddy_host::cli::produce;
 use eddy_host::query::{self, Freshness, Op, Query, QueryError};
 use eddy_tests::{
-    NatsServer, PipelineSpec, Running, create_streams, create_two_host_streams, plugin,
-    publish_txs, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_two_host_streams, plugin, publish_txs,
+    wait_for_len,
 };
 use serde_json::Value;
 
@@ -37,12 +37,17 @@ fn prefixes(txs: &[produce::Transaction]) -> BTreeMap<String, Vec<(u64, u64, u64
 /// the checkpoint's input position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_match_the_reference_at_the_promised_cut_under_load() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
+        spec
+    })
+    .await;
     let txs = produce::transactions(60_000, 40, 3, 0);
     let reference = prefixes(&txs);
     let customers: Vec<String> = reference.keys().cloned().collect();
@@ -147,14 +152,19 @@ async fn answers_match_the_reference_at_the_promised_cut_under_load() {
 /// `checkpoint` answers stay at the last completed checkpoint while newer events are applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_freshness_answers_from_the_last_checkpoint() {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    // No checkpoint but the one asked for (the long interval needs the warning mode: it is
-    // longer than the output stream's duplicate window).
-    spec.extra = "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n".into();
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        // No checkpoint but the one asked for (the long interval needs the warning mode: it
+        // is longer than the output stream's duplicate window).
+        spec.extra = "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n".into();
+        spec
+    })
+    .await;
     let txs: Vec<produce::Transaction> = produce::transactions(2_000, 1, 9, 0);
     let run = Running::start(&spec);
     publish_txs(&conn.js, "txn.in", &txs[..1_000]).await;
