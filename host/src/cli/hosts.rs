@@ -134,8 +134,22 @@ async fn wait_for_version(
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
+            let on_probation = answers
+                .iter()
+                .filter(|a| {
+                    a.deployment(version)
+                        .is_some_and(|d| d.status == DeployStatus::Probation)
+                })
+                .count();
+            let why = if on_probation > 0 {
+                format!(
+                    " ({on_probation} on probation: a version goes live only after it has handled events, reload.probation_events or at least ten)"
+                )
+            } else {
+                String::new()
+            };
             anyhow::bail!(
-                "not every host reported version {version} live within {secs} s; see `eddy status`"
+                "not every host reported version {version} live within {secs} s{why}; see `eddy status`"
             );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

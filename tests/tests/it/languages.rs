@@ -394,7 +394,9 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
             let v = eddy_host::reload::deploy(&conn, "eddy-plugins", &s.name, &bytes, "test")
                 .await
                 .expect("deploy");
-            wait_deployment(&conn, &s.name, &v, "live", 1, SWAP_WITHIN).await;
+            // Swapped in; it passes probation on this chunk's events (a version passes on
+            // events seen, never on time alone).
+            wait_deployment(&conn, &s.name, &v, "probation", 1, SWAP_WITHIN).await;
             versions.push((lang.clone(), v));
         }
         publish(&conn.js, chunk).await;
@@ -406,6 +408,8 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
             .count();
         let got = count_subject(&conn.js, &s.output, published_keyed).await;
         assert_eq!(got, published_keyed, "chunk {i}");
+        let (_, live) = &versions[i];
+        wait_deployment(&conn, &s.name, live, "live", 1, SWAP_WITHIN).await;
     }
     // The processing pause of each swap (large components: Python, JavaScript, Go).
     let status = host_status(&conn, &s.name, 1).await;
