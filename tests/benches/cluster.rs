@@ -20,13 +20,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use eddy_host::cli::produce::{self, Transaction};
 use eddy_host::cli::streams;
 use eddy_tests::bench::only_arg;
 use eddy_tests::hosts::{self, HostProcess};
 use eddy_tests::{
-    NatsCluster, NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin, stream_len,
+    NatsCluster, NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin,
+    publish_txs_by_customer, stream_len,
 };
 use futures::StreamExt;
 
@@ -208,20 +208,6 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
     spec
 }
 
-async fn publish(js: &async_nats::jetstream::Context, txs: &[Transaction]) {
-    produce::publish_each(
-        js,
-        txs.iter().map(|t| {
-            (
-                produce::subject_for("txn.in.*", t),
-                Bytes::from(serde_json::to_vec(t).expect("json")),
-            )
-        }),
-    )
-    .await
-    .expect("publish");
-}
-
 /// Events/s of one `eddy run` process over `txs`, published first.
 async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
     let nats = NatsServer::start().expect("nats-server");
@@ -235,7 +221,7 @@ async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
         .expect("streams");
-    publish(&conn.js, txs).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", txs).await;
     let config = dir.path().join("a.toml");
     spec.write(&config).expect("config");
     let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
@@ -270,13 +256,6 @@ async fn mode() {
     );
 }
 
-fn partition_of(customer: &str) -> u32 {
-    u32::from(eddy_host::state::keygroup::key_group(
-        customer.as_bytes(),
-        128,
-    )) % PARTITIONS
-}
-
 /// Arrival times of outputs per partition, recorded from a core subscription to the output
 /// subject.
 type Arrivals = Arc<std::sync::Mutex<BTreeMap<u32, Vec<Instant>>>>;
@@ -292,7 +271,7 @@ async fn record_arrivals(conn: &eddy_host::transport::Nats) -> Arrivals {
             if let Some(c) = v["customer"].as_str() {
                 a.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .entry(partition_of(c))
+                    .entry(hosts::partition_of(c, PARTITIONS))
                     .or_default()
                     .push(now);
             }
@@ -321,16 +300,7 @@ fn steady_load(
                 })
                 .collect();
             n += batch.len();
-            let messages: Vec<(String, Bytes)> = batch
-                .iter()
-                .map(|t| {
-                    (
-                        produce::subject_for("txn.in.*", t),
-                        Bytes::from(serde_json::to_vec(t).expect("json")),
-                    )
-                })
-                .collect();
-            let _ = produce::publish_each(&js, messages).await;
+            publish_txs_by_customer(&js, "txn.in.*", &batch).await;
         }
     })
     .abort_handle()
@@ -384,7 +354,7 @@ async fn failover() {
         })
         .collect();
     let started = Instant::now();
-    publish(&conn.js, &txs).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs).await;
     eprintln!(
         "published {keys} events in {:.1} s",
         started.elapsed().as_secs_f64()

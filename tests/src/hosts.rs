@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -26,38 +26,35 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Runs `eddy run config`, logging to `log` (`RUST_LOG=info`).
+    /// Runs `eddy run config`, logging to `log` (`RUST_LOG=info`, or `EDDY_HOST_LOG`).
     pub fn spawn(name: &str, config: &Path, log: &Path) -> HostProcess {
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(eddy_bin())
-            .arg("run")
-            .arg(config)
-            .env("RUST_LOG", log_filter())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("the eddy binary (cargo build --bin eddy)");
-        HostProcess {
-            name: name.into(),
-            config: config.to_path_buf(),
-            child,
-        }
+        HostProcess::start(name, config, log, None)
     }
 
     /// Runs `eddy run config` allowed at most `open_files` file descriptors (`prlimit`), as
     /// on a machine with a tight limit.
     pub fn spawn_limited(name: &str, config: &Path, log: &Path, open_files: u64) -> HostProcess {
+        HostProcess::start(name, config, log, Some(open_files))
+    }
+
+    fn start(name: &str, config: &Path, log: &Path, open_files: Option<u64>) -> HostProcess {
         let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new("prlimit")
-            .arg(format!("--nofile={open_files}:{open_files}"))
-            .arg(eddy_bin())
+        let mut cmd = match open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(eddy_bin());
+                c
+            }
+            None => Command::new(eddy_bin()),
+        };
+        let child = cmd
             .arg("run")
             .arg(config)
             .env("RUST_LOG", log_filter())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("prlimit (util-linux) and the eddy binary");
+            .expect("the eddy binary (cargo build --bin eddy), and prlimit for a limited one");
         HostProcess {
             name: name.into(),
             config: config.to_path_buf(),
@@ -75,26 +72,52 @@ impl HostProcess {
         self.child.id()
     }
 
-    /// Sends `sig` (`-KILL`, `-TERM`, `-STOP`, `-CONT`).
+    /// Sends `sig` (`-KILL`, `-TERM`, `-INT`, `-STOP`, `-CONT`); panics if it cannot be
+    /// delivered (the process is gone).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
+        let delivered = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
-            .status();
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(delivered, "signal {sig} delivered to {}", self.name);
     }
 
     /// Waits up to a minute for it to exit; panics if it does not.
-    pub fn wait_exit(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().ok().flatten().is_none() {
-            assert!(Instant::now() < deadline, "{} did not exit", self.name);
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.wait_exit_within(Duration::from_secs(60))
+    }
+
+    /// Waits up to `timeout` for it to exit; panics if it does not.
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// SIGTERM (hand-off), then waits for the exit.
-    pub fn stop(&mut self) {
+    pub fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");
-        self.wait_exit();
+        self.wait_exit()
+    }
+}
+
+/// Stops every host with SIGTERM at once (so their hand-offs overlap), then waits for each.
+pub fn stop_all<'a>(hosts: impl IntoIterator<Item = &'a mut HostProcess>) {
+    let hosts: Vec<&mut HostProcess> = hosts.into_iter().collect();
+    for h in &hosts {
+        h.signal("-TERM");
+    }
+    for h in hosts {
+        h.wait_exit();
     }
 }
 
@@ -103,6 +126,15 @@ impl Drop for HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The partition of `customer` among `partitions`, as the hosts compute it (its key group of
+/// the default 128, modulo the partition count).
+pub fn partition_of(customer: &str, partitions: u32) -> u32 {
+    u32::from(eddy_host::state::keygroup::key_group(
+        customer.as_bytes(),
+        eddy_host::state::DEFAULT_KEY_GROUPS,
+    )) % partitions
 }
 
 /// `eddy cluster status --json` for the cluster of `config`, read again a few times if a busy

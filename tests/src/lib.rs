@@ -36,7 +36,7 @@ pub use plugins::{eddy_bin, plugin, plugin_target_dir, run_build_script, variant
 pub use postgres::PostgresServer;
 pub use proxy::Relay;
 pub use redis::RedisServer;
-pub use reference::{fraud_reference, publish_txs};
+pub use reference::{fraud_reference, publish_txs, publish_txs_by_customer};
 pub use running::{Running, deployment, eventually, host_status, wait_deployment};
 pub use s3::S3Server;
 pub use spec::{

@@ -74,3 +74,24 @@ pub async fn publish_txs(
         .await
         .expect("publish");
 }
+
+/// Publishes `txs` each to `pattern` with its `*` filled by the customer (`txn.in.*`), as
+/// partitioned pipelines read them.
+pub async fn publish_txs_by_customer(
+    js: &async_nats::jetstream::Context,
+    pattern: &str,
+    txs: &[eddy_host::cli::produce::Transaction],
+) {
+    let messages: Vec<(String, bytes::Bytes)> = txs
+        .iter()
+        .map(|t| {
+            (
+                eddy_host::cli::produce::subject_for(pattern, t),
+                bytes::Bytes::from(serde_json::to_vec(t).expect("json")),
+            )
+        })
+        .collect();
+    eddy_host::cli::produce::publish_each(js, messages)
+        .await
+        .expect("publish");
+}

@@ -257,16 +257,9 @@ pub async fn run(
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while !handing_off.is_empty() && Instant::now() < deadline {
-        for (p, o) in handing_off.iter_mut() {
-            let sent = mono_ms();
-            if let Ok(true) = coord.renew(&mut o.lease).await {
-                o.deadline_ms.store(
-                    sent + cluster.lease_ms - cluster.lease_ms / 6,
-                    Ordering::Release,
-                );
-            } else {
-                tracing::warn!(partition = p, "lease not renewed while handing off");
-            }
+        if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
+            renewed = Some(Instant::now());
+            renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off).await;
         }
         finish_hand_offs(&coord, &mut handing_off).await;
         tokio::time::sleep(Duration::from_millis(100).min(lease / 3)).await;

@@ -2,40 +2,17 @@
 //! real crashes (SIGKILL of the `eddy` binary).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eddy_host::cli::{produce, tail};
 use eddy_host::pipeline::RunOptions;
 use eddy_host::query::{self, Op, Query};
+use eddy_tests::hosts::HostProcess;
 use eddy_tests::{
-    Fixture, NatsServer, PipelineSpec, Running, create_stream, eddy_bin, plugin, publish_txs,
-    stream_len, wait_for_len,
+    Fixture, NatsServer, PipelineSpec, Running, create_stream, plugin, publish_txs, stream_len,
+    wait_for_len,
 };
 use serde_json::Value;
-
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(eddy_bin())
-        .args(["run"])
-        .arg(config)
-        .env("RUST_LOG", "info,async_nats=warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("eddy binary (cargo build --bins)")
-}
-
-fn kill(child: &mut Child, sig: &str) {
-    let _ = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "eddy did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Every output message: message id → payload.
 async fn outputs(js: &async_nats::jetstream::Context, max: usize) -> BTreeMap<String, Value> {
@@ -121,23 +98,25 @@ async fn ten_kill_9s_over_200k_events_leave_exact_outputs_and_state() {
     let mut marks: Vec<u64> = (0..10).map(|_| 5_000 + next() % 190_000).collect();
     marks.sort_unstable();
     for (i, mark) in marks.iter().enumerate() {
-        let mut child = spawn(&config, &dir.path().join(format!("run{i}.log")));
+        let mut child = HostProcess::spawn("a", &config, &dir.path().join(format!("run{i}.log")));
         wait_for_len(&conn.js, "OUT", *mark, Duration::from_secs(120)).await;
         tokio::time::sleep(Duration::from_millis(next() % 300)).await;
-        kill(&mut child, "-KILL");
+        child.signal("-KILL");
+        child.wait_exit_within(Duration::from_secs(20));
     }
     let in_flight = stream_len(&conn.js, "OUT").await.expect("len");
     assert!(
         in_flight < 200_000,
         "the last kill happened mid-stream ({in_flight} outputs)"
     );
-    let mut child = spawn(&config, &dir.path().join("final.log"));
+    let mut child = HostProcess::spawn("a", &config, &dir.path().join("final.log"));
     let got = wait_for_len(&conn.js, "OUT", 200_000, Duration::from_secs(180)).await;
     // Let any replayed duplicate arrive, then check the final state while the host runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let reference = reference_stats(&txs);
     let stats = queried_stats(&conn, "fraud", reference.keys().cloned()).await;
-    kill(&mut child, "-TERM");
+    child.signal("-TERM");
+    child.wait_exit_within(Duration::from_secs(20));
     assert_eq!(got, 200_000);
     assert_eq!(
         stream_len(&conn.js, "OUT").await.expect("len"),
@@ -348,14 +327,16 @@ async fn one_run_three_ways_gives_the_same_output() {
         spec.write(&config).expect("write");
         publish_txs(&conn.js, "txn.in", &txs).await;
         for (i, at) in [3_000u64, 9_000, 15_000].iter().enumerate() {
-            let mut child = spawn(&config, &dir.path().join(format!("r{i}.log")));
+            let mut child = HostProcess::spawn("a", &config, &dir.path().join(format!("r{i}.log")));
             wait_for_len(&conn.js, "OUT", *at, Duration::from_secs(60)).await;
-            kill(&mut child, "-KILL");
+            child.signal("-KILL");
+            child.wait_exit_within(Duration::from_secs(20));
         }
-        let mut child = spawn(&config, &dir.path().join("final.log"));
+        let mut child = HostProcess::spawn("a", &config, &dir.path().join("final.log"));
         wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        kill(&mut child, "-TERM");
+        child.signal("-TERM");
+        child.wait_exit_within(Duration::from_secs(20));
         outputs(&conn.js, 21_000).await
     };
 

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use eddy_host::cli::{produce, streams, tail};
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::hosts::{self, HostProcess, owners, pointers};
-use eddy_tests::{NatsCluster, PipelineSpec, eventually, plugin, stream_len, wait_for_len};
+use eddy_tests::{
+    NatsCluster, PipelineSpec, eventually, plugin, publish_txs_by_customer, stream_len,
+    wait_for_len,
+};
 use serde_json::Value;
 
 const PARTITIONS: u32 = 8;
@@ -39,25 +42,16 @@ fn shared(config: &Path, hosts: &[&str], min: usize, max: usize) -> bool {
     hosts::shared(config, PARTITIONS, hosts, min, max)
 }
 
-fn partition_of(customer: &str) -> u32 {
-    u32::from(eddy_host::state::keygroup::key_group(
-        customer.as_bytes(),
-        128,
-    )) % PARTITIONS
-}
-
-async fn publish(js: &async_nats::jetstream::Context, txs: &[produce::Transaction]) {
-    produce::publish_each(
-        js,
-        txs.iter().map(|t| {
-            (
-                produce::subject_for("txn.in.*", t),
-                Bytes::from(serde_json::to_vec(t).expect("json")),
-            )
-        }),
+/// Hosts a, b and c, once they share the partitions evenly (3, 3, 2).
+async fn three_hosts(dir: &Path, url: &str) -> Vec<HostProcess> {
+    let hosts: Vec<HostProcess> = ["a", "b", "c"].iter().map(|n| spawn(dir, url, n)).collect();
+    eventually(
+        "a, b and c share the partitions",
+        Duration::from_secs(90),
+        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
     )
-    .await
-    .expect("publish");
+    .await;
+    hosts
 }
 
 /// Every output and when it was stored: id → (payload, stored µs).
@@ -146,18 +140,9 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(300_000, 400, 21, 0);
-    publish(&conn.js, &txs).await;
-    let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
-        .iter()
-        .map(|n| spawn(dir.path(), &nats.url(), n))
-        .collect();
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs).await;
     // Mid-run, once the three hosts share the partitions evenly (3, 3, 2).
-    eventually(
-        "a, b and c share the partitions",
-        Duration::from_secs(90),
-        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
-    )
-    .await;
+    let mut hosts = three_hosts(dir.path(), &nats.url()).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 90_000, Duration::from_secs(180)).await;
     let before = owners(&hosts[0].config);
     let moved: BTreeSet<u32> = before
@@ -186,7 +171,12 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     // kill on (what the dead host had in flight may still land just after the kill).
     let mut times: Vec<u64> = outs
         .values()
-        .filter(|(v, _)| moved.contains(&partition_of(v["customer"].as_str().unwrap_or(""))))
+        .filter(|(v, _)| {
+            moved.contains(&hosts::partition_of(
+                v["customer"].as_str().unwrap_or(""),
+                PARTITIONS,
+            ))
+        })
         .map(|(_, at)| *at)
         .collect();
     times.sort_unstable();
@@ -212,10 +202,7 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
         300_000
     );
     assert_exact(&conn, &txs, &outs).await;
-    for h in hosts.iter_mut().filter(|h| h.name != "b") {
-        h.signal("-TERM");
-        h.wait_exit();
-    }
+    hosts::stop_all(hosts.iter_mut().filter(|h| h.name != "b"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +211,7 @@ async fn a_host_paused_past_its_lease_is_fenced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(40_000, 200, 23, 0);
-    publish(&conn.js, &txs[..20_000]).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[..20_000]).await;
     let mut a = spawn(dir.path(), &nats.url(), "a");
     let mut b = spawn(dir.path(), &nats.url(), "b");
     wait_for_len(&conn.js, "FRAUD_OUT", 20_000, Duration::from_secs(120)).await;
@@ -250,7 +237,7 @@ async fn a_host_paused_past_its_lease_is_fenced() {
     )
     .await;
     let taken = pointers(&b.config);
-    publish(&conn.js, &txs[20_000..]).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[20_000..]).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 40_000, Duration::from_secs(120)).await;
     a.signal("-CONT");
     // a wakes up past its lease: it must not commit, acknowledge or publish for the
@@ -277,10 +264,7 @@ async fn a_host_paused_past_its_lease_is_fenced() {
     );
     let outs = outputs(&conn.js, 40_000).await;
     assert_exact(&conn, &txs, &outs).await;
-    for h in [&mut a, &mut b] {
-        h.signal("-TERM");
-        h.wait_exit();
-    }
+    hosts::stop_all([&mut a, &mut b]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +273,7 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(120_000, 300, 29, 0);
-    publish(&conn.js, &txs[..60_000]).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[..60_000]).await;
     let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
         .iter()
         .map(|n| spawn(dir.path(), &nats.url(), n))
@@ -315,7 +299,7 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
         2,
         "only d's share moved: {before:?} -> {after:?}"
     );
-    publish(&conn.js, &txs[60_000..]).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[60_000..]).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 120_000, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -326,12 +310,7 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     assert_exact(&conn, &txs, &outs).await;
     let log = std::fs::read_to_string(dir.path().join("d.log")).expect("log");
     assert!(log.contains("took the partition"), "{log}");
-    for h in &mut hosts {
-        h.signal("-TERM");
-    }
-    for h in &mut hosts {
-        h.wait_exit();
-    }
+    hosts::stop_all(&mut hosts);
 }
 
 /// The leader of stream `name`, once it has one.
@@ -386,17 +365,8 @@ async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_not
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut nats, conn) = start_cluster(dir.path()).await;
     let txs = produce::transactions(150_000, 300, 31, 0);
-    publish(&conn.js, &txs).await;
-    let mut hosts: Vec<HostProcess> = ["a", "b", "c"]
-        .iter()
-        .map(|n| spawn(dir.path(), &nats.url(), n))
-        .collect();
-    eventually(
-        "a, b and c share the partitions",
-        Duration::from_secs(90),
-        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
-    )
-    .await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs).await;
+    let mut hosts = three_hosts(dir.path(), &nats.url()).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 40_000, Duration::from_secs(180)).await;
     // One server leads the lease, pointer and host buckets and the checkpoint store.
     let led = [
@@ -424,10 +394,5 @@ async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_not
     );
     let outs = outputs(&conn.js, 150_000).await;
     assert_exact(&conn, &txs, &outs).await;
-    for h in &mut hosts {
-        h.signal("-TERM");
-    }
-    for h in &mut hosts {
-        h.wait_exit();
-    }
+    hosts::stop_all(&mut hosts);
 }

@@ -1,62 +1,16 @@
 //! The `eddy` binary as an operator runs it: signals, crashes, bad configuration.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
 use eddy_tests::hosts::HostProcess;
 use eddy_tests::{
     Fixture, NatsServer, PipelineSpec, Running, create_streams, eddy_bin, eventually, free_port,
-    plugin, stream_len, wait_for_len,
+    plugin, publish_txs, stream_len, wait_for_len,
 };
 use serde_json::Value;
-
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    Command::new(eddy_bin())
-        .args(["run"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("eddy binary (cargo build --bins)")
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill")
-        .success();
-    assert!(ok, "signal {sig} delivered");
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "eddy did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-async fn publish(js: &async_nats::jetstream::Context, txs: &[produce::Transaction]) {
-    let payloads = txs
-        .iter()
-        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
-        .collect();
-    produce::publish(js, "txn.in", payloads)
-        .await
-        .expect("publish");
-}
 
 /// Per customer, the sequence of (id, customer_count) the outputs show.
 async fn counts_per_customer(
@@ -100,20 +54,20 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
     let txs = produce::transactions(6_000, 50, 21, 0);
-    publish(&conn.js, &txs).await;
+    publish_txs(&conn.js, "txn.in", &txs).await;
 
-    let mut child = spawn(&config, &dir.path().join("run1.log"));
+    let mut child = HostProcess::spawn("a", &config, &dir.path().join("run1.log"));
     wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
-    signal(&child, "-TERM");
-    let status = wait_exit(&mut child, Duration::from_secs(20));
+    child.signal("-TERM");
+    let status = child.wait_exit_within(Duration::from_secs(20));
     let log = std::fs::read_to_string(dir.path().join("run1.log")).unwrap_or_default();
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{log}");
     assert!(log.contains("pipeline stopped cleanly"), "{log}");
 
-    let mut child = spawn(&config, &dir.path().join("run2.log"));
+    let mut child = HostProcess::spawn("a", &config, &dir.path().join("run2.log"));
     let got = wait_for_len(&conn.js, "OUT", 6_000, Duration::from_secs(60)).await;
-    signal(&child, "-INT");
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    child.signal("-INT");
+    assert!(child.wait_exit_within(Duration::from_secs(20)).success());
     assert_eq!(got, 6_000);
     let (n, counts) = counts_per_customer(&conn.js, 7_000).await;
     assert_eq!(n, 6_000, "each input exactly once in the output stream");
@@ -135,21 +89,22 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
     let txs = produce::transactions(20_000, 200, 9, 0);
-    publish(&conn.js, &txs).await;
+    publish_txs(&conn.js, "txn.in", &txs).await;
 
     // Kill at growing output counts, restarting each time on the same state directory.
     for (round, at) in [2_000u64, 7_000, 13_000].iter().enumerate() {
-        let mut child = spawn(&config, &dir.path().join(format!("run{round}.log")));
+        let mut child =
+            HostProcess::spawn("a", &config, &dir.path().join(format!("run{round}.log")));
         wait_for_len(&conn.js, "OUT", *at, Duration::from_secs(90)).await;
-        signal(&child, "-KILL");
-        wait_exit(&mut child, Duration::from_secs(10));
+        child.signal("-KILL");
+        child.wait_exit_within(Duration::from_secs(10));
     }
-    let mut child = spawn(&config, &dir.path().join("final.log"));
+    let mut child = HostProcess::spawn("a", &config, &dir.path().join("final.log"));
     let got = wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(90)).await;
     // Give a replay the chance to show up as an extra message, then stop.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    signal(&child, "-TERM");
-    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    child.signal("-TERM");
+    assert!(child.wait_exit_within(Duration::from_secs(20)).success());
     assert_eq!(got, 20_000);
     assert_eq!(
         stream_len(&conn.js, "OUT").await.expect("len"),
@@ -247,7 +202,7 @@ async fn a_host_started_before_its_nats_waits_for_it() {
     nats.restart().expect("nats-server again");
     let conn = nats.connect().await.expect("connect");
     let txs = produce::transactions(2_000, 20, 19, 0);
-    publish(&conn.js, &txs).await;
+    publish_txs(&conn.js, "txn.in", &txs).await;
     wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
     host.stop();
     assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 2_000);
@@ -282,7 +237,7 @@ async fn status_answers_without_the_plugin_file_on_this_machine() {
     } = Fixture::start("fraud", "fraud-enrich").await;
     let run = Running::start(&spec);
     let txs = produce::transactions(500, 10, 3, 0);
-    publish(&conn.js, &txs).await;
+    publish_txs(&conn.js, "txn.in", &txs).await;
     wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(30)).await;
     let mut elsewhere = spec.clone();
     elsewhere.plugin = dir.path().join("not-on-this-machine.wasm");
@@ -341,7 +296,7 @@ async fn half_open_connections_leave_the_host_serving_and_checkpointing() {
     spec.write(&config).expect("config");
     let mut host = HostProcess::spawn_limited("a", &config, &dir.path().join("a.log"), 1_024);
     let txs = produce::transactions(4_000, 40, 17, 0);
-    publish(&conn.js, &txs[..2_000]).await;
+    publish_txs(&conn.js, "txn.in", &txs[..2_000]).await;
     wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
     let checkpoints = || -> u64 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("metrics");
@@ -370,7 +325,7 @@ async fn half_open_connections_leave_the_host_serving_and_checkpointing() {
         "{} connections opened",
         stalled.len()
     );
-    publish(&conn.js, &txs[2_000..]).await;
+    publish_txs(&conn.js, "txn.in", &txs[2_000..]).await;
     wait_for_len(&conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
     eventually("checkpoints go on", Duration::from_secs(20), async || {
         checkpoints() >= before + 3
