@@ -353,8 +353,10 @@ async fn start_partition(
     }))
 }
 
-/// How often the supervisor looks again while partitions move to or from this host.
-const MOVING: Duration = Duration::from_millis(200);
+/// How often the supervisor looks again while partitions move to or from this host. Each
+/// look lists two KV buckets, which creates an ordered consumer on each of their streams at
+/// the server: work every host adds to the cluster while it looks this often.
+const MOVING: Duration = Duration::from_millis(500);
 
 /// Renews the lease of every partition running or draining here; a lost one stops its run.
 async fn renew_all(

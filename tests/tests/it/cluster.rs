@@ -45,12 +45,30 @@ fn shared(config: &Path, hosts: &[&str], min: usize, max: usize) -> bool {
 /// Hosts a, b and c, once they share the partitions evenly (3, 3, 2).
 async fn three_hosts(dir: &Path, url: &str) -> Vec<HostProcess> {
     let hosts: Vec<HostProcess> = ["a", "b", "c"].iter().map(|n| spawn(dir, url, n)).collect();
-    eventually(
-        "a, b and c share the partitions",
-        Duration::from_secs(90),
-        async || shared(&hosts[0].config, &["a", "b", "c"], 2, 3),
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !shared(&hosts[0].config, &["a", "b", "c"], 2, 3) {
+        if Instant::now() > deadline {
+            // What each host was doing, since the directory goes with the panic.
+            let tails: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .map(|h| {
+                    let log =
+                        std::fs::read_to_string(dir.join(format!("{h}.log"))).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    format!(
+                        "{h}:\n{}",
+                        lines[lines.len().saturating_sub(15)..].join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "a, b and c do not share the partitions after 90 s: {:?}\n{}",
+                owners(&hosts[0].config),
+                tails.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     hosts
 }
 
