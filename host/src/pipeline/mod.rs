@@ -232,6 +232,7 @@ pub async fn run(
         },
         worker.plugin().version().to_string(),
         reload_tx,
+        opts.fence.clone(),
     )
     .await?;
     history.push(Deployment {

@@ -30,8 +30,13 @@ impl Services {
         validator: Validator,
         running_version: String,
         reload_tx: mpsc::Sender<ReloadEvent>,
+        fence: Option<Arc<dyn super::Fence>>,
     ) -> anyhow::Result<Services> {
-        let query = Arc::new(QueryEngine::new(cfg, state.clone()));
+        let mut query = QueryEngine::new(cfg, state.clone());
+        if let Some(fence) = fence {
+            query = query.with_lease_check(Arc::new(move || fence.check()));
+        }
+        let query = Arc::new(query);
         let mut tasks = Vec::new();
         let query_service = if cfg.query.nats {
             // Its own connection: answers do not queue behind the pipeline's outputs in one

@@ -168,7 +168,13 @@ pub struct QueryEngine {
     live: Arc<StateStore>,
     /// The last completed checkpoint, opened read-only, with its id.
     checkpoint: RwLock<Option<(u64, Arc<StateStore>)>>,
+    /// In cluster mode, whether this run still holds its partition's lease (`Err(why)` once
+    /// it may have lapsed): a run past its lease no longer answers as the owner.
+    holds_lease: Option<LeaseCheck>,
 }
+
+/// Whether a run still holds its lease; see [`QueryEngine::with_lease_check`].
+pub type LeaseCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl QueryEngine {
     /// Queries over `live`.
@@ -184,7 +190,16 @@ impl QueryEngine {
                 .collect(),
             live,
             checkpoint: RwLock::new(None),
+            holds_lease: None,
         }
+    }
+
+    /// Refuses every query (503, asked again the client reaches the new owner) once `check`
+    /// says this run's lease may have lapsed: its state stops at the moment it lost the
+    /// partition, and the new owner's moves on.
+    pub fn with_lease_check(mut self, check: LeaseCheck) -> QueryEngine {
+        self.holds_lease = Some(check);
+        self
     }
 
     /// The pipeline's name.
@@ -234,6 +249,13 @@ impl QueryEngine {
 
     /// Answers `q` from this host's state (the caller routes keys this host does not own).
     pub fn execute(&self, op: Op, q: &Query) -> Result<serde_json::Value, QueryError> {
+        if let Some(check) = &self.holds_lease {
+            check().map_err(|why| {
+                QueryError::Unavailable(format!(
+                    "this host no longer answers for its partition ({why}); ask again: the new owner answers"
+                ))
+            })?;
+        }
         let (store, checkpoint) = match q.freshness {
             Freshness::Latest => (self.live.clone(), None),
             Freshness::Checkpoint => {

@@ -127,6 +127,35 @@ fn values_lists_and_broadcast_entries_are_decoded_for_display() {
     assert_eq!(all["next"], "food");
 }
 
+/// A run whose lease may have lapsed stops answering as the owner (its state stopped when
+/// it lost the partition); while it holds the lease it answers as before.
+#[test]
+fn a_run_past_its_lease_refuses_queries() {
+    let (_d, _c, store, engine) = engine();
+    write(&store);
+    let holds = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = holds.clone();
+    let engine = engine.with_lease_check(Arc::new(move || {
+        if h.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("lease of partition 0 not renewed for 5 s".into())
+        }
+    }));
+    let v = engine.execute(Op::Get, &q("stats", "c-1")).expect("get");
+    assert_eq!(v["value"], serde_json::json!({"count": 3}));
+    holds.store(false, std::sync::atomic::Ordering::SeqCst);
+    let e = engine
+        .execute(Op::Get, &q("stats", "c-1"))
+        .expect_err("refused past the lease");
+    assert_eq!(e.code(), 503);
+    assert!(
+        e.message().contains("not renewed for 5 s"),
+        "{}",
+        e.message()
+    );
+}
+
 #[test]
 fn map_entries_page_by_prefix_and_show_raw_bytes_as_base64() {
     let (_d, _c, store, engine) = engine();
