@@ -44,19 +44,17 @@ async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    if let Ok(kv) = nats.js.get_key_value(name).await {
-        return Ok(kv);
-    }
-    nats.js
-        .create_key_value(kv::Config {
+    crate::transport::kv_bucket(
+        nats,
+        kv::Config {
             bucket: name.to_string(),
             history: 1,
             max_age,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("cannot create the NATS KV bucket `{name}`"))
+        },
+    )
+    .await
 }
 
 /// A partition held by this host.

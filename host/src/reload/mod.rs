@@ -277,6 +277,23 @@ pub async fn deployed(
     Ok(Some(wasm))
 }
 
+/// The plugin bucket `bucket` (`reload.bucket`), created where missing.
+async fn plugin_bucket(
+    nats: &Nats,
+    bucket: &str,
+) -> anyhow::Result<async_nats::jetstream::object_store::ObjectStore> {
+    crate::transport::object_bucket(
+        nats,
+        async_nats::jetstream::object_store::Config {
+            bucket: bucket.to_string(),
+            description: Some("Eddy plugins, by pipeline".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .with_context(|| format!("the plugin bucket `{bucket}` (reload.bucket)"))
+}
+
 /// Uploads `wasm` as the deployed plugin of `pipeline` (creating the bucket if needed); returns
 /// its version.
 pub async fn deploy(
@@ -286,18 +303,7 @@ pub async fn deploy(
     wasm: &[u8],
     note: &str,
 ) -> anyhow::Result<String> {
-    let store = match nats.js.get_object_store(bucket).await {
-        Ok(s) => s,
-        Err(_) => nats
-            .js
-            .create_object_store(async_nats::jetstream::object_store::Config {
-                bucket: bucket.to_string(),
-                description: Some("Eddy plugins, by pipeline".into()),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot create object store bucket {bucket}"))?,
-    };
+    let store = plugin_bucket(nats, bucket).await?;
     let version = crate::engine::version_of(wasm);
     let meta = async_nats::jetstream::object_store::ObjectMetadata {
         name: pipeline.to_string(),
@@ -346,20 +352,9 @@ pub async fn watch(
         }
         ReloadWatch::ObjectStore => {
             let bucket = cfg.reload.bucket.clone();
-            let store = match nats.js.get_object_store(&bucket).await {
-                Ok(s) => s,
-                Err(_) => nats
-                    .js
-                    .create_object_store(async_nats::jetstream::object_store::Config {
-                        bucket: bucket.clone(),
-                        description: Some("Eddy plugins, by pipeline".into()),
-                        ..Default::default()
-                    })
-                    .await
-                    .with_context(|| {
-                        format!("cannot create the plugin bucket {bucket} (reload.bucket); set reload.watch = \"off\" to run without hot reload")
-                    })?,
-            };
+            let store = plugin_bucket(&nats, &bucket).await.map_err(|e| {
+                anyhow::anyhow!("{e:#}; set reload.watch = \"off\" to run without hot reload")
+            })?;
             let mut updates = store
                 .watch_with_history()
                 .await

@@ -5,7 +5,6 @@
 //! brings a rolled-back one back by itself: a rolled-back version runs again only if it is
 //! deployed again (a new version, after a fix).
 
-use anyhow::Context;
 use async_nats::jetstream::kv;
 use tokio::io::AsyncReadExt;
 
@@ -23,21 +22,17 @@ pub fn versioned(pipeline: &str, version: &str) -> String {
 }
 
 async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<kv::Store> {
-    let name = history_bucket(bucket);
-    match nats.js.get_key_value(&name).await {
-        Ok(s) => Ok(s),
-        Err(_) => nats
-            .js
-            .create_key_value(kv::Config {
-                bucket: name.clone(),
-                description: "Eddy deployment histories, by pipeline".into(),
-                history: 1,
-                num_replicas: crate::transport::replicas(nats),
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot create the KV bucket {name}")),
-    }
+    crate::transport::kv_bucket(
+        nats,
+        kv::Config {
+            bucket: history_bucket(bucket),
+            description: "Eddy deployment histories, by pipeline".into(),
+            history: 1,
+            num_replicas: crate::transport::replicas(nats),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 /// The remembered history of `pipeline` (empty when there is none, or it cannot be read: then

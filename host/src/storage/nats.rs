@@ -34,29 +34,24 @@ impl NatsStorage {
         prefix: &str,
         replicas: usize,
     ) -> anyhow::Result<NatsStorage> {
-        let store = match nats.js.get_object_store(bucket).await {
-            Ok(s) => s,
-            Err(_) => {
-                let replicas = if replicas == 0 {
-                    crate::transport::replicas(nats)
-                } else {
-                    replicas
-                };
-                nats.js
-                    .create_object_store(object_store::Config {
-                        bucket: bucket.to_string(),
-                        description: Some("Eddy checkpoints".into()),
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot create the checkpoint bucket `{bucket}` in NATS ({e}); create it (`nats object add {bucket}`) or set checkpoint.store"
-                        )
-                    })?
-            }
+        let replicas = if replicas == 0 {
+            crate::transport::replicas(nats)
+        } else {
+            replicas
         };
+        let store = crate::transport::object_bucket(
+            nats,
+            object_store::Config {
+                bucket: bucket.to_string(),
+                description: Some("Eddy checkpoints".into()),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("{e:#}; create it (`nats object add {bucket}`) or set checkpoint.store")
+        })?;
         let max_payload = nats.client.server_info().max_payload;
         Ok(NatsStorage {
             store,

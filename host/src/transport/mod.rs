@@ -158,6 +158,47 @@ fn version_at_least(version: &str, min: (u64, u64)) -> bool {
     (major, minor) >= min
 }
 
+/// The KV bucket `config.bucket`, created with `config` where it is missing. Hosts that start
+/// together race to create it; a creation that fails because another host has just made it
+/// uses that one.
+pub async fn kv_bucket(
+    nats: &Nats,
+    config: jetstream::kv::Config,
+) -> anyhow::Result<jetstream::kv::Store> {
+    if let Ok(kv) = nats.js.get_key_value(&config.bucket).await {
+        return Ok(kv);
+    }
+    let name = config.bucket.clone();
+    match nats.js.create_key_value(config).await {
+        Ok(kv) => Ok(kv),
+        Err(e) => nats
+            .js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| anyhow!("cannot create the NATS KV bucket `{name}`: {e}")),
+    }
+}
+
+/// The object store bucket `config.bucket`, created with `config` where it is missing, as
+/// [`kv_bucket`] does.
+pub async fn object_bucket(
+    nats: &Nats,
+    config: jetstream::object_store::Config,
+) -> anyhow::Result<jetstream::object_store::ObjectStore> {
+    if let Ok(store) = nats.js.get_object_store(&config.bucket).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    match nats.js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        Err(e) => nats
+            .js
+            .get_object_store(&name)
+            .await
+            .map_err(|_| anyhow!("cannot create the NATS object store bucket `{name}`: {e}")),
+    }
+}
+
 /// How many replicas the assets Eddy creates get: 1 on a standalone server, else as many
 /// servers as the cluster advertises, up to 3 (JetStream's usual R3).
 pub fn replicas(nats: &Nats) -> usize {
