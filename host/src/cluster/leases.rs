@@ -11,9 +11,19 @@
 //!
 //! Ownership is decided by the result of a compare-and-set, never by a read (reads may come
 //! from a stale replica, ADR-8).
+//!
+//! Expiry by `max_age` is the usual way a dead host's keys go, but not the only one: a
+//! replica does not always expire on time (nats-server issues 3653, 4754), and a key that
+//! never expires would keep its partitions from every survivor. So each host also watches
+//! the revisions itself ([`Sightings`]): a heartbeat whose revision has not changed for a
+//! whole lease is a dead host, and a lease key unchanged for a whole lease is taken by an
+//! `update` at the revision seen. That is safe by the owner's own clock: it renewed at that
+//! revision no later than it was first seen here, and its fence stops it a sixth of a lease
+//! before the lease ends.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use async_nats::jetstream::kv;
@@ -86,12 +96,43 @@ pub(crate) struct Pointer {
     pub(crate) host: String,
 }
 
+/// Since when this host has seen each key at its current revision.
+#[derive(Default)]
+struct Sightings(Mutex<HashMap<String, (u64, Instant)>>);
+
+impl Sightings {
+    /// Records `key` at `revision`; returns how long it has stood at that revision (zero on
+    /// the first sighting or a change).
+    fn unchanged_for(&self, key: &str, revision: u64) -> Duration {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match seen.get(key) {
+            Some((r, since)) if *r == revision => now - *since,
+            _ => {
+                seen.insert(key.to_string(), (revision, now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// The revision of `key` if it has stood unchanged for at least `at_least`.
+    fn stale(&self, key: &str, at_least: Duration) -> Option<u64> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(key)
+            .filter(|(_, since)| since.elapsed() >= at_least)
+            .map(|(r, _)| *r)
+    }
+}
+
 /// The coordination buckets of one pipeline.
 #[derive(Clone)]
 pub(crate) struct Coordination {
     hosts: kv::Store,
     leases: kv::Store,
     pointers: kv::Store,
+    /// How long a host or lease lives unrenewed.
+    lease: Duration,
+    seen: Arc<Sightings>,
     /// This host's id in the buckets.
     pub(crate) me: String,
 }
@@ -115,6 +156,8 @@ impl Coordination {
                 replicas,
             )
             .await?,
+            lease,
+            seen: Arc::default(),
             me: me.to_string(),
         })
     }
@@ -136,17 +179,54 @@ impl Coordination {
         let _ = self.hosts.delete(&self.me).await;
     }
 
-    /// The live hosts.
-    pub(crate) async fn hosts(&self) -> anyhow::Result<BTreeSet<String>> {
-        let keys: Vec<String> = self
-            .hosts
+    async fn host_keys(&self) -> anyhow::Result<Vec<String>> {
+        self.hosts
             .keys()
             .await
             .map_err(|e| anyhow!("list hosts: {e}"))?
             .try_collect()
             .await
-            .map_err(|e| anyhow!("list hosts: {e}"))?;
-        Ok(keys.into_iter().collect())
+            .map_err(|e| anyhow!("list hosts: {e}"))
+    }
+
+    /// The live hosts: those whose heartbeat changed within a lease, as seen from here (a
+    /// host first seen now counts as live until it has been silent for a lease).
+    pub(crate) async fn hosts(&self) -> anyhow::Result<BTreeSet<String>> {
+        let keys = self.host_keys().await?;
+        let mut live = BTreeSet::new();
+        for k in keys {
+            let entry = self
+                .hosts
+                .entry(&k)
+                .await
+                .map_err(|e| anyhow!("read host {k}: {e}"))?;
+            if let Some(e) = entry
+                && e.operation == kv::Operation::Put
+                && (k == self.me
+                    || self.seen.unchanged_for(&format!("h.{k}"), e.revision) < self.lease)
+            {
+                live.insert(k);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The hosts whose heartbeat the server stamped within the last `within` by this
+    /// machine's clock, for a one-off look (`eddy cluster status`) that cannot watch
+    /// revisions change.
+    pub(crate) async fn recent_hosts(&self, within: Duration) -> anyhow::Result<BTreeSet<String>> {
+        let keys = self.host_keys().await?;
+        let now_ns = crate::checkpoint::now_ms() as i128 * 1_000_000;
+        let mut live = BTreeSet::new();
+        for k in keys {
+            if let Ok(Some(e)) = self.hosts.entry(&k).await
+                && e.operation == kv::Operation::Put
+                && now_ns - e.created.unix_timestamp_nanos() < within.as_nanos() as i128
+            {
+                live.insert(k);
+            }
+        }
+        Ok(live)
     }
 
     /// Each leased partition's owner.
@@ -164,16 +244,19 @@ impl Coordination {
             let Some(p) = k.strip_prefix('p').and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            if let Ok(Some(v)) = self.leases.get(&k).await
-                && let Ok(v) = serde_json::from_slice::<LeaseValue>(&v)
+            if let Ok(Some(e)) = self.leases.entry(&k).await
+                && e.operation == kv::Operation::Put
+                && let Ok(v) = serde_json::from_slice::<LeaseValue>(&e.value)
             {
+                self.seen.unchanged_for(&format!("l.{k}"), e.revision);
                 out.insert(p, v.host);
             }
         }
         Ok(out)
     }
 
-    /// Takes partition `p` if nobody holds it.
+    /// Takes partition `p` if nobody holds it, or its lease has stood unrenewed for a whole
+    /// lease as seen from here (by [`Coordination::owners`]) though the server kept the key.
     pub(crate) async fn acquire(&self, p: u32) -> anyhow::Result<Option<Lease>> {
         let key = format!("p{p}");
         // The epoch is the create's revision, known only after it: write the host first,
@@ -182,21 +265,38 @@ impl Coordination {
             host: self.me.clone(),
             epoch: 0,
         })?;
-        match self.leases.create(&key, value.into()).await {
-            Ok(revision) => {
-                let mut lease = Lease {
-                    partition: p,
-                    epoch: revision,
-                    revision,
-                };
-                if !self.renew(&mut lease).await? {
+        match self.leases.create(&key, value.clone().into()).await {
+            Ok(revision) => self.hold(p, revision).await,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some(stale) = self.seen.stale(&format!("l.{key}"), self.lease) else {
                     return Ok(None);
+                };
+                match self.leases.update(&key, value.into(), stale).await {
+                    Ok(revision) => {
+                        tracing::info!(
+                            partition = p,
+                            "took over a lease the server kept though unrenewed for {:?}",
+                            self.lease
+                        );
+                        self.hold(p, revision).await
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(anyhow!("take over partition {p}: {e}")),
                 }
-                Ok(Some(lease))
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(anyhow!("take partition {p}: {e}")),
         }
+    }
+
+    /// The lease on `p` just written at `revision` (its epoch), renewed at once so that its
+    /// value names the epoch.
+    async fn hold(&self, p: u32, revision: u64) -> anyhow::Result<Option<Lease>> {
+        let mut lease = Lease {
+            partition: p,
+            epoch: revision,
+            revision,
+        };
+        Ok(self.renew(&mut lease).await?.then_some(lease))
     }
 
     /// Renews `lease`; false if another host holds it now.

@@ -427,10 +427,17 @@ pub(crate) async fn view(
     BTreeMap<u32, leases::Pointer>,
 )> {
     let lease = Duration::from_millis(cfg.cluster.as_ref().map_or(6_000, |c| c.lease_ms));
-    let coord = Coordination::open(nats, &cfg.pipeline.name, "eddy-cli", lease, 1).await?;
-    Ok((
-        coord.hosts().await?,
-        coord.owners().await?,
-        coord.pointers(cfg.partitions.count).await,
-    ))
+    let replicas = transport::replicas(nats);
+    let coord = Coordination::open(nats, &cfg.pipeline.name, "eddy-cli", lease, replicas).await?;
+    // One look cannot watch heartbeats change: a host counts as live if the server stamped
+    // its heartbeat within two leases or 30 s, whichever is longer (room for this machine's
+    // clock to differ, and for a host slowed by load, which its peers judge by themselves),
+    // and a partition as owned only by such a host: one whose key the server failed to
+    // expire stops showing as an owner.
+    let hosts = coord
+        .recent_hosts((2 * lease).max(Duration::from_secs(30)))
+        .await?;
+    let mut owners = coord.owners().await?;
+    owners.retain(|_, h| hosts.contains(h));
+    Ok((hosts, owners, coord.pointers(cfg.partitions.count).await))
 }
