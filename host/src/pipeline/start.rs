@@ -228,7 +228,9 @@ async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Resul
 /// The plugin to start: the deployed component when versions come from the plugin bucket
 /// (`None`: the file at `plugin.path`), where it came from, and the remembered deployment
 /// history. A deployed version that was rolled back is not started again: the last good
-/// version is, from the bucket, or else the file.
+/// version is, from the bucket, or else the file. One that was still on probation when the
+/// hosts stopped is not taken as passed: the last version that passed starts, and the reload
+/// watcher, seeing the deployed version differ, puts it on probation again.
 pub(super) async fn choose_plugin(
     nats: &Nats,
     cfg: &PipelineConfig,
@@ -243,17 +245,25 @@ pub(super) async fn choose_plugin(
         return Ok((None, file(), history));
     };
     let version = engine::version_of(&wasm);
-    let Some(reason) = history.rolled_back(&version) else {
+    let (good, why) = if let Some(reason) = history.rolled_back(&version) {
+        let good = history.last_good().filter(|v| *v != version);
+        (
+            good,
+            format!("was rolled back ({reason}); deploy a fixed version"),
+        )
+    } else if history.on_probation(&version) {
+        (
+            history.last_passed_besides(&version),
+            "was on probation when the host stopped; it goes on probation again".to_string(),
+        )
+    } else {
         return Ok((
             Some(wasm),
             format!("object store {bucket}/{pipeline}"),
             history,
         ));
     };
-    let good = history
-        .last_good()
-        .filter(|v| *v != version)
-        .map(str::to_string);
+    let good = good.map(str::to_string);
     let kept = match &good {
         Some(v) => record::component(nats, bucket, pipeline, v).await,
         None => None,
@@ -266,9 +276,9 @@ pub(super) async fn choose_plugin(
         _ => (None, file()),
     };
     tracing::warn!(
-        rolled_back = %version,
+        deployed = %version,
         starting = %source,
-        "the deployed version was rolled back ({reason}); starting the last good version instead: deploy a fixed version"
+        "the deployed version {why}; starting the last good version first"
     );
     Ok((wasm, source, history))
 }

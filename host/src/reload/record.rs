@@ -99,6 +99,29 @@ impl History {
             .map(|d| d.reason.clone().unwrap_or_default())
     }
 
+    /// Whether the newest deployment of `version` is still on probation (its host stopped
+    /// before probation ended).
+    pub fn on_probation(&self, version: &str) -> bool {
+        self.deployments
+            .iter()
+            .rev()
+            .find(|d| d.version == version)
+            .is_some_and(|d| d.status == DeployStatus::Probation)
+    }
+
+    /// The newest version other than `version` that passed probation (live, or replaced
+    /// since).
+    pub fn last_passed_besides(&self, version: &str) -> Option<&str> {
+        self.deployments
+            .iter()
+            .rev()
+            .find(|d| {
+                d.version != version
+                    && matches!(d.status, DeployStatus::Live | DeployStatus::Superseded)
+            })
+            .map(|d| d.version.as_str())
+    }
+
     /// The version that ran last without failing (live, or on probation when the host stopped).
     pub fn last_good(&self) -> Option<&str> {
         self.deployments

@@ -278,6 +278,10 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
     wait_deployment(&conn, "swap", &quiet, "probation", 1, WITHIN).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_deployment(&conn, "swap", &quiet, "probation", 1, Duration::ZERO).await;
+    // Stopped while it is on probation: the restart runs the last good version and puts the
+    // quiet one on probation again, instead of taking it as passed.
+    run.stop().await;
+    let run = Running::start(&spec);
     publish(400, 460).await;
     wait_deployment(&conn, "swap", &quiet, "live", 1, WITHIN).await;
     let again = run.metrics.clone();
