@@ -44,14 +44,26 @@ fn something_that_is_not_a_processor_is_refused_with_the_reason() {
         .load(b"not wasm at all", "junk")
         .err()
         .expect("refused");
-    assert!(
-        format!("{e:#}").contains("not a valid WebAssembly component"),
-        "{e:#}"
-    );
-    // A core module (not a component) is refused too.
+    let msg = format!("{e:#}");
+    assert!(msg.contains("not a valid WebAssembly component"), "{msg}");
+    assert!(msg.contains("not WebAssembly at all"), "{msg}");
+    assert!(msg.contains("wasm32-wasip2"), "the fix: {msg}");
+    // A core module (not a component) is refused with the fix.
     let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
     let e = engine.load(&core, "core").err().expect("refused");
-    assert!(format!("{e:#}").contains("plugin core"), "{e:#}");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("plugin core"), "{msg}");
+    assert!(msg.contains("core WebAssembly module"), "{msg}");
+    assert!(msg.contains("wasm-tools component new"), "{msg}");
+    // From a file: the message names the file and the field that points at it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("enrich.wasm");
+    std::fs::write(&path, core).expect("write");
+    let msg = format!("{:#}", engine.load_file(&path).err().expect("refused"));
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("plugin.path"),
+        "{msg}"
+    );
 }
 
 #[test]

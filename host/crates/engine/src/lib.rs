@@ -4,7 +4,7 @@
 //! Owns: wasmtime configuration, the compiled-component cache (`cache`), the host side of the
 //! WIT imports (`host`: keyed state, broadcast state, lookups, log, clock, a closed WASI),
 //! budgets (CPU by epoch deadline, memory by store limits), the classification of failures
-//! into reasons an operator can act on, and the [`Worker`] that runs batches through a plugin
+//! into reasons an operator can act on, a cap on plugin log lines (`log_limit`), and the [`Worker`] that runs batches through a plugin
 //! with failures isolated to single events (`worker`).
 //!
 //! Design, measured: one component call costs microseconds whatever the guest does, so the
@@ -22,6 +22,7 @@
 mod cache;
 mod host;
 mod instance;
+mod log_limit;
 mod stdio;
 mod worker;
 
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use sha2::{Digest, Sha256};
 use wasmtime::Config;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
@@ -126,6 +127,7 @@ impl Engine {
 
     /// Compiles (or loads from cache) and links a plugin, checking it is an Eddy processor.
     pub fn load(&self, wasm: &[u8], name: &str) -> anyhow::Result<Plugin> {
+        check_component(wasm, name)?;
         let digest = hex(&Sha256::digest(wasm));
         let started = Instant::now();
         let (component, cached) =
@@ -172,7 +174,34 @@ impl Engine {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plugin".into());
         self.load(&wasm, &name)
+            .with_context(|| format!("loading {} (plugin.path)", path.display()))
     }
+}
+
+/// Refuses what cannot be a component before wasmtime is asked, with the fix: a file that
+/// is not WebAssembly at all, or a core module (a build for `wasm32-unknown-unknown` or
+/// `wasm32-wasip1`) where a component is needed.
+fn check_component(wasm: &[u8], name: &str) -> anyhow::Result<()> {
+    const BUILD: &str = "build it as a component for wasm32-wasip2 (`eddy new plugin` projects do: `./build.sh`; in Rust `cargo build --release --target wasm32-wasip2`)";
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        let start: String = wasm
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        bail!(
+            "plugin {name} is not a valid WebAssembly component: the file is not WebAssembly at all ({} bytes, starting {start}); {BUILD}",
+            wasm.len()
+        );
+    }
+    // The header's layer field: 0 for a core module, 1 for a component.
+    if wasm[6..8] == [0, 0] {
+        bail!(
+            "plugin {name} is not a valid WebAssembly component: it is a core WebAssembly module; {BUILD}, or wrap the module with `wasm-tools component new`"
+        );
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {

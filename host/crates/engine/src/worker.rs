@@ -182,11 +182,13 @@ impl Worker {
             }
             Err(failure) if events.len() == 1 => (batch, vec![Err(failure)]),
             Err(failure) => {
-                tracing::warn!(
-                    events = events.len(),
-                    "batch call failed ({}); re-running its events one by one",
-                    failure.message
-                );
+                if crate::log_limit::allow() {
+                    tracing::warn!(
+                        events = events.len(),
+                        "batch call failed ({}); re-running its events one by one",
+                        failure.message
+                    );
+                }
                 self.one_by_one(events, key_groups, prefetched, batch)?
             }
         };

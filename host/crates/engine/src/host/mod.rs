@@ -294,6 +294,9 @@ impl PluginHost {
             }
             let text = String::from_utf8_lossy(&bytes);
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if !crate::log_limit::allow() {
+                    continue;
+                }
                 if is_err {
                     tracing::warn!(target: "plugin", plugin = %self.plugin, "{line}");
                 } else {
@@ -390,6 +393,9 @@ impl clock::Host for PluginHost {
 impl log::Host for PluginHost {
     fn log(&mut self, level: log::Level, message: String) {
         let p = &self.plugin;
+        if !matches!(level, log::Level::Trace | log::Level::Debug) && !crate::log_limit::allow() {
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(target: "plugin", plugin = %p, "{message}"),
             log::Level::Debug => tracing::debug!(target: "plugin", plugin = %p, "{message}"),
