@@ -1,31 +1,60 @@
-//! `eddy produce`, `eddy publish` and `eddy tail`: test data in, messages out.
+//! `eddy produce`, `eddy publish` and `eddy tail`: test data in, messages out, on the NATS a
+//! pipeline file names ([`NatsArgs`]).
 
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bytes::Bytes;
 
 use super::{produce, tail};
-use crate::config::NatsConfig;
+use crate::config::{NatsConfig, PipelineConfig};
 use crate::transport;
 
-fn nats_config(url: &str) -> NatsConfig {
-    NatsConfig {
-        url: url.to_string(),
-        ..Default::default()
+/// Where an I/O command finds NATS: a pipeline file's `[nats]` section (URL, credentials,
+/// TLS), `--nats` for the URL, or `./pipeline.toml` when neither is given.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// The pipeline file (or its directory) whose `[nats]` section to connect with; default
+    /// `./pipeline.toml` if there is one.
+    #[arg(long, short = 'p')]
+    pipeline: Option<PathBuf>,
+    /// The NATS server URL, instead of the pipeline file's (default nats://127.0.0.1:4222).
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+impl NatsArgs {
+    /// The connection settings these arguments name.
+    pub fn config(&self) -> anyhow::Result<NatsConfig> {
+        let file = match &self.pipeline {
+            Some(p) if p.is_dir() => Some(p.join("pipeline.toml")),
+            Some(p) => Some(p.clone()),
+            None if self.nats.is_none() && Path::new("pipeline.toml").is_file() => {
+                Some(PathBuf::from("pipeline.toml"))
+            }
+            None => None,
+        };
+        let mut cfg = match file {
+            Some(f) => PipelineConfig::load_remote(&f)?.nats,
+            None => NatsConfig::default(),
+        };
+        if let Some(url) = &self.nats {
+            cfg.url = url.clone();
+        }
+        Ok(cfg)
     }
 }
 
 /// `eddy produce`: publishes synthetic card transactions to `subject`.
 pub async fn produce(
-    nats: &str,
+    nats: &NatsConfig,
     subject: &str,
     count: usize,
     customers: usize,
     seed: u64,
     duplicate_every: usize,
 ) -> anyhow::Result<()> {
-    let conn = transport::connect(&nats_config(nats), "eddy-produce").await?;
+    let conn = transport::connect(nats, "eddy-produce").await?;
     // A `*` in the subject takes each transaction's customer: the key a cluster's input
     // stream partitions by.
     let messages = produce::transactions(count, customers, seed, duplicate_every)
@@ -40,8 +69,8 @@ pub async fn produce(
 }
 
 /// `eddy publish`: one message, waiting until a stream stored it.
-pub async fn publish(nats: &str, subject: &str, payload: String) -> anyhow::Result<()> {
-    let conn = transport::connect(&nats_config(nats), "eddy-publish").await?;
+pub async fn publish(nats: &NatsConfig, subject: &str, payload: String) -> anyhow::Result<()> {
+    let conn = transport::connect(nats, "eddy-publish").await?;
     let ack = conn
         .js
         .publish(subject.to_string(), Bytes::from(payload))
@@ -55,22 +84,60 @@ pub async fn publish(nats: &str, subject: &str, payload: String) -> anyhow::Resu
     Ok(())
 }
 
-/// `eddy tail`: prints messages stored on `subject`.
-pub async fn tail(nats: &str, subject: &str, count: usize) -> anyhow::Result<()> {
-    let conn = transport::connect(&nats_config(nats), "eddy-tail").await?;
-    for m in tail::read(&conn.js, subject, count, Duration::from_secs(2)).await? {
-        let headers: Vec<String> = m
-            .headers
-            .iter()
-            .filter(|(n, _)| !n.starts_with("Nats-"))
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect();
-        println!(
-            "{} [{}] {}",
-            m.subject,
-            headers.join(" "),
-            String::from_utf8_lossy(&m.payload)
-        );
+/// `eddy tail`: prints the last `count` messages stored on `subject`, one line each with
+/// control characters escaped (with `raw`, the payloads alone, byte for byte, one per line,
+/// for piping); with `follow`, then each new one as it is stored, until interrupted.
+pub async fn tail(
+    nats: &NatsConfig,
+    subject: &str,
+    count: usize,
+    raw: bool,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let conn = transport::connect(nats, "eddy-tail").await?;
+    let (messages, next) = tail::last(&conn.js, subject, count).await?;
+    let mut failed = None;
+    let mut print = |m: tail::Stored| {
+        if failed.is_none()
+            && let Err(e) = print_message(&m, raw)
+        {
+            failed = Some(e);
+        }
+    };
+    for m in messages {
+        print(m);
     }
-    Ok(())
+    if follow {
+        tail::each(&conn.js, subject, next, None, None, &mut print).await?;
+    }
+    match failed {
+        // A closed pipe (`eddy tail ... | head`) ends the command quietly.
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn print_message(m: &tail::Stored, raw: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if raw {
+        out.write_all(&m.payload)?;
+        out.write_all(b"\n")?;
+        return out.flush();
+    }
+    let headers: Vec<String> = m
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.starts_with("Nats-"))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    writeln!(
+        out,
+        "{} [{}] {}",
+        tail::for_terminal(m.subject.as_bytes()),
+        tail::for_terminal(headers.join(" ").as_bytes()),
+        tail::for_terminal(&m.payload)
+    )?;
+    out.flush()
 }

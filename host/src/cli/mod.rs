@@ -84,9 +84,9 @@ pub enum Command {
         /// Repeat an earlier transaction id every N transactions (0: never).
         #[arg(long, default_value_t = 0)]
         duplicate_every: usize,
-        /// NATS server.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats: String,
+        /// Where NATS is.
+        #[command(flatten)]
+        nats: io::NatsArgs,
     },
     /// Lists, inspects or deletes the checkpoints of a pipeline on this machine.
     Checkpoints {
@@ -167,20 +167,27 @@ pub enum Command {
         subject: String,
         /// Payload (text, usually JSON).
         payload: String,
-        /// NATS server.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats: String,
+        /// Where NATS is.
+        #[command(flatten)]
+        nats: io::NatsArgs,
     },
-    /// Prints messages stored on a subject.
+    /// Prints the last messages stored on a subject (`-f`: and follows new ones).
     Tail {
         /// Subject (wildcards allowed).
         subject: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 10)]
+        /// The last this many.
+        #[arg(long, short = 'n', default_value_t = 10)]
         count: usize,
-        /// NATS server.
-        #[arg(long, default_value = "nats://127.0.0.1:4222")]
-        nats: String,
+        /// Then print each new message as it is stored, until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Write the payloads alone, byte for byte (control characters are escaped
+        /// otherwise).
+        #[arg(long)]
+        raw: bool,
+        /// Where NATS is.
+        #[command(flatten)]
+        nats: io::NatsArgs,
     },
 }
 
@@ -329,7 +336,17 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             seed,
             duplicate_every,
             nats,
-        } => io::produce(&nats, &subject, count, customers, seed, duplicate_every).await,
+        } => {
+            io::produce(
+                &nats.config()?,
+                &subject,
+                count,
+                customers,
+                seed,
+                duplicate_every,
+            )
+            .await
+        }
         Command::Checkpoints { action } => checkpoints::checkpoints(action).await,
         Command::Savepoint { action } => checkpoints::savepoint(action).await,
         Command::Deploy {
@@ -378,11 +395,13 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             subject,
             payload,
             nats,
-        } => io::publish(&nats, &subject, payload).await,
+        } => io::publish(&nats.config()?, &subject, payload).await,
         Command::Tail {
             subject,
             count,
+            follow,
+            raw,
             nats,
-        } => io::tail(&nats, &subject, count).await,
+        } => io::tail(&nats.config()?, &subject, count, raw, follow).await,
     }
 }

@@ -138,6 +138,23 @@ pub struct NatsConfig {
     /// Path to a `.creds` file (JWT + nkey seed).
     #[serde(default)]
     pub creds: Option<PathBuf>,
+    /// Path to a file holding a user nkey seed (`SU...`), for servers that list users by nkey.
+    #[serde(default)]
+    pub nkey_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities that signed the server's certificate; TLS is
+    /// then required and the server verified against them (instead of the system's roots).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Require TLS even with neither a `tls://` URL nor `tls_ca` (the server verified against
+    /// the system's roots).
+    #[serde(default)]
+    pub tls_required: bool,
     /// How long to wait for the first connection before giving up, in milliseconds.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -151,6 +168,11 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             creds: None,
+            nkey_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
             connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
@@ -295,6 +317,12 @@ pub struct MetricsConfig {
 impl PipelineSection {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         check_name("pipeline.name", &self.name)?;
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(err(
+                "pipeline.state_dir",
+                "is empty; name the directory for this pipeline's RocksDB state and checkpoints, e.g. state_dir = \"state\" (relative to the pipeline file)".into(),
+            ));
+        }
         let kg = self.key_groups;
         if kg == 0 || kg > crate::state::MAX_KEY_GROUPS {
             return Err(err(
@@ -311,6 +339,25 @@ impl PipelineSection {
 }
 
 impl NatsConfig {
+    /// Whether the connection must use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_required
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.url.split(',').any(|u| u.trim().starts_with("tls://"))
+    }
+
+    /// The files this section names, with their field names.
+    pub fn files(&mut self) -> [(&'static str, &mut Option<PathBuf>); 5] {
+        [
+            ("nats.creds", &mut self.creds),
+            ("nats.nkey_file", &mut self.nkey_file),
+            ("nats.tls_ca", &mut self.tls_ca),
+            ("nats.tls_cert", &mut self.tls_cert),
+            ("nats.tls_key", &mut self.tls_key),
+        ]
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.url.trim().is_empty() {
             return Err(err(
@@ -318,10 +365,32 @@ impl NatsConfig {
                 "is empty; set it to e.g. nats://127.0.0.1:4222".into(),
             ));
         }
-        if self.token.is_some() && (self.user.is_some() || self.creds.is_some()) {
+        for url in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                return Err(err(
+                    "nats.url",
+                    format!(
+                        "`{url}` is not a server address ({e}); write nats://host:port (tls:// for TLS), several separated by commas"
+                    ),
+                ));
+            }
+        }
+        let ways = [
+            self.token.is_some(),
+            self.user.is_some(),
+            self.creds.is_some(),
+            self.nkey_file.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
             return Err(err(
                 "nats.token",
-                "set only one of token, user/password or creds".into(),
+                "set only one of token, user/password, creds or nkey_file".into(),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(err(
+                "nats.tls_key",
+                "tls_cert and tls_key go together (a client certificate and its private key); set both or neither".into(),
             ));
         }
         if self.user.is_some() != self.password.is_some() {

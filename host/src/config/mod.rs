@@ -145,7 +145,7 @@ impl PipelineConfig {
     pub fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
         let config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError {
             file: None,
-            field: toml_error_field(&e),
+            field: toml_error_field(&e, text),
             message: format!(
                 "{}\nsee examples/fraud/pipeline.toml for a complete, commented file",
                 e.to_string().trim_end()
@@ -172,10 +172,12 @@ impl PipelineConfig {
         if self.plugin.path.is_relative() {
             self.plugin.path = base.join(&self.plugin.path);
         }
-        if let Some(creds) = &self.nats.creds
-            && creds.is_relative()
-        {
-            self.nats.creds = Some(base.join(creds));
+        for (_, file) in self.nats.files() {
+            if let Some(f) = file
+                && f.is_relative()
+            {
+                *f = base.join(&*f);
+            }
         }
     }
 
@@ -185,7 +187,7 @@ impl PipelineConfig {
             return Err(err(
                 "plugin.path",
                 format!(
-                    "no plugin file at {}; build it (scripts/build-plugins.sh) or fix the path",
+                    "no plugin file at {}; build the plugin (`./build.sh` in a project made by `eddy new plugin`) or fix the path",
                     self.plugin.path.display()
                 ),
             ));
@@ -193,15 +195,22 @@ impl PipelineConfig {
         Ok(())
     }
 
-    /// Checks that need the file system besides the plugin: the credentials file exists.
+    /// Checks that need the file system besides the plugin: the credential and certificate
+    /// files exist.
     pub fn validate_files(&self) -> Result<(), ConfigError> {
-        if let Some(creds) = &self.nats.creds
-            && !creds.is_file()
-        {
-            return Err(err(
-                "nats.creds",
-                format!("no credentials file at {}", creds.display()),
-            ));
+        let mut nats = self.nats.clone();
+        for (field, file) in nats.files() {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                return Err(err(
+                    field,
+                    format!(
+                        "no file at {}; fix the path (relative paths start at the pipeline file)",
+                        f.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -446,8 +455,9 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 }
 
 /// Best effort at naming the offending field from a TOML error: the key path toml reports
-/// in its message, or the line's key.
-fn toml_error_field(e: &toml::de::Error) -> String {
+/// in its message, else the key on the line the error points at, under its `[section]`
+/// (`input.batch`), else the line and column.
+fn toml_error_field(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message();
     // serde's messages: "missing field `stream`", "unknown field `bacth`, expected ..."
     for marker in ["missing field `", "unknown field `", "unknown variant `"] {
@@ -458,9 +468,31 @@ fn toml_error_field(e: &toml::de::Error) -> String {
             }
         }
     }
-    match e.span() {
-        Some(span) => format!("at byte {}", span.start),
-        None => "(document)".into(),
+    let Some(span) = e.span() else {
+        return "(document)".into();
+    };
+    let at = span.start.min(text.len());
+    let before = &text[..at];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let section = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    match line.split_once('=') {
+        Some((key, _))
+            if !line.trim_start().starts_with('[') && !key.trim().trim_matches('"').is_empty() =>
+        {
+            let key = key.trim().trim_matches('"');
+            match section {
+                Some(s) => format!("{s}.{key}"),
+                None => key.to_string(),
+            }
+        }
+        _ => format!("line {line_no}, column {}", at - line_start + 1),
     }
 }
 

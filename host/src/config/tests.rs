@@ -43,6 +43,43 @@ fn a_complete_file_parses_with_defaults() {
 }
 
 #[test]
+fn an_empty_state_dir_and_a_malformed_nats_url_are_refused() {
+    let e = with("state_dir = \"state\"", "state_dir = \"\"").expect_err("empty state_dir");
+    assert_eq!(e.field, "pipeline.state_dir", "{e}");
+    for bad in [
+        "nats://127.0.0.1:notaport",
+        "http://[::1",
+        "nats://a:1, nats://b:x",
+    ] {
+        let text = format!("{GOOD}\n[nats]\nurl = \"{bad}\"\n");
+        let e = PipelineConfig::parse(&text).expect_err(bad);
+        assert_eq!(e.field, "nats.url", "{bad}: {e}");
+    }
+    for good in [
+        "nats://127.0.0.1:4222",
+        "tls://nats.example:4443",
+        "n1:4222, n2:4222",
+    ] {
+        let text = format!("{GOOD}\n[nats]\nurl = \"{good}\"\n");
+        PipelineConfig::parse(&text).unwrap_or_else(|e| panic!("{good}: {e}"));
+    }
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_field_not_a_byte_offset() {
+    let e = with(
+        "[input]\nstream = \"TXN\"",
+        "[input]\nstream = \"TXN\"\nbatch = \"many\"",
+    )
+    .expect_err("a string batch");
+    assert_eq!(e.field, "input.batch", "{e}");
+    let e = with("name = \"fraud\"", "name = 42").expect_err("a number name");
+    assert_eq!(e.field, "pipeline.name", "{e}");
+    let e = PipelineConfig::parse("= 1").expect_err("a value without a key");
+    assert!(e.field.starts_with("line 1, column"), "{e}");
+}
+
+#[test]
 fn errors_name_the_field_and_the_fix() {
     let e = with(
         "key = { json = \"/customer\" }",

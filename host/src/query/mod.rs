@@ -349,14 +349,14 @@ impl QueryEngine {
             _ => StateKind::List,
         };
         if info.kind != wanted {
+            let (op, flag, path) = match info.kind {
+                StateKind::Value => ("get", "", ""),
+                StateKind::Map => ("map", " --map", "/map"),
+                StateKind::List => ("list", " --list", "/list"),
+            };
             return Err(QueryError::BadRequest(format!(
-                "state `{name}` is a {:?} state; ask `{}` for it",
-                info.kind,
-                match info.kind {
-                    StateKind::Value => "get",
-                    StateKind::Map => "map",
-                    StateKind::List => "list",
-                }
+                "state `{name}` is a {:?} state; ask `{op}` for it (`eddy state get{flag}`, HTTP /v1/state/{name}/<key>{path})",
+                info.kind
             )));
         }
         // Queries read like a plugin that never refreshes or cleans up.

@@ -238,6 +238,13 @@ fn bad_requests_say_what_is_wrong() {
     assert_eq!(e.code(), 400);
     assert!(e.message().contains("ask `get`"), "{e}");
     let e = engine
+        .execute(Op::Get, &q("recent", "c-1"))
+        .expect_err("a list state asked for a value");
+    assert!(
+        e.message().contains("ask `list`") && e.message().contains("eddy state get --list"),
+        "names the command's flag: {e}"
+    );
+    let e = engine
         .execute(
             Op::Get,
             &Query {

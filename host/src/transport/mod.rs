@@ -32,7 +32,8 @@ pub struct Nats {
     pub js: jetstream::Context,
 }
 
-/// NATS could not be reached (no server listening, a timeout, refused credentials).
+/// NATS could not be reached (no server listening, a timeout): worth waiting for, unlike a
+/// refused client or a failed TLS handshake.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "cannot reach NATS at {url} (nats.url): {cause}. Start a server (nats-server -js) or fix the URL and credentials"
@@ -103,12 +104,39 @@ pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats
         opts = opts.user_and_password(u.clone(), p.clone());
     }
     if let Some(creds) = &cfg.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("cannot read NATS credentials {}", creds.display()))?;
+        opts = opts.credentials_file(creds).await.with_context(|| {
+            format!(
+                "cannot read NATS credentials {} (nats.creds)",
+                creds.display()
+            )
+        })?;
     }
-    let client = tokio::time::timeout(
+    if let Some(file) = &cfg.nkey_file {
+        let seed = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the nkey seed {} (nats.nkey_file)",
+                file.display()
+            )
+        })?;
+        let seed = seed.trim().to_string();
+        if !seed.starts_with("SU") {
+            bail!(
+                "{} (nats.nkey_file) does not hold a user nkey seed: it should be one line starting `SU` (`nsc generate nkey --user`, or `nk -gen user`)",
+                file.display()
+            );
+        }
+        opts = opts.nkey(seed);
+    }
+    if cfg.tls() {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &cfg.tls_ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let connected = tokio::time::timeout(
         Duration::from_millis(cfg.connect_timeout_ms + 1000),
         // `nats.url` may list several servers of a cluster, comma-separated.
         opts.connect(
@@ -119,13 +147,37 @@ pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats
                 .collect::<Vec<_>>(),
         ),
     )
-    .await
-    .map_err(|_| "timed out".to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()))
-    .map_err(|cause| Unreachable {
-        url: cfg.url.clone(),
-        cause,
-    })?;
+    .await;
+    let client = match connected {
+        Err(_) => {
+            return Err(Unreachable {
+                url: cfg.url.clone(),
+                cause: "timed out".into(),
+            }
+            .into());
+        }
+        Ok(Ok(client)) => client,
+        // What waiting cannot fix: the server refused who we are, or TLS failed (a
+        // certificate that does not verify, a server without TLS).
+        Ok(Err(e)) => match e.kind() {
+            _ if tls_failed(&e) => bail!(
+                "TLS with NATS at {} failed: {e}. Check nats.tls_ca (the authority that signed the server's certificate), nats.tls_cert and nats.tls_key, and that the server has TLS on",
+                cfg.url
+            ),
+            async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication => bail!(
+                "NATS at {} refused this client: {e}. Check nats.token, nats.user/password, nats.creds or nats.nkey_file against the server's authorization",
+                cfg.url
+            ),
+            _ => {
+                return Err(Unreachable {
+                    url: cfg.url.clone(),
+                    cause: e.to_string(),
+                }
+                .into());
+            }
+        },
+    };
     let version = client.server_info().version;
     if !version_at_least(&version, MIN_SERVER) {
         bail!(
@@ -146,6 +198,26 @@ pub async fn connect(cfg: &NatsConfig, client_name: &str) -> anyhow::Result<Nats
         .max_ack_inflight(20_000)
         .build(client.clone());
     Ok(Nats { client, js })
+}
+
+/// Whether connecting failed in TLS: the client's TLS setup, or a handshake rustls refused
+/// (which the client reports as an I/O error carrying rustls's).
+fn tls_failed(e: &async_nats::ConnectError) -> bool {
+    if e.kind() == async_nats::ConnectErrorKind::Tls {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<async_nats::rustls::Error>()
+            || s.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn version_at_least(version: &str, min: (u64, u64)) -> bool {
@@ -214,7 +286,7 @@ pub fn replicas(nats: &Nats) -> usize {
 pub async fn check_captured(nats: &Nats, subject: &str, field: &str) -> anyhow::Result<String> {
     nats.js.stream_by_subject(subject).await.map_err(|e| {
         anyhow!(
-            "`{field}` = \"{subject}\": no JetStream stream captures this subject ({e}). Create one, e.g. `nats stream add OUT --subjects '{subject}'`"
+            "`{field}` = \"{subject}\": no JetStream stream captures this subject ({e}). Create it with `eddy streams <pipeline.toml>` (or `nats stream add OUT --subjects '{subject}'`)"
         )
     })
 }
@@ -294,8 +366,7 @@ impl Input {
         let input = &cfg.input;
         let stream = nats.js.get_stream(&input.stream).await.map_err(|e| {
             anyhow!(
-                "`input.stream` = \"{}\": {e}. Create the stream first, e.g. `eddy streams <pipeline.toml>` or `nats stream add {} --subjects 'txn.>'`",
-                input.stream,
+                "`input.stream` = \"{}\": {e}. Create the streams first: `eddy streams <pipeline.toml>`",
                 input.stream
             )
         })?;

@@ -18,4 +18,5 @@ mod pipeline;
 mod process;
 mod query;
 mod reload;
+mod security;
 mod storage;

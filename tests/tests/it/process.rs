@@ -142,7 +142,7 @@ fn bad_configuration_is_refused_with_the_field_and_the_fix() {
         ),
         (
             spec.toml().replace("fraud_enrich.wasm", "missing.wasm"),
-            vec!["plugin.path", "no plugin file", "build-plugins.sh"],
+            vec!["plugin.path", "no plugin file", "eddy new plugin"],
         ),
         (
             spec.toml()
@@ -351,4 +351,116 @@ async fn half_open_connections_leave_the_host_serving_and_checkpointing() {
     let log = std::fs::read_to_string(dir.path().join("a.log")).expect("log");
     assert!(!log.contains("Too many open files"), "{log}");
     host.stop();
+}
+
+/// `eddy tail` on a payload meant to take over the operator's terminal (clear the screen,
+/// retitle the window, ring the bell, overwrite the line) prints it escaped, one line per
+/// message; `--raw` hands the bytes through for a pipe; `-n` shows the last messages and `-f`
+/// follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_escapes_what_a_payload_would_do_to_the_terminal() {
+    let nats = NatsServer::start().expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    conn.js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HOSTILE".into(),
+            subjects: vec!["hostile.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let payload: &[u8] = b"{\"name\":\"\x1b[2J\x1b]0;pwned\x07\rok\"}\n\xff";
+    conn.js
+        .publish("hostile.one", bytes::Bytes::from_static(payload))
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let tail = |raw: bool| {
+        let mut cmd = Command::new(eddy_bin());
+        cmd.args(["tail", "hostile.>", "--nats", &nats.url()]);
+        if raw {
+            cmd.arg("--raw");
+        }
+        let out = cmd.output().expect("eddy tail");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let shown = String::from_utf8(tail(false)).expect("escaped output is UTF-8");
+    assert_eq!(
+        shown,
+        "hostile.one [] {\"name\":\"\\e[2J\\e]0;pwned\\x07\\rok\"}\\n\\xff\n"
+    );
+    let mut raw = payload.to_vec();
+    raw.push(b'\n');
+    assert_eq!(tail(true), raw);
+
+    // `-n N` shows the last N (of one subject among several), `-f` then follows.
+    for i in 0..6 {
+        for subject in ["hostile.one", "hostile.two"] {
+            conn.js
+                .publish(subject, format!("{subject} {i}").into())
+                .await
+                .expect("publish")
+                .await
+                .expect("stored");
+        }
+    }
+    let out = Command::new(eddy_bin())
+        .args([
+            "tail",
+            "hostile.two",
+            "-n",
+            "2",
+            "--raw",
+            "--nats",
+            &nats.url(),
+        ])
+        .output()
+        .expect("eddy tail -n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hostile.two 4\nhostile.two 5\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut follow = std::process::Command::new(eddy_bin())
+        .args([
+            "tail",
+            "hostile.two",
+            "-n",
+            "1",
+            "-f",
+            "--raw",
+            "--nats",
+            &nats.url(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("eddy tail -f");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        follow.stdout.take().expect("stdout"),
+    ));
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert_eq!(first, "hostile.two 5");
+    conn.js
+        .publish("hostile.two", "arrived later".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(lines.next());
+    });
+    let later = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("followed within 10 s");
+    assert_eq!(later.expect("a line").expect("utf-8"), "arrived later");
+    let _ = follow.kill();
+    let _ = follow.wait();
 }

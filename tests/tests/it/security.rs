@@ -1,0 +1,284 @@
+//! NATS with its security on, as production servers run it: TLS with the server verified
+//! against the operator's certificate authority and a client certificate the server checks,
+//! and users known by nkey. Certificates and keys are made by the test (`rcgen`, `nkeys`);
+//! the servers are real nats-server processes configured for each.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use eddy_host::cli::{produce, tail};
+use eddy_host::config::NatsConfig;
+use eddy_host::transport;
+use eddy_tests::hosts::HostProcess;
+use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, publish_txs, wait_for_len};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// A certificate authority: its certificate (PEM file) and what signs with it.
+struct Authority {
+    pem: PathBuf,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn authority(dir: &Path, name: &str) -> Authority {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} test authority"));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("self-signed");
+    let pem = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&pem, cert.pem()).expect("write");
+    Authority { pem, cert, key }
+}
+
+/// A certificate for `names` signed by `ca`, for `usage`: (certificate file, key file).
+fn issue(
+    dir: &Path,
+    ca: &Authority,
+    file: &str,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> (PathBuf, PathBuf) {
+    let key = KeyPair::generate().expect("key");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.distinguished_name.push(DnType::CommonName, file);
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("signed");
+    let (c, k) = (
+        dir.join(format!("{file}.pem")),
+        dir.join(format!("{file}-key.pem")),
+    );
+    std::fs::write(&c, cert.pem()).expect("write");
+    std::fs::write(&k, key.serialize_pem()).expect("write");
+    (c, k)
+}
+
+fn nats_config(url: &str) -> NatsConfig {
+    NatsConfig {
+        url: url.to_string(),
+        connect_timeout_ms: 3_000,
+        ..Default::default()
+    }
+}
+
+/// Writes `spec` to `path` with TLS in its `[nats]` section: the authority `ca` and the
+/// client certificate and key `client`.
+fn write_tls_pipeline(
+    path: &Path,
+    spec: &PipelineSpec,
+    url: &str,
+    ca: &Path,
+    client: (&Path, &Path),
+) {
+    let toml = spec.toml();
+    let at = format!("url = \"{url}\"");
+    assert!(toml.contains(&at), "the spec writes {at}");
+    let tls = format!(
+        "{at}\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+        ca.display(),
+        client.0.display(),
+        client.1.display()
+    );
+    std::fs::write(path, toml.replace(&at, &tls)).expect("config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_over_tls_with_a_client_certificate_and_a_stranger_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = authority(dir.path(), "eddy");
+    let (server_cert, server_key) = issue(
+        dir.path(),
+        &ca,
+        "server",
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = issue(
+        dir.path(),
+        &ca,
+        "client",
+        &["eddy-host"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let nats = NatsServer::start_with_conf(Some(&format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  timeout: 2\n}}\n",
+        server_cert.display(),
+        server_key.display(),
+        ca.pem.display()
+    )))
+    .expect("nats-server with TLS");
+    let url = nats.url();
+    let trusted = NatsConfig {
+        tls_ca: Some(ca.pem.clone()),
+        tls_cert: Some(client_cert.clone()),
+        tls_key: Some(client_key.clone()),
+        ..nats_config(&url)
+    };
+    let conn = transport::connect(&trusted, "eddy-tests")
+        .await
+        .expect("a client with the authority and a certificate it signed connects");
+
+    // A whole pipeline, the `eddy` binary as operators run it, over TLS.
+    let spec = PipelineSpec::new("fraud", &url, dir.path(), plugin("fraud-enrich"));
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let config = dir.path().join("pipeline.toml");
+    write_tls_pipeline(&config, &spec, &url, &ca.pem, (&client_cert, &client_key));
+    let mut host = HostProcess::spawn("tls", &config, &dir.path().join("tls.log"));
+    let txs = produce::transactions(2_000, 50, 31, 0);
+    publish_txs(&conn.js, &spec.input_subject, &txs).await;
+    let got = wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
+    assert_eq!(
+        got,
+        2_000,
+        "{}",
+        std::fs::read_to_string(dir.path().join("tls.log")).unwrap_or_default()
+    );
+    let outs = tail::read(&conn.js, &spec.output, 2_000, Duration::from_secs(5))
+        .await
+        .expect("outputs");
+    let mut want = eddy_tests::fraud_reference(&txs, 70);
+    let mut have: Vec<serde_json::Value> = outs
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+        .collect();
+    let id = |v: &serde_json::Value| v["id"].as_str().unwrap_or_default().to_string();
+    want.sort_by_key(id);
+    have.sort_by_key(id);
+    assert_eq!(have, want, "outputs over TLS equal the reference");
+    let _ = host.stop();
+    // The I/O commands connect as the pipeline file says (TLS, client certificate).
+    let out = std::process::Command::new(eddy_tests::eddy_bin())
+        .args(["tail", &spec.output, "--count", "3", "--pipeline"])
+        .arg(&config)
+        .output()
+        .expect("eddy tail");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+
+    // A server certificate from another authority is refused at once, with the fix.
+    let stranger = authority(dir.path(), "stranger");
+    let started = Instant::now();
+    let e = transport::connect(
+        &NatsConfig {
+            tls_ca: Some(stranger.pem.clone()),
+            ..trusted.clone()
+        },
+        "eddy-tests",
+    )
+    .await
+    .err()
+    .expect("a server the configured authority did not sign is refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("TLS") && msg.contains("nats.tls_ca"), "{msg}");
+    assert!(
+        e.downcast_ref::<transport::Unreachable>().is_none(),
+        "not worth waiting for: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
+
+    // Without a client certificate the server refuses the client.
+    assert!(
+        transport::connect(
+            &NatsConfig {
+                tls_ca: Some(ca.pem.clone()),
+                ..nats_config(&url)
+            },
+            "eddy-tests",
+        )
+        .await
+        .is_err(),
+        "no client certificate, no connection"
+    );
+
+    // `eddy run` with the wrong authority stops with the reason instead of waiting forever.
+    write_tls_pipeline(
+        &config,
+        &spec,
+        &url,
+        &stranger.pem,
+        (&client_cert, &client_key),
+    );
+    let log = dir.path().join("stranger.log");
+    let mut refused = HostProcess::spawn("stranger", &config, &log);
+    let status = refused.wait_exit_within(Duration::from_secs(30));
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("nats.tls_ca"), "{text}");
+}
+
+/// Connects to `url` as the user whose seed is in `seed_file`.
+async fn connect_as(url: &str, seed_file: &Path) -> anyhow::Result<transport::Nats> {
+    transport::connect(
+        &NatsConfig {
+            nkey_file: Some(seed_file.to_path_buf()),
+            ..nats_config(url)
+        },
+        "eddy-tests",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_known_by_nkey_connects_and_a_wrong_seed_is_refused_with_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_conf(Some(&format!(
+        "authorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n",
+        user.public_key()
+    )))
+    .expect("nats-server with nkey users");
+    let url = nats.url();
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().expect("seed"))).expect("seed");
+    let conn = connect_as(&url, &seed_file)
+        .await
+        .expect("the listed user connects");
+    // JetStream works for it: a stream, a message stored.
+    eddy_tests::create_stream(&conn.js, "NK", &["nk.>"])
+        .await
+        .expect("stream");
+    conn.js
+        .publish("nk.one", "hi".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    // Someone else's seed: refused, said at once, naming the field.
+    let other = dir.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().expect("seed")).expect("seed");
+    let started = Instant::now();
+    let e = connect_as(&url, &other)
+        .await
+        .err()
+        .expect("an unknown user is refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("nats.nkey_file"), "{msg}");
+    assert!(
+        e.downcast_ref::<transport::Unreachable>().is_none(),
+        "{msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
+
+    // A file that holds no seed: named, with how to make one.
+    let junk = dir.path().join("junk.nk");
+    std::fs::write(&junk, "not a seed").expect("junk");
+    let e = connect_as(&url, &junk).await.err().expect("junk refused");
+    assert!(format!("{e:#}").contains("user nkey seed"), "{e:#}");
+}
