@@ -287,6 +287,9 @@ async fn plugin_bucket(
         async_nats::jetstream::object_store::Config {
             bucket: bucket.to_string(),
             description: Some("Eddy plugins, by pipeline".into()),
+            // Replicated like the rest: every partition a host takes reads it, so on one
+            // server it would stop them all when that server goes.
+            num_replicas: crate::transport::replicas(nats),
             ..Default::default()
         },
     )
