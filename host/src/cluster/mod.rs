@@ -146,7 +146,11 @@ pub async fn run(
     );
     let replicas = transport::replicas(&nats);
     let coord = Coordination::open(&nats, &cfg.pipeline.name, &me, lease, replicas).await?;
-    coord.heartbeat().await?;
+    // A bucket another host has just created may not take writes yet: the loop says it is
+    // alive again at its first tick.
+    if let Err(e) = coord.heartbeat().await {
+        tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
+    }
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
 
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
@@ -177,10 +181,13 @@ pub async fn run(
         wait = renew_every;
         if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
             renewed = Some(Instant::now());
-            if let Err(e) = coord.heartbeat().await {
+            let (beat, ()) = tokio::join!(
+                coord.heartbeat(),
+                renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off)
+            );
+            if let Err(e) = beat {
                 tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
             }
-            renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off).await;
         }
         // Runs that ended on their own.
         let ended: Vec<u32> = owned
@@ -194,13 +201,22 @@ pub async fn run(
                 Ok(Ok(s)) => add(&mut summary, &s),
                 Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
                     tracing::warn!(partition = p, "partition stopped: {e:#}");
+                    // The lease may still name this host (its renewal came late, but no
+                    // one took it): give it up, so the partition is free at once to this
+                    // host or another rather than held by a lease nothing runs under until
+                    // the server expires it, if it ever does. Taken by another host, the
+                    // delete at this host's revision does nothing.
+                    coord.release(&o.lease).await;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
                     coord.release(&o.lease).await;
                     cooling.insert(p, Instant::now());
                 }
-                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
+                Err(_) => {
+                    tracing::warn!(partition = p, "partition stopped (lease lost)");
+                    coord.release(&o.lease).await;
+                }
             }
         }
         metrics
@@ -358,7 +374,9 @@ async fn start_partition(
 /// the server: work every host adds to the cluster while it looks this often.
 const MOVING: Duration = Duration::from_millis(500);
 
-/// Renews the lease of every partition running or draining here; a lost one stops its run.
+/// Renews the lease of every partition running or draining here, all at once (one round
+/// trip, however many partitions: a slow renewal of one must not let the others lapse); a
+/// lost one stops its run.
 async fn renew_all(
     coord: &Coordination,
     cluster: &crate::config::ClusterConfig,
@@ -366,31 +384,37 @@ async fn renew_all(
     owned: &mut BTreeMap<u32, Owned>,
     handing_off: &mut BTreeMap<u32, Owned>,
 ) {
-    for (p, o) in owned.iter_mut().chain(handing_off.iter_mut()) {
-        let sent = mono_ms();
-        let started = Instant::now();
-        match coord.renew(&mut o.lease).await {
-            Ok(true) => {
-                metrics
-                    .lease_renewal_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                let margin = cluster.lease_ms / 6;
-                o.deadline_ms
-                    .store(sent + cluster.lease_ms - margin, Ordering::Release);
+    let renewals = owned
+        .iter_mut()
+        .chain(handing_off.iter_mut())
+        .map(|(p, o)| async move {
+            let sent = mono_ms();
+            let started = Instant::now();
+            match coord.renew(&mut o.lease).await {
+                Ok(true) => {
+                    metrics
+                        .lease_renewal_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let margin = cluster.lease_ms / 6;
+                    o.deadline_ms
+                        .store(sent + cluster.lease_ms - margin, Ordering::Release);
+                }
+                Ok(false) => {
+                    tracing::warn!(
+                        partition = p,
+                        "lease lost to another host; stopping the partition"
+                    );
+                    // Its fence fails from now on: the run stops at its next publish or
+                    // commit, acknowledging nothing more.
+                    o.deadline_ms.store(0, Ordering::Release);
+                    let _ = o.stop.send(true);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying")
+                }
             }
-            Ok(false) => {
-                tracing::warn!(
-                    partition = p,
-                    "lease lost to another host; stopping the partition"
-                );
-                // Its fence fails from now on: the run stops at its next publish or
-                // commit, acknowledging nothing more.
-                o.deadline_ms.store(0, Ordering::Release);
-                let _ = o.stop.send(true);
-            }
-            Err(e) => tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying"),
-        }
-    }
+        });
+    futures::future::join_all(renewals).await;
 }
 
 /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is

@@ -314,7 +314,9 @@ async fn a_host_paused_past_its_lease_is_fenced_even_where_the_server_keeps_its_
     );
     assert_eq!(
         stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
-        40_000
+        40_000,
+        "{}",
+        log_tails(dir.path(), &["a", "b"])
     );
     let outs = outputs(&conn.js, 40_000).await;
     assert_exact(&conn, &txs, &outs).await;
