@@ -95,26 +95,29 @@ pub async fn tail(
     follow: bool,
 ) -> anyhow::Result<()> {
     let conn = transport::connect(nats, "eddy-tail").await?;
-    let (messages, next) = tail::last(&conn.js, subject, count).await?;
-    let mut failed = None;
-    let mut print = |m: tail::Stored| {
-        if failed.is_none()
-            && let Err(e) = print_message(&m, raw)
-        {
-            failed = Some(e);
+    let stream = tail::stream_of(&conn.js, subject).await?;
+    let printed = async {
+        let (messages, next) = tail::last(&stream, subject, count).await?;
+        for m in &messages {
+            print_message(m, raw)?;
         }
+        if follow {
+            tail::each(&stream, subject, next, None, None, |m| {
+                Ok(print_message(&m, raw)?)
+            })
+            .await?;
+        }
+        anyhow::Ok(())
     };
-    for m in messages {
-        print(m);
-    }
-    if follow {
-        tail::each(&conn.js, subject, next, None, None, &mut print).await?;
-    }
-    match failed {
-        // A closed pipe (`eddy tail ... | head`) ends the command quietly.
-        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    match printed.await {
+        // A closed pipe (`eddy tail ... | head`) ends the command quietly, following or not.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
     }
 }
 

@@ -31,19 +31,23 @@ pub async fn read(
     max: usize,
     idle: Duration,
 ) -> anyhow::Result<Vec<Stored>> {
+    let stream = stream_of(js, subject).await?;
     let mut out = Vec::new();
-    each(js, subject, 1, Some(max), Some(idle), |m| out.push(m)).await?;
+    each(&stream, subject, 1, Some(max), Some(idle), |m| {
+        out.push(m);
+        Ok(())
+    })
+    .await?;
     Ok(out)
 }
 
-/// The last `n` messages on `subject` (fewer if it has fewer), oldest first, and the stream
-/// sequence to follow on from.
+/// The last `n` messages on `subject` in `stream` (fewer if it has fewer), oldest first, and
+/// the stream sequence to follow on from.
 pub async fn last(
-    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
     subject: &str,
     n: usize,
 ) -> anyhow::Result<(Vec<Stored>, u64)> {
-    let stream = stream_of(js, subject).await?;
     let last_seq = stream.cached_info().state.last_sequence;
     let first_seq = stream.cached_info().state.first_sequence.max(1);
     if n == 0 {
@@ -52,10 +56,10 @@ pub async fn last(
     // The latest start sequence from which at least `n` messages match: the pending count
     // of a consumer starting at `s` falls as `s` grows, so search for it.
     let (mut lo, mut hi) = (first_seq, last_seq.max(first_seq));
-    if pending_from(&stream, subject, lo).await? > n as u64 {
+    if pending_from(stream, subject, lo).await? > n as u64 {
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
-            if pending_from(&stream, subject, mid).await? >= n as u64 {
+            if pending_from(stream, subject, mid).await? >= n as u64 {
                 lo = mid;
             } else {
                 hi = mid - 1;
@@ -64,29 +68,32 @@ pub async fn last(
     }
     let mut out = Vec::new();
     each(
-        js,
+        stream,
         subject,
         lo,
         Some(n),
         Some(Duration::from_secs(2)),
-        |m| out.push(m),
+        |m| {
+            out.push(m);
+            Ok(())
+        },
     )
     .await?;
     let next = out.last().map_or(last_seq + 1, |m| m.sequence + 1);
     Ok((out, next))
 }
 
-/// Calls `f` with each message on `subject` from stream sequence `from`, up to `max` of
-/// them, until none arrives for `idle` (`None`: forever, for `eddy tail -f`).
+/// Calls `f` with each message on `subject` in `stream` from stream sequence `from`, up to
+/// `max` of them, until none arrives for `idle` (`None`: forever, for `eddy tail -f`) or `f`
+/// fails.
 pub async fn each(
-    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
     subject: &str,
     from: u64,
     max: Option<usize>,
     idle: Option<Duration>,
-    mut f: impl FnMut(Stored),
+    mut f: impl FnMut(Stored) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let stream = stream_of(js, subject).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: subject.to_string(),
@@ -109,7 +116,7 @@ pub async fn each(
         match next {
             Some(Ok(m)) => {
                 seen += 1;
-                f(stored(&m));
+                f(stored(&m))?;
             }
             Some(Err(e)) => return Err(e.into()),
             None => break,
@@ -118,7 +125,8 @@ pub async fn each(
     Ok(())
 }
 
-async fn stream_of(
+/// The stream that captures `subject`.
+pub async fn stream_of(
     js: &jetstream::Context,
     subject: &str,
 ) -> anyhow::Result<jetstream::stream::Stream> {

@@ -179,21 +179,18 @@ impl Coordination {
         let _ = self.hosts.delete(&self.me).await;
     }
 
-    async fn host_keys(&self) -> anyhow::Result<Vec<String>> {
-        self.hosts
+    /// Every host's heartbeat: (host, revision, when the server stored it, ns since the
+    /// epoch).
+    async fn heartbeats(&self) -> anyhow::Result<Vec<(String, u64, i128)>> {
+        let keys: Vec<String> = self
+            .hosts
             .keys()
             .await
             .map_err(|e| anyhow!("list hosts: {e}"))?
             .try_collect()
             .await
-            .map_err(|e| anyhow!("list hosts: {e}"))
-    }
-
-    /// The live hosts: those whose heartbeat changed within a lease, as seen from here (a
-    /// host first seen now counts as live until it has been silent for a lease).
-    pub(crate) async fn hosts(&self) -> anyhow::Result<BTreeSet<String>> {
-        let keys = self.host_keys().await?;
-        let mut live = BTreeSet::new();
+            .map_err(|e| anyhow!("list hosts: {e}"))?;
+        let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let entry = self
                 .hosts
@@ -202,31 +199,39 @@ impl Coordination {
                 .map_err(|e| anyhow!("read host {k}: {e}"))?;
             if let Some(e) = entry
                 && e.operation == kv::Operation::Put
-                && (k == self.me
-                    || self.seen.unchanged_for(&format!("h.{k}"), e.revision) < self.lease)
             {
-                live.insert(k);
+                out.push((k, e.revision, e.created.unix_timestamp_nanos()));
             }
         }
-        Ok(live)
+        Ok(out)
+    }
+
+    /// The live hosts: those whose heartbeat changed within a lease, as seen from here (a
+    /// host first seen now counts as live until it has been silent for a lease).
+    pub(crate) async fn hosts(&self) -> anyhow::Result<BTreeSet<String>> {
+        Ok(self
+            .heartbeats()
+            .await?
+            .into_iter()
+            .filter(|(k, revision, _)| {
+                *k == self.me || self.seen.unchanged_for(&format!("h.{k}"), *revision) < self.lease
+            })
+            .map(|(k, _, _)| k)
+            .collect())
     }
 
     /// The hosts whose heartbeat the server stamped within the last `within` by this
     /// machine's clock, for a one-off look (`eddy cluster status`) that cannot watch
     /// revisions change.
     pub(crate) async fn recent_hosts(&self, within: Duration) -> anyhow::Result<BTreeSet<String>> {
-        let keys = self.host_keys().await?;
         let now_ns = crate::checkpoint::now_ms() as i128 * 1_000_000;
-        let mut live = BTreeSet::new();
-        for k in keys {
-            if let Ok(Some(e)) = self.hosts.entry(&k).await
-                && e.operation == kv::Operation::Put
-                && now_ns - e.created.unix_timestamp_nanos() < within.as_nanos() as i128
-            {
-                live.insert(k);
-            }
-        }
-        Ok(live)
+        Ok(self
+            .heartbeats()
+            .await?
+            .into_iter()
+            .filter(|(_, _, stored_ns)| now_ns - stored_ns < within.as_nanos() as i128)
+            .map(|(k, _, _)| k)
+            .collect())
     }
 
     /// Each leased partition's owner.

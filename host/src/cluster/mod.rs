@@ -201,23 +201,19 @@ pub async fn run(
                 Ok(Ok(s)) => add(&mut summary, &s),
                 Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
                     tracing::warn!(partition = p, "partition stopped: {e:#}");
-                    // The lease may still name this host (its renewal came late, but no
-                    // one took it): give it up, so the partition is free at once to this
-                    // host or another rather than held by a lease nothing runs under until
-                    // the server expires it, if it ever does. Taken by another host, the
-                    // delete at this host's revision does nothing.
-                    coord.release(&o.lease).await;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
-                    coord.release(&o.lease).await;
                     cooling.insert(p, Instant::now());
                 }
-                Err(_) => {
-                    tracing::warn!(partition = p, "partition stopped (lease lost)");
-                    coord.release(&o.lease).await;
-                }
+                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
             }
+            // Nothing runs under its lease any more, which may still name this host (a
+            // fenced run's renewal came late but no one took it): give it up, so the
+            // partition is free at once rather than held until the server expires the key,
+            // if it ever does. Taken by another host, the delete at this host's revision does
+            // nothing.
+            coord.release(&o.lease).await;
         }
         metrics
             .partitions_owned

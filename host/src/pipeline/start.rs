@@ -229,7 +229,7 @@ async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Resul
 /// (`None`: the file at `plugin.path`), where it came from, and the remembered deployment
 /// history. A deployed version that was rolled back is not started again: the last good
 /// version is, from the bucket, or else the file. One that was still on probation when the
-/// hosts stopped is not taken as passed: the last version that passed starts, and the reload
+/// hosts stopped is not taken as passed: the last good version starts, and the reload
 /// watcher, seeing the deployed version differ, puts it on probation again.
 pub(super) async fn choose_plugin(
     nats: &Nats,
@@ -245,17 +245,10 @@ pub(super) async fn choose_plugin(
         return Ok((None, file(), history));
     };
     let version = engine::version_of(&wasm);
-    let (good, why) = if let Some(reason) = history.rolled_back(&version) {
-        let good = history.last_good().filter(|v| *v != version);
-        (
-            good,
-            format!("was rolled back ({reason}); deploy a fixed version"),
-        )
+    let why = if let Some(reason) = history.rolled_back(&version) {
+        format!("was rolled back ({reason}); deploy a fixed version")
     } else if history.on_probation(&version) {
-        (
-            history.last_passed_besides(&version),
-            "was on probation when the host stopped; it goes on probation again".to_string(),
-        )
+        "was on probation when the host stopped; it goes on probation again".to_string()
     } else {
         return Ok((
             Some(wasm),
@@ -263,7 +256,7 @@ pub(super) async fn choose_plugin(
             history,
         ));
     };
-    let good = good.map(str::to_string);
+    let good = history.last_good_besides(&version).map(str::to_string);
     let kept = match &good {
         Some(v) => record::component(nats, bucket, pipeline, v).await,
         None => None,

@@ -89,12 +89,14 @@ pub async fn component(
 }
 
 impl History {
+    /// The newest deployment of `version`.
+    fn newest(&self, version: &str) -> Option<&super::Deployment> {
+        self.deployments.iter().rev().find(|d| d.version == version)
+    }
+
     /// Why `version` was rolled back, if it was (its newest deployment says so).
     pub fn rolled_back(&self, version: &str) -> Option<String> {
-        self.deployments
-            .iter()
-            .rev()
-            .find(|d| d.version == version)
+        self.newest(version)
             .filter(|d| d.status == DeployStatus::RolledBack)
             .map(|d| d.reason.clone().unwrap_or_default())
     }
@@ -102,36 +104,22 @@ impl History {
     /// Whether the newest deployment of `version` is still on probation (its host stopped
     /// before probation ended).
     pub fn on_probation(&self, version: &str) -> bool {
-        self.deployments
-            .iter()
-            .rev()
-            .find(|d| d.version == version)
+        self.newest(version)
             .is_some_and(|d| d.status == DeployStatus::Probation)
     }
 
-    /// The newest version other than `version` that passed probation (live, or replaced
-    /// since).
-    pub fn last_passed_besides(&self, version: &str) -> Option<&str> {
+    /// The newest version other than `version` that ran without failing (live, replaced
+    /// since, or on probation when the host stopped).
+    pub fn last_good_besides(&self, version: &str) -> Option<&str> {
         self.deployments
             .iter()
             .rev()
             .find(|d| {
                 d.version != version
-                    && matches!(d.status, DeployStatus::Live | DeployStatus::Superseded)
-            })
-            .map(|d| d.version.as_str())
-    }
-
-    /// The version that ran last without failing (live, or on probation when the host stopped).
-    pub fn last_good(&self) -> Option<&str> {
-        self.deployments
-            .iter()
-            .rev()
-            .find(|d| {
-                matches!(
-                    d.status,
-                    DeployStatus::Live | DeployStatus::Probation | DeployStatus::Superseded
-                )
+                    && matches!(
+                        d.status,
+                        DeployStatus::Live | DeployStatus::Probation | DeployStatus::Superseded
+                    )
             })
             .map(|d| d.version.as_str())
     }
