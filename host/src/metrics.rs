@@ -89,6 +89,8 @@ pub struct Metrics {
     pub dead_lettered: [AtomicU64; DeadLetterReason::COUNT],
     /// Events skipped because the state already reflected them (redeliveries).
     pub skipped_replays: AtomicU64,
+    /// Times the keyed input was opened again because deliveries went missing.
+    pub input_reopens: AtomicU64,
     /// Publish attempts that failed and were retried.
     pub publish_retries: AtomicU64,
     /// Messages that cannot be stored for now for a reason only an operator can fix (no
@@ -218,6 +220,7 @@ impl Metrics {
             dropped: AtomicU64::new(0),
             dead_lettered: Default::default(),
             skipped_replays: AtomicU64::new(0),
+            input_reopens: AtomicU64::new(0),
             publish_retries: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             partitions_owned: AtomicU64::new(0),
@@ -273,7 +276,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let l = format!("pipeline=\"{}\"", self.pipeline);
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "eddy_events_in_total",
                 "Events read from the input.",
@@ -293,6 +296,11 @@ impl Metrics {
                 "eddy_replays_skipped_total",
                 "Redelivered events already reflected in state.",
                 &self.skipped_replays,
+            ),
+            (
+                "eddy_input_reopens_total",
+                "Times the keyed input was read again from the last event passed on, because deliveries of its consumer did not arrive.",
+                &self.input_reopens,
             ),
             (
                 "eddy_publish_retries_total",

@@ -1,5 +1,11 @@
 //! The keyed input's reader task: reads batches from JetStream, skips redeliveries and events
 //! the restored checkpoint already holds, and extracts keys, off the run loop.
+//!
+//! It also makes sure nothing is skipped: the input is acknowledged "all up to" each
+//! checkpoint, so a delivery that never arrived here (lost with a failing NATS server, or
+//! pulled by a run that no longer owns the partition) would be acknowledged unread. Every
+//! delivery carries the consumer's delivery count; a jump in it means some went elsewhere,
+//! and the reader opens the consumer again just after the last event it passed on.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,10 +14,10 @@ use std::sync::atomic::Ordering;
 use async_nats::jetstream;
 use tokio::sync::mpsc;
 
-use super::KEYED;
 use super::keys;
 use super::route::{Source, headers_to_wit};
 use super::window::{Arrival, Body};
+use super::{Fence, KEYED};
 use crate::config::PipelineConfig;
 use crate::engine::Event;
 use crate::metrics::Metrics;
@@ -26,23 +32,41 @@ pub(super) async fn read_input(
     resume_after: u64,
     skip: BTreeSet<u64>,
     metrics: Arc<Metrics>,
+    fence: Option<Arc<dyn Fence>>,
 ) {
     let mut max_seen = resume_after;
+    // The consumer's delivery count of the last delivery read (a fresh consumer starts at 1).
+    let mut delivered = 0;
     let source_name: Arc<str> = KEYED.into();
     let key_of = keys::KeyExtractor::new(&cfg.input.key);
     while let Some(batch) = input.next_batch(cfg.input.batch).await {
+        // A run that may have lost its partition reads nothing more: its pulls would take
+        // deliveries from the new owner's consumer, which has the same name.
+        if let Some(why) = fence.as_ref().and_then(|f| f.check().err()) {
+            tracing::warn!("input: stopped reading ({why})");
+            break;
+        }
         let mut arrivals = Vec::with_capacity(batch.len());
+        let mut gap = None;
         for msg in batch {
-            let (seq, stored_ns) = match msg.info() {
+            let (seq, stored_ns, count) = match msg.info() {
                 Ok(info) => (
                     info.stream_sequence,
                     info.published.unix_timestamp_nanos() as u64,
+                    info.consumer_sequence,
                 ),
                 Err(e) => {
                     tracing::warn!("input message without JetStream metadata ({e}); skipped");
                     continue;
                 }
             };
+            if count > delivered + 1 {
+                gap = Some((delivered + 1, count - 1));
+                break;
+            }
+            // A count that goes back (a new consumer leader resuming from its replicated
+            // state) delivers again what was read: the sequence check below skips it.
+            delivered = count;
             if seq <= max_seen {
                 // Delivered again (an ack wait expired): it is in the window or done.
                 metrics.skipped_replays.fetch_add(1, Ordering::Relaxed);
@@ -88,6 +112,37 @@ pub(super) async fn read_input(
         }
         if !arrivals.is_empty() && tx.send(arrivals).await.is_err() {
             break;
+        }
+        if let Some((from, to)) = gap {
+            metrics.input_reopens.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                consumer = input.consumer(),
+                "input: deliveries {from}..={to} of the consumer did not arrive here (lost with a failing NATS server, or pulled by a host that no longer owns the input); reading again after stream sequence {max_seen}"
+            );
+            if !reopen(&mut input, max_seen, fence.as_deref()).await {
+                break;
+            }
+            delivered = 0;
+        }
+    }
+}
+
+/// Opens the consumer again after `after`, retrying while NATS is unavailable; false when
+/// this run may no longer own the input (it must not touch the consumer then).
+async fn reopen(input: &mut Input, after: u64, fence: Option<&dyn Fence>) -> bool {
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        if let Some(why) = fence.and_then(|f| f.check().err()) {
+            tracing::warn!("input: stopped reading ({why})");
+            return false;
+        }
+        match input.reopen(after).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!("input: {e:#}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
         }
     }
 }

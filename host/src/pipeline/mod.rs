@@ -263,6 +263,7 @@ pub async fn run(
         resume_after,
         skip.clone(),
         metrics.clone(),
+        opts.fence.clone(),
     ));
     let capacity = if lookups.is_some() {
         cfg.lookups.capacity

@@ -294,6 +294,10 @@ pub async fn check_captured(nats: &Nats, subject: &str, field: &str) -> anyhow::
 /// The keyed input: a durable pull consumer with explicit "ack all" acknowledgement.
 pub struct Input {
     messages: consumer::pull::Stream,
+    /// The stream and the consumer's settings, to open it again at a given position.
+    stream: jetstream::stream::Stream,
+    config: consumer::pull::Config,
+    batch: usize,
     /// The input's name in state positions: `keyed:<stream>/<consumer>`.
     pub position_key: String,
     /// Asks the stream what this input has not delivered yet.
@@ -370,40 +374,39 @@ impl Input {
                 input.stream
             )
         })?;
-        let name = cfg.consumer_name().to_string();
-        if stream.consumer_info(&name).await.is_ok() {
-            stream.delete_consumer(&name).await.with_context(|| {
-                format!("cannot reset consumer `{name}` on stream {}", input.stream)
-            })?;
-        }
         let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
+            durable_name: Some(cfg.consumer_name().to_string()),
             filter_subjects: input.subjects.clone(),
             // One ack per checkpoint acknowledges everything before it: never one per message.
             ack_policy: consumer::AckPolicy::All,
             // Acks come at checkpoints; a redelivery before then is skipped anyway.
             ack_wait: Duration::from_secs(600),
             max_ack_pending: input.max_pending,
-            deliver_policy: deliver_after(resume_after),
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer =
-            stream.create_consumer(config).await.with_context(|| {
-                format!("cannot create consumer `{name}` on stream {}", input.stream)
-            })?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(input.batch.max(64))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .with_context(|| format!("cannot start pulling from consumer `{name}`"))?;
+        let batch = input.batch.max(64);
+        let messages = start_consumer(&stream, &config, batch, resume_after).await?;
         Ok(Input {
             messages,
+            stream: stream.clone(),
+            config,
+            batch,
             position_key: Input::position_key(cfg),
             backlog: Backlog::new(stream, &input.subjects, &input.stream),
         })
+    }
+
+    /// Opens the consumer again just after stream sequence `after`: what was delivered
+    /// beyond it and not read here (lost with a failing server, or taken by a reader that no
+    /// longer owns the input) is delivered again.
+    pub async fn reopen(&mut self, after: u64) -> anyhow::Result<()> {
+        self.messages = start_consumer(&self.stream, &self.config, self.batch, after).await?;
+        Ok(())
+    }
+
+    /// The durable consumer's name.
+    pub fn consumer(&self) -> &str {
+        self.config.durable_name.as_deref().unwrap_or_default()
     }
 
     /// The name of this input in checkpoint positions: `keyed:<stream>/<consumer>`.
@@ -417,6 +420,40 @@ impl Input {
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
         next_batch(&mut self.messages, max).await
     }
+}
+
+/// (Re)creates the durable consumer `config` names, positioned just after `after`, and
+/// starts pulling from it.
+async fn start_consumer(
+    stream: &jetstream::stream::Stream,
+    config: &consumer::pull::Config,
+    batch: usize,
+    after: u64,
+) -> anyhow::Result<consumer::pull::Stream> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let stream_name = stream.cached_info().config.name.clone();
+    if stream.consumer_info(&name).await.is_ok() {
+        stream
+            .delete_consumer(&name)
+            .await
+            .with_context(|| format!("cannot reset consumer `{name}` on stream {stream_name}"))?;
+    }
+    let config = consumer::pull::Config {
+        deliver_policy: deliver_after(after),
+        ..config.clone()
+    };
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(config)
+        .await
+        .with_context(|| format!("cannot create consumer `{name}` on stream {stream_name}"))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .with_context(|| format!("cannot start pulling from consumer `{name}`"))
 }
 
 fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {

@@ -1,7 +1,8 @@
 //! Nothing acknowledged that is not stored somewhere: an output too large for the server
 //! becomes a dead letter of kind `too-large` (without its payload when even that is too
 //! large), and dead letters that no stream captures wait, with their input unacknowledged,
-//! until an operator creates the stream.
+//! until an operator creates the stream; deliveries of the input's consumer that another
+//! reader took are read again, never acknowledged unread.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,11 +13,22 @@ use eddy_tests::{
     Fixture, NatsServer, PipelineSpec, Running, create_stream, create_streams, eventually, plugin,
     stream_len, wait_for_len,
 };
+use futures::StreamExt;
 
 fn chaos_spec(nats_url: &str, dir: &std::path::Path) -> PipelineSpec {
     let mut spec = PipelineSpec::new("chaos", nats_url, dir, plugin("chaos"));
     spec.key = r#"{ json = "/k" }"#.into();
     spec
+}
+
+/// The chaos pipeline on a server of its own, checkpointing every 100 ms.
+async fn chaos_fixture() -> Fixture {
+    Fixture::start_with(|url, dir| {
+        let mut spec = chaos_spec(url, dir);
+        spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
+        spec
+    })
+    .await
 }
 
 async fn publish(js: &async_nats::jetstream::Context, payloads: &[String]) {
@@ -98,18 +110,9 @@ async fn an_output_too_large_for_the_server_is_dead_lettered_not_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_wait_for_a_missing_stream_and_their_input_stays_unacknowledged() {
-    let Fixture {
-        nats: _nats,
-        dir: _dir,
-        spec,
-        conn,
-    } = Fixture::start_with(|url, dir| {
-        let mut spec = chaos_spec(url, dir);
-        spec.extra = "[checkpoint]\ninterval_ms = 100\n".into();
-        spec
-    })
-    .await;
-    let run = Running::start(&spec);
+    let fx = chaos_fixture().await;
+    let (spec, conn) = (&fx.spec, &fx.conn);
+    let run = Running::start(spec);
     publish(&conn.js, &[r#"{"action":"ok","k":"a"}"#.to_string()]).await;
     wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(30)).await;
 
@@ -147,5 +150,70 @@ async fn dead_letters_wait_for_a_missing_stream_and_their_input_stays_unacknowle
         "each once"
     );
     assert_eq!(summary.dead_lettered, 3);
+    assert_eq!(unacknowledged(&conn.js).await, 0);
+}
+
+/// The input is acknowledged "all up to" each checkpoint: a delivery that went to another
+/// reader of the same consumer (a host that lost the partition while paused, or a delivery
+/// lost with a failing server) must be read again, not acknowledged unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_another_reader_took_are_read_again_not_acknowledged_unread() {
+    let fx = chaos_fixture().await;
+    let (spec, conn) = (&fx.spec, &fx.conn);
+    let event = |i: u32| format!(r#"{{"action":"ok","k":"k{i}"}}"#);
+    let run = Running::start(spec);
+    publish(&conn.js, &[event(0)]).await;
+    wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(30)).await;
+
+    // A stranger pulls from the pipeline's consumer while a burst arrives, and never acks.
+    let stream = conn.js.get_stream("TXN").await.expect("stream");
+    let stranger: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("chaos").await.expect("consumer");
+    let mut taken = stranger
+        .fetch()
+        .max_messages(5)
+        .expires(Duration::from_secs(20))
+        .messages()
+        .await
+        .expect("fetch");
+    let burst: Vec<String> = (1..=2_000).map(event).collect();
+    let js = conn.js.clone();
+    let publisher = tokio::spawn(async move { publish(&js, &burst).await });
+    let mut stolen = Vec::new();
+    while let Some(m) = taken.next().await {
+        stolen.push(m.expect("delivery").info().expect("info").stream_sequence);
+    }
+    publisher.await.expect("publisher");
+    assert!(
+        !stolen.is_empty(),
+        "the stranger got none of the burst: the test proves nothing"
+    );
+
+    wait_for_len(&conn.js, "OUT", 2_001, Duration::from_secs(60)).await;
+    // Past a few checkpoints: nothing more arrives, and nothing is missing.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let outs = tail::read(&conn.js, "txn.out", 3_000, Duration::from_secs(2))
+        .await
+        .expect("outputs");
+    let keys: Vec<String> = outs
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+            v["k"].as_str().expect("k").to_string()
+        })
+        .collect();
+    let got: std::collections::BTreeSet<&String> = keys.iter().collect();
+    let missing: Vec<String> = (0..=2_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| !got.contains(k))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "events without output: {missing:?} (the stranger took stream sequences {stolen:?})"
+    );
+    assert_eq!(keys.len(), 2_001, "each event once");
+    assert!(run.metrics.input_reopens.load(Ordering::Relaxed) >= 1);
+    let summary = run.stop().await;
+    assert_eq!(summary.outputs, 2_001);
     assert_eq!(unacknowledged(&conn.js).await, 0);
 }

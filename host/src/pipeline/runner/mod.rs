@@ -117,7 +117,12 @@ impl Runner {
                 }
                 arrivals = self.input_rx.recv(), if self.window.has_room() => match arrivals {
                     Some(arrivals) => self.admit(arrivals).await?,
-                    None => anyhow::bail!("the keyed input ended"),
+                    // The reader stops by itself only once this run may have lost its
+                    // partition (or when NATS closed the input for good).
+                    None => match self.fence.as_ref().and_then(|f| f.check().err()) {
+                        Some(why) => return Err(anyhow::Error::new(Fenced(why))),
+                        None => anyhow::bail!("the keyed input ended"),
+                    },
                 },
                 _ = tick.tick() => {
                     self.idle_broadcasts().await;
