@@ -1,14 +1,24 @@
 //! `eddy test`: runs a plugin on events from a file, with state in a temporary directory, and
 //! prints what it does: a local harness for plugin authors, no NATS needed.
 //!
-//! Input: JSON Lines. Each line is an event payload (its key found with `--key`, a JSON
-//! pointer), or, with `--envelope`, an object `{"key": "...", "payload": <JSON or text>,
+//! Input: JSON Lines. Each line is an event payload, its key found where the pipeline's
+//! `input.key` says (`--key` for a JSON pointer; else the `pipeline.toml` beside, else
+//! `/key`), or, with `--envelope`, an object `{"key": "...", "payload": <JSON or text>,
 //! "subject": "...", "headers": [["name", "value"]], "broadcast": "<input name>"}` (with
-//! `broadcast`, the line is a broadcast event). Output: one JSON line per event:
-//! `{"seq": 1, "outcome": "emit", "outputs": [{"subject": null, "headers": [...], "payload":
-//! ...}]}`, `{"seq": 2, "outcome": "drop"}`, `{"seq": 3, "outcome": "reject", "reason": "..."}`,
-//! `{"seq": 4, "outcome": "failed", "kind": "trap", "reason": "..."}`; with `--dump-state`, then
-//! every state entry, decoded like the query service shows them.
+//! `broadcast`, the line is a broadcast event; without `key`, the key is found in the
+//! envelope's subject, headers or payload as `eddy run` would).
+//!
+//! Output: one JSON line per event: `{"seq": 1, "outcome": "emit", "outputs": [{"subject":
+//! null, "headers": [...], "payload": ...}]}`, `{"seq": 2, "outcome": "drop"}`, `{"seq": 3,
+//! "outcome": "reject", "reason": "..."}`, `{"seq": 4, "outcome": "failed", "kind": "trap",
+//! "reason": "..."}`; with `--dump-state`, then every state entry, decoded like the query
+//! service shows them. A line `eddy run` would dead-letter before the plugin sees it (not
+//! JSON, no key) is the outcome `failed` of kind `key` with the same reason, and the lines
+//! after it run as usual.
+//!
+//! With `--expect expected.jsonl`, the lines are compared with the file's instead of printed:
+//! an expected object matches when every field it names is equal (fields it leaves out, such
+//! as headers, are not compared); the command fails with each difference shown.
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -16,9 +26,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use crate::config::KeySource;
 use crate::engine::Worker;
 use crate::engine::{BroadcastEvent, Engine, Event, InstanceContext, Limits, Outcome};
 use crate::metrics::Metrics;
+use crate::pipeline::keys::KeyExtractor;
 use crate::state::layout::{PREFIX_LEN, decode_list, decode_value};
 use crate::state::{StateKind, StateStore, SystemClock};
 
@@ -27,8 +39,8 @@ use crate::state::{StateKind, StateStore, SystemClock};
 pub struct HarnessOptions {
     /// CPU budget per event, ms (`limits.cpu_ms_per_event`).
     pub cpu_ms_per_event: u64,
-    /// JSON pointer to the key in each payload (ignored with `envelope`).
-    pub key: String,
+    /// Where each event's key is (an envelope's `key` field comes first).
+    pub key: KeySource,
     /// Lines are envelopes.
     pub envelope: bool,
     /// The plugin config (JSON).
@@ -37,35 +49,68 @@ pub struct HarnessOptions {
     pub batch: usize,
     /// Print every state entry at the end.
     pub dump_state: bool,
+    /// Compare the lines with this file's instead of printing them.
+    pub expect: Option<std::path::PathBuf>,
+}
+
+/// Where `eddy test` finds keys when `--key` is not given: the `input.key` of the pipeline
+/// file, if there is one, else the JSON pointer `/key`.
+pub fn key_source(key: Option<String>, pipeline: &Path) -> anyhow::Result<KeySource> {
+    if let Some(pointer) = key {
+        return Ok(KeySource::Json(pointer));
+    }
+    if !pipeline.exists() {
+        return Ok(KeySource::Json("/key".into()));
+    }
+    #[derive(serde::Deserialize)]
+    struct File {
+        input: Input,
+    }
+    #[derive(serde::Deserialize)]
+    struct Input {
+        key: KeySource,
+    }
+    let text = std::fs::read_to_string(pipeline)
+        .with_context(|| format!("cannot read {}", pipeline.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: no usable `input.key` ({}); give the key's JSON pointer with --key",
+            pipeline.display(),
+            e.message()
+        )
+    })?;
+    Ok(file.input.key)
 }
 
 enum Line {
     Keyed(Event),
     Broadcast(BroadcastEvent),
+    /// What `eddy run` dead-letters as kind `key`, with its reason.
+    NoKey(String),
 }
 
-fn parse_line(n: u64, line: &str, opts: &HarnessOptions) -> anyhow::Result<Line> {
-    let v: serde_json::Value =
-        serde_json::from_str(line).with_context(|| format!("line {n} is not JSON"))?;
+fn parse_line(n: u64, line: &str, opts: &HarnessOptions, key_of: &KeyExtractor) -> Line {
+    if !opts.envelope {
+        return match key_of.extract("test.in", None, line.as_bytes()) {
+            Ok(key) => Line::Keyed(Event {
+                key,
+                subject: "test.in".into(),
+                headers: Vec::new(),
+                payload: line.as_bytes().to_vec(),
+                timestamp_ms: n,
+                sequence: n,
+            }),
+            Err(reason) => Line::NoKey(reason),
+        };
+    }
+    let v: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return Line::NoKey(format!("line {n} is not a JSON envelope ({e})")),
+    };
     let bytes = |p: &serde_json::Value| match p {
         serde_json::Value::String(s) => s.as_bytes().to_vec(),
         other => other.to_string().into_bytes(),
     };
-    if !opts.envelope {
-        let key = match v.pointer(&opts.key) {
-            Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
-            Some(other) if !other.is_null() => other.to_string().into_bytes(),
-            _ => bail!("line {n} has no key at `{}` (--key)", opts.key),
-        };
-        return Ok(Line::Keyed(Event {
-            key,
-            subject: "test.in".into(),
-            headers: Vec::new(),
-            payload: line.as_bytes().to_vec(),
-            timestamp_ms: n,
-            sequence: n,
-        }));
-    }
     let payload = bytes(v.get("payload").unwrap_or(&serde_json::Value::Null));
     let subject = v["subject"].as_str().unwrap_or("test.in").to_string();
     let headers: Vec<(String, String)> = v["headers"]
@@ -77,26 +122,36 @@ fn parse_line(n: u64, line: &str, opts: &HarnessOptions) -> anyhow::Result<Line>
         })
         .unwrap_or_default();
     if let Some(input) = v["broadcast"].as_str() {
-        return Ok(Line::Broadcast(BroadcastEvent {
+        return Line::Broadcast(BroadcastEvent {
             input: input.to_string(),
             subject,
             headers,
             payload,
             timestamp_ms: n,
             sequence: n,
-        }));
+        });
     }
-    let key = v["key"]
-        .as_str()
-        .with_context(|| format!("line {n}: an envelope needs a string \"key\""))?;
-    Ok(Line::Keyed(Event {
-        key: key.as_bytes().to_vec(),
+    let key = match v["key"].as_str() {
+        Some(k) => k.as_bytes().to_vec(),
+        None => {
+            let mut map = async_nats::HeaderMap::new();
+            for (k, v) in &headers {
+                map.append(k.as_str(), v.as_str());
+            }
+            match key_of.extract(&subject, Some(&map), &payload) {
+                Ok(k) => k,
+                Err(reason) => return Line::NoKey(reason),
+            }
+        }
+    };
+    Line::Keyed(Event {
+        key,
         subject,
         headers,
         payload,
         timestamp_ms: n,
         sequence: n,
-    }))
+    })
 }
 
 fn show_payload(p: &[u8]) -> serde_json::Value {
@@ -137,6 +192,7 @@ pub fn run(
                 .with_context(|| format!("cannot read {}", events.display()))?,
         ))
     };
+    let key_of = KeyExtractor::new(&opts.key);
     let mut pending: Vec<Event> = Vec::new();
     let mut n = 0u64;
     let flush = |worker: &mut Worker,
@@ -179,7 +235,14 @@ pub fn run(
             continue;
         }
         n += 1;
-        match parse_line(n, &line, opts)? {
+        match parse_line(n, &line, opts, &key_of) {
+            Line::NoKey(reason) => {
+                flush(&mut worker, &mut pending, out)?;
+                let line = serde_json::json!({
+                    "seq": n, "outcome": "failed", "kind": "key", "reason": reason,
+                });
+                writeln!(out, "{line}")?;
+            }
             Line::Keyed(e) => {
                 pending.push(e);
                 if pending.len() >= opts.batch.max(1) {
@@ -279,16 +342,147 @@ pub fn dump(state: &StateStore) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
-/// `eddy test`: runs the harness on a blocking thread, printing to stdout.
+/// `eddy test`: runs the harness on a blocking thread, printing to stdout, or comparing with
+/// `--expect`'s file.
 pub async fn command(
     plugin: std::path::PathBuf,
     events: std::path::PathBuf,
     opts: HarnessOptions,
 ) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
-        run(&plugin, &events, &opts, &mut out)
+        let Some(expected) = &opts.expect else {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            return run(&plugin, &events, &opts, &mut out);
+        };
+        let want = std::fs::read_to_string(expected)
+            .with_context(|| format!("cannot read {}", expected.display()))?;
+        let mut got = Vec::new();
+        run(&plugin, &events, &opts, &mut got)?;
+        let report = compare(&String::from_utf8_lossy(&got), &want, expected)?;
+        println!("{report}");
+        Ok(())
     })
     .await?
+}
+
+/// Compares the harness's lines with the expected ones: `Ok(summary)` when every line
+/// matches, else an error listing the differences (the first 10).
+pub fn compare(got: &str, want: &str, expected: &Path) -> anyhow::Result<String> {
+    let parse = |text: &str, what: &str| -> anyhow::Result<Vec<(usize, serde_json::Value)>> {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map(|v| (i + 1, v))
+                    .with_context(|| format!("{what} line {} is not JSON", i + 1))
+            })
+            .collect()
+    };
+    let got = parse(got, "output")?;
+    let want = parse(want, &expected.display().to_string())?;
+    let mut diffs = Vec::new();
+    for i in 0..got.len().max(want.len()) {
+        match (want.get(i), got.get(i)) {
+            (Some((line, w)), Some((_, g))) if !matches(w, g) => diffs.push(format!(
+                "line {line} of {}:\n  expected: {w}\n  got:      {g}",
+                expected.display()
+            )),
+            (Some((line, w)), None) => diffs.push(format!(
+                "line {line} of {}: expected {w}, but the run has no more lines",
+                expected.display()
+            )),
+            (None, Some((_, g))) => {
+                diffs.push(format!("an extra line, not in {}: {g}", expected.display()))
+            }
+            _ => {}
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(format!(
+            "ok: {} lines as {} expects",
+            got.len(),
+            expected.display()
+        ));
+    }
+    let shown = diffs.len().min(10);
+    bail!(
+        "{} of {} lines differ from {}:\n{}{}\n(run without --expect to see every line)",
+        diffs.len(),
+        got.len().max(want.len()),
+        expected.display(),
+        diffs[..shown].join("\n"),
+        if diffs.len() > shown {
+            format!("\n… and {} more", diffs.len() - shown)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Whether `got` matches `want`: objects field by field for the fields `want` names; anything
+/// else by equality.
+fn matches(want: &serde_json::Value, got: &serde_json::Value) -> bool {
+    match (want, got) {
+        (serde_json::Value::Object(w), serde_json::Value::Object(g)) => w
+            .iter()
+            .all(|(k, wv)| g.get(k).is_some_and(|gv| matches(wv, gv))),
+        (serde_json::Value::Array(w), serde_json::Value::Array(g)) => {
+            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| matches(a, b))
+        }
+        _ => want == got,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_lines_match_on_the_fields_they_name() {
+        let got = r#"{"seq":1,"outcome":"emit","outputs":[{"headers":[["a","b"]],"payload":{"x":1}}]}
+{"seq":2,"outcome":"failed","kind":"key","reason":"no key"}"#;
+        let path = Path::new("expected.jsonl");
+        let want = r#"{"seq":1,"outputs":[{"payload":{"x":1}}]}
+{"seq":2,"outcome":"failed","kind":"key"}"#;
+        assert_eq!(
+            compare(got, want, path).expect("matches"),
+            "ok: 2 lines as expected.jsonl expects"
+        );
+        let wrong = r#"{"seq":1,"outputs":[{"payload":{"x":2}}]}"#;
+        let e = compare(got, wrong, path).expect_err("differs").to_string();
+        assert!(e.starts_with("2 of 2 lines differ"), "{e}");
+        assert!(
+            e.contains(r#"expected: {"outputs":[{"payload":{"x":2}}],"seq":1}"#),
+            "{e}"
+        );
+        assert!(e.contains("an extra line, not in expected.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn the_key_comes_from_the_flag_then_the_pipeline_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pipeline.toml");
+        assert_eq!(
+            key_source(None, &file).expect("default"),
+            KeySource::Json("/key".into())
+        );
+        std::fs::write(
+            &file,
+            "[pipeline]\nname = \"x\"\n[input]\nkey = { json = \"/customer\" }\n",
+        )
+        .expect("write");
+        assert_eq!(
+            key_source(None, &file).expect("from file"),
+            KeySource::Json("/customer".into())
+        );
+        assert_eq!(
+            key_source(Some("/k".into()), &file).expect("flag"),
+            KeySource::Json("/k".into())
+        );
+        std::fs::write(&file, "[input]\nkey = 3\n").expect("write");
+        let e = key_source(None, &file).expect_err("bad").to_string();
+        assert!(e.contains("give the key's JSON pointer with --key"), "{e}");
+    }
 }

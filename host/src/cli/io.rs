@@ -84,6 +84,38 @@ pub async fn publish(nats: &NatsConfig, subject: &str, payload: String) -> anyho
     Ok(())
 }
 
+/// `eddy publish --file`: publishes each non-empty line of `file` (`-`: standard input) to
+/// `subject`, in order, every one stored before it returns.
+pub async fn publish_file(nats: &NatsConfig, subject: &str, file: &Path) -> anyhow::Result<()> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let lines: Vec<(String, Bytes)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| (subject.to_string(), Bytes::from(l.to_string())))
+        .collect();
+    if lines.is_empty() {
+        anyhow::bail!("{}: no lines to publish", file.display());
+    }
+    let conn = transport::connect(nats, "eddy-publish").await?;
+    let stream = tail::stream_of(&conn.js, subject)
+        .await
+        .with_context(|| format!("{subject} would not be stored"))?;
+    let n = lines.len();
+    let rate = produce::publish_each(&conn.js, lines)
+        .await
+        .with_context(|| format!("publishing {} to {subject}", file.display()))?;
+    println!(
+        "stored {n} messages from {} in {} ({rate:.0}/s)",
+        file.display(),
+        stream.cached_info().config.name
+    );
+    Ok(())
+}
+
 /// `eddy tail`: prints the last `count` messages stored on `subject`, one line each with
 /// control characters escaped (with `raw`, the payloads alone, byte for byte, one per line,
 /// for piping); with `follow`, then each new one as it is stored, until interrupted.

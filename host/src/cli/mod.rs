@@ -135,9 +135,17 @@ pub enum Command {
         plugin: PathBuf,
         /// The events.
         events: PathBuf,
-        /// JSON pointer to each event's key in its payload.
-        #[arg(long, default_value = "/key")]
-        key: String,
+        /// JSON pointer to each event's key in its payload [default: the pipeline file's
+        /// `input.key`, else /key].
+        #[arg(long)]
+        key: Option<String>,
+        /// The pipeline file whose `input.key` says where keys are (when there is one).
+        #[arg(short = 'p', long = "pipeline", default_value = "pipeline.toml")]
+        pipeline: PathBuf,
+        /// Compare the outcomes (and state, with --dump-state) with this JSON Lines file;
+        /// fail with the differences.
+        #[arg(long)]
+        expect: Option<PathBuf>,
         /// Lines are envelopes: {"key", "payload", "subject", "headers", "broadcast"}.
         #[arg(long)]
         envelope: bool,
@@ -166,7 +174,12 @@ pub enum Command {
         /// Subject.
         subject: String,
         /// Payload (text, usually JSON).
-        payload: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        payload: Option<String>,
+        /// Publish each line of this file (`-`: standard input) as a message, in order: a
+        /// JSON Lines file of events.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Where NATS is.
         #[command(flatten)]
         nats: io::NatsArgs,
@@ -377,14 +390,17 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             batch,
             dump_state,
             cpu_ms_per_event,
+            pipeline,
+            expect,
         } => {
             let opts = harness::HarnessOptions {
                 cpu_ms_per_event,
-                key,
+                key: harness::key_source(key, &pipeline)?,
                 envelope,
                 config,
                 batch,
                 dump_state,
+                expect,
             };
             harness::command(plugin, events, opts).await
         }
@@ -394,8 +410,13 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Publish {
             subject,
             payload,
+            file,
             nats,
-        } => io::publish(&nats.config()?, &subject, payload).await,
+        } => match (payload, file) {
+            (Some(payload), _) => io::publish(&nats.config()?, &subject, payload).await,
+            (None, Some(file)) => io::publish_file(&nats.config()?, &subject, &file).await,
+            (None, None) => anyhow::bail!("give a payload, or --file with one per line"),
+        },
         Command::Tail {
             subject,
             count,

@@ -23,17 +23,33 @@ use crate::engine::Event;
 use crate::metrics::Metrics;
 use crate::transport::Input;
 
+/// What the reader needs besides its input and where it sends batches.
+pub(super) struct Reader {
+    pub(super) cfg: Arc<PipelineConfig>,
+    pub(super) key_groups: u32,
+    /// The input position the restored checkpoint reflects.
+    pub(super) resume_after: u64,
+    /// Events after it the checkpoint already holds.
+    pub(super) skip: BTreeSet<u64>,
+    pub(super) metrics: Arc<Metrics>,
+    /// The lease the run holds, if any (cluster mode).
+    pub(super) fence: Option<Arc<dyn Fence>>,
+}
+
 /// Reads keyed batches, skips what is already done, extracts keys: off the run loop.
 pub(super) async fn read_input(
     mut input: Input,
     tx: mpsc::Sender<Vec<(jetstream::Message, Arrival)>>,
-    cfg: Arc<PipelineConfig>,
-    key_groups: u32,
-    resume_after: u64,
-    skip: BTreeSet<u64>,
-    metrics: Arc<Metrics>,
-    fence: Option<Arc<dyn Fence>>,
+    reader: Reader,
 ) {
+    let Reader {
+        cfg,
+        key_groups,
+        resume_after,
+        skip,
+        metrics,
+        fence,
+    } = reader;
     let mut max_seen = resume_after;
     // The consumer's delivery count of the last delivery read (a fresh consumer starts at 1).
     let mut delivered = 0;

@@ -258,12 +258,14 @@ pub async fn run(
     let input_task = tokio::spawn(input::read_input(
         input,
         input_tx,
-        cfg.clone(),
-        state.key_groups(),
-        resume_after,
-        skip.clone(),
-        metrics.clone(),
-        opts.fence.clone(),
+        input::Reader {
+            cfg: cfg.clone(),
+            key_groups: state.key_groups(),
+            resume_after,
+            skip: skip.clone(),
+            metrics: metrics.clone(),
+            fence: opts.fence.clone(),
+        },
     ));
     let capacity = if lookups.is_some() {
         cfg.lookups.capacity

@@ -45,6 +45,40 @@ pub struct Routes {
     output: Arc<str>,
     allow: Arc<[String]>,
     dead_letter: Arc<str>,
+    notices: Arc<Notices>,
+}
+
+/// How often a kind of dead letter that keeps flowing is logged again.
+const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When each kind of dead letter was last logged and how many came since: a kind that starts
+/// flowing is logged at once with its reason (a wrong key pointer sends every event there),
+/// then at most once a minute with the count.
+#[derive(Debug, Default)]
+struct Notices(
+    std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+);
+
+impl Notices {
+    fn note(&self, kind: &'static str, reason: &str, subject: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(kind) {
+            Some((at, since)) if at.elapsed() < NOTICE_EVERY => *since += 1,
+            last => {
+                let since = last.map(|(_, n)| *n);
+                match since {
+                    None => tracing::warn!(
+                        "events are being dead-lettered as `{kind}`: {reason}. See them with `eddy tail {subject}`"
+                    ),
+                    Some(n) => tracing::warn!(
+                        "{} more events dead-lettered as `{kind}` in the last {NOTICE_EVERY:?}, the latest: {reason}",
+                        n + 1
+                    ),
+                }
+                seen.insert(kind, (std::time::Instant::now(), 0));
+            }
+        }
+    }
 }
 
 impl Routes {
@@ -55,6 +89,7 @@ impl Routes {
             output: cfg.output.subject.as_str().into(),
             allow: cfg.output.allow.clone().into(),
             dead_letter: cfg.dead_letter.subject.as_str().into(),
+            notices: Arc::default(),
         }
     }
 
@@ -160,6 +195,8 @@ impl Routes {
         }
         // Header values are single lines.
         let one_line: String = message.replace(['\r', '\n'], " ");
+        self.notices
+            .note(reason.label(), &one_line, &self.dead_letter);
         headers.insert(HEADER_ERROR, one_line.as_str());
         headers.insert(HEADER_ERROR_KIND, reason.label());
         headers.insert(HEADER_SOURCE_SUBJECT, source.subject.as_str());

@@ -464,3 +464,195 @@ async fn tail_escapes_what_a_payload_would_do_to_the_terminal() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+/// `eddy publish --file` stores each line of a JSON Lines file as a message, in order, and
+/// names the fix when no stream would store them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_file_stores_each_line_in_order() {
+    let nats = NatsServer::start().expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(
+        &file,
+        "{\"k\":\"a\",\"n\":1}\n\n{\"k\":\"b\",\"n\":2}\nnot json\n",
+    )
+    .expect("file");
+    let publish = || {
+        Command::new(eddy_bin())
+            .args(["publish", "txn.in", "--file"])
+            .arg(&file)
+            .args(["--nats", &nats.url()])
+            .output()
+            .expect("eddy publish")
+    };
+    let out = publish();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no stream captures `txn.in`"), "{err}");
+    assert!(err.contains("eddy streams"), "{err}");
+
+    eddy_tests::create_stream(&conn.js, "TXN", &["txn.in"])
+        .await
+        .expect("stream");
+    let out = publish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("stored 3 messages from"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stored = tail::read(&conn.js, "txn.in", 10, Duration::from_secs(1))
+        .await
+        .expect("read");
+    let payloads: Vec<String> = stored
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["{\"k\":\"a\",\"n\":1}", "{\"k\":\"b\",\"n\":2}", "not json"]
+    );
+}
+
+/// `eddy test` in a plugin project: keys found where its `pipeline.toml` says, lines
+/// `eddy run` would dead-letter shown as such (the lines after them still run), and
+/// `--expect` passing on the outcomes it names and failing with the difference.
+#[test]
+fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        "[pipeline]\nname = \"chaos\"\n\n[input]\nkey = { json = \"/k\" }\n",
+    )
+    .expect("pipeline file");
+    std::fs::write(
+        dir.path().join("events.jsonl"),
+        "{\"action\":\"ok\",\"k\":\"a\"}\nnot json\n{\"action\":\"ok\"}\n{\"action\":\"ok\",\"k\":\"a\"}\n",
+    )
+    .expect("events");
+    let wasm = plugin("chaos");
+    let test = |extra: &[&str]| {
+        Command::new(eddy_bin())
+            .current_dir(dir.path())
+            .arg("test")
+            .arg(&wasm)
+            .arg("events.jsonl")
+            .args(extra)
+            .output()
+            .expect("eddy test")
+    };
+    let out = test(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "emit");
+    // Dead-lettered as `eddy run` would, with its reason.
+    let no_key = |l: &Value, reason: &str| {
+        assert_eq!(l["outcome"], "failed", "{l}");
+        assert_eq!(l["kind"], "key", "{l}");
+        assert!(
+            l["reason"].as_str().is_some_and(|r| r.contains(reason)),
+            "{l}"
+        );
+    };
+    no_key(&lines[1], "no key: the payload is not JSON");
+    no_key(&lines[2], "/k");
+    // The second event of key `a` sees the first one's count.
+    let count = |l: &Value| {
+        l["outputs"][0]["headers"]
+            .as_array()
+            .and_then(|hs| hs.iter().find(|h| h[0] == "Eddy-Count"))
+            .map(|h| h[1].clone())
+    };
+    assert_eq!(count(&lines[0]), Some(Value::from("1")));
+    assert_eq!(count(&lines[3]), Some(Value::from("2")));
+
+    std::fs::write(
+        dir.path().join("expected.jsonl"),
+        "{\"seq\":1,\"outcome\":\"emit\",\"outputs\":[{\"payload\":{\"action\":\"ok\",\"k\":\"a\"}}]}\n{\"seq\":2,\"outcome\":\"failed\",\"kind\":\"key\"}\n{\"seq\":3,\"kind\":\"key\"}\n{\"seq\":4,\"outcome\":\"emit\"}\n",
+    )
+    .expect("expected");
+    let out = test(&["--expect", "expected.jsonl"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok: 4 lines as expected.jsonl expects"
+    );
+    std::fs::write(
+        dir.path().join("expected.jsonl"),
+        "{\"seq\":1,\"outcome\":\"emit\"}\n{\"seq\":2,\"outcome\":\"emit\"}\n",
+    )
+    .expect("expected");
+    let out = test(&["--expect", "expected.jsonl"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 of 4 lines differ from expected.jsonl"),
+        "{err}"
+    );
+    assert!(err.contains("line 2 of expected.jsonl"), "{err}");
+    assert!(
+        err.contains("an extra line, not in expected.jsonl"),
+        "{err}"
+    );
+}
+
+/// A wrong key pointer sends every event to the dead letters: the host says so in its log at
+/// once, with the reason and where to look, and not once per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reason() {
+    let Fixture {
+        nats: _nats,
+        dir,
+        mut spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
+    spec.key = r#"{ json = "/customr" }"#.into();
+    let config = dir.path().join("typo.toml");
+    spec.write(&config).expect("config");
+    let log = dir.path().join("typo.log");
+    let mut host = HostProcess::spawn("typo", &config, &log);
+    let txs = produce::transactions(50, 5, 9, 0);
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    wait_for_len(&conn.js, "DLQ", 50, Duration::from_secs(60)).await;
+    host.stop();
+    // Without the terminal colours the log may carry.
+    let mut text = String::new();
+    let raw = std::fs::read_to_string(&log).expect("log");
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            text.push(c);
+        }
+    }
+    let notices: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("events are being dead-lettered"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{text}");
+    assert!(notices[0].contains("/customr"), "{}", notices[0]);
+    assert!(notices[0].contains("eddy tail txn.dlq"), "{}", notices[0]);
+    assert!(
+        notices[0].contains("dead-lettered as `key`"),
+        "{}",
+        notices[0]
+    );
+}
