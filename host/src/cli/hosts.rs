@@ -34,7 +34,7 @@ pub async fn deploy(pipeline: &Path, plugin: &Path, wait: u64) -> anyhow::Result
 }
 
 /// `eddy status`: what each running host of the pipeline reports.
-pub async fn status(pipeline: &Path) -> anyhow::Result<()> {
+pub async fn status(pipeline: &Path, json: bool) -> anyhow::Result<()> {
     let cfg = PipelineConfig::load_remote(pipeline)?;
     let nats = transport::connect(&cfg.nats, "eddy-status").await?;
     let answers: Vec<HostStatus> = ask(
@@ -45,10 +45,114 @@ pub async fn status(pipeline: &Path) -> anyhow::Result<()> {
         Duration::from_secs(5),
     )
     .await?;
+    if answers.is_empty() {
+        anyhow::bail!(
+            "no host of pipeline `{}` answered on {}: is `eddy run {}` running?",
+            cfg.pipeline.name,
+            cfg.nats.url,
+            pipeline.display()
+        );
+    }
     for a in answers {
-        println!("{}", serde_json::to_string_pretty(&a)?);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&a)?);
+        } else {
+            print!("{}", status_table(&a, crate::checkpoint::now_ms()));
+        }
     }
     Ok(())
+}
+
+/// How long ago `then_ms` was, for people: `12 s ago`, `3 min ago`, `5 h ago`, `2 d ago`.
+fn ago(then_ms: u64, now_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7_200 => format!("{} min ago", s / 60),
+        7_200..172_800 => format!("{} h ago", s / 3_600),
+        _ => format!("{} d ago", s / 86_400),
+    }
+}
+
+/// One host's status for people (`eddy status`; `--json` gives [`HostStatus`] itself).
+pub fn status_table(a: &HostStatus, now_ms: u64) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let up = a.uptime_ms / 1000;
+    let _ = writeln!(
+        s,
+        "{} on host {} (up {}h {:02}m {:02}s)",
+        a.pipeline,
+        a.host,
+        up / 3600,
+        up / 60 % 60,
+        up % 60
+    );
+    match &a.plugin {
+        Some(p) => {
+            let _ = writeln!(s, "  plugin       {} {} ({})", p.name, p.version, p.exports);
+        }
+        None => {
+            let _ = writeln!(s, "  plugin       none running");
+        }
+    }
+    if let Some(p) = &a.probation {
+        let _ = writeln!(
+            s,
+            "  probation    {} events, {} failed (falls back to {})",
+            p.events, p.failures, p.previous
+        );
+    }
+    let owned: Vec<String> = a.partitions.owned.iter().map(u32::to_string).collect();
+    let _ = writeln!(
+        s,
+        "  partitions   {} of {}: {}",
+        owned.len(),
+        a.partitions.count,
+        if owned.is_empty() {
+            "none".to_string()
+        } else {
+            owned.join(", ")
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  events       {} in, {} out, {} dropped, {} dead-lettered",
+        a.events_in, a.outputs, a.dropped, a.dead_lettered
+    );
+    for (input, position) in &a.positions {
+        let _ = writeln!(s, "  position     {input} at {position}");
+    }
+    match &a.last_checkpoint {
+        Some(c) => {
+            let _ = writeln!(s, "  checkpoint   {} ({})", c.id, ago(c.created_ms, now_ms));
+        }
+        None => {
+            let _ = writeln!(s, "  checkpoint   none yet");
+        }
+    }
+    if !a.deployments.is_empty() {
+        let _ = writeln!(s, "  deployments  (newest first)");
+    }
+    for d in a.deployments.iter().rev() {
+        let status = serde_json::to_value(d.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = write!(
+            s,
+            "    {:<14} {:<12} {:<12} {}",
+            ago(d.at_ms, now_ms),
+            d.version,
+            status,
+            d.source
+        );
+        if let Some(why) = &d.reason {
+            let _ = write!(s, ": {why}");
+        }
+        let _ = writeln!(s);
+    }
+    s
 }
 
 /// Sends a control request to the running hosts and returns their answers; errors if any
@@ -153,5 +257,71 @@ async fn wait_for_version(
             );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{CheckpointRef, PartitionsStatus, PluginStatus};
+    use crate::reload::Deployment;
+
+    #[test]
+    fn status_for_people_shows_ages_and_the_newest_deployment_first() {
+        let now = 1_800_000_000_000;
+        let deployment = |version: &str, ago_ms: u64, status, reason: Option<&str>| Deployment {
+            version: version.into(),
+            source: format!("deployed from {version}.wasm"),
+            at_ms: now - ago_ms,
+            status,
+            reason: reason.map(str::to_string),
+            swap_pause_us: None,
+        };
+        let status = HostStatus {
+            pipeline: "fraud".into(),
+            host: "a".into(),
+            partitions: PartitionsStatus {
+                count: 8,
+                owned: vec![1, 5],
+            },
+            uptime_ms: 3_723_000,
+            plugin: Some(PluginStatus {
+                name: "fraud_enrich".into(),
+                version: "v1".into(),
+                exports: "handler".into(),
+            }),
+            probation: None,
+            deployments: vec![
+                deployment("v1", 3_600_000, DeployStatus::Live, None),
+                deployment(
+                    "v2",
+                    90_000,
+                    DeployStatus::RolledBack,
+                    Some("1 of its 2 events failed during probation"),
+                ),
+            ],
+            positions: [("keyed:TXN/fraud".to_string(), 42)].into(),
+            last_checkpoint: Some(CheckpointRef {
+                id: 7,
+                created_ms: now - 4_000,
+            }),
+            events_in: 42,
+            outputs: 40,
+            dropped: 1,
+            dead_lettered: 1,
+        };
+        assert_eq!(
+            status_table(&status, now),
+            "fraud on host a (up 1h 02m 03s)
+  plugin       fraud_enrich v1 (handler)
+  partitions   2 of 8: 1, 5
+  events       42 in, 40 out, 1 dropped, 1 dead-lettered
+  position     keyed:TXN/fraud at 42
+  checkpoint   7 (4 s ago)
+  deployments  (newest first)
+    90 s ago       v2           rolled-back  deployed from v2.wasm: 1 of its 2 events failed during probation
+    60 min ago     v1           live         deployed from v1.wasm
+"
+        );
     }
 }

@@ -115,6 +115,9 @@ pub enum Command {
     Status {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// JSON (one object per host) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// The hosts of a cluster and who owns each partition (`[cluster]` pipelines).
     Cluster {
@@ -367,7 +370,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             plugin,
             wait,
         } => hosts::deploy(&pipeline, &plugin, wait).await,
-        Command::Status { pipeline } => hosts::status(&pipeline).await,
+        Command::Status { pipeline, json } => hosts::status(&pipeline, json).await,
         Command::State { action } => state::command(action).await,
         Command::Cluster {
             action: ClusterAction::Status { pipeline, json },

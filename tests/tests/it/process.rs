@@ -243,16 +243,31 @@ async fn status_answers_without_the_plugin_file_on_this_machine() {
     elsewhere.plugin = dir.path().join("not-on-this-machine.wasm");
     let path = dir.path().join("operator.toml");
     elsewhere.write(&path).expect("write");
-    let out = Command::new(eddy_bin())
-        .args(["status"])
-        .arg(&path)
-        .output()
-        .expect("eddy binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let status_of = |json: bool| {
+        let mut cmd = Command::new(eddy_bin());
+        cmd.arg("status").arg(&path);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("eddy binary");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let status: eddy_host::control::HostStatus =
-        serde_json::from_str(&stdout).expect("one host's status, as the host sends it");
+        serde_json::from_str(&status_of(true)).expect("one host's status, as the host sends it");
+    // For people: what runs, how far, the deployments with their status.
+    let table = status_of(false);
+    assert!(table.starts_with("fraud on host "), "{table}");
+    assert!(
+        table.contains("events       500 in, 500 out, 0 dropped, 0 dead-lettered"),
+        "{table}"
+    );
+    assert!(table.contains("  plugin       fraud_enrich "), "{table}");
+    assert!(table.contains(" live "), "{table}");
     assert_eq!(status.pipeline, "fraud");
     assert_eq!(status.events_in, 500);
     let plugin = status.plugin.clone().expect("the running plugin");
