@@ -1,5 +1,5 @@
 //! `eddy new plugin --lang <lang> <name>`: a new plugin directory from the language's template,
-//! ready to build and to run with `eddy test`.
+//! ready to build, to try with `eddy test` and to run with its own `pipeline.toml`.
 //!
 //! Templates live in the Eddy source tree: `guest-sdk/template/` for Rust and
 //! `guest-sdk/<lang>/template/` for the other languages. Every file is copied with `{{name}}`
@@ -92,7 +92,77 @@ pub fn new_plugin(lang: &str, name: &str, parent: &Path) -> anyhow::Result<(Path
         "./build.sh".to_string()
     };
     make_executable(&dir.join("build.sh"))?;
+    // Every language's build writes `<name>.wasm` beside the sources.
+    write_project_files(&dir, name, &format!("{name}.wasm"), &build)?;
     Ok((dir, build))
+}
+
+/// What every project gets besides its code: a pipeline file ready for `eddy streams` and
+/// `eddy run` on a local NATS (live reload on rebuild), a `.gitignore`, and a README.
+fn write_project_files(dir: &Path, name: &str, wasm: &str, build: &str) -> anyhow::Result<()> {
+    let pipeline = format!(
+        r#"# {name}: events in on `{name}.in`, the plugin's outputs on `{name}.out`, events it
+# cannot handle on `{name}.dlq`. `eddy streams pipeline.toml` creates the streams once;
+# `eddy run pipeline.toml` runs it, swapping in each new build of the plugin.
+
+[pipeline]
+name = "{name}"
+# Keyed state, checkpoints and savepoints on this machine (ignored by git).
+state_dir = ".eddy/state"
+
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[input]
+stream = "{stream}_IN"
+subjects = ["{name}.in"]
+# The event key: the customer id inside the JSON payload (as in events.jsonl).
+key = {{ json = "/customer" }}
+
+[plugin]
+path = "{wasm}"
+
+[output]
+subject = "{name}.out"
+
+[dead_letter]
+subject = "{name}.dlq"
+
+[reload]
+# Every rebuild of the plugin is swapped in while the pipeline runs.
+watch = "file"
+"#,
+        stream = name.to_uppercase().replace('-', "_"),
+    );
+    let readme = format!(
+        "# {name}\n\nAn Eddy plugin (WebAssembly component).\n\n\
+         ```sh\n\
+         {build}                                    # builds {wasm}\n\
+         eddy test {wasm} events.jsonl              # one outcome per event, no NATS needed\n\
+         eddy test {wasm} events.jsonl --dump-state # and the state it leaves\n\
+         eddy test {wasm} events.jsonl --expect expected.jsonl  # fails on a difference\n\
+         eddy streams pipeline.toml                 # once, on a NATS server with JetStream\n\
+         eddy run pipeline.toml                     # runs it; each rebuild is swapped in\n\
+         eddy publish {name}.in --file events.jsonl\n\
+         eddy tail {name}.out -f\n\
+         ```\n\n\
+         Keys are found where `input.key` in `pipeline.toml` says. `expected.jsonl` holds the\n\
+         outcomes `eddy test` should print, one per line; an expected line is compared on the\n\
+         fields it names (write `eddy test`'s output to it once it is right).\n"
+    );
+    let ignore = "/target/\n/node_modules/\n/.eddy/\n*.wasm\n";
+    for (file, text) in [
+        ("pipeline.toml", pipeline.as_str()),
+        ("README.md", readme.as_str()),
+        (".gitignore", ignore),
+    ] {
+        let path = dir.join(file);
+        if !path.exists() {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 struct Words {
@@ -149,7 +219,7 @@ pub fn command(lang: &str, name: &str, dir: &Path) -> anyhow::Result<()> {
     let (created, build) = new_plugin(lang, name, dir)?;
     println!("created {}", created.display());
     println!(
-        "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl --key /customer",
+        "build:  cd {} && {build}\ntry it: eddy test {name}.wasm events.jsonl\nrun it: eddy streams pipeline.toml && eddy run pipeline.toml (see README.md)",
         created.display()
     );
     Ok(())
@@ -168,8 +238,27 @@ mod tests {
         assert!(cargo.contains("name = \"card-enrich\""), "{cargo}");
         assert!(!cargo.contains("{{"), "every placeholder filled: {cargo}");
         let script = std::fs::read_to_string(created.join("build.sh")).expect("build.sh");
-        assert!(script.contains("card_enrich.wasm"), "{script}");
+        assert!(script.contains("card-enrich.wasm"), "{script}");
         assert!(created.join("src/lib.rs").is_file());
+        // Ready to run: the pipeline file names the built component and checks out.
+        let cfg = crate::config::PipelineConfig::load_remote(&created.join("pipeline.toml"))
+            .expect("the generated pipeline file is valid");
+        assert_eq!(cfg.pipeline.name, "card-enrich");
+        assert!(
+            cfg.plugin.path.ends_with("card-enrich.wasm"),
+            "{:?}",
+            cfg.plugin.path
+        );
+        assert_eq!(
+            cfg.input.key,
+            crate::config::KeySource::Json("/customer".into())
+        );
+        let ignore = std::fs::read_to_string(created.join(".gitignore")).expect(".gitignore");
+        assert!(
+            ignore.contains("*.wasm") && ignore.contains("/.eddy/"),
+            "{ignore}"
+        );
+        assert!(created.join("README.md").is_file());
     }
 
     #[test]
