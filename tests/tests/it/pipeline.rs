@@ -311,26 +311,58 @@ async fn a_plugin_that_fails_init_stops_the_start_with_its_message() {
     assert!(msg.contains("[plugin.config]"), "the fix is named: {msg}");
 }
 
+/// A rolling NATS upgrade as a host sees it: the server goes away twice mid-run, under a
+/// pipeline that also reads a broadcast input and looks up a NATS KV bucket. The host rides
+/// both out and every event is output once, as the reference says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nats_outage_mid_run_loses_and_duplicates_nothing() {
+async fn nats_restarted_twice_under_broadcast_and_lookup_inputs_loses_and_duplicates_nothing() {
     let Fixture {
         mut nats,
         dir: _dir,
         spec,
         conn,
-    } = Fixture::start("fraud", "fraud-enrich").await;
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        spec.plugin_config = Some(r#"{ flag_threshold = 70, profiles = "profiles" }"#.into());
+        // No rules and no profiles: the reference's `null`s hold, and both inputs are read
+        // (and must reconnect) all the same.
+        spec.extra = r#"[broadcast.rules]
+stream = "RULES"
+subjects = ["rules.fraud"]
+
+[lookup.profiles]
+kind = "nats-kv"
+bucket = "profiles"
+on_failure = "not-found"
+"#
+        .into();
+        spec
+    })
+    .await;
+    eddy_tests::create_stream(&conn.js, "RULES", &["rules.fraud"])
+        .await
+        .expect("rules stream");
+    conn.js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "profiles".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("profiles bucket");
     let txs = produce::transactions(8_000, 60, 17, 0);
     publish_txs(&conn.js, "txn.in", &txs).await;
     drop(conn);
 
     let run = start(&spec);
-    let watcher = nats.connect().await.expect("connect");
-    wait_for_len(&watcher.js, "OUT", 1_500, Duration::from_secs(60)).await;
-    drop(watcher);
-    // The server goes away for a second and comes back with its data.
-    nats.stop();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    nats.restart().expect("restart nats-server");
+    for after in [1_500, 4_000] {
+        let watcher = nats.connect().await.expect("connect");
+        wait_for_len(&watcher.js, "OUT", after, Duration::from_secs(60)).await;
+        drop(watcher);
+        // The server goes away for a second and comes back with its data.
+        nats.stop();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        nats.restart().expect("restart nats-server");
+    }
 
     let conn = nats.connect().await.expect("reconnect");
     let got = wait_for_len(&conn.js, "OUT", 8_000, Duration::from_secs(90)).await;
