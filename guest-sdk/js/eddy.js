@@ -919,6 +919,19 @@ function message(e) {
 }
 
 /**
+ * ` (at index.js:12)`: the innermost place in the plugin's own code (not this module) on an
+ * error's stack, or "" when the stack names none.
+ */
+function where(e) {
+  if (!(e instanceof Error) || typeof e.stack !== "string") return "";
+  for (const frame of e.stack.split("\n")) {
+    const m = /([^\s()@]+?):(\d+)(?::\d+)?\)?\s*$/.exec(frame);
+    if (m && !m[1].endsWith("eddy.js")) return ` (at ${m[1].split("/").pop()}:${m[2]})`;
+  }
+  return "";
+}
+
+/**
  * Turns a plugin class into the WIT exports. The class is instantiated with no arguments and
  * `init(config)` is called with the parsed configuration object (`{}` when none is set); a
  * throw from `init` stops the pipeline with its message.
@@ -954,7 +967,7 @@ export function exportPlugin(PluginClass) {
             outcome = plugin.process(new Event(events[i]));
           } catch (e) {
             // A throw rejects the event rather than trapping the whole instance.
-            outcome = Outcome.reject(`uncaught exception: ${message(e)}`);
+            outcome = Outcome.reject(`uncaught exception: ${message(e)}${where(e)}`);
           }
           outcomes[i] = lowerOutcome(outcome);
         }

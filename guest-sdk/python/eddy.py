@@ -776,6 +776,19 @@ class SetValue(NamedTuple):
     value: Union[bytes, str]
 
 
+def _where(exc: BaseException) -> str:
+    """`` (at app.py:42)``: the deepest line of the plugin's own code the exception came
+    through (not this module's, not the standard library's), or ``""``."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name != __file__ and "/lib/python" not in name and not name.startswith("<"):
+            where = f" (at {name.rsplit('/', 1)[-1]}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return where
+
+
 def export(plugin_class: type):
     """Turns a plugin class into the five WIT export classes. The class is instantiated with
     no arguments and ``init(config)`` is called with the parsed configuration (``{}`` when
@@ -810,7 +823,9 @@ def export(plugin_class: type):
                     try:
                         outcome = plugin.process(event)
                     except Exception as exc:  # noqa: BLE001 - reject rather than trap
-                        outcome = Outcome.reject(f"uncaught exception: {type(exc).__name__}: {exc}")
+                        outcome = Outcome.reject(
+                            f"uncaught exception: {type(exc).__name__}: {exc}{_where(exc)}"
+                        )
                     outcomes.append(_lower_outcome(outcome))
             finally:
                 _current_event = None

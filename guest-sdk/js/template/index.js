@@ -1,8 +1,8 @@
 // {{name}}: counts the events of each key and emits each payload (a JSON object) with the
 // running count added as `count`.
 //
-// Build:  bash scripts/guests/js.sh build <this directory> {{name}}.wasm
-// Try:    eddy test {{name}}.wasm events.jsonl --envelope --dump-state
+// Build:  ./build.sh (writes {{name}}.wasm)
+// Try:    eddy test {{name}}.wasm events.jsonl --dump-state
 // Guide:  guest-sdk/js/README.md
 
 import { Outcome, Output, ValueState, isObject, exportPlugin } from "eddy-sdk";

@@ -637,3 +637,106 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
         eprintln!("{lang} template: built and counted {counts:?}");
     }
 }
+
+/// A plugin made by `eddy new plugin --lang <lang> <name>` with `file` replaced by `source`,
+/// built with its own `build.sh`; returns the component (in the directory returned with it).
+fn plugin_from_template(
+    lang: &str,
+    name: &str,
+    file: &str,
+    source: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_path_buf();
+    eddy(&[
+        "new".as_ref(),
+        "plugin".as_ref(),
+        "--lang".as_ref(),
+        lang.as_ref(),
+        name.as_ref(),
+        "--dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let created = dir.join(name);
+    std::fs::write(created.join(file), source).expect("source");
+    let build = Command::new("bash")
+        .arg(created.join("build.sh"))
+        .output()
+        .expect("build.sh");
+    assert!(
+        build.status.success(),
+        "{lang}: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = created.join(format!("{name}.wasm"));
+    (tmp, wasm)
+}
+
+/// An exception the plugin does not catch rejects the event with the exception and the file
+/// and line of the plugin's code it came from, in Python and JavaScript (Rust panics carry
+/// theirs).
+#[test]
+fn an_uncaught_exception_names_its_file_and_line() {
+    if guest("fraud-enrich", "python").is_some() {
+        let (_dir, wasm) = plugin_from_template(
+            "python",
+            "boom-py",
+            "app.py",
+            r#"import eddy
+from eddy import Outcome, Output
+
+
+class Plugin:
+    def init(self, config):
+        pass
+
+    def process(self, event):
+        return Outcome.emit_one(Output.json(customer_of(event)))
+
+
+def customer_of(event):
+    return event.json()["no such field"]
+
+
+Handler, BroadcastHandler, LookupPlanner, KeyedVisitor, Migrator = eddy.export(Plugin)
+"#,
+        );
+        let lines = eddy_test(&wasm, &[r#"{"k":"a"}"#], &[]);
+        assert_eq!(lines[0]["outcome"], "reject", "{lines:?}");
+        assert_eq!(
+            lines[0]["reason"],
+            "uncaught exception: KeyError: 'no such field' (at app.py:14)"
+        );
+    }
+    if guest("fraud-enrich", "js").is_some() {
+        let (_dir, wasm) = plugin_from_template(
+            "js",
+            "boom-js",
+            "index.js",
+            r#"import { Outcome, Output, exportPlugin } from "eddy-sdk";
+
+class Plugin {
+  init(config) {}
+
+  process(event) {
+    return Outcome.emitOne(Output.json(customerOf(event)));
+  }
+}
+
+function customerOf(event) {
+  return event.json().nested.customer;
+}
+
+export const { handler, broadcastHandler, lookupPlanner, keyedVisitor, migrator } =
+  exportPlugin(Plugin);
+"#,
+        );
+        let lines = eddy_test(&wasm, &[r#"{"k":"a"}"#], &[]);
+        assert_eq!(lines[0]["outcome"], "reject", "{lines:?}");
+        let reason = lines[0]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("uncaught exception: ") && reason.ends_with(" (at index.js:12)"),
+            "{reason}"
+        );
+    }
+}
