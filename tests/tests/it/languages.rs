@@ -588,7 +588,6 @@ fn the_js_layer_json_and_utf8_agree_with_reference_code_inside_quickjs() {
 
 #[test]
 fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let langs = std::iter::once("rust").chain(
         LANGUAGES
             .into_iter()
@@ -596,29 +595,8 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
     );
     for lang in langs {
         let name = format!("hello-{lang}");
-        eddy(&[
-            "new".as_ref(),
-            "plugin".as_ref(),
-            "--lang".as_ref(),
-            lang.as_ref(),
-            name.as_ref(),
-            "--dir".as_ref(),
-            dir.path().as_os_str(),
-        ]);
-        let created = dir.path().join(&name);
-        let build = Command::new("bash")
-            .arg(created.join("build.sh"))
-            // Rust templates share one target directory across runs: dependencies build once.
-            .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
-            .output()
-            .expect("build.sh");
-        assert!(
-            build.status.success(),
-            "{lang} template build: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let wasm = created.join(format!("{name}.wasm"));
-        let events = created.join("events.jsonl");
+        let (dir, wasm) = plugin_from_template(lang, &name, None);
+        let events = dir.path().join(&name).join("events.jsonl");
         let run = eddy(&[
             "test".as_ref(),
             wasm.as_os_str(),
@@ -638,16 +616,15 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
     }
 }
 
-/// A plugin made by `eddy new plugin --lang <lang> <name>` with `file` replaced by `source`,
-/// built with its own `build.sh`; returns the component (in the directory returned with it).
+/// A plugin made by `eddy new plugin --lang <lang> <name>`, with a file of it replaced by
+/// `(file, source)` if given, built with its own `build.sh`; returns the component (in the
+/// directory returned with it).
 fn plugin_from_template(
     lang: &str,
     name: &str,
-    file: &str,
-    source: &str,
+    replace: Option<(&str, &str)>,
 ) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().to_path_buf();
     eddy(&[
         "new".as_ref(),
         "plugin".as_ref(),
@@ -655,17 +632,21 @@ fn plugin_from_template(
         lang.as_ref(),
         name.as_ref(),
         "--dir".as_ref(),
-        dir.as_os_str(),
+        tmp.path().as_os_str(),
     ]);
-    let created = dir.join(name);
-    std::fs::write(created.join(file), source).expect("source");
+    let created = tmp.path().join(name);
+    if let Some((file, source)) = replace {
+        std::fs::write(created.join(file), source).expect("source");
+    }
     let build = Command::new("bash")
         .arg(created.join("build.sh"))
+        // Rust templates share one target directory across runs: dependencies build once.
+        .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
         .output()
         .expect("build.sh");
     assert!(
         build.status.success(),
-        "{lang}: {}",
+        "{lang} template build: {}",
         String::from_utf8_lossy(&build.stderr)
     );
     let wasm = created.join(format!("{name}.wasm"));
@@ -681,8 +662,9 @@ fn an_uncaught_exception_names_its_file_and_line() {
         let (_dir, wasm) = plugin_from_template(
             "python",
             "boom-py",
-            "app.py",
-            r#"import eddy
+            Some((
+                "app.py",
+                r#"import eddy
 from eddy import Outcome, Output
 
 
@@ -700,6 +682,7 @@ def customer_of(event):
 
 Handler, BroadcastHandler, LookupPlanner, KeyedVisitor, Migrator = eddy.export(Plugin)
 "#,
+            )),
         );
         let lines = eddy_test(&wasm, &[r#"{"k":"a"}"#], &[]);
         assert_eq!(lines[0]["outcome"], "reject", "{lines:?}");
@@ -712,8 +695,9 @@ Handler, BroadcastHandler, LookupPlanner, KeyedVisitor, Migrator = eddy.export(P
         let (_dir, wasm) = plugin_from_template(
             "js",
             "boom-js",
-            "index.js",
-            r#"import { Outcome, Output, exportPlugin } from "eddy-sdk";
+            Some((
+                "index.js",
+                r#"import { Outcome, Output, exportPlugin } from "eddy-sdk";
 
 class Plugin {
   init(config) {}
@@ -730,6 +714,7 @@ function customerOf(event) {
 export const { handler, broadcastHandler, lookupPlanner, keyedVisitor, migrator } =
   exportPlugin(Plugin);
 "#,
+            )),
         );
         let lines = eddy_test(&wasm, &[r#"{"k":"a"}"#], &[]);
         assert_eq!(lines[0]["outcome"], "reject", "{lines:?}");
