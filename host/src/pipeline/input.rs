@@ -4,8 +4,11 @@
 //! It also makes sure nothing is skipped: the input is acknowledged "all up to" each
 //! checkpoint, so a delivery that never arrived here (lost with a failing NATS server, or
 //! pulled by a run that no longer owns the partition) would be acknowledged unread. Every
-//! delivery carries the consumer's delivery count; a jump in it means some went elsewhere,
-//! and the reader opens the consumer again just after the last event it passed on.
+//! delivery carries the consumer's delivery count; a count other than the next one (a jump:
+//! some went elsewhere; a step back: the consumer was recreated or its leader lost what it
+//! had sent) makes the reader open the consumer again just after the last event it passed
+//! on. While no delivery comes, it asks the server every few seconds how many it has sent,
+//! so deliveries lost at the end of a burst are not left for the ack wait.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -55,13 +58,33 @@ pub(super) async fn read_input(
     let mut delivered = 0;
     let source_name: Arc<str> = KEYED.into();
     let key_of = keys::KeyExtractor::new(&cfg.input.key);
-    while let Some(batch) = input.next_batch(cfg.input.batch).await {
+    loop {
+        let next = tokio::time::timeout(IDLE_CHECK, input.next_batch(cfg.input.batch)).await;
         // A run that may have lost its partition reads nothing more: its pulls would take
         // deliveries from the new owner's consumer, which has the same name.
         if let Some(why) = fence.as_ref().and_then(|f| f.check().err()) {
             tracing::warn!("input: stopped reading ({why})");
             break;
         }
+        let batch = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(_idle) => {
+                // Sent, never arrived, and nothing after them to show the gap.
+                match input.delivered().await {
+                    Ok(sent) if sent > delivered => {
+                        let gap = (delivered + 1, sent + 1);
+                        if !read_again(&mut input, &metrics, gap, max_seen, &fence).await {
+                            break;
+                        }
+                        delivered = 0;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("input: {e:#}"),
+                }
+                continue;
+            }
+        };
         let mut arrivals = Vec::with_capacity(batch.len());
         let mut gap = None;
         for msg in batch {
@@ -76,12 +99,10 @@ pub(super) async fn read_input(
                     continue;
                 }
             };
-            if count > delivered + 1 {
-                gap = Some((delivered + 1, count - 1));
+            if count != delivered + 1 {
+                gap = Some((delivered + 1, count));
                 break;
             }
-            // A count that goes back (a new consumer leader resuming from its replicated
-            // state) delivers again what was read: the sequence check below skips it.
             delivered = count;
             if seq <= max_seen {
                 // Delivered again (an ack wait expired): it is in the window or done.
@@ -129,18 +150,44 @@ pub(super) async fn read_input(
         if !arrivals.is_empty() && tx.send(arrivals).await.is_err() {
             break;
         }
-        if let Some((from, to)) = gap {
-            metrics.input_reopens.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                consumer = input.consumer(),
-                "input: deliveries {from}..={to} of the consumer did not arrive here (lost with a failing NATS server, or pulled by a host that no longer owns the input); reading again after stream sequence {max_seen}"
-            );
-            if !reopen(&mut input, max_seen, fence.as_deref()).await {
+        if let Some(gap) = gap {
+            if !read_again(&mut input, &metrics, gap, max_seen, &fence).await {
                 break;
             }
             delivered = 0;
         }
     }
+}
+
+/// How long the reader waits for a delivery before asking the server how many it sent.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Logs that delivery `expected` did not come next (`got` did, or would), and opens the
+/// consumer again after `max_seen`; false when the run must stop reading.
+async fn read_again(
+    input: &mut Input,
+    metrics: &Metrics,
+    (expected, got): (u64, u64),
+    max_seen: u64,
+    fence: &Option<Arc<dyn Fence>>,
+) -> bool {
+    metrics.input_reopens.fetch_add(1, Ordering::Relaxed);
+    let what = if got > expected {
+        format!(
+            "deliveries {expected}..={} of the consumer did not arrive here (lost with a failing NATS server, or pulled by a host that no longer owns the input)",
+            got - 1
+        )
+    } else {
+        format!(
+            "the consumer's deliveries went back from {} to {got} (the consumer was recreated, or its new leader lost what was sent)",
+            expected - 1
+        )
+    };
+    tracing::warn!(
+        consumer = input.consumer(),
+        "input: {what}; reading again after stream sequence {max_seen}"
+    );
+    reopen(input, max_seen, fence.as_deref()).await
 }
 
 /// Opens the consumer again after `after`, retrying while NATS is unavailable; false when

@@ -293,7 +293,8 @@ pub async fn check_captured(nats: &Nats, subject: &str, field: &str) -> anyhow::
 
 /// The keyed input: a durable pull consumer with explicit "ack all" acknowledgement.
 pub struct Input {
-    messages: consumer::pull::Stream,
+    /// The pulls in progress (none while the consumer is being opened again).
+    messages: Option<consumer::pull::Stream>,
     /// The stream and the consumer's settings, to open it again at a given position.
     stream: jetstream::stream::Stream,
     config: consumer::pull::Config,
@@ -387,7 +388,7 @@ impl Input {
         let batch = input.batch.max(64);
         let messages = start_consumer(&stream, &config, batch, resume_after).await?;
         Ok(Input {
-            messages,
+            messages: Some(messages),
             stream: stream.clone(),
             config,
             batch,
@@ -400,8 +401,21 @@ impl Input {
     /// beyond it and not read here (lost with a failing server, or taken by a reader that no
     /// longer owns the input) is delivered again.
     pub async fn reopen(&mut self, after: u64) -> anyhow::Result<()> {
-        self.messages = start_consumer(&self.stream, &self.config, self.batch, after).await?;
+        // The old pulls stop first: one sent while the consumer is recreated (the same name)
+        // would take deliveries of the new one into an inbox nobody reads.
+        self.messages = None;
+        self.messages = Some(start_consumer(&self.stream, &self.config, self.batch, after).await?);
         Ok(())
+    }
+
+    /// How many deliveries the consumer has sent (its delivery count), as the server says.
+    pub async fn delivered(&self) -> anyhow::Result<u64> {
+        let info = self
+            .stream
+            .consumer_info(self.consumer())
+            .await
+            .with_context(|| format!("cannot read consumer `{}`", self.consumer()))?;
+        Ok(info.delivered.consumer_sequence)
     }
 
     /// The durable consumer's name.
@@ -418,7 +432,7 @@ impl Input {
     /// that are already here: batches grow with load and latency stays low when idle.
     /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
-        next_batch(&mut self.messages, max).await
+        next_batch(self.messages.as_mut()?, max).await
     }
 }
 
@@ -432,11 +446,14 @@ async fn start_consumer(
 ) -> anyhow::Result<consumer::pull::Stream> {
     let name = config.durable_name.clone().unwrap_or_default();
     let stream_name = stream.cached_info().config.name.clone();
-    if stream.consumer_info(&name).await.is_ok() {
-        stream
-            .delete_consumer(&name)
-            .await
-            .with_context(|| format!("cannot reset consumer `{name}` on stream {stream_name}"))?;
+    match stream.consumer_info(&name).await {
+        Ok(_) => {
+            stream.delete_consumer(&name).await.with_context(|| {
+                format!("cannot reset consumer `{name}` on stream {stream_name}")
+            })?;
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot look up consumer `{name}` on stream {stream_name}: {e}"),
     }
     let config = consumer::pull::Config {
         deliver_policy: deliver_after(after),
