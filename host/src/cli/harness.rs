@@ -173,8 +173,12 @@ pub fn run(
         crate::state::DEFAULT_KEY_GROUPS,
         Arc::new(SystemClock),
     )?);
-    let engine = Engine::new(None)?;
+    let cache = compile_cache_dir();
+    let engine = Engine::new(cache.as_deref())?;
     let p = engine.load_file(plugin)?;
+    if let Some(dir) = &cache {
+        prune(dir, KEEP_COMPILED);
+    }
     let ctx = InstanceContext {
         state: state.clone(),
         limits: Limits {
@@ -270,6 +274,37 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Where `eddy test` keeps compiled components between runs (a JavaScript or Python plugin
+/// takes seconds to compile; an unchanged one then loads at once): `$XDG_CACHE_HOME/eddy/
+/// compiled`, else `~/.cache/eddy/compiled`.
+fn compile_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("eddy").join("compiled"))
+}
+
+/// How many compiled components `eddy test` keeps (each edit adds one).
+const KEEP_COMPILED: usize = 8;
+
+/// Removes all but the `keep` most recently written files of `dir`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let modified = e.metadata().ok()?.modified().ok()?;
+            Some((modified, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Every keyed state entry and broadcast entry, one JSON value each, in storage order:
@@ -458,6 +493,28 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("an extra line, not in expected.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn the_compile_cache_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..5 {
+            let f = dir.path().join(format!("{i}.cwasm"));
+            std::fs::write(&f, b"x").expect("write");
+            let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .and_then(|h| h.set_modified(at))
+                .expect("mtime");
+        }
+        prune(dir.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3.cwasm", "4.cwasm"]);
     }
 
     #[test]

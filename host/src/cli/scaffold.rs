@@ -68,10 +68,13 @@ pub fn new_plugin(lang: &str, name: &str, parent: &Path) -> anyhow::Result<(Path
         root: root.display().to_string(),
     };
     copy_tree(&template, &dir, &words)?;
-    // Sample events for `eddy test`, the same in every language.
-    let events = dir.join("events.jsonl");
-    if !events.exists() {
-        std::fs::copy(root.join("guest-sdk/template/events.jsonl"), &events)?;
+    // Sample events for `eddy test` and the outcomes the template gives them (`--expect`),
+    // the same in every language.
+    for sample in ["events.jsonl", "expected.jsonl"] {
+        let file = dir.join(sample);
+        if !file.exists() {
+            std::fs::copy(root.join("guest-sdk/template").join(sample), &file)?;
+        }
     }
     let build = if lang == "rust" {
         "./build.sh".to_string()
@@ -147,8 +150,9 @@ watch = "file"
          eddy tail {name}.out -f\n\
          ```\n\n\
          Keys are found where `input.key` in `pipeline.toml` says. `expected.jsonl` holds the\n\
-         outcomes `eddy test` should print, one per line; an expected line is compared on the\n\
-         fields it names (write `eddy test`'s output to it once it is right).\n"
+         outcomes `eddy test` should print for `events.jsonl`, one per line (as the template\n\
+         plugin gives them: change both with your logic); an expected line is compared on the\n\
+         fields it names.\n"
     );
     let ignore = "/target/\n/node_modules/\n/.eddy/\n*.wasm\n";
     for (file, text) in [
@@ -259,6 +263,7 @@ mod tests {
             "{ignore}"
         );
         assert!(created.join("README.md").is_file());
+        assert!(created.join("expected.jsonl").is_file());
     }
 
     #[test]

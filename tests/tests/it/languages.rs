@@ -612,6 +612,18 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
             })
             .collect();
         assert_eq!(counts, vec![1, 1, 2], "{lang}: counts per key");
+        // The project's own expectations hold as generated.
+        let expected = dir.path().join(&name).join("expected.jsonl");
+        let checked = eddy(&[
+            "test".as_ref(),
+            wasm.as_os_str(),
+            events.as_os_str(),
+            "--key".as_ref(),
+            "/customer".as_ref(),
+            "--expect".as_ref(),
+            expected.as_os_str(),
+        ]);
+        assert!(checked.starts_with("ok: 3 lines as "), "{lang}: {checked}");
         eprintln!("{lang} template: built and counted {counts:?}");
     }
 }

@@ -554,6 +554,7 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
     let test = |extra: &[&str]| {
         Command::new(eddy_bin())
             .current_dir(dir.path())
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
             .arg("test")
             .arg(&wasm)
             .arg("events.jsonl")
@@ -566,6 +567,11 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let log = without_colours(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        log.contains("cached=false"),
+        "compiled on the first run: {log}"
     );
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -604,6 +610,11 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let log = without_colours(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        log.contains("cached=true"),
+        "an unchanged plugin is not compiled again: {log}"
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -647,17 +658,7 @@ async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reaso
     publish_txs(&conn.js, "txn.in", &txs).await;
     wait_for_len(&conn.js, "DLQ", 50, Duration::from_secs(60)).await;
     host.stop();
-    // Without the terminal colours the log may carry.
-    let mut text = String::new();
-    let raw = std::fs::read_to_string(&log).expect("log");
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|c| *c == 'm');
-        } else {
-            text.push(c);
-        }
-    }
+    let text = without_colours(&std::fs::read_to_string(&log).expect("log"));
     let notices: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("events are being dead-lettered"))
@@ -670,4 +671,18 @@ async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reaso
         "{}",
         notices[0]
     );
+}
+
+/// `text` without the terminal colour sequences a log may carry.
+fn without_colours(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
