@@ -57,6 +57,10 @@ pub enum Command {
     Check {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Sample events (JSON Lines of payloads): each must have a key where `input.key`
+        /// says.
+        #[arg(long)]
+        sample: Option<PathBuf>,
     },
     /// Creates the JetStream streams a pipeline needs, where missing.
     Streams {
@@ -340,7 +344,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             pipeline,
             from_savepoint,
         } => run::run(&pipeline, from_savepoint).await,
-        Command::Check { pipeline } => run::check(&pipeline).await,
+        Command::Check { pipeline, sample } => run::check(&pipeline, sample.as_deref()).await,
         Command::Streams {
             pipeline,
             input_subject,

@@ -640,7 +640,8 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
 }
 
 /// A wrong key pointer sends every event to the dead letters: the host says so in its log at
-/// once, with the reason and where to look, and not once per event.
+/// once, with the reason and where to look, and not once per event; `eddy check --sample`
+/// names the events without a key before any run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reason() {
     let Fixture {
@@ -670,6 +671,31 @@ async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reaso
         notices[0].contains("dead-lettered as `key`"),
         "{}",
         notices[0]
+    );
+    // `eddy check --sample` would have said so before the run.
+    let sample = dir.path().join("events.jsonl");
+    let lines: Vec<String> = txs
+        .iter()
+        .take(3)
+        .map(|t| serde_json::to_string(t).expect("json"))
+        .collect();
+    std::fs::write(&sample, lines.join("\n")).expect("sample");
+    let out = Command::new(eddy_bin())
+        .arg("check")
+        .arg(&config)
+        .arg("--sample")
+        .arg(&sample)
+        .output()
+        .expect("eddy check");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 of the 3 events in") && err.contains("have no key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 1: no key: the payload has no `/customr`"),
+        "{err}"
     );
 }
 
