@@ -441,18 +441,12 @@ pub fn compare(got: &str, want: &str, expected: &Path) -> anyhow::Result<String>
             expected.display()
         ));
     }
-    let shown = diffs.len().min(10);
     bail!(
-        "{} of {} lines differ from {}:\n{}{}\n(run without --expect to see every line)",
+        "{} of {} lines differ from {}:\n{}\n(run without --expect to see every line)",
         diffs.len(),
         got.len().max(want.len()),
         expected.display(),
-        diffs[..shown].join("\n"),
-        if diffs.len() > shown {
-            format!("\n… and {} more", diffs.len() - shown)
-        } else {
-            String::new()
-        }
+        super::first_lines(&diffs, 10)
     )
 }
 

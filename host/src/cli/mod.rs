@@ -25,6 +25,17 @@ pub mod state;
 pub mod streams;
 pub mod tail;
 
+/// The first `max` of `lines`, one per line, and how many more there are: for error messages
+/// that list what is wrong without flooding the terminal.
+pub(crate) fn first_lines(lines: &[String], max: usize) -> String {
+    let shown = lines.len().min(max);
+    let mut out = lines[..shown].join("\n");
+    if lines.len() > shown {
+        out.push_str(&format!("\n… and {} more", lines.len() - shown));
+    }
+    out
+}
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -96,18 +96,12 @@ fn check_keys(key: &KeySource, subject: &str, path: &Path, text: &str) -> anyhow
             describe(key)
         ));
     }
-    let shown = missing.len().min(5);
     anyhow::bail!(
-        "{} of the {} events in {} have no key, and `eddy run` would dead-letter them (kind `key`):\n{}{}\nfix `input.key` in the pipeline file, or the events",
+        "{} of the {} events in {} have no key, and `eddy run` would dead-letter them (kind `key`):\n{}\nfix `input.key` in the pipeline file, or the events",
         missing.len(),
         lines.len(),
         path.display(),
-        missing[..shown].join("\n"),
-        if missing.len() > shown {
-            format!("\n  … and {} more", missing.len() - shown)
-        } else {
-            String::new()
-        }
+        super::first_lines(&missing, 5)
     )
 }
 

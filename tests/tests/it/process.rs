@@ -562,18 +562,24 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
             .output()
             .expect("eddy test")
     };
-    let out = test(&[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = without_colours(&String::from_utf8_lossy(&out.stderr));
+    // A run that succeeded: what it printed, and its log without colours.
+    let passed = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            without_colours(&String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (stdout, log) = passed(test(&[]));
     assert!(
         log.contains("cached=false"),
         "compiled on the first run: {log}"
     );
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+    let lines: Vec<Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
@@ -605,21 +611,12 @@ fn eddy_test_takes_the_key_from_the_project_and_checks_expected_outcomes() {
         "{\"seq\":1,\"outcome\":\"emit\",\"outputs\":[{\"payload\":{\"action\":\"ok\",\"k\":\"a\"}}]}\n{\"seq\":2,\"outcome\":\"failed\",\"kind\":\"key\"}\n{\"seq\":3,\"kind\":\"key\"}\n{\"seq\":4,\"outcome\":\"emit\"}\n",
     )
     .expect("expected");
-    let out = test(&["--expect", "expected.jsonl"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = without_colours(&String::from_utf8_lossy(&out.stderr));
+    let (stdout, log) = passed(test(&["--expect", "expected.jsonl"]));
     assert!(
         log.contains("cached=true"),
         "an unchanged plugin is not compiled again: {log}"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ok: 4 lines as expected.jsonl expects"
-    );
+    assert_eq!(stdout.trim(), "ok: 4 lines as expected.jsonl expects");
     std::fs::write(
         dir.path().join("expected.jsonl"),
         "{\"seq\":1,\"outcome\":\"emit\"}\n{\"seq\":2,\"outcome\":\"emit\"}\n",
