@@ -145,7 +145,7 @@ impl Storage for NatsStorage {
                         .await
                         .map_err(|e| self.failed("write the file for", name, e))?;
                 }
-                let tmp = path.with_extension("part");
+                let tmp = crate::checkpoint::storage::temporary_beside(path);
                 let mut file = tokio::fs::File::create(&tmp)
                     .await
                     .map_err(|e| self.failed("write the file for", name, e))?;

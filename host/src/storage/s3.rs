@@ -127,7 +127,7 @@ impl Storage for S3Storage {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StorageError::Failed(format!("create {}: {e}", parent.display())))?;
         }
-        let tmp = path.with_extension("part");
+        let tmp = crate::checkpoint::storage::temporary_beside(path);
         std::fs::write(&tmp, &bytes)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| StorageError::Failed(format!("write {}: {e}", path.display())))

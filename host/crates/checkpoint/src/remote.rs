@@ -17,6 +17,8 @@ pub(crate) struct Remote {
     shared: Mutex<Option<HashSet<String>>>,
     /// The newest checkpoint id seen in the store (listed once).
     newest: Mutex<Option<u64>>,
+    /// The newest checkpoint whose manifest this host stored.
+    written: Mutex<Option<u64>>,
 }
 
 fn manifest_name(id: u64) -> String {
@@ -29,6 +31,7 @@ impl Remote {
             storage,
             shared: Mutex::new(None),
             newest: Mutex::new(None),
+            written: Mutex::new(None),
         }
     }
 
@@ -73,10 +76,8 @@ impl Remote {
 
     /// The manifest of checkpoint `id`, from the store.
     pub(crate) fn manifest(&self, id: u64) -> Result<Manifest> {
-        let bytes = self
-            .storage
-            .get_bytes(&manifest_name(id))
-            .map_err(|e| match e {
+        let bytes =
+            patiently(|| self.storage.get_bytes(&manifest_name(id))).map_err(|e| match e {
                 StorageError::NotFound(_) => Error::Corrupt {
                     id,
                     reason: format!("its manifest is gone from {}", self.storage.describe()),
@@ -137,6 +138,8 @@ impl Remote {
         self.storage.put_bytes(&manifest_name(id), json)?;
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         *newest = Some(newest.unwrap_or(0).max(id));
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        *written = Some(written.unwrap_or(0).max(id));
         Ok(())
     }
 
@@ -155,9 +158,8 @@ impl Remote {
             })
             .collect();
         in_parallel(&missing, |f| {
-            self.storage
-                .get_file(&f.stored, &dir.join(&f.stored))
-                .map_err(|e| match e {
+            patiently(|| self.storage.get_file(&f.stored, &dir.join(&f.stored))).map_err(
+                |e| match e {
                     StorageError::NotFound(_) => Error::Corrupt {
                         id,
                         reason: format!(
@@ -167,7 +169,8 @@ impl Remote {
                         ),
                     },
                     e => Error::Storage(e),
-                })
+                },
+            )
         })?;
         let fetched = (missing.len(), missing.iter().map(|f| f.size).sum::<u64>());
         let json = serde_json::to_vec_pretty(&m)
@@ -212,6 +215,20 @@ impl Remote {
         cached: impl Fn(u64) -> Option<Manifest>,
     ) -> Result<()> {
         let ids = self.ids()?;
+        // A listing without the checkpoint this host just stored is stale (a replica behind,
+        // a listing cut short): judged by it, that checkpoint's files would look unused.
+        let written = *self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = written
+            && !ids.contains(&w)
+        {
+            // Common right after a write to a replicated store: the next retention catches up.
+            tracing::debug!(
+                checkpoint = w,
+                "{} listed without the newest checkpoint stored here; deleting nothing this time",
+                self.storage.describe()
+            );
+            return Ok(());
+        }
         let keep: Vec<u64> = ids.iter().rev().take(retain.max(1)).copied().collect();
         let mut used = HashSet::new();
         for id in &keep {
@@ -250,6 +267,25 @@ impl Remote {
         }
         Ok(())
     }
+}
+
+/// Reads `get` again when the store says not found, a few times over about two seconds,
+/// before believing it: a replica that has not caught up answers reads of what was just
+/// stored that way, and a checkpoint judged corrupt sends the restore to an older one.
+fn patiently<T>(
+    get: impl Fn() -> std::result::Result<T, StorageError>,
+) -> std::result::Result<T, StorageError> {
+    let mut wait = std::time::Duration::from_millis(250);
+    for _ in 0..3 {
+        match get() {
+            Err(StorageError::NotFound(_)) => {
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    get()
 }
 
 /// Transfers at once per checkpoint: a store answers each request after a round trip, so a

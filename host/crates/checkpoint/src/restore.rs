@@ -51,17 +51,11 @@ impl Checkpoints {
 
     /// [`Checkpoints::restore_newest`] among the checkpoints with ids up to `max` (the one a
     /// partition's checkpoint pointer names, in cluster mode: newer ones were never
-    /// committed).
+    /// committed). With a store, `max` itself is tried first without listing the store.
     pub fn restore_up_to(&self, db_dir: &Path, max: Option<u64>) -> Result<Option<Manifest>> {
-        let mut ids = match &self.remote {
-            Some(remote) => remote.ids()?,
-            None => list_ids(&self.dir, true),
-        };
-        if let Some(max) = max {
-            ids.retain(|id| *id <= max);
-        }
         let mut skipped = Vec::new();
-        for id in ids.into_iter().rev() {
+        // Restores `id` if it verifies; `None` (noted in `skipped`) if it is corrupt.
+        let mut attempt = |id: u64| -> Result<Option<Manifest>> {
             let usable = match &self.remote {
                 Some(remote) => remote.fetch(&self.dir, id),
                 None => self.load(id),
@@ -69,29 +63,65 @@ impl Checkpoints {
             match usable.and_then(|m| self.verify(&m).map(|()| m)) {
                 Ok(m) => {
                     self.materialize(&m, db_dir)?;
-                    if !skipped.is_empty() {
-                        tracing::warn!(
-                            restored = id,
-                            skipped = ?skipped,
-                            "restored an older checkpoint because newer ones are corrupt"
-                        );
-                    }
-                    return Ok(Some(m));
+                    Ok(Some(m))
                 }
                 Err(e @ Error::Corrupt { .. }) => {
                     tracing::warn!(checkpoint = id, "{e}; falling back to the previous one");
                     skipped.push(id);
+                    Ok(None)
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
+            }
+        };
+        let mut restored = None;
+        if let (Some(_), Some(max)) = (&self.remote, max) {
+            restored = attempt(max)?;
+        }
+        if restored.is_none() {
+            let mut ids = match &self.remote {
+                Some(remote) => remote.ids()?,
+                None => list_ids(&self.dir, true),
+            };
+            if let Some(max) = max {
+                ids.retain(|id| *id <= max);
+            }
+            for id in ids.into_iter().rev() {
+                if restored.is_some() {
+                    break;
+                }
+                if self.remote.is_some() && Some(id) == max {
+                    continue;
+                }
+                restored = attempt(id)?;
             }
         }
-        if !skipped.is_empty() {
-            return Err(Error::AllCorrupt {
+        match restored {
+            Some(m) => {
+                if !skipped.is_empty() {
+                    tracing::warn!(
+                        restored = m.id,
+                        skipped = ?skipped,
+                        "restored an older checkpoint because newer ones are corrupt"
+                    );
+                }
+                Ok(Some(m))
+            }
+            None if !skipped.is_empty() => Err(Error::AllCorrupt {
                 dir: self.dir.clone(),
                 ids: skipped,
-            });
+            }),
+            None => Ok(None),
         }
-        Ok(None)
+    }
+
+    /// Fetches checkpoint `id` from the store into the local cache without restoring it (a
+    /// host about to take a partition over), so the restore that follows downloads only
+    /// what changed since. Without a store there is nothing to fetch.
+    pub fn prefetch(&self, id: u64) -> Result<()> {
+        if let Some(remote) = &self.remote {
+            remote.fetch(&self.dir, id)?;
+        }
+        Ok(())
     }
 
     /// Writes the database of checkpoint `m` into `db_dir` (replacing what is there).

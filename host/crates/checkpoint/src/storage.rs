@@ -68,6 +68,17 @@ impl DirStorage {
     }
 }
 
+/// A temporary name beside `path`, to write it whole before a rename: unique per write, so
+/// two writers of the same file (a fetch ahead still running on the blocking pool, and the
+/// restore that followed it) never write through one.
+pub fn temporary_beside(path: &Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".part-{}-{n}", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn write_through_tmp(
     path: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
@@ -75,7 +86,7 @@ fn write_through_tmp(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension("part");
+    let tmp = temporary_beside(path);
     write(&tmp)?;
     std::fs::rename(&tmp, path)
 }
@@ -125,7 +136,7 @@ impl Storage for DirStorage {
                     todo.push(path);
                 } else if let Ok(rel) = path.strip_prefix(&self.dir) {
                     let name = rel.to_string_lossy().replace('\\', "/");
-                    if name.starts_with(prefix) && !name.ends_with(".part") {
+                    if name.starts_with(prefix) && !name.contains(".part-") {
                         out.push(name);
                     }
                 }

@@ -477,3 +477,149 @@ fn a_file_missing_from_the_store_falls_back_to_the_previous_checkpoint() {
     let store = f.open(16);
     assert_eq!(read(&store, "k1"), Some(b"1".to_vec()));
 }
+
+/// A directory store whose listings leave out the objects of one checkpoint, as a replica
+/// that has not caught up yet would.
+struct Lagging {
+    inner: storage::DirStorage,
+    hidden: std::sync::Mutex<Option<String>>,
+}
+
+impl storage::Storage for Lagging {
+    fn describe(&self) -> String {
+        "a lagging store".into()
+    }
+    fn put_file(&self, name: &str, path: &std::path::Path) -> Result<(), storage::StorageError> {
+        self.inner.put_file(name, path)
+    }
+    fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.put_bytes(name, bytes)
+    }
+    fn get_file(&self, name: &str, path: &std::path::Path) -> Result<(), storage::StorageError> {
+        self.inner.get_file(name, path)
+    }
+    fn get_bytes(&self, name: &str) -> Result<Vec<u8>, storage::StorageError> {
+        self.inner.get_bytes(name)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storage::StorageError> {
+        let hidden = self.hidden.lock().expect("lock").clone();
+        Ok(self
+            .inner
+            .list(prefix)?
+            .into_iter()
+            .filter(|n| hidden.as_ref().is_none_or(|h| !n.starts_with(h.as_str())))
+            .collect())
+    }
+    fn delete(&self, name: &str) -> Result<(), storage::StorageError> {
+        self.inner.delete(name)
+    }
+}
+
+#[test]
+fn a_listing_without_the_newest_checkpoint_deletes_nothing() {
+    let f = Fixture::new();
+    let lagging = Arc::new(Lagging {
+        inner: storage::DirStorage::new(&f.dir.path().join("store")),
+        hidden: std::sync::Mutex::new(None),
+    });
+    let cps = f.checkpoints(1).with_storage(lagging.clone());
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(100)).expect("cut"))
+        .expect("complete");
+    cps.retain(None).expect("retain");
+    write_counts(&store, 0, 100, b"2");
+    let second = cps
+        .complete(&cps.cut(&store, 2, cut(200)).expect("cut"))
+        .expect("complete");
+    // The listing that retention reads has not caught up with checkpoint 2: judged by it,
+    // checkpoint 1 is the newest, and 2's new files are used by no kept checkpoint.
+    *lagging.hidden.lock().expect("lock") = Some("chk-0000000002".into());
+    cps.retain(None).expect("retain");
+    *lagging.hidden.lock().expect("lock") = None;
+    use storage::Storage;
+    for file in &second.files {
+        assert!(
+            lagging.inner.get_bytes(&file.stored).is_ok(),
+            "{} of the newest checkpoint was deleted",
+            file.stored
+        );
+    }
+    drop(store);
+    std::fs::remove_dir_all(f.db()).expect("wipe");
+    std::fs::remove_dir_all(f.dir.path().join("checkpoints")).expect("wipe");
+    let cps = f.checkpoints(1).with_storage(lagging);
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 2);
+}
+
+/// A directory store that answers "not found" to the first reads, as a replica that has not
+/// caught up with what was just stored does.
+struct Late {
+    inner: storage::DirStorage,
+    misses: std::sync::Mutex<u32>,
+}
+
+impl Late {
+    fn miss(&self, name: &str) -> Result<(), storage::StorageError> {
+        let mut misses = self.misses.lock().expect("lock");
+        if *misses > 0 {
+            *misses -= 1;
+            return Err(storage::StorageError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl storage::Storage for Late {
+    fn describe(&self) -> String {
+        "a late store".into()
+    }
+    fn put_file(&self, name: &str, path: &std::path::Path) -> Result<(), storage::StorageError> {
+        self.inner.put_file(name, path)
+    }
+    fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<(), storage::StorageError> {
+        self.inner.put_bytes(name, bytes)
+    }
+    fn get_file(&self, name: &str, path: &std::path::Path) -> Result<(), storage::StorageError> {
+        self.miss(name)?;
+        self.inner.get_file(name, path)
+    }
+    fn get_bytes(&self, name: &str) -> Result<Vec<u8>, storage::StorageError> {
+        self.miss(name)?;
+        self.inner.get_bytes(name)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, storage::StorageError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, name: &str) -> Result<(), storage::StorageError> {
+        self.inner.delete(name)
+    }
+}
+
+#[test]
+fn a_store_that_answers_late_is_waited_for_not_taken_for_corruption() {
+    let f = Fixture::new();
+    let late = Arc::new(Late {
+        inner: storage::DirStorage::new(&f.dir.path().join("store")),
+        misses: std::sync::Mutex::new(0),
+    });
+    let cps = f.checkpoints(2).with_storage(late.clone());
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(100)).expect("cut"))
+        .expect("complete");
+    write_counts(&store, 0, 100, b"2");
+    cps.complete(&cps.cut(&store, 2, cut(200)).expect("cut"))
+        .expect("complete");
+    drop(store);
+    std::fs::remove_dir_all(f.db()).expect("wipe");
+    std::fs::remove_dir_all(f.dir.path().join("checkpoints")).expect("wipe");
+    // The first two reads (the newest manifest, then once more) answer "not found".
+    *late.misses.lock().expect("lock") = 2;
+    let cps = f.checkpoints(2).with_storage(late);
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 2, "the newest checkpoint, not an older one");
+    let store = f.open(16);
+    assert_eq!(read(&store, "k5"), Some(b"2".to_vec()));
+}
