@@ -3,7 +3,9 @@
 //! Entries are named by the SHA-256 of the component bytes and the engine's compatibility
 //! hash (wasmtime version and compilation settings), written to a temporary file and renamed,
 //! so a reader never sees a half-written entry. A cache entry that fails to load is
-//! recompiled and replaced.
+//! recompiled and replaced. Within a process, one caller compiles an entry while the others
+//! asking for it wait and then load it (a cluster host starting many partitions at once
+//! compiles its plugin once, not once per partition).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub(crate) fn load_or_compile(
         return Ok((Component::new(engine, wasm)?, false));
     };
     let path = entry_path(engine, digest, dir);
+    let entry = entry_lock(&path);
+    let _compiling = entry.lock().unwrap_or_else(|p| p.into_inner());
     if path.is_file() {
         // SAFETY: the file was produced by `Component::serialize` of this same engine
         // configuration (its name includes the engine's compatibility hash) and written
@@ -40,6 +44,18 @@ pub(crate) fn load_or_compile(
         tracing::warn!(path = %path.display(), "could not cache the compiled component: {e:#}");
     }
     Ok((component, false))
+}
+
+/// The lock of one cache entry in this process.
+fn entry_lock(path: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
 }
 
 fn entry_path(engine: &wasmtime::Engine, digest: &str, dir: &Path) -> PathBuf {
