@@ -244,10 +244,10 @@ impl PipelineConfig {
                     "is set, but with [cluster] partitions move between hosts by themselves; remove partitions.owned".into(),
                 ));
             }
-            if self.query.http.is_some() {
+            if self.query.http.is_some() && !self.query.nats {
                 return Err(err(
                     "query.http",
-                    "is not served with [cluster] yet (queries go over NATS: `eddy state`, eddy.query.<pipeline>.*); remove query.http".into(),
+                    "is set with [cluster] and query.nats = false: a cluster host answers HTTP queries through the pipeline's NATS query service; set query.nats = true".into(),
                 ));
             }
         }

@@ -146,3 +146,20 @@ fn an_output_read_back_by_an_input_is_refused() {
     let e = PipelineConfig::parse(&wildcard).expect_err("captured by a wildcard");
     assert_eq!(e.field, "output.subject", "{e}");
 }
+
+#[test]
+fn a_cluster_serves_http_queries_through_its_nats_query_service() {
+    let cluster =
+        "[partitions]\ncount = 4\n\n[cluster]\npartition_subject = \"txn.p.{partition}.>\"\n";
+    let c = PipelineConfig::parse(&format!(
+        "{GOOD}\n{cluster}\n[query]\nhttp = \"127.0.0.1:8088\"\n"
+    ))
+    .expect("query.http with [cluster]");
+    assert_eq!(c.query.http.as_deref(), Some("127.0.0.1:8088"));
+    let e = PipelineConfig::parse(&format!(
+        "{GOOD}\n{cluster}\n[query]\nhttp = \"127.0.0.1:8088\"\nnats = false\n"
+    ))
+    .expect_err("HTTP without the NATS service it asks");
+    assert_eq!(e.field, "query.http", "{e}");
+    assert!(e.to_string().contains("set query.nats = true"), "{e}");
+}

@@ -51,7 +51,7 @@ impl Services {
             tasks.push(
                 crate::query::http::serve(
                     listen,
-                    query.clone(),
+                    crate::query::http::Source::Local(query.clone()),
                     Some(nats.clone()),
                     cfg.query.token.clone(),
                 )

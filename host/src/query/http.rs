@@ -14,7 +14,8 @@
 //!
 //! Every route takes `freshness=latest|checkpoint`. With `query.token` set, a request must carry
 //! `Authorization: Bearer <token>` (401 otherwise). Keys owned by another host are fetched from
-//! it over NATS. Errors answer `{"error": "...", "code": N}` with that status (bad parameters,
+//! it over NATS; a cluster host ([`Source::Cluster`]), whose partitions come and go, asks the
+//! pipeline's query service over NATS for every answer. Errors answer `{"error": "...", "code": N}` with that status (bad parameters,
 //! unknown routes and methods included).
 //!
 //! No client can take the host down: at most [`MAX_CONNECTIONS`] connections are served at
@@ -39,9 +40,22 @@ use tokio::sync::Semaphore;
 use super::{Freshness, Op, Query, QueryEngine, QueryError};
 use crate::transport::Nats;
 
+/// Where the answers come from.
+#[derive(Clone)]
+pub enum Source {
+    /// This run's state; keys owned elsewhere are fetched from their owner over NATS.
+    Local(Arc<QueryEngine>),
+    /// The pipeline's query service over NATS, which routes each key to the current owner of
+    /// its partition (a cluster host).
+    Cluster {
+        /// The pipeline's name.
+        pipeline: String,
+    },
+}
+
 #[derive(Clone)]
 struct Ctx {
-    engine: Arc<QueryEngine>,
+    source: Source,
     nats: Option<Nats>,
     token: Option<Arc<str>>,
 }
@@ -63,12 +77,12 @@ struct Params {
 /// Serves the routes on `listen` until the task is dropped.
 pub async fn serve(
     listen: &str,
-    engine: Arc<QueryEngine>,
+    source: Source,
     nats: Option<Nats>,
     token: Option<String>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let ctx = Ctx {
-        engine,
+        source,
         nats,
         token: token.map(Into::into),
     };
@@ -225,15 +239,21 @@ async fn run(ctx: Ctx, headers: HeaderMap, op: Op, q: Query) -> Response {
         Ok(k) => k,
         Err(e) => return error(e),
     };
-    let result = match (&ctx.nats, key) {
-        (Some(nats), Some(key)) if op.keyed() && !ctx.engine.owns(&key) => {
+    let result = match (&ctx.source, &ctx.nats, key) {
+        (Source::Cluster { pipeline }, Some(nats), _) => {
+            super::nats::ask(nats, pipeline, op, &q).await
+        }
+        (Source::Cluster { .. }, None, _) => Err(QueryError::Internal(
+            "a cluster host answers queries over NATS, and has no connection".into(),
+        )),
+        (Source::Local(engine), Some(nats), Some(key)) if op.keyed() && !engine.owns(&key) => {
             match serde_json::to_vec(&q) {
-                Ok(body) => super::nats::forward(nats, &ctx.engine, op, &key, &body).await,
+                Ok(body) => super::nats::forward(nats, engine, op, &key, &body).await,
                 Err(e) => Err(QueryError::Internal(e.to_string())),
             }
         }
-        _ => {
-            let engine = ctx.engine.clone();
+        (Source::Local(engine), _, _) => {
+            let engine = engine.clone();
             tokio::task::spawn_blocking(move || engine.execute(op, &q))
                 .await
                 .unwrap_or_else(|e| Err(QueryError::Internal(e.to_string())))
