@@ -4,7 +4,9 @@
 //!   bucket's `max_age` (the lease) removes a host that stopped writing;
 //! - `eddy-<pipeline>-leases`: a key per owned partition (`p<N>`), taken by `create` (only if
 //!   absent), renewed by `update` at the revision the owner last wrote, expiring with the
-//!   bucket's `max_age` when not renewed. The revision of the `create` is the owner's epoch;
+//!   bucket's `max_age` when not renewed. The revision of the `create` is the owner's epoch.
+//!   Beside them, `w<N>` keys: a host that has fetched partition N's checkpoint and waits for
+//!   its owner to hand it over (see `assign`);
 //! - `eddy-<pipeline>-pointers`: a key per partition naming its committed checkpoint and the
 //!   epoch of the owner that committed it, moved only by compare-and-set. A new owner claims
 //!   it (writes its epoch) before restoring; an earlier owner's next commit then fails.
@@ -83,6 +85,14 @@ pub(crate) struct Lease {
 struct LeaseValue {
     host: String,
     epoch: u64,
+}
+
+/// What a want key holds: the host waiting for the partition, and the checkpoint it has
+/// fetched for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Want {
+    pub(crate) host: String,
+    pub(crate) checkpoint: Option<u64>,
 }
 
 /// What a pointer key holds.
@@ -190,13 +200,12 @@ impl Coordination {
             .try_collect()
             .await
             .map_err(|e| anyhow!("list hosts: {e}"))?;
+        // One read per key, all at once: read one after another, a look at a loaded cluster
+        // took seconds, and the renewals wait behind it.
+        let entries = futures::future::join_all(keys.iter().map(|k| self.hosts.entry(k))).await;
         let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            let entry = self
-                .hosts
-                .entry(&k)
-                .await
-                .map_err(|e| anyhow!("read host {k}: {e}"))?;
+        for (k, entry) in keys.into_iter().zip(entries) {
+            let entry = entry.map_err(|e| anyhow!("read host {k}: {e}"))?;
             if let Some(e) = entry
                 && e.operation == kv::Operation::Put
             {
@@ -236,6 +245,15 @@ impl Coordination {
 
     /// Each leased partition's owner.
     pub(crate) async fn owners(&self) -> anyhow::Result<BTreeMap<u32, String>> {
+        Ok(self.leases().await?.0)
+    }
+
+    /// Each leased partition's owner, and each wanted partition's wanting host (`w<N>`
+    /// keys: a host that has fetched partition N's checkpoint and waits for its owner to
+    /// let go).
+    pub(crate) async fn leases(
+        &self,
+    ) -> anyhow::Result<(BTreeMap<u32, String>, BTreeMap<u32, Want>)> {
         let keys: Vec<String> = self
             .leases
             .keys()
@@ -244,20 +262,65 @@ impl Coordination {
             .try_collect()
             .await
             .map_err(|e| anyhow!("list leases: {e}"))?;
-        let mut out = BTreeMap::new();
-        for k in keys {
-            let Some(p) = k.strip_prefix('p').and_then(|n| n.parse().ok()) else {
+        let (mut owners, mut wants) = (BTreeMap::new(), BTreeMap::new());
+        // All reads at once (see `heartbeats`).
+        let entries = futures::future::join_all(keys.iter().map(|k| self.leases.entry(k))).await;
+        for (k, entry) in keys.into_iter().zip(entries) {
+            if k.is_empty() {
+                continue;
+            }
+            let (kind, n) = k.split_at(1);
+            let Ok(p) = n.parse::<u32>() else { continue };
+            let Ok(Some(e)) = entry else {
                 continue;
             };
-            if let Ok(Some(e)) = self.leases.entry(&k).await
-                && e.operation == kv::Operation::Put
-                && let Ok(v) = serde_json::from_slice::<LeaseValue>(&e.value)
-            {
-                self.seen.unchanged_for(&format!("l.{k}"), e.revision);
-                out.insert(p, v.host);
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            match kind {
+                "p" => {
+                    if let Ok(v) = serde_json::from_slice::<LeaseValue>(&e.value) {
+                        self.seen.unchanged_for(&format!("l.{k}"), e.revision);
+                        owners.insert(p, v.host);
+                    }
+                }
+                "w" => {
+                    if let Ok(w) = serde_json::from_slice::<Want>(&e.value) {
+                        wants.insert(p, w);
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(out)
+        Ok((owners, wants))
+    }
+
+    /// Says this host has fetched partition `p`'s `checkpoint` and waits to take it
+    /// (renewed like a lease: a want not rewritten within a lease lapses).
+    pub(crate) async fn want(&self, p: u32, checkpoint: Option<u64>) -> anyhow::Result<()> {
+        let value = serde_json::to_vec(&Want {
+            host: self.me.clone(),
+            checkpoint,
+        })?;
+        self.leases
+            .put(format!("w{p}"), value.into())
+            .await
+            .map(drop)
+            .map_err(|e| anyhow!("want partition {p}: {e}"))
+    }
+
+    /// Withdraws this host's want of partition `p` (taken, or no longer coming here).
+    pub(crate) async fn unwant(&self, p: u32) {
+        let key = format!("w{p}");
+        if let Ok(Some(e)) = self.leases.entry(&key).await
+            && e.operation == kv::Operation::Put
+            && serde_json::from_slice::<Want>(&e.value).is_ok_and(|w| w.host == self.me)
+        {
+            let _ = self
+                .leases
+                .delete_expect_revision(&key, Some(e.revision))
+                .await;
+        }
     }
 
     /// Takes partition `p` if nobody holds it, or its lease has stood unrenewed for a whole
@@ -306,26 +369,42 @@ impl Coordination {
 
     /// Renews `lease`; false if another host holds it now.
     pub(crate) async fn renew(&self, lease: &mut Lease) -> anyhow::Result<bool> {
-        let value = serde_json::to_vec(&LeaseValue {
+        let key = format!("p{}", lease.partition);
+        let value: Bytes = serde_json::to_vec(&LeaseValue {
             host: self.me.clone(),
             epoch: lease.epoch,
-        })?;
-        match self
-            .leases
-            .update(
-                format!("p{}", lease.partition),
-                value.into(),
-                lease.revision,
-            )
-            .await
-        {
-            Ok(revision) => {
-                lease.revision = revision;
-                Ok(true)
+        })?
+        .into();
+        // A renewal whose reply was lost may still have been stored: then the key names this
+        // host at its epoch, at a revision this host never saw. Adopt it and renew again, so
+        // the deadline counts from a renewal sent now rather than from the lost one.
+        for _ in 0..2 {
+            match self
+                .leases
+                .update(&key, value.clone(), lease.revision)
+                .await
+            {
+                Ok(revision) => {
+                    lease.revision = revision;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    match self.leases.entry(&key).await {
+                        Ok(Some(e))
+                            if e.operation == kv::Operation::Put
+                                && e.revision != lease.revision
+                                && serde_json::from_slice::<LeaseValue>(&e.value)
+                                    .is_ok_and(|v| v.host == self.me && v.epoch == lease.epoch) =>
+                        {
+                            lease.revision = e.revision;
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+                Err(e) => return Err(anyhow!("renew partition {}: {e}", lease.partition)),
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(anyhow!("renew partition {}: {e}", lease.partition)),
         }
+        Ok(false)
     }
 
     /// Gives `lease` up (after the partition's last checkpoint is committed).
@@ -348,6 +427,11 @@ impl Coordination {
             Ok(None) => Ok((None, 0)),
             Err(e) => Err(anyhow!("read the checkpoint pointer of partition {p}: {e}")),
         }
+    }
+
+    /// The checkpoint partition `p`'s pointer names (none: never committed).
+    pub(crate) async fn committed(&self, p: u32) -> anyhow::Result<Option<u64>> {
+        Ok(self.pointer(p).await?.0.and_then(|ptr| ptr.checkpoint))
     }
 
     /// Claims partition `p`'s pointer for `lease` (before restoring): returns the committed

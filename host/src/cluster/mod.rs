@@ -10,9 +10,16 @@
 //! the others.
 //!
 //! Moving a partition:
-//! - *hand-off* (a host joined, or this one stops): the run drains, takes its last
-//!   checkpoint and commits it to the partition's pointer, then the lease is released; the
-//!   new owner takes it at its next tick;
+//! - *rebalance* (a host joined): the receiving host fetches the partition's committed
+//!   checkpoint into its local cache while the owner runs on, then says it wants the
+//!   partition; the owner stops the run at once (no last checkpoint) and releases the lease;
+//!   the receiver, watching the lease, takes it, restores from its cache and replays from the
+//!   committed position (the replayed outputs are duplicates by id, dropped by the output
+//!   stream). The partition pauses for the stop, the take and the start, not for a download
+//!   or a checkpoint. A receiver that has not warmed up within [`WARM_WAIT`] gets the
+//!   partition anyway;
+//! - *leaving* (this host stops): each run drains, takes its last checkpoint and commits it
+//!   to the partition's pointer, then the lease is released and a survivor takes it;
 //! - *failover* (a host died): its leases expire after `cluster.lease_ms`; a survivor takes
 //!   the partition, claims its pointer, restores the committed checkpoint from the store and
 //!   replays from its input position. Replayed outputs carry the same message ids, so the
@@ -28,6 +35,7 @@
 //! Never: decides ownership from a read; only a compare-and-set on a lease does.
 
 mod assign;
+mod handoff;
 mod leases;
 pub mod status;
 
@@ -43,9 +51,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Fence, Fenced, RunOptions, RunSummary, Shutdown};
+use crate::pipeline::{self, Fence, Fenced, HandOff, RunOptions, RunSummary, Shutdown};
 use crate::transport;
 
+pub(crate) use handoff::WARM_WAIT;
+use handoff::{Incoming, Step};
 use leases::{Coordination, Lease};
 
 /// One process-wide origin for the monotonic deadlines the fences compare against.
@@ -63,6 +73,8 @@ struct LeaseFence {
     pointer_revision: Arc<AtomicU64>,
     /// The checkpoint the pointer named when this owner claimed it.
     committed: Option<u64>,
+    /// The checkpoint the pointer names now, as this owner last wrote it (0: none).
+    last_committed: Arc<AtomicU64>,
     /// Until when (by [`mono_ms`]) the lease surely holds.
     deadline_ms: Arc<AtomicU64>,
 }
@@ -86,6 +98,7 @@ impl Fence for LeaseFence {
         let (coord, p, epoch) = (self.coord.clone(), self.partition, self.epoch);
         let revision = self.pointer_revision.clone();
         let deadline = self.deadline_ms.clone();
+        let last = self.last_committed.clone();
         async move {
             if mono_ms() >= deadline.load(Ordering::Acquire) {
                 return Err(format!("the lease on partition {p} may have lapsed"));
@@ -94,6 +107,7 @@ impl Fence for LeaseFence {
             match coord.write_pointer(p, Some(id), epoch, at).await {
                 Ok(new) => {
                     revision.store(new, Ordering::Release);
+                    last.store(id, Ordering::Release);
                     Ok(())
                 }
                 Err(e) => Err(format!("{e:#}")),
@@ -116,7 +130,29 @@ struct Owned {
     lease: Lease,
     deadline_ms: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
+    /// How the run moves to another host.
+    hand_off: Arc<HandOff>,
+    /// The checkpoint the partition's pointer names, as this owner last wrote it (0: none).
+    committed: Arc<AtomicU64>,
     task: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl Owned {
+    /// Stops the run; `quick` for a hand-off to a host that restores the committed
+    /// checkpoint, otherwise after a last checkpoint.
+    fn stop(&self, quick: bool) {
+        self.hand_off.quick.store(quick, Ordering::Release);
+        let _ = self.stop.send(true);
+    }
+
+    /// Holds (or resumes) the run's checkpoints while its receiver catches up.
+    fn hold(&self, hold: bool) {
+        self.hand_off.hold.store(hold, Ordering::Release);
+    }
+
+    fn committed(&self) -> Option<u64> {
+        Some(self.committed.load(Ordering::Acquire)).filter(|id| *id != 0)
+    }
 }
 
 /// Runs `cfg` as one host of its cluster until `shutdown`, then hands every partition off.
@@ -152,19 +188,41 @@ pub async fn run(
         tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
     }
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
+    // HTTP queries for the whole pipeline, whichever partitions this host owns at the time.
+    let http = match &cfg.query.http {
+        Some(listen) => Some(
+            crate::query::http::serve(
+                listen,
+                crate::query::http::Source::Cluster {
+                    pipeline: cfg.pipeline.name.clone(),
+                },
+                Some(nats.clone()),
+                cfg.query.token.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
-    // Partitions draining for a hand-off: their leases are still renewed until the last
-    // checkpoint is committed, then released.
+    // Partitions stopping for a hand-off: their leases are still renewed until the run has
+    // ended (after a last checkpoint, when leaving), then released.
     let mut handing_off: BTreeMap<u32, Owned> = BTreeMap::new();
-    let mut summary = RunSummary::default();
+    // Partitions planned to come here, and since when each of this host's partitions has
+    // been planned to go.
+    let mut incoming = Incoming::default();
+    let mut planned_since: BTreeMap<u32, Instant> = BTreeMap::new();
     // A partition whose run failed (not fenced) waits before this host takes it again.
     let mut cooling: BTreeMap<u32, Instant> = BTreeMap::new();
-    // Leases and the heartbeat are renewed every third of the lease. While partitions move
-    // (this host hands some off, or owns fewer than its share) the loop looks again every
-    // `MOVING` instead, so a released partition is taken at once rather than at a tick.
+    // Leases, wants and the heartbeat are renewed every third of the lease, and the hosts
+    // and leases looked at as often. While partitions move (this host hands some off, owns
+    // fewer than its share, or has some coming) it looks every `MOVING` instead, and while it
+    // is ready for a partition or one is stopping here it steps every `TAKING`, so a
+    // partition is taken the moment it is let go.
     let renew_every = lease / 3;
     let mut renewed: Option<Instant> = None;
+    let mut looked: Option<Instant> = None;
+    let mut look_every = renew_every;
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
@@ -178,84 +236,130 @@ pub async fn run(
         if *shutdown.borrow() {
             break;
         }
-        wait = renew_every;
         if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
             renewed = Some(Instant::now());
-            let (beat, ()) = tokio::join!(
+            let (beat, (), ()) = tokio::join!(
                 coord.heartbeat(),
-                renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off)
+                renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off),
+                incoming.renew(&coord)
             );
             if let Err(e) = beat {
                 tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
             }
         }
-        // Runs that ended on their own.
-        let ended: Vec<u32> = owned
-            .iter()
-            .filter(|(_, o)| o.task.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
-        for p in ended {
-            let Some(o) = owned.remove(&p) else { continue };
-            match o.task.await {
-                Ok(Ok(s)) => add(&mut summary, &s),
-                Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
-                    tracing::warn!(partition = p, "partition stopped: {e:#}");
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
-                    cooling.insert(p, Instant::now());
-                }
-                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
-            }
-            // Nothing runs under its lease any more, which may still name this host (a
-            // fenced run's renewal came late but no one took it): give it up, so the
-            // partition is free at once rather than held until the server expires the key,
-            // if it ever does. Taken by another host, the delete at this host's revision does
-            // nothing.
-            coord.release(&o.lease).await;
-        }
+        reap(&mut owned, &mut cooling, &coord).await;
+        finish_hand_offs(&coord, &mut handing_off).await;
         metrics
             .partitions_owned
             .store(owned.len() as u64, Ordering::Relaxed);
-        let (hosts, owners) = match (coord.hosts().await, coord.owners().await) {
-            (Ok(mut h), Ok(o)) => {
-                h.insert(me.clone());
-                (h, o)
+
+        // Partitions on their way here: fetched ahead, then taken once free.
+        incoming.poll(&cfg, &nats, &coord).await;
+        // Taking is one KV create while the owner still holds the lease (it fails).
+        let takes = incoming.ready().into_iter().map(|p| {
+            let (cfg, opts, coord, metrics, cluster) = (&cfg, &opts, &coord, &metrics, &cluster);
+            async move {
+                let r = start_partition(cfg, opts, coord, metrics, cluster, p, false).await;
+                (p, r)
             }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("cannot read the cluster's hosts and leases ({e:#}); retrying");
-                continue;
-            }
-        };
-        let moves = assign::moves(cfg.partitions.count, &hosts, &owners, &me);
-        for p in moves.release {
-            if let Some(o) = owned.remove(&p) {
-                tracing::info!(partition = p, "handing the partition off");
-                let _ = o.stop.send(true);
-                handing_off.insert(p, o);
-            }
-        }
-        cooling.retain(|_, at| at.elapsed() < Duration::from_secs(10));
-        for p in moves.acquire {
-            if owned.contains_key(&p) || cooling.contains_key(&p) {
-                continue;
-            }
-            match start_partition(&cfg, &opts, &coord, &metrics, &cluster, p, &owners).await {
+        });
+        for (p, taken) in futures::future::join_all(takes).await {
+            match taken {
                 Ok(Some(o)) => {
                     owned.insert(p, o);
+                    incoming.remove(p, &coord).await;
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(partition = p, "cannot take the partition: {e:#}"),
             }
         }
-        finish_hand_offs(&coord, &mut handing_off).await;
-        if !handing_off.is_empty()
-            || (owned.len() as u32) < assign::share(cfg.partitions.count, &hosts, &me)
-        {
-            wait = MOVING.min(renew_every);
+
+        if looked.is_none_or(|at| at.elapsed() >= look_every) {
+            looked = Some(Instant::now());
+            match look(&coord, &me).await {
+                Ok((hosts, owners, wants)) => {
+                    let moves = assign::moves(
+                        cfg.partitions.count,
+                        &hosts,
+                        &owners,
+                        &wants.iter().map(|(p, w)| (*p, w.host.clone())).collect(),
+                        &me,
+                    );
+                    // Hand-offs, step by step with the receiver (see `handoff`).
+                    planned_since.retain(|p, _| moves.release.iter().any(|(r, _)| r == p));
+                    for (p, o) in &owned {
+                        if !planned_since.contains_key(p) {
+                            o.hold(false);
+                        }
+                    }
+                    for (p, to) in &moves.release {
+                        let since = *planned_since.entry(*p).or_insert_with(Instant::now);
+                        let Some(o) = owned.get(p) else { continue };
+                        match handoff::owner_step(wants.get(p), to, o.committed(), since.elapsed())
+                        {
+                            Step::Run => o.hold(false),
+                            Step::Hold => o.hold(true),
+                            Step::Go { warmed } => {
+                                if warmed {
+                                    tracing::info!(partition = *p, to = %to, "handing the partition off to a host ready for it");
+                                } else {
+                                    tracing::warn!(partition = *p, to = %to, "handing the partition off though its receiver has not fetched its checkpoint within {:?}", handoff::WARM_WAIT);
+                                }
+                                // The run drains and commits a last checkpoint before the
+                                // release, so the new owner's state is never behind outputs
+                                // already published (a stop without one let queries read
+                                // older state until the replay caught up). Released at the
+                                // first step (every `TAKING`) that finds the run ended.
+                                if let Some(o) = owned.remove(p) {
+                                    o.stop(false);
+                                    handing_off.insert(*p, o);
+                                }
+                                planned_since.remove(p);
+                            }
+                        }
+                    }
+                    incoming.follow(&moves.incoming, &cfg, &nats, &coord).await;
+                    cooling.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+                    for p in moves.acquire {
+                        if owned.contains_key(&p) || cooling.contains_key(&p) {
+                            continue;
+                        }
+                        let failover = owners.contains_key(&p);
+                        match start_partition(&cfg, &opts, &coord, &metrics, &cluster, p, failover)
+                            .await
+                        {
+                            Ok(Some(o)) => {
+                                owned.insert(p, o);
+                                incoming.remove(p, &coord).await;
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(partition = p, "cannot take the partition: {e:#}")
+                            }
+                        }
+                    }
+                    let moving = !handing_off.is_empty()
+                        || !incoming.is_empty()
+                        || !planned_since.is_empty()
+                        || (owned.len() as u32) < assign::share(cfg.partitions.count, &hosts, &me);
+                    look_every = if moving {
+                        MOVING.min(renew_every)
+                    } else {
+                        renew_every
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!("cannot read the cluster's hosts and leases ({e:#}); retrying");
+                }
+            }
         }
+        wait = if !incoming.ready().is_empty() || !handing_off.is_empty() {
+            TAKING
+        } else {
+            look_every.min(renew_every)
+        };
     }
+    incoming.clear(&coord).await;
 
     // Stopping: every partition hands off (last checkpoint, pointer, release), in parallel,
     // with the leases renewed meanwhile so the last commits still count.
@@ -264,7 +368,7 @@ pub async fn run(
         "leaving the cluster: handing partitions off"
     );
     for (p, o) in std::mem::take(&mut owned) {
-        let _ = o.stop.send(true);
+        o.stop(false);
         handing_off.insert(p, o);
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -284,23 +388,37 @@ pub async fn run(
         o.task.abort();
     }
     coord.leave().await;
-    summary.events_in = metrics.events_in.load(Ordering::Relaxed);
-    summary.outputs = metrics.outputs.load(Ordering::Relaxed);
-    summary.dropped = metrics.dropped.load(Ordering::Relaxed);
-    summary.dead_lettered = metrics.dead_lettered_total();
-    summary.checkpoints = metrics.checkpoints.load(Ordering::Relaxed);
-    Ok(summary)
+    if let Some(http) = http {
+        http.abort();
+    }
+    // Every partition run counted into the host's metrics: they are the host's summary.
+    Ok(RunSummary {
+        events_in: metrics.events_in.load(Ordering::Relaxed),
+        outputs: metrics.outputs.load(Ordering::Relaxed),
+        dropped: metrics.dropped.load(Ordering::Relaxed),
+        dead_lettered: metrics.dead_lettered_total(),
+        checkpoints: metrics.checkpoints.load(Ordering::Relaxed),
+    })
 }
 
-fn add(total: &mut RunSummary, s: &RunSummary) {
-    total.events_in += s.events_in;
-    total.outputs += s.outputs;
-    total.dropped += s.dropped;
-    total.dead_lettered += s.dead_lettered;
-    total.checkpoints += s.checkpoints;
+/// The live hosts (this one included), each partition's owner, and each want.
+async fn look(
+    coord: &Coordination,
+    me: &str,
+) -> anyhow::Result<(
+    BTreeSet<String>,
+    BTreeMap<u32, String>,
+    BTreeMap<u32, leases::Want>,
+)> {
+    let (hosts, leases) = tokio::join!(coord.hosts(), coord.leases());
+    let mut hosts = hosts?;
+    hosts.insert(me.to_string());
+    let (owners, wants) = leases?;
+    Ok((hosts, owners, wants))
 }
 
-/// Takes partition `p` if it is free: lease, pointer claim, then a run of its own.
+/// Takes partition `p` if it is free: lease, pointer claim, then a run of its own; `failover`
+/// when its last owner died rather than let go.
 async fn start_partition(
     cfg: &Arc<PipelineConfig>,
     opts: &RunOptions,
@@ -308,7 +426,7 @@ async fn start_partition(
     metrics: &Arc<Metrics>,
     cluster: &crate::config::ClusterConfig,
     p: u32,
-    owners: &BTreeMap<u32, String>,
+    failover: bool,
 ) -> anyhow::Result<Option<Owned>> {
     let sent = mono_ms();
     let Some(lease) = coord.acquire(p).await? else {
@@ -324,7 +442,7 @@ async fn start_partition(
             return Err(e);
         }
     };
-    if owners.contains_key(&p) {
+    if failover {
         metrics.failovers.fetch_add(1, Ordering::Relaxed);
     }
     metrics.partitions_acquired.fetch_add(1, Ordering::Relaxed);
@@ -334,16 +452,20 @@ async fn start_partition(
         checkpoint = ?committed,
         "took the partition"
     );
+    let last_committed = Arc::new(AtomicU64::new(committed.unwrap_or(0)));
     let fence = Arc::new(LeaseFence {
         coord: coord.clone(),
         partition: p,
         epoch: lease.epoch,
         pointer_revision: Arc::new(AtomicU64::new(pointer_revision)),
         committed,
+        last_committed: last_committed.clone(),
         deadline_ms: deadline_ms.clone(),
     });
+    let hand_off = Arc::new(HandOff::default());
     let run_opts = RunOptions {
         fence: Some(fence),
+        hand_off: Some(hand_off.clone()),
         compile_cache: opts
             .compile_cache
             .clone()
@@ -361,6 +483,8 @@ async fn start_partition(
         lease,
         deadline_ms,
         stop,
+        hand_off,
+        committed: last_committed,
         task,
     }))
 }
@@ -369,6 +493,42 @@ async fn start_partition(
 /// look lists two KV buckets, which creates an ordered consumer on each of their streams at
 /// the server: work every host adds to the cluster while it looks this often.
 const MOVING: Duration = Duration::from_millis(500);
+
+/// How often a host ready for a partition reads its lease (one KV get), and a host handing
+/// partitions off looks whether their runs have ended.
+const TAKING: Duration = Duration::from_millis(100);
+
+/// Collects runs that ended on their own, and gives up their leases.
+async fn reap(
+    owned: &mut BTreeMap<u32, Owned>,
+    cooling: &mut BTreeMap<u32, Instant>,
+    coord: &Coordination,
+) {
+    let ended: Vec<u32> = owned
+        .iter()
+        .filter(|(_, o)| o.task.is_finished())
+        .map(|(p, _)| *p)
+        .collect();
+    for p in ended {
+        let Some(o) = owned.remove(&p) else { continue };
+        match o.task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
+                tracing::warn!(partition = p, "partition stopped: {e:#}");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
+                cooling.insert(p, Instant::now());
+            }
+            Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
+        }
+        // Nothing runs under its lease any more, which may still name this host (a fenced
+        // run's renewal came late but no one took it): give it up, so the partition is free
+        // at once rather than held until the server expires the key, if it ever does. Taken
+        // by another host, the delete at this host's revision does nothing.
+        coord.release(&o.lease).await;
+    }
+}
 
 /// Renews the lease of every partition running or draining here, all at once (one round
 /// trip, however many partitions: a slow renewal of one must not let the others lapse); a

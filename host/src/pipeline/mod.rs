@@ -34,7 +34,7 @@ pub(crate) mod window;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -116,6 +116,20 @@ impl std::fmt::Display for Fenced {
 
 impl std::error::Error for Fenced {}
 
+/// How a run under a lease moves to another host (cluster mode): set by the host's
+/// supervisor, read by the run loop.
+#[derive(Debug, Default)]
+pub struct HandOff {
+    /// The partition is about to move: no new checkpoint is cut, so the one its receiver
+    /// fetched ahead stays the committed one.
+    pub hold: AtomicBool,
+    /// Set before the stop: the run stops at once, without finishing the events in hand or
+    /// taking a last checkpoint; the new owner restores the committed checkpoint and replays
+    /// from its position, and the output streams drop the replayed outputs as duplicates by
+    /// id. Unset, a stop finishes the events in hand and takes a last checkpoint.
+    pub quick: AtomicBool,
+}
+
 /// Options for a run beyond the config file.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -128,6 +142,8 @@ pub struct RunOptions {
     pub from_savepoint: Option<std::path::PathBuf>,
     /// The lease the run's partitions are held under (cluster mode).
     pub fence: Option<Arc<dyn Fence>>,
+    /// How the run's partition moves to another host (cluster mode).
+    pub hand_off: Option<Arc<HandOff>>,
 }
 
 impl Default for RunOptions {
@@ -137,6 +153,7 @@ impl Default for RunOptions {
             compile_cache: None,
             from_savepoint: None,
             fence: None,
+            hand_off: None,
         }
     }
 }
@@ -174,21 +191,28 @@ pub async fn run(
     }
     let checkpoints = Arc::new(checkpoints);
 
-    // 2. State: the newest checkpoint (or a savepoint), restored before any input is read.
+    // 2. State: the newest checkpoint (or a savepoint), restored before any input is read;
+    // 3. the plugin: the newest deployed version wins over the file named in the pipeline,
+    //    unless it was rolled back; then the last good one;
+    // 4. the outputs' streams checked. The three at once: a partition taken over waits for
+    //    all of them.
     let restoring = Instant::now();
-    let (state, restored) = {
+    let restore = {
         let (cfg, opts, checkpoints) = (cfg.clone(), opts.clone(), checkpoints.clone());
-        tokio::task::spawn_blocking(move || start::restore(&cfg, &opts, &checkpoints)).await??
+        tokio::task::spawn_blocking(move || start::restore(&cfg, &opts, &checkpoints))
     };
+    let (restore, chosen, outputs_checked) = tokio::join!(
+        restore,
+        start::choose_plugin(&nats, &cfg),
+        start::check_outputs(&nats, &cfg)
+    );
+    let (state, restored) = restore??;
     metrics
         .restore_seconds
         .observe(restoring.elapsed().as_secs_f64());
     metrics.attach_state(state.stats().clone());
     let restored = restored.map(|m| m.cut).unwrap_or_default();
-
-    // 3. The plugin: the newest deployed version wins over the file named in the pipeline,
-    //    unless it was rolled back; then the last good one.
-    let (deployed, source, mut history) = start::choose_plugin(&nats, &cfg).await?;
+    let (deployed, source, mut history) = chosen?;
     let built = {
         let (cfg, opts, metrics, state) =
             (cfg.clone(), opts.clone(), metrics.clone(), state.clone());
@@ -199,8 +223,8 @@ pub async fn run(
         .await??
     };
 
-    // 4. Checks that must pass before any input is read.
-    start::check_outputs(&nats, &cfg).await?;
+    // Checks that must pass before any input is read.
+    outputs_checked?;
     start::check_capabilities(&cfg, &built.worker)?;
     let worker = start::migrate_from(built.worker, &restored).await?;
 
@@ -212,29 +236,38 @@ pub async fn run(
         .get(&keyed_key)
         .map(|v| v.iter().copied().collect())
         .unwrap_or_default();
-    let input = Input::open(&nats, &cfg, resume_after).await?;
-    let keyed_backlog = input.backlog.clone();
-    let broadcasts = open_broadcasts(&nats, &cfg, &restored).await?;
-
-    // 6. Services beside the loop: queries, control requests, hot reload.
+    // 6. Services beside the loop: queries, control requests, hot reload. Opened together
+    //    with the inputs (a partition taken over waits for both).
     let (control_tx, control_rx) = mpsc::channel(16);
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let services = Services::start(
-        &cfg,
-        &nats,
-        &state,
-        control_tx,
-        reload::Validator {
-            engine: built.engine,
-            ctx: worker.context().clone(),
-            config_json: worker.config_json().to_string(),
-            needs_broadcast: !cfg.broadcast.is_empty(),
-        },
-        worker.plugin().version().to_string(),
-        reload_tx,
-        opts.fence.clone(),
-    )
-    .await?;
+    let (input, broadcasts, services) = tokio::join!(
+        Input::open(&nats, &cfg, resume_after),
+        open_broadcasts(&nats, &cfg, &restored),
+        Services::start(
+            &cfg,
+            &nats,
+            &state,
+            control_tx,
+            reload::Validator {
+                engine: built.engine,
+                ctx: worker.context().clone(),
+                config_json: worker.config_json().to_string(),
+                needs_broadcast: !cfg.broadcast.is_empty(),
+            },
+            worker.plugin().version().to_string(),
+            reload_tx,
+            opts.fence.clone(),
+        )
+    );
+    let services = services?;
+    let (input, broadcasts) = match (input, broadcasts) {
+        (Ok(input), Ok(broadcasts)) => (input, broadcasts),
+        (Err(e), _) | (_, Err(e)) => {
+            services.stop().await;
+            return Err(e);
+        }
+    };
+    let keyed_backlog = input.backlog.clone();
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
         source,
@@ -312,6 +345,7 @@ pub async fn run(
         draining: false,
         fence: opts.fence.clone(),
         fenced: None,
+        hand_off: opts.hand_off.clone(),
     };
     let result = runner.run(shutdown).await;
 

@@ -193,8 +193,11 @@ fn default_cache_dir(state_dir: &Path) -> PathBuf {
 /// crash could then be stored twice.
 async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Result<()> {
     // In a cluster, a dead host's partitions wait for its lease to lapse before another host
-    // restores and replays them.
-    let lease = cfg.cluster.as_ref().map_or(0, |c| c.lease_ms);
+    // restores and replays them, and a partition being handed over may hold its checkpoints
+    // for up to `WARM_WAIT` first.
+    let lease = cfg.cluster.as_ref().map_or(0, |c| {
+        c.lease_ms + crate::cluster::WARM_WAIT.as_millis() as u64
+    });
     let need = Duration::from_millis(
         cfg.checkpoint.interval_ms + cfg.checkpoint.recovery_allowance_ms + lease,
     );
@@ -207,7 +210,7 @@ async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Resul
         let window = stream.info().await?.config.duplicate_window;
         if window < need {
             let msg = format!(
-                "stream {name} (capturing {field} `{subject}`) keeps message ids for {} s, less than checkpoint.interval_ms + checkpoint.recovery_allowance_ms (+ cluster.lease_ms) = {} s: after a crash, replayed outputs could be stored twice. Raise the stream's duplicate window (`nats stream edit {name} --dupe-window {}s`) or shorten checkpoint.interval_ms",
+                "stream {name} (capturing {field} `{subject}`) keeps message ids for {} s, less than checkpoint.interval_ms + checkpoint.recovery_allowance_ms (+ cluster.lease_ms + 30 s of a hand-off) = {} s: after a crash, replayed outputs could be stored twice. Raise the stream's duplicate window (`nats stream edit {name} --dupe-window {}s`) or shorten checkpoint.interval_ms",
                 window.as_secs_f64(),
                 need.as_secs_f64(),
                 need.as_secs().max(1)

@@ -33,8 +33,15 @@ fn spec(url: &str, dir: &Path, host: &str) -> PipelineSpec {
 }
 
 fn spawn(dir: &Path, url: &str, name: &str) -> HostProcess {
+    spawn_with(dir, url, name, "")
+}
+
+/// [`spawn`], with `more` tables in the pipeline file.
+fn spawn_with(dir: &Path, url: &str, name: &str, more: &str) -> HostProcess {
     let config = dir.join(format!("{name}.toml"));
-    spec(url, dir, name).write(&config).expect("config");
+    let mut spec = spec(url, dir, name);
+    spec.extra.push_str(more);
+    spec.write(&config).expect("config");
     HostProcess::spawn(name, &config, &dir.join(format!("{name}.log")))
 }
 
@@ -358,19 +365,55 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     )
     .await;
     let before = owners(&hosts[0].config);
-    hosts.push(spawn(dir.path(), &nats.url(), "d"));
-    eventually("d owns its share", Duration::from_secs(60), async || {
+    // d joins while the second half is published: the partitions move while they have
+    // events in hand, and their new owner replays from the committed checkpoint.
+    let publishing = {
+        let js = conn.js.clone();
+        let rest = txs[60_000..].to_vec();
+        tokio::spawn(async move { publish_txs_by_customer(&js, "txn.in.*", &rest).await })
+    };
+    // What a, b and c logged before d joins (hosts starting together may hand off too).
+    let logged_before: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|h| {
+            std::fs::read_to_string(dir.path().join(format!("{h}.log")))
+                .map(|l| l.len())
+                .unwrap_or(0)
+        })
+        .collect();
+    // d also answers HTTP queries, for keys of every partition, wherever they live.
+    let http_port = eddy_tests::free_port();
+    hosts.push(spawn_with(
+        dir.path(),
+        &nats.url(),
+        "d",
+        &format!("\n[query]\nhttp = \"127.0.0.1:{http_port}\"\ntoken = \"s3cret\"\n"),
+    ));
+    eventually("d owns its share", Duration::from_secs(90), async || {
         shared(&hosts[0].config, &["a", "b", "c", "d"], 2, 2)
     })
     .await;
-    let after = owners(&hosts[0].config);
+    // One read of the owners that shows every partition owned (a partition whose lease a
+    // host starved of CPU let lapse is unowned for a moment before it is taken again).
+    let mut after = owners(&hosts[0].config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while after.len() < PARTITIONS as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = owners(&hosts[0].config);
+    }
+    assert_eq!(
+        after.len(),
+        PARTITIONS as usize,
+        "{after:?}\n{}",
+        log_tails(dir.path(), &["a", "b", "c", "d"])
+    );
     let moved: HashSet<u32> = (0..PARTITIONS).filter(|p| before[p] != after[p]).collect();
     assert_eq!(
         moved.len(),
         2,
         "only d's share moved: {before:?} -> {after:?}"
     );
-    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[60_000..]).await;
+    publishing.await.expect("publisher");
     wait_for_len(&conn.js, "FRAUD_OUT", 120_000, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -379,8 +422,67 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
     );
     let outs = outputs(&conn.js, 120_000).await;
     assert_exact(&conn, &txs, &outs).await;
+    // HTTP on d: every partition's state, from its owner, behind the token.
+    let http = reqwest::Client::new();
+    let mut want: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for t in &txs {
+        let e = want.entry(t.customer.as_str()).or_default();
+        e.0 += 1;
+        e.1 += t.amount_cents;
+    }
+    let mut partitions_seen = BTreeSet::new();
+    for (customer, (count, sum)) in want.iter().take(40) {
+        let url = format!("http://127.0.0.1:{http_port}/v1/state/stats/{customer}");
+        let r = http.get(&url).send().await.expect("http");
+        assert_eq!(r.status(), 401, "no token");
+        let r = http
+            .get(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(r.status(), 200, "{customer}");
+        let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert_eq!(v["value"]["count"], *count, "{customer}: count over HTTP");
+        assert_eq!(v["value"]["sum_cents"], *sum, "{customer}: sum over HTTP");
+        let owner = http
+            .get(format!("http://127.0.0.1:{http_port}/v1/owner/{customer}"))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .expect("http");
+        let o: Value = serde_json::from_slice(&owner.bytes().await.expect("body")).expect("json");
+        partitions_seen.insert(o["partition"].to_string());
+    }
+    assert!(
+        partitions_seen.len() >= 4,
+        "the customers asked live in several partitions: {partitions_seen:?}"
+    );
+
+    // d fetched the moving partitions' checkpoints before their owners let go of them, and
+    // every hand-off since d joined went to a host ready for it.
     let log = std::fs::read_to_string(dir.path().join("d.log")).expect("log");
     assert!(log.contains("took the partition"), "{log}");
+    assert!(
+        log.contains("fetched the partition's checkpoint; waiting"),
+        "{log}"
+    );
+    let handed: String = ["a", "b", "c"]
+        .iter()
+        .zip(&logged_before)
+        .map(|(h, from)| {
+            let l = std::fs::read_to_string(dir.path().join(format!("{h}.log"))).expect("log");
+            l.get(*from..).unwrap_or_default().to_string()
+        })
+        .collect();
+    let ready = handed
+        .matches("handing the partition off to a host ready for it")
+        .count();
+    assert!(
+        ready >= 1 && ready == handed.matches("handing the partition off").count(),
+        "{}",
+        log_tails(dir.path(), &["a", "b", "c"])
+    );
     hosts::stop_all(&mut hosts);
 }
 

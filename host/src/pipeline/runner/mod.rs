@@ -18,6 +18,7 @@ mod reloading;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,7 +28,7 @@ use tokio::sync::mpsc;
 use super::align;
 use super::route::Routes;
 use super::window::{Arrival, Body, Released, Window};
-use super::{Fence, Fenced, Shutdown};
+use super::{Fence, Fenced, HandOff, Shutdown};
 use crate::config::PipelineConfig;
 use crate::control::Command;
 use crate::engine::{Event, Planner, Worker};
@@ -73,6 +74,8 @@ pub(super) struct Runner {
     /// Set when the lease turned out lost: the run stops without another checkpoint, ack or
     /// publish.
     pub(super) fenced: Option<String>,
+    /// How the partition moves to another host (cluster mode).
+    pub(super) hand_off: Option<Arc<HandOff>>,
 }
 
 impl Runner {
@@ -96,7 +99,12 @@ impl Runner {
             if let Some(why) = self.fenced.take() {
                 return Err(anyhow::Error::new(Fenced(why)));
             }
-            if !self.reloading.on_probation() && self.checkpointing.due(interval, early) {
+            let holding = self
+                .hand_off
+                .as_ref()
+                .is_some_and(|h| h.hold.load(Ordering::Acquire));
+            if !self.reloading.on_probation() && !holding && self.checkpointing.due(interval, early)
+            {
                 self.checkpoint().await?;
             }
             if *shutdown.borrow() {
@@ -132,7 +140,25 @@ impl Runner {
                 _ = std::future::ready(()), if handled => {}
             }
         }
+        if self
+            .hand_off
+            .as_ref()
+            .is_some_and(|h| h.quick.load(Ordering::Acquire))
+        {
+            self.let_go();
+            return Ok(());
+        }
         self.drain().await
+    }
+
+    /// Stops for a hand-off: nothing more is handled, and the checkpoint in progress is
+    /// abandoned (its pointer commit would fail anyway once the new owner claims the
+    /// partition). What this run did since the committed checkpoint, the new owner does again
+    /// from it; outputs already queued are still published, as the same duplicates.
+    fn let_go(&mut self) {
+        tracing::info!("handing the partition over from its committed checkpoint");
+        self.draining = true;
+        self.checkpointing.abandon();
     }
 
     /// Stops cleanly: finishes the events in the window, ends probation, completes a last
