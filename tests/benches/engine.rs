@@ -13,6 +13,7 @@ eddy_tests::host_allocator!();
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
     events, only_arg, state_rate, store_options, transactions, worker_rate, worker_rate_on,
+    worker_rate_with_failures,
 };
 use eddy_tests::plugin;
 
@@ -130,6 +131,35 @@ fn main() {
             ratio(eps)
         );
     }
+    // One event that loops forever, about once a second: each costs its own CPU budget
+    // (100 ms) and a re-run of its batch one event at a time; the rest of the stream flows.
+    if only_arg().is_none_or(|o| o == "chaos") {
+        let clean = &rows[5];
+        let clean_eps = clean.events as f64 / clean.secs;
+        let every = (clean_eps as usize).max(256);
+        // Five of them (four with `--quick`), over about as many seconds.
+        let looping_n = every * if quick { 4 } else { 5 };
+        let looping = events(looping_n, 10_000, |i| {
+            if i % every == every / 2 {
+                br#"{"action":"loop"}"#.to_vec()
+            } else {
+                format!(r#"{{"k":"c-{}","action":"count"}}"#, i % 10_000).into_bytes()
+            }
+        });
+        let (r, failed) = worker_rate_with_failures(&plugin("chaos"), "{}", &looping, 256);
+        let eps = r.events as f64 / r.secs;
+        println!(
+            "\n| chaos `count`, 256 per call | events/s | looping events | looping events/s | ratio |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        println!("| no looping event (baseline) | {clean_eps:.0} | 0 | 0 | 1.00 |");
+        println!(
+            "| one looping event every {every} events | {eps:.0} | {failed} | {:.2} | {:.2} |",
+            failed as f64 / r.secs,
+            eps / clean_eps
+        );
+    }
+
     // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.
     if only_arg().is_some() {
         return;
