@@ -72,8 +72,19 @@ build() {
     work="$(mktemp -d)"
     mkdir -p "$work/sdk"
     cp "$ROOT/guest-sdk/python/eddy.py" "$work/sdk/"
-    if ! (cd "$work" && "$CPY" -d "$ROOT/wit" -w full-processor componentize \
-        -p "$abs_dir" -p "$work/sdk" "${flags[@]}" app -o "$abs_out" >/dev/null); then
+    if ! (cd "$work" && RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$CPY" -d "$ROOT/wit" \
+        -w full-processor componentize -p "$abs_dir" -p "$work/sdk" "${flags[@]}" app \
+        -o "$abs_out" >/dev/null 2>"$work/report"); then
+        # The plugin's own error first, with its own paths: componentize-py reports it from
+        # inside its snapshot (the plugin is /0/ there), after its wrapper's traceback.
+        local own
+        own="$(sed -n '/^AssertionError: /,/^Caused by:/p' "$work/report" | sed '$d' \
+            | sed -e 's/^AssertionError: //' -e "s#\"/0/#\"$abs_dir/#")"
+        if [[ -n "$own" ]]; then
+            printf 'python.sh: %s does not build:\n%s\n\n(componentize-py'"'"'s whole report:)\n' \
+                "$abs_dir" "$own" >&2
+        fi
+        cat "$work/report" >&2
         rm -rf "$work"
         return 1
     fi

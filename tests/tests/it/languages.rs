@@ -631,11 +631,8 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
 /// A plugin made by `eddy new plugin --lang <lang> <name>`, with a file of it replaced by
 /// `(file, source)` if given, built with its own `build.sh`; returns the component (in the
 /// directory returned with it).
-fn plugin_from_template(
-    lang: &str,
-    name: &str,
-    replace: Option<(&str, &str)>,
-) -> (tempfile::TempDir, PathBuf) {
+/// A project as `eddy new plugin` makes it, in a temporary directory.
+fn new_project(lang: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     eddy(&[
         "new".as_ref(),
@@ -647,6 +644,15 @@ fn plugin_from_template(
         tmp.path().as_os_str(),
     ]);
     let created = tmp.path().join(name);
+    (tmp, created)
+}
+
+fn plugin_from_template(
+    lang: &str,
+    name: &str,
+    replace: Option<(&str, &str)>,
+) -> (tempfile::TempDir, PathBuf) {
+    let (tmp, created) = new_project(lang, name);
     if let Some((file, source)) = replace {
         std::fs::write(created.join(file), source).expect("source");
     }
@@ -736,4 +742,33 @@ export const { handler, broadcastHandler, lookupPlanner, keyedVisitor, migrator 
             "{reason}"
         );
     }
+}
+
+/// A Python plugin that does not compile fails its build with its own file and line first,
+/// not after the toolchain's traceback.
+#[test]
+fn a_python_build_error_shows_the_plugins_own_line_first() {
+    if guest("fraud-enrich", "python").is_none() {
+        return;
+    }
+    let (_tmp, created) = new_project("python", "broken-py");
+    let app = created.join("app.py");
+    let mut source = std::fs::read_to_string(&app).expect("app.py");
+    source.push_str("\n\ndef broken(:\n    pass\n");
+    let line = source.lines().count() - 1;
+    std::fs::write(&app, &source).expect("app.py");
+    let build = Command::new("bash")
+        .arg(created.join("build.sh"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("build.sh");
+    assert!(!build.status.success(), "a syntax error builds");
+    let stderr = String::from_utf8_lossy(&build.stderr);
+    let first: Vec<&str> = stderr.lines().take(5).collect();
+    let head = first.join("\n");
+    assert!(
+        head.contains(&format!("{}\", line {line}", app.display())),
+        "the plugin's file and line first:\n{stderr}"
+    );
+    assert!(head.contains("SyntaxError"), "{stderr}");
 }
