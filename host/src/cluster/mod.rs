@@ -2,7 +2,8 @@
 //! pipeline's partitions spread over the live hosts by themselves, with NATS JetStream as the
 //! only coordinator.
 //!
-//! Owns the life of a host in the cluster: it registers and heartbeats (`leases`), takes free
+//! Owns the life of a host in the cluster: it registers (`leases`), keeps its heartbeat and
+//! leases fresh on a task of their own (`renewals`), takes free
 //! partitions up to its share and hands off those beyond it (`assign`), and runs each owned
 //! partition as a pipeline run of its own ([`crate::pipeline::run`] on
 //! [`PipelineConfig::for_partition`]): its own RocksDB, durable consumer, checkpoints (in the
@@ -11,13 +12,13 @@
 //!
 //! Moving a partition:
 //! - *rebalance* (a host joined): the receiving host fetches the partition's committed
-//!   checkpoint into its local cache while the owner runs on, then says it wants the
-//!   partition; the owner stops the run at once (no last checkpoint) and releases the lease;
-//!   the receiver, watching the lease, takes it, restores from its cache and replays from the
-//!   committed position (the replayed outputs are duplicates by id, dropped by the output
-//!   stream). The partition pauses for the stop, the take and the start, not for a download
-//!   or a checkpoint. A receiver that has not warmed up within [`WARM_WAIT`] gets the
-//!   partition anyway;
+//!   checkpoint into its local cache while the owner runs on (cutting no new checkpoint
+//!   meanwhile), then says it wants the partition; the owner drains the events in hand,
+//!   commits a last checkpoint and releases the lease; the receiver, watching the lease, takes
+//!   it, restores from its cache (downloading only what the last checkpoint added) and runs
+//!   on from there. The partition pauses for the drain, the take and the start, not for a
+//!   full download; queries never see state older than outputs already published. A receiver
+//!   that has not warmed up within [`WARM_WAIT`] gets the partition anyway;
 //! - *leaving* (this host stops): each run drains, takes its last checkpoint and commits it
 //!   to the partition's pointer, then the lease is released and a survivor takes it;
 //! - *failover* (a host died): its leases expire after `cluster.lease_ms`; a survivor takes
@@ -37,6 +38,7 @@
 mod assign;
 mod handoff;
 mod leases;
+mod renewals;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,7 +58,8 @@ use crate::transport;
 
 pub(crate) use handoff::WARM_WAIT;
 use handoff::{Incoming, Step};
-use leases::{Coordination, Lease};
+use leases::Coordination;
+use renewals::{Held, Renewals};
 
 /// One process-wide origin for the monotonic deadlines the fences compare against.
 fn mono_ms() -> u64 {
@@ -127,9 +130,8 @@ impl Fence for LeaseFence {
 
 /// A partition this host owns and runs.
 struct Owned {
-    lease: Lease,
-    deadline_ms: Arc<AtomicU64>,
-    stop: watch::Sender<bool>,
+    /// The lease, with what the renewal task keeps fresh.
+    held: Held,
     /// How the run moves to another host.
     hand_off: Arc<HandOff>,
     /// The checkpoint the partition's pointer names, as this owner last wrote it (0: none).
@@ -138,11 +140,9 @@ struct Owned {
 }
 
 impl Owned {
-    /// Stops the run; `quick` for a hand-off to a host that restores the committed
-    /// checkpoint, otherwise after a last checkpoint.
-    fn stop(&self, quick: bool) {
-        self.hand_off.quick.store(quick, Ordering::Release);
-        let _ = self.stop.send(true);
+    /// Stops the run: it finishes the events in hand and commits a last checkpoint.
+    fn stop(&self) {
+        let _ = self.held.stop.send(true);
     }
 
     /// Holds (or resumes) the run's checkpoints while its receiver catches up.
@@ -182,11 +182,13 @@ pub async fn run(
     );
     let replicas = transport::replicas(&nats);
     let coord = Coordination::open(&nats, &cfg.pipeline.name, &me, lease, replicas).await?;
-    // A bucket another host has just created may not take writes yet: the loop says it is
-    // alive again at its first tick.
+    // A bucket another host has just created may not take writes yet: the renewal task says
+    // it is alive again at once.
     if let Err(e) = coord.heartbeat().await {
         tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
     }
+    let renewals = Renewals::new(cluster.lease_ms);
+    let renewing = renewals.spawn(coord.clone(), metrics.clone());
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
     // HTTP queries for the whole pipeline, whichever partitions this host owns at the time.
     let http = match &cfg.query.http {
@@ -214,11 +216,11 @@ pub async fn run(
     let mut planned_since: BTreeMap<u32, Instant> = BTreeMap::new();
     // A partition whose run failed (not fenced) waits before this host takes it again.
     let mut cooling: BTreeMap<u32, Instant> = BTreeMap::new();
-    // Leases, wants and the heartbeat are renewed every third of the lease, and the hosts
-    // and leases looked at as often. While partitions move (this host hands some off, owns
-    // fewer than its share, or has some coming) it looks every `MOVING` instead, and while it
-    // is ready for a partition or one is stopping here it steps every `TAKING`, so a
-    // partition is taken the moment it is let go.
+    // Leases and the heartbeat are renewed by a task of their own (`renewals`); wants every
+    // third of the lease here, and the hosts and leases looked at as often. While partitions
+    // move (this host hands some off, owns fewer than its share, or has some coming) it looks
+    // every `MOVING` instead, and while it is ready for a partition or one is stopping here
+    // it steps every `TAKING`, so a partition is taken the moment it is let go.
     let renew_every = lease / 3;
     let mut renewed: Option<Instant> = None;
     let mut looked: Option<Instant> = None;
@@ -238,17 +240,10 @@ pub async fn run(
         }
         if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
             renewed = Some(Instant::now());
-            let (beat, (), ()) = tokio::join!(
-                coord.heartbeat(),
-                renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off),
-                incoming.renew(&coord)
-            );
-            if let Err(e) = beat {
-                tracing::warn!("cluster heartbeat failed ({e:#}); retrying");
-            }
+            incoming.renew(&coord).await;
         }
-        reap(&mut owned, &mut cooling, &coord).await;
-        finish_hand_offs(&coord, &mut handing_off).await;
+        reap(&mut owned, &mut cooling, &coord, &renewals).await;
+        finish_hand_offs(&coord, &mut handing_off, &renewals).await;
         metrics
             .partitions_owned
             .store(owned.len() as u64, Ordering::Relaxed);
@@ -257,9 +252,9 @@ pub async fn run(
         incoming.poll(&cfg, &nats, &coord).await;
         // Taking is one KV create while the owner still holds the lease (it fails).
         let takes = incoming.ready().into_iter().map(|p| {
-            let (cfg, opts, coord, metrics, cluster) = (&cfg, &opts, &coord, &metrics, &cluster);
+            let (cfg, opts, coord, metrics, renewals) = (&cfg, &opts, &coord, &metrics, &renewals);
             async move {
-                let r = start_partition(cfg, opts, coord, metrics, cluster, p, false).await;
+                let r = start_partition(cfg, opts, coord, metrics, renewals, p, false).await;
                 (p, r)
             }
         });
@@ -311,7 +306,7 @@ pub async fn run(
                                 // older state until the replay caught up). Released at the
                                 // first step (every `TAKING`) that finds the run ended.
                                 if let Some(o) = owned.remove(p) {
-                                    o.stop(false);
+                                    o.stop();
                                     handing_off.insert(*p, o);
                                 }
                                 planned_since.remove(p);
@@ -325,7 +320,7 @@ pub async fn run(
                             continue;
                         }
                         let failover = owners.contains_key(&p);
-                        match start_partition(&cfg, &opts, &coord, &metrics, &cluster, p, failover)
+                        match start_partition(&cfg, &opts, &coord, &metrics, &renewals, p, failover)
                             .await
                         {
                             Ok(Some(o)) => {
@@ -368,18 +363,15 @@ pub async fn run(
         "leaving the cluster: handing partitions off"
     );
     for (p, o) in std::mem::take(&mut owned) {
-        o.stop(false);
+        o.stop();
         handing_off.insert(p, o);
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     while !handing_off.is_empty() && Instant::now() < deadline {
-        if renewed.is_none_or(|at| at.elapsed() >= renew_every) {
-            renewed = Some(Instant::now());
-            renew_all(&coord, &cluster, &metrics, &mut owned, &mut handing_off).await;
-        }
-        finish_hand_offs(&coord, &mut handing_off).await;
+        finish_hand_offs(&coord, &mut handing_off, &renewals).await;
         tokio::time::sleep(Duration::from_millis(100).min(lease / 3)).await;
     }
+    drop(renewing);
     for (p, o) in handing_off {
         tracing::warn!(
             partition = p,
@@ -424,7 +416,7 @@ async fn start_partition(
     opts: &RunOptions,
     coord: &Coordination,
     metrics: &Arc<Metrics>,
-    cluster: &crate::config::ClusterConfig,
+    renewals: &Renewals,
     p: u32,
     failover: bool,
 ) -> anyhow::Result<Option<Owned>> {
@@ -432,9 +424,7 @@ async fn start_partition(
     let Some(lease) = coord.acquire(p).await? else {
         return Ok(None);
     };
-    let deadline_ms = Arc::new(AtomicU64::new(
-        sent + cluster.lease_ms - cluster.lease_ms / 6,
-    ));
+    let deadline_ms = Arc::new(AtomicU64::new(renewals.deadline_after(sent)));
     let (committed, pointer_revision) = match coord.claim(&lease).await {
         Ok(c) => c,
         Err(e) => {
@@ -479,10 +469,14 @@ async fn start_partition(
         rx,
         metrics.clone(),
     ));
-    Ok(Some(Owned {
-        lease,
+    let held = Held {
+        lease: Arc::new(tokio::sync::Mutex::new(lease)),
         deadline_ms,
-        stop,
+        stop: Arc::new(stop),
+    };
+    renewals.add(p, held.clone());
+    Ok(Some(Owned {
+        held,
         hand_off,
         committed: last_committed,
         task,
@@ -503,6 +497,7 @@ async fn reap(
     owned: &mut BTreeMap<u32, Owned>,
     cooling: &mut BTreeMap<u32, Instant>,
     coord: &Coordination,
+    renewals: &Renewals,
 ) {
     let ended: Vec<u32> = owned
         .iter()
@@ -526,56 +521,18 @@ async fn reap(
         // run's renewal came late but no one took it): give it up, so the partition is free
         // at once rather than held until the server expires the key, if it ever does. Taken
         // by another host, the delete at this host's revision does nothing.
-        coord.release(&o.lease).await;
+        renewals.remove(p);
+        coord.release(&*o.held.lease.lock().await).await;
     }
-}
-
-/// Renews the lease of every partition running or draining here, all at once (one round
-/// trip, however many partitions: a slow renewal of one must not let the others lapse); a
-/// lost one stops its run.
-async fn renew_all(
-    coord: &Coordination,
-    cluster: &crate::config::ClusterConfig,
-    metrics: &Metrics,
-    owned: &mut BTreeMap<u32, Owned>,
-    handing_off: &mut BTreeMap<u32, Owned>,
-) {
-    let renewals = owned
-        .iter_mut()
-        .chain(handing_off.iter_mut())
-        .map(|(p, o)| async move {
-            let sent = mono_ms();
-            let started = Instant::now();
-            match coord.renew(&mut o.lease).await {
-                Ok(true) => {
-                    metrics
-                        .lease_renewal_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    let margin = cluster.lease_ms / 6;
-                    o.deadline_ms
-                        .store(sent + cluster.lease_ms - margin, Ordering::Release);
-                }
-                Ok(false) => {
-                    tracing::warn!(
-                        partition = p,
-                        "lease lost to another host; stopping the partition"
-                    );
-                    // Its fence fails from now on: the run stops at its next publish or
-                    // commit, acknowledging nothing more.
-                    o.deadline_ms.store(0, Ordering::Release);
-                    let _ = o.stop.send(true);
-                }
-                Err(e) => {
-                    tracing::warn!(partition = p, "lease renewal failed ({e:#}); retrying")
-                }
-            }
-        });
-    futures::future::join_all(renewals).await;
 }
 
 /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
 /// committed), so another host takes the partition without waiting for expiry.
-async fn finish_hand_offs(coord: &Coordination, handing_off: &mut BTreeMap<u32, Owned>) {
+async fn finish_hand_offs(
+    coord: &Coordination,
+    handing_off: &mut BTreeMap<u32, Owned>,
+    renewals: &Renewals,
+) {
     let done: Vec<u32> = handing_off
         .iter()
         .filter(|(_, o)| o.task.is_finished())
@@ -585,9 +542,11 @@ async fn finish_hand_offs(coord: &Coordination, handing_off: &mut BTreeMap<u32, 
         let Some(o) = handing_off.remove(&p) else {
             continue;
         };
+        // Released, or (after an error) left to lapse: renewed no more either way.
+        renewals.remove(p);
         match o.task.await {
             Ok(Ok(_)) => {
-                coord.release(&o.lease).await;
+                coord.release(&*o.held.lease.lock().await).await;
                 tracing::info!(partition = p, "partition handed off");
             }
             Ok(Err(e)) => tracing::warn!(partition = p, "partition stopped with an error: {e:#}"),

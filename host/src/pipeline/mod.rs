@@ -123,11 +123,6 @@ pub struct HandOff {
     /// The partition is about to move: no new checkpoint is cut, so the one its receiver
     /// fetched ahead stays the committed one.
     pub hold: AtomicBool,
-    /// Set before the stop: the run stops at once, without finishing the events in hand or
-    /// taking a last checkpoint; the new owner restores the committed checkpoint and replays
-    /// from its position, and the output streams drop the replayed outputs as duplicates by
-    /// id. Unset, a stop finishes the events in hand and takes a last checkpoint.
-    pub quick: AtomicBool,
 }
 
 /// Options for a run beyond the config file.
@@ -240,6 +235,11 @@ pub async fn run(
     //    with the inputs (a partition taken over waits for both).
     let (control_tx, control_rx) = mpsc::channel(16);
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    // A partition taken over (cluster mode) answers `latest` queries once it has caught up.
+    let caught_up = opts
+        .fence
+        .as_ref()
+        .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
         open_broadcasts(&nats, &cfg, &restored),
@@ -257,6 +257,7 @@ pub async fn run(
             worker.plugin().version().to_string(),
             reload_tx,
             opts.fence.clone(),
+            caught_up.clone(),
         )
     );
     let services = services?;
@@ -268,6 +269,7 @@ pub async fn run(
         }
     };
     let keyed_backlog = input.backlog.clone();
+    let catching_up = caught_up.map(|flag| runner::CatchingUp::new(flag, input.stored_through()));
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
         source,
@@ -346,6 +348,7 @@ pub async fn run(
         fence: opts.fence.clone(),
         fenced: None,
         hand_off: opts.hand_off.clone(),
+        catching_up,
     };
     let result = runner.run(shutdown).await;
 

@@ -31,10 +31,14 @@ impl Services {
         running_version: String,
         reload_tx: mpsc::Sender<ReloadEvent>,
         fence: Option<Arc<dyn super::Fence>>,
+        caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> anyhow::Result<Services> {
         let mut query = QueryEngine::new(cfg, state.clone());
         if let Some(fence) = fence {
             query = query.with_lease_check(Arc::new(move || fence.check()));
+        }
+        if let Some(caught_up) = caught_up {
+            query = query.with_catch_up(caught_up);
         }
         let query = Arc::new(query);
         let mut tasks = Vec::new();

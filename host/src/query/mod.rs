@@ -171,6 +171,10 @@ pub struct QueryEngine {
     /// In cluster mode, whether this run still holds its partition's lease (`Err(why)` once
     /// it may have lapsed): a run past its lease no longer answers as the owner.
     holds_lease: Option<LeaseCheck>,
+    /// In cluster mode, whether the run has caught up after taking its partition over: until
+    /// it has handled every event the input held when it started, its state is older than
+    /// outputs already published (the replay from the checkpoint is under way).
+    caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Whether a run still holds its lease; see [`QueryEngine::with_lease_check`].
@@ -191,7 +195,16 @@ impl QueryEngine {
             live,
             checkpoint: RwLock::new(None),
             holds_lease: None,
+            caught_up: None,
         }
+    }
+
+    /// Refuses `latest` queries (503, asked again they are answered) until `caught_up` is
+    /// set: a run that took its partition over replays from the checkpoint, and its state is
+    /// behind what the previous owner published until it has handled what the input held.
+    pub fn with_catch_up(mut self, caught_up: Arc<std::sync::atomic::AtomicBool>) -> QueryEngine {
+        self.caught_up = Some(caught_up);
+        self
     }
 
     /// Refuses every query (503, asked again the client reaches the new owner) once `check`
@@ -257,6 +270,17 @@ impl QueryEngine {
             })?;
         }
         let (store, checkpoint) = match q.freshness {
+            Freshness::Latest
+                if matches!(op, Op::Get | Op::Map | Op::List | Op::Broadcast)
+                    && self
+                        .caught_up
+                        .as_ref()
+                        .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire)) =>
+            {
+                return Err(QueryError::Unavailable(
+                    "the partition moved to this host and is replaying from its checkpoint: its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
+                ));
+            }
             Freshness::Latest => (self.live.clone(), None),
             Freshness::Checkpoint => {
                 let guard = self.checkpoint.read().unwrap_or_else(|p| p.into_inner());

@@ -418,6 +418,12 @@ impl Input {
         Ok(info.delivered.consumer_sequence)
     }
 
+    /// The input stream's last sequence when the input was opened: everything a previous
+    /// owner of the partition can have handled.
+    pub fn stored_through(&self) -> u64 {
+        self.stream.cached_info().state.last_sequence
+    }
+
     /// The durable consumer's name.
     pub fn consumer(&self) -> &str {
         self.config.durable_name.as_deref().unwrap_or_default()

@@ -76,6 +76,30 @@ pub(super) struct Runner {
     pub(super) fenced: Option<String>,
     /// How the partition moves to another host (cluster mode).
     pub(super) hand_off: Option<Arc<HandOff>>,
+    /// Until the run has caught up after taking its partition over (cluster mode).
+    pub(super) catching_up: Option<CatchingUp>,
+}
+
+/// A run that took its partition over, on its way to what the input held at its start;
+/// `latest` queries wait for it (see [`crate::query::QueryEngine::with_catch_up`]).
+pub(in crate::pipeline) struct CatchingUp {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    /// The input stream's last sequence at the start.
+    target: u64,
+    looked: Option<Instant>,
+}
+
+impl CatchingUp {
+    pub(in crate::pipeline) fn new(
+        flag: Arc<std::sync::atomic::AtomicBool>,
+        target: u64,
+    ) -> CatchingUp {
+        CatchingUp {
+            flag,
+            target,
+            looked: None,
+        }
+    }
 }
 
 impl Runner {
@@ -107,6 +131,7 @@ impl Runner {
             {
                 self.checkpoint().await?;
             }
+            self.look_caught_up().await;
             if *shutdown.borrow() {
                 break;
             }
@@ -140,25 +165,7 @@ impl Runner {
                 _ = std::future::ready(()), if handled => {}
             }
         }
-        if self
-            .hand_off
-            .as_ref()
-            .is_some_and(|h| h.quick.load(Ordering::Acquire))
-        {
-            self.let_go();
-            return Ok(());
-        }
         self.drain().await
-    }
-
-    /// Stops for a hand-off: nothing more is handled, and the checkpoint in progress is
-    /// abandoned (its pointer commit would fail anyway once the new owner claims the
-    /// partition). What this run did since the committed checkpoint, the new owner does again
-    /// from it; outputs already queued are still published, as the same duplicates.
-    fn let_go(&mut self) {
-        tracing::info!("handing the partition over from its committed checkpoint");
-        self.draining = true;
-        self.checkpointing.abandon();
     }
 
     /// Stops cleanly: finishes the events in the window, ends probation, completes a last
@@ -190,6 +197,45 @@ impl Runner {
         self.publisher.close().await?;
         self.state.flush()?;
         Ok(())
+    }
+
+    /// Sets the caught-up flag (at most every 200 ms) once no event of this partition stored
+    /// before the run started is left unhandled: everything up to the handled position is in
+    /// the state, and the stream holds none of the partition's events between it and the
+    /// start's last sequence.
+    async fn look_caught_up(&mut self) {
+        let due = self.catching_up.as_ref().is_some_and(|c| {
+            c.looked
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(200))
+        });
+        if !due {
+            return;
+        }
+        let handled = if self.window.is_empty() {
+            self.keyed_read_through
+        } else {
+            self.window
+                .position()
+                .map_or(self.checkpointing.keyed_position, |(seq, _)| *seq)
+        };
+        let Some(c) = self.catching_up.as_mut() else {
+            return;
+        };
+        c.looked = Some(Instant::now());
+        let target = c.target;
+        let done = handled >= target
+            || match self.keyed_backlog.next_after(handled).await {
+                Ok(None) => true,
+                Ok(Some((next, _))) => next > target,
+                Err(_) => false,
+            };
+        if done && let Some(c) = self.catching_up.take() {
+            c.flag.store(true, Ordering::Release);
+            tracing::info!(
+                handled,
+                "caught up with what the input held at the start: answering latest queries"
+            );
+        }
     }
 
     /// Aligns a keyed batch with the broadcast inputs and puts both into the window, asking
