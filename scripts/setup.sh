@@ -14,6 +14,9 @@ cargo build --bin eddy
 # `eddy` on the PATH: a link to the build, so every later build is the one that runs.
 mkdir -p "$HOME/.local/bin"
 ln -sf "$CARGO_TARGET_DIR/debug/eddy" "$HOME/.local/bin/eddy"
+# What `eddy new` projects build against, outside this checkout (the SDKs, the contract,
+# the language build scripts).
+say "installed the plugin SDKs and build scripts in $(bash scripts/install-share.sh)"
 case ":$USER_PATH:" in
   *":$HOME/.local/bin:"*) say "eddy is installed: $HOME/.local/bin/eddy" ;;
   *) say "eddy is installed as $HOME/.local/bin/eddy; add $HOME/.local/bin to your PATH" ;;

@@ -1,12 +1,15 @@
 //! `eddy new plugin --lang <lang> <name>`: a new plugin directory from the language's template,
 //! ready to build, to try with `eddy test` and to run with its own `pipeline.toml`.
 //!
-//! Templates live in the Eddy source tree: `guest-sdk/template/` for Rust and
-//! `guest-sdk/<lang>/template/` for the other languages. Every file is copied with `{{name}}`
-//! replaced by the plugin's name (`{{crate}}`: the name with `-` as `_`, `{{sdk}}`: the Rust
-//! SDK's path, `{{root}}`: the Eddy source tree), and a file ending in `.tmpl` loses that
-//! ending. Other languages build through `scripts/guests/<lang>.sh`, which installs their
-//! pinned toolchain; the new directory's `build.sh` calls it.
+//! Templates, SDKs and build scripts come from Eddy's guest files ([`eddy_root`]): the folder
+//! `scripts/install-share.sh` installs (the README's first command puts it in
+//! `~/.local/share/eddy`), so a project refers to the install and not to a checkout.
+//! `guest-sdk/template/` is the Rust template, `guest-sdk/<lang>/template/` the others'.
+//! Every file is copied with `{{name}}` replaced by the plugin's name (`{{crate}}`: the name
+//! with `-` as `_`, `{{sdk}}`: the Rust SDK's path, `{{root}}`: the guest files' folder), and
+//! a file ending in `.tmpl` loses that ending. Other languages build through
+//! `scripts/guests/<lang>.sh`, which installs their pinned toolchain; the new directory's
+//! `build.sh` calls it.
 
 use std::path::{Path, PathBuf};
 
@@ -15,11 +18,20 @@ use anyhow::{Context, bail};
 /// The languages a plugin can be written in.
 pub const LANGUAGES: [&str; 5] = ["rust", "js", "python", "go", "c"];
 
-/// The Eddy source tree: `EDDY_ROOT`, else where this binary was built from.
+/// Eddy's guest files: `EDDY_ROOT` (a checkout) if set; else the installed folder
+/// (`EDDY_SHARE`, default `~/.local/share/eddy`) if it holds them; else the source tree this
+/// binary was built from.
 pub fn eddy_root() -> PathBuf {
-    std::env::var_os("EDDY_ROOT")
+    if let Some(root) = std::env::var_os("EDDY_ROOT") {
+        return PathBuf::from(root);
+    }
+    let share = std::env::var_os("EDDY_SHARE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/eddy")));
+    match share {
+        Some(share) if share.join("guest-sdk").is_dir() => share,
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+    }
 }
 
 /// Creates `<parent>/<name>` from the template of `lang`; returns the directory and how to
@@ -43,14 +55,14 @@ pub fn new_plugin(lang: &str, name: &str, parent: &Path) -> anyhow::Result<(Path
     }
     let root = eddy_root()
         .canonicalize()
-        .context("the Eddy source tree is not found: set EDDY_ROOT to it")?;
+        .context("Eddy's guest files are not found: run scripts/install-share.sh from an Eddy checkout (the README's first command does), or set EDDY_ROOT to the checkout")?;
     let template = match lang {
         "rust" => root.join("guest-sdk/template"),
         other => root.join("guest-sdk").join(other).join("template"),
     };
     if !template.is_dir() {
         bail!(
-            "no template for {lang} at {}: is EDDY_ROOT the Eddy source tree?",
+            "no template for {lang} at {}: install Eddy's guest files again (scripts/install-share.sh), or set EDDY_ROOT to an Eddy checkout",
             template.display()
         );
     }

@@ -596,7 +596,7 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
     for lang in langs {
         let name = format!("hello-{lang}");
         let (dir, wasm) = plugin_from_template(lang, &name, None);
-        let events = dir.path().join(&name).join("events.jsonl");
+        let events = moved(&dir, &name).join("events.jsonl");
         let run = eddy(&[
             "test".as_ref(),
             wasm.as_os_str(),
@@ -613,7 +613,7 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
             .collect();
         assert_eq!(counts, vec![1, 1, 2], "{lang}: counts per key");
         // The project's own expectations hold as generated.
-        let expected = dir.path().join(&name).join("expected.jsonl");
+        let expected = moved(&dir, &name).join("expected.jsonl");
         let checked = eddy(&[
             "test".as_ref(),
             wasm.as_os_str(),
@@ -631,18 +631,43 @@ fn every_template_builds_and_counts_events_per_key_under_eddy_test() {
 /// A plugin made by `eddy new plugin --lang <lang> <name>`, with a file of it replaced by
 /// `(file, source)` if given, built with its own `build.sh`; returns the component (in the
 /// directory returned with it).
-/// A project as `eddy new plugin` makes it, in a temporary directory.
+/// Eddy's guest files as the README's first command installs them
+/// (`scripts/install-share.sh`), installed afresh once per test run beside the plugin builds.
+fn installed_share() -> &'static Path {
+    static SHARE: OnceLock<PathBuf> = OnceLock::new();
+    SHARE.get_or_init(|| {
+        let share = plugin_target_dir().join("share-under-test");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Command::new("bash")
+            .arg(root.join("scripts/install-share.sh"))
+            .arg(&share)
+            .output()
+            .expect("install-share.sh");
+        assert!(
+            out.status.success(),
+            "install-share.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        share
+    })
+}
+
+/// A project as `eddy new plugin` makes it from the installed guest files (no checkout in
+/// sight: `EDDY_ROOT` unset), in a temporary directory.
 fn new_project(lang: &str, name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    eddy(&[
-        "new".as_ref(),
-        "plugin".as_ref(),
-        "--lang".as_ref(),
-        lang.as_ref(),
-        name.as_ref(),
-        "--dir".as_ref(),
-        tmp.path().as_os_str(),
-    ]);
+    let out = Command::new(eddy_bin())
+        .args(["new", "plugin", "--lang", lang, name, "--dir"])
+        .arg(tmp.path())
+        .env_remove("EDDY_ROOT")
+        .env("EDDY_SHARE", installed_share())
+        .output()
+        .expect("eddy new");
+    assert!(
+        out.status.success(),
+        "eddy new plugin --lang {lang}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created = tmp.path().join(name);
     (tmp, created)
 }
@@ -652,12 +677,30 @@ fn plugin_from_template(
     name: &str,
     replace: Option<(&str, &str)>,
 ) -> (tempfile::TempDir, PathBuf) {
-    let (tmp, created) = new_project(lang, name);
+    let (tmp, made) = new_project(lang, name);
+    // Nothing in it names the checkout, and it builds after being moved elsewhere.
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("checkout");
+    for file in std::fs::read_dir(&made).expect("project").flatten() {
+        let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+        assert!(
+            !text.contains(checkout.to_str().expect("path")),
+            "{} names the checkout {}",
+            file.path().display(),
+            checkout.display()
+        );
+    }
+    let created = tmp.path().join("moved").join(name);
+    std::fs::create_dir_all(created.parent().expect("parent")).expect("mkdir");
+    std::fs::rename(&made, &created).expect("move the project");
     if let Some((file, source)) = replace {
         std::fs::write(created.join(file), source).expect("source");
     }
     let build = Command::new("bash")
         .arg(created.join("build.sh"))
+        .env_remove("EDDY_ROOT")
         // Rust templates share one target directory across runs: dependencies build once.
         .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
         .output()
@@ -669,6 +712,11 @@ fn plugin_from_template(
     );
     let wasm = created.join(format!("{name}.wasm"));
     (tmp, wasm)
+}
+
+/// Where [`plugin_from_template`] left the project `name` (moved after `eddy new`).
+fn moved(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join("moved").join(name)
 }
 
 /// An exception the plugin does not catch rejects the event with the exception and the file
@@ -759,6 +807,7 @@ fn a_python_build_error_shows_the_plugins_own_line_first() {
     std::fs::write(&app, &source).expect("app.py");
     let build = Command::new("bash")
         .arg(created.join("build.sh"))
+        .env_remove("EDDY_ROOT")
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("build.sh");
