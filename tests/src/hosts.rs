@@ -28,16 +28,27 @@ pub struct HostProcess {
 impl HostProcess {
     /// Runs `eddy run config`, logging to `log` (`RUST_LOG=info`, or `EDDY_HOST_LOG`).
     pub fn spawn(name: &str, config: &Path, log: &Path) -> HostProcess {
-        HostProcess::start(name, config, log, None)
+        HostProcess::start(name, config, log, None, &[])
+    }
+
+    /// Runs `eddy run config <args>`, logging to `log`.
+    pub fn spawn_with(name: &str, config: &Path, log: &Path, args: &[&str]) -> HostProcess {
+        HostProcess::start(name, config, log, None, args)
     }
 
     /// Runs `eddy run config` allowed at most `open_files` file descriptors (`prlimit`), as
     /// on a machine with a tight limit.
     pub fn spawn_limited(name: &str, config: &Path, log: &Path, open_files: u64) -> HostProcess {
-        HostProcess::start(name, config, log, Some(open_files))
+        HostProcess::start(name, config, log, Some(open_files), &[])
     }
 
-    fn start(name: &str, config: &Path, log: &Path, open_files: Option<u64>) -> HostProcess {
+    fn start(
+        name: &str,
+        config: &Path,
+        log: &Path,
+        open_files: Option<u64>,
+        args: &[&str],
+    ) -> HostProcess {
         let log = std::fs::File::create(log).expect("log file");
         let mut cmd = match open_files {
             Some(n) => {
@@ -50,6 +61,7 @@ impl HostProcess {
         let child = cmd
             .arg("run")
             .arg(config)
+            .args(args)
             .env("RUST_LOG", log_filter())
             .stdout(Stdio::null())
             .stderr(log)

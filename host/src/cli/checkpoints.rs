@@ -175,7 +175,7 @@ fn delete_savepoint(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// A timestamp for people: seconds since the Unix epoch, UTC.
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil(days as i64);

@@ -61,9 +61,11 @@ pub async fn produce(
         .iter()
         .map(|t| serde_json::to_vec(t).map(|p| (produce::subject_for(subject, t), Bytes::from(p))))
         .collect::<Result<Vec<_>, _>>()?;
-    let rate = produce::publish_each(&conn.js, messages)
+    let bar = super::progress(messages.len() as u64, "publishing", "transactions");
+    let rate = produce::publish_counted(&conn.js, messages, |n| bar.inc(n))
         .await
         .with_context(|| format!("publishing to {subject} (is a stream capturing it?)"))?;
+    bar.finish_and_clear();
     println!("published {count} transactions to {subject} ({rate:.0}/s)");
     Ok(())
 }
@@ -105,9 +107,11 @@ pub async fn publish_file(nats: &NatsConfig, subject: &str, file: &Path) -> anyh
         .await
         .with_context(|| format!("{subject} would not be stored"))?;
     let n = lines.len();
-    let rate = produce::publish_each(&conn.js, lines)
+    let bar = super::progress(n as u64, "publishing", "lines");
+    let rate = produce::publish_counted(&conn.js, lines, |n| bar.inc(n))
         .await
         .with_context(|| format!("publishing {} to {subject}", file.display()))?;
+    bar.finish_and_clear();
     println!(
         "stored {n} messages from {} in {} ({rate:.0}/s)",
         file.display(),

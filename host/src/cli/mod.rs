@@ -9,12 +9,14 @@
 //!   libraries `produce` (the synthetic event generator) and `tail` (reading a subject);
 //! - `streams`: `eddy streams`;
 //! - `harness`: `eddy test`, a plugin on events from a file without NATS;
-//! - `scaffold`: `eddy new plugin`.
+//! - `scaffold`: `eddy new plugin`;
+//! - `dlq`: `eddy dlq …`, the dead-letter subject listed, shown and replayed.
 //!
 //! Commands that only talk to running hosts (`status`, `deploy`, `savepoint create`, `state`)
 //! load the pipeline file without requiring its plugin file to be on this machine.
 
 pub mod checkpoints;
+pub mod dlq;
 pub mod harness;
 pub mod hosts;
 pub mod io;
@@ -36,6 +38,17 @@ pub(crate) fn first_lines(lines: &[String], max: usize) -> String {
     out
 }
 
+/// A progress bar on stderr for a long operation over `len` things (`verb` them, counted as
+/// `things`); drawn only when stderr is a terminal, so scripts and logs get none.
+pub(crate) fn progress(len: u64, verb: &str, things: &str) -> indicatif::ProgressBar {
+    let template =
+        format!("{verb} {{bar:40}} {{pos}}/{{len}} {things} ({{per_sec}}, {{eta}} left)");
+    indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    )
+}
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +64,26 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
+    /// How log lines are written to stderr: `human` (coloured when stderr is a terminal) or
+    /// `json`, one object per line with `timestamp`, `level`, `target`, `message` and the
+    /// line's fields at the top level, for log shippers.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Human,
+        env = "EDDY_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The form of the log lines on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people reading a terminal or a file.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A subcommand.
@@ -133,6 +166,12 @@ pub enum Command {
         /// JSON (one object per host) instead of a summary for people.
         #[arg(long)]
         json: bool,
+    },
+    /// Dead letters: list them by kind, show one, replay them to the input once fixed.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: DlqAction,
     },
     /// The hosts of a cluster and who owns each partition (`[cluster]` pipelines).
     Cluster {
@@ -306,6 +345,47 @@ pub enum ClusterAction {
     },
 }
 
+/// `eddy dlq` actions.
+#[derive(Subcommand)]
+pub enum DlqAction {
+    /// How many dead letters of each kind (`Eddy-Error-Kind`), and the last few.
+    List {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// How many of the newest to list.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        last: usize,
+    },
+    /// One dead letter whole: its headers (the error, its kind, where the event came from)
+    /// and payload.
+    Show {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Its sequence in the dead-letter stream (`eddy dlq list` names them).
+        sequence: u64,
+    },
+    /// Publishes dead letters back to the subjects their events came on, oldest first, each
+    /// at most once, and removes them from the dead-letter stream.
+    Replay {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Only this kind (`key`, `rejected`, `trap`, `cpu-budget`, `memory-limit`,
+        /// `contract`, `lookup`, `too-large`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only those stored within this age: 30s, 15m, 2h, 1d.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Leave the dead letters in their stream (a second replay within the input
+        /// stream's duplicate window still stores nothing twice).
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
 /// `eddy state` actions.
 #[derive(Subcommand)]
 pub enum StateAction {
@@ -387,6 +467,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         } => hosts::deploy(&pipeline, &plugin, wait).await,
         Command::Status { pipeline, json } => hosts::status(&pipeline, json).await,
         Command::State { action } => state::command(action).await,
+        Command::Dlq { action } => dlq_command(action).await,
         Command::Cluster {
             action: ClusterAction::Status { pipeline, json },
         } => {
@@ -442,5 +523,51 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             raw,
             nats,
         } => io::tail(&nats.config()?, &subject, count, raw, follow).await,
+    }
+}
+
+async fn dlq_command(action: DlqAction) -> anyhow::Result<()> {
+    use crate::config::PipelineConfig;
+    match action {
+        DlqAction::List { pipeline, last } => {
+            dlq::list(&PipelineConfig::load_remote(&pipeline)?, last).await
+        }
+        DlqAction::Show { pipeline, sequence } => {
+            dlq::show(&PipelineConfig::load_remote(&pipeline)?, sequence).await
+        }
+        DlqAction::Replay {
+            pipeline,
+            kind,
+            since,
+            limit,
+            keep,
+        } => {
+            let cfg = PipelineConfig::load_remote(&pipeline)?;
+            let filter = dlq::Filter {
+                kind,
+                since_ms: since
+                    .map(|s| dlq::since(&s, crate::checkpoint::now_ms()))
+                    .transpose()?,
+                limit,
+            };
+            let done = dlq::replay(&cfg, &filter, keep).await?;
+            println!(
+                "replayed {} dead letters to their input subjects{}",
+                done.published,
+                match done.duplicates {
+                    0 => String::new(),
+                    n => format!(" ({n} already there from an earlier replay: stored once)"),
+                }
+            );
+            for (seq, why) in &done.skipped {
+                eprintln!("dead letter {seq} not replayed: {why}");
+            }
+            match done.skipped.len() {
+                0 => Ok(()),
+                n => anyhow::bail!(
+                    "{n} dead letters could not be replayed (listed above); they stay in the dead-letter stream"
+                ),
+            }
+        }
     }
 }

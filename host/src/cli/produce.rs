@@ -118,6 +118,16 @@ pub async fn publish_each(
     js: &jetstream::Context,
     messages: impl IntoIterator<Item = (String, Bytes)>,
 ) -> anyhow::Result<f64> {
+    publish_counted(js, messages, |_| {}).await
+}
+
+/// [`publish_each`], calling `stored(n)` as each group of `n` messages is stored (for a
+/// progress bar).
+pub async fn publish_counted(
+    js: &jetstream::Context,
+    messages: impl IntoIterator<Item = (String, Bytes)>,
+    mut stored: impl FnMut(u64),
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut n = 0usize;
     let mut acks = Vec::with_capacity(4096);
@@ -128,11 +138,14 @@ pub async fn publish_each(
             for a in acks.drain(..) {
                 a.await?;
             }
+            stored(4096);
         }
     }
+    let last = acks.len() as u64;
     for a in acks {
         a.await?;
     }
+    stored(last);
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 

@@ -28,13 +28,14 @@ pub async fn run(pipeline: &Path, from_savepoint: Option<PathBuf>) -> anyhow::Re
     } else {
         pipeline::run(cfg, opts, rx, metrics).await?
     };
-    eprintln!(
-        "stopped: {} events in, {} outputs, {} dropped, {} dead-lettered, {} checkpoints",
-        summary.events_in,
-        summary.outputs,
-        summary.dropped,
-        summary.dead_lettered,
-        summary.checkpoints
+    // A log line like the others (one JSON object with `--log-format json`).
+    tracing::info!(
+        events_in = summary.events_in,
+        outputs = summary.outputs,
+        dropped = summary.dropped,
+        dead_lettered = summary.dead_lettered,
+        checkpoints = summary.checkpoints,
+        "stopped"
     );
     Ok(())
 }

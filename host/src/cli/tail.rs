@@ -160,7 +160,8 @@ async fn pending_from(
     Ok(pending)
 }
 
-fn stored(m: &jetstream::Message) -> Stored {
+/// A delivered message as [`Stored`].
+pub(crate) fn stored(m: &jetstream::Message) -> Stored {
     let (sequence, stored_us) = m
         .info()
         .map(|i| {

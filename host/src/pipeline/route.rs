@@ -68,9 +68,13 @@ impl Notices {
                 let since = last.map(|(_, n)| *n);
                 match since {
                     None => tracing::warn!(
+                        kind,
+                        subject,
                         "events are being dead-lettered as `{kind}`: {reason}. See them with `eddy tail {subject}`"
                     ),
                     Some(n) => tracing::warn!(
+                        kind,
+                        subject,
                         "{} more events dead-lettered as `{kind}` in the last {NOTICE_EVERY:?}, the latest: {reason}",
                         n + 1
                     ),

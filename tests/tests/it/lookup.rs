@@ -629,3 +629,105 @@ cache = {{ mode = "full", reload_interval_ms = 500 }}
         "{text}"
     );
 }
+
+/// The Grafana dashboard in `docs/grafana/eddy.json` queries only what a running pipeline
+/// exports: every metric it names (histograms by their `_bucket`, `_sum` and `_count` series)
+/// and every label it groups or filters by, read from a pipeline with keyed state and a lookup
+/// store, which is when every family is present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_what_a_pipeline_exports() {
+    let http = SlowHttp::start(HashMap::from([("a".into(), "1".into())]), 1)
+        .await
+        .expect("http");
+    let stores = format!(
+        "\n[lookup.h]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\n",
+        http.url()
+    );
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
+    let run = Running::start(&spec);
+    publish(
+        &conn.js,
+        &(0..3).map(|i| lookup(i, "c", "h", "a")).collect::<Vec<_>>(),
+    )
+    .await;
+    wait_for_len(&conn.js, "OUT", 3, Duration::from_secs(30)).await;
+    let exported = run.metrics.render();
+    run.stop().await;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/eddy.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).expect("json");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 20, "the dashboard's queries: {exprs:?}");
+    let families: Vec<&str> = exported
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for expr in &exprs {
+        for name in words(expr).filter(|w| w.starts_with("eddy_")) {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| exported.contains(&format!("# TYPE {f} histogram")))
+                .unwrap_or(name);
+            assert!(
+                families.contains(&family),
+                "{name} (in `{expr}`) is not exported; the exported families: {families:?}"
+            );
+        }
+        // Labels grouped by (`by (a, b)`) and matched (`a="v"`) are on some exported series.
+        let grouped = expr
+            .split("by (")
+            .skip(1)
+            .filter_map(|s| s.split(')').next())
+            .flat_map(|s| s.split(','))
+            .map(str::trim);
+        let matched = expr
+            .split('{')
+            .skip(1)
+            .filter_map(|s| s.split('}').next())
+            .flat_map(|s| s.split(','))
+            .filter_map(|m| m.split(['=', '!']).next())
+            .map(str::trim);
+        for label in grouped.chain(matched) {
+            // `instance` is Prometheus's own label for the scraped host; `le` the buckets'.
+            if label.is_empty() || label == "instance" {
+                continue;
+            }
+            assert!(
+                exported.contains(&format!("{label}=\"")),
+                "label {label} (in `{expr}`) is on no exported series"
+            );
+        }
+    }
+}
+
+/// Every `expr` in a Grafana dashboard: panel targets and template variable queries.
+fn collect_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    ("query", Value::String(s)) if s.contains("eddy_") => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The identifiers in a PromQL expression.
+fn words(expr: &str) -> impl Iterator<Item = &str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+}

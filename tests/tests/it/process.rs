@@ -696,6 +696,192 @@ async fn a_kind_of_dead_letter_that_starts_flowing_is_logged_once_with_its_reaso
     );
 }
 
+/// `--log-format json`: every line a host writes is one JSON object a log shipper can read,
+/// with the message and the line's own fields at the top level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_their_fields() {
+    let Fixture {
+        nats: _nats,
+        dir,
+        mut spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
+    // A key pointer that matches nothing: the dead-letter notice carries fields of its own.
+    spec.key = r#"{ json = "/customr" }"#.into();
+    let config = dir.path().join("pipeline.toml");
+    spec.write(&config).expect("write config");
+    let log = dir.path().join("json.log");
+    let mut host = HostProcess::spawn_with("a", &config, &log, &["--log-format", "json"]);
+    publish_txs(&conn.js, "txn.in", &produce::transactions(20, 5, 3, 0)).await;
+    wait_for_len(&conn.js, "DLQ", 20, Duration::from_secs(60)).await;
+    host.signal("-TERM");
+    assert!(host.wait_exit_within(Duration::from_secs(20)).success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}"))
+        })
+        .collect();
+    assert!(lines.len() >= 3, "{text}");
+    for l in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(l[field].is_string(), "{field} in {l}");
+        }
+        assert!(
+            !l["message"].as_str().unwrap_or_default().contains('\x1b'),
+            "{l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "pipeline stopped cleanly" && l["level"] == "INFO"),
+        "{text}"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l["message"] == "stopped")
+        .unwrap_or_else(|| panic!("the summary: {text}"));
+    assert_eq!(summary["events_in"], 20, "{summary}");
+    assert_eq!(summary["dead_lettered"], 20, "{summary}");
+    let notice = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("events are being dead-lettered"))
+        })
+        .unwrap_or_else(|| panic!("the dead-letter notice: {text}"));
+    assert_eq!(notice["level"], "WARN", "{notice}");
+    assert_eq!(
+        notice["kind"], "key",
+        "its own fields at the top level: {notice}"
+    );
+    assert_eq!(notice["subject"], "txn.dlq", "{notice}");
+}
+
+/// `eddy dlq`: dead letters listed by kind, then replayed to the input once their cause is
+/// fixed; each is handled exactly once, however often it is replayed: with `--keep` and then
+/// again, the input stream stores one copy (same message id), and without `--keep` the dead
+/// letters are gone, so a third replay finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_replayed_twice_are_handled_once() {
+    let Fixture {
+        nats: _nats,
+        dir,
+        mut spec,
+        conn,
+    } = Fixture::start("fraud", "fraud-enrich").await;
+    let fixed = dir.path().join("pipeline.toml");
+    spec.write(&fixed).expect("config");
+    // A key pointer with a typo: every event is dead-lettered as `key`.
+    spec.key = r#"{ json = "/customr" }"#.into();
+    let typo = dir.path().join("typo.toml");
+    spec.write(&typo).expect("config");
+    let txs = produce::transactions(40, 6, 17, 0);
+    let mut host = HostProcess::spawn("typo", &typo, &dir.path().join("typo.log"));
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    wait_for_len(&conn.js, "DLQ", 40, Duration::from_secs(60)).await;
+    host.stop();
+
+    let eddy = |args: &[&str]| {
+        let out = Command::new(eddy_bin())
+            .arg("dlq")
+            .args(args)
+            .output()
+            .expect("eddy dlq");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "eddy dlq {args:?}: {text}");
+        text
+    };
+    let f = fixed.to_str().expect("path");
+    let listed = eddy(&["list", f, "-n", "3"]);
+    assert!(listed.contains("40 dead letters on txn.dlq"), "{listed}");
+    assert!(listed.contains("      40  key"), "{listed}");
+    assert!(listed.contains("the last 3:"), "{listed}");
+    assert!(listed.contains("/customr"), "the reason: {listed}");
+    let first_letter = tail::read(&conn.js, "txn.dlq", 1, Duration::from_secs(2))
+        .await
+        .expect("read")
+        .remove(0);
+    let first = first_letter.sequence;
+    let header = |m: &tail::Stored, name: &str| {
+        m.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} in {:?}", m.headers))
+    };
+    let shown = eddy(&["show", f, &first.to_string()]);
+    assert!(shown.contains("Eddy-Error-Kind: key"), "{shown}");
+    assert!(shown.contains(&txs[0].id), "the payload: {shown}");
+    assert!(
+        eddy(&["replay", f, "--kind", "trap"]).contains("replayed 0 dead letters"),
+        "another kind takes none"
+    );
+
+    let mut host = HostProcess::spawn("fixed", &fixed, &dir.path().join("fixed.log"));
+    let once = eddy(&["replay", f, "--keep"]);
+    assert!(once.contains("replayed 40 dead letters"), "{once}");
+    wait_for_len(&conn.js, "OUT", 40, Duration::from_secs(60)).await;
+    assert_eq!(stream_len(&conn.js, "DLQ").await.expect("len"), 40, "kept");
+    let twice = eddy(&["replay", f]);
+    assert!(
+        twice.contains("replayed 40 dead letters") && twice.contains("40 already there"),
+        "{twice}"
+    );
+    assert_eq!(
+        stream_len(&conn.js, "DLQ").await.expect("len"),
+        0,
+        "removed"
+    );
+    assert!(eddy(&["replay", f]).contains("replayed 0 dead letters"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    host.signal("-TERM");
+    assert!(host.wait_exit_within(Duration::from_secs(20)).success());
+
+    assert_eq!(
+        stream_len(&conn.js, "TXN").await.expect("len"),
+        80,
+        "each event once as published, once as replayed"
+    );
+    let inputs = tail::read(&conn.js, "txn.in", 80, Duration::from_secs(2))
+        .await
+        .expect("read");
+    let replay = inputs
+        .iter()
+        .find(|m| {
+            m.headers
+                .iter()
+                .any(|(n, v)| n == "Eddy-Replay-Of" && *v == format!("DLQ:{first}"))
+        })
+        .unwrap_or_else(|| panic!("the replay of dead letter {first}"));
+    assert_eq!(
+        header(replay, "Eddy-Original-Position"),
+        format!("txn.in:{}", header(&first_letter, "Eddy-Source-Sequence"))
+    );
+    assert_eq!(replay.payload, first_letter.payload);
+    // Handled once each, in their order: the outputs are the reference's.
+    let outs = tail::read(&conn.js, "txn.out", 100, Duration::from_secs(2))
+        .await
+        .expect("read");
+    assert_eq!(outs.len(), 40, "no event handled twice");
+    let mut got: Vec<Value> = outs
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("json"))
+        .collect();
+    let mut want = eddy_tests::fraud_reference(&txs, 70);
+    let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
+    got.sort_by_key(id);
+    want.sort_by_key(id);
+    assert_eq!(got, want);
+}
+
 /// `text` without the terminal colour sequences a log may carry.
 fn without_colours(text: &str) -> String {
     let mut out = String::new();
