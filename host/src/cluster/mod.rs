@@ -13,12 +13,13 @@
 //! Moving a partition:
 //! - *rebalance* (a host joined): the receiving host fetches the partition's committed
 //!   checkpoint into its local cache while the owner runs on (cutting no new checkpoint
-//!   meanwhile), then says it wants the partition; the owner drains the events in hand,
-//!   commits a last checkpoint and releases the lease; the receiver, watching the lease, takes
-//!   it, restores from its cache (downloading only what the last checkpoint added) and runs
-//!   on from there. The partition pauses for the drain, the take and the start, not for a
-//!   full download; queries never see state older than outputs already published. A receiver
-//!   that has not warmed up within [`WARM_WAIT`] gets the partition anyway;
+//!   meanwhile), then says it wants the partition; the owner stops the run at once (no last
+//!   checkpoint) and releases the lease; the receiver, watching the lease, takes it, restores
+//!   from its cache and replays from the committed position (the replayed outputs are
+//!   duplicates by id, dropped by the output stream; `latest` queries wait until the replay
+//!   has caught up). The partition pauses for the stop, the take and the start, not for a
+//!   download or a checkpoint. A receiver that has not warmed up within [`WARM_WAIT`] gets
+//!   the partition anyway, after the owner's last checkpoint;
 //! - *leaving* (this host stops): each run drains, takes its last checkpoint and commits it
 //!   to the partition's pointer, then the lease is released and a survivor takes it;
 //! - *failover* (a host died): its leases expire after `cluster.lease_ms`; a survivor takes
@@ -140,8 +141,10 @@ struct Owned {
 }
 
 impl Owned {
-    /// Stops the run: it finishes the events in hand and commits a last checkpoint.
-    fn stop(&self) {
+    /// Stops the run; `quick` for a hand-off to a host that restores the committed
+    /// checkpoint, otherwise after the events in hand and a last checkpoint.
+    fn stop(&self, quick: bool) {
+        self.hand_off.quick.store(quick, Ordering::Release);
         let _ = self.held.stop.send(true);
     }
 
@@ -300,13 +303,13 @@ pub async fn run(
                                 } else {
                                     tracing::warn!(partition = *p, to = %to, "handing the partition off though its receiver has not fetched its checkpoint within {:?}", handoff::WARM_WAIT);
                                 }
-                                // The run drains and commits a last checkpoint before the
-                                // release, so the new owner's state is never behind outputs
-                                // already published (a stop without one let queries read
-                                // older state until the replay caught up). Released at the
-                                // first step (every `TAKING`) that finds the run ended.
+                                // At once, from the checkpoint the receiver fetched: it
+                                // replays what this run did since (the outputs are duplicates
+                                // by id) and answers `latest` queries once it has caught up.
+                                // Released at the first step (every `TAKING`) that finds the
+                                // run ended.
                                 if let Some(o) = owned.remove(p) {
-                                    o.stop();
+                                    o.stop(warmed);
                                     handing_off.insert(*p, o);
                                 }
                                 planned_since.remove(p);
@@ -363,7 +366,7 @@ pub async fn run(
         "leaving the cluster: handing partitions off"
     );
     for (p, o) in std::mem::take(&mut owned) {
-        o.stop();
+        o.stop(false);
         handing_off.insert(p, o);
     }
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -123,6 +123,12 @@ pub struct HandOff {
     /// The partition is about to move: no new checkpoint is cut, so the one its receiver
     /// fetched ahead stays the committed one.
     pub hold: AtomicBool,
+    /// Set before the stop: the run stops at once, without finishing the events in hand or
+    /// taking a last checkpoint; the new owner restores the committed checkpoint (fetched
+    /// ahead) and replays from its position, the output streams drop the replayed outputs as
+    /// duplicates by id, and the new owner answers `latest` queries once the replay has
+    /// caught up. Unset, a stop finishes the events in hand and takes a last checkpoint.
+    pub quick: AtomicBool,
 }
 
 /// Options for a run beyond the config file.

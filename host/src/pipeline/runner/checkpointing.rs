@@ -73,6 +73,20 @@ impl Checkpointing {
             && (self.last_cut.elapsed() >= interval || self.unacked >= early)
     }
 
+    /// Gives up the checkpoint in progress (the partition moves to another host): it is not
+    /// committed, and whoever waits for it hears why.
+    pub(super) fn abandon(&mut self) {
+        if let Some(c) = self.completing.take() {
+            c.task.abort();
+            for w in c.waiters {
+                let _ = w.send(Err(format!(
+                    "checkpoint {}: abandoned, the partition moved to another host",
+                    c.id
+                )));
+            }
+        }
+    }
+
     /// Answers `reply` when the checkpoint in progress completes; gives it back if none is.
     pub(super) fn wait(
         &mut self,

@@ -165,7 +165,25 @@ impl Runner {
                 _ = std::future::ready(()), if handled => {}
             }
         }
+        if self
+            .hand_off
+            .as_ref()
+            .is_some_and(|h| h.quick.load(Ordering::Acquire))
+        {
+            self.let_go();
+            return Ok(());
+        }
         self.drain().await
+    }
+
+    /// Stops for a hand-off: nothing more is handled, and the checkpoint in progress is
+    /// abandoned (its pointer commit would fail anyway once the new owner claims the
+    /// partition). What this run did since the committed checkpoint, the new owner does again
+    /// from it; outputs already queued are still published, as the same duplicates.
+    fn let_go(&mut self) {
+        tracing::info!("handing the partition over from its committed checkpoint");
+        self.draining = true;
+        self.checkpointing.abandon();
     }
 
     /// Stops cleanly: finishes the events in the window, ends probation, completes a last
