@@ -438,8 +438,65 @@ impl Input {
     /// that are already here: batches grow with load and latency stays low when idle.
     /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
-        next_batch(self.messages.as_mut()?, max).await
+        loop {
+            match next_batch(self.messages.as_mut()?, max).await {
+                Pulled::Batch(batch) => return Some(batch),
+                Pulled::End => return None,
+                Pulled::Lost(e) => {
+                    // The client counts the lost pull as still open and would ask again only
+                    // once heartbeats are missed (10 s): ask again now, from the same consumer
+                    // (its position is unchanged: nothing was delivered).
+                    tracing::warn!(
+                        "input: {e} (the consumer's leader is not ready); pulling again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    match self.pull_again().await {
+                        Ok(messages) => self.messages = Some(messages),
+                        Err(e) => tracing::warn!("input: {e:#}; retrying"),
+                    }
+                }
+            }
+        }
     }
+
+    /// A new pull from the durable consumer as it stands.
+    async fn pull_again(&self) -> anyhow::Result<consumer::pull::Stream> {
+        let consumer: consumer::PullConsumer = self
+            .stream
+            .get_consumer(self.consumer())
+            .await
+            .map_err(|e| anyhow!("cannot find consumer `{}`: {e}", self.consumer()))?;
+        pull(&consumer, self.batch).await
+    }
+}
+
+/// Pulls from `consumer`, `batch` messages at most per request.
+async fn pull(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+) -> anyhow::Result<consumer::pull::Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start pulling from consumer `{}`",
+                consumer.cached_info().name
+            )
+        })
+}
+
+/// What a wait for the next batch gave.
+enum Pulled {
+    Batch(Vec<jetstream::Message>),
+    /// The input ended.
+    End,
+    /// The pull request found no responder (a consumer whose leader is not elected yet).
+    Lost(consumer::pull::MessagesError),
 }
 
 /// (Re)creates the durable consumer `config` names, positioned just after `after`, and
@@ -469,14 +526,7 @@ async fn start_consumer(
         .create_consumer(config)
         .await
         .with_context(|| format!("cannot create consumer `{name}` on stream {stream_name}"))?;
-    consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .with_context(|| format!("cannot start pulling from consumer `{name}`"))
+    pull(&consumer, batch).await
 }
 
 fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
@@ -489,7 +539,7 @@ fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
     }
 }
 
-async fn next_batch<S>(messages: &mut S, max: usize) -> Option<Vec<jetstream::Message>>
+async fn next_batch<S>(messages: &mut S, max: usize) -> Pulled
 where
     S: futures::Stream<Item = Result<jetstream::Message, consumer::pull::MessagesError>> + Unpin,
 {
@@ -500,11 +550,14 @@ where
                 batch.push(m);
                 break;
             }
+            Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
+                return Pulled::Lost(e);
+            }
             Some(Err(e)) => {
                 tracing::warn!("input: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            None => return None,
+            None => return Pulled::End,
         }
     }
     while batch.len() < max {
@@ -517,7 +570,7 @@ where
             _ => break,
         }
     }
-    Some(batch)
+    Pulled::Batch(batch)
 }
 
 /// A broadcast input: every host reads all of it, through an ordered consumer (ephemeral,
