@@ -10,12 +10,14 @@
 //! - `streams`: `eddy streams`;
 //! - `harness`: `eddy test`, a plugin on events from a file without NATS;
 //! - `scaffold`: `eddy new plugin`;
-//! - `dlq`: `eddy dlq …`, the dead-letter subject listed, shown and replayed.
+//! - `dlq`: `eddy dlq …`, the dead-letter subject listed, shown and replayed;
+//! - `dev`: `eddy dev`, a plugin project built and run on NATS with one command.
 //!
 //! Commands that only talk to running hosts (`status`, `deploy`, `savepoint create`, `state`)
 //! load the pipeline file without requiring its plugin file to be on this machine.
 
 pub mod checkpoints;
+pub mod dev;
 pub mod dlq;
 pub mod harness;
 pub mod hosts;
@@ -96,6 +98,14 @@ pub enum Command {
         /// Start from this savepoint (the state directory must have no checkpoint yet).
         #[arg(long)]
         from_savepoint: Option<PathBuf>,
+    },
+    /// Builds a plugin project (`eddy new plugin`) and runs it on NATS, starting a local
+    /// nats-server if none answers; rebuilds on every source change and shows outputs and
+    /// dead letters as they arrive.
+    Dev {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        project: PathBuf,
     },
     /// Validates a pipeline file and compiles its plugin, without connecting to NATS.
     Check {
@@ -468,6 +478,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status { pipeline, json } => hosts::status(&pipeline, json).await,
         Command::State { action } => state::command(action).await,
         Command::Dlq { action } => dlq_command(action).await,
+        Command::Dev { project } => dev::dev(&project).await,
         Command::Cluster {
             action: ClusterAction::Status { pipeline, json },
         } => {

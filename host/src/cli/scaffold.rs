@@ -152,6 +152,7 @@ watch = "file"
     let readme = format!(
         "# {name}\n\nAn Eddy plugin (WebAssembly component).\n\n\
          ```sh\n\
+         eddy dev                                   # all of it: build, NATS, streams, run; rebuilds on save\n\
          {build}                                    # builds {wasm}\n\
          eddy test {wasm} events.jsonl              # one outcome per event, no NATS needed\n\
          eddy test {wasm} events.jsonl --dump-state # and the state it leaves\n\

@@ -821,3 +821,126 @@ fn a_python_build_error_shows_the_plugins_own_line_first() {
     );
     assert!(head.contains("SyntaxError"), "{stderr}");
 }
+
+/// `eddy dev` in a project fresh from `eddy new plugin`: it builds the plugin, starts a
+/// nats-server of its own (nothing listens at the project's NATS address), creates the
+/// streams, runs the pipeline and shows its outputs and dead letters; an edit of the source is
+/// built and swapped in while it runs; SIGTERM (Ctrl-C) stops it and its nats-server.
+#[test]
+fn eddy_dev_runs_a_new_project_on_its_own_nats_and_swaps_in_edits() {
+    let (tmp, dir) = new_project("rust", "dev-demo");
+    let port = eddy_tests::free_port();
+    let toml = dir.join("pipeline.toml");
+    let text = std::fs::read_to_string(&toml)
+        .expect("pipeline.toml")
+        .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{port}"));
+    std::fs::write(&toml, text).expect("pipeline.toml");
+    let (out, err) = (tmp.path().join("dev.out"), tmp.path().join("dev.err"));
+    let mut dev = Command::new(eddy_bin())
+        .arg("dev")
+        .arg(&dir)
+        // Rust templates share one target directory across runs: dependencies build once.
+        .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
+        .env_remove("EDDY_ROOT")
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(std::fs::File::create(&err).expect("err"))
+        .spawn()
+        .expect("eddy dev");
+    // Lines of its output that contain `what`, once there are `n` of them.
+    let shown = |what: &str, n: usize, within: Duration| -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.contains(what))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} lines with {what:?} within {within:?}:\n{text}\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let publish = |args: &[&str]| {
+        let status = Command::new(eddy_bin())
+            .arg("publish")
+            .arg("-p")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("eddy publish");
+        assert!(status.success(), "eddy publish {args:?}");
+    };
+    let running = shown("running dev-demo", 1, Duration::from_secs(300));
+    assert!(running[0].contains(&port.to_string()), "{running:?}");
+    assert_eq!(
+        shown("starting nats-server", 1, Duration::ZERO).len(),
+        1,
+        "its own server"
+    );
+    let events = dir.join("events.jsonl");
+    publish(&["dev-demo.in", "--file", events.to_str().expect("path")]);
+    let outs = shown("out ", 3, Duration::from_secs(60));
+    assert!(
+        outs.iter().any(|l| l.contains("\"count\":2")),
+        "counts per key: {outs:?}"
+    );
+    publish(&["dev-demo.in", "not json"]);
+    shown("dead-letter ", 1, Duration::from_secs(60));
+
+    // An edit: built again and swapped in while it runs.
+    let lib = dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).expect("lib.rs").replace(
+        "object.insert(\"count\".into(), count.into());",
+        "object.insert(\"count\".into(), count.into());\n        object.insert(\"edited\".into(), true.into());",
+    );
+    std::fs::write(&lib, source).expect("edit");
+    shown("built: the pipeline swaps", 1, Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        publish(&["dev-demo.in", r#"{"customer":"c-9","amount_cents":1}"#]);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.starts_with("out ") && l.contains("\"edited\":true"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edited version's output within 90 s:\n{text}\n{}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = dev.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "eddy dev stops on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "its nats-server stopped with it"
+    );
+}
