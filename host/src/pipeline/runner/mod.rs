@@ -127,7 +127,14 @@ impl Runner {
                 .hand_off
                 .as_ref()
                 .is_some_and(|h| h.hold.load(Ordering::Acquire));
-            if !self.reloading.on_probation() && !holding && self.checkpointing.due(interval, early)
+            // A hold (the partition's receiver fetches the committed checkpoint) gives way when
+            // half of `input.max_pending` waits for an ack: past `max_pending` the consumer
+            // delivers nothing more, and the partition would stall until the hand-off. The
+            // receiver then follows the new checkpoint.
+            let pressed = self.checkpointing.unacked >= early;
+            if !self.reloading.on_probation()
+                && (!holding || pressed)
+                && self.checkpointing.due(interval, early)
             {
                 self.checkpoint().await?;
             }
