@@ -88,14 +88,21 @@ pub async fn savepoint(action: SavepointAction) -> anyhow::Result<()> {
             let cfg = PipelineConfig::load_remote(&pipeline)?;
             let nats = transport::connect(&cfg.nats, "eddy-savepoint").await?;
             let body = serde_json::json!({ "name": name, "dir": dir });
-            let answers: Vec<SavepointSummary> = hosts::ask(
+            // A spinner while the hosts write it (on a terminal only).
+            let progress = indicatif::ProgressBar::new_spinner().with_message(
+                "the running hosts are writing the savepoint (every key group of their state)",
+            );
+            progress.enable_steady_tick(Duration::from_millis(120));
+            let answers = hosts::ask(
                 &nats,
                 &cfg.pipeline.name,
                 "savepoint",
                 body,
                 Duration::from_secs(3600),
             )
-            .await?;
+            .await;
+            progress.finish_and_clear();
+            let answers: Vec<SavepointSummary> = answers?;
             for a in answers {
                 println!("{}", serde_json::to_string_pretty(&a)?);
             }

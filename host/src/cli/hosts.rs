@@ -196,6 +196,9 @@ async fn wait_for_version(
     secs: u64,
 ) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    // A spinner with the count so far, on a terminal only.
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(120));
     loop {
         let answers: Vec<HostStatus> = ask(
             nats,
@@ -223,7 +226,13 @@ async fn wait_for_version(
                 DeployStatus::Probation | DeployStatus::Superseded => {}
             }
         }
+        progress.set_message(format!(
+            "{version}: {} of {} hosts decided (live, rejected or rolled back); the rest on probation or swapping",
+            verdicts.len(),
+            answers.len()
+        ));
         if !answers.is_empty() && verdicts.len() == answers.len() {
+            progress.finish_and_clear();
             let mut failed = false;
             for (host, v) in verdicts {
                 match v {
@@ -238,6 +247,7 @@ async fn wait_for_version(
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
+            progress.finish_and_clear();
             let on_probation = answers
                 .iter()
                 .filter(|a| {
