@@ -22,9 +22,7 @@ use super::leases::{Coordination, Want};
 use crate::config::PipelineConfig;
 use crate::transport;
 
-/// How long an owner waits for the receiver of a planned move to fetch the partition's
-/// checkpoint before handing the partition over anyway.
-pub(crate) const WARM_WAIT: Duration = Duration::from_secs(30);
+pub(super) use crate::pipeline::WARM_WAIT;
 
 /// How long a receiver waits before fetching again after a failed fetch.
 const RETRY: Duration = Duration::from_secs(5);

@@ -18,8 +18,9 @@
 //!   from its cache and replays from the committed position (the replayed outputs are
 //!   duplicates by id, dropped by the output stream; `latest` queries wait until the replay
 //!   has caught up). The partition pauses for the stop, the take and the start, not for a
-//!   download or a checkpoint. A receiver that has not warmed up within [`WARM_WAIT`] gets
-//!   the partition anyway, after the owner's last checkpoint;
+//!   download or a checkpoint. A receiver that has not warmed up within
+//!   [`crate::pipeline::WARM_WAIT`] gets the partition anyway, after the owner's last
+//!   checkpoint;
 //! - *leaving* (this host stops): each run drains, takes its last checkpoint and commits it
 //!   to the partition's pointer, then the lease is released and a survivor takes it;
 //! - *failover* (a host died): its leases expire after `cluster.lease_ms`; a survivor takes
@@ -57,7 +58,6 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Fence, Fenced, HandOff, RunOptions, RunSummary, Shutdown};
 use crate::transport;
 
-pub(crate) use handoff::WARM_WAIT;
 use handoff::{Incoming, Step};
 use leases::Coordination;
 use renewals::{Held, Renewals};

@@ -116,6 +116,11 @@ impl std::fmt::Display for Fenced {
 
 impl std::error::Error for Fenced {}
 
+/// How long an owner waits for the receiver of a planned move to fetch the partition's
+/// checkpoint before handing the partition over anyway: the longest a run holds its
+/// checkpoints for a hand-off (the start-up check of the duplicate window counts it).
+pub const WARM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a run under a lease moves to another host (cluster mode): set by the host's
 /// supervisor, read by the run loop.
 #[derive(Debug, Default)]

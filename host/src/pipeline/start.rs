@@ -195,9 +195,10 @@ async fn check_dedupe_window(nats: &Nats, cfg: &PipelineConfig) -> anyhow::Resul
     // In a cluster, a dead host's partitions wait for its lease to lapse before another host
     // restores and replays them, and a partition being handed over may hold its checkpoints
     // for up to `WARM_WAIT` first.
-    let lease = cfg.cluster.as_ref().map_or(0, |c| {
-        c.lease_ms + crate::cluster::WARM_WAIT.as_millis() as u64
-    });
+    let lease = cfg
+        .cluster
+        .as_ref()
+        .map_or(0, |c| c.lease_ms + super::WARM_WAIT.as_millis() as u64);
     let need = Duration::from_millis(
         cfg.checkpoint.interval_ms + cfg.checkpoint.recovery_allowance_ms + lease,
     );
