@@ -135,14 +135,34 @@ struct ClusterServer {
 }
 
 impl NatsCluster {
-    /// Starts `n` servers and waits until JetStream has a meta leader.
+    /// Starts `n` servers and waits until JetStream has a meta leader. A port picked free can
+    /// be taken by another process before the server binds it (the server then exits): the
+    /// whole cluster is started again on other ports, up to three times.
     pub async fn start(n: usize) -> anyhow::Result<NatsCluster> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match NatsCluster::try_start(n).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) if tries < 3 => eprintln!("NATS cluster start failed ({e:#}); again"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_start(n: usize) -> anyhow::Result<NatsCluster> {
         let dir = tempfile::tempdir()?;
+        // 2n distinct ports: a client and a route port per server.
+        let mut ports = std::collections::BTreeSet::new();
+        while ports.len() < 2 * n {
+            ports.insert(free_port());
+        }
+        let ports: Vec<u16> = ports.into_iter().collect();
         let servers = (0..n)
             .map(|i| ClusterServer {
                 name: format!("s{}", i + 1),
-                port: free_port(),
-                route: free_port(),
+                port: ports[2 * i],
+                route: ports[2 * i + 1],
                 child: None,
             })
             .collect();
@@ -151,7 +171,13 @@ impl NatsCluster {
             cluster.spawn(i)?;
         }
         for i in 0..n {
-            wait_listening(cluster.servers[i].port, "nats-server")?;
+            if let Err(e) = wait_listening(cluster.servers[i].port, "nats-server") {
+                let name = &cluster.servers[i].name;
+                let log = std::fs::read_to_string(cluster.dir.path().join(format!("{name}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                anyhow::bail!("{e}; its log ends: {}", tail.join(" | "));
+            }
         }
         // JetStream needs a meta leader before it answers: wait for the account info.
         let deadline = Instant::now() + Duration::from_secs(30);
