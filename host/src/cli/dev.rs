@@ -160,10 +160,8 @@ async fn show_stored(js: async_nats::jetstream::Context, output: String, dead_le
                 let (_, next) = tail::last(&stream, &subject, 0).await?;
                 tail::each(&stream, &subject, next, None, None, |m| {
                     let reason = m
-                        .headers
-                        .iter()
-                        .find(|(n, _)| n == crate::pipeline::route::HEADER_ERROR)
-                        .map(|(_, v)| format!(" ({})", tail::for_terminal(v.as_bytes())))
+                        .header(crate::pipeline::route::HEADER_ERROR)
+                        .map(|v| format!(" ({})", tail::for_terminal(v.as_bytes())))
                         .unwrap_or_default();
                     println!("{label} {}{reason}", tail::for_terminal(&m.payload));
                     Ok(())

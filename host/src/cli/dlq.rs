@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 
 use super::tail::{self, Stored};
@@ -47,7 +47,7 @@ impl Filter {
     fn takes(&self, m: &Stored) -> bool {
         self.kind
             .as_deref()
-            .is_none_or(|k| header(m, HEADER_ERROR_KIND) == Some(k))
+            .is_none_or(|k| m.header(HEADER_ERROR_KIND) == Some(k))
             && self.since_ms.is_none_or(|t| m.stored_us / 1_000 >= t)
     }
 }
@@ -93,7 +93,7 @@ pub async fn list(cfg: &PipelineConfig, last: usize) -> anyhow::Result<()> {
     let mut recent = std::collections::VecDeque::new();
     every(&stream, subject, |m| {
         *kinds
-            .entry(header(&m, HEADER_ERROR_KIND).unwrap_or("?").to_string())
+            .entry(m.header(HEADER_ERROR_KIND).unwrap_or("?").to_string())
             .or_default() += 1;
         recent.push_back(m);
         if recent.len() > last {
@@ -113,13 +113,13 @@ pub async fn list(cfg: &PipelineConfig, last: usize) -> anyhow::Result<()> {
             "sequence", "stored", "kind"
         );
         for m in &recent {
-            let error = header(m, HEADER_ERROR).unwrap_or("");
+            let error = m.header(HEADER_ERROR).unwrap_or("");
             let short: String = error.chars().take(100).collect();
             println!(
                 "{:>10}  {:<20}  {:<12}  {}",
                 m.sequence,
                 super::checkpoints::time(m.stored_us / 1_000),
-                tail::for_terminal(header(m, HEADER_ERROR_KIND).unwrap_or("?").as_bytes()),
+                tail::for_terminal(m.header(HEADER_ERROR_KIND).unwrap_or("?").as_bytes()),
                 tail::for_terminal(short.as_bytes())
             );
         }
@@ -232,11 +232,12 @@ async fn send(
     dlq_name: &str,
     m: &Stored,
 ) -> anyhow::Result<PublishAckFuture> {
-    let subject = header(m, HEADER_SOURCE_SUBJECT)
+    let subject = m
+        .header(HEADER_SOURCE_SUBJECT)
         .context("it has no Eddy-Source-Subject header: not a dead letter Eddy wrote")?
         .to_string();
-    let source_seq = header(m, HEADER_SOURCE_SEQUENCE).unwrap_or("?").to_string();
-    let payload = if header(m, HEADER_PAYLOAD_OMITTED).is_some() {
+    let source_seq = m.header(HEADER_SOURCE_SEQUENCE).unwrap_or("?").to_string();
+    let payload = if m.header(HEADER_PAYLOAD_OMITTED).is_some() {
         // Too large for a dead letter: the input stream still has it, unless its retention
         // dropped it since.
         let seq: u64 = source_seq
@@ -271,7 +272,8 @@ async fn send(
     let replay_of = format!("{dlq_name}:{}", m.sequence);
     headers.insert(HEADER_REPLAY_OF, replay_of.as_str());
     // A dead letter of a replayed event keeps the first delivery's position.
-    let original = header(m, HEADER_ORIGINAL_POSITION)
+    let original = m
+        .header(HEADER_ORIGINAL_POSITION)
         .map(str::to_string)
         .unwrap_or_else(|| format!("{subject}:{source_seq}"));
     headers.insert(HEADER_ORIGINAL_POSITION, original.as_str());
@@ -302,16 +304,7 @@ async fn every(
     subject: &str,
     mut f: impl FnMut(Stored),
 ) -> anyhow::Result<()> {
-    let mut consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: subject.to_string(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await?;
-    let pending = consumer.info().await?.num_pending;
+    let (consumer, pending) = tail::counted(stream, subject, 1).await?;
     let name = consumer.cached_info().name.clone();
     let read = async {
         if pending == 0 {
@@ -331,13 +324,6 @@ async fn every(
     let r = read.await;
     let _ = stream.delete_consumer(&name).await;
     r
-}
-
-fn header<'a>(m: &'a Stored, name: &str) -> Option<&'a str> {
-    m.headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]

@@ -143,21 +143,41 @@ async fn pending_from(
     subject: &str,
     from: u64,
 ) -> anyhow::Result<u64> {
+    let (consumer, pending) = counted(stream, subject, from).await?;
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(pending)
+}
+
+/// An ephemeral pull consumer (no acks) of `subject` from sequence `from`, and how many
+/// messages it has to deliver; the caller deletes it (the server does after 30 s idle).
+pub(crate) async fn counted(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    from: u64,
+) -> anyhow::Result<(consumer::PullConsumer, u64)> {
     let mut consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: subject.to_string(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from,
+                start_sequence: from.max(1),
             },
             ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(5),
+            inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await?;
     let pending = consumer.info().await?.num_pending;
-    let name = consumer.cached_info().name.clone();
-    let _ = stream.delete_consumer(&name).await;
-    Ok(pending)
+    Ok((consumer, pending))
+}
+
+impl Stored {
+    /// The value of header `name` (any case), if it has one.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// A delivered message as [`Stored`].
