@@ -43,7 +43,7 @@ pub async fn dev(project: &Path) -> anyhow::Result<()> {
     ));
     let rebuilds = tokio::spawn(rebuild_on_change(dir.clone()));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(pipeline::stop_on_signals(tx));
+    pipeline::stop_on_signals(tx)?;
     println!(
         "running {name} on {url}: send events with `eddy publish -p {dir} {subject} --file events.jsonl`; outputs and dead letters show here; Ctrl-C stops",
         name = cfg.pipeline.name,

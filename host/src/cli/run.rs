@@ -11,14 +11,14 @@ use crate::pipeline::{self, RunOptions};
 
 /// `eddy run`: runs the pipeline until SIGINT/SIGTERM, then prints what it did.
 pub async fn run(pipeline: &Path, from_savepoint: Option<PathBuf>) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    pipeline::stop_on_signals(tx)?;
     let cfg = PipelineConfig::load(pipeline)?;
     let metrics = Metrics::new(&cfg.pipeline.name);
     let _server = match &cfg.metrics.listen {
         Some(listen) => Some(metrics::serve(listen, metrics.clone()).await?),
         None => None,
     };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(pipeline::stop_on_signals(tx));
     let opts = RunOptions {
         from_savepoint,
         ..RunOptions::default()

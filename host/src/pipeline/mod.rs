@@ -394,20 +394,22 @@ async fn open_broadcasts(
     Ok(broadcasts)
 }
 
-/// Waits for SIGINT or SIGTERM, then signals `tx`.
-pub async fn stop_on_signals(tx: watch::Sender<bool>) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGINT and SIGTERM at once (a signal that arrives while the host is still
+/// starting asks it to stop, rather than killing it mid-restore), then signals `tx` on the
+/// first one from a task of its own. Call it first thing in a command that runs a pipeline.
+pub fn stop_on_signals(tx: watch::Sender<bool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot listen for SIGINT (Ctrl-C)")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("stop requested");
-    let _ = tx.send(true);
+        tracing::info!("stop requested");
+        let _ = tx.send(true);
+    });
+    Ok(())
 }

@@ -53,8 +53,10 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     } = Fixture::start("fraud", "fraud-enrich").await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
+    // Half the events before the first run, the other half once it has stopped: the second
+    // run has work left however fast the first one was, and its SIGINT comes once it is busy.
     let txs = produce::transactions(6_000, 50, 21, 0);
-    publish_txs(&conn.js, "txn.in", &txs).await;
+    publish_txs(&conn.js, "txn.in", &txs[..3_000]).await;
 
     let mut child = HostProcess::spawn("a", &config, &dir.path().join("run1.log"));
     wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
@@ -64,10 +66,13 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     assert!(status.success(), "exit 0 on SIGTERM: {status:?}\n{log}");
     assert!(log.contains("pipeline stopped cleanly"), "{log}");
 
+    publish_txs(&conn.js, "txn.in", &txs[3_000..]).await;
     let mut child = HostProcess::spawn("a", &config, &dir.path().join("run2.log"));
     let got = wait_for_len(&conn.js, "OUT", 6_000, Duration::from_secs(60)).await;
     child.signal("-INT");
-    assert!(child.wait_exit_within(Duration::from_secs(20)).success());
+    let status = child.wait_exit_within(Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.path().join("run2.log")).unwrap_or_default();
+    assert!(status.success(), "exit 0 on SIGINT: {status:?}\n{log}");
     assert_eq!(got, 6_000);
     let (n, counts) = counts_per_customer(&conn.js, 7_000).await;
     assert_eq!(n, 6_000, "each input exactly once in the output stream");
@@ -75,6 +80,18 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
         counts,
         expected_counts(&txs),
         "running counts continue across the restart"
+    );
+
+    // A stop asked while the host is still starting (restoring, connecting) is a clean stop
+    // too, not a death by the signal's default action.
+    let mut child = HostProcess::spawn("a", &config, &dir.path().join("run3.log"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    child.signal("-INT");
+    let status = child.wait_exit_within(Duration::from_secs(20));
+    let log = std::fs::read_to_string(dir.path().join("run3.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "exit 0 on SIGINT at start: {status:?}\n{log}"
     );
 }
 
