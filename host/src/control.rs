@@ -17,6 +17,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::HistogramSnapshot;
 use crate::reload::Deployment;
 use crate::transport::Nats;
 
@@ -50,7 +51,21 @@ pub struct HostStatus {
     pub dropped: u64,
     /// Events dead-lettered.
     pub dead_lettered: u64,
+    /// Messages of the keyed input not yet delivered to this host: the consumer's pending
+    /// count as of the last batch it read (none before the first).
+    #[serde(default)]
+    pub lag: Option<u64>,
+    /// How long plugin calls (one batch each) took since the run started.
+    #[serde(default)]
+    pub call_seconds: HistogramSnapshot,
+    /// The newest checkpoints this run completed, oldest first (at most
+    /// [`RECENT_CHECKPOINTS`]).
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointSummary>,
 }
+
+/// How many completed checkpoints a [`HostStatus`] lists.
+pub const RECENT_CHECKPOINTS: usize = 20;
 
 impl HostStatus {
     /// The latest record of `version` in the deployment history.

@@ -47,6 +47,23 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Its counts now.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        HistogramSnapshot {
+            bounds: self.bounds.to_vec(),
+            cumulative: self
+                .buckets
+                .iter()
+                .map(|c| {
+                    cumulative += c.load(Ordering::Relaxed);
+                    cumulative
+                })
+                .collect(),
+            count: self.count(),
+        }
+    }
+
     /// Sum of the observations.
     pub fn sum(&self) -> f64 {
         self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
@@ -66,6 +83,51 @@ impl Histogram {
             out,
             "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
         );
+    }
+}
+
+/// A histogram's counts at one moment: `cumulative[i]` observations were at most `bounds[i]`;
+/// `count` is all of them (those above the last bound included).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistogramSnapshot {
+    /// Upper bounds, ascending.
+    pub bounds: Vec<f64>,
+    /// Observations at or under each bound.
+    pub cumulative: Vec<u64>,
+    /// All observations.
+    pub count: u64,
+}
+
+impl HistogramSnapshot {
+    /// The observations made between `earlier` and `self` (same bounds).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        if earlier.bounds != self.bounds {
+            return self.clone();
+        }
+        HistogramSnapshot {
+            bounds: self.bounds.clone(),
+            cumulative: self
+                .cumulative
+                .iter()
+                .zip(&earlier.cumulative)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+        }
+    }
+
+    /// The smallest bound under which at least `q` (0..=1) of the observations fall; `None`
+    /// without observations or when they fall above the last bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let want = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.bounds
+            .iter()
+            .zip(&self.cumulative)
+            .find(|(_, c)| **c >= want)
+            .map(|(b, _)| *b)
     }
 }
 

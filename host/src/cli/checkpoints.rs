@@ -109,7 +109,7 @@ pub async fn savepoint(action: SavepointAction) -> anyhow::Result<()> {
         }
         SavepointAction::List { pipeline } => {
             let cfg = PipelineConfig::load(&pipeline)?;
-            for l in list_savepoints(&cfg) {
+            for l in savepoint_lines(&cfg) {
                 println!("{l}");
             }
         }
@@ -143,7 +143,7 @@ fn list_checkpoints(cps: &Checkpoints) -> Vec<String> {
 }
 
 /// `eddy savepoint list`: the savepoints in the pipeline's savepoint directory.
-fn list_savepoints(cfg: &PipelineConfig) -> Vec<String> {
+pub(crate) fn savepoint_lines(cfg: &PipelineConfig) -> Vec<String> {
     let dir = cfg.savepoint_dir();
     let Ok(read) = std::fs::read_dir(&dir) else {
         return Vec::new();

@@ -41,13 +41,19 @@ pub struct Filter {
     pub since_ms: Option<u64>,
     /// At most this many, oldest first.
     pub limit: Option<usize>,
+    /// Only these dead letters (their sequences in the dead-letter stream).
+    pub sequences: Option<std::collections::BTreeSet<u64>>,
 }
 
 impl Filter {
     fn takes(&self, m: &Stored) -> bool {
-        self.kind
-            .as_deref()
-            .is_none_or(|k| m.header(HEADER_ERROR_KIND) == Some(k))
+        self.sequences
+            .as_ref()
+            .is_none_or(|s| s.contains(&m.sequence))
+            && self
+                .kind
+                .as_deref()
+                .is_none_or(|k| m.header(HEADER_ERROR_KIND) == Some(k))
             && self.since_ms.is_none_or(|t| m.stored_us / 1_000 >= t)
     }
 }
@@ -85,22 +91,72 @@ pub fn since(ago: &str, now_ms: u64) -> anyhow::Result<u64> {
     Ok(now_ms.saturating_sub(n * ms))
 }
 
-/// `eddy dlq list`: how many dead letters of each kind, and the last `last` of them.
-pub async fn list(cfg: &PipelineConfig, last: usize) -> anyhow::Result<()> {
+/// What the dead-letter subject holds: counts per kind and the newest letters.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Dead letters per `Eddy-Error-Kind` (`?` for none).
+    pub kinds: BTreeMap<String, u64>,
+    /// The newest of them (those `kind` takes, if given), oldest first.
+    pub recent: Vec<Stored>,
+}
+
+/// Reads the dead-letter subject through: counts per kind, and the last `last` letters of
+/// `kind` (or of every kind).
+pub async fn scan(cfg: &PipelineConfig, last: usize, kind: Option<&str>) -> anyhow::Result<Scan> {
     let (_, stream) = open(cfg).await?;
-    let subject = &cfg.dead_letter.subject;
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
     let mut recent = std::collections::VecDeque::new();
-    every(&stream, subject, |m| {
-        *kinds
-            .entry(m.header(HEADER_ERROR_KIND).unwrap_or("?").to_string())
-            .or_default() += 1;
-        recent.push_back(m);
-        if recent.len() > last {
-            recent.pop_front();
+    every(&stream, &cfg.dead_letter.subject, |m| {
+        let k = m.header(HEADER_ERROR_KIND).unwrap_or("?");
+        *kinds.entry(k.to_string()).or_default() += 1;
+        if kind.is_none_or(|want| want == k) {
+            recent.push_back(m);
+            if recent.len() > last {
+                recent.pop_front();
+            }
         }
     })
     .await?;
+    Ok(Scan {
+        kinds,
+        recent: recent.into(),
+    })
+}
+
+/// One dead letter by its sequence in the dead-letter stream.
+pub async fn fetch(cfg: &PipelineConfig, sequence: u64) -> anyhow::Result<Stored> {
+    let (_, stream) = open(cfg).await?;
+    let m = stream.get_raw_message(sequence).await.with_context(|| {
+        format!("no message {sequence} in the dead-letter stream; `eddy dlq list` names them")
+    })?;
+    if m.subject.as_str() != cfg.dead_letter.subject {
+        anyhow::bail!(
+            "message {sequence} is on {}, not on the dead-letter subject {}",
+            m.subject,
+            cfg.dead_letter.subject
+        );
+    }
+    Ok(Stored {
+        subject: m.subject.to_string(),
+        headers: m
+            .headers
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (name.to_string(), v.as_str().to_string()))
+            })
+            .collect(),
+        payload: m.payload,
+        sequence,
+        stored_us: (m.time.unix_timestamp_nanos() / 1_000).max(0) as u64,
+    })
+}
+
+/// `eddy dlq list`: how many dead letters of each kind, and the last `last` of them.
+pub async fn list(cfg: &PipelineConfig, last: usize) -> anyhow::Result<()> {
+    let subject = &cfg.dead_letter.subject;
+    let Scan { kinds, recent } = scan(cfg, last, None).await?;
     let total: u64 = kinds.values().sum();
     println!("{total} dead letters on {subject}");
     for (kind, n) in &kinds {
@@ -130,26 +186,14 @@ pub async fn list(cfg: &PipelineConfig, last: usize) -> anyhow::Result<()> {
 
 /// `eddy dlq show`: one dead letter's headers and payload (control characters escaped).
 pub async fn show(cfg: &PipelineConfig, sequence: u64) -> anyhow::Result<()> {
-    let (_, stream) = open(cfg).await?;
-    let m = stream.get_raw_message(sequence).await.with_context(|| {
-        format!("no message {sequence} in the dead-letter stream; `eddy dlq list` names them")
-    })?;
-    if m.subject.as_str() != cfg.dead_letter.subject {
-        anyhow::bail!(
-            "message {sequence} is on {}, not on the dead-letter subject {}",
-            m.subject,
-            cfg.dead_letter.subject
-        );
-    }
+    let m = fetch(cfg, sequence).await?;
     println!("sequence: {sequence}");
-    for (name, values) in m.headers.iter() {
-        for v in values {
-            println!(
-                "{}: {}",
-                tail::for_terminal(name.to_string().as_bytes()),
-                tail::for_terminal(v.as_str().as_bytes())
-            );
-        }
+    for (name, v) in &m.headers {
+        println!(
+            "{}: {}",
+            tail::for_terminal(name.as_bytes()),
+            tail::for_terminal(v.as_bytes())
+        );
     }
     println!("payload ({} bytes):", m.payload.len());
     println!("{}", tail::for_terminal(&m.payload));

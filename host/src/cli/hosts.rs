@@ -164,13 +164,25 @@ pub async fn ask<T: serde::de::DeserializeOwned>(
     body: serde_json::Value,
     timeout: Duration,
 ) -> anyhow::Result<Vec<T>> {
-    let answers = crate::control::request(nats, pipeline, verb, body, timeout, |p| {
+    ask_with(nats, pipeline, verb, body, timeout, |p| {
         eprintln!(
             "  progress: {}/{} files, {} entries",
             p.done, p.total, p.entries
         );
     })
-    .await?;
+    .await
+}
+
+/// [`ask`], passing savepoint progress to `on_progress`.
+pub async fn ask_with<T: serde::de::DeserializeOwned>(
+    nats: &Nats,
+    pipeline: &str,
+    verb: &str,
+    body: serde_json::Value,
+    timeout: Duration,
+    on_progress: impl FnMut(crate::control::SavepointProgress),
+) -> anyhow::Result<Vec<T>> {
+    let answers = crate::control::request(nats, pipeline, verb, body, timeout, on_progress).await?;
     let mut oks = Vec::with_capacity(answers.len());
     let mut errors = Vec::new();
     for a in answers {
@@ -319,6 +331,9 @@ mod tests {
             outputs: 40,
             dropped: 1,
             dead_lettered: 1,
+            lag: Some(3),
+            call_seconds: Default::default(),
+            checkpoints: Vec::new(),
         };
         assert_eq!(
             status_table(&status, now),

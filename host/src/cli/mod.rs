@@ -17,6 +17,7 @@
 //! load the pipeline file without requiring its plugin file to be on this machine.
 
 pub mod checkpoints;
+pub mod console;
 pub mod dev;
 pub mod dlq;
 pub mod harness;
@@ -106,6 +107,15 @@ pub enum Command {
         /// The project's directory.
         #[arg(default_value = ".")]
         project: PathBuf,
+    },
+    /// Serves the operations console of a running pipeline: hosts, rates, checkpoints,
+    /// deployments, dead letters and state in a browser, with actions for operators.
+    Console {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Address to serve it on (default: console.listen, 127.0.0.1:8089).
+        #[arg(long)]
+        listen: Option<String>,
     },
     /// Validates a pipeline file and compiles its plugin, without connecting to NATS.
     Check {
@@ -479,6 +489,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::State { action } => state::command(action).await,
         Command::Dlq { action } => dlq_command(action).await,
         Command::Dev { project } => dev::dev(&project).await,
+        Command::Console { pipeline, listen } => console::serve(&pipeline, listen).await,
         Command::Cluster {
             action: ClusterAction::Status { pipeline, json },
         } => {
@@ -560,6 +571,7 @@ async fn dlq_command(action: DlqAction) -> anyhow::Result<()> {
                     .map(|s| dlq::since(&s, crate::checkpoint::now_ms()))
                     .transpose()?,
                 limit,
+                sequences: None,
             };
             let done = dlq::replay(&cfg, &filter, keep).await?;
             println!(

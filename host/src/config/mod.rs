@@ -25,9 +25,9 @@ pub use core::{
     TtlVisibilityName,
 };
 pub use sections::{
-    BroadcastInputConfig, CacheConfig, CacheMode, FailurePolicy, LookupStoreConfig, LookupsConfig,
-    OrderMode, PartitionsConfig, QueryConfig, ReloadConfig, ReloadWatch, RetryConfig, RetryOn,
-    StoreKind,
+    BroadcastInputConfig, CacheConfig, CacheMode, ConsoleConfig, FailurePolicy, LookupStoreConfig,
+    LookupsConfig, OrderMode, PartitionsConfig, QueryConfig, ReloadConfig, ReloadWatch,
+    RetryConfig, RetryOn, StoreKind,
 };
 
 /// A whole pipeline: where events come from, which plugin handles them, where results go.
@@ -74,6 +74,9 @@ pub struct PipelineConfig {
     /// Queryable state endpoints.
     #[serde(default)]
     pub query: QueryConfig,
+    /// The operations console (`eddy console`).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Which partitions of the key space this host owns.
     #[serde(default)]
     pub partitions: PartitionsConfig,
@@ -235,6 +238,7 @@ impl PipelineConfig {
         self.lookups.validate()?;
         self.reload.validate()?;
         self.query.validate()?;
+        self.console.validate()?;
         self.partitions.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

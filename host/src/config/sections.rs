@@ -506,6 +506,65 @@ impl QueryConfig {
     }
 }
 
+/// `[console]`: the operations console `eddy console` serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Address to serve it on (default `127.0.0.1:8089`; `eddy console --listen` overrides).
+    #[serde(default = "default_console_listen")]
+    pub listen: String,
+    /// If set, the console asks for a token: this one may look (read-only role).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// If set, the console asks for a token: this one may also act (checkpoints, savepoints,
+    /// deploys, rollbacks, dead-letter replays).
+    #[serde(default)]
+    pub operator_token: Option<String>,
+}
+
+fn default_console_listen() -> String {
+    "127.0.0.1:8089".into()
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            listen: default_console_listen(),
+            token: None,
+            operator_token: None,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(
+                "console.listen",
+                format!(
+                    "`{}` is not an address; use host:port, e.g. 127.0.0.1:8089",
+                    self.listen
+                ),
+            ));
+        }
+        for (field, token) in [
+            ("console.token", &self.token),
+            ("console.operator_token", &self.operator_token),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(err(field, "is empty; remove it or set a secret".into()));
+            }
+        }
+        if self.token.is_some() && self.token == self.operator_token {
+            return Err(err(
+                "console.operator_token",
+                "equals console.token, so looking and acting could not be told apart; give each role its own secret".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[partitions]`: which partitions of the key space this host owns. Partition of a key =
 /// `key_group % count`, so `count` must divide `pipeline.key_groups`; the input subjects of
 /// this host must carry exactly the keys of its partitions (NATS subject mapping

@@ -280,6 +280,7 @@ pub async fn run(
         }
     };
     let keyed_backlog = input.backlog.clone();
+    let input_pending = input.pending.clone();
     let catching_up = caught_up.map(|flag| runner::CatchingUp::new(flag, input.stored_through()));
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
@@ -335,6 +336,7 @@ pub async fn run(
             .collect(),
         keyed_key,
         keyed_backlog,
+        input_pending,
         keyed_read_through: resume_after,
         restored_skip: skip,
         publisher: Publisher::spawn(nats.js.clone(), metrics.clone()),

@@ -399,7 +399,12 @@ pub async fn watch(
                         );
                         continue;
                     }
-                    let source = format!("object store {bucket}/{pipeline}");
+                    // The deployer's note (`deployed from <file>`, `... from the console`)
+                    // goes into the history with where the version came from.
+                    let source = match info.description.as_deref().filter(|d| !d.is_empty()) {
+                        Some(note) => format!("object store {bucket}/{pipeline}: {note}"),
+                        None => format!("object store {bucket}/{pipeline}"),
+                    };
                     if send_validated(&validator, wasm, &pipeline, source, &tx)
                         .await
                         .is_err()

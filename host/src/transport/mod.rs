@@ -9,6 +9,8 @@
 //!
 //! Never: runs plugin code or touches state.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -303,6 +305,9 @@ pub struct Input {
     pub position_key: String,
     /// Asks the stream what this input has not delivered yet.
     pub backlog: Backlog,
+    /// The consumer's pending count as of the last batch read (`u64::MAX` before the first):
+    /// how far this input is behind its stream.
+    pub pending: Arc<AtomicU64>,
 }
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
@@ -394,6 +399,7 @@ impl Input {
             batch,
             position_key: Input::position_key(cfg),
             backlog: Backlog::new(stream, &input.subjects, &input.stream),
+            pending: Arc::new(AtomicU64::new(u64::MAX)),
         })
     }
 
@@ -440,7 +446,12 @@ impl Input {
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
         loop {
             match next_batch(self.messages.as_mut()?, max).await {
-                Pulled::Batch(batch) => return Some(batch),
+                Pulled::Batch(batch) => {
+                    if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
+                        self.pending.store(info.pending, Ordering::Relaxed);
+                    }
+                    return Some(batch);
+                }
                 Pulled::End => return None,
                 Pulled::Lost(e) => {
                     // The client counts the lost pull as still open and would ask again only

@@ -10,6 +10,7 @@ eddy_tests::host_allocator!();
 mod broadcast;
 mod checkpoint;
 mod cluster;
+mod console;
 mod delivery;
 mod engine;
 mod languages;

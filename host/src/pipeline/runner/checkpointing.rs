@@ -38,6 +38,8 @@ pub(in crate::pipeline) struct Checkpointing {
     pub(super) keyed_position: u64,
     /// The newest completed checkpoint.
     pub(super) last: Option<CheckpointRef>,
+    /// The newest completed checkpoints, oldest first, for status.
+    pub(super) recent: std::collections::VecDeque<CheckpointSummary>,
 }
 
 /// A checkpoint being completed in the background.
@@ -57,6 +59,7 @@ impl Checkpointing {
             dirty: false,
             keyed_position,
             last: None,
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -280,6 +283,11 @@ impl Runner {
             }
         }
         let summary = CheckpointSummary::from(&m);
+        let recent = &mut self.checkpointing.recent;
+        if recent.len() == crate::control::RECENT_CHECKPOINTS {
+            recent.pop_front();
+        }
+        recent.push_back(summary.clone());
         for w in waiters {
             let _ = w.send(Ok(summary.clone()));
         }

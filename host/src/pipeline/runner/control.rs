@@ -89,6 +89,12 @@ impl Runner {
             outputs: self.metrics.outputs.load(Ordering::Relaxed),
             dropped: self.metrics.dropped.load(Ordering::Relaxed),
             dead_lettered: self.metrics.dead_lettered_total(),
+            lag: match self.input_pending.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                n => Some(n),
+            },
+            call_seconds: self.metrics.call_seconds.snapshot(),
+            checkpoints: self.checkpointing.recent.iter().cloned().collect(),
         }
     }
 

@@ -56,6 +56,8 @@ pub(super) struct Runner {
     pub(super) keyed_key: String,
     /// What of the keyed input is still in the stream, past `keyed_read_through`.
     pub(super) keyed_backlog: Backlog,
+    /// The keyed input's pending count (see [`crate::transport::Input::pending`]).
+    pub(super) input_pending: Arc<std::sync::atomic::AtomicU64>,
     /// The newest keyed stream sequence admitted (or the restored position).
     pub(super) keyed_read_through: u64,
     pub(super) restored_skip: BTreeSet<u64>,
