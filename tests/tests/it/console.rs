@@ -70,7 +70,7 @@ fn browser(step: &str, url: &str, env: &[(&str, &str)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     let Fixture {
-        nats: _nats,
+        mut nats,
         dir,
         mut spec,
         conn,
@@ -312,6 +312,28 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     })
     .await
     .expect("back");
+    assert_eq!(seen["state"], "running", "{seen}");
+
+    // NATS down under both: the console shows the host unreachable, then, once NATS is
+    // back, reconnects and shows it running again.
+    nats.stop();
+    let url2 = url.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        browser("host", &url2, &[("HOST", "a"), ("EXPECT", "gone")])
+    })
+    .await
+    .expect("while NATS is down");
+    assert!(
+        seen["state"].as_str().unwrap_or("").starts_with("gone"),
+        "{seen}"
+    );
+    nats.restart().expect("restart nats-server");
+    let url2 = url.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        browser("host", &url2, &[("HOST", "a"), ("EXPECT", "running")])
+    })
+    .await
+    .expect("after NATS restart");
     assert_eq!(seen["state"], "running", "{seen}");
     host.stop();
     drop(console);

@@ -280,15 +280,22 @@ pub async fn run(nats: Nats, pipeline: String, samples: Arc<Mutex<Samples>>) {
 }
 
 async fn ask_status(nats: &Nats, pipeline: &str) -> Result<Vec<HostStatus>, String> {
-    let answers = crate::control::request(
+    // Bounded as a whole: while NATS is unreachable the client's publish and flush wait for
+    // the connection, and the hosts must show as unreachable rather than as last seen.
+    let asked = crate::control::request(
         nats,
         pipeline,
         "status",
         serde_json::json!({}),
         Duration::from_millis(900),
         |_| {},
-    )
-    .await;
+    );
+    let Ok(answers) = tokio::time::timeout(Duration::from_secs(2), asked).await else {
+        return Err(
+            "NATS does not answer: the hosts cannot be asked until it does (the console reconnects by itself)"
+                .into(),
+        );
+    };
     match answers {
         Ok(answers) => Ok(answers
             .into_iter()
