@@ -4,7 +4,10 @@
 //!   pipeline throughput with 1,000 queries/s running vs none;
 //! - lookups: a 1 ms HTTP store with capacity 100 (limit: 100 / 1 ms = 100k events/s), and the
 //!   cache-hit path vs the same pipeline reading only keyed state;
-//! - checkpoints: throughput with a checkpoint every 10 s vs none during the run.
+//! - checkpoints: throughput with a checkpoint every 10 s vs none during the run;
+//! - console: throughput with `eddy console` running and its overview open in headless
+//!   Chromium (a status request a second, the page polling the console) vs neither, two rounds
+//!   each, alternated; and the overview's time to first paint on loopback.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
 
@@ -336,11 +339,94 @@ async fn checkpoints(quick: bool) {
     }
 }
 
+/// `eddy console` and a headless Chromium watching its overview; both stopped when dropped.
+struct Watching(Vec<std::process::Child>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn watch(file: &std::path::Path, port: u16) -> Watching {
+    use std::process::{Command, Stdio};
+    let console = Command::new(eddy_tests::eddy_bin())
+        .args(["console", file.to_str().expect("path")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("eddy console");
+    let tools = std::env::var("EDDY_BROWSER_TOOLS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/eddy/tools/browser",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let browser = Command::new("node")
+        .arg(eddy_tests::workspace_root().join("tests/browser/console.mjs"))
+        .arg("watch")
+        .env("EDDY_BROWSER_TOOLS", tools)
+        .env("CONSOLE_URL", format!("http://127.0.0.1:{port}"))
+        .env("SHOTS", std::env::temp_dir())
+        .env("WATCH_MS", "600000")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("node (scripts/env.sh installs playwright-core)");
+    Watching(vec![browser, console])
+}
+
+async fn console(quick: bool) {
+    let n = if quick { 200_000 } else { 600_000 };
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    for _round in 0..2 {
+        for watched in [false, true] {
+            let port = free_port();
+            let b = setup(&format!("[console]\nlisten = \"127.0.0.1:{port}\"\n"), None).await;
+            publish(&b, n, 10_000, 7).await;
+            let mut spec = b.spec.clone();
+            spec.max_pending = Some(4_000_000);
+            let file = b._dir.path().join("pipeline.toml");
+            spec.write(&file).expect("config");
+            let watching = watched.then(|| watch(&file, port));
+            if watched {
+                // Chromium's start is not part of the cost of a console left open.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let run = Running::start(&spec);
+            let eps = throughput(&b, n as u64).await;
+            run.stop().await;
+            drop(watching);
+            rows.push((if watched { "console open" } else { "none" }, eps));
+        }
+    }
+    let mean = |label: &str| {
+        let v: Vec<f64> = rows.iter().filter(|r| r.0 == label).map(|r| r.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!("\nConsole cost: a run of {n} events (fraud pipeline), alternated, two rounds each\n");
+    println!("| run | watching | events/s | vs none (mean) |");
+    println!("|---:|---|---:|---:|");
+    for (i, (label, eps)) in rows.iter().enumerate() {
+        println!(
+            "| {} | {label} | {eps:.0} | {:.3} |",
+            i + 1,
+            eps / mean("none")
+        );
+    }
+    println!(
+        "\nmean with the console open / mean without: {:.3}",
+        mean("console open") / mean("none")
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let sections = ["queries", "lookups", "checkpoints"];
+    let sections = ["queries", "lookups", "checkpoints", "console"];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
@@ -352,5 +438,8 @@ async fn main() {
     }
     if only("checkpoints") {
         checkpoints(quick).await;
+    }
+    if only("console") {
+        console(quick).await;
     }
 }

@@ -191,6 +191,20 @@ const steps = {
     return { role, disabled, forced, signin };
   },
 
+  // The overview left open for WATCH_MS (the console-cost benchmark).
+  async watch() {
+    await open('overview');
+    let updates = 0;
+    let last = null;
+    const end = Date.now() + Number(process.env.WATCH_MS || 60_000);
+    while (Date.now() < end) {
+      const u = await page.evaluate(() => document.body.dataset.updated);
+      if (u !== last) { updates += 1; last = u; }
+      await page.waitForTimeout(1_000);
+    }
+    return { updates };
+  },
+
   // The hosts table shows what the test did to the host: `gone`, or running again.
   async host() {
     await open('overview');
