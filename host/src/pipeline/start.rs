@@ -39,14 +39,27 @@ pub(super) fn restore(
         let state = Arc::new(open_state(cfg, opts, &db_dir)?);
         let owns = |kg: u16| cfg.partitions.owns(u32::from(kg) % cfg.partitions.count);
         let started = Instant::now();
+        // A bar for the operator who started `eddy run --from-savepoint` at a terminal (hidden
+        // otherwise: the log lines say the same).
+        let bar = indicatif::ProgressBar::new(0).with_style(
+            indicatif::ProgressStyle::with_template(
+                "restoring the savepoint {bar:40} {pos}/{len} files, {msg} entries ({eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         let meta = crate::checkpoint::savepoint::restore(sp, &state, owns, |p| {
-            tracing::info!(
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(p.entries.to_string());
+            tracing::debug!(
                 files = p.done,
                 of = p.total,
                 entries = p.entries,
                 "restoring savepoint"
             );
-        })?;
+        });
+        bar.finish_and_clear();
+        let meta = meta?;
         tracing::info!(
             savepoint = %sp.display(),
             entries = meta.entries,
@@ -69,12 +82,31 @@ pub(super) fn restore(
         return Ok((state, Some(manifest)));
     }
     let committed = opts.fence.as_ref().and_then(|f| f.committed());
+    // A spinner while a single host restores (and downloads what its cache lacks), at a
+    // terminal only; cluster partitions restore in the background and log instead.
+    let spinner = match &opts.fence {
+        None => {
+            let from = match checkpoints.storage() {
+                Some(s) => s.describe(),
+                None => checkpoints.dir().display().to_string(),
+            };
+            let s = indicatif::ProgressBar::new_spinner()
+                .with_message(format!("restoring the newest checkpoint from {from}"));
+            s.enable_steady_tick(Duration::from_millis(120));
+            Some(s)
+        }
+        Some(_) => None,
+    };
     let manifest = match (&opts.fence, committed) {
         // A partition whose pointer names no checkpoint yet starts empty, whatever an
         // earlier owner left uncommitted in the store.
-        (Some(_), None) => None,
-        _ => checkpoints.restore_up_to(&db_dir, committed)?,
+        (Some(_), None) => Ok(None),
+        _ => checkpoints.restore_up_to(&db_dir, committed),
     };
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let manifest = manifest?;
     match &manifest {
         Some(m) => tracing::info!(checkpoint = m.id, "restored the newest checkpoint"),
         None => {
