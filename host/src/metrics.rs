@@ -202,6 +202,9 @@ pub struct Metrics {
     pub checkpoint_upload_bytes: AtomicU64,
     state: std::sync::OnceLock<Arc<crate::state::StateStats>>,
     lookups: std::sync::OnceLock<Arc<dyn LookupCounters>>,
+    /// The pending counts of the keyed inputs running now (one per partition in cluster
+    /// mode; `u64::MAX` until an input read its first batch), summed as `eddy_input_pending`.
+    input_pending: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
 
 /// Counters of the lookup stores, read when the metrics are rendered (implemented by
@@ -308,7 +311,27 @@ impl Metrics {
             swap_pause_seconds: Histogram::new(LATENCY_BOUNDS),
             state: std::sync::OnceLock::new(),
             lookups: std::sync::OnceLock::new(),
+            input_pending: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Counts a keyed input's pending messages in `eddy_input_pending` for as long as it runs.
+    pub fn attach_input_pending(&self, pending: &Arc<AtomicU64>) {
+        let mut all = self.input_pending.lock().expect("input_pending");
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(pending));
+    }
+
+    /// The pending messages of the keyed inputs running now, if any has read a batch.
+    pub fn input_pending(&self) -> Option<u64> {
+        let all = self.input_pending.lock().expect("input_pending");
+        let known: Vec<u64> = all
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .map(|p| p.load(Ordering::Relaxed))
+            .filter(|p| *p != u64::MAX)
+            .collect();
+        (!known.is_empty()).then(|| known.iter().sum())
     }
 
     /// Includes the state store's counters in the exposition.
@@ -467,6 +490,12 @@ impl Metrics {
             "Time restoring state took at the start of a run, downloads from the store included.",
             &l,
         );
+        if let Some(pending) = self.input_pending() {
+            let _ = writeln!(
+                out,
+                "# HELP eddy_input_pending Messages of the keyed input not yet delivered to this host (the consumer's pending count at its last batch; summed over its partitions).\n# TYPE eddy_input_pending gauge\neddy_input_pending{{{l}}} {pending}"
+            );
+        }
         for (name, help, c) in counters {
             let _ = writeln!(
                 out,

@@ -281,6 +281,7 @@ pub async fn run(
     };
     let keyed_backlog = input.backlog.clone();
     let input_pending = input.pending.clone();
+    metrics.attach_input_pending(&input_pending);
     let catching_up = caught_up.map(|flag| runner::CatchingUp::new(flag, input.stored_through()));
     history.push(Deployment {
         version: worker.plugin().version().to_string(),

@@ -114,6 +114,18 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
         .settled_writes
         .fetch_add(20, std::sync::atomic::Ordering::Relaxed);
     m.attach_state(stats);
+    // Three partitions' inputs: one has not read a batch yet, one stopped (dropped).
+    use std::sync::atomic::AtomicU64;
+    let inputs: Vec<std::sync::Arc<AtomicU64>> = [12, 30, u64::MAX]
+        .into_iter()
+        .map(|n| std::sync::Arc::new(AtomicU64::new(n)))
+        .collect();
+    for p in &inputs {
+        m.attach_input_pending(p);
+    }
+    let stopped = std::sync::Arc::new(AtomicU64::new(1_000));
+    m.attach_input_pending(&stopped);
+    drop(stopped);
     let port = eddy_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _server = metrics::serve(&addr, m.clone()).await.expect("serve");
@@ -142,6 +154,7 @@ async fn the_metrics_endpoint_serves_prometheus_text() {
         "{body}"
     );
     for line in [
+        "eddy_input_pending{pipeline=\"demo\"} 42",
         "eddy_state_hot_reads_total{pipeline=\"demo\",result=\"hit\"} 7",
         "eddy_state_hot_reads_total{pipeline=\"demo\",result=\"miss\"} 0",
         "eddy_state_deferred_writes_total{pipeline=\"demo\",stage=\"deferred\"} 500",
