@@ -173,7 +173,23 @@ const steps = {
       const t = await text('#state-answer');
       return t ? t : null;
     });
-    return { states, answer: JSON.parse(answer) };
+    // The list state of the same key.
+    await page.evaluate(() => { document.getElementById('state-answer').textContent = ''; });
+    await page.selectOption('#state-name', { index: 1 });
+    await page.click('#state-form button');
+    const list = await until('the list', async () => {
+      const t = await text('#state-answer');
+      return t ? t : null;
+    });
+    // A broadcast table from its first entry.
+    await page.selectOption('#broadcast-name', { index: 0 });
+    await page.click('#broadcast-form button');
+    const broadcast = await until('the table', async () => {
+      const rows = await page.locator('#broadcast tbody tr').evaluateAll((trs) =>
+        trs.map((tr) => [...tr.children].map((td) => td.innerText)));
+      return rows.length ? rows : null;
+    });
+    return { states, answer: JSON.parse(answer), list: JSON.parse(list), broadcast };
   },
 
   // A read-only token sees everything, and every action is refused to it.

@@ -76,6 +76,24 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
         conn,
     } = Fixture::start("fraud", "fraud-enrich").await;
     let console_port = free_port();
+    // A broadcast table for the state view: category limits, as rules.
+    spec.extra.push_str(
+        "\n[broadcast.rules]\nstream = \"RULES\"\nsubjects = [\"rules.fraud\"]\nidle_apply_ms = 100\n",
+    );
+    eddy_tests::create_stream(&conn.js, "RULES", &["rules.fraud"])
+        .await
+        .expect("rules stream");
+    for rule in [
+        r#"{"category":"travel","limit_cents":50000}"#,
+        r#"{"category":"groceries","limit_cents":12000}"#,
+    ] {
+        conn.js
+            .publish("rules.fraud", rule.as_bytes().to_vec().into())
+            .await
+            .expect("publish rule")
+            .await
+            .expect("rule stored");
+    }
     spec.extra.push_str(&format!(
         "\n[console]\nlisten = \"127.0.0.1:{console_port}\"\ntoken = \"{VIEWER}\"\noperator_token = \"{OPERATOR}\"\n[partitions]\nhost = \"a\"\n"
     ));
@@ -211,6 +229,17 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     assert!(
         !seen["answer"]["value"].is_null(),
         "a value for the key: {seen}"
+    );
+    assert!(
+        seen["list"]["values"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
+        "the list state of the key: {seen}"
+    );
+    let table = seen["broadcast"].to_string();
+    assert!(
+        table.contains("travel") && table.contains("50000") && table.contains("groceries"),
+        "the broadcast table: {seen}"
     );
 
     // Deploy: an uploaded component becomes the running version.
