@@ -34,6 +34,7 @@ pub mod query;
 pub mod reload;
 pub mod storage;
 pub mod transport;
+pub mod web;
 
 pub use eddy_checkpoint as checkpoint;
 pub use eddy_engine as engine;

@@ -198,11 +198,11 @@ pub async fn run(
         Some(listen) => Some(
             crate::query::http::serve(
                 listen,
+                &cfg.query,
                 crate::query::http::Source::Cluster {
                     pipeline: cfg.pipeline.name.clone(),
                 },
                 Some(nats.clone()),
-                cfg.query.token.clone(),
             )
             .await?,
         ),

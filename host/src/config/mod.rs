@@ -175,6 +175,17 @@ impl PipelineConfig {
         if self.plugin.path.is_relative() {
             self.plugin.path = base.join(&self.plugin.path);
         }
+        let tls_files = [
+            &mut self.query.tls_cert,
+            &mut self.query.tls_key,
+            &mut self.console.tls_cert,
+            &mut self.console.tls_key,
+        ];
+        for f in tls_files.into_iter().flatten() {
+            if f.is_relative() {
+                *f = base.join(&*f);
+            }
+        }
         for (_, file) in self.nats.files() {
             if let Some(f) = file
                 && f.is_relative()

@@ -3,6 +3,7 @@
 //! names the field and the fix.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -474,6 +475,12 @@ pub struct QueryConfig {
     /// If set, HTTP requests must carry `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for QueryConfig {
@@ -482,8 +489,25 @@ impl Default for QueryConfig {
             nats: true,
             http: None,
             token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
+}
+
+/// `tls_cert` and `tls_key` of `section`: both or neither.
+fn check_tls_pair(
+    section: &str,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    if cert.is_some() != key.is_some() {
+        return Err(err(
+            &format!("{section}.tls_key"),
+            "tls_cert and tls_key go together (the server's certificate and its private key); set both or neither".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl QueryConfig {
@@ -502,7 +526,7 @@ impl QueryConfig {
                 "is empty; remove it or set a secret".into(),
             ));
         }
-        Ok(())
+        check_tls_pair("query", &self.tls_cert, &self.tls_key)
     }
 }
 
@@ -520,6 +544,12 @@ pub struct ConsoleConfig {
     /// deploys, rollbacks, dead-letter replays).
     #[serde(default)]
     pub operator_token: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_console_listen() -> String {
@@ -532,6 +562,8 @@ impl Default for ConsoleConfig {
             listen: default_console_listen(),
             token: None,
             operator_token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -561,7 +593,7 @@ impl ConsoleConfig {
                 "equals console.token, so looking and acting could not be told apart; give each role its own secret".into(),
             ));
         }
-        Ok(())
+        check_tls_pair("console", &self.tls_cert, &self.tls_key)
     }
 }
 

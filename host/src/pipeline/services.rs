@@ -55,9 +55,9 @@ impl Services {
             tasks.push(
                 crate::query::http::serve(
                     listen,
+                    &cfg.query,
                     crate::query::http::Source::Local(query.clone()),
                     Some(nats.clone()),
-                    cfg.query.token.clone(),
                 )
                 .await?,
             );

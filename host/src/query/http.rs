@@ -18,24 +18,17 @@
 //! pipeline's query service over NATS for every answer. Errors answer `{"error": "...", "code": N}` with that status (bad parameters,
 //! unknown routes and methods included).
 //!
-//! No client can take the host down: at most [`MAX_CONNECTIONS`] connections are served at
-//! once (more are answered 503 and closed), a client has [`HEADER_TIMEOUT`] to send its request
-//! headers, and requests are limited to [`MAX_REQUEST_BYTES`]; the file descriptors state and
-//! checkpoints need are never spent on clients.
+//! With `query.tls_cert` and `tls_key` it serves HTTPS. Connections are served under the
+//! limits of [`crate::web`]: no client can take the host down.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query as UrlQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Semaphore;
 
 use super::{Freshness, Op, Query, QueryEngine, QueryError};
 use crate::transport::Nats;
@@ -74,17 +67,21 @@ struct Params {
     limit: Option<usize>,
 }
 
-/// Serves the routes on `listen` until the task is dropped.
+/// Serves the routes on `listen` (HTTPS with `query.tls_cert`) until the task is dropped.
 pub async fn serve(
     listen: &str,
+    cfg: &crate::config::QueryConfig,
     source: Source,
     nats: Option<Nats>,
-    token: Option<String>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::web::tls(cert, key, "query")?),
+        _ => None,
+    };
     let ctx = Ctx {
         source,
         nats,
-        token: token.map(Into::into),
+        token: cfg.token.clone().map(Into::into),
     };
     let app = Router::new()
         .route("/v1/state/{state}/{key}", get(value))
@@ -100,61 +97,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve queries on {listen}: {e}; change query.http"))?;
-    tracing::info!(%listen, "queryable state at http://{listen}/v1/");
-    Ok(tokio::spawn(accept(listener, app)))
-}
-
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 256;
-/// How long a client has to send a request's headers (also how long an idle connection stays).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest request line plus headers.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
-
-/// Accepts connections until the task is dropped, each served under the limits above.
-async fn accept(listener: tokio::net::TcpListener, app: Router) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut warned = None::<std::time::Instant>;
-    loop {
-        let sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            Err(e) => {
-                // Out of file descriptors, most likely: wait rather than spin on the error.
-                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    tracing::warn!("query HTTP: cannot accept a connection: {e}");
-                    warned = Some(std::time::Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(sock));
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_REQUEST_BYTES)
-                .serve_connection(TokioIo::new(sock), service);
-            let _ = conn.await;
-        });
-    }
-}
-
-/// Answers a connection over the limit with 503 and closes it.
-async fn refuse(mut sock: tokio::net::TcpStream) {
-    let body = format!(
-        r#"{{"error":"the query endpoint serves {MAX_CONNECTIONS} connections at once; try again","code":503}}"#
-    );
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(answer.as_bytes())).await;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%listen, "queryable state at {scheme}://{listen}/v1/");
+    Ok(tokio::spawn(crate::web::accept(
+        listener,
+        app,
+        tls,
+        "query endpoint",
+    )))
 }
 
 async fn not_found() -> Response {

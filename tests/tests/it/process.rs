@@ -366,7 +366,7 @@ async fn half_open_connections_leave_the_host_serving_and_checkpointing() {
     assert!(host.running(), "the host is still up");
 
     // The stalled connections are closed by the host after the header timeout.
-    tokio::time::sleep(eddy_host::query::http::HEADER_TIMEOUT + Duration::from_secs(2)).await;
+    tokio::time::sleep(eddy_host::web::HEADER_TIMEOUT + Duration::from_secs(2)).await;
     let mut first = stalled.into_iter().next().expect("one");
     first
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -282,3 +282,94 @@ async fn a_user_known_by_nkey_connects_and_a_wrong_seed_is_refused_with_the_fiel
     let e = connect_as(&url, &junk).await.err().expect("junk refused");
     assert!(format!("{e:#}").contains("user nkey seed"), "{e:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_and_the_console_are_served_over_https_with_the_configured_certificate() {
+    let eddy_tests::Fixture {
+        nats: _nats,
+        dir,
+        mut spec,
+        conn,
+    } = eddy_tests::Fixture::start("fraud", "fraud-enrich").await;
+    let ca = authority(dir.path(), "web");
+    let (cert, key) = issue(
+        dir.path(),
+        &ca,
+        "web",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (query_port, console_port) = (eddy_tests::free_port(), eddy_tests::free_port());
+    spec.extra.push_str(&format!(
+        "\n[query]\nhttp = \"127.0.0.1:{query_port}\"\ntoken = \"q-secret\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"\n\n[console]\nlisten = \"127.0.0.1:{console_port}\"\ntoken = \"look\"\noperator_token = \"act\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"\n",
+        c = cert.display(),
+        k = key.display()
+    ));
+    let config = dir.path().join("pipeline.toml");
+    spec.write(&config).expect("config");
+    let txs = produce::transactions(200, 5, 41, 0);
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    let mut host = HostProcess::spawn("a", &config, &dir.path().join("host.log"));
+    wait_for_len(&conn.js, "OUT", 200, Duration::from_secs(60)).await;
+    let mut console = std::process::Command::new(eddy_tests::eddy_bin())
+        .args(["console", config.to_str().expect("path")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("eddy console");
+
+    let trusted = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&ca.pem).expect("ca")).expect("pem"),
+        )
+        .build()
+        .expect("client");
+    let customer = &txs[0].customer;
+    let query = format!("https://127.0.0.1:{query_port}/v1/state/stats/{customer}");
+    let answer = until_json(&trusted, &query, "q-secret").await;
+    assert_eq!(answer["found"], true, "{answer}");
+    // The console over HTTPS, with its roles.
+    let whoami = format!("https://127.0.0.1:{console_port}/api/whoami");
+    let me = until_json(&trusted, &whoami, "act").await;
+    assert_eq!(me["role"], "operator", "{me}");
+
+    // A client that does not trust the certificate is refused by its own TLS check, and plain
+    // HTTP gets no answer from either endpoint.
+    let stranger = reqwest::Client::new();
+    let e = stranger
+        .get(&query)
+        .send()
+        .await
+        .expect_err("an untrusted certificate");
+    assert!(e.is_connect(), "{e:?}");
+    for port in [query_port, console_port] {
+        let plain = stranger
+            .get(format!("http://127.0.0.1:{port}/"))
+            .timeout(Duration::from_secs(8))
+            .send()
+            .await;
+        assert!(
+            plain.is_err() || plain.as_ref().is_ok_and(|r| r.status() != 200),
+            "plain HTTP on {port}: {plain:?}"
+        );
+    }
+    let _ = console.kill();
+    let _ = console.wait();
+    host.stop();
+}
+
+/// The first 200 answer of `url` (asked every 100 ms for up to 20 s), as JSON.
+async fn until_json(client: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let last = match client.get(url).bearer_auth(token).send().await {
+            Ok(r) if r.status() == 200 => {
+                return serde_json::from_str(&r.text().await.expect("body")).expect("json");
+            }
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => format!("{e:?}"),
+        };
+        assert!(Instant::now() < deadline, "{url}: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

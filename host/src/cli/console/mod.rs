@@ -123,6 +123,11 @@ pub async fn serve(pipeline: &Path, listen: Option<String>) -> anyhow::Result<()
         samples.clone(),
     ));
     let open = cfg.console.token.is_none() && cfg.console.operator_token.is_none();
+    let tls = match (&cfg.console.tls_cert, &cfg.console.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::web::tls(cert, key, "console")?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let console = Arc::new(Console {
         cfg,
         nats,
@@ -140,7 +145,7 @@ pub async fn serve(pipeline: &Path, listen: Option<String>) -> anyhow::Result<()
         );
     }
     println!(
-        "console of pipeline {} on http://{addr}/{}",
+        "console of pipeline {} on {scheme}://{addr}/{}",
         console.cfg.pipeline.name,
         if open {
             ""
@@ -148,9 +153,8 @@ pub async fn serve(pipeline: &Path, listen: Option<String>) -> anyhow::Result<()
             "  (sign in with console.token or console.operator_token)"
         }
     );
-    axum::serve(listener, router(console))
-        .await
-        .context("the console's server stopped")
+    crate::web::accept(listener, router(console), tls, "console").await;
+    Ok(())
 }
 
 fn router(console: Arc<Console>) -> Router {
