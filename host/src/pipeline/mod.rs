@@ -167,16 +167,28 @@ impl Default for RunOptions {
 /// The name of the keyed input in message ids.
 const KEYED: &str = "in";
 
-/// Runs a pipeline until `shutdown` says stop, then finishes the events in hand, takes a last
-/// checkpoint, acknowledges and returns.
-pub async fn run(
-    cfg: PipelineConfig,
-    opts: RunOptions,
-    shutdown: Shutdown,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<RunSummary> {
-    let cfg = Arc::new(cfg);
+/// What a run starts from, once steps 1-4 are done.
+struct Prepared {
+    nats: transport::Nats,
+    lookups: Option<Arc<Lookups>>,
+    checkpoints: Arc<crate::checkpoint::Checkpoints>,
+    state: Arc<crate::state::StateStore>,
+    /// The cut the state was restored to (empty for a first run).
+    restored: Cut,
+    /// Where the plugin came from, and the deployment history it continues.
+    source: String,
+    history: crate::reload::History,
+    built: start::Built,
+}
 
+/// Steps 1-4 of a run: NATS, lookups and the checkpoint store; state restored, the plugin
+/// chosen and built, the outputs checked, all before any input is read.
+async fn prepare(
+    cfg: &Arc<PipelineConfig>,
+    opts: &RunOptions,
+    shutdown: &Shutdown,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Prepared> {
     // 1. NATS, the lookup stores, and where checkpoints are kept beyond this host.
     let nats = transport::connect_waiting(
         &cfg.nats,
@@ -184,11 +196,11 @@ pub async fn run(
         &mut shutdown.clone(),
     )
     .await?;
-    let lookups = Lookups::connect(&cfg, Some(&nats)).await?;
+    let lookups = Lookups::connect(cfg, Some(&nats)).await?;
     if let Some(l) = &lookups {
         metrics.attach_lookups(l.clone());
     }
-    let mut checkpoints = match crate::storage::open(&cfg, &nats).await? {
+    let mut checkpoints = match crate::storage::open(cfg, &nats).await? {
         Some(storage) => cfg.checkpoints().with_storage(storage),
         None => cfg.checkpoints(),
     };
@@ -209,8 +221,8 @@ pub async fn run(
     };
     let (restore, chosen, outputs_checked) = tokio::join!(
         restore,
-        start::choose_plugin(&nats, &cfg),
-        start::check_outputs(&nats, &cfg)
+        start::choose_plugin(&nats, cfg),
+        start::check_outputs(&nats, cfg)
     );
     let (state, restored) = restore??;
     metrics
@@ -218,7 +230,7 @@ pub async fn run(
         .observe(restoring.elapsed().as_secs_f64());
     metrics.attach_state(state.stats().clone());
     let restored = restored.map(|m| m.cut).unwrap_or_default();
-    let (deployed, source, mut history) = chosen?;
+    let (deployed, source, history) = chosen?;
     let built = {
         let (cfg, opts, metrics, state) =
             (cfg.clone(), opts.clone(), metrics.clone(), state.clone());
@@ -231,7 +243,40 @@ pub async fn run(
 
     // Checks that must pass before any input is read.
     outputs_checked?;
-    start::check_capabilities(&cfg, &built.worker)?;
+    start::check_capabilities(cfg, &built.worker)?;
+    Ok(Prepared {
+        nats,
+        lookups,
+        checkpoints,
+        state,
+        restored,
+        source,
+        history,
+        built,
+    })
+}
+
+/// Runs a pipeline until `shutdown` says stop, then finishes the events in hand, takes a last
+/// checkpoint, acknowledges and returns.
+pub async fn run(
+    cfg: PipelineConfig,
+    opts: RunOptions,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<RunSummary> {
+    let cfg = Arc::new(cfg);
+
+    // 1-4. NATS, state and the plugin, before any input is read.
+    let Prepared {
+        nats,
+        lookups,
+        checkpoints,
+        state,
+        restored,
+        source,
+        mut history,
+        built,
+    } = prepare(&cfg, &opts, &shutdown, &metrics).await?;
     let worker = start::migrate_from(built.worker, &restored).await?;
 
     // 5. Inputs, from just after the restored positions.
