@@ -31,6 +31,34 @@ impl Drop for ConsoleProcess {
     }
 }
 
+/// Publishes `txs` in chunks of `chunk`, `pause` apart, until `stop` is set (or they run
+/// out); how many it published. Events keep flowing however long the browser takes to start.
+fn keep_publishing(
+    js: async_nats::jetstream::Context,
+    txs: Vec<produce::Transaction>,
+    chunk: usize,
+    pause: Duration,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<usize>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut sent = 0;
+        for c in txs.chunks(chunk) {
+            if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            publish_txs(&js, "txn.in", c).await;
+            sent += c.len();
+            tokio::time::sleep(pause).await;
+        }
+        sent
+    });
+    (stop, task)
+}
+
 /// Runs one step of the browser script; what it saw, or the panic with its reason.
 fn browser(step: &str, url: &str, env: &[(&str, &str)]) -> Value {
     let tools = std::env::var("EDDY_BROWSER_TOOLS").unwrap_or_else(|_| {
@@ -103,7 +131,7 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     spec.key = r#"{ json = "/customr" }"#.into();
     let typo = dir.path().join("typo.toml");
     spec.write(&typo).expect("config");
-    let txs = produce::transactions(3_000, 40, 31, 0);
+    let txs = produce::transactions(20_000, 40, 31, 0);
     let mut host = HostProcess::spawn("typo", &typo, &dir.path().join("typo.log"));
     publish_txs(&conn.js, "txn.in", &txs[..20]).await;
     wait_for_len(&conn.js, "DLQ", 20, Duration::from_secs(60)).await;
@@ -121,16 +149,12 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     let url = format!("http://127.0.0.1:{console_port}");
 
     // Overview: events flow while the page watches.
-    let flowing = {
-        let js = conn.js.clone();
-        let rest = txs[20..].to_vec();
-        tokio::spawn(async move {
-            for chunk in rest.chunks(50) {
-                publish_txs(&js, "txn.in", chunk).await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let (stop, flowing) = keep_publishing(
+        conn.js.clone(),
+        txs[20..].to_vec(),
+        50,
+        Duration::from_millis(100),
+    );
     let url2 = url.clone();
     let seen = tokio::task::spawn_blocking(move || browser("overview", &url2, &[("HOST", "a")]))
         .await
@@ -159,8 +183,9 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
         seen["plotted"].as_u64().unwrap_or(0) >= 3,
         "the plot has points: {seen}"
     );
-    flowing.await.expect("publisher");
-    wait_for_len(&conn.js, "OUT", 2_980, Duration::from_secs(60)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut outputs = flowing.await.expect("publisher") as u64;
+    wait_for_len(&conn.js, "OUT", outputs, Duration::from_secs(60)).await;
 
     // Checkpoints: a checkpoint and a savepoint from the buttons.
     let url2 = url.clone();
@@ -198,9 +223,10 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     let payload: Value =
         serde_json::from_str(seen["payload"].as_str().unwrap_or("")).expect("payload");
     let replayed_id = payload["id"].as_str().expect("an id").to_string();
-    let out = wait_for_len(&conn.js, "OUT", 2_981, Duration::from_secs(30)).await;
-    assert_eq!(out, 2_981, "the replayed event's output, once");
-    let outs = tail::read(&conn.js, "txn.out", 3_000, Duration::from_secs(2))
+    outputs += 1;
+    let out = wait_for_len(&conn.js, "OUT", outputs, Duration::from_secs(30)).await;
+    assert_eq!(out, outputs, "the replayed event's output, once");
+    let outs = tail::read(&conn.js, "txn.out", 30_000, Duration::from_secs(2))
         .await
         .expect("outputs");
     let with_id = outs
@@ -269,20 +295,17 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     // Probation of the new version ends after its first 100 events.
     let more = produce::transactions(200, 40, 32, 0);
     publish_txs(&conn.js, "txn.in", &more).await;
-    wait_for_len(&conn.js, "OUT", 3_181, Duration::from_secs(60)).await;
+    outputs += 200;
+    wait_for_len(&conn.js, "OUT", outputs, Duration::from_secs(60)).await;
 
     // Rollback: a second upload, then back to the first with its row's button. Events flow
     // meanwhile: a version waits for the probation of the one before it, which judges events.
-    let flowing = {
-        let js = conn.js.clone();
-        let rest = produce::transactions(1_000, 40, 33, 0);
-        tokio::spawn(async move {
-            for chunk in rest.chunks(20) {
-                publish_txs(&js, "txn.in", chunk).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let (stop, flowing) = keep_publishing(
+        conn.js.clone(),
+        produce::transactions(20_000, 40, 33, 0),
+        20,
+        Duration::from_millis(50),
+    );
     let third = dir.path().join("fraud-enrich-third.wasm");
     std::fs::write(&third, variant(&wasm, 8)).expect("variant");
     let url2 = url.clone();
@@ -302,6 +325,7 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
         Some(version.as_str()),
         "rolled back to the version the upload replaced: {seen}"
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flowing.await.expect("publisher");
 
     // Read-only: every action refused, and a wrong token asked to sign in.
