@@ -822,6 +822,49 @@ fn a_python_build_error_shows_the_plugins_own_line_first() {
     assert!(head.contains("SyntaxError"), "{stderr}");
 }
 
+/// A JavaScript, Go or C plugin that does not compile fails its build with its own file and
+/// line among the first lines of the message (their toolchains put it there; this keeps it so).
+#[test]
+fn js_go_and_c_build_errors_name_the_plugins_file_and_line_first() {
+    for (lang, file, broken, says) in [
+        ("js", "index.js", "\nfunction broken( {\n", "index.js:"),
+        ("go", "plugin.go", "\nfunc broken( {\n", "plugin.go:"),
+        ("c", "plugin.c", "\nint broken( {\n", "plugin.c:"),
+    ] {
+        let sample = match lang {
+            "js" => "fraud-enrich",
+            _ => "dedupe-filter",
+        };
+        if guest(sample, lang).is_none() {
+            continue;
+        }
+        let (_tmp, created) = new_project(lang, &format!("broken-{lang}"));
+        let path = created.join(file);
+        let mut source = std::fs::read_to_string(&path).expect("source");
+        source.push_str(broken);
+        let line = source.lines().count();
+        std::fs::write(&path, &source).expect("source");
+        let build = Command::new("bash")
+            .arg(created.join("build.sh"))
+            .env_remove("EDDY_ROOT")
+            .output()
+            .expect("build.sh");
+        assert!(!build.status.success(), "{lang}: a syntax error builds");
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&build.stderr),
+            String::from_utf8_lossy(&build.stdout)
+        );
+        let head: Vec<&str> = out.lines().take(3).collect();
+        // The line of the broken declaration, or the next (where the parser found the end).
+        let named = |l: &&str| (line..=line + 1).any(|n| l.contains(&format!("{says}{n}:")));
+        assert!(
+            head.iter().any(named),
+            "{lang}: the plugin's file and line ({file}:{line}) first:\n{out}"
+        );
+    }
+}
+
 /// `eddy dev` in a project fresh from `eddy new plugin`: it builds the plugin, starts a
 /// nats-server of its own (nothing listens at the project's NATS address), creates the
 /// streams, runs the pipeline and shows its outputs and dead letters; an edit of the source is
