@@ -163,3 +163,20 @@ fn a_cluster_serves_http_queries_through_its_nats_query_service() {
     assert_eq!(e.field, "query.http", "{e}");
     assert!(e.to_string().contains("set query.nats = true"), "{e}");
 }
+
+#[test]
+fn console_and_query_tls_and_tokens_are_checked() {
+    let parse = |extra: &str| PipelineConfig::parse(&format!("{GOOD}\n{extra}"));
+    let e = parse("[console]\ntls_cert = \"c.pem\"\n").expect_err("a certificate without key");
+    assert_eq!(e.field, "console.tls_key", "{e}");
+    assert!(e.message.contains("set both or neither"), "{e}");
+    let e = parse("[query]\ntls_key = \"k.pem\"\n").expect_err("a key without certificate");
+    assert_eq!(e.field, "query.tls_key", "{e}");
+    let e = parse("[console]\ntoken = \"same\"\noperator_token = \"same\"\n")
+        .expect_err("one secret for both roles");
+    assert_eq!(e.field, "console.operator_token", "{e}");
+    let e = parse("[console]\nlisten = \"8089\"\n").expect_err("not an address");
+    assert_eq!(e.field, "console.listen", "{e}");
+    let c = parse("[console]\ntoken = \"look\"\noperator_token = \"act\"\n").expect("roles");
+    assert_eq!(c.console.listen, "127.0.0.1:8089");
+}
