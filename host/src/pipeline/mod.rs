@@ -278,6 +278,9 @@ pub async fn run(
         built,
     } = prepare(&cfg, &opts, &shutdown, &metrics).await?;
     let worker = start::migrate_from(built.worker, &restored).await?;
+    if cfg.reload.watch == ReloadWatch::ObjectStore && source.starts_with("file ") {
+        keep_file_version(&nats, &cfg);
+    }
 
     // 5. Inputs, from just after the restored positions.
     let keyed_key = Input::position_key(&cfg);
@@ -422,6 +425,27 @@ pub async fn run(
     nats.client.flush().await.ok();
     tracing::info!(pipeline = %cfg.pipeline.name, "pipeline stopped cleanly");
     Ok(summary)
+}
+
+/// Keeps the plugin this run loaded from its file in the plugin bucket (in the background), so
+/// a later rollback can return to it.
+fn keep_file_version(nats: &transport::Nats, cfg: &Arc<PipelineConfig>) {
+    let (nats, cfg) = (nats.clone(), cfg.clone());
+    tokio::spawn(async move {
+        let path = &cfg.plugin.path;
+        let kept = async {
+            let wasm = tokio::fs::read(path).await?;
+            let note = format!("loaded from file {}", path.display());
+            reload::keep(&nats, &cfg.reload.bucket, &cfg.pipeline.name, &wasm, &note).await
+        };
+        if let Err(e) = kept.await {
+            tracing::warn!(
+                "cannot keep the plugin from {} in the plugin bucket `{}`: {e:#}; a rollback cannot return to this version",
+                path.display(),
+                cfg.reload.bucket
+            );
+        }
+    });
 }
 
 /// Opens every broadcast input just after its restored position.

@@ -306,32 +306,55 @@ pub async fn deploy(
     wasm: &[u8],
     note: &str,
 ) -> anyhow::Result<String> {
-    let store = plugin_bucket(nats, bucket).await?;
-    let version = crate::engine::version_of(wasm);
-    let meta = async_nats::jetstream::object_store::ObjectMetadata {
-        name: pipeline.to_string(),
-        description: Some(note.to_string()),
-        metadata: [("version".to_string(), version.clone())].into(),
-        ..Default::default()
-    };
     // By version first, so a host that sees the new deployment can always find it again.
-    let kept = async_nats::jetstream::object_store::ObjectMetadata {
-        name: record::versioned(pipeline, &version),
+    let version = keep(nats, bucket, pipeline, wasm, note).await?;
+    let store = plugin_bucket(nats, bucket).await?;
+    let metadata = [("version".to_string(), version.clone())].into();
+    put(&store, bucket, pipeline, note, metadata, wasm).await?;
+    Ok(version)
+}
+
+/// Stores `wasm` in the plugin bucket as `name`, with `note` as its description.
+async fn put(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    bucket: &str,
+    name: &str,
+    note: &str,
+    metadata: std::collections::HashMap<String, String>,
+    wasm: &[u8],
+) -> anyhow::Result<()> {
+    let meta = async_nats::jetstream::object_store::ObjectMetadata {
+        name: name.to_string(),
         description: Some(note.to_string()),
+        metadata,
         ..Default::default()
     };
-    let mut reader = wasm;
-    store.put(kept, &mut reader).await.with_context(|| {
-        format!(
-            "cannot upload to {bucket}/{}",
-            record::versioned(pipeline, &version)
-        )
-    })?;
     let mut reader = wasm;
     store
         .put(meta, &mut reader)
         .await
-        .with_context(|| format!("cannot upload to {bucket}/{pipeline}"))?;
+        .with_context(|| format!("cannot upload to {bucket}/{name}"))?;
+    Ok(())
+}
+
+/// Keeps `wasm` in the plugin bucket under its version, unless it is there already (a version
+/// is its content's hash); returns the version. Every deployed version is kept, and so is a
+/// version a host loaded from its own file: a rollback, or the fallback from a rolled-back
+/// deployment, can return to either.
+pub async fn keep(
+    nats: &Nats,
+    bucket: &str,
+    pipeline: &str,
+    wasm: &[u8],
+    note: &str,
+) -> anyhow::Result<String> {
+    let store = plugin_bucket(nats, bucket).await?;
+    let version = crate::engine::version_of(wasm);
+    let name = record::versioned(pipeline, &version);
+    if store.info(&name).await.is_ok() {
+        return Ok(version);
+    }
+    put(&store, bucket, &name, note, Default::default(), wasm).await?;
     Ok(version)
 }
 

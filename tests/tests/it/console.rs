@@ -327,6 +327,28 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flowing.await.expect("publisher");
+    // The version the host first loaded from its file is kept too: a rollback can go back
+    // to it.
+    let deployments: Value = serde_json::from_str(
+        &reqwest::Client::new()
+            .get(format!("{url}/api/deployments"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .expect("deployments")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    let kept = deployments["kept"].to_string();
+    for v in [
+        eddy_host::engine::version_of(&wasm),
+        version.clone(),
+        eddy_host::engine::version_of(&variant(&wasm, 8)),
+    ] {
+        assert!(kept.contains(&v), "{v} kept: {kept}");
+    }
 
     // Read-only: every action refused, and a wrong token asked to sign in.
     let url2 = url.clone();
