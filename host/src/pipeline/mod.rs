@@ -279,7 +279,7 @@ pub async fn run(
     } = prepare(&cfg, &opts, &shutdown, &metrics).await?;
     let worker = start::migrate_from(built.worker, &restored).await?;
     if cfg.reload.watch == ReloadWatch::ObjectStore && source.starts_with("file ") {
-        keep_file_version(&nats, &cfg);
+        keep_file_version(&nats, &cfg, worker.plugin().version());
     }
 
     // 5. Inputs, from just after the restored positions.
@@ -429,14 +429,18 @@ pub async fn run(
 
 /// Keeps the plugin this run loaded from its file in the plugin bucket (in the background), so
 /// a later rollback can return to it.
-fn keep_file_version(nats: &transport::Nats, cfg: &Arc<PipelineConfig>) {
-    let (nats, cfg) = (nats.clone(), cfg.clone());
+fn keep_file_version(nats: &transport::Nats, cfg: &Arc<PipelineConfig>, version: &str) {
+    let (nats, cfg, version) = (nats.clone(), cfg.clone(), version.to_string());
     tokio::spawn(async move {
+        let (bucket, pipeline) = (&cfg.reload.bucket, &cfg.pipeline.name);
+        if reload::keeps(&nats, bucket, pipeline, &version).await {
+            return;
+        }
         let path = &cfg.plugin.path;
         let kept = async {
             let wasm = tokio::fs::read(path).await?;
             let note = format!("loaded from file {}", path.display());
-            reload::keep(&nats, &cfg.reload.bucket, &cfg.pipeline.name, &wasm, &note).await
+            reload::keep(&nats, bucket, pipeline, &wasm, &note).await
         };
         if let Err(e) = kept.await {
             tracing::warn!(

@@ -351,11 +351,23 @@ pub async fn keep(
     let store = plugin_bucket(nats, bucket).await?;
     let version = crate::engine::version_of(wasm);
     let name = record::versioned(pipeline, &version);
-    if store.info(&name).await.is_ok() {
-        return Ok(version);
+    if !is_kept(&store, &name).await {
+        put(&store, bucket, &name, note, Default::default(), wasm).await?;
     }
-    put(&store, bucket, &name, note, Default::default(), wasm).await?;
     Ok(version)
+}
+
+/// Whether the plugin bucket keeps `version` of `pipeline` (asked before reading a file to
+/// keep: every partition run of a host starts with the same one).
+pub async fn keeps(nats: &Nats, bucket: &str, pipeline: &str, version: &str) -> bool {
+    match nats.js.get_object_store(bucket).await {
+        Ok(store) => is_kept(&store, &record::versioned(pipeline, version)).await,
+        Err(_) => false,
+    }
+}
+
+async fn is_kept(store: &async_nats::jetstream::object_store::ObjectStore, name: &str) -> bool {
+    store.info(name).await.is_ok()
 }
 
 /// Watches for new versions per `reload.watch` and sends each, validated, to the run loop.

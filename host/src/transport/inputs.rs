@@ -1,0 +1,427 @@
+//! The inputs: the keyed input, read from a JetStream durable pull consumer acknowledged at
+//! checkpoints, and the broadcast inputs, read whole by every host through ordered consumers;
+//! and the look past what an input has read (`Backlog`) that orders broadcast updates.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use async_nats::jetstream::{self, consumer};
+use futures::{FutureExt, StreamExt};
+
+use super::Nats;
+use crate::config::PipelineConfig;
+
+/// The keyed input: a durable pull consumer with explicit "ack all" acknowledgement.
+pub struct Input {
+    /// The pulls in progress (none while the consumer is being opened again).
+    messages: Option<consumer::pull::Stream>,
+    /// The stream and the consumer's settings, to open it again at a given position.
+    stream: jetstream::stream::Stream,
+    config: consumer::pull::Config,
+    batch: usize,
+    /// The input's name in state positions: `keyed:<stream>/<consumer>`.
+    pub position_key: String,
+    /// Asks the stream what this input has not delivered yet.
+    pub backlog: Backlog,
+    /// The consumer's pending count as of the last batch read (`u64::MAX` before the first):
+    /// how far this input is behind its stream.
+    pub pending: Arc<AtomicU64>,
+}
+
+/// Looks into a stream, past what an input has read, for the next message its subject filters
+/// select. The run loop uses it on the keyed input before applying broadcast updates while no
+/// keyed event is in hand: an update may be applied only if no keyed message stored before it
+/// is still on its way (the keyed input may be stalled, or not yet started, on a backlog).
+#[derive(Clone)]
+pub struct Backlog {
+    stream: jetstream::stream::Stream,
+    filters: Vec<String>,
+    name: String,
+}
+
+impl Backlog {
+    fn new(stream: jetstream::stream::Stream, filters: &[String], name: &str) -> Backlog {
+        Backlog {
+            stream,
+            filters: if filters.is_empty() {
+                vec![">".to_string()]
+            } else {
+                filters.to_vec()
+            },
+            name: name.to_string(),
+        }
+    }
+
+    /// The sequence and stored time (ns since the Unix epoch) of the first selected message
+    /// after sequence `after`, if the stream holds one (one request per subject filter).
+    pub async fn next_after(&self, after: u64) -> anyhow::Result<Option<(u64, u64)>> {
+        let mut first: Option<(u64, u64)> = None;
+        for f in &self.filters {
+            let found = self
+                .stream
+                .raw_message_builder()
+                .sequence(after + 1)
+                .next_by_subject(f.clone())
+                .send()
+                .await;
+            match found {
+                Ok(m) => {
+                    let ts = m.time.unix_timestamp_nanos() as u64;
+                    if first.is_none_or(|(s, _)| m.sequence < s) {
+                        first = Some((m.sequence, ts));
+                    }
+                }
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => bail!("input `{}`: {e}", self.name),
+            }
+        }
+        Ok(first)
+    }
+}
+
+impl Input {
+    /// Opens the pipeline's durable consumer positioned just after `resume_after` (the input
+    /// position the restored checkpoint reflects) and starts pulling.
+    ///
+    /// The consumer is recreated at every start: the checkpoint, not the server, is the source
+    /// of truth for where to resume, and a consumer left by a stopped host still holds its
+    /// unacknowledged deliveries until their ack wait expires (a minute of silence otherwise).
+    pub async fn open(
+        nats: &Nats,
+        cfg: &PipelineConfig,
+        resume_after: u64,
+    ) -> anyhow::Result<Input> {
+        let input = &cfg.input;
+        let stream = nats.js.get_stream(&input.stream).await.map_err(|e| {
+            anyhow!(
+                "`input.stream` = \"{}\": {e}. Create the streams first: `eddy streams <pipeline.toml>`",
+                input.stream
+            )
+        })?;
+        let config = consumer::pull::Config {
+            durable_name: Some(cfg.consumer_name().to_string()),
+            filter_subjects: input.subjects.clone(),
+            // One ack per checkpoint acknowledges everything before it: never one per message.
+            ack_policy: consumer::AckPolicy::All,
+            // Acks come at checkpoints; a redelivery before then is skipped anyway.
+            ack_wait: Duration::from_secs(600),
+            max_ack_pending: input.max_pending,
+            ..Default::default()
+        };
+        let batch = input.batch.max(64);
+        let messages = start_consumer(&stream, &config, batch, resume_after).await?;
+        Ok(Input {
+            messages: Some(messages),
+            stream: stream.clone(),
+            config,
+            batch,
+            position_key: Input::position_key(cfg),
+            backlog: Backlog::new(stream, &input.subjects, &input.stream),
+            pending: Arc::new(AtomicU64::new(u64::MAX)),
+        })
+    }
+
+    /// Opens the consumer again just after stream sequence `after`: what was delivered
+    /// beyond it and not read here (lost with a failing server, or taken by a reader that no
+    /// longer owns the input) is delivered again.
+    pub async fn reopen(&mut self, after: u64) -> anyhow::Result<()> {
+        // The old pulls stop first: one sent while the consumer is recreated (the same name)
+        // would take deliveries of the new one into an inbox nobody reads.
+        self.messages = None;
+        self.messages = Some(start_consumer(&self.stream, &self.config, self.batch, after).await?);
+        Ok(())
+    }
+
+    /// How many deliveries the consumer has sent (its delivery count), as the server says.
+    pub async fn delivered(&self) -> anyhow::Result<u64> {
+        let info = self
+            .stream
+            .consumer_info(self.consumer())
+            .await
+            .with_context(|| format!("cannot read consumer `{}`", self.consumer()))?;
+        Ok(info.delivered.consumer_sequence)
+    }
+
+    /// The input stream's last sequence when the input was opened: everything a previous
+    /// owner of the partition can have handled.
+    pub fn stored_through(&self) -> u64 {
+        self.stream.cached_info().state.last_sequence
+    }
+
+    /// The durable consumer's name.
+    pub fn consumer(&self) -> &str {
+        self.config.durable_name.as_deref().unwrap_or_default()
+    }
+
+    /// The name of this input in checkpoint positions: `keyed:<stream>/<consumer>`.
+    pub fn position_key(cfg: &PipelineConfig) -> String {
+        format!("keyed:{}/{}", cfg.input.stream, cfg.consumer_name())
+    }
+
+    /// Waits for at least one message (None at end of stream), then takes up to `max`
+    /// that are already here: batches grow with load and latency stays low when idle.
+    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
+        loop {
+            match next_batch(self.messages.as_mut()?, max).await {
+                Pulled::Batch(batch) => {
+                    if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
+                        self.pending.store(info.pending, Ordering::Relaxed);
+                    }
+                    return Some(batch);
+                }
+                Pulled::End => return None,
+                Pulled::Lost(e) => {
+                    // The client counts the lost pull as still open and would ask again only
+                    // once heartbeats are missed (10 s): ask again now, from the same consumer
+                    // (its position is unchanged: nothing was delivered).
+                    tracing::warn!(
+                        "input: {e} (the consumer's leader is not ready); pulling again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    match self.pull_again().await {
+                        Ok(messages) => self.messages = Some(messages),
+                        Err(e) => tracing::warn!("input: {e:#}; retrying"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new pull from the durable consumer as it stands.
+    async fn pull_again(&self) -> anyhow::Result<consumer::pull::Stream> {
+        let consumer: consumer::PullConsumer = self
+            .stream
+            .get_consumer(self.consumer())
+            .await
+            .map_err(|e| anyhow!("cannot find consumer `{}`: {e}", self.consumer()))?;
+        pull(&consumer, self.batch).await
+    }
+}
+
+/// Pulls from `consumer`, `batch` messages at most per request.
+async fn pull(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+) -> anyhow::Result<consumer::pull::Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start pulling from consumer `{}`",
+                consumer.cached_info().name
+            )
+        })
+}
+
+/// What a wait for the next batch gave.
+enum Pulled {
+    Batch(Vec<jetstream::Message>),
+    /// The input ended.
+    End,
+    /// The pull request found no responder (a consumer whose leader is not elected yet).
+    Lost(consumer::pull::MessagesError),
+}
+
+/// (Re)creates the durable consumer `config` names, positioned just after `after`, and
+/// starts pulling from it.
+async fn start_consumer(
+    stream: &jetstream::stream::Stream,
+    config: &consumer::pull::Config,
+    batch: usize,
+    after: u64,
+) -> anyhow::Result<consumer::pull::Stream> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let stream_name = stream.cached_info().config.name.clone();
+    match stream.consumer_info(&name).await {
+        Ok(_) => {
+            stream.delete_consumer(&name).await.with_context(|| {
+                format!("cannot reset consumer `{name}` on stream {stream_name}")
+            })?;
+        }
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot look up consumer `{name}` on stream {stream_name}: {e}"),
+    }
+    let config = consumer::pull::Config {
+        deliver_policy: deliver_after(after),
+        ..config.clone()
+    };
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(config)
+        .await
+        .with_context(|| format!("cannot create consumer `{name}` on stream {stream_name}"))?;
+    pull(&consumer, batch).await
+}
+
+fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
+    if resume_after == 0 {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: resume_after + 1,
+        }
+    }
+}
+
+async fn next_batch<S>(messages: &mut S, max: usize) -> Pulled
+where
+    S: futures::Stream<Item = Result<jetstream::Message, consumer::pull::MessagesError>> + Unpin,
+{
+    let mut batch = Vec::with_capacity(max);
+    loop {
+        match messages.next().await {
+            Some(Ok(m)) => {
+                batch.push(m);
+                break;
+            }
+            Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
+                return Pulled::Lost(e);
+            }
+            Some(Err(e)) => {
+                tracing::warn!("input: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None => return Pulled::End,
+        }
+    }
+    while batch.len() < max {
+        match messages.next().now_or_never() {
+            Some(Some(Ok(m))) => batch.push(m),
+            Some(Some(Err(e))) => {
+                tracing::warn!("input: {e}");
+                break;
+            }
+            _ => break,
+        }
+    }
+    Pulled::Batch(batch)
+}
+
+/// A broadcast input: every host reads all of it, through an ordered consumer (ephemeral,
+/// no acks; the position lives in checkpoints) starting after the restored position.
+pub struct BroadcastInput {
+    /// Its name in the pipeline (`[broadcast.<name>]`).
+    pub name: String,
+    /// Its name in checkpoint positions: `broadcast:<name>`.
+    pub position_key: String,
+    backlog: Backlog,
+    messages: consumer::pull::Ordered,
+    /// Messages read, not yet applied, in order.
+    pub buffer: std::collections::VecDeque<jetstream::Message>,
+    /// The last sequence read from the server into the buffer.
+    pub read_through: u64,
+}
+
+impl BroadcastInput {
+    /// Opens broadcast input `name` after sequence `resume_after`.
+    pub async fn open(
+        nats: &Nats,
+        name: &str,
+        cfg: &crate::config::BroadcastInputConfig,
+        resume_after: u64,
+    ) -> anyhow::Result<BroadcastInput> {
+        let stream = nats.js.get_stream(&cfg.stream).await.map_err(|e| {
+            anyhow!(
+                "`broadcast.{name}.stream` = \"{}\": {e}. Create the stream first, e.g. `eddy streams <pipeline.toml>`",
+                cfg.stream
+            )
+        })?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: cfg.subjects.clone(),
+                deliver_policy: deliver_after(resume_after),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read broadcast input `{name}`"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("cannot start reading broadcast input `{name}`"))?;
+        Ok(BroadcastInput {
+            name: name.to_string(),
+            position_key: BroadcastInput::position_key(name),
+            backlog: Backlog::new(stream, &cfg.subjects, &format!("broadcast.{name}")),
+            messages,
+            buffer: Default::default(),
+            read_through: resume_after,
+        })
+    }
+
+    /// The name of broadcast input `name` in checkpoint positions.
+    pub fn position_key(name: &str) -> String {
+        format!("broadcast:{name}")
+    }
+
+    /// Reads into the buffer every message of this input that its stream stored at or before
+    /// `until_ns` (stream time): asks the stream for the next matching message after what was
+    /// read, and reads up to it, until there is none that old.
+    pub async fn catch_up(&mut self, until_ns: u64) -> anyhow::Result<()> {
+        // A NATS restart or leader election makes the requests below fail or wait for a
+        // while: keep trying (keyed events must not overtake an update that is stored), and
+        // say so every few seconds.
+        let mut waiting_since: Option<std::time::Instant> = None;
+        let mut said = std::time::Instant::now();
+        let name = self.name.clone();
+        let mut patience = |what: String| {
+            let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+            if said.elapsed() >= Duration::from_secs(5) {
+                said = std::time::Instant::now();
+                tracing::warn!(
+                    input = %name,
+                    waited_s = since.elapsed().as_secs(),
+                    "broadcast input: {what}; keyed events wait for it (NATS restarting?)"
+                );
+            }
+        };
+        loop {
+            self.poll_ready();
+            let next = match self.backlog.next_after(self.read_through).await {
+                Ok(next) => next,
+                Err(e) => {
+                    patience(format!("cannot look into the stream ({e:#})"));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            let Some((seq, ts)) = next else {
+                return Ok(());
+            };
+            if ts > until_ns {
+                return Ok(());
+            }
+            while self.read_through < seq {
+                match tokio::time::timeout(Duration::from_secs(5), self.messages.next()).await {
+                    Err(_) => patience(format!("message {seq} is stored but not delivered yet")),
+                    Ok(Some(Ok(m))) => self.push(m),
+                    Ok(Some(Err(e))) => {
+                        patience(format!("{e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Ok(None) => bail!("broadcast input `{}` ended", self.name),
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, m: jetstream::Message) {
+        if let Ok(info) = m.info() {
+            self.read_through = self.read_through.max(info.stream_sequence);
+        }
+        self.buffer.push_back(m);
+    }
+
+    /// Takes whatever has arrived without waiting.
+    pub fn poll_ready(&mut self) {
+        while let Some(Some(Ok(m))) = self.messages.next().now_or_never() {
+            self.push(m);
+        }
+    }
+}
