@@ -16,9 +16,17 @@ pub struct CheckpointConfig {
     /// Milliseconds between checkpoints (the most work a crash makes the host redo).
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
-    /// How many completed checkpoints are kept.
+    /// How many completed checkpoints are kept (the newest; recovery falls back through them).
     #[serde(default = "default_retain")]
     pub retain: usize,
+    /// Checkpoints younger than this are kept too, for time-travel queries (`as_of`); 0 (the
+    /// default): only the newest `retain`.
+    #[serde(default)]
+    pub retain_for_ms: u64,
+    /// Of the checkpoints kept by `retain_for_ms`, one per this many milliseconds of wall-clock
+    /// time (the oldest of each span); 0 (the default): every one.
+    #[serde(default)]
+    pub retain_every_ms: u64,
     /// Where checkpoints are kept; default `<state_dir>/checkpoints`.
     #[serde(default)]
     pub dir: Option<PathBuf>,
@@ -97,6 +105,8 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             interval_ms: default_interval_ms(),
             retain: default_retain(),
+            retain_for_ms: 0,
+            retain_every_ms: 0,
             dir: None,
             savepoint_dir: None,
             dedupe_check: DedupeCheck::default(),
@@ -108,6 +118,13 @@ impl Default for CheckpointConfig {
         }
     }
 }
+
+/// The longest `retain_for_ms`: 30 days.
+const MAX_RETAIN_FOR_MS: u64 = 30 * 24 * 3_600_000;
+
+/// The most checkpoints `retain_for_ms` may keep: each holds on to the SST files compaction
+/// has since replaced, so disk use grows with the count.
+const MAX_RETAINED_BY_AGE: u64 = 10_000;
 
 fn default_interval_ms() -> u64 {
     5_000
@@ -139,6 +156,15 @@ impl CheckpointConfig {
         Duration::from_millis(self.interval_ms)
     }
 
+    /// How completed checkpoints are kept.
+    pub fn retention(&self) -> crate::checkpoint::Retention {
+        crate::checkpoint::Retention {
+            count: self.retain,
+            for_ms: self.retain_for_ms,
+            every_ms: self.retain_every_ms,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.interval_ms < 50 || self.interval_ms > 3_600_000 {
             return Err(err(
@@ -155,6 +181,33 @@ impl CheckpointConfig {
                 format!(
                     "{} is out of range; keep 1 to 100 checkpoints (default 3; 2 or more lets a corrupt newest one fall back)",
                     self.retain
+                ),
+            ));
+        }
+        if self.retain_for_ms > MAX_RETAIN_FOR_MS {
+            return Err(err(
+                "checkpoint.retain_for_ms",
+                format!(
+                    "{} is out of range; keep checkpoints for at most {MAX_RETAIN_FOR_MS} ms (30 days)",
+                    self.retain_for_ms
+                ),
+            ));
+        }
+        if self.retain_every_ms > 0 && self.retain_for_ms == 0 {
+            return Err(err(
+                "checkpoint.retain_every_ms",
+                "is set but retain_for_ms is 0; set retain_for_ms to how long checkpoints are kept for time-travel queries".into(),
+            ));
+        }
+        let spacing = self.retain_every_ms.max(self.interval_ms);
+        if self.retain_for_ms / spacing > MAX_RETAINED_BY_AGE {
+            return Err(err(
+                "checkpoint.retain_for_ms",
+                format!(
+                    "keeps up to {} checkpoints ({} ms, one per {spacing} ms); at most {MAX_RETAINED_BY_AGE}: set retain_every_ms to at least {} to keep one per span",
+                    self.retain_for_ms / spacing,
+                    self.retain_for_ms,
+                    self.retain_for_ms.div_ceil(MAX_RETAINED_BY_AGE)
                 ),
             ));
         }

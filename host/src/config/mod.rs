@@ -367,6 +367,7 @@ impl PipelineConfig {
             &self.pipeline.name,
             self.checkpoint.retain,
         )
+        .with_retention(self.checkpoint.retention())
     }
 
     /// Where savepoints are written by default.

@@ -180,3 +180,27 @@ fn console_and_query_tls_and_tokens_are_checked() {
     let c = parse("[console]\ntoken = \"look\"\noperator_token = \"act\"\n").expect("roles");
     assert_eq!(c.console.listen, "127.0.0.1:8089");
 }
+
+#[test]
+fn retention_by_age_is_bounded_and_needs_its_window() {
+    let c = PipelineConfig::parse(&format!(
+        "{GOOD}\n[checkpoint]\nretain = 2\nretain_for_ms = 86400000\nretain_every_ms = 600000\n"
+    ))
+    .expect("a day, one per 10 minutes");
+    let r = c.checkpoint.retention();
+    assert_eq!((r.count, r.for_ms, r.every_ms), (2, 86_400_000, 600_000));
+    let e = PipelineConfig::parse(&format!("{GOOD}\n[checkpoint]\nretain_every_ms = 60000\n"))
+        .expect_err("spacing without a window");
+    assert_eq!(e.field, "checkpoint.retain_every_ms", "{e}");
+    // A week of checkpoints every 5 s would be 120,960 of them: the error names the spacing
+    // that fits.
+    let e = PipelineConfig::parse(&format!(
+        "{GOOD}\n[checkpoint]\nretain_for_ms = 604800000\n"
+    ))
+    .expect_err("too many");
+    assert_eq!(e.field, "checkpoint.retain_for_ms", "{e}");
+    assert!(
+        e.to_string().contains("retain_every_ms to at least 60480"),
+        "{e}"
+    );
+}

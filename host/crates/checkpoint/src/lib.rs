@@ -27,6 +27,7 @@
 
 mod remote;
 mod restore;
+mod retention;
 pub mod savepoint;
 pub mod storage;
 
@@ -40,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use eddy_state::StateStore;
+
+pub use retention::Retention;
 
 /// What can go wrong with checkpoints. Recovery falls back to an older checkpoint only on
 /// [`Error::Corrupt`]: an I/O error (a disk that is full, unreadable or not mounted) is
@@ -214,7 +217,10 @@ pub struct Checkpoints {
     dir: PathBuf,
     staging: PathBuf,
     pipeline: String,
-    retain: usize,
+    retention: Retention,
+    /// Creation times of checkpoints, by id, as read from their manifests (for retention by
+    /// age: a manifest never changes).
+    created: Mutex<HashMap<u64, u64>>,
     /// SHA-256 of SST files already hashed, by name and size: SST files never change.
     sums: Mutex<HashMap<(String, u64), String>>,
     /// The store beyond this host, if any: then `dir` is a cache of it, and a checkpoint is
@@ -233,11 +239,27 @@ impl Checkpoints {
             dir: dir.to_path_buf(),
             staging: staging.to_path_buf(),
             pipeline: pipeline.to_string(),
-            retain: retain.max(1),
+            retention: Retention::newest(retain),
+            created: Mutex::default(),
             sums: Mutex::default(),
             remote: None,
             id_base: 0,
         }
+    }
+
+    /// Keeps checkpoints by `retention` (count, and age for time-travel queries) instead of
+    /// the newest `retain` alone.
+    pub fn with_retention(mut self, retention: Retention) -> Checkpoints {
+        self.retention = Retention {
+            count: retention.count.max(1),
+            ..retention
+        };
+        self
+    }
+
+    /// How checkpoints are kept.
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// Gives new checkpoints ids in `(base, base + 2^32)`: an owner under lease epoch `e`
@@ -420,7 +442,7 @@ impl Checkpoints {
             }
         }
         let complete = list_ids(&self.dir, true);
-        let keep: HashSet<u64> = complete.iter().rev().take(self.retain).copied().collect();
+        let keep = self.kept(&complete)?;
         let newest = complete.last().copied().unwrap_or(0);
         for id in list_ids(&self.dir, false) {
             if !keep.contains(&id) && (id < newest || complete.contains(&id)) {
@@ -430,9 +452,46 @@ impl Checkpoints {
         }
         self.collect_shared(keep.iter().copied());
         if let Some(remote) = &self.remote {
-            remote.retain(self.retain, |id| self.load(id).ok())?;
+            remote.retain(|ids| self.kept(ids), |id| self.load(id).ok())?;
         }
         Ok(())
+    }
+
+    /// Which of the completed checkpoints `ids` retention keeps.
+    fn kept(&self, ids: &[u64]) -> Result<HashSet<u64>> {
+        if !self.retention.by_age() {
+            let ages = ids.iter().map(|id| (*id, 0)).collect();
+            return Ok(self.retention.keep(&ages, 0));
+        }
+        let mut ages = BTreeMap::new();
+        for id in ids {
+            ages.insert(*id, self.created_ms(*id)?);
+        }
+        Ok(self.retention.keep(&ages, now_ms()))
+    }
+
+    /// When checkpoint `id` was cut, from its manifest (local, else in the store).
+    fn created_ms(&self, id: u64) -> Result<u64> {
+        let memo = |c: u64| {
+            self.created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, c);
+            c
+        };
+        if let Some(c) = self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(*c);
+        }
+        match (self.load(id), &self.remote) {
+            (Ok(m), _) => Ok(memo(m.created_ms)),
+            (Err(Error::Missing { .. }), Some(remote)) => Ok(memo(remote.manifest(id)?.created_ms)),
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// Deletes the shared files no checkpoint of `keep` uses.
@@ -541,7 +600,7 @@ impl Checkpoints {
         }
         self.collect_shared(list_ids(&self.dir, true).into_iter());
         if let Some(remote) = &self.remote {
-            remote.retain(self.retain, |id| self.load(id).ok())?;
+            remote.retain(|ids| self.kept(ids), |id| self.load(id).ok())?;
         }
         Ok(())
     }

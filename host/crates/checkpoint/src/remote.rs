@@ -207,11 +207,12 @@ impl Remote {
         Ok(())
     }
 
-    /// Keeps the newest `retain` checkpoints in the store and the shared files they use;
-    /// deletes the rest. `cached` gives a manifest from the local cache when it has it.
+    /// Keeps the checkpoints `choose` picks out of those in the store, and the shared files
+    /// they use; deletes the rest. `cached` gives a manifest from the local cache when it has
+    /// it.
     pub(crate) fn retain(
         &self,
-        retain: usize,
+        choose: impl Fn(&[u64]) -> Result<HashSet<u64>>,
         cached: impl Fn(u64) -> Option<Manifest>,
     ) -> Result<()> {
         let ids = self.ids()?;
@@ -229,7 +230,7 @@ impl Remote {
             );
             return Ok(());
         }
-        let keep: Vec<u64> = ids.iter().rev().take(retain.max(1)).copied().collect();
+        let keep = choose(&ids)?;
         let mut used = HashSet::new();
         for id in &keep {
             let m = match cached(*id) {
@@ -243,7 +244,7 @@ impl Remote {
         }
         // Own files of checkpoints that never completed (a host that died mid-upload), older
         // than the newest complete one.
-        let newest = keep.first().copied().unwrap_or(0);
+        let newest = keep.iter().max().copied().unwrap_or(0);
         for name in self.storage.list("chk-")? {
             let id: Option<u64> = name
                 .strip_prefix("chk-")
