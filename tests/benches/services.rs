@@ -7,7 +7,9 @@
 //! - checkpoints: throughput with a checkpoint every 10 s vs none during the run;
 //! - console: throughput with `eddy console` running and its overview open in headless
 //!   Chromium (a status request a second, the page polling the console) vs neither, two rounds
-//!   each, alternated; and the overview's time to first paint on loopback.
+//!   each, alternated; and the overview's time to first paint on loopback;
+//! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
+//!   later ones) against `latest` queries, same pipeline, same keys.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
 
@@ -422,11 +424,80 @@ async fn console(quick: bool) {
     );
 }
 
+async fn time_travel(quick: bool) {
+    let n = if quick { 30_000 } else { 150_000 };
+    let b = setup(
+        "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\nretain = 1\nretain_for_ms = 3600000\n",
+        None,
+    )
+    .await;
+    let run = Running::start(&b.spec);
+    let mut ids = Vec::new();
+    for round in 0..3u64 {
+        publish(&b, n / 3, 1_000, 10 + round).await;
+        throughput(&b, (round + 1) * (n as u64 / 3)).await;
+        ids.push(eddy_tests::checkpoint_now(&b.conn, "bench").await);
+    }
+    let samples = if quick { 1_000 } else { 5_000 };
+    let ask = |q: Query| {
+        let conn = b.conn.clone();
+        async move {
+            let t = Instant::now();
+            query::nats::ask(&conn, "bench", Op::Get, &q)
+                .await
+                .expect("query");
+            t.elapsed().as_secs_f64() * 1e3
+        }
+    };
+    let as_of = |i: usize, id: u64| Query {
+        as_of: Some(query::AsOf::Checkpoint(id)),
+        ..stats_query(i % 1_000)
+    };
+    let mut first_ms = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        first_ms.push(ask(as_of(i, *id)).await);
+    }
+    let (mut latest_ms, mut past_ms) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        latest_ms.push(ask(stats_query(i % 1_000)).await);
+        past_ms.push(ask(as_of(i, ids[i % ids.len()])).await);
+    }
+    run.stop().await;
+    latest_ms.sort_by(f64::total_cmp);
+    past_ms.sort_by(f64::total_cmp);
+    first_ms.sort_by(f64::total_cmp);
+    let (l50, l99) = (pct(&latest_ms, 0.5), pct(&latest_ms, 0.99));
+    println!(
+        "\nTime-travel queries over NATS, fraud pipeline with 1,000 customers ({n} events, 3 checkpoints; {samples} queries each, alternated)\n"
+    );
+    println!("| query | p50 ms | p99 ms | p50 vs latest |");
+    println!("|---|---:|---:|---:|");
+    println!("| latest | {l50:.3} | {l99:.3} | 1.00 |");
+    println!(
+        "| as_of (checkpoint open) | {:.3} | {:.3} | {:.2} |",
+        pct(&past_ms, 0.5),
+        pct(&past_ms, 0.99),
+        pct(&past_ms, 0.5) / l50
+    );
+    println!(
+        "| as_of, first query of each checkpoint (opens it) | {:.3} | {:.3} (max) | {:.1} |",
+        pct(&first_ms, 0.5),
+        first_ms.last().copied().unwrap_or(f64::NAN),
+        pct(&first_ms, 0.5) / l50
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let sections = ["queries", "lookups", "checkpoints", "console"];
+    let sections = [
+        "queries",
+        "lookups",
+        "checkpoints",
+        "console",
+        "time-travel",
+    ];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
     };
@@ -441,5 +512,8 @@ async fn main() {
     }
     if only("console") {
         console(quick).await;
+    }
+    if only("time-travel") {
+        time_travel(quick).await;
     }
 }

@@ -181,6 +181,16 @@ const steps = {
       const t = await text('#state-answer');
       return t ? t : null;
     });
+    // The value state as of a retained checkpoint.
+    await page.evaluate(() => { document.getElementById('state-answer').textContent = ''; });
+    await page.selectOption('#state-name', { index: 0 });
+    await page.fill('#state-as-of', process.env.AS_OF);
+    await page.click('#state-form button');
+    const past = await until('the answer as of a checkpoint', async () => {
+      const t = await text('#state-answer');
+      return t ? t : null;
+    });
+    await page.fill('#state-as-of', '');
     // A broadcast table from its first entry.
     await page.selectOption('#broadcast-name', { index: 0 });
     await page.click('#broadcast-form button');
@@ -189,7 +199,7 @@ const steps = {
         trs.map((tr) => [...tr.children].map((td) => td.innerText)));
       return rows.length ? rows : null;
     });
-    return { states, answer: JSON.parse(answer), list: JSON.parse(list), broadcast };
+    return { states, answer: JSON.parse(answer), list: JSON.parse(list), past: JSON.parse(past), broadcast };
   },
 
   // A read-only token sees everything, and every action is refused to it.

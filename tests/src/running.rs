@@ -77,6 +77,25 @@ pub async fn host_status(
     .collect()
 }
 
+/// Asks the one running host of `pipeline` for a checkpoint now; returns its id once it is
+/// complete (panics if it fails: the tests that ask expect one).
+pub async fn checkpoint_now(nats: &eddy_host::transport::Nats, pipeline: &str) -> u64 {
+    let answers = eddy_host::control::request(
+        nats,
+        pipeline,
+        "checkpoint",
+        serde_json::json!({}),
+        Duration::from_secs(60),
+        |_| {},
+    )
+    .await
+    .expect("checkpoint");
+    answers
+        .first()
+        .and_then(|a| a["ok"]["id"].as_u64())
+        .unwrap_or_else(|| panic!("a completed checkpoint: {answers:?}"))
+}
+
 /// The latest record of `version` in a host status's deployment history.
 pub fn deployment(status: &serde_json::Value, version: &str) -> Option<serde_json::Value> {
     status["deployments"]

@@ -427,8 +427,12 @@ pub enum StateAction {
         #[arg(long)]
         prefix: Option<String>,
         /// Read the last completed checkpoint instead of the latest state.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "as_of")]
         checkpoint: bool,
+        /// Read a retained checkpoint: its id, a time (2026-12-03T10:02:00Z: the newest
+        /// checkpoint cut at or before it), or a duration ago (10m).
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<crate::query::AsOf>,
     },
     /// A broadcast map's entry (or its entries).
     Broadcast {
@@ -438,6 +442,9 @@ pub enum StateAction {
         map: String,
         /// The key (all entries if none).
         key: Option<String>,
+        /// Read a retained checkpoint (as for `get`).
+        #[arg(long, value_parser = parse_as_of)]
+        as_of: Option<crate::query::AsOf>,
     },
     /// Which partition and host own a key.
     Owner {
@@ -446,6 +453,10 @@ pub enum StateAction {
         /// The key.
         key: String,
     },
+}
+
+fn parse_as_of(s: &str) -> Result<crate::query::AsOf, String> {
+    s.parse()
 }
 
 /// Runs one subcommand.

@@ -16,6 +16,7 @@ pub async fn command(action: StateAction) -> anyhow::Result<()> {
             list,
             prefix,
             checkpoint,
+            as_of,
         } => {
             let op = if map {
                 Op::Map
@@ -33,16 +34,23 @@ pub async fn command(action: StateAction) -> anyhow::Result<()> {
                 } else {
                     Freshness::Latest
                 },
+                as_of,
                 ..Query::default()
             };
             (pipeline, op, q)
         }
-        StateAction::Broadcast { pipeline, map, key } => (
+        StateAction::Broadcast {
+            pipeline,
+            map,
+            key,
+            as_of,
+        } => (
             pipeline,
             Op::Broadcast,
             Query {
                 broadcast_map: Some(map),
                 key,
+                as_of,
                 ..Query::default()
             },
         ),

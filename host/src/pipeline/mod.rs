@@ -317,6 +317,7 @@ pub async fn run(
             reload_tx,
             opts.fence.clone(),
             caught_up.clone(),
+            checkpoints.clone(),
         )
     );
     let services = services?;

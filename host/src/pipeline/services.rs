@@ -32,8 +32,14 @@ impl Services {
         reload_tx: mpsc::Sender<ReloadEvent>,
         fence: Option<Arc<dyn super::Fence>>,
         caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+        checkpoints: Arc<crate::checkpoint::Checkpoints>,
     ) -> anyhow::Result<Services> {
-        let mut query = QueryEngine::new(cfg, state.clone());
+        let mut query =
+            QueryEngine::new(cfg, state.clone()).with_history(crate::query::TimeTravel::new(
+                checkpoints,
+                cfg.pipeline.state_dir.join("as-of"),
+                state.clock(),
+            ));
         if let Some(fence) = fence {
             query = query.with_lease_check(Arc::new(move || fence.check()));
         }

@@ -12,7 +12,8 @@
 //! | `/v1/owner/{key}` | partition and ownership of a key |
 //! | `/v1/describe` | the states and maps |
 //!
-//! Every route takes `freshness=latest|checkpoint`. With `query.token` set, a request must carry
+//! Every route takes `freshness=latest|checkpoint`, or `as_of=<checkpoint id|RFC 3339 time|
+//! duration ago>` for the state as of a retained checkpoint. With `query.token` set, a request must carry
 //! `Authorization: Bearer <token>` (401 otherwise). Keys owned by another host are fetched from
 //! it over NATS; a cluster host ([`Source::Cluster`]), whose partitions come and go, asks the
 //! pipeline's query service over NATS for every answer. Errors answer `{"error": "...", "code": N}` with that status (bad parameters,
@@ -65,6 +66,8 @@ struct Params {
     start_after: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    as_of: Option<String>,
 }
 
 /// Serves the routes on `listen` (HTTPS with `query.tls_cert`) until the task is dropped.
@@ -215,14 +218,19 @@ async fn run(ctx: Ctx, headers: HeaderMap, op: Op, q: Query) -> Response {
     }
 }
 
-fn query(p: Params) -> Query {
-    Query {
+fn query(p: Params) -> Result<Query, QueryError> {
+    let as_of = match p.as_of.as_deref() {
+        Some(a) => Some(a.parse().map_err(QueryError::BadRequest)?),
+        None => None,
+    };
+    Ok(Query {
         freshness: p.freshness,
         prefix: p.prefix,
         start_after: p.start_after,
         limit: p.limit,
+        as_of,
         ..Query::default()
-    }
+    })
 }
 
 /// A keyed-state route (`get`, `map` or `list`).
@@ -233,10 +241,14 @@ async fn keyed(
     (state, key): (String, String),
     p: Params,
 ) -> Response {
+    let base = match query(p) {
+        Ok(q) => q,
+        Err(e) => return error(e),
+    };
     let q = Query {
         state: Some(state),
         key: Some(key),
-        ..query(p)
+        ..base
     };
     run(ctx, headers, op, q).await
 }
@@ -274,10 +286,14 @@ async fn broadcast_one(
     Path((name, key)): Path<(String, String)>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
+    let base = match query(p) {
+        Ok(q) => q,
+        Err(e) => return error(e),
+    };
     let q = Query {
         broadcast_map: Some(name),
         key: Some(key),
-        ..query(p)
+        ..base
     };
     run(ctx, headers, Op::Broadcast, q).await
 }
@@ -288,9 +304,13 @@ async fn broadcast_all(
     Path(name): Path<String>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
+    let base = match query(p) {
+        Ok(q) => q,
+        Err(e) => return error(e),
+    };
     let q = Query {
         broadcast_map: Some(name),
-        ..query(p)
+        ..base
     };
     run(ctx, headers, Op::Broadcast, q).await
 }
@@ -301,9 +321,13 @@ async fn owner(
     Path(key): Path<String>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
+    let base = match query(p) {
+        Ok(q) => q,
+        Err(e) => return error(e),
+    };
     let q = Query {
         key: Some(key),
-        ..query(p)
+        ..base
     };
     run(ctx, headers, Op::Owner, q).await
 }
@@ -313,5 +337,8 @@ async fn describe(
     headers: HeaderMap,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
-    run(ctx, headers, Op::Describe, query(p)).await
+    match query(p) {
+        Ok(q) => run(ctx, headers, Op::Describe, q).await,
+        Err(e) => error(e),
+    }
 }

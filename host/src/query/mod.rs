@@ -14,13 +14,19 @@
 //! - **Values** are decoded for display: the SDKs store JSON, shown as JSON; anything else is
 //!   shown as `{"base64": ...}`. String map keys are shown as strings.
 //!
+//! - **Time travel** (`as_of`, see [`history`]): the state as of a retained checkpoint, by id
+//!   or by time; the answer names the checkpoint.
+//!
 //! TTL applies as for plugins (`never-return-expired` hides expired entries) but a query never
 //! writes: expired entries it meets are left for the plugin's reads and compaction.
 //!
 //! Never: writes state, or blocks the run loop (reads go straight to RocksDB).
 
+pub mod history;
 pub mod http;
 pub mod nats;
+
+pub use history::{AsOf, TimeTravel};
 
 use std::sync::{Arc, RwLock};
 
@@ -69,6 +75,9 @@ pub struct Query {
     /// `latest` (default) or `checkpoint`.
     #[serde(default)]
     pub freshness: Freshness,
+    /// Time travel: the state as of this retained checkpoint (by id or time) instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
 }
 
 /// What went wrong with a query: the caller's fault (400/404) or the host's (500).
@@ -175,6 +184,8 @@ pub struct QueryEngine {
     /// it has handled every event the input held when it started, its state is older than
     /// outputs already published (the replay from the checkpoint is under way).
     caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The retained checkpoints, for `as_of` queries.
+    history: Option<TimeTravel>,
 }
 
 /// Whether a run still holds its lease; see [`QueryEngine::with_lease_check`].
@@ -196,7 +207,14 @@ impl QueryEngine {
             checkpoint: RwLock::new(None),
             holds_lease: None,
             caught_up: None,
+            history: None,
         }
+    }
+
+    /// Answers `as_of` queries from `history`'s retained checkpoints.
+    pub fn with_history(mut self, history: TimeTravel) -> QueryEngine {
+        self.history = Some(history);
+        self
     }
 
     /// Refuses `latest` queries (503, asked again they are answered) until `caught_up` is
@@ -269,7 +287,22 @@ impl QueryEngine {
                 ))
             })?;
         }
+        let as_of = match q.as_of {
+            Some(as_of) => Some(
+                self.history
+                    .as_ref()
+                    .ok_or_else(|| {
+                        QueryError::BadRequest(
+                            "this host keeps no checkpoints for time-travel queries (`as_of`)"
+                                .into(),
+                        )
+                    })?
+                    .open(as_of)?,
+            ),
+            None => None,
+        };
         let (store, checkpoint) = match q.freshness {
+            _ if as_of.is_some() => (self.live.clone(), None),
             Freshness::Latest
                 if matches!(op, Op::Get | Op::Map | Op::List | Op::Broadcast)
                     && self
@@ -292,11 +325,15 @@ impl QueryEngine {
                 (db, Some(id))
             }
         };
+        let store: &StateStore = match &as_of {
+            Some(opened) => opened.store(),
+            None => &store,
+        };
         let mut answer = match op {
             Op::Owner => self.owner(q)?,
-            Op::Describe => self.describe(&store),
-            Op::Broadcast => self.broadcast(&store, q)?,
-            Op::Get | Op::Map | Op::List => self.keyed(&store, op, q)?,
+            Op::Describe => self.describe(store),
+            Op::Broadcast => self.broadcast(store, q)?,
+            Op::Get | Op::Map | Op::List => self.keyed(store, op, q)?,
         };
         if let Some(obj) = answer.as_object_mut() {
             obj.insert(
@@ -305,6 +342,21 @@ impl QueryEngine {
             );
             if let Some(id) = checkpoint {
                 obj.insert("checkpoint".into(), id.into());
+            }
+            if let Some(opened) = &as_of {
+                let m = &opened.manifest;
+                obj.insert("freshness".into(), "as-of".into());
+                obj.insert("checkpoint".into(), m.id.into());
+                obj.insert(
+                    "as_of".into(),
+                    serde_json::json!({
+                        "checkpoint": m.id,
+                        "created": history::show_time(m.created_ms),
+                        "created_ms": m.created_ms,
+                        "positions": m.cut.positions,
+                        "plugin_version": m.cut.plugin_version,
+                    }),
+                );
             }
             obj.insert("host".into(), self.host.clone().into());
         }

@@ -170,8 +170,9 @@ pub(crate) async fn answer(
         return forward(nats, engine, op, &key, payload).await;
     }
     // A point read (`get`, `owner`, one broadcast entry) takes microseconds: answered in
-    // place. Pages and lists may read many entries: on the blocking pool, off the runtime.
-    if matches!(op, Op::Get | Op::Owner | Op::Describe) {
+    // place. Pages and lists may read many entries, and `as_of` may open a checkpoint: on the
+    // blocking pool, off the runtime.
+    if matches!(op, Op::Get | Op::Owner | Op::Describe) && q.as_of.is_none() {
         return engine.execute(op, &q);
     }
     let engine = engine.clone();

@@ -104,6 +104,8 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
         conn,
     } = Fixture::start("fraud", "fraud-enrich").await;
     let console_port = free_port();
+    // Checkpoints stay an hour, so the state view can ask one by id (`as_of`).
+    spec.checkpoint.push_str("retain_for_ms = 3600000\n");
     // A broadcast table for the state view: category limits, as rules.
     spec.extra.push_str(
         "\n[broadcast.rules]\nstream = \"RULES\"\nsubjects = [\"rules.fraud\"]\nidle_apply_ms = 100\n",
@@ -192,7 +194,8 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     let seen = tokio::task::spawn_blocking(move || browser("checkpoints", &url2, &[]))
         .await
         .expect("checkpoints");
-    assert!(seen["checkpoint"].as_u64().unwrap_or(0) > 0, "{seen}");
+    let asked_checkpoint = seen["checkpoint"].as_u64().unwrap_or(0);
+    assert!(asked_checkpoint > 0, "{seen}");
     let sp = seen["savepoint"].as_str().unwrap_or("");
     assert!(sp.contains(": done") && sp.contains("sp-"), "{seen}");
 
@@ -244,9 +247,12 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     // State: the stats of a customer that had events.
     let key = txs[100].customer.clone();
     let url2 = url.clone();
-    let seen = tokio::task::spawn_blocking(move || browser("state", &url2, &[("KEY", &key)]))
-        .await
-        .expect("state");
+    let as_of = asked_checkpoint.to_string();
+    let seen = tokio::task::spawn_blocking(move || {
+        browser("state", &url2, &[("KEY", &key), ("AS_OF", &as_of)])
+    })
+    .await
+    .expect("state");
     let states = seen["states"].to_string();
     assert!(
         states.contains("stats") && states.contains("recent"),
@@ -262,6 +268,12 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
             .is_some_and(|v| !v.is_empty()),
         "the list state of the key: {seen}"
     );
+    // The same key as of the checkpoint taken from the page: named in the answer.
+    assert_eq!(
+        seen["past"]["as_of"]["checkpoint"], asked_checkpoint,
+        "{seen}"
+    );
+    assert!(!seen["past"]["value"].is_null(), "{seen}");
     let table = seen["broadcast"].to_string();
     assert!(
         table.contains("travel") && table.contains("50000") && table.contains("groceries"),

@@ -169,17 +169,7 @@ async fn checkpoint_freshness_answers_from_the_last_checkpoint() {
     let run = Running::start(&spec);
     publish_txs(&conn.js, "txn.in", &txs[..1_000]).await;
     wait_for_len(&conn.js, "OUT", 1_000, Duration::from_secs(30)).await;
-    let answers = eddy_host::control::request(
-        &conn,
-        "fraud",
-        "checkpoint",
-        serde_json::json!({}),
-        Duration::from_secs(30),
-        |_| {},
-    )
-    .await
-    .expect("checkpoint");
-    assert!(answers[0].get("ok").is_some(), "{answers:?}");
+    eddy_tests::checkpoint_now(&conn, "fraud").await;
     publish_txs(&conn.js, "txn.in", &txs[1_000..]).await;
     wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(30)).await;
     let c = &txs[0].customer;
@@ -377,4 +367,121 @@ impl Tap for Query {
         f(&mut self);
         self
     }
+}
+
+/// Time travel: after three checkpoints, `as_of` each one (by id over NATS, by time over HTTP,
+/// by id from `eddy state get --as-of`) answers that checkpoint's value and names it, while
+/// `latest` has moved on; checkpoints kept by age outlive `retain`; a time before every
+/// retained checkpoint is a clear 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_answers_from_each_retained_checkpoint() {
+    let port = eddy_tests::free_port();
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        // Checkpoints only when asked; `retain = 1` alone would keep only the newest.
+        spec.extra = format!(
+            "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\nretain = 1\nretain_for_ms = 3600000\n\n[query]\nhttp = \"127.0.0.1:{port}\"\n"
+        );
+        spec
+    })
+    .await;
+    let txs: Vec<produce::Transaction> = produce::transactions(1_200, 1, 13, 0);
+    let c = txs[0].customer.clone();
+    let count_to = |n: usize| txs[..n].iter().filter(|t| t.customer == c).count() as u64;
+    let run = Running::start(&spec);
+    let before_all = std::time::SystemTime::now();
+    let mut cuts = Vec::new();
+    for (i, upto) in [300, 600, 900].into_iter().enumerate() {
+        publish_txs(&conn.js, "txn.in", &txs[i * 300..upto]).await;
+        wait_for_len(&conn.js, "OUT", upto as u64, Duration::from_secs(30)).await;
+        let id = eddy_tests::checkpoint_now(&conn, "fraud").await;
+        // A moment that falls after this checkpoint and before the next.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let between = std::time::SystemTime::now();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        cuts.push((id, between, count_to(upto)));
+    }
+    publish_txs(&conn.js, "txn.in", &txs[900..]).await;
+    wait_for_len(&conn.js, "OUT", 1_200, Duration::from_secs(30)).await;
+
+    let latest = query::nats::ask(&conn, "fraud", Op::Get, &stats_query(&c, Freshness::Latest))
+        .await
+        .expect("latest");
+    assert_eq!(latest["value"]["count"], count_to(1_200));
+    let http = reqwest::Client::new();
+    for (id, between, count) in &cuts {
+        // By id, over NATS.
+        let q = Query {
+            as_of: Some(query::AsOf::Checkpoint(*id)),
+            ..stats_query(&c, Freshness::Latest)
+        };
+        let v = query::nats::ask(&conn, "fraud", Op::Get, &q)
+            .await
+            .expect("as_of id");
+        assert_eq!(v["value"]["count"], *count, "as of {id}: {v}");
+        assert_eq!(v["checkpoint"], *id, "{v}");
+        assert_eq!(v["as_of"]["checkpoint"], *id, "{v}");
+        assert_eq!(v["freshness"], "as-of", "{v}");
+        // By time, over HTTP: the newest checkpoint at or before it.
+        let at = humantime::format_rfc3339_millis(*between).to_string();
+        let r = http
+            .get(format!("http://127.0.0.1:{port}/v1/state/stats/{c}"))
+            .query(&[("as_of", at.as_str())])
+            .send()
+            .await
+            .expect("http");
+        assert_eq!(r.status(), 200);
+        let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert_eq!(v["value"]["count"], *count, "as of {at}: {v}");
+        assert_eq!(v["as_of"]["checkpoint"], *id, "{v}");
+    }
+    // The CLI, by id.
+    let (id, _, count) = cuts[1];
+    let path = dir.path().join("pipeline.toml");
+    spec.write(&path).expect("write pipeline");
+    let out = std::process::Command::new(eddy_tests::eddy_bin())
+        .args(["state", "get"])
+        .arg(&path)
+        .args(["stats", &c, "--as-of", &id.to_string()])
+        .output()
+        .expect("eddy state get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json answer");
+    assert_eq!(v["value"]["count"], count, "{v}");
+    assert_eq!(v["checkpoint"], id, "{v}");
+
+    // Before every retained checkpoint: a 404 that says what is retained.
+    let early = humantime::format_rfc3339_millis(before_all - Duration::from_secs(60)).to_string();
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/v1/state/stats/{c}"))
+        .query(&[("as_of", early.as_str())])
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(r.status(), 404);
+    let v: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("no retained checkpoint cut at or before") && msg.contains("retain_for_ms"),
+        "{v}"
+    );
+    // Nonsense is a 400 that says what is accepted.
+    let r = http
+        .get(format!(
+            "http://127.0.0.1:{port}/v1/state/stats/{c}?as_of=yesterday-ish"
+        ))
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(r.status(), 400);
+    run.stop().await;
 }

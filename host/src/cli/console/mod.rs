@@ -23,8 +23,8 @@
 //! | `GET /api/dlq/{sequence}` | one dead letter whole |
 //! | `POST /api/dlq/replay` | `{"sequences": [..]}` or `{"kind": k}`: replayed to the input |
 //! | `GET /api/describe` | the states and broadcast maps |
-//! | `GET /api/state?state=&key=&op=get\|map\|list&freshness=` | keyed state of one key |
-//! | `GET /api/broadcast?map=&start_after=&limit=&freshness=` | a broadcast map's entries |
+//! | `GET /api/state?state=&key=&op=get\|map\|list&freshness=&as_of=` | keyed state of one key |
+//! | `GET /api/broadcast?map=&start_after=&limit=&freshness=&as_of=` | a broadcast map's entries |
 
 pub mod sampler;
 
@@ -614,6 +614,15 @@ struct StateParams {
     prefix: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    as_of: Option<String>,
+}
+
+/// An `as_of` parameter, parsed (400 if it is not one).
+fn as_of(p: Option<&str>) -> Result<Option<crate::query::AsOf>, ApiError> {
+    p.filter(|a| !a.trim().is_empty())
+        .map(|a| a.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e)))
+        .transpose()
 }
 
 async fn state(State(c): Ctx, headers: HeaderMap, UrlQuery(p): UrlQuery<StateParams>) -> ApiResult {
@@ -635,6 +644,7 @@ async fn state(State(c): Ctx, headers: HeaderMap, UrlQuery(p): UrlQuery<StatePar
         prefix: p.prefix,
         limit: p.limit,
         freshness: p.freshness,
+        as_of: as_of(p.as_of.as_deref())?,
         ..Default::default()
     };
     query(&c, op, q).await
@@ -651,6 +661,8 @@ struct BroadcastParams {
     limit: Option<usize>,
     #[serde(default)]
     freshness: Freshness,
+    #[serde(default)]
+    as_of: Option<String>,
 }
 
 async fn broadcast(
@@ -665,6 +677,7 @@ async fn broadcast(
         start_after: p.start_after,
         limit: p.limit,
         freshness: p.freshness,
+        as_of: as_of(p.as_of.as_deref())?,
         ..Default::default()
     };
     query(&c, Op::Broadcast, q).await

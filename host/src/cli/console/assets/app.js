@@ -226,6 +226,7 @@ $('state-form').addEventListener('submit', async (e) => {
   const [name, kind] = $('state-name').value.split('|');
   const op = kind === 'map' ? 'map' : kind === 'list' ? 'list' : 'get';
   const q = new URLSearchParams({ state: name, key: $('state-key').value, op, freshness: $('state-freshness').value });
+  if ($('state-as-of').value.trim()) q.set('as_of', $('state-as-of').value.trim());
   try {
     $('state-answer').textContent = JSON.stringify(await api('/api/state?' + q), null, 2);
   } catch (err) {
