@@ -234,10 +234,12 @@ pub enum DeadLetterReason {
     Lookup,
     /// An output larger than the server's `max_payload`.
     TooLarge,
+    /// A write over a per-key quota (policy `reject`).
+    Quota,
 }
 
 impl DeadLetterReason {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
     const ALL: [DeadLetterReason; Self::COUNT] = [
         DeadLetterReason::Key,
         DeadLetterReason::Rejected,
@@ -247,6 +249,7 @@ impl DeadLetterReason {
         DeadLetterReason::Contract,
         DeadLetterReason::Lookup,
         DeadLetterReason::TooLarge,
+        DeadLetterReason::Quota,
     ];
 
     /// The label used in headers and metrics.
@@ -260,6 +263,7 @@ impl DeadLetterReason {
             DeadLetterReason::Contract => "contract",
             DeadLetterReason::Lookup => "lookup",
             DeadLetterReason::TooLarge => "too-large",
+            DeadLetterReason::Quota => "quota",
         }
     }
 }
@@ -525,6 +529,17 @@ impl Metrics {
                 &[
                     ("read", &stats.expired_on_read),
                     ("compaction", &stats.expired_in_compaction),
+                ],
+            );
+            split_counter(
+                &mut out,
+                "eddy_state_quota_total",
+                "Per-key quota hits: writes refused (policy reject, the event dead-lettered) and entries evicted (policy evict).",
+                &l,
+                "action",
+                &[
+                    ("rejected", &stats.quota_rejected),
+                    ("evicted", &stats.quota_evicted),
                 ],
             );
             split_counter(

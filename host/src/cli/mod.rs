@@ -390,7 +390,7 @@ pub enum DlqAction {
         /// The pipeline file.
         pipeline: PathBuf,
         /// Only this kind (`key`, `rejected`, `trap`, `cpu-budget`, `memory-limit`,
-        /// `contract`, `lookup`, `too-large`).
+        /// `contract`, `lookup`, `too-large`, `quota`).
         #[arg(long)]
         kind: Option<String>,
         /// Only those stored within this age: 30s, 15m, 2h, 1d.

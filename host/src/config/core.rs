@@ -25,6 +25,58 @@ pub struct StateConfig {
     /// every write goes to RocksDB at once).
     #[serde(default = "default_hot_values_mb")]
     pub hot_values_mb: u64,
+    /// Per-key quota per state name (`[state.quota.recent]`).
+    #[serde(default)]
+    pub quota: std::collections::BTreeMap<String, QuotaConfig>,
+}
+
+/// A per-key quota on one state: how much one key may hold, and what happens to a write that
+/// would take it over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Map entries or list elements per key.
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    /// Bytes per key (values, plus map keys for map entries).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// `reject` (default: the event goes to the dead-letter subject, kind `quota`) or `evict`
+    /// (the oldest list elements, the map entries written longest ago, go).
+    #[serde(default)]
+    pub policy: crate::state::QuotaPolicy,
+}
+
+impl QuotaConfig {
+    /// The quota the state store enforces.
+    pub fn to_quota(&self) -> crate::state::Quota {
+        crate::state::Quota {
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            policy: self.policy,
+        }
+    }
+}
+
+impl StateConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (name, q) in &self.quota {
+            let field = format!("state.quota.{name}");
+            if q.max_entries.is_none() && q.max_bytes.is_none() {
+                return Err(err(
+                    &field,
+                    "sets no bound; give max_entries (map entries or list elements per key), max_bytes (bytes per key), or both".into(),
+                ));
+            }
+            if q.max_entries == Some(0) || q.max_bytes == Some(0) {
+                return Err(err(
+                    &field,
+                    "a bound of 0 refuses every write; remove the state's writes instead, or use at least 1".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for StateConfig {
@@ -33,6 +85,7 @@ impl Default for StateConfig {
             ttl: Default::default(),
             periodic_compaction_secs: default_periodic_compaction(),
             hot_values_mb: default_hot_values_mb(),
+            quota: Default::default(),
         }
     }
 }

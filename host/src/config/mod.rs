@@ -238,6 +238,7 @@ impl PipelineConfig {
         self.output.validate()?;
         self.dead_letter.validate()?;
         self.limits.validate()?;
+        self.state.validate()?;
         self.metrics.validate()?;
         self.checkpoint.validate()?;
         for (name, b) in &self.broadcast {

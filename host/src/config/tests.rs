@@ -204,3 +204,35 @@ fn retention_by_age_is_bounded_and_needs_its_window() {
         "{e}"
     );
 }
+
+#[test]
+fn quotas_need_a_bound_and_name_their_policy() {
+    let c = PipelineConfig::parse(&format!(
+        "{GOOD}\n[state.quota.recent]\nmax_entries = 100\npolicy = \"evict\"\n[state.quota.profile]\nmax_bytes = 4096\n"
+    ))
+    .expect("two quotas");
+    let q = c.state.quota["recent"].to_quota();
+    assert_eq!(
+        (q.max_entries, q.max_bytes, q.policy),
+        (Some(100), None, crate::state::QuotaPolicy::Evict)
+    );
+    assert_eq!(
+        c.state.quota["profile"].to_quota().policy,
+        crate::state::QuotaPolicy::Reject,
+        "reject unless told otherwise"
+    );
+    let e = PipelineConfig::parse(&format!(
+        "{GOOD}\n[state.quota.recent]\npolicy = \"evict\"\n"
+    ))
+    .expect_err("no bound");
+    assert_eq!(e.field, "state.quota.recent", "{e}");
+    assert!(e.to_string().contains("max_entries"), "{e}");
+    let e = PipelineConfig::parse(&format!(
+        "{GOOD}\n[state.quota.recent]\nmax_entries = 3\npolicy = \"drop\"\n"
+    ))
+    .expect_err("unknown policy");
+    assert!(
+        e.to_string().contains("reject") && e.to_string().contains("evict"),
+        "{e}"
+    );
+}

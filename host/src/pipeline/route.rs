@@ -173,6 +173,7 @@ impl Routes {
             FailureKind::CpuBudget => DeadLetterReason::CpuBudget,
             FailureKind::MemoryLimit => DeadLetterReason::MemoryLimit,
             FailureKind::Contract => DeadLetterReason::Contract,
+            FailureKind::Quota => DeadLetterReason::Quota,
         };
         self.dead_letter(source, reason, &failure.message)
     }

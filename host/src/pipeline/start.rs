@@ -155,6 +155,13 @@ fn open_state(
             .map(|(name, o)| (name.clone(), o.to_ttl()))
             .collect(),
     );
+    state.set_quotas(
+        cfg.state
+            .quota
+            .iter()
+            .map(|(name, q)| (name.clone(), q.to_quota()))
+            .collect(),
+    );
     Ok(state)
 }
 

@@ -18,6 +18,7 @@ mod lookup;
 mod pipeline;
 mod process;
 mod query;
+mod quota;
 mod reload;
 mod security;
 mod storage;

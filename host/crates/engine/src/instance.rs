@@ -226,6 +226,15 @@ impl Instance {
             }),
             Err(f) => Err(f),
         };
+        // A refused write fails the call whatever the plugin made of the refusal (handled it,
+        // or trapped on it): none of the call's writes are kept.
+        let result = match self.store.data_mut().take_over_quota() {
+            Some(message) => Err(Failure {
+                kind: FailureKind::Quota,
+                message,
+            }),
+            None => result,
+        };
         let (batch, _) = self.store.data_mut().end(result.is_ok(), rollback);
         (batch, result)
     }

@@ -361,6 +361,8 @@ pub enum FailureKind {
     MemoryLimit,
     /// The guest returned something the contract forbids (wrong number of outcomes).
     Contract,
+    /// A write took a key over its state's quota (policy `reject`).
+    Quota,
 }
 
 impl FailureKind {
@@ -371,6 +373,7 @@ impl FailureKind {
             FailureKind::CpuBudget => "cpu-budget",
             FailureKind::MemoryLimit => "memory-limit",
             FailureKind::Contract => "contract",
+            FailureKind::Quota => "quota",
         }
     }
 }

@@ -260,7 +260,7 @@ impl<'a> KeyedAccess<'a> {
         KeyedAccess { store, batch, now }
     }
 
-    fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub(super) fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(v) = self.batch.keyed.get(key) {
             return Ok(v);
         }
@@ -450,6 +450,26 @@ impl<'a> KeyedAccess<'a> {
     /// Whether `key`'s map has no live entry.
     pub fn map_is_empty(&mut self, state: &StateInfo, kg: u16, key: &[u8]) -> Result<bool> {
         Ok(self.map_entries(state, kg, key, None, 1)?.is_empty())
+    }
+
+    /// Stored entries under `prefix` after `after`, overlay and disk merged (no TTL applied).
+    pub(super) fn scan_keyed(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan(prefix, after, max)
+    }
+
+    /// Writes stored bytes as they are (quota eviction keeps write times).
+    pub(super) fn put_raw(&mut self, key: Vec<u8>, stored: Vec<u8>) {
+        self.batch.put(key, stored);
+    }
+
+    /// Deletes a stored entry.
+    pub(super) fn delete_raw(&mut self, key: Vec<u8>) {
+        self.batch.delete(key);
     }
 
     fn scan(

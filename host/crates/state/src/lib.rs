@@ -17,6 +17,7 @@ pub mod broadcast;
 pub mod hot;
 pub mod keygroup;
 pub mod layout;
+pub mod quota;
 mod registry;
 pub mod ttl;
 pub mod visit;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{KeyedAccess, StateBatch};
 pub use broadcast::BroadcastAccess;
+pub use quota::{Enforced, Quota, QuotaPolicy};
 use registry::Registry;
 pub use ttl::{Clock, ManualClock, SystemClock, Ttl, TtlUpdate, TtlVisibility};
 
@@ -119,6 +121,8 @@ pub struct StateStore {
     kinds: KindTable,
     stats: Arc<StateStats>,
     overrides: RwLock<HashMap<String, Option<Ttl>>>,
+    /// Operator quotas by state name (`quota`).
+    quotas: RwLock<HashMap<String, Quota>>,
     hot: Mutex<hot::HotValues>,
     /// Held by whoever writes keyed state (a commit, a settle, a raw write) from its RocksDB
     /// write until the hot values agree with it, so two writers never interleave there: a
@@ -163,6 +167,10 @@ pub struct StateStats {
     pub deferred_writes: AtomicU64,
     /// RocksDB writes settling them took (fewer: a key rewritten while waiting is written once).
     pub settled_writes: AtomicU64,
+    /// Writes refused by a per-key quota (policy `reject`).
+    pub quota_rejected: AtomicU64,
+    /// Entries evicted by a per-key quota (policy `evict`).
+    pub quota_evicted: AtomicU64,
 }
 
 /// Open-time tuning of the store.
@@ -258,6 +266,7 @@ impl StateStore {
             kinds,
             stats,
             overrides: RwLock::default(),
+            quotas: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(options.hot_values_bytes)),
             writing: Mutex::new(()),
             defer_writes: !options.write_ahead_log && options.hot_values_bytes > 0,
@@ -420,6 +429,7 @@ impl StateStore {
             kinds: Arc::default(),
             stats: Arc::default(),
             overrides: RwLock::default(),
+            quotas: RwLock::default(),
             hot: Mutex::new(hot::HotValues::new(0)),
             writing: Mutex::new(()),
             defer_writes: false,
@@ -468,6 +478,20 @@ impl StateStore {
     /// win over what plugins declare in `open`.
     pub fn set_ttl_overrides(&self, overrides: HashMap<String, Option<Ttl>>) {
         *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = overrides;
+    }
+
+    /// Sets operator quotas by state name (see [`quota`]).
+    pub fn set_quotas(&self, quotas: HashMap<String, Quota>) {
+        *self.quotas.write().unwrap_or_else(|p| p.into_inner()) = quotas;
+    }
+
+    /// The quota of the state called `name`, if the operator set one.
+    pub fn quota(&self, name: &str) -> Option<Quota> {
+        self.quotas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// Counters of expired entries removed.

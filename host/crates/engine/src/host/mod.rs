@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
@@ -103,6 +104,13 @@ pub struct PluginHost {
     state: Arc<StateStore>,
     /// Opened keyed states, indexed by state id.
     opened: Vec<Option<StateInfo>>,
+    /// The operator's quota of each opened state, indexed by state id.
+    quotas: Vec<Option<eddy_state::Quota>>,
+    /// Why the current call broke a quota (policy `reject`): the call fails, whatever the
+    /// plugin made of the refused write, and its event is dead-lettered.
+    over_quota: Option<String>,
+    /// Entries the current call's writes evicted (policy `evict`), counted if it succeeds.
+    evicted: u64,
     /// Opened broadcast maps: id → name.
     maps: HashMap<u32, String>,
     /// The current call's overlay.
@@ -209,6 +217,9 @@ impl PluginHost {
             plugin: plugin.to_string(),
             state,
             opened: Vec::new(),
+            quotas: Vec::new(),
+            over_quota: None,
+            evicted: 0,
             maps: HashMap::new(),
             batch: StateBatch::default(),
             keys: Vec::new(),
@@ -257,6 +268,8 @@ impl PluginHost {
         );
         self.prefetched = prefetched;
         self.visits.clear();
+        self.over_quota = None;
+        self.evicted = 0;
         // The overlay is usually empty at a call's start (one call per batch); when it is
         // not (events re-run one by one), keep a copy so a failed call leaves no writes.
         let rollback = (!batch.is_empty()).then(|| batch.clone());
@@ -276,10 +289,20 @@ impl PluginHost {
         let batch = std::mem::take(&mut self.batch);
         let visits = std::mem::take(&mut self.visits);
         if ok {
+            let evicted = std::mem::take(&mut self.evicted);
+            self.state
+                .stats()
+                .quota_evicted
+                .fetch_add(evicted, Ordering::Relaxed);
             (batch, visits)
         } else {
             (rollback.unwrap_or_default(), Vec::new())
         }
+    }
+
+    /// The quota the last call broke, if it broke one.
+    pub(super) fn take_over_quota(&mut self) -> Option<String> {
+        self.over_quota.take()
     }
 
     pub(super) fn hit_memory_limit(&self) -> bool {
@@ -342,6 +365,45 @@ impl PluginHost {
         let (kg, key) = keys.get(event as usize).ok_or(WitError::NoSuchEvent)?;
         let mut access = KeyedAccess::new(state, batch);
         f(info, *kg, key, &mut access).map_err(to_wit)
+    }
+
+    /// Runs the write `f` as [`PluginHost::with`] does, then holds the key to its state's
+    /// quota: entries evicted (policy `evict`), or the write refused (policy `reject`; the
+    /// call then fails with [`crate::FailureKind::Quota`]).
+    fn with_write(
+        &mut self,
+        id: u32,
+        event: u32,
+        kind: StateKind,
+        f: impl FnOnce(&StateInfo, u16, &[u8], &mut KeyedAccess<'_>) -> eddy_state::Result<()>,
+    ) -> Result<(), WitError> {
+        let quota = self.quotas.get(id as usize).copied().flatten();
+        let enforced = self.with(id, event, kind, |s, kg, k, a| {
+            f(s, kg, k, a)?;
+            match &quota {
+                Some(q) => a.enforce_quota(s, kg, k, q),
+                None => Ok(eddy_state::Enforced::Within),
+            }
+        })?;
+        match enforced {
+            eddy_state::Enforced::Within => Ok(()),
+            eddy_state::Enforced::Evicted(n) => {
+                self.evicted += n;
+                Ok(())
+            }
+            eddy_state::Enforced::Over(why) => {
+                // Final only in a call of one event: a batch call that fails is re-run event
+                // by event, and the refusal comes again there.
+                if self.keys.len() == 1 {
+                    self.state
+                        .stats()
+                        .quota_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.over_quota = Some(why.clone());
+                Err(WitError::Storage(why))
+            }
+        }
     }
 
     /// Runs `f` on an opened broadcast map, with write access only in `handle-broadcast`.

@@ -48,6 +48,10 @@ impl keyed_state::Host for PluginHost {
         if self.opened.len() <= slot {
             self.opened.resize(slot + 1, None);
         }
+        if self.quotas.len() <= slot {
+            self.quotas.resize(slot + 1, None);
+        }
+        self.quotas[slot] = self.state.quota(&info.name);
         self.opened[slot] = Some(info);
         Ok(id)
     }
@@ -59,7 +63,7 @@ impl keyed_state::Host for PluginHost {
     }
 
     fn value_set(&mut self, state: u32, event: u32, value: Vec<u8>) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::Value, |s, kg, k, a| {
             a.value_set(s, kg, k, &value);
             Ok(())
         })
@@ -72,7 +76,7 @@ impl keyed_state::Host for PluginHost {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Value, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::Value, |s, kg, k, a| {
             a.value_set_ttl(s, kg, k, &value, Some(ttl_ms));
             Ok(())
         })
@@ -103,7 +107,7 @@ impl keyed_state::Host for PluginHost {
         map_key: Vec<u8>,
         value: Vec<u8>,
     ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::Map, |s, kg, k, a| {
             a.map_put(s, kg, k, &map_key, &value);
             Ok(())
         })
@@ -117,7 +121,7 @@ impl keyed_state::Host for PluginHost {
         value: Vec<u8>,
         ttl_ms: u64,
     ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::Map, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::Map, |s, kg, k, a| {
             a.map_put_ttl(s, kg, k, &map_key, &value, Some(ttl_ms));
             Ok(())
         })
@@ -168,7 +172,7 @@ impl keyed_state::Host for PluginHost {
     }
 
     fn list_add(&mut self, state: u32, event: u32, value: Vec<u8>) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::List, |s, kg, k, a| {
             a.list_add_all(s, kg, k, std::slice::from_ref(&value))
         })
     }
@@ -179,7 +183,7 @@ impl keyed_state::Host for PluginHost {
         event: u32,
         values: Vec<Vec<u8>>,
     ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::List, |s, kg, k, a| {
             a.list_add_all(s, kg, k, &values)
         })
     }
@@ -190,7 +194,7 @@ impl keyed_state::Host for PluginHost {
         event: u32,
         values: Vec<Vec<u8>>,
     ) -> Result<(), WitError> {
-        self.with(state, event, StateKind::List, |s, kg, k, a| {
+        self.with_write(state, event, StateKind::List, |s, kg, k, a| {
             a.list_update(s, kg, k, &values);
             Ok(())
         })
