@@ -8,6 +8,9 @@
 //! - console: throughput with `eddy console` running and its overview open in headless
 //!   Chromium (a status request a second, the page polling the console) vs neither, two rounds
 //!   each, alternated; and the overview's time to first paint on loopback;
+//! - bulk load: entries/s of `eddy state load` plus the restore that starts a pipeline from
+//!   it, against the same entries written by the pipeline from events (one new customer per
+//!   event, two entries each), same run;
 //! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
 //!   later ones) against `latest` queries, same pipeline, same keys.
 //!
@@ -487,6 +490,95 @@ async fn time_travel(quick: bool) {
     );
 }
 
+/// Seconds of a command that must succeed.
+fn timed(cmd: &mut std::process::Command) -> f64 {
+    let t = Instant::now();
+    let out = cmd.output().expect("eddy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed().as_secs_f64()
+}
+
+async fn bulk(quick: bool) {
+    let n = if quick { 200_000 } else { 1_000_000 };
+    // Through the stream: every event a new customer, so each writes two new entries.
+    let b = setup(
+        "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n",
+        None,
+    )
+    .await;
+    publish(&b, n, n, 9).await;
+    let mut spec = b.spec.clone();
+    spec.max_pending = Some(4_000_000);
+    let run = Running::start(&spec);
+    let started = Instant::now();
+    while stream_len(&b.conn.js, "OUT").await.unwrap_or(0) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stream_secs = started.elapsed().as_secs_f64();
+    let sp =
+        eddy_tests::savepoint_now(&b.conn, "bench", &b._dir.path().join("sp"), "streamed").await;
+    run.stop().await;
+    let work = b._dir.path();
+    for state in ["stats", "recent"] {
+        let mut cmd = std::process::Command::new(eddy_tests::eddy_bin());
+        cmd.args(["state", "export"])
+            .arg(&sp)
+            .args(["--state", state, "--out"])
+            .arg(work.join(format!("{state}.jsonl")));
+        timed(&mut cmd);
+    }
+    // Loaded: the two files into a savepoint, then a pipeline started from it, until it
+    // answers a query.
+    let pipeline = work.join("other.toml");
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut spec2 = b.spec.clone();
+    spec2.state_dir = other.path().join("state");
+    spec2.write(&pipeline).expect("pipeline");
+    let loaded = work.join("loaded");
+    let mut load_secs = 0.0;
+    for (state, kind, flag) in [("stats", "value", "--to"), ("recent", "list", "--into")] {
+        let mut cmd = std::process::Command::new(eddy_tests::eddy_bin());
+        cmd.args(["state", "load"])
+            .arg(&pipeline)
+            .arg(work.join(format!("{state}.jsonl")))
+            .args(["--state", state, "--kind", kind, flag])
+            .arg(&loaded);
+        load_secs += timed(&mut cmd);
+    }
+    let started = Instant::now();
+    let run = Running::start_with(
+        spec2.config(),
+        eddy_host::pipeline::RunOptions {
+            from_savepoint: Some(loaded),
+            ..Default::default()
+        },
+    );
+    while query::nats::ask(&b.conn, "bench", Op::Get, &stats_query(0))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restore_secs = started.elapsed().as_secs_f64();
+    run.stop().await;
+    let entries = 2.0 * n as f64;
+    let streamed = entries / stream_secs;
+    let bulk = entries / (load_secs + restore_secs);
+    println!("\nBulk load: {n} customers, two entries each (stats value, recent list)\n");
+    println!("| path | seconds | entries/s | vs the stream |");
+    println!("|---|---:|---:|---:|");
+    println!("| events through the pipeline | {stream_secs:.1} | {streamed:.0} | 1.00 |");
+    println!(
+        "| eddy state load (two files) + start from the savepoint | {:.1} ({load_secs:.1} + {restore_secs:.1}) | {bulk:.0} | {:.2} |",
+        load_secs + restore_secs,
+        bulk / streamed
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -497,6 +589,7 @@ async fn main() {
         "checkpoints",
         "console",
         "time-travel",
+        "bulk",
     ];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
@@ -515,5 +608,8 @@ async fn main() {
     }
     if only("time-travel") {
         time_travel(quick).await;
+    }
+    if only("bulk") {
+        bulk(quick).await;
     }
 }

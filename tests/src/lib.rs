@@ -37,7 +37,9 @@ pub use postgres::PostgresServer;
 pub use proxy::Relay;
 pub use redis::RedisServer;
 pub use reference::{fraud_reference, publish_txs, publish_txs_by_customer};
-pub use running::{Running, checkpoint_now, deployment, eventually, host_status, wait_deployment};
+pub use running::{
+    Running, checkpoint_now, deployment, eventually, host_status, savepoint_now, wait_deployment,
+};
 pub use s3::S3Server;
 pub use spec::{
     Fixture, PipelineSpec, create_stream, create_streams, create_two_host_streams, stream_len,

@@ -96,6 +96,31 @@ pub async fn checkpoint_now(nats: &eddy_host::transport::Nats, pipeline: &str) -
         .unwrap_or_else(|| panic!("a completed checkpoint: {answers:?}"))
 }
 
+/// Asks the one running host of `pipeline` for a savepoint `name` under `dir` and waits for
+/// it; returns its directory (panics if it fails).
+pub async fn savepoint_now(
+    nats: &eddy_host::transport::Nats,
+    pipeline: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
+    let answers = eddy_host::control::request(
+        nats,
+        pipeline,
+        "savepoint",
+        serde_json::json!({"name": name, "dir": dir}),
+        Duration::from_secs(600),
+        |_| {},
+    )
+    .await
+    .expect("savepoint");
+    assert!(
+        answers.len() == 1 && answers[0].get("ok").is_some(),
+        "one host wrote the savepoint: {answers:?}"
+    );
+    dir.join(name)
+}
+
 /// The latest record of `version` in a host status's deployment history.
 pub fn deployment(status: &serde_json::Value, version: &str) -> Option<serde_json::Value> {
     status["deployments"]

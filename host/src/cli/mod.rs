@@ -16,6 +16,7 @@
 //! Commands that only talk to running hosts (`status`, `deploy`, `savepoint create`, `state`)
 //! load the pipeline file without requiring its plugin file to be on this machine.
 
+pub mod bulk;
 pub mod checkpoints;
 pub mod console;
 pub mod dev;
@@ -199,7 +200,8 @@ pub enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
-    /// Reads state from the running hosts (the queryable state service).
+    /// Reads state from the running hosts (the queryable state service); loads a state from
+    /// a file into a savepoint, and exports one.
     State {
         /// What to read.
         #[command(subcommand)]
@@ -453,6 +455,65 @@ pub enum StateAction {
         /// The key.
         key: String,
     },
+    /// Builds a savepoint holding a state (or broadcast map) read from a JSON Lines or CSV
+    /// file; the pipeline starts from it with `eddy run --from-savepoint`.
+    Load {
+        /// The pipeline file (its name and key groups).
+        pipeline: PathBuf,
+        /// The file: one entry per line (`{"key": ..., "value": ...}`), or CSV with a header.
+        file: PathBuf,
+        /// The keyed state to fill.
+        #[arg(long, required_unless_present = "map", conflicts_with = "map")]
+        state: Option<String>,
+        /// Its kind.
+        #[arg(long, value_enum, default_value = "value")]
+        kind: KindArg,
+        /// The broadcast map to fill (instead of a keyed state).
+        #[arg(long)]
+        map: Option<String>,
+        /// The file's format (default: from its extension, `.csv` or JSON Lines).
+        #[arg(long, value_enum)]
+        format: Option<bulk::Format>,
+        /// A bad line stops the load (`fail`, nothing is loaded) or is reported and skipped.
+        #[arg(long, value_enum, default_value = "fail")]
+        on_error: bulk::OnError,
+        /// Where the savepoint goes (default: `<savepoint_dir>/load-<name>-<time>`).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// Adds to this savepoint (a load's, or one taken of the pipeline), replacing it once
+        /// complete (or writing the result to `--to`).
+        #[arg(long)]
+        into: Option<PathBuf>,
+    },
+    /// Writes a savepoint's state (or broadcast map) out as JSON Lines or CSV, in the format
+    /// `load` reads.
+    Export {
+        /// The savepoint directory.
+        savepoint: PathBuf,
+        /// The keyed state.
+        #[arg(long, required_unless_present = "map", conflicts_with = "map")]
+        state: Option<String>,
+        /// The broadcast map (instead of a keyed state).
+        #[arg(long)]
+        map: Option<String>,
+        /// The format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: bulk::Format,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// A keyed state's kind, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KindArg {
+    /// One value per key.
+    Value,
+    /// Entries per key.
+    Map,
+    /// Elements per key.
+    List,
 }
 
 fn parse_as_of(s: &str) -> Result<crate::query::AsOf, String> {

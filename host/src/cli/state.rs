@@ -1,13 +1,56 @@
-//! `eddy state …`: reads live state from the running hosts (the queryable state service).
+//! `eddy state …`: reads live state from the running hosts (the queryable state service);
+//! `load` and `export` (in `bulk`) work on savepoints without them.
 
-use super::StateAction;
+use super::{KindArg, StateAction};
+use crate::checkpoint::savepoint::bulk::Target;
 use crate::config::PipelineConfig;
 use crate::query::{self, Freshness, Op, Query};
+use crate::state::StateKind;
 use crate::transport;
 
 /// `eddy state get|broadcast|owner`.
 pub async fn command(action: StateAction) -> anyhow::Result<()> {
     let (pipeline, op, q) = match action {
+        StateAction::Load {
+            pipeline,
+            file,
+            state,
+            kind,
+            map,
+            format,
+            on_error,
+            to,
+            into,
+        } => {
+            let target = match (state, map) {
+                (Some(name), _) => Target::State {
+                    name,
+                    kind: match kind {
+                        KindArg::Value => StateKind::Value,
+                        KindArg::Map => StateKind::Map,
+                        KindArg::List => StateKind::List,
+                    },
+                },
+                (None, Some(name)) => Target::Map(name),
+                (None, None) => anyhow::bail!("name a state (--state) or a broadcast map (--map)"),
+            };
+            return tokio::task::spawn_blocking(move || {
+                super::bulk::load(&pipeline, &file, target, format, on_error, to, into)
+            })
+            .await?;
+        }
+        StateAction::Export {
+            savepoint,
+            state,
+            map,
+            format,
+            out,
+        } => {
+            return tokio::task::spawn_blocking(move || {
+                super::bulk::export(&savepoint, state, map, format, out)
+            })
+            .await?;
+        }
         StateAction::Get {
             pipeline,
             state,

@@ -8,6 +8,7 @@
 eddy_tests::host_allocator!();
 
 mod broadcast;
+mod bulk;
 mod checkpoint;
 mod cluster;
 mod console;

@@ -21,6 +21,8 @@
 //! key into the new key group count and keeps only the key groups of the partitions the host
 //! owns.
 
+pub mod bulk;
+
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 

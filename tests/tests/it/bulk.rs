@@ -1,0 +1,217 @@
+//! Bulk state: `eddy state export` writes a savepoint's state out, `eddy state load` builds a
+//! savepoint from such files, and a pipeline started from the loaded savepoint treats new
+//! events exactly as the pipeline whose state went through the stream.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use eddy_host::cli::{produce, tail};
+use eddy_host::pipeline::RunOptions;
+use eddy_tests::{Fixture, Running, eddy_bin, publish_txs, wait_for_len};
+use serde_json::Value;
+
+fn eddy(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+    let mut cmd = Command::new(eddy_bin());
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().expect("eddy")
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Outputs by transaction id.
+async fn outputs(js: &async_nats::jetstream::Context) -> BTreeMap<String, Value> {
+    tail::read(js, "txn.out", 100_000, Duration::from_secs(1))
+        .await
+        .expect("outputs")
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_slice(&m.payload).expect("json");
+            (v["id"].as_str().expect("id").to_string(), v)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trips() {
+    let txs = produce::transactions(6_000, 400, 21, 0);
+    // A: the first 4,000 transactions through the stream, then a savepoint.
+    let a = Fixture::start("fraud", "fraud-enrich").await;
+    publish_txs(&a.conn.js, "txn.in", &txs[..4_000]).await;
+    let run = Running::start(&a.spec);
+    wait_for_len(&a.conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
+    let sp = eddy_tests::savepoint_now(&a.conn, "fraud", &a.dir.path().join("sp"), "a").await;
+    run.stop().await;
+    let work = a.dir.path();
+    let exported = |savepoint: &Path, state: &str| -> String {
+        let out = work.join(format!(
+            "{}-{state}.jsonl",
+            savepoint.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        ok(eddy(&[
+            &"state", &"export", &savepoint, &"--state", &state, &"--out", &out,
+        ]));
+        std::fs::read_to_string(&out).expect("export")
+    };
+    let stats = exported(&sp, "stats");
+    let recent = exported(&sp, "recent");
+    assert_eq!(stats.lines().count(), 400, "one line per customer");
+    assert!(recent.lines().count() > 400, "one line per list element");
+
+    // B: its own NATS and state, started from a savepoint loaded from the two files.
+    let b = Fixture::start("fraud", "fraud-enrich").await;
+    let pipeline_b = b.dir.path().join("pipeline.toml");
+    b.spec.write(&pipeline_b).expect("pipeline file");
+    let loaded = b.dir.path().join("loaded");
+    let said = ok(eddy(&[
+        &"state",
+        &"load",
+        &pipeline_b,
+        &work.join("a-stats.jsonl"),
+        &"--state",
+        &"stats",
+        &"--to",
+        &loaded,
+    ]));
+    assert!(said.contains("loaded 400 entries of `stats`"), "{said}");
+    ok(eddy(&[
+        &"state",
+        &"load",
+        &pipeline_b,
+        &work.join("a-recent.jsonl"),
+        &"--state",
+        &"recent",
+        &"--kind",
+        &"list",
+        &"--into",
+        &loaded,
+    ]));
+    // Export → load → export: the same bytes.
+    for (state, before) in [("stats", &stats), ("recent", &recent)] {
+        let after = exported(&loaded, state);
+        let differs = after.lines().zip(before.lines()).position(|(a, b)| a != b);
+        assert!(
+            after == *before,
+            "{state}: {} lines exported again against {}; first difference at line {differs:?}",
+            after.lines().count(),
+            before.lines().count()
+        );
+    }
+
+    // The rest of the transactions through both: the same outputs, field for field.
+    let run_a = Running::start(&a.spec);
+    publish_txs(&a.conn.js, "txn.in", &txs[4_000..]).await;
+    wait_for_len(&a.conn.js, "OUT", 6_000, Duration::from_secs(60)).await;
+    run_a.stop().await;
+    let run_b = Running::start_with(
+        b.spec.config(),
+        RunOptions {
+            from_savepoint: Some(loaded.clone()),
+            ..RunOptions::default()
+        },
+    );
+    publish_txs(&b.conn.js, "txn.in", &txs[4_000..]).await;
+    wait_for_len(&b.conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
+    run_b.stop().await;
+    let from_a = outputs(&a.conn.js).await;
+    let from_b = outputs(&b.conn.js).await;
+    assert_eq!(from_b.len(), 2_000);
+    for (id, out) in &from_b {
+        assert_eq!(Some(out), from_a.get(id), "transaction {id}");
+    }
+}
+
+/// A bad line stops a load with its file and line number and leaves nothing behind; with
+/// `--on-error skip` it is reported and the rest is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lines_fail_the_load_or_are_skipped_and_named() {
+    let f = Fixture::start("fraud", "fraud-enrich").await;
+    let pipeline = f.dir.path().join("pipeline.toml");
+    f.spec.write(&pipeline).expect("pipeline file");
+    let file = f.dir.path().join("profiles.jsonl");
+    std::fs::write(
+        &file,
+        "{\"key\":\"c-1\",\"value\":{\"tier\":\"gold\"}}\n{\"key\":\"c-2\"}\n{\"key\":\"c-3\",\"value\":[1]}\n",
+    )
+    .expect("file");
+    let to = f.dir.path().join("profiles");
+    let out = eddy(&[
+        &"state", &"load", &pipeline, &file, &"--state", &"profile", &"--to", &to,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("profiles.jsonl:2: `value` is missing") && err.contains("nothing was loaded"),
+        "{err}"
+    );
+    assert!(!to.exists(), "no savepoint after a failed load");
+    assert!(
+        !f.dir.path().join("profiles.partial").exists(),
+        "nothing half-built left"
+    );
+    let out = eddy(&[
+        &"state",
+        &"load",
+        &pipeline,
+        &file,
+        &"--state",
+        &"profile",
+        &"--to",
+        &to,
+        &"--on-error",
+        &"skip",
+    ]);
+    let said = ok(out.clone());
+    assert!(
+        said.contains("loaded 2 entries of `profile` from 3 lines (1 skipped)"),
+        "{said}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("skipped"),
+        "the skipped line is named"
+    );
+    // CSV: a header, a quoted JSON value, and a plain text value stored as a JSON string.
+    let csv = f.dir.path().join("tiers.csv");
+    std::fs::write(
+        &csv,
+        "key,value\nc-1,\"{\"\"tier\"\":\"\"gold\"\"}\"\nc-2,silver\n",
+    )
+    .expect("csv");
+    ok(eddy(&[
+        &"state",
+        &"load",
+        &pipeline,
+        &csv,
+        &"--state",
+        &"tier",
+        &"--to",
+        &f.dir.path().join("tiers"),
+    ]));
+    let back = ok(eddy(&[
+        &"state",
+        &"export",
+        &f.dir.path().join("tiers"),
+        &"--state",
+        &"tier",
+    ]));
+    let values: Vec<Value> = back
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("json")["value"].clone())
+        .collect();
+    assert!(
+        values.contains(&serde_json::json!({"tier": "gold"})),
+        "{back}"
+    );
+    assert!(values.contains(&serde_json::json!("silver")), "{back}");
+}
