@@ -294,11 +294,10 @@ pub async fn run(
     //    with the inputs (a partition taken over waits for both).
     let (control_tx, control_rx) = mpsc::channel(16);
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    // A partition taken over (cluster mode) answers `latest` queries once it has caught up.
-    let caught_up = opts
-        .fence
-        .as_ref()
-        .map(|_| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    // A run answers `latest` queries once it has caught up with what was published before it
+    // started: a partition taken over (cluster mode), or a restart replaying from its
+    // checkpoint.
+    let caught_up = Some(Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
         open_broadcasts(&nats, &cfg, &restored),
@@ -331,7 +330,21 @@ pub async fn run(
     let keyed_backlog = input.backlog.clone();
     let input_pending = input.pending.clone();
     metrics.attach_input_pending(&input_pending);
-    let catching_up = caught_up.map(|flag| runner::CatchingUp::new(flag, input.stored_through()));
+    // Up to where outputs may be out already: in a cluster, whatever the stream held (the
+    // previous owner may have handled any of it); on one host, what the consumer had delivered
+    // before this start.
+    let replay_through = match &opts.fence {
+        Some(_) => input.stored_through(),
+        None => input.delivered_before,
+    };
+    let catching_up = caught_up.and_then(|flag| {
+        if replay_through <= resume_after {
+            flag.store(true, std::sync::atomic::Ordering::Release);
+            None
+        } else {
+            Some(runner::CatchingUp::new(flag, replay_through))
+        }
+    });
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
         source,

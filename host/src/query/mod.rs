@@ -180,9 +180,9 @@ pub struct QueryEngine {
     /// In cluster mode, whether this run still holds its partition's lease (`Err(why)` once
     /// it may have lapsed): a run past its lease no longer answers as the owner.
     holds_lease: Option<LeaseCheck>,
-    /// In cluster mode, whether the run has caught up after taking its partition over: until
-    /// it has handled every event the input held when it started, its state is older than
-    /// outputs already published (the replay from the checkpoint is under way).
+    /// Whether the run has caught up after its start (a restart, a partition taken over):
+    /// until it has handled every event whose output may be out already, its state is older
+    /// than outputs already published (the replay from the checkpoint is under way).
     caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// The retained checkpoints, for `as_of` queries.
     history: Option<TimeTravel>,
@@ -218,8 +218,8 @@ impl QueryEngine {
     }
 
     /// Refuses `latest` queries (503, asked again they are answered) until `caught_up` is
-    /// set: a run that took its partition over replays from the checkpoint, and its state is
-    /// behind what the previous owner published until it has handled what the input held.
+    /// set: a run that restarts or takes a partition over replays from the checkpoint, and its
+    /// state is behind what was published until it has handled what may have been.
     pub fn with_catch_up(mut self, caught_up: Arc<std::sync::atomic::AtomicBool>) -> QueryEngine {
         self.caught_up = Some(caught_up);
         self
@@ -311,7 +311,7 @@ impl QueryEngine {
                         .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire)) =>
             {
                 return Err(QueryError::Unavailable(
-                    "the partition moved to this host and is replaying from its checkpoint: its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
+                    "this host is replaying from its checkpoint (a restart, or a partition it took over): its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
                 ));
             }
             Freshness::Latest => (self.live.clone(), None),

@@ -28,6 +28,10 @@ pub struct Input {
     /// The consumer's pending count as of the last batch read (`u64::MAX` before the first):
     /// how far this input is behind its stream.
     pub pending: Arc<AtomicU64>,
+    /// The stream sequence the consumer had delivered up to before this start recreated it
+    /// (0 without one): outputs of events up to there may be published already, so the state
+    /// is behind them until the replay passes it.
+    pub delivered_before: u64,
 }
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
@@ -111,7 +115,8 @@ impl Input {
             ..Default::default()
         };
         let batch = input.batch.max(64);
-        let messages = start_consumer(&stream, &config, batch, resume_after).await?;
+        let (messages, delivered_before) =
+            start_consumer(&stream, &config, batch, resume_after).await?;
         Ok(Input {
             messages: Some(messages),
             stream: stream.clone(),
@@ -120,6 +125,7 @@ impl Input {
             position_key: Input::position_key(cfg),
             backlog: Backlog::new(stream, &input.subjects, &input.stream),
             pending: Arc::new(AtomicU64::new(u64::MAX)),
+            delivered_before,
         })
     }
 
@@ -130,7 +136,11 @@ impl Input {
         // The old pulls stop first: one sent while the consumer is recreated (the same name)
         // would take deliveries of the new one into an inbox nobody reads.
         self.messages = None;
-        self.messages = Some(start_consumer(&self.stream, &self.config, self.batch, after).await?);
+        self.messages = Some(
+            start_consumer(&self.stream, &self.config, self.batch, after)
+                .await?
+                .0,
+        );
         Ok(())
     }
 
@@ -231,24 +241,27 @@ enum Pulled {
 }
 
 /// (Re)creates the durable consumer `config` names, positioned just after `after`, and
-/// starts pulling from it.
+/// starts pulling from it. Also returns the stream sequence the old consumer had delivered up
+/// to (0 if there was none).
 async fn start_consumer(
     stream: &jetstream::stream::Stream,
     config: &consumer::pull::Config,
     batch: usize,
     after: u64,
-) -> anyhow::Result<consumer::pull::Stream> {
+) -> anyhow::Result<(consumer::pull::Stream, u64)> {
     let name = config.durable_name.clone().unwrap_or_default();
     let stream_name = stream.cached_info().config.name.clone();
-    match stream.consumer_info(&name).await {
-        Ok(_) => {
+    let delivered = match stream.consumer_info(&name).await {
+        Ok(info) => {
+            let delivered = info.delivered.stream_sequence;
             stream.delete_consumer(&name).await.with_context(|| {
                 format!("cannot reset consumer `{name}` on stream {stream_name}")
             })?;
+            delivered
         }
-        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {}
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => 0,
         Err(e) => anyhow::bail!("cannot look up consumer `{name}` on stream {stream_name}: {e}"),
-    }
+    };
     let config = consumer::pull::Config {
         deliver_policy: deliver_after(after),
         ..config.clone()
@@ -257,7 +270,7 @@ async fn start_consumer(
         .create_consumer(config)
         .await
         .with_context(|| format!("cannot create consumer `{name}` on stream {stream_name}"))?;
-    pull(&consumer, batch).await
+    Ok((pull(&consumer, batch).await?, delivered))
 }
 
 fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {

@@ -12,6 +12,16 @@ use eddy_tests::{
 };
 use serde_json::Value;
 
+/// The fraud pipeline with `extra` (TOML) appended to its file.
+async fn fraud_with(extra: &str) -> Fixture {
+    Fixture::start_with(|url, dir| {
+        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
+        spec.extra = extra.to_string();
+        spec
+    })
+    .await
+}
+
 fn stats_query(customer: &str, freshness: Freshness) -> Query {
     Query {
         state: Some("stats".into()),
@@ -42,12 +52,7 @@ async fn answers_match_the_reference_at_the_promised_cut_under_load() {
         dir: _dir,
         spec,
         conn,
-    } = Fixture::start_with(|url, dir| {
-        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
-        spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
-        spec
-    })
-    .await;
+    } = fraud_with("[checkpoint]\ninterval_ms = 200\n").await;
     let txs = produce::transactions(60_000, 40, 3, 0);
     let reference = prefixes(&txs);
     let customers: Vec<String> = reference.keys().cloned().collect();
@@ -157,14 +162,9 @@ async fn checkpoint_freshness_answers_from_the_last_checkpoint() {
         dir: _dir,
         spec,
         conn,
-    } = Fixture::start_with(|url, dir| {
-        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
-        // No checkpoint but the one asked for (the long interval needs the warning mode: it
-        // is longer than the output stream's duplicate window).
-        spec.extra = "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n".into();
-        spec
-    })
-    .await;
+    } = fraud_with("[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n").await;
+    // No checkpoint but the one asked for (the long interval needs the warning mode: it
+    // is longer than the output stream's duplicate window).
     let txs: Vec<produce::Transaction> = produce::transactions(2_000, 1, 9, 0);
     let run = Running::start(&spec);
     publish_txs(&conn.js, "txn.in", &txs[..1_000]).await;
@@ -381,15 +381,10 @@ async fn as_of_answers_from_each_retained_checkpoint() {
         dir,
         spec,
         conn,
-    } = Fixture::start_with(|url, dir| {
-        let mut spec = PipelineSpec::new("fraud", url, dir, plugin("fraud-enrich"));
-        // Checkpoints only when asked; `retain = 1` alone would keep only the newest.
-        spec.extra = format!(
+    } = fraud_with(&format!(
             "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\nretain = 1\nretain_for_ms = 3600000\n\n[query]\nhttp = \"127.0.0.1:{port}\"\n"
-        );
-        spec
-    })
-    .await;
+        )).await;
+    // Checkpoints only when asked; `retain = 1` alone would keep only the newest.
     let txs: Vec<produce::Transaction> = produce::transactions(1_200, 1, 13, 0);
     let c = txs[0].customer.clone();
     let count_to = |n: usize| txs[..n].iter().filter(|t| t.customer == c).count() as u64;
@@ -484,4 +479,60 @@ async fn as_of_answers_from_each_retained_checkpoint() {
         .expect("http");
     assert_eq!(r.status(), 400);
     run.stop().await;
+}
+
+/// A host killed after publishing outputs restarts from an older checkpoint and replays: until
+/// the replay has passed everything the input had delivered before, `latest` answers 503
+/// rather than a state older than outputs already out. Every answer it gives is the final one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_never_answers_latest_from_behind_its_published_outputs() {
+    let Fixture {
+        nats: _nats,
+        dir,
+        spec,
+        conn,
+    } = fraud_with("[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n").await;
+    let config = dir.path().join("pipeline.toml");
+    spec.write(&config).expect("write config");
+    // One customer, so its count says how much of the replay the state has seen.
+    let txs = produce::transactions(20_000, 1, 17, 0);
+    let c = txs[0].customer.clone();
+    publish_txs(&conn.js, "txn.in", &txs).await;
+    let mut host = eddy_tests::hosts::HostProcess::spawn("a", &config, &dir.path().join("a.log"));
+    wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(90)).await;
+    host.signal("-KILL");
+    host.wait_exit_within(Duration::from_secs(10));
+
+    let mut host = eddy_tests::hosts::HostProcess::spawn("a", &config, &dir.path().join("b.log"));
+    let (mut refused, mut answered) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while answered < 20 && std::time::Instant::now() < deadline {
+        match query::nats::ask(&conn, "fraud", Op::Get, &stats_query(&c, Freshness::Latest)).await {
+            Ok(v) => {
+                answered += 1;
+                assert_eq!(
+                    v["value"]["count"], 20_000,
+                    "answer {answered} after {refused} refusals: {v}"
+                );
+            }
+            Err(QueryError::Unavailable(m)) if m.contains("replaying") => refused += 1,
+            // Not up yet: no responder.
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    host.signal("-TERM");
+    assert!(host.wait_exit_within(Duration::from_secs(20)).success());
+    assert_eq!(
+        answered, 20,
+        "answers came once the replay was done ({refused} refusals)"
+    );
+    assert_eq!(
+        stream_len_out(&conn).await,
+        20_000,
+        "the replay published nothing twice"
+    );
+}
+
+async fn stream_len_out(conn: &eddy_host::transport::Nats) -> u64 {
+    eddy_tests::stream_len(&conn.js, "OUT").await.expect("len")
 }
