@@ -1,6 +1,7 @@
-//! Bulk state: `eddy state export` writes a savepoint's state out, `eddy state load` builds a
-//! savepoint from such files, and a pipeline started from the loaded savepoint treats new
-//! events exactly as the pipeline whose state went through the stream.
+//! Bulk state: `eddy state export` writes a savepoint's keyed states and broadcast maps out,
+//! `eddy state load` builds a savepoint from such files, and a pipeline started from the
+//! loaded savepoint treats new events exactly as the pipeline whose state went through the
+//! stream.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,34 +44,61 @@ async fn outputs(js: &async_nats::jetstream::Context) -> BTreeMap<String, Value>
         .collect()
 }
 
+/// A broadcast input of category limits (`[broadcast.rules]`, stream `RULES`).
+async fn with_rules(f: &mut Fixture) {
+    f.spec.extra.push_str(
+        "\n[broadcast.rules]\nstream = \"RULES\"\nsubjects = [\"rules.fraud\"]\nidle_apply_ms = 100\n",
+    );
+    eddy_tests::create_stream(&f.conn.js, "RULES", &["rules.fraud"])
+        .await
+        .expect("rules stream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trips() {
     let txs = produce::transactions(6_000, 400, 21, 0);
     // A: the first 4,000 transactions through the stream, then a savepoint.
-    let a = Fixture::start("fraud", "fraud-enrich").await;
+    let mut a = Fixture::start("fraud", "fraud-enrich").await;
+    with_rules(&mut a).await;
+    for rule in [
+        r#"{"category":"travel","limit_cents":50000}"#,
+        r#"{"category":"groceries","limit_cents":12000}"#,
+    ] {
+        a.conn
+            .js
+            .publish("rules.fraud", rule.as_bytes().to_vec().into())
+            .await
+            .expect("publish rule")
+            .await
+            .expect("rule stored");
+    }
     publish_txs(&a.conn.js, "txn.in", &txs[..4_000]).await;
     let run = Running::start(&a.spec);
     wait_for_len(&a.conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
     let sp = eddy_tests::savepoint_now(&a.conn, "fraud", &a.dir.path().join("sp"), "a").await;
     run.stop().await;
     let work = a.dir.path();
-    let exported = |savepoint: &Path, state: &str| -> String {
+    // `flag` is --state or --map.
+    let exported = |savepoint: &Path, flag: &str, name: &str| -> String {
         let out = work.join(format!(
-            "{}-{state}.jsonl",
+            "{}-{name}.jsonl",
             savepoint.file_name().unwrap_or_default().to_string_lossy()
         ));
         ok(eddy(&[
-            &"state", &"export", &savepoint, &"--state", &state, &"--out", &out,
+            &"state", &"export", &savepoint, &flag, &name, &"--out", &out,
         ]));
         std::fs::read_to_string(&out).expect("export")
     };
-    let stats = exported(&sp, "stats");
-    let recent = exported(&sp, "recent");
+    let stats = exported(&sp, "--state", "stats");
+    let recent = exported(&sp, "--state", "recent");
+    let limits = exported(&sp, "--map", "category_limits");
+    assert_eq!(limits.lines().count(), 2, "two category limits: {limits}");
     assert_eq!(stats.lines().count(), 400, "one line per customer");
     assert!(recent.lines().count() > 400, "one line per list element");
 
     // B: its own NATS and state, started from a savepoint loaded from the two files.
-    let b = Fixture::start("fraud", "fraud-enrich").await;
+    let mut b = Fixture::start("fraud", "fraud-enrich").await;
+    with_rules(&mut b).await;
     let pipeline_b = b.dir.path().join("pipeline.toml");
     b.spec.write(&pipeline_b).expect("pipeline file");
     let loaded = b.dir.path().join("loaded");
@@ -97,13 +125,27 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
         &"--into",
         &loaded,
     ]));
+    ok(eddy(&[
+        &"state",
+        &"load",
+        &pipeline_b,
+        &work.join("a-category_limits.jsonl"),
+        &"--map",
+        &"category_limits",
+        &"--into",
+        &loaded,
+    ]));
     // Export → load → export: the same bytes.
-    for (state, before) in [("stats", &stats), ("recent", &recent)] {
-        let after = exported(&loaded, state);
+    for (flag, name, before) in [
+        ("--state", "stats", &stats),
+        ("--state", "recent", &recent),
+        ("--map", "category_limits", &limits),
+    ] {
+        let after = exported(&loaded, flag, name);
         let differs = after.lines().zip(before.lines()).position(|(a, b)| a != b);
         assert!(
             after == *before,
-            "{state}: {} lines exported again against {}; first difference at line {differs:?}",
+            "{name}: {} lines exported again against {}; first difference at line {differs:?}",
             after.lines().count(),
             before.lines().count()
         );
@@ -127,6 +169,10 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
     let from_a = outputs(&a.conn.js).await;
     let from_b = outputs(&b.conn.js).await;
     assert_eq!(from_b.len(), 2_000);
+    assert!(
+        from_b.values().any(|o| o["category_limit_cents"] == 50_000),
+        "the loaded category limits reach the plugin"
+    );
     for (id, out) in &from_b {
         assert_eq!(Some(out), from_a.get(id), "transaction {id}");
     }
