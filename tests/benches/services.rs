@@ -11,6 +11,8 @@
 //! - bulk load: entries/s of `eddy state load` plus the restore that starts a pipeline from
 //!   it, against the same entries written by the pipeline from events (one new customer per
 //!   event, two entries each), same run;
+//! - quotas: throughput with a per-key quota on the `recent` list (evicting at 3, so every
+//!   write past the third of a customer evicts) against none, same events, alternated;
 //! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
 //!   later ones) against `latest` queries, same pipeline, same keys.
 //!
@@ -490,6 +492,42 @@ async fn time_travel(quick: bool) {
     );
 }
 
+async fn quotas(quick: bool) {
+    let n = if quick { 200_000 } else { 600_000 };
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    for round in 0..4 {
+        let (label, extra) = if round % 2 == 0 {
+            ("none", "")
+        } else {
+            (
+                "recent: max_entries = 3, evict",
+                "[state.quota.recent]\nmax_entries = 3\npolicy = \"evict\"\n",
+            )
+        };
+        let b = setup(extra, None).await;
+        publish(&b, n, 1_000, 12).await;
+        let run = Running::start(&b.spec);
+        let eps = throughput(&b, n as u64).await;
+        let summary = run.stop().await;
+        assert_eq!(summary.dead_lettered, 0, "evicting refuses nothing");
+        rows.push((label, eps));
+    }
+    let mean = |l: &str| {
+        let v: Vec<f64> = rows.iter().filter(|r| r.0 == l).map(|r| r.1).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!("\nPer-key quota, fraud pipeline with 1,000 customers ({n} events per run)\n");
+    println!("| run | quota | events/s | vs none (mean) |");
+    println!("|---:|---|---:|---:|");
+    for (i, (label, eps)) in rows.iter().enumerate() {
+        println!(
+            "| {} | {label} | {eps:.0} | {:.3} |",
+            i + 1,
+            eps / mean("none")
+        );
+    }
+}
+
 /// Seconds of a command that must succeed.
 fn timed(cmd: &mut std::process::Command) -> f64 {
     let t = Instant::now();
@@ -590,6 +628,7 @@ async fn main() {
         "console",
         "time-travel",
         "bulk",
+        "quotas",
     ];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
@@ -611,5 +650,8 @@ async fn main() {
     }
     if only("bulk") {
         bulk(quick).await;
+    }
+    if only("quotas") {
+        quotas(quick).await;
     }
 }
