@@ -409,20 +409,9 @@ async fn console(quick: bool) {
             rows.push((if watched { "console open" } else { "none" }, eps));
         }
     }
-    let mean = |label: &str| {
-        let v: Vec<f64> = rows.iter().filter(|r| r.0 == label).map(|r| r.1).collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
     println!("\nConsole cost: a run of {n} events (fraud pipeline), alternated, two rounds each\n");
-    println!("| run | watching | events/s | vs none (mean) |");
-    println!("|---:|---|---:|---:|");
-    for (i, (label, eps)) in rows.iter().enumerate() {
-        println!(
-            "| {} | {label} | {eps:.0} | {:.3} |",
-            i + 1,
-            eps / mean("none")
-        );
-    }
+    alternated_table("watching", &rows);
+    let mean = |label: &str| mean_of(&rows, label);
     println!(
         "\nmean with the console open / mean without: {:.3}",
         mean("console open") / mean("none")
@@ -512,18 +501,25 @@ async fn quotas(quick: bool) {
         assert_eq!(summary.dead_lettered, 0, "evicting refuses nothing");
         rows.push((label, eps));
     }
-    let mean = |l: &str| {
-        let v: Vec<f64> = rows.iter().filter(|r| r.0 == l).map(|r| r.1).collect();
-        v.iter().sum::<f64>() / v.len() as f64
-    };
     println!("\nPer-key quota, fraud pipeline with 1,000 customers ({n} events per run)\n");
-    println!("| run | quota | events/s | vs none (mean) |");
+    alternated_table("quota", &rows);
+}
+
+/// The mean events/s of the runs labelled `label`.
+fn mean_of(rows: &[(&str, f64)], label: &str) -> f64 {
+    let v: Vec<f64> = rows.iter().filter(|r| r.0 == label).map(|r| r.1).collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Alternated runs as a table, each against the mean of the `none` runs.
+fn alternated_table(column: &str, rows: &[(&str, f64)]) {
+    println!("| run | {column} | events/s | vs none (mean) |");
     println!("|---:|---|---:|---:|");
     for (i, (label, eps)) in rows.iter().enumerate() {
         println!(
             "| {} | {label} | {eps:.0} | {:.3} |",
             i + 1,
-            eps / mean("none")
+            eps / mean_of(rows, "none")
         );
     }
 }
