@@ -463,11 +463,24 @@ impl Checkpoints {
             let ages = ids.iter().map(|id| (*id, 0)).collect();
             return Ok(self.retention.keep(&ages, 0));
         }
+        // A checkpoint whose time cannot be read now (its manifest unreadable, the store not
+        // answering) is kept: deleting is the one step that cannot be taken back.
         let mut ages = BTreeMap::new();
+        let mut unknown = Vec::new();
         for id in ids {
-            ages.insert(*id, self.created_ms(*id)?);
+            match self.created_ms(*id) {
+                Ok(created) => {
+                    ages.insert(*id, created);
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = id, "kept: cannot read when it was cut ({e})");
+                    unknown.push(*id);
+                }
+            }
         }
-        Ok(self.retention.keep(&ages, now_ms()))
+        let mut keep = self.retention.keep(&ages, now_ms());
+        keep.extend(unknown);
+        Ok(keep)
     }
 
     /// When checkpoint `id` was cut, from its manifest (local, else in the store).

@@ -623,3 +623,44 @@ fn a_store_that_answers_late_is_waited_for_not_taken_for_corruption() {
     let store = f.open(16);
     assert_eq!(read(&store, "k5"), Some(b"2".to_vec()));
 }
+
+/// Retention by age keeps the checkpoints of its window beyond `retain`, drops older ones, and
+/// keeps one whose manifest it cannot read rather than guess its age.
+#[test]
+fn retention_by_age_keeps_the_window_and_never_deletes_what_it_cannot_date() {
+    let f = Fixture::new();
+    let store = f.open(16);
+    let cps = f.checkpoints(1).with_retention(Retention {
+        count: 1,
+        for_ms: 60_000,
+        every_ms: 0,
+    });
+    for id in 1..=4u64 {
+        write_counts(&store, 0, 10, id.to_string().as_bytes());
+        cps.complete(&cps.cut(&store, id, cut(id)).expect("cut"))
+            .expect("complete");
+    }
+    cps.retain(None).expect("retain");
+    let kept: Vec<u64> = cps.list().iter().map(|m| m.id).collect();
+    assert_eq!(kept, vec![1, 2, 3, 4], "all four are younger than a minute");
+    // Checkpoint 1 cut long ago; checkpoint 2's manifest unreadable.
+    let manifest = |id: u64| {
+        f.dir
+            .path()
+            .join("checkpoints")
+            .join(format!("chk-{id:010}"))
+            .join("manifest.json")
+    };
+    let mut old = cps.load(1).expect("manifest");
+    old.created_ms = 1;
+    std::fs::write(manifest(1), serde_json::to_vec(&old).expect("json")).expect("write");
+    std::fs::write(manifest(2), b"{not json").expect("write");
+    let cps = f.checkpoints(1).with_retention(cps.retention());
+    cps.retain(None).expect("retain");
+    let left: Vec<u64> = list_ids(&f.dir.path().join("checkpoints"), true);
+    assert_eq!(
+        left,
+        vec![2, 3, 4],
+        "1 aged out; 2 is kept though its age is unknown"
+    );
+}
