@@ -267,13 +267,8 @@ pub fn load(
     into: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let cfg = PipelineConfig::load(pipeline)?;
-    let name = match &target {
-        Target::State { name, .. } | Target::Map(name) => name.clone(),
-    };
-    let kind = match &target {
-        Target::State { kind, .. } => Some(*kind),
-        Target::Map(_) => None,
-    };
+    let name = target.name().to_string();
+    let kind = target.kind();
     let to = to.or_else(|| into.clone()).unwrap_or_else(|| {
         cfg.savepoint_dir()
             .join(format!("load-{name}-{}", crate::checkpoint::now_ms()))
@@ -397,14 +392,9 @@ pub fn export(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut w = BufWriter::new(sink);
-    let map_state = matches!(
-        target,
-        Target::State {
-            kind: StateKind::Map,
-            ..
-        }
-    );
-    let keyed = matches!(target, Target::State { .. });
+    let kind = target.kind();
+    let map_state = kind == Some(StateKind::Map);
+    let keyed = kind.is_some();
     if format == Format::Csv {
         let mut cols = vec!["key"];
         if map_state {
@@ -419,10 +409,6 @@ pub fn export(
     let files = meta.files.len() as u64;
     let bar = super::progress(files, "exporting", "files");
     let mut written = 0u64;
-    let kind = match &target {
-        Target::State { kind, .. } => Some(*kind),
-        Target::Map(_) => None,
-    };
     crate::checkpoint::savepoint::bulk::entries(
         savepoint,
         &target,

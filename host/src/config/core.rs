@@ -27,35 +27,7 @@ pub struct StateConfig {
     pub hot_values_mb: u64,
     /// Per-key quota per state name (`[state.quota.recent]`).
     #[serde(default)]
-    pub quota: std::collections::BTreeMap<String, QuotaConfig>,
-}
-
-/// A per-key quota on one state: how much one key may hold, and what happens to a write that
-/// would take it over.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaConfig {
-    /// Map entries or list elements per key.
-    #[serde(default)]
-    pub max_entries: Option<u64>,
-    /// Bytes per key (values, plus map keys for map entries).
-    #[serde(default)]
-    pub max_bytes: Option<u64>,
-    /// `reject` (default: the event goes to the dead-letter subject, kind `quota`) or `evict`
-    /// (the oldest list elements, the map entries written longest ago, go).
-    #[serde(default)]
-    pub policy: crate::state::QuotaPolicy,
-}
-
-impl QuotaConfig {
-    /// The quota the state store enforces.
-    pub fn to_quota(&self) -> crate::state::Quota {
-        crate::state::Quota {
-            max_entries: self.max_entries,
-            max_bytes: self.max_bytes,
-            policy: self.policy,
-        }
-    }
+    pub quota: std::collections::BTreeMap<String, crate::state::Quota>,
 }
 
 impl StateConfig {

@@ -211,13 +211,13 @@ fn quotas_need_a_bound_and_name_their_policy() {
         "{GOOD}\n[state.quota.recent]\nmax_entries = 100\npolicy = \"evict\"\n[state.quota.profile]\nmax_bytes = 4096\n"
     ))
     .expect("two quotas");
-    let q = c.state.quota["recent"].to_quota();
+    let q = c.state.quota["recent"];
     assert_eq!(
         (q.max_entries, q.max_bytes, q.policy),
         (Some(100), None, crate::state::QuotaPolicy::Evict)
     );
     assert_eq!(
-        c.state.quota["profile"].to_quota().policy,
+        c.state.quota["profile"].policy,
         crate::state::QuotaPolicy::Reject,
         "reject unless told otherwise"
     );

@@ -297,7 +297,7 @@ pub async fn run(
     // A run answers `latest` queries once it has caught up with what was published before it
     // started: a partition taken over (cluster mode), or a restart replaying from its
     // checkpoint.
-    let caught_up = Some(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
         open_broadcasts(&nats, &cfg, &restored),
@@ -337,14 +337,12 @@ pub async fn run(
         Some(_) => input.stored_through(),
         None => input.delivered_before,
     };
-    let catching_up = caught_up.and_then(|flag| {
-        if replay_through <= resume_after {
-            flag.store(true, std::sync::atomic::Ordering::Release);
-            None
-        } else {
-            Some(runner::CatchingUp::new(flag, replay_through))
-        }
-    });
+    let catching_up = if replay_through <= resume_after {
+        caught_up.store(true, std::sync::atomic::Ordering::Release);
+        None
+    } else {
+        Some(runner::CatchingUp::new(caught_up, replay_through))
+    };
     history.push(Deployment {
         version: worker.plugin().version().to_string(),
         source,

@@ -31,20 +31,19 @@ impl Services {
         running_version: String,
         reload_tx: mpsc::Sender<ReloadEvent>,
         fence: Option<Arc<dyn super::Fence>>,
-        caught_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+        caught_up: Arc<std::sync::atomic::AtomicBool>,
         checkpoints: Arc<crate::checkpoint::Checkpoints>,
     ) -> anyhow::Result<Services> {
-        let mut query =
-            QueryEngine::new(cfg, state.clone()).with_history(crate::query::TimeTravel::new(
-                checkpoints,
-                cfg.pipeline.state_dir.join("as-of"),
-                state.clock(),
-            ));
+        let history = crate::query::TimeTravel::new(
+            checkpoints,
+            cfg.pipeline.state_dir.join("as-of"),
+            state.clock(),
+        );
+        let mut query = QueryEngine::new(cfg, state.clone())
+            .with_history(history)
+            .with_catch_up(caught_up);
         if let Some(fence) = fence {
             query = query.with_lease_check(Arc::new(move || fence.check()));
-        }
-        if let Some(caught_up) = caught_up {
-            query = query.with_catch_up(caught_up);
         }
         let query = Arc::new(query);
         let mut tasks = Vec::new();

@@ -159,7 +159,7 @@ fn open_state(
         cfg.state
             .quota
             .iter()
-            .map(|(name, q)| (name.clone(), q.to_quota()))
+            .map(|(name, q)| (name.clone(), *q))
             .collect(),
     );
     Ok(state)

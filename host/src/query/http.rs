@@ -67,7 +67,7 @@ struct Params {
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
-    as_of: Option<String>,
+    as_of: Option<super::AsOf>,
 }
 
 /// Serves the routes on `listen` (HTTPS with `query.tls_cert`) until the task is dropped.
@@ -218,19 +218,15 @@ async fn run(ctx: Ctx, headers: HeaderMap, op: Op, q: Query) -> Response {
     }
 }
 
-fn query(p: Params) -> Result<Query, QueryError> {
-    let as_of = match p.as_of.as_deref() {
-        Some(a) => Some(a.parse().map_err(QueryError::BadRequest)?),
-        None => None,
-    };
-    Ok(Query {
+fn query(p: Params) -> Query {
+    Query {
         freshness: p.freshness,
         prefix: p.prefix,
         start_after: p.start_after,
         limit: p.limit,
-        as_of,
+        as_of: p.as_of,
         ..Query::default()
-    })
+    }
 }
 
 /// A keyed-state route (`get`, `map` or `list`).
@@ -241,14 +237,10 @@ async fn keyed(
     (state, key): (String, String),
     p: Params,
 ) -> Response {
-    let base = match query(p) {
-        Ok(q) => q,
-        Err(e) => return error(e),
-    };
     let q = Query {
         state: Some(state),
         key: Some(key),
-        ..base
+        ..query(p)
     };
     run(ctx, headers, op, q).await
 }
@@ -286,14 +278,10 @@ async fn broadcast_one(
     Path((name, key)): Path<(String, String)>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
-    let base = match query(p) {
-        Ok(q) => q,
-        Err(e) => return error(e),
-    };
     let q = Query {
         broadcast_map: Some(name),
         key: Some(key),
-        ..base
+        ..query(p)
     };
     run(ctx, headers, Op::Broadcast, q).await
 }
@@ -304,13 +292,9 @@ async fn broadcast_all(
     Path(name): Path<String>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
-    let base = match query(p) {
-        Ok(q) => q,
-        Err(e) => return error(e),
-    };
     let q = Query {
         broadcast_map: Some(name),
-        ..base
+        ..query(p)
     };
     run(ctx, headers, Op::Broadcast, q).await
 }
@@ -321,13 +305,9 @@ async fn owner(
     Path(key): Path<String>,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
-    let base = match query(p) {
-        Ok(q) => q,
-        Err(e) => return error(e),
-    };
     let q = Query {
         key: Some(key),
-        ..base
+        ..query(p)
     };
     run(ctx, headers, Op::Owner, q).await
 }
@@ -337,8 +317,5 @@ async fn describe(
     headers: HeaderMap,
     UrlQuery(p): UrlQuery<Params>,
 ) -> Response {
-    match query(p) {
-        Ok(q) => run(ctx, headers, Op::Describe, q).await,
-        Err(e) => error(e),
-    }
+    run(ctx, headers, Op::Describe, query(p)).await
 }

@@ -188,6 +188,23 @@ pub struct QueryEngine {
     history: Option<TimeTravel>,
 }
 
+/// The state a query reads.
+enum Reading {
+    /// The live database, or the last completed checkpoint (with its id).
+    Store(Arc<StateStore>, Option<u64>),
+    /// A retained checkpoint, opened for time travel.
+    AsOf(Arc<history::Opened>),
+}
+
+impl Reading {
+    fn store(&self) -> &StateStore {
+        match self {
+            Reading::Store(db, _) => db,
+            Reading::AsOf(opened) => opened.store(),
+        }
+    }
+}
+
 /// Whether a run still holds its lease; see [`QueryEngine::with_lease_check`].
 pub type LeaseCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
@@ -287,48 +304,8 @@ impl QueryEngine {
                 ))
             })?;
         }
-        let as_of = match q.as_of {
-            Some(as_of) => Some(
-                self.history
-                    .as_ref()
-                    .ok_or_else(|| {
-                        QueryError::BadRequest(
-                            "this host keeps no checkpoints for time-travel queries (`as_of`)"
-                                .into(),
-                        )
-                    })?
-                    .open(as_of)?,
-            ),
-            None => None,
-        };
-        let (store, checkpoint) = match q.freshness {
-            _ if as_of.is_some() => (self.live.clone(), None),
-            Freshness::Latest
-                if matches!(op, Op::Get | Op::Map | Op::List | Op::Broadcast)
-                    && self
-                        .caught_up
-                        .as_ref()
-                        .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire)) =>
-            {
-                return Err(QueryError::Unavailable(
-                    "this host is replaying from its checkpoint (a restart, or a partition it took over): its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
-                ));
-            }
-            Freshness::Latest => (self.live.clone(), None),
-            Freshness::Checkpoint => {
-                let guard = self.checkpoint.read().unwrap_or_else(|p| p.into_inner());
-                let (id, db) = guard.clone().ok_or_else(|| {
-                    QueryError::Unavailable(
-                        "no checkpoint has completed yet on this host; ask with freshness latest, or retry after checkpoint.interval_ms".into(),
-                    )
-                })?;
-                (db, Some(id))
-            }
-        };
-        let store: &StateStore = match &as_of {
-            Some(opened) => opened.store(),
-            None => &store,
-        };
+        let reading = self.reading(op, q)?;
+        let store = reading.store();
         let mut answer = match op {
             Op::Owner => self.owner(q)?,
             Op::Describe => self.describe(store),
@@ -336,31 +313,71 @@ impl QueryEngine {
             Op::Get | Op::Map | Op::List => self.keyed(store, op, q)?,
         };
         if let Some(obj) = answer.as_object_mut() {
-            obj.insert(
-                "freshness".into(),
-                serde_json::to_value(q.freshness).unwrap_or_default(),
-            );
-            if let Some(id) = checkpoint {
-                obj.insert("checkpoint".into(), id.into());
-            }
-            if let Some(opened) = &as_of {
-                let m = &opened.manifest;
-                obj.insert("freshness".into(), "as-of".into());
-                obj.insert("checkpoint".into(), m.id.into());
-                obj.insert(
-                    "as_of".into(),
-                    serde_json::json!({
-                        "checkpoint": m.id,
-                        "created": history::show_time(m.created_ms),
-                        "created_ms": m.created_ms,
-                        "positions": m.cut.positions,
-                        "plugin_version": m.cut.plugin_version,
-                    }),
-                );
+            match &reading {
+                Reading::Store(_, checkpoint) => {
+                    obj.insert(
+                        "freshness".into(),
+                        serde_json::to_value(q.freshness).unwrap_or_default(),
+                    );
+                    if let Some(id) = checkpoint {
+                        obj.insert("checkpoint".into(), (*id).into());
+                    }
+                }
+                Reading::AsOf(opened) => {
+                    let m = &opened.manifest;
+                    obj.insert("freshness".into(), "as-of".into());
+                    obj.insert("checkpoint".into(), m.id.into());
+                    obj.insert(
+                        "as_of".into(),
+                        serde_json::json!({
+                            "checkpoint": m.id,
+                            "created": history::show_time(m.created_ms),
+                            "created_ms": m.created_ms,
+                            "positions": m.cut.positions,
+                            "plugin_version": m.cut.plugin_version,
+                        }),
+                    );
+                }
             }
             obj.insert("host".into(), self.host.clone().into());
         }
         Ok(answer)
+    }
+
+    /// The state `q` reads: a retained checkpoint (`as_of`), else the live state or the last
+    /// completed checkpoint by its freshness.
+    fn reading(&self, op: Op, q: &Query) -> Result<Reading, QueryError> {
+        if let Some(as_of) = q.as_of {
+            let history = self.history.as_ref().ok_or_else(|| {
+                QueryError::BadRequest(
+                    "this host keeps no checkpoints for time-travel queries (`as_of`)".into(),
+                )
+            })?;
+            return Ok(Reading::AsOf(history.open(as_of)?));
+        }
+        match q.freshness {
+            Freshness::Latest
+                if matches!(op, Op::Get | Op::Map | Op::List | Op::Broadcast)
+                    && self
+                        .caught_up
+                        .as_ref()
+                        .is_some_and(|c| !c.load(std::sync::atomic::Ordering::Acquire)) =>
+            {
+                Err(QueryError::Unavailable(
+                    "this host is replaying from its checkpoint (a restart, or a partition it took over): its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
+                ))
+            }
+            Freshness::Latest => Ok(Reading::Store(self.live.clone(), None)),
+            Freshness::Checkpoint => {
+                let guard = self.checkpoint.read().unwrap_or_else(|p| p.into_inner());
+                let (id, db) = guard.clone().ok_or_else(|| {
+                    QueryError::Unavailable(
+                        "no checkpoint has completed yet on this host; ask with freshness latest, or retry after checkpoint.interval_ms".into(),
+                    )
+                })?;
+                Ok(Reading::Store(db, Some(id)))
+            }
+        }
     }
 
     fn owner(&self, q: &Query) -> Result<serde_json::Value, QueryError> {

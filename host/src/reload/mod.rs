@@ -306,9 +306,9 @@ pub async fn deploy(
     wasm: &[u8],
     note: &str,
 ) -> anyhow::Result<String> {
-    // By version first, so a host that sees the new deployment can always find it again.
-    let version = keep(nats, bucket, pipeline, wasm, note).await?;
     let store = plugin_bucket(nats, bucket).await?;
+    // By version first, so a host that sees the new deployment can always find it again.
+    let version = keep_in(&store, bucket, pipeline, wasm, note).await?;
     let metadata = [("version".to_string(), version.clone())].into();
     put(&store, bucket, pipeline, note, metadata, wasm).await?;
     Ok(version)
@@ -349,10 +349,21 @@ pub async fn keep(
     note: &str,
 ) -> anyhow::Result<String> {
     let store = plugin_bucket(nats, bucket).await?;
+    keep_in(&store, bucket, pipeline, wasm, note).await
+}
+
+/// [`keep`] in the opened plugin bucket.
+async fn keep_in(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    bucket: &str,
+    pipeline: &str,
+    wasm: &[u8],
+    note: &str,
+) -> anyhow::Result<String> {
     let version = crate::engine::version_of(wasm);
     let name = record::versioned(pipeline, &version);
-    if !is_kept(&store, &name).await {
-        put(&store, bucket, &name, note, Default::default(), wasm).await?;
+    if !is_kept(store, &name).await {
+        put(store, bucket, &name, note, Default::default(), wasm).await?;
     }
     Ok(version)
 }

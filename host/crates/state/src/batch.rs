@@ -277,7 +277,7 @@ impl<'a> KeyedAccess<'a> {
 
     /// Applies TTL to one stored value/entry read at `key`: returns the value to show, and
     /// queues the lazy delete or the read re-stamp.
-    fn read_entry(
+    pub(super) fn read_entry(
         &mut self,
         state: &StateInfo,
         key: Vec<u8>,
@@ -452,16 +452,6 @@ impl<'a> KeyedAccess<'a> {
         Ok(self.map_entries(state, kg, key, None, 1)?.is_empty())
     }
 
-    /// Stored entries under `prefix` after `after`, overlay and disk merged (no TTL applied).
-    pub(super) fn scan_keyed(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        max: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.scan(prefix, after, max)
-    }
-
     /// Writes stored bytes as they are (quota eviction keeps write times).
     pub(super) fn put_raw(&mut self, key: Vec<u8>, stored: Vec<u8>) {
         self.batch.put(key, stored);
@@ -472,7 +462,8 @@ impl<'a> KeyedAccess<'a> {
         self.batch.delete(key);
     }
 
-    fn scan(
+    /// Stored entries under `prefix` after `after`, overlay and disk merged (no TTL applied).
+    pub(super) fn scan(
         &self,
         prefix: &[u8],
         after: Option<&[u8]>,

@@ -29,14 +29,18 @@ pub enum QuotaPolicy {
     Evict,
 }
 
-/// The bound on one key of a state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The bound on one key of a state, as the operator writes it (`[state.quota.<state>]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Map entries or list elements per key.
+    #[serde(default)]
     pub max_entries: Option<u64>,
-    /// Bytes per key.
+    /// Bytes per key (values, plus map keys for map entries).
+    #[serde(default)]
     pub max_bytes: Option<u64>,
-    /// Over the bound: refuse or evict.
+    /// Over the bound: refuse (default: the event is dead-lettered, kind `quota`) or evict.
+    #[serde(default)]
     pub policy: QuotaPolicy,
 }
 
@@ -159,7 +163,7 @@ impl KeyedAccess<'_> {
         let mut live: Vec<(u64, Vec<u8>, u64)> = Vec::new();
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let chunk = self.scan_keyed(&prefix, cursor.as_deref(), 256)?;
+            let chunk = self.scan(&prefix, cursor.as_deref(), 256)?;
             let Some((last, _)) = chunk.last() else {
                 break;
             };
@@ -170,7 +174,7 @@ impl KeyedAccess<'_> {
                 })?;
                 let map_key = k[prefix.len()..].to_vec();
                 // TTL decides whether it still counts (and removes it if expired).
-                if let Some(v) = self.map_get(state, kg, key, &map_key)? {
+                if let Some(v) = self.read_entry(state, k, &stored)? {
                     let size = (map_key.len() + v.len()) as u64;
                     live.push((ts, map_key, size));
                 }

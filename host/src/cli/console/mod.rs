@@ -615,14 +615,7 @@ struct StateParams {
     #[serde(default)]
     limit: Option<usize>,
     #[serde(default)]
-    as_of: Option<String>,
-}
-
-/// An `as_of` parameter, parsed (400 if it is not one).
-fn as_of(p: Option<&str>) -> Result<Option<crate::query::AsOf>, ApiError> {
-    p.filter(|a| !a.trim().is_empty())
-        .map(|a| a.parse().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e)))
-        .transpose()
+    as_of: Option<crate::query::AsOf>,
 }
 
 async fn state(State(c): Ctx, headers: HeaderMap, UrlQuery(p): UrlQuery<StateParams>) -> ApiResult {
@@ -644,7 +637,7 @@ async fn state(State(c): Ctx, headers: HeaderMap, UrlQuery(p): UrlQuery<StatePar
         prefix: p.prefix,
         limit: p.limit,
         freshness: p.freshness,
-        as_of: as_of(p.as_of.as_deref())?,
+        as_of: p.as_of,
         ..Default::default()
     };
     query(&c, op, q).await
@@ -662,7 +655,7 @@ struct BroadcastParams {
     #[serde(default)]
     freshness: Freshness,
     #[serde(default)]
-    as_of: Option<String>,
+    as_of: Option<crate::query::AsOf>,
 }
 
 async fn broadcast(
@@ -677,7 +670,7 @@ async fn broadcast(
         start_after: p.start_after,
         limit: p.limit,
         freshness: p.freshness,
-        as_of: as_of(p.as_of.as_deref())?,
+        as_of: p.as_of,
         ..Default::default()
     };
     query(&c, Op::Broadcast, q).await

@@ -34,6 +34,23 @@ pub enum Target {
     Map(String),
 }
 
+impl Target {
+    /// The state's or map's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Target::State { name, .. } | Target::Map(name) => name,
+        }
+    }
+
+    /// The keyed state's kind (`None` for a broadcast map).
+    pub fn kind(&self) -> Option<StateKind> {
+        match self {
+            Target::State { kind, .. } => Some(*kind),
+            Target::Map(_) => None,
+        }
+    }
+}
+
 /// One entry as stored: keyed values and map entries with their timestamp header, a list whole
 /// (all its elements), a broadcast value as it is.
 #[derive(Debug, Clone, Copy)]
@@ -250,10 +267,7 @@ impl Builder {
     }
 
     fn kind(&self) -> Option<StateKind> {
-        match &self.target {
-            Target::State { kind, .. } => Some(*kind),
-            Target::Map(_) => None,
-        }
+        self.target.kind()
     }
 
     /// A value state's value, or a broadcast map's entry: `stored` as the database keeps it.

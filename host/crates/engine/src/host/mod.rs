@@ -103,9 +103,7 @@ pub struct PluginHost {
     plugin: String,
     state: Arc<StateStore>,
     /// Opened keyed states, indexed by state id.
-    opened: Vec<Option<StateInfo>>,
-    /// The operator's quota of each opened state, indexed by state id.
-    quotas: Vec<Option<eddy_state::Quota>>,
+    opened: Vec<Option<OpenedState>>,
     /// Why the current call broke a quota (policy `reject`): the call fails, whatever the
     /// plugin made of the refused write, and its event is dead-lettered.
     over_quota: Option<String>,
@@ -126,6 +124,13 @@ pub struct PluginHost {
     budget: Duration,
     started: Instant,
     waited: Duration,
+}
+
+/// A keyed state a plugin opened, with the operator's quota on it.
+#[derive(Clone)]
+struct OpenedState {
+    info: StateInfo,
+    quota: Option<eddy_state::Quota>,
 }
 
 /// A grow past an instance's memory cap: the error the limiter traps with, found again by
@@ -217,7 +222,6 @@ impl PluginHost {
             plugin: plugin.to_string(),
             state,
             opened: Vec::new(),
-            quotas: Vec::new(),
             over_quota: None,
             evicted: 0,
             maps: HashMap::new(),
@@ -352,10 +356,11 @@ impl PluginHost {
             state,
             ..
         } = self;
-        let info = opened
+        let info = &opened
             .get(id as usize)
             .and_then(Option::as_ref)
-            .ok_or(WitError::UnknownState)?;
+            .ok_or(WitError::UnknownState)?
+            .info;
         if info.kind != kind {
             return Err(WitError::WrongKind(format!(
                 "state `{}` is a {:?} state, used as {:?}",
@@ -377,7 +382,7 @@ impl PluginHost {
         kind: StateKind,
         f: impl FnOnce(&StateInfo, u16, &[u8], &mut KeyedAccess<'_>) -> eddy_state::Result<()>,
     ) -> Result<(), WitError> {
-        let quota = self.quotas.get(id as usize).copied().flatten();
+        let quota = self.opened.get(id as usize).and_then(|o| o.as_ref()?.quota);
         let enforced = self.with(id, event, kind, |s, kg, k, a| {
             f(s, kg, k, a)?;
             match &quota {

@@ -48,11 +48,8 @@ impl keyed_state::Host for PluginHost {
         if self.opened.len() <= slot {
             self.opened.resize(slot + 1, None);
         }
-        if self.quotas.len() <= slot {
-            self.quotas.resize(slot + 1, None);
-        }
-        self.quotas[slot] = self.state.quota(&info.name);
-        self.opened[slot] = Some(info);
+        let quota = self.state.quota(&info.name);
+        self.opened[slot] = Some(super::OpenedState { info, quota });
         Ok(id)
     }
 
@@ -213,6 +210,7 @@ impl keyed_state::Host for PluginHost {
             .get(state as usize)
             .and_then(Option::as_ref)
             .ok_or(WitError::UnknownState)?
+            .info
             .clone();
         if !matches!(self.mode, CallMode::Broadcast | CallMode::Migrate) {
             return Err(WitError::ReadOnly(format!(
