@@ -35,7 +35,14 @@ for mode in trap init; do
         "$target_dir/$target/$profile/faulty_$mode.wasm"
 done
 
-for plugin in "${plugins[@]}" faulty-trap faulty-init; do
+# `fraud-enrich` built as its `strict` variant (for the shadow-deploy tests): another version
+# of the same plugin that flags more transactions and keeps one more state.
+EDDY_FRAUD_VARIANT=strict CARGO_TARGET_DIR="$target_dir/fraud-strict" \
+    cargo build --profile "$profile" --target "$target" -p fraud-enrich "$@"
+cp "$target_dir/fraud-strict/$target/$profile/fraud_enrich.wasm" \
+    "$target_dir/$target/$profile/fraud_enrich_strict.wasm"
+
+for plugin in "${plugins[@]}" faulty-trap faulty-init fraud-enrich-strict; do
     wasm="$target_dir/$target/$profile/${plugin//-/_}.wasm"
     if [[ ! -f "$wasm" ]]; then
         echo "error: $plugin was built but $wasm is missing" >&2

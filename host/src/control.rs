@@ -37,6 +37,9 @@ pub struct HostStatus {
     pub plugin: Option<PluginStatus>,
     /// The version on probation, if one is.
     pub probation: Option<ProbationStatus>,
+    /// The shadow version and what its comparison found, if one is declared.
+    #[serde(default)]
+    pub shadow: Option<crate::reload::shadow::ShadowReport>,
     /// Deployment history, oldest first.
     pub deployments: Vec<Deployment>,
     /// Position of every input.

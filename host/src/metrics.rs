@@ -200,7 +200,12 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Bytes checkpoints sent to the store beyond the host.
     pub checkpoint_upload_bytes: AtomicU64,
-    state: std::sync::OnceLock<Arc<crate::state::StateStats>>,
+    state: std::sync::RwLock<Option<Arc<crate::state::StateStats>>>,
+    /// Messages a shadow version's outputs were compared on, by subject and verdict
+    /// (`same`, `different`, `only-live`, `only-shadow`).
+    shadow_messages: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
+    /// Events a shadow version handled beside the live one.
+    pub shadow_events: AtomicU64,
     lookups: std::sync::OnceLock<Arc<dyn LookupCounters>>,
     /// The pending counts of the keyed inputs running now (one per partition in cluster
     /// mode; `u64::MAX` until an input read its first batch), summed as `eddy_input_pending`.
@@ -313,7 +318,9 @@ impl Metrics {
             rollbacks: AtomicU64::new(0),
             reload_rejections: AtomicU64::new(0),
             swap_pause_seconds: Histogram::new(LATENCY_BOUNDS),
-            state: std::sync::OnceLock::new(),
+            state: std::sync::RwLock::new(None),
+            shadow_messages: std::sync::Mutex::default(),
+            shadow_events: AtomicU64::new(0),
             lookups: std::sync::OnceLock::new(),
             input_pending: std::sync::Mutex::new(Vec::new()),
         })
@@ -340,7 +347,37 @@ impl Metrics {
 
     /// Includes the state store's counters in the exposition.
     pub fn attach_state(&self, stats: Arc<crate::state::StateStats>) {
-        let _ = self.state.set(stats);
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(stats);
+    }
+
+    /// Reports the state of `new` instead of `old` (a promoted shadow's), if `old` is the one
+    /// reported.
+    pub fn swap_state(
+        &self,
+        old: &Arc<crate::state::StateStats>,
+        new: Arc<crate::state::StateStats>,
+    ) {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if state.as_ref().is_some_and(|s| Arc::ptr_eq(s, old)) {
+            *state = Some(new);
+        }
+    }
+
+    /// Counts one message a shadow's outputs were compared on.
+    pub fn shadow_compared(&self, subject: &str, verdict: &'static str) {
+        let mut all = self
+            .shadow_messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match all.get_mut(&(subject.to_string(), verdict)) {
+            Some(n) => *n += 1,
+            None => {
+                all.insert((subject.to_string(), verdict), 1);
+            }
+        }
     }
 
     /// Includes the lookup stores' counters in the exposition.
@@ -519,7 +556,32 @@ impl Metrics {
             "reason",
             &dead,
         );
-        if let Some(stats) = self.state.get() {
+        let shadow = self
+            .shadow_messages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !shadow.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP eddy_shadow_events_total Events a shadow version handled beside the live one.\n# TYPE eddy_shadow_events_total counter\neddy_shadow_events_total{{{l}}} {}",
+                self.shadow_events.load(Ordering::Relaxed)
+            );
+            let name = "eddy_shadow_messages_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Messages of a shadow version compared with the live version's, by subject and verdict.\n# TYPE {name} counter"
+            );
+            for ((subject, verdict), n) in shadow {
+                let subject = subject.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    out,
+                    "{name}{{{l},subject=\"{subject}\",verdict=\"{verdict}\"}} {n}"
+                );
+            }
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(stats) = state {
             split_counter(
                 &mut out,
                 "eddy_state_expired_removed_total",

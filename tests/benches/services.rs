@@ -13,6 +13,8 @@
 //!   event, two entries each), same run;
 //! - quotas: throughput with a per-key quota on the `recent` list (evicting at 3, so every
 //!   write past the third of a customer evicts) against none, same events, alternated;
+//! - shadow: live throughput with a shadow version (fraud-enrich's `strict` build) running
+//!   beside it on every event, against none, same events, alternated;
 //! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
 //!   later ones) against `latest` queries, same pipeline, same keys.
 //!
@@ -505,6 +507,76 @@ async fn quotas(quick: bool) {
     alternated_table("quota", &rows);
 }
 
+async fn shadow(quick: bool) {
+    let n = if quick { 200_000 } else { 600_000 };
+    let strict = std::fs::read(plugin("fraud-enrich-strict")).expect("the strict build");
+    let label = "fraud-enrich strict as shadow";
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    let mut compared = Vec::new();
+    for round in 0..4 {
+        let b = setup("", None).await;
+        publish(&b, n, 1_000, 13).await;
+        if round % 2 == 0 {
+            let run = Running::start(&b.spec);
+            rows.push(("none", throughput(&b, n as u64).await));
+            run.stop().await;
+            continue;
+        }
+        // Declared before the start: the host starts it once validated, a moment into the
+        // backlog; events/s count from then.
+        eddy_host::reload::shadow::deploy(&b.conn, "eddy-plugins", "bench", &strict, "bench")
+            .await
+            .expect("declare the shadow");
+        let run = Running::start(&b.spec);
+        let (mut t0, mut first) = (None, 0);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let report = loop {
+            let len = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
+            if t0.is_none() {
+                if shadow_report(&b).await.is_some_and(|r| r.events > 0) {
+                    t0 = Some(Instant::now());
+                    first = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
+                }
+            }
+            if len >= n as u64 || Instant::now() > deadline {
+                let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+                rows.push((label, (len - first) as f64 / secs.max(1e-9)));
+                break shadow_report(&b).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let report = report.expect("the shadow's report");
+        compared.push((
+            n as u64 - first,
+            report.events,
+            report.differing_events,
+            report.seed_pause_us,
+        ));
+        run.stop().await;
+    }
+    println!("\nShadow deploy, fraud pipeline with 1,000 customers ({n} events per run)\n");
+    alternated_table("shadow", &rows);
+    for (measured, events, differing, seed_us) in compared {
+        println!(
+            "shadow compared {events} events ({differing} differing); {measured} measured after it started; seeding its state paused the loop {seed_us} µs"
+        );
+    }
+}
+
+/// The running host's shadow report, if it answers and has one.
+async fn shadow_report(b: &Bench) -> Option<eddy_host::reload::shadow::ShadowReport> {
+    let status: Vec<eddy_host::control::HostStatus> = eddy_host::cli::hosts::ask(
+        &b.conn,
+        "bench",
+        "status",
+        serde_json::json!({}),
+        Duration::from_secs(5),
+    )
+    .await
+    .ok()?;
+    status.into_iter().next().and_then(|s| s.shadow)
+}
+
 /// The mean events/s of the runs labelled `label`.
 fn mean_of(rows: &[(&str, f64)], label: &str) -> f64 {
     let v: Vec<f64> = rows.iter().filter(|r| r.0 == label).map(|r| r.1).collect();
@@ -625,6 +697,7 @@ async fn main() {
         "time-travel",
         "bulk",
         "quotas",
+        "shadow",
     ];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
@@ -649,5 +722,8 @@ async fn main() {
     }
     if only("quotas") {
         quotas(quick).await;
+    }
+    if only("shadow") {
+        shadow(quick).await;
     }
 }

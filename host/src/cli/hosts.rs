@@ -11,24 +11,79 @@ use crate::control::{Answer, HostStatus};
 use crate::reload::DeployStatus;
 use crate::transport::{self, Nats};
 
-/// `eddy deploy`: stores a plugin version where every host of the pipeline picks it up, then
-/// waits (up to `wait` seconds) until each reports it live, rejected or rolled back.
-pub async fn deploy(pipeline: &Path, plugin: &Path, wait: u64) -> anyhow::Result<()> {
+/// What `eddy deploy` does with the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployMode {
+    /// Live, on probation (hot reload).
+    Live,
+    /// As shadow, beside the live version.
+    Shadow,
+    /// Promote the shadow: its version and state become live.
+    Promote,
+    /// Discard the shadow.
+    Discard,
+}
+
+/// `eddy deploy`: stores a plugin version where every host of the pipeline picks it up (live,
+/// or as shadow), or promotes or discards the shadow; then waits (up to `wait` seconds) until
+/// each host reports the outcome.
+pub async fn deploy(
+    pipeline: &Path,
+    plugin: Option<&Path>,
+    mode: DeployMode,
+    wait: u64,
+) -> anyhow::Result<()> {
     let cfg = PipelineConfig::load_remote(pipeline)?;
-    let wasm =
-        std::fs::read(plugin).with_context(|| format!("cannot read {}", plugin.display()))?;
+    if mode != DeployMode::Live && cfg.reload.watch != crate::config::ReloadWatch::ObjectStore {
+        anyhow::bail!(
+            "shadow deploys come through the plugin bucket, but reload.watch is not \"object-store\" in {}",
+            pipeline.display()
+        );
+    }
     let nats = transport::connect(&cfg.nats, "eddy-deploy").await?;
-    let note = format!("deployed from {}", plugin.display());
-    let version =
-        crate::reload::deploy(&nats, &cfg.reload.bucket, &cfg.pipeline.name, &wasm, &note).await?;
-    println!(
-        "deployed {} as version {version} to {}/{}",
-        plugin.display(),
-        cfg.reload.bucket,
-        cfg.pipeline.name
-    );
+    let (bucket, name) = (&cfg.reload.bucket, &cfg.pipeline.name);
+    let (version, goal) = match (mode, plugin) {
+        (DeployMode::Live | DeployMode::Shadow, Some(plugin)) => {
+            let wasm = std::fs::read(plugin)
+                .with_context(|| format!("cannot read {}", plugin.display()))?;
+            let note = format!("deployed from {}", plugin.display());
+            if mode == DeployMode::Shadow {
+                let v = crate::reload::shadow::deploy(&nats, bucket, name, &wasm, &note).await?;
+                println!(
+                    "deployed {} as the shadow of {name}, version {v}: it runs beside the live version, its outputs compared and never published; see `eddy status`, then `eddy deploy --promote` or `--discard`",
+                    plugin.display()
+                );
+                (v, DeployStatus::Shadow)
+            } else {
+                let v = crate::reload::deploy(&nats, bucket, name, &wasm, &note).await?;
+                println!(
+                    "deployed {} as version {v} to {bucket}/{name}",
+                    plugin.display()
+                );
+                (v, DeployStatus::Live)
+            }
+        }
+        (DeployMode::Live | DeployMode::Shadow, None) => {
+            anyhow::bail!(
+                "name the plugin component to deploy: eddy deploy <pipeline.toml> <plugin.wasm>"
+            )
+        }
+        (DeployMode::Promote, _) => {
+            let v =
+                crate::reload::shadow::promote(&nats, bucket, name, "promoted from shadow").await?;
+            println!(
+                "promoting the shadow of {name}, version {v}: its state and version become live"
+            );
+            (v, DeployStatus::Live)
+        }
+        (DeployMode::Discard, _) => {
+            let v = crate::reload::shadow::discard(&nats, bucket, name).await?;
+            println!("discarding the shadow of {name}, version {v}");
+            (v, DeployStatus::Discarded)
+        }
+    };
     if wait > 0 {
-        wait_for_version(&nats, &cfg.pipeline.name, &version, wait).await?;
+        wait_for_version(&nats, name, &version, goal, wait).await?;
     }
     Ok(())
 }
@@ -103,6 +158,9 @@ pub fn status_table(a: &HostStatus, now_ms: u64) -> String {
             p.events, p.failures, p.previous
         );
     }
+    if let Some(r) = &a.shadow {
+        shadow_lines(&mut s, r, now_ms);
+    }
     let owned: Vec<String> = a.partitions.owned.iter().map(u32::to_string).collect();
     let _ = writeln!(
         s,
@@ -155,6 +213,54 @@ pub fn status_table(a: &HostStatus, now_ms: u64) -> String {
     s
 }
 
+/// The shadow's report for people: totals, counts per subject, the first differences.
+fn shadow_lines(s: &mut String, r: &crate::reload::shadow::ShadowReport, now_ms: u64) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "  shadow       {} beside {} (since {}): {} events, {} the same, {} differ, {} failed in the shadow",
+        r.version,
+        r.live_version,
+        ago(r.since_ms, now_ms),
+        r.events,
+        r.same_events(),
+        r.differing_events,
+        r.shadow_failures
+    );
+    if let Some(why) = &r.stopped {
+        let _ = writeln!(s, "               stopped: {why}");
+    }
+    for (subject, c) in &r.subjects {
+        let _ = writeln!(
+            s,
+            "               {subject}: {} same, {} different, {} only live, {} only shadow",
+            c.same, c.different, c.only_live, c.only_shadow
+        );
+    }
+    let shown = |sent: &Option<crate::reload::shadow::Sent>| match sent {
+        Some(m) => super::tail::for_terminal(m.payload.as_bytes()),
+        None => "(nothing)".to_string(),
+    };
+    for d in r.samples.iter().take(3) {
+        let _ = writeln!(
+            s,
+            "               seq {} key {} on {}:\n                 live   {}\n                 shadow {}",
+            d.input.seq,
+            super::tail::for_terminal(d.input.key.as_bytes()),
+            d.subject,
+            shown(&d.live),
+            shown(&d.shadow)
+        );
+    }
+    if r.samples.len() > 3 {
+        let _ = writeln!(
+            s,
+            "               ({} more differences kept: eddy status --json)",
+            r.samples.len() - 3
+        );
+    }
+}
+
 /// Sends a control request to the running hosts and returns their answers; errors if any
 /// host answered with an error.
 pub async fn ask<T: serde::de::DeserializeOwned>(
@@ -205,8 +311,13 @@ async fn wait_for_version(
     nats: &Nats,
     pipeline: &str,
     version: &str,
+    goal: DeployStatus,
     secs: u64,
 ) -> anyhow::Result<()> {
+    let label = serde_json::to_value(goal)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     // A spinner with the count so far, on a terminal only.
     let progress = indicatif::ProgressBar::new_spinner();
@@ -228,18 +339,18 @@ async fn wait_for_version(
             };
             let reason = d.reason.as_deref().unwrap_or("");
             match d.status {
-                DeployStatus::Live => verdicts.push((a.host.clone(), Ok("live".to_string()))),
+                s if s == goal => verdicts.push((a.host.clone(), Ok(label.clone()))),
                 DeployStatus::Rejected => {
                     verdicts.push((a.host.clone(), Err(format!("rejected: {reason}"))))
                 }
                 DeployStatus::RolledBack => {
                     verdicts.push((a.host.clone(), Err(format!("rolled-back: {reason}"))))
                 }
-                DeployStatus::Probation | DeployStatus::Superseded => {}
+                _ => {}
             }
         }
         progress.set_message(format!(
-            "{version}: {} of {} hosts decided (live, rejected or rolled back); the rest on probation or swapping",
+            "{version}: {} of {} hosts decided ({label}, rejected or rolled back); the rest on probation or swapping",
             verdicts.len(),
             answers.len()
         ));
@@ -255,7 +366,10 @@ async fn wait_for_version(
                     }
                 }
             }
-            anyhow::ensure!(!failed, "version {version} did not go live everywhere");
+            anyhow::ensure!(
+                !failed,
+                "version {version} did not become {label} everywhere"
+            );
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
@@ -300,6 +414,7 @@ mod tests {
             swap_pause_us: None,
         };
         let status = HostStatus {
+            shadow: None,
             pipeline: "fraud".into(),
             host: "a".into(),
             partitions: PartitionsStatus {
@@ -346,6 +461,57 @@ mod tests {
   deployments  (newest first)
     90 s ago       v2           rolled-back  deployed from v2.wasm: 1 of its 2 events failed during probation
     60 min ago     v1           live         deployed from v1.wasm
+"
+        );
+    }
+
+    #[test]
+    fn status_for_people_shows_the_shadow_and_its_first_differences_escaped() {
+        use crate::reload::shadow::{Difference, InputSample, Sent, ShadowReport, SubjectCounts};
+        let now = 1_700_000_000_000;
+        let sent = |p: &str| {
+            Some(Sent {
+                payload: p.into(),
+                headers: Vec::new(),
+            })
+        };
+        let report = ShadowReport {
+            version: "v3".into(),
+            live_version: "v1".into(),
+            since_ms: now - 30_000,
+            events: 10,
+            differing_events: 1,
+            subjects: [(
+                "txn.out".to_string(),
+                SubjectCounts {
+                    same: 9,
+                    different: 1,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            samples: vec![Difference {
+                input: InputSample {
+                    subject: "txn.in".into(),
+                    seq: 7,
+                    key: "c-\u{1b}[31m".into(),
+                    payload: "{}".into(),
+                },
+                subject: "txn.out".into(),
+                live: sent("{\"flagged\":false}"),
+                shadow: sent("{\"flagged\":true}"),
+            }],
+            ..Default::default()
+        };
+        let mut s = String::new();
+        shadow_lines(&mut s, &report, now);
+        assert_eq!(
+            s,
+            "  shadow       v3 beside v1 (since 30 s ago): 10 events, 9 the same, 1 differ, 0 failed in the shadow
+               txn.out: 9 same, 1 different, 0 only live, 0 only shadow
+               seq 7 key c-\\e[31m on txn.out:
+                 live   {\"flagged\":false}
+                 shadow {\"flagged\":true}
 "
         );
     }

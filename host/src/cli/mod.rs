@@ -169,12 +169,25 @@ pub enum Command {
         #[command(subcommand)]
         action: SavepointAction,
     },
-    /// Deploys a plugin version: every host of the pipeline swaps to it (hot reload).
+    /// Deploys a plugin version: every host of the pipeline swaps to it (hot reload), or runs
+    /// it as a shadow beside the live version (`--shadow`), then promotes or discards the
+    /// shadow.
     Deploy {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// The plugin component.
-        plugin: PathBuf,
+        /// The plugin component (not with --promote or --discard).
+        plugin: Option<PathBuf>,
+        /// Run it as a shadow: on the same events as the live version, with a state of its own
+        /// seeded from the live state, its outputs compared and never published.
+        #[arg(long, conflicts_with_all = ["promote", "discard"])]
+        shadow: bool,
+        /// Make the shadow live: its version and its state (no probation: it has run beside the
+        /// live version).
+        #[arg(long, conflicts_with = "discard")]
+        promote: bool,
+        /// Stop the shadow and delete its state.
+        #[arg(long)]
+        discard: bool,
         /// Seconds to wait for the hosts to report the version live (0: do not wait).
         #[arg(long, default_value_t = 30)]
         wait: u64,
@@ -555,8 +568,19 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Deploy {
             pipeline,
             plugin,
+            shadow,
+            promote,
+            discard,
             wait,
-        } => hosts::deploy(&pipeline, &plugin, wait).await,
+        } => {
+            let mode = match (shadow, promote, discard) {
+                (true, _, _) => hosts::DeployMode::Shadow,
+                (_, true, _) => hosts::DeployMode::Promote,
+                (_, _, true) => hosts::DeployMode::Discard,
+                _ => hosts::DeployMode::Live,
+            };
+            hosts::deploy(&pipeline, plugin.as_deref(), mode, wait).await
+        }
         Command::Status { pipeline, json } => hosts::status(&pipeline, json).await,
         Command::State { action } => state::command(action).await,
         Command::Dlq { action } => dlq_command(action).await,

@@ -396,6 +396,9 @@ pub struct ReloadConfig {
     /// How often a watched file is checked, in milliseconds.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+    /// How many differing output pairs a shadow deploy's report keeps (the first ones).
+    #[serde(default = "default_shadow_samples")]
+    pub shadow_samples: usize,
 }
 
 impl Default for ReloadConfig {
@@ -407,6 +410,7 @@ impl Default for ReloadConfig {
             max_failure_share: default_failure_share(),
             probation_ms: default_probation_ms(),
             poll_ms: default_poll_ms(),
+            shadow_samples: default_shadow_samples(),
         }
     }
 }
@@ -425,6 +429,9 @@ fn default_poll_ms() -> u64 {
 }
 fn default_probation_ms() -> u64 {
     5_000
+}
+fn default_shadow_samples() -> usize {
+    20
 }
 
 /// Where new plugin versions come from.
@@ -447,6 +454,15 @@ impl ReloadConfig {
             return Err(err(
                 "reload.max_failure_share",
                 format!("{} is not a share; use 0.0 to 1.0", self.max_failure_share),
+            ));
+        }
+        if self.shadow_samples > 1_000 {
+            return Err(err(
+                "reload.shadow_samples",
+                format!(
+                    "{} is more than a status reply should carry; use 0 to 1000",
+                    self.shadow_samples
+                ),
             ));
         }
         if self.probation_events == 0 || self.probation_events > 1_000_000 {

@@ -298,6 +298,12 @@ pub async fn run(
     // started: a partition taken over (cluster mode), or a restart replaying from its
     // checkpoint.
     let caught_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let validator = Arc::new(reload::Validator {
+        engine: built.engine,
+        ctx: std::sync::RwLock::new(worker.context().clone()),
+        config_json: worker.config_json().to_string(),
+        needs_broadcast: !cfg.broadcast.is_empty(),
+    });
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
         open_broadcasts(&nats, &cfg, &restored),
@@ -306,12 +312,7 @@ pub async fn run(
             &nats,
             &state,
             control_tx,
-            reload::Validator {
-                engine: built.engine,
-                ctx: worker.context().clone(),
-                config_json: worker.config_json().to_string(),
-                needs_broadcast: !cfg.broadcast.is_empty(),
-            },
+            validator.clone(),
             worker.plugin().version().to_string(),
             reload_tx,
             opts.fence.clone(),
@@ -413,6 +414,7 @@ pub async fn run(
                 )
             }),
         ),
+        shadowing: runner::Shadowing::new(&cfg, validator),
         lookups,
         metrics: metrics.clone(),
         query: services.query.clone(),

@@ -27,7 +27,7 @@ impl Services {
         nats: &Nats,
         state: &Arc<StateStore>,
         control_tx: mpsc::Sender<Command>,
-        validator: Validator,
+        validator: Arc<Validator>,
         running_version: String,
         reload_tx: mpsc::Sender<ReloadEvent>,
         fence: Option<Arc<dyn super::Fence>>,
@@ -71,7 +71,7 @@ impl Services {
         if let Some(t) = reload::watch(
             cfg.clone(),
             nats.clone(),
-            Arc::new(validator),
+            validator,
             running_version,
             reload_tx,
         )

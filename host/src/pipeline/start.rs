@@ -36,7 +36,7 @@ pub(super) fn restore(
         if db_dir.exists() {
             std::fs::remove_dir_all(&db_dir)?;
         }
-        let state = Arc::new(open_state(cfg, opts, &db_dir)?);
+        let state = Arc::new(open_state(cfg, opts.clock.clone(), &db_dir)?);
         let owns = |kg: u16| cfg.partitions.owns(u32::from(kg) % cfg.partitions.count);
         let started = Instant::now();
         // A bar for the operator who started `eddy run --from-savepoint` at a terminal (hidden
@@ -118,7 +118,7 @@ pub(super) fn restore(
             tracing::info!("no checkpoint yet: starting from empty state");
         }
     }
-    let state = Arc::new(open_state(cfg, opts, &db_dir)?);
+    let state = Arc::new(open_state(cfg, opts.clock.clone(), &db_dir)?);
     if let Some(m) = &manifest
         && m.key_groups != cfg.pipeline.key_groups
     {
@@ -131,9 +131,10 @@ pub(super) fn restore(
     Ok((state, manifest))
 }
 
-fn open_state(
+/// Opens the state in `db_dir` with the pipeline's settings (also a shadow's, seeded there).
+pub(super) fn open_state(
     cfg: &PipelineConfig,
-    opts: &RunOptions,
+    clock: Arc<dyn crate::state::Clock>,
     db_dir: &Path,
 ) -> anyhow::Result<StateStore> {
     let store_options = StoreOptions {
@@ -141,13 +142,8 @@ fn open_state(
         write_ahead_log: false,
         hot_values_bytes: (cfg.state.hot_values_mb as usize) << 20,
     };
-    let state = StateStore::open_with(
-        db_dir,
-        cfg.pipeline.key_groups,
-        opts.clock.clone(),
-        store_options,
-    )
-    .with_context(|| format!("cannot open state in {}", db_dir.display()))?;
+    let state = StateStore::open_with(db_dir, cfg.pipeline.key_groups, clock, store_options)
+        .with_context(|| format!("cannot open state in {}", db_dir.display()))?;
     state.set_ttl_overrides(
         cfg.state
             .ttl
@@ -172,7 +168,7 @@ pub fn build_worker(
     opts: &RunOptions,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Worker> {
-    let state = Arc::new(open_state(cfg, opts, &cfg.db_dir())?);
+    let state = Arc::new(open_state(cfg, opts.clock.clone(), &cfg.db_dir())?);
     Ok(build_worker_on(cfg, opts, metrics, state, None, None)?.worker)
 }
 

@@ -174,7 +174,8 @@ pub struct QueryEngine {
     key_groups: u32,
     partitions: u32,
     owned: Vec<u32>,
-    live: Arc<StateStore>,
+    /// The live database (replaced when a shadow is promoted).
+    live: RwLock<Arc<StateStore>>,
     /// The last completed checkpoint, opened read-only, with its id.
     checkpoint: RwLock<Option<(u64, Arc<StateStore>)>>,
     /// In cluster mode, whether this run still holds its partition's lease (`Err(why)` once
@@ -220,7 +221,7 @@ impl QueryEngine {
             owned: (0..partitions)
                 .filter(|p| cfg.partitions.owns(*p))
                 .collect(),
-            live,
+            live: RwLock::new(live),
             checkpoint: RwLock::new(None),
             holds_lease: None,
             caught_up: None,
@@ -263,6 +264,15 @@ impl QueryEngine {
     /// The partitions this host owns.
     pub fn owned(&self) -> &[u32] {
         &self.owned
+    }
+
+    /// Answers `latest` queries from `live` from now on (a promoted shadow's state).
+    pub fn set_live(&self, live: Arc<StateStore>) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    fn live(&self) -> Arc<StateStore> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Serves `checkpoint` freshness from this checkpoint database from now on.
@@ -367,7 +377,7 @@ impl QueryEngine {
                     "this host is replaying from its checkpoint (a restart, or a partition it took over): its state is behind outputs already published; ask again in a moment (or with freshness checkpoint)".into(),
                 ))
             }
-            Freshness::Latest => Ok(Reading::Store(self.live.clone(), None)),
+            Freshness::Latest => Ok(Reading::Store(self.live(), None)),
             Freshness::Checkpoint => {
                 let guard = self.checkpoint.read().unwrap_or_else(|p| p.into_inner());
                 let (id, db) = guard.clone().ok_or_else(|| {

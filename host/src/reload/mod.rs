@@ -39,6 +39,7 @@ use crate::engine::{Engine, Instance, InstanceContext, Plugin};
 use crate::transport::Nats;
 
 pub mod record;
+pub mod shadow;
 
 /// A validated new version, ready to swap in.
 pub struct Candidate {
@@ -56,6 +57,12 @@ pub struct Candidate {
 pub enum ReloadEvent {
     /// A version ready to swap in.
     Ready(Box<Candidate>),
+    /// A version declared the shadow (`eddy deploy --shadow`), ready to start beside the live
+    /// one.
+    Shadow(Box<Candidate>),
+    /// The shadow is no longer declared (discarded, or promoted: the promoted version arrives
+    /// first, as [`ReloadEvent::Ready`]).
+    ShadowGone,
     /// A version that cannot run, and why.
     Rejected {
         /// Its version (content hash).
@@ -81,6 +88,10 @@ pub enum DeployStatus {
     RolledBack,
     /// Replaced by a newer version.
     Superseded,
+    /// Running as shadow: beside the live version, its outputs compared, never published.
+    Shadow,
+    /// A shadow the operator discarded.
+    Discarded,
 }
 
 /// One version's deployment, as `eddy status` shows it.
@@ -215,8 +226,8 @@ impl Probation {
 pub struct Validator {
     /// The engine plugins are compiled with.
     pub engine: Arc<Engine>,
-    /// What instances get.
-    pub ctx: InstanceContext,
+    /// What instances get (the state changes when a shadow is promoted).
+    pub ctx: std::sync::RwLock<InstanceContext>,
     /// The plugin config.
     pub config_json: String,
     /// Whether the pipeline has broadcast inputs (the version must handle them).
@@ -224,6 +235,16 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// What instances get now.
+    pub fn context(&self) -> InstanceContext {
+        self.ctx.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Instances made from now on work on `state` (a promoted shadow's).
+    pub fn use_state(&self, state: Arc<crate::state::StateStore>) {
+        self.ctx.write().unwrap_or_else(|p| p.into_inner()).state = state;
+    }
+
     /// Compiles and validates `wasm`: a candidate, or the reason it cannot run.
     pub fn validate(&self, wasm: &[u8], name: &str, source: &str) -> Result<Candidate, String> {
         let plugin = self.engine.load(wasm, name).map_err(|e| format!("{e:#}"))?;
@@ -232,11 +253,12 @@ impl Validator {
                 "plugin {name} does not export broadcast-handler but the pipeline has broadcast inputs"
             ));
         }
+        let ctx = self.context();
         let instance = plugin
-            .instantiate(&self.ctx, &self.config_json)
+            .instantiate(&ctx, &self.config_json)
             .map_err(|e| format!("{e:#}"))?;
-        let planner = if self.ctx.lookups.is_some() {
-            Planner::new(&plugin, &self.ctx, &self.config_json).map_err(|e| format!("{e:#}"))?
+        let planner = if ctx.lookups.is_some() {
+            Planner::new(&plugin, &ctx, &self.config_json).map_err(|e| format!("{e:#}"))?
         } else {
             None
         };
@@ -409,8 +431,10 @@ pub async fn watch(
                 .await
                 .with_context(|| format!("cannot watch the plugin bucket {bucket}"))?;
             let pipeline = cfg.pipeline.name.clone();
+            let shadow_name = shadow::object_name(&pipeline);
             Ok(Some(tokio::spawn(async move {
                 let mut current = current;
+                let mut shadow_version: Option<String> = None;
                 while let Some(update) = updates.next().await {
                     let info = match update {
                         Ok(i) => i,
@@ -419,6 +443,21 @@ pub async fn watch(
                             continue;
                         }
                     };
+                    if info.name == shadow_name {
+                        let event = if info.deleted {
+                            shadow_version = None;
+                            Some(ReloadEvent::ShadowGone)
+                        } else {
+                            shadow_event(&validator, &nats, &bucket, &pipeline, &mut shadow_version)
+                                .await
+                        };
+                        if let Some(event) = event
+                            && tx.send(event).await.is_err()
+                        {
+                            break;
+                        }
+                        continue;
+                    }
                     if info.name != pipeline || info.deleted {
                         continue;
                     }
@@ -461,6 +500,47 @@ pub async fn watch(
             })))
         }
     }
+}
+
+/// The declared shadow, validated, unless it is the one already sent (`sent`).
+async fn shadow_event(
+    validator: &Arc<Validator>,
+    nats: &Nats,
+    bucket: &str,
+    pipeline: &str,
+    sent: &mut Option<String>,
+) -> Option<ReloadEvent> {
+    let wasm = match shadow::declared(nats, bucket, pipeline).await {
+        Ok(Some(w)) => w,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            return None;
+        }
+    };
+    let version = crate::engine::version_of(&wasm);
+    if sent.as_deref() == Some(version.as_str()) {
+        return None;
+    }
+    *sent = Some(version.clone());
+    let source = format!("shadow {bucket}/{}", shadow::object_name(pipeline));
+    tracing::info!(%version, %source, "new shadow version: validating");
+    let (v, name) = (validator.clone(), pipeline.to_string());
+    let s = source.clone();
+    let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &name, &s))
+        .await
+        .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
+    Some(match result {
+        Ok(c) => ReloadEvent::Shadow(Box::new(c)),
+        Err(reason) => {
+            tracing::warn!(%version, %source, "shadow version rejected: {reason}");
+            ReloadEvent::Rejected {
+                version,
+                source,
+                reason,
+            }
+        }
+    })
 }
 
 async fn watch_file(

@@ -102,8 +102,15 @@ struct Rule {
     remove: bool,
 }
 
+/// The build variant: `EDDY_FRAUD_VARIANT=strict` at build time makes the candidate version of
+/// the shadow-deploy tests (default threshold 40, and a `flags` state counting each customer's
+/// flagged transactions); any other build is the plugin documented above.
+fn strict() -> bool {
+    option_env!("EDDY_FRAUD_VARIANT") == Some("strict")
+}
+
 fn default_flag_threshold() -> u32 {
-    70
+    if strict() { 40 } else { 70 }
 }
 
 /// An input transaction.
@@ -184,6 +191,8 @@ struct FraudEnrich {
     flag_threshold: u32,
     stats: ValueState<Stats>,
     recent: ListState<u64>,
+    /// The strict variant's flagged transactions per customer.
+    flags: Option<ValueState<u64>>,
     limits: BroadcastMap<String, u64>,
     profiles: Option<LookupStore>,
     merchants: Option<LookupStore>,
@@ -244,6 +253,11 @@ impl FraudEnrich {
         recent.push(tx.amount_cents);
         recent.drain(..recent.len().saturating_sub(RECENT_LEN));
         self.recent.update(&recent)?;
+        if let Some(flags) = &self.flags
+            && risk >= self.flag_threshold
+        {
+            flags.set(&(flags.get()?.unwrap_or(0) + 1))?;
+        }
 
         Ok(Outcome::emit_one(output))
     }
@@ -256,6 +270,7 @@ impl Processor for FraudEnrich {
             flag_threshold: settings.flag_threshold,
             stats: ValueState::new("stats"),
             recent: ListState::new("recent"),
+            flags: strict().then(|| ValueState::new("flags")),
             limits: BroadcastMap::new("category_limits"),
             profiles: settings.profiles.map(LookupStore::new),
             merchants: settings.merchants.map(LookupStore::new),

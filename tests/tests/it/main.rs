@@ -22,4 +22,5 @@ mod query;
 mod quota;
 mod reload;
 mod security;
+mod shadow;
 mod storage;

@@ -414,6 +414,12 @@ impl Checkpoints {
         Ok(manifest)
     }
 
+    /// Forgets the SST checksums remembered by name and size: the next cuts come from another
+    /// database (a promoted shadow's), whose files may reuse names with other contents.
+    pub fn forget_sums(&self) {
+        self.sums.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     fn sst_sum(&self, path: &Path, name: &str, size: u64) -> Result<String> {
         let key = (name.to_string(), size);
         if let Some(sum) = self

@@ -287,6 +287,11 @@ impl StateStore {
             .expect("column family created at open")
     }
 
+    /// The directory of the database.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The keyed state's column family (raw reads by the savepoint writer and dump tools).
     pub fn keyed_cf(&self) -> &rocksdb::ColumnFamily {
         self.cf(CF_KEYED)

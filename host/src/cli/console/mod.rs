@@ -17,7 +17,8 @@
 //! | `POST /api/checkpoint` | a checkpoint now, on every host |
 //! | `POST /api/savepoint` | starts a savepoint; `GET /api/jobs/{id}` follows it |
 //! | `GET /api/deployments` | versions, probation, rollbacks and their reasons |
-//! | `POST /api/deploy` | the body (a component) deployed as the next version |
+//! | `POST /api/deploy?shadow=` | the body (a component) deployed as the next version (or, with `shadow=true`, as the shadow) |
+//! | `POST /api/shadow/promote`, `POST /api/shadow/discard` | the shadow made live, or dropped |
 //! | `POST /api/rollback` | `{"version": v}`: a version the bucket keeps, deployed again |
 //! | `GET /api/dlq?kind=&limit=` | dead letters per kind and the newest |
 //! | `GET /api/dlq/{sequence}` | one dead letter whole |
@@ -183,6 +184,7 @@ fn router(console: Arc<Console>) -> Router {
             post(deploy).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/api/rollback", post(rollback))
+        .route("/api/shadow/{action}", post(shadow_action))
         .route("/api/dlq", get(dead_letters))
         .route("/api/dlq/replay", post(replay))
         .route("/api/dlq/{sequence}", get(dead_letter))
@@ -400,6 +402,7 @@ async fn deployments(State(c): Ctx, headers: HeaderMap) -> ApiResult {
                 "host": s.host,
                 "plugin": s.plugin,
                 "probation": s.probation,
+                "shadow": s.shadow,
                 "deployments": s.deployments,
             })
         })
@@ -430,7 +433,18 @@ async fn kept_versions(c: &Console) -> Vec<String> {
         .await
 }
 
-async fn deploy(State(c): Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
+#[derive(Deserialize)]
+struct DeployParams {
+    #[serde(default)]
+    shadow: bool,
+}
+
+async fn deploy(
+    State(c): Ctx,
+    headers: HeaderMap,
+    UrlQuery(params): UrlQuery<DeployParams>,
+    body: Bytes,
+) -> ApiResult {
     c.operator(&headers)?;
     if body.is_empty() {
         return Err(ApiError(
@@ -449,14 +463,38 @@ async fn deploy(State(c): Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
         .get("x-eddy-file-name")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("an upload");
-    let version = crate::reload::deploy(
-        &c.nats,
-        &c.cfg.reload.bucket,
-        &c.cfg.pipeline.name,
-        &body,
-        &format!("deployed from the console ({name})"),
-    )
-    .await?;
+    let (nats, bucket, pipeline) = (&c.nats, &c.cfg.reload.bucket, &c.cfg.pipeline.name);
+    let note = format!("deployed from the console ({name})");
+    let version = if params.shadow {
+        crate::reload::shadow::deploy(nats, bucket, pipeline, &body, &note).await?
+    } else {
+        crate::reload::deploy(nats, bucket, pipeline, &body, &note).await?
+    };
+    Ok(axum::Json(json!({ "version": version })))
+}
+
+/// `promote` or `discard` the shadow.
+async fn shadow_action(
+    State(c): Ctx,
+    headers: HeaderMap,
+    UrlPath(action): UrlPath<String>,
+) -> ApiResult {
+    c.operator(&headers)?;
+    let (nats, bucket, pipeline) = (&c.nats, &c.cfg.reload.bucket, &c.cfg.pipeline.name);
+    let done = match action.as_str() {
+        "promote" => {
+            crate::reload::shadow::promote(nats, bucket, pipeline, "promoted from the console")
+                .await
+        }
+        "discard" => crate::reload::shadow::discard(nats, bucket, pipeline).await,
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no shadow action `{other}`: use promote or discard"),
+            ));
+        }
+    };
+    let version = done.map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
     Ok(axum::Json(json!({ "version": version })))
 }
 

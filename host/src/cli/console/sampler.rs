@@ -318,6 +318,7 @@ mod tests {
 
     fn status(host: &str, events: u64, calls: &[u64]) -> HostStatus {
         HostStatus {
+            shadow: None,
             pipeline: "p".into(),
             host: host.into(),
             partitions: PartitionsStatus {

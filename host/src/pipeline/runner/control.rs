@@ -72,6 +72,7 @@ impl Runner {
                     exports: p.capabilities().to_string(),
                 }
             }),
+            shadow: self.shadowing.report().cloned(),
             probation: self.reloading.probation.as_ref().map(|p| ProbationStatus {
                 events: p.rule.events,
                 failures: p.rule.failures,

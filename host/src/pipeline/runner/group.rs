@@ -1,6 +1,7 @@
 //! One released group through the plugin: a keyed batch (dead letters for bad keys and failed
 //! lookups, one plugin call for the rest, routing deferred to the publisher's task) or a run
-//! of broadcast updates (applied in order, positions advanced).
+//! of broadcast updates (applied in order, positions advanced). A shadow, if one runs, gets
+//! the same group on its own thread (`shadowing`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,6 +82,10 @@ impl Runner {
         }
         let handed = events.len() as u64;
         let prefetched = Arc::new(prefetched);
+        // A shadow runs the same batch on its own thread meanwhile.
+        let shadow = self
+            .shadowing
+            .start_keyed(&events, &key_groups, &prefetched);
         let (version, result) = self
             .on_worker_admitting(move |worker| {
                 let r = worker.handle(&events, &key_groups, &prefetched);
@@ -88,6 +93,9 @@ impl Runner {
             })
             .await?;
         let outcomes = result?;
+        if let Some(running) = shadow {
+            self.compare_keyed(running, &outcomes).await;
+        }
         let failed = outcomes
             .iter()
             .filter(|o| {
@@ -131,9 +139,14 @@ impl Runner {
                 sequence: b.seq,
             })
             .collect();
+        let shadow = self.shadowing.start_broadcast(&events);
+        let compared = shadow.is_some().then(|| events.clone());
         let results = self
             .on_worker_admitting(move |worker| worker.handle_broadcast(&events))
             .await??;
+        if let (Some(running), Some(events)) = (shadow, compared) {
+            self.compare_broadcast(running, &events, &results).await;
+        }
         let mut out = Vec::new();
         for (b, r) in msgs.iter().zip(results) {
             self.metrics.broadcast_in.fetch_add(1, Ordering::Relaxed);

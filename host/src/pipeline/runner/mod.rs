@@ -6,7 +6,9 @@
 //! - `group`: one released group through the plugin (keyed or broadcast), with named results;
 //! - `checkpointing`: when to cut, what a cut records, completion in the background;
 //! - `control`: status, checkpoints on demand, savepoints;
-//! - `reloading`: hot swaps, probation and rollback.
+//! - `reloading`: hot swaps, probation and rollback;
+//! - `shadowing`: a shadow version beside the live one, compared event by event, promoted or
+//!   discarded.
 //!
 //! Work on the plugin runs on a blocking thread through [`Runner::on_worker`] (or
 //! [`Runner::on_worker_admitting`], which keeps admitting input meanwhile).
@@ -15,6 +17,7 @@ mod checkpointing;
 mod control;
 mod group;
 mod reloading;
+mod shadowing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use crate::transport::{Backlog, BroadcastInput, Publisher};
 
 pub(super) use checkpointing::Checkpointing;
 pub(super) use reloading::Reloading;
+pub(super) use shadowing::Shadowing;
 
 pub(super) struct Runner {
     pub(super) cfg: Arc<PipelineConfig>,
@@ -64,6 +68,7 @@ pub(super) struct Runner {
     pub(super) publisher: Publisher,
     pub(super) checkpointing: Checkpointing,
     pub(super) reloading: Reloading,
+    pub(super) shadowing: Shadowing,
     pub(super) lookups: Option<Arc<Lookups>>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) query: Arc<QueryEngine>,
@@ -169,6 +174,9 @@ impl Runner {
                 _ = tick.tick() => {
                     self.idle_broadcasts().await;
                     self.judge_probation(false).await?;
+                    if self.shadowing.waiting() {
+                        self.start_waiting_shadow().await?;
+                    }
                 }
                 // More may be released: go on without waiting.
                 _ = std::future::ready(()), if handled => {}

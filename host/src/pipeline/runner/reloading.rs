@@ -72,7 +72,7 @@ impl Reloading {
 
 impl Runner {
     /// Remembers the history for restarts (a failure is logged: the run goes on).
-    async fn remember(&mut self) {
+    pub(super) async fn remember(&mut self) {
         if let Some((nats, bucket, pipeline)) = &self.reloading.keep {
             record::save(nats, bucket, pipeline, &self.reloading.history).await;
         }
@@ -97,6 +97,11 @@ impl Runner {
                     swap_pause_us: None,
                 });
                 self.remember().await;
+                Ok(())
+            }
+            ReloadEvent::Shadow(c) => self.shadow_declared(c).await,
+            ReloadEvent::ShadowGone => {
+                self.shadow_gone().await;
                 Ok(())
             }
             ReloadEvent::Ready(c) => {
@@ -127,6 +132,11 @@ impl Runner {
 
     /// Swaps `c` in at this batch boundary, runs its `migrate`, and starts its probation.
     async fn swap_in(&mut self, c: Candidate) -> anyhow::Result<()> {
+        if self.is_shadow(c.plugin.version()) {
+            // Deploying the shadow's version as live promotes it, state and all: it has run
+            // beside the live version on every event, so it needs no probation.
+            return self.promote_shadow(c.source).await;
+        }
         let started = Instant::now();
         let Candidate {
             plugin,
@@ -280,11 +290,14 @@ impl Runner {
                     .set(&previous_version, DeployStatus::Live, None);
                 self.remember().await;
                 // What the bad version handled is handled again by the previous one: its
-                // outputs and writes were never published or committed.
+                // outputs and writes were never published or committed. A shadow has handled
+                // those events already, and is left out.
+                let shadow = self.shadowing.set_aside();
                 for group in p.groups {
                     let run = self.run_group(group).await?;
                     self.publish(run.out).await?;
                 }
+                self.shadowing.put_back(shadow);
                 self.next_swap().await
             }
         }

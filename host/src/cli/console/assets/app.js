@@ -154,6 +154,19 @@ async function deployments() {
     h.host, h.plugin ? h.plugin.name : 'none', h.plugin ? h.plugin.version : '',
     h.probation ? `${h.probation.events} events, ${h.probation.failures} failed (falls back to ${h.probation.previous})` : 'no',
   ]));
+  const shadows = d.hosts.filter((h) => h.shadow);
+  $('shadow').hidden = shadows.length === 0;
+  $('shadow-summary').textContent = shadows.map((h) => {
+    const r = h.shadow;
+    const stopped = r.stopped ? ` Stopped: ${r.stopped}.` : '';
+    return `${h.host}: ${r.version} beside ${r.live_version} since ${fmt.time(r.since_ms)}: ${r.events} events, ${r.events - r.differing_events} the same, ${r.differing_events} differ, ${r.shadow_failures} failed in the shadow.${stopped}`;
+  }).join(' ');
+  $('shadow-promote').disabled = $('shadow-discard').disabled = role !== 'operator';
+  fill($('shadow-subjects').tBodies[0], shadows.flatMap((h) => Object.entries(h.shadow.subjects).map(([subject, c]) =>
+    [h.host, subject, c.same, c.different, c.only_live, c.only_shadow])));
+  const sent = (m) => m ? m.payload : '(nothing)';
+  fill($('shadow-samples').tBodies[0], shadows.flatMap((h) => h.shadow.samples.map((s) =>
+    [h.host, s.input.seq, s.input.key, s.subject, sent(s.live), sent(s.shadow)])));
   const rows = [];
   for (const h of d.hosts) {
     for (const dep of h.deployments) {
@@ -271,10 +284,17 @@ $('take-savepoint').addEventListener('click', () => act($('checkpoint-result'), 
 $('deploy').addEventListener('click', () => {
   const file = $('deploy-file').files[0];
   if (!file) { $('deploy-result').textContent = 'choose a .wasm file first'; return; }
-  act($('deploy-result'), 'deployed as version ',
-    () => api('/api/deploy', { method: 'POST', headers: { 'Content-Type': 'application/wasm', 'X-Eddy-File-Name': file.name }, body: file }),
+  const shadow = $('deploy-shadow').checked;
+  act($('deploy-result'), shadow ? 'deployed as shadow, version ' : 'deployed as version ',
+    () => api('/api/deploy' + (shadow ? '?shadow=true' : ''), { method: 'POST', headers: { 'Content-Type': 'application/wasm', 'X-Eddy-File-Name': file.name }, body: file }),
     (r) => r.version);
 });
+
+for (const action of ['promote', 'discard']) {
+  $('shadow-' + action).addEventListener('click', () => act($('shadow-result'), action === 'promote' ? 'promoting ' : 'discarding ',
+    () => api('/api/shadow/' + action, { method: 'POST' }),
+    (r) => r.version));
+}
 
 $('dlq-refresh').addEventListener('click', () => refresh());
 $('dlq-kind').addEventListener('change', () => { dlqSelected.clear(); refresh(); });
