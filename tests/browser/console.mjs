@@ -160,6 +160,32 @@ const steps = {
     return { deployed: next.version, rolled_back_to: rolledBack };
   },
 
+  // A plugin uploaded as shadow: its report fills in while events flow, then Discard ends it.
+  async shadow() {
+    await open('deployments');
+    await page.setInputFiles('#deploy-file', process.env.SHADOW_WASM);
+    await page.check('#deploy-shadow');
+    await page.click('#deploy');
+    const result = await until('the shadow deploy', async () => {
+      const t = await text('#deploy-result');
+      if (t && !t.startsWith('deployed') && !t.includes('working')) throw new Error(t);
+      return t.startsWith('deployed as shadow, version ') ? t : null;
+    });
+    const version = result.replace('deployed as shadow, version ', '').trim();
+    const rows = (sel) => page.locator(sel + ' tbody tr').evaluateAll((trs) =>
+      trs.map((tr) => [...tr.children].map((td) => td.innerText)));
+    // Until the shadow has found a difference on the output subject.
+    const subjects = await until('a difference in the shadow report', async () => {
+      const r = await rows('#shadow-subjects');
+      return r.some((row) => Number(row[3]) > 0) ? r : null;
+    });
+    const summary = await text('#shadow-summary');
+    const samples = await rows('#shadow-samples');
+    await page.click('#shadow-discard');
+    await until('the shadow to go', async () => await page.locator('#shadow').isHidden());
+    const history = await text('#deployments');
+    return { version, summary, subjects, samples, history };
+  },
 
   // Keyed state of one key, and a broadcast table, looked up from the page.
   async state() {

@@ -339,6 +339,55 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flowing.await.expect("publisher");
+
+    // Shadow: uploaded with "as shadow", its report shows while events flow, Discard ends it.
+    let (stop, flowing) = keep_publishing(
+        conn.js.clone(),
+        produce::transactions(20_000, 400, 34, 0),
+        20,
+        Duration::from_millis(50),
+    );
+    let strict = plugin("fraud-enrich-strict");
+    let url2 = url.clone();
+    let strict2 = strict.to_str().expect("path").to_string();
+    let seen = tokio::task::spawn_blocking(move || {
+        browser("shadow", &url2, &[("SHADOW_WASM", strict2.as_str())])
+    })
+    .await
+    .expect("shadow");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flowing.await.expect("publisher");
+    let strict_version = eddy_host::engine::version_of(&std::fs::read(&strict).expect("strict"));
+    assert_eq!(
+        seen["version"].as_str(),
+        Some(strict_version.as_str()),
+        "{seen}"
+    );
+    assert!(
+        seen["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(&strict_version) && s.contains(" differ")),
+        "{seen}"
+    );
+    let row = seen["subjects"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r[1] == "txn.out"))
+        .unwrap_or_else(|| panic!("a txn.out row: {seen}"));
+    assert!(
+        row[3].as_str().and_then(|n| n.parse::<u64>().ok()) > Some(0),
+        "{seen}"
+    );
+    assert!(
+        seen["samples"].as_array().is_some_and(|s| !s.is_empty()),
+        "{seen}"
+    );
+    assert!(
+        seen["history"]
+            .as_str()
+            .is_some_and(|h| h.contains("discarded")),
+        "{seen}"
+    );
+
     // The version the host first loaded from its file is kept too: a rollback can go back
     // to it.
     let deployments: Value = serde_json::from_str(
