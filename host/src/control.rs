@@ -37,6 +37,9 @@ pub struct HostStatus {
     pub plugin: Option<PluginStatus>,
     /// The version on probation, if one is.
     pub probation: Option<ProbationStatus>,
+    /// Per-key quota hits since the state was opened, if the pipeline sets quotas.
+    #[serde(default)]
+    pub quota: Option<QuotaStatus>,
     /// The shadow version and what its comparison found, if one is declared.
     #[serde(default)]
     pub shadow: Option<crate::reload::shadow::ShadowReport>,
@@ -95,6 +98,15 @@ pub struct PluginStatus {
     pub version: String,
     /// The optional exports it has.
     pub exports: String,
+}
+
+/// Per-key quota hits in a [`HostStatus`] (`[state.quota.*]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaStatus {
+    /// Writes refused (policy `reject`: the event was dead-lettered).
+    pub rejected: u64,
+    /// Entries evicted (policy `evict`).
+    pub evicted: u64,
 }
 
 /// A version on probation in a [`HostStatus`].

@@ -265,7 +265,9 @@ async fn lookups(quick: bool) {
     let profiles: HashMap<String, String> = (0..customers)
         .map(|i| (format!("c-{i}"), format!(r#"{{"segment":"s{}"}}"#, i % 7)))
         .collect();
-    let http = SlowHttp::start(profiles, 1).await.expect("http store");
+    let http = SlowHttp::start(profiles.clone(), 1)
+        .await
+        .expect("http store");
     let store = |cache: &str| {
         format!(
             "[lookups]\ncapacity = 100\nmode = \"ordered\"\n\n[lookup.profiles]\nkind = \"http\"\nurl_template = \"{}/{{key}}\"\ntimeout_ms = 2000\ncache = {cache}\n",
@@ -303,6 +305,34 @@ async fn lookups(quick: bool) {
     let keyed_only = throughput(&b, n as u64).await;
     run.stop().await;
 
+    // A 1 ms Redis (0.5 ms each way through a relay), no cache: one key per request, then
+    // the keys asked meanwhile in one MGET (the default).
+    let redis = eddy_tests::RedisServer::start().expect("redis-server");
+    let sets: Vec<Vec<String>> = profiles
+        .iter()
+        .map(|(k, v)| vec!["SET".into(), k.clone(), v.clone()])
+        .collect();
+    redis.pipe(&sets).expect("load profiles");
+    let slow = eddy_tests::Relay::start_with_latency(redis.port(), Duration::from_micros(500))
+        .await
+        .expect("relay");
+    let rtt = round_trip(slow.port()).await;
+    let mut redis_rows = Vec::new();
+    for max_batch in [1, 256] {
+        let b = setup(
+            &format!(
+                "[lookups]\ncapacity = 100\nmode = \"ordered\"\n\n[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\ntimeout_ms = 2000\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n",
+                slow.port()
+            ),
+            config,
+        )
+        .await;
+        publish(&b, n, customers, 3).await;
+        let run = Running::start(&b.spec);
+        redis_rows.push((max_batch, throughput(&b, n as u64).await));
+        run.stop().await;
+    }
+
     println!("\nLookups, fraud pipeline, capacity 100, ordered ({n} events)\n");
     println!("| case | events/s | ratio |");
     println!("|---|---:|---:|");
@@ -315,7 +345,39 @@ async fn lookups(quick: bool) {
         "| profile lookup served from the cache | {cached:.0} | {:.2} of baseline |",
         cached / keyed_only
     );
-    println!("\nHTTP store requests: {}", http.requests());
+    for (max_batch, eps) in &redis_rows {
+        println!(
+            "| 1 ms Redis, no cache, 50,000 customers, max_batch = {max_batch} | {eps:.0} | {:.2} of baseline |",
+            eps / keyed_only
+        );
+    }
+    println!(
+        "\nRedis round trip through the relay (PING, one at a time): p50 {:.2} ms",
+        rtt * 1e3
+    );
+    println!("HTTP store requests: {}", http.requests());
+}
+
+/// The median time of a Redis `PING` answered through `port`, one at a time.
+async fn round_trip(port: u16) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let mut times = Vec::new();
+    let mut buf = [0u8; 16];
+    for _ in 0..200 {
+        let t = Instant::now();
+        conn.write_all(b"PING\r\n").await.expect("ping");
+        let mut got = 0;
+        while got < 7 {
+            got += conn.read(&mut buf[got..]).await.expect("pong");
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// The same pipeline with a checkpoint every 10 s and with none during the run (interval 1 h,
@@ -532,11 +594,9 @@ async fn shadow(quick: bool) {
         let deadline = Instant::now() + Duration::from_secs(600);
         let report = loop {
             let len = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
-            if t0.is_none() {
-                if shadow_report(&b).await.is_some_and(|r| r.events > 0) {
-                    t0 = Some(Instant::now());
-                    first = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
-                }
+            if t0.is_none() && shadow_report(&b).await.is_some_and(|r| r.events > 0) {
+                t0 = Some(Instant::now());
+                first = stream_len(&b.conn.js, "OUT").await.unwrap_or(0);
             }
             if len >= n as u64 || Instant::now() > deadline {
                 let secs = t0.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);

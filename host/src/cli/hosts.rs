@@ -178,6 +178,13 @@ pub fn status_table(a: &HostStatus, now_ms: u64) -> String {
         "  events       {} in, {} out, {} dropped, {} dead-lettered",
         a.events_in, a.outputs, a.dropped, a.dead_lettered
     );
+    if let Some(q) = &a.quota {
+        let _ = writeln!(
+            s,
+            "  quota        {} writes refused (events dead-lettered), {} entries evicted",
+            q.rejected, q.evicted
+        );
+    }
     for (input, position) in &a.positions {
         let _ = writeln!(s, "  position     {input} at {position}");
     }
@@ -414,6 +421,10 @@ mod tests {
             swap_pause_us: None,
         };
         let status = HostStatus {
+            quota: Some(crate::control::QuotaStatus {
+                rejected: 2,
+                evicted: 0,
+            }),
             shadow: None,
             pipeline: "fraud".into(),
             host: "a".into(),
@@ -456,6 +467,7 @@ mod tests {
   plugin       fraud_enrich v1 (handler)
   partitions   2 of 8: 1, 5
   events       42 in, 40 out, 1 dropped, 1 dead-lettered
+  quota        2 writes refused (events dead-lettered), 0 entries evicted
   position     keyed:TXN/fraud at 42
   checkpoint   7 (4 s ago)
   deployments  (newest first)

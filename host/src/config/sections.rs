@@ -88,10 +88,20 @@ pub struct LookupStoreConfig {
     /// The cache in front of the store.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// At most this many keys in one request to the store: the keys that events ask for while
+    /// a request is being made go together in the next (one Redis `MGET` or pipeline, one
+    /// round of NATS KV gets, pipelined PostgreSQL queries; HTTP asks per key, concurrently).
+    /// 1 asks for every key on its own.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
 }
 
 fn default_lookup_timeout_ms() -> u64 {
     1_000
+}
+
+fn default_max_batch() -> usize {
+    256
 }
 
 /// The kinds of lookup store.
@@ -237,6 +247,12 @@ impl LookupStoreConfig {
     pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let f = |field: &str| format!("lookup.{name}.{field}");
         check_name(&format!("lookup.{name}"), name)?;
+        if self.max_batch == 0 || self.max_batch > 10_000 {
+            return Err(err(
+                &f("max_batch"),
+                format!("{} is out of range; use 1 to 10000", self.max_batch),
+            ));
+        }
         let need = |field: &str, v: &Option<String>, example: &str| match v {
             Some(s) if !s.trim().is_empty() => Ok(()),
             _ => Err(err(

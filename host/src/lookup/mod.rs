@@ -111,6 +111,12 @@ pub struct StoreStats {
 /// A fetch of one key under way, shared by every event that asks for the key meanwhile.
 type InFlight = futures::future::Shared<BoxFuture<'static, Result<Option<Vec<u8>>, LookupError>>>;
 
+/// One key asked of a store's batcher, and where its answer goes.
+type Ask = (
+    String,
+    tokio::sync::oneshot::Sender<Result<Option<Vec<u8>>, LookupError>>,
+);
+
 /// One declared store.
 pub struct Store {
     name: String,
@@ -120,6 +126,8 @@ pub struct Store {
     /// Keys being fetched: a second event asking for one waits for the same answer instead
     /// of asking the store again.
     in_flight: std::sync::Mutex<HashMap<String, InFlight>>,
+    /// Keys to fetch, gathered into requests of up to `max_batch` keys ([`batch_requests`]).
+    asks: tokio::sync::mpsc::UnboundedSender<Ask>,
     /// Its counters.
     pub stats: StoreStats,
 }
@@ -175,13 +183,18 @@ impl Lookups {
                 StoreKind::Http => Arc::new(http::HttpStore::new(sc)?),
                 StoreKind::Postgres => Arc::new(postgres::PgStore::new(sc)?),
             };
-            let store = Arc::new(Store {
-                name: name.clone(),
-                cache: Cache::new(&sc.cache),
-                cfg: sc.clone(),
-                connector,
-                in_flight: std::sync::Mutex::default(),
-                stats: StoreStats::default(),
+            let store = Arc::new_cyclic(|weak| {
+                let (asks, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(batch_requests(weak.clone(), rx, sc.max_batch));
+                Store {
+                    name: name.clone(),
+                    cache: Cache::new(&sc.cache),
+                    cfg: sc.clone(),
+                    connector,
+                    in_flight: std::sync::Mutex::default(),
+                    asks,
+                    stats: StoreStats::default(),
+                }
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;
@@ -366,14 +379,20 @@ impl Store {
             .collect()
     }
 
-    /// Fetches one key (retries and timeout included), caches the answer, and ends its
-    /// in-flight entry.
+    /// Fetches one key (in a request with the other keys asked meanwhile; retries and timeout
+    /// included), caches the answer, and ends its in-flight entry.
     async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, LookupError> {
-        let answer = self
-            .fetch_with_retries(std::slice::from_ref(&key))
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(LookupError::Unavailable("no answer".into())));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let answer = match self.asks.send((key.clone(), reply)) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(LookupError::Unavailable(
+                    "the store's request task stopped".into(),
+                ))
+            }),
+            Err(_) => Err(LookupError::Unavailable(
+                "the store's request task stopped".into(),
+            )),
+        };
         if let Ok(v) = &answer {
             self.cache.put(&key, v.clone());
         }
@@ -464,6 +483,37 @@ impl Store {
             }
         }
         out
+    }
+}
+
+/// Gathers the keys asked of a store into requests: the first key waiting starts a request
+/// with every key asked by then (up to `max_batch`), so the events admitted together share
+/// one round trip; requests run concurrently. Ends with the store.
+async fn batch_requests(
+    store: std::sync::Weak<Store>,
+    mut asks: tokio::sync::mpsc::UnboundedReceiver<Ask>,
+    max_batch: usize,
+) {
+    while let Some(first) = asks.recv().await {
+        // The events admitted with this one are still asking: let them finish.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match asks.try_recv() {
+                Ok(ask) => batch.push(ask),
+                Err(_) => break,
+            }
+        }
+        let Some(store) = store.upgrade() else {
+            break;
+        };
+        tokio::spawn(async move {
+            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+            let answers = store.fetch_with_retries(&keys).await;
+            for ((_, reply), answer) in batch.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        });
     }
 }
 

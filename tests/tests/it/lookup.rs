@@ -731,3 +731,59 @@ fn words(expr: &str) -> impl Iterator<Item = &str> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
 }
+
+/// Redis's count of calls to `command` since its stats were last reset.
+fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
+    let info = redis.cmd(&["INFO", "commandstats"]).expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 500 events, each asking Redis for its own key, admitted together in a backlog: the keys
+/// asked while a request is made go in the next one (`MGET`), so the store sees a few dozen
+/// requests instead of 500, and every event still gets its own value. With `max_batch = 1`
+/// it sees one `GET` per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_asked_together_share_one_request() {
+    let redis = RedisServer::start().expect("redis");
+    let sets: Vec<Vec<String>> = (0..500)
+        .map(|i| vec!["SET".into(), format!("m{i}"), format!("\"v{i}\"")])
+        .collect();
+    redis.pipe(&sets).expect("load");
+    for max_batch in [256, 1] {
+        redis.cmd(&["CONFIG", "RESETSTAT"]).expect("reset");
+        let stores = format!(
+            "[lookups]\ncapacity = 100\n\n[lookup.r]\nkind = \"redis\"\nurl = \"{}\"\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n",
+            redis.url()
+        );
+        let Fixture {
+            nats: _nats,
+            dir: _dir,
+            spec,
+            conn,
+        } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
+        let inputs: Vec<Value> = (0..500)
+            .map(|i| lookup(i, &format!("c{}", i % 50), "r", &format!("m{i}")))
+            .collect();
+        publish(&conn.js, &inputs).await;
+        let run = Running::start(&spec);
+        wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
+        run.stop().await;
+        let answers = answers_by_input(&conn.js, 500).await;
+        assert_eq!(answers.len(), 500);
+        for (seq, v) in &answers {
+            let i = seq - 1;
+            assert_eq!(v["found"], true, "{v}");
+            assert_eq!(v["value"], format!("v{i}"), "event {i}: {v}");
+        }
+        let (mget, get) = (redis_calls(&redis, "mget"), redis_calls(&redis, "get"));
+        eprintln!("max_batch {max_batch}: {mget} MGET and {get} GET for 500 keys");
+        if max_batch == 1 {
+            assert_eq!((mget, get), (0, 500), "one GET per key");
+        } else {
+            assert!(mget > 0 && mget + get <= 100, "{mget} MGET + {get} GET");
+        }
+    }
+}

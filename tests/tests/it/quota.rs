@@ -91,6 +91,23 @@ async fn reject_dead_letters_the_event_and_keeps_none_of_its_writes() {
         metrics.contains("eddy_state_quota_total{pipeline=\"fraud\",action=\"rejected\"} 31"),
         "{metrics}"
     );
+    // `eddy status` counts them too.
+    let status: Vec<eddy_host::control::HostStatus> = eddy_host::cli::hosts::ask(
+        &conn,
+        "fraud",
+        "status",
+        serde_json::json!({}),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("status");
+    assert_eq!(
+        status[0].quota,
+        Some(eddy_host::control::QuotaStatus {
+            rejected: 31,
+            evicted: 0
+        })
+    );
     run.stop().await;
 }
 

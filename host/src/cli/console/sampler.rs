@@ -318,6 +318,7 @@ mod tests {
 
     fn status(host: &str, events: u64, calls: &[u64]) -> HostStatus {
         HostStatus {
+            quota: None,
             shadow: None,
             pipeline: "p".into(),
             host: host.into(),

@@ -72,6 +72,13 @@ impl Runner {
                     exports: p.capabilities().to_string(),
                 }
             }),
+            quota: (!self.cfg.state.quota.is_empty()).then(|| {
+                let stats = self.state.stats();
+                crate::control::QuotaStatus {
+                    rejected: stats.quota_rejected.load(Ordering::Relaxed),
+                    evicted: stats.quota_evicted.load(Ordering::Relaxed),
+                }
+            }),
             shadow: self.shadowing.report().cloned(),
             probation: self.reloading.probation.as_ref().map(|p| ProbationStatus {
                 events: p.rule.events,

@@ -115,6 +115,7 @@ async function overview() {
       s.partitions.owned.length + ' of ' + s.partitions.count + ': ' + s.partitions.owned.join(', '),
       s.plugin ? s.plugin.name + ' ' + s.plugin.version : 'none',
       fmt.int(s.events_in), fmt.int(s.outputs), fmt.int(s.dead_lettered),
+      s.quota ? `${fmt.int(s.quota.rejected)} refused, ${fmt.int(s.quota.evicted)} evicted` : '',
       fmt.rate(h.in_per_s), fmt.int(s.lag), fmt.ms(h.p50_ms) + ' / ' + fmt.ms(h.p99_ms),
       s.last_checkpoint ? s.last_checkpoint.id + ' (' + fmt.ago(s.last_checkpoint.created_ms) + ')' : 'none yet',
     ];
