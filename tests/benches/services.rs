@@ -41,9 +41,14 @@ struct Bench {
 }
 
 async fn setup(extra: &str, config: Option<&str>) -> Bench {
+    setup_plugin("fraud-enrich", extra, config).await
+}
+
+/// [`setup`] with another sample plugin.
+async fn setup_plugin(plugin_name: &str, extra: &str, config: Option<&str>) -> Bench {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin("fraud-enrich"));
+    let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin(plugin_name));
     spec.extra = extra.to_string();
     spec.plugin_config = config.map(str::to_string);
     let conn = nats.connect().await.expect("connect");
@@ -566,6 +571,30 @@ async fn quotas(quick: bool) {
         rows.push((label, eps));
     }
     println!("\nPer-key quota, fraud pipeline with 1,000 customers ({n} events per run)\n");
+    alternated_table("quota", &rows);
+
+    // A map quota: dedupe-filter's `seen` (one new id per event) kept to the 16 written last,
+    // so every write past a customer's 16th scans its entries and evicts one.
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    for round in 0..4 {
+        let (label, extra) = if round % 2 == 0 {
+            ("none", "")
+        } else {
+            (
+                "seen: max_entries = 16, evict",
+                "[state.quota.seen]\nmax_entries = 16\npolicy = \"evict\"\n",
+            )
+        };
+        let b = setup_plugin("dedupe-filter", extra, None).await;
+        publish(&b, n, 1_000, 14).await;
+        let run = Running::start(&b.spec);
+        let eps = throughput(&b, n as u64).await;
+        run.stop().await;
+        rows.push((label, eps));
+    }
+    println!(
+        "\nPer-key map quota, dedupe-filter with 1,000 customers ({n} events per run, one new id each)\n"
+    );
     alternated_table("quota", &rows);
 }
 
