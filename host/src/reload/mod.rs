@@ -51,6 +51,9 @@ pub struct Candidate {
     pub planner: Option<Planner>,
     /// Where it came from.
     pub source: String,
+    /// The state its instance and planner were made on (a promoted shadow's state replaces
+    /// the live one: a candidate validated before that is made again on the new state).
+    pub state: Arc<crate::state::StateStore>,
 }
 
 /// What the watcher found.
@@ -131,6 +134,18 @@ impl History {
         self.deployments.push(d);
         if self.deployments.len() > 50 {
             self.deployments.remove(0);
+        }
+    }
+
+    /// Sets the status of the newest deployment of `version` that runs as shadow, if one does.
+    pub fn set_shadow(&mut self, version: &str, status: DeployStatus) {
+        if let Some(d) = self
+            .deployments
+            .iter_mut()
+            .rev()
+            .find(|d| d.version == version && d.status == DeployStatus::Shadow)
+        {
+            d.status = status;
         }
     }
 
@@ -267,6 +282,7 @@ impl Validator {
             instance,
             planner,
             source: source.to_string(),
+            state: ctx.state,
         })
     }
 }

@@ -353,14 +353,18 @@ async fn a_discarded_shadow_leaves_no_trace() {
         let got = get(&conn, "flags", c).await;
         assert!(got.get("value").is_none(), "no flags state anywhere: {got}");
     }
+    // Its state is gone: moved aside at once, deleted once closed.
+    let retired = dir.path().join("state").join("retired");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(&shadow_dir).is_ok_and(|mut d| d.next().is_some()) {
-        assert!(
-            Instant::now() < deadline,
-            "the shadow's state is still in {}",
-            shadow_dir.display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    for d in [&shadow_dir, &retired] {
+        while std::fs::read_dir(d).is_ok_and(|mut d| d.next().is_some()) {
+            assert!(
+                Instant::now() < deadline,
+                "the shadow's state is still in {}",
+                d.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     run.stop().await;
 }

@@ -96,6 +96,11 @@ impl Worker {
         &self.config_json
     }
 
+    /// Reports to `metrics` from now on (a shadow's worker, made live).
+    pub fn set_metrics(&mut self, metrics: Arc<dyn WorkerMetrics>) {
+        self.metrics = metrics;
+    }
+
     /// Replaces the plugin by `plugin` with its already initialised `instance`; returns the
     /// previous plugin.
     pub fn swap(&mut self, plugin: Plugin, instance: Instance) -> Plugin {

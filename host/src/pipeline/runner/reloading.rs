@@ -59,6 +59,11 @@ impl Reloading {
         }
     }
 
+    /// The version waiting for the current probation to end, if one is.
+    pub(super) fn waiting_version(&self) -> Option<&str> {
+        self.next.as_ref().map(|c| c.plugin.version())
+    }
+
     /// Whether a version is on probation.
     pub(super) fn on_probation(&self) -> bool {
         self.probation.is_some()
@@ -78,6 +83,22 @@ impl Runner {
         }
     }
 
+    /// Records a version that cannot run.
+    async fn rejected(&mut self, version: String, source: String, reason: String) {
+        self.metrics
+            .reload_rejections
+            .fetch_add(1, Ordering::Relaxed);
+        self.reloading.history.push(Deployment {
+            version,
+            source,
+            at_ms: crate::checkpoint::now_ms(),
+            status: DeployStatus::Rejected,
+            reason: Some(reason),
+            swap_pause_us: None,
+        });
+        self.remember().await;
+    }
+
     pub(super) async fn reload(&mut self, ev: ReloadEvent) -> anyhow::Result<()> {
         match ev {
             ReloadEvent::Rejected {
@@ -85,18 +106,7 @@ impl Runner {
                 source,
                 reason,
             } => {
-                self.metrics
-                    .reload_rejections
-                    .fetch_add(1, Ordering::Relaxed);
-                self.reloading.history.push(Deployment {
-                    version,
-                    source,
-                    at_ms: crate::checkpoint::now_ms(),
-                    status: DeployStatus::Rejected,
-                    reason: Some(reason),
-                    swap_pause_us: None,
-                });
-                self.remember().await;
+                self.rejected(version, source, reason).await;
                 Ok(())
             }
             ReloadEvent::Shadow(c) => self.shadow_declared(c).await,
@@ -143,8 +153,35 @@ impl Runner {
             instance,
             planner,
             source,
+            state,
         } = c;
         let version = plugin.version().to_string();
+        // Validated on a state that is no longer the live one (a shadow was promoted since):
+        // made again on the live state.
+        let (instance, planner) = if std::sync::Arc::ptr_eq(&state, &self.state) {
+            (instance, planner)
+        } else {
+            drop((instance, planner, state));
+            let p = plugin.clone();
+            let remade = self
+                .on_worker(move |w| {
+                    let (ctx, config) = (w.context(), w.config_json());
+                    let instance = p.instantiate(ctx, config)?;
+                    let planner = match ctx.lookups {
+                        Some(_) => Planner::new(&p, ctx, config)?,
+                        None => None,
+                    };
+                    anyhow::Ok((instance, planner))
+                })
+                .await?;
+            match remade {
+                Ok(made) => made,
+                Err(e) => {
+                    self.rejected(version, source, format!("{e:#}")).await;
+                    return Ok(());
+                }
+            }
+        };
         let (previous, migrated) = self
             .on_worker(move |worker| {
                 let previous = worker.swap(plugin, instance);

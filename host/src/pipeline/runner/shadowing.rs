@@ -62,12 +62,15 @@ impl Shadowing {
         validator: Arc<Validator>,
     ) -> Shadowing {
         let root = cfg.pipeline.state_dir.join("shadow");
-        // No run holds a shadow state at its start: what is there is left from a run that
-        // ended (its shadow starts again from the live state, if it is still declared).
-        if root.exists()
-            && let Err(e) = std::fs::remove_dir_all(&root)
-        {
-            tracing::warn!("cannot clear {}: {e}", root.display());
+        // No run holds a shadow state, or a retired one, at its start: what is there is left
+        // from a run that ended (its shadow starts again from the live state, if it is still
+        // declared).
+        for dir in [root.clone(), root.with_file_name("retired")] {
+            if dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!("cannot clear {}: {e}", dir.display());
+            }
         }
         Shadowing {
             running: None,
@@ -173,14 +176,19 @@ impl Shadowing {
             r.stopped = Some(why);
         }
         if let Some(s) = self.running.take() {
-            s.remove();
+            s.remove(self.retired());
         }
+    }
+
+    /// Where databases no longer used wait for their last reader: `<state_dir>/retired`.
+    fn retired(&self) -> PathBuf {
+        self.root.with_file_name("retired")
     }
 }
 
 impl Shadow {
     /// Closes its state and deletes the directory (off the caller's thread).
-    fn remove(self) {
+    fn remove(self, retired: PathBuf) {
         let Shadow {
             worker,
             state,
@@ -188,19 +196,41 @@ impl Shadow {
             planner,
         } = self;
         drop((worker, planner));
-        remove_when_closed(state, dir);
+        remove_when_closed(state, dir, retired);
     }
 }
 
-/// Deletes a database's directory once its last user (a query in flight) let it go.
-fn remove_when_closed(state: Arc<StateStore>, dir: PathBuf) {
+/// Moves a database's directory out of the way at once (a run restored later in this process
+/// may use its path again), and deletes it once its last user (a query in flight) let it go.
+/// One still held after a minute is left, and swept when a run of the pipeline starts.
+fn remove_when_closed(state: Arc<StateStore>, dir: PathBuf, retired: PathBuf) {
+    let dir = match std::fs::create_dir_all(&retired).and_then(|()| {
+        let to = retired.join(format!(
+            "{}-{}",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("db"),
+            crate::checkpoint::now_ms()
+        ));
+        std::fs::rename(&dir, &to).map(|()| to)
+    }) {
+        Ok(moved) => moved,
+        Err(e) => {
+            tracing::warn!(
+                "cannot move {} aside ({e}); deleting it in place",
+                dir.display()
+            );
+            dir
+        }
+    };
     tokio::task::spawn_blocking(move || {
         let mut state = state;
-        for _ in 0..600 {
+        for _ in 0..1200 {
             match Arc::try_unwrap(state) {
                 Ok(db) => {
                     drop(db);
-                    break;
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!("cannot remove the state directory {}: {e}", dir.display());
+                    }
+                    return;
                 }
                 Err(still) => {
                     state = still;
@@ -208,9 +238,10 @@ fn remove_when_closed(state: Arc<StateStore>, dir: PathBuf) {
                 }
             }
         }
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!("cannot remove the state directory {}: {e}", dir.display());
-        }
+        tracing::warn!(
+            "the state in {} is still in use after a minute; it is deleted when the pipeline next starts",
+            dir.display()
+        );
     });
 }
 
@@ -324,10 +355,15 @@ impl Runner {
         let Some(version) = self.shadowing.report.as_ref().map(|r| r.version.clone()) else {
             return;
         };
+        if self.reloading.waiting_version() == Some(version.as_str()) {
+            // Promoted during a probation: its version waits for the probation to end, and
+            // promotes the shadow then (which ends it).
+            return;
+        }
         self.end_shadow("discarded");
         self.reloading
             .history
-            .set(&version, DeployStatus::Discarded, None);
+            .set_shadow(&version, DeployStatus::Discarded);
         self.remember().await;
         tracing::info!(%version, "shadow discarded");
     }
@@ -336,7 +372,7 @@ impl Runner {
     fn end_shadow(&mut self, why: &str) {
         if let Some(s) = self.shadowing.running.take() {
             tracing::info!("shadow ended: {why}");
-            s.remove();
+            s.remove(self.shadowing.retired());
         }
         self.shadowing.report = None;
     }
@@ -366,6 +402,8 @@ impl Runner {
         // A checkpoint being completed was cut from the previous state: let it finish first,
         // so its files are stored before that state goes.
         self.await_completion().await?;
+        let mut worker = worker;
+        worker.set_metrics(self.metrics.clone());
         let old_worker = self.worker.replace(worker);
         let old_state = std::mem::replace(&mut self.state, shadow.state.clone());
         self.query.set_live(self.state.clone());
@@ -382,7 +420,7 @@ impl Runner {
             .unwrap_or_default();
         drop(old_worker);
         let old_dir = old_state.path().to_path_buf();
-        remove_when_closed(old_state, old_dir);
+        remove_when_closed(old_state, old_dir, self.shadowing.retired());
         let version = self
             .worker
             .as_ref()
@@ -391,6 +429,10 @@ impl Runner {
         let pause = started.elapsed();
         self.metrics.swap_pause_seconds.observe(pause.as_secs_f64());
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        // Its run as shadow ended in its promotion: the new entry says live.
+        self.reloading
+            .history
+            .set_shadow(&version, DeployStatus::Superseded);
         self.reloading.history.push(Deployment {
             version: version.clone(),
             source,
