@@ -732,6 +732,18 @@ async fn bulk(quick: bool) {
     let other = tempfile::tempdir().expect("tempdir");
     let mut spec2 = b.spec.clone();
     spec2.state_dir = other.path().join("state");
+    // A pipeline of its own: its own consumer, and none of the streamed events left in the
+    // input (a loaded savepoint has no input position: it would read the stream from the
+    // start, and answer `latest` only once past what it had delivered).
+    spec2.consumer = Some("loaded".into());
+    b.conn
+        .js
+        .get_stream(&b.spec.stream)
+        .await
+        .expect("input stream")
+        .purge()
+        .await
+        .expect("purge");
     spec2.write(&pipeline).expect("pipeline");
     let loaded = work.join("loaded");
     let mut load_secs = 0.0;
