@@ -209,3 +209,20 @@ pub fn shared(config: &Path, count: u32, hosts: &[&str], min: usize, max: usize)
             (min..=max).contains(&n)
         })
 }
+
+/// Every run's answer to `status` for `pipeline` (one per partition run in a cluster; empty
+/// while none answers).
+pub async fn ask_status(
+    conn: &eddy_host::transport::Nats,
+    pipeline: &str,
+) -> Vec<eddy_host::control::HostStatus> {
+    eddy_host::cli::hosts::ask(
+        conn,
+        pipeline,
+        "status",
+        serde_json::json!({}),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_default()
+}

@@ -134,16 +134,7 @@ async fn assert_exact(
             ..Query::default()
         };
         // While a partition moves nobody answers for it: ask again, as a client would.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let v = loop {
-            match query::nats::ask(conn, "fraud", Op::Get, &q).await {
-                Ok(v) => break v,
-                Err(_) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => panic!("query for {customer} unanswered for 30 s: {e:?}"),
-            }
-        };
+        let v = eventually_answer(conn, &q).await;
         assert_eq!(v["value"]["count"], *count, "{customer}: count");
         assert_eq!(v["value"]["sum_cents"], *sum, "{customer}: sum");
     }
@@ -576,4 +567,144 @@ async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_not
     let outs = outputs(&conn.js, 150_000).await;
     assert_exact(&conn, &txs, &outs).await;
     hosts::stop_all(&mut hosts);
+}
+
+/// Every partition run's status (one answer per run), once each of the `runs` runs answered
+/// and `done` holds for every answer.
+async fn runs_where(
+    conn: &eddy_host::transport::Nats,
+    runs: usize,
+    what: &str,
+    done: impl Fn(&eddy_host::control::HostStatus) -> bool,
+) -> Vec<eddy_host::control::HostStatus> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let all: Vec<eddy_host::control::HostStatus> = hosts::ask_status(conn, "fraud").await;
+        if all.len() == runs && all.iter().all(&done) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 90 s for {what}: {} answers",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A shadow in a cluster: every partition run of both hosts starts it from its own state,
+/// their reports together count exactly the events whose output changed, and the promotion
+/// makes it live on every partition with every event published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_runs_and_is_promoted_on_every_partition_of_every_host() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nats, conn) = start_cluster(dir.path()).await;
+    let txs = produce::transactions(800, 100, 31, 0);
+    let hosts = [
+        spawn(dir.path(), &nats.url(), "a"),
+        spawn(dir.path(), &nats.url(), "b"),
+    ];
+    eventually(
+        "a and b share the partitions",
+        Duration::from_secs(90),
+        async || shared(&hosts[0].config, &["a", "b"], 4, 4),
+    )
+    .await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[..300]).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 300, Duration::from_secs(90)).await;
+    let strict_wasm = std::fs::read(plugin("fraud-enrich-strict")).expect("strict build");
+    let strict =
+        eddy_host::reload::shadow::deploy(&conn, "eddy-plugins", "fraud", &strict_wasm, "test")
+            .await
+            .expect("deploy shadow");
+    runs_where(&conn, PARTITIONS as usize, "a shadow on every run", |s| {
+        s.shadow.as_ref().is_some_and(|r| r.version == strict)
+    })
+    .await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[300..600]).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 600, Duration::from_secs(90)).await;
+    let total = |all: &[eddy_host::control::HostStatus]| -> (u64, u64) {
+        all.iter()
+            .filter_map(|s| s.shadow.as_ref())
+            .fold((0, 0), |(e, d), r| (e + r.events, d + r.differing_events))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (events, differing) = loop {
+        let all = hosts::ask_status(&conn, "fraud").await;
+        let (events, differing) = total(&all);
+        if events >= 300 || Instant::now() > deadline {
+            break (events, differing);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let outs = outputs(&conn.js, 1_000).await;
+    let changed = txs[300..600]
+        .iter()
+        .filter(|t| (40..70).contains(&outs[&t.id].0["risk"].as_u64().expect("risk")))
+        .count() as u64;
+    assert!(
+        changed >= 10,
+        "the data exercises the difference: {changed}"
+    );
+    assert_eq!(
+        (events, differing),
+        (300, changed),
+        "the runs' reports together"
+    );
+
+    let v = eddy_host::reload::shadow::promote(&conn, "eddy-plugins", "fraud", "test")
+        .await
+        .expect("promote");
+    assert_eq!(v, strict);
+    runs_where(
+        &conn,
+        PARTITIONS as usize,
+        "the promotion on every run",
+        |s| s.shadow.is_none() && s.plugin.as_ref().is_some_and(|p| p.version == strict),
+    )
+    .await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[600..]).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 800, Duration::from_secs(90)).await;
+    let outs = outputs(&conn.js, 1_000).await;
+    assert_eq!(outs.len(), 800, "every event has its one output");
+    for t in &txs[600..] {
+        let o = &outs[&t.id].0;
+        let risk = o["risk"].as_u64().expect("risk");
+        assert_eq!(o["flagged"], Value::Bool(risk >= 40), "{o}");
+    }
+    // `flags`, written only by the shadows, is live with the counts from event 300 on.
+    let flagged = |c: &str| {
+        txs[300..]
+            .iter()
+            .filter(|t| t.customer == c && outs[&t.id].0["risk"].as_u64() >= Some(40))
+            .count()
+    };
+    let c = txs[300..]
+        .iter()
+        .map(|t| t.customer.clone())
+        .find(|c| flagged(c) > 0)
+        .expect("a flagged customer");
+    let q = Query {
+        state: Some("flags".into()),
+        key: Some(c.clone()),
+        ..Query::default()
+    };
+    let got = eventually_answer(&conn, &q).await;
+    assert_eq!(got["value"], flagged(&c), "{c}: {got}");
+    drop(hosts);
+}
+
+/// A query's answer, asked again while a partition moves or a run restarts.
+async fn eventually_answer(conn: &eddy_host::transport::Nats, q: &Query) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match query::nats::ask(conn, "fraud", Op::Get, q).await {
+            Ok(v) => return v,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{:?} unanswered for 30 s: {e:?}", q.key),
+        }
+    }
 }
