@@ -162,6 +162,15 @@ async fn evict_keeps_exactly_the_newest_entries() {
         plugin("dedupe-filter"),
     );
     spec.extra = "[state.quota.seen]\nmax_entries = 2\npolicy = \"evict\"\n".into();
+    // Its own input: the transactions above are gone from the stream, so none is replayed
+    // into this state (or its outputs counted, once the dedupe window passed).
+    conn.js
+        .get_stream("TXN")
+        .await
+        .expect("input stream")
+        .purge()
+        .await
+        .expect("purge");
     let before = eddy_tests::stream_len(&conn.js, "OUT").await.expect("len");
     let run = Running::start(&spec);
     let tx = |id: &str| {
@@ -189,6 +198,8 @@ async fn evict_keeps_exactly_the_newest_entries() {
             Duration::from_secs(30),
         )
         .await;
+        // Write times are milliseconds: the next id is written in a later one.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let q = Query {
         state: Some("seen".into()),
