@@ -63,7 +63,24 @@ pub async fn promote(
             "pipeline `{pipeline}` has no shadow in the plugin bucket `{bucket}`: start one with `eddy deploy --shadow <pipeline.toml> <plugin.wasm>`"
         );
     };
-    let version = super::deploy(nats, bucket, pipeline, &wasm, note).await?;
+    // The hosts would not take these as live: refused here, with the shadow left running.
+    let version = crate::engine::version_of(&wasm);
+    if let Some(reason) = super::record::load(nats, bucket, pipeline)
+        .await
+        .rolled_back(&version)
+    {
+        anyhow::bail!(
+            "the shadow's version {version} was rolled back before ({reason}); the hosts do not run it live again: build it anew (a new version) and deploy that as shadow"
+        );
+    }
+    if let Some(live) = super::deployed(nats, bucket, pipeline).await?
+        && crate::engine::version_of(&live) == version
+    {
+        anyhow::bail!(
+            "the shadow's version {version} is the deployed live version already: discard the shadow (`eddy deploy --discard`)"
+        );
+    }
+    super::deploy(nats, bucket, pipeline, &wasm, note).await?;
     remove(nats, bucket, pipeline).await?;
     Ok(version)
 }

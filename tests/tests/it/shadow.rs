@@ -281,6 +281,27 @@ async fn a_shadow_reports_exactly_the_changed_events_and_promote_keeps_its_state
         get(&conn, "flags", &flagged_customer).await["value"],
         before["value"]
     );
+    // Promoting a shadow of the version already live is refused (the hosts would take no
+    // swap), and the shadow is left as it was.
+    shadow::deploy(&conn, BUCKET, "fraud", &strict_wasm, "test")
+        .await
+        .expect("the same version as shadow");
+    let refused = shadow::promote(&conn, BUCKET, "fraud", "test")
+        .await
+        .expect_err("already live");
+    assert!(
+        refused
+            .to_string()
+            .contains("is the deployed live version already"),
+        "{refused}"
+    );
+    assert!(
+        shadow::declared(&conn, BUCKET, "fraud")
+            .await
+            .expect("bucket")
+            .is_some(),
+        "the shadow is still declared"
+    );
     run.stop().await;
 }
 
