@@ -9,6 +9,7 @@
 mod checkpoint;
 mod cluster;
 mod core;
+mod lookup;
 mod sections;
 
 use std::collections::BTreeMap;
@@ -24,10 +25,12 @@ pub use core::{
     OutputConfig, PipelineSection, PluginConfig, StateConfig, TtlOverride, TtlUpdateName,
     TtlVisibilityName,
 };
-pub use sections::{
-    BroadcastInputConfig, CacheConfig, CacheMode, ConsoleConfig, FailurePolicy, LookupStoreConfig,
-    LookupsConfig, OrderMode, PartitionsConfig, QueryConfig, ReloadConfig, ReloadWatch,
+pub use lookup::{
+    CacheConfig, CacheMode, FailurePolicy, LookupStoreConfig, LookupsConfig, OrderMode,
     RetryConfig, RetryOn, StoreKind,
+};
+pub use sections::{
+    BroadcastInputConfig, ConsoleConfig, PartitionsConfig, QueryConfig, ReloadConfig, ReloadWatch,
 };
 
 /// A whole pipeline: where events come from, which plugin handles them, where results go.

@@ -25,6 +25,7 @@
 //!
 //! Never: talks to NATS, or runs while the database it cuts is being written.
 
+mod files;
 mod remote;
 mod restore;
 mod retention;
@@ -32,16 +33,16 @@ pub mod savepoint;
 pub mod storage;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use eddy_state::StateStore;
 
+use files::sync_dir;
+pub use files::{link_or_copy, sha256_file, write_atomically};
 pub use retention::Retention;
 
 /// What can go wrong with checkpoints. Recovery falls back to an older checkpoint only on
@@ -641,52 +642,6 @@ fn list_ids(dir: &Path, complete: bool) -> Vec<u64> {
         .collect();
     ids.sort_unstable();
     ids
-}
-
-/// Hard-links `from` to `to`, or copies it when they are on different file systems.
-pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_err() {
-        let tmp = to.with_extension("tmp");
-        std::fs::copy(from, &tmp)
-            .doing(|| format!("copy {} to {}", from.display(), tmp.display()))?;
-        std::fs::rename(&tmp, to).doing(|| format!("rename {}", tmp.display()))?;
-    }
-    Ok(())
-}
-
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).doing(|| format!("read {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .doing(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().doing(|| format!("write {}", path.display()))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
 }
 
 /// Wall-clock time, ms since the Unix epoch.

@@ -27,6 +27,7 @@
 //! | `GET /api/state?state=&key=&op=get\|map\|list&freshness=&as_of=` | keyed state of one key |
 //! | `GET /api/broadcast?map=&start_after=&limit=&freshness=&as_of=` | a broadcast map's entries |
 
+mod deploys;
 pub mod sampler;
 
 use std::collections::BTreeMap;
@@ -178,13 +179,13 @@ fn router(console: Arc<Console>) -> Router {
         .route("/api/checkpoint", post(take_checkpoint))
         .route("/api/savepoint", post(take_savepoint))
         .route("/api/jobs/{id}", get(job))
-        .route("/api/deployments", get(deployments))
+        .route("/api/deployments", get(deploys::deployments))
         .route(
             "/api/deploy",
-            post(deploy).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+            post(deploys::deploy).layer(DefaultBodyLimit::max(MAX_UPLOAD)),
         )
-        .route("/api/rollback", post(rollback))
-        .route("/api/shadow/{action}", post(shadow_action))
+        .route("/api/rollback", post(deploys::rollback))
+        .route("/api/shadow/{action}", post(deploys::shadow_action))
         .route("/api/dlq", get(dead_letters))
         .route("/api/dlq/replay", post(replay))
         .route("/api/dlq/{sequence}", get(dead_letter))
@@ -390,149 +391,6 @@ async fn job(State(c): Ctx, headers: HeaderMap, UrlPath(id): UrlPath<u64>) -> Ap
         .get(&id)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     Ok(axum::Json(serde_json::to_value(j).unwrap_or_default()))
-}
-
-async fn deployments(State(c): Ctx, headers: HeaderMap) -> ApiResult {
-    c.role(&headers)?;
-    let hosts: Vec<Value> = c
-        .live()
-        .into_iter()
-        .map(|s| {
-            json!({
-                "host": s.host,
-                "plugin": s.plugin,
-                "probation": s.probation,
-                "shadow": s.shadow,
-                "deployments": s.deployments,
-            })
-        })
-        .collect();
-    Ok(axum::Json(
-        json!({ "hosts": hosts, "kept": kept_versions(&c).await }),
-    ))
-}
-
-/// The versions of this pipeline the plugin bucket keeps: those a rollback can go back to (a
-/// version a host loaded from its own file is not among them).
-async fn kept_versions(c: &Console) -> Vec<String> {
-    use futures::StreamExt;
-    let prefix = crate::reload::record::versioned(&c.cfg.pipeline.name, "");
-    let Ok(store) = c.nats.js.get_object_store(&c.cfg.reload.bucket).await else {
-        return Vec::new();
-    };
-    let Ok(list) = store.list().await else {
-        return Vec::new();
-    };
-    list.filter_map(|o| async move { o.ok() })
-        .filter(|o| std::future::ready(!o.deleted))
-        .filter_map(|o| {
-            let v = o.name.strip_prefix(&prefix).map(str::to_string);
-            async move { v }
-        })
-        .collect()
-        .await
-}
-
-#[derive(Deserialize)]
-struct DeployParams {
-    #[serde(default)]
-    shadow: bool,
-}
-
-async fn deploy(
-    State(c): Ctx,
-    headers: HeaderMap,
-    UrlQuery(params): UrlQuery<DeployParams>,
-    body: Bytes,
-) -> ApiResult {
-    c.operator(&headers)?;
-    if body.is_empty() {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "the request carries no plugin: send the component's bytes as the body".into(),
-        ));
-    }
-    // Refused here, not by every host in turn: what is not a component never reaches them.
-    if !body.starts_with(b"\0asm") {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "this is not a WebAssembly component (no \\0asm header): upload the .wasm the plugin's build writes".into(),
-        ));
-    }
-    let name = headers
-        .get("x-eddy-file-name")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("an upload");
-    let (nats, bucket, pipeline) = (&c.nats, &c.cfg.reload.bucket, &c.cfg.pipeline.name);
-    let note = format!("deployed from the console ({name})");
-    let version = if params.shadow {
-        crate::reload::shadow::deploy(nats, bucket, pipeline, &body, &note).await?
-    } else {
-        crate::reload::deploy(nats, bucket, pipeline, &body, &note).await?
-    };
-    Ok(axum::Json(json!({ "version": version })))
-}
-
-/// `promote` or `discard` the shadow.
-async fn shadow_action(
-    State(c): Ctx,
-    headers: HeaderMap,
-    UrlPath(action): UrlPath<String>,
-) -> ApiResult {
-    c.operator(&headers)?;
-    let (nats, bucket, pipeline) = (&c.nats, &c.cfg.reload.bucket, &c.cfg.pipeline.name);
-    let done = match action.as_str() {
-        "promote" => {
-            crate::reload::shadow::promote(nats, bucket, pipeline, "promoted from the console")
-                .await
-        }
-        "discard" => crate::reload::shadow::discard(nats, bucket, pipeline).await,
-        other => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no shadow action `{other}`: use promote or discard"),
-            ));
-        }
-    };
-    let version = done.map_err(|e| ApiError(StatusCode::CONFLICT, format!("{e:#}")))?;
-    Ok(axum::Json(json!({ "version": version })))
-}
-
-#[derive(Deserialize)]
-struct RollbackBody {
-    version: String,
-}
-
-async fn rollback(State(c): Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
-    c.operator(&headers)?;
-    let req: RollbackBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("send {{\"version\": \"<version>\"}} ({e})"),
-        )
-    })?;
-    let bucket = &c.cfg.reload.bucket;
-    let pipeline = &c.cfg.pipeline.name;
-    let wasm = crate::reload::record::component(&c.nats, bucket, pipeline, &req.version)
-        .await
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "the plugin bucket `{bucket}` keeps no version {} of {pipeline}",
-                    req.version
-                ),
-            )
-        })?;
-    let version = crate::reload::deploy(
-        &c.nats,
-        bucket,
-        pipeline,
-        &wasm,
-        &format!("rolled back to {} from the console", req.version),
-    )
-    .await?;
-    Ok(axum::Json(json!({ "version": version })))
 }
 
 #[derive(Deserialize)]

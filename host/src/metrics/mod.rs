@@ -4,132 +4,15 @@
 //! renders them in the Prometheus text format at `/metrics`. Updating a metric is one relaxed
 //! atomic add: cheap enough for the event path.
 
+mod histogram;
+mod serve;
+
+pub use histogram::{Histogram, HistogramSnapshot};
+pub use serve::serve;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-/// A histogram with fixed upper bounds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// Sum in the unit of the bounds, times 1e6 (kept integral for atomics).
-    sum_micro: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micro: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micro
-            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Its counts now.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
-        HistogramSnapshot {
-            bounds: self.bounds.to_vec(),
-            cumulative: self
-                .buckets
-                .iter()
-                .map(|c| {
-                    cumulative += c.load(Ordering::Relaxed);
-                    cumulative
-                })
-                .collect(),
-            count: self.count(),
-        }
-    }
-
-    /// Sum of the observations.
-    pub fn sum(&self) -> f64 {
-        self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}"
-        );
-    }
-}
-
-/// A histogram's counts at one moment: `cumulative[i]` observations were at most `bounds[i]`;
-/// `count` is all of them (those above the last bound included).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HistogramSnapshot {
-    /// Upper bounds, ascending.
-    pub bounds: Vec<f64>,
-    /// Observations at or under each bound.
-    pub cumulative: Vec<u64>,
-    /// All observations.
-    pub count: u64,
-}
-
-impl HistogramSnapshot {
-    /// The observations made between `earlier` and `self` (same bounds).
-    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
-        if earlier.bounds != self.bounds {
-            return self.clone();
-        }
-        HistogramSnapshot {
-            bounds: self.bounds.clone(),
-            cumulative: self
-                .cumulative
-                .iter()
-                .zip(&earlier.cumulative)
-                .map(|(a, b)| a.saturating_sub(*b))
-                .collect(),
-            count: self.count.saturating_sub(earlier.count),
-        }
-    }
-
-    /// The smallest bound under which at least `q` (0..=1) of the observations fall; `None`
-    /// without observations or when they fall above the last bound.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let want = (q * self.count as f64).ceil().max(1.0) as u64;
-        self.bounds
-            .iter()
-            .zip(&self.cumulative)
-            .find(|(_, c)| **c >= want)
-            .map(|(b, _)| *b)
-    }
-}
 
 const LATENCY_BOUNDS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
@@ -684,61 +567,4 @@ fn split_counter(
             c.load(Ordering::Relaxed)
         );
     }
-}
-
-/// Scrapes served at once: more are closed unanswered, so no client can spend the file
-/// descriptors state and checkpoints need.
-const MAX_SCRAPES: usize = 32;
-
-/// Serves `/metrics` on `listen` until the task is dropped.
-pub async fn serve(
-    listen: &str,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot serve metrics on {listen}: {e}; change metrics.listen")
-    })?;
-    tracing::info!(%listen, "metrics at http://{listen}/metrics");
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    Ok(tokio::spawn(async move {
-        loop {
-            let mut sock = match listener.accept().await {
-                Ok((sock, _)) => sock,
-                Err(_) => {
-                    // Out of file descriptors, most likely: wait rather than spin.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let mut buf = [0u8; 2048];
-                let read = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;
-                let Ok(Ok(n)) = read else { return };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request
-                    .strip_prefix("GET ")
-                    .and_then(|r| r.split_whitespace().next())
-                    .map(|p| p.split('?').next().unwrap_or(p));
-                let (status, body) = if path == Some("/metrics") {
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", "try GET /metrics\n".to_string())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    sock.write_all(response.as_bytes()),
-                )
-                .await;
-            });
-        }
-    }))
 }

@@ -1,0 +1,56 @@
+//! Files on disk as checkpoints need them: linked where possible, checksummed, written
+//! atomically (temporary file, fsync, rename), directories synced.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::{IoContext, Result};
+
+/// Hard-links `from` to `to`, or copies it when they are on different file systems.
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_err() {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp)
+            .doing(|| format!("copy {} to {}", from.display(), tmp.display()))?;
+        std::fs::rename(&tmp, to).doing(|| format!("rename {}", tmp.display()))?;
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).doing(|| format!("read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .doing(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().doing(|| format!("write {}", path.display()))
+}
+
+/// Makes a directory's entries durable (best effort: not every file system allows it).
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
