@@ -23,23 +23,22 @@
 //!
 //! Never: blocks the run loop on compiling or instantiating a plugin.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 
-use crate::config::{PipelineConfig, ReloadWatch};
 use crate::engine::Planner;
 use crate::engine::{Engine, Instance, InstanceContext, Plugin};
 use crate::transport::Nats;
 
 pub mod record;
 pub mod shadow;
+mod watch;
+
+pub use watch::watch;
 
 /// A validated new version, ready to swap in.
 pub struct Candidate {
@@ -417,216 +416,6 @@ pub async fn keeps(nats: &Nats, bucket: &str, pipeline: &str, version: &str) -> 
 
 async fn is_kept(store: &async_nats::jetstream::object_store::ObjectStore, name: &str) -> bool {
     store.info(name).await.is_ok()
-}
-
-/// Watches for new versions per `reload.watch` and sends each, validated, to the run loop.
-/// `current` is the version running at start (not reloaded again).
-pub async fn watch(
-    cfg: Arc<PipelineConfig>,
-    nats: Nats,
-    validator: Arc<Validator>,
-    current: String,
-    tx: mpsc::Sender<ReloadEvent>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    match cfg.reload.watch {
-        ReloadWatch::Off => Ok(None),
-        ReloadWatch::File => {
-            let path = cfg.plugin.path.clone();
-            let every = Duration::from_millis(cfg.reload.poll_ms);
-            Ok(Some(tokio::spawn(watch_file(
-                path, every, validator, current, tx,
-            ))))
-        }
-        ReloadWatch::ObjectStore => {
-            let bucket = cfg.reload.bucket.clone();
-            let store = plugin_bucket(&nats, &bucket).await.map_err(|e| {
-                anyhow::anyhow!("{e:#}; set reload.watch = \"off\" to run without hot reload")
-            })?;
-            let mut updates = store
-                .watch_with_history()
-                .await
-                .with_context(|| format!("cannot watch the plugin bucket {bucket}"))?;
-            let pipeline = cfg.pipeline.name.clone();
-            let shadow_name = shadow::object_name(&pipeline);
-            Ok(Some(tokio::spawn(async move {
-                let mut current = current;
-                let mut shadow_version: Option<String> = None;
-                while let Some(update) = updates.next().await {
-                    let info = match update {
-                        Ok(i) => i,
-                        Err(e) => {
-                            tracing::warn!("plugin bucket watch: {e}");
-                            continue;
-                        }
-                    };
-                    if info.name == shadow_name {
-                        let event = if info.deleted {
-                            shadow_version = None;
-                            Some(ReloadEvent::ShadowGone)
-                        } else {
-                            shadow_event(&validator, &nats, &bucket, &pipeline, &mut shadow_version)
-                                .await
-                        };
-                        if let Some(event) = event
-                            && tx.send(event).await.is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                    if info.name != pipeline || info.deleted {
-                        continue;
-                    }
-                    let wasm = match deployed(&nats, &bucket, &pipeline).await {
-                        Ok(Some(w)) => w,
-                        Ok(None) => continue,
-                        Err(e) => {
-                            tracing::warn!("{e:#}");
-                            continue;
-                        }
-                    };
-                    let version = crate::engine::version_of(&wasm);
-                    if version == current {
-                        continue;
-                    }
-                    current = version.clone();
-                    if let Some(reason) = record::load(&nats, &bucket, &pipeline)
-                        .await
-                        .rolled_back(&version)
-                    {
-                        tracing::warn!(
-                            %version,
-                            "the deployed version was rolled back ({reason}); not running it again: deploy a fixed version"
-                        );
-                        continue;
-                    }
-                    // The deployer's note (`deployed from <file>`, `... from the console`)
-                    // goes into the history with where the version came from.
-                    let source = match info.description.as_deref().filter(|d| !d.is_empty()) {
-                        Some(note) => format!("object store {bucket}/{pipeline}: {note}"),
-                        None => format!("object store {bucket}/{pipeline}"),
-                    };
-                    if send_validated(&validator, wasm, &pipeline, source, &tx)
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })))
-        }
-    }
-}
-
-/// The declared shadow, validated, unless it is the one already sent (`sent`).
-async fn shadow_event(
-    validator: &Arc<Validator>,
-    nats: &Nats,
-    bucket: &str,
-    pipeline: &str,
-    sent: &mut Option<String>,
-) -> Option<ReloadEvent> {
-    let wasm = match shadow::declared(nats, bucket, pipeline).await {
-        Ok(Some(w)) => w,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!("{e:#}");
-            return None;
-        }
-    };
-    let version = crate::engine::version_of(&wasm);
-    if sent.as_deref() == Some(version.as_str()) {
-        return None;
-    }
-    *sent = Some(version.clone());
-    let source = format!("shadow {bucket}/{}", shadow::object_name(pipeline));
-    tracing::info!(%version, %source, "new shadow version: validating");
-    let (v, name) = (validator.clone(), pipeline.to_string());
-    let s = source.clone();
-    let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &name, &s))
-        .await
-        .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
-    Some(match result {
-        Ok(c) => ReloadEvent::Shadow(Box::new(c)),
-        Err(reason) => {
-            tracing::warn!(%version, %source, "shadow version rejected: {reason}");
-            ReloadEvent::Rejected {
-                version,
-                source,
-                reason,
-            }
-        }
-    })
-}
-
-async fn watch_file(
-    path: PathBuf,
-    every: Duration,
-    validator: Arc<Validator>,
-    current: String,
-    tx: mpsc::Sender<ReloadEvent>,
-) {
-    let mut current = current;
-    let mut last_seen: Option<(std::time::SystemTime, u64)> = None;
-    loop {
-        tokio::time::sleep(every).await;
-        let Ok(meta) = tokio::fs::metadata(&path).await else {
-            continue;
-        };
-        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
-        // Wait until the file stops changing between two polls (a build may still write it).
-        if last_seen != Some(stamp) {
-            last_seen = Some(stamp);
-            continue;
-        }
-        let Ok(wasm) = tokio::fs::read(&path).await else {
-            continue;
-        };
-        let version = crate::engine::version_of(&wasm);
-        if version == current {
-            continue;
-        }
-        current = version;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".into());
-        let source = format!("file {}", path.display());
-        if send_validated(&validator, wasm, &name, source, &tx)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-}
-
-/// Validates off the run loop and reports the result.
-async fn send_validated(
-    validator: &Arc<Validator>,
-    wasm: Vec<u8>,
-    name: &str,
-    source: String,
-    tx: &mpsc::Sender<ReloadEvent>,
-) -> Result<(), ()> {
-    let version = crate::engine::version_of(&wasm);
-    tracing::info!(%version, %source, "new plugin version: validating");
-    let (v, n, s) = (validator.clone(), name.to_string(), source.clone());
-    let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &n, &s))
-        .await
-        .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
-    let event = match result {
-        Ok(c) => ReloadEvent::Ready(Box::new(c)),
-        Err(reason) => {
-            tracing::warn!(%version, %source, "new plugin version rejected: {reason}");
-            ReloadEvent::Rejected {
-                version,
-                source,
-                reason,
-            }
-        }
-    };
-    tx.send(event).await.map_err(drop)
 }
 
 #[cfg(test)]

@@ -573,6 +573,7 @@ async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_not
 /// and `done` holds for every answer.
 async fn runs_where(
     conn: &eddy_host::transport::Nats,
+    dir: &Path,
     runs: usize,
     what: &str,
     done: impl Fn(&eddy_host::control::HostStatus) -> bool,
@@ -583,11 +584,28 @@ async fn runs_where(
         if all.len() == runs && all.iter().all(&done) {
             return all;
         }
-        assert!(
-            Instant::now() < deadline,
-            "waited 90 s for {what}: {} answers",
-            all.len()
-        );
+        if Instant::now() >= deadline {
+            let runs: Vec<String> = all
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {:?}: plugin {:?}, shadow {:?}, probation {:?}, last deployment {:?}",
+                        s.host,
+                        s.partitions,
+                        s.plugin.as_ref().map(|p| &p.version),
+                        s.shadow.as_ref().map(|r| (&r.version, &r.stopped)),
+                        s.probation.as_ref().map(|p| (p.events, &p.previous)),
+                        s.deployments.last()
+                    )
+                })
+                .collect();
+            panic!(
+                "waited 90 s for {what}: {} answers\n{}\n{}",
+                all.len(),
+                runs.join("\n"),
+                log_tails(dir, &["a", "b"])
+            );
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -618,9 +636,13 @@ async fn a_shadow_runs_and_is_promoted_on_every_partition_of_every_host() {
         eddy_host::reload::shadow::deploy(&conn, "eddy-plugins", "fraud", &strict_wasm, "test")
             .await
             .expect("deploy shadow");
-    runs_where(&conn, PARTITIONS as usize, "a shadow on every run", |s| {
-        s.shadow.as_ref().is_some_and(|r| r.version == strict)
-    })
+    runs_where(
+        &conn,
+        dir.path(),
+        PARTITIONS as usize,
+        "a shadow on every run",
+        |s| s.shadow.as_ref().is_some_and(|r| r.version == strict),
+    )
     .await;
     publish_txs_by_customer(&conn.js, "txn.in.*", &txs[300..600]).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 600, Duration::from_secs(90)).await;
@@ -659,6 +681,7 @@ async fn a_shadow_runs_and_is_promoted_on_every_partition_of_every_host() {
     assert_eq!(v, strict);
     runs_where(
         &conn,
+        dir.path(),
         PARTITIONS as usize,
         "the promotion on every run",
         |s| s.shadow.is_none() && s.plugin.as_ref().is_some_and(|p| p.version == strict),
