@@ -383,13 +383,11 @@ impl Store {
     /// included), caches the answer, and ends its in-flight entry.
     async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, LookupError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let answer = match self.asks.send((key.clone(), reply)) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                Err(LookupError::Unavailable(
-                    "the store's request task stopped".into(),
-                ))
-            }),
-            Err(_) => Err(LookupError::Unavailable(
+        let sent = self.asks.send((key.clone(), reply)).is_ok();
+        let answer = match (sent, answer.await) {
+            (true, Ok(answer)) => answer,
+            // The batching task is gone (the pipeline is stopping): nothing will answer.
+            _ => Err(LookupError::Unavailable(
                 "the store's request task stopped".into(),
             )),
         };

@@ -255,12 +255,7 @@ impl Metrics {
             .shadow_messages
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        match all.get_mut(&(subject.to_string(), verdict)) {
-            Some(n) => *n += 1,
-            None => {
-                all.insert((subject.to_string(), verdict), 1);
-            }
-        }
+        *all.entry((subject.to_string(), verdict)).or_default() += 1;
     }
 
     /// Includes the lookup stores' counters in the exposition.

@@ -325,10 +325,33 @@ async fn a_discarded_shadow_leaves_no_trace() {
     let run = Running::start(&spec);
     publish_txs(&conn.js, "txn.in", &txs[..100]).await;
     wait_for_len(&conn.js, "OUT", 100, WITHIN).await;
+    // A shadow replaced by a newer one is discarded: its history says so.
+    let first_wasm = std::fs::read(plugin("passthrough")).expect("passthrough");
+    let first = shadow::deploy(&conn, BUCKET, "fraud", &first_wasm, "test")
+        .await
+        .expect("deploy the first shadow");
+    wait_status(&conn, "the first shadow to start", |s| {
+        s.shadow.as_ref().is_some_and(|r| r.version == first)
+    })
+    .await;
     shadow::deploy(&conn, BUCKET, "fraud", &strict_wasm, "test")
         .await
         .expect("deploy shadow");
-    wait_status(&conn, "the shadow to start", |s| s.shadow.is_some()).await;
+    let replaced = wait_status(&conn, "the shadow to start", |s| {
+        s.shadow.as_ref().is_some_and(|r| r.version == strict)
+    })
+    .await;
+    let statuses: Vec<_> = replaced
+        .deployments
+        .iter()
+        .filter(|d| d.version == first)
+        .map(|d| d.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [eddy_host::reload::DeployStatus::Discarded],
+        "the replaced shadow"
+    );
     publish_txs(&conn.js, "txn.in", &txs[100..300]).await;
     wait_for_len(&conn.js, "OUT", 300, WITHIN).await;
     let report = shadow_after(&conn, &strict, 200).await;

@@ -269,7 +269,12 @@ impl Runner {
     /// Seeds the shadow's state from the live state, here at a batch boundary, and starts
     /// `c` on it (its `migrate` runs if it exports one). A shadow already running is replaced.
     async fn start_shadow(&mut self, c: Candidate) -> anyhow::Result<()> {
-        self.end_shadow("replaced by a newer shadow");
+        if let Some(old) = self.shadowing.version().map(str::to_string) {
+            self.end_shadow("replaced by a newer shadow");
+            self.reloading
+                .history
+                .set_shadow(&old, DeployStatus::Discarded);
+        }
         let started = Instant::now();
         let version = c.plugin.version().to_string();
         let live_version = self
@@ -380,11 +385,6 @@ impl Runner {
     /// Whether `version` is the running shadow's (so deploying it as live promotes it).
     pub(super) fn is_shadow(&self, version: &str) -> bool {
         self.shadowing.version() == Some(version)
-            && self
-                .shadowing
-                .running
-                .as_ref()
-                .is_some_and(|s| s.worker.is_some())
     }
 
     /// Makes the shadow live: its worker and state replace the live ones at this batch
