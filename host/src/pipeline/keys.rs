@@ -2,6 +2,7 @@
 
 use async_nats::HeaderMap;
 
+use super::json::Skip;
 use crate::config::KeySource;
 
 /// Finds keys where the pipeline's `input.key` says. Built once per pipeline: a JSON pointer
@@ -190,62 +191,6 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(self.0.is_empty().then_some(Leaf::Other("null")))
-    }
-}
-
-/// Passes over a value off the pointer's path, checking it as building it would (serde's
-/// `IgnoredAny` skips strings and numbers unchecked) but keeping nothing.
-struct Skip;
-
-impl<'de> serde::de::DeserializeSeed<'de> for Skip {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Skip)?.is_some() {
-            map.next_value_seed(Skip)?;
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
     }
 }
 

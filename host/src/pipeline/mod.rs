@@ -25,6 +25,7 @@
 
 mod align;
 mod input;
+pub mod json;
 pub mod keys;
 pub mod route;
 mod runner;
