@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Fuzzes the parsers that take bytes Eddy does not control (fuzz/fuzz_targets/): each target
+# for SECONDS (default 300), corpora seeded from the examples. Needs the nightly toolchain;
+# installs cargo-fuzz if missing. A crash leaves its input under fuzz/artifacts/<target>/.
+#
+#   scripts/dev/fuzz.sh                  every target, 300 s each
+#   SECONDS_EACH=60 scripts/dev/fuzz.sh event_key bulk_line
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/env.sh
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(event_key bulk_line stored_values pipeline_config)
+fi
+seconds="${SECONDS_EACH:-300}"
+
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    echo "==> installing cargo-fuzz"
+    cargo +nightly install cargo-fuzz --locked
+fi
+
+# The fuzz build has its own target directory (nightly, instrumented) but reuses RocksDB's C++
+# library from the dev build when there is one: it is not what is fuzzed, and it takes the
+# longest to build.
+rocks=$(ls -t "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
+export CARGO_TARGET_DIR="${EDDY_FUZZ_TARGET_DIR:-$HOME/.cache/eddy/fuzz-target}"
+if [ -n "$rocks" ]; then
+    export ROCKSDB_LIB_DIR=$(dirname "$rocks") ROCKSDB_STATIC=1
+fi
+
+# The same dependency versions as the workspace.
+[ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
+
+corpus=fuzz/corpus
+mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config}
+printf '/customer\n{"customer":"c-42","amount":12.5}' > "$corpus/event_key/seed-1"
+printf '/a~1b/0\n{"a/b":[7,{"x":null}]}' > "$corpus/event_key/seed-2"
+printf '{"key": "c-42", "value": {"tier": "gold"}}' > "$corpus/bulk_line/seed-1"
+printf '{"key": "c-42", "map_key": "tx-1", "value": 1250, "written_ms": 1764755000000, "ttl_ms": 86400000}' > "$corpus/bulk_line/seed-2"
+printf 'key,map_key,value\nc-1,tx-1,"{""a"":1}"\n' > "$corpus/bulk_line/seed-3"
+printf '\x00\x00\x01\x90\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01{"a":1}' > "$corpus/stored_values/seed-1"
+for f in examples/*/pipeline.toml; do
+    cp "$f" "$corpus/pipeline_config/$(basename "$(dirname "$f")").toml"
+done
+
+status=0
+for t in "${targets[@]}"; do
+    echo "==> fuzzing $t for $seconds s"
+    if ! cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer none --debug-assertions "$t" \
+        "$corpus/$t" -- -max_total_time="$seconds" -print_final_stats=1; then
+        echo "FAILED: $t (input under fuzz/artifacts/$t/)"
+        status=1
+    fi
+done
+exit $status
