@@ -589,9 +589,10 @@ async fn runs_where(
                 .iter()
                 .map(|s| {
                     format!(
-                        "{} {:?}: plugin {:?}, shadow {:?}, probation {:?}, last deployment {:?}",
+                        "{} {:?}: checkpoint {:?}, plugin {:?}, shadow {:?}, probation {:?}, last deployment {:?}",
                         s.host,
                         s.partitions,
+                        s.last_checkpoint.as_ref().map(|c| c.id),
                         s.plugin.as_ref().map(|p| &p.version),
                         s.shadow.as_ref().map(|r| (&r.version, &r.stopped)),
                         s.probation.as_ref().map(|p| (p.events, &p.previous)),
@@ -730,4 +731,128 @@ async fn eventually_answer(conn: &eddy_host::transport::Nats, q: &Query) -> Valu
             Err(e) => panic!("{:?} unanswered for 30 s: {e:?}", q.key),
         }
     }
+}
+
+/// Time travel in a cluster: `as_of` a moment between two rounds of events answers each
+/// customer's count at that moment, from whichever host owns its partition; after a second
+/// host joins and takes half the partitions, the customers that moved get the same answer from
+/// it (their old checkpoints fetched from the checkpoint store, never cut on that host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_travel_answers_the_same_after_a_partition_moves() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nats, conn) = start_cluster(dir.path()).await;
+    // Checkpoints kept an hour, so the moment asked stays retained.
+    let keep = |name: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        let mut spec = spec(&nats.url(), dir.path(), name);
+        spec.extra = spec.extra.replace(
+            "interval_ms = 500\n",
+            "interval_ms = 1000\nretain_for_ms = 3600000\n",
+        );
+        spec.write(&config).expect("config");
+        HostProcess::spawn(name, &config, &dir.path().join(format!("{name}.log")))
+    };
+    let a = keep("a");
+    eventually(
+        "a owns every partition",
+        Duration::from_secs(90),
+        async || shared(&a.config, &["a"], PARTITIONS as usize, PARTITIONS as usize),
+    )
+    .await;
+    let txs = produce::transactions(400, 24, 41, 0);
+    let count = |c: &str, upto: usize| txs[..upto].iter().filter(|t| t.customer == c).count();
+    let customers: BTreeSet<String> = txs.iter().map(|t| t.customer.clone()).collect();
+    // Every run cuts a checkpoint now (a run without new events would not cut one by itself).
+    let checkpoint_everywhere = async || {
+        let answers = eddy_host::control::request_from(
+            &conn,
+            "fraud",
+            "checkpoint",
+            serde_json::json!({}),
+            Duration::from_secs(60),
+            Some(PARTITIONS as usize),
+            |_| {},
+        )
+        .await
+        .expect("checkpoint");
+        assert_eq!(answers.len(), PARTITIONS as usize, "{answers:?}");
+        assert!(
+            answers.iter().all(|a| a["ok"]["id"].is_u64()),
+            "{answers:?}"
+        );
+    };
+
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[..200]).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 200, Duration::from_secs(90)).await;
+    checkpoint_everywhere().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let moment = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs[200..]).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 400, Duration::from_secs(90)).await;
+    checkpoint_everywhere().await;
+
+    let as_of = |c: &str| Query {
+        state: Some("stats".into()),
+        key: Some(c.to_string()),
+        as_of: Some(moment.parse().expect("as_of")),
+        ..Query::default()
+    };
+    let before: BTreeMap<String, Value> = {
+        let mut m = BTreeMap::new();
+        for c in &customers {
+            let v = eventually_answer(&conn, &as_of(c)).await;
+            assert_eq!(
+                v["value"]["count"],
+                count(c, 200),
+                "{c} as of {moment}: {v}"
+            );
+            assert!(
+                v["host"].as_str().is_some_and(|h| h.starts_with('a')),
+                "{v}"
+            );
+            m.insert(c.clone(), v);
+        }
+        m
+    };
+
+    let b = keep("b");
+    eventually(
+        "a and b share the partitions",
+        Duration::from_secs(90),
+        async || shared(&a.config, &["a", "b"], 4, 4),
+    )
+    .await;
+    let on_b = owners(&a.config);
+    let moved: Vec<&String> = customers
+        .iter()
+        .filter(|c| {
+            on_b.get(&hosts::partition_of(c, PARTITIONS))
+                .map(String::as_str)
+                == Some("b")
+        })
+        .collect();
+    assert!(moved.len() >= 4, "customers on b: {moved:?}");
+    for c in &moved {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let v = loop {
+            let v = eventually_answer(&conn, &as_of(c)).await;
+            if v["host"].as_str().is_some_and(|h| h.starts_with('b')) || Instant::now() > deadline {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert!(
+            v["host"].as_str().is_some_and(|h| h.starts_with('b')),
+            "{c} is answered by b: {v}"
+        );
+        assert_eq!(v["value"], before[*c]["value"], "{c} as of {moment}: {v}");
+        assert_eq!(
+            v["as_of"]["checkpoint"], before[*c]["as_of"]["checkpoint"],
+            "{c}: the same checkpoint"
+        );
+        assert_eq!(v["value"]["count"], count(c, 200));
+    }
+    drop((a, b));
 }
