@@ -1,0 +1,74 @@
+//! The fence of one owned partition: its run stops by itself once the lease may have lapsed
+//! by this host's clock, and a checkpoint counts only once the partition's pointer moved by
+//! compare-and-set at the revision this owner last wrote.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::leases::Coordination;
+use super::mono_ms;
+use crate::pipeline::Fence;
+
+/// The fence of one owned partition.
+pub(super) struct LeaseFence {
+    pub(super) coord: Coordination,
+    pub(super) partition: u32,
+    pub(super) epoch: u64,
+    /// The pointer's revision this owner last wrote.
+    pub(super) pointer_revision: Arc<AtomicU64>,
+    /// The checkpoint the pointer named when this owner claimed it.
+    pub(super) committed: Option<u64>,
+    /// The checkpoint the pointer names now, as this owner last wrote it (0: none).
+    pub(super) last_committed: Arc<AtomicU64>,
+    /// Until when (by [`mono_ms`]) the lease surely holds.
+    pub(super) deadline_ms: Arc<AtomicU64>,
+}
+
+impl Fence for LeaseFence {
+    fn check(&self) -> Result<(), String> {
+        let now = mono_ms();
+        let deadline = self.deadline_ms.load(Ordering::Acquire);
+        if now < deadline {
+            Ok(())
+        } else {
+            Err(format!(
+                "the lease on partition {} was last renewed too long ago ({} ms past its margin); another host may own it",
+                self.partition,
+                now - deadline
+            ))
+        }
+    }
+
+    fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), String>> {
+        let (coord, p, epoch) = (self.coord.clone(), self.partition, self.epoch);
+        let revision = self.pointer_revision.clone();
+        let deadline = self.deadline_ms.clone();
+        let last = self.last_committed.clone();
+        async move {
+            if mono_ms() >= deadline.load(Ordering::Acquire) {
+                return Err(format!("the lease on partition {p} may have lapsed"));
+            }
+            let at = revision.load(Ordering::Acquire);
+            match coord.write_pointer(p, Some(id), epoch, at).await {
+                Ok(new) => {
+                    revision.store(new, Ordering::Release);
+                    last.store(id, Ordering::Release);
+                    Ok(())
+                }
+                Err(e) => Err(format!("{e:#}")),
+            }
+        }
+        .boxed()
+    }
+
+    fn committed(&self) -> Option<u64> {
+        self.committed
+    }
+
+    fn id_base(&self) -> u64 {
+        self.epoch << 32
+    }
+}
