@@ -569,17 +569,17 @@ mod tests {
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        let e = parse_jsonl(r#"{"key":"a"}"#).err().expect("no value");
+        let e = parse_jsonl(r#"{"key":"a"}"#).expect_err("no value");
         assert!(e.contains("`value` is missing"), "{e}");
-        let e = parse_jsonl(r#"{"kee":"a","value":1}"#).err().expect("typo");
+        let e = parse_jsonl(r#"{"kee":"a","value":1}"#).expect_err("typo");
         assert!(e.contains("unknown field `kee`"), "{e}");
-        let e = parse_jsonl("not json").err().expect("not json");
+        let e = parse_jsonl("not json").expect_err("not json");
         assert!(e.contains("not a JSON object"), "{e}");
         // Found by fuzzing (fuzz/fuzz_targets/bulk_line.rs): values no JSON reader of a plugin
         // accepts were loaded as they were.
         for bad in [r#"1e400"#, r#""\ud800""#] {
             let line = format!(r#"{{"key":"a","value":{bad}}}"#);
-            let e = parse_jsonl(&line).err().expect(bad);
+            let e = parse_jsonl(&line).expect_err(bad);
             assert!(e.contains("not a JSON object"), "{bad}: {e}");
         }
     }
