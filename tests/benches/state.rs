@@ -1,8 +1,9 @@
 //! State at scale, in process: checkpoints of 1M and 10M keys (pause, duration, size,
-//! incremental delta, restore time) and keyed events reading a 1M-entry broadcast table.
+//! incremental delta, restore time), the memory the process holds with them, and keyed events
+//! reading a 1M-entry broadcast table.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
-//! a shorter broadcast run).
+//! a shorter broadcast run; `-- --keys N`: checkpoints of N keys alone).
 
 eddy_tests::host_allocator!();
 
@@ -47,7 +48,21 @@ fn write_keys(store: &StateStore, from: u64, to: u64, salt: u64) {
     }
 }
 
+/// The process's resident memory now and at its peak, MiB (`/proc/self/status`).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 fn checkpoints(keys: u64) {
+    let (rss_before, _) = rss_mib();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
     // As a pipeline opens it: value writes wait in the hot values, and the cut settles them.
@@ -71,6 +86,9 @@ fn checkpoints(keys: u64) {
     let second = cps
         .complete(&cps.cut(&store, 2, Cut::default()).expect("cut"))
         .expect("complete");
+    // What the process holds with the store open, its hot values filled, after two
+    // checkpoints: RocksDB's memtables and block cache, the hot values, the allocator's.
+    let (rss_open, rss_peak) = rss_mib();
     drop(store);
     let restored = dir.path().join("restored");
     let started = Instant::now();
@@ -83,7 +101,7 @@ fn checkpoints(keys: u64) {
     assert_eq!(entries, keys, "every key restored");
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "| {keys} | {write_s:.1} s | {} ms | {} ms | {:.1} MiB | {} ms | {} ms | {:.1} MiB ({:.1}%) | {restore_ms} ms |",
+        "| {keys} | {write_s:.1} s | {} ms | {} ms | {:.1} MiB | {} ms | {} ms | {:.1} MiB ({:.1}%) | {restore_ms} ms | {rss_open:.0} MiB (before: {rss_before:.0}) | {rss_peak:.0} MiB |",
         first.cut_ms,
         first.complete_ms,
         mb(first.total_bytes),
@@ -143,18 +161,26 @@ fn broadcast(quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let sizes: &[u64] = if quick {
-        &[100_000, 1_000_000]
-    } else {
-        &[1_000_000, 10_000_000]
+    // `-- --keys N`: that size alone, in a fresh process (its memory figures then hold only
+    // that store).
+    let only: Option<u64> = std::env::args()
+        .skip_while(|a| a != "--keys")
+        .nth(1)
+        .map(|n| n.parse().expect("--keys takes a number"));
+    let sizes: Vec<u64> = match (only, quick) {
+        (Some(n), _) => vec![n],
+        (None, true) => vec![100_000, 1_000_000],
+        (None, false) => vec![1_000_000, 10_000_000],
     };
     println!("\nCheckpoints of value state (fraud-like JSON values, 128 key groups)\n");
     println!(
-        "| keys | write | 1st cut (pause) | 1st complete | 1st size | 2nd cut | 2nd complete | 2nd delta (1% keys changed) | restore + open |"
+        "| keys | write | 1st cut (pause) | 1st complete | 1st size | 2nd cut | 2nd complete | 2nd delta (1% keys changed) | restore + open | process RSS, store open | peak RSS so far |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &keys in sizes {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &keys in &sizes {
         checkpoints(keys);
     }
-    broadcast(quick);
+    if only.is_none() {
+        broadcast(quick);
+    }
 }
