@@ -280,6 +280,40 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let l = format!("pipeline=\"{}\"", self.pipeline);
+        self.render_gauges(&mut out, &l);
+        self.render_counters(&mut out, &l);
+        self.render_dead_letters(&mut out, &l);
+        self.render_shadow(&mut out, &l);
+        self.render_state(&mut out, &l);
+        self.render_lookups(&mut out, &l);
+        self.render_timings(&mut out, &l);
+        out
+    }
+
+    /// Messages parked, partitions owned, input pending.
+    fn render_gauges(&self, out: &mut String, l: &str) {
+        let name = "eddy_publish_parked";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
+            self.parked.load(Ordering::Relaxed)
+        );
+        let name = "eddy_partitions_owned";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Partitions this host owns (cluster mode).\n# TYPE {name} gauge\n{name}{{{l}}} {}",
+            self.partitions_owned.load(Ordering::Relaxed)
+        );
+        if let Some(pending) = self.input_pending() {
+            let _ = writeln!(
+                out,
+                "# HELP eddy_input_pending Messages of the keyed input not yet delivered to this host (the consumer's pending count at its last batch; summed over its partitions).\n# TYPE eddy_input_pending gauge\neddy_input_pending{{{l}}} {pending}"
+            );
+        }
+    }
+
+    /// The plain counters, the cluster's included.
+    fn render_counters(&self, out: &mut String, l: &str) {
         let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "eddy_events_in_total",
@@ -362,18 +396,13 @@ impl Metrics {
                 &self.checkpoint_bytes,
             ),
         ];
-        let name = "eddy_publish_parked";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
-            self.parked.load(Ordering::Relaxed)
-        );
-        let name = "eddy_partitions_owned";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Partitions this host owns (cluster mode).\n# TYPE {name} gauge\n{name}{{{l}}} {}",
-            self.partitions_owned.load(Ordering::Relaxed)
-        );
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         for (name, help, c) in [
             (
                 "eddy_partitions_acquired_total",
@@ -397,43 +426,26 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        self.lease_renewal_seconds.render(
-            &mut out,
-            "eddy_lease_renewal_seconds",
-            "Time a partition lease renewal took (cluster mode).",
-            &l,
-        );
-        self.restore_seconds.render(
-            &mut out,
-            "eddy_restore_seconds",
-            "Time restoring state took at the start of a run, downloads from the store included.",
-            &l,
-        );
-        if let Some(pending) = self.input_pending() {
-            let _ = writeln!(
-                out,
-                "# HELP eddy_input_pending Messages of the keyed input not yet delivered to this host (the consumer's pending count at its last batch; summed over its partitions).\n# TYPE eddy_input_pending gauge\neddy_input_pending{{{l}}} {pending}"
-            );
-        }
-        for (name, help, c) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{l}}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
+    }
+
+    /// Dead letters by reason.
+    fn render_dead_letters(&self, out: &mut String, l: &str) {
         let dead: Vec<(&str, &AtomicU64)> = DeadLetterReason::ALL
             .iter()
             .map(|r| (r.label(), &self.dead_lettered[*r as usize]))
             .collect();
         split_counter(
-            &mut out,
+            out,
             "eddy_events_dead_lettered_total",
             "Events sent to the dead-letter subject, by reason.",
             &l,
             "reason",
             &dead,
         );
+    }
+
+    /// A shadow's events and compared messages (once one ran).
+    fn render_shadow(&self, out: &mut String, l: &str) {
         let shadow = self
             .shadow_messages
             .lock()
@@ -458,10 +470,14 @@ impl Metrics {
                 );
             }
         }
+    }
+
+    /// The state's counters (expiry, quotas, hot values), once a state is attached.
+    fn render_state(&self, out: &mut String, l: &str) {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(stats) = state {
             split_counter(
-                &mut out,
+                out,
                 "eddy_state_expired_removed_total",
                 "Expired state entries removed, by cleanup strategy.",
                 &l,
@@ -472,7 +488,7 @@ impl Metrics {
                 ],
             );
             split_counter(
-                &mut out,
+                out,
                 "eddy_state_quota_total",
                 "Per-key quota hits: writes refused (policy reject, the event dead-lettered) and entries evicted (policy evict).",
                 &l,
@@ -483,7 +499,7 @@ impl Metrics {
                 ],
             );
             split_counter(
-                &mut out,
+                out,
                 "eddy_state_hot_reads_total",
                 "Keyed point reads, by whether the hot values answered them.",
                 &l,
@@ -491,7 +507,7 @@ impl Metrics {
                 &[("hit", &stats.hot_hits), ("miss", &stats.hot_misses)],
             );
             split_counter(
-                &mut out,
+                out,
                 "eddy_state_deferred_writes_total",
                 "Value and list writes that waited in the hot values (counted when settled), and the RocksDB writes that settling them took.",
                 &l,
@@ -502,6 +518,10 @@ impl Metrics {
                 ],
             );
         }
+    }
+
+    /// Lookup answers by store and result, if the pipeline has lookups.
+    fn render_lookups(&self, out: &mut String, l: &str) {
         if let Some(lookups) = self.lookups.get() {
             let name = "eddy_lookups_total";
             let _ = writeln!(
@@ -515,33 +535,48 @@ impl Metrics {
                 );
             });
         }
+    }
+
+    /// Histograms of what takes time.
+    fn render_timings(&self, out: &mut String, l: &str) {
+        self.lease_renewal_seconds.render(
+            out,
+            "eddy_lease_renewal_seconds",
+            "Time a partition lease renewal took (cluster mode).",
+            &l,
+        );
+        self.restore_seconds.render(
+            out,
+            "eddy_restore_seconds",
+            "Time restoring state took at the start of a run, downloads from the store included.",
+            &l,
+        );
         self.checkpoint_pause_seconds.render(
-            &mut out,
+            out,
             "eddy_checkpoint_pause_seconds",
             "Time the pipeline waited for a checkpoint cut.",
             &l,
         );
         self.checkpoint_seconds.render(
-            &mut out,
+            out,
             "eddy_checkpoint_seconds",
             "Time from checkpoint cut to completed checkpoint.",
             &l,
         );
         self.swap_pause_seconds.render(
-            &mut out,
+            out,
             "eddy_plugin_swap_pause_seconds",
             "Time the pipeline paused to swap a plugin version.",
             &l,
         );
         self.call_seconds.render(
-            &mut out,
+            out,
             "eddy_plugin_call_seconds",
             "Duration of one plugin call (one batch).",
             &l,
         );
         self.batch_size
-            .render(&mut out, "eddy_batch_size", "Events per plugin call.", &l);
-        out
+            .render(out, "eddy_batch_size", "Events per plugin call.", &l);
     }
 }
 
