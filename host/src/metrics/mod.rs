@@ -290,13 +290,19 @@ impl Metrics {
         out
     }
 
-    /// Messages parked, partitions owned, input pending.
+    /// Messages parked, the last checkpoint's size, partitions owned, input pending.
     fn render_gauges(&self, out: &mut String, l: &str) {
         let name = "eddy_publish_parked";
         let _ = writeln!(
             out,
             "# HELP {name} Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
             self.parked.load(Ordering::Relaxed)
+        );
+        let name = "eddy_checkpoint_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes of the state at the last completed checkpoint.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
+            self.checkpoint_bytes.load(Ordering::Relaxed)
         );
         let name = "eddy_partitions_owned";
         let _ = writeln!(
@@ -314,7 +320,7 @@ impl Metrics {
 
     /// The plain counters, the cluster's included.
     fn render_counters(&self, out: &mut String, l: &str) {
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "eddy_events_in_total",
                 "Events read from the input.",
@@ -389,11 +395,6 @@ impl Metrics {
                 "eddy_plugin_rejections_total",
                 "Plugin versions rejected before they ran.",
                 &self.reload_rejections,
-            ),
-            (
-                "eddy_checkpoint_bytes",
-                "Bytes of the state at the last completed checkpoint.",
-                &self.checkpoint_bytes,
             ),
         ];
         for (name, help, c) in counters {

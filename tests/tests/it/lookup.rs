@@ -670,6 +670,12 @@ async fn the_grafana_dashboard_queries_only_what_a_pipeline_exports() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split(' ').next())
         .collect();
+    // Prometheus's naming: counters, and only they, end in `_total` (a gauge typed as a
+    // counter would be summed by `rate()` into nonsense).
+    for l in exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = l.split_once(' ').expect("name and type");
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{l}");
+    }
     for expr in &exprs {
         for name in words(expr).filter(|w| w.starts_with("eddy_")) {
             let family = ["_bucket", "_sum", "_count"]
