@@ -11,7 +11,7 @@ source scripts/env.sh
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(event_key bulk_line stored_values pipeline_config)
+    targets=(event_key bulk_line stored_values pipeline_config query)
 fi
 seconds="${SECONDS_EACH:-300}"
 
@@ -33,13 +33,17 @@ fi
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 
 corpus=fuzz/corpus
-mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config}
+mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config,query}
 printf '/customer\n{"customer":"c-42","amount":12.5}' > "$corpus/event_key/seed-1"
 printf '/a~1b/0\n{"a/b":[7,{"x":null}]}' > "$corpus/event_key/seed-2"
 printf '{"key": "c-42", "value": {"tier": "gold"}}' > "$corpus/bulk_line/seed-1"
 printf '{"key": "c-42", "map_key": "tx-1", "value": 1250, "written_ms": 1764755000000, "ttl_ms": 86400000}' > "$corpus/bulk_line/seed-2"
 printf 'key,map_key,value\nc-1,tx-1,"{""a"":1}"\n' > "$corpus/bulk_line/seed-3"
 printf '\x00\x00\x01\x90\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x01{"a":1}' > "$corpus/stored_values/seed-1"
+printf '\x00{"state":"stats","key":"c-1"}' > "$corpus/query/seed-1"
+printf '\x01{"state":"seen","key":"c-7","prefix":"tx-0","limit":3,"start_after":"tx-01"}' > "$corpus/query/seed-2"
+printf '\x03{"broadcast_map":"rules","limit":2}' > "$corpus/query/seed-3"
+printf '\x02{"state":"recent","key_base64":"Yy0z"}' > "$corpus/query/seed-4"
 for f in examples/*/pipeline.toml; do
     cp "$f" "$corpus/pipeline_config/$(basename "$(dirname "$f")").toml"
 done
