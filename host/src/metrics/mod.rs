@@ -439,7 +439,7 @@ impl Metrics {
             out,
             "eddy_events_dead_lettered_total",
             "Events sent to the dead-letter subject, by reason.",
-            &l,
+            l,
             "reason",
             &dead,
         );
@@ -481,7 +481,7 @@ impl Metrics {
                 out,
                 "eddy_state_expired_removed_total",
                 "Expired state entries removed, by cleanup strategy.",
-                &l,
+                l,
                 "strategy",
                 &[
                     ("read", &stats.expired_on_read),
@@ -492,7 +492,7 @@ impl Metrics {
                 out,
                 "eddy_state_quota_total",
                 "Per-key quota hits: writes refused (policy reject, the event dead-lettered) and entries evicted (policy evict).",
-                &l,
+                l,
                 "action",
                 &[
                     ("rejected", &stats.quota_rejected),
@@ -503,7 +503,7 @@ impl Metrics {
                 out,
                 "eddy_state_hot_reads_total",
                 "Keyed point reads, by whether the hot values answered them.",
-                &l,
+                l,
                 "result",
                 &[("hit", &stats.hot_hits), ("miss", &stats.hot_misses)],
             );
@@ -511,7 +511,7 @@ impl Metrics {
                 out,
                 "eddy_state_deferred_writes_total",
                 "Value and list writes that waited in the hot values (counted when settled), and the RocksDB writes that settling them took.",
-                &l,
+                l,
                 "stage",
                 &[
                     ("deferred", &stats.deferred_writes),
@@ -544,40 +544,40 @@ impl Metrics {
             out,
             "eddy_lease_renewal_seconds",
             "Time a partition lease renewal took (cluster mode).",
-            &l,
+            l,
         );
         self.restore_seconds.render(
             out,
             "eddy_restore_seconds",
             "Time restoring state took at the start of a run, downloads from the store included.",
-            &l,
+            l,
         );
         self.checkpoint_pause_seconds.render(
             out,
             "eddy_checkpoint_pause_seconds",
             "Time the pipeline waited for a checkpoint cut.",
-            &l,
+            l,
         );
         self.checkpoint_seconds.render(
             out,
             "eddy_checkpoint_seconds",
             "Time from checkpoint cut to completed checkpoint.",
-            &l,
+            l,
         );
         self.swap_pause_seconds.render(
             out,
             "eddy_plugin_swap_pause_seconds",
             "Time the pipeline paused to swap a plugin version.",
-            &l,
+            l,
         );
         self.call_seconds.render(
             out,
             "eddy_plugin_call_seconds",
             "Duration of one plugin call (one batch).",
-            &l,
+            l,
         );
         self.batch_size
-            .render(out, "eddy_batch_size", "Events per plugin call.", &l);
+            .render(out, "eddy_batch_size", "Events per plugin call.", l);
     }
 }
 
