@@ -112,14 +112,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((op, json)) = data.split_first() else {
         return;
     };
-    let op = [
-        Op::Get,
-        Op::Map,
-        Op::List,
-        Op::Broadcast,
-        Op::Owner,
-        Op::Describe,
-    ][*op as usize % 6];
+    let op = Op::ALL[*op as usize % Op::ALL.len()];
     let Ok(q) = serde_json::from_slice::<Query>(json) else {
         return;
     };

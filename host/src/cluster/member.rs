@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::fence::LeaseFence;
 use super::handoff::{self, Incoming, Step};
 use super::leases::{self, Coordination};
-use super::renewals::{Held, Renewals};
+use super::renewals::{Held, Renewals, Renewing};
 use super::{assign, mono_ms};
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
@@ -115,14 +115,8 @@ impl Member {
     /// Collects runs that ended, releases finished hand-offs, and takes the partitions on
     /// their way here that are free now.
     pub(super) async fn settle(&mut self) {
-        reap(
-            &mut self.owned,
-            &mut self.cooling,
-            &self.coord,
-            &self.renewals,
-        )
-        .await;
-        finish_hand_offs(&self.coord, &mut self.handing_off, &self.renewals).await;
+        self.reap().await;
+        self.finish_hand_offs().await;
         self.metrics
             .partitions_owned
             .store(self.owned.len() as u64, Ordering::Relaxed);
@@ -229,7 +223,7 @@ impl Member {
     /// Leaves the cluster: every partition hands off (last checkpoint, pointer, release), in
     /// parallel, with the leases renewed meanwhile (until `renewing` is dropped) so the last
     /// commits still count. Returns the host's summary.
-    pub(super) async fn leave<R>(mut self, renewing: R) -> RunSummary {
+    pub(super) async fn leave(mut self, renewing: Renewing) -> RunSummary {
         self.incoming.clear(&self.coord).await;
         tracing::info!(
             partitions = self.owned.len(),
@@ -239,10 +233,10 @@ impl Member {
             o.stop(false);
             self.handing_off.insert(p, o);
         }
-        let lease = Duration::from_millis(self.cfg.cluster.as_ref().map_or(6_000, |c| c.lease_ms));
+        let lease = self.renewals.lease();
         let deadline = Instant::now() + Duration::from_secs(120);
         while !self.handing_off.is_empty() && Instant::now() < deadline {
-            finish_hand_offs(&self.coord, &mut self.handing_off, &self.renewals).await;
+            self.finish_hand_offs().await;
             tokio::time::sleep(Duration::from_millis(100).min(lease / 3)).await;
         }
         drop(renewing);
@@ -255,14 +249,7 @@ impl Member {
         }
         self.coord.leave().await;
         // Every partition run counted into the host's metrics: they are the host's summary.
-        let m = &self.metrics;
-        RunSummary {
-            events_in: m.events_in.load(Ordering::Relaxed),
-            outputs: m.outputs.load(Ordering::Relaxed),
-            dropped: m.dropped.load(Ordering::Relaxed),
-            dead_lettered: m.dead_lettered_total(),
-            checkpoints: m.checkpoints.load(Ordering::Relaxed),
-        }
+        RunSummary::of(&self.metrics)
     }
 
     /// Records the outcome of taking partition `p`.
@@ -277,18 +264,131 @@ impl Member {
         }
     }
 
-    /// Takes partition `p` if it is free (see [`start_partition`]).
+    /// Takes partition `p` if it is free: lease, pointer claim, then a run of its own; `failover`
+    /// when its last owner died rather than let go.
     async fn start_partition(&self, p: u32, failover: bool) -> anyhow::Result<Option<Owned>> {
-        start_partition(
-            &self.cfg,
-            &self.opts,
-            &self.coord,
-            &self.metrics,
-            &self.renewals,
-            p,
-            failover,
-        )
-        .await
+        let (cfg, opts, coord, metrics) = (&self.cfg, &self.opts, &self.coord, &self.metrics);
+        let sent = mono_ms();
+        let Some(lease) = coord.acquire(p).await? else {
+            return Ok(None);
+        };
+        let deadline_ms = Arc::new(AtomicU64::new(self.renewals.deadline_after(sent)));
+        let (committed, pointer_revision) = match coord.claim(&lease).await {
+            Ok(c) => c,
+            Err(e) => {
+                coord.release(&lease).await;
+                return Err(e);
+            }
+        };
+        if failover {
+            metrics.failovers.fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.partitions_acquired.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            partition = p,
+            epoch = lease.epoch,
+            checkpoint = ?committed,
+            "took the partition"
+        );
+        let last_committed = Arc::new(AtomicU64::new(committed.unwrap_or(0)));
+        let fence = Arc::new(LeaseFence {
+            coord: coord.clone(),
+            partition: p,
+            epoch: lease.epoch,
+            pointer_revision: Arc::new(AtomicU64::new(pointer_revision)),
+            committed,
+            last_committed: last_committed.clone(),
+            deadline_ms: deadline_ms.clone(),
+        });
+        let hand_off = Arc::new(HandOff::default());
+        let run_opts = RunOptions {
+            fence: Some(fence),
+            hand_off: Some(hand_off.clone()),
+            compile_cache: opts
+                .compile_cache
+                .clone()
+                .or_else(|| Some(cfg.pipeline.state_dir.join(".compiled"))),
+            ..opts.clone()
+        };
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(pipeline::run(
+            cfg.for_partition(p),
+            run_opts,
+            rx,
+            metrics.clone(),
+        ));
+        let held = Held {
+            lease: Arc::new(tokio::sync::Mutex::new(lease)),
+            deadline_ms,
+            stop: Arc::new(stop),
+        };
+        self.renewals.add(p, held.clone());
+        Ok(Some(Owned {
+            held,
+            hand_off,
+            committed: last_committed,
+            task,
+        }))
+    }
+
+    /// Collects runs that ended on their own, and gives up their leases.
+    async fn reap(&mut self) {
+        let ended: Vec<u32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in ended {
+            let Some(o) = self.owned.remove(&p) else {
+                continue;
+            };
+            match o.task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
+                    tracing::warn!(partition = p, "partition stopped: {e:#}");
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
+                    self.cooling.insert(p, Instant::now());
+                }
+                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
+            }
+            // Nothing runs under its lease any more, which may still name this host (a fenced
+            // run's renewal came late but no one took it): give it up, so the partition is free
+            // at once rather than held until the server expires the key, if it ever does. Taken
+            // by another host, the delete at this host's revision does nothing.
+            self.renewals.remove(p);
+            self.coord.release(&*o.held.lease.lock().await).await;
+        }
+    }
+
+    /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
+    /// committed), so another host takes the partition without waiting for expiry.
+    async fn finish_hand_offs(&mut self) {
+        let done: Vec<u32> = self
+            .handing_off
+            .iter()
+            .filter(|(_, o)| o.task.is_finished())
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            let Some(o) = self.handing_off.remove(&p) else {
+                continue;
+            };
+            // Released, or (after an error) left to lapse: renewed no more either way.
+            self.renewals.remove(p);
+            match o.task.await {
+                Ok(Ok(_)) => {
+                    self.coord.release(&*o.held.lease.lock().await).await;
+                    tracing::info!(partition = p, "partition handed off");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(partition = p, "partition stopped with an error: {e:#}")
+                }
+                Err(e) => tracing::warn!(partition = p, "partition task: {e}"),
+            }
+        }
     }
 }
 
@@ -306,141 +406,4 @@ async fn look(
     hosts.insert(me.to_string());
     let (owners, wants) = leases?;
     Ok((hosts, owners, wants))
-}
-
-/// Takes partition `p` if it is free: lease, pointer claim, then a run of its own; `failover`
-/// when its last owner died rather than let go.
-async fn start_partition(
-    cfg: &Arc<PipelineConfig>,
-    opts: &RunOptions,
-    coord: &Coordination,
-    metrics: &Arc<Metrics>,
-    renewals: &Renewals,
-    p: u32,
-    failover: bool,
-) -> anyhow::Result<Option<Owned>> {
-    let sent = mono_ms();
-    let Some(lease) = coord.acquire(p).await? else {
-        return Ok(None);
-    };
-    let deadline_ms = Arc::new(AtomicU64::new(renewals.deadline_after(sent)));
-    let (committed, pointer_revision) = match coord.claim(&lease).await {
-        Ok(c) => c,
-        Err(e) => {
-            coord.release(&lease).await;
-            return Err(e);
-        }
-    };
-    if failover {
-        metrics.failovers.fetch_add(1, Ordering::Relaxed);
-    }
-    metrics.partitions_acquired.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(
-        partition = p,
-        epoch = lease.epoch,
-        checkpoint = ?committed,
-        "took the partition"
-    );
-    let last_committed = Arc::new(AtomicU64::new(committed.unwrap_or(0)));
-    let fence = Arc::new(LeaseFence {
-        coord: coord.clone(),
-        partition: p,
-        epoch: lease.epoch,
-        pointer_revision: Arc::new(AtomicU64::new(pointer_revision)),
-        committed,
-        last_committed: last_committed.clone(),
-        deadline_ms: deadline_ms.clone(),
-    });
-    let hand_off = Arc::new(HandOff::default());
-    let run_opts = RunOptions {
-        fence: Some(fence),
-        hand_off: Some(hand_off.clone()),
-        compile_cache: opts
-            .compile_cache
-            .clone()
-            .or_else(|| Some(cfg.pipeline.state_dir.join(".compiled"))),
-        ..opts.clone()
-    };
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(pipeline::run(
-        cfg.for_partition(p),
-        run_opts,
-        rx,
-        metrics.clone(),
-    ));
-    let held = Held {
-        lease: Arc::new(tokio::sync::Mutex::new(lease)),
-        deadline_ms,
-        stop: Arc::new(stop),
-    };
-    renewals.add(p, held.clone());
-    Ok(Some(Owned {
-        held,
-        hand_off,
-        committed: last_committed,
-        task,
-    }))
-}
-
-/// Collects runs that ended on their own, and gives up their leases.
-async fn reap(
-    owned: &mut BTreeMap<u32, Owned>,
-    cooling: &mut BTreeMap<u32, Instant>,
-    coord: &Coordination,
-    renewals: &Renewals,
-) {
-    let ended: Vec<u32> = owned
-        .iter()
-        .filter(|(_, o)| o.task.is_finished())
-        .map(|(p, _)| *p)
-        .collect();
-    for p in ended {
-        let Some(o) = owned.remove(&p) else { continue };
-        match o.task.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
-                tracing::warn!(partition = p, "partition stopped: {e:#}");
-            }
-            Ok(Err(e)) => {
-                tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
-                cooling.insert(p, Instant::now());
-            }
-            Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
-        }
-        // Nothing runs under its lease any more, which may still name this host (a fenced
-        // run's renewal came late but no one took it): give it up, so the partition is free
-        // at once rather than held until the server expires the key, if it ever does. Taken
-        // by another host, the delete at this host's revision does nothing.
-        renewals.remove(p);
-        coord.release(&*o.held.lease.lock().await).await;
-    }
-}
-
-/// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
-/// committed), so another host takes the partition without waiting for expiry.
-async fn finish_hand_offs(
-    coord: &Coordination,
-    handing_off: &mut BTreeMap<u32, Owned>,
-    renewals: &Renewals,
-) {
-    let done: Vec<u32> = handing_off
-        .iter()
-        .filter(|(_, o)| o.task.is_finished())
-        .map(|(p, _)| *p)
-        .collect();
-    for p in done {
-        let Some(o) = handing_off.remove(&p) else {
-            continue;
-        };
-        // Released, or (after an error) left to lapse: renewed no more either way.
-        renewals.remove(p);
-        match o.task.await {
-            Ok(Ok(_)) => {
-                coord.release(&*o.held.lease.lock().await).await;
-                tracing::info!(partition = p, "partition handed off");
-            }
-            Ok(Err(e)) => tracing::warn!(partition = p, "partition stopped with an error: {e:#}"),
-            Err(e) => tracing::warn!(partition = p, "partition task: {e}"),
-        }
-    }
 }

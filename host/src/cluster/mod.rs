@@ -79,14 +79,15 @@ pub async fn run(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("the pipeline has no [cluster] section"))?;
     let cfg = Arc::new(cfg);
-    let (mut member, renewing) = join(cfg.clone(), opts, &shutdown, metrics).await?;
+    let lease = Duration::from_millis(cluster.lease_ms);
+    let (mut member, renewing) = join(cfg.clone(), opts, lease, &shutdown, metrics).await?;
     let http = serve_queries(&cfg, &member.nats).await?;
     // Leases and the heartbeat are renewed by a task of their own (`renewals`); wants every
     // third of the lease here, and the hosts and leases looked at as often. While partitions
     // move (this host hands some off, owns fewer than its share, or has some coming) it looks
     // every `MOVING` instead, and while it is ready for a partition or one is stopping here
     // it steps every `TAKING`, so a partition is taken the moment it is let go.
-    let renew_every = Duration::from_millis(cluster.lease_ms) / 3;
+    let renew_every = lease / 3;
     let mut renewed: Option<Instant> = None;
     let mut looked: Option<Instant> = None;
     let mut look_every = renew_every;
@@ -128,10 +129,10 @@ pub async fn run(
 async fn join(
     cfg: Arc<PipelineConfig>,
     opts: RunOptions,
+    lease: Duration,
     shutdown: &Shutdown,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Member, renewals::Renewing)> {
-    let lease = Duration::from_millis(cfg.cluster.as_ref().map_or(6_000, |c| c.lease_ms));
     let nats = transport::connect_waiting(
         &cfg.nats,
         &format!("eddy:{}:cluster", cfg.pipeline.name),
@@ -151,7 +152,7 @@ async fn join(
     if let Err(e) = coord.heartbeat().await {
         tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
     }
-    let renewals = Renewals::new(lease.as_millis() as u64);
+    let renewals = Renewals::new(lease);
     let renewing = renewals.spawn(coord.clone(), metrics.clone());
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
     let member = Member::new(cfg, opts, metrics, nats, coord, renewals, me);
@@ -183,12 +184,12 @@ async fn serve_queries(
 pub(crate) async fn view(
     nats: &transport::Nats,
     cfg: &PipelineConfig,
+    lease: Duration,
 ) -> anyhow::Result<(
     BTreeSet<String>,
     BTreeMap<u32, String>,
     BTreeMap<u32, leases::Pointer>,
 )> {
-    let lease = Duration::from_millis(cfg.cluster.as_ref().map_or(6_000, |c| c.lease_ms));
     let replicas = transport::replicas(nats);
     let coord = Coordination::open(nats, &cfg.pipeline.name, "eddy-cli", lease, replicas).await?;
     // One look cannot watch heartbeats change: a host counts as live if the server stamped

@@ -48,12 +48,17 @@ pub(super) struct Renewals {
 }
 
 impl Renewals {
-    /// For leases of `lease_ms`.
-    pub(super) fn new(lease_ms: u64) -> Renewals {
+    /// For leases of `lease`.
+    pub(super) fn new(lease: Duration) -> Renewals {
         Renewals {
             held: Arc::default(),
-            lease_ms,
+            lease_ms: lease.as_millis() as u64,
         }
+    }
+
+    /// How long a lease lasts without renewal.
+    pub(super) fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
     }
 
     /// Until when (by [`mono_ms`]) a lease written by a request sent at `sent` surely holds:

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::config::PipelineConfig;
 use crate::transport;
@@ -29,13 +30,15 @@ pub struct PartitionStatus {
 /// The hosts and partitions of the cluster running `pipeline`.
 pub async fn collect(pipeline: &Path) -> anyhow::Result<(Vec<String>, Vec<PartitionStatus>)> {
     let cfg = PipelineConfig::load_remote(pipeline)?;
-    anyhow::ensure!(
-        cfg.cluster.is_some(),
-        "{} has no [cluster] section: its hosts own the partitions [partitions] names; use `eddy status`",
-        pipeline.display()
-    );
+    let Some(cluster) = &cfg.cluster else {
+        anyhow::bail!(
+            "{} has no [cluster] section: its hosts own the partitions [partitions] names; use `eddy status`",
+            pipeline.display()
+        );
+    };
+    let lease = Duration::from_millis(cluster.lease_ms);
     let nats = transport::connect(&cfg.nats, "eddy-cluster-status").await?;
-    let (hosts, owners, pointers) = super::view(&nats, &cfg).await?;
+    let (hosts, owners, pointers) = super::view(&nats, &cfg, lease).await?;
     let mut out = Vec::new();
     for p in 0..cfg.partitions.count {
         let part = cfg.for_partition(p);

@@ -78,7 +78,7 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    fn of(metrics: &Metrics) -> RunSummary {
+    pub(crate) fn of(metrics: &Metrics) -> RunSummary {
         RunSummary {
             events_in: metrics.events_in.load(Ordering::Relaxed),
             outputs: metrics.outputs.load(Ordering::Relaxed),

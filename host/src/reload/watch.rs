@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{ReloadEvent, Validator, plugin_bucket, record, shadow};
+use super::{Candidate, ReloadEvent, Validator, plugin_bucket, record, shadow};
 use crate::config::{PipelineConfig, ReloadWatch};
 use crate::transport::Nats;
 
@@ -171,23 +171,17 @@ impl BucketWatcher {
         }
         self.shadow = Some(version.clone());
         let source = format!("shadow {}/{}", self.bucket, self.shadow_name);
-        tracing::info!(%version, %source, "new shadow version: validating");
-        let (v, name) = (self.validator.clone(), self.pipeline.clone());
-        let s = source.clone();
-        let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &name, &s))
-            .await
-            .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
-        Some(match result {
-            Ok(c) => ReloadEvent::Shadow(Box::new(c)),
-            Err(reason) => {
-                tracing::warn!(%version, %source, "shadow version rejected: {reason}");
-                ReloadEvent::Rejected {
-                    version,
-                    source,
-                    reason,
-                }
-            }
-        })
+        Some(
+            validated(
+                &self.validator,
+                wasm,
+                &self.pipeline,
+                source,
+                "shadow",
+                ReloadEvent::Shadow,
+            )
+            .await,
+        )
     }
 
     /// The announced object's bytes (failures are logged).
@@ -302,22 +296,35 @@ async fn send_validated(
     source: String,
     tx: &mpsc::Sender<ReloadEvent>,
 ) -> Result<(), ()> {
+    let event = validated(validator, wasm, name, source, "plugin", ReloadEvent::Ready).await;
+    tx.send(event).await.map_err(drop)
+}
+
+/// Validates `wasm` off the run loop: the candidate as `ready` makes it the event (a new
+/// live version, or a shadow: `what` names which in the log), or why it was rejected.
+async fn validated(
+    validator: &Arc<Validator>,
+    wasm: Vec<u8>,
+    name: &str,
+    source: String,
+    what: &str,
+    ready: fn(Box<Candidate>) -> ReloadEvent,
+) -> ReloadEvent {
     let version = crate::engine::version_of(&wasm);
-    tracing::info!(%version, %source, "new plugin version: validating");
+    tracing::info!(%version, %source, "new {what} version: validating");
     let (v, n, s) = (validator.clone(), name.to_string(), source.clone());
     let result = tokio::task::spawn_blocking(move || v.validate(&wasm, &n, &s))
         .await
         .unwrap_or_else(|e| Err(format!("validation crashed: {e}")));
-    let event = match result {
-        Ok(c) => ReloadEvent::Ready(Box::new(c)),
+    match result {
+        Ok(c) => ready(Box::new(c)),
         Err(reason) => {
-            tracing::warn!(%version, %source, "new plugin version rejected: {reason}");
+            tracing::warn!(%version, %source, "new {what} version rejected: {reason}");
             ReloadEvent::Rejected {
                 version,
                 source,
                 reason,
             }
         }
-    };
-    tx.send(event).await.map_err(drop)
+    }
 }
