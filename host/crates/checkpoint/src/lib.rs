@@ -184,6 +184,46 @@ pub struct Manifest {
     pub uploaded_bytes: u64,
 }
 
+impl Manifest {
+    /// Reads a manifest (checkpoint `id`'s, found at `place`, for the error): valid JSON of a
+    /// format this build knows, naming only files it may touch. Manifests come from disk or a
+    /// store other hosts and tools write to: a `name` or `stored` path such as `../x` or
+    /// `/etc/x` would have a restore read, link or write files anywhere the host can.
+    pub fn parse(id: u64, bytes: &[u8], place: &str) -> Result<Manifest> {
+        let corrupt = |reason: String| Error::Corrupt { id, reason };
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| corrupt(format!("{place} is not valid ({e})")))?;
+        if m.format > MANIFEST_FORMAT {
+            return Err(Error::Format {
+                id,
+                format: m.format,
+            });
+        }
+        for f in &m.files {
+            if !within(&f.name, 1) || !within(&f.stored, usize::MAX) {
+                return Err(corrupt(format!(
+                    "{place} names a file outside the checkpoint (name {:?}, stored {:?}): written by something other than Eddy, or tampered with",
+                    f.name, f.stored
+                )));
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Whether `path` is relative, made of at most `depth` plain names (no `..`, `.`, root or
+/// prefix), and not empty.
+pub(crate) fn within(path: &str, depth: usize) -> bool {
+    let mut n = 0;
+    for c in Path::new(path).components() {
+        if !matches!(c, std::path::Component::Normal(_)) {
+            return false;
+        }
+        n += 1;
+    }
+    (1..=depth).contains(&n)
+}
+
 /// A cut taken but not yet completed.
 #[derive(Debug)]
 pub struct Staged {
@@ -561,17 +601,7 @@ impl Checkpoints {
                 });
             }
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            id,
-            reason: format!("manifest {} is not valid ({e})", path.display()),
-        })?;
-        if m.format > MANIFEST_FORMAT {
-            return Err(Error::Format {
-                id,
-                format: m.format,
-            });
-        }
-        Ok(m)
+        Manifest::parse(id, &bytes, &format!("manifest {}", path.display()))
     }
 
     /// Completed checkpoints in the local directory, oldest first.

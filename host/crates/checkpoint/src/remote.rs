@@ -84,20 +84,11 @@ impl Remote {
                 },
                 e => Error::Storage(e),
             })?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        Manifest::parse(
             id,
-            reason: format!(
-                "its manifest in {} is not valid ({e})",
-                self.storage.describe()
-            ),
-        })?;
-        if m.format > crate::MANIFEST_FORMAT {
-            return Err(Error::Format {
-                id,
-                format: m.format,
-            });
-        }
-        Ok(m)
+            &bytes,
+            &format!("its manifest in {}", self.storage.describe()),
+        )
     }
 
     fn shared_in_store(&self) -> Result<std::sync::MutexGuard<'_, Option<HashSet<String>>>> {

@@ -331,6 +331,17 @@ pub fn read_meta(dir: &Path) -> anyhow::Result<SavepointMeta> {
             meta.format
         );
     }
+    if let Some(f) = meta
+        .files
+        .iter()
+        .find(|f| !crate::within(&f.path, usize::MAX))
+    {
+        bail!(
+            "savepoint {} names a file outside itself ({:?}): savepoint.json was written by something other than Eddy, or tampered with",
+            dir.display(),
+            f.path
+        );
+    }
     Ok(meta)
 }
 

@@ -664,3 +664,94 @@ fn retention_by_age_keeps_the_window_and_never_deletes_what_it_cannot_date() {
         "1 aged out; 2 is kept though its age is unknown"
     );
 }
+
+/// Checkpoint 1: 50 keys.
+fn first_checkpoint(f: &Fixture, cps: &Checkpoints) {
+    let store = f.open(16);
+    write_counts(&store, 0, 50, b"1");
+    cps.complete(&cps.cut(&store, 1, cut(50)).expect("cut"))
+        .expect("complete");
+}
+
+/// Checkpoint 1 of `cps` copied as checkpoint 2 with `edit` applied to its manifest.
+fn tampered_copy(cps: &Checkpoints, edit: impl FnOnce(&mut Manifest)) {
+    let mut m = cps.load(1).expect("checkpoint 1");
+    m.id = 2;
+    edit(&mut m);
+    let own = cps.dir().join("chk-0000000002");
+    std::fs::create_dir_all(&own).expect("dir");
+    std::fs::write(
+        own.join("manifest.json"),
+        serde_json::to_vec(&m).expect("json"),
+    )
+    .expect("manifest");
+}
+
+#[test]
+fn a_manifest_naming_files_outside_the_checkpoint_is_never_restored() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    first_checkpoint(&f, &cps);
+
+    // A file outside, listed with its true size and checksum: it would verify, and be linked
+    // into the database.
+    let secret = f.dir.path().join("secret");
+    std::fs::write(&secret, b"not state").expect("secret");
+    let sha256 = sha256_file(&secret).expect("sum");
+    tampered_copy(&cps, |m| {
+        m.files.push(FileEntry {
+            name: "999999.sst".into(),
+            stored: "../secret".into(),
+            size: 9,
+            sha256,
+        })
+    });
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1, "fell back past the tampered checkpoint");
+    assert!(!f.db().join("999999.sst").exists());
+    let e = cps.load(2).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("names a file outside the checkpoint"),
+        "{e}"
+    );
+
+    // A name that climbs out of the database directory: nothing is written there.
+    tampered_copy(&cps, |m| m.files[0].name = "../escaped".into());
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1);
+    assert!(!f.dir.path().join("escaped").exists());
+    tampered_copy(&cps, |m| m.files[0].stored = "/etc/hostname".into());
+    assert!(matches!(cps.load(2), Err(Error::Corrupt { .. })));
+}
+
+#[test]
+fn a_manifest_in_the_store_naming_paths_outside_the_cache_is_refused_before_any_download() {
+    let f = Fixture::new();
+    let cps = stored(&f, 3);
+    first_checkpoint(&f, &cps);
+    // Checkpoint 2 in the store: one of its files is to be downloaded beside the host's
+    // checkpoint cache.
+    let objects = storage::DirStorage::new(&f.dir.path().join("store"));
+    use storage::Storage;
+    let mut m = cps.load(1).expect("checkpoint 1");
+    m.id = 2;
+    m.files[0].stored = "chk-0000000002/../../planted".into();
+    objects
+        .put_bytes(
+            "chk-0000000002/manifest.json",
+            &serde_json::to_vec(&m).expect("json"),
+        )
+        .expect("put");
+    std::fs::remove_dir_all(f.dir.path().join("checkpoints")).expect("wipe the cache");
+    let cps = stored(&f, 3);
+    let e = cps.prefetch(2).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("names a file outside the checkpoint"),
+        "{e}"
+    );
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1, "fell back past the tampered checkpoint");
+    assert!(!f.dir.path().join("planted").exists());
+}
