@@ -71,7 +71,19 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("nats-server did not start listening on port {}", self.port)
+        let log = std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+        bail!(
+            "nats-server did not start listening on port {}; its log ends:\n{}",
+            self.port,
+            log.lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     }
 
     /// The server's process id, while it runs.

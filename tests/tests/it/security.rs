@@ -1,7 +1,8 @@
 //! NATS with its security on, as production servers run it: TLS with the server verified
 //! against the operator's certificate authority and a client certificate the server checks,
-//! and users known by nkey. Certificates and keys are made by the test (`rcgen`, `nkeys`);
-//! the servers are real nats-server processes configured for each.
+//! users known by nkey, and operator mode (decentralised JWT auth, as `nsc` sets it up and
+//! Synadia Cloud runs it) with a `.creds` file. Certificates, keys and JWTs are made by the
+//! test (`rcgen`, `nkeys`); the servers are real nats-server processes configured for each.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -281,6 +282,174 @@ async fn a_user_known_by_nkey_connects_and_a_wrong_seed_is_refused_with_the_fiel
     std::fs::write(&junk, "not a seed").expect("junk");
     let e = connect_as(&url, &junk).await.err().expect("junk refused");
     assert!(format!("{e:#}").contains("user nkey seed"), "{e:#}");
+}
+
+/// A NATS JWT (v2): `claims` about `subject`, signed by `issuer`, as `nsc` writes them.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{subject}"),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        b64.encode(claims.to_string())
+    );
+    let signature = issuer.sign(signed.as_bytes()).expect("sign");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+/// An account's claims: nothing limited, JetStream on if `jetstream` (never for the system
+/// account, which the server refuses).
+fn account_claims(jetstream: bool) -> serde_json::Value {
+    let js = if jetstream { -1 } else { 0 };
+    serde_json::json!({
+        "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": js, "disk_storage": js, "streams": js, "consumer": js,
+        },
+        "default_permissions": { "pub": {}, "sub": {} },
+        "type": "account",
+        "version": 2,
+    })
+}
+
+/// A `.creds` file for a new user of `account`: its JWT and its seed.
+fn creds_file(path: &Path, account: &nkeys::KeyPair, name: &str) {
+    let user = nkeys::KeyPair::new_user();
+    let claims = serde_json::json!({
+        "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        "type": "user", "version": 2,
+    });
+    let token = jwt(account, &user.public_key(), name, claims);
+    std::fs::write(
+        path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("seed")
+        ),
+    )
+    .expect("creds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_with_a_creds_file_on_an_operator_mode_server_and_a_stranger_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The chain of trust: an operator signs the accounts, an account signs its users. The
+    // server trusts the operator and knows the accounts (a memory resolver).
+    let operator = nkeys::KeyPair::new_operator();
+    let (system, account) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_account());
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "eddy-operator",
+        serde_json::json!({ "type": "operator", "version": 2 }),
+    );
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        account_claims(false),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "APP",
+        account_claims(true),
+    );
+    let nats = NatsServer::start_with_conf(Some(&format!(
+        "operator: {operator_jwt}\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {system_jwt}\n  {}: {account_jwt}\n}}\n",
+        system.public_key(),
+        system.public_key(),
+        account.public_key()
+    )))
+    .expect("nats-server in operator mode");
+    let url = nats.url();
+    let creds = dir.path().join("eddy.creds");
+    creds_file(&creds, &account, "eddy");
+    let conn = transport::connect(
+        &NatsConfig {
+            creds: Some(creds.clone()),
+            ..nats_config(&url)
+        },
+        "eddy-tests",
+    )
+    .await
+    .expect("a user the account signed connects with its creds file");
+
+    // A whole pipeline, the `eddy` binary, as a user of the account.
+    let spec = PipelineSpec::new("fraud", &url, dir.path(), plugin("fraud-enrich"));
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let config = dir.path().join("pipeline.toml");
+    let toml = spec.toml();
+    let at = format!("url = \"{url}\"");
+    assert!(toml.contains(&at), "the spec writes {at}");
+    std::fs::write(
+        &config,
+        toml.replace(&at, &format!("{at}\ncreds = \"{}\"", creds.display())),
+    )
+    .expect("config");
+    let log = dir.path().join("creds.log");
+    let mut host = HostProcess::spawn("creds", &config, &log);
+    let txs = produce::transactions(1_000, 40, 7, 0);
+    publish_txs(&conn.js, &spec.input_subject, &txs).await;
+    let got = wait_for_len(&conn.js, "OUT", 1_000, Duration::from_secs(60)).await;
+    assert_eq!(
+        got,
+        1_000,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = host.stop();
+
+    // A user signed by an account the server does not know: refused at once, naming the field.
+    let stranger = dir.path().join("stranger.creds");
+    creds_file(&stranger, &nkeys::KeyPair::new_account(), "stranger");
+    let started = Instant::now();
+    let e = transport::connect(
+        &NatsConfig {
+            creds: Some(stranger),
+            ..nats_config(&url)
+        },
+        "eddy-tests",
+    )
+    .await
+    .err()
+    .expect("a user of an unknown account is refused");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("nats.creds"), "{msg}");
+    assert!(
+        e.downcast_ref::<transport::Unreachable>().is_none(),
+        "not worth waiting for: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
+
+    // A creds file that is not one: named, before anything is sent.
+    let junk = dir.path().join("junk.creds");
+    std::fs::write(&junk, "not creds").expect("junk");
+    let e = transport::connect(
+        &NatsConfig {
+            creds: Some(junk),
+            ..nats_config(&url)
+        },
+        "eddy-tests",
+    )
+    .await
+    .err()
+    .expect("junk refused");
+    assert!(format!("{e:#}").contains("nats.creds"), "{e:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
