@@ -257,6 +257,48 @@ pub struct SavepointRequest {
     pub progress: Option<String>,
 }
 
+/// A savepoint request, checked: what the run loop is asked to write.
+#[derive(Debug)]
+pub struct SavepointAsk {
+    /// The savepoint's name: a plain directory name.
+    pub name: String,
+    /// The directory to write it under, if not the pipeline's.
+    pub dir: Option<PathBuf>,
+    /// A literal subject for progress messages.
+    pub progress: Option<String>,
+}
+
+impl SavepointRequest {
+    /// Reads a `savepoint` request body (empty: every default, the name `sp-<now_ms>`) and
+    /// checks what the host acts on: the name becomes a directory, progress is published to
+    /// the subject.
+    pub fn parse(payload: &[u8], now_ms: u64) -> Result<SavepointAsk, String> {
+        let req: SavepointRequest = if payload.is_empty() {
+            SavepointRequest::default()
+        } else {
+            serde_json::from_slice(payload).map_err(|e| format!("bad savepoint request: {e}"))?
+        };
+        let name = req.name.unwrap_or_else(|| format!("sp-{now_ms}"));
+        let plain = name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if name.is_empty() || name.len() > 200 || !plain || name.starts_with('.') {
+            return Err(format!(
+                "{name:?} is not a savepoint name; use up to 200 letters, digits, -, _ and . (not first)"
+            ));
+        }
+        if let Some(subject) = &req.progress {
+            crate::config::check_subject("progress", subject, false)
+                .map_err(|e| format!("bad savepoint request: {e}"))?;
+        }
+        Ok(SavepointAsk {
+            name,
+            dir: req.dir,
+            progress: req.progress,
+        })
+    }
+}
+
 /// The control subject prefix of a pipeline.
 pub fn subject(pipeline: &str) -> String {
     format!("eddy.ctl.{pipeline}")
@@ -307,24 +349,10 @@ async fn handle(
     const STOPPED: &str = "the pipeline stopped";
     match verb {
         "savepoint" => {
-            let req: SavepointRequest = if payload.is_empty() {
-                SavepointRequest::default()
-            } else {
-                match serde_json::from_slice(payload) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return encode::<()>(Err(format!("bad savepoint request: {e}")));
-                    }
-                }
+            let req = match SavepointRequest::parse(payload, crate::checkpoint::now_ms()) {
+                Ok(req) => req,
+                Err(e) => return encode::<()>(Err(e)),
             };
-            let name = req
-                .name
-                .unwrap_or_else(|| format!("sp-{}", crate::checkpoint::now_ms()));
-            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-                return encode::<()>(Err(format!(
-                    "`{name}` is not a savepoint name; use letters, digits, - and _"
-                )));
-            }
             // Progress crosses from the writer's thread over a channel; this task sends it on.
             let progress_tx = req.progress.map(|subject| {
                 let (ptx, mut prx) = mpsc::unbounded_channel::<SavepointProgress>();
@@ -339,7 +367,7 @@ async fn handle(
             });
             let (reply, rx) = oneshot::channel();
             let cmd = Command::Savepoint {
-                name,
+                name: req.name,
                 dir: req.dir,
                 progress_tx,
                 reply,
@@ -449,4 +477,35 @@ pub async fn request_from(
         );
     }
     Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SavepointRequest;
+
+    #[test]
+    fn a_savepoint_request_is_checked_before_the_run_loop_sees_it() {
+        let ask = SavepointRequest::parse(b"", 42).expect("defaults");
+        assert_eq!(ask.name, "sp-42");
+        assert!(ask.dir.is_none() && ask.progress.is_none());
+        let ask = SavepointRequest::parse(br#"{"name":"before-v1.2","progress":"p.1"}"#, 0)
+            .expect("a plain name and a literal subject");
+        assert_eq!(
+            (ask.name.as_str(), ask.progress.as_deref()),
+            ("before-v1.2", Some("p.1"))
+        );
+        for (body, says) in [
+            (r#"{"name":"../x"}"#, "is not a savepoint name"),
+            (r#"{"name":".hidden"}"#, "is not a savepoint name"),
+            (r#"{"name":"a\u0000b"}"#, "is not a savepoint name"),
+            (r#"{"name":""}"#, "is not a savepoint name"),
+            (r#"{"progress":"p.*"}"#, "wildcard"),
+            (r#"{"progress":"a b"}"#, "not a NATS subject"),
+            (r#"{"name":1}"#, "bad savepoint request"),
+            ("[", "bad savepoint request"),
+        ] {
+            let e = SavepointRequest::parse(body.as_bytes(), 0).expect_err(body);
+            assert!(e.contains(says), "{body}: {e}");
+        }
+    }
 }

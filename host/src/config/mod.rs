@@ -431,7 +431,13 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_subject(field: &str, subject: &str, wildcards: bool) -> Result<(), ConfigError> {
+/// Checks that `subject` is a NATS subject (dot-separated, no empty tokens or spaces), literal
+/// unless `wildcards`; the error names `field`.
+pub(crate) fn check_subject(
+    field: &str,
+    subject: &str,
+    wildcards: bool,
+) -> Result<(), ConfigError> {
     let tokens: Vec<&str> = subject.split('.').collect();
     let empty = subject.is_empty() || tokens.iter().any(|t| t.is_empty());
     let space = subject.chars().any(char::is_whitespace);
