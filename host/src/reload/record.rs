@@ -6,6 +6,7 @@
 //! deployed again (a new version, after a fix).
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use tokio::io::AsyncReadExt;
 
 use super::{DeployStatus, History};
@@ -37,13 +38,33 @@ async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<kv::Store> {
 
 /// The remembered history of `pipeline` (empty when there is none, or it cannot be read: then
 /// with a warning, since a restart may then run a version that was rolled back).
+///
+/// Read from the bucket stream's leader, not with a KV get: KV gets are direct gets, which
+/// any replica may answer, and one behind the leader would hand a host restarting just after
+/// a rollback the history from before it.
 pub async fn load(nats: &Nats, bucket: &str, pipeline: &str) -> History {
     let read = async {
-        let store = open(nats, bucket).await?;
-        match store.get(pipeline).await? {
-            Some(bytes) => Ok::<_, anyhow::Error>(serde_json::from_slice(&bytes)?),
-            None => Ok(History::default()),
+        open(nats, bucket).await?;
+        let name = history_bucket(bucket);
+        let stream = nats.js.get_stream(format!("KV_{name}")).await?;
+        let last = match stream
+            .get_last_raw_message_by_subject(&format!("$KV.{name}.{pipeline}"))
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(History::default());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let removed = last
+            .headers
+            .get("KV-Operation")
+            .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+        if removed {
+            return Ok(History::default());
         }
+        Ok::<_, anyhow::Error>(serde_json::from_slice(&last.payload)?)
     };
     match read.await {
         Ok(h) => h,
