@@ -11,7 +11,7 @@ source scripts/env.sh
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(event_key bulk_line stored_values pipeline_config query manifest control)
+    targets=(event_key bulk_line stored_values pipeline_config query manifest control map_keys)
 fi
 seconds="${SECONDS_EACH:-300}"
 
@@ -33,7 +33,7 @@ fi
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 
 corpus=fuzz/corpus
-mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config,query,manifest,control}
+mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config,query,manifest,control,map_keys}
 printf '/customer\n{"customer":"c-42","amount":12.5}' > "$corpus/event_key/seed-1"
 printf '/a~1b/0\n{"a/b":[7,{"x":null}]}' > "$corpus/event_key/seed-2"
 printf '{"key": "c-42", "value": {"tier": "gold"}}' > "$corpus/bulk_line/seed-1"
@@ -45,6 +45,7 @@ printf '\x01{"state":"seen","key":"c-7","prefix":"tx-0","limit":3,"start_after":
 printf '\x03{"broadcast_map":"rules","limit":2}' > "$corpus/query/seed-3"
 printf '\x02{"state":"recent","key_base64":"Yy0z"}' > "$corpus/query/seed-4"
 printf '{"format":1,"id":3,"pipeline":"fraud","created_ms":1764755000000,"key_groups":128,"positions":{"TXN":120},"done_after":{"TXN":[122]},"plugin_version":"ab12","outputs":119,"files":[{"name":"000009.sst","stored":"shared/000009-4f2a.sst","size":1024,"sha256":"00ff"},{"name":"MANIFEST-000005","stored":"chk-0000000003/files/MANIFEST-000005","size":80,"sha256":"11ee"}],"total_bytes":1104,"new_bytes":80,"cut_ms":2,"complete_ms":40}' > "$corpus/manifest/seed-1"
+printf '\x01\x00\x00\x80\xff\xff\xff\x7f\x00' > "$corpus/map_keys/seed-1"
 printf '{"name":"before-v2","dir":"/var/lib/eddy/savepoints","progress":"eddy.progress.1"}' > "$corpus/control/seed-1"
 for f in examples/*/pipeline.toml; do
     cp "$f" "$corpus/pipeline_config/$(basename "$(dirname "$f")").toml"
