@@ -11,13 +11,15 @@
 //!   chk-<id>/manifest.json          written last: a checkpoint without it never happened
 //! ```
 //!
-//! A checkpoint is taken in two steps. [`Checkpoints::cut`] runs between two batches, while the
-//! pipeline waits: the input positions are written into the state and RocksDB makes a checkpoint
-//! of the database (memtables flushed, SST files hard-linked): milliseconds. [`complete`] runs in
-//! the background: the SST files not stored yet are linked (or copied) into `shared/`, every
-//! file is checksummed, and the manifest is written last, atomically. Only then is the input
-//! acknowledged up to the cut. So an incomplete checkpoint is never used, and each checkpoint
-//! stores only the SST files that are new since the previous one.
+//! A checkpoint is taken in three steps. [`Checkpoints::freeze`] runs between two batches, while
+//! the pipeline waits: the input positions are written into the state and the state is frozen
+//! at that cut (`eddy-state`'s `cut` module): under a millisecond. [`Checkpoints::stage`] runs
+//! in the background while writes go on: RocksDB's checkpoint of the cut (SST files
+//! hard-linked). [`complete`] follows it: the SST files not stored yet are linked (or copied)
+//! into `shared/`, every file is checksummed, and the manifest is written last, atomically.
+//! Only then is the input acknowledged up to the cut. So an incomplete checkpoint is never
+//! used, and each checkpoint stores only the SST files that are new since the previous one.
+//! [`Checkpoints::cut`] is the first two at once.
 //!
 //! Recovery ([`Checkpoints::restore_newest`]) verifies a checkpoint's files (present, right size,
 //! right SHA-256) before using it, falls back to the previous one if any is wrong (and says so),
@@ -26,6 +28,7 @@
 //! Never: talks to NATS, or runs while the database it cuts is being written.
 
 mod files;
+mod manifest;
 mod remote;
 mod restore;
 mod retention;
@@ -37,12 +40,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use eddy_state::StateStore;
 
 use files::sync_dir;
 pub use files::{link_or_copy, sha256_file, write_atomically};
+use manifest::within;
+pub use manifest::{Cut, FileEntry, MANIFEST_FORMAT, Manifest};
 pub use retention::Retention;
 
 /// What can go wrong with checkpoints. Recovery falls back to an older checkpoint only on
@@ -121,107 +124,18 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-/// Version of the manifest format this host writes and reads.
-pub const MANIFEST_FORMAT: u32 = 1;
-
-/// What a checkpoint records besides its files.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Cut {
-    /// Position of every input: all its events up to here are in the state.
-    pub positions: BTreeMap<String, u64>,
-    /// Per input, events after its position that are in the state too (handled out of order
-    /// while waiting on lookups): skipped when replayed.
-    #[serde(default)]
-    pub done_after: BTreeMap<String, Vec<u64>>,
-    /// The plugin version that produced the state.
-    pub plugin_version: String,
-    /// Outputs published up to the cut (a count, for inspection).
-    #[serde(default)]
-    pub outputs: u64,
+/// A cut frozen in the store, its checkpoint not yet written ([`Checkpoints::stage`]).
+#[derive(Debug)]
+pub struct FrozenCut {
+    staged: Staged,
+    frozen: eddy_state::Frozen,
 }
 
-/// One file of a checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FileEntry {
-    /// Its name in the database directory.
-    pub name: String,
-    /// Where it is stored, relative to the checkpoint directory.
-    pub stored: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// SHA-256, hex.
-    pub sha256: String,
-}
-
-/// A completed checkpoint's `manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Manifest format.
-    pub format: u32,
-    /// Increasing id.
-    pub id: u64,
-    /// The pipeline's name.
-    pub pipeline: String,
-    /// When the cut was taken, ms since the Unix epoch.
-    pub created_ms: u64,
-    /// Key groups of the state.
-    pub key_groups: u32,
-    /// Positions, plugin version, outputs.
-    #[serde(flatten)]
-    pub cut: Cut,
-    /// Every file of the database at the cut.
-    pub files: Vec<FileEntry>,
-    /// Bytes of the database at the cut.
-    pub total_bytes: u64,
-    /// Bytes this checkpoint added to `shared/` (its incremental size).
-    pub new_bytes: u64,
-    /// Milliseconds the pipeline waited for the cut.
-    pub cut_ms: u64,
-    /// Milliseconds from cut to manifest.
-    pub complete_ms: u64,
-    /// Bytes sent to the checkpoint store beyond this host (0 without one).
-    #[serde(default)]
-    pub uploaded_bytes: u64,
-}
-
-impl Manifest {
-    /// Reads a manifest (checkpoint `id`'s, found at `place`, for the error): valid JSON of a
-    /// format this build knows, naming only files it may touch. Manifests come from disk or a
-    /// store other hosts and tools write to: a `name` or `stored` path such as `../x` or
-    /// `/etc/x` would have a restore read, link or write files anywhere the host can.
-    pub fn parse(id: u64, bytes: &[u8], place: &str) -> Result<Manifest> {
-        let corrupt = |reason: String| Error::Corrupt { id, reason };
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| corrupt(format!("{place} is not valid ({e})")))?;
-        if m.format > MANIFEST_FORMAT {
-            return Err(Error::Format {
-                id,
-                format: m.format,
-            });
-        }
-        for f in &m.files {
-            if !within(&f.name, 1) || !within(&f.stored, usize::MAX) {
-                return Err(corrupt(format!(
-                    "{place} names a file outside the checkpoint (name {:?}, stored {:?}): written by something other than Eddy, or tampered with",
-                    f.name, f.stored
-                )));
-            }
-        }
-        Ok(m)
+impl FrozenCut {
+    /// The checkpoint's id.
+    pub fn id(&self) -> u64 {
+        self.staged.id
     }
-}
-
-/// Whether `path` is relative, made of at most `depth` plain names (no `..`, `.`, root or
-/// prefix), and not empty.
-pub(crate) fn within(path: &str, depth: usize) -> bool {
-    let mut n = 0;
-    for c in Path::new(path).components() {
-        if !matches!(c, std::path::Component::Normal(_)) {
-            return false;
-        }
-        n += 1;
-    }
-    (1..=depth).contains(&n)
 }
 
 /// A cut taken but not yet completed.
@@ -341,9 +255,17 @@ impl Checkpoints {
         max.max(self.id_base) + 1
     }
 
-    /// Takes a cut of `store`: writes `cut.positions` into it, then a RocksDB checkpoint.
-    /// The caller must not write to the store meanwhile.
+    /// Takes a cut of `store` and writes it (see [`Checkpoints::freeze`] and
+    /// [`Checkpoints::stage`]). The caller must not write to the store meanwhile.
     pub fn cut(&self, store: &StateStore, id: u64, cut: Cut) -> Result<Staged> {
+        let frozen = self.freeze(store, id, cut)?;
+        self.stage(store, frozen)
+    }
+
+    /// Takes a cut of `store`: writes `cut.positions` into it, then freezes it (about a
+    /// millisecond; the caller must not write to the store meanwhile). Writes after this
+    /// returns are not in the checkpoint.
+    pub fn freeze(&self, store: &StateStore, id: u64, cut: Cut) -> Result<FrozenCut> {
         let started = Instant::now();
         let mut batch = store.batch();
         for (input, pos) in &cut.positions {
@@ -356,16 +278,26 @@ impl Checkpoints {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).doing(|| format!("clear {}", dir.display()))?;
         }
-        store.create_checkpoint(&dir)?;
-        Ok(Staged {
-            id,
-            dir,
-            cut,
-            created_ms: now_ms(),
-            key_groups: store.key_groups(),
-            cut_ms: started.elapsed().as_millis() as u64,
-            started,
+        let frozen = store.freeze(id, &dir)?;
+        Ok(FrozenCut {
+            staged: Staged {
+                id,
+                dir,
+                cut,
+                created_ms: now_ms(),
+                key_groups: store.key_groups(),
+                cut_ms: started.elapsed().as_millis() as u64,
+                started,
+            },
+            frozen,
         })
+    }
+
+    /// Writes a frozen cut's RocksDB checkpoint into the staging directory, from any thread
+    /// (the store's writes go on meanwhile): ready to be completed.
+    pub fn stage(&self, store: &StateStore, frozen: FrozenCut) -> Result<Staged> {
+        frozen.frozen.write(store)?;
+        Ok(frozen.staged)
     }
 
     /// Stores a staged cut: new SST files into `shared/`, the rest into `chk-<id>/files`, every

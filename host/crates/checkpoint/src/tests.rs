@@ -755,3 +755,58 @@ fn a_manifest_in_the_store_naming_paths_outside_the_cache_is_refused_before_any_
     assert_eq!(restored.id, 1, "fell back past the tampered checkpoint");
     assert!(!f.dir.path().join("planted").exists());
 }
+
+#[test]
+fn a_frozen_cut_written_later_holds_exactly_what_was_written_before_it() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 1_000, b"1");
+    let frozen = cps.freeze(&store, 1, cut(1_000)).expect("freeze");
+    // After the cut: every key rewritten and new keys, all in RocksDB's memtables (settled),
+    // before the checkpoint's files are written.
+    write_counts(&store, 0, 2_000, b"2");
+    store.settle().expect("settle");
+    let staged = cps.stage(&store, frozen).expect("written after the cut");
+    let m = cps.complete(&staged).expect("complete");
+    drop(store);
+    std::fs::remove_dir_all(f.db()).expect("wipe");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, m.id);
+    assert_eq!(restored.cut.positions, cut(1_000).positions);
+    let store = f.open(16);
+    for k in [0, 500, 999] {
+        assert_eq!(read(&store, &format!("k{k}")), Some(b"1".to_vec()), "k{k}");
+    }
+    assert_eq!(read(&store, "k1500"), None, "a key written after the cut");
+}
+
+#[test]
+fn a_flush_racing_a_frozen_cut_fails_it_and_the_next_cut_is_written_at_once() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    let frozen = cps.freeze(&store, 1, cut(100)).expect("freeze");
+    write_counts(&store, 0, 200, b"2");
+    // Something flushes the store before the cut is written: writes after the cut reach SST
+    // files the checkpoint would link.
+    store.flush().expect("flush");
+    let e = cps.stage(&store, frozen).expect_err("raced");
+    assert!(e.to_string().contains("after checkpoint 1's cut"), "{e}");
+    assert!(cps.staged_dir(1).is_none(), "nothing left of it");
+    // The next cut is written while its caller waits: it holds what was written before it.
+    let frozen = cps.freeze(&store, 2, cut(200)).expect("freeze");
+    write_counts(&store, 0, 300, b"3");
+    store.settle().expect("settle");
+    store.flush().expect("flush");
+    let staged = cps.stage(&store, frozen).expect("written at its cut");
+    cps.complete(&staged).expect("complete");
+    drop(store);
+    std::fs::remove_dir_all(f.db()).expect("wipe");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 2);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k150"), Some(b"2".to_vec()));
+    assert_eq!(read(&store, "k250"), None);
+}

@@ -14,6 +14,7 @@
 
 mod batch;
 pub mod broadcast;
+mod cut;
 pub mod hot;
 pub mod keygroup;
 pub mod layout;
@@ -38,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batch::{KeyedAccess, StateBatch};
 pub use broadcast::BroadcastAccess;
+pub use cut::Frozen;
 pub use quota::{Enforced, Quota, QuotaPolicy};
 use registry::Registry;
 pub use ttl::{Clock, ManualClock, SystemClock, Ttl, TtlUpdate, TtlVisibility};
@@ -79,6 +81,10 @@ pub enum StateError {
     /// Stored bytes could not be decoded.
     #[error("state data is corrupt: {0}")]
     Corrupt(String),
+    /// A checkpoint written after its cut (`cut`) did not hold exactly the cut; the next one
+    /// is written at its cut.
+    #[error("checkpoint not written: {0}")]
+    CutRaced(String),
 }
 
 /// Result of state operations.
@@ -139,6 +145,10 @@ pub struct StateStore {
     deferring: std::sync::atomic::AtomicBool,
     /// Commits left before deferring is tried again.
     probe_in: std::sync::atomic::AtomicU32,
+    /// Whether commits go through the write-ahead log (then a cut is written at once: `cut`).
+    write_ahead_log: bool,
+    /// Set when a checkpoint written after its cut failed: the next cut is written at once.
+    flush_at_cut: std::sync::atomic::AtomicBool,
 }
 
 /// Commits written through, after deferring stopped paying, before it is tried again.
@@ -272,6 +282,8 @@ impl StateStore {
             defer_writes: !options.write_ahead_log && options.hot_values_bytes > 0,
             deferring: true.into(),
             probe_in: 0.into(),
+            write_ahead_log: options.write_ahead_log,
+            flush_at_cut: false.into(),
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -400,16 +412,6 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Writes a RocksDB checkpoint of the whole database into `dir` (which must not exist):
-    /// memtables are flushed, SST files hard-linked, the small metadata files copied. The
-    /// checkpoint is itself an openable database.
-    pub fn create_checkpoint(&self, dir: &Path) -> Result<()> {
-        self.settle()?;
-        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-        cp.create_checkpoint(dir)?;
-        Ok(())
-    }
-
     /// Opens a database read-only (a checkpoint, for queries at that cut).
     pub fn open_read_only(path: &Path, clock: Arc<dyn Clock>) -> Result<StateStore> {
         let opts = Options::default();
@@ -440,6 +442,8 @@ impl StateStore {
             defer_writes: false,
             deferring: false.into(),
             probe_in: 0.into(),
+            write_ahead_log: false,
+            flush_at_cut: true.into(),
         };
         store.load_registry()?;
         Ok(store)

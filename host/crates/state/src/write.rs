@@ -93,6 +93,11 @@ impl StateStore {
     /// wait for this one.
     pub fn settle(&self) -> Result<()> {
         let _writing = self.writing();
+        self.settle_held()
+    }
+
+    /// [`StateStore::settle`] for a writer that holds `writing` already.
+    pub(crate) fn settle_held(&self) -> Result<()> {
         let Some((wb, deferred, waiting)) = self.settle_batch(&mut self.hot()) else {
             return Ok(());
         };

@@ -1,5 +1,6 @@
 //! Checkpoints from the run loop's side: when to cut, what a cut records, and completing it in
-//! the background (outputs stored first, then files and manifest, then the input ack).
+//! the background (the frozen cut's RocksDB checkpoint written, outputs stored, then files and
+//! manifest, then the input ack).
 //!
 //! Owns the bookkeeping between two checkpoints ([`Checkpointing`]): the checkpoint in
 //! progress, when the last cut was taken, how much input waits for an ack, and whether
@@ -21,7 +22,7 @@ use super::Runner;
 use crate::checkpoint::{Checkpoints, Cut, Manifest};
 use crate::control::{CheckpointRef, CheckpointSummary};
 use crate::pipeline::Fenced;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
 use crate::transport;
 
 /// Where the run loop stands between two checkpoints.
@@ -139,13 +140,14 @@ impl Runner {
         let job = self.publisher.last_job();
         let (checkpoints, state) = (self.checkpointing.checkpoints.clone(), self.state.clone());
         let started = Instant::now();
-        // `next_id` may ask the checkpoint store (once): on the blocking thread too.
-        let staged = tokio::task::spawn_blocking(move || {
+        // `next_id` may ask the checkpoint store (once): on the blocking thread too. The cut
+        // is frozen here, between two batches; its files are written with the rest below.
+        let frozen = tokio::task::spawn_blocking(move || {
             let id = checkpoints.next_id();
-            checkpoints.cut(&state, id, cut)
+            checkpoints.freeze(&state, id, cut)
         })
         .await??;
-        let id = staged.id();
+        let id = frozen.id();
         self.metrics
             .checkpoint_pause_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -156,8 +158,13 @@ impl Runner {
         c.dirty = false;
         let acked = self.publisher.watch_acked();
         let checkpoints = c.checkpoints.clone();
+        let state = self.state.clone();
         let fence = self.fence.clone();
         let task = tokio::spawn(async move {
+            let staged = {
+                let checkpoints = checkpoints.clone();
+                tokio::task::spawn_blocking(move || checkpoints.stage(&state, frozen)).await??
+            };
             transport::publisher::wait_for(acked, job).await?;
             let (staged, manifest) = {
                 let checkpoints = checkpoints.clone();
@@ -233,10 +240,26 @@ impl Runner {
                 return;
             }
             Err(e) => {
-                tracing::error!(
-                    checkpoint = id,
-                    "checkpoint failed: {e:#}; the next one will be tried"
-                );
+                let raced = e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<StateError>(),
+                        Some(StateError::CutRaced(_))
+                    )
+                });
+                if raced {
+                    // Something flushed the store between the cut and its files (a savepoint,
+                    // a shadow's seed, a memtable that filled): nothing is lost, the next cut
+                    // is written while the loop waits.
+                    tracing::warn!(
+                        checkpoint = id,
+                        "{e:#}; the next checkpoint is written at its cut"
+                    );
+                } else {
+                    tracing::error!(
+                        checkpoint = id,
+                        "checkpoint failed: {e:#}; the next one will be tried"
+                    );
+                }
                 self.metrics
                     .checkpoint_failures
                     .fetch_add(1, Ordering::Relaxed);
