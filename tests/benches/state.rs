@@ -1,7 +1,7 @@
-//! State at scale, in process: checkpoints of 1M and 10M keys (pause frozen and written at
-//! once, with the hot working set deferred too; duration, size,
-//! incremental delta, restore time), the memory the process holds with them, and keyed events
-//! reading a 1M-entry broadcast table.
+//! State at scale, in process: checkpoints of 1M and 10M keys (the cut's pause frozen and
+//! written at once, also with the hot working set deferred; duration, size, incremental delta,
+//! restore time), the memory the process holds with them, and keyed events reading a
+//! 1M-entry broadcast table.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
 //! a shorter broadcast run; `-- --keys N`: checkpoints of N keys alone).
