@@ -25,7 +25,8 @@
 //! right SHA-256) before using it, falls back to the previous one if any is wrong (and says so),
 //! and rebuilds the live database from it with hard links.
 //!
-//! Never: talks to NATS, or runs while the database it cuts is being written.
+//! Never: talks to NATS, or freezes a cut while the database is being written (staging and
+//! completing run beside the writes that follow the cut).
 
 mod files;
 mod manifest;
@@ -413,7 +414,9 @@ impl Checkpoints {
 
     /// Deletes staged directories other than `keep` (the one queries read), and checkpoints
     /// beyond the newest `retain`, and shared files no kept checkpoint uses. Incomplete
-    /// checkpoint directories older than the newest complete one are removed too.
+    /// checkpoint directories older than the newest complete one are removed too. Never called
+    /// while a frozen cut is being staged (its directory would go): the run loop freezes the
+    /// next cut only once the previous checkpoint is complete and retained.
     pub fn retain(&self, keep_staged: Option<u64>) -> Result<()> {
         for id in list_ids(&self.staging, false) {
             if Some(id) != keep_staged {

@@ -810,3 +810,40 @@ fn a_flush_racing_a_frozen_cut_fails_it_and_the_next_cut_is_written_at_once() {
     assert_eq!(read(&store, "k150"), Some(b"2".to_vec()));
     assert_eq!(read(&store, "k250"), None);
 }
+
+#[test]
+fn a_state_registered_or_a_compaction_after_a_frozen_cut_stays_out_of_its_checkpoint() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(3);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    let frozen = cps.freeze(&store, 1, cut(100)).expect("freeze");
+    // A new plugin version registers a state after the cut: not in checkpoint 1.
+    let later = store
+        .open_state("later", StateKind::Value, None)
+        .expect("state");
+    let mut b = store.batch();
+    {
+        let mut a = KeyedAccess::new(&store, &mut b);
+        a.value_set(&later, store.key_group(b"k1"), b"k1", b"x");
+    }
+    store.commit(b).expect("commit");
+    let staged = cps.stage(&store, frozen).expect("written after the cut");
+    cps.complete(&staged).expect("complete");
+
+    // A compaction (which flushes) between a cut and its files: the checkpoint is given up.
+    let frozen = cps.freeze(&store, 2, cut(200)).expect("freeze");
+    write_counts(&store, 0, 200, b"2");
+    store.compact().expect("compact");
+    let e = cps.stage(&store, frozen).expect_err("raced");
+    assert!(e.to_string().contains("after checkpoint 2's cut"), "{e}");
+    drop(store);
+
+    std::fs::remove_dir_all(f.db()).expect("wipe");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
+    assert_eq!(restored.id, 1);
+    let store = f.open(16);
+    assert!(store.state("later").is_none(), "registered after the cut");
+    assert_eq!(read(&store, "k50"), Some(b"1".to_vec()));
+    assert_eq!(read(&store, "k150"), None);
+}

@@ -13,13 +13,19 @@
 //!   memtables. What was written before the switch is in the memtables now flushing; what is
 //!   written after, in the new ones.
 //! - write: waits until the flush is installed, then links the SST files without flushing
-//!   again. The live database has no write-ahead log, so writes after the cut, in memtables
-//!   only, are not in the checkpoint, unless a memtable holding them was flushed meanwhile (it
-//!   filled, or something flushed the store). Memtables flush oldest first and all column
-//!   families together, so such a flush always takes the after-cut marker with it: the
-//!   checkpoint is opened and must hold this cut's marker and not its after-cut marker. One
-//!   that fails is removed and the error says why; the next freeze then flushes while its
-//!   caller waits, which nothing can race.
+//!   again, and drops any write-ahead log file from the copy. Writes after the cut, in
+//!   memtables only (the live database writes without a log), are not in the checkpoint,
+//!   unless a memtable holding them was flushed meanwhile (it filled, or something flushed the
+//!   store). Memtables flush oldest first, and every flush this store makes takes all column
+//!   families together (atomic flush, all three named: `compact` and `flush` too), so such a
+//!   flush always takes the after-cut marker with it: the checkpoint is opened and must hold
+//!   this cut's marker and not its after-cut marker. One that fails is removed and the error
+//!   says why; the next freeze then writes its checkpoint while its caller waits, which
+//!   nothing can race.
+//! - The freeze waits if switching the memtables would stall writes (a flush already running
+//!   with every spare memtable in use): each column family keeps three memtables so that a cut
+//!   during one flush does not wait. RocksDB refuses a switch that does not wait while writes
+//!   are stopped; that cut is written at once.
 //! - A store with a write-ahead log always writes its checkpoint at the freeze: its log would
 //!   carry writes after the cut into a checkpoint taken later.
 
@@ -68,19 +74,29 @@ impl StateStore {
         self.settle_held()?;
         let stamp = id.to_be_bytes();
         let meta = self.meta_cf();
-        let now = self.write_ahead_log || self.flush_at_cut.swap(false, Ordering::Relaxed);
-        if now {
-            let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
-            cp.create_checkpoint(dir)?;
-        } else {
+        let mut now = self.write_ahead_log || self.flush_at_cut.swap(false, Ordering::Relaxed);
+        if !now {
             self.db
                 .put_cf_opt(meta, META_CUT, stamp, &self.write_opts)?;
             let mut flush = FlushOptions::default();
             flush.set_wait(false);
             let cfs = [self.keyed_cf(), self.broadcast_cf(), meta];
-            self.db.flush_cfs_opt(&cfs, &flush)?;
-            self.db
-                .put_cf_opt(meta, META_AFTER_CUT, stamp, &self.write_opts)?;
+            match self.db.flush_cfs_opt(&cfs, &flush) {
+                Ok(()) => {
+                    self.db
+                        .put_cf_opt(meta, META_AFTER_CUT, stamp, &self.write_opts)?;
+                }
+                // RocksDB refuses a flush that does not wait while writes are stopped (too
+                // many level-0 files): this cut is written at once instead.
+                Err(e) => {
+                    tracing::debug!(checkpoint = id, "cut written at once: {e}");
+                    now = true;
+                }
+            }
+        }
+        if now {
+            let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+            cp.create_checkpoint(dir)?;
         }
         Ok(Frozen {
             id,
@@ -104,6 +120,15 @@ impl StateStore {
             }
             if waiting == 0 {
                 return Ok(());
+            }
+            let failed = self
+                .db
+                .property_int_value("rocksdb.background-errors")?
+                .unwrap_or(0);
+            if failed > 0 {
+                return Err(StateError::Corrupt(format!(
+                    "RocksDB reports {failed} failed background jobs: the cut's flush did not finish (is the disk full?)"
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(StateError::CutRaced(format!(
@@ -133,6 +158,7 @@ impl Frozen {
             let cp = rocksdb::checkpoint::Checkpoint::new(&store.db)?;
             // No flush: the memtables hold only writes after the cut.
             cp.create_checkpoint_with_log_size(&self.dir, u64::MAX)?;
+            drop_logs(&self.dir)?;
             check(&self.dir, self.id)
         });
         if written.is_err() {
@@ -141,6 +167,23 @@ impl Frozen {
         }
         written
     }
+}
+
+/// Removes the write-ahead log files RocksDB copied into the checkpoint in `dir`: everything
+/// written before the cut is in its SST files by now, so a log could only carry writes made
+/// after it (the store writes without a log, but nothing should depend on every writer
+/// remembering that).
+fn drop_logs(dir: &Path) -> Result<()> {
+    let io = |e: std::io::Error| {
+        StateError::Incompatible(format!("cannot list the checkpoint {}: {e}", dir.display()))
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            std::fs::remove_file(&path).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks that the checkpoint in `dir` holds cut `id` and nothing written after it.

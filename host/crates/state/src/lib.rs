@@ -244,6 +244,8 @@ impl StateStore {
         table.set_cache_index_and_filter_blocks(true);
         keyed.set_block_based_table_factory(&table);
         keyed.set_write_buffer_size(64 << 20);
+        // A frozen cut switches memtables while one may still be flushing (`cut`).
+        keyed.set_max_write_buffer_number(3);
         keyed.set_compression_type(rocksdb::DBCompressionType::Lz4);
         keyed.set_periodic_compaction_seconds(options.periodic_compaction.as_secs().max(1));
         let ttls: TtlTable = Arc::default();
@@ -255,10 +257,13 @@ impl StateStore {
         );
         let mut broadcast = Options::default();
         broadcast.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        broadcast.set_max_write_buffer_number(3);
+        let mut meta = Options::default();
+        meta.set_max_write_buffer_number(3);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_KEYED, keyed),
             ColumnFamilyDescriptor::new(CF_BROADCAST, broadcast),
-            ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_META, meta),
         ];
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         let mut write_opts = WriteOptions::default();
@@ -319,8 +324,10 @@ impl StateStore {
         self.cf(CF_BROADCAST)
     }
 
-    /// The database. Keyed value and list writes may still wait in the hot values: call
-    /// [`StateStore::settle`] before reading keyed state other than through [`KeyedAccess`].
+    /// The database, for reading. Keyed value and list writes may still wait in the hot values:
+    /// call [`StateStore::settle`] before reading keyed state other than through
+    /// [`KeyedAccess`]. Writes and flushes go through the store's own methods: a frozen cut
+    /// relies on their write options and on every flush naming all column families (`cut`).
     pub fn db(&self) -> &DB {
         &self.db
     }
@@ -511,8 +518,8 @@ impl StateStore {
     /// Flushes and compacts all keyed state now: expired entries are dropped by the
     /// compaction filter. Runs in the background on its own too (periodic compaction).
     pub fn compact(&self) -> Result<()> {
-        self.settle()?;
-        self.db.flush_cf(self.keyed_cf())?;
+        // All column families, as every flush of this store (a frozen cut relies on it: `cut`).
+        self.flush()?;
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         self.db

@@ -141,10 +141,11 @@ impl StateStore {
         };
         let entry = serde_json::to_vec(&RegistryEntry { id, kind, ttl })
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.meta_cf(),
             format!("{META_STATE_PREFIX}{name}").as_bytes(),
             entry,
+            &self.write_opts,
         )?;
         reg.by_name.insert(name.to_string(), (id, kind, ttl));
         Ok(StateInfo {
@@ -191,10 +192,11 @@ impl StateStore {
             return Ok(*id);
         }
         let id = reg.next_map;
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.meta_cf(),
             format!("{META_BROADCAST_PREFIX}{name}").as_bytes(),
             id.to_be_bytes(),
+            &self.write_opts,
         )?;
         reg.next_map += 1;
         reg.maps.insert(name.to_string(), id);
