@@ -47,6 +47,8 @@ pub(in crate::pipeline) struct Checkpointing {
 struct Completing {
     id: u64,
     task: tokio::task::JoinHandle<anyhow::Result<Manifest>>,
+    /// Closed once the frozen cut's files are written (or writing them failed).
+    staged: Option<oneshot::Receiver<()>>,
     waiters: Vec<oneshot::Sender<Result<CheckpointSummary, String>>>,
 }
 
@@ -160,10 +162,14 @@ impl Runner {
         let checkpoints = c.checkpoints.clone();
         let state = self.state.clone();
         let fence = self.fence.clone();
+        let (staged_tx, staged_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let staged = {
                 let checkpoints = checkpoints.clone();
-                tokio::task::spawn_blocking(move || checkpoints.stage(&state, frozen)).await??
+                let staged =
+                    tokio::task::spawn_blocking(move || checkpoints.stage(&state, frozen)).await;
+                drop(staged_tx);
+                staged??
             };
             transport::publisher::wait_for(acked, job).await?;
             let (staged, manifest) = {
@@ -196,9 +202,24 @@ impl Runner {
         c.completing = Some(Completing {
             id,
             task,
+            staged: Some(staged_rx),
             waiters: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Waits until the checkpoint in progress, if any, has its files written: anything that
+    /// flushes the store (a savepoint's cut, a shadow's seed) would otherwise make that
+    /// checkpoint fail its check (`eddy_state`'s `cut`). Milliseconds: the cut's own flush.
+    pub(super) async fn await_staged(&mut self) {
+        let staged = self
+            .checkpointing
+            .completing
+            .as_mut()
+            .and_then(|c| c.staged.take());
+        if let Some(rx) = staged {
+            let _ = rx.await;
+        }
     }
 
     /// Notices a completed checkpoint without waiting for one.
@@ -247,9 +268,9 @@ impl Runner {
                     )
                 });
                 if raced {
-                    // Something flushed the store between the cut and its files (a savepoint,
-                    // a shadow's seed, a memtable that filled): nothing is lost, the next cut
-                    // is written while the loop waits.
+                    // Something flushed the store between the cut and its files (a memtable
+                    // that filled meanwhile): nothing is lost, the next cut is written while
+                    // the loop waits.
                     tracing::warn!(
                         checkpoint = id,
                         "{e:#}; the next checkpoint is written at its cut"

@@ -121,6 +121,7 @@ impl Runner {
             ));
             return Ok(());
         }
+        self.await_staged().await;
         let (cut, _, _) = self.current_cut()?;
         let target = dir.unwrap_or_else(|| self.cfg.savepoint_dir()).join(&name);
         let tmp = self

@@ -288,6 +288,7 @@ impl Runner {
             crate::checkpoint::now_ms()
         ));
         let seed = dir.clone();
+        self.await_staged().await;
         let seeded = self
             .on_worker(move |worker| -> anyhow::Result<(InstanceContext, String)> {
                 std::fs::create_dir_all(seed.parent().unwrap_or(&seed))?;
