@@ -97,7 +97,7 @@ fn checkpoints(keys: u64) {
     let frozen = cps.freeze(&store, 2, Cut::default()).expect("freeze");
     let frozen_ms = started.elapsed().as_secs_f64() * 1000.0;
     let second = cps
-        .complete(&cps.stage(&store, frozen).expect("stage"))
+        .complete(&frozen.stage(&store).expect("stage"))
         .expect("complete");
     // What the process holds with the store open, its hot values filled, after two
     // checkpoints: RocksDB's memtables and block cache, the hot values, the allocator's.
@@ -151,7 +151,7 @@ fn hot_cut(keys: u64) {
         if frozen {
             let f = cps.freeze(&store, 1, Cut::default()).expect("freeze");
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            cps.stage(&store, f).expect("stage");
+            f.stage(&store).expect("stage");
             ms
         } else {
             store

@@ -56,7 +56,6 @@ pub enum OnError {
     Skip,
 }
 
-/// One entry as read from a file.
 /// One entry as a line (or CSV row) gives it.
 #[derive(Debug)]
 pub struct Parsed {

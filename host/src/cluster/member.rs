@@ -333,16 +333,7 @@ impl Member {
 
     /// Collects runs that ended on their own, and gives up their leases.
     async fn reap(&mut self) {
-        let ended: Vec<u32> = self
-            .owned
-            .iter()
-            .filter(|(_, o)| o.task.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
-        for p in ended {
-            let Some(o) = self.owned.remove(&p) else {
-                continue;
-            };
+        for (p, o) in take_finished(&mut self.owned) {
             match o.task.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
@@ -366,16 +357,7 @@ impl Member {
     /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
     /// committed), so another host takes the partition without waiting for expiry.
     async fn finish_hand_offs(&mut self) {
-        let done: Vec<u32> = self
-            .handing_off
-            .iter()
-            .filter(|(_, o)| o.task.is_finished())
-            .map(|(p, _)| *p)
-            .collect();
-        for p in done {
-            let Some(o) = self.handing_off.remove(&p) else {
-                continue;
-            };
+        for (p, o) in take_finished(&mut self.handing_off) {
             // Released, or (after an error) left to lapse: renewed no more either way.
             self.renewals.remove(p);
             match o.task.await {
@@ -406,4 +388,17 @@ async fn look(
     hosts.insert(me.to_string());
     let (owners, wants) = leases?;
     Ok((hosts, owners, wants))
+}
+
+/// Removes the partitions whose runs have ended from `runs`, and returns them.
+fn take_finished(runs: &mut BTreeMap<u32, Owned>) -> Vec<(u32, Owned)> {
+    let ended: Vec<u32> = runs
+        .iter()
+        .filter(|(_, o)| o.task.is_finished())
+        .map(|(p, _)| *p)
+        .collect();
+    ended
+        .into_iter()
+        .filter_map(|p| runs.remove(&p).map(|o| (p, o)))
+        .collect()
 }

@@ -292,29 +292,35 @@ impl Metrics {
 
     /// Messages parked, the last checkpoint's size, partitions owned, input pending.
     fn render_gauges(&self, out: &mut String, l: &str) {
-        let name = "eddy_publish_parked";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
-            self.parked.load(Ordering::Relaxed)
-        );
-        let name = "eddy_checkpoint_bytes";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Bytes of the state at the last completed checkpoint.\n# TYPE {name} gauge\n{name}{{{l}}} {}",
-            self.checkpoint_bytes.load(Ordering::Relaxed)
-        );
-        let name = "eddy_partitions_owned";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Partitions this host owns (cluster mode).\n# TYPE {name} gauge\n{name}{{{l}}} {}",
-            self.partitions_owned.load(Ordering::Relaxed)
-        );
-        if let Some(pending) = self.input_pending() {
-            let _ = writeln!(
-                out,
-                "# HELP eddy_input_pending Messages of the keyed input not yet delivered to this host (the consumer's pending count at its last batch; summed over its partitions).\n# TYPE eddy_input_pending gauge\neddy_input_pending{{{l}}} {pending}"
-            );
+        let gauges = [
+            (
+                "eddy_publish_parked",
+                "Messages that cannot be stored until an operator acts (no stream captures their subject); their input stays unacknowledged.",
+                Some(self.parked.load(Ordering::Relaxed)),
+            ),
+            (
+                "eddy_checkpoint_bytes",
+                "Bytes of the state at the last completed checkpoint.",
+                Some(self.checkpoint_bytes.load(Ordering::Relaxed)),
+            ),
+            (
+                "eddy_partitions_owned",
+                "Partitions this host owns (cluster mode).",
+                Some(self.partitions_owned.load(Ordering::Relaxed)),
+            ),
+            (
+                "eddy_input_pending",
+                "Messages of the keyed input not yet delivered to this host (the consumer's pending count at its last batch; summed over its partitions).",
+                self.input_pending(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{l}}} {v}"
+                );
+            }
         }
     }
 

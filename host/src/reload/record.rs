@@ -44,11 +44,10 @@ async fn open(nats: &Nats, bucket: &str) -> anyhow::Result<kv::Store> {
 /// a rollback the history from before it.
 pub async fn load(nats: &Nats, bucket: &str, pipeline: &str) -> History {
     let read = async {
-        open(nats, bucket).await?;
-        let name = history_bucket(bucket);
-        let stream = nats.js.get_stream(format!("KV_{name}")).await?;
-        let last = match stream
-            .get_last_raw_message_by_subject(&format!("$KV.{name}.{pipeline}"))
+        let store = open(nats, bucket).await?;
+        let last = match store
+            .stream
+            .get_last_raw_message_by_subject(&format!("{}{pipeline}", store.prefix))
             .await
         {
             Ok(m) => m,

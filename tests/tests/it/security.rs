@@ -74,6 +74,23 @@ fn nats_config(url: &str) -> NatsConfig {
     }
 }
 
+/// Connects with `cfg`, which the server must refuse, and returns the refusal: said at once
+/// (within 5 s), and not as "unreachable", which a host would wait out.
+async fn refused_at_once(cfg: &NatsConfig, what: &str) -> String {
+    let started = Instant::now();
+    let e = transport::connect(cfg, "eddy-tests")
+        .await
+        .err()
+        .expect(what);
+    let msg = format!("{e:#}");
+    assert!(
+        e.downcast_ref::<transport::Unreachable>().is_none(),
+        "not worth waiting for: {msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
+    msg
+}
+
 /// Writes `spec` to `path` with TLS in its `[nats]` section: the authority `ca` and the
 /// client certificate and key `client`.
 fn write_tls_pipeline(
@@ -174,24 +191,15 @@ async fn a_pipeline_runs_over_tls_with_a_client_certificate_and_a_stranger_is_re
 
     // A server certificate from another authority is refused at once, with the fix.
     let stranger = authority(dir.path(), "stranger");
-    let started = Instant::now();
-    let e = transport::connect(
+    let msg = refused_at_once(
         &NatsConfig {
             tls_ca: Some(stranger.pem.clone()),
             ..trusted.clone()
         },
-        "eddy-tests",
+        "a server the configured authority did not sign is refused",
     )
-    .await
-    .err()
-    .expect("a server the configured authority did not sign is refused");
-    let msg = format!("{e:#}");
+    .await;
     assert!(msg.contains("TLS") && msg.contains("nats.tls_ca"), "{msg}");
-    assert!(
-        e.downcast_ref::<transport::Unreachable>().is_none(),
-        "not worth waiting for: {msg}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
 
     // Without a client certificate the server refuses the client.
     assert!(
@@ -264,18 +272,15 @@ async fn a_user_known_by_nkey_connects_and_a_wrong_seed_is_refused_with_the_fiel
     // Someone else's seed: refused, said at once, naming the field.
     let other = dir.path().join("other.nk");
     std::fs::write(&other, nkeys::KeyPair::new_user().seed().expect("seed")).expect("seed");
-    let started = Instant::now();
-    let e = connect_as(&url, &other)
-        .await
-        .err()
-        .expect("an unknown user is refused");
-    let msg = format!("{e:#}");
+    let msg = refused_at_once(
+        &NatsConfig {
+            nkey_file: Some(other),
+            ..nats_config(&url)
+        },
+        "an unknown user is refused",
+    )
+    .await;
     assert!(msg.contains("nats.nkey_file"), "{msg}");
-    assert!(
-        e.downcast_ref::<transport::Unreachable>().is_none(),
-        "{msg}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
 
     // A file that holds no seed: named, with how to make one.
     let junk = dir.path().join("junk.nk");
@@ -417,24 +422,15 @@ async fn a_pipeline_runs_with_a_creds_file_on_an_operator_mode_server_and_a_stra
     // A user signed by an account the server does not know: refused at once, naming the field.
     let stranger = dir.path().join("stranger.creds");
     creds_file(&stranger, &nkeys::KeyPair::new_account(), "stranger");
-    let started = Instant::now();
-    let e = transport::connect(
+    let msg = refused_at_once(
         &NatsConfig {
             creds: Some(stranger),
             ..nats_config(&url)
         },
-        "eddy-tests",
+        "a user of an unknown account is refused",
     )
-    .await
-    .err()
-    .expect("a user of an unknown account is refused");
-    let msg = format!("{e:#}");
+    .await;
     assert!(msg.contains("nats.creds"), "{msg}");
-    assert!(
-        e.downcast_ref::<transport::Unreachable>().is_none(),
-        "not worth waiting for: {msg}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5), "{msg}");
 
     // A creds file that is not one: named, before anything is sent.
     let junk = dir.path().join("junk.creds");

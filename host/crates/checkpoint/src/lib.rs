@@ -13,7 +13,7 @@
 //!
 //! A checkpoint is taken in three steps. [`Checkpoints::freeze`] runs between two batches, while
 //! the pipeline waits: the input positions are written into the state and the state is frozen
-//! at that cut (`eddy-state`'s `cut` module): under a millisecond. [`Checkpoints::stage`] runs
+//! at that cut (`eddy-state`'s `cut` module): under a millisecond. [`FrozenCut::stage`] runs
 //! in the background while writes go on: RocksDB's checkpoint of the cut (SST files
 //! hard-linked). [`complete`] follows it: the SST files not stored yet are linked (or copied)
 //! into `shared/`, every file is checksummed, and the manifest is written last, atomically.
@@ -125,7 +125,7 @@ impl<T> IoContext<T> for std::io::Result<T> {
     }
 }
 
-/// A cut frozen in the store, its checkpoint not yet written ([`Checkpoints::stage`]).
+/// A cut frozen in the store, its checkpoint not yet written ([`FrozenCut::stage`]).
 #[derive(Debug)]
 pub struct FrozenCut {
     staged: Staged,
@@ -136,6 +136,13 @@ impl FrozenCut {
     /// The checkpoint's id.
     pub fn id(&self) -> u64 {
         self.staged.id
+    }
+
+    /// Writes the cut's RocksDB checkpoint into the staging directory, from any thread (the
+    /// store's writes go on meanwhile): ready to be completed.
+    pub fn stage(self, store: &StateStore) -> Result<Staged> {
+        self.frozen.write(store)?;
+        Ok(self.staged)
     }
 }
 
@@ -257,10 +264,9 @@ impl Checkpoints {
     }
 
     /// Takes a cut of `store` and writes it (see [`Checkpoints::freeze`] and
-    /// [`Checkpoints::stage`]). The caller must not write to the store meanwhile.
+    /// [`FrozenCut::stage`]). The caller must not write to the store meanwhile.
     pub fn cut(&self, store: &StateStore, id: u64, cut: Cut) -> Result<Staged> {
-        let frozen = self.freeze(store, id, cut)?;
-        self.stage(store, frozen)
+        self.freeze(store, id, cut)?.stage(store)
     }
 
     /// Takes a cut of `store`: writes `cut.positions` into it, then freezes it (about a
@@ -292,13 +298,6 @@ impl Checkpoints {
             },
             frozen,
         })
-    }
-
-    /// Writes a frozen cut's RocksDB checkpoint into the staging directory, from any thread
-    /// (the store's writes go on meanwhile): ready to be completed.
-    pub fn stage(&self, store: &StateStore, frozen: FrozenCut) -> Result<Staged> {
-        frozen.frozen.write(store)?;
-        Ok(frozen.staged)
     }
 
     /// Stores a staged cut: new SST files into `shared/`, the rest into `chk-<id>/files`, every

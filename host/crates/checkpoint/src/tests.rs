@@ -767,7 +767,7 @@ fn a_frozen_cut_written_later_holds_exactly_what_was_written_before_it() {
     // before the checkpoint's files are written.
     write_counts(&store, 0, 2_000, b"2");
     store.settle().expect("settle");
-    let staged = cps.stage(&store, frozen).expect("written after the cut");
+    let staged = frozen.stage(&store).expect("written after the cut");
     let m = cps.complete(&staged).expect("complete");
     drop(store);
     std::fs::remove_dir_all(f.db()).expect("wipe");
@@ -792,7 +792,7 @@ fn a_flush_racing_a_frozen_cut_fails_it_and_the_next_cut_is_written_at_once() {
     // Something flushes the store before the cut is written: writes after the cut reach SST
     // files the checkpoint would link.
     store.flush().expect("flush");
-    let e = cps.stage(&store, frozen).expect_err("raced");
+    let e = frozen.stage(&store).expect_err("raced");
     assert!(e.to_string().contains("after checkpoint 1's cut"), "{e}");
     assert!(cps.staged_dir(1).is_none(), "nothing left of it");
     // The next cut is written while its caller waits: it holds what was written before it.
@@ -800,7 +800,7 @@ fn a_flush_racing_a_frozen_cut_fails_it_and_the_next_cut_is_written_at_once() {
     write_counts(&store, 0, 300, b"3");
     store.settle().expect("settle");
     store.flush().expect("flush");
-    let staged = cps.stage(&store, frozen).expect("written at its cut");
+    let staged = frozen.stage(&store).expect("written at its cut");
     cps.complete(&staged).expect("complete");
     drop(store);
     std::fs::remove_dir_all(f.db()).expect("wipe");
@@ -828,14 +828,14 @@ fn a_state_registered_or_a_compaction_after_a_frozen_cut_stays_out_of_its_checkp
         a.value_set(&later, store.key_group(b"k1"), b"k1", b"x");
     }
     store.commit(b).expect("commit");
-    let staged = cps.stage(&store, frozen).expect("written after the cut");
+    let staged = frozen.stage(&store).expect("written after the cut");
     cps.complete(&staged).expect("complete");
 
     // A compaction (which flushes) between a cut and its files: the checkpoint is given up.
     let frozen = cps.freeze(&store, 2, cut(200)).expect("freeze");
     write_counts(&store, 0, 200, b"2");
     store.compact().expect("compact");
-    let e = cps.stage(&store, frozen).expect_err("raced");
+    let e = frozen.stage(&store).expect_err("raced");
     assert!(e.to_string().contains("after checkpoint 2's cut"), "{e}");
     drop(store);
 

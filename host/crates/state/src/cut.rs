@@ -126,7 +126,7 @@ impl StateStore {
                 .property_int_value("rocksdb.background-errors")?
                 .unwrap_or(0);
             if failed > 0 {
-                return Err(StateError::Corrupt(format!(
+                return Err(StateError::Incompatible(format!(
                     "RocksDB reports {failed} failed background jobs: the cut's flush did not finish (is the disk full?)"
                 )));
             }

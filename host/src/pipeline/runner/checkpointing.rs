@@ -164,13 +164,9 @@ impl Runner {
         let fence = self.fence.clone();
         let (staged_tx, staged_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let staged = {
-                let checkpoints = checkpoints.clone();
-                let staged =
-                    tokio::task::spawn_blocking(move || checkpoints.stage(&state, frozen)).await;
-                drop(staged_tx);
-                staged??
-            };
+            let staged = tokio::task::spawn_blocking(move || frozen.stage(&state)).await;
+            drop(staged_tx);
+            let staged = staged??;
             transport::publisher::wait_for(acked, job).await?;
             let (staged, manifest) = {
                 let checkpoints = checkpoints.clone();
