@@ -62,7 +62,10 @@ pid=$!
 trap 'kill -TERM "$pid" 2>/dev/null || true' EXIT
 want=$((before + COUNT))
 for _ in $(seq 600); do
-  got=$(curl -s http://127.0.0.1:9464/metrics 2>/dev/null | awk '/^eddy_outputs_total/ {print $2}')
+  # Until the host has compiled the plugin (the first run does it for seconds), nothing
+  # listens on the metrics port yet.
+  got=$(curl -s http://127.0.0.1:9464/metrics 2>/dev/null | awk '/^eddy_outputs_total/ {print $2}' || true)
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" || true; say "eddy run ended before the demo's events were enriched (its log is above)"; exit 1; }
   [ -n "$got" ] && [ "$got" -ge "$COUNT" ] && break
   sleep 0.2
 done
