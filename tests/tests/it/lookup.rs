@@ -793,3 +793,79 @@ async fn keys_asked_together_share_one_request() {
         }
     }
 }
+
+/// Statements PostgreSQL has committed in the `postgres` database so far (each lookup
+/// statement outside a transaction is one), read once the server has the counts of sessions
+/// that ended.
+fn pg_statements(pg: &PostgresServer) -> u64 {
+    std::thread::sleep(Duration::from_millis(700));
+    pg.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'")
+        .expect("stats")
+        .parse()
+        .expect("a count")
+}
+
+/// 500 events, each asking PostgreSQL for its own row, admitted together in a backlog: the
+/// keys asked while a statement runs go in the next one (`unnest` over the keys, the query
+/// run once per key inside the server), so PostgreSQL executes a few dozen statements instead
+/// of 500. Keys an integer id cannot take (not a number, beyond `integer`'s range) match no
+/// row, in a batch as alone, and do not spoil the batch they are in. With `max_batch = 1`
+/// each key is a statement of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_asked_together_share_one_postgres_statement() {
+    let pg = PostgresServer::start().expect("postgres");
+    pg.sql("CREATE TABLE merchants (id integer primary key, name text)")
+        .expect("table");
+    pg.sql("INSERT INTO merchants SELECT i, 'v' || i FROM generate_series(0, 499) AS i")
+        .expect("rows");
+    // What an event asks for: its own id, but every 50th a key no integer id matches.
+    let key = |i: usize| match i % 100 {
+        0 => "not-a-number".to_string(),
+        // 2^32 + i: cut down to 32 bits it would be `i`.
+        50 => (4_294_967_296u64 + i as u64).to_string(),
+        _ => i.to_string(),
+    };
+    for max_batch in [256, 1] {
+        let stores = format!(
+            "[lookups]\ncapacity = 100\n\n[lookup.m]\nkind = \"postgres\"\nurl = \"{}\"\nquery = \"SELECT name FROM merchants WHERE id = $1\"\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n",
+            pg.url()
+        );
+        let Fixture {
+            nats: _nats,
+            dir: _dir,
+            spec,
+            conn,
+        } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
+        let inputs: Vec<Value> = (0..500)
+            .map(|i| lookup(i, &format!("c{}", i % 50), "m", &key(i)))
+            .collect();
+        publish(&conn.js, &inputs).await;
+        let before = pg_statements(&pg);
+        let run = Running::start(&spec);
+        wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
+        run.stop().await;
+        let statements = pg_statements(&pg) - before;
+        let answers = answers_by_input(&conn.js, 500).await;
+        assert_eq!(answers.len(), 500);
+        for (seq, v) in &answers {
+            let i = (seq - 1) as usize;
+            if i % 50 == 0 {
+                assert_eq!(
+                    v,
+                    &json!({"found": false, "value": null, "error": null}),
+                    "event {i}"
+                );
+            } else {
+                assert_eq!(v["found"], true, "event {i}: {v}");
+                assert_eq!(v["value"], json!({"name": format!("v{i}")}), "event {i}");
+            }
+        }
+        eprintln!("max_batch {max_batch}: {statements} statements for 500 keys");
+        if max_batch == 1 {
+            // Each of the 490 keys that can match is a statement (and a few more to connect).
+            assert!(statements >= 490, "{statements} statements");
+        } else {
+            assert!(statements <= 100, "{statements} statements");
+        }
+    }
+}
