@@ -865,38 +865,71 @@ fn js_go_and_c_build_errors_name_the_plugins_file_and_line_first() {
     }
 }
 
-/// `eddy dev` in a project fresh from `eddy new plugin`: it builds the plugin, starts a
-/// nats-server of its own (nothing listens at the project's NATS address), creates the
-/// streams, runs the pipeline and shows its outputs and dead letters; an edit of the source is
-/// built and swapped in while it runs; SIGTERM (Ctrl-C) stops it and its nats-server.
-#[test]
-fn eddy_dev_runs_a_new_project_on_its_own_nats_and_swaps_in_edits() {
-    let (tmp, dir) = new_project("rust", "dev-demo");
-    let port = eddy_tests::free_port();
-    let toml = dir.join("pipeline.toml");
-    let text = std::fs::read_to_string(&toml)
-        .expect("pipeline.toml")
-        .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{port}"));
-    std::fs::write(&toml, text).expect("pipeline.toml");
-    let (out, err) = (tmp.path().join("dev.out"), tmp.path().join("dev.err"));
-    let mut dev = Command::new(eddy_bin())
-        .arg("dev")
-        .arg(&dir)
-        // Rust templates share one target directory across runs: dependencies build once.
-        .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
-        .env_remove("EDDY_ROOT")
-        .stdout(std::fs::File::create(&out).expect("out"))
-        .stderr(std::fs::File::create(&err).expect("err"))
-        .spawn()
-        .expect("eddy dev");
-    // Lines of its output that contain `what`, once there are `n` of them.
-    let shown = |what: &str, n: usize, within: Duration| -> Vec<String> {
+/// `eddy dev` running in a project: its output and error files, read as they grow.
+struct Dev {
+    child: std::process::Child,
+    dir: PathBuf,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Dev {
+    /// Starts `eddy dev` in the project `dir` (made by [`new_project`] in `tmp`), its
+    /// pipeline's NATS address moved to a free port where nothing listens.
+    fn start(tmp: &tempfile::TempDir, dir: &Path) -> (Dev, u16) {
+        let port = eddy_tests::free_port();
+        let toml = dir.join("pipeline.toml");
+        let text = std::fs::read_to_string(&toml)
+            .expect("pipeline.toml")
+            .replace("nats://127.0.0.1:4222", &format!("nats://127.0.0.1:{port}"));
+        std::fs::write(&toml, text).expect("pipeline.toml");
+        let (out, err) = (tmp.path().join("dev.out"), tmp.path().join("dev.err"));
+        let child = Command::new(eddy_bin())
+            .arg("dev")
+            .arg(dir)
+            // Rust templates share one target directory across runs: dependencies build once.
+            .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
+            .env_remove("EDDY_ROOT")
+            .stdout(std::fs::File::create(&out).expect("out"))
+            .stderr(std::fs::File::create(&err).expect("err"))
+            .spawn()
+            .expect("eddy dev");
+        let dev = Dev {
+            child,
+            dir: dir.to_path_buf(),
+            out,
+            err,
+        };
+        (dev, port)
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Lines of its output that contain `what`, once there are `n` of them.
+    fn shown(&self, what: &str, n: usize, within: Duration) -> Vec<String> {
+        self.lines_where(|l| l.contains(what), what, n, within)
+    }
+
+    /// The outputs it showed (`out <payload>` lines), once there are `n` of them.
+    fn outputs(&self, n: usize, within: Duration) -> Vec<String> {
+        self.lines_where(|l| l.starts_with("out "), "out ", n, within)
+    }
+
+    fn lines_where(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        what: &str,
+        n: usize,
+        within: Duration,
+    ) -> Vec<String> {
         let deadline = Instant::now() + within;
         loop {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let text = self.output();
             let lines: Vec<String> = text
                 .lines()
-                .filter(|l| l.contains(what))
+                .filter(|l| wanted(l))
                 .map(str::to_string)
                 .collect();
             if lines.len() >= n {
@@ -905,51 +938,85 @@ fn eddy_dev_runs_a_new_project_on_its_own_nats_and_swaps_in_edits() {
             assert!(
                 Instant::now() < deadline,
                 "{n} lines with {what:?} within {within:?}:\n{text}\n{}",
-                std::fs::read_to_string(&err).unwrap_or_default()
+                std::fs::read_to_string(&self.err).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
-    let publish = |args: &[&str]| {
+    }
+
+    /// `eddy publish -p <project> <args>`.
+    fn publish(&self, args: &[&str]) {
         let status = Command::new(eddy_bin())
             .arg("publish")
             .arg("-p")
-            .arg(&dir)
+            .arg(&self.dir)
             .args(args)
             .stdout(std::process::Stdio::null())
             .status()
             .expect("eddy publish");
         assert!(status.success(), "eddy publish {args:?}");
-    };
-    let running = shown("running dev-demo", 1, Duration::from_secs(300));
+    }
+
+    /// SIGTERM (Ctrl-C), as a user stops it: it must end well, its nats-server with it.
+    fn stop(mut self, port: u16) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "eddy dev stops on SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.success(),
+            "{status:?}: {}",
+            std::fs::read_to_string(&self.err).unwrap_or_default()
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "its nats-server stopped with it"
+        );
+    }
+}
+
+/// `eddy dev` in a project fresh from `eddy new plugin`: it builds the plugin, starts a
+/// nats-server of its own (nothing listens at the project's NATS address), creates the
+/// streams, runs the pipeline and shows its outputs and dead letters; an edit of the source is
+/// built and swapped in while it runs; SIGTERM (Ctrl-C) stops it and its nats-server.
+#[test]
+fn eddy_dev_runs_a_new_project_on_its_own_nats_and_swaps_in_edits() {
+    let (tmp, dir) = new_project("rust", "dev-demo");
+    let (dev, port) = Dev::start(&tmp, &dir);
+    let running = dev.shown("running dev-demo", 1, Duration::from_secs(300));
     assert!(running[0].contains(&port.to_string()), "{running:?}");
     assert_eq!(
-        shown("starting nats-server", 1, Duration::ZERO).len(),
+        dev.shown("starting nats-server", 1, Duration::ZERO).len(),
         1,
         "its own server"
     );
     let events = dir.join("events.jsonl");
-    publish(&["dev-demo.in", "--file", events.to_str().expect("path")]);
-    let outs = shown("out ", 3, Duration::from_secs(60));
+    dev.publish(&["dev-demo.in", "--file", events.to_str().expect("path")]);
+    let outs = dev.outputs(3, Duration::from_secs(60));
     assert!(
         outs.iter().any(|l| l.contains("\"count\":2")),
         "counts per key: {outs:?}"
     );
-    publish(&["dev-demo.in", "not json"]);
-    shown("dead-letter ", 1, Duration::from_secs(60));
+    dev.publish(&["dev-demo.in", "not json"]);
+    dev.shown("dead-letter ", 1, Duration::from_secs(60));
 
     // An edit: built again and swapped in while it runs.
-    let lib = dir.join("src/lib.rs");
-    let source = std::fs::read_to_string(&lib).expect("lib.rs").replace(
-        "object.insert(\"count\".into(), count.into());",
-        "object.insert(\"count\".into(), count.into());\n        object.insert(\"edited\".into(), true.into());",
-    );
-    std::fs::write(&lib, source).expect("edit");
-    shown("built: the pipeline swaps", 1, Duration::from_secs(300));
+    let (file, from, to) = EDITS[0];
+    edit(&dir, file, from, to);
+    dev.shown("built: the pipeline swaps", 1, Duration::from_secs(300));
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        publish(&["dev-demo.in", r#"{"customer":"c-9","amount_cents":1}"#]);
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        dev.publish(&["dev-demo.in", r#"{"customer":"c-9","amount_cents":1}"#]);
+        let text = dev.output();
         if text
             .lines()
             .any(|l| l.starts_with("out ") && l.contains("\"edited\":true"))
@@ -959,31 +1026,102 @@ fn eddy_dev_runs_a_new_project_on_its_own_nats_and_swaps_in_edits() {
         assert!(
             Instant::now() < deadline,
             "the edited version's output within 90 s:\n{text}\n{}",
-            std::fs::read_to_string(&err).unwrap_or_default()
+            std::fs::read_to_string(&dev.err).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+    dev.stop(port);
+}
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &dev.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = dev.try_wait().expect("wait") {
-            break s;
+/// Per language: the template's file, a line of it, and the line with an edit after it that
+/// adds `"edited": true` to every output.
+const EDITS: [(&str, &str, &str); 5] = [
+    (
+        "src/lib.rs",
+        "object.insert(\"count\".into(), count.into());",
+        "object.insert(\"count\".into(), count.into());\n        object.insert(\"edited\".into(), true.into());",
+    ),
+    (
+        "index.js",
+        "payload.count = this.count.update((n) => (n ?? 0) + 1);",
+        "payload.count = this.count.update((n) => (n ?? 0) + 1);\n      payload.edited = true;",
+    ),
+    (
+        "app.py",
+        "payload[\"count\"] = self.count.update(lambda n: (n or 0) + 1)",
+        "payload[\"count\"] = self.count.update(lambda n: (n or 0) + 1)\n            payload[\"edited\"] = True",
+    ),
+    (
+        "plugin.go",
+        "payload[\"count\"], _ = eddy.Marshal(n)",
+        "payload[\"count\"], _ = eddy.Marshal(n)\n\tpayload[\"edited\"] = json.RawMessage(\"true\")",
+    ),
+    (
+        "plugin.c",
+        "eddy_w_u64(&w, n);",
+        "eddy_w_u64(&w, n);\n    eddy_w_key(&w, \"edited\");\n    eddy_w_bool(&w, true);",
+    ),
+];
+
+/// Replaces `from` (which must be there) by `to` in the project's `file`.
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let source = std::fs::read_to_string(&path).expect("source");
+    assert!(source.contains(from), "{file} has the line to edit: {from}");
+    std::fs::write(&path, source.replacen(from, to, 1)).expect("edit");
+}
+
+/// What a plugin author does first, in every language other than Rust (whose round the test
+/// above runs): `eddy new plugin`, a line edited, `./build.sh`, `eddy test --expect
+/// expected.jsonl` passes (the expectations name the fields the template writes; the edit adds
+/// one), then `eddy dev` runs the edited plugin on its own nats-server and its output arrives.
+#[test]
+fn every_language_goes_from_eddy_new_to_an_edited_output_on_nats() {
+    for (lang, (file, from, to)) in LANGUAGES.into_iter().zip(EDITS.into_iter().skip(1)) {
+        if guest("fraud-enrich", lang).is_none() {
+            continue;
         }
-        assert!(Instant::now() < deadline, "eddy dev stops on SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        status.success(),
-        "{status:?}: {}",
-        std::fs::read_to_string(&err).unwrap_or_default()
-    );
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "its nats-server stopped with it"
-    );
+        let name = format!("first-{lang}");
+        let (tmp, dir) = new_project(lang, &name);
+        edit(&dir, file, from, to);
+        let build = Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .env_remove("EDDY_ROOT")
+            .output()
+            .expect("build.sh");
+        assert!(
+            build.status.success(),
+            "{lang}: the edited template builds: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let test = Command::new(eddy_bin())
+            .current_dir(&dir)
+            .args(["test", &format!("{name}.wasm"), "events.jsonl"])
+            .args(["--expect", "expected.jsonl"])
+            .output()
+            .expect("eddy test");
+        let said = String::from_utf8_lossy(&test.stdout);
+        assert!(
+            test.status.success() && said.starts_with("ok: 3 lines as "),
+            "{lang}: eddy test --expect: {said}{}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+
+        let (dev, port) = Dev::start(&tmp, &dir);
+        dev.shown(&format!("running {name}"), 1, Duration::from_secs(300));
+        let events = dir.join("events.jsonl");
+        dev.publish(&[
+            &format!("{name}.in"),
+            "--file",
+            events.to_str().expect("path"),
+        ]);
+        let outs = dev.outputs(3, Duration::from_secs(60));
+        assert!(
+            outs.iter()
+                .all(|l| l.contains("\"edited\":true") && l.contains("\"count\":")),
+            "{lang}: the edited plugin's outputs: {outs:?}"
+        );
+        dev.stop(port);
+        eprintln!("{lang}: new, edited, tested and run on NATS");
+    }
 }
