@@ -2,8 +2,9 @@
 //! run:
 //! - queries: p50/p99 latency and queries/s over NATS and HTTP on a running fraud pipeline;
 //!   pipeline throughput with 1,000 queries/s running vs none;
-//! - lookups: a 1 ms HTTP store with capacity 100 (limit: 100 / 1 ms = 100k events/s), and the
-//!   cache-hit path vs the same pipeline reading only keyed state;
+//! - lookups: a 1 ms HTTP store with capacity 100 (limit: 100 / 1 ms = 100k events/s); the
+//!   cache-hit path; a 1 ms Redis and a 1 ms PostgreSQL (behind a relay), one key per request
+//!   and batched; each vs the same pipeline reading only keyed state;
 //! - checkpoints: throughput with a checkpoint every 10 s vs none during the run;
 //! - console: throughput with `eddy console` running and its overview open in headless
 //!   Chromium (a status request a second, the page polling the console) vs neither, two rounds
@@ -310,32 +311,53 @@ async fn lookups(quick: bool) {
     let keyed_only = throughput(&b, n as u64).await;
     run.stop().await;
 
-    // A 1 ms Redis (0.5 ms each way through a relay), no cache: one key per request, then
-    // the keys asked meanwhile in one MGET (the default).
+    // A 1 ms Redis and a 1 ms PostgreSQL (0.5 ms each way through a relay), no cache: one
+    // key per request, then the keys asked meanwhile in one request (the default).
     let redis = eddy_tests::RedisServer::start().expect("redis-server");
     let sets: Vec<Vec<String>> = profiles
         .iter()
         .map(|(k, v)| vec!["SET".into(), k.clone(), v.clone()])
         .collect();
     redis.pipe(&sets).expect("load profiles");
-    let slow = eddy_tests::Relay::start_with_latency(redis.port(), Duration::from_micros(500))
+    let pg = eddy_tests::PostgresServer::start().expect("postgres");
+    pg.sql("CREATE TABLE profiles (customer text PRIMARY KEY, segment text)")
+        .expect("table");
+    pg.sql(&format!(
+        "INSERT INTO profiles SELECT 'c-' || i, 's' || (i % 7) FROM generate_series(0, {}) AS i",
+        customers - 1
+    ))
+    .expect("load profiles");
+    let latency = Duration::from_micros(500);
+    let slow_redis = eddy_tests::Relay::start_with_latency(redis.port(), latency)
         .await
         .expect("relay");
-    let rtt = round_trip(slow.port()).await;
-    let mut redis_rows = Vec::new();
-    for max_batch in [1, 256] {
-        let b = setup(
-            &format!(
-                "[lookups]\ncapacity = 100\nmode = \"ordered\"\n\n[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\ntimeout_ms = 2000\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n",
-                slow.port()
-            ),
-            config,
-        )
-        .await;
-        publish(&b, n, customers, 3).await;
-        let run = Running::start(&b.spec);
-        redis_rows.push((max_batch, throughput(&b, n as u64).await));
-        run.stop().await;
+    let slow_pg = eddy_tests::Relay::start_with_latency(pg.port(), latency)
+        .await
+        .expect("relay");
+    let rtt = round_trip(slow_redis.port()).await;
+    let redis_store = format!(
+        "kind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"",
+        slow_redis.port()
+    );
+    let pg_store = format!(
+        "kind = \"postgres\"\nurl = \"postgres://eddy@127.0.0.1:{}/postgres\"\nquery = \"SELECT segment FROM profiles WHERE customer = $1\"",
+        slow_pg.port()
+    );
+    let mut store_rows = Vec::new();
+    for (name, store) in [("Redis", &redis_store), ("PostgreSQL", &pg_store)] {
+        for max_batch in [1, 256] {
+            let b = setup(
+                &format!(
+                    "[lookups]\ncapacity = 100\nmode = \"ordered\"\n\n[lookup.profiles]\n{store}\ntimeout_ms = 2000\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n"
+                ),
+                config,
+            )
+            .await;
+            publish(&b, n, customers, 3).await;
+            let run = Running::start(&b.spec);
+            store_rows.push((name, max_batch, throughput(&b, n as u64).await));
+            run.stop().await;
+        }
     }
 
     println!("\nLookups, fraud pipeline, capacity 100, ordered ({n} events)\n");
@@ -350,14 +372,14 @@ async fn lookups(quick: bool) {
         "| profile lookup served from the cache | {cached:.0} | {:.2} of baseline |",
         cached / keyed_only
     );
-    for (max_batch, eps) in &redis_rows {
+    for (name, max_batch, eps) in &store_rows {
         println!(
-            "| 1 ms Redis, no cache, 50,000 customers, max_batch = {max_batch} | {eps:.0} | {:.2} of baseline |",
+            "| 1 ms {name}, no cache, 50,000 customers, max_batch = {max_batch} | {eps:.0} | {:.2} of baseline |",
             eps / keyed_only
         );
     }
     println!(
-        "\nRedis round trip through the relay (PING, one at a time): p50 {:.2} ms",
+        "\nRound trip through the relay (Redis PING, one at a time): p50 {:.2} ms",
         rtt * 1e3
     );
     println!("HTTP store requests: {}", http.requests());

@@ -96,6 +96,11 @@ impl PostgresServer {
         }
     }
 
+    /// The port it listens on (loopback).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `postgres://eddy@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://eddy@127.0.0.1:{}/postgres", self.port)

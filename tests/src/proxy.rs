@@ -12,8 +12,12 @@ pub struct Relay {
     port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
     open: Arc<Mutex<Vec<AbortHandle>>>,
+    /// The sockets of delayed connections, which threads serve: a cut shuts them down.
+    sockets: Sockets,
     accept: AbortHandle,
 }
+
+type Sockets = Arc<Mutex<Vec<std::net::TcpStream>>>;
 
 impl Relay {
     /// Starts relaying to `target` on a free port; runs on the caller's tokio runtime.
@@ -32,7 +36,8 @@ impl Relay {
         let port = listener.local_addr()?.port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let open: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let (c, o) = (cut.clone(), open.clone());
+        let sockets: Sockets = Arc::default();
+        let (c, o, so) = (cut.clone(), open.clone(), sockets.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
@@ -40,7 +45,7 @@ impl Relay {
                     drop(client);
                     continue;
                 }
-                let task = tokio::spawn(relay(client, target, latency));
+                let task = tokio::spawn(relay(client, target, latency, so.clone()));
                 let mut open = o.lock().unwrap_or_else(|p| p.into_inner());
                 open.retain(|t| !t.is_finished());
                 open.push(task.abort_handle());
@@ -51,6 +56,7 @@ impl Relay {
             port,
             cut,
             open,
+            sockets,
             accept,
         })
     }
@@ -71,6 +77,14 @@ impl Relay {
         {
             t.abort();
         }
+        for s in self
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Relays new connections again.
@@ -86,7 +100,7 @@ impl Drop for Relay {
     }
 }
 
-async fn relay(mut client: TcpStream, target: u16, latency: std::time::Duration) {
+async fn relay(mut client: TcpStream, target: u16, latency: std::time::Duration, sockets: Sockets) {
     let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)).await else {
         return;
     };
@@ -94,44 +108,74 @@ async fn relay(mut client: TcpStream, target: u16, latency: std::time::Duration)
         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         return;
     }
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
-    let (client_read, client_write) = client.into_split();
-    let (server_read, server_write) = server.into_split();
-    tokio::join!(
-        delayed(client_read, server_write, latency),
-        delayed(server_read, client_write, latency)
-    );
+    // Delayed bytes are delivered by threads of their own: tokio's timer has millisecond
+    // ticks (a 0.5 ms delay became 1 to 2 ms each way), a thread's sleep is precise to tens
+    // of microseconds.
+    let (Ok(client), Ok(server)) = (client.into_std(), server.into_std()) else {
+        return;
+    };
+    let streams = [&client, &server].map(|s| {
+        let _ = s.set_nodelay(true);
+        s.set_nonblocking(false)
+    });
+    if streams.iter().any(Result::is_err) {
+        return;
+    }
+    let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
+        return;
+    };
+    if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+        sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([c, s]);
+    }
+    let up = std::thread::spawn(move || delayed(client, server2, latency));
+    let down = std::thread::spawn(move || delayed(server, client2, latency));
+    // Ends when both directions have; a cut shuts the sockets down (through `sockets`), which
+    // ends them.
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = up.join();
+        let _ = down.join();
+    })
+    .await;
 }
 
-/// Copies `from` to `to`, each chunk written `latency` after it was read.
-async fn delayed(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+/// Copies `from` to `to` on two threads, each chunk written `latency` after it was read.
+fn delayed(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
     latency: std::time::Duration,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
-    let reading = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(n) = from.read(&mut buf).await {
-            if n == 0
-                || tx
-                    .send((tokio::time::Instant::now() + latency, buf[..n].to_vec()))
-                    .is_err()
-            {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let Ok(closer) = from.try_clone() else {
+        return;
+    };
+    let writing = std::thread::spawn(move || {
+        while let Ok((due, bytes)) = rx.recv() {
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
                 break;
             }
         }
-    };
-    let writing = async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&bytes).await.is_err() {
-                break;
-            }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+        // The other side is gone: stop reading what is no longer delivered.
+        let _ = closer.shutdown(std::net::Shutdown::Read);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0
+            || tx
+                .send((std::time::Instant::now() + latency, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
         }
-        let _ = to.shutdown().await;
-    };
-    tokio::join!(reading, writing);
+    }
+    drop(tx);
+    let _ = writing.join();
 }
