@@ -289,7 +289,7 @@ fn compile_cache_dir() -> Option<std::path::PathBuf> {
 /// How many compiled components `eddy test` keeps (each edit adds one).
 const KEEP_COMPILED: usize = 8;
 
-/// Removes all but the `keep` most recently written files of `dir`.
+/// Removes all but the `keep` most recently written files of `dir` (not its directories).
 fn prune(dir: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -297,8 +297,10 @@ fn prune(dir: &Path, keep: usize) {
     let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
         .filter_map(|e| {
             let e = e.ok()?;
-            let modified = e.metadata().ok()?.modified().ok()?;
-            Some((modified, e.path()))
+            let meta = e.metadata().ok()?;
+            // Components only: the compiled functions have a directory of their own.
+            meta.is_file().then_some(())?;
+            Some((meta.modified().ok()?, e.path()))
         })
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.0));

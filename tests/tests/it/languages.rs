@@ -1125,3 +1125,88 @@ fn every_language_goes_from_eddy_new_to_an_edited_output_on_nats() {
         eprintln!("{lang}: new, edited, tested and run on NATS");
     }
 }
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// An edit of a Python plugin compiles only what changed: most of the interpreter's
+/// functions, compiled by the first `eddy test`, are loaded by the next one from the compiled
+/// functions kept beside the compiled components; and the edited plugin's outputs are the
+/// edited ones.
+#[test]
+fn an_edited_python_plugin_compiles_only_what_changed() {
+    if guest("fraud-enrich", "python").is_none() {
+        return;
+    }
+    let (tmp, dir) = new_project("python", "fn-cache");
+    let cache_home = tmp.path().join("cache");
+    let functions = cache_home.join("eddy/compiled/functions");
+    let build_and_test = || -> Vec<Value> {
+        let build = Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .env_remove("EDDY_ROOT")
+            .output()
+            .expect("build.sh");
+        assert!(
+            build.status.success(),
+            "build: {}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let test = Command::new(eddy_bin())
+            .current_dir(&dir)
+            .args(["test", "fn-cache.wasm", "events.jsonl"])
+            .env("XDG_CACHE_HOME", &cache_home)
+            .output()
+            .expect("eddy test");
+        assert!(
+            test.status.success(),
+            "eddy test: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        String::from_utf8_lossy(&test.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("JSON line")["outputs"][0]["payload"]
+                    .clone()
+            })
+            .collect()
+    };
+    let before = build_and_test();
+    assert_eq!(before[2]["count"], 2, "{before:?}");
+    assert!(before.iter().all(|p| p.get("edited").is_none()));
+    let compiled = files_under(&functions);
+    assert!(
+        compiled > 1_000,
+        "{compiled} functions kept after the first compile"
+    );
+
+    let (file, from, to) = EDITS[2];
+    edit(&dir, file, from, to);
+    let after = build_and_test();
+    assert_eq!(after[2]["count"], 2, "{after:?}");
+    assert!(
+        after.iter().all(|p| p["edited"] == true),
+        "the edited plugin ran: {after:?}"
+    );
+    let again = files_under(&functions) - compiled;
+    eprintln!("{again} of {compiled} functions compiled again after the edit");
+    // Measured: about a tenth (1,301 of 12,857), the functions whose code depends on what
+    // the edit moved; without the kept functions it would be all of them.
+    assert!(
+        again * 4 < compiled,
+        "{again} functions compiled again after a one-line edit, of {compiled}"
+    );
+}

@@ -1,7 +1,8 @@
 //! The WebAssembly engine: compiles plugin components, instantiates them in a closed sandbox,
 //! and calls them with batches of events.
 //!
-//! Owns: wasmtime configuration, the compiled-component cache (`cache`), the host side of the
+//! Owns: wasmtime configuration, the compiled-component cache (`cache`) and the compiled
+//! functions beneath it (`function_cache`: an edited component compiles only what changed), the host side of the
 //! WIT imports (`host`: keyed state, broadcast state, lookups, log, clock, a closed WASI),
 //! budgets (CPU by epoch deadline, memory by store limits), the classification of failures
 //! into reasons an operator can act on, a cap on plugin log lines (`log_limit`), and the [`Worker`] that runs batches through a plugin
@@ -20,6 +21,7 @@
 //! Never: performs NATS I/O, or lets a plugin reach the file system, network or environment.
 
 mod cache;
+mod function_cache;
 mod host;
 mod instance;
 mod log_limit;
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use function_cache::FunctionCache;
 use sha2::{Digest, Sha256};
 use wasmtime::Config;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
@@ -94,6 +97,13 @@ impl Engine {
         // /tmp/perf-<pid>.map, which `perf report` reads.
         if std::env::var("EDDY_WASM_PROFILE").is_ok_and(|v| v == "perfmap") {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        // Beside the whole components, their functions: a component that changed in part
+        // compiles only what changed.
+        if let Some(dir) = cache_dir {
+            config.enable_incremental_compilation(Arc::new(FunctionCache::open(
+                dir.join("functions"),
+            )))?;
         }
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
