@@ -849,7 +849,7 @@ async fn keys_asked_together_share_one_postgres_statement() {
         assert_eq!(answers.len(), 500);
         for (seq, v) in &answers {
             let i = (seq - 1) as usize;
-            if i % 50 == 0 {
+            if i.is_multiple_of(50) {
                 assert_eq!(
                     v,
                     &json!({"found": false, "value": null, "error": null}),
