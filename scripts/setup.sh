@@ -9,7 +9,7 @@ cd "$EDDY_ROOT"
 ensure_tools
 say "building the plugins (wasm32-wasip2 components)"
 bash scripts/build-plugins.sh
-say "building the eddy host (first build compiles RocksDB and wasmtime: about 45 minutes on 2 cores)"
+say "building the eddy host (first build compiles RocksDB and wasmtime: about 30 minutes on 2 cores)"
 cargo build --bin eddy
 # `eddy` on the PATH: a link to the build, so every later build is the one that runs.
 mkdir -p "$HOME/.local/bin"
