@@ -25,9 +25,30 @@ fn compiled_components_are_cached_on_disk_across_engines() {
     assert_eq!(p.version(), p2.version());
     // Loaded native code maps the cache file: release it before damaging the file.
     drop((p, p2, first, second));
-    // A corrupt cache entry is recompiled, not trusted.
+    // A corrupt cache entry is recompiled, not trusted: the component's, and those of its
+    // compiled functions (kept in `functions/<shard>/`).
+    let mut entries = vec![];
     for entry in std::fs::read_dir(&cache).expect("cache dir") {
         let path = entry.expect("entry").path();
+        if path.is_dir() {
+            for shard in std::fs::read_dir(&path).expect("functions").flatten() {
+                entries.extend(
+                    std::fs::read_dir(shard.path())
+                        .expect("shard")
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            }
+        } else {
+            entries.push(path);
+        }
+    }
+    assert!(
+        entries.len() > 100,
+        "the component and its functions: {}",
+        entries.len()
+    );
+    for path in entries {
         let tmp = path.with_extension("corrupt");
         std::fs::write(&tmp, b"garbage").expect("corrupt");
         std::fs::rename(&tmp, &path).expect("replace");
