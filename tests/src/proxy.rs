@@ -114,11 +114,11 @@ async fn relay(mut client: TcpStream, target: u16, latency: std::time::Duration,
     let (Ok(client), Ok(server)) = (client.into_std(), server.into_std()) else {
         return;
     };
-    let streams = [&client, &server].map(|s| {
+    let blocking = [&client, &server].map(|s| {
         let _ = s.set_nodelay(true);
         s.set_nonblocking(false)
     });
-    if streams.iter().any(Result::is_err) {
+    if blocking.iter().any(Result::is_err) {
         return;
     }
     let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
@@ -130,15 +130,10 @@ async fn relay(mut client: TcpStream, target: u16, latency: std::time::Duration,
             .unwrap_or_else(|p| p.into_inner())
             .extend([c, s]);
     }
-    let up = std::thread::spawn(move || delayed(client, server2, latency));
-    let down = std::thread::spawn(move || delayed(server, client2, latency));
-    // Ends when both directions have; a cut shuts the sockets down (through `sockets`), which
-    // ends them.
-    let _ = tokio::task::spawn_blocking(move || {
-        let _ = up.join();
-        let _ = down.join();
-    })
-    .await;
+    // The threads end with their connection; a cut shuts the sockets down (through
+    // `sockets`), which ends them.
+    std::thread::spawn(move || delayed(client, server2, latency));
+    std::thread::spawn(move || delayed(server, client2, latency));
 }
 
 /// Copies `from` to `to` on two threads, each chunk written `latency` after it was read.

@@ -36,6 +36,8 @@ struct Conn {
     client: Arc<tokio_postgres::Client>,
     /// The query for one key.
     lookup: tokio_postgres::Statement,
+    /// The type of its parameter, `$1`.
+    param: Type,
     /// The query for many keys (a text array), where the session function could be made.
     batch: Option<tokio_postgres::Statement>,
 }
@@ -88,6 +90,7 @@ async fn connect(url: &str, query: &str, slot: &Mutex<Option<Conn>>) -> Result<C
     let conn = Conn {
         client: Arc::new(client),
         lookup,
+        param,
         batch,
     };
     *guard = Some(conn.clone());
@@ -149,13 +152,12 @@ fn is_integer(param: &Type) -> bool {
 
 /// Runs the lookup for one key, converting it to the parameter's type.
 async fn lookup_one(conn: &Conn, key: &str) -> Result<Option<Vec<u8>>, LookupError> {
-    let (client, stmt) = (&conn.client, &conn.lookup);
-    let param = stmt.params().first().cloned().unwrap_or(Type::TEXT);
-    let row = if is_integer(&param) {
-        let Some(n) = integer_key(&param, key) else {
+    let (client, stmt, param) = (&conn.client, &conn.lookup, &conn.param);
+    let row = if is_integer(param) {
+        let Some(n) = integer_key(param, key) else {
             return Ok(None);
         };
-        match param {
+        match *param {
             Type::INT2 => client.query_opt(stmt, &[&(n as i16)]).await,
             Type::INT4 => client.query_opt(stmt, &[&(n as i32)]).await,
             _ => client.query_opt(stmt, &[&n]).await,
@@ -171,12 +173,12 @@ async fn lookup_one(conn: &Conn, key: &str) -> Result<Option<Vec<u8>>, LookupErr
 
 /// Runs the lookup for many keys in one statement.
 async fn lookup_batch(conn: &Conn, batch: &tokio_postgres::Statement, keys: &[String]) -> Fetched {
-    let param = conn.lookup.params().first().cloned().unwrap_or(Type::TEXT);
+    let param = &conn.param;
     // Keys an integer parameter cannot take match nothing, and would fail the cast for all.
     let asked: Vec<&str> = keys
         .iter()
         .map(String::as_str)
-        .filter(|k| !is_integer(&param) || integer_key(&param, k).is_some())
+        .filter(|k| !is_integer(param) || integer_key(param, k).is_some())
         .collect();
     let rows = conn
         .client

@@ -698,20 +698,30 @@ fn plugin_from_template(
     if let Some((file, source)) = replace {
         std::fs::write(created.join(file), source).expect("source");
     }
-    let build = Command::new("bash")
-        .arg(created.join("build.sh"))
-        .env_remove("EDDY_ROOT")
-        // Rust templates share one target directory across runs: dependencies build once.
-        .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"))
-        .output()
-        .expect("build.sh");
-    assert!(
-        build.status.success(),
-        "{lang} template build: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
+    build_project(&created, &format!("{lang} template"));
     let wasm = created.join(format!("{name}.wasm"));
     (tmp, wasm)
+}
+
+/// `build.sh` of a project made by `eddy new`, as its author runs it (no checkout in sight);
+/// Rust projects share one target directory across runs, so dependencies build once.
+fn project_build(dir: &Path) -> Command {
+    let mut build = Command::new("bash");
+    build
+        .arg(dir.join("build.sh"))
+        .env_remove("EDDY_ROOT")
+        .env("CARGO_TARGET_DIR", plugin_target_dir().join("templates"));
+    build
+}
+
+/// [`project_build`], which must succeed.
+fn build_project(dir: &Path, what: &str) {
+    let build = project_build(dir).output().expect("build.sh");
+    assert!(
+        build.status.success(),
+        "{what} build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
 }
 
 /// Where [`plugin_from_template`] left the project `name` (moved after `eddy new`).
@@ -805,9 +815,7 @@ fn a_python_build_error_shows_the_plugins_own_line_first() {
     source.push_str("\n\ndef broken(:\n    pass\n");
     let line = source.lines().count() - 1;
     std::fs::write(&app, &source).expect("app.py");
-    let build = Command::new("bash")
-        .arg(created.join("build.sh"))
-        .env_remove("EDDY_ROOT")
+    let build = project_build(&created)
         .env("RUST_BACKTRACE", "1")
         .output()
         .expect("build.sh");
@@ -844,11 +852,7 @@ fn js_go_and_c_build_errors_name_the_plugins_file_and_line_first() {
         source.push_str(broken);
         let line = source.lines().count();
         std::fs::write(&path, &source).expect("source");
-        let build = Command::new("bash")
-            .arg(created.join("build.sh"))
-            .env_remove("EDDY_ROOT")
-            .output()
-            .expect("build.sh");
+        let build = project_build(&created).output().expect("build.sh");
         assert!(!build.status.success(), "{lang}: a syntax error builds");
         let out = format!(
             "{}{}",
@@ -1084,16 +1088,7 @@ fn every_language_goes_from_eddy_new_to_an_edited_output_on_nats() {
         let name = format!("first-{lang}");
         let (tmp, dir) = new_project(lang, &name);
         edit(&dir, file, from, to);
-        let build = Command::new("bash")
-            .arg(dir.join("build.sh"))
-            .env_remove("EDDY_ROOT")
-            .output()
-            .expect("build.sh");
-        assert!(
-            build.status.success(),
-            "{lang}: the edited template builds: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
+        build_project(&dir, &format!("{lang}: the edited template"));
         let test = Command::new(eddy_bin())
             .current_dir(&dir)
             .args(["test", &format!("{name}.wasm"), "events.jsonl"])
@@ -1155,16 +1150,7 @@ fn an_edited_python_plugin_compiles_only_what_changed() {
     let cache_home = tmp.path().join("cache");
     let functions = cache_home.join("eddy/compiled/functions");
     let build_and_test = || -> Vec<Value> {
-        let build = Command::new("bash")
-            .arg(dir.join("build.sh"))
-            .env_remove("EDDY_ROOT")
-            .output()
-            .expect("build.sh");
-        assert!(
-            build.status.success(),
-            "build: {}",
-            String::from_utf8_lossy(&build.stderr)
-        );
+        build_project(&dir, "python");
         let test = Command::new(eddy_bin())
             .current_dir(&dir)
             .args(["test", "fn-cache.wasm", "events.jsonl"])

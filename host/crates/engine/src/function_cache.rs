@@ -6,11 +6,12 @@
 //! Cranelift names each entry by a hash of the function's content and the compilation
 //! settings, so an entry only ever holds the code of that content; an entry that fails to load
 //! is compiled again. Entries are written to a temporary file and renamed, as in
-//! [`crate::cache`]. The directory is bounded: when an engine opens it past [`MAX_BYTES`], the
-//! least recently written entries go until half of that is left.
+//! [`crate::cache`]. The directory is bounded: when a process first opens it past
+//! [`MAX_BYTES`], the least recently written entries go until half of that is left.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Past this size the oldest entries are removed (a Python plugin's functions take ~35 MB).
@@ -25,10 +26,18 @@ pub(crate) struct FunctionCache {
 }
 
 impl FunctionCache {
-    /// The cache in `dir` (created if missing), trimmed to its bound.
+    /// The cache in `dir` (created if missing), trimmed to its bound the first time this
+    /// process opens it: a cluster host opens it once per partition run, and the walk over
+    /// every entry need not be repeated.
     pub(crate) fn open(dir: PathBuf) -> FunctionCache {
+        static TRIMMED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
         let _ = std::fs::create_dir_all(&dir);
-        trim(&dir, MAX_BYTES, MAX_BYTES / 2);
+        let mut trimmed = TRIMMED.lock().unwrap_or_else(|p| p.into_inner());
+        if !trimmed.contains(&dir) {
+            trim(&dir, MAX_BYTES, MAX_BYTES / 2);
+            trimmed.push(dir.clone());
+        }
+        drop(trimmed);
         FunctionCache {
             dir,
             written: AtomicU64::new(0),
