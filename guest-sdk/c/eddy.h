@@ -114,13 +114,17 @@ const char *eddy_json_field_opt_bool(const eddy_json *object, const char *field,
 const char *eddy_json_deny_unknown(const eddy_json *object, const char *const *fields);
 
 /* Compact JSON writer (serde_json's format and escaping). Zero-initialise, then call. */
-#define EDDY_WRITER_MAX_DEPTH 64
+#define EDDY_WRITER_INLINE_DEPTH 64
 typedef struct {
     char *data;
     size_t len, cap;
     int depth;
     bool after_key;
-    bool has_item[EDDY_WRITER_MAX_DEPTH];
+    /* Whether each open container has an item yet: inline for the first levels, then in
+     * `deeper` (grown from the arena), so any depth is written correctly. */
+    bool has_item[EDDY_WRITER_INLINE_DEPTH];
+    bool *deeper;
+    size_t deeper_cap;
 } eddy_writer;
 
 void eddy_w_object(eddy_writer *w);

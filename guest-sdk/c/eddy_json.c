@@ -777,15 +777,22 @@ void eddy_w_raw(eddy_writer *w, const char *s, size_t n) {
     w->len += n;
 }
 
+/* The "has an item" flag of the container open at `depth` (1 = outermost). */
+static bool *item_flag(eddy_writer *w, int depth) {
+    size_t i = (size_t)depth - 1;
+    return i < EDDY_WRITER_INLINE_DEPTH ? &w->has_item[i] : &w->deeper[i - EDDY_WRITER_INLINE_DEPTH];
+}
+
 /* A value is about to be written: a comma if it is not the first in its container. */
 static void before_value(eddy_writer *w) {
     if (w->after_key) {
         w->after_key = false;
         return;
     }
-    if (w->depth > 0 && w->depth <= EDDY_WRITER_MAX_DEPTH) {
-        if (w->has_item[w->depth - 1]) eddy_w_raw(w, ",", 1);
-        w->has_item[w->depth - 1] = true;
+    if (w->depth > 0) {
+        bool *has_item = item_flag(w, w->depth);
+        if (*has_item) eddy_w_raw(w, ",", 1);
+        *has_item = true;
     }
 }
 
@@ -793,7 +800,15 @@ static void open_container(eddy_writer *w, char c) {
     before_value(w);
     eddy_w_raw(w, &c, 1);
     w->depth++;
-    if (w->depth <= EDDY_WRITER_MAX_DEPTH) w->has_item[w->depth - 1] = false;
+    size_t beyond = (size_t)w->depth - 1;
+    if (w->depth > EDDY_WRITER_INLINE_DEPTH && beyond - EDDY_WRITER_INLINE_DEPTH >= w->deeper_cap) {
+        size_t cap = w->deeper_cap ? w->deeper_cap * 2 : 64;
+        bool *deeper = eddy_alloc(cap * sizeof *deeper);
+        if (w->deeper_cap) memcpy(deeper, w->deeper, w->deeper_cap * sizeof *deeper);
+        w->deeper = deeper;
+        w->deeper_cap = cap;
+    }
+    *item_flag(w, w->depth) = false;
 }
 
 void eddy_w_object(eddy_writer *w) { open_container(w, '{'); }

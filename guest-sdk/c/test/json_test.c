@@ -242,14 +242,48 @@ static void structs(void) {
     CHECK(b.len == strlen(big) && memcmp(b.ptr, big, b.len) == 0, "a large array changed");
 }
 
+/* Documents nested up to the reader's limit (128 values deep, the innermost scalars included)
+ * are written back as they were. The writer once tracked commas for 64 levels only, so
+ * [[...[1,2]...]] 70 deep came out as [[...[12]...]] (found by json_fuzz.c). */
+static void nesting(void) {
+    for (int depth = 1; depth <= 127; depth++) {
+        char text[128 * 14 + 8]; /* at most 13 bytes per level, and "1,2" */
+        size_t n = 0;
+        for (int i = 0; i < depth; i++) {
+            if (i % 2) {
+                text[n++] = '[';
+            } else {
+                memcpy(text + n, "{\"a\":0,\"b\":", 11);
+                n += 11;
+            }
+        }
+        memcpy(text + n, "1,2", 3);
+        n += 3;
+        for (int i = depth - 1; i >= 0; i--) text[n++] = i % 2 ? ']' : '}';
+        const char *err = NULL;
+        eddy_json *v = eddy_json_parse(text, n, &err);
+        if (depth % 2 == 1) {
+            /* An object's member value cannot be "1,2": the innermost is an object. */
+            CHECK(!v, "depth %d: %.*s was accepted", depth, (int)n, text);
+            continue;
+        }
+        CHECK(v && !err, "depth %d: %s", depth, err ? err : "refused");
+        if (!v) continue;
+        eddy_bytes out = eddy_json_encode(v);
+        CHECK(out.len == n && memcmp(out.ptr, text, n) == 0, "depth %d written as %.*s", depth,
+              (int)out.len, (const char *)out.ptr);
+    }
+}
+
 int main(void) {
     numbers();
     strings();
     structs();
+    nesting();
     if (failures) {
         fprintf(stderr, "json_test: %d checks failed\n", failures);
         return 1;
     }
-    printf("json_test: numbers, strings and structs agree with the reference\n");
+    printf("json_test: numbers, strings, structs and nesting agree with the reference\n");
     return 0;
 }
