@@ -7,6 +7,10 @@
 #                                                  `plugin`, importing "wit_component/eddy") into
 #                                                  the component <out>
 #   scripts/guests/go.sh test                      the layer's unit tests (natively)
+#   scripts/guests/go.sh fuzz <target> <seconds>   Go's native fuzzing of one target of
+#                                                  eddy/internal/codec/fuzz_test.go (FuzzJSON,
+#                                                  FuzzMapKeys); failing inputs are kept in its
+#                                                  testdata/fuzz/, where `test` runs them
 #   scripts/guests/go.sh                           tools, then the samples (and the state-tour
 #                                                  test plugin) to
 #                                                  $HOME/.cache/eddy/plugins-target/guests/
@@ -127,6 +131,30 @@ cmd_test() {
     return $status
 }
 
+# Go's native fuzzing of one target of the codec package, natively. The generated corpus is
+# kept in the Go build cache between runs; an input that fails is copied back into the SDK's
+# testdata/fuzz/<target>/, so the next `test` runs it as a regression case.
+cmd_fuzz() {
+    local target="${1:?fuzz target (FuzzJSON, FuzzMapKeys)}" seconds="${2:-300}" work
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go-fuzz.XXXXXX")"
+    cp -r "$SDK/eddy/internal/codec" "$work/codec"
+    printf 'module codec\n\ngo 1.27\n' >"$work/codec/go.mod"
+    local status=0
+    (
+        cd "$work/codec"
+        export GOTOOLCHAIN=local GOPROXY=off GOSUMDB=off GOWORK=off
+        export GOCACHE="$EDDY_GUEST_CACHE/go-build" GOMODCACHE="$EDDY_GUEST_CACHE/go-mod"
+        "$GO" test -run '^$' -fuzz "^$target\$" -fuzztime "${seconds}s" .
+    ) || status=$?
+    if [ -d "$work/codec/testdata/fuzz" ]; then
+        mkdir -p "$SDK/eddy/internal/codec/testdata"
+        cp -r "$work/codec/testdata/fuzz" "$SDK/eddy/internal/codec/testdata/"
+        echo "failing inputs kept in $SDK/eddy/internal/codec/testdata/fuzz/" >&2
+    fi
+    rm -rf "$work"
+    return $status
+}
+
 samples() {
     local plugin
     mkdir -p "$EDDY_GUEST_OUT"
@@ -141,6 +169,7 @@ case "${1:-}" in
     tools) cmd_tools ;;
     build) shift; cmd_build "$@" ;;
     test) cmd_tools; cmd_test ;;
+    fuzz) shift; cmd_tools; cmd_fuzz "$@" ;;
     "") cmd_tools; samples ;;
-    *) echo "usage: $0 [tools | test | build <plugin-dir> <out.wasm>]" >&2; exit 2 ;;
+    *) echo "usage: $0 [tools | test | build <plugin-dir> <out.wasm> | fuzz <target> <seconds>]" >&2; exit 2 ;;
 esac
