@@ -4,6 +4,8 @@
 # Usage:
 #   scripts/guests/python.sh tools                       install the pinned toolchain
 #   scripts/guests/python.sh build <plugin-dir> <out>    build one plugin (its module is app.py)
+#   scripts/guests/python.sh fuzz <corpus> <seconds>     atheris on the layer's decoders
+#                                                        (guest-sdk/python/test/fuzz_layer.py)
 #   scripts/guests/python.sh                             tools + build the Python samples and
 #                                                        escape-python into
 #                                                        $HOME/.cache/eddy/plugins-target/guests/
@@ -26,8 +28,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLS="${EDDY_TOOLS_DIR:-$HOME/.cache/eddy/tools}/python"
 OUT_DIR="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}/guests"
 
-# Pinned version.
+# Pinned versions.
 COMPONENTIZE_PY_VERSION=0.25.1
+ATHERIS_VERSION=3.0.0  # fuzzing only (PyPI wheel, libFuzzer inside)
 
 VENV="$TOOLS/venv"
 CPY="$VENV/bin/componentize-py"
@@ -93,6 +96,21 @@ build() {
     rm -rf "$abs_dir/__pycache__"
 }
 
+# atheris (libFuzzer for CPython) on the layer's decoders, natively, in a virtualenv of its
+# own. The corpus directory is kept between runs; a failing input is left beside it in
+# ../artifacts/<name>/.
+fuzz() {
+    local corpus="$1" seconds="$2" venv="$TOOLS/fuzz-venv" artifacts
+    if ! "$venv/bin/python" -c "import atheris" 2>/dev/null; then
+        "${PYTHON:-python3}" -m venv "$venv"
+        "$venv/bin/pip" install --quiet "atheris==$ATHERIS_VERSION"
+    fi
+    artifacts="$(dirname "$corpus")/../artifacts/$(basename "$corpus")"
+    mkdir -p "$corpus" "$artifacts"
+    "$venv/bin/python" "$ROOT/guest-sdk/python/test/fuzz_layer.py" "$corpus" \
+        -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$artifacts/"
+}
+
 size_of() {
     stat -c %s "$1"
 }
@@ -109,6 +127,13 @@ main() {
             fi
             build "$2" "$3"
             ;;
+        fuzz)
+            if [[ $# -ne 3 ]]; then
+                echo "usage: $0 fuzz <corpus-dir> <seconds>" >&2
+                exit 2
+            fi
+            fuzz "$2" "$3"
+            ;;
         "")
             tools
             mkdir -p "$OUT_DIR"
@@ -123,7 +148,7 @@ main() {
             echo "$out $(size_of "$out") bytes"
             ;;
         *)
-            echo "usage: $0 [tools | build <plugin-dir> <out.wasm>]" >&2
+            echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | fuzz <corpus-dir> <seconds>]" >&2
             exit 2
             ;;
     esac
