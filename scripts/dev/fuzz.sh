@@ -1,21 +1,49 @@
 #!/usr/bin/env bash
-# Fuzzes the parsers that take bytes Eddy does not control (fuzz/fuzz_targets/): each target
-# for SECONDS (default 300), corpora seeded from the examples. Needs the nightly toolchain;
-# installs cargo-fuzz if missing. A crash leaves its input under fuzz/artifacts/<target>/.
+# Fuzzes the parsers that take bytes Eddy does not control, each target for SECONDS_EACH
+# (default 300), corpora kept under fuzz/corpus/<target>/ and seeded from the examples:
+# - the host's and the Rust SDK's (fuzz/fuzz_targets/, cargo-fuzz on nightly; installs
+#   cargo-fuzz if missing);
+# - the other guest layers' decoders, each with its own language's fuzzer: c_json (libFuzzer,
+#   guest-sdk/c/test/json_fuzz.c), go_json and go_map_keys (Go's native fuzzing,
+#   guest-sdk/go/eddy/internal/codec/fuzz_test.go), python_layer (atheris,
+#   guest-sdk/python/test/fuzz_layer.py). The JavaScript layer has none: docs/ARCHITECTURE.md
+#   says why.
+# A crash leaves its input under fuzz/artifacts/<target>/ (Go: the SDK's testdata/fuzz/).
 #
 #   scripts/dev/fuzz.sh                  every target, 300 s each
-#   SECONDS_EACH=60 scripts/dev/fuzz.sh event_key bulk_line
+#   SECONDS_EACH=60 scripts/dev/fuzz.sh event_key bulk_line c_json
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/env.sh
 
+rust_targets=(event_key bulk_line stored_values pipeline_config query manifest control map_keys)
+guest_targets=(c_json go_json go_map_keys python_layer)
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(event_key bulk_line stored_values pipeline_config query manifest control map_keys)
+    targets=("${rust_targets[@]}" "${guest_targets[@]}")
 fi
 seconds="${SECONDS_EACH:-300}"
+corpus=fuzz/corpus
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+# Runs a guest layer's target; the Rust ones go through cargo-fuzz below.
+guest() {
+    case "$1" in
+        c_json) bash scripts/guests/c.sh fuzz "$corpus/c_json" "$seconds" ;;
+        go_json) bash scripts/guests/go.sh fuzz FuzzJSON "$seconds" ;;
+        go_map_keys) bash scripts/guests/go.sh fuzz FuzzMapKeys "$seconds" ;;
+        python_layer) bash scripts/guests/python.sh fuzz "$corpus/python_layer" "$seconds" ;;
+        *) return 2 ;;
+    esac
+}
+mkdir -p "$corpus"/{c_json,python_layer}
+printf '{"customer":"c-42","amount":12.5,"tags":["a",null,true],"n":-0,"big":18446744073709551616}' > "$corpus/c_json/seed-1"
+printf '{"customer":"c-42","amount_cents":1250,"merchant":{"id":"m-1"}}' > "$corpus/python_layer/seed-1"
+
+needs_cargo_fuzz=0
+for t in "${targets[@]}"; do
+    case " ${guest_targets[*]} " in *" $t "*) ;; *) needs_cargo_fuzz=1 ;; esac
+done
+if [ "$needs_cargo_fuzz" = 1 ] && ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     echo "==> installing cargo-fuzz"
     cargo +nightly install cargo-fuzz --locked
 fi
@@ -32,7 +60,6 @@ fi
 # The same dependency versions as the workspace.
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock
 
-corpus=fuzz/corpus
 mkdir -p "$corpus"/{event_key,bulk_line,stored_values,pipeline_config,query,manifest,control,map_keys}
 printf '/customer\n{"customer":"c-42","amount":12.5}' > "$corpus/event_key/seed-1"
 printf '/a~1b/0\n{"a/b":[7,{"x":null}]}' > "$corpus/event_key/seed-2"
@@ -54,6 +81,15 @@ done
 status=0
 for t in "${targets[@]}"; do
     echo "==> fuzzing $t for $seconds s"
+    case " ${guest_targets[*]} " in
+        *" $t "*)
+            if ! guest "$t"; then
+                echo "FAILED: $t"
+                status=1
+            fi
+            continue
+            ;;
+    esac
     if ! cargo +nightly fuzz run --fuzz-dir fuzz --sanitizer none --debug-assertions "$t" \
         "$corpus/$t" -- -max_total_time="$seconds" -print_final_stats=1; then
         echo "FAILED: $t (input under fuzz/artifacts/$t/)"
