@@ -7,6 +7,9 @@
 #                                                 C layer into the component <out>
 #   scripts/guests/c.sh test                      the layer's JSON code, natively with
 #                                                 sanitizers (guest-sdk/c/test/json_test.c)
+#   scripts/guests/c.sh fuzz <corpus> <seconds>   libFuzzer on the JSON reader and writer
+#                                                 (guest-sdk/c/test/json_fuzz.c); a crash
+#                                                 leaves its input in <corpus>/../artifacts
 #   scripts/guests/c.sh                           tools, then both samples to
 #                                                 $HOME/.cache/eddy/plugins-target/guests/
 #
@@ -83,6 +86,23 @@ cmd_test() {
     rm -rf "$work"
 }
 
+# libFuzzer on the JSON reader and writer, natively with AddressSanitizer and UBSan (clang's
+# own libFuzzer, from Debian's clang package). The corpus directory is kept between runs.
+cmd_fuzz() {
+    local corpus="${1:?corpus directory}" seconds="${2:-300}" work artifacts
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-c-fuzz.XXXXXX")"
+    artifacts="$(dirname "$corpus")/../artifacts/$(basename "$corpus")"
+    mkdir -p "$corpus" "$artifacts"
+    "$CLANG" -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
+        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_fuzz.c" "$SDK/eddy_json.c" \
+        -o "$work/json_fuzz"
+    local status=0
+    "$work/json_fuzz" "$corpus" -max_total_time="$seconds" -print_final_stats=1 \
+        -artifact_prefix="$artifacts/" || status=$?
+    rm -rf "$work"
+    return $status
+}
+
 samples() {
     local plugin
     mkdir -p "$EDDY_GUEST_OUT"
@@ -96,6 +116,7 @@ case "${1:-}" in
     tools) cmd_tools ;;
     build) shift; cmd_build "$@" ;;
     test) cmd_test ;;
+    fuzz) shift; cmd_fuzz "$@" ;;
     "") cmd_tools; samples ;;
-    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | test]" >&2; exit 2 ;;
+    *) echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | test | fuzz <corpus> <seconds>]" >&2; exit 2 ;;
 esac
