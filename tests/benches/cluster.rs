@@ -208,8 +208,9 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
     spec
 }
 
-/// Events/s of one `eddy run` process over `txs`, published first.
-async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
+/// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
+/// events per plugin call and the checkpoints taken.
+async fn process_rate(cluster: bool, txs: &[Transaction]) -> (f64, f64, f64) {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -217,6 +218,11 @@ async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
     if !cluster {
         spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into();
     }
+    let metrics_port = eddy_tests::free_port();
+    spec.extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
+        spec.extra
+    );
     let cfg = spec.config();
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
@@ -226,8 +232,25 @@ async fn process_rate(cluster: bool, txs: &[Transaction]) -> f64 {
     spec.write(&config).expect("config");
     let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
     let (first, last) = time_outputs(&conn.js, "FRAUD_OUT", txs.len() as u64).await;
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
     host.stop();
-    txs.len() as f64 / (last - first).as_secs_f64()
+    let sum = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let per_call = sum("eddy_batch_size_sum") / sum("eddy_batch_size_count").max(1.0);
+    (
+        txs.len() as f64 / (last - first).as_secs_f64(),
+        per_call,
+        sum("eddy_checkpoints_total"),
+    )
 }
 
 async fn mode() {
@@ -239,21 +262,31 @@ async fn mode() {
         single.push(process_rate(false, &txs).await);
         clustered.push(process_rate(true, &txs).await);
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len() as f64
+    };
+    let base = mean(&single, |r| r.0);
     println!("\n(c) one `eddy run` host, fraud-enrich, {n} events (mean of 2)");
-    println!("{:<44} {:>12} {:>8}", "mode", "events/s", "ratio");
     println!(
-        "{:<44} {:>12.0} {:>8.2}",
-        "single host, no [cluster] (baseline)",
-        mean(&single),
-        1.0
+        "{:<44} {:>12} {:>8} {:>14} {:>12}",
+        "mode", "events/s", "ratio", "events/call", "checkpoints"
     );
-    println!(
-        "{:<44} {:>12.0} {:>8.2}",
-        format!("[cluster], {PARTITIONS} partitions, leases"),
-        mean(&clustered),
-        mean(&clustered) / mean(&single)
-    );
+    for (label, runs) in [
+        ("single host, no [cluster] (baseline)".to_string(), &single),
+        (
+            format!("[cluster], {PARTITIONS} partitions, leases"),
+            &clustered,
+        ),
+    ] {
+        println!(
+            "{:<44} {:>12.0} {:>8.2} {:>14.1} {:>12.0}",
+            label,
+            mean(runs, |r| r.0),
+            mean(runs, |r| r.0) / base,
+            mean(runs, |r| r.1),
+            mean(runs, |r| r.2)
+        );
+    }
 }
 
 /// Arrival times of outputs per partition, recorded from a core subscription to the output
