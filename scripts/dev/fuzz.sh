@@ -38,6 +38,7 @@ guest() {
 mkdir -p "$corpus"/{c_json,python_layer}
 printf '{"customer":"c-42","amount":12.5,"tags":["a",null,true],"n":-0,"big":18446744073709551616}' > "$corpus/c_json/seed-1"
 printf '{"customer":"c-42","amount_cents":1250,"merchant":{"id":"m-1"}}' > "$corpus/python_layer/seed-1"
+printf '[NaN, 1e999, -Infinity, 007, "\\ud800"]' > "$corpus/python_layer/seed-2"
 
 needs_cargo_fuzz=0
 for t in "${targets[@]}"; do

@@ -56,7 +56,8 @@ FIXED = {eddy.KeyType.U32: 4, eddy.KeyType.I32: 4, eddy.KeyType.U64: 8, eddy.Key
 
 
 def same(a, b) -> bool:
-    """JSON equality where NaN cannot occur and 1 and 1.0 differ, as they do on the wire."""
+    """JSON equality where 1 and 1.0 differ, as they do on the wire, and NaN (which json.loads
+    reads from the literal ``NaN``) equals itself."""
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
@@ -64,7 +65,7 @@ def same(a, b) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, float):
-        return a == b or (math.isinf(a) and a == b)
+        return a == b or (math.isnan(a) and math.isnan(b))
     return a == b
 
 
