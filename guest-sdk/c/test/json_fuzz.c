@@ -12,15 +12,14 @@
  * A crash leaves its input in the artifact directory; each becomes a case of json_test.c. */
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "eddy.h"
 
-/* What eddy.c gives the JSON code, without the component bindings: an arena emptied after
- * each input, as the layer's is after each event. */
+/* Memory for the JSON code: an arena emptied after each input, as the layer's is after each
+ * event (the rest of what eddy.c gives it is in native.c). */
 static void **allocations;
 static size_t allocated, allocations_cap;
 
@@ -33,24 +32,6 @@ void *eddy_alloc(size_t n) {
         if (!allocations) abort();
     }
     allocations[allocated++] = p;
-    return p;
-}
-char *eddy_strndup(const char *s, size_t n) {
-    char *p = eddy_alloc(n + 1);
-    memcpy(p, s, n);
-    p[n] = '\0';
-    return p;
-}
-char *eddy_vsprintf(const char *format, va_list ap) {
-    char *p = eddy_alloc(1024);
-    vsnprintf(p, 1024, format, ap);
-    return p;
-}
-char *eddy_sprintf(const char *format, ...) {
-    va_list ap;
-    va_start(ap, format);
-    char *p = eddy_vsprintf(format, ap);
-    va_end(ap);
     return p;
 }
 static void empty_arena(void) {
