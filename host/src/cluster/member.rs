@@ -304,10 +304,6 @@ impl Member {
         let run_opts = RunOptions {
             fence: Some(fence),
             hand_off: Some(hand_off.clone()),
-            compile_cache: opts
-                .compile_cache
-                .clone()
-                .or_else(|| Some(cfg.pipeline.state_dir.join(".compiled"))),
             ..opts.clone()
         };
         let (stop, rx) = watch::channel(false);

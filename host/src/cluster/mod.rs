@@ -80,6 +80,14 @@ pub async fn run(
         .ok_or_else(|| anyhow::anyhow!("the pipeline has no [cluster] section"))?;
     let cfg = Arc::new(cfg);
     let lease = Duration::from_millis(cluster.lease_ms);
+    // One engine for every partition this host runs: a plugin version is compiled and linked
+    // once, not once per partition, and one thread ticks the epoch for all of them.
+    let mut opts = opts;
+    if opts.engine.is_none() {
+        let cache = (opts.compile_cache.clone())
+            .unwrap_or_else(|| crate::pipeline::default_cache_dir(&cfg.pipeline.state_dir));
+        opts.engine = Some(Arc::new(crate::engine::Engine::new(Some(&cache))?));
+    }
     let (mut member, renewing) = join(cfg.clone(), opts, lease, &shutdown, metrics).await?;
     let http = serve_queries(&cfg, &member.nats).await?;
     // Leases and the heartbeat are renewed by a task of their own (`renewals`); wants every

@@ -53,6 +53,7 @@ pub use route::{
     HEADER_SOURCE_SUBJECT,
 };
 pub use start::build_worker;
+pub(crate) use start::default_cache_dir;
 
 use route::Routes;
 use runner::{Checkpointing, Reloading, Runner};
@@ -144,6 +145,10 @@ pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
     /// Where compiled components are cached; default: `<state_dir>/.compiled`.
     pub compile_cache: Option<std::path::PathBuf>,
+    /// The engine to compile and run the plugin with, shared by the runs of one process (a
+    /// cluster host's partitions: each version compiled once, one epoch ticker); default: an
+    /// engine of the run's own, caching in `compile_cache`.
+    pub engine: Option<Arc<crate::engine::Engine>>,
     /// Start from this savepoint instead of the newest checkpoint (the state directory must
     /// hold no checkpoint).
     pub from_savepoint: Option<std::path::PathBuf>,
@@ -158,6 +163,7 @@ impl Default for RunOptions {
         RunOptions {
             clock: Arc::new(SystemClock),
             compile_cache: None,
+            engine: None,
             from_savepoint: None,
             fence: None,
             hand_off: None,

@@ -188,11 +188,16 @@ pub(super) fn build_worker_on(
     lookups: Option<Arc<Lookups>>,
     deployed: Option<Vec<u8>>,
 ) -> anyhow::Result<Built> {
-    let cache = opts
-        .compile_cache
-        .clone()
-        .unwrap_or_else(|| default_cache_dir(&cfg.pipeline.state_dir));
-    let engine = Arc::new(engine::Engine::new(Some(&cache))?);
+    let engine = match &opts.engine {
+        Some(shared) => shared.clone(),
+        None => {
+            let cache = opts
+                .compile_cache
+                .clone()
+                .unwrap_or_else(|| default_cache_dir(&cfg.pipeline.state_dir));
+            Arc::new(engine::Engine::new(Some(&cache))?)
+        }
+    };
     let plugin = match deployed {
         Some(wasm) => engine.load(&wasm, &cfg.pipeline.name)?,
         None => engine.load_file(&cfg.plugin.path)?,
@@ -219,7 +224,7 @@ pub(super) fn build_worker_on(
     })
 }
 
-fn default_cache_dir(state_dir: &Path) -> PathBuf {
+pub(crate) fn default_cache_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(".compiled")
 }
 

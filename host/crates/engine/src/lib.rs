@@ -29,7 +29,7 @@ mod stdio;
 mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,11 +68,17 @@ pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.0";
 const TICK: Duration = Duration::from_millis(1);
 
 /// A wasmtime engine configured for Eddy, with its epoch ticker.
+///
+/// One engine can serve every run of a process (a cluster host's partitions): each plugin
+/// version is then compiled and linked once, and one thread ticks the epoch.
 pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<PluginHost>,
     cache_dir: Option<PathBuf>,
     ticker: Arc<EpochTicker>,
+    /// Plugins loaded and still alive somewhere, by name and digest: a second load of the same
+    /// bytes shares the linked component instead of loading it again.
+    loaded: std::sync::Mutex<std::collections::HashMap<(String, String), Weak<PluginInner>>>,
 }
 
 /// Advances the engine's epoch every [`TICK`] while the engine or any plugin compiled by it
@@ -132,6 +138,7 @@ impl Engine {
             linker,
             cache_dir: cache_dir.map(Path::to_path_buf),
             ticker: Arc::new(EpochTicker { stop: ticker_stop }),
+            loaded: Default::default(),
         })
     }
 
@@ -139,6 +146,13 @@ impl Engine {
     pub fn load(&self, wasm: &[u8], name: &str) -> anyhow::Result<Plugin> {
         check_component(wasm, name)?;
         let digest = hex(&Sha256::digest(wasm));
+        // Held across the load: runs starting together wait for the first to load, then share.
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, p| p.strong_count() > 0);
+        let key = (name.to_string(), digest.clone());
+        if let Some(inner) = loaded.get(&key).and_then(Weak::upgrade) {
+            return Ok(Plugin { inner });
+        }
         let started = Instant::now();
         let (component, cached) =
             cache::load_or_compile(&self.engine, wasm, &digest, self.cache_dir.as_deref())
@@ -161,18 +175,18 @@ impl Engine {
             exports = %exports.capabilities(),
             "plugin compiled"
         );
-        Ok(Plugin {
-            inner: Arc::new(PluginInner {
-                cached,
-                pre,
-                exports,
-                _ticker: self.ticker.clone(),
-                engine: self.engine.clone(),
-                name: name.to_string(),
-                version: digest[..12].to_string(),
-                size: wasm.len(),
-            }),
-        })
+        let inner = Arc::new(PluginInner {
+            cached,
+            pre,
+            exports,
+            _ticker: self.ticker.clone(),
+            engine: self.engine.clone(),
+            name: name.to_string(),
+            version: digest[..12].to_string(),
+            size: wasm.len(),
+        });
+        loaded.insert(key, Arc::downgrade(&inner));
+        Ok(Plugin { inner })
     }
 
     /// Compiles a plugin read from a file.
