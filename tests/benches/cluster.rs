@@ -214,7 +214,7 @@ async fn process_rate(cluster: bool, txs: &[Transaction]) -> (f64, f64, f64) {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(1_000));
+    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(std::env::var("XI").map(|v| v.parse().unwrap()).unwrap_or(1_000)));
     if !cluster {
         spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into();
     }
