@@ -4,7 +4,8 @@
 //! (b) pipeline throughput (fraud-enrich, in process, a checkpoint every 500 ms) with
 //!     checkpoints in the NATS object store and in S3, as ratios to local checkpoints;
 //! (c) one host in cluster mode (16 partitions, leases) against one host as today (`eddy run`
-//!     processes, the same input);
+//!     processes, the same input), with one input subject per partition and with the key
+//!     token kept after it;
 //! (d) failover: a 3-node NATS cluster, 3 hosts, 16 partitions, 1M keys in state, steady
 //!     load; kill -9 one host: time from the kill to the first output of each moved partition;
 //! (e) rebalance: the killed host starts again and takes its share back by hand-off: the
@@ -193,7 +194,9 @@ async fn remote() {
     }
 }
 
-/// The pipeline file of cluster host `name`.
+/// Where the input stream keeps partition N's events: one subject per partition.
+const PARTITION_SUBJECT: &str = "txn.p.{partition}";
+
 /// The pipeline file of cluster host `name`, checkpointing every `interval_ms` (`None`: the
 /// default, 5 s), at the default lease.
 fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> PipelineSpec {
@@ -203,20 +206,22 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
         .map(|i| format!("[checkpoint]\ninterval_ms = {i}\n\n"))
         .unwrap_or_default();
     spec.extra = format!(
-        "{interval}[partitions]\ncount = {PARTITIONS}\nhost = \"{name}\"\n\n[cluster]\npartition_subject = \"txn.p.{{partition}}.>\"\n"
+        "{interval}[partitions]\ncount = {PARTITIONS}\nhost = \"{name}\"\n\n[cluster]\npartition_subject = \"{PARTITION_SUBJECT}\"\n"
     );
     spec
 }
 
 /// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
-/// events per plugin call and the checkpoints taken.
-async fn process_rate(cluster: bool, txs: &[Transaction]) -> (f64, f64, f64) {
+/// events per plugin call and the checkpoints taken. `layout`: the cluster's
+/// `partition_subject`, or `None` for a single host without `[cluster]`.
+async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(std::env::var("XI").map(|v| v.parse().unwrap()).unwrap_or(1_000)));
-    if !cluster {
-        spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into();
+    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(1_000));
+    match layout {
+        None => spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into(),
+        Some(subject) => spec.extra = spec.extra.replace(PARTITION_SUBJECT, subject),
     }
     let metrics_port = eddy_tests::free_port();
     spec.extra = format!(
@@ -258,9 +263,11 @@ async fn mode() {
     let txs = produce::transactions(n, 5_000, 43, 0);
     let mut single = Vec::new();
     let mut clustered = Vec::new();
+    let mut keyed_subjects = Vec::new();
     for _ in 0..2 {
-        single.push(process_rate(false, &txs).await);
-        clustered.push(process_rate(true, &txs).await);
+        single.push(process_rate(None, &txs).await);
+        clustered.push(process_rate(Some(PARTITION_SUBJECT), &txs).await);
+        keyed_subjects.push(process_rate(Some("txn.p.{partition}.>"), &txs).await);
     }
     let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         v.iter().map(f).sum::<f64>() / v.len() as f64
@@ -276,6 +283,10 @@ async fn mode() {
         (
             format!("[cluster], {PARTITIONS} partitions, leases"),
             &clustered,
+        ),
+        (
+            "  the same, key token kept: txn.p.N.<key>".to_string(),
+            &keyed_subjects,
         ),
     ] {
         println!(

@@ -83,8 +83,8 @@ pub async fn ensure(
 
 /// The input stream's subject transform in cluster mode: events published on the one input
 /// subject, whose single `*` token is the key, are stored under their partition's subject
-/// (`cluster.partition_subject`), the partition computed by NATS with the hash Eddy's key
-/// groups use (`{{partition(count, 1)}}`).
+/// (`cluster.partition_subject`, followed by the key token if it ends in `.>`), the partition
+/// computed by NATS with the hash Eddy's key groups use (`{{partition(count, 1)}}`).
 pub fn partition_transform(
     cluster: &crate::config::ClusterConfig,
     subjects: &[String],
@@ -104,10 +104,12 @@ pub fn partition_transform(
         .partition_subject
         .trim_end_matches(".>")
         .trim_end_matches(".*");
-    let destination = format!(
-        "{}.{{{{wildcard(1)}}}}",
-        target.replace("{partition}", &format!("{{{{partition({count},1)}}}}"))
-    );
+    let partitioned = target.replace("{partition}", &format!("{{{{partition({count},1)}}}}"));
+    let destination = if cluster.keeps_key_token() {
+        format!("{partitioned}.{{{{wildcard(1)}}}}")
+    } else {
+        partitioned
+    };
     Ok(stream::SubjectTransform {
         source: source.clone(),
         destination,
@@ -132,4 +134,33 @@ pub async fn command(pipeline: &std::path::Path, input_subject: Vec<String>) -> 
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_transform;
+    use crate::config::ClusterConfig;
+
+    fn cluster(partition_subject: &str) -> ClusterConfig {
+        ClusterConfig {
+            partition_subject: partition_subject.into(),
+            lease_ms: 6_000,
+        }
+    }
+
+    #[test]
+    fn the_transform_keeps_the_key_token_only_where_the_partition_subject_asks() {
+        let subjects = ["txn.in.*".to_string()];
+        let literal = partition_transform(&cluster("txn.p.{partition}"), &subjects, 16).unwrap();
+        assert_eq!(literal.source, "txn.in.*");
+        assert_eq!(literal.destination, "txn.p.{{partition(16,1)}}");
+        let kept = partition_transform(&cluster("txn.p.{partition}.>"), &subjects, 16).unwrap();
+        assert_eq!(
+            kept.destination,
+            "txn.p.{{partition(16,1)}}.{{wildcard(1)}}"
+        );
+        let two = ["txn.in.*".to_string(), "txn.x.*".to_string()];
+        let e = partition_transform(&cluster("txn.p.{partition}"), &two, 16).unwrap_err();
+        assert!(e.to_string().contains("must be one subject"), "{e}");
+    }
 }

@@ -10,10 +10,12 @@ use super::{ConfigError, check_subject, err};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// The subjects of partition `{partition}` in the input stream, e.g.
-    /// `"txn.p.{partition}.>"`: the stream maps each event there with NATS's
-    /// `{{partition(count, token)}}` (see `eddy streams`), and the partition's consumer reads
-    /// only those.
+    /// The subject of partition `{partition}` in the input stream: the stream maps each event
+    /// there with NATS's `{{partition(count, token)}}` (see `eddy streams`), and the
+    /// partition's consumer reads only those. `"txn.p.{partition}"` stores every event of a
+    /// partition under one subject, the layout the server reads fastest (a consumer filtered on
+    /// a literal subject); `"txn.p.{partition}.>"` keeps the key token after it
+    /// (`txn.p.3.c-42`), for keys taken from the subject, at more server work per message.
     pub partition_subject: String,
     /// How long a host's lease on a partition lasts without renewal: a dead host's partitions
     /// move after about this long. Renewed every third of it.
@@ -30,6 +32,12 @@ impl ClusterConfig {
     pub fn subject_of(&self, p: u32) -> String {
         self.partition_subject
             .replace("{partition}", &p.to_string())
+    }
+
+    /// Whether events keep their key token after the partition (`partition_subject` ends in
+    /// `.>` or `.*`).
+    pub fn keeps_key_token(&self) -> bool {
+        self.partition_subject.ends_with(".>") || self.partition_subject.ends_with(".*")
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {

@@ -263,6 +263,17 @@ impl PipelineConfig {
                     "is set, but with [cluster] partitions move between hosts by themselves; remove partitions.owned".into(),
                 ));
             }
+            if let KeySource::SubjectToken(i) = self.input.key
+                && !cluster.keeps_key_token()
+            {
+                return Err(err(
+                    "input.key",
+                    format!(
+                        "is subject token {i}, but cluster.partition_subject `{}` stores events without their key token; take the key from the payload or a header (e.g. input.key = {{ json = \"/customer\" }}), or keep the token with a partition_subject ending in `.>`",
+                        cluster.partition_subject
+                    ),
+                ));
+            }
             if self.query.http.is_some() && !self.query.nats {
                 return Err(err(
                     "query.http",

@@ -236,3 +236,28 @@ fn quotas_need_a_bound_and_name_their_policy() {
         "{e}"
     );
 }
+
+#[test]
+fn a_partition_subject_without_the_key_token_needs_a_key_from_the_payload_or_a_header() {
+    let literal =
+        "[partitions]\ncount = 4\n\n[cluster]\npartition_subject = \"txn.p.{partition}\"\n";
+    let c = PipelineConfig::parse(&format!("{GOOD}\n{literal}")).expect("a JSON key");
+    let cluster = c.cluster.as_ref().expect("[cluster]");
+    assert!(!cluster.keeps_key_token());
+    assert_eq!(
+        c.for_partition(3).input.subjects,
+        vec!["txn.p.3".to_string()]
+    );
+    let by_token = GOOD.replace(
+        "key = { json = \"/customer\" }",
+        "key = { subject_token = 1 }",
+    );
+    assert_ne!(by_token, GOOD, "the fixture's key line changed");
+    let e = PipelineConfig::parse(&format!("{by_token}\n{literal}"))
+        .expect_err("a subject-token key the stored subject no longer has");
+    assert_eq!(e.field, "input.key", "{e}");
+    assert!(e.message.contains("ending in `.>`"), "{e}");
+    let kept = literal.replace("{partition}\"", "{partition}.>\"");
+    let c = PipelineConfig::parse(&format!("{by_token}\n{kept}")).expect("the token kept");
+    assert!(c.cluster.as_ref().expect("[cluster]").keeps_key_token());
+}

@@ -27,7 +27,7 @@ fn spec(url: &str, dir: &Path, host: &str) -> PipelineSpec {
     let mut spec = PipelineSpec::new("fraud", url, &dir.join(host), plugin("fraud-enrich"));
     spec.input_subject = "txn.in.*".into();
     spec.extra = format!(
-        "[checkpoint]\ninterval_ms = 500\n\n[partitions]\ncount = {PARTITIONS}\nhost = \"{host}\"\n\n[cluster]\npartition_subject = \"txn.p.{{partition}}.>\"\nlease_ms = 3000\n"
+        "[checkpoint]\ninterval_ms = 500\n\n[partitions]\ncount = {PARTITIONS}\nhost = \"{host}\"\n\n[cluster]\npartition_subject = \"txn.p.{{partition}}\"\nlease_ms = 3000\n"
     );
     spec
 }
