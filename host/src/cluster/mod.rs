@@ -9,7 +9,7 @@
 //! partition as a pipeline run of its own ([`crate::pipeline::run`] on
 //! [`PipelineConfig::for_partition`]): its own RocksDB, durable consumer, checkpoints (in the
 //! store under `<pipeline>/p<N>/`) and plugin instance, so a partition moves without pausing
-//! the others.
+//! the others. The runs share the host's one engine, so a plugin version is loaded once.
 //!
 //! Moving a partition:
 //! - *rebalance* (a host joined): the receiving host fetches the partition's committed
