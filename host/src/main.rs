@@ -26,22 +26,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Turns transparent huge pages off for this process (Linux), unless the operator asked
-/// mimalloc for them (`MIMALLOC_ALLOW_THP=1`). mimalloc asks for huge pages on its arenas, and
-/// the memory it hands back to the system and takes again is then faulted in, and zeroed,
-/// two megabytes at a time: measured on a cluster host with 16 partitions, that was 18% of the
-/// host's CPU, and turning it off took a fifth off the CPU per event and half off the peak
-/// memory (docs/BENCHMARKS.md, "Cluster mode").
-fn no_huge_page_churn() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // Best effort: on failure the host runs as before, with huge pages.
-        let _ = rustix::thread::disable_transparent_huge_pages(true);
-    }
-}
-
 fn main() -> ExitCode {
-    no_huge_page_churn();
+    eddy_host::no_huge_page_churn();
     let cli = Cli::parse();
     init_logs(cli.log_format);
     // State (RocksDB's files), checkpoints and connections share the process's descriptors:

@@ -46,6 +46,8 @@ fn wanted(case: &str) -> bool {
 
 #[tokio::main]
 async fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     if wanted("upload") {
         upload().await;
     }

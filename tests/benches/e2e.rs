@@ -272,6 +272,8 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
     let (n, rate, secs) = if quick {
         (20_000, 1_000, 2)

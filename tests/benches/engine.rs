@@ -44,6 +44,8 @@ fn run(name: &str, plugin_name: &str, config: &str, evs: &[Event], batch: usize)
 }
 
 fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { 50_000 } else { 400_000 };
     let txs = transactions(n);

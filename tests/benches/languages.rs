@@ -26,6 +26,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
     // `-- --only c`: one guest language beside Rust (for profiling).
     let only = only_arg();

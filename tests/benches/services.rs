@@ -810,6 +810,8 @@ async fn bulk(quick: bool) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let sections = [

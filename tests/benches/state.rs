@@ -215,6 +215,8 @@ fn broadcast(quick: bool) {
 }
 
 fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
     // `-- --keys N`: that size alone, in a fresh process (its memory figures then hold only
     // that store).

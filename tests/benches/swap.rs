@@ -86,6 +86,8 @@ async fn swaps(wasm: &std::path::Path) -> (u64, u64, usize) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As the `eddy` binary runs: no transparent huge pages.
+    eddy_host::no_huge_page_churn();
     let js = plugin_target_dir().join("guests/fraud-enrich-js.wasm");
     let mut rows = vec![("Rust fraud-enrich", plugin("fraud-enrich"))];
     if js.is_file() {

@@ -59,7 +59,7 @@ pub use mimalloc;
 
 /// Makes a test or benchmark binary allocate as the `eddy` binary does (mimalloc), so its
 /// figures and behaviour are the host's. A binary's choice: write `eddy_tests::host_allocator!();`
-/// at its root.
+/// at its root (benchmarks also call `eddy_host::no_huge_page_churn()` first, as `eddy` does).
 #[macro_export]
 macro_rules! host_allocator {
     () => {
