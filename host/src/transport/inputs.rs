@@ -32,6 +32,9 @@ pub struct Input {
     /// (0 without one): outputs of events up to there may be published already, so the state
     /// is behind them until the replay passes it.
     pub delivered_before: u64,
+    /// The stream sequence of the last message read: where a consumer that is gone is
+    /// created again.
+    read_through: u64,
 }
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
@@ -112,6 +115,13 @@ impl Input {
             // Acks come at checkpoints; a redelivery before then is skipped anyway.
             ack_wait: Duration::from_secs(600),
             max_ack_pending: input.max_pending,
+            // The checkpoint, not the server, says where to resume, so the consumer's state
+            // need not be on disk. On disk, nats-server rewrites it up to ten times a second,
+            // every delivered and unacknowledged message in it (all since the last
+            // checkpoint), and deliveries waited on each rewrite: p99 latency 8-10 ms against
+            // 0.5-1.7 ms in memory (docs/BENCHMARKS.md). A server restart may lose the
+            // consumer: `next_batch` then creates it again.
+            memory_storage: true,
             ..Default::default()
         };
         let batch = input.batch.max(64);
@@ -126,6 +136,7 @@ impl Input {
             backlog: Backlog::new(stream, &input.subjects, &input.stream),
             pending: Arc::new(AtomicU64::new(u64::MAX)),
             delivered_before,
+            read_through: resume_after,
         })
     }
 
@@ -141,6 +152,7 @@ impl Input {
                 .await?
                 .0,
         );
+        self.read_through = after;
         Ok(())
     }
 
@@ -179,6 +191,7 @@ impl Input {
                 Pulled::Batch(batch) => {
                     if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
                         self.pending.store(info.pending, Ordering::Relaxed);
+                        self.read_through = info.stream_sequence;
                     }
                     return Some(batch);
                 }
@@ -186,9 +199,10 @@ impl Input {
                 Pulled::Lost(e) => {
                     // The client counts the lost pull as still open and would ask again only
                     // once heartbeats are missed (10 s): ask again now, from the same consumer
-                    // (its position is unchanged: nothing was delivered).
+                    // (its position is unchanged: nothing was delivered), or from a new one
+                    // if it is gone.
                     tracing::warn!(
-                        "input: {e} (the consumer's leader is not ready); pulling again"
+                        "input: {e} (the consumer's leader is not ready, or the consumer is gone); pulling again"
                     );
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     match self.pull_again().await {
@@ -200,14 +214,33 @@ impl Input {
         }
     }
 
-    /// A new pull from the durable consumer as it stands.
-    async fn pull_again(&self) -> anyhow::Result<consumer::pull::Stream> {
-        let consumer: consumer::PullConsumer = self
-            .stream
-            .get_consumer(self.consumer())
-            .await
-            .map_err(|e| anyhow!("cannot find consumer `{}`: {e}", self.consumer()))?;
-        pull(&consumer, self.batch).await
+    /// A new pull from the durable consumer as it stands, or, if the server no longer has it
+    /// (a restarted nats-server keeps no consumer stored in memory), from the consumer created
+    /// again just after the last message read. Its deliveries then count from 1 again, which
+    /// the reader takes for a recreated consumer and reads again after its own position.
+    async fn pull_again(&mut self) -> anyhow::Result<consumer::pull::Stream> {
+        let name = self.consumer().to_string();
+        match self.stream.consumer_info(&name).await {
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                tracing::warn!(
+                    consumer = %name,
+                    "input: the consumer is gone (a restarted nats-server keeps no consumer stored in memory); creating it again after stream sequence {}",
+                    self.read_through
+                );
+                let (messages, _) =
+                    start_consumer(&self.stream, &self.config, self.batch, self.read_through)
+                        .await?;
+                Ok(messages)
+            }
+            _ => {
+                let consumer: consumer::PullConsumer = self
+                    .stream
+                    .get_consumer(&name)
+                    .await
+                    .map_err(|e| anyhow!("cannot find consumer `{name}`: {e}"))?;
+                pull(&consumer, self.batch).await
+            }
+        }
     }
 }
 
@@ -295,6 +328,15 @@ where
                 break;
             }
             Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
+                return Pulled::Lost(e);
+            }
+            // The consumer was deleted, or the server answered a pull that it has no such
+            // consumer (async-nats says so only in the pull error's text).
+            Some(Err(e))
+                if e.kind() == consumer::pull::MessagesErrorKind::ConsumerDeleted
+                    || (e.kind() == consumer::pull::MessagesErrorKind::Pull
+                        && e.to_string().contains("consumer not found")) =>
+            {
                 return Pulled::Lost(e);
             }
             Some(Err(e)) => {

@@ -349,12 +349,14 @@ on_failure = "not-found"
         })
         .await
         .expect("profiles bucket");
-    let txs = produce::transactions(8_000, 60, 17, 0);
+    // Enough that both restarts fall in the middle of the backlog: the restarted server has
+    // forgotten the input's consumer (kept in memory), and the host must create it again.
+    let txs = produce::transactions(80_000, 60, 17, 0);
     publish_txs(&conn.js, "txn.in", &txs).await;
     drop(conn);
 
     let run = start(&spec);
-    for after in [1_500, 4_000] {
+    for after in [10_000, 40_000] {
         let watcher = nats.connect().await.expect("connect");
         wait_for_len(&watcher.js, "OUT", after, Duration::from_secs(60)).await;
         drop(watcher);
@@ -365,23 +367,23 @@ on_failure = "not-found"
     }
 
     let conn = nats.connect().await.expect("reconnect");
-    let got = wait_for_len(&conn.js, "OUT", 8_000, Duration::from_secs(90)).await;
+    let got = wait_for_len(&conn.js, "OUT", 80_000, Duration::from_secs(90)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let summary = run.stop().await;
     assert_eq!(
-        got, 8_000,
+        got, 80_000,
         "the pipeline reconnected and finished: {summary:?}"
     );
     assert_eq!(
         eddy_tests::stream_len(&conn.js, "OUT").await.expect("len"),
-        8_000,
+        80_000,
         "nothing twice"
     );
     // Messages in flight when the server went away may be stored after later ones (the
     // client re-sends its buffer on reconnect before the publisher retries a failed one), so
     // the outputs are put back in input order by the position in their message id before
     // they are compared: each is stored once, with the content the reference expects.
-    let mut stored = tail::read(&conn.js, "txn.out", 9_000, Duration::from_secs(2))
+    let mut stored = tail::read(&conn.js, "txn.out", 90_000, Duration::from_secs(2))
         .await
         .expect("read outputs");
     let input_seq = |m: &tail::Stored| -> u64 {
