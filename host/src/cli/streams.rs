@@ -151,16 +151,19 @@ mod tests {
     #[test]
     fn the_transform_keeps_the_key_token_only_where_the_partition_subject_asks() {
         let subjects = ["txn.in.*".to_string()];
-        let literal = partition_transform(&cluster("txn.p.{partition}"), &subjects, 16).unwrap();
+        let literal = partition_transform(&cluster("txn.p.{partition}"), &subjects, 16)
+            .expect("one subject per partition");
         assert_eq!(literal.source, "txn.in.*");
         assert_eq!(literal.destination, "txn.p.{{partition(16,1)}}");
-        let kept = partition_transform(&cluster("txn.p.{partition}.>"), &subjects, 16).unwrap();
+        let kept = partition_transform(&cluster("txn.p.{partition}.>"), &subjects, 16)
+            .expect("the key token kept");
         assert_eq!(
             kept.destination,
             "txn.p.{{partition(16,1)}}.{{wildcard(1)}}"
         );
         let two = ["txn.in.*".to_string(), "txn.x.*".to_string()];
-        let e = partition_transform(&cluster("txn.p.{partition}"), &two, 16).unwrap_err();
+        let e = partition_transform(&cluster("txn.p.{partition}"), &two, 16)
+            .expect_err("two input subjects");
         assert!(e.to_string().contains("must be one subject"), "{e}");
     }
 }
