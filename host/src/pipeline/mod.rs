@@ -341,9 +341,14 @@ pub async fn run(
     // Up to where outputs may be out already: in a cluster, whatever the stream held (the
     // previous owner may have handled any of it); on one host, what the consumer had delivered
     // before this start.
-    let replay_through = match &opts.fence {
-        Some(_) => input.stored_through(),
-        None => input.delivered_before,
+    let replay_through = match (&opts.fence, input.delivered_before) {
+        (Some(_), _) => input.stored_through(),
+        (None, Some(delivered)) => delivered,
+        // No consumer before this start though a checkpoint was restored: a nats-server
+        // restarted since forgot it (the server keeps it in memory), and the previous run may
+        // have got anywhere in what the stream held.
+        (None, None) if resume_after > 0 => input.stored_through(),
+        (None, None) => 0,
     };
     let catching_up = if replay_through <= resume_after {
         caught_up.store(true, std::sync::atomic::Ordering::Release);

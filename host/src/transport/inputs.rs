@@ -29,9 +29,10 @@ pub struct Input {
     /// how far this input is behind its stream.
     pub pending: Arc<AtomicU64>,
     /// The stream sequence the consumer had delivered up to before this start recreated it
-    /// (0 without one): outputs of events up to there may be published already, so the state
-    /// is behind them until the replay passes it.
-    pub delivered_before: u64,
+    /// (`None` without one: a first start, or a nats-server restarted since forgot it): outputs
+    /// of events up to there may be published already, so the state is behind them until the
+    /// replay passes it.
+    pub delivered_before: Option<u64>,
     /// The stream sequence of the last message read: where a consumer that is gone is
     /// created again.
     read_through: u64,
@@ -275,13 +276,13 @@ enum Pulled {
 
 /// (Re)creates the durable consumer `config` names, positioned just after `after`, and
 /// starts pulling from it. Also returns the stream sequence the old consumer had delivered up
-/// to (0 if there was none).
+/// to (`None` if there was none).
 async fn start_consumer(
     stream: &jetstream::stream::Stream,
     config: &consumer::pull::Config,
     batch: usize,
     after: u64,
-) -> anyhow::Result<(consumer::pull::Stream, u64)> {
+) -> anyhow::Result<(consumer::pull::Stream, Option<u64>)> {
     let name = config.durable_name.clone().unwrap_or_default();
     let stream_name = stream.cached_info().config.name.clone();
     let delivered = match stream.consumer_info(&name).await {
@@ -290,9 +291,9 @@ async fn start_consumer(
             stream.delete_consumer(&name).await.with_context(|| {
                 format!("cannot reset consumer `{name}` on stream {stream_name}")
             })?;
-            delivered
+            Some(delivered)
         }
-        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => 0,
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
         Err(e) => anyhow::bail!("cannot look up consumer `{name}` on stream {stream_name}: {e}"),
     };
     let config = consumer::pull::Config {

@@ -486,12 +486,31 @@ async fn as_of_answers_from_each_retained_checkpoint() {
 /// rather than a state older than outputs already out. Every answer it gives is the final one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_host_never_answers_latest_from_behind_its_published_outputs() {
+    restarted_host_answers_latest_only_once_replayed(false).await;
+}
+
+/// The server keeps the input consumer in memory: one restarted while the host was down has
+/// forgotten how far the host's last run read, and the host must still wait for its replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_after_nats_forgot_its_consumer_still_waits_for_its_replay() {
+    restarted_host_answers_latest_only_once_replayed(true).await;
+}
+
+/// A host killed after publishing every output, started again (after a nats-server restart if
+/// `restart_nats`): every `latest` answer holds the whole input, never part of the replay.
+async fn restarted_host_answers_latest_only_once_replayed(restart_nats: bool) {
     let Fixture {
-        nats: _nats,
+        mut nats,
         dir,
         spec,
         conn,
-    } = fraud_with("[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n").await;
+    } = fraud_with(if restart_nats {
+        // A checkpoint is restored: the previous run was here.
+        "[checkpoint]\ninterval_ms = 1000\ndedupe_check = \"warn\"\n"
+    } else {
+        "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n"
+    })
+    .await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
     // One customer, so its count says how much of the replay the state has seen.
@@ -500,8 +519,37 @@ async fn a_restarted_host_never_answers_latest_from_behind_its_published_outputs
     publish_txs(&conn.js, "txn.in", &txs).await;
     let mut host = eddy_tests::hosts::HostProcess::spawn("a", &config, &dir.path().join("a.log"));
     wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(90)).await;
+    let total = if restart_nats {
+        // A checkpoint of the first 20,000, then 20,000 more past it, killed at once.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        publish_txs(&conn.js, "txn.in", &produce::transactions(20_000, 1, 18, 0)).await;
+        wait_for_len(&conn.js, "OUT", 40_000, Duration::from_secs(90)).await;
+        40_000
+    } else {
+        20_000
+    };
     host.signal("-KILL");
     host.wait_exit_within(Duration::from_secs(10));
+    let conn = if restart_nats {
+        drop(conn);
+        nats.stop();
+        nats.restart().expect("restart nats-server");
+        let conn = nats.connect().await.expect("reconnect");
+        let consumer = conn
+            .js
+            .get_stream("TXN")
+            .await
+            .expect("input stream")
+            .consumer_info("fraud")
+            .await;
+        assert!(
+            consumer.is_err(),
+            "the restarted server forgot the consumer"
+        );
+        conn
+    } else {
+        conn
+    };
 
     let mut host = eddy_tests::hosts::HostProcess::spawn("a", &config, &dir.path().join("b.log"));
     let (mut refused, mut answered) = (0, 0);
@@ -511,7 +559,7 @@ async fn a_restarted_host_never_answers_latest_from_behind_its_published_outputs
             Ok(v) => {
                 answered += 1;
                 assert_eq!(
-                    v["value"]["count"], 20_000,
+                    v["value"]["count"], total,
                     "answer {answered} after {refused} refusals: {v}"
                 );
             }
@@ -528,7 +576,7 @@ async fn a_restarted_host_never_answers_latest_from_behind_its_published_outputs
     );
     assert_eq!(
         stream_len_out(&conn).await,
-        20_000,
+        total,
         "the replay published nothing twice"
     );
 }
