@@ -8,6 +8,9 @@
 //! Throughput: N events published first, then the consumer started; rate = events between the
 //! first and the last output over that time. Latency: events published at a fixed rate while
 //! the consumer runs; latency = output stored time - input stored time (same server clock).
+//! Latency under load: at a half (issue 21's condition: p99 under 5 ms) and a quarter of each
+//! case's measured peak, with a checkpoint every second, on a fresh server. The publisher runs
+//! in this process, so at half of the peak the two cores are close to full.
 //! CPU: time on the CPU per event during the throughput phase, of this process (relay or
 //! pipeline) and of nats-server, from `/proc` (on two cores, what one side burns the other
 //! cannot use). Printed to stderr too: how busy the plugin calls kept the worker's thread and
@@ -228,11 +231,27 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     let _ = stop.send(true);
     let _ = task.await;
 
-    let inputs = tail::read(&conn.js, "txn.in", total, Duration::from_secs(2))
+    let lat = latencies(&conn.js, total, n as u64).await;
+    let pct = |p: f64| percentile(&lat, p);
+    Result {
+        events_per_s,
+        host_us,
+        server_us,
+        call_busy,
+        mean_batch,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+/// Latency of every output whose input came after the first `skip` inputs, in ms, sorted:
+/// output stored time - input stored time, both from the server's clock.
+async fn latencies(js: &jetstream::Context, total: usize, skip: u64) -> Vec<f64> {
+    let inputs = tail::read(js, "txn.in", total, Duration::from_secs(2))
         .await
         .expect("inputs");
     let input_time: HashMap<u64, u64> = inputs.iter().map(|m| (m.sequence, m.stored_us)).collect();
-    let outputs = tail::read(&conn.js, "txn.out", total, Duration::from_secs(2))
+    let outputs = tail::read(js, "txn.out", total, Duration::from_secs(2))
         .await
         .expect("outputs");
     let mut lat: Vec<f64> = outputs
@@ -246,7 +265,7 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
                 .clone();
             // `relay:<seq>:0` or `<pipeline>:in:<seq>:<index>`: the sequence is next to last.
             let seq: u64 = id.rsplit(':').nth(1)?.parse().ok()?;
-            if seq <= n as u64 {
+            if seq <= skip {
                 return None;
             }
             let sent = *input_time.get(&seq)?;
@@ -254,19 +273,117 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
         })
         .collect();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
+    lat
+}
+
+/// The `p` quantile of sorted values (NaN when there are none).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Latency under load, the condition issue 21 sets: events published at `rate` (spread over
+/// each millisecond, catching up when the publisher falls behind) for `secs`, with a checkpoint
+/// every second, on a fresh server and pipeline warmed by one event first.
+struct Loaded {
+    /// The rate the publisher reached.
+    sent_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    checkpoints: u64,
+    /// The longest run-loop pause of a checkpoint cut, in ms.
+    cut_pause_max_ms: f64,
+}
+
+async fn latency_under_load(case: Case, rate: usize, secs: u64) -> Loaded {
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin_path = match case {
+        Case::Fraud => plugin("fraud-enrich"),
+        _ => plugin("passthrough"),
     };
-    Result {
-        events_per_s,
-        host_us,
-        server_us,
-        call_busy,
-        mean_batch,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
+    let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin_path);
+    spec.checkpoint.push_str("interval_ms = 1000\n");
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let metrics = Metrics::new("bench");
+    let task = match case {
+        Case::Relay => tokio::spawn(relay(conn.js.clone(), rx).map(|_| ())),
+        _ => tokio::spawn(
+            pipeline::run(spec.config(), RunOptions::default(), rx, metrics.clone()).map(|r| {
+                r.expect("pipeline");
+            }),
+        ),
+    };
+    let total = 1 + rate * secs as usize;
+    let txs = produce::transactions(total, 10_000, 3, 0);
+    let payloads: Vec<Bytes> = txs
+        .iter()
+        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect();
+    let mut payloads = payloads.into_iter();
+    // Warm-up: the first event's output shows the pipeline is consuming.
+    let first = payloads.next().expect("one event");
+    conn.js
+        .publish("txn.in", first)
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pauses = metrics.checkpoint_pause_seconds.snapshot();
+    let checkpoints0 = metrics
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    // Acks are awaited as they come: the client holds back publishes while too many await.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acker = tokio::spawn(async move {
+        while let Some(a) = ack_rx.recv().await {
+            let a: jetstream::context::PublishAckFuture = a;
+            a.await.expect("ack");
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < total - 1 {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize).min(total - 1);
+        while sent < due {
+            let p = payloads.next().expect("payload");
+            let ack = conn.js.publish("txn.in", p).await.expect("publish");
+            ack_tx.send(ack).expect("acker runs");
+            sent += 1;
+        }
+    }
+    let sent_per_s = sent as f64 / started.elapsed().as_secs_f64();
+    drop(ack_tx);
+    acker.await.expect("acker");
+    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < total as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let checkpoints = metrics
+        .checkpoints
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - checkpoints0;
+    let cut = metrics.checkpoint_pause_seconds.snapshot().since(&pauses);
+    let _ = stop.send(true);
+    let _ = task.await;
+    let lat = latencies(&conn.js, total, 1).await;
+    Loaded {
+        sent_per_s,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        checkpoints,
+        cut_pause_max_ms: cut.quantile(1.0).unwrap_or(0.0) * 1000.0,
     }
 }
 
@@ -301,6 +418,22 @@ async fn main() {
         }
         rows.push((case, r));
     }
+    // Latency at half of each case's own peak, with a checkpoint every second.
+    let load_secs = if quick { 4 } else { 10 };
+    let mut loaded = Vec::new();
+    for share in [2.0, 4.0] {
+        for (case, r) in &rows {
+            let rate = (r.events_per_s / share) as usize;
+            let l = latency_under_load(*case, rate, load_secs).await;
+            eprintln!(
+                "{} at {rate}/s: p99 {:.2} ms, {} checkpoints",
+                case.name(),
+                l.p99_ms,
+                l.checkpoints
+            );
+            loaded.push((*case, share, rate, l));
+        }
+    }
     let base = match rows.first() {
         Some((Case::Relay, r)) => r.events_per_s,
         _ => f64::NAN,
@@ -326,6 +459,29 @@ async fn main() {
             r.server_us,
             r.p50_ms,
             r.p99_ms
+        );
+    }
+    println!(
+        "\nLatency at a half and a quarter of each case's peak above, a checkpoint every second ({load_secs} s, fresh server; the publisher runs in this process)\n"
+    );
+    println!(
+        "| case | load | asked events/s | sent events/s | p50 ms | p99 ms | max ms | checkpoints | longest cut pause ≤ ms |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (case, share, rate, l) in &loaded {
+        let pause = if *case == Case::Relay {
+            "n/a".to_string()
+        } else {
+            format!("{:.1}", l.cut_pause_max_ms)
+        };
+        println!(
+            "| {} | 1/{share} | {rate} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {pause} |",
+            case.name(),
+            l.sent_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.checkpoints
         );
     }
 }
