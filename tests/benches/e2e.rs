@@ -22,6 +22,8 @@
 eddy_tests::host_allocator!();
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -30,6 +32,7 @@ use bytes::Bytes;
 use eddy_host::cli::{produce, tail};
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
+use eddy_host::transport::Nats;
 use eddy_tests::bench::{cpu_time, only_arg};
 use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, stream_len};
 use futures::{FutureExt, StreamExt};
@@ -140,39 +143,15 @@ struct Result {
 }
 
 async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plugin_path = match case {
-        Case::Fraud => plugin("fraud-enrich"),
-        _ => plugin("passthrough"),
-    };
-    let spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin_path);
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
-    let txs = produce::transactions(n, 10_000, 1, 0);
-    let payloads: Vec<Bytes> = txs
-        .iter()
-        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
-        .collect();
-    produce::publish(&conn.js, "txn.in", payloads)
+    let fresh = Fresh::start(case, "").await;
+    let conn = &fresh.conn;
+    produce::publish(&conn.js, "txn.in", payloads(n, 1))
         .await
         .expect("publish");
-
-    let (stop, rx) = tokio::sync::watch::channel(false);
     let metrics = Metrics::new("bench");
-    let task = match case {
-        Case::Relay => tokio::spawn(relay(conn.js.clone(), rx).map(|_| ())),
-        _ => {
-            let cfg = spec.config();
-            tokio::spawn(
-                pipeline::run(cfg, RunOptions::default(), rx, metrics.clone()).map(|r| {
-                    r.expect("pipeline");
-                }),
-            )
-        }
-    };
+    let (stop, task) = fresh.spawn(case, &metrics);
     // Throughput: from the first output to the last.
-    let server_pid = nats.pid().expect("nats-server runs");
+    let server_pid = fresh.nats.pid().expect("nats-server runs");
     let cpu = || {
         (
             cpu_time(std::process::id()),
@@ -207,27 +186,9 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     let mean_batch = counted / (cpu1.3 - cpu0.3).max(1) as f64;
 
     // Latency: a steady trickle while the consumer is idle and waiting.
-    let extra = produce::transactions(rate * secs as usize, 10_000, 2, 0);
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let started = Instant::now();
-    let mut acks = Vec::new();
-    for (i, t) in extra.iter().enumerate() {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        acks.push(
-            conn.js
-                .publish("txn.in", Bytes::from(serde_json::to_vec(t).expect("json")))
-                .await
-                .expect("publish"),
-        );
-    }
-    for a in acks {
-        a.await.expect("ack");
-    }
-    let total = n + extra.len();
-    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < total as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    publish_paced(&conn.js, payloads(rate * secs as usize, 2), rate).await;
+    let total = n + rate * secs as usize;
+    wait_for_outputs(&conn.js, total).await;
     let _ = stop.send(true);
     let _ = task.await;
 
@@ -284,9 +245,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Latency under load, the condition issue 21 sets: events published at `rate` (spread over
-/// each millisecond, catching up when the publisher falls behind) for `secs`, with a checkpoint
-/// every second, on a fresh server and pipeline warmed by one event first.
+/// What [`latency_under_load`] measured.
 struct Loaded {
     /// The rate the publisher reached.
     sent_per_s: f64,
@@ -294,89 +253,32 @@ struct Loaded {
     p99_ms: f64,
     max_ms: f64,
     checkpoints: u64,
-    /// The longest run-loop pause of a checkpoint cut, in ms.
+    /// The longest run-loop pause of a checkpoint cut, in ms (its histogram bucket).
     cut_pause_max_ms: f64,
 }
 
+/// Latency under load, the condition issue 21 sets: events published at `rate` for `secs`,
+/// with a checkpoint every second, on a fresh server and pipeline warmed by one event first.
 async fn latency_under_load(case: Case, rate: usize, secs: u64) -> Loaded {
-    let nats = NatsServer::start().expect("nats-server");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plugin_path = match case {
-        Case::Fraud => plugin("fraud-enrich"),
-        _ => plugin("passthrough"),
-    };
-    let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin_path);
-    spec.checkpoint.push_str("interval_ms = 1000\n");
-    let conn = nats.connect().await.expect("connect");
-    create_streams(&conn.js, &spec).await.expect("streams");
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let fresh = Fresh::start(case, "interval_ms = 1000\n").await;
+    let js = &fresh.conn.js;
     let metrics = Metrics::new("bench");
-    let task = match case {
-        Case::Relay => tokio::spawn(relay(conn.js.clone(), rx).map(|_| ())),
-        _ => tokio::spawn(
-            pipeline::run(spec.config(), RunOptions::default(), rx, metrics.clone()).map(|r| {
-                r.expect("pipeline");
-            }),
-        ),
-    };
-    let total = 1 + rate * secs as usize;
-    let txs = produce::transactions(total, 10_000, 3, 0);
-    let payloads: Vec<Bytes> = txs
-        .iter()
-        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
-        .collect();
-    let mut payloads = payloads.into_iter();
+    let (stop, task) = fresh.spawn(case, &metrics);
     // Warm-up: the first event's output shows the pipeline is consuming.
-    let first = payloads.next().expect("one event");
-    conn.js
-        .publish("txn.in", first)
-        .await
-        .expect("publish")
-        .await
-        .expect("ack");
-    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    publish_paced(js, payloads(1, 4), 1_000).await;
+    wait_for_outputs(js, 1).await;
     let pauses = metrics.checkpoint_pause_seconds.snapshot();
-    let checkpoints0 = metrics
-        .checkpoints
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let started = Instant::now();
-    let mut sent = 0usize;
-    // Acks are awaited as they come: the client holds back publishes while too many await.
-    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
-    let acker = tokio::spawn(async move {
-        while let Some(a) = ack_rx.recv().await {
-            let a: jetstream::context::PublishAckFuture = a;
-            a.await.expect("ack");
-        }
-    });
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while sent < total - 1 {
-        tick.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * rate as f64) as usize).min(total - 1);
-        while sent < due {
-            let p = payloads.next().expect("payload");
-            let ack = conn.js.publish("txn.in", p).await.expect("publish");
-            ack_tx.send(ack).expect("acker runs");
-            sent += 1;
-        }
-    }
-    let sent_per_s = sent as f64 / started.elapsed().as_secs_f64();
-    drop(ack_tx);
-    acker.await.expect("acker");
-    while stream_len(&conn.js, "OUT").await.unwrap_or(0) < total as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let checkpoints = metrics
-        .checkpoints
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - checkpoints0;
+    let checkpoints = || metrics.checkpoints.load(Ordering::Relaxed);
+    let checkpoints0 = checkpoints();
+    let sent = rate * secs as usize;
+    let sent_per_s = publish_paced(js, payloads(sent, 3), rate).await;
+    let total = 1 + sent;
+    wait_for_outputs(js, total).await;
+    let checkpoints = checkpoints() - checkpoints0;
     let cut = metrics.checkpoint_pause_seconds.snapshot().since(&pauses);
     let _ = stop.send(true);
     let _ = task.await;
-    let lat = latencies(&conn.js, total, 1).await;
+    let lat = latencies(js, total, 1).await;
     Loaded {
         sent_per_s,
         p50_ms: percentile(&lat, 0.5),
@@ -384,6 +286,111 @@ async fn latency_under_load(case: Case, rate: usize, secs: u64) -> Loaded {
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         checkpoints,
         cut_pause_max_ms: cut.quantile(1.0).unwrap_or(0.0) * 1000.0,
+    }
+}
+
+/// A fresh nats-server with the pipeline's streams, for one case.
+struct Fresh {
+    nats: NatsServer,
+    _dir: tempfile::TempDir,
+    conn: Nats,
+    spec: PipelineSpec,
+}
+
+impl Fresh {
+    /// `checkpoint`: lines for the pipeline's `[checkpoint]` table.
+    async fn start(case: Case, checkpoint: &str) -> Fresh {
+        let nats = NatsServer::start().expect("nats-server");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugin_path = match case {
+            Case::Fraud => plugin("fraud-enrich"),
+            _ => plugin("passthrough"),
+        };
+        let mut spec = PipelineSpec::new("bench", &nats.url(), dir.path(), plugin_path);
+        spec.checkpoint.push_str(checkpoint);
+        let conn = nats.connect().await.expect("connect");
+        create_streams(&conn.js, &spec).await.expect("streams");
+        Fresh {
+            nats,
+            _dir: dir,
+            conn,
+            spec,
+        }
+    }
+
+    /// Starts the relay or the pipeline; stopped by sending `true`.
+    fn spawn(
+        &self,
+        case: Case,
+        metrics: &Arc<Metrics>,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = match case {
+            Case::Relay => tokio::spawn(relay(self.conn.js.clone(), rx)),
+            _ => tokio::spawn(
+                pipeline::run(
+                    self.spec.config(),
+                    RunOptions::default(),
+                    rx,
+                    metrics.clone(),
+                )
+                .map(|r| {
+                    r.expect("pipeline");
+                }),
+            ),
+        };
+        (stop, task)
+    }
+}
+
+/// `n` transactions over 10,000 customers, as JSON.
+fn payloads(n: usize, seed: u64) -> Vec<Bytes> {
+    produce::transactions(n, 10_000, seed, 0)
+        .iter()
+        .map(|t| Bytes::from(serde_json::to_vec(t).expect("json")))
+        .collect()
+}
+
+/// Publishes `payloads` to the input at `rate` a second, spread over each millisecond and
+/// catching up when the publisher falls behind; returns the rate reached once every publish
+/// is acknowledged. Acks are awaited as they come: the client holds publishes back while too
+/// many await theirs.
+async fn publish_paced(js: &jetstream::Context, payloads: Vec<Bytes>, rate: usize) -> f64 {
+    let (ack_tx, mut ack_rx) =
+        tokio::sync::mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
+    let acker = tokio::spawn(async move {
+        while let Some(a) = ack_rx.recv().await {
+            a.await.expect("ack");
+        }
+    });
+    let total = payloads.len();
+    let mut payloads = payloads.into_iter();
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent = 0;
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64).ceil() as usize).min(total);
+        for p in payloads.by_ref().take(due - sent) {
+            let ack = js.publish("txn.in", p).await.expect("publish");
+            ack_tx.send(ack).expect("acker runs");
+        }
+        sent = sent.max(due);
+    }
+    let sent_per_s = total as f64 / started.elapsed().as_secs_f64();
+    drop(ack_tx);
+    acker.await.expect("acker");
+    sent_per_s
+}
+
+/// Waits until the output stream holds `n` messages.
+async fn wait_for_outputs(js: &jetstream::Context, n: usize) {
+    while stream_len(js, "OUT").await.unwrap_or(0) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -418,7 +425,7 @@ async fn main() {
         }
         rows.push((case, r));
     }
-    // Latency at half of each case's own peak, with a checkpoint every second.
+    // Latency at a half and a quarter of each case's own peak, a checkpoint every second.
     let load_secs = if quick { 4 } else { 10 };
     let mut loaded = Vec::new();
     for share in [2.0, 4.0] {

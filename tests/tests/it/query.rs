@@ -504,13 +504,7 @@ async fn restarted_host_answers_latest_only_once_replayed(restart_nats: bool) {
         dir,
         spec,
         conn,
-    } = fraud_with(if restart_nats {
-        // A checkpoint is restored: the previous run was here.
-        "[checkpoint]\ninterval_ms = 1000\ndedupe_check = \"warn\"\n"
-    } else {
-        "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n"
-    })
-    .await;
+    } = fraud_with("[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n").await;
     let config = dir.path().join("pipeline.toml");
     spec.write(&config).expect("write config");
     // One customer, so its count says how much of the replay the state has seen.
@@ -520,8 +514,9 @@ async fn restarted_host_answers_latest_only_once_replayed(restart_nats: bool) {
     let mut host = eddy_tests::hosts::HostProcess::spawn("a", &config, &dir.path().join("a.log"));
     wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(90)).await;
     let total = if restart_nats {
-        // A checkpoint of the first 20,000, then 20,000 more past it, killed at once.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        // A checkpoint of the first 20,000 (so the restart restores one), then 20,000 more
+        // past it, killed at once.
+        eddy_tests::checkpoint_now(&conn, "fraud").await;
         publish_txs(&conn.js, "txn.in", &produce::transactions(20_000, 1, 18, 0)).await;
         wait_for_len(&conn.js, "OUT", 40_000, Duration::from_secs(90)).await;
         40_000
