@@ -42,8 +42,8 @@ pub use running::{
 };
 pub use s3::S3Server;
 pub use spec::{
-    Fixture, PipelineSpec, create_stream, create_streams, create_two_host_streams, stream_len,
-    wait_for_len,
+    Fixture, PipelineSpec, create_stream, create_streams, create_two_host_streams, read_stored,
+    stream_len, wait_for_len,
 };
 
 use std::net::TcpListener;

@@ -230,6 +230,35 @@ pub async fn stream_len(js: &async_nats::jetstream::Context, name: &str) -> anyh
     Ok(s.info().await?.state.messages)
 }
 
+/// Every message stored on `subject` (wildcards allowed) when called, oldest first. Reads as
+/// many as the stream holds there, however long a delivery pauses on the way (seconds, on a
+/// loaded machine: a read that stopped at the first pause would look like lost or different
+/// outputs), and fails if they do not all come within a minute of each other.
+pub async fn read_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+) -> anyhow::Result<Vec<eddy_host::cli::tail::Stored>> {
+    use async_nats::jetstream::consumer;
+    let stream = eddy_host::cli::tail::stream_of(js, subject).await?;
+    let mut counter: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await?;
+    let stored = counter.info().await?.num_pending as usize;
+    let _ = stream.delete_consumer(&counter.cached_info().name).await;
+    let read = eddy_host::cli::tail::read(js, subject, stored, Duration::from_secs(60)).await?;
+    anyhow::ensure!(
+        read.len() == stored,
+        "`{subject}`: {stored} messages stored, {} read before a minute passed without one",
+        read.len()
+    );
+    Ok(read)
+}
+
 /// Waits until `stream` holds at least `n` messages, or `timeout` passes; returns the count.
 pub async fn wait_for_len(
     js: &async_nats::jetstream::Context,

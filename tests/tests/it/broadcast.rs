@@ -43,8 +43,8 @@ fn keyed(from: usize, to: usize) -> Vec<Value> {
 }
 
 /// Each output's `i` and `Eddy-Rule` header, in input order.
-async fn rules_seen(js: &async_nats::jetstream::Context, n: usize) -> Vec<(u64, String)> {
-    let mut out: Vec<(u64, String)> = tail::read(js, "txn.out", n + 10, Duration::from_secs(2))
+async fn rules_seen(js: &async_nats::jetstream::Context) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("read")
         .iter()
@@ -144,7 +144,7 @@ async fn a_rule_update_mid_stream_changes_later_events_and_not_earlier_ones() {
     );
     run.stop().await;
 
-    let seen = rules_seen(&conn.js, 1_000).await;
+    let seen = rules_seen(&conn.js).await;
     assert_eq!(seen.len(), 1_000);
     for (i, rule) in seen {
         let want = match i {
@@ -197,7 +197,7 @@ async fn a_backlog_read_in_small_steps_sees_updates_in_stream_order() {
     );
     run.stop().await;
 
-    let seen = rules_seen(&conn.js, 400).await;
+    let seen = rules_seen(&conn.js).await;
     assert_eq!(seen.len(), 400);
     let wrong: Vec<String> = seen
         .iter()
@@ -420,7 +420,7 @@ async fn two_hosts_on_one_broadcast_input_both_see_every_update() {
         wait_for_len(&conn.js, "OUT", 2, Duration::from_secs(30)).await,
         2
     );
-    let seen = rules_seen(&conn.js, 2).await;
+    let seen = rules_seen(&conn.js).await;
     assert_eq!(
         seen,
         vec![(0, "19".to_string()), (1, "19".to_string())],

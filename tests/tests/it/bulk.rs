@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use eddy_host::cli::{produce, tail};
+use eddy_host::cli::produce;
 use eddy_host::pipeline::RunOptions;
 use eddy_tests::{Fixture, Running, eddy_bin, publish_txs, wait_for_len};
 use serde_json::Value;
@@ -33,7 +33,7 @@ fn ok(out: std::process::Output) -> String {
 
 /// Outputs by transaction id.
 async fn outputs(js: &async_nats::jetstream::Context) -> BTreeMap<String, Value> {
-    tail::read(js, "txn.out", 100_000, Duration::from_secs(1))
+    eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("outputs")
         .iter()

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use eddy_host::cli::{produce, tail};
+use eddy_host::cli::produce;
 use eddy_host::pipeline::RunOptions;
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::hosts::HostProcess;
@@ -15,8 +15,8 @@ use eddy_tests::{
 use serde_json::Value;
 
 /// Every output message: message id → payload.
-async fn outputs(js: &async_nats::jetstream::Context, max: usize) -> BTreeMap<String, Value> {
-    let msgs = tail::read(js, "txn.out", max, Duration::from_secs(2))
+async fn outputs(js: &async_nats::jetstream::Context) -> BTreeMap<String, Value> {
+    let msgs = eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("read outputs");
     let mut out = BTreeMap::new();
@@ -123,7 +123,7 @@ async fn ten_kill_9s_over_200k_events_leave_exact_outputs_and_state() {
         200_000,
         "no output stored twice"
     );
-    let outs = outputs(&conn.js, 210_000).await;
+    let outs = outputs(&conn.js).await;
     let ids: HashSet<&str> = outs.values().filter_map(|v| v["id"].as_str()).collect();
     assert_eq!(ids.len(), 200_000, "every transaction has its one output");
     for (customer, (count, sum)) in &reference {
@@ -199,7 +199,7 @@ async fn a_corrupt_newest_checkpoint_falls_back_and_the_result_is_still_exact() 
     run.stop().await;
     assert_eq!(got, 12_000);
     assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 12_000);
-    let outs = outputs(&conn.js, 13_000).await;
+    let outs = outputs(&conn.js).await;
     let mut got: Vec<Value> = outs.into_values().collect();
     let mut want = eddy_tests::fraud_reference(&txs, 70);
     let key = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
@@ -312,7 +312,7 @@ async fn one_run_three_ways_gives_the_same_output() {
         let run = Running::start(&spec);
         wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(60)).await;
         run.stop().await;
-        outputs(&conn.js, 21_000).await
+        outputs(&conn.js).await
     };
 
     // With crashes.
@@ -342,7 +342,7 @@ async fn one_run_three_ways_gives_the_same_output() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         child.signal("-TERM");
         child.wait_exit_within(Duration::from_secs(20));
-        outputs(&conn.js, 21_000).await
+        outputs(&conn.js).await
     };
 
     // Restored from a savepoint taken half-way, on another state directory.
@@ -386,7 +386,7 @@ async fn one_run_three_ways_gives_the_same_output() {
         wait_for_len(&conn.js, "OUT", 20_000, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         run.stop().await;
-        outputs(&conn.js, 21_000).await
+        outputs(&conn.js).await
     };
 
     assert_eq!(straight.len(), 20_000);

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use eddy_host::cli::{produce, streams, tail};
+use eddy_host::cli::{produce, streams};
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::hosts::{self, HostProcess, owners, pointers};
 use eddy_tests::{
@@ -84,13 +84,10 @@ fn log_tails(dir: &Path, names: &[&str]) -> String {
 }
 
 /// Every output and when it was stored: id → (payload, stored µs).
-async fn outputs(
-    js: &async_nats::jetstream::Context,
-    max: usize,
-) -> BTreeMap<String, (Value, u64)> {
-    // A generous idle limit: an election among the servers may hold delivery for seconds, and
-    // a read cut short would look like lost outputs.
-    let msgs = tail::read(js, "txn.out", max, Duration::from_secs(15))
+async fn outputs(js: &async_nats::jetstream::Context) -> BTreeMap<String, (Value, u64)> {
+    // Read to the count stored: an election among the servers may hold delivery for seconds,
+    // and a read cut short would look like lost outputs.
+    let msgs = eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("read outputs");
     let mut out = BTreeMap::new();
@@ -214,7 +211,7 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
         "b's partitions {moved:?} not taken by a or c: {after:?} ({got} outputs)\n{}",
         log_tails(dir.path(), &["a", "c"])
     );
-    let outs = outputs(&conn.js, 300_000).await;
+    let outs = outputs(&conn.js).await;
     // The gap of the moved partitions: the longest silence among their outputs from the
     // kill on (what the dead host had in flight may still land just after the kill).
     let mut times: Vec<u64> = outs
@@ -331,7 +328,7 @@ async fn a_host_paused_past_its_lease_is_fenced_even_where_the_server_keeps_its_
         "{}",
         log_tails(dir.path(), &["a", "b"])
     );
-    let outs = outputs(&conn.js, 40_000).await;
+    let outs = outputs(&conn.js).await;
     assert_exact(&conn, &txs, &outs).await;
     hosts::stop_all([&mut a, &mut b]);
 }
@@ -411,7 +408,7 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
         stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
         120_000
     );
-    let outs = outputs(&conn.js, 120_000).await;
+    let outs = outputs(&conn.js).await;
     assert_exact(&conn, &txs, &outs).await;
     // HTTP on d: every partition's state, from its owner, behind the token.
     let http = reqwest::Client::new();
@@ -564,7 +561,7 @@ async fn the_nats_server_leading_leases_and_checkpoints_killed_mid_run_loses_not
         stream_len(&conn.js, "FRAUD_OUT").await.expect("len"),
         150_000
     );
-    let outs = outputs(&conn.js, 150_000).await;
+    let outs = outputs(&conn.js).await;
     assert_exact(&conn, &txs, &outs).await;
     hosts::stop_all(&mut hosts);
 }
@@ -661,7 +658,7 @@ async fn a_shadow_runs_and_is_promoted_on_every_partition_of_every_host() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    let outs = outputs(&conn.js, 1_000).await;
+    let outs = outputs(&conn.js).await;
     let changed = txs[300..600]
         .iter()
         .filter(|t| (40..70).contains(&outs[&t.id].0["risk"].as_u64().expect("risk")))
@@ -690,7 +687,7 @@ async fn a_shadow_runs_and_is_promoted_on_every_partition_of_every_host() {
     .await;
     publish_txs_by_customer(&conn.js, "txn.in.*", &txs[600..]).await;
     wait_for_len(&conn.js, "FRAUD_OUT", 800, Duration::from_secs(90)).await;
-    let outs = outputs(&conn.js, 1_000).await;
+    let outs = outputs(&conn.js).await;
     assert_eq!(outs.len(), 800, "every event has its one output");
     for t in &txs[600..] {
         let o = &outs[&t.id].0;

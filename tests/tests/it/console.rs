@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use eddy_host::cli::{produce, tail};
+use eddy_host::cli::produce;
 use eddy_tests::hosts::HostProcess;
 use eddy_tests::{Fixture, eddy_bin, free_port, plugin, publish_txs, variant, wait_for_len};
 use serde_json::Value;
@@ -229,7 +229,7 @@ async fn every_view_shows_a_live_pipeline_and_its_actions_work() {
     outputs += 1;
     let out = wait_for_len(&conn.js, "OUT", outputs, Duration::from_secs(30)).await;
     assert_eq!(out, outputs, "the replayed event's output, once");
-    let outs = tail::read(&conn.js, "txn.out", 30_000, Duration::from_secs(2))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("outputs");
     let with_id = outs

@@ -138,8 +138,8 @@ async fn publish(js: &async_nats::jetstream::Context, lines: &[Line]) {
 
 /// What a pipeline published, in order: headers other than the host's own, and the payload
 /// as canonical JSON (object members sorted, no whitespace).
-async fn published(js: &async_nats::jetstream::Context, subject: &str, n: usize) -> Vec<String> {
-    tail::read(js, subject, n, Duration::from_secs(2))
+async fn published(js: &async_nats::jetstream::Context, subject: &str) -> Vec<String> {
+    eddy_tests::read_stored(js, subject)
         .await
         .expect("read outputs")
         .iter()
@@ -275,7 +275,7 @@ async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
 
     let mut reference: HashMap<String, (Vec<String>, Vec<Value>, String)> = HashMap::new();
     for (plugin_name, lang, s) in &runs {
-        let outputs = published(&conn.js, &s.output, keyed + 10).await;
+        let outputs = published(&conn.js, &s.output).await;
         let state = state_of(s);
         let dead: Vec<tail::Stored> =
             tail::read(&conn.js, &s.dead_letter, 5, Duration::from_secs(1))
@@ -420,7 +420,7 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
     }
     run.stop().await;
 
-    let got = published(&conn.js, &s.output, lines.len()).await;
+    let got = published(&conn.js, &s.output).await;
     let want = rust_reference("fraud-enrich");
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -37,8 +37,8 @@ fn lookup(i: usize, k: &str, store: &str, key: &str) -> Value {
 
 /// Each output with the input sequence it came from (read from its message id,
 /// `<pipeline>:<input>:<sequence>:<index>`), in stream order.
-async fn answers_by_input(js: &async_nats::jetstream::Context, n: usize) -> Vec<(u64, Value)> {
-    tail::read(js, "txn.out", n + 10, Duration::from_secs(2))
+async fn answers_by_input(js: &async_nats::jetstream::Context) -> Vec<(u64, Value)> {
+    eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("read")
         .iter()
@@ -146,7 +146,7 @@ bucket = "flags"
         11
     );
     run.stop().await;
-    let mut got = answers_by_input(&conn.js, 11).await;
+    let mut got = answers_by_input(&conn.js).await;
     got.sort_by_key(|(s, _)| *s);
     let values: Vec<Value> = got.into_iter().map(|(_, v)| v).collect();
     let found = |v: Value| json!({"found": true, "value": v, "error": null});
@@ -214,7 +214,7 @@ async fn ordered_keeps_input_order_and_unordered_keeps_key_order() {
             400
         );
         run.stop().await;
-        let order: Vec<u64> = answers_by_input(&conn.js, 400)
+        let order: Vec<u64> = answers_by_input(&conn.js)
             .await
             .into_iter()
             .map(|(seq, _)| seq)
@@ -355,7 +355,7 @@ async fn retries_timeouts_and_each_failure_policy() {
             }
             "not-found" => {
                 assert_eq!((out, dlq), (5, 0));
-                let v = answers_by_input(&conn.js, 5).await;
+                let v = answers_by_input(&conn.js).await;
                 assert_eq!(
                     v[0].1,
                     json!({"found": false, "value": null, "error": null})
@@ -367,7 +367,7 @@ async fn retries_timeouts_and_each_failure_policy() {
             }
             _ => {
                 assert_eq!((out, dlq), (5, 0));
-                let v = answers_by_input(&conn.js, 5).await;
+                let v = answers_by_input(&conn.js).await;
                 let e = v[0].1["error"].as_str().unwrap_or_default();
                 assert!(e.contains("HTTP 500"), "the plugin sees the error: {e}");
             }
@@ -494,7 +494,7 @@ async fn a_redis_outage_follows_the_policy_and_processing_resumes() {
         stream_len(&conn.js, "DLQ").await.expect("len"),
     );
     assert_eq!(out + dlq, total, "none lost, none twice");
-    let answers = answers_by_input(&conn.js, out as usize).await;
+    let answers = answers_by_input(&conn.js).await;
     assert!(
         answers.iter().all(|(_, v)| v["found"] == true),
         "outputs found their value"
@@ -612,7 +612,7 @@ cache = {{ mode = "full", reload_interval_ms = 500 }}
     );
     let metrics = run.metrics.clone();
     run.stop().await;
-    let mut v = answers_by_input(&conn.js, 65).await;
+    let mut v = answers_by_input(&conn.js).await;
     v.sort_by_key(|(s, _)| *s);
     assert_eq!(v[63].1["value"], 99, "the reloaded value");
     assert_eq!(
@@ -777,7 +777,7 @@ async fn keys_asked_together_share_one_request() {
         let run = Running::start(&spec);
         wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
         run.stop().await;
-        let answers = answers_by_input(&conn.js, 500).await;
+        let answers = answers_by_input(&conn.js).await;
         assert_eq!(answers.len(), 500);
         for (seq, v) in &answers {
             let i = seq - 1;
@@ -845,7 +845,7 @@ async fn keys_asked_together_share_one_postgres_statement() {
         wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
         run.stop().await;
         let statements = pg_statements(&pg) - before;
-        let answers = answers_by_input(&conn.js, 500).await;
+        let answers = answers_by_input(&conn.js).await;
         assert_eq!(answers.len(), 500);
         for (seq, v) in &answers {
             let i = (seq - 1) as usize;

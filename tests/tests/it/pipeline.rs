@@ -18,8 +18,8 @@ fn start(spec: &PipelineSpec) -> Running {
     Running::start(spec)
 }
 
-async fn read_json(js: &async_nats::jetstream::Context, subject: &str, max: usize) -> Vec<Value> {
-    tail::read(js, subject, max, Duration::from_secs(2))
+async fn read_json(js: &async_nats::jetstream::Context, subject: &str) -> Vec<Value> {
+    eddy_tests::read_stored(js, subject)
         .await
         .expect("read outputs")
         .iter()
@@ -35,6 +35,30 @@ fn by_customer(values: &[Value]) -> HashMap<String, Vec<Value>> {
         m.entry(c).or_default().push(v.clone());
     }
     m
+}
+
+/// Asserts that every customer's outputs equal the reference's, in order, and says where
+/// they first differ (a whole map of 80,000 outputs would hide the one that matters).
+fn assert_same_per_customer(got: &[Value], want: &[Value]) {
+    let (got, want) = (by_customer(got), by_customer(want));
+    let mut customers: Vec<&String> = want.keys().chain(got.keys()).collect();
+    customers.sort();
+    customers.dedup();
+    for c in customers {
+        let (g, w) = (
+            got.get(c).map_or(&[][..], |v| &v[..]),
+            want.get(c).map_or(&[][..], |v| &v[..]),
+        );
+        if let Some(i) = (0..g.len().max(w.len())).find(|&i| g.get(i) != w.get(i)) {
+            panic!(
+                "customer {c}: {} outputs, {} in the reference; the first difference is #{i}:\n  got  {}\n  want {}",
+                g.len(),
+                w.len(),
+                g.get(i).map_or("nothing".into(), Value::to_string),
+                w.get(i).map_or("nothing".into(), Value::to_string),
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +84,7 @@ async fn fraud_enrichment_equals_an_independent_reference() {
     assert_eq!(summary.events_in, 3_000);
     assert_eq!(summary.dead_lettered, 0);
 
-    let outputs = read_json(&conn.js, "txn.out", 4_000).await;
+    let outputs = read_json(&conn.js, "txn.out").await;
     let expected = fraud_reference(&txs, 60);
     assert_eq!(outputs.len(), expected.len());
     // The pipeline processes in input order on one partition: the whole sequence matches.
@@ -116,7 +140,7 @@ async fn dedupe_filter_passes_first_sightings_and_drops_repeats() {
     let summary = run.stop().await;
     assert_eq!(got, expected.len() as u64);
     assert_eq!(summary.dropped, (txs.len() - expected.len()) as u64);
-    let outputs = read_json(&conn.js, "txn.out", 3_000).await;
+    let outputs = read_json(&conn.js, "txn.out").await;
     let ids: Vec<(String, String)> = outputs
         .iter()
         .map(|v| {
@@ -164,11 +188,11 @@ async fn restart_mid_stream_keeps_state_and_loses_nothing() {
     let got = wait_for_len(&conn.js, "OUT", 4_000, Duration::from_secs(60)).await;
     run.stop().await;
     assert_eq!(got, 4_000, "every input has exactly one output");
-    let outputs = read_json(&conn.js, "txn.out", 5_000).await;
+    let outputs = read_json(&conn.js, "txn.out").await;
     let expected = fraud_reference(&txs, 70);
     // Per-customer sequences equal the reference: the running stats carried across the
     // restart (a lost state would restart counts at 1; a replay would double them).
-    assert_eq!(by_customer(&outputs), by_customer(&expected));
+    assert_same_per_customer(&outputs, &expected);
     let unique: HashSet<&str> = outputs.iter().filter_map(|v| v["id"].as_str()).collect();
     assert_eq!(unique.len(), 4_000, "no output twice");
 }
@@ -383,7 +407,7 @@ on_failure = "not-found"
     // client re-sends its buffer on reconnect before the publisher retries a failed one), so
     // the outputs are put back in input order by the position in their message id before
     // they are compared: each is stored once, with the content the reference expects.
-    let mut stored = tail::read(&conn.js, "txn.out", 90_000, Duration::from_secs(2))
+    let mut stored = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("read outputs");
     let input_seq = |m: &tail::Stored| -> u64 {
@@ -408,8 +432,5 @@ on_failure = "not-found"
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("output is JSON"))
         .collect();
-    assert_eq!(
-        by_customer(&outputs),
-        by_customer(&fraud_reference(&txs, 70))
-    );
+    assert_same_per_customer(&outputs, &fraud_reference(&txs, 70));
 }

@@ -15,11 +15,8 @@ use serde_json::Value;
 /// Per customer, the sequence of (id, customer_count) the outputs show.
 async fn counts_per_customer(
     js: &async_nats::jetstream::Context,
-    max: usize,
 ) -> (usize, HashMap<String, Vec<(String, u64)>>) {
-    let outs = tail::read(js, "txn.out", max, Duration::from_secs(2))
-        .await
-        .expect("read");
+    let outs = eddy_tests::read_stored(js, "txn.out").await.expect("read");
     let mut m: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     for o in &outs {
         let v: Value = serde_json::from_slice(&o.payload).expect("json");
@@ -74,7 +71,7 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     let log = std::fs::read_to_string(dir.path().join("run2.log")).unwrap_or_default();
     assert!(status.success(), "exit 0 on SIGINT: {status:?}\n{log}");
     assert_eq!(got, 6_000);
-    let (n, counts) = counts_per_customer(&conn.js, 7_000).await;
+    let (n, counts) = counts_per_customer(&conn.js).await;
     assert_eq!(n, 6_000, "each input exactly once in the output stream");
     assert_eq!(
         counts,
@@ -128,7 +125,7 @@ async fn kill_9_mid_stream_loses_nothing_and_duplicates_nothing() {
         20_000,
         "no duplicate stored"
     );
-    let (n, counts) = counts_per_customer(&conn.js, 25_000).await;
+    let (n, counts) = counts_per_customer(&conn.js).await;
     assert_eq!(n, 20_000);
     let unique: HashSet<&String> = counts.values().flatten().map(|(id, _)| id).collect();
     assert_eq!(unique.len(), 20_000);
@@ -223,7 +220,7 @@ async fn a_host_started_before_its_nats_waits_for_it() {
     wait_for_len(&conn.js, "OUT", 2_000, Duration::from_secs(60)).await;
     host.stop();
     assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 2_000);
-    let (n, counts) = counts_per_customer(&conn.js, 3_000).await;
+    let (n, counts) = counts_per_customer(&conn.js).await;
     assert_eq!(n, 2_000);
     assert_eq!(counts, expected_counts(&txs));
 

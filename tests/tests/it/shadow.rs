@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use eddy_host::cli::tail::{self, Stored};
+use eddy_host::cli::tail::Stored;
 use eddy_host::cli::{hosts, produce};
 use eddy_host::control::HostStatus;
 use eddy_host::query::{self, Op, Query};
@@ -74,7 +74,7 @@ async fn shadow_after(
 }
 
 async fn outputs(js: &async_nats::jetstream::Context) -> Vec<Stored> {
-    tail::read(js, "txn.out", 10_000, Duration::from_secs(1))
+    eddy_tests::read_stored(js, "txn.out")
         .await
         .expect("outputs")
 }
