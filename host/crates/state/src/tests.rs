@@ -445,3 +445,131 @@ fn readers_see_the_committed_values_while_a_settle_writes() {
     assert!(reader.join().expect("reader") >= keys.len() as u64);
     assert_eq!(st.count_entries().expect("count"), keys.len() as u64);
 }
+
+/// A checkpoint cut does not write the deferred entries while the run loop waits: it copies
+/// them for the checkpoint's own files, and the commits after it write them to RocksDB a few
+/// at a time. The checkpoint holds each entry as of the cut, the live store the newest value.
+#[test]
+fn a_cut_leaves_deferred_writes_to_the_commits_after_it_and_its_checkpoint_holds_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(&dir.path().join("live"), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let key = |k: &str| state_key(st.key_group(k.as_bytes()), v.id, k.as_bytes());
+    let set = |pairs: &[(&str, &[u8])]| {
+        let mut b = st.batch();
+        let mut a = KeyedAccess::new(&st, &mut b);
+        for (k, value) in pairs {
+            a.value_set(&v, st.key_group(k.as_bytes()), k.as_bytes(), value);
+        }
+        st.commit(b).expect("commit");
+    };
+    let keys: Vec<String> = (0..1_000).map(|i| format!("key-{i}")).collect();
+    let firsts: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &b"1"[..])).collect();
+    set(&firsts);
+    assert!(keys.iter().all(|k| !on_disk(&st, &key(k))), "deferred");
+
+    let frozen = st.freeze(1, &dir.path().join("cp")).expect("freeze");
+    assert!(
+        keys.iter().all(|k| !on_disk(&st, &key(k))),
+        "the cut wrote none of the 1,000 deferred entries"
+    );
+    // After the cut: one of them rewritten, then commits of other keys.
+    set(&[("key-7", b"2")]);
+    let mut commits = 0;
+    while keys.iter().any(|k| k != "key-7" && !on_disk(&st, &key(k))) {
+        set(&[(format!("other-{commits}").as_str(), b"x")]);
+        commits += 1;
+        assert!(commits < 100, "the frozen entries never reached RocksDB");
+    }
+    assert!(
+        commits > 3,
+        "a few per commit, not all at once: {commits} commits"
+    );
+    let on_disk_7 = st.db().get_cf(st.keyed_cf(), key("key-7")).expect("read");
+    assert_ne!(
+        on_disk_7.as_deref(),
+        Some(&b"1"[..]),
+        "the value from before the cut never overwrites the newer one"
+    );
+    assert_eq!(
+        st.read_value(&v, b"key-7").expect("read"),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(
+        st.read_value(&v, b"key-0").expect("read"),
+        Some(b"1".to_vec())
+    );
+
+    frozen.write(&st).expect("write the cut");
+    let cp = StateStore::open_read_only(&dir.path().join("cp"), Arc::new(clock.clone()))
+        .expect("open the checkpoint");
+    let v_cp = cp.state("v").expect("v");
+    for k in &keys {
+        assert_eq!(
+            cp.read_value(&v_cp, k.as_bytes()).expect("read"),
+            Some(b"1".to_vec()),
+            "{k} as of the cut"
+        );
+    }
+    assert_eq!(
+        cp.read_value(&v_cp, b"other-0").expect("read"),
+        None,
+        "written after the cut"
+    );
+}
+
+/// Entries a cut froze that the commits since have not written yet (few came) are written
+/// at the next cut, before it: no entry goes into the own files of two cuts.
+#[test]
+fn the_next_cut_writes_what_the_commits_since_the_last_one_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = deferring_store(&dir.path().join("live"), &clock, hot::DEFAULT_BUDGET);
+    let v = st.open_state("v", StateKind::Value, None).expect("open");
+    let key = |k: &str| state_key(st.key_group(k.as_bytes()), v.id, k.as_bytes());
+    let keys: Vec<String> = (0..1_000).map(|i| format!("key-{i}")).collect();
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        for k in &keys {
+            a.value_set(&v, st.key_group(k.as_bytes()), k.as_bytes(), b"1");
+        }
+    }
+    st.commit(b).expect("commit");
+    st.freeze(1, &dir.path().join("cp1"))
+        .expect("freeze")
+        .write(&st)
+        .expect("write");
+    let mut b = st.batch();
+    {
+        let mut a = KeyedAccess::new(&st, &mut b);
+        a.value_set(&v, st.key_group(b"new"), b"new", b"2");
+    }
+    st.commit(b).expect("commit");
+    let written = keys.iter().filter(|k| on_disk(&st, &key(k))).count();
+    assert!(written < keys.len(), "one commit wrote {written} of them");
+    st.freeze(2, &dir.path().join("cp2"))
+        .expect("freeze")
+        .write(&st)
+        .expect("write");
+    assert!(
+        keys.iter().all(|k| on_disk(&st, &key(k))),
+        "all written at cut 2"
+    );
+    assert!(
+        !on_disk(&st, &key("new")),
+        "dirtied after cut 1: in cut 2's own file"
+    );
+    let cp = StateStore::open_read_only(&dir.path().join("cp2"), Arc::new(clock.clone()))
+        .expect("open the checkpoint");
+    let v_cp = cp.state("v").expect("v");
+    assert_eq!(
+        cp.read_value(&v_cp, b"key-999").expect("read"),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(
+        cp.read_value(&v_cp, b"new").expect("read"),
+        Some(b"2".to_vec())
+    );
+}
