@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eddy_host::cli::tail;
 use eddy_host::engine::Worker;
 use eddy_host::engine::{BroadcastEvent, Engine, InstanceContext, Limits};
 use eddy_host::metrics::Metrics;
@@ -306,7 +305,7 @@ async fn a_write_from_the_keyed_side_is_refused_and_changes_nothing() {
         wait_for_len(&conn.js, "OUT", 1, Duration::from_secs(30)).await,
         1
     );
-    let out = tail::read(&conn.js, "txn.out", 5, Duration::from_secs(2))
+    let out = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("read");
     let said = out[0]

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eddy_host::cli::tail;
 use eddy_tests::{
     Fixture, NatsServer, PipelineSpec, Running, create_stream, create_streams, eventually, plugin,
     stream_len, wait_for_len,
@@ -70,7 +69,7 @@ async fn an_output_too_large_for_the_server_is_dead_lettered_not_lost() {
     wait_for_len(&conn.js, "OUT", 3, Duration::from_secs(30)).await;
     wait_for_len(&conn.js, "DLQ", 1, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let dead = tail::read(&conn.js, "txn.dlq", 10, Duration::from_secs(1))
+    let dead = eddy_tests::read_stored(&conn.js, "txn.dlq")
         .await
         .expect("dead letters");
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -192,7 +191,7 @@ async fn deliveries_another_reader_took_are_read_again_not_acknowledged_unread()
     wait_for_len(&conn.js, "OUT", 2_001, Duration::from_secs(60)).await;
     // Past a few checkpoints: nothing more arrives, and nothing is missing.
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let outs = tail::read(&conn.js, "txn.out", 3_000, Duration::from_secs(2))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("outputs");
     let keys: Vec<String> = outs

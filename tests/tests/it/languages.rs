@@ -277,10 +277,9 @@ async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
     for (plugin_name, lang, s) in &runs {
         let outputs = published(&conn.js, &s.output).await;
         let state = state_of(s);
-        let dead: Vec<tail::Stored> =
-            tail::read(&conn.js, &s.dead_letter, 5, Duration::from_secs(1))
-                .await
-                .expect("dead letters");
+        let dead: Vec<tail::Stored> = eddy_tests::read_stored(&conn.js, &s.dead_letter)
+            .await
+            .expect("dead letters");
         let reason = dead[0]
             .headers
             .iter()
@@ -430,18 +429,17 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
         );
     }
     // Each version really handled its chunk: the version header changed along the chain.
-    let seen: std::collections::BTreeSet<String> =
-        tail::read(&conn.js, &s.output, lines.len(), Duration::from_secs(1))
-            .await
-            .expect("outputs")
-            .iter()
-            .filter_map(|m| {
-                m.headers
-                    .iter()
-                    .find(|(n, _)| n == "Eddy-Plugin-Version")
-                    .map(|(_, v)| v.clone())
-            })
-            .collect();
+    let seen: std::collections::BTreeSet<String> = eddy_tests::read_stored(&conn.js, &s.output)
+        .await
+        .expect("outputs")
+        .iter()
+        .filter_map(|m| {
+            m.headers
+                .iter()
+                .find(|(n, _)| n == "Eddy-Plugin-Version")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
     assert_eq!(
         seen.len(),
         versions.len(),

@@ -246,7 +246,7 @@ async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
     assert_eq!(dead, 12, "10 failing events + 2 malformed");
     assert_eq!(summary.dead_lettered, 12);
 
-    let letters = tail::read(&conn.js, "txn.dlq", 100, Duration::from_secs(2))
+    let letters = eddy_tests::read_stored(&conn.js, "txn.dlq")
         .await
         .expect("read dlq");
     let header = |m: &tail::Stored, name: &str| {
@@ -297,7 +297,7 @@ async fn failing_events_are_dead_lettered_with_reasons_and_the_rest_flow() {
     );
 
     // State survived the traps: each key's counter counts exactly its good events, in order.
-    let outs = tail::read(&conn.js, "txn.out", 500, Duration::from_secs(2))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("read out");
     let mut per_key: HashMap<String, Vec<u64>> = HashMap::new();

@@ -535,7 +535,7 @@ async fn publish_file_stores_each_line_in_order() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let stored = tail::read(&conn.js, "txn.in", 10, Duration::from_secs(1))
+    let stored = eddy_tests::read_stored(&conn.js, "txn.in")
         .await
         .expect("read");
     let payloads: Vec<String> = stored
@@ -864,7 +864,7 @@ async fn dead_letters_replayed_twice_are_handled_once() {
         80,
         "each event once as published, once as replayed"
     );
-    let inputs = tail::read(&conn.js, "txn.in", 80, Duration::from_secs(2))
+    let inputs = eddy_tests::read_stored(&conn.js, "txn.in")
         .await
         .expect("read");
     let replay = inputs
@@ -881,7 +881,7 @@ async fn dead_letters_replayed_twice_are_handled_once() {
     );
     assert_eq!(replay.payload, first_letter.payload);
     // Handled once each, in their order: the outputs are the reference's.
-    let outs = tail::read(&conn.js, "txn.out", 100, Duration::from_secs(2))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("read");
     assert_eq!(outs.len(), 40, "no event handled twice");

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use eddy_host::cli::produce;
 use eddy_host::cli::tail::Stored;
-use eddy_host::cli::{produce, tail};
 use eddy_host::query::{self, Op, Query};
 use eddy_tests::{Fixture, PipelineSpec, Running, plugin, publish_txs, wait_for_len};
 use serde_json::Value;
@@ -55,10 +55,10 @@ async fn reject_dead_letters_the_event_and_keeps_none_of_its_writes() {
     publish_txs(&conn.js, "txn.in", &txs).await;
     wait_for_len(&conn.js, "OUT", 9, Duration::from_secs(30)).await;
     wait_for_len(&conn.js, "DLQ", 31, Duration::from_secs(30)).await;
-    let dead = tail::read(&conn.js, "txn.dlq", 100, Duration::from_secs(1))
+    let dead = eddy_tests::read_stored(&conn.js, "txn.dlq")
         .await
         .expect("dead letters");
-    let outs = tail::read(&conn.js, "txn.out", 100, Duration::from_secs(1))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("outputs");
     assert_eq!((outs.len(), dead.len()), (9, 31));
@@ -126,7 +126,7 @@ async fn evict_keeps_exactly_the_newest_entries() {
     let run = Running::start(&spec);
     publish_txs(&conn.js, "txn.in", &txs).await;
     wait_for_len(&conn.js, "OUT", 40, Duration::from_secs(30)).await;
-    let outs = tail::read(&conn.js, "txn.out", 100, Duration::from_secs(1))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("outputs");
     assert_eq!(outs.len(), 40);
@@ -228,7 +228,7 @@ async fn evict_keeps_exactly_the_newest_entries() {
     }
     wait_for_len(&conn.js, "OUT", before + 4, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let outs = tail::read(&conn.js, "txn.out", 100, Duration::from_secs(1))
+    let outs = eddy_tests::read_stored(&conn.js, "txn.out")
         .await
         .expect("outputs");
     let last: Value =

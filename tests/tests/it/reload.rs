@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use eddy_host::cli::tail;
 use eddy_tests::{
     Fixture, NatsServer, PipelineSpec, Running, create_two_host_streams, deployment, host_status,
     plugin, stream_len, variant, wait_deployment, wait_for_len,
@@ -33,34 +32,33 @@ fn reason_of(status: &Value, version: &str) -> String {
 }
 
 /// Outputs in input order: (input sequence, key, count, version).
-async fn outputs(js: &async_nats::jetstream::Context, n: usize) -> Vec<(u64, String, u64, String)> {
-    let mut out: Vec<(u64, String, u64, String)> =
-        tail::read(js, "txn.out", n + 10, Duration::from_secs(2))
-            .await
-            .expect("read")
-            .iter()
-            .map(|m| {
-                let h = |name: &str| {
-                    m.headers
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                let v: Value = serde_json::from_slice(&m.payload).expect("json");
-                let seq = h("Nats-Msg-Id")
-                    .split(':')
-                    .nth(2)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
-                (
-                    seq,
-                    v["k"].as_str().unwrap_or_default().to_string(),
-                    h("Eddy-Count").parse().unwrap_or(0),
-                    h("Eddy-Plugin-Version"),
-                )
-            })
-            .collect();
+async fn outputs(js: &async_nats::jetstream::Context) -> Vec<(u64, String, u64, String)> {
+    let mut out: Vec<(u64, String, u64, String)> = eddy_tests::read_stored(js, "txn.out")
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| {
+            let h = |name: &str| {
+                m.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let v: Value = serde_json::from_slice(&m.payload).expect("json");
+            let seq = h("Nats-Msg-Id")
+                .split(':')
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (
+                seq,
+                v["k"].as_str().unwrap_or_default().to_string(),
+                h("Eddy-Count").parse().unwrap_or(0),
+                h("Eddy-Plugin-Version"),
+            )
+        })
+        .collect();
     out.sort();
     out
 }
@@ -135,7 +133,7 @@ async fn twenty_swaps_under_a_steady_stream_lose_and_duplicate_nothing() {
         "nothing twice"
     );
 
-    let outs = outputs(&conn.js, sent as usize).await;
+    let outs = outputs(&conn.js).await;
     assert_eq!(outs.len() as u64, sent, "every input has its output");
     assert_counts_continuous(&outs);
     let rank: HashMap<&str, usize> = versions
@@ -242,7 +240,7 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
         0,
         "no trap reached the dead letters"
     );
-    let outs = outputs(&conn.js, 300).await;
+    let outs = outputs(&conn.js).await;
     assert_counts_continuous(&outs);
     assert!(
         outs.iter().all(|(_, _, _, v)| *v != bad),
@@ -292,7 +290,7 @@ async fn broken_versions_are_refused_or_rolled_back_with_the_reason() {
             .contains("eddy_plugin_rollbacks_total{pipeline=\"swap\"} 0"),
         "the rolled-back version did not run again"
     );
-    let outs = outputs(&conn.js, 460).await;
+    let outs = outputs(&conn.js).await;
     assert_counts_continuous(&outs);
     assert!(
         outs.iter().all(|(_, _, _, v)| *v != bad),
@@ -344,7 +342,7 @@ async fn two_hosts_of_a_pipeline_both_switch_after_one_deploy() {
         wait_for_len(&conn.js, "OUT", 100, Duration::from_secs(30)).await,
         100
     );
-    let outs = outputs(&conn.js, 100).await;
+    let outs = outputs(&conn.js).await;
     assert!(
         outs.iter().all(|(_, _, _, ver)| *ver == v),
         "both hosts' outputs come from the new version"

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use eddy_host::cli::{produce, tail};
+use eddy_host::cli::produce;
 use eddy_host::config::NatsConfig;
 use eddy_host::transport;
 use eddy_tests::hosts::HostProcess;
@@ -163,7 +163,7 @@ async fn a_pipeline_runs_over_tls_with_a_client_certificate_and_a_stranger_is_re
         "{}",
         std::fs::read_to_string(dir.path().join("tls.log")).unwrap_or_default()
     );
-    let outs = tail::read(&conn.js, &spec.output, 2_000, Duration::from_secs(5))
+    let outs = eddy_tests::read_stored(&conn.js, &spec.output)
         .await
         .expect("outputs");
     let mut want = eddy_tests::fraud_reference(&txs, 70);
