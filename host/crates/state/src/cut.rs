@@ -7,20 +7,13 @@
 //! [`StateStore::freeze`] in about a millisecond and has [`Frozen::write`] write it later from
 //! another thread, while its writes go on:
 //!
-//! - freeze: the deferred writes (`hot`) are copied, not written: writing 20,000 of them
-//!   into RocksDB took 10-20 ms, while the run loop waited. A *cut marker* (the checkpoint
-//!   id) is written, the memtables of all column families are switched without waiting for
-//!   their flush (atomic flush: they flush together), and an *after-cut marker* is the first
-//!   write into the new memtables. What was written before the switch is in the memtables now
-//!   flushing; what is written after, in the new ones. The deferred entries stay dirty in the
-//!   hot values, and the commits after the cut write them to RocksDB a few at a time (those
-//!   the next cut finds still waiting, it writes before its marker).
+//! - freeze: the deferred writes are settled, a *cut marker* (the checkpoint id) is written,
+//!   the memtables of all column families are switched without waiting for their flush (atomic
+//!   flush: they flush together), and an *after-cut marker* is the first write into the new
+//!   memtables. What was written before the switch is in the memtables now flushing; what is
+//!   written after, in the new ones.
 //! - write: waits until the flush is installed, then links the SST files without flushing
-//!   again, and drops any write-ahead log file from the copy. The deferred entries copied at
-//!   the freeze are then written into the copy and flushed into one more SST file of its own:
-//!   newer than what the linked files hold for their keys. So the checkpoint's files carry
-//!   them once, and the live database's files (shared with the next checkpoints) once more
-//!   when the commits write them. Writes after the cut, in
+//!   again, and drops any write-ahead log file from the copy. Writes after the cut, in
 //!   memtables only (the live database writes without a log), are not in the checkpoint,
 //!   unless a memtable holding them was flushed meanwhile (it filled, or something flushed the
 //!   store). Memtables flush oldest first, and every flush this store makes takes all column
@@ -59,9 +52,6 @@ pub struct Frozen {
     dir: PathBuf,
     /// Written already (at the freeze): `write` has nothing left to do.
     written: bool,
-    /// The deferred writes RocksDB did not hold at the cut: written into the checkpoint's
-    /// copy of the database.
-    deferred: crate::hot::FrozenEntries,
 }
 
 impl StateStore {
@@ -81,12 +71,11 @@ impl StateStore {
     /// checkpoint is written here (see the module's notes).
     pub fn freeze(&self, id: u64, dir: &Path) -> Result<Frozen> {
         let _writing = self.writing();
+        self.settle_held()?;
         let stamp = id.to_be_bytes();
         let meta = self.meta_cf();
         let mut now = self.write_ahead_log || self.flush_at_cut.swap(false, Ordering::Relaxed);
-        let mut deferred = std::sync::Arc::default();
         if !now {
-            deferred = self.freeze_dirty(&mut self.hot())?;
             self.db
                 .put_cf_opt(meta, META_CUT, stamp, &self.write_opts)?;
             let mut flush = FlushOptions::default();
@@ -106,8 +95,6 @@ impl StateStore {
             }
         }
         if now {
-            deferred = std::sync::Arc::default();
-            self.settle_held()?;
             let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
             cp.create_checkpoint(dir)?;
         }
@@ -115,7 +102,6 @@ impl StateStore {
             id,
             dir: dir.to_path_buf(),
             written: now,
-            deferred,
         })
     }
 
@@ -173,7 +159,6 @@ impl Frozen {
             // No flush: the memtables hold only writes after the cut.
             cp.create_checkpoint_with_log_size(&self.dir, u64::MAX)?;
             drop_logs(&self.dir)?;
-            write_deferred(&self.dir, &self.deferred)?;
             check(&self.dir, self.id)
         });
         if written.is_err() {
@@ -199,43 +184,6 @@ fn drop_logs(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Writes the cut's deferred writes into the checkpoint in `dir`, flushed into one more SST
-/// file of its own. They are newer than anything the cut's files hold for their keys.
-fn write_deferred(dir: &Path, deferred: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
-    if deferred.is_empty() {
-        return Ok(());
-    }
-    let mut opts = Options::default();
-    opts.set_atomic_flush(true);
-    let mut keyed = Options::default();
-    keyed.set_disable_auto_compactions(true);
-    keyed.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let mut other = Options::default();
-    other.set_disable_auto_compactions(true);
-    let db = DB::open_cf_descriptors(
-        &opts,
-        dir,
-        [
-            rocksdb::ColumnFamilyDescriptor::new(CF_KEYED, keyed),
-            rocksdb::ColumnFamilyDescriptor::new(CF_BROADCAST, other.clone()),
-            rocksdb::ColumnFamilyDescriptor::new(CF_META, other),
-        ],
-    )?;
-    let cf = db
-        .cf_handle(CF_KEYED)
-        .ok_or_else(|| StateError::Corrupt("no keyed column family".into()))?;
-    let mut wb = rocksdb::WriteBatch::default();
-    for (k, v) in deferred {
-        wb.put_cf(cf, k, v);
-    }
-    let mut no_log = rocksdb::WriteOptions::default();
-    no_log.disable_wal(true);
-    db.write_opt(wb, &no_log)?;
-    db.flush_cf(cf)?;
-    drop(db);
-    drop_logs(dir)
 }
 
 /// Checks that the checkpoint in `dir` holds cut `id` and nothing written after it.

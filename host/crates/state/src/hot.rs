@@ -11,11 +11,9 @@
 //!   cached clean. Entries of such a state are never cached at all: whether compaction has
 //!   cleaned an entry up is what such a read reports.
 //! - Value and list entries are *deferred*: a commit puts them here, dirty, and they reach
-//!   RocksDB when the store settles (before a savepoint, a visit, a flush, when the budget is
-//!   full, and when the store is dropped), or after a checkpoint cut: the cut copies them
-//!   into its own files and queues them (*frozen*), and the commits after it write them a few
-//!   at a time. A key written by every event of a checkpoint interval then costs one RocksDB
-//!   write per interval instead of one per batch.
+//!   RocksDB when the store settles (before a checkpoint, a savepoint, a visit, a flush, when
+//!   the budget is full, and when the store is dropped). A key written by every event of a
+//!   checkpoint interval then costs one RocksDB write per interval instead of one per batch.
 //!   The live database has no write-ahead log and is rebuilt from the newest checkpoint at
 //!   every start, so nothing a checkpoint holds is lost by deferring.
 //! - Anything that changes the database behind the commit path forgets the clean entries: a
@@ -68,17 +66,7 @@ pub(super) struct HotValues {
     compaction_epoch: u64,
     /// Bumped by every change made behind a reader's back (commit, forgetting).
     generation: u64,
-    /// The dirty entries that the newest checkpoint cut holds in its own copy
-    /// ([`HotValues::freeze_dirty`]), to be written to RocksDB a few per commit
-    /// ([`HotValues::take_frozen`]) from the first not yet taken.
-    frozen: FrozenQueue,
 }
-
-/// Dirty entries (key, stored bytes) a checkpoint cut copied, shared with the cut.
-pub(super) type FrozenEntries = std::sync::Arc<Vec<(Vec<u8>, Vec<u8>)>>;
-
-/// The entries the newest cut copied, and how many of them were taken since.
-type FrozenQueue = (FrozenEntries, usize);
 
 impl HotValues {
     pub(super) fn new(budget: usize) -> HotValues {
@@ -90,7 +78,6 @@ impl HotValues {
             deferred_puts: 0,
             compaction_epoch: 0,
             generation: 0,
-            frozen: FrozenQueue::default(),
         }
     }
 
@@ -242,53 +229,6 @@ impl HotValues {
         }
         self.dirty = 0;
         self.deferred_puts = 0;
-        self.frozen = FrozenQueue::default();
-    }
-
-    /// A copy of the dirty entries (in no order), for a checkpoint cut that writes them into
-    /// its own copy of the database. Here they stay dirty, queued to reach RocksDB a few per
-    /// commit ([`HotValues::take_frozen`]) rather than all at once while the run loop waits.
-    pub(super) fn freeze_dirty(&mut self) -> FrozenEntries {
-        let frozen: Vec<(Vec<u8>, Vec<u8>)> = self
-            .map
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(k, e)| (k.clone(), e.value.clone()))
-            .collect();
-        let frozen = std::sync::Arc::new(frozen);
-        self.frozen = (frozen.clone(), 0);
-        self.deferred_puts = 0;
-        frozen
-    }
-
-    /// Up to `n` of the queued frozen entries that are still dirty, with their current bytes
-    /// (newer than the cut's if written since: RocksDB gets the latest). The caller writes
-    /// them and then calls [`HotValues::written`].
-    pub(super) fn take_frozen(&mut self, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let (entries, taken) = &mut self.frozen;
-        let mut out = Vec::new();
-        while out.len() < n && *taken < entries.len() {
-            let key = &entries[*taken].0;
-            *taken += 1;
-            if let Some(e) = self.map.get(key).filter(|e| e.dirty) {
-                out.push((key.clone(), e.value.clone()));
-            }
-        }
-        out
-    }
-
-    /// Marks entries from [`HotValues::take_frozen`] clean: RocksDB now holds them. Only
-    /// writers change dirty entries, and they wait for each other, so the bytes are those
-    /// written.
-    pub(super) fn written(&mut self, entries: &[(Vec<u8>, Vec<u8>)]) {
-        for (k, _) in entries {
-            if let Some(e) = self.map.get_mut(k)
-                && e.dirty
-            {
-                e.dirty = false;
-                self.dirty -= 1;
-            }
-        }
     }
 
     /// Forgets every clean entry; dirty ones stay.
@@ -309,7 +249,6 @@ impl HotValues {
         self.map.clear();
         self.bytes = 0;
         self.dirty = 0;
-        self.frozen = FrozenQueue::default();
         self.generation += 1;
     }
 

@@ -8,7 +8,7 @@
 //! reflect. With a write-ahead log, one RocksDB write holds them all, so state and position
 //! never disagree after a crash; without one (a pipeline's live database, rebuilt from a
 //! checkpoint at every start), value and list writes may wait in the hot values until the
-//! store settles, or until a checkpoint cut copies them into its own files (`cut`).
+//! store settles, which every checkpoint does first.
 //!
 //! Never: talks to NATS, runs plugin code, or blocks on anything but local disk.
 
@@ -155,9 +155,6 @@ pub struct StateStore {
 const PROBE_AFTER_COMMITS: u32 = 1024;
 /// Deferred writes a settle must have seen to judge whether deferring pays.
 const JUDGE_AFTER_WRITES: u64 = 4096;
-/// Entries a checkpoint cut froze that each commit writes to RocksDB besides two per write of
-/// its own (see `cut`): enough that they are all written long before the next cut.
-const FROZEN_PER_COMMIT: usize = 64;
 
 /// Kind and TTL of each state id with a TTL, shared with the compaction filter.
 type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;

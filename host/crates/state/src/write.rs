@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use crate::{
-    FROZEN_PER_COMMIT, JUDGE_AFTER_WRITES, PROBE_AFTER_COMMITS, Result, StateBatch, StateKind,
-    StateStore, Ttl, hot, hot_cacheable, layout,
+    JUDGE_AFTER_WRITES, PROBE_AFTER_COMMITS, Result, StateBatch, StateKind, StateStore, Ttl, hot,
+    hot_cacheable, layout,
 };
 
 impl StateStore {
@@ -43,23 +43,10 @@ impl StateStore {
                 .collect()
         };
         let _writing = self.writing();
-        // Entries the last checkpoint cut froze (see `cut`) go to RocksDB with the batch, a
-        // few at a time: none of the batch's own keys, whose write is the newer one, and none
-        // with a batch that clears a prefix (its range deletes come first in the write).
-        let frozen: Vec<(Vec<u8>, Vec<u8>)> = if keyed.cleared.is_empty() {
-            let n = FROZEN_PER_COMMIT + 2 * keyed.writes.len();
-            let mut taken = self.hot().take_frozen(n);
-            taken.retain(|(k, _)| !keyed.writes.contains_key(k));
-            taken
-        } else {
-            Vec::new()
-        };
-        let mut wb = batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer);
-        let cf = self.keyed_cf();
-        for (k, v) in &frozen {
-            wb.put_cf(cf, k, v);
-        }
-        let written = self.db.write_opt(wb, &self.write_opts);
+        let written = self.db.write_opt(
+            batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer),
+            &self.write_opts,
+        );
         let mut hot = self.hot();
         hot.bump();
         if written.is_err() || !keyed.cleared.is_empty() {
@@ -70,10 +57,6 @@ impl StateStore {
             }
             hot.forget_clean();
         } else {
-            hot.written(&frozen);
-            self.stats
-                .settled_writes
-                .fetch_add(frozen.len() as u64, Ordering::Relaxed);
             for ((k, v), plan) in keyed.writes.iter().zip(&plan) {
                 match (v, plan) {
                     (Some(v), HotPlan::Defer) => self.defer_locked(&mut hot, k, v)?,
@@ -177,21 +160,6 @@ impl StateStore {
     /// they left waiting (a key rewritten while waiting saved a RocksDB write). Under a tenth
     /// saved, deferring stops for a while.
     fn settle_batch(&self, hot: &mut hot::HotValues) -> Option<(rocksdb::WriteBatch, u64, u64)> {
-        let (deferred, waiting) = self.judge_deferring(hot);
-        if waiting == 0 {
-            return None;
-        }
-        let cf = self.keyed_cf();
-        let mut wb = rocksdb::WriteBatch::default();
-        for (k, v) in hot.dirty_entries() {
-            wb.put_cf(cf, k, v);
-        }
-        Some((wb, deferred, waiting))
-    }
-
-    /// The writes deferred since the last settle or cut, and the entries they left waiting;
-    /// stops deferring for a while if it saved less than a tenth of the writes.
-    fn judge_deferring(&self, hot: &hot::HotValues) -> (u64, u64) {
         let (deferred, waiting) = (hot.deferred_since_settle(), hot.dirty_len() as u64);
         if deferred >= JUDGE_AFTER_WRITES && waiting * 10 > deferred * 9 {
             self.deferring.store(false, Ordering::Relaxed);
@@ -202,32 +170,15 @@ impl StateStore {
                 "state: deferred writes were nearly all to different keys; writing through for now"
             );
         }
-        (deferred, waiting)
-    }
-
-    /// The dirty entries, copied for a checkpoint cut's own copy of the database (`cut`);
-    /// they stay dirty and reach RocksDB a few per commit. Entries the previous cut froze
-    /// that the commits since have not written yet (few commits came) are written now, so
-    /// that no entry goes into the files of more than one cut.
-    pub(crate) fn freeze_dirty(&self, hot: &mut hot::HotValues) -> Result<hot::FrozenEntries> {
-        let left = hot.take_frozen(usize::MAX);
-        if !left.is_empty() {
-            let cf = self.keyed_cf();
-            let mut wb = rocksdb::WriteBatch::default();
-            for (k, v) in &left {
-                wb.put_cf(cf, k, v);
-            }
-            self.db.write_opt(wb, &self.write_opts)?;
-            hot.written(&left);
-            self.stats
-                .settled_writes
-                .fetch_add(left.len() as u64, Ordering::Relaxed);
+        if waiting == 0 {
+            return None;
         }
-        let (deferred, _) = self.judge_deferring(hot);
-        self.stats
-            .deferred_writes
-            .fetch_add(deferred, Ordering::Relaxed);
-        Ok(hot.freeze_dirty())
+        let cf = self.keyed_cf();
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in hot.dirty_entries() {
+            wb.put_cf(cf, k, v);
+        }
+        Some((wb, deferred, waiting))
     }
 
     /// Marks the dirty entries written.
