@@ -29,12 +29,14 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use eddy_host::cli::{produce, tail};
+use eddy_host::cli::produce;
 use eddy_host::metrics::Metrics;
 use eddy_host::pipeline::{self, RunOptions};
 use eddy_host::transport::Nats;
 use eddy_tests::bench::{cpu_time, only_arg};
-use eddy_tests::{NatsServer, PipelineSpec, create_streams, plugin, stream_len};
+use eddy_tests::{
+    NatsServer, PipelineSpec, create_streams, plugin, read_stored, stream_len, wait_for_len,
+};
 use futures::{FutureExt, StreamExt};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -192,7 +194,7 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     let _ = stop.send(true);
     let _ = task.await;
 
-    let lat = latencies(&conn.js, total, n as u64).await;
+    let lat = latencies(&conn.js, n as u64).await;
     let pct = |p: f64| percentile(&lat, p);
     Result {
         events_per_s,
@@ -207,14 +209,10 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
 
 /// Latency of every output whose input came after the first `skip` inputs, in ms, sorted:
 /// output stored time - input stored time, both from the server's clock.
-async fn latencies(js: &jetstream::Context, total: usize, skip: u64) -> Vec<f64> {
-    let inputs = tail::read(js, "txn.in", total, Duration::from_secs(2))
-        .await
-        .expect("inputs");
+async fn latencies(js: &jetstream::Context, skip: u64) -> Vec<f64> {
+    let inputs = read_stored(js, "txn.in").await.expect("inputs");
     let input_time: HashMap<u64, u64> = inputs.iter().map(|m| (m.sequence, m.stored_us)).collect();
-    let outputs = tail::read(js, "txn.out", total, Duration::from_secs(2))
-        .await
-        .expect("outputs");
+    let outputs = read_stored(js, "txn.out").await.expect("outputs");
     let mut lat: Vec<f64> = outputs
         .iter()
         .filter_map(|m| {
@@ -278,7 +276,7 @@ async fn latency_under_load(case: Case, rate: usize, secs: u64) -> Loaded {
     let cut = metrics.checkpoint_pause_seconds.snapshot().since(&pauses);
     let _ = stop.send(true);
     let _ = task.await;
-    let lat = latencies(js, total, 1).await;
+    let lat = latencies(js, 1).await;
     Loaded {
         sent_per_s,
         p50_ms: percentile(&lat, 0.5),
@@ -387,11 +385,11 @@ async fn publish_paced(js: &jetstream::Context, payloads: Vec<Bytes>, rate: usiz
     sent_per_s
 }
 
-/// Waits until the output stream holds `n` messages.
+/// Waits until the output stream holds `n` messages (a case that stops short fails here rather
+/// than hanging or measuring part of its events).
 async fn wait_for_outputs(js: &jetstream::Context, n: usize) {
-    while stream_len(js, "OUT").await.unwrap_or(0) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let got = wait_for_len(js, "OUT", n as u64, Duration::from_secs(300)).await;
+    assert_eq!(got, n as u64, "outputs after 5 minutes");
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

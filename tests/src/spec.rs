@@ -238,19 +238,10 @@ pub async fn read_stored(
     js: &async_nats::jetstream::Context,
     subject: &str,
 ) -> anyhow::Result<Vec<eddy_host::cli::tail::Stored>> {
-    use async_nats::jetstream::consumer;
-    let stream = eddy_host::cli::tail::stream_of(js, subject).await?;
-    let mut counter: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await?;
-    let stored = counter.info().await?.num_pending as usize;
-    let _ = stream.delete_consumer(&counter.cached_info().name).await;
-    let read = eddy_host::cli::tail::read(js, subject, stored, Duration::from_secs(60)).await?;
+    use eddy_host::cli::tail;
+    let stream = tail::stream_of(js, subject).await?;
+    let stored = tail::pending_from(&stream, subject, 1).await? as usize;
+    let read = tail::read(js, subject, stored, Duration::from_secs(60)).await?;
     anyhow::ensure!(
         read.len() == stored,
         "`{subject}`: {stored} messages stored, {} read before a minute passed without one",

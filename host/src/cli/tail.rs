@@ -138,7 +138,7 @@ pub async fn stream_of(
 }
 
 /// How many messages on `subject` a consumer starting at `from` would deliver.
-async fn pending_from(
+pub async fn pending_from(
     stream: &jetstream::stream::Stream,
     subject: &str,
     from: u64,

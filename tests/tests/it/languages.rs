@@ -139,9 +139,16 @@ async fn publish(js: &async_nats::jetstream::Context, lines: &[Line]) {
 /// What a pipeline published, in order: headers other than the host's own, and the payload
 /// as canonical JSON (object members sorted, no whitespace).
 async fn published(js: &async_nats::jetstream::Context, subject: &str) -> Vec<String> {
-    eddy_tests::read_stored(js, subject)
-        .await
-        .expect("read outputs")
+    canonical(
+        &eddy_tests::read_stored(js, subject)
+            .await
+            .expect("read outputs"),
+    )
+}
+
+/// [`published`] of messages already read.
+fn canonical(stored: &[tail::Stored]) -> Vec<String> {
+    stored
         .iter()
         .map(|m| {
             let mut headers: Vec<&(String, String)> = m
@@ -419,7 +426,10 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
     }
     run.stop().await;
 
-    let got = published(&conn.js, &s.output).await;
+    let stored = eddy_tests::read_stored(&conn.js, &s.output)
+        .await
+        .expect("outputs");
+    let got = canonical(&stored);
     let want = rust_reference("fraud-enrich");
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -429,9 +439,7 @@ async fn state_written_in_one_language_is_read_by_the_next_after_a_hot_swap() {
         );
     }
     // Each version really handled its chunk: the version header changed along the chain.
-    let seen: std::collections::BTreeSet<String> = eddy_tests::read_stored(&conn.js, &s.output)
-        .await
-        .expect("outputs")
+    let seen: std::collections::BTreeSet<String> = stored
         .iter()
         .filter_map(|m| {
             m.headers
