@@ -93,6 +93,7 @@ impl Drop for BatchGuard {
     fn drop(&mut self) {
         CURRENT_EVENT.with(|current| current.set(None));
         crate::broadcast::forget_batch_reads();
+        crate::state::forget_batch();
     }
 }
 
@@ -109,6 +110,8 @@ pub fn handle(events: Vec<WitEvent>) -> Vec<WitOutcome> {
                 let event = Event::from(event);
                 outcomes.push(processor.process(&event).into());
             }
+            CURRENT_EVENT.with(|current| current.set(None));
+            crate::state::finish_batch();
             outcomes
         },
     )

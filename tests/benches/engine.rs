@@ -13,7 +13,7 @@ eddy_tests::host_allocator!();
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
     events, only_arg, state_rate, store_options, transactions, worker_rate, worker_rate_on,
-    worker_rate_with_failures,
+    worker_rate_single_calls, worker_rate_with_failures,
 };
 use eddy_tests::plugin;
 
@@ -160,6 +160,48 @@ fn main() {
             failed as f64 / r.secs,
             eps / clean_eps
         );
+    }
+
+    // The keyed-state batch calls (value and list state read once per state and batch,
+    // written once at its end) off vs on, same run, alternating (A B B A).
+    let batch_rows = [
+        ("counter (1 read + 1 write)", "counter", &chaos),
+        ("chaos `count` (1 read + 1 write, JSON)", "chaos", &chaos),
+        (
+            "fraud-enrich (2 reads + 2 writes, JSON)",
+            "fraud-enrich",
+            &txs,
+        ),
+    ];
+    let wanted: Vec<_> = batch_rows
+        .iter()
+        .filter(|(_, p, _)| only_arg().is_none_or(|o| o == *p))
+        .collect();
+    if !wanted.is_empty() {
+        println!(
+            "\n| 256 per call | single calls, events/s | batch calls, events/s | batch / single |"
+        );
+        println!("|---|---:|---:|---:|");
+    }
+    for (name, plugin_name, evs) in wanted {
+        let wasm = plugin(plugin_name);
+        let (mut single, mut batched) = (Vec::new(), Vec::new());
+        for batch_calls in [false, true, true, false] {
+            let r = if batch_calls {
+                worker_rate(&wasm, "{}", evs, 256)
+            } else {
+                worker_rate_single_calls(&wasm, "{}", evs, 256)
+            };
+            let eps = r.events as f64 / r.secs;
+            if batch_calls {
+                batched.push(eps)
+            } else {
+                single.push(eps)
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (a, b) = (mean(&single), mean(&batched));
+        println!("| {name} | {a:.0} | {b:.0} | {:.2} |", b / a);
     }
 
     // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.

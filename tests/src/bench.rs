@@ -143,7 +143,16 @@ pub fn worker_rate_on(
     options: StoreOptions,
     setup: impl FnOnce(&StateStore),
 ) -> Rate {
-    let (rate, failed) = rate_counting_failures(wasm, config, evs, batch, options, setup);
+    let (rate, failed) = rate_counting_failures(wasm, config, evs, batch, options, true, setup);
+    assert_eq!(failed, 0, "{}: all events succeed", wasm.display());
+    rate
+}
+
+/// [`worker_rate`] with the `keyed-state` batch calls off: the plugin's value and list state
+/// crosses the component boundary once per read and write, as before the batch calls.
+pub fn worker_rate_single_calls(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
+    let (rate, failed) =
+        rate_counting_failures(wasm, config, evs, batch, store_options(), false, |_| {});
     assert_eq!(failed, 0, "{}: all events succeed", wasm.display());
     rate
 }
@@ -156,7 +165,7 @@ pub fn worker_rate_with_failures(
     evs: &[Event],
     batch: usize,
 ) -> (Rate, usize) {
-    rate_counting_failures(wasm, config, evs, batch, store_options(), |_| {})
+    rate_counting_failures(wasm, config, evs, batch, store_options(), true, |_| {})
 }
 
 fn rate_counting_failures(
@@ -165,6 +174,7 @@ fn rate_counting_failures(
     evs: &[Event],
     batch: usize,
     options: StoreOptions,
+    batch_calls: bool,
     setup: impl FnOnce(&StateStore),
 ) -> (Rate, usize) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -181,6 +191,7 @@ fn rate_counting_failures(
             ..Limits::default()
         },
         lookups: None,
+        batch_calls,
     };
     let mut worker =
         Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");

@@ -13,8 +13,11 @@ use serde::de::DeserializeOwned;
 use crate::__private::current_event;
 use crate::wit::eddy::plugin::keyed_state as wit;
 
+mod batch;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use batch::{finish as finish_batch, forget as forget_batch};
 
 pub use map::{MapEntries, MapKey, MapKeys, MapState};
 
@@ -198,6 +201,9 @@ struct Slot {
     kind: wit::StateKind,
     ttl: Option<Ttl>,
     id: Cell<Option<wit::StateId>>,
+    /// Whether the host lets value and list state go through the batch (`batchable`), once
+    /// asked.
+    batchable: Cell<Option<bool>>,
 }
 
 impl Slot {
@@ -207,6 +213,7 @@ impl Slot {
             kind,
             ttl: None,
             id: Cell::new(None),
+            batchable: Cell::new(None),
         }
     }
 
@@ -214,6 +221,7 @@ impl Slot {
         self.ttl = Some(ttl);
         // Open again, with the TTL, on next use.
         self.id.set(None);
+        self.batchable.set(None);
     }
 
     /// The host id of the state, opening it on first use.
@@ -232,8 +240,33 @@ impl Slot {
         Ok((self.id()?, event))
     }
 
+    /// Whether reads and writes of state `id` go through the batch ([`batch`]): they do
+    /// unless the state's TTL gives reads an effect of their own.
+    fn batched(&self, id: wit::StateId) -> Result<bool, StateError> {
+        if let Some(batched) = self.batchable.get() {
+            return Ok(batched);
+        }
+        let batched = wit::batchable(id)?;
+        self.batchable.set(Some(batched));
+        Ok(batched)
+    }
+
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StateError> {
         serde_json::to_vec(value).map_err(|e| {
+            StateError::Encode(format!(
+                "cannot encode a value of state `{}`: {e}",
+                self.name
+            ))
+        })
+    }
+
+    /// Encodes `value` as [`Slot::encode`] does, at the end of `buf`.
+    fn encode_into<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StateError> {
+        serde_json::to_writer(buf, value).map_err(|e| {
             StateError::Encode(format!(
                 "cannot encode a value of state `{}`: {e}",
                 self.name
@@ -374,6 +407,13 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// The current key's value, if any.
     pub fn get(&self) -> Result<Option<T>, StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return batch::with(|b, host| {
+                b.read_value(host, id, event, |bytes| {
+                    bytes.map(|bytes| self.slot.decode(bytes)).transpose()
+                })
+            })?;
+        }
         match wit::value_get(id, event)? {
             Some(bytes) => self.slot.decode(&bytes).map(Some),
             None => Ok(None),
@@ -383,6 +423,13 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// Sets the current key's value.
     pub fn set(&self, value: &T) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return batch::with(|b, host| {
+                b.write(host, id, event, wit::ChangeKind::ValueSet, None, |values| {
+                    values.push(|buf| self.slot.encode_into(value, buf))
+                })
+            });
+        }
         let bytes = self.slot.encode(value)?;
         Ok(wit::value_set(id, event, &bytes)?)
     }
@@ -397,6 +444,14 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// ```
     pub fn set_with_ttl(&self, value: &T, ttl: Duration) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            let (kind, ttl) = (wit::ChangeKind::ValueSetWithTtl, Some(millis(ttl)));
+            return batch::with(|b, host| {
+                b.write(host, id, event, kind, ttl, |values| {
+                    values.push(|buf| self.slot.encode_into(value, buf))
+                })
+            });
+        }
         let bytes = self.slot.encode(value)?;
         Ok(wit::value_set_with_ttl(id, event, &bytes, millis(ttl))?)
     }
@@ -404,6 +459,13 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// Removes the current key's value.
     pub fn clear(&self) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return batch::with(|b, host| {
+                b.write(host, id, event, wit::ChangeKind::ValueClear, None, |_| {
+                    Ok(())
+                })
+            });
+        }
         Ok(wit::value_clear(id, event)?)
     }
 
@@ -446,6 +508,13 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Every element of the current key's list, oldest first; empty if there is none.
     pub fn get(&self) -> Result<Vec<T>, StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return batch::with(|b, host| {
+                b.read_list(host, id, event, |list| {
+                    list.map(|bytes| self.slot.decode(bytes)).collect()
+                })
+            })?;
+        }
         wit::list_get(id, event)?
             .iter()
             .map(|bytes| self.slot.decode(bytes))
@@ -455,6 +524,18 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Appends one element.
     pub fn add(&self, value: &T) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return batch::with(|b, host| {
+                b.write(
+                    host,
+                    id,
+                    event,
+                    wit::ChangeKind::ListAddAll,
+                    None,
+                    |values| values.push(|buf| self.slot.encode_into(value, buf)),
+                )
+            });
+        }
         let bytes = self.slot.encode(value)?;
         Ok(wit::list_add(id, event, &bytes)?)
     }
@@ -462,6 +543,9 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Appends several elements, in order.
     pub fn add_all(&self, values: &[T]) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return self.write_all(id, event, wit::ChangeKind::ListAddAll, values);
+        }
         let encoded = self.encode_all(values)?;
         Ok(wit::list_add_all(id, event, &encoded)?)
     }
@@ -469,6 +553,9 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Replaces the whole list.
     pub fn update(&self, values: &[T]) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return self.write_all(id, event, wit::ChangeKind::ListUpdate, values);
+        }
         let encoded = self.encode_all(values)?;
         Ok(wit::list_update(id, event, &encoded)?)
     }
@@ -476,10 +563,30 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Removes the list.
     pub fn clear(&self) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
+        if self.slot.batched(id)? {
+            return self.write_all(id, event, wit::ChangeKind::ListClear, &[]);
+        }
         Ok(wit::list_clear(id, event)?)
     }
 
     fn encode_all(&self, values: &[T]) -> Result<Vec<Vec<u8>>, StateError> {
         values.iter().map(|v| self.slot.encode(v)).collect()
+    }
+
+    /// Logs a list write of `values` in the batch.
+    fn write_all(
+        &self,
+        id: wit::StateId,
+        event: wit::EventIndex,
+        kind: wit::ChangeKind,
+        values: &[T],
+    ) -> Result<(), StateError> {
+        batch::with(|b, host| {
+            b.write(host, id, event, kind, None, |out| {
+                values
+                    .iter()
+                    .try_for_each(|v| out.push(|buf| self.slot.encode_into(v, buf)))
+            })
+        })
     }
 }

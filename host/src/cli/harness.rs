@@ -186,6 +186,7 @@ pub fn run(
             ..Limits::default()
         },
         lookups: None,
+        batch_calls: true,
     };
     let mut worker = Worker::new(p, ctx, opts.config.clone(), Metrics::new("test"))?;
     let reader: Box<dyn BufRead> = if events == Path::new("-") {

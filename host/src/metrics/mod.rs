@@ -524,6 +524,12 @@ impl Metrics {
                     ("written", &stats.settled_writes),
                 ],
             );
+            let batched = stats.batched_writes.load(Ordering::Relaxed);
+            let name = "eddy_state_batched_writes_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Value and list writes plugins handed over a batch at a time (keyed-state write-batch) instead of one import call each.\n# TYPE {name} counter\n{name}{{{l}}} {batched}"
+            );
         }
     }
 

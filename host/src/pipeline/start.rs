@@ -209,6 +209,7 @@ pub(super) fn build_worker_on(
             memory_bytes: (cfg.limits.memory_mb as usize) << 20,
         },
         lookups: lookups.map(|l| l as Arc<dyn engine::LookupSource>),
+        batch_calls: true,
     };
     let config_json = cfg.plugin.config_json();
     let planner = if ctx.lookups.is_some() {

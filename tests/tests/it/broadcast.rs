@@ -465,6 +465,7 @@ fn visiting_a_million_keys_completes_in_bounded_memory() {
             memory_bytes: 16 << 20,
         },
         lookups: None,
+        batch_calls: true,
     };
     let mut worker = Worker::new(p, ctx, "{}".into(), Metrics::new("visit")).expect("worker");
     let hwm_before = high_water_kib();

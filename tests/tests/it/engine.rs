@@ -2,6 +2,7 @@
 //! endpoint.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use eddy_host::engine::Worker;
@@ -288,6 +289,7 @@ impl Harness {
             state: state.clone(),
             limits: Limits::default(),
             lookups: None,
+            batch_calls: true,
         };
         let worker = Worker::new(p, ctx, config.into(), Metrics::new("t")).expect("worker");
         Harness {
@@ -399,5 +401,127 @@ fn a_per_write_ttl_through_a_plugin_expires_that_value() {
     assert_eq!(
         seen,
         vec!["absent", "present", "absent", "present", "absent"]
+    );
+}
+
+/// fraud-enrich over `events`, 256 per call, with the `keyed-state` batch calls on or off:
+/// each event's outcome (payload and headers, or the reason), each customer's `stats` and
+/// `recent` state afterwards, and how many writes the plugin handed over with `write-batch`.
+fn fraud_run(
+    events: &[Event],
+    customers: usize,
+    batch_calls: bool,
+) -> (Vec<String>, Vec<String>, u64) {
+    use eddy_host::state::{KeyedAccess, StateKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = eddy_host::state::ManualClock::new(1_000);
+    let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock)).expect("state"));
+    let engine = Engine::new(None).expect("engine");
+    let p = engine.load_file(&plugin("fraud-enrich")).expect("plugin");
+    let ctx = InstanceContext {
+        state: state.clone(),
+        limits: Limits::default(),
+        lookups: None,
+        batch_calls,
+    };
+    let mut worker = Worker::new(p, ctx, "{}".into(), Metrics::new("t")).expect("worker");
+    let mut outcomes = Vec::new();
+    for chunk in events.chunks(256) {
+        let kgs: Vec<u16> = chunk.iter().map(|e| state.key_group(&e.key)).collect();
+        for r in worker.handle(chunk, &kgs, &Arc::default()).expect("run") {
+            outcomes.push(match r.expect("no event fails") {
+                Outcome::Emit(outs) => format!(
+                    "{} {:?}",
+                    String::from_utf8_lossy(&outs[0].payload),
+                    outs[0].headers
+                ),
+                other => format!("{other:?}"),
+            });
+        }
+    }
+    let stats = state
+        .open_state("stats", StateKind::Value, None)
+        .expect("stats");
+    let recent = state
+        .open_state("recent", StateKind::List, None)
+        .expect("recent");
+    let mut batch = state.batch();
+    let mut access = KeyedAccess::new(&state, &mut batch);
+    let stored = (0..customers)
+        .map(|c| {
+            let key = format!("c-{c}").into_bytes();
+            let kg = state.key_group(&key);
+            let s = access.value_get(&stats, kg, &key).expect("stats");
+            let r = access.list_get(&recent, kg, &key).expect("recent");
+            format!(
+                "{} {:?}",
+                String::from_utf8_lossy(&s.unwrap_or_default()),
+                r.iter()
+                    .map(|e| String::from_utf8_lossy(e).into_owned())
+                    .collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    let batched = state.stats().batched_writes.load(Ordering::Relaxed);
+    (outcomes, stored, batched)
+}
+
+/// The batch calls (value and list state read once per state and batch, written once at
+/// its end) are an optimisation only: with 40 customers, every call of 256 events has each
+/// customer several times, so a read must see the writes of earlier events of the same call.
+/// Outcomes and state must equal those of one import call per read and write.
+#[test]
+fn the_batch_calls_give_the_outcomes_and_state_of_the_single_calls() {
+    let customers = 40;
+    let events: Vec<Event> = (0..3_000)
+        .map(|i| {
+            let customer = format!("c-{}", (i * 7) % customers);
+            let payload = if i == 1_000 {
+                // One event the plugin rejects, mid-call: its neighbours are unaffected.
+                "not a transaction".to_string()
+            } else {
+                format!(
+                    r#"{{"id":"tx-{i}","customer":"{customer}","amount_cents":{},"merchant":"m-{}","category":"grocery","ts":{}}}"#,
+                    100 + (i * 37) % 200_000,
+                    i % 13,
+                    1_700_000_000_000u64 + i as u64 * 3_000
+                )
+            };
+            Event {
+                key: customer.into_bytes(),
+                subject: "txn.in".into(),
+                headers: vec![],
+                payload: payload.into_bytes(),
+                timestamp_ms: 0,
+                sequence: i as u64 + 1,
+            }
+        })
+        .collect();
+    let (batched, batched_state, writes_in_batches) = fraud_run(&events, customers, true);
+    let (single, single_state, writes_single) = fraud_run(&events, customers, false);
+    // Two writes per transaction (stats and recent), 2,999 transactions.
+    assert_eq!((writes_in_batches, writes_single), (5_998, 0));
+    assert_eq!(batched.len(), 3_000);
+    for (i, (b, s)) in batched.iter().zip(&single).enumerate() {
+        assert_eq!(b, s, "event {i}: batch calls and single calls differ");
+    }
+    assert_eq!(batched_state, single_state);
+    // The state is what 3,000 transactions over 40 customers leave: customer c-0 has the
+    // events whose index is a multiple of 40 (i * 7 % 40 == 0), 75 of them, one of which
+    // (i = 1,000) the plugin rejected.
+    assert!(
+        batched_state[0].contains(r#""count":74"#),
+        "{}",
+        batched_state[0]
+    );
+    assert!(
+        batched[1_000].contains("not a transaction"),
+        "{}",
+        batched[1_000]
+    );
+    assert!(
+        batched[2_960].contains(r#""customer_count":74"#),
+        "{}",
+        batched[2_960]
     );
 }

@@ -31,6 +31,10 @@ pub struct InstanceContext {
     pub limits: Limits,
     /// The lookup stores of the pipeline, if any.
     pub lookups: Option<Arc<dyn LookupSource>>,
+    /// Whether value and list state may go through the `keyed-state` batch calls (read per
+    /// batch, written once at its end). Off, `batchable` answers false and a plugin makes one
+    /// call per read and write: what the engine benchmark compares against.
+    pub batch_calls: bool,
 }
 
 impl Plugin {
@@ -46,6 +50,7 @@ impl Plugin {
             &p.name,
             ctx.limits.memory_bytes,
             ctx.lookups.clone(),
+            ctx.batch_calls,
         );
         let mut store = Store::new(&p.engine, host);
         store.limiter(|h| &mut h.limits);

@@ -62,7 +62,7 @@ use bindings::exports::eddy::plugin::{
 };
 
 /// The WIT package version this host speaks.
-pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.0";
+pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.1";
 
 /// Milliseconds between epoch ticks: the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(1);

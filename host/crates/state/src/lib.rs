@@ -181,6 +181,9 @@ pub struct StateStats {
     pub quota_rejected: AtomicU64,
     /// Entries evicted by a per-key quota (policy `evict`).
     pub quota_evicted: AtomicU64,
+    /// Value and list writes a plugin handed over a batch at a time (`write-batch`), rather
+    /// than one import call each.
+    pub batched_writes: AtomicU64,
 }
 
 /// Open-time tuning of the store.

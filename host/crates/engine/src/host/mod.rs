@@ -104,6 +104,8 @@ pub struct PluginHost {
     state: Arc<StateStore>,
     /// Opened keyed states, indexed by state id.
     opened: Vec<Option<OpenedState>>,
+    /// Whether states may use the batch calls at all ([`crate::InstanceContext::batch_calls`]).
+    batch_calls: bool,
     /// Why the current call broke a quota (policy `reject`): the call fails, whatever the
     /// plugin made of the refused write, and its event is dead-lettered.
     over_quota: Option<String>,
@@ -115,6 +117,9 @@ pub struct PluginHost {
     batch: StateBatch,
     /// Key group and key of each event of the current call.
     keys: Vec<(u16, Vec<u8>)>,
+    /// The current call's `key-slots` (the slot of each event's key) and the first event of
+    /// each slot, computed when first asked for.
+    slots: Option<(Vec<u32>, Vec<u32>)>,
     mode: CallMode,
     lookups: Option<Arc<dyn LookupSource>>,
     prefetched: Arc<Prefetched>,
@@ -206,6 +211,7 @@ impl PluginHost {
         plugin: &str,
         memory_bytes: usize,
         lookups: Option<Arc<dyn LookupSource>>,
+        batch_calls: bool,
     ) -> PluginHost {
         let stdout = CapturedOutput::default();
         let stderr = CapturedOutput::default();
@@ -222,11 +228,13 @@ impl PluginHost {
             plugin: plugin.to_string(),
             state,
             opened: Vec::new(),
+            batch_calls,
             over_quota: None,
             evicted: 0,
             maps: HashMap::new(),
             batch: StateBatch::default(),
             keys: Vec::new(),
+            slots: None,
             mode: CallMode::Idle,
             lookups,
             prefetched: Arc::default(),
@@ -270,6 +278,7 @@ impl PluginHost {
                 .zip(key_groups)
                 .map(|(e, kg)| (*kg, e.key.clone())),
         );
+        self.slots = None;
         self.prefetched = prefetched;
         self.visits.clear();
         self.over_quota = None;
@@ -289,6 +298,7 @@ impl PluginHost {
         rollback: Option<StateBatch>,
     ) -> (StateBatch, Vec<VisitRequest>) {
         self.keys.clear();
+        self.slots = None;
         self.prefetched = Arc::default();
         let batch = std::mem::take(&mut self.batch);
         let visits = std::mem::take(&mut self.visits);
@@ -339,6 +349,27 @@ impl PluginHost {
     pub(super) fn take_last_words(&mut self) -> String {
         self.flush_output();
         std::mem::take(&mut self.last_words)
+    }
+
+    /// The slot of each event's key among the call's distinct keys (numbered in order of first
+    /// appearance), and the first event of each slot.
+    fn slots_of_keys(&mut self) -> &(Vec<u32>, Vec<u32>) {
+        let keys = &self.keys;
+        self.slots.get_or_insert_with(|| {
+            let mut seen: HashMap<&[u8], u32, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(keys.len(), Default::default());
+            let mut firsts = Vec::new();
+            let slots = (0u32..)
+                .zip(keys)
+                .map(|(event, (_, key))| {
+                    *seen.entry(key.as_slice()).or_insert_with(|| {
+                        firsts.push(event);
+                        firsts.len() as u32 - 1
+                    })
+                })
+                .collect();
+            (slots, firsts)
+        })
     }
 
     /// Runs `f` with the state, the event's key group and key, and keyed access.

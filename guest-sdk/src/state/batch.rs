@@ -1,0 +1,561 @@
+//! The batch's value and list state, kept in the plugin while `handle` runs.
+//!
+//! Each crossing of the component boundary costs more than the state work behind it, so value
+//! and list state of a `batchable` state (see `keyed-state.batchable` in the WIT) cross once
+//! per state and batch instead of once per read and write:
+//! - the first read of a state in a batch fetches its values for every distinct key of the
+//!   batch (`value-get-batch`, `list-get-batch`);
+//! - writes are logged here, in order, and change what later reads of the batch see;
+//! - when the batch's events are handled, [`finish`] hands the log to the host in one
+//!   `write-batch`, which applies each write as the single call would (TTL, quotas).
+//!
+//! Values are not copied into a buffer of their own: reads decode from the buffer the host
+//! answered with, and writes encode straight into the one buffer `write-batch` passes. A
+//! value is a [`Span`] of one of those buffers. A list appended to before it was read keeps
+//! the appended elements until the fetch gives the elements before them. Map state stays with
+//! the single calls.
+
+use std::cell::RefCell;
+
+use super::StateError;
+use crate::wit::eddy::plugin::keyed_state as wit;
+
+/// Which buffer a [`Span`] is in: the batch's written values, or one of its fetches.
+const WRITTEN: u32 = u32::MAX;
+
+/// A value: a range of the written buffer or of a fetch's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    buf: u32,
+    start: u32,
+    end: u32,
+}
+
+/// What the batch knows of one key's value.
+#[derive(Clone)]
+enum ValueSlot {
+    /// Not read or written in this batch yet.
+    Unknown,
+    /// The value (`None`: there is none), as fetched or as the batch's last write left it.
+    Known(Option<Span>),
+}
+
+/// What the batch knows of one key's list.
+#[derive(Clone)]
+enum ListSlot {
+    /// Not read yet: the elements appended in this batch, after those the host holds.
+    Unknown { appended: Vec<Span> },
+    /// The whole list.
+    Known(Vec<Span>),
+}
+
+/// One batch's fetched values and logged writes.
+#[derive(Default)]
+pub(super) struct Batch {
+    /// The slot of each event's key (`key-slots`), and how many slots, once asked for.
+    slots: Option<(Vec<u32>, usize)>,
+    /// Per state id (small integers, handed out in order), its keys' values or lists.
+    values: Vec<Vec<ValueSlot>>,
+    lists: Vec<Vec<ListSlot>>,
+    /// The buffers of the batch reads.
+    fetched: Vec<Vec<u8>>,
+    /// The logged writes, and the values they take, side by side.
+    writes: Vec<wit::StateWrite>,
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+/// Where the batch gets what it does not hold: the host, or a test's stand-in.
+pub(super) trait Source {
+    fn key_slots(&mut self) -> Vec<u32>;
+    fn values(&mut self, state: wit::StateId)
+    -> Result<(Vec<bool>, wit::PackedValues), StateError>;
+    fn lists(&mut self, state: wit::StateId) -> Result<(Vec<u32>, wit::PackedValues), StateError>;
+}
+
+/// The host, through the batch calls.
+pub(super) struct Host;
+
+impl Source for Host {
+    fn key_slots(&mut self) -> Vec<u32> {
+        wit::key_slots()
+    }
+    fn values(
+        &mut self,
+        state: wit::StateId,
+    ) -> Result<(Vec<bool>, wit::PackedValues), StateError> {
+        Ok(wit::value_get_batch(state)?)
+    }
+    fn lists(&mut self, state: wit::StateId) -> Result<(Vec<u32>, wit::PackedValues), StateError> {
+        Ok(wit::list_get_batch(state)?)
+    }
+}
+
+/// The slots of `state` in `table`, made for `count` keys on first use.
+fn slots_of<T: Clone>(
+    table: &mut Vec<Vec<T>>,
+    state: wit::StateId,
+    count: usize,
+    unknown: T,
+) -> &mut Vec<T> {
+    let at = state as usize;
+    if table.len() <= at {
+        table.resize_with(at + 1, Vec::new);
+    }
+    let slots = &mut table[at];
+    if slots.is_empty() {
+        *slots = vec![unknown; count];
+    }
+    slots
+}
+
+/// The spans of a fetch's values (buffer `buf`), checked against its bytes.
+fn spans_of(buf: u32, packed: &wit::PackedValues) -> Result<Vec<Span>, StateError> {
+    let mut start = 0u32;
+    packed
+        .ends
+        .iter()
+        .map(|&end| {
+            if end < start || end as usize > packed.bytes.len() {
+                return Err(StateError::Storage(format!(
+                    "a batch read's value ends at {end}, outside its range (from {start} in {} bytes)",
+                    packed.bytes.len()
+                )));
+            }
+            let span = Span { buf, start, end };
+            start = end;
+            Ok(span)
+        })
+        .collect()
+}
+
+/// The error for a batch read that answered another number of keys than the batch has.
+fn short_answer(got: usize, keys: usize) -> StateError {
+    StateError::Storage(format!(
+        "the host answered a batch read with {got} entries for the batch's {keys} keys"
+    ))
+}
+
+/// Writes a write's values into the batch's buffer, one call of [`Values::push`] each.
+pub(super) struct Values<'a> {
+    bytes: &'a mut Vec<u8>,
+    ends: &'a mut Vec<u32>,
+}
+
+impl Values<'_> {
+    /// Adds one value, written into the buffer by `encode`.
+    pub(super) fn push(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        encode(self.bytes)?;
+        self.ends.push(self.bytes.len() as u32);
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// The slot of `event`'s key, and the number of slots.
+    fn slot(&mut self, source: &mut impl Source, event: u32) -> Result<(usize, usize), StateError> {
+        let (slots, count) = self.slots.get_or_insert_with(|| {
+            let slots = source.key_slots();
+            let count = slots.iter().max().map_or(0, |&s| s as usize + 1);
+            (slots, count)
+        });
+        let slot = slots.get(event as usize).ok_or(StateError::NoSuchEvent)?;
+        Ok((*slot as usize, *count))
+    }
+
+    /// The bytes of `span`.
+    fn bytes_of(&self, span: Span) -> &[u8] {
+        let buf = if span.buf == WRITTEN {
+            &self.bytes
+        } else {
+            &self.fetched[span.buf as usize]
+        };
+        &buf[span.start as usize..span.end as usize]
+    }
+
+    /// Runs `f` on the value of `event`'s key, fetching the state's values on first need.
+    pub(super) fn read_value<R>(
+        &mut self,
+        source: &mut impl Source,
+        state: wit::StateId,
+        event: u32,
+        f: impl FnOnce(Option<&[u8]>) -> R,
+    ) -> Result<R, StateError> {
+        let (slot, count) = self.slot(source, event)?;
+        let values = slots_of(&mut self.values, state, count, ValueSlot::Unknown);
+        if matches!(values[slot], ValueSlot::Unknown) {
+            let (present, packed) = source.values(state)?;
+            if present.len() != count {
+                return Err(short_answer(present.len(), count));
+            }
+            let mut spans = spans_of(self.fetched.len() as u32, &packed)?.into_iter();
+            for (known, present) in values.iter_mut().zip(present) {
+                let value = if present {
+                    Some(spans.next().ok_or_else(|| short_answer(0, count))?)
+                } else {
+                    None
+                };
+                if matches!(known, ValueSlot::Unknown) {
+                    *known = ValueSlot::Known(value);
+                }
+            }
+            self.fetched.push(packed.bytes);
+        }
+        let ValueSlot::Known(span) = self.values[state as usize][slot] else {
+            unreachable!("every slot is known after the fetch");
+        };
+        Ok(f(span.map(|s| self.bytes_of(s))))
+    }
+
+    /// Runs `f` on the list of `event`'s key, fetching the state's lists on first need.
+    pub(super) fn read_list<R>(
+        &mut self,
+        source: &mut impl Source,
+        state: wit::StateId,
+        event: u32,
+        f: impl FnOnce(&mut dyn Iterator<Item = &[u8]>) -> R,
+    ) -> Result<R, StateError> {
+        let (slot, count) = self.slot(source, event)?;
+        let unknown = ListSlot::Unknown {
+            appended: Vec::new(),
+        };
+        let lists = slots_of(&mut self.lists, state, count, unknown);
+        if matches!(lists[slot], ListSlot::Unknown { .. }) {
+            let (counts, packed) = source.lists(state)?;
+            if counts.len() != count {
+                return Err(short_answer(counts.len(), count));
+            }
+            let mut spans = spans_of(self.fetched.len() as u32, &packed)?.into_iter();
+            for (known, n) in lists.iter_mut().zip(counts) {
+                let mut list: Vec<Span> = spans.by_ref().take(n as usize).collect();
+                if list.len() != n as usize {
+                    return Err(short_answer(list.len(), n as usize));
+                }
+                if let ListSlot::Unknown { appended } = known {
+                    list.append(appended);
+                    *known = ListSlot::Known(list);
+                }
+            }
+            self.fetched.push(packed.bytes);
+        }
+        let ListSlot::Known(spans) = &self.lists[state as usize][slot] else {
+            unreachable!("every slot is known after the fetch");
+        };
+        Ok(f(&mut spans.iter().map(|&s| self.bytes_of(s))))
+    }
+
+    /// Logs a write: `change` to `state` for `event`'s key, its values written by `encode`
+    /// (none for the clears, one for the value sets). Nothing is logged if `encode` fails.
+    pub(super) fn write(
+        &mut self,
+        source: &mut impl Source,
+        state: wit::StateId,
+        event: u32,
+        change: wit::ChangeKind,
+        ttl_ms: Option<u64>,
+        encode: impl FnOnce(&mut Values<'_>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let (slot, count) = self.slot(source, event)?;
+        let (first, bytes_before) = (self.ends.len(), self.bytes.len());
+        let encoded = encode(&mut Values {
+            bytes: &mut self.bytes,
+            ends: &mut self.ends,
+        });
+        if let Err(e) = encoded {
+            self.bytes.truncate(bytes_before);
+            self.ends.truncate(first);
+            return Err(e);
+        }
+        let mut start = bytes_before as u32;
+        let spans: Vec<Span> = self.ends[first..]
+            .iter()
+            .map(|&end| {
+                let span = Span {
+                    buf: WRITTEN,
+                    start,
+                    end,
+                };
+                start = end;
+                span
+            })
+            .collect();
+        use wit::ChangeKind as C;
+        match change {
+            C::ValueSet | C::ValueSetWithTtl | C::ValueClear => {
+                let values = slots_of(&mut self.values, state, count, ValueSlot::Unknown);
+                values[slot] = ValueSlot::Known(spans.first().copied());
+            }
+            C::ListAddAll | C::ListUpdate | C::ListClear => {
+                let unknown = ListSlot::Unknown {
+                    appended: Vec::new(),
+                };
+                let list = &mut slots_of(&mut self.lists, state, count, unknown)[slot];
+                match (change, list) {
+                    (C::ListAddAll, ListSlot::Known(list)) => list.extend(&spans),
+                    (C::ListAddAll, ListSlot::Unknown { appended }) => appended.extend(&spans),
+                    (_, list) => *list = ListSlot::Known(spans.clone()),
+                }
+            }
+        }
+        self.writes.push(wit::StateWrite {
+            state,
+            event,
+            change,
+            ttl_ms,
+            values: spans.len() as u32,
+        });
+        Ok(())
+    }
+
+    /// The logged writes and their values, leaving the batch empty.
+    fn take_writes(&mut self) -> (Vec<wit::StateWrite>, wit::PackedValues) {
+        let taken = std::mem::take(self);
+        (
+            taken.writes,
+            wit::PackedValues {
+                bytes: taken.bytes,
+                ends: taken.ends,
+            },
+        )
+    }
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::default());
+}
+
+/// Runs `f` with the current batch and the host as its source.
+pub(super) fn with<R>(f: impl FnOnce(&mut Batch, &mut Host) -> R) -> R {
+    BATCH.with(|b| f(&mut b.borrow_mut(), &mut Host))
+}
+
+/// Hands the batch's writes to the host and forgets the batch. A write the host refuses
+/// traps the call: the host then discards the batch's writes and handles its events one at a
+/// time, where the refusal meets the event it belongs to (a quota, for example).
+pub(crate) fn finish() {
+    let (writes, values) = BATCH.with(|b| b.borrow_mut().take_writes());
+    if writes.is_empty() {
+        return;
+    }
+    if let Err((at, error)) = wit::write_batch(&writes, &values) {
+        let event = writes.get(at as usize).map_or(0, |w| w.event);
+        panic!(
+            "eddy-sdk: the host refused the state write of event {event} (write {at} of the batch): {}",
+            StateError::from(error)
+        );
+    }
+}
+
+/// Forgets the batch without writing it (the batch ended with a panic).
+pub(crate) fn forget() {
+    BATCH.with(|b| drop(b.borrow_mut().take_writes()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wit::ChangeKind as C;
+
+    /// A stand-in for the host: events' key slots and each state's stored values, counting
+    /// the fetches.
+    struct Stored {
+        slots: Vec<u32>,
+        values: Vec<Option<&'static str>>,
+        lists: Vec<Vec<&'static str>>,
+        fetches: usize,
+    }
+
+    fn pack<'a>(values: impl IntoIterator<Item = &'a str>) -> wit::PackedValues {
+        let mut packed = wit::PackedValues {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+        };
+        for v in values {
+            packed.bytes.extend_from_slice(v.as_bytes());
+            packed.ends.push(packed.bytes.len() as u32);
+        }
+        packed
+    }
+
+    impl Source for Stored {
+        fn key_slots(&mut self) -> Vec<u32> {
+            self.fetches += 1;
+            self.slots.clone()
+        }
+        fn values(
+            &mut self,
+            _: wit::StateId,
+        ) -> Result<(Vec<bool>, wit::PackedValues), StateError> {
+            self.fetches += 1;
+            let present = self.values.iter().map(Option::is_some).collect();
+            Ok((present, pack(self.values.iter().flatten().copied())))
+        }
+        fn lists(&mut self, _: wit::StateId) -> Result<(Vec<u32>, wit::PackedValues), StateError> {
+            self.fetches += 1;
+            let counts = self.lists.iter().map(|l| l.len() as u32).collect();
+            Ok((counts, pack(self.lists.iter().flatten().copied())))
+        }
+    }
+
+    fn stored(slots: &[u32]) -> Stored {
+        Stored {
+            slots: slots.to_vec(),
+            values: Vec::new(),
+            lists: Vec::new(),
+            fetches: 0,
+        }
+    }
+
+    fn value(b: &mut Batch, src: &mut Stored, event: u32) -> Option<String> {
+        b.read_value(src, 1, event, |v| {
+            v.map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .expect("read")
+    }
+
+    fn list(b: &mut Batch, src: &mut Stored, event: u32) -> Vec<String> {
+        b.read_list(src, 2, event, |l| {
+            l.map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+        })
+        .expect("read")
+    }
+
+    fn write(b: &mut Batch, src: &mut Stored, state: u32, event: u32, kind: C, values: &[&str]) {
+        b.write(src, state, event, kind, None, |out| {
+            values.iter().try_for_each(|v| {
+                out.push(|buf| {
+                    buf.extend_from_slice(v.as_bytes());
+                    Ok(())
+                })
+            })
+        })
+        .expect("write");
+    }
+
+    /// The writes handed to the host: per write, its event, kind and values.
+    fn handed(b: &mut Batch) -> Vec<(u32, C, Vec<String>)> {
+        let (writes, packed) = b.take_writes();
+        let mut spans = spans_of(0, &packed).expect("spans").into_iter();
+        writes
+            .iter()
+            .map(|w| {
+                let values = spans
+                    .by_ref()
+                    .take(w.values as usize)
+                    .map(|s| {
+                        String::from_utf8_lossy(&packed.bytes[s.start as usize..s.end as usize])
+                            .into_owned()
+                    })
+                    .collect();
+                (w.event, w.change, values)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_is_seen_by_later_events_of_the_same_key_only() {
+        // Events 0 and 2 share key slot 0; event 1 has slot 1.
+        let mut src = stored(&[0, 1, 0]);
+        src.values = vec![Some("a0"), None];
+        let mut b = Batch::default();
+        assert_eq!(value(&mut b, &mut src, 0).as_deref(), Some("a0"));
+        write(&mut b, &mut src, 1, 0, C::ValueSet, &["a1"]);
+        assert_eq!(value(&mut b, &mut src, 1), None);
+        assert_eq!(value(&mut b, &mut src, 2).as_deref(), Some("a1"));
+        write(&mut b, &mut src, 1, 2, C::ValueClear, &[]);
+        assert_eq!(value(&mut b, &mut src, 0), None);
+        // key-slots once, the state's values once.
+        assert_eq!(src.fetches, 2);
+        assert_eq!(
+            handed(&mut b),
+            [
+                (0, C::ValueSet, vec!["a1".to_owned()]),
+                (2, C::ValueClear, vec![])
+            ]
+        );
+        assert!(handed(&mut b).is_empty());
+    }
+
+    #[test]
+    fn a_blind_write_wins_over_the_fetched_value() {
+        let mut src = stored(&[0, 1]);
+        src.values = vec![Some("old0"), Some("old1")];
+        let mut b = Batch::default();
+        b.write(&mut src, 1, 0, C::ValueSetWithTtl, Some(5), |out| {
+            out.push(|buf| {
+                buf.extend_from_slice(b"new0");
+                Ok(())
+            })
+        })
+        .expect("write");
+        assert_eq!(value(&mut b, &mut src, 1).as_deref(), Some("old1"));
+        assert_eq!(value(&mut b, &mut src, 0).as_deref(), Some("new0"));
+        let (writes, _) = b.take_writes();
+        assert_eq!(writes[0].ttl_ms, Some(5));
+        assert_eq!(writes[0].change, C::ValueSetWithTtl);
+    }
+
+    #[test]
+    fn elements_added_before_the_first_read_follow_the_stored_ones() {
+        let mut src = stored(&[0, 0, 1]);
+        src.lists = vec![vec!["s1", "s2"], Vec::new()];
+        let mut b = Batch::default();
+        write(&mut b, &mut src, 2, 0, C::ListAddAll, &["x"]);
+        write(&mut b, &mut src, 2, 1, C::ListAddAll, &["y"]);
+        assert_eq!(list(&mut b, &mut src, 1), ["s1", "s2", "x", "y"]);
+        assert!(list(&mut b, &mut src, 2).is_empty());
+        write(&mut b, &mut src, 2, 2, C::ListUpdate, &["z", "z2"]);
+        write(&mut b, &mut src, 2, 2, C::ListAddAll, &["w"]);
+        assert_eq!(list(&mut b, &mut src, 2), ["z", "z2", "w"]);
+        write(&mut b, &mut src, 2, 0, C::ListClear, &[]);
+        assert!(list(&mut b, &mut src, 1).is_empty());
+        assert_eq!(src.fetches, 2);
+        let handed = handed(&mut b);
+        assert_eq!(handed.len(), 5);
+        assert_eq!(handed[2], (2, C::ListUpdate, vec!["z".into(), "z2".into()]));
+    }
+
+    #[test]
+    fn a_failed_encoding_logs_nothing() {
+        let mut src = stored(&[0]);
+        src.values = vec![Some("kept")];
+        let mut b = Batch::default();
+        let err = b
+            .write(&mut src, 1, 0, C::ValueSet, None, |out| {
+                out.push(|buf| {
+                    buf.extend_from_slice(b"half");
+                    Err(StateError::Encode("no".into()))
+                })
+            })
+            .expect_err("fails");
+        assert_eq!(err, StateError::Encode("no".into()));
+        assert_eq!(value(&mut b, &mut src, 0).as_deref(), Some("kept"));
+        let (writes, packed) = b.take_writes();
+        assert!(writes.is_empty() && packed.bytes.is_empty() && packed.ends.is_empty());
+    }
+
+    #[test]
+    fn an_event_outside_the_batch_is_no_such_event() {
+        let mut src = stored(&[0]);
+        src.values = vec![None];
+        let mut b = Batch::default();
+        let err = b.read_value(&mut src, 1, 3, |_| ()).expect_err("event 3");
+        assert_eq!(err, StateError::NoSuchEvent);
+    }
+
+    #[test]
+    fn a_malformed_answer_is_an_error_not_a_panic() {
+        let mut src = stored(&[0, 1]);
+        // Two keys, one value answered.
+        src.values = vec![Some("only")];
+        let mut b = Batch::default();
+        let err = b.read_value(&mut src, 1, 0, |_| ()).expect_err("short");
+        assert!(
+            err.to_string().contains("1 entries for the batch's 2 keys"),
+            "{err}"
+        );
+    }
+}
