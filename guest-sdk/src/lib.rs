@@ -116,6 +116,15 @@
 //!
 //! Writes are visible to later reads in the same batch and committed with the batch.
 //!
+//! Value and list state cross to the host a batch at a time: the first read of a state in a
+//! batch fetches its values for every key of the batch in one call, writes are kept in the
+//! plugin (later reads of the batch see them) and handed over in one call when the batch's
+//! events are done. That is invisible to the plugin, with one difference: a write the host
+//! refuses (a quota with policy `reject`) is met when the batch ends, not at `set`, and the
+//! event is dead-lettered by the host either way. States whose TTL stamps or returns entries on
+//! reads, or whose quota evicts, keep one host call per read and write. Map state makes one
+//! call per operation.
+//!
 //! Entries can expire: [`ValueState::with_ttl`] (and the same on the other handles) takes a
 //! [`Ttl`], modelled on Flink's `StateTtlConfig`. The pipeline's configuration may override it.
 //!
