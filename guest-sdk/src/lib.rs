@@ -117,7 +117,9 @@
 //! Writes are visible to later reads in the same batch and committed with the batch.
 //!
 //! Value and list state cross to the host a batch at a time: the first read of a state in a
-//! batch fetches its values for every key of the batch in one call, writes are kept in the
+//! batch fetches its values for every key of the batch in one call (unless the previous batch
+//! read that state for fewer than a quarter of its events: then one key at a time), writes are
+//! kept in the
 //! plugin (later reads of the batch see them) and handed over in one call when the batch's
 //! events are done. That is invisible to the plugin, with one difference: a write the host
 //! refuses (a quota with policy `reject`) is met when the batch ends, not at `set`, and the

@@ -14,7 +14,7 @@
 
 eddy_tests::host_allocator!();
 
-use eddy_tests::bench::{only_arg, transactions, worker_rate};
+use eddy_tests::bench::{only_arg, transactions, worker_rate, worker_rate_single_calls};
 use eddy_tests::{plugin, plugin_target_dir};
 
 /// Paired rounds per language.
@@ -95,5 +95,32 @@ fn main() {
         for row in rows {
             println!("{row}");
         }
+    }
+
+    // The keyed-state batch calls, off (the host answers `batchable` false: one import call
+    // per read and write) against on, for the layer that uses them (Rust's; the JS layer was
+    // measured slower with them, docs/BENCHMARKS.md), paired rounds, off first.
+    println!(
+        "\n| fraud-enrich | single calls, events/s | batch calls, events/s | batch / single |"
+    );
+    println!("|---|---:|---:|---:|");
+    {
+        let lang = "Rust";
+        let wasm = plugin("fraud-enrich");
+        let (mut single, mut batched, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let r = worker_rate_single_calls(&wasm, "{}", &txs, 256);
+            let a = r.events as f64 / r.secs;
+            let b = rate(&wasm, "{}");
+            single.push(a);
+            batched.push(b);
+            ratios.push(b / a);
+        }
+        println!(
+            "| {lang} | {:.0} | {:.0} | {:.2} |",
+            median(single),
+            median(batched),
+            median(ratios)
+        );
     }
 }

@@ -63,6 +63,14 @@ pub(super) struct Batch {
     writes: Vec<wit::StateWrite>,
     bytes: Vec<u8>,
     ends: Vec<u32>,
+    /// Per state id, the reads of this batch.
+    reads: Vec<u32>,
+    /// Per state id, whether the last batch that read the state read it for fewer than a
+    /// quarter of its events. Such a state is read one key at a time (`value-get`, `list-get`)
+    /// rather than for every key of the batch: a plugin that reads a state for a few events
+    /// would otherwise fetch every key's value, from disk where the hot values lack it. Kept
+    /// from batch to batch.
+    sparse: Vec<bool>,
 }
 
 /// Where the batch gets what it does not hold: the host, or a test's stand-in.
@@ -71,6 +79,8 @@ pub(super) trait Source {
     fn values(&mut self, state: wit::StateId)
     -> Result<(Vec<bool>, wit::PackedValues), StateError>;
     fn lists(&mut self, state: wit::StateId) -> Result<(Vec<u32>, wit::PackedValues), StateError>;
+    fn value(&mut self, state: wit::StateId, event: u32) -> Result<Option<Vec<u8>>, StateError>;
+    fn list(&mut self, state: wit::StateId, event: u32) -> Result<Vec<Vec<u8>>, StateError>;
 }
 
 /// The host, through the batch calls.
@@ -88,6 +98,12 @@ impl Source for Host {
     }
     fn lists(&mut self, state: wit::StateId) -> Result<(Vec<u32>, wit::PackedValues), StateError> {
         Ok(wit::list_get_batch(state)?)
+    }
+    fn value(&mut self, state: wit::StateId, event: u32) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(wit::value_get(state, event)?)
+    }
+    fn list(&mut self, state: wit::StateId, event: u32) -> Result<Vec<Vec<u8>>, StateError> {
+        Ok(wit::list_get(state, event)?)
     }
 }
 
@@ -185,8 +201,20 @@ impl Batch {
         f: impl FnOnce(Option<&[u8]>) -> R,
     ) -> Result<R, StateError> {
         let (slot, count) = self.slot(source, event)?;
+        let sparse = self.count_read(state);
         let values = slots_of(&mut self.values, state, count, ValueSlot::Unknown);
-        if matches!(values[slot], ValueSlot::Unknown) {
+        if matches!(values[slot], ValueSlot::Unknown) && sparse {
+            let value = source.value(state, event)?.map(|bytes| {
+                let end = bytes.len() as u32;
+                self.fetched.push(bytes);
+                Span {
+                    buf: self.fetched.len() as u32 - 1,
+                    start: 0,
+                    end,
+                }
+            });
+            values[slot] = ValueSlot::Known(value);
+        } else if matches!(values[slot], ValueSlot::Unknown) {
             let (present, packed) = source.values(state)?;
             if present.len() != count {
                 return Err(short_answer(present.len(), count));
@@ -222,8 +250,24 @@ impl Batch {
         let unknown = ListSlot::Unknown {
             appended: Vec::new(),
         };
+        let sparse = self.count_read(state);
         let lists = slots_of(&mut self.lists, state, count, unknown);
-        if matches!(lists[slot], ListSlot::Unknown { .. }) {
+        if let ListSlot::Unknown { appended } = &mut lists[slot]
+            && sparse
+        {
+            let mut list = Vec::new();
+            for bytes in source.list(state, event)? {
+                let end = bytes.len() as u32;
+                self.fetched.push(bytes);
+                list.push(Span {
+                    buf: self.fetched.len() as u32 - 1,
+                    start: 0,
+                    end,
+                });
+            }
+            list.append(appended);
+            lists[slot] = ListSlot::Known(list);
+        } else if matches!(lists[slot], ListSlot::Unknown { .. }) {
             let (counts, packed) = source.lists(state)?;
             if counts.len() != count {
                 return Err(short_answer(counts.len(), count));
@@ -310,9 +354,31 @@ impl Batch {
         Ok(())
     }
 
-    /// The logged writes and their values, leaving the batch empty.
+    /// Counts a read of `state`; whether the state is read one key at a time.
+    fn count_read(&mut self, state: wit::StateId) -> bool {
+        let at = state as usize;
+        if self.reads.len() <= at {
+            self.reads.resize(at + 1, 0);
+        }
+        self.reads[at] += 1;
+        self.sparse.get(at).copied().unwrap_or(false)
+    }
+
+    /// The logged writes and their values, leaving the batch empty but for what it learnt of
+    /// how densely each state is read.
     fn take_writes(&mut self) -> (Vec<wit::StateWrite>, wit::PackedValues) {
+        let events = self.slots.as_ref().map_or(0, |(slots, _)| slots.len());
+        let mut sparse = std::mem::take(&mut self.sparse);
+        for (state, &reads) in self.reads.iter().enumerate() {
+            if reads > 0 {
+                if sparse.len() <= state {
+                    sparse.resize(state + 1, false);
+                }
+                sparse[state] = (reads as usize) * 4 < events;
+            }
+        }
         let taken = std::mem::take(self);
+        self.sparse = sparse;
         (
             taken.writes,
             wit::PackedValues {
@@ -366,6 +432,7 @@ mod tests {
         values: Vec<Option<&'static str>>,
         lists: Vec<Vec<&'static str>>,
         fetches: usize,
+        single: usize,
     }
 
     fn pack<'a>(values: impl IntoIterator<Item = &'a str>) -> wit::PackedValues {
@@ -398,6 +465,19 @@ mod tests {
             let counts = self.lists.iter().map(|l| l.len() as u32).collect();
             Ok((counts, pack(self.lists.iter().flatten().copied())))
         }
+        fn value(&mut self, _: wit::StateId, event: u32) -> Result<Option<Vec<u8>>, StateError> {
+            self.single += 1;
+            let slot = self.slots[event as usize] as usize;
+            Ok(self.values[slot].map(|v| v.as_bytes().to_vec()))
+        }
+        fn list(&mut self, _: wit::StateId, event: u32) -> Result<Vec<Vec<u8>>, StateError> {
+            self.single += 1;
+            let slot = self.slots[event as usize] as usize;
+            Ok(self.lists[slot]
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect())
+        }
     }
 
     fn stored(slots: &[u32]) -> Stored {
@@ -406,6 +486,7 @@ mod tests {
             values: Vec::new(),
             lists: Vec::new(),
             fetches: 0,
+            single: 0,
         }
     }
 
@@ -557,5 +638,42 @@ mod tests {
             err.to_string().contains("1 entries for the batch's 2 keys"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_state_read_for_few_events_is_then_read_one_key_at_a_time() {
+        // Eight events, eight keys.
+        let slots: Vec<u32> = (0..8).collect();
+        let mut b = Batch::default();
+        let mut src = stored(&slots);
+        src.values = vec![Some("v"); 8];
+        src.lists = vec![vec!["l"]; 8];
+        // First batch: one read of each state (fewer than a quarter of 8 events): fetched for
+        // every key, as nothing is known of the state yet.
+        assert_eq!(value(&mut b, &mut src, 3).as_deref(), Some("v"));
+        write(&mut b, &mut src, 2, 5, C::ListAddAll, &["x"]);
+        assert_eq!(list(&mut b, &mut src, 5), ["l", "x"]);
+        assert_eq!((src.fetches, src.single), (3, 0));
+        b.take_writes();
+        // Second batch: both states are read one key at a time, and the batch's own writes
+        // still come first.
+        let mut src = stored(&slots);
+        src.values = vec![Some("v2"); 8];
+        src.lists = vec![vec!["l2"]; 8];
+        write(&mut b, &mut src, 1, 0, C::ValueSet, &["mine"]);
+        assert_eq!(value(&mut b, &mut src, 0).as_deref(), Some("mine"));
+        assert_eq!(value(&mut b, &mut src, 1).as_deref(), Some("v2"));
+        write(&mut b, &mut src, 2, 2, C::ListAddAll, &["y"]);
+        assert_eq!(list(&mut b, &mut src, 2), ["l2", "y"]);
+        assert_eq!((src.fetches, src.single), (1, 2));
+        // Reading state 1 for every event makes it dense again for the batch after.
+        for e in 2..8 {
+            value(&mut b, &mut src, e);
+        }
+        b.take_writes();
+        let mut src = stored(&slots);
+        src.values = vec![Some("v3"); 8];
+        assert_eq!(value(&mut b, &mut src, 4).as_deref(), Some("v3"));
+        assert_eq!((src.fetches, src.single), (2, 0));
     }
 }
