@@ -398,6 +398,7 @@ void eddy_state_set_ttl(eddy_state *state, eddy_ttl ttl) {
     state->has_ttl = true;
     state->ttl = ttl;
     state->opened = false; /* opened again, with the TTL, on next use */
+    state->batch = 0;
 }
 
 const char *eddy_state_open(eddy_state *state) {
@@ -442,6 +443,354 @@ const char *eddy_state_visit_all_keys(eddy_state *state, const char *tag) {
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Keyed state a batch at a time (as the Rust SDK's state/batch.rs)
+ *
+ * Value and list state of a `batchable` state cross to the host once per state and batch: the
+ * first read of a state fetches its values for every distinct key of the batch
+ * (`value-get-batch`, `list-get-batch`, the values packed in one buffer), writes are copied
+ * into one buffer here, in order, and change what later reads of the batch see, and
+ * finish_batch hands them over in one `write-batch` when the batch's events are done. A list
+ * appended to before it was read keeps the appended elements until the fetch gives the ones
+ * before them. A state that the previous batch read for fewer than a quarter of its events is
+ * read one key at a time with the single calls. Values are spans of a fetched buffer or of the
+ * written one (WRITTEN), so nothing is copied per read. */
+
+#define WRITTEN UINT32_MAX
+
+typedef struct {
+    uint32_t buf, start, end;
+} span;
+
+typedef struct {
+    bool known, present;
+    span value;
+} value_slot;
+
+typedef struct {
+    bool known;       /* false: `items` are the elements appended before the first read */
+    span *items;
+    size_t len, cap;
+} list_slot;
+
+typedef struct {
+    uint32_t state;
+    uint32_t reads;
+    value_slot *values; /* per key slot, for value state */
+    list_slot *lists;   /* per key slot, for list state */
+} state_table;
+
+static struct {
+    bool have_slots;
+    full_processor_list_u32_t slots; /* the key slot of each event */
+    size_t count;                    /* distinct keys */
+    state_table *tables;
+    size_t ntables, captables;
+    uint8_t **fetched;
+    size_t nfetched, capfetched;
+    eddy_plugin_keyed_state_state_write_t *writes;
+    size_t nwrites, capwrites;
+    uint8_t *bytes;
+    size_t nbytes, capbytes;
+    uint32_t *ends;
+    size_t nends, capends;
+} batch;
+
+/* Per state id: whether the last batch that read the state read it for few of its events.
+ * Kept from batch to batch. */
+static uint8_t *sparse;
+static size_t nsparse;
+
+/* Grows *ptr (of *cap elements of `size` bytes) to hold at least `need`. */
+static void grow(void **ptr, size_t *cap, size_t need, size_t size) {
+    if (need <= *cap) return;
+    size_t c = *cap ? *cap * 2 : 16;
+    while (c < need) c *= 2;
+    void *p = realloc(*ptr, c * size);
+    if (!p) oom();
+    *ptr = p;
+    *cap = c;
+}
+
+/* Keeps a buffer the host answered with, freed when the batch ends. An empty list's pointer
+ * is not an allocation (the canonical ABI gives its alignment), so `len` 0 keeps nothing. */
+static void keep_fetched(uint8_t *buf, size_t len) {
+    if (len == 0) buf = NULL;
+    grow((void **)&batch.fetched, &batch.capfetched, batch.nfetched + 1, sizeof *batch.fetched);
+    batch.fetched[batch.nfetched++] = buf;
+}
+
+/* Frees a list the host answered with (an empty one is not an allocation). */
+static void free_list(void *ptr, size_t len) {
+    if (len > 0) free(ptr);
+}
+
+/* Forgets the batch, remembering which states it read sparsely. */
+static void forget_batch(void) {
+    size_t events = batch.have_slots ? batch.slots.len : 0;
+    for (size_t t = 0; t < batch.ntables; t++) {
+        state_table *tb = &batch.tables[t];
+        if (tb->reads > 0) {
+            if (tb->state >= nsparse) {
+                size_t n = tb->state + 1;
+                uint8_t *p = realloc(sparse, n);
+                if (!p) oom();
+                memset(p + nsparse, 0, n - nsparse);
+                sparse = p;
+                nsparse = n;
+            }
+            sparse[tb->state] = (size_t)tb->reads * 4 < events;
+        }
+        if (tb->lists)
+            for (size_t i = 0; i < batch.count; i++) free(tb->lists[i].items);
+        free(tb->values);
+        free(tb->lists);
+    }
+    for (size_t i = 0; i < batch.nfetched; i++) free(batch.fetched[i]);
+    if (batch.have_slots) free_list(batch.slots.ptr, batch.slots.len);
+    batch.have_slots = false;
+    batch.count = 0;
+    batch.ntables = batch.nfetched = batch.nwrites = batch.nbytes = batch.nends = 0;
+}
+
+/* The key slot of event `ev`. */
+static const char *batch_slot(uint32_t ev, size_t *slot) {
+    if (!batch.have_slots) {
+        eddy_plugin_keyed_state_key_slots(&batch.slots);
+        batch.have_slots = true;
+        batch.count = 0;
+        for (size_t i = 0; i < batch.slots.len; i++)
+            if (batch.slots.ptr[i] + 1 > batch.count) batch.count = batch.slots.ptr[i] + 1;
+    }
+    if (ev >= batch.slots.len)
+        return state_error(&(eddy_plugin_keyed_state_state_error_t){
+            .tag = EDDY_PLUGIN_KEYED_STATE_STATE_ERROR_NO_SUCH_EVENT});
+    *slot = batch.slots.ptr[ev];
+    return NULL;
+}
+
+/* The batch's table of `state`, made on first use; counts a read if `read`. */
+static state_table *table_of(uint32_t state, bool list) {
+    state_table *tb = NULL;
+    for (size_t t = 0; t < batch.ntables; t++)
+        if (batch.tables[t].state == state) tb = &batch.tables[t];
+    if (!tb) {
+        grow((void **)&batch.tables, &batch.captables, batch.ntables + 1, sizeof *batch.tables);
+        tb = &batch.tables[batch.ntables++];
+        *tb = (state_table){.state = state};
+    }
+    size_t n = batch.count ? batch.count : 1;
+    if (list && !tb->lists && !(tb->lists = calloc(n, sizeof *tb->lists))) oom();
+    if (!list && !tb->values && !(tb->values = calloc(n, sizeof *tb->values))) oom();
+    return tb;
+}
+
+static bool is_sparse(uint32_t state) { return state < nsparse && sparse[state]; }
+
+static eddy_bytes span_bytes(span s) {
+    const uint8_t *buf = s.buf == WRITTEN ? batch.bytes : batch.fetched[s.buf];
+    return (eddy_bytes){buf + s.start, s.end - s.start};
+}
+
+static const char *short_answer(size_t got, size_t keys) {
+    return eddy_sprintf("state storage failed: the host answered a batch read with %zu entries "
+                        "for the batch's %zu keys",
+                        got, keys);
+}
+
+/* The spans of a fetched packed buffer, kept as buffer number `buf`; frees `ends`. */
+static const char *unpack(eddy_plugin_keyed_state_packed_values_t *p, span **out, size_t *n) {
+    uint32_t buf = (uint32_t)batch.nfetched;
+    keep_fetched(p->bytes.ptr, p->bytes.len);
+    span *sp = eddy_alloc(p->ends.len * sizeof *sp + 1);
+    uint32_t start = 0;
+    const char *bad = NULL;
+    for (size_t i = 0; i < p->ends.len && !bad; i++) {
+        uint32_t end = p->ends.ptr[i];
+        if (end < start || end > p->bytes.len)
+            bad = eddy_sprintf("state storage failed: a batch read's value ends at %u, outside "
+                               "its range (from %u in %zu bytes)",
+                               end, start, p->bytes.len);
+        sp[i] = (span){buf, start, end};
+        start = end;
+    }
+    *out = sp;
+    *n = p->ends.len;
+    free_list(p->ends.ptr, p->ends.len);
+    return bad;
+}
+
+/* The current key's value of `state` in the batch: *present, and its bytes. */
+static const char *batch_value(eddy_state *state, uint32_t ev, bool *present, eddy_bytes *out) {
+    size_t slot;
+    const char *e = batch_slot(ev, &slot);
+    if (e) return e;
+    state_table *tb = table_of(state->id, false);
+    tb->reads++;
+    value_slot *v = &tb->values[slot];
+    if (!v->known && is_sparse(state->id)) {
+        full_processor_option_list_u8_t r;
+        eddy_plugin_keyed_state_state_error_t err;
+        if (!eddy_plugin_keyed_state_value_get(state->id, ev, &r, &err)) return state_error(&err);
+        *v = (value_slot){.known = true, .present = r.is_some};
+        if (r.is_some) {
+            v->value = (span){(uint32_t)batch.nfetched, 0, (uint32_t)r.val.len};
+            keep_fetched(r.val.ptr, r.val.len);
+        }
+    } else if (!v->known) {
+        eddy_plugin_keyed_state_tuple2_list_bool_packed_values_t r;
+        eddy_plugin_keyed_state_state_error_t err;
+        if (!eddy_plugin_keyed_state_value_get_batch(state->id, &r, &err)) return state_error(&err);
+        span *sp;
+        size_t n, next = 0;
+        const char *bad = unpack(&r.f1, &sp, &n);
+        size_t keys = r.f0.len;
+        for (size_t i = 0; i < keys && i < batch.count && !bad; i++) {
+            bool has = r.f0.ptr[i];
+            if (has && next >= n) bad = short_answer(next, batch.count);
+            if (!tb->values[i].known && !bad)
+                tb->values[i] = (value_slot){true, has, has ? sp[next] : (span){0}};
+            if (has) next++;
+        }
+        free_list(r.f0.ptr, r.f0.len);
+        if (!bad && keys != batch.count) bad = short_answer(keys, batch.count);
+        if (bad) return bad;
+    }
+    *present = v->present;
+    if (v->present) *out = span_bytes(v->value);
+    return NULL;
+}
+
+static void list_append(list_slot *l, const span *items, size_t n) {
+    grow((void **)&l->items, &l->cap, l->len + n, sizeof *l->items);
+    memcpy(l->items + l->len, items, n * sizeof *items);
+    l->len += n;
+}
+
+/* Makes slot `l` known as `fetched` followed by what was appended before. */
+static void list_known(list_slot *l, const span *fetched, size_t n) {
+    list_slot k = {.known = true};
+    list_append(&k, fetched, n);
+    list_append(&k, l->items, l->len);
+    free(l->items);
+    *l = k;
+}
+
+/* The current key's list of `state` in the batch. */
+static const char *batch_list(eddy_state *state, uint32_t ev, list_slot **out) {
+    size_t slot;
+    const char *e = batch_slot(ev, &slot);
+    if (e) return e;
+    state_table *tb = table_of(state->id, true);
+    tb->reads++;
+    list_slot *l = &tb->lists[slot];
+    if (!l->known && is_sparse(state->id)) {
+        full_processor_list_list_u8_t r;
+        eddy_plugin_keyed_state_state_error_t err;
+        if (!eddy_plugin_keyed_state_list_get(state->id, ev, &r, &err)) return state_error(&err);
+        span *sp = eddy_alloc(r.len * sizeof *sp + 1);
+        for (size_t i = 0; i < r.len; i++) {
+            sp[i] = (span){(uint32_t)batch.nfetched, 0, (uint32_t)r.ptr[i].len};
+            keep_fetched(r.ptr[i].ptr, r.ptr[i].len);
+        }
+        free_list(r.ptr, r.len);
+        list_known(l, sp, r.len);
+    } else if (!l->known) {
+        eddy_plugin_keyed_state_tuple2_list_u32_packed_values_t r;
+        eddy_plugin_keyed_state_state_error_t err;
+        if (!eddy_plugin_keyed_state_list_get_batch(state->id, &r, &err)) return state_error(&err);
+        span *sp;
+        size_t n, next = 0;
+        const char *bad = unpack(&r.f1, &sp, &n);
+        size_t keys = r.f0.len;
+        for (size_t i = 0; i < keys && i < batch.count && !bad; i++) {
+            size_t c = r.f0.ptr[i];
+            if (next + c > n) bad = short_answer(next, n);
+            else if (!tb->lists[i].known) list_known(&tb->lists[i], sp + next, c);
+            next += c;
+        }
+        free_list(r.f0.ptr, r.f0.len);
+        if (!bad && keys != batch.count) bad = short_answer(keys, batch.count);
+        if (bad) return bad;
+    }
+    *out = l;
+    return NULL;
+}
+
+/* Logs a write of `change` to `state` for the current key, copying `values`. */
+static const char *batch_write(eddy_state *state, uint32_t ev,
+                               eddy_plugin_keyed_state_change_kind_t change, const uint64_t *ttl,
+                               const eddy_bytes *values, size_t n) {
+    size_t slot;
+    const char *e = batch_slot(ev, &slot);
+    if (e) return e;
+    span *sp = eddy_alloc(n * sizeof *sp + 1);
+    for (size_t i = 0; i < n; i++) {
+        grow((void **)&batch.bytes, &batch.capbytes, batch.nbytes + values[i].len, 1);
+        if (values[i].len) memcpy(batch.bytes + batch.nbytes, values[i].ptr, values[i].len);
+        sp[i] = (span){WRITTEN, (uint32_t)batch.nbytes, (uint32_t)(batch.nbytes + values[i].len)};
+        batch.nbytes += values[i].len;
+        grow((void **)&batch.ends, &batch.capends, batch.nends + 1, sizeof *batch.ends);
+        batch.ends[batch.nends++] = (uint32_t)batch.nbytes;
+    }
+    switch (change) {
+    case EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET:
+    case EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET_WITH_TTL:
+    case EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_CLEAR: {
+        value_slot *v = &table_of(state->id, false)->values[slot];
+        *v = (value_slot){true, n > 0, n > 0 ? sp[0] : (span){0}};
+        break;
+    }
+    default: {
+        list_slot *l = &table_of(state->id, true)->lists[slot];
+        if (change != EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL) {
+            l->len = 0;
+            l->known = true;
+        }
+        list_append(l, sp, n);
+    }
+    }
+    grow((void **)&batch.writes, &batch.capwrites, batch.nwrites + 1, sizeof *batch.writes);
+    batch.writes[batch.nwrites++] = (eddy_plugin_keyed_state_state_write_t){
+        .state = state->id,
+        .event = ev,
+        .change = change,
+        .ttl_ms = {ttl != NULL, ttl ? *ttl : 0},
+        .values = (uint32_t)n,
+    };
+    return NULL;
+}
+
+/* Hands the batch's writes to the host and forgets the batch. A write the host refuses traps
+ * the call (abort): the host re-runs its events one at a time, where the refusal meets its
+ * event. */
+static void finish_batch(void) {
+    if (batch.nwrites > 0) {
+        eddy_plugin_keyed_state_list_state_write_t w = {batch.writes, batch.nwrites};
+        eddy_plugin_keyed_state_packed_values_t p = {{batch.bytes, batch.nbytes},
+                                                    {batch.ends, batch.nends}};
+        eddy_plugin_keyed_state_tuple2_u32_state_error_t err;
+        if (!eddy_plugin_keyed_state_write_batch(&w, &p, &err)) {
+            eddy_log(EDDY_ERROR, "eddy: the host refused the state write %u of the batch: %s",
+                     err.f0, state_error(&err.f1));
+            abort();
+        }
+    }
+    forget_batch();
+}
+
+/* Whether `state`'s value and list calls go through the batch. */
+static const char *batched(eddy_state *state, bool *yes) {
+    if (state->batch == 0) {
+        bool b;
+        eddy_plugin_keyed_state_state_error_t err;
+        if (!eddy_plugin_keyed_state_batchable(state->id, &b, &err)) return state_error(&err);
+        state->batch = b ? 1 : 2;
+    }
+    *yes = state->batch == 1;
+    return NULL;
+}
+
 static const char *decode_value(const char *what, const char *name, eddy_bytes b,
                                 eddy_json **out) {
     const char *perr;
@@ -456,9 +805,22 @@ static const char *decode_value(const char *what, const char *name, eddy_bytes b
     const char *terr = target(state, &ev);               \
     if (terr) return terr
 
+#define BATCHED(state)                             \
+    bool in_batch;                                 \
+    const char *berr = batched(state, &in_batch);  \
+    if (berr) return berr
+
 const char *eddy_value_get(eddy_state *state, eddy_json **out) {
     *out = NULL;
     TARGET(state);
+    BATCHED(state);
+    if (in_batch) {
+        bool present;
+        eddy_bytes b;
+        const char *e = batch_value(state, ev, &present, &b);
+        if (e || !present) return e;
+        return decode_value("state", state->name, b, out);
+    }
     full_processor_option_list_u8_t r;
     if (!eddy_plugin_keyed_state_value_get(state->id, ev, &r, &err)) return state_error(&err);
     if (!r.is_some) return NULL;
@@ -467,6 +829,9 @@ const char *eddy_value_get(eddy_state *state, eddy_json **out) {
 
 const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET, NULL, &json, 1);
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set(state->id, ev, &v, &err)) return state_error(&err);
     return NULL;
@@ -474,6 +839,10 @@ const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
 
 const char *eddy_value_set_with_ttl(eddy_state *state, eddy_bytes json, uint64_t ttl_ms) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET_WITH_TTL,
+                           &ttl_ms, &json, 1);
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set_with_ttl(state->id, ev, &v, ttl_ms, &err))
         return state_error(&err);
@@ -482,6 +851,10 @@ const char *eddy_value_set_with_ttl(eddy_state *state, eddy_bytes json, uint64_t
 
 const char *eddy_value_clear(eddy_state *state) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_CLEAR, NULL, NULL,
+                           0);
     if (!eddy_plugin_keyed_state_value_clear(state->id, ev, &err)) return state_error(&err);
     return NULL;
 }
@@ -624,6 +997,21 @@ const char *eddy_list_get(eddy_state *state, eddy_json ***items, size_t *count) 
     *items = NULL;
     *count = 0;
     TARGET(state);
+    BATCHED(state);
+    if (in_batch) {
+        list_slot *l;
+        const char *e = batch_list(state, ev, &l);
+        if (e) return e;
+        eddy_json **v = eddy_alloc(l->len * sizeof *v + 1);
+        const char *first_error = NULL;
+        for (size_t i = 0; i < l->len; i++) {
+            const char *derr = decode_value("state", state->name, span_bytes(l->items[i]), &v[i]);
+            if (derr && !first_error) first_error = derr;
+        }
+        *items = v;
+        *count = l->len;
+        return first_error;
+    }
     full_processor_list_list_u8_t r;
     if (!eddy_plugin_keyed_state_list_get(state->id, ev, &r, &err)) return state_error(&err);
     defer_free(r.ptr);
@@ -647,6 +1035,10 @@ static full_processor_list_list_u8_t wit_values(const eddy_bytes *values, size_t
 
 const char *eddy_list_add(eddy_state *state, eddy_bytes json) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, NULL, &json,
+                           1);
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_list_add(state->id, ev, &v, &err)) return state_error(&err);
     return NULL;
@@ -654,6 +1046,10 @@ const char *eddy_list_add(eddy_state *state, eddy_bytes json) {
 
 const char *eddy_list_add_all(eddy_state *state, const eddy_bytes *values, size_t count) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, NULL,
+                           values, count);
     full_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_add_all(state->id, ev, &l, &err)) return state_error(&err);
     return NULL;
@@ -661,6 +1057,10 @@ const char *eddy_list_add_all(eddy_state *state, const eddy_bytes *values, size_
 
 const char *eddy_list_update(eddy_state *state, const eddy_bytes *values, size_t count) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_UPDATE, NULL, values,
+                           count);
     full_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_update(state->id, ev, &l, &err)) return state_error(&err);
     return NULL;
@@ -668,6 +1068,10 @@ const char *eddy_list_update(eddy_state *state, const eddy_bytes *values, size_t
 
 const char *eddy_list_clear(eddy_state *state) {
     TARGET(state);
+    BATCHED(state);
+    if (in_batch)
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_CLEAR, NULL, NULL,
+                           0);
     if (!eddy_plugin_keyed_state_list_clear(state->id, ev, &err)) return state_error(&err);
     return NULL;
 }
@@ -921,6 +1325,7 @@ void exports_eddy_plugin_handler_handle(exports_eddy_plugin_handler_list_event_t
         current_event = -1;
         reset_scratch();
     }
+    finish_batch();
     forget_batch_reads();
     exports_eddy_plugin_handler_list_event_free(events);
 }

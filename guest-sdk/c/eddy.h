@@ -202,6 +202,8 @@ typedef struct {
     eddy_ttl ttl;
     bool opened;
     uint32_t id;
+    /* Whether value and list calls go through the batch: 0 not asked yet, 1 yes, 2 no. */
+    uint8_t batch;
 } eddy_state;
 
 eddy_state eddy_value_state(const char *name);

@@ -98,15 +98,27 @@ fn main() {
     }
 
     // The keyed-state batch calls, off (the host answers `batchable` false: one import call
-    // per read and write) against on, for the layer that uses them (Rust's; the JS layer was
-    // measured slower with them, docs/BENCHMARKS.md), paired rounds, off first.
+    // per read and write) against on, for the layers that use them (Rust's and C's; the JS
+    // layer was measured slower with them, docs/BENCHMARKS.md), paired rounds, off first.
     println!(
         "\n| fraud-enrich | single calls, events/s | batch calls, events/s | batch / single |"
     );
     println!("|---|---:|---:|---:|");
-    {
-        let lang = "Rust";
-        let wasm = plugin("fraud-enrich");
+    for lang in ["Rust", "c"] {
+        if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
+            continue;
+        }
+        let wasm = if lang == "Rust" {
+            plugin("fraud-enrich")
+        } else {
+            plugin_target_dir()
+                .join("guests")
+                .join(format!("fraud-enrich-{lang}.wasm"))
+        };
+        if !wasm.is_file() {
+            println!("| {lang} | missing: run scripts/guests/{lang}.sh | | |");
+            continue;
+        }
         let (mut single, mut batched, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let r = worker_rate_single_calls(&wasm, "{}", &txs, 256);
