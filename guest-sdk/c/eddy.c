@@ -476,6 +476,7 @@ typedef struct {
 typedef struct {
     uint32_t state;
     uint32_t reads;
+    bool direct; /* out of the batch for the rest of it (after a write with its own TTL) */
     value_slot *values; /* per key slot, for value state */
     list_slot *lists;   /* per key slot, for list state */
 } state_table;
@@ -494,6 +495,7 @@ static struct {
     size_t nbytes, capbytes;
     uint32_t *ends;
     size_t nends, capends;
+    size_t handed_bytes, handed_ends; /* handed over in the middle of the batch already */
 } batch;
 
 /* Per state id: whether the last batch that read the state read it for few of its events.
@@ -551,6 +553,7 @@ static void forget_batch(void) {
     batch.have_slots = false;
     batch.count = 0;
     batch.ntables = batch.nfetched = batch.nwrites = batch.nbytes = batch.nends = 0;
+    batch.handed_bytes = batch.handed_ends = 0;
 }
 
 /* The key slot of event `ev`. */
@@ -761,14 +764,18 @@ static const char *batch_write(eddy_state *state, uint32_t ev,
     return NULL;
 }
 
-/* Hands the batch's writes to the host and forgets the batch. A write the host refuses traps
+/* Hands the writes logged since the last hand-over to the host. A write the host refuses traps
  * the call (abort): the host re-runs its events one at a time, where the refusal meets its
- * event. */
-static void finish_batch(void) {
+ * event. The batch keeps the values (later reads of the batch still see them). */
+static void hand_over(void) {
     if (batch.nwrites > 0) {
+        size_t n = batch.nends - batch.handed_ends;
+        uint32_t *ends = eddy_alloc(n * sizeof *ends + 1);
+        for (size_t i = 0; i < n; i++)
+            ends[i] = batch.ends[batch.handed_ends + i] - (uint32_t)batch.handed_bytes;
         eddy_plugin_keyed_state_list_state_write_t w = {batch.writes, batch.nwrites};
-        eddy_plugin_keyed_state_packed_values_t p = {{batch.bytes, batch.nbytes},
-                                                    {batch.ends, batch.nends}};
+        eddy_plugin_keyed_state_packed_values_t p = {
+            {batch.bytes + batch.handed_bytes, batch.nbytes - batch.handed_bytes}, {ends, n}};
         eddy_plugin_keyed_state_tuple2_u32_state_error_t err;
         if (!eddy_plugin_keyed_state_write_batch(&w, &p, &err)) {
             eddy_log(EDDY_ERROR, "eddy: the host refused the state write %u of the batch: %s",
@@ -776,7 +783,33 @@ static void finish_batch(void) {
             abort();
         }
     }
+    batch.nwrites = 0;
+    batch.handed_bytes = batch.nbytes;
+    batch.handed_ends = batch.nends;
+}
+
+/* Hands the batch's writes to the host and forgets the batch. */
+static void finish_batch(void) {
+    hand_over();
     forget_batch();
+}
+
+/* Takes `state` out of the batch for the rest of it, handing over what the batch logged so far
+ * first: for a write with its own time-to-live, whose expiry the host decides and later reads
+ * of the batch must see. */
+static const char *go_direct(eddy_state *state, uint32_t ev) {
+    size_t slot;
+    const char *e = batch_slot(ev, &slot);
+    if (e) return e;
+    table_of(state->id, false)->direct = true;
+    hand_over();
+    return NULL;
+}
+
+static bool is_direct(uint32_t state) {
+    for (size_t t = 0; t < batch.ntables; t++)
+        if (batch.tables[t].state == state) return batch.tables[t].direct;
+    return false;
 }
 
 /* Whether `state`'s value and list calls go through the batch. */
@@ -787,7 +820,7 @@ static const char *batched(eddy_state *state, bool *yes) {
         if (!eddy_plugin_keyed_state_batchable(state->id, &b, &err)) return state_error(&err);
         state->batch = b ? 1 : 2;
     }
-    *yes = state->batch == 1;
+    *yes = state->batch == 1 && !is_direct(state->id);
     return NULL;
 }
 
@@ -840,9 +873,10 @@ const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
 const char *eddy_value_set_with_ttl(eddy_state *state, eddy_bytes json, uint64_t ttl_ms) {
     TARGET(state);
     BATCHED(state);
-    if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET_WITH_TTL,
-                           &ttl_ms, &json, 1);
+    if (in_batch) {
+        const char *e = go_direct(state, ev);
+        if (e) return e;
+    }
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set_with_ttl(state->id, ev, &v, ttl_ms, &err))
         return state_error(&err);

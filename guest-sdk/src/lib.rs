@@ -123,9 +123,9 @@
 //! plugin (later reads of the batch see them) and handed over in one call when the batch's
 //! events are done. That is invisible to the plugin, with one difference: a write the host
 //! refuses (a quota with policy `reject`) is met when the batch ends, not at `set`, and the
-//! event is dead-lettered by the host either way. States whose TTL stamps or returns entries on
-//! reads, or whose quota evicts, keep one host call per read and write. Map state makes one
-//! call per operation.
+//! event is dead-lettered by the host either way. States with a TTL, or a quota that evicts,
+//! keep one host call per read and write, and so does a state for the rest of a batch after
+//! [`ValueState::set_with_ttl`]. Map state makes one call per operation.
 //!
 //! Entries can expire: [`ValueState::with_ttl`] (and the same on the other handles) takes a
 //! [`Ttl`], modelled on Flink's `StateTtlConfig`. The pipeline's configuration may override it.

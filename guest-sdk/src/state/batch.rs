@@ -71,6 +71,11 @@ pub(super) struct Batch {
     /// would otherwise fetch every key's value, from disk where the hot values lack it. Kept
     /// from batch to batch.
     sparse: Vec<bool>,
+    /// Per state id, whether the state left the batch for the rest of it (see [`go_direct`]).
+    direct: Vec<bool>,
+    /// How much of `bytes` and `ends` a hand-over in the middle of the batch took already.
+    handed_bytes: usize,
+    handed_ends: usize,
 }
 
 /// Where the batch gets what it does not hold: the host, or a test's stand-in.
@@ -364,8 +369,40 @@ impl Batch {
         self.sparse.get(at).copied().unwrap_or(false)
     }
 
-    /// The logged writes and their values, leaving the batch empty but for what it learnt of
-    /// how densely each state is read.
+    /// The writes logged since the last hand-over and their values, to hand over now; the
+    /// batch keeps its values (later reads of the batch still see them).
+    fn take_pending(&mut self) -> (Vec<wit::StateWrite>, wit::PackedValues) {
+        let (from, from_end) = (self.handed_bytes, self.handed_ends);
+        let packed = wit::PackedValues {
+            bytes: self.bytes[from..].to_vec(),
+            ends: self.ends[from_end..]
+                .iter()
+                .map(|e| e - from as u32)
+                .collect(),
+        };
+        self.handed_bytes = self.bytes.len();
+        self.handed_ends = self.ends.len();
+        (std::mem::take(&mut self.writes), packed)
+    }
+
+    /// Takes `state` out of the batch for the rest of it: its reads and writes go to the host
+    /// one call each from now on.
+    fn leave(&mut self, state: wit::StateId) {
+        let at = state as usize;
+        if self.direct.len() <= at {
+            self.direct.resize(at + 1, false);
+        }
+        self.direct[at] = true;
+        if let Some(values) = self.values.get_mut(at) {
+            values.clear();
+        }
+        if let Some(lists) = self.lists.get_mut(at) {
+            lists.clear();
+        }
+    }
+
+    /// The writes logged since the last hand-over and their values, leaving the batch empty
+    /// but for what it learnt of how densely each state is read.
     fn take_writes(&mut self) -> (Vec<wit::StateWrite>, wit::PackedValues) {
         let events = self.slots.as_ref().map_or(0, |(slots, _)| slots.len());
         let mut sparse = std::mem::take(&mut self.sparse);
@@ -377,15 +414,22 @@ impl Batch {
                 sparse[state] = (reads as usize) * 4 < events;
             }
         }
-        let taken = std::mem::take(self);
+        let pending = if self.handed_bytes == 0 && self.handed_ends == 0 {
+            let taken = std::mem::take(self);
+            (
+                taken.writes,
+                wit::PackedValues {
+                    bytes: taken.bytes,
+                    ends: taken.ends,
+                },
+            )
+        } else {
+            let pending = self.take_pending();
+            *self = Batch::default();
+            pending
+        };
         self.sparse = sparse;
-        (
-            taken.writes,
-            wit::PackedValues {
-                bytes: taken.bytes,
-                ends: taken.ends,
-            },
-        )
+        pending
     }
 }
 
@@ -398,11 +442,40 @@ pub(super) fn with<R>(f: impl FnOnce(&mut Batch, &mut Host) -> R) -> R {
     BATCH.with(|b| f(&mut b.borrow_mut(), &mut Host))
 }
 
+/// Whether `state` left the batch for the rest of it ([`go_direct`]).
+pub(super) fn is_direct(state: wit::StateId) -> bool {
+    BATCH.with(|b| {
+        b.borrow()
+            .direct
+            .get(state as usize)
+            .copied()
+            .unwrap_or(false)
+    })
+}
+
+/// Takes `state` out of the batch for the rest of it, handing over what the batch logged so
+/// far first, so that the host holds every earlier write when the state's calls go to it one
+/// at a time. For a write with its own time-to-live (`set_with_ttl`): the host decides when
+/// it expires, which later reads of the batch must see.
+pub(super) fn go_direct(state: wit::StateId) {
+    let pending = BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        b.leave(state);
+        b.take_pending()
+    });
+    hand_over(pending);
+}
+
 /// Hands the batch's writes to the host and forgets the batch. A write the host refuses
 /// traps the call: the host then discards the batch's writes and handles its events one at a
 /// time, where the refusal meets the event it belongs to (a quota, for example).
 pub(crate) fn finish() {
-    let (writes, values) = BATCH.with(|b| b.borrow_mut().take_writes());
+    let pending = BATCH.with(|b| b.borrow_mut().take_writes());
+    hand_over(pending);
+}
+
+/// Hands `writes` to the host; traps the call if it refuses one.
+fn hand_over((writes, values): (Vec<wit::StateWrite>, wit::PackedValues)) {
     if writes.is_empty() {
         return;
     }
@@ -675,5 +748,31 @@ mod tests {
         src.values = vec![Some("v3"); 8];
         assert_eq!(value(&mut b, &mut src, 4).as_deref(), Some("v3"));
         assert_eq!((src.fetches, src.single), (2, 0));
+    }
+
+    #[test]
+    fn a_hand_over_mid_batch_sends_each_write_once_and_keeps_what_reads_see() {
+        let mut src = stored(&[0, 1, 2]);
+        src.values = vec![None, None, None];
+        let mut b = Batch::default();
+        write(&mut b, &mut src, 1, 0, C::ValueSet, &["aa"]);
+        write(&mut b, &mut src, 1, 1, C::ValueSet, &["bbb"]);
+        let (writes, packed) = b.take_pending();
+        assert_eq!(writes.len(), 2);
+        assert_eq!(
+            (packed.bytes.as_slice(), packed.ends.as_slice()),
+            (&b"aabbb"[..], &[2, 5][..])
+        );
+        // The batch still answers its reads from what it wrote.
+        assert_eq!(value(&mut b, &mut src, 0).as_deref(), Some("aa"));
+        b.leave(1);
+        write(&mut b, &mut src, 2, 2, C::ListAddAll, &["c"]);
+        // Only what came after the hand-over, its values from offset 0.
+        assert_eq!(handed(&mut b), [(2, C::ListAddAll, vec!["c".to_owned()])]);
+        assert!(handed(&mut b).is_empty());
+        assert!(
+            b.direct.is_empty(),
+            "a new batch starts with every state in it"
+        );
     }
 }

@@ -241,14 +241,15 @@ impl Slot {
     }
 
     /// Whether reads and writes of state `id` go through the batch ([`batch`]): they do
-    /// unless the state's TTL gives reads an effect of their own.
+    /// unless the host says otherwise (see `batchable` in the WIT), or a write with its own
+    /// time-to-live took the state out of this batch.
     fn batched(&self, id: wit::StateId) -> Result<bool, StateError> {
         if let Some(batched) = self.batchable.get() {
-            return Ok(batched);
+            return Ok(batched && !batch::is_direct(id));
         }
         let batched = wit::batchable(id)?;
         self.batchable.set(Some(batched));
-        Ok(batched)
+        Ok(batched && !batch::is_direct(id))
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StateError> {
@@ -445,12 +446,9 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn set_with_ttl(&self, value: &T, ttl: Duration) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
         if self.slot.batched(id)? {
-            let (kind, ttl) = (wit::ChangeKind::ValueSetWithTtl, Some(millis(ttl)));
-            return batch::with(|b, host| {
-                b.write(host, id, event, kind, ttl, |values| {
-                    values.push(|buf| self.slot.encode_into(value, buf))
-                })
-            });
+            // The host decides when the value expires, and later reads of the batch must see
+            // that: the state leaves the batch for the rest of it.
+            batch::go_direct(id);
         }
         let bytes = self.slot.encode(value)?;
         Ok(wit::value_set_with_ttl(id, event, &bytes, millis(ttl))?)

@@ -9,18 +9,15 @@ use crate::bindings::eddy::plugin::keyed_state;
 use eddy_state::{KeyedAccess, StateInfo, StateKind};
 
 /// Whether a state may be read a batch at a time and its writes kept by the plugin until the
-/// batch ends: not when a read has an effect of its own (TTL stamped on reads, expired entries
-/// returned once and removed), nor when a write may change what the plugin holds (a quota that
+/// batch ends: not when it has a TTL (a read has an effect of its own, stamping or removing
+/// the entry, or the entry can expire between the batch's first read and a later one, which
+/// the plugin cannot tell), nor when a write may change what the plugin holds (a quota that
 /// evicts).
 fn batchable(opened: &super::OpenedState) -> bool {
-    let reads_are_plain = opened.info.ttl.is_none_or(|t| {
-        t.update == eddy_state::TtlUpdate::OnCreateAndWrite
-            && t.visibility == eddy_state::TtlVisibility::NeverReturnExpired
-    });
     let writes_are_kept = opened
         .quota
         .is_none_or(|q| q.policy != eddy_state::QuotaPolicy::Evict);
-    reads_are_plain && writes_are_kept
+    opened.info.ttl.is_none() && writes_are_kept
 }
 
 /// The error of a batch call on a state that is not [`batchable`].
@@ -30,7 +27,7 @@ fn not_batchable(opened: &[Option<super::OpenedState>], state: u32) -> WitError 
         .and_then(Option::as_ref)
         .map_or("?", |o| o.info.name.as_str());
     WitError::ReadOnly(format!(
-        "state `{name}` is read and written with the single calls, not the batch calls: `batchable` answers false for it (its TTL stamps or removes entries on reads, its quota evicts, or the host has the batch calls off)"
+        "state `{name}` is read and written with the single calls, not the batch calls: `batchable` answers false for it (it has a TTL, its quota evicts, or the host has the batch calls off)"
     ))
 }
 
