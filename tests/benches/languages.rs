@@ -98,13 +98,13 @@ fn main() {
     }
 
     // The keyed-state batch calls, off (the host answers `batchable` false: one import call
-    // per read and write) against on, for the layers that use them (Rust's and C's; the JS
+    // per read and write) against on, for the layers that use them (Rust, C and Go; the JS
     // layer was measured slower with them, docs/BENCHMARKS.md), paired rounds, off first.
     println!(
         "\n| fraud-enrich | single calls, events/s | batch calls, events/s | batch / single |"
     );
     println!("|---|---:|---:|---:|");
-    for lang in ["Rust", "c"] {
+    for lang in ["Rust", "c", "go"] {
         if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
             continue;
         }

@@ -307,6 +307,7 @@ func ExportHandle(events []eddy_plugin_types.Event) []eddy_plugin_types.Outcome 
 		currentEvent = -1
 		out[i] = outcome.toWit()
 	}
+	finishBatch()
 	forgetBatchReads()
 	maybeGC(len(events))
 	return out

@@ -54,6 +54,9 @@ type slot struct {
 	ttl    *TTL
 	opened bool
 	id     uint32
+	// batch: whether value and list calls go through the batch (batch.go): 0 not asked yet,
+	// 1 yes, 2 no.
+	batch uint8
 }
 
 func (s *slot) open() (uint32, error) {
@@ -98,6 +101,14 @@ func (s *slot) appendEncoded(buf []byte, v any) ([]byte, error) {
 		return nil, stateErr("cannot encode a value of state `%s`: %v", s.name, err)
 	}
 	return b, nil
+}
+
+// orWrite returns err if there is one, else logs the write in the batch.
+func orWrite(err error, id, ev uint32, change ks.ChangeKind, ttlMs *uint64, buf []byte, ends []int) error {
+	if err != nil {
+		return err
+	}
+	return batchWrite(id, ev, change, ttlMs, buf, ends)
 }
 
 func decodeAs[T any](name string, b []byte) (T, error) {
@@ -161,7 +172,17 @@ func (s *ValueState[T]) Get() (T, bool, error) {
 	if err != nil {
 		return zero, false, err
 	}
-	b, found, err := hostValueGet(id, ev)
+	batched, err := s.batched(id)
+	if err != nil {
+		return zero, false, err
+	}
+	var b []byte
+	var found bool
+	if batched {
+		b, found, err = batchValue(id, ev)
+	} else {
+		b, found, err = hostValueGet(id, ev)
+	}
 	if err != nil || !found {
 		return zero, false, err
 	}
@@ -179,6 +200,9 @@ func (s *ValueState[T]) Set(v T) error {
 	if err != nil {
 		return err
 	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ValueSet, nil, b, []int{len(b)})
+	}
 	return hostValueSet(id, ev, b, nil)
 }
 
@@ -192,6 +216,13 @@ func (s *ValueState[T]) SetWithTTL(v T, ttlMs uint64) error {
 	if err != nil {
 		return err
 	}
+	if batched, err := s.batched(id); err != nil {
+		return err
+	} else if batched {
+		if err := goDirect(id, ev); err != nil {
+			return err
+		}
+	}
 	return hostValueSet(id, ev, b, &ttlMs)
 }
 
@@ -200,6 +231,9 @@ func (s *ValueState[T]) Clear() error {
 	id, ev, err := s.target()
 	if err != nil {
 		return err
+	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ValueClear, nil, nil, nil)
 	}
 	return unit(ks.ValueClear(id, ev))
 }
@@ -370,8 +404,21 @@ func (s *ListState[T]) Get() ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
-	elems, err := hostListGet(id, ev)
+	batched, err := s.batched(id)
 	if err != nil {
+		return nil, err
+	}
+	var elems [][]byte
+	if batched {
+		l, err := batchList(id, ev)
+		if err != nil {
+			return nil, err
+		}
+		elems = make([][]byte, len(l.items))
+		for i, sp := range l.items {
+			elems[i] = spanBytes(sp)
+		}
+	} else if elems, err = hostListGet(id, ev); err != nil {
 		return nil, err
 	}
 	out := make([]T, 0, len(elems))
@@ -408,6 +455,9 @@ func (s *ListState[T]) Add(v T) error {
 	if err != nil {
 		return err
 	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, nil, b, []int{len(b)})
+	}
 	return hostListAdd(id, ev, b)
 }
 
@@ -420,6 +470,9 @@ func (s *ListState[T]) AddAll(values []T) error {
 	buf, ends, err := s.encodeAll(values)
 	if err != nil {
 		return err
+	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, nil, buf, ends)
 	}
 	return hostListValues(id, ev, buf, ends, false)
 }
@@ -434,6 +487,9 @@ func (s *ListState[T]) Update(values []T) error {
 	if err != nil {
 		return err
 	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ListUpdate, nil, buf, ends)
+	}
 	return hostListValues(id, ev, buf, ends, true)
 }
 
@@ -442,6 +498,9 @@ func (s *ListState[T]) Clear() error {
 	id, ev, err := s.target()
 	if err != nil {
 		return err
+	}
+	if batched, err := s.batched(id); err != nil || batched {
+		return orWrite(err, id, ev, ks.ChangeKind_ListClear, nil, nil, nil)
 	}
 	return unit(ks.ListClear(id, ev))
 }
