@@ -99,7 +99,8 @@ fn main() {
 
     // The keyed-state batch calls, off (the host answers `batchable` false: one import call
     // per read and write) against on, for the layers that use them (Rust, C and Go; the JS
-    // layer was measured slower with them, docs/BENCHMARKS.md), paired rounds, off first.
+    // and Python layers were measured slower with them, docs/BENCHMARKS.md), paired rounds,
+    // off first.
     println!(
         "\n| fraud-enrich | single calls, events/s | batch calls, events/s | batch / single |"
     );
