@@ -722,7 +722,7 @@ static const char *batch_list(eddy_state *state, uint32_t ev, list_slot **out) {
 
 /* Logs a write of `change` to `state` for the current key, copying `values`. */
 static const char *batch_write(eddy_state *state, uint32_t ev,
-                               eddy_plugin_keyed_state_change_kind_t change, const uint64_t *ttl,
+                               eddy_plugin_keyed_state_change_kind_t change,
                                const eddy_bytes *values, size_t n) {
     size_t slot;
     const char *e = batch_slot(ev, &slot);
@@ -758,7 +758,8 @@ static const char *batch_write(eddy_state *state, uint32_t ev,
         .state = state->id,
         .event = ev,
         .change = change,
-        .ttl_ms = {ttl != NULL, ttl ? *ttl : 0},
+        /* A write with its own TTL is never logged: it takes its state out of the batch. */
+        .ttl_ms = {false, 0},
         .values = (uint32_t)n,
     };
     return NULL;
@@ -864,7 +865,7 @@ const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET, NULL, &json, 1);
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET, &json, 1);
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set(state->id, ev, &v, &err)) return state_error(&err);
     return NULL;
@@ -887,7 +888,7 @@ const char *eddy_value_clear(eddy_state *state) {
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_CLEAR, NULL, NULL,
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_CLEAR, NULL,
                            0);
     if (!eddy_plugin_keyed_state_value_clear(state->id, ev, &err)) return state_error(&err);
     return NULL;
@@ -1071,7 +1072,7 @@ const char *eddy_list_add(eddy_state *state, eddy_bytes json) {
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, NULL, &json,
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, &json,
                            1);
     full_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_list_add(state->id, ev, &v, &err)) return state_error(&err);
@@ -1082,8 +1083,8 @@ const char *eddy_list_add_all(eddy_state *state, const eddy_bytes *values, size_
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, NULL,
-                           values, count);
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, values,
+                           count);
     full_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_add_all(state->id, ev, &l, &err)) return state_error(&err);
     return NULL;
@@ -1093,7 +1094,7 @@ const char *eddy_list_update(eddy_state *state, const eddy_bytes *values, size_t
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_UPDATE, NULL, values,
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_UPDATE, values,
                            count);
     full_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_update(state->id, ev, &l, &err)) return state_error(&err);
@@ -1104,7 +1105,7 @@ const char *eddy_list_clear(eddy_state *state) {
     TARGET(state);
     BATCHED(state);
     if (in_batch)
-        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_CLEAR, NULL, NULL,
+        return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_CLEAR, NULL,
                            0);
     if (!eddy_plugin_keyed_state_list_clear(state->id, ev, &err)) return state_error(&err);
     return NULL;

@@ -254,7 +254,7 @@ func batchList(id, ev uint32) (*listSlot, error) {
 
 // batchWrite logs a write of change to state id for the current key: its values are encoded
 // one after another in buf, value i ending at ends[i].
-func batchWrite(id, ev uint32, change ks.ChangeKind, ttlMs *uint64, buf []byte, ends []int) error {
+func batchWrite(id, ev uint32, change ks.ChangeKind, buf []byte, ends []int) error {
 	slot, err := batchSlot(ev)
 	if err != nil {
 		return err
@@ -282,11 +282,8 @@ func batchWrite(id, ev uint32, change ks.ChangeKind, ttlMs *uint64, buf []byte, 
 		}
 		l.items = append(l.items, spans...)
 	}
-	ttl := witTypes.None[uint64]()
-	if ttlMs != nil {
-		ttl = witTypes.Some(*ttlMs)
-	}
-	batch.writes = append(batch.writes, ks.StateWrite{State: id, Event: ev, Change: change, TtlMs: ttl, Values: uint32(len(spans))})
+	// A write with its own TTL is never logged: it takes its state out of the batch (goDirect).
+	batch.writes = append(batch.writes, ks.StateWrite{State: id, Event: ev, Change: change, TtlMs: witTypes.None[uint64](), Values: uint32(len(spans))})
 	return nil
 }
 

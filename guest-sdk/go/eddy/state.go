@@ -104,11 +104,11 @@ func (s *slot) appendEncoded(buf []byte, v any) ([]byte, error) {
 }
 
 // orWrite returns err if there is one, else logs the write in the batch.
-func orWrite(err error, id, ev uint32, change ks.ChangeKind, ttlMs *uint64, buf []byte, ends []int) error {
+func orWrite(err error, id, ev uint32, change ks.ChangeKind, buf []byte, ends []int) error {
 	if err != nil {
 		return err
 	}
-	return batchWrite(id, ev, change, ttlMs, buf, ends)
+	return batchWrite(id, ev, change, buf, ends)
 }
 
 func decodeAs[T any](name string, b []byte) (T, error) {
@@ -201,7 +201,7 @@ func (s *ValueState[T]) Set(v T) error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ValueSet, nil, b, []int{len(b)})
+		return orWrite(err, id, ev, ks.ChangeKind_ValueSet, b, []int{len(b)})
 	}
 	return hostValueSet(id, ev, b, nil)
 }
@@ -233,7 +233,7 @@ func (s *ValueState[T]) Clear() error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ValueClear, nil, nil, nil)
+		return orWrite(err, id, ev, ks.ChangeKind_ValueClear, nil, nil)
 	}
 	return unit(ks.ValueClear(id, ev))
 }
@@ -456,7 +456,7 @@ func (s *ListState[T]) Add(v T) error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, nil, b, []int{len(b)})
+		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, b, []int{len(b)})
 	}
 	return hostListAdd(id, ev, b)
 }
@@ -472,7 +472,7 @@ func (s *ListState[T]) AddAll(values []T) error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, nil, buf, ends)
+		return orWrite(err, id, ev, ks.ChangeKind_ListAddAll, buf, ends)
 	}
 	return hostListValues(id, ev, buf, ends, false)
 }
@@ -488,7 +488,7 @@ func (s *ListState[T]) Update(values []T) error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ListUpdate, nil, buf, ends)
+		return orWrite(err, id, ev, ks.ChangeKind_ListUpdate, buf, ends)
 	}
 	return hostListValues(id, ev, buf, ends, true)
 }
@@ -500,7 +500,7 @@ func (s *ListState[T]) Clear() error {
 		return err
 	}
 	if batched, err := s.batched(id); err != nil || batched {
-		return orWrite(err, id, ev, ks.ChangeKind_ListClear, nil, nil, nil)
+		return orWrite(err, id, ev, ks.ChangeKind_ListClear, nil, nil)
 	}
 	return unit(ks.ListClear(id, ev))
 }

@@ -244,24 +244,24 @@ impl Slot {
     /// unless the host says otherwise (see `batchable` in the WIT), or a write with its own
     /// time-to-live took the state out of this batch.
     fn batched(&self, id: wit::StateId) -> Result<bool, StateError> {
-        if let Some(batched) = self.batchable.get() {
-            return Ok(batched && !batch::is_direct(id));
-        }
-        let batched = wit::batchable(id)?;
-        self.batchable.set(Some(batched));
-        Ok(batched && !batch::is_direct(id))
+        let batchable = match self.batchable.get() {
+            Some(batchable) => batchable,
+            None => {
+                let batchable = wit::batchable(id)?;
+                self.batchable.set(Some(batchable));
+                batchable
+            }
+        };
+        Ok(batchable && !batch::is_direct(id))
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>, StateError> {
-        serde_json::to_vec(value).map_err(|e| {
-            StateError::Encode(format!(
-                "cannot encode a value of state `{}`: {e}",
-                self.name
-            ))
-        })
+        let mut buf = Vec::new();
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
     }
 
-    /// Encodes `value` as [`Slot::encode`] does, at the end of `buf`.
+    /// Encodes `value` as JSON at the end of `buf`.
     fn encode_into<T: Serialize + ?Sized>(
         &self,
         value: &T,
@@ -426,7 +426,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         let (id, event) = self.slot.target()?;
         if self.slot.batched(id)? {
             return batch::with(|b, host| {
-                b.write(host, id, event, wit::ChangeKind::ValueSet, None, |values| {
+                b.write(host, id, event, wit::ChangeKind::ValueSet, |values| {
                     values.push(|buf| self.slot.encode_into(value, buf))
                 })
             });
@@ -459,9 +459,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         let (id, event) = self.slot.target()?;
         if self.slot.batched(id)? {
             return batch::with(|b, host| {
-                b.write(host, id, event, wit::ChangeKind::ValueClear, None, |_| {
-                    Ok(())
-                })
+                b.write(host, id, event, wit::ChangeKind::ValueClear, |_| Ok(()))
             });
         }
         Ok(wit::value_clear(id, event)?)
@@ -523,16 +521,8 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn add(&self, value: &T) -> Result<(), StateError> {
         let (id, event) = self.slot.target()?;
         if self.slot.batched(id)? {
-            return batch::with(|b, host| {
-                b.write(
-                    host,
-                    id,
-                    event,
-                    wit::ChangeKind::ListAddAll,
-                    None,
-                    |values| values.push(|buf| self.slot.encode_into(value, buf)),
-                )
-            });
+            let one = std::slice::from_ref(value);
+            return self.write_all(id, event, wit::ChangeKind::ListAddAll, one);
         }
         let bytes = self.slot.encode(value)?;
         Ok(wit::list_add(id, event, &bytes)?)
@@ -580,7 +570,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         values: &[T],
     ) -> Result<(), StateError> {
         batch::with(|b, host| {
-            b.write(host, id, event, kind, None, |out| {
+            b.write(host, id, event, kind, |out| {
                 values
                     .iter()
                     .try_for_each(|v| out.push(|buf| self.slot.encode_into(v, buf)))

@@ -4,7 +4,9 @@
 //! and write goes through the same paths as the single calls (`super::state`), so TTL,
 //! quotas and the overlay behave alike. Values cross packed in one buffer with their ends.
 
-use super::{CallMode, PluginHost, WitError, to_wit};
+use std::collections::HashMap;
+
+use super::{CallMode, PluginHost, WitError, opened_as, to_wit};
 use crate::bindings::eddy::plugin::keyed_state;
 use eddy_state::{KeyedAccess, StateInfo, StateKind};
 
@@ -20,12 +22,8 @@ fn batchable(opened: &super::OpenedState) -> bool {
     opened.info.ttl.is_none() && writes_are_kept
 }
 
-/// The error of a batch call on a state that is not [`batchable`].
-fn not_batchable(opened: &[Option<super::OpenedState>], state: u32) -> WitError {
-    let name = opened
-        .get(state as usize)
-        .and_then(Option::as_ref)
-        .map_or("?", |o| o.info.name.as_str());
+/// The error of a batch call on state `name`, which is not [`batchable`].
+fn not_batchable(name: &str) -> WitError {
     WitError::ReadOnly(format!(
         "state `{name}` is read and written with the single calls, not the batch calls: `batchable` answers false for it (it has a TTL, its quota evicts, or the host has the batch calls off)"
     ))
@@ -96,6 +94,27 @@ impl<'a> Unpacker<'a> {
 }
 
 impl PluginHost {
+    /// The slot of each event's key among the call's distinct keys (numbered in order of first
+    /// appearance), and the first event of each slot.
+    pub(super) fn slots_of_keys(&mut self) -> &(Vec<u32>, Vec<u32>) {
+        let keys = &self.keys;
+        self.slots.get_or_insert_with(|| {
+            let mut seen: HashMap<&[u8], u32, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(keys.len(), Default::default());
+            let mut firsts = Vec::new();
+            let slots = (0u32..)
+                .zip(keys)
+                .map(|(event, (_, key))| {
+                    *seen.entry(key.as_slice()).or_insert_with(|| {
+                        firsts.push(event);
+                        firsts.len() as u32 - 1
+                    })
+                })
+                .collect();
+            (slots, firsts)
+        })
+    }
+
     /// Runs the read `f` for each distinct key of the batch, in the order of `key-slots`.
     fn with_each_key<T>(
         &mut self,
@@ -103,21 +122,7 @@ impl PluginHost {
         kind: StateKind,
         mut f: impl FnMut(&StateInfo, u16, &[u8], &mut KeyedAccess<'_>) -> eddy_state::Result<T>,
     ) -> Result<Vec<T>, WitError> {
-        let opened = self
-            .opened
-            .get(id as usize)
-            .and_then(Option::as_ref)
-            .ok_or(WitError::UnknownState)?;
-        let info = &opened.info;
-        if info.kind != kind {
-            return Err(WitError::WrongKind(format!(
-                "state `{}` is a {:?} state, used as {:?}",
-                info.name, info.kind, kind
-            )));
-        }
-        if !(self.batch_calls && batchable(opened)) {
-            return Err(not_batchable(&self.opened, id));
-        }
+        self.state_batchable_as(id, kind)?;
         if self.mode != CallMode::Handle {
             return Err(WitError::NoSuchEvent);
         }
@@ -130,7 +135,7 @@ impl PluginHost {
             state,
             ..
         } = self;
-        let info = &opened[id as usize].as_ref().expect("checked above").info;
+        let info = &opened_as(opened, id, kind)?.info;
         let firsts = &slots.as_ref().expect("computed above").1;
         let mut access = KeyedAccess::new(state, batch);
         firsts
@@ -140,6 +145,16 @@ impl PluginHost {
                 f(info, *kg, key, &mut access).map_err(to_wit)
             })
             .collect()
+    }
+
+    /// State `id` of `kind`, if it may use the batch calls; the error says why not.
+    fn state_batchable_as(&self, id: u32, kind: StateKind) -> Result<(), WitError> {
+        let opened = opened_as(&self.opened, id, kind)?;
+        if self.batch_calls && batchable(opened) {
+            Ok(())
+        } else {
+            Err(not_batchable(&opened.info.name))
+        }
     }
 
     /// `batchable`: whether `state` may use the batch calls.
@@ -199,9 +214,11 @@ impl PluginHost {
         let count = writes.len() as u32;
         for (at, w) in (0u32..).zip(writes) {
             let fail = |e| (at, e);
-            if !self.state_batchable(w.state).map_err(fail)? {
-                return Err((at, not_batchable(&self.opened, w.state)));
-            }
+            let kind = match w.change {
+                C::ValueSet | C::ValueSetWithTtl | C::ValueClear => StateKind::Value,
+                C::ListAddAll | C::ListUpdate | C::ListClear => StateKind::List,
+            };
+            self.state_batchable_as(w.state, kind).map_err(fail)?;
             let taken = ranges.take(w.values).map_err(fail)?;
             let one = || match taken.as_slice() {
                 [value] => Ok(*value),

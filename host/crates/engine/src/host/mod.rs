@@ -352,27 +352,6 @@ impl PluginHost {
         std::mem::take(&mut self.last_words)
     }
 
-    /// The slot of each event's key among the call's distinct keys (numbered in order of first
-    /// appearance), and the first event of each slot.
-    fn slots_of_keys(&mut self) -> &(Vec<u32>, Vec<u32>) {
-        let keys = &self.keys;
-        self.slots.get_or_insert_with(|| {
-            let mut seen: HashMap<&[u8], u32, foldhash::fast::RandomState> =
-                HashMap::with_capacity_and_hasher(keys.len(), Default::default());
-            let mut firsts = Vec::new();
-            let slots = (0u32..)
-                .zip(keys)
-                .map(|(event, (_, key))| {
-                    *seen.entry(key.as_slice()).or_insert_with(|| {
-                        firsts.push(event);
-                        firsts.len() as u32 - 1
-                    })
-                })
-                .collect();
-            (slots, firsts)
-        })
-    }
-
     /// Runs `f` with the state, the event's key group and key, and keyed access.
     fn with<T>(
         &mut self,
@@ -388,17 +367,7 @@ impl PluginHost {
             state,
             ..
         } = self;
-        let info = &opened
-            .get(id as usize)
-            .and_then(Option::as_ref)
-            .ok_or(WitError::UnknownState)?
-            .info;
-        if info.kind != kind {
-            return Err(WitError::WrongKind(format!(
-                "state `{}` is a {:?} state, used as {:?}",
-                info.name, info.kind, kind
-            )));
-        }
+        let info = &opened_as(opened, id, kind)?.info;
         let (kg, key) = keys.get(event as usize).ok_or(WitError::NoSuchEvent)?;
         let mut access = KeyedAccess::new(state, batch);
         f(info, *kg, key, &mut access).map_err(to_wit)
@@ -463,6 +432,26 @@ impl PluginHost {
         let mut access = BroadcastAccess::new(&self.state, &mut self.batch);
         f(&mut access).map_err(|e| E::Storage(e.to_string()))
     }
+}
+
+/// The opened state `id`, if it is of `kind`.
+fn opened_as(
+    opened: &[Option<OpenedState>],
+    id: u32,
+    kind: StateKind,
+) -> Result<&OpenedState, WitError> {
+    let state = opened
+        .get(id as usize)
+        .and_then(Option::as_ref)
+        .ok_or(WitError::UnknownState)?;
+    let info = &state.info;
+    if info.kind != kind {
+        return Err(WitError::WrongKind(format!(
+            "state `{}` is a {:?} state, used as {:?}",
+            info.name, info.kind, kind
+        )));
+    }
+    Ok(state)
 }
 
 fn to_wit(e: eddy_state::StateError) -> WitError {
