@@ -327,7 +327,8 @@ pub enum CheckpointAction {
         /// The checkpoint id.
         id: u64,
     },
-    /// Deletes a checkpoint.
+    /// Deletes a checkpoint (its shared SST files go at the host's next retention, once
+    /// unused).
     Delete {
         /// The pipeline file.
         pipeline: PathBuf,

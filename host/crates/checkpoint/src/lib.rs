@@ -562,8 +562,10 @@ impl Checkpoints {
         }
     }
 
-    /// Deletes checkpoint `id` (its shared files go when no other checkpoint uses them),
-    /// from the store too when there is one.
+    /// Deletes checkpoint `id`: its manifest first, then its own files, from the store too
+    /// when there is one. Its shared files stay: a running host may be uploading a checkpoint
+    /// that uses them, or count on them being stored. The pipeline's host collects them at its
+    /// next retention, once no checkpoint it keeps uses them.
     pub fn delete(&self, id: u64) -> Result<()> {
         let dir = self.dir.join(format!("chk-{id:010}"));
         let in_store = match &self.remote {
@@ -580,11 +582,13 @@ impl Checkpoints {
             remote.delete(id)?;
         }
         if dir.is_dir() {
+            // The manifest first, as in the store: a directory without one is no checkpoint.
+            let manifest = dir.join("manifest.json");
+            if manifest.is_file() {
+                std::fs::remove_file(&manifest)
+                    .doing(|| format!("remove {}", manifest.display()))?;
+            }
             std::fs::remove_dir_all(&dir).doing(|| format!("remove {}", dir.display()))?;
-        }
-        self.collect_shared(list_ids(&self.dir, true).into_iter());
-        if let Some(remote) = &self.remote {
-            remote.retain(|ids| self.kept(ids), |id| self.load(id).ok())?;
         }
         Ok(())
     }

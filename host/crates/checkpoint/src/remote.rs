@@ -245,6 +245,9 @@ impl Remote {
                 self.storage.delete(&name)?;
             }
         }
+        // Only shared files this host knows of go: those its first listing found and those it
+        // stored itself. A file that appeared since may be another writer's upload in flight
+        // (a partition's new owner, while this host, paused, has not noticed it lost it).
         let mut shared = self.shared_in_store()?;
         if let Some(present) = shared.as_mut() {
             let unused: Vec<String> = present

@@ -377,6 +377,20 @@ fn stored(f: &Fixture, retain: usize) -> Checkpoints {
         )))
 }
 
+/// Wipes the host's disk (database, staging, the local checkpoint cache) and restores the
+/// newest checkpoint from the store.
+fn restore_on_a_wiped_host(f: &Fixture, retain: usize) -> (Checkpoints, Manifest) {
+    for d in ["db", "staging", "checkpoints"] {
+        std::fs::remove_dir_all(f.dir.path().join(d)).expect("wipe");
+    }
+    let cps = stored(f, retain);
+    let restored = cps
+        .restore_newest(&f.db())
+        .expect("restore")
+        .expect("from the store");
+    (cps, restored)
+}
+
 #[test]
 fn a_wiped_host_restores_its_state_from_the_store() {
     let f = Fixture::new();
@@ -403,15 +417,7 @@ fn a_wiped_host_restores_its_state_from_the_store() {
     cps.retain(None).expect("retain");
     drop(store);
 
-    // The host's disk is gone: database, staging and the local checkpoint cache.
-    for d in ["db", "staging", "checkpoints"] {
-        std::fs::remove_dir_all(f.dir.path().join(d)).expect("wipe");
-    }
-    let cps = stored(&f, 2);
-    let restored = cps
-        .restore_newest(&f.db())
-        .expect("restore")
-        .expect("from the store");
+    let (cps, restored) = restore_on_a_wiped_host(&f, 2);
     assert_eq!(restored.id, 2);
     let store = f.open(16);
     assert_eq!(read(&store, "k5"), Some(b"1".to_vec()));
@@ -445,6 +451,127 @@ fn a_wiped_host_restores_its_state_from_the_store() {
         assert!(used.contains(&name), "{name} is used by no kept checkpoint");
     }
     assert!(objects.list("chk-0000000001/").expect("list").is_empty());
+}
+
+/// `eddy checkpoints delete` runs beside the pipeline's host, with its own view of the store.
+/// Deleting the newest checkpoint must not take files the host's next checkpoint uses (the
+/// host knows them stored and does not send them again).
+#[test]
+fn deleting_the_newest_checkpoint_beside_its_running_host_breaks_no_later_checkpoint() {
+    let f = Fixture::new();
+    let host = stored(&f, 3);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    host.complete(&host.cut(&store, 1, cut(100)).expect("cut"))
+        .expect("complete");
+    host.retain(None).expect("retain");
+    write_counts(&store, 100, 200, b"2");
+    let second = host
+        .complete(&host.cut(&store, 2, cut(200)).expect("cut"))
+        .expect("complete");
+    host.retain(None).expect("retain");
+
+    let operator = stored(&f, 3);
+    operator.delete(2).expect("delete");
+    let ids: Vec<u64> = operator.list().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![1], "checkpoint 2 is gone");
+
+    write_counts(&store, 200, 210, b"3");
+    let third = host
+        .complete(&host.cut(&store, 3, cut(210)).expect("cut"))
+        .expect("complete");
+    let reused: Vec<&str> = second
+        .files
+        .iter()
+        .filter(|f| f.stored.starts_with("shared/"))
+        .filter(|f| third.files.iter().any(|t| t.stored == f.stored))
+        .map(|f| f.stored.as_str())
+        .collect();
+    assert!(
+        !reused.is_empty(),
+        "the test needs checkpoint 3 to use files checkpoint 2 stored"
+    );
+    host.retain(None).expect("retain");
+    drop(store);
+
+    let (_, restored) = restore_on_a_wiped_host(&f, 3);
+    assert_eq!(restored.id, 3, "checkpoint 3 restores whole");
+    let store = f.open(16);
+    assert_eq!(read(&store, "k150"), Some(b"2".to_vec()));
+    assert_eq!(read(&store, "k205"), Some(b"3".to_vec()));
+}
+
+/// Retention deletes the shared files the host knows of (its first listing, its own uploads)
+/// that no kept checkpoint uses, never a file that appeared since: it may be another host's
+/// upload in flight (the partition's new owner, while this one, paused, has not noticed it
+/// lost it).
+#[test]
+fn retention_leaves_files_uploaded_after_its_first_look_to_their_writer() {
+    let f = Fixture::new();
+    let objects = storage::DirStorage::new(&f.dir.path().join("store"));
+    use storage::Storage;
+    let host = stored(&f, 1);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"1");
+    let first = host
+        .complete(&host.cut(&store, 1, cut(100)).expect("cut"))
+        .expect("complete");
+    host.retain(None).expect("retain");
+
+    // Another writer's SST file, stored before its manifest.
+    let in_flight = "shared/000099-in-flight.sst";
+    objects
+        .put_bytes(in_flight, b"another owner's upload")
+        .expect("put");
+    store.compact().expect("compact");
+    write_counts(&store, 100, 110, b"2");
+    let second = host
+        .complete(&host.cut(&store, 2, cut(110)).expect("cut"))
+        .expect("complete");
+    host.retain(None).expect("retain");
+    let present = objects.list("shared/").expect("list");
+    assert!(
+        present.iter().any(|n| n == in_flight),
+        "retention deleted a file it had not seen at its first look"
+    );
+    let dropped: Vec<&str> = first
+        .files
+        .iter()
+        .filter(|f| f.stored.starts_with("shared/"))
+        .filter(|f| !second.files.iter().any(|s| s.stored == f.stored))
+        .map(|f| f.stored.as_str())
+        .collect();
+    assert!(
+        !dropped.is_empty(),
+        "after a compaction, checkpoint 2 no longer uses checkpoint 1's files"
+    );
+    for name in dropped {
+        assert!(
+            !present.iter().any(|n| n == name),
+            "{name}, used only by the dropped checkpoint 1, is still stored"
+        );
+    }
+
+    // The host restarts: the file, still unused, was there at its first look.
+    let restarted = stored(&f, 1);
+    write_counts(&store, 0, 5, b"3");
+    restarted
+        .complete(&restarted.cut(&store, 3, cut(120)).expect("cut"))
+        .expect("complete");
+    restarted.retain(None).expect("retain");
+    let present = objects.list("shared/").expect("list");
+    assert!(
+        !present.iter().any(|n| n == in_flight),
+        "a file no checkpoint uses, present at the host's first look, is collected"
+    );
+    let used: std::collections::HashSet<String> = restarted
+        .list()
+        .into_iter()
+        .flat_map(|m| m.files.into_iter().map(|f| f.stored))
+        .collect();
+    for name in present {
+        assert!(used.contains(&name), "{name} is used by no kept checkpoint");
+    }
 }
 
 #[test]
