@@ -1,7 +1,8 @@
 //! State at scale, in process: checkpoints of 1M and 10M keys (the cut's pause frozen and
 //! written at once, also with the hot working set deferred; duration, size, incremental delta,
-//! restore time), the memory the process holds with them, and keyed events reading a
-//! 1M-entry broadcast table.
+//! restore time), the memory the process holds with them, keyed reads of present and absent
+//! keys at those sizes against a store of 100,000, and keyed events reading a 1M-entry
+//! broadcast table.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
 //! a shorter broadcast run; `-- --keys N`: checkpoints of N keys alone).
@@ -49,6 +50,43 @@ fn write_keys(store: &StateStore, from: u64, to: u64, salt: u64) {
     }
 }
 
+/// Keyed reads/s of `n` keys drawn at random from `0..keys` (present) and from beyond them
+/// (absent: a customer seen for the first time), one commit per 256 reads as a batch does.
+fn reads(store: &StateStore, keys: u64, n: u64) -> (f64, f64) {
+    let state = store
+        .open_state("stats", StateKind::Value, None)
+        .expect("state");
+    let mut rate = |offset: u64| {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ offset;
+        let started = Instant::now();
+        let mut found = 0u64;
+        for chunk in 0..n.div_ceil(256) {
+            let mut batch = store.batch();
+            let mut access = KeyedAccess::new(store, &mut batch);
+            for _ in 0..256.min(n - chunk * 256) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = format!("c-{}", offset + x % keys);
+                let kg = store.key_group(key.as_bytes());
+                found += u64::from(
+                    access
+                        .value_get(&state, kg, key.as_bytes())
+                        .expect("read")
+                        .is_some(),
+                );
+            }
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        (rate, found)
+    };
+    let (present, found) = rate(0);
+    assert_eq!(found, n, "every present key found");
+    let (absent, found) = rate(keys);
+    assert_eq!(found, 0, "no absent key found");
+    (present, absent)
+}
+
 /// The process's resident memory now and at its peak, MiB (`/proc/self/status`).
 fn rss_mib() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -62,7 +100,7 @@ fn rss_mib() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn checkpoints(keys: u64) {
+fn checkpoints(keys: u64) -> (f64, f64) {
     let (rss_before, _) = rss_mib();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("db");
@@ -73,6 +111,7 @@ fn checkpoints(keys: u64) {
     write_keys(&store, 0, keys, 0);
     store.flush().expect("flush");
     let write_s = started.elapsed().as_secs_f64();
+    let read_rates = reads(&store, keys, 100_000);
     let cps = Checkpoints::new(
         &dir.path().join("checkpoints"),
         &dir.path().join("staging"),
@@ -123,6 +162,17 @@ fn checkpoints(keys: u64) {
         mb(second.new_bytes),
         second.new_bytes as f64 * 100.0 / second.total_bytes.max(1) as f64,
     );
+    read_rates
+}
+
+/// Reads/s of a store of `keys` keys written and flushed, as [`reads`] measures them.
+fn read_baseline(keys: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), store_options())
+        .expect("state");
+    write_keys(&store, 0, keys, 0);
+    store.flush().expect("flush");
+    reads(&store, keys, 100_000)
 }
 
 /// The pause of a cut when the hot working set is still deferred: `keys` keys rewritten three
@@ -234,8 +284,26 @@ fn main() {
         "| keys | write | 1st cut (pause) | 1st complete | 1st size | 1% changed: cut written at once (pause) | 1% changed: frozen cut (pause) | frozen / at once | frozen cut: complete | its delta | restore + open | process RSS, store open | peak RSS so far |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let baseline = read_baseline(100_000);
+    let mut read_rows = Vec::new();
     for &keys in &sizes {
-        checkpoints(keys);
+        read_rows.push((keys, checkpoints(keys)));
+    }
+    println!(
+        "\nKeyed reads at scale: 100,000 reads of random keys, present and absent (a customer not seen before), one commit per 256; the baseline is a store of 100,000 keys, same process\n"
+    );
+    println!("| keys | present, reads/s | vs 100,000 keys | absent, reads/s | vs 100,000 keys |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!(
+        "| 100000 (baseline) | {:.0} | 1.00 | {:.0} | 1.00 |",
+        baseline.0, baseline.1
+    );
+    for (keys, (present, absent)) in read_rows {
+        println!(
+            "| {keys} | {present:.0} | {:.2} | {absent:.0} | {:.2} |",
+            present / baseline.0,
+            absent / baseline.1
+        );
     }
     println!("\nThe same with the hot working set still deferred at the cut (fresh stores)\n");
     println!("| writes | cut written at once (pause) | frozen cut (pause) | frozen / at once |");
