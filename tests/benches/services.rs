@@ -19,7 +19,8 @@
 //! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
 //!   later ones) against `latest` queries, same pipeline, same keys.
 //!
-//! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events).
+//! Run: `cargo bench --profile dev -p eddy-tests --bench services` (`-- --quick`: fewer events;
+//! `-- bulk --events 7910000`: the bulk load of about 10M entries).
 
 eddy_tests::host_allocator!();
 
@@ -719,9 +720,10 @@ fn timed(cmd: &mut std::process::Command) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-async fn bulk(quick: bool) {
-    let n = if quick { 200_000 } else { 1_000_000 };
-    // Through the stream: every event a new customer, so each writes two new entries.
+async fn bulk(quick: bool, events: Option<usize>) {
+    let n = events.unwrap_or(if quick { 200_000 } else { 1_000_000 });
+    // Through the stream: customers drawn at random from as many as there are events, so most
+    // events write a customer not seen before (its `stats` value and `recent` list).
     let b = setup(
         "[checkpoint]\ninterval_ms = 3600000\ndedupe_check = \"warn\"\n",
         None,
@@ -794,10 +796,16 @@ async fn bulk(quick: bool) {
     }
     let restore_secs = started.elapsed().as_secs_f64();
     run.stop().await;
-    let entries = 2.0 * n as f64;
+    // Customers are drawn at random: the state holds fewer entries than two per event.
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sp.join("savepoint.json")).expect("savepoint.json"))
+            .expect("savepoint meta");
+    let entries = meta["entries"].as_u64().expect("entries") as f64;
     let streamed = entries / stream_secs;
     let bulk = entries / (load_secs + restore_secs);
-    println!("\nBulk load: {n} customers, two entries each (stats value, recent list)\n");
+    println!(
+        "\nBulk load: {n} events over {n} customers drawn at random; the state holds {entries} entries (a `stats` value and a `recent` list per customer seen)\n"
+    );
     println!("| path | seconds | entries/s | vs the stream |");
     println!("|---|---:|---:|---:|");
     println!("| events through the pipeline | {stream_secs:.1} | {streamed:.0} | 1.00 |");
@@ -812,6 +820,8 @@ async fn bulk(quick: bool) {
 async fn main() {
     // As the `eddy` binary runs: no transparent huge pages.
     eddy_host::no_huge_page_churn();
+    // The hosts' logs (with `RUST_LOG`), such as how long a savepoint's restore took.
+    eddy_tests::init_logging();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let sections = [
@@ -843,7 +853,13 @@ async fn main() {
         time_travel(quick).await;
     }
     if only("bulk") {
-        bulk(quick).await;
+        // `--events N`: N events over N customers instead of the default.
+        let events = args
+            .iter()
+            .position(|a| a == "--events")
+            .and_then(|i| args.get(i + 1))
+            .map(|n| n.parse().expect("--events N"));
+        bulk(quick, events).await;
     }
     if only("quotas") {
         quotas(quick).await;

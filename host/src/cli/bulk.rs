@@ -265,6 +265,104 @@ fn add(b: &mut Builder, kind: Option<StateKind>, p: Parsed, now: u64) -> Result<
     r.map_err(|e| format!("{e:#}"))
 }
 
+/// Takes a parsed entry (with its line number); `false` once the load stopped taking them.
+type Emit<'a> = &'a mut dyn FnMut(u64, Result<Parsed, String>) -> bool;
+
+/// The entries of a JSON Lines file, with their line numbers.
+fn jsonl_entries(mut reader: impl BufRead, file: &Path, emit: Emit) -> anyhow::Result<()> {
+    let mut line = String::new();
+    let mut n = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        if read == 0 {
+            return Ok(());
+        }
+        n += 1;
+        if !line.trim().is_empty() && !emit(n, parse_jsonl(line.trim_end_matches(['\n', '\r']))) {
+            return Ok(());
+        }
+    }
+}
+
+/// The entries of a CSV file, with their line numbers (the header row counts as line 1).
+fn csv_entries(reader: impl BufRead, file: &Path, emit: Emit) -> anyhow::Result<()> {
+    let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let headers = r
+        .headers()
+        .with_context(|| format!("{}: no header row", file.display()))?
+        .clone();
+    if !headers.iter().any(|h| h.trim() == "key") || !headers.iter().any(|h| h.trim() == "value") {
+        bail!(
+            "{}: the header row must name the columns `key` and `value` (and `map_key` for a map state); it is {:?}",
+            file.display(),
+            headers.iter().collect::<Vec<_>>()
+        );
+    }
+    let mut row = csv::StringRecord::new();
+    for n in 2u64.. {
+        let parsed = match r.read_record(&mut row) {
+            Ok(false) => return Ok(()),
+            Ok(true) => parse_csv(&headers, &row),
+            Err(e) => Err(e.to_string()),
+        };
+        if !emit(n, parsed) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Entries parsed per batch on a thread of their own.
+const PARSED_BATCH: usize = 4096;
+
+/// Runs `produce` (reading and parsing the file) on a thread of its own and hands what it
+/// parses, in file order, to `take` (which builds the savepoint): parsing is about half a
+/// load's work. An error of `take` stops both; an error of `produce` ends the load after
+/// what it parsed before.
+fn parsed_beside(
+    produce: impl FnOnce(Emit) -> anyhow::Result<()> + Send,
+    mut take: impl FnMut(u64, Result<Parsed, String>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Result<Parsed, String>)>>(8);
+        let parser = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(PARSED_BATCH);
+            let produced = produce(&mut |n, parsed| {
+                batch.push((n, parsed));
+                batch.len() < PARSED_BATCH
+                    || tx
+                        .send(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(PARSED_BATCH),
+                        ))
+                        .is_ok()
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            produced
+        });
+        let mut taken = Ok(());
+        'batches: for batch in rx.iter() {
+            for (n, parsed) in batch {
+                taken = take(n, parsed);
+                if taken.is_err() {
+                    break 'batches;
+                }
+            }
+        }
+        // The parser's next send fails once the receiver is gone: it stops there.
+        drop(rx);
+        let produced = parser
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread parsing the file panicked"))?;
+        taken.and(produced)
+    })
+}
+
 /// `eddy state load`.
 pub fn load(
     pipeline: &Path,
@@ -298,8 +396,9 @@ pub fn load(
     let now = crate::checkpoint::now_ms();
     let mut bad: Vec<String> = Vec::new();
     let mut lines = 0u64;
-    let mut take = |n: u64, entry: Result<Parsed, String>, b: &mut Builder| -> anyhow::Result<()> {
-        if let Err(why) = entry.and_then(|p| add(b, kind, p, now)) {
+    let take = |n: u64, entry: Result<Parsed, String>| -> anyhow::Result<()> {
+        lines += 1;
+        if let Err(why) = entry.and_then(|p| add(&mut b, kind, p, now)) {
             let at = format!("{}:{n}: {why}", file.display());
             if on_error == OnError::Fail {
                 bail!("{at}; nothing was loaded (fix the line, or pass --on-error skip)");
@@ -309,42 +408,11 @@ pub fn load(
         Ok(())
     };
     match format {
-        Format::Jsonl => {
-            for (i, line) in reader.lines().enumerate() {
-                let line = line.with_context(|| format!("cannot read {}", file.display()))?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                lines += 1;
-                take(i as u64 + 1, parse_jsonl(&line), &mut b)?;
-            }
-        }
-        Format::Csv => {
-            let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-            let headers = r
-                .headers()
-                .with_context(|| format!("{}: no header row", file.display()))?
-                .clone();
-            if !headers.iter().any(|h| h.trim() == "key")
-                || !headers.iter().any(|h| h.trim() == "value")
-            {
-                bail!(
-                    "{}: the header row must name the columns `key` and `value` (and `map_key` for a map state); it is {:?}",
-                    file.display(),
-                    headers.iter().collect::<Vec<_>>()
-                );
-            }
-            for (i, row) in r.records().enumerate() {
-                lines += 1;
-                let parsed = row
-                    .map_err(|e| e.to_string())
-                    .and_then(|row| parse_csv(&headers, &row));
-                // Line numbers count the header row.
-                take(i as u64 + 2, parsed, &mut b)?;
-            }
-        }
+        Format::Jsonl => parsed_beside(|emit| jsonl_entries(reader, file, emit), take)?,
+        Format::Csv => parsed_beside(|emit| csv_entries(reader, file, emit), take)?,
     }
     bar.finish_and_clear();
+    let before = b.base_entries();
     let meta = b.finish()?;
     for at in bad.iter().take(20) {
         eprintln!("skipped {at}");
@@ -354,7 +422,7 @@ pub fn load(
     }
     println!(
         "loaded {} entries of `{name}` from {lines} lines ({} skipped) into {}",
-        meta.entries,
+        meta.entries - before,
         bad.len(),
         to.display()
     );
@@ -595,5 +663,67 @@ mod tests {
             let p = parse_csv(&headers, &row).expect(cell);
             assert_eq!(p.value, kept.as_bytes(), "{cell}");
         }
+    }
+
+    /// Lines parsed on the other thread arrive in file order across batches; an error while
+    /// taking them stops the parsing too, and a reading error ends the load after what came
+    /// before it.
+    #[test]
+    fn entries_parsed_beside_arrive_in_order_and_an_error_stops_both_sides() {
+        let lines = 3 * PARSED_BATCH as u64 + 17;
+        let text: String = (1..=lines)
+            .map(|n| format!("{{\"key\":\"k{n}\",\"value\":{n}}}\n"))
+            .collect();
+        let mut seen = Vec::new();
+        parsed_beside(
+            |emit| jsonl_entries(text.as_bytes(), Path::new("f.jsonl"), emit),
+            |n, p| {
+                let p = p.map_err(|e| anyhow::anyhow!(e))?;
+                assert_eq!(p.key, format!("k{n}").into_bytes());
+                seen.push(n);
+                Ok(())
+            },
+        )
+        .expect("load");
+        assert_eq!(seen, (1..=lines).collect::<Vec<_>>());
+
+        let emitted = std::sync::atomic::AtomicU64::new(0);
+        let many = 20 * PARSED_BATCH as u64;
+        let e = parsed_beside(
+            |emit| {
+                for n in 1..=many {
+                    emitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !emit(n, parse_jsonl(r#"{"key":"a","value":1}"#)) {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            },
+            |n, _| {
+                if n == 10 {
+                    bail!("line {n} is bad");
+                }
+                Ok(())
+            },
+        )
+        .expect_err("stopped");
+        assert_eq!(e.to_string(), "line 10 is bad");
+        // The parser stops at its first send after the taker gave up: beyond the batch with
+        // line 10, at most the 8 batches the channel holds and the one being filled.
+        let parsed = emitted.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            parsed <= 10 * PARSED_BATCH as u64,
+            "the parser went on: {parsed} of {many} lines"
+        );
+
+        let e = parsed_beside(
+            |emit| {
+                emit(1, parse_jsonl(r#"{"key":"a","value":1}"#));
+                bail!("cannot read f.jsonl: disk gone")
+            },
+            |_, _| Ok(()),
+        )
+        .expect_err("read error");
+        assert!(e.to_string().contains("disk gone"), "{e}");
     }
 }

@@ -113,7 +113,7 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
         &loaded,
     ]));
     assert!(said.contains("loaded 400 entries of `stats`"), "{said}");
-    ok(eddy(&[
+    let said = ok(eddy(&[
         &"state",
         &"load",
         &pipeline_b,
@@ -125,6 +125,24 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
         &"--into",
         &loaded,
     ]));
+    // A list is one entry per key, and the count is this load's alone, not the savepoint's.
+    let lists: std::collections::HashSet<String> =
+        std::fs::read_to_string(work.join("a-recent.jsonl"))
+            .expect("read")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["key"].to_string())
+            .collect();
+    let lines = std::fs::read_to_string(work.join("a-recent.jsonl"))
+        .expect("read")
+        .lines()
+        .count();
+    assert!(
+        said.contains(&format!(
+            "loaded {} entries of `recent` from {lines} lines (0 skipped)",
+            lists.len()
+        )),
+        "{said}"
+    );
     ok(eddy(&[
         &"state",
         &"load",

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::files::in_parallel;
 use crate::storage::{Storage, StorageError};
 use crate::{Error, Manifest, Result, sha256_file};
 
@@ -112,7 +113,7 @@ impl Remote {
                 })
                 .collect()
         };
-        in_parallel(&stored, |f| {
+        in_parallel(&stored, TRANSFERS, |f| -> Result<()> {
             self.storage.put_file(&f.stored, &dir.join(&f.stored))?;
             if f.stored.starts_with("shared/")
                 && let Some(s) = self.shared_in_store()?.as_mut()
@@ -148,7 +149,7 @@ impl Remote {
                     && sha256_file(&local).is_ok_and(|sum| sum == f.sha256))
             })
             .collect();
-        in_parallel(&missing, |f| {
+        in_parallel(&missing, TRANSFERS, |f| {
             patiently(|| self.storage.get_file(&f.stored, &dir.join(&f.stored))).map_err(
                 |e| match e {
                     StorageError::NotFound(_) => Error::Corrupt {
@@ -286,31 +287,3 @@ fn patiently<T>(
 /// Transfers at once per checkpoint: a store answers each request after a round trip, so a
 /// few in flight fill the link where one leaves it idle.
 const TRANSFERS: usize = 4;
-
-/// Runs `f` on every item, [`TRANSFERS`] at a time; the first error wins (the others still
-/// finish what they started).
-fn in_parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let first_error = std::sync::Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..TRANSFERS.min(items.len()) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    if let Err(e) = f(item) {
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}

@@ -388,15 +388,18 @@ impl Reader {
 
 /// Restores the savepoint in `dir` into `target` (fresh state, with any number of key groups),
 /// keeping the key groups for which `owns` is true. Every data file is checked against its
-/// checksum first. The savepoint's positions are written into the state.
+/// checksum first. The savepoint's positions are written into the state. Files are checked
+/// and read on every core, a file per thread at a time (RocksDB takes writes from several
+/// threads at once).
 pub fn restore(
     dir: &Path,
     target: &StateStore,
-    owns: impl Fn(u16) -> bool,
-    mut progress: impl FnMut(Progress),
+    owns: impl Fn(u16) -> bool + Sync,
+    progress: impl FnMut(Progress) + Send,
 ) -> anyhow::Result<SavepointMeta> {
     let meta = read_meta(dir)?;
-    for f in &meta.files {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::files::in_parallel(&meta.files, threads, |f| {
         let sum = sha256_file(&dir.join(&f.path))?;
         if sum != f.sha256 {
             bail!(
@@ -405,7 +408,8 @@ pub fn restore(
                 f.path
             );
         }
-    }
+        Ok(())
+    })?;
     let ids: Vec<(u32, StateKind)> = meta
         .states
         .iter()
@@ -420,11 +424,13 @@ pub fn restore(
         .iter()
         .map(|m| target.open_broadcast_map(m))
         .collect::<Result<_, _>>()?;
-    let mut entries = 0u64;
     let total = meta.files.len();
-    for (done, f) in meta.files.iter().enumerate() {
+    // Files done and entries so far, reported as each file ends.
+    let done = std::sync::Mutex::new((0usize, 0u64, progress));
+    crate::files::in_parallel(&meta.files, threads, |f| -> anyhow::Result<()> {
         let mut r = Reader::open(&dir.join(&f.path))?;
         let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut entries = 0u64;
         let broadcast = f.key_group.is_none();
         while let Some(index) = r.u32_or_end()? {
             if broadcast {
@@ -453,12 +459,17 @@ pub fn restore(
             }
         }
         target.write_raw(chunk, broadcast)?;
+        let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, all, progress) = &mut *done;
+        *files += 1;
+        *all += entries;
         progress(Progress {
-            done: done + 1,
+            done: *files,
             total,
-            entries,
+            entries: *all,
         });
-    }
+        Ok(())
+    })?;
     let mut batch = target.batch();
     for (input, pos) in &meta.cut.positions {
         batch.set_position(input, *pos);
