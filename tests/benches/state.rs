@@ -56,7 +56,7 @@ fn reads(store: &StateStore, keys: u64, n: u64) -> (f64, f64) {
     let state = store
         .open_state("stats", StateKind::Value, None)
         .expect("state");
-    let mut rate = |offset: u64| {
+    let rate = |offset: u64| {
         let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ offset;
         let started = Instant::now();
         let mut found = 0u64;
