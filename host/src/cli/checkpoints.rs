@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::bail;
+
 use super::hosts;
 use super::{CheckpointAction, SavepointAction};
 use crate::checkpoint::{Checkpoints, savepoint};
@@ -13,32 +15,92 @@ use crate::transport;
 
 /// The pipeline's checkpoints, with the store beyond this host it names (connecting to NATS
 /// for `store = "nats"`).
-async fn open(pipeline: &Path) -> anyhow::Result<(PipelineConfig, Checkpoints)> {
-    let cfg = PipelineConfig::load_remote(pipeline)?;
-    let checkpoints = match cfg.checkpoint.store {
+async fn open(cfg: &PipelineConfig) -> anyhow::Result<Checkpoints> {
+    Ok(match cfg.checkpoint.store {
         CheckpointStore::Local => cfg.checkpoints(),
         _ => {
             let nats = transport::connect(&cfg.nats, "eddy-checkpoints").await?;
-            match crate::storage::open(&cfg, &nats).await? {
+            match crate::storage::open(cfg, &nats).await? {
                 Some(storage) => cfg.checkpoints().with_storage(storage),
                 None => cfg.checkpoints(),
             }
         }
-    };
-    Ok((cfg, checkpoints))
+    })
 }
 
-/// What a `checkpoints` subcommand does with the pipeline's checkpoints, on a blocking thread.
-type CheckpointsAct = Box<dyn FnOnce(&PipelineConfig, &Checkpoints) -> anyhow::Result<()> + Send>;
+/// The configurations whose checkpoints a command reads: the pipeline's own, or in cluster
+/// mode (checkpoints per partition) `partition`'s, or with `every`, every partition's.
+fn scopes(
+    cfg: &PipelineConfig,
+    partition: Option<u32>,
+    every: bool,
+) -> anyhow::Result<Vec<(Option<u32>, PipelineConfig)>> {
+    let count = cfg.partitions.count;
+    match (cfg.cluster.is_some(), partition) {
+        (false, None) => Ok(vec![(None, cfg.clone())]),
+        (false, Some(_)) => bail!(
+            "--partition is for pipelines in cluster mode (a `[cluster]` section); {} keeps one set of checkpoints",
+            cfg.pipeline.name
+        ),
+        (true, Some(p)) if p >= count => bail!(
+            "pipeline {} has {count} partitions (0..{}); there is no partition {p}",
+            cfg.pipeline.name,
+            count - 1
+        ),
+        (true, Some(p)) => Ok(vec![(Some(p), cfg.for_partition(p))]),
+        (true, None) if every => Ok((0..count)
+            .map(|p| (Some(p), cfg.for_partition(p)))
+            .collect()),
+        (true, None) => bail!(
+            "pipeline {} runs in cluster mode, with checkpoints per partition: name one with --partition N (0..{}); `eddy checkpoints list` shows every partition's",
+            cfg.pipeline.name,
+            count - 1
+        ),
+    }
+}
 
 /// `eddy checkpoints list|inspect|delete`.
 pub async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
-    // The store's calls block: they run on a blocking thread.
-    let (pipeline, act): (_, CheckpointsAct) = match action {
-        CheckpointAction::List { pipeline } => (
+    let (pipeline, partition, every) = match &action {
+        CheckpointAction::List {
             pipeline,
-            Box::new(|cfg, cps| {
-                let lines = list_checkpoints(cps);
+            partition,
+        } => (pipeline, *partition, true),
+        CheckpointAction::Inspect {
+            pipeline,
+            partition,
+            ..
+        }
+        | CheckpointAction::Delete {
+            pipeline,
+            partition,
+            ..
+        } => (pipeline, *partition, false),
+    };
+    let cfg = PipelineConfig::load_remote(pipeline)?;
+    let scopes = scopes(&cfg, partition, every)?;
+    let mut opened = Vec::new();
+    for (p, cfg) in scopes {
+        let cps = open(&cfg).await?;
+        opened.push((p, cfg, cps));
+    }
+    // The store's calls block: they run on a blocking thread.
+    tokio::task::spawn_blocking(move || act(action, opened)).await?
+}
+
+/// What a `checkpoints` subcommand does with the checkpoints it opened.
+fn act(
+    action: CheckpointAction,
+    opened: Vec<(Option<u32>, PipelineConfig, Checkpoints)>,
+) -> anyhow::Result<()> {
+    let at = |p: Option<u32>| p.map(|p| format!(" of partition {p}")).unwrap_or_default();
+    for (p, cfg, cps) in opened {
+        match &action {
+            CheckpointAction::List { .. } => {
+                if let Some(p) = p {
+                    println!("partition {p}:");
+                }
+                let lines = list_checkpoints(&cps);
                 if lines.is_empty() {
                     let place = match cps.storage() {
                         Some(s) => s.describe(),
@@ -49,32 +111,22 @@ pub async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
                 for l in lines {
                     println!("{l}");
                 }
-                Ok(())
-            }),
-        ),
-        CheckpointAction::Inspect { pipeline, id } => (
-            pipeline,
-            Box::new(move |_, cps| {
+            }
+            CheckpointAction::Inspect { id, .. } => {
                 let m = cps
                     .list()
                     .into_iter()
-                    .find(|m| m.id == id)
-                    .ok_or_else(|| anyhow::anyhow!("no checkpoint {id}"))?;
+                    .find(|m| m.id == *id)
+                    .ok_or_else(|| anyhow::anyhow!("no checkpoint {id}{}", at(p)))?;
                 println!("{}", serde_json::to_string_pretty(&m)?);
-                Ok(())
-            }),
-        ),
-        CheckpointAction::Delete { pipeline, id } => (
-            pipeline,
-            Box::new(move |_, cps| {
-                cps.delete(id)?;
-                println!("deleted checkpoint {id}");
-                Ok(())
-            }),
-        ),
-    };
-    let (cfg, cps) = open(&pipeline).await?;
-    tokio::task::spawn_blocking(move || act(&cfg, &cps)).await?
+            }
+            CheckpointAction::Delete { id, .. } => {
+                cps.delete(*id)?;
+                println!("deleted checkpoint {id}{}", at(p));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `eddy savepoint create|list|inspect|delete`.

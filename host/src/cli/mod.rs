@@ -315,10 +315,13 @@ pub enum NewWhat {
 /// `eddy checkpoints` actions.
 #[derive(Subcommand)]
 pub enum CheckpointAction {
-    /// One line per completed checkpoint.
+    /// One line per completed checkpoint (in cluster mode, of every partition).
     List {
         /// The pipeline file.
         pipeline: PathBuf,
+        /// Cluster mode: this partition's alone.
+        #[arg(long)]
+        partition: Option<u32>,
     },
     /// A checkpoint's manifest.
     Inspect {
@@ -326,6 +329,9 @@ pub enum CheckpointAction {
         pipeline: PathBuf,
         /// The checkpoint id.
         id: u64,
+        /// Cluster mode: the partition whose checkpoint it is.
+        #[arg(long)]
+        partition: Option<u32>,
     },
     /// Deletes a checkpoint (its shared SST files go at the host's next retention, once
     /// unused).
@@ -334,6 +340,9 @@ pub enum CheckpointAction {
         pipeline: PathBuf,
         /// The checkpoint id.
         id: u64,
+        /// Cluster mode: the partition whose checkpoint it is.
+        #[arg(long)]
+        partition: Option<u32>,
     },
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -248,6 +249,49 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing() {
     );
     assert_exact(&conn, &txs, &outs).await;
     hosts::stop_all(hosts.iter_mut().filter(|h| h.name != "b"));
+    checkpoints_are_listed_per_partition(&hosts[0].config);
+}
+
+/// `eddy checkpoints` on a cluster's pipeline reads the checkpoints of each partition: every
+/// partition's committed checkpoint is listed under it and inspected there by id, and naming
+/// no partition where one is needed says how to name it.
+fn checkpoints_are_listed_per_partition(config: &Path) {
+    let eddy = |args: &[&str]| {
+        Command::new(eddy_tests::eddy_bin())
+            .arg("checkpoints")
+            .args(&args[..1])
+            .arg(config)
+            .args(&args[1..])
+            .output()
+            .expect("the eddy binary")
+    };
+    let pointers = hosts::pointers(config);
+    assert_eq!(pointers.len(), PARTITIONS as usize, "{pointers:?}");
+    let listed = eddy(&["list"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    for (p, (_, id)) in &pointers {
+        let section = listed
+            .split(&format!("partition {p}:\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("partition ").next())
+            .unwrap_or_else(|| panic!("no section of partition {p}:\n{listed}"));
+        assert!(
+            section
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id.to_string().as_str())),
+            "partition {p}'s committed checkpoint {id} is not listed under it:\n{listed}"
+        );
+        let shown = eddy(&["inspect", &id.to_string(), "--partition", &p.to_string()]);
+        assert!(shown.status.success(), "{shown:?}");
+        let manifest: Value = serde_json::from_slice(&shown.stdout).expect("a manifest");
+        assert_eq!(manifest["id"].as_u64(), Some(*id));
+    }
+    let (_, (_, id)) = pointers.iter().next().expect("a partition");
+    let unnamed = eddy(&["inspect", &id.to_string()]);
+    assert!(!unnamed.status.success());
+    let said = String::from_utf8_lossy(&unnamed.stderr);
+    assert!(said.contains("--partition N"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
