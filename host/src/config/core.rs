@@ -25,6 +25,11 @@ pub struct StateConfig {
     /// every write goes to RocksDB at once).
     #[serde(default = "default_hot_values_mb")]
     pub hot_values_mb: u64,
+    /// RocksDB's block cache for keyed state, in MiB: the blocks of values read from disk,
+    /// and the index and filter blocks. A store much larger than it reads most values from
+    /// the page cache, decompressing a block each time.
+    #[serde(default = "default_block_cache_mb")]
+    pub block_cache_mb: u64,
     /// Per-key quota per state name (`[state.quota.recent]`).
     #[serde(default)]
     pub quota: std::collections::BTreeMap<String, crate::state::Quota>,
@@ -32,6 +37,16 @@ pub struct StateConfig {
 
 impl StateConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(8..=1 << 20).contains(&self.block_cache_mb) {
+            return Err(err(
+                "state.block_cache_mb",
+                format!(
+                    "{} is out of range; use 8 to 1048576 (default {})",
+                    self.block_cache_mb,
+                    default_block_cache_mb()
+                ),
+            ));
+        }
         for (name, q) in &self.quota {
             let field = format!("state.quota.{name}");
             if q.max_entries.is_none() && q.max_bytes.is_none() {
@@ -57,6 +72,7 @@ impl Default for StateConfig {
             ttl: Default::default(),
             periodic_compaction_secs: default_periodic_compaction(),
             hot_values_mb: default_hot_values_mb(),
+            block_cache_mb: default_block_cache_mb(),
             quota: Default::default(),
         }
     }
@@ -64,6 +80,10 @@ impl Default for StateConfig {
 
 fn default_hot_values_mb() -> u64 {
     (crate::state::hot::DEFAULT_BUDGET >> 20) as u64
+}
+
+fn default_block_cache_mb() -> u64 {
+    (crate::state::DEFAULT_BLOCK_CACHE >> 20) as u64
 }
 
 fn default_periodic_compaction() -> u64 {

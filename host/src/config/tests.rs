@@ -109,6 +109,20 @@ fn errors_name_the_field_and_the_fix() {
     )
     .expect_err("kg");
     assert!(e.message.contains("use 1 to 65536"), "{e}");
+
+    let e = with(
+        "[dead_letter]",
+        "[state]\nblock_cache_mb = 2\n\n[dead_letter]",
+    )
+    .expect_err("a block cache too small");
+    assert_eq!(e.field, "state.block_cache_mb");
+    assert!(e.message.contains("use 8 to 1048576 (default 64)"), "{e}");
+    let c = with(
+        "[dead_letter]",
+        "[state]\nblock_cache_mb = 512\n\n[dead_letter]",
+    )
+    .expect("a larger block cache");
+    assert_eq!(c.state.block_cache_mb, 512);
 }
 
 #[test]

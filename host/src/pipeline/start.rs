@@ -141,6 +141,7 @@ pub(super) fn open_state(
         periodic_compaction: Duration::from_secs(cfg.state.periodic_compaction_secs),
         write_ahead_log: false,
         hot_values_bytes: (cfg.state.hot_values_mb as usize) << 20,
+        block_cache_bytes: (cfg.state.block_cache_mb as usize) << 20,
     };
     let state = StateStore::open_with(db_dir, cfg.pipeline.key_groups, clock, store_options)
         .with_context(|| format!("cannot open state in {}", db_dir.display()))?;

@@ -203,7 +203,12 @@ pub struct StoreOptions {
     /// Bytes of hot values kept in memory in front of RocksDB (`hot`); 0 for none. Without a
     /// write-ahead log, value and list writes also wait there until the store settles.
     pub hot_values_bytes: usize,
+    /// Bytes of RocksDB's block cache for keyed state (values' blocks, index and filters).
+    pub block_cache_bytes: usize,
 }
+
+/// The block cache unless configured: 64 MiB.
+pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -211,6 +216,7 @@ impl Default for StoreOptions {
             periodic_compaction: std::time::Duration::from_secs(6 * 3600),
             write_ahead_log: true,
             hot_values_bytes: hot::DEFAULT_BUDGET,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE,
         }
     }
 }
@@ -245,7 +251,7 @@ impl StateStore {
         opts.set_atomic_flush(true);
         let mut keyed = Options::default();
         let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(64 << 20));
+        table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         // Index and filter in partitions of a few KiB, found through a small top level that
