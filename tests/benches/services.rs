@@ -16,6 +16,9 @@
 //!   write past the third of a customer evicts) against none, same events, alternated;
 //! - shadow: live throughput with a shadow version (fraud-enrich's `strict` build) running
 //!   beside it on every event, against none, same events, alternated;
+//! - memory: the resident memory of an `eddy run` process holding 10M customers' fraud state
+//!   (1M with `--quick`), loaded with `eddy state load`, at start and after events spread over
+//!   them;
 //! - time travel: `as_of` query latency (a checkpoint's first query, which opens it, and
 //!   later ones) against `latest` queries, same pipeline, same keys.
 //!
@@ -720,6 +723,26 @@ fn timed(cmd: &mut std::process::Command) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// Loads `stats.jsonl` and `recent.jsonl` of `work` into the savepoint `loaded` with two
+/// `eddy state load` runs; their seconds.
+fn load_fraud_state(
+    pipeline: &std::path::Path,
+    work: &std::path::Path,
+    loaded: &std::path::Path,
+) -> f64 {
+    let mut secs = 0.0;
+    for (state, kind, flag) in [("stats", "value", "--to"), ("recent", "list", "--into")] {
+        let mut cmd = std::process::Command::new(eddy_tests::eddy_bin());
+        cmd.args(["state", "load"])
+            .arg(pipeline)
+            .arg(work.join(format!("{state}.jsonl")))
+            .args(["--state", state, "--kind", kind, flag])
+            .arg(loaded);
+        secs += timed(&mut cmd);
+    }
+    secs
+}
+
 async fn bulk(quick: bool, events: Option<usize>) {
     let n = events.unwrap_or(if quick { 200_000 } else { 1_000_000 });
     // Through the stream: customers drawn at random from as many as there are events, so most
@@ -770,16 +793,7 @@ async fn bulk(quick: bool, events: Option<usize>) {
         .expect("purge");
     spec2.write(&pipeline).expect("pipeline");
     let loaded = work.join("loaded");
-    let mut load_secs = 0.0;
-    for (state, kind, flag) in [("stats", "value", "--to"), ("recent", "list", "--into")] {
-        let mut cmd = std::process::Command::new(eddy_tests::eddy_bin());
-        cmd.args(["state", "load"])
-            .arg(&pipeline)
-            .arg(work.join(format!("{state}.jsonl")))
-            .args(["--state", state, "--kind", kind, flag])
-            .arg(&loaded);
-        load_secs += timed(&mut cmd);
-    }
+    let load_secs = load_fraud_state(&pipeline, work, &loaded);
     let started = Instant::now();
     let run = Running::start_with(
         spec2.config(),
@@ -816,6 +830,79 @@ async fn bulk(quick: bool, events: Option<usize>) {
     );
 }
 
+/// The memory of an `eddy run` process holding `customers` customers' fraud state (a `stats`
+/// value and a `recent` list of 5 amounts each), loaded with `eddy state load`: at start, and
+/// after events for customers spread over all of them.
+async fn memory(quick: bool) {
+    let customers: usize = if quick { 1_000_000 } else { 10_000_000 };
+    let b = setup("", None).await;
+    let work = b._dir.path();
+    {
+        use std::io::Write as _;
+        let mut stats =
+            std::io::BufWriter::new(std::fs::File::create(work.join("stats.jsonl")).expect("file"));
+        let mut recent = std::io::BufWriter::new(
+            std::fs::File::create(work.join("recent.jsonl")).expect("file"),
+        );
+        for c in 0..customers {
+            let amount = |i: usize| 100 + (c * 7919 + i * 104_729) % 90_000;
+            writeln!(
+                stats,
+                r#"{{"key":"c-{c}","value":{{"count":5,"sum_cents":{},"max_cents":{},"last_ts":{}}}}}"#,
+                (0..5).map(amount).sum::<usize>(),
+                (0..5).map(amount).max().unwrap_or(0),
+                1_700_000_000_000u64 + c as u64
+            )
+            .expect("write");
+            for i in 0..5 {
+                writeln!(recent, r#"{{"key":"c-{c}","value":{}}}"#, amount(i)).expect("write");
+            }
+        }
+    }
+    let pipeline = work.join("pipeline.toml");
+    b.spec.write(&pipeline).expect("pipeline");
+    let loaded = work.join("loaded");
+    load_fraud_state(&pipeline, work, &loaded);
+    let mut host = eddy_tests::hosts::HostProcess::spawn_with(
+        "mem",
+        &pipeline,
+        &work.join("host.log"),
+        &["--from-savepoint", loaded.to_str().expect("utf-8 path")],
+    );
+    let started = Instant::now();
+    while query::nats::ask(&b.conn, "bench", Op::Get, &stats_query(customers - 1))
+        .await
+        .is_err()
+    {
+        assert!(
+            host.running(),
+            "the host stopped; see {}",
+            work.join("host.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start_secs = started.elapsed().as_secs_f64();
+    let (at_start, _) = host.rss_mib();
+    let events = if quick { 50_000 } else { 200_000 };
+    publish(&b, events, customers, 11).await;
+    while stream_len(&b.conn.js, "OUT").await.unwrap_or(0) < events as u64 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (after, peak) = host.rss_mib();
+    host.stop();
+    println!(
+        "\nMemory of an `eddy run` process holding {customers} customers (a `stats` value and a 5-amount `recent` list each), started from a loaded savepoint in {start_secs:.1} s\n"
+    );
+    println!(
+        "| customers | keyed entries | RSS at start | RSS after {events} events | peak RSS | goal |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {customers} | {} | {at_start:.0} MiB | {after:.0} MiB | {peak:.0} MiB | 300 MB (286 MiB) |",
+        2 * customers
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // As the `eddy` binary runs: no transparent huge pages.
@@ -833,6 +920,7 @@ async fn main() {
         "bulk",
         "quotas",
         "shadow",
+        "memory",
     ];
     let only = |name: &str| {
         !args.iter().any(|a| sections.contains(&a.as_str())) || args.iter().any(|a| a == name)
@@ -866,5 +954,8 @@ async fn main() {
     }
     if only("shadow") {
         shadow(quick).await;
+    }
+    if only("memory") {
+        memory(quick).await;
     }
 }

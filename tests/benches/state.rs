@@ -87,17 +87,9 @@ fn reads(store: &StateStore, keys: u64, n: u64) -> (f64, f64) {
     (present, absent)
 }
 
-/// The process's resident memory now and at its peak, MiB (`/proc/self/status`).
+/// The process's resident memory now and at its peak, MiB.
 fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    eddy_tests::bench::rss_mib("/proc/self/status")
 }
 
 fn checkpoints(keys: u64) -> (f64, f64) {

@@ -208,3 +208,17 @@ fn rate_counting_failures(
     });
     (rate, failed)
 }
+
+/// A process's resident memory now and at its peak, MiB, from its `status` file in `/proc`
+/// (`/proc/self/status` for this one); NaN where it cannot be read.
+pub fn rss_mib(status_file: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(status_file).unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

@@ -74,6 +74,11 @@ impl HostProcess {
         }
     }
 
+    /// Its resident memory now and at its peak, MiB (`/proc/<pid>/status`; NaN once gone).
+    pub fn rss_mib(&self) -> (f64, f64) {
+        crate::bench::rss_mib(&format!("/proc/{}/status", self.pid()))
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()
