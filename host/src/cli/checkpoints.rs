@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use super::hosts;
 use super::{CheckpointAction, SavepointAction};
@@ -13,18 +13,22 @@ use crate::config::{CheckpointStore, PipelineConfig};
 use crate::control::SavepointSummary;
 use crate::transport;
 
-/// The pipeline's checkpoints, with the store beyond this host it names (connecting to NATS
-/// for `store = "nats"`).
-async fn open(cfg: &PipelineConfig) -> anyhow::Result<Checkpoints> {
-    Ok(match cfg.checkpoint.store {
-        CheckpointStore::Local => cfg.checkpoints(),
-        _ => {
-            let nats = transport::connect(&cfg.nats, "eddy-checkpoints").await?;
-            match crate::storage::open(cfg, &nats).await? {
-                Some(storage) => cfg.checkpoints().with_storage(storage),
-                None => cfg.checkpoints(),
-            }
-        }
+/// The pipeline's checkpoints, with the store beyond this host it names (through `nats`,
+/// connected once for every partition a command reads, for `store = "nats"`).
+async fn open(
+    cfg: &PipelineConfig,
+    nats: &mut Option<transport::Nats>,
+) -> anyhow::Result<Checkpoints> {
+    if cfg.checkpoint.store == CheckpointStore::Local {
+        return Ok(cfg.checkpoints());
+    }
+    if nats.is_none() {
+        *nats = Some(transport::connect(&cfg.nats, "eddy-checkpoints").await?);
+    }
+    let nats = nats.as_ref().context("connected above")?;
+    Ok(match crate::storage::open(cfg, nats).await? {
+        Some(storage) => cfg.checkpoints().with_storage(storage),
+        None => cfg.checkpoints(),
     })
 }
 
@@ -79,9 +83,9 @@ pub async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
     };
     let cfg = PipelineConfig::load_remote(pipeline)?;
     let scopes = scopes(&cfg, partition, every)?;
-    let mut opened = Vec::new();
+    let (mut opened, mut nats) = (Vec::new(), None);
     for (p, cfg) in scopes {
-        let cps = open(&cfg).await?;
+        let cps = open(&cfg, &mut nats).await?;
         opened.push((p, cfg, cps));
     }
     // The store's calls block: they run on a blocking thread.

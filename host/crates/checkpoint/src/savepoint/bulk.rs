@@ -231,20 +231,24 @@ impl Builder {
         })
     }
 
+    /// The file of `key`'s key group (or the broadcast map's file), created at its first entry.
     fn writer(&mut self, key: &[u8]) -> anyhow::Result<&mut FileWriter> {
-        let (kg, path) = match self.target {
-            Target::Map(_) => (u32::MAX, format!("broadcast-m{}.bin", self.index)),
+        let kg = match self.target {
+            Target::Map(_) => u32::MAX,
             Target::State { .. } => {
-                let kg = u32::from(eddy_state::keygroup::key_group(key, self.key_groups));
-                (kg, format!("keyed/s{}-kg-{kg:05}.bin", self.index))
+                u32::from(eddy_state::keygroup::key_group(key, self.key_groups))
             }
         };
-        if !self.files.contains_key(&kg) {
-            let key_group = (kg != u32::MAX).then_some(kg);
-            let w = FileWriter::create(&self.partial, path, key_group)?;
-            self.files.insert(kg, w);
-        }
-        self.files.get_mut(&kg).context("writer open")
+        Ok(match self.files.entry(kg) {
+            std::collections::btree_map::Entry::Occupied(open) => open.into_mut(),
+            std::collections::btree_map::Entry::Vacant(new) => {
+                let (path, key_group) = match kg {
+                    u32::MAX => (format!("broadcast-m{}.bin", self.index), None),
+                    kg => (format!("keyed/s{}-kg-{kg:05}.bin", self.index), Some(kg)),
+                };
+                new.insert(FileWriter::create(&self.partial, path, key_group)?)
+            }
+        })
     }
 
     fn record(&mut self, key: &[u8], map_key: Option<&[u8]>, stored: &[u8]) -> anyhow::Result<()> {
