@@ -389,8 +389,10 @@ impl Reader {
 /// Restores the savepoint in `dir` into `target` (fresh state, with any number of key groups),
 /// keeping the key groups for which `owns` is true. Every data file is checked against its
 /// checksum first. The savepoint's positions are written into the state. Files are checked
-/// and read on every core, a file per thread at a time (RocksDB takes writes from several
-/// threads at once).
+/// and read on every core, a file per thread at a time, each into a sorted SST file, and the
+/// SST files are ingested together at the end (`eddy_state::ingest`): restoring ten million
+/// entries by writes took twice as long, most of it flushing and compacting, and left the
+/// memtables' memory in the process.
 pub fn restore(
     dir: &Path,
     target: &StateStore,
@@ -427,6 +429,10 @@ pub fn restore(
     let total = meta.files.len();
     // Files done and entries so far, reported as each file ends.
     let done = std::sync::Mutex::new((0usize, 0u64, progress));
+    // A file's entries go into SST files of up to this many: a savepoint's file (one key
+    // group) is one SST file, unless it is very large.
+    const CHUNK_ENTRIES: usize = 1_000_000;
+    let ingest = target.ingest()?;
     crate::files::in_parallel(&meta.files, threads, |f| -> anyhow::Result<()> {
         let mut r = Reader::open(&dir.join(&f.path))?;
         let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -454,11 +460,11 @@ pub fn restore(
                 chunk.push((stored, value));
             }
             entries += 1;
-            if chunk.len() >= 10_000 {
-                target.write_raw(std::mem::take(&mut chunk), broadcast)?;
+            if chunk.len() >= CHUNK_ENTRIES {
+                ingest.add(std::mem::take(&mut chunk), broadcast)?;
             }
         }
-        target.write_raw(chunk, broadcast)?;
+        ingest.add(chunk, broadcast)?;
         let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
         let (files, all, progress) = &mut *done;
         *files += 1;
@@ -470,6 +476,7 @@ pub fn restore(
         });
         Ok(())
     })?;
+    ingest.finish()?;
     let mut batch = target.batch();
     for (input, pos) in &meta.cut.positions {
         batch.set_position(input, *pos);

@@ -17,7 +17,7 @@
 //!   The live database has no write-ahead log and is rebuilt from the newest checkpoint at
 //!   every start, so nothing a checkpoint holds is lost by deferring.
 //! - Anything that changes the database behind the commit path forgets the clean entries: a
-//!   cleared prefix, a raw write (savepoint restore), and an entry dropped by the TTL
+//!   cleared prefix, a bulk ingest (savepoint restore), and an entry dropped by the TTL
 //!   compaction filter (seen through its counter). Dirty entries are newer than anything
 //!   RocksDB holds, so they stay.
 //!

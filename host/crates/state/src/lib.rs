@@ -16,6 +16,7 @@ mod batch;
 pub mod broadcast;
 mod cut;
 pub mod hot;
+pub mod ingest;
 pub mod keygroup;
 pub mod layout;
 pub mod quota;
@@ -133,7 +134,7 @@ pub struct StateStore {
     /// Operator quotas by state name (`quota`).
     quotas: RwLock<HashMap<String, Quota>>,
     hot: Mutex<hot::HotValues>,
-    /// Held by whoever writes keyed state (a commit, a settle, a raw write) from its RocksDB
+    /// Held by whoever writes keyed state (a commit, a settle, an ingest) from its RocksDB
     /// write until the hot values agree with it, so two writers never interleave there: a
     /// settle between a commit's delete and its hot update would write the deleted value
     /// back. Taken before the hot values' lock; readers take only that one.
@@ -250,25 +251,17 @@ impl StateStore {
         // state and positions are always from the same moment.
         opts.set_atomic_flush(true);
         let mut keyed = Options::default();
-        let mut table = BlockBasedOptions::default();
+        let mut table = keyed_table_layout();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
-        table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
-        // Index and filter in partitions of a few KiB, found through a small top level that
-        // stays pinned: a whole SST file's filter is about a megabyte from a million keys on,
-        // more than a shard of the cache holds, so every read of a key read it from disk again
-        // (1,800 reads/s at 3M keys, `benches/state.rs`).
-        table.set_partition_filters(true);
-        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_metadata_block_size(4096);
         table.set_pin_top_level_index_and_filter(true);
         table.set_cache_index_and_filter_blocks_with_high_priority(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         keyed.set_block_based_table_factory(&table);
+        keyed.set_compression_type(KEYED_COMPRESSION);
         keyed.set_write_buffer_size(64 << 20);
         // A frozen cut switches memtables while one may still be flushing (`cut`).
         keyed.set_max_write_buffer_number(3);
-        keyed.set_compression_type(rocksdb::DBCompressionType::Lz4);
         keyed.set_periodic_compaction_seconds(options.periodic_compaction.as_secs().max(1));
         let ttls: TtlTable = Arc::default();
         let kinds: KindTable = Arc::default();
@@ -277,8 +270,7 @@ impl StateStore {
             "eddy-ttl",
             ttl_compaction_filter(ttls.clone(), kinds.clone(), clock.clone(), stats.clone()),
         );
-        let mut broadcast = Options::default();
-        broadcast.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut broadcast = broadcast_file_options();
         broadcast.set_max_write_buffer_number(3);
         let mut meta = Options::default();
         meta.set_max_write_buffer_number(3);
@@ -478,31 +470,6 @@ impl StateStore {
         Ok(store)
     }
 
-    /// Writes stored entries as they are (keyed, or broadcast), in one write: for restoring
-    /// savepoints.
-    pub fn write_raw(&self, entries: Vec<(Vec<u8>, Vec<u8>)>, broadcast: bool) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let _writing = self.writing();
-        {
-            let mut hot = self.hot();
-            self.settle_locked(&mut hot)?;
-            hot.forget_all();
-        }
-        let cf = if broadcast {
-            self.broadcast_cf()
-        } else {
-            self.keyed_cf()
-        };
-        let mut wb = rocksdb::WriteBatch::default();
-        for (k, v) in entries {
-            wb.put_cf(cf, k, v);
-        }
-        self.db.write_opt(wb, &self.write_opts)?;
-        Ok(())
-    }
-
     /// Reads one value as a plugin would (TTL applied), outside any batch. For queries and
     /// tests; expired entries are not removed by it.
     pub fn read_value(&self, state: &StateInfo, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -648,4 +615,34 @@ impl Drop for StateStore {
 
 fn position_key(input: &str) -> Vec<u8> {
     format!("{META_POSITION_PREFIX}{input}").into_bytes()
+}
+
+const KEYED_COMPRESSION: rocksdb::DBCompressionType = rocksdb::DBCompressionType::Lz4;
+
+/// How keyed SST files are laid out, by the store and by a bulk ingest alike. Index and filter
+/// in partitions of a few KiB, found through a small top level: a whole SST file's filter is
+/// about a megabyte from a million keys on, more than a shard of the cache holds, so every
+/// read of a key read it from disk again (1,800 reads/s at 3M keys, `benches/state.rs`).
+fn keyed_table_layout() -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_partition_filters(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_metadata_block_size(4096);
+    table
+}
+
+/// Options of an SST file of keyed state written outside the store (`ingest`).
+fn keyed_file_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&keyed_table_layout());
+    opts.set_compression_type(KEYED_COMPRESSION);
+    opts
+}
+
+/// Options of broadcast state's SST files, in the store and written outside it (`ingest`).
+fn broadcast_file_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts
 }

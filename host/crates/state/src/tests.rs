@@ -445,3 +445,100 @@ fn readers_see_the_committed_values_while_a_settle_writes() {
     assert!(reader.join().expect("reader") >= keys.len() as u64);
     assert_eq!(st.count_entries().expect("count"), keys.len() as u64);
 }
+
+/// Entries of `state` for keys `range`, as stored, each value `tag` and the key's number.
+fn stored_entries(
+    st: &StateStore,
+    state: &StateInfo,
+    range: std::ops::Range<u32>,
+    tag: &str,
+) -> ingest::RawEntries {
+    range
+        .map(|i| {
+            let key = format!("k{i}");
+            let kg = st.key_group(key.as_bytes());
+            (
+                state_key(kg, state.id, key.as_bytes()),
+                layout::encode_value(1_000, format!("{tag}{i}").as_bytes()),
+            )
+        })
+        .collect()
+}
+
+fn level_files(st: &StateStore, level: u32) -> u64 {
+    st.db()
+        .property_int_value_cf(st.keyed_cf(), &format!("rocksdb.num-files-at-level{level}"))
+        .expect("property")
+        .expect("level known")
+}
+
+#[test]
+fn ingested_entries_read_as_written_ones_and_skip_the_memtable_and_level_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_000);
+    let st = store(dir.path(), &clock);
+    let v = st
+        .open_state("profile", StateKind::Value, None)
+        .expect("open");
+    let ingest = st.ingest().expect("ingest");
+    // Two batches from two threads, in no key order: their key ranges interleave (keys of
+    // every key group in each), so the files overlap and go in one at a time.
+    std::thread::scope(|s| {
+        s.spawn(|| ingest.add(stored_entries(&st, &v, 0..5_000, "a"), false));
+        s.spawn(|| ingest.add(stored_entries(&st, &v, 5_000..10_000, "a"), false));
+    });
+    ingest.finish().expect("finish");
+    for i in [0u32, 4_999, 5_000, 9_999] {
+        let key = format!("k{i}");
+        assert_eq!(
+            st.read_value(&v, key.as_bytes()).expect("read"),
+            Some(format!("a{i}").into_bytes())
+        );
+    }
+    assert_eq!(st.read_value(&v, b"k10000").expect("read"), None);
+    assert_eq!(st.count_entries().expect("count"), 10_000);
+    assert!(
+        !dir.path().join("ingest").exists(),
+        "the staging directory is removed"
+    );
+
+    // Batches that do not overlap (one key group each, as a savepoint's files are) go in
+    // together, below level 0; a later batch's entry wins over an earlier one's.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let st = store(fresh.path(), &clock);
+    let v = st
+        .open_state("profile", StateKind::Value, None)
+        .expect("open");
+    let mut groups: std::collections::BTreeMap<u16, ingest::RawEntries> = Default::default();
+    for e in stored_entries(&st, &v, 0..10_000, "b") {
+        groups
+            .entry(layout::key_group_of(&e.0).expect("key group"))
+            .or_default()
+            .push(e);
+    }
+    let mut rewritten = stored_entries(&st, &v, 7..8, "c");
+    rewritten.extend(stored_entries(&st, &v, 7..8, "d"));
+    let kg7 = st.key_group(b"k7");
+    let ingest = st.ingest().expect("ingest");
+    for (kg, mut entries) in groups {
+        if kg == kg7 {
+            entries.extend(rewritten.clone());
+        }
+        ingest.add(entries, false).expect("add");
+    }
+    ingest.finish().expect("finish");
+    assert_eq!(level_files(&st, 0), 0, "nothing lands in level 0");
+    assert!(
+        level_files(&st, 6) > 100,
+        "the key groups' files sit at the bottom"
+    );
+    assert_eq!(
+        st.read_value(&v, b"k7").expect("read"),
+        Some(b"d7".to_vec())
+    );
+    assert_eq!(
+        st.read_value(&v, b"k8").expect("read"),
+        Some(b"b8".to_vec())
+    );
+    assert_eq!(st.count_entries().expect("count"), 10_000);
+}
