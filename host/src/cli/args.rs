@@ -428,8 +428,8 @@ pub enum StateAction {
         /// The key.
         key: String,
     },
-    /// Builds a savepoint holding a state (or broadcast map) read from a JSON Lines or CSV
-    /// file; the pipeline starts from it with `eddy run --from-savepoint`.
+    /// Builds a savepoint holding a state (or broadcast map) read from a JSON Lines, CSV or
+    /// Parquet file; the pipeline starts from it with `eddy run --from-savepoint`.
     Load {
         /// The pipeline file (its name and key groups).
         pipeline: PathBuf,
@@ -444,7 +444,7 @@ pub enum StateAction {
         /// The broadcast map to fill (instead of a keyed state).
         #[arg(long)]
         map: Option<String>,
-        /// The file's format (default: from its extension, `.csv` or JSON Lines).
+        /// The file's format (default: from its extension, `.csv`, `.parquet` or JSON Lines).
         #[arg(long, value_enum)]
         format: Option<bulk::Format>,
         /// A bad line stops the load (`fail`, nothing is loaded) or is reported and skipped.
@@ -458,8 +458,8 @@ pub enum StateAction {
         #[arg(long)]
         into: Option<PathBuf>,
     },
-    /// Writes a savepoint's state (or broadcast map) out as JSON Lines or CSV, in the format
-    /// `load` reads.
+    /// Writes a savepoint's state (or broadcast map) out as JSON Lines, CSV or Parquet, in the
+    /// format `load` reads.
     Export {
         /// The savepoint directory.
         savepoint: PathBuf,
@@ -472,7 +472,7 @@ pub enum StateAction {
         /// The format.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: bulk::Format,
-        /// The file to write (default: standard output).
+        /// The file to write (default: standard output; Parquet needs a file).
         #[arg(long)]
         out: Option<PathBuf>,
     },

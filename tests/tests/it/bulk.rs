@@ -168,6 +168,48 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
             before.lines().count()
         );
     }
+    // The same through Parquet: export → load → export as JSON Lines gives the same bytes.
+    let via_parquet = b.dir.path().join("via-parquet");
+    for (i, (flag, name, kind, before)) in [
+        ("--state", "stats", "value", &stats),
+        ("--state", "recent", "list", &recent),
+        ("--map", "category_limits", "value", &limits),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pq = work.join(format!("{name}.parquet"));
+        ok(eddy(&[
+            &"state",
+            &"export",
+            &loaded,
+            &flag,
+            &name,
+            &"--format",
+            &"parquet",
+            &"--out",
+            &pq,
+        ]));
+        let into: [&dyn AsRef<std::ffi::OsStr>; 2] = if i == 0 {
+            [&"--to", &via_parquet]
+        } else {
+            [&"--into", &via_parquet]
+        };
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"state", &"load", &pipeline_b, &pq, &flag, &name];
+        if flag == "--state" {
+            args.extend([&"--kind" as &dyn AsRef<std::ffi::OsStr>, &kind]);
+        }
+        args.extend(into);
+        ok(eddy(&args));
+        let after = exported(&via_parquet, flag, name);
+        assert!(
+            after == *before,
+            "{name} through Parquet: {} lines against {}",
+            after.lines().count(),
+            before.lines().count()
+        );
+    }
 
     // The rest of the transactions through both: the same outputs, field for field.
     let run_a = Running::start(&a.spec);

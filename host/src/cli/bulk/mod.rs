@@ -1,5 +1,6 @@
-//! `eddy state load` and `eddy state export`: a state (or broadcast map) from a JSON Lines or
-//! CSV file into a savepoint a pipeline starts from, and a savepoint's state out to one.
+//! `eddy state load` and `eddy state export`: a state (or broadcast map) from a JSON Lines,
+//! CSV or Parquet file into a savepoint a pipeline starts from, and a savepoint's state out to
+//! one.
 //!
 //! One line (or CSV row) per entry; a list has one line per element, oldest first:
 //!
@@ -13,8 +14,10 @@
 //! JSON travel as `key_base64` / `map_key_base64` / `value_base64`. `written_ms` (default: the
 //! load's time) is the entry's write time, from which TTL counts; `ttl_ms` its own TTL.
 //! CSV files have a header naming the columns `key`, `map_key`, `value`, `written_ms`,
-//! `ttl_ms`; a `value` cell that is not JSON is taken as a JSON string.
+//! `ttl_ms`; a `value` cell that is not JSON is taken as a JSON string. Parquet files have
+//! the same columns, with more types (see `parquet`).
 
+mod parquet;
 mod read;
 
 use std::io::{BufWriter, Write};
@@ -37,13 +40,19 @@ pub enum Format {
     Jsonl,
     /// Comma-separated, with a header row.
     Csv,
+    /// Apache Parquet.
+    Parquet,
 }
 
 impl Format {
-    /// The format a file's name says (`.csv`: CSV, anything else JSON Lines).
+    /// The format a file's name says (`.csv`: CSV, `.parquet` or `.pq`: Parquet, anything
+    /// else JSON Lines).
     fn of(path: &Path) -> Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some(e) if e.eq_ignore_ascii_case("csv") => Format::Csv,
+            Some(e) if e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("pq") => {
+                Format::Parquet
+            }
             _ => Format::Jsonl,
         }
     }
@@ -103,8 +112,14 @@ pub fn load(
     let format = format.unwrap_or_else(|| Format::of(file));
     let input =
         std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = super::progress(size, "loading", "bytes");
+    let bar = match format {
+        Format::Parquet => super::progress(parquet::rows(file)?, "loading", "rows"),
+        _ => super::progress(
+            input.metadata().map(|m| m.len()).unwrap_or(0),
+            "loading",
+            "bytes",
+        ),
+    };
     let reader = std::io::BufReader::new(bar.wrap_read(input));
     let mut b = Builder::create(
         &to,
@@ -130,6 +145,20 @@ pub fn load(
     match format {
         Format::Jsonl => parsed_beside(|emit| jsonl_entries(reader, file, emit), take)?,
         Format::Csv => parsed_beside(|emit| csv_entries(reader, file, emit), take)?,
+        Format::Parquet => {
+            let rows = bar.clone();
+            parsed_beside(
+                move |emit| {
+                    parquet::parquet_entries(file, &mut |n, p| {
+                        if n % 4096 == 0 {
+                            rows.set_position(n);
+                        }
+                        emit(n, p)
+                    })
+                },
+                take,
+            )?
+        }
     }
     bar.finish_and_clear();
     let before = b.base_entries();
@@ -182,16 +211,24 @@ pub fn export(
         (None, Some(name)) => Target::Map(name),
         _ => bail!("name one state (--state NAME) or one broadcast map (--map NAME)"),
     };
-    let sink: Box<dyn Write> = match &out {
-        Some(p) => Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut w = BufWriter::new(sink);
     let kind = target.kind();
     let map_state = kind == Some(StateKind::Map);
     let keyed = kind.is_some();
+    let mut columns = match (format, &out) {
+        (Format::Parquet, Some(p)) => Some(parquet::Writer::create(p, map_state, keyed)?),
+        (Format::Parquet, None) => {
+            bail!("Parquet is not written to a terminal: name the file with --out")
+        }
+        _ => None,
+    };
+    let sink: Box<dyn Write> = match (&out, &columns) {
+        (_, Some(_)) => Box::new(std::io::sink()),
+        (Some(p), None) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        (None, None) => Box::new(std::io::stdout().lock()),
+    };
+    let mut w = BufWriter::new(sink);
     if format == Format::Csv {
         let mut cols = vec!["key"];
         if map_state {
@@ -227,6 +264,10 @@ pub fn export(
                 match format {
                     Format::Jsonl => write_jsonl(&mut w, e, ts, ttl, v)?,
                     Format::Csv => write_csv(&mut w, e, map_state, keyed, ts, ttl, v)?,
+                    Format::Parquet => columns
+                        .as_mut()
+                        .context("the Parquet file is open")?
+                        .push(e.key, e.map_key, v, ts, ttl)?,
                 }
             }
             Ok(())
@@ -235,6 +276,9 @@ pub fn export(
     )?;
     bar.finish_and_clear();
     w.flush()?;
+    if let Some(columns) = columns {
+        columns.finish()?;
+    }
     if let Some(p) = out {
         eprintln!("exported {written} entries to {}", p.display());
     }

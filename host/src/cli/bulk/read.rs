@@ -195,7 +195,7 @@ pub fn parse_csv(headers: &csv::StringRecord, row: &csv::StringRecord) -> Result
 }
 
 /// Takes a parsed entry (with its line number); `false` once the load stopped taking them.
-type Emit<'a> = &'a mut dyn FnMut(u64, Result<Parsed, String>) -> bool;
+pub(super) type Emit<'a> = &'a mut dyn FnMut(u64, Result<Parsed, String>) -> bool;
 
 /// The entries of a JSON Lines file, with their line numbers.
 pub(super) fn jsonl_entries(
