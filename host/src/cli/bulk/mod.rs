@@ -80,7 +80,7 @@ fn add(b: &mut Builder, kind: Option<StateKind>, p: Parsed, now: u64) -> Result<
         (Some(StateKind::List), None) if p.ttl_ms.is_some() => {
             return Err("list elements have no TTL of their own; remove `ttl_ms`".into());
         }
-        (Some(StateKind::List), None) => b.list_element(&p.key, ts, &p.value),
+        (Some(StateKind::List), None) => b.list_element(p.key, ts, &p.value),
         (Some(StateKind::Value), None) => {
             b.value(&p.key, &encode_value_ttl(ts, p.ttl_ms, &p.value))
         }
