@@ -30,6 +30,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Cut, now_ms, sha256_file, write_atomically};
+use crate::files::Hashing;
 use eddy_state::layout::{
     PREFIX_LEN, decode_list, decode_value_ttl, key_group_of, push_list_element, state_id_of,
 };
@@ -103,7 +104,7 @@ pub struct Progress {
 }
 
 struct FileWriter {
-    out: BufWriter<std::fs::File>,
+    out: BufWriter<Hashing<std::fs::File>>,
     path: String,
     key_group: Option<u32>,
     entries: u64,
@@ -115,7 +116,7 @@ impl FileWriter {
         if let Some(parent) = full.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut out = BufWriter::new(std::fs::File::create(&full)?);
+        let mut out = BufWriter::new(Hashing::new(std::fs::File::create(&full)?));
         out.write_all(MAGIC)?;
         Ok(FileWriter {
             out,
@@ -131,13 +132,13 @@ impl FileWriter {
         Ok(())
     }
 
-    fn finish(mut self, dir: &Path) -> anyhow::Result<SavedFile> {
-        self.out.flush()?;
-        self.out.get_ref().sync_all()?;
+    fn finish(self, dir: &Path) -> anyhow::Result<SavedFile> {
+        let (file, sha256) = self.out.into_inner().map_err(|e| e.into_error())?.finish();
+        file.sync_all()?;
         let full = dir.join(&self.path);
         Ok(SavedFile {
             bytes: std::fs::metadata(&full)?.len(),
-            sha256: sha256_file(&full)?,
+            sha256,
             path: self.path,
             key_group: self.key_group,
             entries: self.entries,
