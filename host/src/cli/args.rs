@@ -433,7 +433,8 @@ pub enum StateAction {
     Load {
         /// The pipeline file (its name and key groups).
         pipeline: PathBuf,
-        /// The file: one entry per line (`{"key": ..., "value": ...}`), or CSV with a header.
+        /// The file: one entry per line (`{"key": ..., "value": ...}`), CSV with a header, or
+        /// Parquet with the same columns.
         file: PathBuf,
         /// The keyed state to fill.
         #[arg(long, required_unless_present = "map", conflicts_with = "map")]

@@ -391,9 +391,9 @@ impl Reader {
 /// keeping the key groups for which `owns` is true. Every data file is checked against its
 /// checksum first. The savepoint's positions are written into the state. Files are checked
 /// and read on every core, a file per thread at a time, each into a sorted SST file, and the
-/// SST files are ingested together at the end (`eddy_state::ingest`): restoring ten million
-/// entries by writes took twice as long, most of it flushing and compacting, and left the
-/// memtables' memory in the process.
+/// SST files are ingested together at the end (`eddy_state::ingest`): no entry passes through
+/// a memtable, so none is flushed or compacted again, and the process keeps no memtable
+/// memory from the restore.
 pub fn restore(
     dir: &Path,
     target: &StateStore,
@@ -430,13 +430,16 @@ pub fn restore(
     let total = meta.files.len();
     // Files done and entries so far, reported as each file ends.
     let done = std::sync::Mutex::new((0usize, 0u64, progress));
-    // A file's entries go into SST files of up to this many: a savepoint's file (one key
-    // group) is one SST file, unless it is very large.
+    // A file's entries go into SST files of up to this many entries and bytes: a savepoint's
+    // file (one key group) is one SST file unless it is very large, and a thread holds no
+    // more than this in memory.
     const CHUNK_ENTRIES: usize = 1_000_000;
+    const CHUNK_BYTES: usize = 64 << 20;
     let ingest = target.ingest()?;
     crate::files::in_parallel(&meta.files, threads, |f| -> anyhow::Result<()> {
         let mut r = Reader::open(&dir.join(&f.path))?;
         let mut chunk: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut chunk_bytes = 0usize;
         let mut entries = 0u64;
         let broadcast = f.key_group.is_none();
         while let Some(index) = r.u32_or_end()? {
@@ -461,8 +464,10 @@ pub fn restore(
                 chunk.push((stored, value));
             }
             entries += 1;
-            if chunk.len() >= CHUNK_ENTRIES {
+            chunk_bytes += chunk.last().map_or(0, |(k, v)| k.len() + v.len());
+            if chunk.len() >= CHUNK_ENTRIES || chunk_bytes >= CHUNK_BYTES {
                 ingest.add(std::mem::take(&mut chunk), broadcast)?;
+                chunk_bytes = 0;
             }
         }
         ingest.add(chunk, broadcast)?;

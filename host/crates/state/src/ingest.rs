@@ -1,8 +1,9 @@
 //! State built in bulk: entries sorted and written into SST files beside the store, then
-//! ingested whole, so they pass through neither the memtable nor compaction. Restoring a
-//! savepoint of ten million entries by writes spent most of its time flushing memtables and
-//! compacting what they flushed; ingested files go straight to the bottom level when they
-//! overlap nothing.
+//! ingested whole, so they pass through neither the memtable nor the write path, and leave
+//! no memtable memory behind. Files that overlap nothing go straight to the bottom level;
+//! overlapping ones (a savepoint restored into another number of key groups) land in level
+//! 0, and the ingest compacts them down before it ends rather than leave reads and writes to
+//! a pile of level-0 files.
 //!
 //! Owns the staging directory `<state>/ingest/`, removed when the ingest ends (or is dropped).
 
@@ -102,9 +103,10 @@ impl Ingest<'_> {
         Ok(())
     }
 
-    /// Ingests every file added: in one step per column family when no two files overlap
-    /// (each lands in the lowest level it fits), else one file at a time in the order they
-    /// were added, later files over earlier ones.
+    /// Ingests every file added, in one step per column family, later files over earlier
+    /// ones where keys repeat; then, if any two files overlapped, compacts the column family
+    /// so nothing stays in level 0. Hot values are settled before and forgotten after, as
+    /// for any write behind the commit path.
     pub fn finish(self) -> Result<()> {
         let staged = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|p| p.into_inner()));
         let store = self.store;
@@ -122,25 +124,25 @@ impl Ingest<'_> {
             } else {
                 store.keyed_cf()
             };
-            let mut files: Vec<&Staged> =
-                staged.iter().filter(|s| s.broadcast == broadcast).collect();
+            let files: Vec<&Staged> = staged.iter().filter(|s| s.broadcast == broadcast).collect();
             if files.is_empty() {
                 continue;
             }
-            let in_added_order: Vec<PathBuf> = files.iter().map(|s| s.path.clone()).collect();
-            files.sort_by(|a, b| a.first.cmp(&b.first));
-            let apart = files.windows(2).all(|w| w[0].last < w[1].first);
-            if apart {
-                let paths: Vec<&PathBuf> = files.iter().map(|s| &s.path).collect();
-                store.db.ingest_external_file_cf_opts(cf, &opts, paths)?;
-            } else {
-                for path in in_added_order {
-                    store
-                        .db
-                        .ingest_external_file_cf_opts(cf, &opts, vec![path])?;
-                }
+            let mut ranges: Vec<(&[u8], &[u8])> = files
+                .iter()
+                .map(|s| (s.first.as_slice(), s.last.as_slice()))
+                .collect();
+            ranges.sort();
+            let overlap = ranges.windows(2).any(|w| w[0].1 >= w[1].0);
+            let paths: Vec<&PathBuf> = files.iter().map(|s| &s.path).collect();
+            store.db.ingest_external_file_cf_opts(cf, &opts, paths)?;
+            if overlap {
+                store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
             }
         }
+        // A reader that filled a hot value from RocksDB between the forgetting above and the
+        // ingestion would hold what the ingestion replaced.
+        store.hot().forget_all();
         Ok(())
     }
 }

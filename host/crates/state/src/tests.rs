@@ -473,34 +473,70 @@ fn level_files(st: &StateStore, level: u32) -> u64 {
 }
 
 #[test]
-fn ingested_entries_read_as_written_ones_and_skip_the_memtable_and_level_zero() {
+fn ingested_entries_read_as_written_ones_and_leave_nothing_in_level_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let clock = ManualClock::new(1_000);
     let st = store(dir.path(), &clock);
     let v = st
         .open_state("profile", StateKind::Value, None)
         .expect("open");
+    // A value cached in the hot values before the ingest is not read after it.
+    let mut b = st.batch();
+    KeyedAccess::new(&st, &mut b).value_set(&v, st.key_group(b"k1"), b"k1", b"old");
+    st.commit(b).expect("commit");
+    assert_eq!(
+        st.read_value(&v, b"k1").expect("read"),
+        Some(b"old".to_vec())
+    );
     let ingest = st.ingest().expect("ingest");
     // Two batches from two threads, in no key order: their key ranges interleave (keys of
-    // every key group in each), so the files overlap and go in one at a time.
+    // every key group in each), so the files overlap.
     std::thread::scope(|s| {
-        s.spawn(|| ingest.add(stored_entries(&st, &v, 0..5_000, "a"), false));
-        s.spawn(|| ingest.add(stored_entries(&st, &v, 5_000..10_000, "a"), false));
+        let one = s.spawn(|| ingest.add(stored_entries(&st, &v, 0..5_000, "a"), false));
+        let two = s.spawn(|| ingest.add(stored_entries(&st, &v, 5_000..10_000, "a"), false));
+        for t in [one, two] {
+            t.join().expect("thread").expect("add");
+        }
     });
+    // A third, added after both, rewrites some of their keys: it wins.
+    ingest
+        .add(stored_entries(&st, &v, 0..100, "z"), false)
+        .expect("add");
     ingest.finish().expect("finish");
-    for i in [0u32, 4_999, 5_000, 9_999] {
+    for (i, want) in [
+        (0u32, "z0"),
+        (1, "z1"),
+        (99, "z99"),
+        (100, "a100"),
+        (9_999, "a9999"),
+    ] {
         let key = format!("k{i}");
         assert_eq!(
             st.read_value(&v, key.as_bytes()).expect("read"),
-            Some(format!("a{i}").into_bytes())
+            Some(want.as_bytes().to_vec()),
+            "{key}"
         );
     }
     assert_eq!(st.read_value(&v, b"k10000").expect("read"), None);
     assert_eq!(st.count_entries().expect("count"), 10_000);
+    assert_eq!(
+        level_files(&st, 0),
+        0,
+        "overlapping files are compacted down"
+    );
     assert!(
         !dir.path().join("ingest").exists(),
         "the staging directory is removed"
     );
+
+    // An ingest dropped before it finishes leaves nothing, in the store or beside it.
+    let ingest = st.ingest().expect("ingest");
+    ingest
+        .add(stored_entries(&st, &v, 20_000..20_010, "x"), false)
+        .expect("add");
+    drop(ingest);
+    assert_eq!(st.read_value(&v, b"k20000").expect("read"), None);
+    assert!(!dir.path().join("ingest").exists());
 
     // Batches that do not overlap (one key group each, as a savepoint's files are) go in
     // together, below level 0; a later batch's entry wins over an earlier one's.

@@ -131,12 +131,21 @@ pub fn load(
     let now = crate::checkpoint::now_ms();
     let mut bad: Vec<String> = Vec::new();
     let mut lines = 0u64;
+    // What a file is made of, in messages.
+    let line = if format == Format::Parquet {
+        "row"
+    } else {
+        "line"
+    };
     let take = |n: u64, entry: Result<Parsed, String>| -> anyhow::Result<()> {
         lines += 1;
         if let Err(why) = entry.and_then(|p| add(&mut b, kind, p, now)) {
-            let at = format!("{}:{n}: {why}", file.display());
+            let at = match format {
+                Format::Parquet => format!("{}: row {n}: {why}", file.display()),
+                _ => format!("{}:{n}: {why}", file.display()),
+            };
             if on_error == OnError::Fail {
-                bail!("{at}; nothing was loaded (fix the line, or pass --on-error skip)");
+                bail!("{at}; nothing was loaded (fix the {line}, or pass --on-error skip)");
             }
             bad.push(at);
         }
@@ -167,10 +176,10 @@ pub fn load(
         eprintln!("skipped {at}");
     }
     if bad.len() > 20 {
-        eprintln!("skipped {} more lines", bad.len() - 20);
+        eprintln!("skipped {} more {line}s", bad.len() - 20);
     }
     println!(
-        "loaded {} entries of `{name}` from {lines} lines ({} skipped) into {}",
+        "loaded {} entries of `{name}` from {lines} {line}s ({} skipped) into {}",
         meta.entries - before,
         bad.len(),
         to.display()

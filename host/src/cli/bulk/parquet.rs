@@ -1,20 +1,23 @@
 //! Parquet files in and out of `eddy state load` and `eddy state export`.
 //!
 //! Read: the columns `key`, `map_key`, `value`, `written_ms` and `ttl_ms`, as in CSV. A key
-//! may be text, bytes or an integer (taken as its decimal text); a text `value` that is JSON
-//! is kept exactly, other text becomes a JSON string, bytes are kept as they are, and any
-//! other type (numbers, structs, lists, maps) becomes its JSON. A file without a `value`
-//! column, as a warehouse exports a table, gives each row's other columns as one JSON object.
-//! `written_ms` and `ttl_ms` may be integers or timestamps.
+//! may be text, bytes or an integer (taken as its decimal text); a `value` of text (or of
+//! bytes that are UTF-8, as older writers store text) that is JSON is kept exactly, other text
+//! becomes a JSON string, other bytes are kept as they are, and any other type (numbers,
+//! structs, lists, maps) becomes its JSON. A file without a `value` column, as a warehouse
+//! exports a table, gives each row's other columns as one JSON object, in the file's column
+//! order. `written_ms` may be an integer of milliseconds or a timestamp (milli-, micro- or
+//! nanoseconds); `ttl_ms` an integer of milliseconds.
 //!
 //! Written: `key` and `map_key` as text, `value` as JSON text (Parquet's JSON type),
 //! `written_ms` and `ttl_ms` as 64-bit integers, Snappy-compressed, in row groups of
-//! [`ROW_GROUP`] entries.
+//! [`ROW_GROUP`] entries, into `<file>.partial`, renamed to the file once complete.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use parquet::basic::{LogicalType, TimeUnit};
 use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -47,10 +50,8 @@ fn open(file: &Path) -> anyhow::Result<SerializedFileReader<std::fs::File>> {
 /// The entries of a Parquet file, numbered by row from 1.
 pub(super) fn parquet_entries(file: &Path, emit: Emit) -> anyhow::Result<()> {
     let reader = open(file)?;
-    let names: Vec<String> = reader
-        .metadata()
-        .file_metadata()
-        .schema_descr()
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let names: Vec<String> = schema
         .root_schema()
         .get_fields()
         .iter()
@@ -69,13 +70,25 @@ pub(super) fn parquet_entries(file: &Path, emit: Emit) -> anyhow::Result<()> {
             file.display()
         );
     }
+    // The record API gives nanosecond timestamps as plain integers: known by the schema.
+    let nanos = (0..schema.num_columns())
+        .map(|i| schema.column(i))
+        .find(|c| {
+            c.path().parts().len() == 1
+                && c.name() == "written_ms"
+                && matches!(
+                    c.logical_type_ref(),
+                    Some(LogicalType::Timestamp(t)) if t.unit == TimeUnit::NANOS
+                )
+        })
+        .is_some();
     let iter = reader
         .get_row_iter(None)
         .with_context(|| format!("cannot read the rows of {}", file.display()))?;
     for (i, row) in iter.enumerate() {
         let row =
             row.with_context(|| format!("cannot read row {} of {}", i + 1, file.display()))?;
-        if !emit(i as u64 + 1, parse_row(&row, whole_row)) {
+        if !emit(i as u64 + 1, parse_row(&row, whole_row, nanos)) {
             break;
         }
     }
@@ -83,28 +96,36 @@ pub(super) fn parquet_entries(file: &Path, emit: Emit) -> anyhow::Result<()> {
 }
 
 /// One row as an entry; with `whole_row`, the columns that are not the entry's own make up
-/// its value.
-fn parse_row(row: &Row, whole_row: bool) -> Result<Parsed, String> {
+/// its value, a JSON object with the columns in the file's order. `nanos`: `written_ms` is a
+/// timestamp in nanoseconds.
+fn parse_row(row: &Row, whole_row: bool, nanos: bool) -> Result<Parsed, String> {
     let (mut key, mut map_key, mut value) = (None, None, None);
     let (mut written_ms, mut ttl_ms) = (None, None);
-    let mut rest = serde_json::Map::new();
+    let mut rest = String::from("{");
     for (name, field) in row.get_column_iter() {
         match name.as_str() {
             "key" => key = key_bytes(field, "key")?,
             "map_key" => map_key = key_bytes(field, "map_key")?,
             "value" => value = Some(value_bytes(field)?),
-            "written_ms" => written_ms = millis(field, "written_ms")?,
-            "ttl_ms" => ttl_ms = millis(field, "ttl_ms")?,
+            "written_ms" => written_ms = written(field, nanos)?,
+            "ttl_ms" => ttl_ms = duration_ms(field)?,
             _ => {
-                rest.insert(name.clone(), field.to_json_value());
+                if rest.len() > 1 {
+                    rest.push(',');
+                }
+                let member = serde_json::to_string(name)
+                    .and_then(|n| Ok((n, serde_json::to_string(&field.to_json_value())?)))
+                    .map_err(|e| e.to_string())?;
+                rest.push_str(&member.0);
+                rest.push(':');
+                rest.push_str(&member.1);
             }
         }
     }
+    rest.push('}');
     let value = match value {
         Some(v) => v,
-        None if whole_row => {
-            serde_json::to_vec(&serde_json::Value::Object(rest)).map_err(|e| e.to_string())?
-        }
+        None if whole_row => rest.into_bytes(),
         None => return Err("`value` is missing".into()),
     };
     Ok(Parsed {
@@ -121,56 +142,84 @@ fn key_bytes(field: &Field, name: &str) -> Result<Option<Vec<u8>>, String> {
         Field::Null => return Ok(None),
         Field::Str(s) => s.as_bytes().to_vec(),
         Field::Bytes(b) => b.data().to_vec(),
-        Field::Byte(n) => n.to_string().into_bytes(),
-        Field::Short(n) => n.to_string().into_bytes(),
-        Field::Int(n) => n.to_string().into_bytes(),
-        Field::Long(n) => n.to_string().into_bytes(),
-        Field::UByte(n) => n.to_string().into_bytes(),
-        Field::UShort(n) => n.to_string().into_bytes(),
-        Field::UInt(n) => n.to_string().into_bytes(),
-        Field::ULong(n) => n.to_string().into_bytes(),
-        other => {
-            return Err(format!(
-                "`{name}` must be text, bytes or an integer, not {other}"
-            ));
-        }
+        other => match integer(other) {
+            Some(n) => n.to_string().into_bytes(),
+            None => {
+                return Err(format!(
+                    "`{name}` must be text, bytes or an integer, not {other}"
+                ));
+            }
+        },
     }))
 }
 
+fn integer(field: &Field) -> Option<i128> {
+    Some(match field {
+        Field::Byte(n) => (*n).into(),
+        Field::Short(n) => (*n).into(),
+        Field::Int(n) => (*n).into(),
+        Field::Long(n) => (*n).into(),
+        Field::UByte(n) => (*n).into(),
+        Field::UShort(n) => (*n).into(),
+        Field::UInt(n) => (*n).into(),
+        Field::ULong(n) => (*n).into(),
+        _ => return None,
+    })
+}
+
+/// Text is kept if it is JSON and becomes a JSON string if not, as a CSV cell is; bytes that
+/// are not UTF-8 are kept as they are; other types become their JSON.
 fn value_bytes(field: &Field) -> Result<Vec<u8>, String> {
-    match field {
-        Field::Null => Err("`value` is null".into()),
-        Field::Str(s) if crate::pipeline::json::check(s.as_bytes()).is_ok() => {
-            Ok(s.as_bytes().to_vec())
-        }
-        Field::Str(s) => serde_json::to_vec(s).map_err(|e| e.to_string()),
-        Field::Bytes(b) => Ok(b.data().to_vec()),
-        other => serde_json::to_vec(&other.to_json_value()).map_err(|e| e.to_string()),
+    let text = match field {
+        Field::Null => return Err("`value` is null".into()),
+        Field::Str(s) => s.as_str(),
+        Field::Bytes(b) => match std::str::from_utf8(b.data()) {
+            Ok(t) => t,
+            Err(_) => return Ok(b.data().to_vec()),
+        },
+        other => return serde_json::to_vec(&other.to_json_value()).map_err(|e| e.to_string()),
+    };
+    if crate::pipeline::json::check(text.as_bytes()).is_ok() {
+        Ok(text.as_bytes().to_vec())
+    } else {
+        serde_json::to_vec(text).map_err(|e| e.to_string())
     }
 }
 
-fn millis(field: &Field, name: &str) -> Result<Option<u64>, String> {
-    let n: i128 = match field {
+/// `written_ms`: an integer of milliseconds, or a timestamp.
+fn written(field: &Field, nanos: bool) -> Result<Option<u64>, String> {
+    let ms = match field {
         Field::Null => return Ok(None),
-        Field::Int(n) => (*n).into(),
-        Field::Long(n) | Field::TimestampMillis(n) => (*n).into(),
-        Field::UInt(n) => (*n).into(),
-        Field::ULong(n) => (*n).into(),
-        Field::TimestampMicros(us) => (*us / 1_000).into(),
-        other => {
-            return Err(format!(
-                "`{name}` must be an integer of milliseconds or a timestamp, not {other}"
-            ));
-        }
+        Field::TimestampMillis(ms) => i128::from(*ms),
+        Field::TimestampMicros(us) => i128::from(us.div_euclid(1_000)),
+        Field::Long(ns) if nanos => i128::from(ns.div_euclid(1_000_000)),
+        other => integer(other).ok_or_else(|| {
+            format!("`written_ms` must be an integer of milliseconds or a timestamp, not {other}")
+        })?,
     };
+    u64::try_from(ms)
+        .map(Some)
+        .map_err(|_| format!("`written_ms` is before 1970: {ms} ms"))
+}
+
+/// `ttl_ms`: an integer of milliseconds (a timestamp is not a duration).
+fn duration_ms(field: &Field) -> Result<Option<u64>, String> {
+    if matches!(field, Field::Null) {
+        return Ok(None);
+    }
+    let n = integer(field)
+        .ok_or_else(|| format!("`ttl_ms` must be an integer of milliseconds, not {field}"))?;
     u64::try_from(n)
         .map(Some)
-        .map_err(|_| format!("`{name}` is negative: {n}"))
+        .map_err(|_| format!("`ttl_ms` is negative: {n}"))
 }
 
 /// A Parquet file being exported: entries buffered a row group at a time.
 pub(super) struct Writer {
     file: SerializedFileWriter<std::fs::File>,
+    /// Where it is written, and where it goes once complete.
+    partial: std::path::PathBuf,
+    path: std::path::PathBuf,
     map_state: bool,
     keyed: bool,
     keys: Vec<ByteArray>,
@@ -197,10 +246,15 @@ impl Writer {
         let props = WriterProperties::builder()
             .set_compression(parquet::basic::Compression::SNAPPY)
             .build();
-        let out = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let out = std::fs::File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
         Ok(Writer {
             file: SerializedFileWriter::new(out, schema, Arc::new(props))?,
+            partial,
+            path: path.to_path_buf(),
             map_state,
             keyed,
             keys: Vec::new(),
@@ -227,14 +281,16 @@ impl Writer {
                 .map(|_| ByteArray::from(b.to_vec()))
                 .map_err(|_| anyhow::anyhow!("a {what} is not UTF-8 text: {BYTES}"))
         };
-        self.keys.push(text(key, "key")?);
-        if self.map_state {
-            self.map_keys
-                .push(text(map_key.unwrap_or_default(), "map key")?);
-        }
+        let key = text(key, "key")?;
+        let map_key = match self.map_state {
+            true => Some(text(map_key.unwrap_or_default(), "map key")?),
+            false => None,
+        };
         if crate::pipeline::json::check(value).is_err() {
             bail!("a value is not JSON: {BYTES}");
         }
+        self.keys.push(key);
+        self.map_keys.extend(map_key);
         self.values.push(ByteArray::from(value.to_vec()));
         if self.keyed {
             self.written.push(written_ms.map(|t| t as i64));
@@ -283,11 +339,21 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes what is buffered and the file's footer.
+    /// Writes what is buffered and the file's footer, and moves the file into place.
     pub(super) fn finish(mut self) -> anyhow::Result<()> {
         self.row_group()?;
-        self.file.close()?;
+        self.file.finish()?;
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("cannot move {} into place", self.partial.display()))?;
         Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Unfinished (an export that failed): no truncated file is left. Once finished, the
+        // partial file is gone already.
+        let _ = std::fs::remove_file(&self.partial);
     }
 }
 
@@ -349,6 +415,13 @@ mod tests {
             .push(b"k", None, b"not json", None, None)
             .expect_err("not json");
         assert!(e.to_string().contains("not JSON"), "{e}");
+        // An export that stops leaves no file; a finished one leaves only its own.
+        drop(w);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["m.parquet"]);
     }
 
     /// A table as a warehouse exports it: an integer key, the other columns the value.
@@ -382,25 +455,138 @@ mod tests {
         file.close().expect("file");
 
         let got = read_all(&path).expect("read");
-        let values: Vec<(Vec<u8>, serde_json::Value)> = got
+        let values: Vec<(String, String)> = got
             .into_iter()
             .map(|(_, p)| {
                 let p = p.expect("parsed");
-                (p.key, serde_json::from_slice(&p.value).expect("json"))
+                (
+                    String::from_utf8(p.key).expect("utf-8"),
+                    String::from_utf8(p.value).expect("utf-8"),
+                )
             })
             .collect();
+        // The columns in the file's order.
         assert_eq!(
             values,
-            vec![
-                (
-                    b"7".to_vec(),
-                    serde_json::json!({"tier": "gold", "score": 1.5})
-                ),
-                (
-                    b"8".to_vec(),
-                    serde_json::json!({"tier": null, "score": 2.0})
-                ),
+            [
+                ("7".into(), r#"{"tier":"gold","score":1.5}"#.into()),
+                ("8".into(), r#"{"tier":null,"score":2.0}"#.into()),
             ]
+        );
+    }
+
+    /// Writes one row group of `rows` rows: `key` text, then each column's values (`None`:
+    /// null) in an `optional int64` column under its type annotation.
+    fn int_columns(path: &Path, rows: usize, columns: &[(&str, &str, Vec<Option<i64>>)]) {
+        let mut schema = String::from("message t {\n  required binary key (STRING);\n");
+        for (name, annotation, _) in columns {
+            schema.push_str(&format!("  optional int64 {name} {annotation};\n"));
+        }
+        schema.push('}');
+        let schema =
+            Arc::new(parquet::schema::parser::parse_message_type(&schema).expect("schema"));
+        let out = std::fs::File::create(path).expect("file");
+        let mut file =
+            SerializedFileWriter::new(out, schema, Arc::new(WriterProperties::builder().build()))
+                .expect("writer");
+        let mut group = file.next_row_group().expect("group");
+        let keys: Vec<ByteArray> = (0..rows)
+            .map(|i| ByteArray::from(format!("k{i}").as_str()))
+            .collect();
+        let mut c = group.next_column().expect("column").expect("key");
+        c.typed::<ByteArrayType>()
+            .write_batch(&keys, None, None)
+            .expect("keys");
+        c.close().expect("close");
+        for (_, _, values) in columns {
+            let levels: Vec<i16> = values.iter().map(|v| i16::from(v.is_some())).collect();
+            let present: Vec<i64> = values.iter().flatten().copied().collect();
+            let mut c = group.next_column().expect("column").expect("int column");
+            c.typed::<Int64Type>()
+                .write_batch(&present, Some(&levels), None)
+                .expect("values");
+            c.close().expect("close");
+        }
+        group.close().expect("group");
+        file.close().expect("file");
+    }
+
+    /// Write times as milli-, micro- and nanosecond timestamps all come out in milliseconds;
+    /// a TTL must be a plain integer; a row with no value, or a null key, is refused.
+    #[test]
+    fn timestamps_of_every_unit_are_milliseconds_and_nulls_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ms: i64 = 1_764_900_000_123;
+        for (unit, stored) in [
+            ("MILLIS", ms),
+            ("MICROS", ms * 1_000 + 999),
+            ("NANOS", ms * 1_000_000 + 999_999),
+        ] {
+            let path = dir.path().join(format!("{unit}.parquet"));
+            int_columns(
+                &path,
+                1,
+                &[
+                    (
+                        "written_ms",
+                        &format!("(TIMESTAMP({unit},true))"),
+                        vec![Some(stored)],
+                    ),
+                    ("value", "", vec![Some(5)]),
+                ],
+            );
+            let got = read_all(&path).expect("read");
+            let p = got[0].1.as_ref().expect("parsed");
+            assert_eq!(p.written_ms, Some(ms as u64), "{unit}");
+            assert_eq!(p.value, b"5", "{unit}");
+        }
+        let path = dir.path().join("ttl.parquet");
+        int_columns(
+            &path,
+            1,
+            &[
+                ("ttl_ms", "(TIMESTAMP(MILLIS,true))", vec![Some(ms)]),
+                ("value", "", vec![Some(1)]),
+            ],
+        );
+        let got = read_all(&path).expect("read");
+        let e = got[0].1.as_ref().map(|_| ()).expect_err("timestamp TTL");
+        assert!(
+            e.contains("`ttl_ms` must be an integer of milliseconds"),
+            "{e}"
+        );
+        let path = dir.path().join("nulls.parquet");
+        int_columns(
+            &path,
+            2,
+            &[
+                ("value", "", vec![None, Some(1)]),
+                ("written_ms", "", vec![Some(-5), None]),
+            ],
+        );
+        let got = read_all(&path).expect("read");
+        let e = got[0].1.as_ref().map(|_| ()).expect_err("null value");
+        assert!(e.contains("`value` is null"), "{e}");
+        let p = got[1].1.as_ref().expect("second row");
+        assert_eq!((p.value.as_slice(), p.written_ms), (b"1".as_slice(), None));
+    }
+
+    /// Bytes that are UTF-8 (as older writers store text) follow the text rule; others are
+    /// kept as they are.
+    #[test]
+    fn a_value_of_bytes_is_text_when_it_is_utf8() {
+        for (bytes, kept) in [
+            (&b"gold"[..], &b"\"gold\""[..]),
+            (br#"{"a":1}"#, br#"{"a":1}"#),
+            (&[0xff, 0x01], &[0xff, 0x01]),
+        ] {
+            let field = Field::Bytes(ByteArray::from(bytes.to_vec()));
+            assert_eq!(value_bytes(&field).expect("value"), kept);
+        }
+        assert!(key_bytes(&Field::Null, "key").expect("null").is_none());
+        assert_eq!(
+            key_bytes(&Field::Short(-3), "key").expect("short"),
+            Some(b"-3".to_vec())
         );
     }
 

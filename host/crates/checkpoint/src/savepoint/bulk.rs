@@ -155,11 +155,10 @@ pub struct Builder {
     /// first appeared (so an export loaded again is exported in the same order).
     lists: Vec<(Vec<u8>, Vec<u8>)>,
     /// Where each key's list is in `lists`: the key's hash and the index, compared with the
-    /// key held there, so a key is stored once (a map from key to index copied every key and
-    /// was a third of a list load's building thread, with its allocations), and growing the
-    /// table reads no key (a key is a cache miss away).
+    /// key held there. A key is stored once, and growing the table reads no key (each is a
+    /// cache miss away); see "List loads" in `docs/BENCHMARKS.md`.
     list_of: hashbrown::HashTable<(u64, usize)>,
-    /// foldhash: a million keys hashed with std's SipHash took a tenth of a list load.
+    /// foldhash: keys are hashed once per list, and SipHash's strength buys nothing here.
     hasher: foldhash::fast::RandomState,
     entries: u64,
 }
