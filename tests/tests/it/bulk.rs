@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use eddy_host::cli::produce;
 use eddy_host::pipeline::RunOptions;
+use eddy_host::query::{self, Op, Query};
 use eddy_tests::{Fixture, Running, eddy_bin, publish_txs, wait_for_len};
 use serde_json::Value;
 
@@ -102,29 +103,16 @@ async fn a_loaded_state_feeds_the_plugin_as_the_stream_did_and_export_round_trip
     let pipeline_b = b.dir.path().join("pipeline.toml");
     b.spec.write(&pipeline_b).expect("pipeline file");
     let loaded = b.dir.path().join("loaded");
-    let said = ok(eddy(&[
-        &"state",
-        &"load",
+    let (said_stats, said) = load_fraud_state(
         &pipeline_b,
         &work.join("a-stats.jsonl"),
-        &"--state",
-        &"stats",
-        &"--to",
-        &loaded,
-    ]));
-    assert!(said.contains("loaded 400 entries of `stats`"), "{said}");
-    let said = ok(eddy(&[
-        &"state",
-        &"load",
-        &pipeline_b,
         &work.join("a-recent.jsonl"),
-        &"--state",
-        &"recent",
-        &"--kind",
-        &"list",
-        &"--into",
         &loaded,
-    ]));
+    );
+    assert!(
+        said_stats.contains("loaded 400 entries of `stats`"),
+        "{said_stats}"
+    );
     // A list is one entry per key, and the count is this load's alone, not the savepoint's.
     let lists: std::collections::HashSet<String> =
         std::fs::read_to_string(work.join("a-recent.jsonl"))
@@ -320,4 +308,132 @@ async fn bad_lines_fail_the_load_or_are_skipped_and_named() {
         "{back}"
     );
     assert!(values.contains(&serde_json::json!("silver")), "{back}");
+}
+
+/// The size: a million entries (a `stats` value and a `recent` list for each of
+/// 500,000 customers) written through the stream, exported and loaded into another pipeline,
+/// answer queries with the same values and feed the plugin the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_loaded_entries_answer_queries_and_feed_the_plugin_as_streamed_ones() {
+    const CUSTOMERS: usize = 500_000;
+    let mut txs = produce::transactions(CUSTOMERS + 3_000, CUSTOMERS, 33, 0);
+    // Every customer once first, so the stream writes two entries for each.
+    for (i, t) in txs[..CUSTOMERS].iter_mut().enumerate() {
+        t.customer = format!("c-{i}");
+    }
+    let a = Fixture::start("fraud", "fraud-enrich").await;
+    publish_txs(&a.conn.js, "txn.in", &txs[..CUSTOMERS]).await;
+    let run = Running::start(&a.spec);
+    wait_for_len(
+        &a.conn.js,
+        "OUT",
+        CUSTOMERS as u64,
+        Duration::from_secs(300),
+    )
+    .await;
+    let sp = eddy_tests::savepoint_now(&a.conn, "fraud", &a.dir.path().join("sp"), "a").await;
+    run.stop().await;
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(sp.join("savepoint.json")).expect("savepoint.json"))
+            .expect("meta");
+    assert_eq!(meta["entries"], 2 * CUSTOMERS as u64, "a million entries");
+    let work = a.dir.path();
+    for state in ["stats", "recent"] {
+        ok(eddy(&[
+            &"state",
+            &"export",
+            &sp,
+            &"--state",
+            &state,
+            &"--out",
+            &work.join(format!("{state}.jsonl")),
+        ]));
+    }
+
+    let b = Fixture::start("fraud", "fraud-enrich").await;
+    let pipeline_b = b.dir.path().join("pipeline.toml");
+    b.spec.write(&pipeline_b).expect("pipeline file");
+    let loaded = b.dir.path().join("loaded");
+    let (said_stats, said) = load_fraud_state(
+        &pipeline_b,
+        &work.join("stats.jsonl"),
+        &work.join("recent.jsonl"),
+        &loaded,
+    );
+    assert!(
+        said_stats.contains(&format!("loaded {CUSTOMERS} entries of `stats`")),
+        "{said_stats}"
+    );
+    assert!(
+        said.contains(&format!("loaded {CUSTOMERS} entries of `recent`")),
+        "{said}"
+    );
+
+    // Both running: the same answers to queries of customers spread over all of them.
+    let run_a = Running::start(&a.spec);
+    let run_b = Running::start_with(
+        b.spec.config(),
+        RunOptions {
+            from_savepoint: Some(loaded),
+            ..RunOptions::default()
+        },
+    );
+    let sample = (0..CUSTOMERS).step_by(997).map(|i| format!("c-{i}"));
+    let mut asked = 0;
+    for c in sample {
+        let (from_a, from_b) = (stats_of(&a.conn, &c).await, stats_of(&b.conn, &c).await);
+        assert!(from_a["count"].as_u64() == Some(1), "{c}: {from_a}");
+        assert_eq!(from_b, from_a, "{c}");
+        asked += 1;
+    }
+    assert!(asked > 500);
+
+    // The rest through both: the same outputs, field for field.
+    publish_txs(&a.conn.js, "txn.in", &txs[CUSTOMERS..]).await;
+    publish_txs(&b.conn.js, "txn.in", &txs[CUSTOMERS..]).await;
+    wait_for_len(
+        &a.conn.js,
+        "OUT",
+        CUSTOMERS as u64 + 3_000,
+        Duration::from_secs(120),
+    )
+    .await;
+    wait_for_len(&b.conn.js, "OUT", 3_000, Duration::from_secs(120)).await;
+    run_a.stop().await;
+    run_b.stop().await;
+    let from_a = outputs(&a.conn.js).await;
+    let from_b = outputs(&b.conn.js).await;
+    assert_eq!(from_b.len(), 3_000);
+    for (id, out) in &from_b {
+        assert_eq!(Some(out), from_a.get(id), "transaction {id}");
+    }
+}
+
+/// A customer's `stats` as the running host answers it, waiting for the host to answer.
+async fn stats_of(nats: &eddy_host::transport::Nats, customer: &str) -> Value {
+    let q = Query {
+        state: Some("stats".into()),
+        key: Some(customer.to_string()),
+        ..Query::default()
+    };
+    for _ in 0..600 {
+        if let Ok(v) = query::nats::ask(nats, "fraud", Op::Get, &q).await {
+            return v["value"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no answer about {customer}");
+}
+
+/// Loads the fraud plugin's two states (`stats` values, `recent` lists) from JSON Lines into
+/// a new savepoint `to`; what each load said.
+fn load_fraud_state(pipeline: &Path, stats: &Path, recent: &Path, to: &Path) -> (String, String) {
+    let said_stats = ok(eddy(&[
+        &"state", &"load", &pipeline, &stats, &"--state", &"stats", &"--to", &to,
+    ]));
+    let said_recent = ok(eddy(&[
+        &"state", &"load", &pipeline, &recent, &"--state", &"recent", &"--kind", &"list",
+        &"--into", &to,
+    ]));
+    (said_stats, said_recent)
 }
