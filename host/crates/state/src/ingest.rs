@@ -87,10 +87,7 @@ impl Ingest<'_> {
             writer.put(k, v)?;
         }
         writer.finish()?;
-        let (first, last) = match (entries.first(), entries.last()) {
-            (Some(f), Some(l)) => (f.0.clone(), l.0.clone()),
-            _ => return Ok(()),
-        };
+        let (first, last) = (entries[0].0.clone(), entries[entries.len() - 1].0.clone());
         self.staged
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -258,7 +258,7 @@ impl StateStore {
         table.set_cache_index_and_filter_blocks_with_high_priority(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         keyed.set_block_based_table_factory(&table);
-        keyed.set_compression_type(KEYED_COMPRESSION);
+        keyed.set_compression_type(COMPRESSION);
         keyed.set_write_buffer_size(64 << 20);
         // A frozen cut switches memtables while one may still be flushing (`cut`).
         keyed.set_max_write_buffer_number(3);
@@ -617,7 +617,8 @@ fn position_key(input: &str) -> Vec<u8> {
     format!("{META_POSITION_PREFIX}{input}").into_bytes()
 }
 
-const KEYED_COMPRESSION: rocksdb::DBCompressionType = rocksdb::DBCompressionType::Lz4;
+/// Compression of keyed and broadcast SST files, the store's and those a bulk ingest writes.
+const COMPRESSION: rocksdb::DBCompressionType = rocksdb::DBCompressionType::Lz4;
 
 /// How keyed SST files are laid out, by the store and by a bulk ingest alike. Index and filter
 /// in partitions of a few KiB, found through a small top level: a whole SST file's filter is
@@ -636,13 +637,13 @@ fn keyed_table_layout() -> BlockBasedOptions {
 fn keyed_file_options() -> Options {
     let mut opts = Options::default();
     opts.set_block_based_table_factory(&keyed_table_layout());
-    opts.set_compression_type(KEYED_COMPRESSION);
+    opts.set_compression_type(COMPRESSION);
     opts
 }
 
 /// Options of broadcast state's SST files, in the store and written outside it (`ingest`).
 fn broadcast_file_options() -> Options {
     let mut opts = Options::default();
-    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_compression_type(COMPRESSION);
     opts
 }

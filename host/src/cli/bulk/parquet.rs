@@ -73,15 +73,14 @@ pub(super) fn parquet_entries(file: &Path, emit: Emit) -> anyhow::Result<()> {
     // The record API gives nanosecond timestamps as plain integers: known by the schema.
     let nanos = (0..schema.num_columns())
         .map(|i| schema.column(i))
-        .find(|c| {
+        .any(|c| {
             c.path().parts().len() == 1
                 && c.name() == "written_ms"
                 && matches!(
                     c.logical_type_ref(),
                     Some(LogicalType::Timestamp(t)) if t.unit == TimeUnit::NANOS
                 )
-        })
-        .is_some();
+        });
     let iter = reader
         .get_row_iter(None)
         .with_context(|| format!("cannot read the rows of {}", file.display()))?;
@@ -113,12 +112,16 @@ fn parse_row(row: &Row, whole_row: bool, nanos: bool) -> Result<Parsed, String> 
                 if rest.len() > 1 {
                     rest.push(',');
                 }
-                let member = serde_json::to_string(name)
-                    .and_then(|n| Ok((n, serde_json::to_string(&field.to_json_value())?)))
-                    .map_err(|e| e.to_string())?;
-                rest.push_str(&member.0);
+                let member = (
+                    serde_json::to_string(name),
+                    serde_json::to_string(&field.to_json_value()),
+                );
+                let (Ok(name), Ok(value)) = member else {
+                    return Err(format!("column `{name}` cannot be written as JSON"));
+                };
+                rest.push_str(&name);
                 rest.push(':');
-                rest.push_str(&member.1);
+                rest.push_str(&value);
             }
         }
     }
