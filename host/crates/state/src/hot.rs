@@ -11,8 +11,10 @@
 //!   cached clean. Entries of such a state are never cached at all: whether compaction has
 //!   cleaned an entry up is what such a read reports.
 //! - Value and list entries are *deferred*: a commit puts them here, dirty, and they reach
-//!   RocksDB when the store settles (before a checkpoint, a savepoint, a visit, a flush, when
-//!   the budget is full, and when the store is dropped). A key written by every event of a
+//!   RocksDB when the store settles (before a savepoint, a visit, a flush, when the budget is
+//!   full, and when the store is dropped), or when a checkpoint's cut takes them over whole
+//!   (`take_dirty`, a swap): the cut writes them into RocksDB from another thread, and until
+//!   the next cut they are read here after the other entries. A key written by every event of a
 //!   checkpoint interval then costs one RocksDB write per interval instead of one per batch.
 //!   The live database has no write-ahead log and is rebuilt from the newest checkpoint at
 //!   every start, so nothing a checkpoint holds is lost by deferring.
@@ -30,10 +32,15 @@
 //! (cheap, and a stream's working set refills it within a batch or two).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Keys are event keys, which senders choose: a seeded hasher (foldhash's, randomly seeded per
 /// map) keeps them from being steered into collisions, at a fraction of SipHash's cost.
 type Hasher = foldhash::fast::RandomState;
+
+/// Stored bytes by keyed-state key.
+pub(super) type Entries = HashMap<Vec<u8>, Vec<u8>, Hasher>;
 
 /// Default budget of a store's hot values, in bytes of keys and values.
 pub const DEFAULT_BUDGET: usize = 32 << 20;
@@ -46,20 +53,46 @@ fn size(key: &[u8], value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD
 }
 
+/// The dirty entries a checkpoint cut took (`cut`): read here until RocksDB holds them, and
+/// after that as clean entries until the next cut takes their place.
 #[derive(Debug)]
-struct Entry {
-    value: Vec<u8>,
-    /// Committed, not yet in RocksDB.
-    dirty: bool,
+struct FrozenLayer {
+    entries: Arc<Entries>,
+    bytes: usize,
+    /// Set once RocksDB holds the entries.
+    written: Arc<AtomicBool>,
+}
+
+impl FrozenLayer {
+    fn written(&self) -> bool {
+        self.written.load(Ordering::Acquire)
+    }
+}
+
+/// What a cut takes from the hot values (see [`HotValues::take_dirty`]).
+#[derive(Debug)]
+pub(super) struct Handover {
+    /// The dirty entries, still read through the hot values until `written` is set.
+    pub(super) entries: Arc<Entries>,
+    pub(super) written: Arc<AtomicBool>,
+    /// Dirty puts they stand for (see [`HotValues::deferred_since_settle`]).
+    pub(super) deferred: u64,
+    /// The previous cut's entries, no longer read: dropped with the handover, off the caller's
+    /// thread.
+    pub(super) _retired: Option<Arc<Entries>>,
 }
 
 #[derive(Debug)]
 pub(super) struct HotValues {
-    map: HashMap<Vec<u8>, Entry, Hasher>,
-    bytes: usize,
+    /// Entries RocksDB holds.
+    clean: Entries,
+    /// Committed entries RocksDB does not hold yet.
+    dirty: Entries,
+    /// The dirty entries of the last cut (see [`FrozenLayer`]); read after the two maps.
+    frozen: Option<FrozenLayer>,
+    clean_bytes: usize,
+    dirty_bytes: usize,
     budget: usize,
-    /// Number of dirty entries.
-    dirty: usize,
     /// Dirty puts since the last settle (a key rewritten while dirty counts each time).
     deferred_puts: u64,
     /// The compaction filter's removal count when the cache was last known valid.
@@ -71,10 +104,12 @@ pub(super) struct HotValues {
 impl HotValues {
     pub(super) fn new(budget: usize) -> HotValues {
         HotValues {
-            map: HashMap::default(),
-            bytes: 0,
+            clean: HashMap::default(),
+            dirty: HashMap::default(),
+            frozen: None,
+            clean_bytes: 0,
+            dirty_bytes: 0,
             budget,
-            dirty: 0,
             deferred_puts: 0,
             compaction_epoch: 0,
             generation: 0,
@@ -113,21 +148,37 @@ impl HotValues {
         }
     }
 
-    pub(super) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.get(key).map(|e| e.value.clone())
+    /// The newest bytes at `key`, if hot. One found only among the last cut's entries is
+    /// copied among the clean ones, so that a key read often stays hot past the next cut.
+    pub(super) fn get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(v) = self.dirty.get(key).or_else(|| self.clean.get(key)) {
+            return Some(v.clone());
+        }
+        let v = self.frozen.as_ref()?.entries.get(key)?.clone();
+        if self.fits(key, &v) {
+            self.clean_bytes += size(key, &v);
+            self.clean.insert(key.to_vec(), v.clone());
+        }
+        Some(v)
+    }
+
+    fn bytes(&self) -> usize {
+        self.clean_bytes + self.dirty_bytes + self.frozen.as_ref().map_or(0, |f| f.bytes)
     }
 
     /// Caches bytes that RocksDB holds (read, or written through). When full, the clean
-    /// entries are forgotten first; if the dirty ones alone fill the budget, the bytes are not
-    /// kept (the next commit settles and starts over).
+    /// entries are forgotten first (and the last cut's, once written); if what is left fills
+    /// the budget, the bytes are not kept (the next commit settles and starts over).
     pub(super) fn put(&mut self, key: &[u8], value: &[u8]) {
         if !self.enabled() {
             return;
         }
-        if self.map.get(key).is_some_and(|e| e.dirty) {
+        if let Some(held) = self.dirty.get_mut(key) {
             // Never dropped for room: it stays dirty, with the newer bytes (writing the same
             // bytes again at the next settle is harmless).
-            self.set(key, value, false);
+            self.dirty_bytes = self.dirty_bytes + value.len() - held.len();
+            held.clear();
+            held.extend_from_slice(value);
             return;
         }
         if !self.fits(key, value) {
@@ -137,14 +188,30 @@ impl HotValues {
                 return;
             }
         }
-        self.set(key, value, false);
+        match self.clean.get_mut(key) {
+            Some(held) => {
+                self.clean_bytes = self.clean_bytes + value.len() - held.len();
+                held.clear();
+                held.extend_from_slice(value);
+            }
+            None => {
+                self.clean_bytes += size(key, value);
+                self.clean.insert(key.to_vec(), value.to_vec());
+            }
+        }
     }
 
     /// Updates a cached entry with bytes just written through; a key not cached stays out (a
     /// blind write is not a sign of a coming read; a read-modify-write read it, and so cached
     /// it, first).
     pub(super) fn refresh(&mut self, key: &[u8], value: &[u8]) {
-        if self.map.contains_key(key) {
+        let cached = self.dirty.contains_key(key)
+            || self.clean.contains_key(key)
+            || self
+                .frozen
+                .as_ref()
+                .is_some_and(|f| f.entries.contains_key(key));
+        if cached {
             self.put(key, value);
         }
     }
@@ -156,8 +223,25 @@ impl HotValues {
         if !self.enabled() || !self.fits(key, value) {
             return false;
         }
-        self.set(key, value, true);
         self.deferred_puts += 1;
+        if let Some(held) = self.dirty.get_mut(key) {
+            self.dirty_bytes = self.dirty_bytes + value.len() - held.len();
+            held.clear();
+            held.extend_from_slice(value);
+            return true;
+        }
+        // A clean entry turns dirty: its allocations move along.
+        let (owned_key, mut held) = match self.clean.remove_entry(key) {
+            Some((k, v)) => {
+                self.clean_bytes -= size(&k, &v);
+                (k, v)
+            }
+            None => (key.to_vec(), Vec::new()),
+        };
+        held.clear();
+        held.extend_from_slice(value);
+        self.dirty_bytes += size(key, value);
+        self.dirty.insert(owned_key, held);
         true
     }
 
@@ -167,95 +251,129 @@ impl HotValues {
         self.deferred_puts
     }
 
+    /// Whether `value` at `key` fits, counting what it replaces.
     fn fits(&self, key: &[u8], value: &[u8]) -> bool {
-        let held = self.map.get(key).map_or(0, |e| size(key, &e.value));
-        self.bytes - held + size(key, value) <= self.budget
+        let held = self
+            .dirty
+            .get(key)
+            .or_else(|| self.clean.get(key))
+            .map_or(0, |v| size(key, v));
+        self.bytes() - held + size(key, value) <= self.budget
     }
 
-    fn set(&mut self, key: &[u8], value: &[u8], dirty: bool) {
-        match self.map.get_mut(key) {
-            Some(e) => {
-                self.bytes = self.bytes + value.len() - e.value.len();
-                e.value.clear();
-                e.value.extend_from_slice(value);
-                if dirty && !e.dirty {
-                    self.dirty += 1;
-                    e.dirty = true;
-                }
-            }
-            None => {
-                self.bytes += size(key, value);
-                self.dirty += usize::from(dirty);
-                self.map.insert(
-                    key.to_vec(),
-                    Entry {
-                        value: value.to_vec(),
-                        dirty,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Forgets `key`, dirty or not (its delete was written to RocksDB).
+    /// Forgets `key`, dirty or not (its delete was written to RocksDB). The last cut's entries
+    /// go too if they hold it: RocksDB holds them by now (a write reaches RocksDB only after
+    /// the cut's entries do).
     pub(super) fn remove(&mut self, key: &[u8]) {
-        if let Some(e) = self.map.remove(key) {
-            self.bytes -= size(key, &e.value);
-            self.dirty -= usize::from(e.dirty);
+        if let Some(v) = self.dirty.remove(key) {
+            self.dirty_bytes -= size(key, &v);
+        }
+        if let Some(v) = self.clean.remove(key) {
+            self.clean_bytes -= size(key, &v);
+        }
+        if self
+            .frozen
+            .as_ref()
+            .is_some_and(|f| f.entries.contains_key(key))
+        {
+            debug_assert!(self.frozen.as_ref().is_some_and(FrozenLayer::written));
+            self.frozen = None;
         }
     }
 
     /// Number of dirty entries.
     pub(super) fn dirty_len(&self) -> usize {
-        self.dirty
+        self.dirty.len()
     }
 
     /// The dirty entries, in key order (RocksDB inserts sorted keys fastest).
     pub(super) fn dirty_entries(&self) -> Vec<(&[u8], &[u8])> {
-        let mut out: Vec<(&[u8], &[u8])> = self
-            .map
-            .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(k, e)| (k.as_slice(), e.value.as_slice()))
-            .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        out
+        sorted(&self.dirty)
     }
 
     /// Marks every entry clean: RocksDB now holds them.
     pub(super) fn mark_clean(&mut self) {
-        for e in self.map.values_mut() {
-            e.dirty = false;
+        self.clean_bytes += self.dirty_bytes;
+        self.dirty_bytes = 0;
+        if self.clean.is_empty() {
+            std::mem::swap(&mut self.clean, &mut self.dirty);
+        } else {
+            self.clean.extend(self.dirty.drain());
         }
-        self.dirty = 0;
         self.deferred_puts = 0;
     }
 
-    /// Forgets every clean entry; dirty ones stay.
+    /// Hands the dirty entries over to a cut, in constant time: they are read among the last
+    /// cut's entries from now on, and stay there until the next cut. The previous cut's
+    /// entries must be written (the store waits for that first).
+    pub(super) fn take_dirty(&mut self) -> Handover {
+        debug_assert!(self.frozen.as_ref().is_none_or(FrozenLayer::written));
+        let entries = Arc::new(std::mem::take(&mut self.dirty));
+        let written = Arc::new(AtomicBool::new(entries.is_empty()));
+        let deferred = std::mem::take(&mut self.deferred_puts);
+        if entries.is_empty() {
+            // Nothing to take: the last cut's entries stay readable.
+            return Handover {
+                entries,
+                written,
+                deferred,
+                _retired: None,
+            };
+        }
+        let retired = self.frozen.take().map(|f| f.entries);
+        self.frozen = Some(FrozenLayer {
+            entries: entries.clone(),
+            bytes: std::mem::take(&mut self.dirty_bytes),
+            written: written.clone(),
+        });
+        Handover {
+            entries,
+            written,
+            deferred,
+            _retired: retired,
+        }
+    }
+
+    /// Forgets every clean entry, and the last cut's entries once RocksDB holds them; dirty
+    /// ones stay.
     pub(super) fn forget_clean(&mut self) {
-        if self.dirty == 0 {
-            self.map.clear();
-            self.bytes = 0;
-        } else {
-            self.map.retain(|_, e| e.dirty);
-            self.bytes = self.map.iter().map(|(k, e)| size(k, &e.value)).sum();
+        self.clean = HashMap::default();
+        self.clean_bytes = 0;
+        if self.frozen.as_ref().is_some_and(FrozenLayer::written) {
+            self.frozen = None;
         }
         self.generation += 1;
     }
 
     /// Forgets everything. Only once settled: a dirty entry forgotten would be a lost write.
     pub(super) fn forget_all(&mut self) {
-        debug_assert_eq!(self.dirty, 0, "forgetting dirty entries loses writes");
-        self.map.clear();
-        self.bytes = 0;
-        self.dirty = 0;
+        debug_assert!(
+            self.dirty.is_empty(),
+            "forgetting dirty entries loses writes"
+        );
+        debug_assert!(self.frozen.as_ref().is_none_or(FrozenLayer::written));
+        self.clean = HashMap::default();
+        self.dirty = HashMap::default();
+        self.frozen = None;
+        self.clean_bytes = 0;
+        self.dirty_bytes = 0;
         self.generation += 1;
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.map.len()
+        self.clean.len() + self.dirty.len()
     }
+}
+
+/// `entries` in key order.
+pub(super) fn sorted(entries: &Entries) -> Vec<(&[u8], &[u8])> {
+    let mut out: Vec<(&[u8], &[u8])> = entries
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out
 }
 
 #[cfg(test)]
@@ -268,7 +386,7 @@ mod tests {
         hot.put(b"a", b"1");
         hot.put(b"a", b"2");
         assert_eq!(hot.get(b"a"), Some(b"2".to_vec()));
-        assert_eq!(hot.bytes, ENTRY_OVERHEAD + 2);
+        assert_eq!(hot.bytes(), ENTRY_OVERHEAD + 2);
         hot.put(b"b", b"1");
         hot.remove(b"a");
         assert_eq!(hot.get(b"a"), None);
@@ -369,6 +487,62 @@ mod tests {
         hot.refresh(b"d", b"2");
         assert_eq!(hot.get(b"d"), Some(b"2".to_vec()));
         assert_eq!(hot.dirty_len(), 1, "still owed to RocksDB");
+    }
+
+    #[test]
+    fn a_cut_takes_the_dirty_entries_whole_and_they_stay_readable() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        hot.put(b"clean", b"c");
+        assert!(hot.put_dirty(b"a", b"1"));
+        assert!(hot.put_dirty(b"b", b"1"));
+        let cut = hot.take_dirty();
+        assert_eq!(cut.deferred, 2);
+        assert_eq!(
+            sorted(&cut.entries),
+            vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"1"[..])]
+        );
+        assert!(!cut.written.load(Ordering::Acquire));
+        assert_eq!(hot.dirty_len(), 0, "the next settle owes nothing of them");
+        assert_eq!(
+            hot.get(b"a"),
+            Some(b"1".to_vec()),
+            "read while RocksDB lacks it"
+        );
+        assert!(hot.put_dirty(b"b", b"2"), "a write after the cut");
+        assert_eq!(
+            hot.get(b"b"),
+            Some(b"2".to_vec()),
+            "the newer write shadows the cut's"
+        );
+        hot.forget_clean();
+        assert_eq!(
+            hot.get(b"a"),
+            Some(b"1".to_vec()),
+            "not written yet: never forgotten"
+        );
+        cut.written.store(true, Ordering::Release);
+        hot.refresh(b"a", b"3");
+        assert_eq!(
+            hot.get(b"a"),
+            Some(b"3".to_vec()),
+            "written through over the cut's"
+        );
+        hot.remove(b"a");
+        assert_eq!(hot.get(b"a"), None, "a delete hides the cut's entry");
+        let next = hot.take_dirty();
+        assert!(
+            next._retired.is_none(),
+            "the first cut's layer went with the delete"
+        );
+        assert_eq!(hot.get(b"b"), Some(b"2".to_vec()));
+        next.written.store(true, Ordering::Release);
+        hot.forget_clean();
+        assert_eq!(
+            hot.get(b"b"),
+            None,
+            "written: forgotten as clean entries are"
+        );
+        assert_eq!(hot.bytes(), 0);
     }
 
     #[test]

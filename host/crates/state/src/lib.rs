@@ -8,7 +8,7 @@
 //! reflect. With a write-ahead log, one RocksDB write holds them all, so state and position
 //! never disagree after a crash; without one (a pipeline's live database, rebuilt from a
 //! checkpoint at every start), value and list writes may wait in the hot values until the
-//! store settles, which every checkpoint does first.
+//! store settles, or a checkpoint's cut takes them over (`cut`).
 //!
 //! Never: talks to NATS, runs plugin code, or blocks on anything but local disk.
 
@@ -25,6 +25,8 @@ pub mod ttl;
 pub mod visit;
 mod write;
 
+#[cfg(test)]
+mod cut_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -153,6 +155,8 @@ pub struct StateStore {
     write_ahead_log: bool,
     /// Set when a checkpoint written after its cut failed: the next cut is written at once.
     flush_at_cut: std::sync::atomic::AtomicBool,
+    /// A frozen cut's part in RocksDB, pending or being done (`cut`).
+    cuts: cut::CutGate,
 }
 
 /// Commits written through, after deferring stopped paying, before it is tried again.
@@ -303,6 +307,7 @@ impl StateStore {
             probe_in: 0.into(),
             write_ahead_log: options.write_ahead_log,
             flush_at_cut: false.into(),
+            cuts: cut::CutGate::default(),
         };
         store.check_layout()?;
         store.load_registry()?;
@@ -465,6 +470,7 @@ impl StateStore {
             probe_in: 0.into(),
             write_ahead_log: false,
             flush_at_cut: true.into(),
+            cuts: cut::CutGate::default(),
         };
         store.load_registry()?;
         Ok(store)

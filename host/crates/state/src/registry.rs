@@ -141,6 +141,9 @@ impl StateStore {
         };
         let entry = serde_json::to_vec(&RegistryEntry { id, kind, ttl })
             .map_err(|e| StateError::Corrupt(e.to_string()))?;
+        // After a frozen cut's own writes: a state registered after a freeze returned is not
+        // in its checkpoint.
+        self.await_cut()?;
         self.db.put_cf_opt(
             self.meta_cf(),
             format!("{META_STATE_PREFIX}{name}").as_bytes(),
@@ -192,6 +195,7 @@ impl StateStore {
             return Ok(*id);
         }
         let id = reg.next_map;
+        self.await_cut()?;
         self.db.put_cf_opt(
             self.meta_cf(),
             format!("{META_BROADCAST_PREFIX}{name}").as_bytes(),

@@ -140,7 +140,7 @@ fn lists_append_update_and_clear() {
 // ---- deferred writes (see `hot`) ----
 
 /// A store as a pipeline opens it: no write-ahead log, so value and list writes are deferred.
-fn deferring_store(dir: &Path, clock: &ManualClock, hot_bytes: usize) -> StateStore {
+pub(crate) fn deferring_store(dir: &Path, clock: &ManualClock, hot_bytes: usize) -> StateStore {
     let options = StoreOptions {
         write_ahead_log: false,
         hot_values_bytes: hot_bytes,
@@ -150,7 +150,7 @@ fn deferring_store(dir: &Path, clock: &ManualClock, hot_bytes: usize) -> StateSt
 }
 
 /// Whether RocksDB itself (not the hot values) holds keyed `key`.
-fn on_disk(st: &StateStore, key: &[u8]) -> bool {
+pub(crate) fn on_disk(st: &StateStore, key: &[u8]) -> bool {
     st.db()
         .get_cf(st.keyed_cf(), key)
         .expect("rocksdb read")

@@ -43,10 +43,15 @@ impl StateStore {
                 .collect()
         };
         let _writing = self.writing();
-        let written = self.db.write_opt(
-            batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer),
-            &self.write_opts,
-        );
+        let wb = batch.write_batch_except(self, |i| plan[i] == HotPlan::Defer);
+        // A commit whose writes all wait in the hot values leaves RocksDB alone, so it need not
+        // wait for a cut's RocksDB part (`cut`).
+        let written = if wb.is_empty() {
+            Ok(())
+        } else {
+            self.await_cut()?;
+            self.db.write_opt(wb, &self.write_opts)
+        };
         let mut hot = self.hot();
         hot.bump();
         if written.is_err() || !keyed.cleared.is_empty() {
@@ -84,13 +89,13 @@ impl StateStore {
         Ok(())
     }
 
-    /// Writes the deferred value and list writes to RocksDB (`hot`). Done before anything
-    /// reads RocksDB other than through the hot values: checkpoints, savepoints, visits,
-    /// flushes, full scans; and when the store is dropped.
+    /// Writes the deferred value and list writes to RocksDB (`hot`), a frozen cut's first (see
+    /// `cut`). Done before anything reads RocksDB other than through the hot values:
+    /// savepoints, visits, flushes, full scans; and when the store is dropped.
     ///
-    /// The hot values stay readable while RocksDB writes (a checkpoint's settle can take tens
-    /// of milliseconds, and queries read there): only writers change dirty entries, and they
-    /// wait for this one.
+    /// The hot values stay readable while RocksDB writes (tens of milliseconds for a large
+    /// settle, and queries read there): only writers change dirty entries, and they wait for
+    /// this one.
     pub fn settle(&self) -> Result<()> {
         let _writing = self.writing();
         self.settle_held()
@@ -98,6 +103,7 @@ impl StateStore {
 
     /// [`StateStore::settle`] for a writer that holds `writing` already.
     pub(crate) fn settle_held(&self) -> Result<()> {
+        self.await_cut()?;
         let Some((wb, deferred, waiting)) = self.settle_batch(&mut self.hot()) else {
             return Ok(());
         };
@@ -148,6 +154,8 @@ impl StateStore {
 
     /// [`StateStore::settle`] for a writer that holds the hot values already.
     pub(crate) fn settle_locked(&self, hot: &mut hot::HotValues) -> Result<()> {
+        // The cut's RocksDB part takes no lock of the hot values: holding them is safe here.
+        self.await_cut()?;
         if let Some((wb, deferred, waiting)) = self.settle_batch(hot) {
             self.db.write_opt(wb, &self.write_opts)?;
             self.settled(hot, deferred, waiting);
@@ -157,19 +165,10 @@ impl StateStore {
 
     /// The RocksDB write of the dirty entries (none: nothing waits), with the counts to judge
     /// whether deferring pays: the writes deferred since the last settle, and the entries
-    /// they left waiting (a key rewritten while waiting saved a RocksDB write). Under a tenth
-    /// saved, deferring stops for a while.
+    /// they left waiting (a key rewritten while waiting saved a RocksDB write).
     fn settle_batch(&self, hot: &mut hot::HotValues) -> Option<(rocksdb::WriteBatch, u64, u64)> {
         let (deferred, waiting) = (hot.deferred_since_settle(), hot.dirty_len() as u64);
-        if deferred >= JUDGE_AFTER_WRITES && waiting * 10 > deferred * 9 {
-            self.deferring.store(false, Ordering::Relaxed);
-            self.probe_in.store(PROBE_AFTER_COMMITS, Ordering::Relaxed);
-            tracing::debug!(
-                deferred,
-                waiting,
-                "state: deferred writes were nearly all to different keys; writing through for now"
-            );
-        }
+        self.judge_deferring(deferred, waiting);
         if waiting == 0 {
             return None;
         }
@@ -179,6 +178,20 @@ impl StateStore {
             wb.put_cf(cf, k, v);
         }
         Some((wb, deferred, waiting))
+    }
+
+    /// Turns deferring off for a while if the `deferred` writes since the last settle left
+    /// nearly as many entries `waiting`: under a tenth saved.
+    pub(crate) fn judge_deferring(&self, deferred: u64, waiting: u64) {
+        if deferred >= JUDGE_AFTER_WRITES && waiting * 10 > deferred * 9 {
+            self.deferring.store(false, Ordering::Relaxed);
+            self.probe_in.store(PROBE_AFTER_COMMITS, Ordering::Relaxed);
+            tracing::debug!(
+                deferred,
+                waiting,
+                "state: deferred writes were nearly all to different keys; writing through for now"
+            );
+        }
     }
 
     /// Marks the dirty entries written.
