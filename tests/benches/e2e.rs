@@ -17,7 +17,8 @@
 //! the mean events per call.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run;
-//! `-- --only relay|pass|fraud` for one case, e.g. under `perf`).
+//! `-- --only relay|pass|fraud` for one case, e.g. under `perf`; `-- --rate N` for the latency
+//! phase alone at N events/s, so that two builds or settings compare at the same load).
 
 eddy_tests::host_allocator!();
 
@@ -404,11 +405,17 @@ async fn main() {
     };
     // `-- --only relay|pass|fraud`: one case alone (for profiling); without the relay, ratios read "n/a".
     let only = only_arg();
+    let cases: Vec<Case> = [Case::Relay, Case::Passthrough, Case::Fraud]
+        .into_iter()
+        .filter(|case| only.as_deref().is_none_or(|o| case.name().contains(o)))
+        .collect();
+    let load_secs = if quick { 4 } else { 10 };
+    if let Some(rate) = rate_arg() {
+        fixed_load(&cases, rate, load_secs).await;
+        return;
+    }
     let mut rows = Vec::new();
-    for case in [Case::Relay, Case::Passthrough, Case::Fraud] {
-        if only.as_deref().is_some_and(|o| !case.name().contains(o)) {
-            continue;
-        }
+    for &case in &cases {
         let r = measure(case, n, rate, secs).await;
         if case == Case::Relay {
             eprintln!("{}: {:.0} events/s", case.name(), r.events_per_s);
@@ -424,7 +431,6 @@ async fn main() {
         rows.push((case, r));
     }
     // Latency at a half and a quarter of each case's own peak, a checkpoint every second.
-    let load_secs = if quick { 4 } else { 10 };
     let mut loaded = Vec::new();
     for share in [2.0, 4.0] {
         for (case, r) in &rows {
@@ -487,6 +493,47 @@ async fn main() {
             l.p99_ms,
             l.max_ms,
             l.checkpoints
+        );
+    }
+}
+
+/// `-- --rate N`: events/s of the latency phase, run alone.
+fn rate_arg() -> Option<usize> {
+    std::env::args()
+        .skip_while(|a| a != "--rate")
+        .nth(1)
+        .map(|n| n.parse().expect("--rate takes events per second"))
+}
+
+/// The latency phase alone, every case at the same `rate`, a checkpoint every second.
+async fn fixed_load(cases: &[Case], rate: usize, secs: u64) {
+    let mut loaded = Vec::new();
+    for &case in cases {
+        let l = latency_under_load(case, rate, secs).await;
+        eprintln!("{} at {rate}/s: p99 {:.2} ms", case.name(), l.p99_ms);
+        loaded.push((case, l));
+    }
+    println!(
+        "\nLatency at {rate} events/s, a checkpoint every second ({secs} s, fresh server; the publisher runs in this process)\n"
+    );
+    println!(
+        "| case | sent events/s | p50 ms | p99 ms | max ms | checkpoints | longest cut pause ≤ ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (case, l) in &loaded {
+        let pause = if *case == Case::Relay {
+            "n/a".to_string()
+        } else {
+            format!("{:.2}", l.cut_pause_max_ms)
+        };
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {pause} |",
+            case.name(),
+            l.sent_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.checkpoints,
         );
     }
 }
