@@ -35,6 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::transport::Nats;
 
+/// Attempts at withdrawing a want before it is left to lapse.
+const UNWANT_TRIES: u32 = 4;
+
 /// A bucket name for `pipeline` and `what` (KV names allow letters, digits, `-` and `_`).
 fn bucket_name(pipeline: &str, what: &str) -> String {
     let clean: String = pipeline
@@ -309,18 +312,49 @@ impl Coordination {
             .map_err(|e| anyhow!("want partition {p}: {e}"))
     }
 
-    /// Withdraws this host's want of partition `p` (taken, or no longer coming here).
+    /// Withdraws this host's want of partition `p` (taken, or no longer coming here). A want
+    /// left standing would keep its owner holding checkpoints for a host that no longer
+    /// comes, until it lapses: a failed withdrawal is tried again a few times, then logged.
     pub(crate) async fn unwant(&self, p: u32) {
         let key = format!("w{p}");
-        if let Ok(Some(e)) = self.leases.entry(&key).await
-            && e.operation == kv::Operation::Put
-            && serde_json::from_slice::<Want>(&e.value).is_ok_and(|w| w.host == self.me)
-        {
-            let _ = self
+        let mut pause = Duration::from_millis(50);
+        let mut last_error = String::new();
+        for _ in 0..UNWANT_TRIES {
+            let e = match self.leases.entry(&key).await {
+                Ok(Some(e)) => e,
+                Ok(None) => return,
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
+            };
+            let mine = e.operation == kv::Operation::Put
+                && serde_json::from_slice::<Want>(&e.value).is_ok_and(|w| w.host == self.me);
+            if !mine {
+                return;
+            }
+            match self
                 .leases
                 .delete_expect_revision(&key, Some(e.revision))
-                .await;
+                .await
+            {
+                Ok(()) => return,
+                // Rewritten meanwhile (by this host's renewal): look again.
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
         }
+        tracing::warn!(
+            partition = p,
+            "could not withdraw this host's want of partition {p} ({last_error}); it lapses within a lease ({:?}), and until then the owner may hold its checkpoints for this host",
+            self.lease
+        );
     }
 
     /// Takes partition `p` if nobody holds it, or its lease has stood unrenewed for a whole
