@@ -312,14 +312,15 @@ impl Runner {
             new_bytes = m.new_bytes,
             "checkpoint complete"
         );
-        // Queries at `checkpoint` freshness read this cut from now on.
+        // Queries at `checkpoint` freshness read this cut from now on. Opening it takes
+        // milliseconds, tens on a busy host, every checkpoint: off the loop, unless someone
+        // asked for this checkpoint (they may query it as soon as they hear it is done).
         if let Some(dir) = self.checkpointing.checkpoints.staged_dir(m.id) {
-            let clock = self.state.clock();
-            match tokio::task::spawn_blocking(move || StateStore::open_read_only(&dir, clock)).await
-            {
-                Ok(Ok(db)) => self.query.set_checkpoint(m.id, Arc::new(db)),
-                Ok(Err(e)) => tracing::warn!("cannot open checkpoint {} for queries: {e}", m.id),
-                Err(e) => tracing::warn!("cannot open checkpoint {} for queries: {e}", m.id),
+            let opening = open_for_queries(self.query.clone(), m.id, dir, self.state.clock());
+            if waiters.is_empty() {
+                tokio::spawn(opening);
+            } else {
+                opening.await;
             }
         }
         let summary = CheckpointSummary::from(&m);
@@ -331,5 +332,23 @@ impl Runner {
         for w in waiters {
             let _ = w.send(Ok(summary.clone()));
         }
+    }
+}
+
+/// Opens the staged checkpoint `id` in `dir` for queries at `checkpoint` freshness.
+async fn open_for_queries(
+    query: Arc<crate::query::QueryEngine>,
+    id: u64,
+    dir: std::path::PathBuf,
+    clock: Arc<dyn crate::state::Clock>,
+) {
+    match tokio::task::spawn_blocking(move || StateStore::open_read_only(&dir, clock)).await {
+        Ok(Ok(db)) => query.set_checkpoint(id, Arc::new(db)),
+        // A newer checkpoint may have retired this one's files meanwhile: then it is moot.
+        Ok(Err(e)) if query.checkpoint_id().is_none_or(|newest| newest < id) => {
+            tracing::warn!("cannot open checkpoint {id} for queries: {e}");
+        }
+        Ok(Err(_)) => {}
+        Err(e) => tracing::warn!("cannot open checkpoint {id} for queries: {e}"),
     }
 }
