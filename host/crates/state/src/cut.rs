@@ -24,9 +24,10 @@
 //!   unless a memtable holding them was flushed meanwhile (it filled, or something flushed the
 //!   store). Memtables flush oldest first, and every flush this store makes takes all column
 //!   families together (atomic flush, all three named: `compact` and `flush` too), so such a
-//!   flush always takes the after-cut marker with it: the checkpoint is opened and must hold
-//!   this cut's marker and not its after-cut marker. One that fails is removed and the error
-//!   says why; the next freeze then writes its checkpoint at once, which nothing can race.
+//!   flush always takes the after-cut marker with it: once the files are linked, the store's
+//!   files must hold this cut's marker and its memtables the after-cut marker (a look at two
+//!   keys, not an opening of the checkpoint). One that fails is removed and the error says
+//!   why; the next freeze then writes its checkpoint at once, which nothing can race.
 //! - The switch waits if it would stall writes (a flush already running with every spare
 //!   memtable in use): each column family keeps three memtables so that a cut during one
 //!   flush does not wait. RocksDB refuses a switch that does not wait while writes are
@@ -42,9 +43,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rocksdb::{DB, FlushOptions, Options};
+use rocksdb::FlushOptions;
 
-use crate::{CF_BROADCAST, CF_KEYED, CF_META, Result, StateError, StateStore, hot};
+use crate::{Result, StateError, StateStore, hot};
 
 /// Meta key: the id of the newest cut frozen in the database.
 const META_CUT: &[u8] = b"cut/frozen";
@@ -325,7 +326,7 @@ impl Frozen {
             // No flush: the memtables hold only writes after the cut.
             cp.create_checkpoint_with_log_size(&self.dir, u64::MAX)?;
             drop_logs(&self.dir)?;
-            check(&self.dir, self.id)
+            store.check_linked(self.id)
         });
         if written.is_err() {
             store.flush_at_cut.store(true, Ordering::Relaxed);
@@ -356,27 +357,35 @@ fn drop_logs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the checkpoint in `dir` holds cut `id` and nothing written after it.
-fn check(dir: &Path, id: u64) -> Result<()> {
-    let db = DB::open_cf_for_read_only(
-        &Options::default(),
-        dir,
-        [CF_KEYED, CF_BROADCAST, CF_META],
-        false,
-    )?;
-    let meta = db
-        .cf_handle(CF_META)
-        .ok_or_else(|| StateError::Corrupt("no meta column family".into()))?;
-    let stamp = id.to_be_bytes();
-    if db.get_cf(meta, META_CUT)?.as_deref() != Some(&stamp[..]) {
-        return Err(StateError::CutRaced(format!(
-            "checkpoint {id} lacks its own cut: the flush it waited for did not hold it"
-        )));
+impl StateStore {
+    /// Checks, once cut `id`'s files are linked, that they hold the cut and nothing written
+    /// after it, without opening them: the cut marker is in the store's files (its memtables
+    /// were flushed before the link), and the after-cut marker, the first write after the
+    /// switch, is still in a memtable. Flushes take the oldest memtables of every column family
+    /// together (atomic flush), so no write after the cut has reached a file, and the files
+    /// linked before this look hold none.
+    fn check_linked(&self, id: u64) -> Result<()> {
+        let stamp = id.to_be_bytes();
+        let meta = self.meta_cf();
+        let mut persisted = rocksdb::ReadOptions::default();
+        persisted.set_read_tier(rocksdb::ReadTier::Persisted);
+        if self.db.get_cf_opt(meta, META_CUT, &persisted)?.as_deref() != Some(&stamp[..]) {
+            return Err(StateError::CutRaced(format!(
+                "checkpoint {id} lacks its own cut: the flush it waited for did not hold it"
+            )));
+        }
+        let mut memtables = rocksdb::ReadOptions::default();
+        memtables.set_read_tier(rocksdb::ReadTier::Memtable);
+        let mut it = self.db.raw_iterator_cf_opt(meta, memtables);
+        it.seek(META_AFTER_CUT);
+        let unflushed =
+            it.valid() && it.key() == Some(META_AFTER_CUT) && it.value() == Some(&stamp[..]);
+        it.status()?;
+        if !unflushed {
+            return Err(StateError::CutRaced(format!(
+                "writes made after checkpoint {id}'s cut were flushed before its files were linked"
+            )));
+        }
+        Ok(())
     }
-    if db.get_cf(meta, META_AFTER_CUT)?.as_deref() == Some(&stamp[..]) {
-        return Err(StateError::CutRaced(format!(
-            "writes made after checkpoint {id}'s cut were flushed before its files were linked"
-        )));
-    }
-    Ok(())
 }
