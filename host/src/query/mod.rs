@@ -5,8 +5,10 @@
 //!
 //! - **Freshness** `latest`: the live database, which the run loop writes one whole batch at a
 //!   time (one RocksDB write), so an answer never shows half of an event's writes.
-//!   `checkpoint`: the last completed checkpoint, opened read-only: consistent across keys, as
-//!   of a cut, while newer events keep being applied.
+//!   `checkpoint`: the last completed checkpoint once it is opened read-only (off the run
+//!   loop, so for a moment after a checkpoint completes the one before still answers; the
+//!   answer names its checkpoint): consistent across keys, as of a cut, while newer events
+//!   keep being applied.
 //! - **Owner routing**: a key lives on the host that owns its partition
 //!   (`partition = key_group % partitions.count`, `key_group = fnv1a_32(key) % key_groups`).
 //!   Every host answers the pipeline-wide endpoints: for a key it does not own, it forwards the

@@ -359,11 +359,11 @@ fn drop_logs(dir: &Path) -> Result<()> {
 
 impl StateStore {
     /// Checks, once cut `id`'s files are linked, that they hold the cut and nothing written
-    /// after it, without opening them: the cut marker is in the store's files (its memtables
-    /// were flushed before the link), and the after-cut marker, the first write after the
-    /// switch, is still in a memtable. Flushes take the oldest memtables of every column family
-    /// together (atomic flush), so no write after the cut has reached a file, and the files
-    /// linked before this look hold none.
+    /// after it, without opening them. That they hold the cut comes from the wait for its
+    /// flush before the link; this confirms the cut marker is in the store's files (not a
+    /// later cut's). The after-cut marker, the first write after the switch, must still be in
+    /// a memtable: flushes take the oldest memtables of every column family together (atomic
+    /// flush), so no write after the cut had reached a file when the files were linked.
     fn check_linked(&self, id: u64) -> Result<()> {
         let stamp = id.to_be_bytes();
         let meta = self.meta_cf();

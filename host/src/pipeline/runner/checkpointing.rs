@@ -41,6 +41,9 @@ pub(in crate::pipeline) struct Checkpointing {
     pub(super) last: Option<CheckpointRef>,
     /// The newest completed checkpoints, oldest first, for status.
     pub(super) recent: std::collections::VecDeque<CheckpointSummary>,
+    /// The opening of the newest completed checkpoint for queries, if still under way. It
+    /// holds the query engine, and with it the live state: stopped before the state is.
+    opening: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A checkpoint being completed in the background.
@@ -63,6 +66,16 @@ impl Checkpointing {
             keyed_position,
             last: None,
             recent: std::collections::VecDeque::new(),
+            opening: None,
+        }
+    }
+
+    /// Stops the opening of a checkpoint for queries, if one is under way: the run is over,
+    /// and the live state must be free to open again in this process.
+    pub(in crate::pipeline) async fn stop_opening(&mut self) {
+        if let Some(task) = self.opening.take() {
+            task.abort();
+            let _ = task.await;
         }
     }
 
@@ -316,9 +329,11 @@ impl Runner {
         // milliseconds, tens on a busy host, every checkpoint: off the loop, unless someone
         // asked for this checkpoint (they may query it as soon as they hear it is done).
         if let Some(dir) = self.checkpointing.checkpoints.staged_dir(m.id) {
+            // An opening still under way is of an older checkpoint: moot now.
+            self.checkpointing.stop_opening().await;
             let opening = open_for_queries(self.query.clone(), m.id, dir, self.state.clock());
             if waiters.is_empty() {
-                tokio::spawn(opening);
+                self.checkpointing.opening = Some(tokio::spawn(opening));
             } else {
                 opening.await;
             }
@@ -342,13 +357,12 @@ async fn open_for_queries(
     dir: std::path::PathBuf,
     clock: Arc<dyn crate::state::Clock>,
 ) {
+    let staged = dir.clone();
     match tokio::task::spawn_blocking(move || StateStore::open_read_only(&dir, clock)).await {
         Ok(Ok(db)) => query.set_checkpoint(id, Arc::new(db)),
-        // A newer checkpoint may have retired this one's files meanwhile: then it is moot.
-        Ok(Err(e)) if query.checkpoint_id().is_none_or(|newest| newest < id) => {
-            tracing::warn!("cannot open checkpoint {id} for queries: {e}");
-        }
-        Ok(Err(_)) => {}
+        // A newer checkpoint retired this one's files meanwhile: then it is moot.
+        Ok(Err(_)) if !staged.exists() => {}
+        Ok(Err(e)) => tracing::warn!("cannot open checkpoint {id} for queries: {e}"),
         Err(e) => tracing::warn!("cannot open checkpoint {id} for queries: {e}"),
     }
 }
