@@ -320,31 +320,12 @@ impl Coordination {
         let mut pause = Duration::from_millis(50);
         let mut last_error = String::new();
         for _ in 0..UNWANT_TRIES {
-            let e = match self.leases.entry(&key).await {
-                Ok(Some(e)) => e,
-                Ok(None) => return,
-                Err(e) => {
-                    last_error = e.to_string();
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                    continue;
-                }
-            };
-            let mine = e.operation == kv::Operation::Put
-                && serde_json::from_slice::<Want>(&e.value).is_ok_and(|w| w.host == self.me);
-            if !mine {
-                return;
-            }
-            match self
-                .leases
-                .delete_expect_revision(&key, Some(e.revision))
-                .await
-            {
-                Ok(()) => return,
+            match self.try_unwant(&key).await {
+                Ok(true) => return,
                 // Rewritten meanwhile (by this host's renewal): look again.
-                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => continue,
+                Ok(false) => {}
                 Err(e) => {
-                    last_error = e.to_string();
+                    last_error = e;
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
@@ -355,6 +336,28 @@ impl Coordination {
             "could not withdraw this host's want of partition {p} ({last_error}); it lapses within a lease ({:?}), and until then the owner may hold its checkpoints for this host",
             self.lease
         );
+    }
+
+    /// One try at [`Coordination::unwant`]: true once no want of this host stands at `key`,
+    /// false if it was rewritten between the read and the delete.
+    async fn try_unwant(&self, key: &str) -> Result<bool, String> {
+        let Some(e) = self.leases.entry(key).await.map_err(|e| e.to_string())? else {
+            return Ok(true);
+        };
+        let mine = e.operation == kv::Operation::Put
+            && serde_json::from_slice::<Want>(&e.value).is_ok_and(|w| w.host == self.me);
+        if !mine {
+            return Ok(true);
+        }
+        match self
+            .leases
+            .delete_expect_revision(key, Some(e.revision))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Takes partition `p` if nobody holds it, or its lease has stood unrenewed for a whole

@@ -277,23 +277,9 @@ impl QueryEngine {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Serves `checkpoint` freshness from this checkpoint database from now on, unless a
-    /// newer one is served already (checkpoints are opened off the run loop, and two openings
-    /// may finish out of order).
+    /// Serves `checkpoint` freshness from this checkpoint database from now on.
     pub fn set_checkpoint(&self, id: u64, db: Arc<StateStore>) {
-        let mut slot = self.checkpoint.write().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_none_or(|(served, _)| *served < id) {
-            *slot = Some((id, db));
-        }
-    }
-
-    /// The checkpoint `checkpoint` freshness is served from, if any.
-    pub fn checkpoint_id(&self) -> Option<u64> {
-        self.checkpoint
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(id, _)| *id)
+        *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some((id, db));
     }
 
     /// The partition of `key`.

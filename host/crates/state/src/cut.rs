@@ -306,8 +306,8 @@ impl Frozen {
     /// Writes the cut into its directory: does its RocksDB part if no thread has begun it
     /// (and a later cut's too, if one was frozen meanwhile: this cut's check then fails),
     /// waits for its flush, links the files, and checks that the checkpoint holds exactly the
-    /// cut. On failure nothing is left in the directory
-    /// and the store's next freeze writes at once.
+    /// cut. On failure nothing is left in the directory and the store's next freeze writes at
+    /// once.
     pub fn write(self, store: &StateStore) -> Result<()> {
         let switched = store.await_cut().and_then(|()| {
             lock(&self.outcome).take().unwrap_or_else(|| {

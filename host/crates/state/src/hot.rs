@@ -176,9 +176,7 @@ impl HotValues {
         if let Some(held) = self.dirty.get_mut(key) {
             // Never dropped for room: it stays dirty, with the newer bytes (writing the same
             // bytes again at the next settle is harmless).
-            self.dirty_bytes = self.dirty_bytes + value.len() - held.len();
-            held.clear();
-            held.extend_from_slice(value);
+            overwrite(&mut self.dirty_bytes, held, value);
             return;
         }
         if !self.fits(key, value) {
@@ -189,11 +187,7 @@ impl HotValues {
             }
         }
         match self.clean.get_mut(key) {
-            Some(held) => {
-                self.clean_bytes = self.clean_bytes + value.len() - held.len();
-                held.clear();
-                held.extend_from_slice(value);
-            }
+            Some(held) => overwrite(&mut self.clean_bytes, held, value),
             None => {
                 self.clean_bytes += size(key, value);
                 self.clean.insert(key.to_vec(), value.to_vec());
@@ -225,9 +219,7 @@ impl HotValues {
         }
         self.deferred_puts += 1;
         if let Some(held) = self.dirty.get_mut(key) {
-            self.dirty_bytes = self.dirty_bytes + value.len() - held.len();
-            held.clear();
-            held.extend_from_slice(value);
+            overwrite(&mut self.dirty_bytes, held, value);
             return true;
         }
         // A clean entry turns dirty: its allocations move along.
@@ -364,6 +356,13 @@ impl HotValues {
     fn len(&self) -> usize {
         self.clean.len() + self.dirty.len()
     }
+}
+
+/// Puts `value` in place of the bytes `held`, keeping `bytes`, the count of their map, right.
+fn overwrite(bytes: &mut usize, held: &mut Vec<u8>, value: &[u8]) {
+    *bytes = *bytes + value.len() - held.len();
+    held.clear();
+    held.extend_from_slice(value);
 }
 
 /// `entries` in key order.
