@@ -442,7 +442,6 @@ pub async fn run(
 
     // 8. Teardown: everything that holds the state goes, so the same process can open it
     //    again.
-    runner.checkpointing.stop_opening().await;
     input_task.abort();
     let _ = input_task.await;
     services.stop().await;

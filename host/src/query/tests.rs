@@ -294,3 +294,61 @@ fn owner_metadata_follows_the_documented_hash() {
     assert_eq!(v["owned_here"], kg % 2 == 0);
     assert_eq!(engine.owns(b"c-1"), kg % 2 == 0);
 }
+
+#[test]
+fn checkpoint_freshness_opens_the_checkpoint_at_the_first_query() {
+    let (dir, _c, store, engine) = engine();
+    write(&store);
+    let staging = dir.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("staging");
+    let first = staging.join("chk-0000000001");
+    store.create_checkpoint(&first).expect("checkpoint 1");
+    // A write after the first cut, in the second only.
+    let stats = store
+        .open_state("stats", StateKind::Value, None)
+        .expect("state");
+    let mut b = store.batch();
+    KeyedAccess::new(&store, &mut b).value_set(
+        &stats,
+        store.key_group(b"c-1"),
+        b"c-1",
+        br#"{"count":4}"#,
+    );
+    store.commit(b).expect("commit");
+    let second = staging.join("chk-0000000002");
+    store.create_checkpoint(&second).expect("checkpoint 2");
+    let at_checkpoint = || {
+        engine.execute(
+            Op::Get,
+            &Query {
+                freshness: Freshness::Checkpoint,
+                ..q("stats", "c-1")
+            },
+        )
+    };
+
+    engine.set_checkpoint(1, first.clone());
+    let v = at_checkpoint().expect("checkpoint 1");
+    assert_eq!(
+        (v["checkpoint"].as_u64(), &v["value"]),
+        (Some(1), &serde_json::json!({"count": 3}))
+    );
+    // Opened by that query: retention may remove its directory now, it still answers.
+    std::fs::remove_dir_all(&first).expect("remove 1");
+    let v = at_checkpoint().expect("checkpoint 1, opened");
+    assert_eq!(v["value"], serde_json::json!({"count": 3}));
+
+    engine.set_checkpoint(2, second.clone());
+    let v = at_checkpoint().expect("checkpoint 2");
+    assert_eq!(
+        (v["checkpoint"].as_u64(), &v["value"]),
+        (Some(2), &serde_json::json!({"count": 4}))
+    );
+
+    // Named but gone before anyone opened it (retention, as the next one completed): the
+    // query is asked to come again, not answered from anything else.
+    engine.set_checkpoint(3, staging.join("chk-0000000003"));
+    let e = at_checkpoint().expect_err("checkpoint 3 is gone");
+    assert_eq!(e.code(), 503, "{e}");
+    assert!(e.message().contains("replaced by a newer one"), "{e}");
+}

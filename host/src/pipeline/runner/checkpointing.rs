@@ -22,7 +22,7 @@ use super::Runner;
 use crate::checkpoint::{Checkpoints, Cut, Manifest};
 use crate::control::{CheckpointRef, CheckpointSummary};
 use crate::pipeline::Fenced;
-use crate::state::{StateError, StateStore};
+use crate::state::StateError;
 use crate::transport;
 
 /// Where the run loop stands between two checkpoints.
@@ -41,9 +41,6 @@ pub(in crate::pipeline) struct Checkpointing {
     pub(super) last: Option<CheckpointRef>,
     /// The newest completed checkpoints, oldest first, for status.
     pub(super) recent: std::collections::VecDeque<CheckpointSummary>,
-    /// The opening of the newest completed checkpoint for queries, if still under way. It
-    /// holds the query engine, and with it the live state: stopped before the state is.
-    opening: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A checkpoint being completed in the background.
@@ -66,16 +63,6 @@ impl Checkpointing {
             keyed_position,
             last: None,
             recent: std::collections::VecDeque::new(),
-            opening: None,
-        }
-    }
-
-    /// Stops the opening of a checkpoint for queries, if one is under way: the run is over,
-    /// and the live state must be free to open again in this process.
-    pub(in crate::pipeline) async fn stop_opening(&mut self) {
-        if let Some(task) = self.opening.take() {
-            task.abort();
-            let _ = task.await;
         }
     }
 
@@ -327,18 +314,10 @@ impl Runner {
             new_bytes = m.new_bytes,
             "checkpoint complete"
         );
-        // Queries at `checkpoint` freshness read this cut from now on. Opening it takes
-        // milliseconds, tens on a busy host, every checkpoint: off the loop, unless someone
-        // asked for this checkpoint (they may query it as soon as they hear it is done).
+        // Queries at `checkpoint` freshness read this cut from now on (the first of them
+        // opens it).
         if let Some(dir) = self.checkpointing.checkpoints.staged_dir(m.id) {
-            // An opening still under way is of an older checkpoint: moot now.
-            self.checkpointing.stop_opening().await;
-            let opening = open_for_queries(self.query.clone(), m.id, dir, self.state.clock());
-            if waiters.is_empty() {
-                self.checkpointing.opening = Some(tokio::spawn(opening));
-            } else {
-                opening.await;
-            }
+            self.query.set_checkpoint(m.id, dir);
         }
         let summary = CheckpointSummary::from(&m);
         let recent = &mut self.checkpointing.recent;
@@ -365,22 +344,5 @@ async fn blocking_in_place<T: Send + 'static>(
         Ok(tokio::task::block_in_place(f))
     } else {
         Ok(tokio::task::spawn_blocking(f).await?)
-    }
-}
-
-/// Opens the staged checkpoint `id` in `dir` for queries at `checkpoint` freshness.
-async fn open_for_queries(
-    query: Arc<crate::query::QueryEngine>,
-    id: u64,
-    dir: std::path::PathBuf,
-    clock: Arc<dyn crate::state::Clock>,
-) {
-    let staged = dir.clone();
-    match tokio::task::spawn_blocking(move || StateStore::open_read_only(&dir, clock)).await {
-        Ok(Ok(db)) => query.set_checkpoint(id, Arc::new(db)),
-        // A newer checkpoint retired this one's files meanwhile: then it is moot.
-        Ok(Err(_)) if !staged.exists() => {}
-        Ok(Err(e)) => tracing::warn!("cannot open checkpoint {id} for queries: {e}"),
-        Err(e) => tracing::warn!("cannot open checkpoint {id} for queries: {e}"),
     }
 }
