@@ -5,7 +5,8 @@
 //!     checkpoints in the NATS object store and in S3, as ratios to local checkpoints;
 //! (c) one host in cluster mode (16 partitions, leases) against one host as today (`eddy run`
 //!     processes, the same input), with one input subject per partition and with the key
-//!     token kept after it;
+//!     token kept after it; then the host's CPU at a steady load, where every partition
+//!     checkpoints every second;
 //! (d) failover: a 3-node NATS cluster, 3 hosts, 16 partitions, 1M keys in state, steady
 //!     load; kill -9 one host: time from the kill to the first output of each moved partition;
 //! (e) rebalance: the killed host starts again and takes its share back by hand-off: the
@@ -216,7 +217,16 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
 /// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
 /// events per plugin call and the checkpoints taken. `layout`: the cluster's
 /// `partition_subject`, or `None` for a single host without `[cluster]`.
-async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
+/// A nats-server and the spec of one host, `a`: a single host (`layout` `None`) or in cluster
+/// mode with `layout` as its partition subject; a checkpoint every second either way.
+async fn one_host(
+    layout: Option<&str>,
+) -> (
+    NatsServer,
+    eddy_host::transport::Nats,
+    tempfile::TempDir,
+    PipelineSpec,
+) {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -225,6 +235,11 @@ async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f
         None => spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into(),
         Some(subject) => spec.extra = spec.extra.replace(PARTITION_SUBJECT, subject),
     }
+    (nats, conn, dir, spec)
+}
+
+async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
+    let (_nats, conn, dir, mut spec) = one_host(layout).await;
     let metrics_port = eddy_tests::free_port();
     spec.extra = format!(
         "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
@@ -300,6 +315,43 @@ async fn mode() {
             mean(runs, |r| r.2)
         );
     }
+    let (rate, secs) = if quick() { (1_000, 8) } else { (2_000, 20) };
+    let single = steady_cpu(None, rate, secs).await;
+    let clustered = steady_cpu(Some(PARTITION_SUBJECT), rate, secs).await;
+    println!(
+        "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers ({secs} s, after 8 s)"
+    );
+    println!("{:<44} {:>14} {:>8}", "mode", "% of a core", "ratio");
+    for (label, cpu) in [
+        ("single host, no [cluster] (baseline)".to_string(), single),
+        (
+            format!("[cluster], {PARTITIONS} partitions, leases"),
+            clustered,
+        ),
+    ] {
+        println!("{label:<44} {cpu:>14.1} {:>8.2}", cpu / single);
+    }
+}
+
+/// The `eddy run` host's CPU, in % of a core, while `rate` events a second arrive for `secs`
+/// seconds (after 8 s of the same load), a checkpoint every second.
+async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> f64 {
+    let (_nats, conn, dir, spec) = one_host(layout).await;
+    let cfg = spec.config();
+    streams::ensure(&conn, &cfg, &cfg.input.subjects)
+        .await
+        .expect("streams");
+    let config = dir.path().join("a.toml");
+    spec.write(&config).expect("config");
+    let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
+    let load = steady_load(conn.js.clone(), 5_000, rate);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let before = host.cpu_time();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let used = host.cpu_time() - before;
+    load.abort();
+    host.stop();
+    used.as_secs_f64() / secs as f64 * 100.0
 }
 
 /// Arrival times of outputs per partition, recorded from a core subscription to the output
