@@ -198,8 +198,9 @@ pub struct QueryEngine {
 struct LastCheckpoint {
     id: u64,
     dir: std::path::PathBuf,
-    /// Opened once; concurrent first queries wait for the one opening it.
-    opened: std::sync::Mutex<Option<Arc<StateStore>>>,
+    /// Opened once (or failed to open, said once); concurrent first queries wait for the
+    /// one opening it.
+    opened: std::sync::Mutex<Option<Result<Arc<StateStore>, String>>>,
 }
 
 /// The state a query reads.
@@ -291,12 +292,18 @@ impl QueryEngine {
     /// Serves `checkpoint` freshness from checkpoint `id`, staged in `dir`, from now on. The
     /// directory is opened when a query first reads it.
     pub fn set_checkpoint(&self, id: u64, dir: std::path::PathBuf) {
-        *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::new(LastCheckpoint {
-                id,
-                dir,
-                opened: std::sync::Mutex::new(None),
-            }));
+        let named = Arc::new(LastCheckpoint {
+            id,
+            dir,
+            opened: std::sync::Mutex::new(None),
+        });
+        let replaced = self
+            .checkpoint
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(named);
+        // Closed (if opened and no query reads it) with no lock held.
+        drop(replaced);
     }
 
     /// The last completed checkpoint, opened.
@@ -313,21 +320,23 @@ impl QueryEngine {
             )
         })?;
         loop {
-            let error = {
+            let failed = {
                 // Held while opening: concurrent first queries wait for this one's opening.
                 let mut opened = last.opened.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(db) = opened.as_ref() {
-                    return Ok((last.id, db.clone()));
+                match opened.as_ref() {
+                    Some(Ok(db)) => return Ok((last.id, db.clone())),
+                    Some(Err(why)) => return Err(QueryError::Internal(why.clone())),
+                    None => {}
                 }
-                // Retention removes it once the next checkpoint completes, which the run then
-                // names here: a directory gone (or going while it opens) means that one.
+                // The run names the next checkpoint before retention removes this one: a
+                // directory gone (or going while it opens) means a newer one is named.
                 if !last.dir.exists() {
                     None
                 } else {
                     match StateStore::open_read_only(&last.dir, self.live().clock()) {
                         Ok(db) => {
                             let db = Arc::new(db);
-                            *opened = Some(db.clone());
+                            *opened = Some(Ok(db.clone()));
                             return Ok((last.id, db));
                         }
                         Err(e) => Some(e),
@@ -337,11 +346,17 @@ impl QueryEngine {
             match newest() {
                 Some(next) if next.id != last.id => last = next,
                 _ => {
-                    return Err(match error {
-                        Some(e) if last.dir.exists() => QueryError::Internal(format!(
-                            "cannot open checkpoint {} for the query: {e}",
-                            last.id
-                        )),
+                    return Err(match failed {
+                        Some(e) if last.dir.exists() => {
+                            let why = format!(
+                                "cannot open checkpoint {} for queries ({e}); the next checkpoint is opened afresh",
+                                last.id
+                            );
+                            tracing::warn!("{why}");
+                            *last.opened.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(Err(why.clone()));
+                            QueryError::Internal(why)
+                        }
                         _ => QueryError::Unavailable(format!(
                             "checkpoint {} was replaced by a newer one just now; ask again",
                             last.id

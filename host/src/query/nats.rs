@@ -18,7 +18,7 @@ use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{Op, Query, QueryEngine, QueryError};
+use super::{Freshness, Op, Query, QueryEngine, QueryError};
 use crate::transport::Nats;
 
 /// The service's subject prefix for pipeline `pipeline`.
@@ -169,10 +169,13 @@ pub(crate) async fn answer(
         }
         return forward(nats, engine, op, &key, payload).await;
     }
-    // A point read (`get`, `owner`, one broadcast entry) takes microseconds: answered in
-    // place. Pages and lists may read many entries, and `as_of` may open a checkpoint: on the
-    // blocking pool, off the runtime.
-    if matches!(op, Op::Get | Op::Owner | Op::Describe) && q.as_of.is_none() {
+    // A point read (`get`, `owner`, one broadcast entry) of the live state takes
+    // microseconds: answered in place. Pages and lists may read many entries, and `as_of` or
+    // `checkpoint` freshness may open a checkpoint: on the blocking pool, off the runtime.
+    if matches!(op, Op::Get | Op::Owner | Op::Describe)
+        && q.as_of.is_none()
+        && q.freshness == Freshness::Latest
+    {
         return engine.execute(op, &q);
     }
     let engine = engine.clone();

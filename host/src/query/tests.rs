@@ -351,4 +351,19 @@ fn checkpoint_freshness_opens_the_checkpoint_at_the_first_query() {
     let e = at_checkpoint().expect_err("checkpoint 3 is gone");
     assert_eq!(e.code(), 503, "{e}");
     assert!(e.message().contains("replaced by a newer one"), "{e}");
+
+    // There but not a checkpoint (a broken link, say): 500 with the cause, as long as it is
+    // the newest, and opened afresh once a newer one is named.
+    let broken = staging.join("chk-0000000004");
+    std::fs::create_dir_all(&broken).expect("broken");
+    engine.set_checkpoint(4, broken);
+    for _ in 0..2 {
+        let e = at_checkpoint().expect_err("checkpoint 4 is broken");
+        assert_eq!(e.code(), 500, "{e}");
+        assert!(e.message().contains("cannot open checkpoint 4"), "{e}");
+    }
+    let fifth = staging.join("chk-0000000005");
+    store.create_checkpoint(&fifth).expect("checkpoint 5");
+    engine.set_checkpoint(5, fifth);
+    assert_eq!(at_checkpoint().expect("checkpoint 5")["checkpoint"], 5);
 }

@@ -164,6 +164,7 @@ impl Runner {
         let checkpoints = c.checkpoints.clone();
         let state = self.state.clone();
         let fence = self.fence.clone();
+        let query = self.query.clone();
         let (staged_tx, staged_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             let staged = tokio::task::spawn_blocking(move || frozen.stage(&state)).await;
@@ -194,7 +195,16 @@ impl Runner {
                 tracing::warn!("input ack failed ({e}); the next checkpoint acknowledges it");
             }
             let keep = staged.id();
-            tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await??;
+            tokio::task::spawn_blocking(move || {
+                // Queries at `checkpoint` freshness read this cut from now on (the first of
+                // them opens it): named before retention removes the one they read so far,
+                // which is closed here, off the loop.
+                if let Some(dir) = checkpoints.staged_dir(keep) {
+                    query.set_checkpoint(keep, dir);
+                }
+                checkpoints.retain(Some(keep))
+            })
+            .await??;
             Ok(manifest)
         });
         c.completing = Some(Completing {
@@ -314,11 +324,6 @@ impl Runner {
             new_bytes = m.new_bytes,
             "checkpoint complete"
         );
-        // Queries at `checkpoint` freshness read this cut from now on (the first of them
-        // opens it).
-        if let Some(dir) = self.checkpointing.checkpoints.staged_dir(m.id) {
-            self.query.set_checkpoint(m.id, dir);
-        }
         let summary = CheckpointSummary::from(&m);
         let recent = &mut self.checkpointing.recent;
         if recent.len() == crate::control::RECENT_CHECKPOINTS {
