@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use eddy_host::cli::produce::{self, Transaction};
 use eddy_host::cli::streams;
-use eddy_tests::bench::only_arg;
+use eddy_tests::bench::{only_arg, process_cpu_time};
 use eddy_tests::hosts::{self, HostProcess};
 use eddy_tests::{
     NatsCluster, NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin,
@@ -214,9 +214,6 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
     spec
 }
 
-/// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
-/// events per plugin call and the checkpoints taken. `layout`: the cluster's
-/// `partition_subject`, or `None` for a single host without `[cluster]`.
 /// A nats-server and the spec of one host, `a`: a single host (`layout` `None`) or in cluster
 /// mode with `layout` as its partition subject; a checkpoint every second either way.
 async fn one_host(
@@ -238,6 +235,9 @@ async fn one_host(
     (nats, conn, dir, spec)
 }
 
+/// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
+/// events per plugin call and the checkpoints taken. `layout`: the cluster's
+/// `partition_subject`, or `None` for a single host without `[cluster]`.
 async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
     let (_nats, conn, dir, mut spec) = one_host(layout).await;
     let metrics_port = eddy_tests::free_port();
@@ -346,9 +346,9 @@ async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> f64 {
     let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
     let load = steady_load(conn.js.clone(), 5_000, rate);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let before = host.cpu_time();
+    let before = process_cpu_time(host.pid());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let used = host.cpu_time() - before;
+    let used = process_cpu_time(host.pid()) - before;
     load.abort();
     host.stop();
     used.as_secs_f64() / secs as f64 * 100.0

@@ -120,26 +120,6 @@ impl HostProcess {
         }
     }
 
-    /// CPU time the process has used so far (user and system), from `/proc`.
-    pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("the host's /proc stat");
-        // After the command name in parentheses: utime and stime are fields 12 and 13.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .expect("ticks")
-        };
-        // Clock ticks are 1/100 s on Linux (`getconf CLK_TCK`).
-        Duration::from_millis((ticks(11) + ticks(12)) * 10)
-    }
-
     /// SIGTERM (hand-off), then waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("-TERM");

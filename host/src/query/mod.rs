@@ -5,10 +5,9 @@
 //!
 //! - **Freshness** `latest`: the live database, which the run loop writes one whole batch at a
 //!   time (one RocksDB write), so an answer never shows half of an event's writes.
-//!   `checkpoint`: the last completed checkpoint once it is opened read-only (off the run
-//!   loop, so for a moment after a checkpoint completes the one before still answers; the
-//!   answer names its checkpoint): consistent across keys, as of a cut, while newer events
-//!   keep being applied.
+//!   `checkpoint`: the last completed checkpoint, opened read-only by the first query that
+//!   reads it (not at every checkpoint: most hosts are never asked), consistent across keys,
+//!   as of a cut, while newer events keep being applied; the answer names its checkpoint.
 //! - **Owner routing**: a key lives on the host that owns its partition
 //!   (`partition = key_group % partitions.count`, `key_group = fnv1a_32(key) % key_groups`).
 //!   Every host answers the pipeline-wide endpoints: for a key it does not own, it forwards the
@@ -203,6 +202,37 @@ struct LastCheckpoint {
     opened: std::sync::Mutex<Option<Result<Arc<StateStore>, String>>>,
 }
 
+impl LastCheckpoint {
+    /// Its database, opened by the first caller (the others wait for that opening); `None` if
+    /// its directory is gone: retention removes it once the run has named the next one. A
+    /// failure is logged and kept, so later queries hear it without trying again.
+    fn open(&self, clock: Arc<dyn crate::state::Clock>) -> Result<Option<Arc<StateStore>>, String> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = opened.as_ref() {
+            return done.clone().map(Some);
+        }
+        if !self.dir.exists() {
+            return Ok(None);
+        }
+        let db = match StateStore::open_read_only(&self.dir, clock) {
+            Ok(db) => Arc::new(db),
+            // Removed while it opened.
+            Err(_) if !self.dir.exists() => return Ok(None),
+            Err(e) => {
+                let why = format!(
+                    "cannot open checkpoint {} for queries ({e}); the next checkpoint is opened afresh",
+                    self.id
+                );
+                tracing::warn!("{why}");
+                *opened = Some(Err(why.clone()));
+                return Err(why);
+            }
+        };
+        *opened = Some(Ok(db.clone()));
+        Ok(Some(db))
+    }
+}
+
 /// The state a query reads.
 enum Reading {
     /// The live database, or the last completed checkpoint (with its id).
@@ -320,44 +350,18 @@ impl QueryEngine {
             )
         })?;
         loop {
-            let failed = {
-                // Held while opening: concurrent first queries wait for this one's opening.
-                let mut opened = last.opened.lock().unwrap_or_else(|p| p.into_inner());
-                match opened.as_ref() {
-                    Some(Ok(db)) => return Ok((last.id, db.clone())),
-                    Some(Err(why)) => return Err(QueryError::Internal(why.clone())),
-                    None => {}
-                }
-                // The run names the next checkpoint before retention removes this one: a
-                // directory gone (or going while it opens) means a newer one is named.
-                if !last.dir.exists() {
-                    None
-                } else {
-                    match StateStore::open_read_only(&last.dir, self.live().clock()) {
-                        Ok(db) => {
-                            let db = Arc::new(db);
-                            *opened = Some(Ok(db.clone()));
-                            return Ok((last.id, db));
-                        }
-                        Err(e) => Some(e),
-                    }
-                }
+            let failed = match last.open(self.live().clock()) {
+                Ok(Some(db)) => return Ok((last.id, db)),
+                Ok(None) => None,
+                Err(why) => Some(why),
             };
+            // A newer checkpoint named meanwhile answers instead of one gone or broken.
             match newest() {
                 Some(next) if next.id != last.id => last = next,
                 _ => {
                     return Err(match failed {
-                        Some(e) if last.dir.exists() => {
-                            let why = format!(
-                                "cannot open checkpoint {} for queries ({e}); the next checkpoint is opened afresh",
-                                last.id
-                            );
-                            tracing::warn!("{why}");
-                            *last.opened.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(Err(why.clone()));
-                            QueryError::Internal(why)
-                        }
-                        _ => QueryError::Unavailable(format!(
+                        Some(why) => QueryError::Internal(why),
+                        None => QueryError::Unavailable(format!(
                             "checkpoint {} was replaced by a newer one just now; ask again",
                             last.id
                         )),
