@@ -3,7 +3,7 @@
 //! what a restore downloads (only what the local cache lacks), and what retention deletes
 //! there.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,12 +14,14 @@ use crate::{Error, Manifest, Result, sha256_file};
 /// The store and what this host knows of it.
 pub(crate) struct Remote {
     storage: Arc<dyn Storage>,
-    /// Shared SST files known to be in the store (listed once, then kept up to date).
-    shared: Mutex<Option<HashSet<String>>>,
+    /// The objects in the store as far as this host knows: one listing, then its own puts
+    /// and deletes. Uploads and retention go by it, so a run lists the store once rather than
+    /// at every checkpoint (a NATS object store's listing reads the metadata of every object
+    /// in the bucket, every partition's), and retention never deletes what another writer
+    /// stored after that first look.
+    known: Mutex<Option<BTreeSet<String>>>,
     /// The newest checkpoint id seen in the store (listed once).
     newest: Mutex<Option<u64>>,
-    /// The newest checkpoint whose manifest this host stored.
-    written: Mutex<Option<u64>>,
 }
 
 fn manifest_name(id: u64) -> String {
@@ -30,9 +32,8 @@ impl Remote {
     pub(crate) fn new(storage: Arc<dyn Storage>) -> Remote {
         Remote {
             storage,
-            shared: Mutex::new(None),
+            known: Mutex::new(None),
             newest: Mutex::new(None),
-            written: Mutex::new(None),
         }
     }
 
@@ -42,19 +43,7 @@ impl Remote {
 
     /// Ids of the complete checkpoints in the store, ascending.
     pub(crate) fn ids(&self) -> Result<Vec<u64>> {
-        let mut ids: Vec<u64> = self
-            .storage
-            .list("chk-")?
-            .iter()
-            .filter_map(|n| {
-                n.strip_suffix("/manifest.json")?
-                    .strip_prefix("chk-")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = checkpoint_ids(self.storage.list("chk-")?.iter());
         let newest = ids.last().copied().unwrap_or(0);
         let mut known = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         *known = Some(known.unwrap_or(0).max(newest));
@@ -92,35 +81,38 @@ impl Remote {
         )
     }
 
-    fn shared_in_store(&self) -> Result<std::sync::MutexGuard<'_, Option<HashSet<String>>>> {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.is_none() {
-            *shared = Some(self.storage.list("shared/")?.into_iter().collect());
+    /// What this host knows the store holds (listed at the first call).
+    fn known(&self) -> Result<std::sync::MutexGuard<'_, Option<BTreeSet<String>>>> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            *known = Some(self.storage.list("")?.into_iter().collect());
         }
-        Ok(shared)
+        Ok(known)
+    }
+
+    fn note_stored(&self, name: &str) -> Result<()> {
+        if let Some(k) = self.known()?.as_mut() {
+            k.insert(name.to_string());
+        }
+        Ok(())
     }
 
     /// Uploads the files of `m` the store lacks (shared SST files once; the checkpoint's own
     /// files always) from the local directory `dir`; returns the bytes sent.
     pub(crate) fn upload_files(&self, dir: &Path, m: &Manifest) -> Result<u64> {
         let stored: Vec<&crate::FileEntry> = {
-            let shared = self.shared_in_store()?;
+            let known = self.known()?;
             m.files
                 .iter()
                 .filter(|f| {
                     !(f.stored.starts_with("shared/")
-                        && shared.as_ref().is_some_and(|s| s.contains(&f.stored)))
+                        && known.as_ref().is_some_and(|k| k.contains(&f.stored)))
                 })
                 .collect()
         };
         in_parallel(&stored, TRANSFERS, |f| -> Result<()> {
             self.storage.put_file(&f.stored, &dir.join(&f.stored))?;
-            if f.stored.starts_with("shared/")
-                && let Some(s) = self.shared_in_store()?.as_mut()
-            {
-                s.insert(f.stored.clone());
-            }
-            Ok(())
+            self.note_stored(&f.stored)
         })?;
         Ok(stored.iter().map(|f| f.size).sum())
     }
@@ -128,10 +120,9 @@ impl Remote {
     /// Stores checkpoint `id`'s manifest: from now on the checkpoint exists.
     pub(crate) fn put_manifest(&self, id: u64, json: &[u8]) -> Result<()> {
         self.storage.put_bytes(&manifest_name(id), json)?;
+        self.note_stored(&manifest_name(id))?;
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         *newest = Some(newest.unwrap_or(0).max(id));
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        *written = Some(written.unwrap_or(0).max(id));
         Ok(())
     }
 
@@ -193,76 +184,125 @@ impl Remote {
     pub(crate) fn delete(&self, id: u64) -> Result<()> {
         // The manifest first: a checkpoint without one never happened.
         self.storage.delete(&manifest_name(id))?;
-        for name in self.storage.list(&format!("chk-{id:010}/"))? {
+        for name in self.storage.list(&own_prefix(id))? {
             self.storage.delete(&name)?;
+        }
+        if let Some(known) = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            known.retain(|n| !n.starts_with(&own_prefix(id)));
         }
         Ok(())
     }
 
-    /// Keeps the checkpoints `choose` picks out of those in the store, and the shared files
-    /// they use; deletes the rest. `cached` gives a manifest from the local cache when it has
-    /// it.
+    /// Keeps the checkpoints `choose` picks out of those this host knows in the store, and the
+    /// shared files they use; deletes the rest of what it knows. `cached` gives a manifest
+    /// from the local cache when it has it.
+    ///
+    /// Judged by what this host knows, not by a fresh listing: its own checkpoints are never
+    /// missing from it (a replica behind would leave the newest out of a listing, and its
+    /// files would look unused), and what appeared since its first look is left to its writer
+    /// (another host's upload in flight: a partition's new owner, while this one, paused, has
+    /// not noticed it lost it).
     pub(crate) fn retain(
         &self,
         choose: impl Fn(&[u64]) -> Result<HashSet<u64>>,
         cached: impl Fn(u64) -> Option<Manifest>,
     ) -> Result<()> {
-        let ids = self.ids()?;
-        // A listing without the checkpoint this host just stored is stale (a replica behind,
-        // a listing cut short): judged by it, that checkpoint's files would look unused.
-        let written = *self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(w) = written
-            && !ids.contains(&w)
-        {
-            // Common right after a write to a replicated store: the next retention catches up.
-            tracing::debug!(
-                checkpoint = w,
-                "{} listed without the newest checkpoint stored here; deleting nothing this time",
-                self.storage.describe()
-            );
+        let mut guard = self.known()?;
+        let Some(known) = guard.as_mut() else {
             return Ok(());
-        }
-        let keep = choose(&ids)?;
-        let mut used = HashSet::new();
-        for id in &keep {
-            let m = match cached(*id) {
-                Some(m) => m,
-                None => self.manifest(*id)?,
-            };
-            used.extend(m.files.into_iter().map(|f| f.stored));
-        }
-        for id in ids.iter().filter(|id| !keep.contains(id)) {
-            self.delete(*id)?;
-        }
-        // Own files of checkpoints that never completed (a host that died mid-upload), older
-        // than the newest complete one.
+        };
+        let (keep, used) = loop {
+            let ids = checkpoint_ids(known.iter());
+            let keep = choose(&ids)?;
+            let mut used = HashSet::new();
+            let mut gone = None;
+            for id in &keep {
+                let m = match cached(*id) {
+                    Some(m) => m,
+                    None => match self.manifest(*id) {
+                        Ok(m) => m,
+                        // Deleted beside this host (`eddy checkpoints delete`): forget it and
+                        // choose again.
+                        Err(Error::Corrupt { .. }) if self.gone(&manifest_name(*id))? => {
+                            gone = Some(*id);
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                used.extend(m.files.into_iter().map(|f| f.stored));
+            }
+            match gone {
+                Some(id) => known.retain(|n| !n.starts_with(&own_prefix(id))),
+                None => break (keep, used),
+            }
+        };
+        // Checkpoints not kept, manifests first (a checkpoint without one never happened);
+        // then their own files, those of checkpoints that never completed (a host that died
+        // mid-upload) older than the newest kept one, and shared files no kept one uses.
+        let dropped: Vec<u64> = checkpoint_ids(known.iter())
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
         let newest = keep.iter().max().copied().unwrap_or(0);
-        for name in self.storage.list("chk-")? {
-            let id: Option<u64> = name
-                .strip_prefix("chk-")
-                .and_then(|r| r.split('/').next())
-                .and_then(|i| i.parse().ok());
-            if id.is_some_and(|id| id < newest && !keep.contains(&id)) {
-                self.storage.delete(&name)?;
-            }
-        }
-        // Only shared files this host knows of go: those its first listing found and those it
-        // stored itself. A file that appeared since may be another writer's upload in flight
-        // (a partition's new owner, while this host, paused, has not noticed it lost it).
-        let mut shared = self.shared_in_store()?;
-        if let Some(present) = shared.as_mut() {
-            let unused: Vec<String> = present
+        let mut doomed: Vec<String> = dropped.iter().map(|id| manifest_name(*id)).collect();
+        doomed.extend(
+            known
                 .iter()
-                .filter(|n| !used.contains(*n))
-                .cloned()
-                .collect();
-            for name in unused {
-                self.storage.delete(&name)?;
-                present.remove(&name);
-            }
+                .filter(|name| match chk_id(name) {
+                    Some(id) => {
+                        !keep.contains(&id)
+                            && (dropped.contains(&id) || id < newest)
+                            && !name.ends_with("/manifest.json")
+                    }
+                    None => name.starts_with("shared/") && !used.contains(*name),
+                })
+                .cloned(),
+        );
+        for name in doomed {
+            self.storage.delete(&name)?;
+            known.remove(&name);
         }
         Ok(())
     }
+
+    /// Whether object `name` is gone from the store.
+    fn gone(&self, name: &str) -> Result<bool> {
+        match self.storage.get_bytes(name) {
+            Err(StorageError::NotFound(_)) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(Error::Storage(e)),
+        }
+    }
+}
+
+/// The complete checkpoints among object names: those with a manifest, ascending.
+fn checkpoint_ids<'a>(names: impl Iterator<Item = &'a String>) -> Vec<u64> {
+    let mut ids: Vec<u64> = names
+        .filter_map(|n| {
+            n.strip_suffix("/manifest.json")?
+                .strip_prefix("chk-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn own_prefix(id: u64) -> String {
+    format!("chk-{id:010}/")
+}
+
+/// The checkpoint an object name belongs to (`chk-<id>/...`), if any.
+fn chk_id(name: &str) -> Option<u64> {
+    name.strip_prefix("chk-")?.split('/').next()?.parse().ok()
 }
 
 /// Reads `get` again when the store says not found, a few times over about two seconds,

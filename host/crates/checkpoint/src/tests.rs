@@ -606,10 +606,11 @@ fn a_file_missing_from_the_store_falls_back_to_the_previous_checkpoint() {
 }
 
 /// A directory store whose listings leave out the objects of one checkpoint, as a replica
-/// that has not caught up yet would.
+/// that has not caught up yet would; it counts them.
 struct Lagging {
     inner: storage::DirStorage,
     hidden: std::sync::Mutex<Option<String>>,
+    lists: std::sync::atomic::AtomicUsize,
 }
 
 impl storage::Storage for Lagging {
@@ -629,6 +630,8 @@ impl storage::Storage for Lagging {
         self.inner.get_bytes(name)
     }
     fn list(&self, prefix: &str) -> Result<Vec<String>, storage::StorageError> {
+        self.lists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let hidden = self.hidden.lock().expect("lock").clone();
         Ok(self
             .inner
@@ -648,6 +651,7 @@ fn a_listing_without_the_newest_checkpoint_deletes_nothing() {
     let lagging = Arc::new(Lagging {
         inner: storage::DirStorage::new(&f.dir.path().join("store")),
         hidden: std::sync::Mutex::new(None),
+        lists: Default::default(),
     });
     let cps = f.checkpoints(1).with_storage(lagging.clone());
     let store = f.open(16);
@@ -678,6 +682,91 @@ fn a_listing_without_the_newest_checkpoint_deletes_nothing() {
     let cps = f.checkpoints(1).with_storage(lagging);
     let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
     assert_eq!(restored.id, 2);
+}
+
+/// A NATS object store's listing reads every object of the bucket, all partitions' (and the
+/// markers of deleted ones): a cluster host with 16 partitions checkpointing every second
+/// spent most of a core on listings when retention listed the store at every checkpoint.
+/// Retention goes by what the host knows instead: one listing per run.
+#[test]
+fn checkpoints_list_the_store_once_per_run() {
+    let f = Fixture::new();
+    let lagging = Arc::new(Lagging {
+        inner: storage::DirStorage::new(&f.dir.path().join("store")),
+        hidden: std::sync::Mutex::new(None),
+        lists: Default::default(),
+    });
+    let cps = f.checkpoints(2).with_storage(lagging.clone());
+    let store = f.open(16);
+    for id in 1..=6u32 {
+        write_counts(&store, 0, 50 * id, id.to_string().as_bytes());
+        if id == 4 {
+            store.compact().expect("compact");
+        }
+        cps.complete(&cps.cut(&store, id.into(), cut(id.into())).expect("cut"))
+            .expect("complete");
+        cps.retain(None).expect("retain");
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(lagging.lists.load(Relaxed), 1, "one look at the store");
+    let kept: Vec<u64> = cps.list().iter().map(|m| m.id).collect();
+    assert_eq!(kept, vec![5, 6], "retention still applies to the store");
+    let used: std::collections::HashSet<String> = cps
+        .list()
+        .into_iter()
+        .flat_map(|m| m.files.into_iter().map(|f| f.stored))
+        .collect();
+    use storage::Storage;
+    let objects = lagging.inner.list("").expect("list");
+    for name in &objects {
+        assert!(
+            used.contains(name) || name.ends_with("/manifest.json"),
+            "{name} is used by no kept checkpoint"
+        );
+    }
+    assert!(
+        objects.iter().any(|n| n.starts_with("shared/")),
+        "the kept checkpoints' shared files are stored"
+    );
+    drop(store);
+    let (_, restored) = restore_on_a_wiped_host(&f, 2);
+    assert_eq!(restored.id, 6);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k299"), Some(b"6".to_vec()));
+}
+
+/// What a host knows of the store can be out of date: an operator deleted a checkpoint it
+/// knew from its first look and never fetched, one retention would keep. Retention forgets it
+/// rather than failing at every checkpoint.
+#[test]
+fn a_checkpoint_deleted_beside_its_host_is_forgotten_by_retention() {
+    let f = Fixture::new();
+    let first = stored(&f, 4);
+    let store = f.open(16);
+    for id in 1..=2u32 {
+        write_counts(&store, 0, 50 * id, id.to_string().as_bytes());
+        first
+            .complete(&first.cut(&store, id.into(), cut(id.into())).expect("cut"))
+            .expect("complete");
+    }
+    drop(store);
+    // Another host takes over from the store: it fetches checkpoint 2, not 1.
+    let (host, restored) = restore_on_a_wiped_host(&f, 4);
+    assert_eq!(restored.id, 2);
+    let store = f.open(16);
+    write_counts(&store, 0, 10, b"3");
+    host.complete(&host.cut(&store, 3, cut(3)).expect("cut"))
+        .expect("complete");
+    stored(&f, 4)
+        .delete(1)
+        .expect("the operator deletes checkpoint 1");
+    write_counts(&store, 0, 10, b"4");
+    host.complete(&host.cut(&store, 4, cut(4)).expect("cut"))
+        .expect("complete");
+    host.retain(None)
+        .expect("retention forgets the deleted checkpoint");
+    let kept: Vec<u64> = host.list().iter().map(|m| m.id).collect();
+    assert_eq!(kept, vec![2, 3, 4]);
 }
 
 /// A directory store that answers "not found" to the first reads, as a replica that has not
