@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::object_store::{self, ObjectStore};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE;
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -19,6 +21,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// A NATS object store bucket holding checkpoints.
 pub struct NatsStorage {
     store: ObjectStore,
+    /// The bucket's stream, to purge what a delete leaves behind.
+    stream: async_nats::jetstream::stream::Stream,
     chunk_size: usize,
     bucket: String,
     prefix: String,
@@ -52,9 +56,15 @@ impl NatsStorage {
         .map_err(|e| {
             anyhow::anyhow!("{e:#}; create it (`nats object add {bucket}`) or set checkpoint.store")
         })?;
+        let stream = nats
+            .js
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("the stream of object store `{bucket}`: {e}"))?;
         let max_payload = nats.client.server_info().max_payload;
         Ok(NatsStorage {
             store,
+            stream,
             chunk_size: (max_payload.saturating_sub(1024)).clamp(1024, 128 * 1024),
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
@@ -214,10 +224,20 @@ impl Storage for NatsStorage {
             || format!("delete {full}"),
             async {
                 match self.store.delete(full.as_str()).await {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(self.failed("delete", name, e)),
+                    Ok(()) => {}
+                    Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+                    Err(e) => return Err(self.failed("delete", name, e)),
                 }
+                // A delete leaves a marker under the object's name, and a listing reads every
+                // marker: a host that retires checkpoints every second would make each
+                // listing (a restore's, `eddy checkpoints list`) longer by thousands an hour.
+                let marker = format!("$O.{}.M.{}", self.bucket, URL_SAFE.encode(&full));
+                self.stream
+                    .purge()
+                    .filter(marker)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.failed("purge the delete marker of", name, e))
             },
         )
     }

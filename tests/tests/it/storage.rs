@@ -77,7 +77,9 @@ async fn a_wiped_host_gets_its_state_back_from_the_nats_object_store() {
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = PipelineSpec::new("fraud", &nats.url(), dir.path(), plugin("fraud-enrich"));
-    spec.extra = "[checkpoint]\ninterval_ms = 200\n".into();
+    // One kept: the second run's checkpoints retire the first run's.
+    spec.extra = "[checkpoint]\ninterval_ms = 200\nretain = 1\n".into();
+    let retain = spec.config().checkpoint.retain;
     a_wiped_host_continues_from_the_store(&nats, spec).await;
     // The objects are there, under the pipeline's name.
     let conn = nats.connect().await.expect("connect");
@@ -87,14 +89,46 @@ async fn a_wiped_host_gets_its_state_back_from_the_nats_object_store() {
         .await
         .expect("the default bucket exists");
     use futures::TryStreamExt;
-    let names: Vec<String> = bucket
+    let infos: Vec<async_nats::jetstream::object_store::ObjectInfo> = bucket
         .list()
         .await
         .expect("list")
-        .map_ok(|i| i.name)
         .try_collect()
         .await
         .expect("names");
+    // Retention deleted checkpoints, and left no marker of them in the bucket's stream: a
+    // listing reads every marker (and skips it), so they would make every later one longer.
+    let stream = conn
+        .js
+        .get_stream("OBJ_eddy-checkpoints")
+        .await
+        .expect("the bucket's stream");
+    let metadata: Vec<(String, usize)> = stream
+        .info_with_subjects("$O.eddy-checkpoints.M.>")
+        .await
+        .expect("subjects")
+        .try_collect()
+        .await
+        .expect("subjects");
+    assert_eq!(
+        metadata.len(),
+        infos.len(),
+        "one metadata subject per stored object, none for deleted ones"
+    );
+    let names: Vec<String> = infos.into_iter().map(|i| i.name).collect();
+    let ids: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("fraud/chk-")?.strip_suffix("/manifest.json"))
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    assert!(
+        ids.len() <= retain
+            && ids
+                .iter()
+                .max()
+                .is_some_and(|newest| *newest > retain as u64),
+        "retention deleted checkpoints and kept the newest {retain}: {ids:?}"
+    );
     assert!(
         names
             .iter()
