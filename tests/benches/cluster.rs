@@ -215,7 +215,8 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
 }
 
 /// A nats-server and the spec of one host, `a`: a single host (`layout` `None`) or in cluster
-/// mode with `layout` as its partition subject; a checkpoint every second either way.
+/// mode with `layout` as its partition subject; a checkpoint every second either way. Its
+/// metrics are served on the port returned.
 async fn one_host(
     layout: Option<&str>,
 ) -> (
@@ -223,6 +224,7 @@ async fn one_host(
     eddy_host::transport::Nats,
     tempfile::TempDir,
     PipelineSpec,
+    u16,
 ) {
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
@@ -232,19 +234,33 @@ async fn one_host(
         None => spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into(),
         Some(subject) => spec.extra = spec.extra.replace(PARTITION_SUBJECT, subject),
     }
-    (nats, conn, dir, spec)
+    let metrics_port = eddy_tests::free_port();
+    spec.extra = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
+        spec.extra
+    );
+    (nats, conn, dir, spec, metrics_port)
+}
+
+/// The sum of metric `name` over its labels, as the host on `port` serves it now.
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One `eddy run` process over `txs`, published first: events/s, and from its metrics the mean
 /// events per plugin call and the checkpoints taken. `layout`: the cluster's
 /// `partition_subject`, or `None` for a single host without `[cluster]`.
 async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
-    let (_nats, conn, dir, mut spec) = one_host(layout).await;
-    let metrics_port = eddy_tests::free_port();
-    spec.extra = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
-        spec.extra
-    );
+    let (_nats, conn, dir, spec, metrics_port) = one_host(layout).await;
     let cfg = spec.config();
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
@@ -254,24 +270,14 @@ async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f
     spec.write(&config).expect("config");
     let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
     let (first, last) = time_outputs(&conn.js, "FRAUD_OUT", txs.len() as u64).await;
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let per_call = metric(metrics_port, "eddy_batch_size_sum").await
+        / metric(metrics_port, "eddy_batch_size_count").await.max(1.0);
+    let checkpoints = metric(metrics_port, "eddy_checkpoints_total").await;
     host.stop();
-    let sum = |name: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let per_call = sum("eddy_batch_size_sum") / sum("eddy_batch_size_count").max(1.0);
     (
         txs.len() as f64 / (last - first).as_secs_f64(),
         per_call,
-        sum("eddy_checkpoints_total"),
+        checkpoints,
     )
 }
 
@@ -321,22 +327,29 @@ async fn mode() {
     println!(
         "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers ({secs} s, after 8 s)"
     );
-    println!("{:<44} {:>14} {:>8}", "mode", "% of a core", "ratio");
-    for (label, cpu) in [
+    println!(
+        "{:<44} {:>14} {:>8} {:>15}",
+        "mode", "% of a core", "ratio", "checkpoints/s"
+    );
+    for (label, (cpu, checkpoints)) in [
         ("single host, no [cluster] (baseline)".to_string(), single),
         (
             format!("[cluster], {PARTITIONS} partitions, leases"),
             clustered,
         ),
     ] {
-        println!("{label:<44} {cpu:>14.1} {:>8.2}", cpu / single);
+        println!(
+            "{label:<44} {cpu:>14.1} {:>8.2} {checkpoints:>15.1}",
+            cpu / single.0
+        );
     }
 }
 
-/// The `eddy run` host's CPU, in % of a core, while `rate` events a second arrive for `secs`
-/// seconds (after 8 s of the same load), a checkpoint every second.
-async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> f64 {
-    let (_nats, conn, dir, spec) = one_host(layout).await;
+/// The `eddy run` host's CPU, in % of a core, and the checkpoints it completed a second, while
+/// `rate` events a second arrive for `secs` seconds (after 8 s of the same load), a checkpoint
+/// due every second.
+async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> (f64, f64) {
+    let (_nats, conn, dir, spec, metrics_port) = one_host(layout).await;
     let cfg = spec.config();
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
@@ -347,11 +360,16 @@ async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> f64 {
     let load = steady_load(conn.js.clone(), 5_000, rate);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let before = process_cpu_time(host.pid());
+    let checkpoints = metric(metrics_port, "eddy_checkpoints_total").await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let used = process_cpu_time(host.pid()) - before;
+    let checkpoints = metric(metrics_port, "eddy_checkpoints_total").await - checkpoints;
     load.abort();
     host.stop();
-    used.as_secs_f64() / secs as f64 * 100.0
+    (
+        used.as_secs_f64() / secs as f64 * 100.0,
+        checkpoints / secs as f64,
+    )
 }
 
 /// Arrival times of outputs per partition, recorded from a core subscription to the output
