@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream::object_store::{self, ObjectStore};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE;
 use futures::TryStreamExt;
@@ -17,6 +18,12 @@ use crate::transport::Nats;
 
 /// How long one object's transfer may take before the checkpoint gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A listing that delivers no entry for this long has stalled: it ends only at an entry the
+/// server counts as the last, and a delete's marker purged meanwhile may have been that one.
+const LIST_IDLE: Duration = Duration::from_secs(5);
+/// Listings started before giving up.
+const LIST_ATTEMPTS: u32 = 3;
 
 /// A NATS object store bucket holding checkpoints.
 pub struct NatsStorage {
@@ -91,6 +98,20 @@ impl NatsStorage {
                 self.failed("get", name, e)
             }
         })
+    }
+
+    /// Every object's metadata in the bucket, or `None` when the listing stalled.
+    async fn list_once(&self) -> Result<Option<Vec<object_store::ObjectInfo>>, String> {
+        let mut list = self.store.list().await.map_err(|e| e.to_string())?;
+        let mut infos = Vec::new();
+        loop {
+            match tokio::time::timeout(LIST_IDLE, list.try_next()).await {
+                Ok(Ok(Some(info))) => infos.push(info),
+                Ok(Ok(None)) => return Ok(Some(infos)),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Ok(None),
+            }
+        }
     }
 
     fn failed(&self, what: &str, name: &str, e: impl std::fmt::Display) -> StorageError {
@@ -196,15 +217,24 @@ impl Storage for NatsStorage {
             CALL_TIMEOUT,
             || format!("list {full}"),
             async {
-                let list = self
-                    .store
-                    .list()
-                    .await
-                    .map_err(|e| self.failed("list", prefix, e))?;
-                let infos: Vec<object_store::ObjectInfo> = list
-                    .try_collect()
-                    .await
-                    .map_err(|e| self.failed("list", prefix, e))?;
+                let mut attempt = 1;
+                let infos = loop {
+                    match self.list_once().await {
+                        Ok(Some(infos)) => break infos,
+                        Ok(None) if attempt < LIST_ATTEMPTS => attempt += 1,
+                        Ok(None) => {
+                            return Err(self.failed(
+                                "list",
+                                prefix,
+                                format!(
+                                    "the listing stalled {LIST_ATTEMPTS} times ({} s without an entry)",
+                                    LIST_IDLE.as_secs()
+                                ),
+                            ));
+                        }
+                        Err(e) => return Err(self.failed("list", prefix, e)),
+                    }
+                };
                 let mut names: Vec<String> = infos
                     .into_iter()
                     .filter(|i| !i.deleted && i.name.starts_with(&full))
@@ -225,16 +255,30 @@ impl Storage for NatsStorage {
             async {
                 match self.store.delete(full.as_str()).await {
                     Ok(()) => {}
-                    Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+                    // Nothing written, nothing to purge.
+                    Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => return Ok(()),
                     Err(e) => return Err(self.failed("delete", name, e)),
                 }
                 // A delete leaves a marker under the object's name, and a listing reads every
                 // marker: a host that retires checkpoints every second would make each
                 // listing (a restore's, `eddy checkpoints list`) longer by thousands an hour.
-                let marker = format!("$O.{}.M.{}", self.bucket, URL_SAFE.encode(&full));
+                // Only the marker goes: up to its sequence, and only while it is the last
+                // message under the name (a put of the name since stays whole).
+                let subject = format!("$O.{}.M.{}", self.bucket, URL_SAFE.encode(&full));
+                let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+                    Err(e) => return Err(self.failed("read the delete marker of", name, e)),
+                };
+                let marker = serde_json::from_slice::<serde_json::Value>(&last.payload)
+                    .is_ok_and(|info| info["deleted"] == true);
+                if !marker {
+                    return Ok(());
+                }
                 self.stream
                     .purge()
-                    .filter(marker)
+                    .filter(subject)
+                    .sequence(last.sequence + 1)
                     .await
                     .map(|_| ())
                     .map_err(|e| self.failed("purge the delete marker of", name, e))
