@@ -111,16 +111,24 @@ impl Remote {
                 .collect()
         };
         in_parallel(&stored, TRANSFERS, |f| -> Result<()> {
-            self.storage.put_file(&f.stored, &dir.join(&f.stored))?;
-            self.note_stored(&f.stored)
+            let put = self.storage.put_file(&f.stored, &dir.join(&f.stored));
+            // A put that failed may have been stored all the same (its answer lost): a
+            // checkpoint's own file is noted anyway, for retention to delete; a shared file is
+            // noted only once stored, or a later checkpoint would count on it.
+            if put.is_ok() || !f.stored.starts_with("shared/") {
+                self.note_stored(&f.stored)?;
+            }
+            Ok(put?)
         })?;
         Ok(stored.iter().map(|f| f.size).sum())
     }
 
     /// Stores checkpoint `id`'s manifest: from now on the checkpoint exists.
     pub(crate) fn put_manifest(&self, id: u64, json: &[u8]) -> Result<()> {
-        self.storage.put_bytes(&manifest_name(id), json)?;
+        let put = self.storage.put_bytes(&manifest_name(id), json);
+        // Noted even when the put failed, as its own files are: it may be stored all the same.
         self.note_stored(&manifest_name(id))?;
+        put?;
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
         *newest = Some(newest.unwrap_or(0).max(id));
         Ok(())
@@ -226,8 +234,9 @@ impl Remote {
                     Some(m) => m,
                     None => match self.manifest(*id) {
                         Ok(m) => m,
-                        // Deleted beside this host (`eddy checkpoints delete`): forget it and
-                        // choose again.
+                        // Deleted beside this host (`eddy checkpoints delete`), or never
+                        // stored (a failed put): forget it and choose again; its own files,
+                        // if any are left, go with the older checkpoints'.
                         Err(Error::Corrupt { .. }) if self.gone(&manifest_name(*id))? => {
                             gone = Some(*id);
                             break;
@@ -238,7 +247,9 @@ impl Remote {
                 used.extend(m.files.into_iter().map(|f| f.stored));
             }
             match gone {
-                Some(id) => known.retain(|n| !n.starts_with(&own_prefix(id))),
+                Some(id) => {
+                    known.remove(&manifest_name(id));
+                }
                 None => break (keep, used),
             }
         };

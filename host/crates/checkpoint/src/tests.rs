@@ -645,43 +645,59 @@ impl storage::Storage for Lagging {
     }
 }
 
+/// Retention judges by what the run knows the store holds: its first look, then its own
+/// writes. A first look that has not caught up (a replica behind) cannot make it delete what
+/// it stored itself, and what the look missed is left where it is.
 #[test]
-fn a_listing_without_the_newest_checkpoint_deletes_nothing() {
+fn a_first_look_behind_the_store_deletes_nothing_it_did_not_see() {
     let f = Fixture::new();
     let lagging = Arc::new(Lagging {
         inner: storage::DirStorage::new(&f.dir.path().join("store")),
         hidden: std::sync::Mutex::new(None),
         lists: Default::default(),
     });
-    let cps = f.checkpoints(1).with_storage(lagging.clone());
     let store = f.open(16);
-    write_counts(&store, 0, 100, b"1");
-    cps.complete(&cps.cut(&store, 1, cut(100)).expect("cut"))
-        .expect("complete");
-    cps.retain(None).expect("retain");
-    write_counts(&store, 0, 100, b"2");
-    let second = cps
-        .complete(&cps.cut(&store, 2, cut(200)).expect("cut"))
-        .expect("complete");
-    // The listing that retention reads has not caught up with checkpoint 2: judged by it,
-    // checkpoint 1 is the newest, and 2's new files are used by no kept checkpoint.
+    let earlier = f.checkpoints(2).with_storage(lagging.clone());
+    for id in 1..=2u32 {
+        write_counts(&store, 0, 100, id.to_string().as_bytes());
+        earlier
+            .complete(&earlier.cut(&store, id.into(), cut(id.into())).expect("cut"))
+            .expect("complete");
+    }
+    // The next run's first look misses checkpoint 2.
     *lagging.hidden.lock().expect("lock") = Some("chk-0000000002".into());
+    let cps = f.checkpoints(1).with_storage(lagging.clone());
+    write_counts(&store, 0, 100, b"3");
+    let third = cps
+        .complete(&cps.cut(&store, 3, cut(3)).expect("cut"))
+        .expect("complete");
     cps.retain(None).expect("retain");
     *lagging.hidden.lock().expect("lock") = None;
     use storage::Storage;
-    for file in &second.files {
+    for file in &third.files {
         assert!(
             lagging.inner.get_bytes(&file.stored).is_ok(),
             "{} of the newest checkpoint was deleted",
             file.stored
         );
     }
+    let stored = lagging.inner.list("chk-").expect("list");
+    assert!(
+        !stored.iter().any(|n| n.starts_with("chk-0000000001/")),
+        "checkpoint 1, seen and not kept, is deleted: {stored:?}"
+    );
+    assert!(
+        stored.iter().any(|n| n == "chk-0000000002/manifest.json"),
+        "checkpoint 2, not seen, is left: {stored:?}"
+    );
     drop(store);
     std::fs::remove_dir_all(f.db()).expect("wipe");
     std::fs::remove_dir_all(f.dir.path().join("checkpoints")).expect("wipe");
     let cps = f.checkpoints(1).with_storage(lagging);
     let restored = cps.restore_newest(&f.db()).expect("restore").expect("some");
-    assert_eq!(restored.id, 2);
+    assert_eq!(restored.id, 3);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k50"), Some(b"3".to_vec()));
 }
 
 /// A NATS object store's listing reads every object of the bucket, all partitions' (and the
@@ -767,6 +783,12 @@ fn a_checkpoint_deleted_beside_its_host_is_forgotten_by_retention() {
         .expect("retention forgets the deleted checkpoint");
     let kept: Vec<u64> = host.list().iter().map(|m| m.id).collect();
     assert_eq!(kept, vec![2, 3, 4]);
+    drop(store);
+    let (_, restored) = restore_on_a_wiped_host(&f, 4);
+    assert_eq!(restored.id, 4);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k5"), Some(b"4".to_vec()));
+    assert_eq!(read(&store, "k75"), Some(b"2".to_vec()));
 }
 
 /// A directory store that answers "not found" to the first reads, as a replica that has not
