@@ -208,7 +208,7 @@ impl TimeTravel {
 
     /// The retained checkpoint `as_of` names.
     fn choose(&self, as_of: AsOf) -> Result<Manifest, QueryError> {
-        let retained = self.checkpoints.list();
+        let retained = self.checkpoints.retained();
         let chosen = match as_of {
             AsOf::Checkpoint(id) => retained.iter().find(|m| m.id == id),
             AsOf::Time(t) => retained

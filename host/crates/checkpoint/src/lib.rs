@@ -562,6 +562,22 @@ impl Checkpoints {
         }
     }
 
+    /// Completed checkpoints, oldest first, as this run knows them: with a store, from its
+    /// view of the store once it has one (the checkpoints retention keeps, without a listing:
+    /// time-travel queries ask at every query), else as [`Checkpoints::list`].
+    pub fn retained(&self) -> Vec<Manifest> {
+        let Some(remote) = &self.remote else {
+            return self.list();
+        };
+        match remote.known_ids() {
+            Some(ids) => ids
+                .into_iter()
+                .filter_map(|id| self.load(id).ok().or_else(|| remote.manifest(id).ok()))
+                .collect(),
+            None => self.list(),
+        }
+    }
+
     /// Deletes checkpoint `id`: its manifest first, then its own files, from the store too
     /// when there is one. Its shared files stay: a running host may be uploading a checkpoint
     /// that uses them, or count on them being stored. The pipeline's host collects them at its

@@ -50,6 +50,13 @@ impl Remote {
         Ok(ids)
     }
 
+    /// Ids of the complete checkpoints in the store as this run knows them, ascending; `None`
+    /// before its first look.
+    pub(crate) fn known_ids(&self) -> Option<Vec<u64>> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.as_ref().map(|k| checkpoint_ids(k.iter()))
+    }
+
     /// The newest checkpoint id in the store (0: none, or the store cannot be listed; a cut
     /// then gets a local id, and completing it fails until the store answers).
     pub(crate) fn newest_id(&self) -> u64 {

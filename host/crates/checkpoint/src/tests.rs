@@ -723,6 +723,8 @@ fn checkpoints_list_the_store_once_per_run() {
             .expect("complete");
         cps.retain(None).expect("retain");
     }
+    let retained: Vec<u64> = cps.retained().iter().map(|m| m.id).collect();
+    assert_eq!(retained, vec![5, 6], "what time-travel queries choose from");
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(lagging.lists.load(Relaxed), 1, "one look at the store");
     let kept: Vec<u64> = cps.list().iter().map(|m| m.id).collect();
