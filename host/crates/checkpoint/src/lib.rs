@@ -549,12 +549,7 @@ impl Checkpoints {
     /// Completed checkpoints, oldest first (those in the store, when there is one).
     pub fn list(&self) -> Vec<Manifest> {
         match &self.remote {
-            Some(remote) => remote
-                .ids()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|id| self.load(id).ok().or_else(|| remote.manifest(id).ok()))
-                .collect(),
+            Some(remote) => self.manifests(remote, remote.ids().unwrap_or_default()),
             None => list_ids(&self.dir, true)
                 .into_iter()
                 .filter_map(|id| self.load(id).ok())
@@ -566,16 +561,18 @@ impl Checkpoints {
     /// view of the store once it has one (the checkpoints retention keeps, without a listing:
     /// time-travel queries ask at every query), else as [`Checkpoints::list`].
     pub fn retained(&self) -> Vec<Manifest> {
-        let Some(remote) = &self.remote else {
-            return self.list();
-        };
-        match remote.known_ids() {
-            Some(ids) => ids
-                .into_iter()
-                .filter_map(|id| self.load(id).ok().or_else(|| remote.manifest(id).ok()))
-                .collect(),
-            None => self.list(),
+        match self.remote.as_ref().map(|r| (r, r.known_ids())) {
+            Some((remote, Some(ids))) => self.manifests(remote, ids),
+            _ => self.list(),
         }
+    }
+
+    /// The manifests of checkpoints `ids` in the store, from the local cache where it has
+    /// them; those neither has are left out.
+    fn manifests(&self, remote: &remote::Remote, ids: Vec<u64>) -> Vec<Manifest> {
+        ids.into_iter()
+            .filter_map(|id| self.load(id).ok().or_else(|| remote.manifest(id).ok()))
+            .collect()
     }
 
     /// Deletes checkpoint `id`: its manifest first, then its own files, from the store too

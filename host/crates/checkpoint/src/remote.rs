@@ -231,7 +231,7 @@ impl Remote {
         let Some(known) = guard.as_mut() else {
             return Ok(());
         };
-        let (keep, used) = loop {
+        let (complete, keep, used) = loop {
             let ids = checkpoint_ids(known.iter());
             let keep = choose(&ids)?;
             let mut used = HashSet::new();
@@ -257,31 +257,22 @@ impl Remote {
                 Some(id) => {
                     known.remove(&manifest_name(id));
                 }
-                None => break (keep, used),
+                None => break (ids, keep, used),
             }
         };
-        // Checkpoints not kept, manifests first (a checkpoint without one never happened);
-        // then their own files, those of checkpoints that never completed (a host that died
-        // mid-upload) older than the newest kept one, and shared files no kept one uses.
-        let dropped: Vec<u64> = checkpoint_ids(known.iter())
-            .into_iter()
-            .filter(|id| !keep.contains(id))
-            .collect();
+        // Checkpoints not kept: complete ones, and those that never completed (a host that
+        // died mid-upload) older than the newest kept one; shared files no kept one uses.
+        // Manifests first: a checkpoint without one never happened.
         let newest = keep.iter().max().copied().unwrap_or(0);
-        let mut doomed: Vec<String> = dropped.iter().map(|id| manifest_name(*id)).collect();
-        doomed.extend(
-            known
-                .iter()
-                .filter(|name| match chk_id(name) {
-                    Some(id) => {
-                        !keep.contains(&id)
-                            && (dropped.contains(&id) || id < newest)
-                            && !name.ends_with("/manifest.json")
-                    }
-                    None => name.starts_with("shared/") && !used.contains(*name),
-                })
-                .cloned(),
-        );
+        let mut doomed: Vec<String> = known
+            .iter()
+            .filter(|name| match chk_id(name) {
+                Some(id) => !keep.contains(&id) && (id < newest || complete.contains(&id)),
+                None => name.starts_with("shared/") && !used.contains(*name),
+            })
+            .cloned()
+            .collect();
+        doomed.sort_by_key(|name| !name.ends_with("/manifest.json"));
         for name in doomed {
             self.storage.delete(&name)?;
             known.remove(&name);

@@ -613,6 +613,17 @@ struct Lagging {
     lists: std::sync::atomic::AtomicUsize,
 }
 
+impl Lagging {
+    /// A store in `dir`, hiding nothing yet.
+    fn new(dir: &std::path::Path) -> Arc<Lagging> {
+        Arc::new(Lagging {
+            inner: storage::DirStorage::new(dir),
+            hidden: std::sync::Mutex::new(None),
+            lists: Default::default(),
+        })
+    }
+}
+
 impl storage::Storage for Lagging {
     fn describe(&self) -> String {
         "a lagging store".into()
@@ -651,11 +662,7 @@ impl storage::Storage for Lagging {
 #[test]
 fn a_first_look_behind_the_store_deletes_nothing_it_did_not_see() {
     let f = Fixture::new();
-    let lagging = Arc::new(Lagging {
-        inner: storage::DirStorage::new(&f.dir.path().join("store")),
-        hidden: std::sync::Mutex::new(None),
-        lists: Default::default(),
-    });
+    let lagging = Lagging::new(&f.dir.path().join("store"));
     let store = f.open(16);
     let earlier = f.checkpoints(2).with_storage(lagging.clone());
     for id in 1..=2u32 {
@@ -707,11 +714,7 @@ fn a_first_look_behind_the_store_deletes_nothing_it_did_not_see() {
 #[test]
 fn checkpoints_list_the_store_once_per_run() {
     let f = Fixture::new();
-    let lagging = Arc::new(Lagging {
-        inner: storage::DirStorage::new(&f.dir.path().join("store")),
-        hidden: std::sync::Mutex::new(None),
-        lists: Default::default(),
-    });
+    let lagging = Lagging::new(&f.dir.path().join("store"));
     let cps = f.checkpoints(2).with_storage(lagging.clone());
     let store = f.open(16);
     for id in 1..=6u32 {
