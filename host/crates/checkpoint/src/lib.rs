@@ -329,7 +329,7 @@ impl Checkpoints {
             total += size;
             if name.ends_with(".sst") {
                 let sha = self.sst_sum(&path, &name, size)?;
-                let stored = format!("shared/{}-{name}", &sha[..16]);
+                let stored = shared_name(&sha, &name);
                 let target = self.dir.join(&stored);
                 if !target.exists() {
                     link_or_copy(&path, &target)?;
@@ -431,11 +431,30 @@ impl Checkpoints {
                 std::fs::remove_dir_all(&dir).doing(|| format!("remove {}", dir.display()))?;
             }
         }
-        self.collect_shared(keep.iter().copied());
+        let used = self.collect_shared(keep.iter().copied());
         if let Some(remote) = &self.remote {
             remote.retain(|ids| self.kept(ids), |id| self.load(id).ok())?;
         }
+        self.forget_retired(&used);
         Ok(())
+    }
+
+    /// Forgets the creation times of checkpoints that are gone and the checksums of SST files
+    /// no kept checkpoint uses (`used`): a host cutting a checkpoint a second cuts millions in
+    /// a few weeks, and both memos grew by every one of them.
+    fn forget_retired(&self, used: &HashSet<String>) {
+        let mut live: HashSet<u64> = list_ids(&self.dir, false).into_iter().collect();
+        if let Some(ids) = self.remote.as_ref().and_then(|r| r.known_ids()) {
+            live.extend(ids);
+        }
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| live.contains(id));
+        self.sums
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(name, _), sha| used.contains(&shared_name(sha, name)));
     }
 
     /// Which of the completed checkpoints `ids` retention keeps.
@@ -488,8 +507,8 @@ impl Checkpoints {
         }
     }
 
-    /// Deletes the shared files no checkpoint of `keep` uses.
-    fn collect_shared(&self, keep: impl Iterator<Item = u64>) {
+    /// Deletes the shared files no checkpoint of `keep` uses; returns the ones they use.
+    fn collect_shared(&self, keep: impl Iterator<Item = u64>) -> HashSet<String> {
         let mut used = HashSet::new();
         for id in keep {
             if let Ok(m) = self.load(id) {
@@ -504,6 +523,7 @@ impl Checkpoints {
                 }
             }
         }
+        used
     }
 
     /// The staged directory of checkpoint `id`, if still there.
@@ -609,6 +629,11 @@ impl Checkpoints {
 
 /// Ids of the `chk-<id>` directories in `dir`, ascending; with `complete`, only those with a
 /// manifest.
+/// Where an SST file with checksum `sha` (hex) is stored: content-addressed, under `shared/`.
+fn shared_name(sha: &str, name: &str) -> String {
+    format!("shared/{}-{name}", &sha[..16])
+}
+
 fn list_ids(dir: &Path, complete: bool) -> Vec<u64> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();

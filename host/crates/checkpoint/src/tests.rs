@@ -1090,3 +1090,60 @@ fn a_state_registered_or_a_compaction_after_a_frozen_cut_stays_out_of_its_checkp
     assert_eq!(read(&store, "k50"), Some(b"1".to_vec()));
     assert_eq!(read(&store, "k150"), None);
 }
+
+/// A host cutting a checkpoint a second for weeks: each checkpoint's own files (RocksDB's
+/// MANIFEST among them, copied and stored anew every time) and what the run remembers per
+/// checkpoint must stay the same size, not grow with every checkpoint before.
+#[test]
+fn checkpoints_cost_the_same_however_long_the_host_has_run() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(2);
+    let store = f.open(16);
+    let mut own_bytes = Vec::new();
+    for i in 0..450u32 {
+        write_counts(&store, i % 100, i % 100 + 4, format!("v{i}").as_bytes());
+        let staged = cps
+            .cut(&store, u64::from(i) + 1, cut(u64::from(i)))
+            .expect("cut");
+        let m = cps.complete(&staged).expect("complete");
+        cps.retire_staged(staged);
+        cps.retain(None).expect("retain");
+        let own: u64 = m
+            .files
+            .iter()
+            .filter(|f| !f.name.ends_with(".sst"))
+            .map(|f| f.size)
+            .sum();
+        own_bytes.push(own);
+    }
+    // RocksDB appends ~325 bytes to its MANIFEST a checkpoint (the flush, compactions): by
+    // the 450th, 143 KB more than the first without a limit on its size. With one, a
+    // checkpoint's own files stay within the limit (and an edit) of the first's.
+    let (first, largest) = (own_bytes[0], own_bytes.iter().max().copied().unwrap_or(0));
+    assert!(
+        largest < first + eddy_state::MAX_MANIFEST_BYTES as u64 + 4096,
+        "a checkpoint's own files reached {largest} bytes (the first's: {first})"
+    );
+    let kept_files: HashSet<String> = cps
+        .list_local()
+        .into_iter()
+        .flat_map(|m| m.files.into_iter().map(|f| f.stored))
+        .collect();
+    let sums = cps.sums.lock().expect("sums").len();
+    assert!(
+        sums <= kept_files.len(),
+        "{sums} checksums remembered for {} files kept",
+        kept_files.len()
+    );
+    let created = cps.created.lock().expect("created").len();
+    assert!(
+        created <= 3,
+        "creation times of {created} checkpoints remembered"
+    );
+    assert_eq!(cps.list_local().len(), 2);
+    drop(store);
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("one");
+    assert_eq!(restored.id, 450);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k49"), Some(b"v449".to_vec()));
+}

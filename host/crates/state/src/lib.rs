@@ -212,6 +212,9 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
 }
 
+/// Size past which RocksDB rolls its MANIFEST over to a new one (see [`StateStore::open_with`]).
+pub const MAX_MANIFEST_BYTES: usize = 64 << 10;
+
 /// The block cache unless configured: 64 MiB.
 pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
 
@@ -254,6 +257,11 @@ impl StateStore {
         // Column families are flushed together, so a checkpoint's keyed state, broadcast
         // state and positions are always from the same moment.
         opts.set_atomic_flush(true);
+        // Every checkpoint copies the MANIFEST (its own file, stored and uploaded anew), and
+        // each flush and compaction appends to it: RocksDB's default limit (1 GiB) let it grow
+        // by ~325 bytes a checkpoint, so checkpoints cost more the longer a host ran. Past
+        // this size RocksDB starts a new one holding only the live files.
+        opts.set_max_manifest_file_size(MAX_MANIFEST_BYTES);
         let mut keyed = Options::default();
         let mut table = keyed_table_layout();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));
