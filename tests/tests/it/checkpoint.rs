@@ -224,6 +224,30 @@ async fn a_savepoint_restores_elsewhere_with_other_key_groups() {
     wait_for_len(&conn.js, "OUT", 5_000, Duration::from_secs(60)).await;
     let customers: Vec<String> = reference_stats(&txs).into_keys().collect();
     let before = queried_stats(&conn, "fraud", customers.iter().cloned()).await;
+    // A savepoint that cannot be written (its directory would be inside a file) fails with the
+    // cause, and leaves no copy of the state behind.
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, b"a file").expect("file");
+    let answers = eddy_host::control::request(
+        &conn,
+        "fraud",
+        "savepoint",
+        serde_json::json!({"name": "failed", "dir": blocked}),
+        Duration::from_secs(60),
+        |_| {},
+    )
+    .await
+    .expect("a host answers");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(
+        answers[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not-a-dir")),
+        "{answers:?}"
+    );
+    let staging = spec.state_dir.join("savepoint-staging").join("failed");
+    assert!(!staging.exists(), "{} was left", staging.display());
+
     let sp_dir = dir.path().join("sp");
     let answers = eddy_host::control::request(
         &conn,

@@ -422,6 +422,16 @@ impl Checkpoints {
                 let _ = std::fs::remove_dir_all(self.staging.join(format!("chk-{id:010}")));
             }
         }
+        // RocksDB builds a cut in `chk-<id>.tmp` and renames it: one left by a crash mid-cut
+        // is never reused (ids only grow).
+        if let Ok(read) = std::fs::read_dir(&self.staging) {
+            for entry in read.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("chk-") && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let complete = list_ids(&self.dir, true);
         let keep = self.kept(&complete)?;
         let newest = complete.last().copied().unwrap_or(0);

@@ -124,8 +124,18 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Writes the database of checkpoint `m` into `db_dir` (replacing what is there).
+    /// Writes the database of checkpoint `m` into `db_dir` (replacing what is there). On
+    /// failure (a file gone from the cache) `db_dir` is removed: a partial database is of no
+    /// use, and its links would keep deleted files on disk.
     pub fn materialize(&self, m: &Manifest, db_dir: &Path) -> Result<()> {
+        let written = self.write_db(m, db_dir);
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(db_dir);
+        }
+        written
+    }
+
+    fn write_db(&self, m: &Manifest, db_dir: &Path) -> Result<()> {
         if db_dir.exists() {
             std::fs::remove_dir_all(db_dir).doing(|| format!("clear {}", db_dir.display()))?;
         }

@@ -161,7 +161,12 @@ pub fn write(
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the savepoint directory {}; choose a directory this host can write",
+            dir.display()
+        )
+    })?;
     let states = store.states();
     let index: std::collections::HashMap<u32, usize> =
         states.iter().enumerate().map(|(i, s)| (s.id, i)).collect();

@@ -215,6 +215,12 @@ pub struct StoreOptions {
 /// Size past which RocksDB rolls its MANIFEST over to a new one (see [`StateStore::open_with`]).
 pub const MAX_MANIFEST_BYTES: usize = 64 << 10;
 
+/// Size of one of RocksDB's info logs (`LOG`, then `LOG.old.<time>`) before it rolls over.
+pub const INFO_LOG_BYTES: usize = 1 << 20;
+
+/// How many of RocksDB's info logs a database keeps, the current one included.
+pub const INFO_LOGS_KEPT: usize = 3;
+
 /// The block cache unless configured: 64 MiB.
 pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
 
@@ -262,6 +268,11 @@ impl StateStore {
         // by ~325 bytes a checkpoint, so checkpoints cost more the longer a host ran. Past
         // this size RocksDB starts a new one holding only the live files.
         opts.set_max_manifest_file_size(MAX_MANIFEST_BYTES);
+        // RocksDB's info log (`LOG` here) gains ~14 KB at every cut (the flush, the
+        // checkpoint's links, compactions) and is never rolled by default: gigabytes a day on
+        // a host cutting a checkpoint a second per partition. The newest few MB are kept.
+        opts.set_max_log_file_size(INFO_LOG_BYTES);
+        opts.set_keep_log_file_num(INFO_LOGS_KEPT);
         let mut keyed = Options::default();
         let mut table = keyed_table_layout();
         table.set_block_cache(&Cache::new_lru_cache(options.block_cache_bytes));

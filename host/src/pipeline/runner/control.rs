@@ -149,6 +149,7 @@ impl Runner {
         })
         .await?;
         if let Err(e) = snap {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
             let _ = reply.send(Err(format!("cannot cut the savepoint: {e:#}")));
             return Ok(());
         }
@@ -158,7 +159,7 @@ impl Runner {
         tokio::spawn(async move {
             let written = async {
                 transport::publisher::wait_for(acked, job).await?;
-                let target = target.clone();
+                let (target, tmp) = (target.clone(), tmp.clone());
                 tokio::task::spawn_blocking(move || {
                     let db = StateStore::open_read_only(&tmp, clock)?;
                     let meta = savepoint::write(&db, &cut, &pipeline, &target, |p| {
@@ -171,12 +172,14 @@ impl Runner {
                         }
                     });
                     drop(db);
-                    let _ = std::fs::remove_dir_all(&tmp);
                     meta
                 })
                 .await?
             }
             .await;
+            // The cut's copy goes whether or not the savepoint was written: a failed one would
+            // keep a hard-linked copy of the whole state on disk.
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
             let answer = written
                 .map(|meta| SavepointSummary {
                     savepoint: target.display().to_string(),
