@@ -87,13 +87,16 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Bytes checkpoints sent to the store beyond the host.
     pub checkpoint_upload_bytes: AtomicU64,
-    state: std::sync::RwLock<Option<Arc<crate::state::StateStats>>>,
+    /// The state stores' counters: one per partition run in cluster mode, and a promoted
+    /// shadow's.
+    state: std::sync::Mutex<Attached<crate::state::StateStats>>,
     /// Messages a shadow version's outputs were compared on, by subject and verdict
     /// (`same`, `different`, `only-live`, `only-shadow`).
     shadow_messages: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
     /// Events a shadow version handled beside the live one.
     pub shadow_events: AtomicU64,
-    lookups: std::sync::OnceLock<Arc<dyn LookupCounters>>,
+    /// The lookup stores' counters, one set per run.
+    lookups: std::sync::Mutex<Attached<dyn LookupCounters>>,
     /// The pending counts of the keyed inputs running now (one per partition in cluster
     /// mode; `u64::MAX` until an input read its first batch), summed as `eddy_input_pending`.
     input_pending: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
@@ -105,6 +108,100 @@ pub trait LookupCounters: Send + Sync + std::fmt::Debug {
     /// Calls `f(store, result, count)` for every store and result (`hit`, `miss`, `error`,
     /// `failure`, `load`).
     fn each(&self, f: &mut dyn FnMut(&str, &str, u64));
+}
+
+/// Counters of parts that come and go while the host runs (a partition run in cluster mode,
+/// a promoted shadow's store), shown as sums. A part only this still holds has ended: its
+/// counts join those of the parts ended before, so a sum never goes back when a partition
+/// moves away, and an ended part is not kept.
+struct Attached<T: ?Sized + Counted> {
+    live: Vec<Arc<T>>,
+    /// What ended parts counted; `None` until one ends.
+    ended: Option<T::Totals>,
+}
+
+/// Counters that add up: into a total, and totals into each other.
+trait Counted {
+    type Totals: Default;
+    fn add_to(&self, totals: &mut Self::Totals);
+    fn merge(from: &Self::Totals, into: &mut Self::Totals);
+}
+
+impl Counted for crate::state::StateStats {
+    type Totals = crate::state::StateStats;
+    fn add_to(&self, totals: &mut Self::Totals) {
+        self.add_into(totals);
+    }
+    fn merge(from: &Self::Totals, into: &mut Self::Totals) {
+        from.add_into(into);
+    }
+}
+
+type LookupTotals = std::collections::BTreeMap<(String, String), u64>;
+
+impl Counted for dyn LookupCounters {
+    type Totals = LookupTotals;
+    fn add_to(&self, totals: &mut LookupTotals) {
+        self.each(&mut |store, result, count| {
+            *totals
+                .entry((store.to_string(), result.to_string()))
+                .or_default() += count;
+        });
+    }
+    fn merge(from: &LookupTotals, into: &mut LookupTotals) {
+        for (k, v) in from {
+            *into.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+impl<T: ?Sized + Counted> Attached<T> {
+    fn new() -> Attached<T> {
+        Attached {
+            live: Vec::new(),
+            ended: None,
+        }
+    }
+
+    fn attach(&mut self, part: Arc<T>) {
+        self.settle();
+        if !self.live.iter().any(|p| Arc::ptr_eq(p, &part)) {
+            self.live.push(part);
+        }
+    }
+
+    /// Folds the parts that ended into `ended`.
+    fn settle(&mut self) {
+        let (ended, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.live)
+            .into_iter()
+            .partition(|p| Arc::strong_count(p) == 1);
+        self.live = live;
+        for part in ended {
+            part.add_to(self.ended.get_or_insert_with(T::Totals::default));
+        }
+    }
+
+    /// The sums over every part attached so far; `None` if none ever was.
+    fn totals(&mut self) -> Option<T::Totals> {
+        self.settle();
+        if self.live.is_empty() && self.ended.is_none() {
+            return None;
+        }
+        let mut totals = T::Totals::default();
+        if let Some(ended) = &self.ended {
+            T::merge(ended, &mut totals);
+        }
+        for part in &self.live {
+            part.add_to(&mut totals);
+        }
+        Some(totals)
+    }
+}
+
+impl<T: ?Sized + Counted> std::fmt::Debug for Attached<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Attached({} live)", self.live.len())
+    }
 }
 
 /// Why an event was dead-lettered.
@@ -205,10 +302,10 @@ impl Metrics {
             rollbacks: AtomicU64::new(0),
             reload_rejections: AtomicU64::new(0),
             swap_pause_seconds: Histogram::new(LATENCY_BOUNDS),
-            state: std::sync::RwLock::new(None),
+            state: std::sync::Mutex::new(Attached::new()),
             shadow_messages: std::sync::Mutex::default(),
             shadow_events: AtomicU64::new(0),
-            lookups: std::sync::OnceLock::new(),
+            lookups: std::sync::Mutex::new(Attached::new()),
             input_pending: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -232,25 +329,13 @@ impl Metrics {
         (!known.is_empty()).then(|| known.iter().sum())
     }
 
-    /// Includes the state store's counters in the exposition.
+    /// Includes a state store's counters in the exposition's sums (a run's, or a promoted
+    /// shadow's), until the store goes and beyond (see [`Attached`]).
     pub fn attach_state(&self, stats: Arc<crate::state::StateStats>) {
         self.state
-            .write()
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(stats);
-    }
-
-    /// Reports the state of `new` instead of `old` (a promoted shadow's), if `old` is the one
-    /// reported.
-    pub fn swap_state(
-        &self,
-        old: &Arc<crate::state::StateStats>,
-        new: Arc<crate::state::StateStats>,
-    ) {
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if state.as_ref().is_some_and(|s| Arc::ptr_eq(s, old)) {
-            *state = Some(new);
-        }
+            .attach(stats);
     }
 
     /// Counts one message a shadow's outputs were compared on.
@@ -262,9 +347,13 @@ impl Metrics {
         *all.entry((subject.to_string(), verdict)).or_default() += 1;
     }
 
-    /// Includes the lookup stores' counters in the exposition.
+    /// Includes a run's lookup stores' counters in the exposition's sums, until the run ends
+    /// and beyond (see [`Attached`]).
     pub fn attach_lookups(&self, lookups: Arc<dyn LookupCounters>) {
-        let _ = self.lookups.set(lookups);
+        self.lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach(lookups);
     }
 
     /// Counts one dead letter.
@@ -485,8 +574,13 @@ impl Metrics {
 
     /// The state's counters (expiry, quotas, hot values), once a state is attached.
     fn render_state(&self, out: &mut String, l: &str) {
-        let state = self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .totals();
         if let Some(stats) = state {
+            let stats = &stats;
             split_counter(
                 out,
                 "eddy_state_expired_removed_total",
@@ -539,18 +633,23 @@ impl Metrics {
 
     /// Lookup answers by store and result, if the pipeline has lookups.
     fn render_lookups(&self, out: &mut String, l: &str) {
-        if let Some(lookups) = self.lookups.get() {
+        let totals = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .totals();
+        if let Some(totals) = totals {
             let name = "eddy_lookups_total";
             let _ = writeln!(
                 out,
                 "# HELP {name} Lookup answers by store and result.\n# TYPE {name} counter"
             );
-            lookups.each(&mut |store, result, count| {
+            for ((store, result), count) in totals {
                 let _ = writeln!(
                     out,
                     "{name}{{{l},store=\"{store}\",result=\"{result}\"}} {count}"
                 );
-            });
+            }
         }
     }
 
@@ -613,5 +712,88 @@ fn split_counter(
             "{name}{{{labels},{label}=\"{value}\"}} {}",
             c.load(Ordering::Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateStats;
+
+    /// A run's lookup stores, as far as the metrics see them: answers by store and result.
+    #[derive(Debug, Default)]
+    struct Answers(std::sync::Mutex<LookupTotals>);
+
+    impl LookupCounters for Answers {
+        fn each(&self, f: &mut dyn FnMut(&str, &str, u64)) {
+            for ((store, result), count) in self.0.lock().expect("answers").iter() {
+                f(store, result, *count);
+            }
+        }
+    }
+
+    impl Answers {
+        fn add(&self, result: &str, n: u64) {
+            *self
+                .0
+                .lock()
+                .expect("answers")
+                .entry(("users".into(), result.into()))
+                .or_default() += n;
+        }
+    }
+
+    fn line(m: &Metrics, prefix: &str) -> String {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A cluster host runs a partition per run, each with its own state store and lookup
+    /// stores: the exposition sums all of them, and a sum keeps what a run counted after the
+    /// run ends (its partition moved away), so counters never go back.
+    #[test]
+    fn sums_cover_every_run_and_keep_what_ended_runs_counted() {
+        let m = Metrics::new("p");
+        assert!(!m.render().contains("eddy_lookups_total"), "no lookups yet");
+        let (a, b) = (
+            Arc::new(StateStats::default()),
+            Arc::new(StateStats::default()),
+        );
+        m.attach_state(a.clone());
+        m.attach_state(b.clone());
+        m.attach_state(b.clone());
+        a.hot_hits.fetch_add(3, Ordering::Relaxed);
+        b.hot_hits.fetch_add(4, Ordering::Relaxed);
+        let hits = "eddy_state_hot_reads_total{pipeline=\"p\",result=\"hit\"}";
+        assert_eq!(line(&m, hits), format!("{hits} 7"));
+        drop(a);
+        b.hot_hits.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(line(&m, hits), format!("{hits} 8"));
+        let c = Arc::new(StateStats::default());
+        m.attach_state(c.clone());
+        c.hot_hits.fetch_add(2, Ordering::Relaxed);
+        assert_eq!(line(&m, hits), format!("{hits} 10"));
+        assert_eq!(
+            m.state.lock().expect("state").live.len(),
+            2,
+            "a is not kept"
+        );
+
+        let (x, y) = (Arc::new(Answers::default()), Arc::new(Answers::default()));
+        m.attach_lookups(x.clone());
+        m.attach_lookups(y.clone());
+        x.add("hit", 5);
+        y.add("hit", 6);
+        y.add("miss", 1);
+        let lookup_hits = "eddy_lookups_total{pipeline=\"p\",store=\"users\",result=\"hit\"}";
+        assert_eq!(line(&m, lookup_hits), format!("{lookup_hits} 11"));
+        drop(y);
+        x.add("hit", 1);
+        assert_eq!(line(&m, lookup_hits), format!("{lookup_hits} 12"));
+        let misses = "eddy_lookups_total{pipeline=\"p\",store=\"users\",result=\"miss\"}";
+        assert_eq!(line(&m, misses), format!("{misses} 1"));
     }
 }

@@ -194,6 +194,25 @@ pub struct StateStats {
     pub batched_writes: AtomicU64,
 }
 
+impl StateStats {
+    /// Adds these counts to `total` (a host's sums over several stores).
+    pub fn add_into(&self, total: &StateStats) {
+        for (from, to) in [
+            (&self.expired_on_read, &total.expired_on_read),
+            (&self.expired_in_compaction, &total.expired_in_compaction),
+            (&self.hot_hits, &total.hot_hits),
+            (&self.hot_misses, &total.hot_misses),
+            (&self.deferred_writes, &total.deferred_writes),
+            (&self.settled_writes, &total.settled_writes),
+            (&self.quota_rejected, &total.quota_rejected),
+            (&self.quota_evicted, &total.quota_evicted),
+            (&self.batched_writes, &total.batched_writes),
+        ] {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
 /// Open-time tuning of the store.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
