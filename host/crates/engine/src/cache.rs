@@ -6,6 +6,11 @@
 //! recompiled and replaced. Within a process, one caller compiles an entry while the others
 //! asking for it wait and then load it (a cluster host starting many partitions at once
 //! compiles its plugin once, not once per partition).
+//!
+//! Bounded: every plugin version compiled adds an entry of a few to tens of MB (a reload, a
+//! save in file-watch mode, a shadow), so after each compile the least recently used entries
+//! go once the cache passes [`MAX_BYTES`] (a load marks an entry used), and the function cache
+//! beside it is trimmed the same way.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -33,7 +38,10 @@ pub(crate) fn load_or_compile(
         // refuses a mismatched build.
         #[allow(unsafe_code)]
         match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(c) => return Ok((c, true)),
+            Ok(c) => {
+                mark_used(&path);
+                return Ok((c, true));
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "recompiling: cached component unusable: {e:#}")
             }
@@ -43,7 +51,32 @@ pub(crate) fn load_or_compile(
     if let Err(e) = store(&component, &path) {
         tracing::warn!(path = %path.display(), "could not cache the compiled component: {e:#}");
     }
+    bound(dir);
     Ok((component, false))
+}
+
+/// Past this size the least recently used compiled components go, until half is left.
+const MAX_BYTES: u64 = 1 << 30;
+
+/// Keeps the cache in `dir` and its function cache within their bounds.
+fn bound(dir: &Path) {
+    bound_compiled(dir, MAX_BYTES, MAX_BYTES / 2);
+    let functions = crate::function_cache::MAX_BYTES;
+    crate::function_cache::trim(&dir.join("functions"), functions, functions / 2);
+}
+
+/// Removes the least recently used compiled components of `dir` while they hold more than
+/// `max` bytes, until `keep` bytes are left.
+fn bound_compiled(dir: &Path, max: u64, keep: u64) {
+    let entries = crate::function_cache::files_in(dir, |name| name.ends_with(".cwasm"));
+    crate::function_cache::remove_oldest(entries, max, keep);
+}
+
+/// Marks a cache entry as just used (its modification time), so trimming keeps it.
+fn mark_used(path: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 /// The lock of one cache entry in this process.
@@ -72,4 +105,39 @@ fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reloads add an entry per version: past the bound the least recently used go, an old
+    /// entry loaded just now stays, and nothing but compiled components is touched.
+    #[test]
+    fn the_least_recently_used_compiled_components_go_past_the_bound() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let entry = |i: u32| dir.join(format!("{i:064x}-0000000000000000.cwasm"));
+        for i in 0..6 {
+            std::fs::write(entry(i), vec![0u8; 1000]).expect("entry");
+            if i < 4 {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(entry(i))
+                    .expect("entry");
+                f.set_modified(old + std::time::Duration::from_secs(u64::from(i)))
+                    .expect("mtime");
+            }
+        }
+        std::fs::write(dir.join("notes.txt"), vec![0u8; 5000]).expect("other file");
+        mark_used(&entry(0));
+        bound_compiled(dir, 5_500, 3_000);
+        let kept: Vec<bool> = (0..6).map(|i| entry(i).exists()).collect();
+        assert_eq!(kept, [true, false, false, false, true, true]);
+        assert!(dir.join("notes.txt").exists());
+        // Under the bound nothing goes.
+        bound_compiled(dir, 5_500, 0);
+        assert!(entry(0).exists() && entry(4).exists() && entry(5).exists());
+    }
 }

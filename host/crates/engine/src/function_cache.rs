@@ -6,8 +6,9 @@
 //! Cranelift names each entry by a hash of the function's content and the compilation
 //! settings, so an entry only ever holds the code of that content; an entry that fails to load
 //! is compiled again. Entries are written to a temporary file and renamed, as in
-//! [`crate::cache`]. The directory is bounded: when a process first opens it past
-//! [`MAX_BYTES`], the least recently written entries go until half of that is left.
+//! [`crate::cache`]. The directory is bounded: when a process first opens it, and after each
+//! compile, past [`MAX_BYTES`] the least recently written entries go until half of that is
+//! left.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Past this size the oldest entries are removed (a Python plugin's functions take ~35 MB).
-const MAX_BYTES: u64 = 512 << 20;
+pub(crate) const MAX_BYTES: u64 = 512 << 20;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -75,28 +76,46 @@ impl wasmtime::CacheStore for FunctionCache {
 
 /// Removes the least recently written entries of `dir` while it holds more than `max`
 /// bytes, until `keep` bytes are left.
-fn trim(dir: &Path, max: u64, keep: u64) {
-    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+pub(crate) fn trim(dir: &Path, max: u64, keep: u64) {
+    let mut entries = Vec::new();
     for shard in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for entry in std::fs::read_dir(shard.path())
-            .into_iter()
-            .flatten()
-            .flatten()
+        entries.extend(files_in(&shard.path(), |_| true));
+    }
+    remove_oldest(entries, max, keep);
+}
+
+/// The files of `dir` that `wanted` accepts by name: when each was last written, its size and
+/// path.
+pub(crate) fn files_in(
+    dir: &Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<(std::time::SystemTime, u64, PathBuf)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(meta) = entry.metadata()
+            && meta.is_file()
+            && wanted(&entry.file_name().to_string_lossy())
         {
-            if let Ok(meta) = entry.metadata()
-                && meta.is_file()
-            {
-                let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
-                entries.push((written, meta.len(), entry.path()));
-            }
+            let written = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            files.push((written, meta.len(), entry.path()));
         }
     }
-    let mut total: u64 = entries.iter().map(|e| e.1).sum();
+    files
+}
+
+/// Removes the least recently written of `files` while they hold more than `max` bytes,
+/// until `keep` bytes are left.
+pub(crate) fn remove_oldest(
+    mut files: Vec<(std::time::SystemTime, u64, PathBuf)>,
+    max: u64,
+    keep: u64,
+) {
+    let mut total: u64 = files.iter().map(|e| e.1).sum();
     if total <= max {
         return;
     }
-    entries.sort_by_key(|e| e.0);
-    for (_, len, path) in entries {
+    files.sort_by_key(|e| e.0);
+    for (_, len, path) in files {
         if total <= keep {
             break;
         }
