@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! <checkpoint dir>/
-//!   shared/<sha256:16>-<name>.sst   SST files, shared by every checkpoint that contains them
-//!   chk-<id>/files/<name>           the small per-checkpoint files (MANIFEST-*, CURRENT, OPTIONS-*)
+//!   shared/<sha256:16>-<name>       SST, OPTIONS-* and CURRENT files, by content, shared by
+//!                                   every checkpoint that contains them
+//!   chk-<id>/files/MANIFEST-*       the checkpoint's own copy of RocksDB's MANIFEST
 //!   chk-<id>/manifest.json          written last: a checkpoint without it never happened
 //! ```
 //!
@@ -15,8 +16,8 @@
 //! the pipeline waits: the input positions are written into the state and the state is frozen
 //! at that cut (`eddy-state`'s `cut` module): under a millisecond. [`FrozenCut::stage`] runs
 //! in the background while writes go on: RocksDB's checkpoint of the cut (SST files
-//! hard-linked). [`complete`] follows it: the SST files not stored yet are linked (or copied)
-//! into `shared/`, every file is checksummed, and the manifest is written last, atomically.
+//! hard-linked). [`complete`] follows it: the SST files (and the rarely changing OPTIONS and
+//! CURRENT) not stored yet are linked (or copied) into `shared/`, every file is checksummed, and the manifest is written last, atomically.
 //! Only then is the input acknowledged up to the cut. So an incomplete checkpoint is never
 //! used, and each checkpoint stores only the SST files that are new since the previous one.
 //! [`Checkpoints::cut`] is the first two at once.
@@ -184,7 +185,8 @@ pub struct Checkpoints {
     /// Creation times of checkpoints, by id, as read from their manifests (for retention by
     /// age: a manifest never changes).
     created: Mutex<HashMap<u64, u64>>,
-    /// SHA-256 of SST files already hashed, by name and size: SST files never change.
+    /// SHA-256 of SST and OPTIONS files already hashed, by name and size: RocksDB never changes
+    /// one once written.
     sums: Mutex<HashMap<(String, u64), String>>,
     /// The store beyond this host, if any: then `dir` is a cache of it, and a checkpoint is
     /// complete only once its manifest is stored there.
@@ -300,8 +302,8 @@ impl Checkpoints {
         })
     }
 
-    /// Stores a staged cut: new SST files into `shared/`, the rest into `chk-<id>/files`, every
-    /// file checksummed, the manifest last. Returns the manifest; the staged directory is left
+    /// Stores a staged cut: the files [`shared_by_content`] names into `shared/` when new, the
+    /// rest into `chk-<id>/files`, every file checksummed, the manifest last. Returns the manifest; the staged directory is left
     /// for the caller (queries read it), see [`Checkpoints::retire_staged`].
     pub fn complete(&self, staged: &Staged) -> Result<Manifest> {
         let shared = self.dir.join("shared");
@@ -327,8 +329,12 @@ impl Checkpoints {
                 .doing(|| format!("stat {}", path.display()))?
                 .len();
             total += size;
-            if name.ends_with(".sst") {
-                let sha = self.sst_sum(&path, &name, size)?;
+            if let Some(unchanging) = shared_by_content(&name) {
+                let sha = if unchanging {
+                    self.remembered_sum(&path, &name, size)?
+                } else {
+                    sha256_file(&path)?
+                };
                 let stored = shared_name(&sha, &name);
                 let target = self.dir.join(&stored);
                 if !target.exists() {
@@ -393,7 +399,8 @@ impl Checkpoints {
         self.sums.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn sst_sum(&self, path: &Path, name: &str, size: u64) -> Result<String> {
+    /// The SHA-256 of a file RocksDB never changes, remembered by name and size.
+    fn remembered_sum(&self, path: &Path, name: &str, size: u64) -> Result<String> {
         let key = (name.to_string(), size);
         if let Some(sum) = self
             .sums
@@ -639,7 +646,28 @@ impl Checkpoints {
 
 /// Ids of the `chk-<id>` directories in `dir`, ascending; with `complete`, only those with a
 /// manifest.
-/// Where an SST file with checksum `sha` (hex) is stored: content-addressed, under `shared/`.
+/// Whether a file of a cut is stored by its content under `shared/`, once for all the
+/// checkpoints that have it, and if so whether RocksDB never changes it (so its checksum can
+/// be remembered by name and size):
+/// - SST and OPTIONS files: yes and yes (new options are written to a new OPTIONS file);
+/// - CURRENT, the 16 bytes naming the MANIFEST: the same until RocksDB starts a new MANIFEST,
+///   so shared, but checksummed every time (its name and size stay when that happens);
+/// - the MANIFEST, a copy of an append-only log that differs at every checkpoint, and anything
+///   else: `None`, the checkpoint's own.
+///
+/// Each checkpoint stored its OPTIONS (26 KB) and CURRENT as its own before: two more puts
+/// to the store per checkpoint, for files that change about never.
+fn shared_by_content(name: &str) -> Option<bool> {
+    if name.ends_with(".sst") || name.starts_with("OPTIONS-") {
+        Some(true)
+    } else if name == "CURRENT" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Where a file named `name` with checksum `sha` (hex) is stored: by content, under `shared/`.
 fn shared_name(sha: &str, name: &str) -> String {
     format!("shared/{}-{name}", &sha[..16])
 }
