@@ -135,6 +135,14 @@ impl Sightings {
             .filter(|(_, since)| since.elapsed() >= at_least)
             .map(|(r, _)| *r)
     }
+
+    /// Forgets the keys starting with `prefix` that are not `present`: a host that left (its
+    /// heartbeat gone from the bucket), so that a cluster whose hosts restart for months does
+    /// not keep a sighting of every process it ever saw.
+    fn keep_only(&self, prefix: &str, present: &BTreeSet<String>) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|k, _| !k.starts_with(prefix) || present.contains(k));
+    }
 }
 
 /// The coordination buckets of one pipeline.
@@ -221,9 +229,10 @@ impl Coordination {
     /// The live hosts: those whose heartbeat changed within a lease, as seen from here (a
     /// host first seen now counts as live until it has been silent for a lease).
     pub(crate) async fn hosts(&self) -> anyhow::Result<BTreeSet<String>> {
-        Ok(self
-            .heartbeats()
-            .await?
+        let beats = self.heartbeats().await?;
+        let listed = beats.iter().map(|(k, _, _)| format!("h.{k}")).collect();
+        self.seen.keep_only("h.", &listed);
+        Ok(beats
             .into_iter()
             .filter(|(k, revision, _)| {
                 *k == self.me || self.seen.unchanged_for(&format!("h.{k}"), *revision) < self.lease
@@ -539,6 +548,27 @@ impl Coordination {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn sightings_of_hosts_that_left_are_forgotten() {
+        let seen = Sightings::default();
+        for key in ["h.a-1-0", "h.b-2-0", "l.p3"] {
+            assert_eq!(seen.unchanged_for(key, 7), Duration::ZERO);
+        }
+        seen.keep_only("h.", &BTreeSet::from(["h.a-1-0".to_string()]));
+        let keys: BTreeSet<String> = seen.0.lock().expect("seen").keys().cloned().collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["h.a-1-0".to_string(), "l.p3".to_string()])
+        );
+        assert_eq!(
+            seen.stale("h.a-1-0", Duration::ZERO),
+            Some(7),
+            "still known"
+        );
+    }
+
     #[test]
     fn bucket_names_are_valid_kv_names() {
         assert_eq!(super::bucket_name("fraud", "leases"), "eddy-fraud-leases");
