@@ -24,6 +24,13 @@ const PAUSE_BOUNDS: &[f64] = &[
 const BATCH_BOUNDS: &[f64] = &[1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10000.0];
 const RESTORE_BOUNDS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
+/// How many `eddy_shadow_messages_total` series a host keeps before it counts new subjects
+/// together.
+const SHADOW_SERIES: usize = 1000;
+
+/// The subject label of the shadow comparisons counted together past `SHADOW_SERIES`.
+const OTHER_SUBJECTS: &str = "(other)";
+
 /// The metrics of one pipeline.
 #[derive(Debug)]
 pub struct Metrics {
@@ -338,12 +345,23 @@ impl Metrics {
             .attach(stats);
     }
 
-    /// Counts one message a shadow's outputs were compared on.
+    /// Counts one message a shadow's outputs were compared on. Subjects are the plugin's
+    /// choice (one per key, say): once there are `SHADOW_SERIES` series, subjects not seen
+    /// yet are counted under the subject `(other)`, so the exposition stays bounded.
     pub fn shadow_compared(&self, subject: &str, verdict: &'static str) {
         let mut all = self
             .shadow_messages
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let seen = all
+            .range((subject.to_string(), "")..)
+            .next()
+            .is_some_and(|((s, _), _)| s == subject);
+        let subject = if seen || all.len() < SHADOW_SERIES {
+            subject
+        } else {
+            OTHER_SUBJECTS
+        };
         *all.entry((subject.to_string(), verdict)).or_default() += 1;
     }
 
@@ -795,5 +813,36 @@ mod tests {
         assert_eq!(line(&m, lookup_hits), format!("{lookup_hits} 12"));
         let misses = "eddy_lookups_total{pipeline=\"p\",store=\"users\",result=\"miss\"}";
         assert_eq!(line(&m, misses), format!("{misses} 1"));
+    }
+
+    /// A plugin that writes one subject per key must not make a series per key.
+    #[test]
+    fn shadow_comparisons_of_more_subjects_than_the_bound_are_counted_together() {
+        let m = Metrics::new("p");
+        for i in 0..SHADOW_SERIES + 500 {
+            m.shadow_compared(&format!("alerts.{i}"), "same");
+        }
+        m.shadow_compared("alerts.0", "different");
+        m.shadow_compared("alerts.0", "same");
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("eddy_shadow_messages_total{"))
+            .count();
+        assert_eq!(
+            series,
+            SHADOW_SERIES + 2,
+            "the bound, (other), one more verdict"
+        );
+        let other =
+            "eddy_shadow_messages_total{pipeline=\"p\",subject=\"(other)\",verdict=\"same\"}";
+        assert_eq!(line(&m, other), format!("{other} 500"));
+        let first =
+            "eddy_shadow_messages_total{pipeline=\"p\",subject=\"alerts.0\",verdict=\"same\"}";
+        assert_eq!(
+            line(&m, first),
+            format!("{first} 2"),
+            "a subject seen keeps its series"
+        );
     }
 }
