@@ -68,10 +68,14 @@ pub(crate) type Fetched = Result<Vec<Option<Vec<u8>>>, LookupError>;
 /// Everything a store holds, for a full cache: `(key, value)` pairs, or why it failed.
 pub(crate) type Loaded = Result<Vec<(String, Vec<u8>)>, LookupError>;
 
-impl crate::metrics::LookupCounters for Lookups {
+/// The counters of a run's stores, apart from the stores: the metrics hold them (and sum them
+/// after the run ends) without keeping the stores, their caches and reload loops alive.
+#[derive(Debug)]
+pub struct LookupTally(Vec<(String, Arc<StoreStats>)>);
+
+impl crate::metrics::LookupCounters for LookupTally {
     fn each(&self, f: &mut dyn FnMut(&str, &str, u64)) {
-        for store in self.stores() {
-            let st = &store.stats;
+        for (name, st) in &self.0 {
             for (result, c) in [
                 ("hit", &st.hits),
                 ("miss", &st.misses),
@@ -79,7 +83,7 @@ impl crate::metrics::LookupCounters for Lookups {
                 ("failure", &st.failures),
                 ("load", &st.loads),
             ] {
-                f(store.name(), result, c.load(Ordering::Relaxed));
+                f(name, result, c.load(Ordering::Relaxed));
             }
         }
     }
@@ -129,7 +133,7 @@ pub struct Store {
     /// Keys to fetch, gathered into requests of up to `max_batch` keys ([`batch_requests`]).
     asks: tokio::sync::mpsc::UnboundedSender<Ask>,
     /// Its counters.
-    pub stats: StoreStats,
+    pub stats: Arc<StoreStats>,
 }
 
 /// What became of one event's lookups.
@@ -157,6 +161,9 @@ pub enum Verdict {
 pub struct Lookups {
     stores: HashMap<String, Arc<Store>>,
     runtime: tokio::runtime::Handle,
+    /// The stores' counters, for the metrics: one more holder than the metrics' own while
+    /// these lookups live.
+    tally: Arc<LookupTally>,
 }
 
 impl Lookups {
@@ -193,7 +200,7 @@ impl Lookups {
                     connector,
                     in_flight: std::sync::Mutex::default(),
                     asks,
-                    stats: StoreStats::default(),
+                    stats: Arc::default(),
                 }
             });
             if sc.cache.mode == CacheMode::Full {
@@ -214,10 +221,22 @@ impl Lookups {
             }
             stores.insert(name.clone(), store);
         }
+        let tally = Arc::new(LookupTally(
+            stores
+                .iter()
+                .map(|(name, store)| (name.clone(), store.stats.clone()))
+                .collect(),
+        ));
         Ok(Some(Arc::new(Lookups {
             stores,
             runtime: tokio::runtime::Handle::current(),
+            tally,
         })))
+    }
+
+    /// The stores' counters, for [`crate::metrics::Metrics::attach_lookups`].
+    pub fn tally(&self) -> Arc<LookupTally> {
+        self.tally.clone()
     }
 
     /// The stores, by name.

@@ -122,16 +122,19 @@ pub trait LookupCounters: Send + Sync + std::fmt::Debug {
 /// counts join those of the parts ended before, so a sum never goes back when a partition
 /// moves away, and an ended part is not kept.
 struct Attached<T: ?Sized + Counted> {
-    live: Vec<Arc<T>>,
+    /// The parts still going, each with the counts it had when attached that are not to be
+    /// summed (a promoted shadow's, from its time as a shadow).
+    live: Vec<(Arc<T>, Option<T::Totals>)>,
     /// What ended parts counted; `None` until one ends.
     ended: Option<T::Totals>,
 }
 
-/// Counters that add up: into a total, and totals into each other.
+/// Counters that add up: into a total, and totals into each other (and out again).
 trait Counted {
     type Totals: Default;
     fn add_to(&self, totals: &mut Self::Totals);
     fn merge(from: &Self::Totals, into: &mut Self::Totals);
+    fn take_away(from: &Self::Totals, out_of: &mut Self::Totals);
 }
 
 impl Counted for crate::state::StateStats {
@@ -141,6 +144,9 @@ impl Counted for crate::state::StateStats {
     }
     fn merge(from: &Self::Totals, into: &mut Self::Totals) {
         from.add_into(into);
+    }
+    fn take_away(from: &Self::Totals, out_of: &mut Self::Totals) {
+        from.take_from(out_of);
     }
 }
 
@@ -160,6 +166,13 @@ impl Counted for dyn LookupCounters {
             *into.entry(k.clone()).or_default() += v;
         }
     }
+    fn take_away(from: &LookupTotals, out_of: &mut LookupTotals) {
+        for (k, v) in from {
+            if let Some(t) = out_of.get_mut(k) {
+                *t = t.saturating_sub(*v);
+            }
+        }
+    }
 }
 
 impl<T: ?Sized + Counted> Attached<T> {
@@ -170,10 +183,16 @@ impl<T: ?Sized + Counted> Attached<T> {
         }
     }
 
-    fn attach(&mut self, part: Arc<T>) {
+    /// Sums `part`'s counts, those it has now included unless `from_now`.
+    fn attach(&mut self, part: Arc<T>, from_now: bool) {
         self.settle();
-        if !self.live.iter().any(|p| Arc::ptr_eq(p, &part)) {
-            self.live.push(part);
+        if !self.live.iter().any(|(p, _)| Arc::ptr_eq(p, &part)) {
+            let before = from_now.then(|| {
+                let mut now = T::Totals::default();
+                part.add_to(&mut now);
+                now
+            });
+            self.live.push((part, before));
         }
     }
 
@@ -181,10 +200,14 @@ impl<T: ?Sized + Counted> Attached<T> {
     fn settle(&mut self) {
         let (ended, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.live)
             .into_iter()
-            .partition(|p| Arc::strong_count(p) == 1);
+            .partition(|(p, _)| Arc::strong_count(p) == 1);
         self.live = live;
-        for part in ended {
-            part.add_to(self.ended.get_or_insert_with(T::Totals::default));
+        for (part, before) in ended {
+            let totals = self.ended.get_or_insert_with(T::Totals::default);
+            part.add_to(totals);
+            if let Some(before) = &before {
+                T::take_away(before, totals);
+            }
         }
     }
 
@@ -198,8 +221,11 @@ impl<T: ?Sized + Counted> Attached<T> {
         if let Some(ended) = &self.ended {
             T::merge(ended, &mut totals);
         }
-        for part in &self.live {
+        for (part, before) in &self.live {
             part.add_to(&mut totals);
+            if let Some(before) = before {
+                T::take_away(before, &mut totals);
+            }
         }
         Some(totals)
     }
@@ -342,7 +368,16 @@ impl Metrics {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .attach(stats);
+            .attach(stats, false);
+    }
+
+    /// [`Metrics::attach_state`] for a store whose counts so far are not the pipeline's: a
+    /// shadow's, promoted to live (it counted every event beside the live store).
+    pub fn attach_state_from_now(&self, stats: Arc<crate::state::StateStats>) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach(stats, true);
     }
 
     /// Counts one message a shadow's outputs were compared on. Subjects are the plugin's
@@ -371,7 +406,7 @@ impl Metrics {
         self.lookups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .attach(lookups);
+            .attach(lookups, false);
     }
 
     /// Counts one dead letter.
@@ -799,6 +834,16 @@ mod tests {
             2,
             "a is not kept"
         );
+        // A shadow promoted to live counted every event beside the live store: only what it
+        // counts from then on is summed, before and after its store ends.
+        let shadow = Arc::new(StateStats::default());
+        shadow.hot_hits.fetch_add(100, Ordering::Relaxed);
+        m.attach_state_from_now(shadow.clone());
+        assert_eq!(line(&m, hits), format!("{hits} 10"));
+        shadow.hot_hits.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(line(&m, hits), format!("{hits} 15"));
+        drop(shadow);
+        assert_eq!(line(&m, hits), format!("{hits} 15"));
 
         let (x, y) = (Arc::new(Answers::default()), Arc::new(Answers::default()));
         m.attach_lookups(x.clone());

@@ -205,7 +205,7 @@ async fn prepare(
     .await?;
     let lookups = Lookups::connect(cfg, Some(&nats)).await?;
     if let Some(l) = &lookups {
-        metrics.attach_lookups(l.clone());
+        metrics.attach_lookups(l.tally());
     }
     let mut checkpoints = match crate::storage::open(cfg, &nats).await? {
         Some(storage) => cfg.checkpoints().with_storage(storage),

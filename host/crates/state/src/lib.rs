@@ -197,19 +197,47 @@ pub struct StateStats {
 impl StateStats {
     /// Adds these counts to `total` (a host's sums over several stores).
     pub fn add_into(&self, total: &StateStats) {
-        for (from, to) in [
-            (&self.expired_on_read, &total.expired_on_read),
-            (&self.expired_in_compaction, &total.expired_in_compaction),
-            (&self.hot_hits, &total.hot_hits),
-            (&self.hot_misses, &total.hot_misses),
-            (&self.deferred_writes, &total.deferred_writes),
-            (&self.settled_writes, &total.settled_writes),
-            (&self.quota_rejected, &total.quota_rejected),
-            (&self.quota_evicted, &total.quota_evicted),
-            (&self.batched_writes, &total.batched_writes),
-        ] {
+        for (from, to) in self.pairs(total) {
             to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// Takes these counts away from `total` (counts from before a moment that are not to be
+    /// summed; `total` holds at least them).
+    pub fn take_from(&self, total: &StateStats) {
+        for (from, to) in self.pairs(total) {
+            let n = from.load(Ordering::Relaxed);
+            let _ = to.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some(t.saturating_sub(n))
+            });
+        }
+    }
+
+    /// Each counter beside the same counter of `other`. Destructured, so that a counter added
+    /// to the struct cannot be left out.
+    fn pairs<'a>(&'a self, other: &'a StateStats) -> [(&'a AtomicU64, &'a AtomicU64); 9] {
+        let StateStats {
+            expired_on_read,
+            expired_in_compaction,
+            hot_hits,
+            hot_misses,
+            deferred_writes,
+            settled_writes,
+            quota_rejected,
+            quota_evicted,
+            batched_writes,
+        } = self;
+        [
+            (expired_on_read, &other.expired_on_read),
+            (expired_in_compaction, &other.expired_in_compaction),
+            (hot_hits, &other.hot_hits),
+            (hot_misses, &other.hot_misses),
+            (deferred_writes, &other.deferred_writes),
+            (settled_writes, &other.settled_writes),
+            (quota_rejected, &other.quota_rejected),
+            (quota_evicted, &other.quota_evicted),
+            (batched_writes, &other.batched_writes),
+        ]
     }
 }
 

@@ -409,7 +409,8 @@ impl Runner {
         let old_state = std::mem::replace(&mut self.state, shadow.state.clone());
         self.query.set_live(self.state.clone());
         self.shadowing.validator.use_state(self.state.clone());
-        self.metrics.attach_state(self.state.stats().clone());
+        self.metrics
+            .attach_state_from_now(self.state.stats().clone());
         self.checkpointing.checkpoints.forget_sums();
         if self.lookups.is_some() {
             self.planner = shadow.planner.take();
