@@ -385,6 +385,12 @@ impl PipelineConfig {
         .with_retention(self.checkpoint.retention())
     }
 
+    /// Where a savepoint's cut waits while it is written (a hard-linked copy of the state,
+    /// under the state directory, removed when written and at every start).
+    pub fn savepoint_staging_dir(&self) -> PathBuf {
+        self.pipeline.state_dir.join("savepoint-staging")
+    }
+
     /// Where savepoints are written by default.
     pub fn savepoint_dir(&self) -> PathBuf {
         self.checkpoint

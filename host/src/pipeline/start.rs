@@ -24,6 +24,8 @@ pub(super) fn restore(
     checkpoints: &Checkpoints,
 ) -> anyhow::Result<(Arc<StateStore>, Option<Manifest>)> {
     let db_dir = cfg.db_dir();
+    // A savepoint's cut left by a crash while it was written: nothing will finish it.
+    let _ = std::fs::remove_dir_all(cfg.savepoint_staging_dir());
     if let Some(sp) = &opts.from_savepoint {
         // The state directory's own checkpoints: a store beyond the host may hold this
         // pipeline's earlier checkpoints, and the savepoint's cut becomes the newest there.

@@ -220,8 +220,13 @@ async fn a_savepoint_restores_elsewhere_with_other_key_groups() {
     } = Fixture::start("fraud", "fraud-enrich").await;
     let txs = produce::transactions(8_000, 300, 11, 0);
     publish_txs(&conn.js, "txn.in", &txs[..5_000]).await;
+    // What a crash while a savepoint was written left: gone once the host has started.
+    let left = spec.state_dir.join("savepoint-staging").join("crashed");
+    std::fs::create_dir_all(&left).expect("dir");
+    std::fs::write(left.join("000009.sst"), b"a linked copy").expect("file");
     let run = Running::start(&spec);
     wait_for_len(&conn.js, "OUT", 5_000, Duration::from_secs(60)).await;
+    assert!(!left.exists(), "{} was left", left.display());
     let customers: Vec<String> = reference_stats(&txs).into_keys().collect();
     let before = queried_stats(&conn, "fraud", customers.iter().cloned()).await;
     // A savepoint that cannot be written (its directory would be inside a file) fails with the

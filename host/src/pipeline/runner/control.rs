@@ -124,12 +124,7 @@ impl Runner {
         self.await_staged().await;
         let (cut, _, _) = self.current_cut()?;
         let target = dir.unwrap_or_else(|| self.cfg.savepoint_dir()).join(&name);
-        let tmp = self
-            .cfg
-            .pipeline
-            .state_dir
-            .join("savepoint-staging")
-            .join(&name);
+        let tmp = self.cfg.savepoint_staging_dir().join(&name);
         let state = self.state.clone();
         let (tmp2, cut2) = (tmp.clone(), cut.clone());
         let snap = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
