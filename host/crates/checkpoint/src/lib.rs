@@ -458,7 +458,7 @@ impl Checkpoints {
 
     /// Forgets the creation times of checkpoints that are gone and the checksums of SST files
     /// no kept checkpoint uses (`used`): a host cutting a checkpoint a second cuts millions in
-    /// a few weeks, and both memos grew by every one of them.
+    /// a few weeks, and both memos would otherwise keep an entry for every one of them.
     fn forget_retired(&self, used: &HashSet<String>) {
         let mut live: HashSet<u64> = list_ids(&self.dir, false).into_iter().collect();
         if let Some(ids) = self.remote.as_ref().and_then(|r| r.known_ids()) {
@@ -655,8 +655,8 @@ impl Checkpoints {
 /// - the MANIFEST, a copy of an append-only log that differs at every checkpoint, and anything
 ///   else: `None`, the checkpoint's own.
 ///
-/// Each checkpoint stored its OPTIONS (26 KB) and CURRENT as its own before: two more puts
-/// to the store per checkpoint, for files that change about never.
+/// Stored as each checkpoint's own, OPTIONS (26 KB) and CURRENT would cost two more puts to
+/// the store per checkpoint, for files that change about never.
 fn shared_by_content(name: &str) -> Option<bool> {
     if name.ends_with(".sst") || name.starts_with("OPTIONS-") {
         Some(true)
