@@ -801,6 +801,44 @@ fn files_that_do_not_change_are_stored_once() {
     assert_eq!(read(&store, "k199"), Some(b"4".to_vec()));
 }
 
+/// A checkpoint written before OPTIONS and CURRENT were shared keeps them among its own
+/// files: it restores as it did, its files found by the names its manifest gives.
+#[test]
+fn a_checkpoint_with_options_and_current_as_its_own_files_restores() {
+    let f = Fixture::new();
+    let cps = f.checkpoints(2);
+    let store = f.open(16);
+    write_counts(&store, 0, 100, b"old");
+    let mut m = cps
+        .complete(&cps.cut(&store, 1, cut(1)).expect("cut"))
+        .expect("complete");
+    drop(store);
+    // Rewritten into the older layout: OPTIONS and CURRENT under chk-<id>/files.
+    for file in &mut m.files {
+        if file.name.starts_with("OPTIONS-") || file.name == "CURRENT" {
+            let own = format!("chk-0000000001/files/{}", file.name);
+            std::fs::rename(cps.dir().join(&file.stored), cps.dir().join(&own)).expect("move");
+            file.stored = own;
+        }
+    }
+    assert_eq!(
+        m.files
+            .iter()
+            .filter(|f| f.stored.contains("/files/"))
+            .count(),
+        3,
+        "MANIFEST, OPTIONS and CURRENT its own: {:?}",
+        m.files
+    );
+    let json = serde_json::to_vec_pretty(&m).expect("json");
+    write_atomically(&cps.dir().join("chk-0000000001/manifest.json"), &json).expect("write");
+    std::fs::remove_dir_all(f.db()).expect("wipe the live database");
+    let restored = cps.restore_newest(&f.db()).expect("restore").expect("one");
+    assert_eq!(restored.id, 1);
+    let store = f.open(16);
+    assert_eq!(read(&store, "k42"), Some(b"old".to_vec()));
+}
+
 /// What a host knows of the store can be out of date: an operator deleted a checkpoint it
 /// knew from its first look and never fetched, one retention would keep. Retention forgets it
 /// rather than failing at every checkpoint.
