@@ -424,17 +424,13 @@ impl Checkpoints {
     /// while a frozen cut is being staged (its directory would go): the run loop freezes the
     /// next cut only once the previous checkpoint is complete and retained.
     pub fn retain(&self, keep_staged: Option<u64>) -> Result<()> {
-        for id in list_ids(&self.staging, false) {
-            if Some(id) != keep_staged {
-                let _ = std::fs::remove_dir_all(self.staging.join(format!("chk-{id:010}")));
-            }
-        }
-        // RocksDB builds a cut in `chk-<id>.tmp` and renames it: one left by a crash mid-cut
-        // is never reused (ids only grow).
+        // Every staged cut but the kept one goes, `chk-<id>.tmp` too: RocksDB builds a cut
+        // there and renames it, and one a crash left mid-cut is never reused (ids only grow).
+        let kept_staged = keep_staged.map(|id| format!("chk-{id:010}"));
         if let Ok(read) = std::fs::read_dir(&self.staging) {
             for entry in read.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("chk-") && name.ends_with(".tmp") {
+                if name.starts_with("chk-") && Some(&name) != kept_staged.as_ref() {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -442,25 +438,28 @@ impl Checkpoints {
         let complete = list_ids(&self.dir, true);
         let keep = self.kept(&complete)?;
         let newest = complete.last().copied().unwrap_or(0);
+        let mut local = HashSet::new();
         for id in list_ids(&self.dir, false) {
             if !keep.contains(&id) && (id < newest || complete.contains(&id)) {
                 let dir = self.dir.join(format!("chk-{id:010}"));
                 std::fs::remove_dir_all(&dir).doing(|| format!("remove {}", dir.display()))?;
+            } else {
+                local.insert(id);
             }
         }
         let used = self.collect_shared(keep.iter().copied());
         if let Some(remote) = &self.remote {
             remote.retain(|ids| self.kept(ids), |id| self.load(id).ok())?;
         }
-        self.forget_retired(&used);
+        self.forget_retired(local, &used);
         Ok(())
     }
 
     /// Forgets the creation times of checkpoints that are gone and the checksums of SST files
     /// no kept checkpoint uses (`used`): a host cutting a checkpoint a second cuts millions in
     /// a few weeks, and both memos would otherwise keep an entry for every one of them.
-    fn forget_retired(&self, used: &HashSet<String>) {
-        let mut live: HashSet<u64> = list_ids(&self.dir, false).into_iter().collect();
+    /// `live`: the checkpoints left in the local directory.
+    fn forget_retired(&self, mut live: HashSet<u64>, used: &HashSet<String>) {
         if let Some(ids) = self.remote.as_ref().and_then(|r| r.known_ids()) {
             live.extend(ids);
         }
