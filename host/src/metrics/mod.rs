@@ -4,11 +4,16 @@
 //! renders them in the Prometheus text format at `/metrics`. Updating a metric is one relaxed
 //! atomic add: cheap enough for the event path.
 
+mod attached;
 mod histogram;
 mod serve;
+#[cfg(test)]
+mod tests;
 
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use serve::serve;
+
+use attached::Attached;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -115,126 +120,6 @@ pub trait LookupCounters: Send + Sync + std::fmt::Debug {
     /// Calls `f(store, result, count)` for every store and result (`hit`, `miss`, `error`,
     /// `failure`, `load`).
     fn each(&self, f: &mut dyn FnMut(&str, &str, u64));
-}
-
-/// Counters of parts that come and go while the host runs (a partition run in cluster mode,
-/// a promoted shadow's store), shown as sums. A part only this still holds has ended: its
-/// counts join those of the parts ended before, so a sum never goes back when a partition
-/// moves away, and an ended part is not kept.
-struct Attached<T: ?Sized + Counted> {
-    /// The parts still going, each with the counts it had when attached that are not to be
-    /// summed (a promoted shadow's, from its time as a shadow).
-    live: Vec<(Arc<T>, Option<T::Totals>)>,
-    /// What ended parts counted; `None` until one ends.
-    ended: Option<T::Totals>,
-}
-
-/// Counters that add up: into a total, and totals into each other (and out again).
-trait Counted {
-    type Totals: Default;
-    fn add_to(&self, totals: &mut Self::Totals);
-    fn merge(from: &Self::Totals, into: &mut Self::Totals);
-    fn take_away(from: &Self::Totals, out_of: &mut Self::Totals);
-}
-
-impl Counted for crate::state::StateStats {
-    type Totals = crate::state::StateStats;
-    fn add_to(&self, totals: &mut Self::Totals) {
-        self.add_into(totals);
-    }
-    fn merge(from: &Self::Totals, into: &mut Self::Totals) {
-        from.add_into(into);
-    }
-    fn take_away(from: &Self::Totals, out_of: &mut Self::Totals) {
-        from.take_from(out_of);
-    }
-}
-
-type LookupTotals = std::collections::BTreeMap<(String, String), u64>;
-
-impl Counted for dyn LookupCounters {
-    type Totals = LookupTotals;
-    fn add_to(&self, totals: &mut LookupTotals) {
-        self.each(&mut |store, result, count| {
-            *totals
-                .entry((store.to_string(), result.to_string()))
-                .or_default() += count;
-        });
-    }
-    fn merge(from: &LookupTotals, into: &mut LookupTotals) {
-        for (k, v) in from {
-            *into.entry(k.clone()).or_default() += v;
-        }
-    }
-    fn take_away(from: &LookupTotals, out_of: &mut LookupTotals) {
-        for (k, v) in from {
-            if let Some(t) = out_of.get_mut(k) {
-                *t = t.saturating_sub(*v);
-            }
-        }
-    }
-}
-
-impl<T: ?Sized + Counted> Attached<T> {
-    fn new() -> Attached<T> {
-        Attached {
-            live: Vec::new(),
-            ended: None,
-        }
-    }
-
-    /// Sums `part`'s counts, those it has now included unless `from_now`.
-    fn attach(&mut self, part: Arc<T>, from_now: bool) {
-        self.settle();
-        if !self.live.iter().any(|(p, _)| Arc::ptr_eq(p, &part)) {
-            let before = from_now.then(|| {
-                let mut now = T::Totals::default();
-                part.add_to(&mut now);
-                now
-            });
-            self.live.push((part, before));
-        }
-    }
-
-    /// Folds the parts that ended into `ended`.
-    fn settle(&mut self) {
-        let (ended, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.live)
-            .into_iter()
-            .partition(|(p, _)| Arc::strong_count(p) == 1);
-        self.live = live;
-        for (part, before) in ended {
-            let totals = self.ended.get_or_insert_with(T::Totals::default);
-            part.add_to(totals);
-            if let Some(before) = &before {
-                T::take_away(before, totals);
-            }
-        }
-    }
-
-    /// The sums over every part attached so far; `None` if none ever was.
-    fn totals(&mut self) -> Option<T::Totals> {
-        self.settle();
-        if self.live.is_empty() && self.ended.is_none() {
-            return None;
-        }
-        let mut totals = T::Totals::default();
-        if let Some(ended) = &self.ended {
-            T::merge(ended, &mut totals);
-        }
-        for (part, before) in &self.live {
-            part.add_to(&mut totals);
-            if let Some(before) = before {
-                T::take_away(before, &mut totals);
-            }
-        }
-        Some(totals)
-    }
-}
-
-impl<T: ?Sized + Counted> std::fmt::Debug for Attached<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Attached({} live)", self.live.len())
-    }
 }
 
 /// Why an event was dead-lettered.
@@ -764,130 +649,6 @@ fn split_counter(
             out,
             "{name}{{{labels},{label}=\"{value}\"}} {}",
             c.load(Ordering::Relaxed)
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::StateStats;
-
-    /// A run's lookup stores, as far as the metrics see them: answers by store and result.
-    #[derive(Debug, Default)]
-    struct Answers(std::sync::Mutex<LookupTotals>);
-
-    impl LookupCounters for Answers {
-        fn each(&self, f: &mut dyn FnMut(&str, &str, u64)) {
-            for ((store, result), count) in self.0.lock().expect("answers").iter() {
-                f(store, result, *count);
-            }
-        }
-    }
-
-    impl Answers {
-        fn add(&self, result: &str, n: u64) {
-            *self
-                .0
-                .lock()
-                .expect("answers")
-                .entry(("users".into(), result.into()))
-                .or_default() += n;
-        }
-    }
-
-    fn line(m: &Metrics, prefix: &str) -> String {
-        m.render()
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// A cluster host runs a partition per run, each with its own state store and lookup
-    /// stores: the exposition sums all of them, and a sum keeps what a run counted after the
-    /// run ends (its partition moved away), so counters never go back.
-    #[test]
-    fn sums_cover_every_run_and_keep_what_ended_runs_counted() {
-        let m = Metrics::new("p");
-        assert!(!m.render().contains("eddy_lookups_total"), "no lookups yet");
-        let (a, b) = (
-            Arc::new(StateStats::default()),
-            Arc::new(StateStats::default()),
-        );
-        m.attach_state(a.clone());
-        m.attach_state(b.clone());
-        m.attach_state(b.clone());
-        a.hot_hits.fetch_add(3, Ordering::Relaxed);
-        b.hot_hits.fetch_add(4, Ordering::Relaxed);
-        let hits = "eddy_state_hot_reads_total{pipeline=\"p\",result=\"hit\"}";
-        assert_eq!(line(&m, hits), format!("{hits} 7"));
-        drop(a);
-        b.hot_hits.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(line(&m, hits), format!("{hits} 8"));
-        let c = Arc::new(StateStats::default());
-        m.attach_state(c.clone());
-        c.hot_hits.fetch_add(2, Ordering::Relaxed);
-        assert_eq!(line(&m, hits), format!("{hits} 10"));
-        assert_eq!(
-            m.state.lock().expect("state").live.len(),
-            2,
-            "a is not kept"
-        );
-        // A shadow promoted to live counted every event beside the live store: only what it
-        // counts from then on is summed, before and after its store ends.
-        let shadow = Arc::new(StateStats::default());
-        shadow.hot_hits.fetch_add(100, Ordering::Relaxed);
-        m.attach_state_from_now(shadow.clone());
-        assert_eq!(line(&m, hits), format!("{hits} 10"));
-        shadow.hot_hits.fetch_add(5, Ordering::Relaxed);
-        assert_eq!(line(&m, hits), format!("{hits} 15"));
-        drop(shadow);
-        assert_eq!(line(&m, hits), format!("{hits} 15"));
-
-        let (x, y) = (Arc::new(Answers::default()), Arc::new(Answers::default()));
-        m.attach_lookups(x.clone());
-        m.attach_lookups(y.clone());
-        x.add("hit", 5);
-        y.add("hit", 6);
-        y.add("miss", 1);
-        let lookup_hits = "eddy_lookups_total{pipeline=\"p\",store=\"users\",result=\"hit\"}";
-        assert_eq!(line(&m, lookup_hits), format!("{lookup_hits} 11"));
-        drop(y);
-        x.add("hit", 1);
-        assert_eq!(line(&m, lookup_hits), format!("{lookup_hits} 12"));
-        let misses = "eddy_lookups_total{pipeline=\"p\",store=\"users\",result=\"miss\"}";
-        assert_eq!(line(&m, misses), format!("{misses} 1"));
-    }
-
-    /// A plugin that writes one subject per key must not make a series per key.
-    #[test]
-    fn shadow_comparisons_of_more_subjects_than_the_bound_are_counted_together() {
-        let m = Metrics::new("p");
-        for i in 0..SHADOW_SERIES + 500 {
-            m.shadow_compared(&format!("alerts.{i}"), "same");
-        }
-        m.shadow_compared("alerts.0", "different");
-        m.shadow_compared("alerts.0", "same");
-        let text = m.render();
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("eddy_shadow_messages_total{"))
-            .count();
-        assert_eq!(
-            series,
-            SHADOW_SERIES + 2,
-            "the bound, (other), one more verdict"
-        );
-        let other =
-            "eddy_shadow_messages_total{pipeline=\"p\",subject=\"(other)\",verdict=\"same\"}";
-        assert_eq!(line(&m, other), format!("{other} 500"));
-        let first =
-            "eddy_shadow_messages_total{pipeline=\"p\",subject=\"alerts.0\",verdict=\"same\"}";
-        assert_eq!(
-            line(&m, first),
-            format!("{first} 2"),
-            "a subject seen keeps its series"
         );
     }
 }

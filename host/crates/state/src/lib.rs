@@ -2,10 +2,10 @@
 //! interface.
 //!
 //! Owns: the database, the registry of state names, the key layout (`layout`), key groups
-//! (`keygroup`), TTL rules (`ttl`), the per-batch write overlay (`batch`) and the hot values
-//! in front of RocksDB (`hot`). A batch of events works on a [`StateBatch`]: its writes are
-//! visible to its own later reads and are committed together with the input positions they
-//! reflect. With a write-ahead log, one RocksDB write holds them all, so state and position
+//! (`keygroup`), TTL rules (`ttl`), the per-batch write overlay (`batch`), the hot values in
+//! front of RocksDB (`hot`) and the store's counters (`stats`). A batch of events works on a
+//! [`StateBatch`]: its writes are visible to its own later reads and are committed together
+//! with the input positions they reflect. With a write-ahead log, one RocksDB write holds them all, so state and position
 //! never disagree after a crash; without one (a pipeline's live database, rebuilt from a
 //! checkpoint at every start), value and list writes may wait in the hot values until the
 //! store settles, or a checkpoint's cut takes them over (`cut`).
@@ -21,6 +21,7 @@ pub mod keygroup;
 pub mod layout;
 pub mod quota;
 mod registry;
+mod stats;
 pub mod ttl;
 pub mod visit;
 mod write;
@@ -34,7 +35,7 @@ mod ttl_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
@@ -48,6 +49,7 @@ pub use broadcast::BroadcastAccess;
 pub use cut::Frozen;
 pub use quota::{Enforced, Quota, QuotaPolicy};
 use registry::Registry;
+pub use stats::StateStats;
 pub use ttl::{Clock, ManualClock, SystemClock, Ttl, TtlUpdate, TtlVisibility};
 
 /// Key groups when the pipeline names none (Flink's default maximum parallelism is 128).
@@ -168,78 +170,6 @@ const JUDGE_AFTER_WRITES: u64 = 4096;
 type TtlTable = Arc<RwLock<HashMap<u32, (StateKind, Ttl)>>>;
 /// Kind of every opened state id, shared with the compaction filter.
 type KindTable = Arc<RwLock<HashMap<u32, StateKind>>>;
-
-/// Counters of the store: expired entries removed, by cleanup strategy, and how the hot values
-/// (`hot`) are doing.
-#[derive(Debug, Default)]
-pub struct StateStats {
-    /// Removed when a read found them expired.
-    pub expired_on_read: AtomicU64,
-    /// Removed by the compaction filter.
-    pub expired_in_compaction: AtomicU64,
-    /// Keyed point reads answered by the hot values.
-    pub hot_hits: AtomicU64,
-    /// Keyed point reads that went to RocksDB.
-    pub hot_misses: AtomicU64,
-    /// Value and list writes deferred, counted when settled.
-    pub deferred_writes: AtomicU64,
-    /// RocksDB writes settling them took (fewer: a key rewritten while waiting is written once).
-    pub settled_writes: AtomicU64,
-    /// Writes refused by a per-key quota (policy `reject`).
-    pub quota_rejected: AtomicU64,
-    /// Entries evicted by a per-key quota (policy `evict`).
-    pub quota_evicted: AtomicU64,
-    /// Value and list writes a plugin handed over a batch at a time (`write-batch`), rather
-    /// than one import call each.
-    pub batched_writes: AtomicU64,
-}
-
-impl StateStats {
-    /// Adds these counts to `total` (a host's sums over several stores).
-    pub fn add_into(&self, total: &StateStats) {
-        for (from, to) in self.pairs(total) {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-
-    /// Takes these counts away from `total` (counts from before a moment that are not to be
-    /// summed; `total` holds at least them).
-    pub fn take_from(&self, total: &StateStats) {
-        for (from, to) in self.pairs(total) {
-            let n = from.load(Ordering::Relaxed);
-            let _ = to.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                Some(t.saturating_sub(n))
-            });
-        }
-    }
-
-    /// Each counter beside the same counter of `other`. Destructured, so that a counter added
-    /// to the struct cannot be left out.
-    fn pairs<'a>(&'a self, other: &'a StateStats) -> [(&'a AtomicU64, &'a AtomicU64); 9] {
-        let StateStats {
-            expired_on_read,
-            expired_in_compaction,
-            hot_hits,
-            hot_misses,
-            deferred_writes,
-            settled_writes,
-            quota_rejected,
-            quota_evicted,
-            batched_writes,
-        } = self;
-        [
-            (expired_on_read, &other.expired_on_read),
-            (expired_in_compaction, &other.expired_in_compaction),
-            (hot_hits, &other.hot_hits),
-            (hot_misses, &other.hot_misses),
-            (deferred_writes, &other.deferred_writes),
-            (settled_writes, &other.settled_writes),
-            (quota_rejected, &other.quota_rejected),
-            (quota_evicted, &other.quota_evicted),
-            (batched_writes, &other.batched_writes),
-        ]
-    }
-}
 
 /// Open-time tuning of the store.
 #[derive(Debug, Clone, Copy)]
