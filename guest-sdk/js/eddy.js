@@ -15,11 +15,11 @@
 // to 2^53), `list<u8>` arrives as a Uint8Array, a `result` error of an import is thrown as an
 // Error whose `payload` is the WIT error variant (`{tag, val}`).
 
-import keyedState from "eddy:plugin/keyed-state@0.2.1";
-import broadcastState from "eddy:plugin/broadcast-state@0.2.1";
-import lookupApi from "eddy:plugin/lookup@0.2.1";
-import logApi from "eddy:plugin/log@0.2.1";
-import clockApi from "eddy:plugin/clock@0.2.1";
+import keyedState from "eddy:plugin/keyed-state@0.2.2";
+import broadcastState from "eddy:plugin/broadcast-state@0.2.2";
+import lookupApi from "eddy:plugin/lookup@0.2.2";
+import logApi from "eddy:plugin/log@0.2.2";
+import clockApi from "eddy:plugin/clock@0.2.2";
 
 // ------------------------------------------------------------------------------------------
 // UTF-8 and JSON (QuickJS has neither TextEncoder nor TextDecoder)

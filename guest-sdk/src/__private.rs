@@ -18,6 +18,9 @@ pub use crate::wit::exports::eddy::plugin::lookup_planner::{
     Guest as PlannerGuest, LookupRequest as WitLookupRequest,
 };
 pub use crate::wit::exports::eddy::plugin::migrator::Guest as MigratorGuest;
+pub use crate::wit::exports::eddy::plugin::packed_handler::{
+    Guest as PackedGuest, PackedEvents as WitPackedEvents, PackedOutcomes as WitPackedOutcomes,
+};
 pub use std::string::String;
 pub use std::vec::Vec;
 
@@ -97,24 +100,84 @@ impl Drop for BatchGuard {
     }
 }
 
+/// Where a batch's outcomes go: the `list<outcome>` of `handle`, or the packed lists of
+/// `handle-packed`.
+trait Outcomes {
+    fn with_capacity(count: usize) -> Self;
+    fn push(&mut self, outcome: Outcome);
+}
+
+impl Outcomes for Vec<WitOutcome> {
+    fn with_capacity(count: usize) -> Self {
+        Vec::with_capacity(count)
+    }
+    fn push(&mut self, outcome: Outcome) {
+        Vec::push(self, outcome.into());
+    }
+}
+
+impl Outcomes for WitPackedOutcomes {
+    fn with_capacity(count: usize) -> Self {
+        WitPackedOutcomes {
+            bytes: Vec::new(),
+            ends: Vec::with_capacity(count),
+            outcomes: Vec::with_capacity(count),
+            outputs: Vec::with_capacity(count),
+        }
+    }
+    fn push(&mut self, outcome: Outcome) {
+        outcome.pack_into(self);
+    }
+}
+
 /// The exported `handle`: one outcome per event, in order.
 pub fn handle(events: Vec<WitEvent>) -> Vec<WitOutcome> {
     let count = events.len();
-    with_processor(
-        || vec![WitOutcome::Reject(NOT_INITIALISED.to_owned()); count],
+    let mut events = events.into_iter();
+    run_batch(count, |event| {
+        if let Some(next) = events.next() {
+            *event = Event::from(next);
+        }
+    })
+}
+
+/// The exported `handle-packed`: as [`handle`], the events read from their packed lists and
+/// the outcomes packed.
+pub fn handle_packed(events: WitPackedEvents) -> WitPackedOutcomes {
+    let mut unpacker = crate::event::Unpacker::new(&events);
+    let mut metas = events.events.iter();
+    run_batch(events.events.len(), |event| {
+        if let Some(meta) = metas.next() {
+            unpacker.next_into(event, meta);
+        }
+    })
+}
+
+/// Runs the processor on `count` events, each put into one reused [`Event`] by `next`, with
+/// keyed state pointed at it: one outcome per event, in order.
+fn run_batch<O: Outcomes>(count: usize, mut next: impl FnMut(&mut Event)) -> O {
+    let mut outcomes = O::with_capacity(count);
+    let ran = with_processor(
+        || false,
         |processor| {
             let _guard = BatchGuard;
-            let mut outcomes = Vec::with_capacity(count);
-            for (index, event) in (0u32..).zip(events) {
+            let mut event = Event::default();
+            for index in (0u32..).take(count) {
                 CURRENT_EVENT.with(|current| current.set(Some(index)));
-                let event = Event::from(event);
-                outcomes.push(processor.process(&event).into());
+                next(&mut event);
+                outcomes.push(processor.process(&event));
             }
             CURRENT_EVENT.with(|current| current.set(None));
             crate::state::finish_batch();
-            outcomes
+            true
         },
-    )
+    );
+    if !ran {
+        for _ in 0..count {
+            outcomes.push(Outcome::reject(NOT_INITIALISED));
+        }
+    }
+    outcomes
 }
 
 /// The exported `handle-broadcast`: one result per broadcast event, in order.
@@ -218,6 +281,49 @@ mod tests {
         }
     }
 
+    /// Reads packed outcomes back as the host does (`host/crates/engine/src/packed.rs`).
+    fn unpacked(p: WitPackedOutcomes) -> Vec<WitOutcome> {
+        use crate::wit::eddy::plugin::types::Output as WitOutput;
+        use crate::wit::exports::eddy::plugin::packed_handler::PackedOutcome;
+        let mut ends = p.ends.iter().map(|e| *e as usize);
+        let mut start = 0;
+        let mut piece = || {
+            let end = ends.next().expect("a piece");
+            let piece = p.bytes[start..end].to_vec();
+            start = end;
+            piece
+        };
+        let text = |b: Vec<u8>| String::from_utf8(b).expect("UTF-8");
+        let mut outputs = p.outputs.iter();
+        let read = p
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                PackedOutcome::Emit(n) => WitOutcome::Emit(
+                    (0..*n)
+                        .map(|_| {
+                            let o = outputs.next().expect("an output");
+                            WitOutput {
+                                subject: o.has_subject.then(|| text(piece())),
+                                headers: (0..o.headers)
+                                    .map(|_| (text(piece()), text(piece())))
+                                    .collect(),
+                                payload: piece(),
+                            }
+                        })
+                        .collect(),
+                ),
+                PackedOutcome::Drop => WitOutcome::Drop,
+                PackedOutcome::Reject => WitOutcome::Reject(text(piece())),
+            })
+            .collect();
+        assert!(
+            outputs.next().is_none() && ends.next().is_none(),
+            "all read"
+        );
+        read
+    }
+
     fn payloads(outcomes: &[WitOutcome]) -> Vec<String> {
         outcomes
             .iter()
@@ -254,6 +360,94 @@ mod tests {
         );
         assert_eq!(current_event(), None);
         assert!(handle(Vec::new()).is_empty());
+    }
+
+    /// `events` packed as the host packs them for `handle-packed`.
+    fn packed(events: &[WitEvent]) -> WitPackedEvents {
+        use crate::wit::exports::eddy::plugin::packed_handler::PackedEvent;
+        let mut p = WitPackedEvents {
+            bytes: Vec::new(),
+            ends: Vec::new(),
+            events: Vec::new(),
+        };
+        for e in events {
+            let mut pieces = vec![e.key.clone(), e.subject.clone().into_bytes()];
+            for (n, v) in &e.headers {
+                pieces.push(n.clone().into_bytes());
+                pieces.push(v.clone().into_bytes());
+            }
+            pieces.push(e.payload.clone());
+            for piece in pieces {
+                p.bytes.extend_from_slice(&piece);
+                p.ends.push(p.bytes.len() as u32);
+            }
+            p.events.push(PackedEvent {
+                headers: e.headers.len() as u32,
+                timestamp_ms: e.timestamp_ms,
+                sequence: e.sequence,
+            });
+        }
+        p
+    }
+
+    /// Shows every field of the event it is given, as `process` saw it.
+    struct Show;
+
+    impl Processor for Show {
+        fn init(_config: &Config) -> Result<Self, String> {
+            Ok(Show)
+        }
+
+        fn process(&mut self, event: &Event) -> Outcome {
+            Outcome::emit_one(Output::new(format!("{event:?}")))
+        }
+    }
+
+    #[test]
+    fn packed_batches_give_the_processor_the_same_events() {
+        init::<Show>("{}".to_owned()).expect("init succeeds");
+        let mut events = vec![
+            wit_event("a"),
+            wit_event(""),
+            wit_event("ключ"),
+            wit_event("b"),
+        ];
+        // Headers that grow and shrink from one event to the next (the reused event must not
+        // keep the previous one's), an empty payload, and fields of every length.
+        events[0].headers = vec![("X".into(), "1".into()), ("X".into(), "2".into())];
+        events[0].payload = b"{\"a\":1}".to_vec();
+        events[1].subject = String::new();
+        events[2].headers = vec![("Trace-Id".into(), "éé".into())];
+        events[2].payload = vec![0, 255, 7];
+        events[3].timestamp_ms = 1_700_000_000_000;
+        events[3].sequence = 42;
+        let from_packed = unpacked(handle_packed(packed(&events)));
+        assert_eq!(payloads(&from_packed), payloads(&handle(events.clone())));
+        assert!(payloads(&from_packed)[3].contains("sequence: 42"));
+        assert!(payloads(&from_packed)[1].contains("headers: []"));
+        assert!(unpacked(handle_packed(packed(&[]))).is_empty());
+    }
+
+    #[test]
+    fn packed_outcomes_are_the_outcomes_handle_returns() {
+        let events = || {
+            vec![
+                wit_event("a"),
+                wit_event("drop"),
+                wit_event("reject"),
+                wit_event("b"),
+            ]
+        };
+        assert_eq!(
+            payloads(&unpacked(handle_packed(packed(&events())))),
+            vec!["<reject plugin not initialised>"; 4]
+        );
+        init::<Echo>(r#"{"prefix": "p:"}"#.to_owned()).expect("init succeeds");
+        assert_eq!(
+            format!("{:?}", unpacked(handle_packed(packed(&events())))),
+            format!("{:?}", handle(events()))
+        );
+        assert_eq!(current_event(), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Input events, and the message fields they share with broadcast events.
 
 use crate::wit::eddy::plugin::types as wit;
+use crate::wit::exports::eddy::plugin::packed_handler as packed;
 
 /// What an [`Event`] and a [`BroadcastEvent`](crate::BroadcastEvent) both carry: a NATS message
 /// as its stream stored it.
@@ -187,6 +188,60 @@ impl From<wit::Event> for Event {
                 sequence: event.sequence,
             },
         }
+    }
+}
+
+/// Reads the events of a `packed-events` batch (see `wit/eddy.wit`) one at a time into an
+/// [`Event`] reused from one to the next, so a batch costs no allocation per event once the
+/// event's buffers have grown to its largest fields.
+pub(crate) struct Unpacker<'a> {
+    bytes: &'a [u8],
+    ends: std::slice::Iter<'a, u32>,
+    start: usize,
+}
+
+/// Why a packed batch could not be read: the host broke the contract.
+const MALFORMED: &str = "eddy: the host passed a malformed packed batch (its `ends` do not fit its `bytes`); the host and the SDK disagree on wit/eddy.wit";
+
+impl<'a> Unpacker<'a> {
+    pub(crate) fn new(batch: &'a packed::PackedEvents) -> Self {
+        Unpacker {
+            bytes: &batch.bytes,
+            ends: batch.ends.iter(),
+            start: 0,
+        }
+    }
+
+    fn piece(&mut self) -> &'a [u8] {
+        let end = self.ends.next().map(|e| *e as usize);
+        let piece = end
+            .and_then(|end| self.bytes.get(self.start..end))
+            .expect(MALFORMED);
+        self.start += piece.len();
+        piece
+    }
+
+    fn text(&mut self, into: &mut String) {
+        into.clear();
+        into.push_str(&String::from_utf8_lossy(self.piece()));
+    }
+
+    /// Overwrites `event` with the next event of the batch, whose fixed fields are `meta`.
+    pub(crate) fn next_into(&mut self, event: &mut Event, meta: &packed::PackedEvent) {
+        event.key.clear();
+        event.key.extend_from_slice(self.piece());
+        let m = &mut event.message;
+        self.text(&mut m.subject);
+        m.headers
+            .resize_with(meta.headers as usize, Default::default);
+        for (name, value) in &mut m.headers {
+            self.text(name);
+            self.text(value);
+        }
+        m.payload.clear();
+        m.payload.extend_from_slice(self.piece());
+        m.timestamp_ms = meta.timestamp_ms;
+        m.sequence = meta.sequence;
     }
 }
 

@@ -199,7 +199,7 @@ pub use visit::{VisitAction, VisitedEntry};
 pub mod wit {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "full-processor",
+        world: "packed-processor",
         // The `export!` macro of this crate expands wit-bindgen's export macro in the plugin's
         // crate, so the latter must be public and find the bindings through this crate.
         pub_export_macro: true,
@@ -312,8 +312,9 @@ pub trait Processor: Sized + 'static {
 ///
 /// The generated `init` parses nothing itself: it wraps the configuration text in a [`Config`],
 /// calls [`Processor::init`] and keeps the value for the life of the instance. The generated
-/// `handle` calls [`Processor::process`] once per event of the batch, with keyed state pointed at
-/// that event, and returns one outcome per event. If `init` has not succeeded, every event is
+/// `handle` and `handle-packed` (the same batch in flat lists, which hosts of 0.2.2 call) call
+/// [`Processor::process`] once per event of the batch, with keyed state pointed at that event,
+/// and return one outcome per event. If `init` has not succeeded, every event is
 /// rejected with the reason `plugin not initialised`. The optional exports (broadcast handling,
 /// lookup planning, visits, migration) call the [`Processor`] methods of the same names, whose
 /// defaults do nothing (or reject broadcast events).
@@ -334,6 +335,14 @@ macro_rules! export {
                     events: $crate::__private::Vec<$crate::__private::WitEvent>,
                 ) -> $crate::__private::Vec<$crate::__private::WitOutcome> {
                     $crate::__private::handle(events)
+                }
+            }
+
+            impl $crate::__private::PackedGuest for __EddyHandler {
+                fn handle_packed(
+                    events: $crate::__private::WitPackedEvents,
+                ) -> $crate::__private::WitPackedOutcomes {
+                    $crate::__private::handle_packed(events)
                 }
             }
 

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::wit::eddy::plugin::types as wit;
+use crate::wit::exports::eddy::plugin::packed_handler as packed;
 
 /// What became of one event. [`Processor::process`](crate::Processor::process) returns exactly
 /// one per event.
@@ -96,6 +97,42 @@ impl From<Outcome> for wit::Outcome {
             }
             Outcome::Drop => wit::Outcome::Drop,
             Outcome::Reject(reason) => wit::Outcome::Reject(reason),
+        }
+    }
+}
+
+impl Outcome {
+    /// Appends this outcome to a batch's packed outcomes (see `wit/eddy.wit`).
+    pub(crate) fn pack_into(self, p: &mut packed::PackedOutcomes) {
+        fn piece(p: &mut packed::PackedOutcomes, bytes: &[u8]) {
+            p.bytes.extend_from_slice(bytes);
+            // Within a wasm32 memory.
+            p.ends.push(p.bytes.len() as u32);
+        }
+        match self {
+            Outcome::Emit(outputs) => {
+                p.outcomes
+                    .push(packed::PackedOutcome::Emit(outputs.len() as u32));
+                for output in outputs {
+                    p.outputs.push(packed::PackedOutput {
+                        has_subject: output.subject.is_some(),
+                        headers: output.headers.len() as u32,
+                    });
+                    if let Some(subject) = &output.subject {
+                        piece(p, subject.as_bytes());
+                    }
+                    for (name, value) in &output.headers {
+                        piece(p, name.as_bytes());
+                        piece(p, value.as_bytes());
+                    }
+                    piece(p, &output.payload);
+                }
+            }
+            Outcome::Drop => p.outcomes.push(packed::PackedOutcome::Drop),
+            Outcome::Reject(reason) => {
+                p.outcomes.push(packed::PackedOutcome::Reject);
+                piece(p, reason.as_bytes());
+            }
         }
     }
 }

@@ -12,8 +12,9 @@ eddy_tests::host_allocator!();
 
 use eddy_host::engine::Event;
 use eddy_tests::bench::{
-    events, only_arg, state_rate, store_options, transactions, worker_rate, worker_rate_on,
-    worker_rate_single_calls, worker_rate_with_failures,
+    events, only_arg, state_rate, store_options, transactions, worker_rate,
+    worker_rate_listed_batches, worker_rate_on, worker_rate_single_calls,
+    worker_rate_with_failures,
 };
 use eddy_tests::plugin;
 
@@ -173,36 +174,28 @@ fn main() {
             &txs,
         ),
     ];
-    let wanted: Vec<_> = batch_rows
-        .iter()
-        .filter(|(_, p, _)| only_arg().is_none_or(|o| o == *p))
-        .collect();
-    if !wanted.is_empty() {
-        println!(
-            "\n| 256 per call | single calls, events/s | batch calls, events/s | batch / single |"
-        );
-        println!("|---|---:|---:|---:|");
-    }
-    for (name, plugin_name, evs) in wanted {
-        let wasm = plugin(plugin_name);
-        let (mut single, mut batched) = (Vec::new(), Vec::new());
-        for batch_calls in [false, true, true, false] {
-            let r = if batch_calls {
-                worker_rate(&wasm, "{}", evs, 256)
-            } else {
-                worker_rate_single_calls(&wasm, "{}", evs, 256)
-            };
-            let eps = r.events as f64 / r.secs;
-            if batch_calls {
-                batched.push(eps)
-            } else {
-                single.push(eps)
-            }
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (a, b) = (mean(&single), mean(&batched));
-        println!("| {name} | {a:.0} | {b:.0} | {:.2} |", b / a);
-    }
+    alternating(
+        &batch_rows,
+        "| 256 per call | single calls, events/s | batch calls, events/s | batch / single |",
+        worker_rate_single_calls,
+    );
+
+    // Batches crossing as `list<event>` (`handle`) vs packed (`handle-packed`), same run,
+    // alternating (A B B A).
+    let packed_rows = [
+        ("pass-through", "passthrough", &small),
+        ("counter (1 read + 1 write)", "counter", &chaos),
+        (
+            "fraud-enrich (2 reads + 2 writes, JSON)",
+            "fraud-enrich",
+            &txs,
+        ),
+    ];
+    alternating(
+        &packed_rows,
+        "| 256 per call | list<event>, events/s | packed, events/s | packed / list |",
+        worker_rate_listed_batches,
+    );
 
     // Hot values (state::hot) off vs on, same run, alternating (A B B A) as below.
     if only_arg().is_some() {
@@ -257,4 +250,43 @@ fn main() {
     println!("| map state without TTL | {p:.0} |");
     println!("| map state with TTL (1 day) | {t:.0} |");
     println!("\nTTL overhead, same run: {:+.1}%", (p / t - 1.0) * 100.0);
+}
+
+/// One table row per `(name, plugin, events)` (those `--only` leaves): the plugin run by
+/// `other` and as a pipeline runs it (`worker_rate`), 256 events per call, alternating
+/// other, pipeline, pipeline, other; the means and their ratio.
+fn alternating(
+    rows: &[(&str, &str, &Vec<Event>)],
+    header: &str,
+    other: fn(&std::path::Path, &str, &[Event], usize) -> eddy_tests::bench::Rate,
+) {
+    let wanted: Vec<_> = rows
+        .iter()
+        .filter(|(_, p, _)| only_arg().is_none_or(|o| o == *p))
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    println!("\n{header}");
+    println!("|---|---:|---:|---:|");
+    for (name, plugin_name, evs) in wanted {
+        let wasm = plugin(plugin_name);
+        let (mut others, mut pipeline) = (Vec::new(), Vec::new());
+        for as_pipeline in [false, true, true, false] {
+            let r = if as_pipeline {
+                worker_rate(&wasm, "{}", evs, 256)
+            } else {
+                other(&wasm, "{}", evs, 256)
+            };
+            let eps = r.events as f64 / r.secs;
+            if as_pipeline {
+                pipeline.push(eps)
+            } else {
+                others.push(eps)
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (a, b) = (mean(&others), mean(&pipeline));
+        println!("| {name} | {a:.0} | {b:.0} | {:.2} |", b / a);
+    }
 }

@@ -164,7 +164,7 @@ pub fn worker_rate_on(
     options: StoreOptions,
     setup: impl FnOnce(&StateStore),
 ) -> Rate {
-    let (rate, failed) = rate_counting_failures(wasm, config, evs, batch, options, true, setup);
+    let (rate, failed) = rate_counting_failures(wasm, config, evs, batch, options, PIPELINE, setup);
     assert_eq!(failed, 0, "{}: all events succeed", wasm.display());
     rate
 }
@@ -172,8 +172,32 @@ pub fn worker_rate_on(
 /// [`worker_rate`] with the `keyed-state` batch calls off: the plugin's value and list state
 /// crosses the component boundary once per read and write, as before the batch calls.
 pub fn worker_rate_single_calls(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
+    let crossing = Crossing {
+        batch_calls: false,
+        ..PIPELINE
+    };
+    rate_all_succeeding(wasm, config, evs, batch, crossing)
+}
+
+/// [`worker_rate`] with batches crossing as `handler.handle(list<event>)` rather than packed
+/// (`handle-packed`), as for a plugin that does not export `packed-handler`.
+pub fn worker_rate_listed_batches(wasm: &Path, config: &str, evs: &[Event], batch: usize) -> Rate {
+    let crossing = Crossing {
+        packed_batches: false,
+        ..PIPELINE
+    };
+    rate_all_succeeding(wasm, config, evs, batch, crossing)
+}
+
+fn rate_all_succeeding(
+    wasm: &Path,
+    config: &str,
+    evs: &[Event],
+    batch: usize,
+    crossing: Crossing,
+) -> Rate {
     let (rate, failed) =
-        rate_counting_failures(wasm, config, evs, batch, store_options(), false, |_| {});
+        rate_counting_failures(wasm, config, evs, batch, store_options(), crossing, |_| {});
     assert_eq!(failed, 0, "{}: all events succeed", wasm.display());
     rate
 }
@@ -186,8 +210,22 @@ pub fn worker_rate_with_failures(
     evs: &[Event],
     batch: usize,
 ) -> (Rate, usize) {
-    rate_counting_failures(wasm, config, evs, batch, store_options(), true, |_| {})
+    rate_counting_failures(wasm, config, evs, batch, store_options(), PIPELINE, |_| {})
 }
+
+/// How a plugin's state and batches cross the component boundary: the `keyed-state` batch
+/// calls, and batches packed for `handle-packed` (both on in a pipeline).
+#[derive(Clone, Copy)]
+struct Crossing {
+    batch_calls: bool,
+    packed_batches: bool,
+}
+
+/// As a pipeline runs plugins.
+const PIPELINE: Crossing = Crossing {
+    batch_calls: true,
+    packed_batches: true,
+};
 
 fn rate_counting_failures(
     wasm: &Path,
@@ -195,7 +233,7 @@ fn rate_counting_failures(
     evs: &[Event],
     batch: usize,
     options: StoreOptions,
-    batch_calls: bool,
+    crossing: Crossing,
     setup: impl FnOnce(&StateStore),
 ) -> (Rate, usize) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -212,7 +250,8 @@ fn rate_counting_failures(
             ..Limits::default()
         },
         lookups: None,
-        batch_calls,
+        batch_calls: crossing.batch_calls,
+        packed_batches: crossing.packed_batches,
     };
     let mut worker =
         Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");

@@ -19,31 +19,31 @@ import (
 	ks "wit_component/eddy_plugin_keyed_state"
 )
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 value-get
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 value-get
 func importValueGet(state, event int32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 list-get
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 list-get
 func importListGet(state, event int32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 value-set
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 value-set
 func importValueSet(state, event int32, ptr uintptr, n uint32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 value-set-with-ttl
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 value-set-with-ttl
 func importValueSetWithTTL(state, event int32, ptr uintptr, n uint32, ttlMs int64, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 map-put
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 map-put
 func importMapPut(state, event int32, kptr uintptr, kn uint32, ptr uintptr, n uint32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 map-put-with-ttl
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 map-put-with-ttl
 func importMapPutWithTTL(state, event int32, kptr uintptr, kn uint32, ptr uintptr, n uint32, ttlMs int64, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 list-add
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 list-add
 func importListAdd(state, event int32, ptr uintptr, n uint32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 list-add-all
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 list-add-all
 func importListAddAll(state, event int32, ptr uintptr, n uint32, ret uintptr)
 
-//go:wasmimport eddy:plugin/keyed-state@0.2.1 list-update
+//go:wasmimport eddy:plugin/keyed-state@0.2.2 list-update
 func importListUpdate(state, event int32, ptr uintptr, n uint32, ret uintptr)
 
 // retArea receives a `result<_, state-error>`: the result's tag at 0, the error's case at 4,

@@ -187,6 +187,7 @@ pub fn run(
         },
         lookups: None,
         batch_calls: true,
+        packed_batches: true,
     };
     let mut worker = Worker::new(p, ctx, opts.config.clone(), Metrics::new("test"))?;
     let reader: Box<dyn BufRead> = if events == Path::new("-") {

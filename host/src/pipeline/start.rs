@@ -213,6 +213,7 @@ pub(super) fn build_worker_on(
         },
         lookups: lookups.map(|l| l as Arc<dyn engine::LookupSource>),
         batch_calls: true,
+        packed_batches: true,
     };
     let config_json = cfg.plugin.config_json();
     let planner = if ctx.lookups.is_some() {

@@ -466,6 +466,7 @@ fn visiting_a_million_keys_completes_in_bounded_memory() {
         },
         lookups: None,
         batch_calls: true,
+        packed_batches: true,
     };
     let mut worker = Worker::new(p, ctx, "{}".into(), Metrics::new("visit")).expect("worker");
     let hwm_before = high_water_kib();

@@ -290,6 +290,7 @@ impl Harness {
             limits: Limits::default(),
             lookups: None,
             batch_calls: true,
+            packed_batches: true,
         };
         let worker = Worker::new(p, ctx, config.into(), Metrics::new("t")).expect("worker");
         Harness {
@@ -404,13 +405,15 @@ fn a_per_write_ttl_through_a_plugin_expires_that_value() {
     );
 }
 
-/// fraud-enrich over `events`, 256 per call, with the `keyed-state` batch calls on or off:
-/// each event's outcome (payload and headers, or the reason), each customer's `stats` and
-/// `recent` state afterwards, and how many writes the plugin handed over with `write-batch`.
+/// fraud-enrich over `events`, 256 per call, with the `keyed-state` batch calls on or off and
+/// the batches crossing packed (`handle-packed`) or not: each event's outcome (payload and
+/// headers, or the reason), each customer's `stats` and `recent` state afterwards, and how
+/// many writes the plugin handed over with `write-batch`.
 fn fraud_run(
     events: &[Event],
     customers: usize,
     batch_calls: bool,
+    packed_batches: bool,
 ) -> (Vec<String>, Vec<String>, u64) {
     use eddy_host::state::{KeyedAccess, StateKind};
     let dir = tempfile::tempdir().expect("tempdir");
@@ -418,11 +421,16 @@ fn fraud_run(
     let state = Arc::new(StateStore::open(dir.path(), 128, Arc::new(clock)).expect("state"));
     let engine = Engine::new(None).expect("engine");
     let p = engine.load_file(&plugin("fraud-enrich")).expect("plugin");
+    assert!(
+        p.capabilities().packed,
+        "the Rust SDK exports packed-handler"
+    );
     let ctx = InstanceContext {
         state: state.clone(),
         limits: Limits::default(),
         lookups: None,
         batch_calls,
+        packed_batches,
     };
     let mut worker = Worker::new(p, ctx, "{}".into(), Metrics::new("t")).expect("worker");
     let mut outcomes = Vec::new();
@@ -467,11 +475,12 @@ fn fraud_run(
 }
 
 /// The batch calls (value and list state read once per state and batch, written once at
-/// its end) are an optimisation only: with 40 customers, every call of 256 events has each
-/// customer several times, so a read must see the writes of earlier events of the same call.
-/// Outcomes and state must equal those of one import call per read and write.
+/// its end) and packed batches (`handle-packed`) are optimisations only: with 40 customers,
+/// every call of 256 events has each customer several times, so a read must see the writes of
+/// earlier events of the same call. Outcomes and state must equal those of one import call
+/// per read and write with the batch crossing as `list<event>`.
 #[test]
-fn the_batch_calls_give_the_outcomes_and_state_of_the_single_calls() {
+fn the_batch_calls_and_packed_batches_give_the_outcomes_and_state_of_the_single_calls() {
     let customers = 40;
     let events: Vec<Event> = (0..3_000)
         .map(|i| {
@@ -487,25 +496,33 @@ fn the_batch_calls_give_the_outcomes_and_state_of_the_single_calls() {
                     1_700_000_000_000u64 + i as u64 * 3_000
                 )
             };
+            // Headers on some events: packed, they sit between subject and payload, so a
+            // mistake in their count would shift every payload after them.
+            let headers = (0..i % 3)
+                .map(|h| (format!("H-{h}"), "v".repeat(i % 5)))
+                .collect();
             Event {
                 key: customer.into_bytes(),
-                subject: "txn.in".into(),
-                headers: vec![],
+                subject: format!("txn.in.{}", i % 4),
+                headers,
                 payload: payload.into_bytes(),
                 timestamp_ms: 0,
                 sequence: i as u64 + 1,
             }
         })
         .collect();
-    let (batched, batched_state, writes_in_batches) = fraud_run(&events, customers, true);
-    let (single, single_state, writes_single) = fraud_run(&events, customers, false);
+    let (batched, batched_state, writes_in_batches) = fraud_run(&events, customers, true, true);
+    let (single, single_state, writes_single) = fraud_run(&events, customers, false, false);
+    let (listed, listed_state, _) = fraud_run(&events, customers, true, false);
     // Two writes per transaction (stats and recent), 2,999 transactions.
     assert_eq!((writes_in_batches, writes_single), (5_998, 0));
     assert_eq!(batched.len(), 3_000);
-    for (i, (b, s)) in batched.iter().zip(&single).enumerate() {
+    for (i, ((b, s), l)) in batched.iter().zip(&single).zip(&listed).enumerate() {
         assert_eq!(b, s, "event {i}: batch calls and single calls differ");
+        assert_eq!(b, l, "event {i}: packed and listed batches differ");
     }
     assert_eq!(batched_state, single_state);
+    assert_eq!(batched_state, listed_state);
     // The state is what 3,000 transactions over 40 customers leave: customer c-0 has the
     // events whose index is a multiple of 40 (i * 7 % 40 == 0), 75 of them, one of which
     // (i = 1,000) the plugin rejected.

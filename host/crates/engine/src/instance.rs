@@ -11,11 +11,12 @@ use anyhow::anyhow;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::exports::eddy::plugin::{
-    broadcast_handler, handler, keyed_visitor, lookup_planner, migrator,
+    broadcast_handler, handler, keyed_visitor, lookup_planner, migrator, packed_handler,
 };
 use super::host::{
     CallMode, LookupSource, MemoryLimitExceeded, PluginHost, Prefetched, VisitRequest,
 };
+use super::packed::Packer;
 use super::{
     BroadcastEvent, Event, Failure, FailureKind, Limits, LookupRequest, Outcome, Plugin, TICK,
     VisitAction, VisitedEntry, call_budget,
@@ -35,6 +36,9 @@ pub struct InstanceContext {
     /// batch, written once at its end). Off, `batchable` answers false and a plugin makes one
     /// call per read and write: what the engine benchmark compares against.
     pub batch_calls: bool,
+    /// Whether keyed batches go through `handle-packed` when the plugin exports it. Off,
+    /// `handle` takes them: what the engine benchmark compares against.
+    pub packed_batches: bool,
 }
 
 impl Plugin {
@@ -65,6 +69,11 @@ impl Plugin {
             Ok((
                 p.exports.handler.load(&mut *store, &instance)?,
                 p.exports
+                    .packed
+                    .as_ref()
+                    .map(|i| i.load(&mut *store, &instance))
+                    .transpose()?,
+                p.exports
                     .broadcast
                     .as_ref()
                     .map(|i| i.load(&mut *store, &instance))
@@ -86,11 +95,14 @@ impl Plugin {
                     .transpose()?,
             ))
         };
-        let (handler, broadcast, planner, visitor, migrator) = load(&mut store)
+        let (handler, packed, broadcast, planner, visitor, migrator) = load(&mut store)
             .map_err(|e| anyhow!("plugin {} exports the wrong functions: {e:#}", p.name))?;
         let mut instance = Instance {
             store,
             handler,
+            packed: packed
+                .filter(|_| ctx.packed_batches)
+                .map(|guest| (guest, Packer::default())),
             broadcast,
             planner,
             visitor,
@@ -150,6 +162,8 @@ pub(crate) type BroadcastCall = (
 pub struct Instance {
     store: Store<PluginHost>,
     handler: handler::Guest,
+    /// `packed-handler`, if exported, with the buffers batches are packed into.
+    packed: Option<(packed_handler::Guest, Packer)>,
     broadcast: Option<broadcast_handler::Guest>,
     planner: Option<lookup_planner::Guest>,
     visitor: Option<keyed_visitor::Guest>,
@@ -213,11 +227,30 @@ impl Instance {
             .store
             .data_mut()
             .begin(events, key_groups, batch, prefetched.clone());
-        let handler = self.handler.clone();
         let budget = budget.min(call_budget(self.limits.cpu_per_event, events.len()));
-        let result = self.call_within(CallMode::Handle, budget, |me| {
-            handler.call_handle(&mut me.store, events)
-        });
+        let result = match self.packed.take() {
+            Some((guest, mut packer)) => {
+                let result = self.call_within(CallMode::Handle, budget, |me| {
+                    guest.call_handle_packed(&mut me.store, packer.pack(events))
+                });
+                self.packed = Some((guest, packer));
+                result.and_then(|packed| {
+                    super::packed::outcomes(&packed).map_err(|e| Failure {
+                        kind: FailureKind::Contract,
+                        message: format!(
+                            "plugin {} returned malformed outcomes from `handle-packed`: {e}",
+                            self.name
+                        ),
+                    })
+                })
+            }
+            None => {
+                let handler = self.handler.clone();
+                self.call_within(CallMode::Handle, budget, |me| {
+                    handler.call_handle(&mut me.store, events)
+                })
+            }
+        };
         let result = match result {
             Ok(outcomes) if outcomes.len() == events.len() => Ok(outcomes),
             Ok(outcomes) => Err(Failure {

@@ -25,6 +25,7 @@ mod function_cache;
 mod host;
 mod instance;
 mod log_limit;
+mod packed;
 mod stdio;
 mod worker;
 
@@ -48,7 +49,7 @@ pub use worker::{Planner, Worker, WorkerMetrics};
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../../wit",
-        world: "full-processor",
+        world: "packed-processor",
     });
 }
 
@@ -58,11 +59,11 @@ pub use bindings::exports::eddy::plugin::keyed_visitor::{VisitAction, VisitedEnt
 pub use bindings::exports::eddy::plugin::lookup_planner::LookupRequest;
 
 use bindings::exports::eddy::plugin::{
-    broadcast_handler, handler, keyed_visitor, lookup_planner, migrator,
+    broadcast_handler, handler, keyed_visitor, lookup_planner, migrator, packed_handler,
 };
 
 /// The WIT package version this host speaks.
-pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.1";
+pub const WIT_PACKAGE: &str = "eddy:plugin@0.2.2";
 
 /// Milliseconds between epoch ticks: the granularity of CPU budgets.
 const TICK: Duration = Duration::from_millis(1);
@@ -116,7 +117,7 @@ impl Engine {
         // WASI is linked because guest toolchains import it even for pure code; the context
         // behind it is closed (see `host::closed_wasi`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::FullProcessor::add_to_linker::<PluginHost, HasSelf<PluginHost>>(
+        bindings::PackedProcessor::add_to_linker::<PluginHost, HasSelf<PluginHost>>(
             &mut linker,
             |h| h,
         )?;
@@ -241,6 +242,7 @@ pub fn version_of(wasm: &[u8]) -> String {
 #[derive(Clone)]
 struct Exports {
     handler: handler::GuestIndices,
+    packed: Option<packed_handler::GuestIndices>,
     broadcast: Option<broadcast_handler::GuestIndices>,
     planner: Option<lookup_planner::GuestIndices>,
     visitor: Option<keyed_visitor::GuestIndices>,
@@ -251,6 +253,7 @@ impl Exports {
     fn find(pre: &InstancePre<PluginHost>) -> anyhow::Result<Exports> {
         Ok(Exports {
             handler: handler::GuestIndices::new(pre)?,
+            packed: packed_handler::GuestIndices::new(pre).ok(),
             broadcast: broadcast_handler::GuestIndices::new(pre).ok(),
             planner: lookup_planner::GuestIndices::new(pre).ok(),
             visitor: keyed_visitor::GuestIndices::new(pre).ok(),
@@ -260,6 +263,7 @@ impl Exports {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
+            packed: self.packed.is_some(),
             broadcast: self.broadcast.is_some(),
             planner: self.planner.is_some(),
             visitor: self.visitor.is_some(),
@@ -271,6 +275,8 @@ impl Exports {
 /// Which optional exports a plugin has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
+    /// `packed-handler` (keyed batches go through `handle-packed`).
+    pub packed: bool,
     /// `broadcast-handler`.
     pub broadcast: bool,
     /// `lookup-planner`.
@@ -285,6 +291,7 @@ impl std::fmt::Display for Capabilities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names = vec!["handler"];
         for (on, name) in [
+            (self.packed, "packed-handler"),
             (self.broadcast, "broadcast-handler"),
             (self.planner, "lookup-planner"),
             (self.visitor, "keyed-visitor"),
