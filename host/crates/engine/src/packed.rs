@@ -6,8 +6,9 @@
 //! key, subject, header and payload it copies in, and read a list per output back; packed, a
 //! batch crosses as a few lists each way (measured in `docs/BENCHMARKS.md`, "Packed batches").
 //!
-//! Owns: the layout of both directions, and the checks on what a plugin returns (ends that fit,
-//! counts that add up, UTF-8 where the contract says text): a plugin's outcomes are untrusted.
+//! Owns: the layout of both directions, the piece lists (bytes and where each piece ends) the
+//! `keyed-state` batch calls use as well, and the checks on what a plugin returns (ends that
+//! fit, counts that add up, UTF-8 where the contract says text): a plugin's output is untrusted.
 
 use super::bindings::exports::eddy::plugin::packed_handler::{
     PackedEvent, PackedEvents, PackedOutcome, PackedOutcomes,
@@ -38,20 +39,14 @@ impl Packer {
         packed.bytes.clear();
         packed.ends.clear();
         packed.events.clear();
-        let piece = |bytes: &mut Vec<u8>, ends: &mut Vec<u32>, b: &[u8]| {
-            bytes.extend_from_slice(b);
-            // A wasm32 plugin cannot take 4 GiB: past that, the call fails when the bytes are
-            // copied in, before these ends are read.
-            ends.push(bytes.len() as u32);
-        };
         for e in events {
-            piece(&mut packed.bytes, &mut packed.ends, &e.key);
-            piece(&mut packed.bytes, &mut packed.ends, e.subject.as_bytes());
+            push_piece(&mut packed.bytes, &mut packed.ends, &e.key);
+            push_piece(&mut packed.bytes, &mut packed.ends, e.subject.as_bytes());
             for (name, value) in &e.headers {
-                piece(&mut packed.bytes, &mut packed.ends, name.as_bytes());
-                piece(&mut packed.bytes, &mut packed.ends, value.as_bytes());
+                push_piece(&mut packed.bytes, &mut packed.ends, name.as_bytes());
+                push_piece(&mut packed.bytes, &mut packed.ends, value.as_bytes());
             }
-            piece(&mut packed.bytes, &mut packed.ends, &e.payload);
+            push_piece(&mut packed.bytes, &mut packed.ends, &e.payload);
             packed.events.push(PackedEvent {
                 headers: e.headers.len() as u32,
                 timestamp_ms: e.timestamp_ms,
@@ -62,15 +57,33 @@ impl Packer {
     }
 }
 
-/// Reads pieces off a packed list in order, checking each end.
-struct Pieces<'a> {
+/// Appends `piece` to a packed list: its bytes to `bytes`, where it ends to `ends`.
+pub(crate) fn push_piece(bytes: &mut Vec<u8>, ends: &mut Vec<u32>, piece: &[u8]) {
+    bytes.extend_from_slice(piece);
+    // A wasm32 plugin cannot take 4 GiB: past that, the call fails when the bytes are copied
+    // in, before these ends are read.
+    ends.push(bytes.len() as u32);
+}
+
+/// Reads pieces off a packed list in order, checking each end: what a plugin hands over is
+/// untrusted.
+pub(crate) struct Pieces<'a> {
     bytes: &'a [u8],
     ends: std::slice::Iter<'a, u32>,
     start: usize,
 }
 
 impl<'a> Pieces<'a> {
-    fn next(&mut self, what: &str) -> Result<&'a [u8], String> {
+    pub(crate) fn new(bytes: &'a [u8], ends: &'a [u32]) -> Self {
+        Pieces {
+            bytes,
+            ends: ends.iter(),
+            start: 0,
+        }
+    }
+
+    /// The next piece; `what` names it in the error.
+    pub(crate) fn next(&mut self, what: &str) -> Result<&'a [u8], String> {
         let end = *self
             .ends
             .next()
@@ -94,11 +107,7 @@ impl<'a> Pieces<'a> {
 
 /// The outcomes `handle-packed` returned, or what does not add up in them.
 pub(crate) fn outcomes(packed: &PackedOutcomes) -> Result<Vec<Outcome>, String> {
-    let mut pieces = Pieces {
-        bytes: &packed.bytes,
-        ends: packed.ends.iter(),
-        start: 0,
-    };
+    let mut pieces = Pieces::new(&packed.bytes, &packed.ends);
     let mut outputs = packed.outputs.iter();
     let mut outcomes = Vec::with_capacity(packed.outcomes.len());
     for (i, outcome) in packed.outcomes.iter().enumerate() {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use super::{CallMode, PluginHost, WitError, opened_as, to_wit};
 use crate::bindings::eddy::plugin::keyed_state;
+use crate::packed::{Pieces, push_piece};
 use eddy_state::{KeyedAccess, StateInfo, StateKind};
 
 /// Whether a state may be read a batch at a time and its writes kept by the plugin until the
@@ -38,8 +39,7 @@ struct Packer {
 
 impl Packer {
     fn push(&mut self, value: &[u8]) {
-        self.bytes.extend_from_slice(value);
-        self.ends.push(self.bytes.len() as u32);
+        push_piece(&mut self.bytes, &mut self.ends, value);
     }
 
     fn done(self) -> keyed_state::PackedValues {
@@ -51,45 +51,22 @@ impl Packer {
 }
 
 /// Takes the values of a `write-batch`, in order.
-struct Unpacker<'a> {
-    values: &'a keyed_state::PackedValues,
-    next: usize,
-    start: usize,
-}
+struct Unpacker<'a>(Pieces<'a>);
 
 impl<'a> Unpacker<'a> {
     fn new(values: &'a keyed_state::PackedValues) -> Self {
-        Unpacker {
-            values,
-            next: 0,
-            start: 0,
-        }
+        Unpacker(Pieces::new(&values.bytes, &values.ends))
     }
 
     /// The next `n` values, or why the buffer does not hold them.
     fn take(&mut self, n: u32) -> Result<Vec<&'a [u8]>, WitError> {
-        let values = self.values;
-        let mut taken = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let end = *values.ends.get(self.next).ok_or_else(|| {
-                WitError::Storage(format!(
-                    "write-batch: the writes take more values than the {} passed",
-                    values.ends.len()
-                ))
-            })? as usize;
-            let value = values.bytes.get(self.start..end).ok_or_else(|| {
-                WitError::Storage(format!(
-                    "write-batch: value {} ends at {end}, outside its range (from {} in {} bytes)",
-                    self.next,
-                    self.start,
-                    values.bytes.len()
-                ))
-            })?;
-            taken.push(value);
-            self.next += 1;
-            self.start = end;
-        }
-        Ok(taken)
+        (0..n)
+            .map(|_| {
+                self.0
+                    .next("write-batch: a value")
+                    .map_err(WitError::Storage)
+            })
+            .collect()
     }
 }
 
