@@ -383,7 +383,18 @@ macro_rules! export {
                 }
             }
 
+            // The exports exist only in the Wasm component. A native build of a plugin crate
+            // (`cargo build --workspace`) leaves them out: their names (`eddy:plugin/...`) are
+            // not valid in a native linker's symbol list.
+            #[cfg(target_family = "wasm")]
     $crate::wit::export!(__EddyHandler with_types_in $crate::wit);
+            // What the exports would call, kept in use there, so that the plugin's own code is
+            // not dead code.
+            #[cfg(not(target_family = "wasm"))]
+            const _: fn(
+                $crate::__private::String,
+            ) -> ::core::result::Result<(), $crate::__private::String> =
+                <__EddyHandler as $crate::__private::Guest>::init;
         };
     };
 }
