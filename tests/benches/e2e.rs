@@ -17,8 +17,9 @@
 //! the mean events per call.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench e2e` (add `-- --quick` for a short run;
-//! `-- --only relay|pass|fraud` for one case, e.g. under `perf`; `-- --rate N` for the latency
-//! phase alone at N events/s, so that two builds or settings compare at the same load).
+//! `-- --only relay|pass|fraud` for one case, e.g. under `perf`; `-- --events N --no-load` for
+//! a throughput phase of N events and nothing after it; `-- --rate N` for the latency phase
+//! alone at N events/s, so that two builds or settings compare at the same load).
 
 eddy_tests::host_allocator!();
 
@@ -181,6 +182,20 @@ async fn measure(case: Case, n: usize, rate: usize, secs: u64) -> Result {
     };
     let cpu1 = cpu();
     let elapsed = t1 - t0.unwrap_or(t1);
+    // For profiles recorded with `perf record -k realtime`: the phase's window in wall time.
+    let wall = |at: Instant| {
+        let ago = Instant::now() - at;
+        (std::time::SystemTime::now() - ago)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    eprintln!(
+        "{}: throughput phase from {:.3} to {:.3} (Unix seconds), {} events",
+        case.name(),
+        wall(t0.unwrap_or(t1)),
+        wall(t1),
+        n as u64 - first
+    );
     let events_per_s = (n as u64 - first) as f64 / elapsed.as_secs_f64().max(1e-9);
     let counted = (n as u64 - first).max(1) as f64;
     let per_event = |a: Duration, b: Duration| (b - a).as_secs_f64() * 1e6 / counted;
@@ -398,11 +413,17 @@ async fn main() {
     // As the `eddy` binary runs: no transparent huge pages.
     eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
-    let (n, rate, secs) = if quick {
+    let (mut n, rate, secs) = if quick {
         (20_000, 1_000, 2)
     } else {
         (100_000, 2_000, 5)
     };
+    // `-- --events N`: events of the throughput phase; `-- --no-load`: no phase under load
+    // (with `--only`, a profile of the throughput phase alone).
+    if let Some(events) = arg_after("--events") {
+        n = events.parse().expect("--events takes a count");
+    }
+    let under_load = !std::env::args().any(|a| a == "--no-load");
     // `-- --only relay|pass|fraud`: one case alone (for profiling); without the relay, ratios read "n/a".
     let only = only_arg();
     let cases: Vec<Case> = [Case::Relay, Case::Passthrough, Case::Fraud]
@@ -433,7 +454,7 @@ async fn main() {
     // Latency at a half and a quarter of each case's own peak, a checkpoint every second.
     let mut loaded = Vec::new();
     for share in [2.0, 4.0] {
-        for (case, r) in &rows {
+        for (case, r) in rows.iter().filter(|_| under_load) {
             let rate = (r.events_per_s / share) as usize;
             let l = latency_under_load(*case, rate, load_secs).await;
             eprintln!(
@@ -497,12 +518,14 @@ async fn main() {
     }
 }
 
+/// The argument after `flag`, if given.
+fn arg_after(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != flag).nth(1)
+}
+
 /// `-- --rate N`: events/s of the latency phase, run alone.
 fn rate_arg() -> Option<usize> {
-    std::env::args()
-        .skip_while(|a| a != "--rate")
-        .nth(1)
-        .map(|n| n.parse().expect("--rate takes events per second"))
+    arg_after("--rate").map(|n| n.parse().expect("--rate takes events per second"))
 }
 
 /// The latency phase alone, every case at the same `rate`, a checkpoint every second.
