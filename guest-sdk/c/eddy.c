@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "eddy.h"
-#include "full_processor.h"
+#include "packed_processor.h"
 
 extern const eddy_plugin eddy_the_plugin;
 
@@ -222,13 +222,13 @@ eddy_bytes eddy_bytes_of(const char *s) {
 }
 
 /* Views for the generated types (the host only reads import arguments). */
-static full_processor_string_t wit_str(const char *s) {
-    full_processor_string_t w = {(uint8_t *)s, strlen(s)};
+static packed_processor_string_t wit_str(const char *s) {
+    packed_processor_string_t w = {(uint8_t *)s, strlen(s)};
     return w;
 }
 
-static full_processor_list_u8_t wit_bytes(eddy_bytes b) {
-    full_processor_list_u8_t w = {(uint8_t *)b.ptr, b.len};
+static packed_processor_list_u8_t wit_bytes(eddy_bytes b) {
+    packed_processor_list_u8_t w = {(uint8_t *)b.ptr, b.len};
     return w;
 }
 
@@ -243,23 +243,23 @@ static uint8_t *copy_bytes(const void *p, size_t n) {
 }
 
 /* A copy for results the generated post-return code frees. */
-static full_processor_string_t owned_str(const char *s, size_t n) {
-    full_processor_string_t w = {copy_bytes(s, n), n};
+static packed_processor_string_t owned_str(const char *s, size_t n) {
+    packed_processor_string_t w = {copy_bytes(s, n), n};
     return w;
 }
 
-static const char *from_wit_str(full_processor_string_t s) {
+static const char *from_wit_str(packed_processor_string_t s) {
     return eddy_strndup((const char *)s.ptr, s.len);
 }
 
 /* An import's result, owned by us: freed with the arena. */
-static eddy_bytes adopt(full_processor_list_u8_t l) {
+static eddy_bytes adopt(packed_processor_list_u8_t l) {
     defer_free(l.ptr);
     eddy_bytes b = {l.ptr, l.len};
     return b;
 }
 
-static const char *adopt_str(full_processor_string_t s) {
+static const char *adopt_str(packed_processor_string_t s) {
     const char *c = from_wit_str(s);
     free(s.ptr);
     return c;
@@ -340,7 +340,7 @@ void eddy_output_header(eddy_output *output, const char *name, const char *value
 }
 
 void eddy_output_subject(eddy_output *output, const char *subject) {
-    full_processor_option_string_free(&output->wit->subject);
+    packed_processor_option_string_free(&output->wit->subject);
     output->wit->subject.is_some = true;
     output->wit->subject.val = owned_str(subject, strlen(subject));
 }
@@ -406,7 +406,7 @@ const char *eddy_state_open(eddy_state *state) {
     static const eddy_plugin_keyed_state_state_kind_t kinds[] = {
         EDDY_PLUGIN_KEYED_STATE_STATE_KIND_VALUE, EDDY_PLUGIN_KEYED_STATE_STATE_KIND_MAP,
         EDDY_PLUGIN_KEYED_STATE_STATE_KIND_LIST};
-    full_processor_string_t name = wit_str(state->name);
+    packed_processor_string_t name = wit_str(state->name);
     eddy_plugin_keyed_state_ttl_config_t ttl = {
         .ttl_ms = state->ttl.ttl_ms,
         .update = state->ttl.update_on_read
@@ -437,7 +437,7 @@ static const char *target(eddy_state *state, uint32_t *event) {
 const char *eddy_state_visit_all_keys(eddy_state *state, const char *tag) {
     const char *e = eddy_state_open(state);
     if (e) return e;
-    full_processor_string_t t = wit_str(tag);
+    packed_processor_string_t t = wit_str(tag);
     eddy_plugin_keyed_state_state_error_t err;
     if (!eddy_plugin_keyed_state_visit_all_keys(state->id, &t, &err)) return state_error(&err);
     return NULL;
@@ -483,7 +483,7 @@ typedef struct {
 
 static struct {
     bool have_slots;
-    full_processor_list_u32_t slots; /* the key slot of each event */
+    packed_processor_list_u32_t slots; /* the key slot of each event */
     size_t count;                    /* distinct keys */
     state_table *tables;
     size_t ntables, captables;
@@ -632,7 +632,7 @@ static const char *batch_value(eddy_state *state, uint32_t ev, bool *present, ed
     tb->reads++;
     value_slot *v = &tb->values[slot];
     if (!v->known && is_sparse(state->id)) {
-        full_processor_option_list_u8_t r;
+        packed_processor_option_list_u8_t r;
         eddy_plugin_keyed_state_state_error_t err;
         if (!eddy_plugin_keyed_state_value_get(state->id, ev, &r, &err)) return state_error(&err);
         *v = (value_slot){.known = true, .present = r.is_some};
@@ -688,7 +688,7 @@ static const char *batch_list(eddy_state *state, uint32_t ev, list_slot **out) {
     tb->reads++;
     list_slot *l = &tb->lists[slot];
     if (!l->known && is_sparse(state->id)) {
-        full_processor_list_list_u8_t r;
+        packed_processor_list_list_u8_t r;
         eddy_plugin_keyed_state_state_error_t err;
         if (!eddy_plugin_keyed_state_list_get(state->id, ev, &r, &err)) return state_error(&err);
         span *sp = eddy_alloc(r.len * sizeof *sp + 1);
@@ -855,7 +855,7 @@ const char *eddy_value_get(eddy_state *state, eddy_json **out) {
         if (e || !present) return e;
         return decode_value("state", state->name, b, out);
     }
-    full_processor_option_list_u8_t r;
+    packed_processor_option_list_u8_t r;
     if (!eddy_plugin_keyed_state_value_get(state->id, ev, &r, &err)) return state_error(&err);
     if (!r.is_some) return NULL;
     return decode_value("state", state->name, adopt(r.val), out);
@@ -866,7 +866,7 @@ const char *eddy_value_set(eddy_state *state, eddy_bytes json) {
     BATCHED(state);
     if (in_batch)
         return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET, &json, 1);
-    full_processor_list_u8_t v = wit_bytes(json);
+    packed_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set(state->id, ev, &v, &err)) return state_error(&err);
     return NULL;
 }
@@ -878,7 +878,7 @@ const char *eddy_value_set_with_ttl(eddy_state *state, eddy_bytes json, uint64_t
         const char *e = go_direct(state, ev);
         if (e) return e;
     }
-    full_processor_list_u8_t v = wit_bytes(json);
+    packed_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_value_set_with_ttl(state->id, ev, &v, ttl_ms, &err))
         return state_error(&err);
     return NULL;
@@ -944,8 +944,8 @@ eddy_bytes eddy_json_u64(uint64_t v) {
 const char *eddy_map_get(eddy_state *state, eddy_bytes key, eddy_json **out) {
     *out = NULL;
     TARGET(state);
-    full_processor_list_u8_t k = wit_bytes(key);
-    full_processor_option_list_u8_t r;
+    packed_processor_list_u8_t k = wit_bytes(key);
+    packed_processor_option_list_u8_t r;
     if (!eddy_plugin_keyed_state_map_get(state->id, ev, &k, &r, &err)) return state_error(&err);
     if (!r.is_some) return NULL;
     return decode_value("state", state->name, adopt(r.val), out);
@@ -953,7 +953,7 @@ const char *eddy_map_get(eddy_state *state, eddy_bytes key, eddy_json **out) {
 
 const char *eddy_map_put(eddy_state *state, eddy_bytes key, eddy_bytes json) {
     TARGET(state);
-    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    packed_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_map_put(state->id, ev, &k, &v, &err)) return state_error(&err);
     return NULL;
 }
@@ -961,7 +961,7 @@ const char *eddy_map_put(eddy_state *state, eddy_bytes key, eddy_bytes json) {
 const char *eddy_map_put_with_ttl(eddy_state *state, eddy_bytes key, eddy_bytes json,
                                   uint64_t ttl_ms) {
     TARGET(state);
-    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    packed_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_map_put_with_ttl(state->id, ev, &k, &v, ttl_ms, &err))
         return state_error(&err);
     return NULL;
@@ -969,14 +969,14 @@ const char *eddy_map_put_with_ttl(eddy_state *state, eddy_bytes key, eddy_bytes 
 
 const char *eddy_map_remove(eddy_state *state, eddy_bytes key) {
     TARGET(state);
-    full_processor_list_u8_t k = wit_bytes(key);
+    packed_processor_list_u8_t k = wit_bytes(key);
     if (!eddy_plugin_keyed_state_map_remove(state->id, ev, &k, &err)) return state_error(&err);
     return NULL;
 }
 
 const char *eddy_map_contains(eddy_state *state, eddy_bytes key, bool *out) {
     TARGET(state);
-    full_processor_list_u8_t k = wit_bytes(key);
+    packed_processor_list_u8_t k = wit_bytes(key);
     if (!eddy_plugin_keyed_state_map_contains(state->id, ev, &k, out, &err))
         return state_error(&err);
     return NULL;
@@ -984,7 +984,7 @@ const char *eddy_map_contains(eddy_state *state, eddy_bytes key, bool *out) {
 
 /* Adopts and decodes a page of entries. */
 static const char *decode_entries(const char *what, const char *name,
-                                  full_processor_list_tuple2_list_u8_list_u8_t *l,
+                                  packed_processor_list_tuple2_list_u8_list_u8_t *l,
                                   eddy_map_entry **entries, size_t *count) {
     defer_free(l->ptr);
     eddy_map_entry *e = eddy_alloc(l->len * sizeof *e + 1);
@@ -1005,9 +1005,9 @@ const char *eddy_map_entries(eddy_state *state, const eddy_bytes *start_after, u
     *entries = NULL;
     *count = 0;
     TARGET(state);
-    full_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
-                                                 : (full_processor_list_u8_t){0};
-    full_processor_list_tuple2_list_u8_list_u8_t r;
+    packed_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
+                                                 : (packed_processor_list_u8_t){0};
+    packed_processor_list_tuple2_list_u8_list_u8_t r;
     if (!eddy_plugin_keyed_state_map_entries(state->id, ev, start_after ? &after : NULL, limit,
                                              &r, &err))
         return state_error(&err);
@@ -1047,7 +1047,7 @@ const char *eddy_list_get(eddy_state *state, eddy_json ***items, size_t *count) 
         *count = l->len;
         return first_error;
     }
-    full_processor_list_list_u8_t r;
+    packed_processor_list_list_u8_t r;
     if (!eddy_plugin_keyed_state_list_get(state->id, ev, &r, &err)) return state_error(&err);
     defer_free(r.ptr);
     eddy_json **v = eddy_alloc(r.len * sizeof *v + 1);
@@ -1061,8 +1061,8 @@ const char *eddy_list_get(eddy_state *state, eddy_json ***items, size_t *count) 
     return first_error;
 }
 
-static full_processor_list_list_u8_t wit_values(const eddy_bytes *values, size_t count) {
-    full_processor_list_list_u8_t l = {eddy_alloc(count * sizeof(full_processor_list_u8_t) + 1),
+static packed_processor_list_list_u8_t wit_values(const eddy_bytes *values, size_t count) {
+    packed_processor_list_list_u8_t l = {eddy_alloc(count * sizeof(packed_processor_list_u8_t) + 1),
                                        count};
     for (size_t i = 0; i < count; i++) l.ptr[i] = wit_bytes(values[i]);
     return l;
@@ -1074,7 +1074,7 @@ const char *eddy_list_add(eddy_state *state, eddy_bytes json) {
     if (in_batch)
         return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, &json,
                            1);
-    full_processor_list_u8_t v = wit_bytes(json);
+    packed_processor_list_u8_t v = wit_bytes(json);
     if (!eddy_plugin_keyed_state_list_add(state->id, ev, &v, &err)) return state_error(&err);
     return NULL;
 }
@@ -1085,7 +1085,7 @@ const char *eddy_list_add_all(eddy_state *state, const eddy_bytes *values, size_
     if (in_batch)
         return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_ADD_ALL, values,
                            count);
-    full_processor_list_list_u8_t l = wit_values(values, count);
+    packed_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_add_all(state->id, ev, &l, &err)) return state_error(&err);
     return NULL;
 }
@@ -1096,7 +1096,7 @@ const char *eddy_list_update(eddy_state *state, const eddy_bytes *values, size_t
     if (in_batch)
         return batch_write(state, ev, EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_LIST_UPDATE, values,
                            count);
-    full_processor_list_list_u8_t l = wit_values(values, count);
+    packed_processor_list_list_u8_t l = wit_values(values, count);
     if (!eddy_plugin_keyed_state_list_update(state->id, ev, &l, &err)) return state_error(&err);
     return NULL;
 }
@@ -1132,7 +1132,7 @@ eddy_broadcast_map eddy_broadcast_map_new(const char *name) {
 
 static const char *map_open(eddy_broadcast_map *map) {
     if (map->opened) return NULL;
-    full_processor_string_t name = wit_str(map->name);
+    packed_processor_string_t name = wit_str(map->name);
     eddy_plugin_broadcast_state_broadcast_error_t err;
     if (!eddy_plugin_broadcast_state_open_map(&name, &map->id, &err)) return broadcast_error(&err);
     map->opened = true;
@@ -1198,8 +1198,8 @@ const char *eddy_broadcast_get(eddy_broadcast_map *map, eddy_bytes key, eddy_jso
         eddy_bytes v = {hit->value, hit->value_len};
         return decode_value("broadcast map", map->name, v, out);
     }
-    full_processor_list_u8_t k = wit_bytes(key);
-    full_processor_option_list_u8_t r;
+    packed_processor_list_u8_t k = wit_bytes(key);
+    packed_processor_option_list_u8_t r;
     if (!eddy_plugin_broadcast_state_get(map->id, &k, &r, &err)) return broadcast_error(&err);
     if (!r.is_some) {
         if (keyed) keep_batch_read(map->id, key, NULL);
@@ -1212,14 +1212,14 @@ const char *eddy_broadcast_get(eddy_broadcast_map *map, eddy_bytes key, eddy_jso
 
 const char *eddy_broadcast_put(eddy_broadcast_map *map, eddy_bytes key, eddy_bytes json) {
     MAP_OPEN(map);
-    full_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
+    packed_processor_list_u8_t k = wit_bytes(key), v = wit_bytes(json);
     if (!eddy_plugin_broadcast_state_put(map->id, &k, &v, &err)) return broadcast_error(&err);
     return NULL;
 }
 
 const char *eddy_broadcast_remove(eddy_broadcast_map *map, eddy_bytes key) {
     MAP_OPEN(map);
-    full_processor_list_u8_t k = wit_bytes(key);
+    packed_processor_list_u8_t k = wit_bytes(key);
     if (!eddy_plugin_broadcast_state_remove(map->id, &k, &err)) return broadcast_error(&err);
     return NULL;
 }
@@ -1235,9 +1235,9 @@ const char *eddy_broadcast_entries(eddy_broadcast_map *map, const eddy_bytes *st
     *entries = NULL;
     *count = 0;
     MAP_OPEN(map);
-    full_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
-                                                 : (full_processor_list_u8_t){0};
-    full_processor_list_tuple2_list_u8_list_u8_t r;
+    packed_processor_list_u8_t after = start_after ? wit_bytes(*start_after)
+                                                 : (packed_processor_list_u8_t){0};
+    packed_processor_list_tuple2_list_u8_list_u8_t r;
     if (!eddy_plugin_broadcast_state_entries(map->id, start_after ? &after : NULL, limit, &r,
                                              &err))
         return broadcast_error(&err);
@@ -1252,8 +1252,8 @@ eddy_json *eddy_broadcast_event_json(const eddy_broadcast_event *event, const ch
 /* Lookups, log, clock */
 
 const char *eddy_lookup(const char *store, const char *key, eddy_bytes *out, bool *found) {
-    full_processor_string_t s = wit_str(store), k = wit_str(key);
-    full_processor_option_list_u8_t r;
+    packed_processor_string_t s = wit_str(store), k = wit_str(key);
+    packed_processor_option_list_u8_t r;
     eddy_plugin_lookup_lookup_error_t err;
     *found = false;
     out->ptr = NULL;
@@ -1302,7 +1302,7 @@ void eddy_log(eddy_log_level level, const char *format, ...) {
     va_start(ap, format);
     char *msg = eddy_vsprintf(format, ap);
     va_end(ap);
-    full_processor_string_t m = {(uint8_t *)msg, strlen(msg)};
+    packed_processor_string_t m = {(uint8_t *)msg, strlen(msg)};
     eddy_plugin_log_log((eddy_plugin_log_level_t)level, &m);
 }
 
@@ -1318,11 +1318,11 @@ uint64_t eddy_now_ms(void) { return eddy_plugin_clock_now_ms(); }
 
 static bool initialised;
 
-bool exports_eddy_plugin_handler_init(full_processor_string_t *config, full_processor_string_t *err) {
+bool exports_eddy_plugin_handler_init(packed_processor_string_t *config, packed_processor_string_t *err) {
     initialised = false;
     current = &permanent;
     const char *text = from_wit_str(*config);
-    full_processor_string_free(config);
+    packed_processor_string_free(config);
     /* Whitespace only counts as `{}`, as in the Rust SDK. */
     const char *p = text;
     while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
@@ -1363,6 +1363,123 @@ void exports_eddy_plugin_handler_handle(exports_eddy_plugin_handler_list_event_t
     finish_batch();
     forget_batch_reads();
     exports_eddy_plugin_handler_list_event_free(events);
+}
+
+/* Packed batches (0.2.2): the same loop as `handle`, with the events read from flat lists and
+ * each outcome, built as above, appended to flat lists (see `packed-handler` in eddy.wit).
+ * The host lowers a packed batch with three allocation calls into the plugin instead of
+ * several per event. */
+
+typedef exports_eddy_plugin_packed_handler_packed_events_t packed_events;
+typedef exports_eddy_plugin_packed_handler_packed_outcomes_t packed_outcomes;
+
+/* The outcomes' lists as they grow: lengths in `out`, capacities here. */
+typedef struct {
+    packed_outcomes *out;
+    size_t bytes_cap, ends_cap, outputs_cap;
+} packer;
+
+static void pack_piece(packer *p, const void *data, size_t n) {
+    packed_processor_list_u8_t *b = &p->out->bytes;
+    grow((void **)&b->ptr, &p->bytes_cap, b->len + n, 1);
+    if (n) memcpy(b->ptr + b->len, data, n);
+    b->len += n;
+    packed_processor_list_u32_t *e = &p->out->ends;
+    grow((void **)&e->ptr, &p->ends_cap, e->len + 1, sizeof *e->ptr);
+    e->ptr[e->len++] = (uint32_t)b->len;
+}
+
+static void pack_outcome(packer *p, size_t i, const eddy_plugin_types_outcome_t *o) {
+    exports_eddy_plugin_packed_handler_packed_outcome_t *po = &p->out->outcomes.ptr[i];
+    po->tag = o->tag == EDDY_PLUGIN_TYPES_OUTCOME_EMIT ? EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_EMIT
+            : o->tag == EDDY_PLUGIN_TYPES_OUTCOME_REJECT ? EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_REJECT
+                                                         : EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_DROP;
+    if (o->tag == EDDY_PLUGIN_TYPES_OUTCOME_REJECT) {
+        pack_piece(p, o->val.reject.ptr, o->val.reject.len);
+    } else if (o->tag == EDDY_PLUGIN_TYPES_OUTCOME_EMIT) {
+        const eddy_plugin_types_list_output_t *l = &o->val.emit;
+        po->val.emit = (uint32_t)l->len;
+        exports_eddy_plugin_packed_handler_list_packed_output_t *outs = &p->out->outputs;
+        grow((void **)&outs->ptr, &p->outputs_cap, outs->len + l->len, sizeof *outs->ptr);
+        for (size_t j = 0; j < l->len; j++) {
+            const eddy_plugin_types_output_t *out = &l->ptr[j];
+            outs->ptr[outs->len].has_subject = out->subject.is_some;
+            outs->ptr[outs->len].headers = (uint32_t)out->headers.len;
+            outs->len++;
+            if (out->subject.is_some) pack_piece(p, out->subject.val.ptr, out->subject.val.len);
+            for (size_t h = 0; h < out->headers.len; h++) {
+                pack_piece(p, out->headers.ptr[h].f0.ptr, out->headers.ptr[h].f0.len);
+                pack_piece(p, out->headers.ptr[h].f1.ptr, out->headers.ptr[h].f1.len);
+            }
+            pack_piece(p, out->payload.ptr, out->payload.len);
+        }
+    }
+}
+
+void exports_eddy_plugin_packed_handler_handle_packed(packed_events *events, packed_outcomes *ret) {
+    size_t n = events->events.len;
+    memset(ret, 0, sizeof *ret);
+    ret->outcomes.len = n;
+    ret->outcomes.ptr = calloc(n ? n : 1, sizeof *ret->outcomes.ptr);
+    if (!ret->outcomes.ptr) oom();
+    packer p = {ret, 0, 0, 0};
+    const uint8_t *bytes = events->bytes.ptr;
+    const uint32_t *ends = events->ends.ptr;
+    size_t nends = events->ends.len, piece = 0;
+    uint32_t start = 0;
+    /* The next piece of the events, or NULL past the last one the host sent. */
+#define NEXT_PIECE(ptr_out, len_out)                                                   \
+    do {                                                                               \
+        if (piece >= nends || ends[piece] < start || ends[piece] > events->bytes.len) { \
+            ptr_out = NULL;                                                            \
+            break;                                                                     \
+        }                                                                              \
+        ptr_out = bytes + start;                                                       \
+        len_out = ends[piece] - start;                                                 \
+        start = ends[piece++];                                                         \
+    } while (0)
+    for (size_t i = 0; i < n; i++) {
+        eddy_plugin_types_outcome_t o;
+        memset(&o, 0, sizeof o);
+        const exports_eddy_plugin_packed_handler_packed_event_t *pe = &events->events.ptr[i];
+        if (!initialised) {
+            o.tag = EDDY_PLUGIN_TYPES_OUTCOME_REJECT;
+            o.val.reject = owned_str(NOT_INITIALISED, strlen(NOT_INITIALISED));
+        } else {
+            eddy_event ev;
+            const uint8_t *at = NULL;
+            size_t len = 0;
+            NEXT_PIECE(at, len);
+            ev.key = (eddy_bytes){at, at ? len : 0};
+            NEXT_PIECE(at, len);
+            ev.subject = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
+            ev.header_count = pe->headers;
+            eddy_header *h = eddy_alloc(pe->headers * sizeof *h + 1);
+            for (size_t j = 0; j < pe->headers; j++) {
+                NEXT_PIECE(at, len);
+                h[j].name = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
+                NEXT_PIECE(at, len);
+                h[j].value = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
+            }
+            ev.headers = h;
+            NEXT_PIECE(at, len);
+            ev.payload = (eddy_bytes){at, at ? len : 0};
+            ev.timestamp_ms = pe->timestamp_ms;
+            ev.sequence = pe->sequence;
+            o.tag = EDDY_PLUGIN_TYPES_OUTCOME_DROP;
+            current_event = (int64_t)i;
+            eddy_outcome outcome = {&o};
+            eddy_the_plugin.process(&ev, &outcome);
+            current_event = -1;
+        }
+        pack_outcome(&p, i, &o);
+        eddy_plugin_types_outcome_free(&o);
+        reset_scratch();
+    }
+#undef NEXT_PIECE
+    finish_batch();
+    forget_batch_reads();
+    exports_eddy_plugin_packed_handler_packed_events_free(events);
 }
 
 void exports_eddy_plugin_broadcast_handler_handle_broadcast(
@@ -1423,7 +1540,7 @@ void exports_eddy_plugin_lookup_planner_prepare(
 }
 
 void exports_eddy_plugin_keyed_visitor_visit(
-    full_processor_string_t *tag, full_processor_string_t *state,
+    packed_processor_string_t *tag, packed_processor_string_t *state,
     exports_eddy_plugin_keyed_visitor_list_visited_entry_t *entries,
     exports_eddy_plugin_keyed_visitor_list_visit_action_t *ret) {
     size_t n = entries->len;
@@ -1444,8 +1561,8 @@ void exports_eddy_plugin_keyed_visitor_visit(
             eddy_visit_action a = eddy_the_plugin.visit(t, s, &entry, &value);
             if (a == EDDY_VISIT_SET) {
                 ret->ptr[i].tag = EXPORTS_EDDY_PLUGIN_KEYED_VISITOR_VISIT_ACTION_SET;
-                full_processor_string_t copy = owned_str((const char *)value.ptr, value.len);
-                ret->ptr[i].val.set = (full_processor_list_u8_t){copy.ptr, copy.len};
+                packed_processor_string_t copy = owned_str((const char *)value.ptr, value.len);
+                ret->ptr[i].val.set = (packed_processor_list_u8_t){copy.ptr, copy.len};
             } else {
                 ret->ptr[i].tag = a == EDDY_VISIT_REMOVE
                                       ? EXPORTS_EDDY_PLUGIN_KEYED_VISITOR_VISIT_ACTION_REMOVE
@@ -1454,17 +1571,17 @@ void exports_eddy_plugin_keyed_visitor_visit(
             reset_scratch();
         }
     }
-    full_processor_string_free(tag);
-    full_processor_string_free(state);
+    packed_processor_string_free(tag);
+    packed_processor_string_free(state);
     exports_eddy_plugin_keyed_visitor_list_visited_entry_free(entries);
 }
 
-bool exports_eddy_plugin_migrator_migrate(full_processor_string_t *previous_version,
-                                          full_processor_string_t *err) {
+bool exports_eddy_plugin_migrator_migrate(packed_processor_string_t *previous_version,
+                                          packed_processor_string_t *err) {
     const char *error = NULL;
     if (!initialised) error = NOT_INITIALISED;
     else if (eddy_the_plugin.migrate) error = eddy_the_plugin.migrate(from_wit_str(*previous_version));
-    full_processor_string_free(previous_version);
+    packed_processor_string_free(previous_version);
     if (error) *err = owned_str(error, strlen(error));
     reset_scratch();
     return error == NULL;

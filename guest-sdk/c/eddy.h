@@ -1,8 +1,8 @@
 /* eddy.h: write Eddy stream-processing plugins in C.
  *
  * A plugin defines its entry points with EDDY_PLUGIN(...) and this layer (eddy.c, eddy_json.c
- * and the bindings `wit-bindgen c` generates from wit/eddy.wit) exports the `full-processor`
- * world: it runs the batch loop, points keyed state at the event being processed and supplies
+ * and the bindings `wit-bindgen c` generates from wit/eddy.wit) exports the `packed-processor`
+ * world (`full-processor` plus the packed crossing of keyed batches): it runs the batch loop, points keyed state at the event being processed and supplies
  * the optional exports a plugin leaves out. See README.md beside this file.
  *
  * Memory: everything this API returns (parsed JSON, strings, state values, writer buffers) is

@@ -54,7 +54,7 @@ cmd_build() {
     local out="${2:?usage: c.sh build <plugin-dir> <out.wasm>}"
     [[ -d "$plugin_dir" ]] || { echo "error: no directory $plugin_dir" >&2; exit 1; }
     local gen work
-    gen="$(wit_bindings c full_processor_component_type.o)"
+    gen="$(wit_bindings c packed_processor_component_type.o packed-processor)"
     work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-c.XXXXXX")"
     local sources=("$plugin_dir"/*.c)
     [[ -e "${sources[0]}" ]] || { echo "error: no .c files in $plugin_dir" >&2; exit 1; }
@@ -64,7 +64,7 @@ cmd_build() {
         ${CFLAGS:--O3} -std=c11 -Wall -Wextra -Wno-unused-parameter \
         -I "$SDK" -I "$gen" -I "$plugin_dir" \
         "${sources[@]}" "$SDK/eddy.c" "$SDK/eddy_json.c" \
-        "$gen/full_processor.c" "$gen/full_processor_component_type.o" \
+        "$gen/packed_processor.c" "$gen/packed_processor_component_type.o" \
         -Wl,--strip-all -o "$work/core.wasm"
     mkdir -p "$(dirname "$out")"
     "$WASM_TOOLS" component new "$work/core.wasm" -o "$out"

@@ -73,16 +73,17 @@ wit_hash() {
     cat "$EDDY_ROOT"/wit/*.wit | sha256sum | cut -c1-12
 }
 
-# Generates the `wit-bindgen <lang>` bindings of the full-processor world once per WIT version
-# and wit-bindgen version (done when `<marker>`, a file the generator writes, is there);
-# prints their directory.
+# Generates the `wit-bindgen <lang>` bindings of a world (`full-processor` unless a third
+# argument names another) once per WIT version and wit-bindgen version (done when `<marker>`,
+# a file the generator writes, is there); prints their directory.
 wit_bindings() {
-    local lang="$1" marker="$2" dir
+    local lang="$1" marker="$2" world="${3:-full-processor}" dir
     dir="$EDDY_GUEST_CACHE/$lang-bindings-$(wit_hash)-wb$WIT_BINDGEN_VERSION"
+    [[ "$world" == full-processor ]] || dir="$dir-$world"
     if [[ ! -f "$dir/$marker" ]]; then
         rm -rf "$dir.tmp"
         mkdir -p "$dir.tmp"
-        "$WIT_BINDGEN" "$lang" --world full-processor --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
+        "$WIT_BINDGEN" "$lang" --world "$world" --out-dir "$dir.tmp" "$EDDY_ROOT/wit" >/dev/null 2>&1
         rm -rf "$dir"
         mv "$dir.tmp" "$dir"
     fi

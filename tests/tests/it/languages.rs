@@ -61,6 +61,17 @@ fn guest(plugin_name: &str, lang: &str) -> Option<PathBuf> {
     None
 }
 
+/// Whether a component exports `packed-handler`, so that the host hands it keyed batches
+/// through `handle-packed`.
+fn crosses_packed(wasm: &Path) -> bool {
+    let engine = eddy_host::engine::Engine::new(None).expect("engine");
+    engine
+        .load_file(wasm)
+        .expect("the component loads")
+        .capabilities()
+        .packed
+}
+
 /// Runs `eddy <args>` and returns what it printed; panics with its stderr if it failed.
 fn eddy(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(eddy_bin()).args(args).output().expect("eddy");
@@ -244,6 +255,13 @@ async fn every_language_publishes_the_rust_outputs_and_leaves_the_rust_state() {
         ));
         for lang in LANGUAGES {
             if let Some(wasm) = guest(plugin_name, lang) {
+                // Keyed batches cross as flat lists for the layers that export
+                // `packed-handler`, as `list<event>` for the others: both paths run here.
+                assert_eq!(
+                    crosses_packed(&wasm),
+                    lang == "c",
+                    "{plugin_name} in {lang}: whether it exports packed-handler"
+                );
                 runs.push((
                     plugin_name.into(),
                     lang.into(),
