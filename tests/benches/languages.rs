@@ -11,10 +11,15 @@
 //! run). Components come from `scripts/guests/<lang>.sh` (the README's test command builds
 //! them); a language whose component is missing is listed as such. `-- --only <lang>` runs one
 //! language beside Rust; with `EDDY_WASM_PROFILE=perfmap`, `perf` names the guests' functions.
+//! `-- --one <plugin> <lang> <list|packed> <events>` runs one component once, for
+//! `valgrind --tool=callgrind --smc-check=all`: two event counts, subtracted, give its
+//! instructions per event, which this machine's drifting speed does not move.
 
 eddy_tests::host_allocator!();
 
-use eddy_tests::bench::{only_arg, transactions, worker_rate, worker_rate_single_calls};
+use eddy_tests::bench::{
+    only_arg, transactions, worker_rate, worker_rate_listed_batches, worker_rate_single_calls,
+};
 use eddy_tests::{plugin, plugin_target_dir};
 
 /// Paired rounds per language.
@@ -32,6 +37,33 @@ fn main() {
     // `-- --only c`: one guest language beside Rust (for profiling).
     let only = only_arg();
     let n = if quick { 20_000 } else { 100_000 };
+    // `-- --one <plugin> <lang> <list|packed> <events>`: one run of one component, nothing else,
+    // for counting its instructions (`valgrind --tool=callgrind`), which, unlike the rates,
+    // do not move with the machine's speed.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--one") {
+        let [name, lang, crossing, events] = &args[at + 1..at + 5] else {
+            panic!("--one takes <plugin> <lang> <list|packed> <events>");
+        };
+        let wasm = if lang == "rust" {
+            plugin(name)
+        } else {
+            plugin_target_dir()
+                .join("guests")
+                .join(format!("{name}-{lang}.wasm"))
+        };
+        let txs = transactions(events.parse().expect("a number of events"));
+        let r = match crossing.as_str() {
+            "list" => worker_rate_listed_batches(&wasm, "{}", &txs, 256),
+            "packed" => worker_rate(&wasm, "{}", &txs, 256),
+            other => panic!("--one: `{other}` is neither list nor packed"),
+        };
+        println!(
+            "{name} {lang} {crossing}: {} events in {:.3} s",
+            r.events, r.secs
+        );
+        return;
+    }
     let txs = transactions(n);
     println!(
         "\nGuest languages: {n} transactions, 10,000 keys, 256 events per call, one core; \
@@ -135,5 +167,50 @@ fn main() {
             median(batched),
             median(ratios)
         );
+    }
+
+    // Keyed batches handed over as `list<event>` against packed (`handle-packed`), the same
+    // component both ways, for the layers that export `packed-handler` (Rust and C), paired
+    // rounds, the list first.
+    println!(
+        "\n| plugin | language | list<event>, events/s | packed, events/s | packed / list | lowest..highest |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for name in ["fraud-enrich", "dedupe-filter"] {
+        for lang in ["Rust", "c"] {
+            if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
+                continue;
+            }
+            let wasm = if lang == "Rust" {
+                plugin(name)
+            } else {
+                plugin_target_dir()
+                    .join("guests")
+                    .join(format!("{name}-{lang}.wasm"))
+            };
+            if !wasm.is_file() {
+                println!("| {name} | {lang} | missing: run scripts/guests/{lang}.sh | | | |");
+                continue;
+            }
+            let (mut listed, mut packed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                let r = worker_rate_listed_batches(&wasm, "{}", &txs, 256);
+                let a = r.events as f64 / r.secs;
+                let b = rate(&wasm, "{}");
+                listed.push(a);
+                packed.push(b);
+                ratios.push(b / a);
+            }
+            let (lo, hi) = (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+            println!(
+                "| {name} | {lang} | {:.0} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
+                median(listed),
+                median(packed),
+                median(ratios)
+            );
+        }
     }
 }
