@@ -89,7 +89,7 @@ cmd_build() {
     local out="${2:?usage: go.sh build <plugin-dir> <out.wasm>}"
     [[ -d "$plugin_dir" ]] || { echo "error: no directory $plugin_dir" >&2; exit 1; }
     local gen work
-    gen="$(wit_bindings go wit_exports.go)"
+    gen="$(wit_bindings go wit_exports.go packed-processor)"
     work="$(mktemp -d "${TMPDIR:-/tmp}/eddy-go.XXXXXX")"
     # The module: generated bindings + the layer + the export glue + the plugin as `plugin`.
     cp -r "$gen"/. "$work/"
@@ -106,7 +106,7 @@ cmd_build() {
         GOOS=wasip1 GOARCH=wasm "$GO" build -buildmode=c-shared -trimpath \
             -ldflags="-checklinkname=0 -s -w" -o core.wasm .
     )
-    "$WASM_TOOLS" component embed --world full-processor "$EDDY_ROOT/wit" "$work/core.wasm" -o "$work/embedded.wasm"
+    "$WASM_TOOLS" component embed --world packed-processor "$EDDY_ROOT/wit" "$work/core.wasm" -o "$work/embedded.wasm"
     mkdir -p "$(dirname "$out")"
     "$WASM_TOOLS" component new "$work/embedded.wasm" \
         --adapt "wasi_snapshot_preview1=$ADAPTER" -o "$out"

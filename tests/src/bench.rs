@@ -241,7 +241,12 @@ fn rate_counting_failures(
         StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state"),
     );
     setup(&state);
-    let engine = Engine::new(Some(&dir.path().join("cache"))).expect("engine");
+    // `EDDY_BENCH_ENGINE_CACHE`: a compilation cache kept between runs (so that a run under
+    // valgrind loads what a native run compiled).
+    let cache = std::env::var_os("EDDY_BENCH_ENGINE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("cache"));
+    let engine = Engine::new(Some(&cache)).expect("engine");
     let p = engine.load_file(wasm).expect("plugin");
     let ctx = InstanceContext {
         state: state.clone(),

@@ -1,7 +1,7 @@
 // Package eddy is the thin Go layer for writing Eddy plugins: implement Plugin (Init and
 // Process, plus any of the optional hooks), call Register from an init function, and build with
 // scripts/guests/go.sh. The layer runs the batch loop, points keyed state at the event being
-// processed and supplies defaults for the optional exports of the `full-processor` world.
+// processed and supplies defaults for the optional exports of the `packed-processor` world.
 // See ../README.md.
 package eddy
 
