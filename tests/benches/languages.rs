@@ -170,14 +170,14 @@ fn main() {
     }
 
     // Keyed batches handed over as `list<event>` against packed (`handle-packed`), the same
-    // component both ways, for the layers that export `packed-handler` (Rust and C), paired
-    // rounds, the list first.
+    // component both ways, for the layers that export `packed-handler` (Rust, C and Go),
+    // paired rounds, the list first.
     println!(
         "\n| plugin | language | list<event>, events/s | packed, events/s | packed / list | lowest..highest |"
     );
     println!("|---|---|---:|---:|---:|---:|");
     for name in ["fraud-enrich", "dedupe-filter"] {
-        for lang in ["Rust", "c"] {
+        for lang in ["Rust", "c", "go"] {
             if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
                 continue;
             }
