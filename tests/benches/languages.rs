@@ -30,6 +30,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The lowest and highest of `ratios`.
+fn spread(ratios: &[f64]) -> (f64, f64) {
+    (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    )
+}
+
+/// The component of `name` in `lang` ("Rust"/"rust": the Rust sample; otherwise built by
+/// `scripts/guests/<lang>.sh`).
+fn component(name: &str, lang: &str) -> std::path::PathBuf {
+    if lang.eq_ignore_ascii_case("rust") {
+        plugin(name)
+    } else {
+        plugin_target_dir()
+            .join("guests")
+            .join(format!("{name}-{lang}.wasm"))
+    }
+}
+
+/// `ROUNDS` paired runs of `a` then `b` (events/s each): the rates of `a`, of `b`, and b / a.
+fn paired(a: impl Fn() -> f64, b: impl Fn() -> f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut first, mut second, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (x, y) = (a(), b());
+        first.push(x);
+        second.push(y);
+        ratios.push(y / x);
+    }
+    (first, second, ratios)
+}
+
 fn main() {
     // As the `eddy` binary runs: no transparent huge pages.
     eddy_host::no_huge_page_churn();
@@ -45,13 +77,7 @@ fn main() {
         let [name, lang, crossing, events] = &args[at + 1..at + 5] else {
             panic!("--one takes <plugin> <lang> <list|packed> <events>");
         };
-        let wasm = if lang == "rust" {
-            plugin(name)
-        } else {
-            plugin_target_dir()
-                .join("guests")
-                .join(format!("{name}-{lang}.wasm"))
-        };
+        let wasm = component(name, lang);
         let txs = transactions(events.parse().expect("a number of events"));
         let r = match crossing.as_str() {
             "list" => worker_rate_listed_batches(&wasm, "{}", &txs, 256),
@@ -88,27 +114,16 @@ fn main() {
             if only.as_deref().is_some_and(|o| o != lang) {
                 continue;
             }
-            let wasm = plugin_target_dir()
-                .join("guests")
-                .join(format!("{name}-{lang}.wasm"));
+            let wasm = component(name, lang);
             if !wasm.is_file() {
                 rows.push(format!(
                     "| {name} | {lang} | missing: run scripts/guests/{lang}.sh | | | |"
                 ));
                 continue;
             }
-            let (mut rates, mut ratios) = (Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                let base = rate(&rust, config);
-                let eps = rate(&wasm, config);
-                rust_rates.push(base);
-                rates.push(eps);
-                ratios.push(eps / base);
-            }
-            let (lo, hi) = (
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
-            );
+            let (base, rates, ratios) = paired(|| rate(&rust, config), || rate(&wasm, config));
+            rust_rates.extend(base);
+            let (lo, hi) = spread(&ratios);
             rows.push(format!(
                 "| {name} | {lang} | {} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
                 size(&wasm),
@@ -141,26 +156,18 @@ fn main() {
         if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
             continue;
         }
-        let wasm = if lang == "Rust" {
-            plugin("fraud-enrich")
-        } else {
-            plugin_target_dir()
-                .join("guests")
-                .join(format!("fraud-enrich-{lang}.wasm"))
-        };
+        let wasm = component("fraud-enrich", lang);
         if !wasm.is_file() {
             println!("| {lang} | missing: run scripts/guests/{lang}.sh | | |");
             continue;
         }
-        let (mut single, mut batched, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let r = worker_rate_single_calls(&wasm, "{}", &txs, 256);
-            let a = r.events as f64 / r.secs;
-            let b = rate(&wasm, "{}");
-            single.push(a);
-            batched.push(b);
-            ratios.push(b / a);
-        }
+        let (single, batched, ratios) = paired(
+            || {
+                let r = worker_rate_single_calls(&wasm, "{}", &txs, 256);
+                r.events as f64 / r.secs
+            },
+            || rate(&wasm, "{}"),
+        );
         println!(
             "| {lang} | {:.0} | {:.0} | {:.2} |",
             median(single),
@@ -181,30 +188,19 @@ fn main() {
             if only.as_deref().is_some_and(|o| o != lang && lang != "Rust") {
                 continue;
             }
-            let wasm = if lang == "Rust" {
-                plugin(name)
-            } else {
-                plugin_target_dir()
-                    .join("guests")
-                    .join(format!("{name}-{lang}.wasm"))
-            };
+            let wasm = component(name, lang);
             if !wasm.is_file() {
                 println!("| {name} | {lang} | missing: run scripts/guests/{lang}.sh | | | |");
                 continue;
             }
-            let (mut listed, mut packed, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..ROUNDS {
-                let r = worker_rate_listed_batches(&wasm, "{}", &txs, 256);
-                let a = r.events as f64 / r.secs;
-                let b = rate(&wasm, "{}");
-                listed.push(a);
-                packed.push(b);
-                ratios.push(b / a);
-            }
-            let (lo, hi) = (
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
+            let (listed, packed, ratios) = paired(
+                || {
+                    let r = worker_rate_listed_batches(&wasm, "{}", &txs, 256);
+                    r.events as f64 / r.secs
+                },
+                || rate(&wasm, "{}"),
             );
+            let (lo, hi) = spread(&ratios);
             println!(
                 "| {name} | {lang} | {:.0} | {:.0} | {:.2} | {lo:.2}..{hi:.2} |",
                 median(listed),
