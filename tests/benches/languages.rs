@@ -13,7 +13,9 @@
 //! language beside Rust; with `EDDY_WASM_PROFILE=perfmap`, `perf` names the guests' functions.
 //! `-- --one <plugin> <lang> <list|packed> <events>` runs one component once, for
 //! `valgrind --tool=callgrind --smc-check=all`: two event counts, subtracted, give its
-//! instructions per event, which this machine's drifting speed does not move.
+//! instructions per event, which this machine's drifting speed does not move. With
+//! `EDDY_BENCH_ENGINE_CACHE=<dir>` the compiled component is kept between runs: compile it in
+//! a native run first, or valgrind spends most of its time in the compiler.
 
 eddy_tests::host_allocator!();
 
