@@ -116,4 +116,3 @@ func ordered[K uint32 | uint64 | int32 | int64](t *testing.T, a, b []byte, order
 		t.Fatalf("%T keys %x (%d) and %x (%d): bytes order %d, numbers %d", x, a, x, b, y, order, numeric)
 	}
 }
-

@@ -77,4 +77,3 @@ func DecodeKey[K MapKey](b []byte) (K, error) {
 	}
 	return k, nil
 }
-
