@@ -481,6 +481,15 @@ typedef struct {
     list_slot *lists;   /* per key slot, for list state */
 } state_table;
 
+/* Pieces side by side, as `packed-values` and the packed outcomes carry them: their bytes,
+ * and where each piece ends in them. */
+typedef struct {
+    uint8_t *bytes;
+    size_t nbytes, capbytes;
+    uint32_t *ends;
+    size_t nends, capends;
+} piece_list;
+
 static struct {
     bool have_slots;
     packed_processor_list_u32_t slots; /* the key slot of each event */
@@ -491,10 +500,7 @@ static struct {
     size_t nfetched, capfetched;
     eddy_plugin_keyed_state_state_write_t *writes;
     size_t nwrites, capwrites;
-    uint8_t *bytes;
-    size_t nbytes, capbytes;
-    uint32_t *ends;
-    size_t nends, capends;
+    piece_list written;               /* the values the batch's writes carry */
     size_t handed_bytes, handed_ends; /* handed over in the middle of the batch already */
 } batch;
 
@@ -512,6 +518,15 @@ static void grow(void **ptr, size_t *cap, size_t need, size_t size) {
     if (!p) oom();
     *ptr = p;
     *cap = c;
+}
+
+/* Appends a piece of n bytes. */
+static void push_piece(piece_list *l, const void *p, size_t n) {
+    grow((void **)&l->bytes, &l->capbytes, l->nbytes + n, 1);
+    if (n) memcpy(l->bytes + l->nbytes, p, n);
+    l->nbytes += n;
+    grow((void **)&l->ends, &l->capends, l->nends + 1, sizeof *l->ends);
+    l->ends[l->nends++] = (uint32_t)l->nbytes;
 }
 
 /* Keeps a buffer the host answered with, freed when the batch ends. An empty list's pointer
@@ -552,7 +567,7 @@ static void forget_batch(void) {
     if (batch.have_slots) free_list(batch.slots.ptr, batch.slots.len);
     batch.have_slots = false;
     batch.count = 0;
-    batch.ntables = batch.nfetched = batch.nwrites = batch.nbytes = batch.nends = 0;
+    batch.ntables = batch.nfetched = batch.nwrites = batch.written.nbytes = batch.written.nends = 0;
     batch.handed_bytes = batch.handed_ends = 0;
 }
 
@@ -591,7 +606,7 @@ static state_table *table_of(uint32_t state, bool list) {
 static bool is_sparse(uint32_t state) { return state < nsparse && sparse[state]; }
 
 static eddy_bytes span_bytes(span s) {
-    const uint8_t *buf = s.buf == WRITTEN ? batch.bytes : batch.fetched[s.buf];
+    const uint8_t *buf = s.buf == WRITTEN ? batch.written.bytes : batch.fetched[s.buf];
     return (eddy_bytes){buf + s.start, s.end - s.start};
 }
 
@@ -729,12 +744,9 @@ static const char *batch_write(eddy_state *state, uint32_t ev,
     if (e) return e;
     span *sp = eddy_alloc(n * sizeof *sp + 1);
     for (size_t i = 0; i < n; i++) {
-        grow((void **)&batch.bytes, &batch.capbytes, batch.nbytes + values[i].len, 1);
-        if (values[i].len) memcpy(batch.bytes + batch.nbytes, values[i].ptr, values[i].len);
-        sp[i] = (span){WRITTEN, (uint32_t)batch.nbytes, (uint32_t)(batch.nbytes + values[i].len)};
-        batch.nbytes += values[i].len;
-        grow((void **)&batch.ends, &batch.capends, batch.nends + 1, sizeof *batch.ends);
-        batch.ends[batch.nends++] = (uint32_t)batch.nbytes;
+        uint32_t start = (uint32_t)batch.written.nbytes;
+        push_piece(&batch.written, values[i].ptr, values[i].len);
+        sp[i] = (span){WRITTEN, start, (uint32_t)batch.written.nbytes};
     }
     switch (change) {
     case EDDY_PLUGIN_KEYED_STATE_CHANGE_KIND_VALUE_SET:
@@ -770,13 +782,14 @@ static const char *batch_write(eddy_state *state, uint32_t ev,
  * event. The batch keeps the values (later reads of the batch still see them). */
 static void hand_over(void) {
     if (batch.nwrites > 0) {
-        size_t n = batch.nends - batch.handed_ends;
+        const piece_list *v = &batch.written;
+        size_t n = v->nends - batch.handed_ends;
         uint32_t *ends = eddy_alloc(n * sizeof *ends + 1);
         for (size_t i = 0; i < n; i++)
-            ends[i] = batch.ends[batch.handed_ends + i] - (uint32_t)batch.handed_bytes;
+            ends[i] = v->ends[batch.handed_ends + i] - (uint32_t)batch.handed_bytes;
         eddy_plugin_keyed_state_list_state_write_t w = {batch.writes, batch.nwrites};
         eddy_plugin_keyed_state_packed_values_t p = {
-            {batch.bytes + batch.handed_bytes, batch.nbytes - batch.handed_bytes}, {ends, n}};
+            {v->bytes + batch.handed_bytes, v->nbytes - batch.handed_bytes}, {ends, n}};
         eddy_plugin_keyed_state_tuple2_u32_state_error_t err;
         if (!eddy_plugin_keyed_state_write_batch(&w, &p, &err)) {
             eddy_log(EDDY_ERROR, "eddy: the host refused the state write %u of the batch: %s",
@@ -785,8 +798,8 @@ static void hand_over(void) {
         }
     }
     batch.nwrites = 0;
-    batch.handed_bytes = batch.nbytes;
-    batch.handed_ends = batch.nends;
+    batch.handed_bytes = batch.written.nbytes;
+    batch.handed_ends = batch.written.nends;
 }
 
 /* Hands the batch's writes to the host and forgets the batch. */
@@ -1372,48 +1385,64 @@ void exports_eddy_plugin_handler_handle(exports_eddy_plugin_handler_list_event_t
 
 typedef exports_eddy_plugin_packed_handler_packed_events_t packed_events;
 typedef exports_eddy_plugin_packed_handler_packed_outcomes_t packed_outcomes;
+typedef exports_eddy_plugin_packed_handler_list_packed_output_t packed_outputs;
 
-/* The outcomes' lists as they grow: lengths in `out`, capacities here. */
+/* Reads the pieces of the events in order. A piece past the last end, or one outside the
+ * bytes, reads as empty (the host sends neither). */
 typedef struct {
-    packed_outcomes *out;
-    size_t bytes_cap, ends_cap, outputs_cap;
-} packer;
+    const packed_events *events;
+    size_t next;
+    uint32_t start;
+} piece_reader;
 
-static void pack_piece(packer *p, const void *data, size_t n) {
-    packed_processor_list_u8_t *b = &p->out->bytes;
-    grow((void **)&b->ptr, &p->bytes_cap, b->len + n, 1);
-    if (n) memcpy(b->ptr + b->len, data, n);
-    b->len += n;
-    packed_processor_list_u32_t *e = &p->out->ends;
-    grow((void **)&e->ptr, &p->ends_cap, e->len + 1, sizeof *e->ptr);
-    e->ptr[e->len++] = (uint32_t)b->len;
+static eddy_bytes read_piece(piece_reader *r) {
+    const packed_events *e = r->events;
+    if (r->next >= e->ends.len) return (eddy_bytes){NULL, 0};
+    uint32_t end = e->ends.ptr[r->next];
+    if (end < r->start || end > e->bytes.len) return (eddy_bytes){NULL, 0};
+    eddy_bytes b = {e->bytes.ptr + r->start, end - r->start};
+    r->start = end;
+    r->next++;
+    return b;
 }
 
-static void pack_outcome(packer *p, size_t i, const eddy_plugin_types_outcome_t *o) {
-    exports_eddy_plugin_packed_handler_packed_outcome_t *po = &p->out->outcomes.ptr[i];
-    po->tag = o->tag == EDDY_PLUGIN_TYPES_OUTCOME_EMIT ? EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_EMIT
-            : o->tag == EDDY_PLUGIN_TYPES_OUTCOME_REJECT ? EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_REJECT
-                                                         : EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_DROP;
-    if (o->tag == EDDY_PLUGIN_TYPES_OUTCOME_REJECT) {
-        pack_piece(p, o->val.reject.ptr, o->val.reject.len);
-    } else if (o->tag == EDDY_PLUGIN_TYPES_OUTCOME_EMIT) {
+static const char *read_text(piece_reader *r) {
+    eddy_bytes b = read_piece(r);
+    return eddy_strndup((const char *)b.ptr, b.len);
+}
+
+/* Appends outcome o's pieces and outputs; returns its entry. */
+static exports_eddy_plugin_packed_handler_packed_outcome_t pack_outcome(
+    piece_list *pieces, packed_outputs *outs, size_t *outs_cap, const eddy_plugin_types_outcome_t *o) {
+    exports_eddy_plugin_packed_handler_packed_outcome_t po = {0};
+    switch (o->tag) {
+    case EDDY_PLUGIN_TYPES_OUTCOME_DROP:
+        po.tag = EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_DROP;
+        break;
+    case EDDY_PLUGIN_TYPES_OUTCOME_REJECT:
+        po.tag = EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_REJECT;
+        push_piece(pieces, o->val.reject.ptr, o->val.reject.len);
+        break;
+    default: {
         const eddy_plugin_types_list_output_t *l = &o->val.emit;
-        po->val.emit = (uint32_t)l->len;
-        exports_eddy_plugin_packed_handler_list_packed_output_t *outs = &p->out->outputs;
-        grow((void **)&outs->ptr, &p->outputs_cap, outs->len + l->len, sizeof *outs->ptr);
+        po.tag = EXPORTS_EDDY_PLUGIN_PACKED_HANDLER_PACKED_OUTCOME_EMIT;
+        po.val.emit = (uint32_t)l->len;
+        grow((void **)&outs->ptr, outs_cap, outs->len + l->len, sizeof *outs->ptr);
         for (size_t j = 0; j < l->len; j++) {
             const eddy_plugin_types_output_t *out = &l->ptr[j];
-            outs->ptr[outs->len].has_subject = out->subject.is_some;
-            outs->ptr[outs->len].headers = (uint32_t)out->headers.len;
-            outs->len++;
-            if (out->subject.is_some) pack_piece(p, out->subject.val.ptr, out->subject.val.len);
+            outs->ptr[outs->len++] = (exports_eddy_plugin_packed_handler_packed_output_t){
+                out->subject.is_some, (uint32_t)out->headers.len};
+            if (out->subject.is_some)
+                push_piece(pieces, out->subject.val.ptr, out->subject.val.len);
             for (size_t h = 0; h < out->headers.len; h++) {
-                pack_piece(p, out->headers.ptr[h].f0.ptr, out->headers.ptr[h].f0.len);
-                pack_piece(p, out->headers.ptr[h].f1.ptr, out->headers.ptr[h].f1.len);
+                push_piece(pieces, out->headers.ptr[h].f0.ptr, out->headers.ptr[h].f0.len);
+                push_piece(pieces, out->headers.ptr[h].f1.ptr, out->headers.ptr[h].f1.len);
             }
-            pack_piece(p, out->payload.ptr, out->payload.len);
+            push_piece(pieces, out->payload.ptr, out->payload.len);
         }
     }
+    }
+    return po;
 }
 
 void exports_eddy_plugin_packed_handler_handle_packed(packed_events *events, packed_outcomes *ret) {
@@ -1422,22 +1451,9 @@ void exports_eddy_plugin_packed_handler_handle_packed(packed_events *events, pac
     ret->outcomes.len = n;
     ret->outcomes.ptr = calloc(n ? n : 1, sizeof *ret->outcomes.ptr);
     if (!ret->outcomes.ptr) oom();
-    packer p = {ret, 0, 0, 0};
-    const uint8_t *bytes = events->bytes.ptr;
-    const uint32_t *ends = events->ends.ptr;
-    size_t nends = events->ends.len, piece = 0;
-    uint32_t start = 0;
-    /* The next piece of the events, or NULL past the last one the host sent. */
-#define NEXT_PIECE(ptr_out, len_out)                                                   \
-    do {                                                                               \
-        if (piece >= nends || ends[piece] < start || ends[piece] > events->bytes.len) { \
-            ptr_out = NULL;                                                            \
-            break;                                                                     \
-        }                                                                              \
-        ptr_out = bytes + start;                                                       \
-        len_out = ends[piece] - start;                                                 \
-        start = ends[piece++];                                                         \
-    } while (0)
+    piece_reader in = {events, 0, 0};
+    piece_list pieces = {0};
+    size_t outs_cap = 0;
     for (size_t i = 0; i < n; i++) {
         eddy_plugin_types_outcome_t o;
         memset(&o, 0, sizeof o);
@@ -1447,23 +1463,16 @@ void exports_eddy_plugin_packed_handler_handle_packed(packed_events *events, pac
             o.val.reject = owned_str(NOT_INITIALISED, strlen(NOT_INITIALISED));
         } else {
             eddy_event ev;
-            const uint8_t *at = NULL;
-            size_t len = 0;
-            NEXT_PIECE(at, len);
-            ev.key = (eddy_bytes){at, at ? len : 0};
-            NEXT_PIECE(at, len);
-            ev.subject = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
+            ev.key = read_piece(&in);
+            ev.subject = read_text(&in);
             ev.header_count = pe->headers;
             eddy_header *h = eddy_alloc(pe->headers * sizeof *h + 1);
             for (size_t j = 0; j < pe->headers; j++) {
-                NEXT_PIECE(at, len);
-                h[j].name = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
-                NEXT_PIECE(at, len);
-                h[j].value = eddy_strndup(at ? (const char *)at : "", at ? len : 0);
+                h[j].name = read_text(&in);
+                h[j].value = read_text(&in);
             }
             ev.headers = h;
-            NEXT_PIECE(at, len);
-            ev.payload = (eddy_bytes){at, at ? len : 0};
+            ev.payload = read_piece(&in);
             ev.timestamp_ms = pe->timestamp_ms;
             ev.sequence = pe->sequence;
             o.tag = EDDY_PLUGIN_TYPES_OUTCOME_DROP;
@@ -1472,11 +1481,14 @@ void exports_eddy_plugin_packed_handler_handle_packed(packed_events *events, pac
             eddy_the_plugin.process(&ev, &outcome);
             current_event = -1;
         }
-        pack_outcome(&p, i, &o);
+        ret->outcomes.ptr[i] = pack_outcome(&pieces, &ret->outputs, &outs_cap, &o);
         eddy_plugin_types_outcome_free(&o);
         reset_scratch();
     }
-#undef NEXT_PIECE
+    /* The lists are the generated post-return code's to free (it frees non-empty ones only;
+     * an empty piece list owns no memory). */
+    ret->bytes = (packed_processor_list_u8_t){pieces.bytes, pieces.nbytes};
+    ret->ends = (packed_processor_list_u32_t){pieces.ends, pieces.nends};
     finish_batch();
     forget_batch_reads();
     exports_eddy_plugin_packed_handler_packed_events_free(events);

@@ -24,6 +24,10 @@ use eddy_tests::bench::{
 };
 use eddy_tests::{plugin, plugin_target_dir};
 
+/// One way of running a component over events (a batch size), as the bench helpers do.
+type Measure =
+    fn(&std::path::Path, &str, &[eddy_host::engine::Event], usize) -> eddy_tests::bench::Rate;
+
 /// Paired rounds per language.
 const ROUNDS: usize = 3;
 
@@ -104,10 +108,13 @@ fn main() {
             .map(|m| format!("{} KB", m.len() / 1024))
             .unwrap_or_default()
     };
-    let rate = |wasm: &std::path::Path, config: &str| {
-        let r = worker_rate(wasm, config, &txs, 256);
+    // Events/s of one run of `wasm`, measured by `measure` (the pipeline's crossing, or one
+    // with a part of it off).
+    let rate_by = |measure: Measure, wasm: &std::path::Path, config: &str| {
+        let r = measure(wasm, config, &txs, 256);
         r.events as f64 / r.secs
     };
+    let rate = |wasm: &std::path::Path, config: &str| rate_by(worker_rate, wasm, config);
     for (name, config) in [("fraud-enrich", "{}"), ("dedupe-filter", "{}")] {
         let rust = plugin(name);
         let mut rust_rates = Vec::new();
@@ -164,10 +171,7 @@ fn main() {
             continue;
         }
         let (single, batched, ratios) = paired(
-            || {
-                let r = worker_rate_single_calls(&wasm, "{}", &txs, 256);
-                r.events as f64 / r.secs
-            },
+            || rate_by(worker_rate_single_calls, &wasm, "{}"),
             || rate(&wasm, "{}"),
         );
         println!(
@@ -196,10 +200,7 @@ fn main() {
                 continue;
             }
             let (listed, packed, ratios) = paired(
-                || {
-                    let r = worker_rate_listed_batches(&wasm, "{}", &txs, 256);
-                    r.events as f64 / r.secs
-                },
+                || rate_by(worker_rate_listed_batches, &wasm, "{}"),
                 || rate(&wasm, "{}"),
             );
             let (lo, hi) = spread(&ratios);

@@ -32,14 +32,9 @@ func (p *pieces) take() []byte {
 	return b
 }
 
-// putPiece appends one piece to the outcomes.
-func putPiece(out *packed.PackedOutcomes, b []byte) {
+// putPiece appends one piece (bytes or text) to the outcomes.
+func putPiece[T string | []byte](out *packed.PackedOutcomes, b T) {
 	out.Bytes = append(out.Bytes, b...)
-	out.Ends = append(out.Ends, uint32(len(out.Bytes)))
-}
-
-func putText(out *packed.PackedOutcomes, s string) {
-	out.Bytes = append(out.Bytes, s...)
 	out.Ends = append(out.Ends, uint32(len(out.Bytes)))
 }
 
@@ -49,7 +44,7 @@ func (o Outcome) pack(out *packed.PackedOutcomes) packed.PackedOutcome {
 	case kindDrop:
 		return packed.MakePackedOutcomeDrop()
 	case kindReject:
-		putText(out, o.reason)
+		putPiece(out, o.reason)
 		return packed.MakePackedOutcomeReject()
 	}
 	for _, output := range o.outputs {
@@ -58,11 +53,11 @@ func (o Outcome) pack(out *packed.PackedOutcomes) packed.PackedOutcome {
 			Headers:    uint32(len(output.Headers)),
 		})
 		if output.Subject != nil {
-			putText(out, *output.Subject)
+			putPiece(out, *output.Subject)
 		}
 		for _, h := range output.Headers {
-			putText(out, h.Name)
-			putText(out, h.Value)
+			putPiece(out, h.Name)
+			putPiece(out, h.Value)
 		}
 		putPiece(out, output.Payload)
 	}
