@@ -55,10 +55,9 @@ pub struct LookupStoreConfig {
     /// The cache in front of the store.
     #[serde(default)]
     pub cache: CacheConfig,
-    /// At most this many keys in one request to the store: the keys that events ask for while
-    /// a request is being made go together in the next (one Redis `MGET` or pipeline, one
-    /// round of NATS KV gets, pipelined PostgreSQL queries; HTTP asks per key, concurrently).
-    /// 1 asks for every key on its own.
+    /// At most this many keys in one request to the store: the keys an input batch's events
+    /// ask for go together (one Redis `MGET` or pipeline, one PostgreSQL statement; HTTP and
+    /// NATS KV ask per key, concurrently). 1 asks for every key on its own.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
 }

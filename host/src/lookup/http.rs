@@ -69,6 +69,11 @@ impl Connector for HttpStore {
         async move { futures::future::join_all(gets).await.into_iter().collect() }.boxed()
     }
 
+    fn shares_round_trips(&self) -> bool {
+        // One request per key: a batch would wait for its slowest.
+        false
+    }
+
     fn load_all(&self) -> BoxFuture<'static, Loaded> {
         let (client, load) = (self.client.clone(), self.load.clone());
         async move {

@@ -95,6 +95,12 @@ pub(crate) trait Connector: Send + Sync + 'static {
     fn get_many(&self, keys: Vec<String>) -> BoxFuture<'static, Fetched>;
     /// Everything, for a full cache: `(key without prefix, value)`.
     fn load_all(&self) -> BoxFuture<'static, Loaded>;
+    /// Whether the keys of one `get_many` share a round trip (a Redis `MGET`, one PostgreSQL
+    /// statement). Stores that ask per key anyway (HTTP, NATS KV) get one key per request, so
+    /// each answer is handed on as soon as it arrives rather than with the slowest of a batch.
+    fn shares_round_trips(&self) -> bool {
+        true
+    }
 }
 
 /// Counters of one store.
@@ -112,14 +118,12 @@ pub struct StoreStats {
     pub loads: AtomicU64,
 }
 
-/// A fetch of one key under way, shared by every event that asks for the key meanwhile.
-type InFlight = futures::future::Shared<BoxFuture<'static, Result<Option<Vec<u8>>, LookupError>>>;
+/// A store's answer for one key.
+type KeyAnswer = Result<Option<Vec<u8>>, LookupError>;
 
-/// One key asked of a store's batcher, and where its answer goes.
-type Ask = (
-    String,
-    tokio::sync::oneshot::Sender<Result<Option<Vec<u8>>, LookupError>>,
-);
+/// A request under way, shared by every group of events that asks for one of its keys
+/// meanwhile: its answers, one per key asked.
+type InFlight = futures::future::Shared<BoxFuture<'static, Arc<Vec<KeyAnswer>>>>;
 
 /// One declared store.
 pub struct Store {
@@ -127,13 +131,61 @@ pub struct Store {
     cfg: LookupStoreConfig,
     connector: Arc<dyn Connector>,
     cache: Cache,
-    /// Keys being fetched: a second event asking for one waits for the same answer instead
-    /// of asking the store again.
-    in_flight: std::sync::Mutex<HashMap<String, InFlight>>,
-    /// Keys to fetch, gathered into requests of up to `max_batch` keys ([`batch_requests`]).
-    asks: tokio::sync::mpsc::UnboundedSender<Ask>,
+    /// Keys being fetched, with the request and the key's place in it: events asking for one
+    /// meanwhile wait for the same answer instead of asking the store again.
+    in_flight: std::sync::Mutex<HashMap<String, (InFlight, usize)>>,
     /// Its counters.
     pub stats: Arc<StoreStats>,
+}
+
+/// One key asked of a store: answered already, or by a request under way (and its place in it).
+#[derive(Clone)]
+enum Asked {
+    Ready(LookupAnswer),
+    Pending(InFlight, usize),
+}
+
+impl Asked {
+    /// The answer, once its request is done.
+    async fn answer(self) -> LookupAnswer {
+        match self {
+            Asked::Ready(a) => a,
+            Asked::Pending(request, at) => match request.await.get(at) {
+                Some(Ok(v)) => Ok(v.clone()),
+                Some(Err(e)) => Err(LookupFailure::Failed(e.to_string())),
+                None => Err(LookupFailure::Failed("no answer".into())),
+            },
+        }
+    }
+}
+
+/// Applies a store's failure policy to one of an event's answers: the event's verdict (the
+/// first failure decides it) and the answer the plugin sees.
+fn apply_policy(
+    resolved: &mut Resolved,
+    r: &LookupRequest,
+    policy: FailurePolicy,
+    answer: LookupAnswer,
+) -> LookupAnswer {
+    match (answer, policy) {
+        (Err(LookupFailure::Failed(reason)), FailurePolicy::DeadLetter) => {
+            if resolved.verdict == Verdict::Proceed {
+                resolved.verdict = Verdict::DeadLetter(format!(
+                    "lookup of `{}` in store `{}` failed: {reason} (lookup.{}.on_failure = \"dead-letter\")",
+                    r.key, r.store, r.store
+                ));
+            }
+            Err(LookupFailure::Failed(reason))
+        }
+        (Err(LookupFailure::Failed(_)), FailurePolicy::NotFound) => Ok(None),
+        (Err(LookupFailure::Failed(reason)), FailurePolicy::Drop) => {
+            if resolved.verdict == Verdict::Proceed {
+                resolved.verdict = Verdict::Drop;
+            }
+            Err(LookupFailure::Failed(reason))
+        }
+        (a, _) => a,
+    }
 }
 
 /// What became of one event's lookups.
@@ -190,18 +242,13 @@ impl Lookups {
                 StoreKind::Http => Arc::new(http::HttpStore::new(sc)?),
                 StoreKind::Postgres => Arc::new(postgres::PgStore::new(sc)?),
             };
-            let store = Arc::new_cyclic(|weak| {
-                let (asks, rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(batch_requests(weak.clone(), rx, sc.max_batch));
-                Store {
-                    name: name.clone(),
-                    cache: Cache::new(&sc.cache),
-                    cfg: sc.clone(),
-                    connector,
-                    in_flight: std::sync::Mutex::default(),
-                    asks,
-                    stats: Arc::default(),
-                }
+            let store = Arc::new(Store {
+                name: name.clone(),
+                cache: Cache::new(&sc.cache),
+                cfg: sc.clone(),
+                connector,
+                in_flight: std::sync::Mutex::default(),
+                stats: Arc::default(),
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;
@@ -244,50 +291,86 @@ impl Lookups {
         self.stores.values()
     }
 
-    /// Resolves one event's lookups, all stores concurrently, and applies each store's failure
-    /// policy.
-    pub async fn resolve(&self, requests: Vec<LookupRequest>) -> Resolved {
-        let mut by_store: HashMap<String, Vec<String>> = HashMap::new();
-        for r in requests {
-            let keys = by_store.entry(r.store).or_default();
-            if !keys.contains(&r.key) {
-                keys.push(r.key);
+    /// Resolves the lookups of a group of events (one plan each): every key the group needs
+    /// is asked of its store once, in requests shared by the whole group, and each event is
+    /// answered, with its stores' failure policies applied, as soon as its own keys are: one
+    /// `(index in plans, Resolved)` per plan, in the order they complete.
+    pub fn resolve(
+        &self,
+        plans: Vec<Vec<LookupRequest>>,
+    ) -> impl futures::Stream<Item = (usize, Resolved)> + Send + 'static {
+        // Per store, the distinct keys the group asks and how many of its events ask each.
+        let mut asks_of: HashMap<&str, (Vec<&str>, HashMap<&str, usize>)> = HashMap::new();
+        for plan in &plans {
+            for (j, r) in plan.iter().enumerate() {
+                // An event that names a key twice asks for it once.
+                if plan[..j]
+                    .iter()
+                    .any(|e| e.store == r.store && e.key == r.key)
+                {
+                    continue;
+                }
+                let (keys, count) = asks_of.entry(r.store.as_str()).or_default();
+                let n = count.entry(r.key.as_str()).or_insert(0);
+                if *n == 0 {
+                    keys.push(r.key.as_str());
+                }
+                *n += 1;
             }
         }
-        let fetches = by_store.into_iter().map(|(store, keys)| async move {
-            let answers = self.fetch(&store, &keys).await;
-            (store, keys, answers)
-        });
-        let mut resolved = Resolved::default();
-        for (store, keys, answers) in futures::future::join_all(fetches).await {
-            let policy = self
-                .stores
-                .get(&store)
-                .map(|s| s.cfg.on_failure)
-                .unwrap_or(FailurePolicy::Plugin);
-            for (key, answer) in keys.into_iter().zip(answers) {
-                let answer = match (answer, policy) {
-                    (Err(LookupFailure::Failed(reason)), FailurePolicy::DeadLetter) => {
-                        if resolved.verdict == Verdict::Proceed {
-                            resolved.verdict = Verdict::DeadLetter(format!(
-                                "lookup of `{key}` in store `{store}` failed: {reason} (lookup.{store}.on_failure = \"dead-letter\")"
-                            ));
-                        }
-                        Err(LookupFailure::Failed(reason))
-                    }
-                    (Err(LookupFailure::Failed(_)), FailurePolicy::NotFound) => Ok(None),
-                    (Err(LookupFailure::Failed(reason)), FailurePolicy::Drop) => {
-                        if resolved.verdict == Verdict::Proceed {
-                            resolved.verdict = Verdict::Drop;
-                        }
-                        Err(LookupFailure::Failed(reason))
-                    }
-                    (a, _) => a,
-                };
-                resolved.answers.insert((store.clone(), key), answer);
+        let mut asked: HashMap<(String, String), Asked> = HashMap::new();
+        for (store, (keys, count)) in asks_of {
+            let answers = match self.stores.get(store) {
+                Some(s) => s.ask(&keys, |k| count.get(k).copied().unwrap_or(1)),
+                None => {
+                    let failure = self.unknown_store(store);
+                    keys.iter()
+                        .map(|_| Asked::Ready(Err(failure.clone())))
+                        .collect()
+                }
+            };
+            for (key, a) in keys.into_iter().zip(answers) {
+                asked.insert((store.to_string(), key.to_string()), a);
             }
         }
-        resolved
+        let events: futures::stream::FuturesUnordered<_> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| {
+                let waits: Vec<(LookupRequest, FailurePolicy, Option<Asked>)> = plan
+                    .into_iter()
+                    .map(|r| {
+                        let policy = self
+                            .stores
+                            .get(&r.store)
+                            .map(|s| s.cfg.on_failure)
+                            .unwrap_or(FailurePolicy::Plugin);
+                        let a = asked.get(&(r.store.clone(), r.key.clone())).cloned();
+                        (r, policy, a)
+                    })
+                    .collect();
+                async move {
+                    let mut resolved = Resolved::default();
+                    for (r, policy, a) in waits {
+                        let answer = match a {
+                            Some(a) => a.answer().await,
+                            None => Err(LookupFailure::Failed("no answer".into())),
+                        };
+                        let answer = apply_policy(&mut resolved, &r, policy, answer);
+                        resolved.answers.insert((r.store, r.key), answer);
+                    }
+                    (i, resolved)
+                }
+            })
+            .collect();
+        events
+    }
+
+    fn unknown_store(&self, store: &str) -> LookupFailure {
+        let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+        LookupFailure::UnknownStore(format!(
+            "`{store}` is not declared; the pipeline declares {known:?} (add [lookup.{store}])"
+        ))
     }
 
     /// Fetches `keys` from `store`: cache first, then the store, with retries within the
@@ -295,15 +378,7 @@ impl Lookups {
     pub async fn fetch(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
         match self.stores.get(store) {
             Some(s) => s.fetch(keys).await,
-            None => {
-                let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
-                vec![
-                    Err(LookupFailure::UnknownStore(format!(
-                        "`{store}` is not declared; the pipeline declares {known:?} (add [lookup.{store}])"
-                    )));
-                    keys.len()
-                ]
-            }
+            None => vec![Err(self.unknown_store(store)); keys.len()],
         }
     }
 }
@@ -349,89 +424,91 @@ impl Store {
         }
     }
 
+    /// One answer per key: from the cache, from a request already under way for the key, or
+    /// from new requests of up to `max_batch` keys each, run concurrently.
     async fn fetch(self: &Arc<Self>, keys: &[String]) -> Vec<LookupAnswer> {
-        let mut answers: Vec<Option<LookupAnswer>> = Vec::with_capacity(keys.len());
-        let mut waits = Vec::new();
-        {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            for (i, k) in keys.iter().enumerate() {
-                match self.cache.get(k) {
-                    Some(v) => {
-                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        answers.push(Some(Ok(v)));
-                    }
-                    None if self.cache.mode() == CacheMode::Full => {
-                        // A full cache holds everything: a key it lacks does not exist.
-                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        answers.push(Some(Ok(None)));
-                    }
-                    None => {
-                        answers.push(None);
-                        let shared = match in_flight.get(k) {
-                            Some(f) => {
-                                // Asked for already, by an event still waiting: same answer.
-                                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                                f.clone()
-                            }
-                            None => {
-                                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                                let f = self.clone().fetch_one(k.clone()).boxed().shared();
-                                in_flight.insert(k.clone(), f.clone());
-                                f
-                            }
-                        };
-                        waits.push((i, shared));
-                    }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let asked = self.ask(&keys, |_| 1);
+        futures::future::join_all(asked.into_iter().map(Asked::answer)).await
+    }
+
+    /// Asks for distinct `keys`, `asks(key)` times each (the events asking, for the counters):
+    /// each key's answer is in the cache, or comes from a request under way for it, or from a
+    /// new request of up to `max_batch` keys started here.
+    fn ask(self: &Arc<Self>, keys: &[&str], asks: impl Fn(&str) -> usize) -> Vec<Asked> {
+        let mut answers: Vec<Option<Asked>> = Vec::with_capacity(keys.len());
+        let (mut hits, mut misses) = (0, 0);
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new_keys: Vec<usize> = Vec::new();
+        for (i, &k) in keys.iter().enumerate() {
+            let n = asks(k).max(1);
+            let answer = match self.cache.get(k) {
+                Some(v) => Some(Asked::Ready(Ok(v))),
+                // A full cache holds everything: a key it lacks does not exist.
+                None if self.cache.mode() == CacheMode::Full => Some(Asked::Ready(Ok(None))),
+                // Asked for already, by events still waiting: the same answer.
+                None => in_flight
+                    .get(k)
+                    .map(|(request, at)| Asked::Pending(request.clone(), *at)),
+            };
+            match answer {
+                Some(a) => {
+                    hits += n;
+                    answers.push(Some(a));
+                }
+                None => {
+                    // The first ask goes to the store; the others share its answer.
+                    misses += 1;
+                    hits += n - 1;
+                    new_keys.push(i);
+                    answers.push(None);
                 }
             }
         }
-        let (indices, futures): (Vec<usize>, Vec<InFlight>) = waits.into_iter().unzip();
-        for (i, answer) in indices
-            .into_iter()
-            .zip(futures::future::join_all(futures).await)
-        {
-            answers[i] = Some(answer.map_err(|e| LookupFailure::Failed(e.to_string())));
+        let per_request = match self.connector.shares_round_trips() {
+            true => self.cfg.max_batch.max(1),
+            false => 1,
+        };
+        for chunk in new_keys.chunks(per_request) {
+            let asked: Vec<String> = chunk.iter().map(|&i| keys[i].to_string()).collect();
+            let request = self.clone().request(asked).boxed().shared();
+            for (at, &i) in chunk.iter().enumerate() {
+                in_flight.insert(keys[i].to_string(), (request.clone(), at));
+                answers[i] = Some(Asked::Pending(request.clone(), at));
+            }
         }
+        drop(in_flight);
+        self.stats.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        self.stats.misses.fetch_add(misses, Ordering::Relaxed);
         answers
             .into_iter()
-            .map(|a| a.unwrap_or(Err(LookupFailure::Failed("no answer".into()))))
+            .map(|a| a.unwrap_or(Asked::Ready(Err(LookupFailure::Failed("no answer".into())))))
             .collect()
     }
 
-    /// Fetches one key (in a request with the other keys asked meanwhile; retries and timeout
-    /// included), caches the answer, and ends its in-flight entry.
-    async fn fetch_one(self: Arc<Self>, key: String) -> Result<Option<Vec<u8>>, LookupError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let sent = self.asks.send((key.clone(), reply)).is_ok();
-        let answer = match (sent, answer.await) {
-            (true, Ok(answer)) => answer,
-            // The batching task is gone (the pipeline is stopping): nothing will answer.
-            _ => Err(LookupError::Unavailable(
-                "the store's request task stopped".into(),
-            )),
-        };
-        if let Ok(v) = &answer {
-            self.cache.put(&key, v.clone());
+    /// Fetches `keys` in one request (retries and timeout included), caches the answers, and
+    /// ends their in-flight entries.
+    async fn request(self: Arc<Self>, keys: Vec<String>) -> Arc<Vec<KeyAnswer>> {
+        let answers = self.fetch_with_retries(&keys).await;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, answer) in keys.iter().zip(&answers) {
+            if let Ok(v) = answer {
+                self.cache.put(key, v.clone());
+            }
+            in_flight.remove(key);
         }
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        answer
+        Arc::new(answers)
     }
 
     /// Fetches from the store, retrying per `retry` within `timeout_ms` overall.
-    async fn fetch_with_retries(
-        &self,
-        keys: &[String],
-    ) -> Vec<Result<Option<Vec<u8>>, LookupError>> {
+    async fn fetch_with_retries(&self, keys: &[String]) -> Vec<KeyAnswer> {
         let retry = &self.cfg.retry;
         let timeout = self.cfg.timeout();
         let prefixed: Vec<String> = keys
             .iter()
             .map(|k| format!("{}{k}", self.cfg.key_prefix))
             .collect();
-        let mut results: Vec<Option<Result<Option<Vec<u8>>, LookupError>>> = vec![None; keys.len()];
+        let mut results: Vec<Option<KeyAnswer>> = vec![None; keys.len()];
         let attempts = AtomicU64::new(0);
         let work = async {
             let mut backoff = Duration::from_millis(retry.backoff_ms);
@@ -476,7 +553,7 @@ impl Store {
         };
         let timed_out = tokio::time::timeout(timeout, work).await.is_err();
         let tried = attempts.load(Ordering::Relaxed);
-        let out: Vec<Result<Option<Vec<u8>>, LookupError>> = results
+        let out: Vec<KeyAnswer> = results
             .into_iter()
             .map(|r| match r {
                 Some(Ok(v)) => Ok(v),
@@ -500,37 +577,6 @@ impl Store {
             }
         }
         out
-    }
-}
-
-/// Gathers the keys asked of a store into requests: the first key waiting starts a request
-/// with every key asked by then (up to `max_batch`), so the events admitted together share
-/// one round trip; requests run concurrently. Ends with the store.
-async fn batch_requests(
-    store: std::sync::Weak<Store>,
-    mut asks: tokio::sync::mpsc::UnboundedReceiver<Ask>,
-    max_batch: usize,
-) {
-    while let Some(first) = asks.recv().await {
-        // The events admitted with this one are still asking: let them finish.
-        tokio::task::yield_now().await;
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match asks.try_recv() {
-                Ok(ask) => batch.push(ask),
-                Err(_) => break,
-            }
-        }
-        let Some(store) = store.upgrade() else {
-            break;
-        };
-        tokio::spawn(async move {
-            let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
-            let answers = store.fetch_with_retries(&keys).await;
-            for ((_, reply), answer) in batch.into_iter().zip(answers) {
-                let _ = reply.send(answer);
-            }
-        });
     }
 }
 

@@ -79,6 +79,11 @@ impl Connector for KvStore {
         .boxed()
     }
 
+    fn shares_round_trips(&self) -> bool {
+        // One request per key: a batch would wait for its slowest.
+        false
+    }
+
     fn load_all(&self) -> BoxFuture<'static, Loaded> {
         let (js, name, cell, prefix) = (
             self.js.clone(),

@@ -388,18 +388,16 @@ pub async fn run(
             fence: opts.fence.clone(),
         },
     ));
-    let capacity = if lookups.is_some() {
-        cfg.lookups.capacity
-    } else {
-        cfg.input.batch * 2
-    };
+    // Events wait on lookups up to `lookups.capacity`; ready ones wait for the plugin up to
+    // two groups: the one it takes next and the one after, admitted while it runs.
+    let ready_capacity = cfg.input.batch * 2;
     let mut runner = Runner {
         routes: Routes::new(&cfg),
         cfg: cfg.clone(),
         state,
         worker: Some(worker),
         planner: built.planner,
-        window: Window::new(cfg.lookups.mode, capacity),
+        window: Window::new(cfg.lookups.mode, cfg.lookups.capacity, ready_capacity),
         input_rx,
         broadcasts,
         broadcast_positions: restored

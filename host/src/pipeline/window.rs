@@ -16,10 +16,10 @@
 //! checkpoint can record them and a replay skip them.
 
 use std::collections::{HashSet, VecDeque};
-use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::route::Source;
@@ -106,7 +106,10 @@ struct Slot<A> {
 /// See the module documentation. `A` is what acknowledges a keyed message (the message).
 pub(crate) struct Window<A> {
     mode: OrderMode,
-    capacity: usize,
+    /// Most keyed events waiting on lookups.
+    waiting_capacity: usize,
+    /// Most keyed events ready and not yet released.
+    ready_capacity: usize,
     slots: VecDeque<Slot<A>>,
     next_id: u64,
     waiting: usize,
@@ -118,12 +121,21 @@ pub(crate) struct Window<A> {
 }
 
 impl<A> Window<A> {
-    /// A window of `capacity` keyed events.
-    pub(crate) fn new(mode: OrderMode, capacity: usize) -> Window<A> {
+    /// A window that admits keyed events while fewer than `waiting_capacity` wait on lookups
+    /// and fewer than `ready_capacity` are ready for the plugin. The two are apart so that
+    /// events ready for the plugin (while it runs the group before) do not hold back the
+    /// lookups of the events after them: with one bound for both, a 1 ms store at
+    /// capacity 100 kept the pipeline at half its speed (docs/BENCHMARKS.md, "Lookups").
+    pub(crate) fn new(
+        mode: OrderMode,
+        waiting_capacity: usize,
+        ready_capacity: usize,
+    ) -> Window<A> {
         let (tx, rx) = mpsc::unbounded_channel();
         Window {
             mode,
-            capacity: capacity.max(1),
+            waiting_capacity: waiting_capacity.max(1),
+            ready_capacity: ready_capacity.max(1),
             slots: VecDeque::new(),
             next_id: 0,
             waiting: 0,
@@ -134,9 +146,11 @@ impl<A> Window<A> {
         }
     }
 
-    /// Whether more keyed events fit.
+    /// Whether more keyed events fit: fewer than the capacities wait on lookups and are
+    /// ready. An admitted batch may overshoot them; the next waits.
     pub(crate) fn has_room(&self) -> bool {
-        self.keyed_unreleased < self.capacity
+        self.waiting < self.waiting_capacity
+            && self.keyed_unreleased - self.waiting < self.ready_capacity
     }
 
     /// Whether nothing is in the window.
@@ -194,18 +208,30 @@ impl<A> Window<A> {
         }
     }
 
-    /// Adds a keyed arrival whose lookups `resolve` answers (run as a task).
+    /// Adds keyed arrivals that wait on lookups, in order, and runs `resolve` as one task for
+    /// all of them: it yields each arrival's `Resolved` (with its index in `arrivals`) once
+    /// that arrival's lookups are answered. One task and one round of store requests per
+    /// admitted group, not per event.
     pub(crate) fn push_waiting(
         &mut self,
-        msg: A,
-        arrival: Arrival,
-        resolve: impl Future<Output = Resolved> + Send + 'static,
+        arrivals: Vec<(A, Arrival)>,
+        resolve: impl Stream<Item = (usize, Resolved)> + Send + 'static,
     ) {
-        let seq = arrival.seq;
-        let id = self.push(Some((seq, msg)), Item::Keyed(arrival), Phase::Waiting);
+        let ids: Vec<u64> = arrivals
+            .into_iter()
+            .map(|(msg, arrival)| {
+                let seq = arrival.seq;
+                self.push(Some((seq, msg)), Item::Keyed(arrival), Phase::Waiting)
+            })
+            .collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send((id, resolve.await));
+            let mut resolve = std::pin::pin!(resolve);
+            while let Some((i, resolved)) = resolve.next().await {
+                if let Some(&id) = ids.get(i) {
+                    let _ = tx.send((id, resolved));
+                }
+            }
         });
     }
 

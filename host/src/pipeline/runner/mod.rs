@@ -34,7 +34,7 @@ use super::window::{Arrival, Body, Released, Window};
 use super::{Fence, Fenced, HandOff, Shutdown};
 use crate::config::PipelineConfig;
 use crate::control::Command;
-use crate::engine::{Event, Planner, Worker};
+use crate::engine::{Event, LookupRequest, Planner, Worker};
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::query::QueryEngine;
@@ -321,21 +321,40 @@ impl Runner {
         })
         .await?;
         self.planner = Some(planner);
+        // Arrivals keep their order in the window: each run of arrivals that need lookups
+        // waits on one resolution, the others are ready at once.
         let mut plans = plans.into_iter();
+        let mut waiting: Vec<(jetstream::Message, Arrival)> = Vec::new();
+        let mut waiting_plans: Vec<Vec<LookupRequest>> = Vec::new();
         for (msg, a) in arrivals {
             let plan = match &a.body {
                 Body::Event { .. } => plans.next().unwrap_or_default(),
                 _ => Vec::new(),
             };
             if plan.is_empty() {
+                self.wait_on_lookups(&lookups, &mut waiting, &mut waiting_plans);
                 self.window.push_ready(msg, a);
             } else {
-                let lookups = lookups.clone();
-                self.window
-                    .push_waiting(msg, a, async move { lookups.resolve(plan).await });
+                waiting.push((msg, a));
+                waiting_plans.push(plan);
             }
         }
+        self.wait_on_lookups(&lookups, &mut waiting, &mut waiting_plans);
         Ok(())
+    }
+
+    /// Puts `waiting` into the window, waiting on one resolution of `plans`.
+    fn wait_on_lookups(
+        &mut self,
+        lookups: &Arc<Lookups>,
+        waiting: &mut Vec<(jetstream::Message, Arrival)>,
+        plans: &mut Vec<Vec<LookupRequest>>,
+    ) {
+        if waiting.is_empty() {
+            return;
+        }
+        let resolving = lookups.resolve(std::mem::take(plans));
+        self.window.push_waiting(std::mem::take(waiting), resolving);
     }
 
     /// Applies broadcast updates that arrived while no keyed event did, once they are
