@@ -124,8 +124,7 @@ impl<A> Window<A> {
     /// A window that admits keyed events while fewer than `waiting_capacity` wait on lookups
     /// and fewer than `ready_capacity` are ready for the plugin. The two are apart so that
     /// events ready for the plugin (while it runs the group before) do not hold back the
-    /// lookups of the events after them: with one bound for both, a 1 ms store at
-    /// capacity 100 kept the pipeline at half its speed (docs/BENCHMARKS.md, "Lookups").
+    /// lookups of the events after them: `lookups.capacity` bounds what waits on the stores.
     pub(crate) fn new(
         mode: OrderMode,
         waiting_capacity: usize,
