@@ -11,7 +11,8 @@
 //! run). Components come from `scripts/guests/<lang>.sh` (the README's test command builds
 //! them); a language whose component is missing is listed as such. `-- --only <lang>` runs one
 //! language beside Rust; with `EDDY_WASM_PROFILE=perfmap`, `perf` names the guests' functions.
-//! `-- --one <plugin> <lang> <list|packed> <events>` runs one component once, for
+//! `-- --one <plugin> <lang> <list|packed|lookups> <events>` runs one component once
+//! (`lookups`: packed, with a profile lookup per event planned and answered in memory), for
 //! `valgrind --tool=callgrind --smc-check=all`: two event counts, subtracted, give its
 //! instructions per event, which this machine's drifting speed does not move. With
 //! `EDDY_BENCH_ENGINE_CACHE=<dir>` the compiled component is kept between runs: compile it in
@@ -21,6 +22,7 @@ eddy_tests::host_allocator!();
 
 use eddy_tests::bench::{
     only_arg, transactions, worker_rate, worker_rate_listed_batches, worker_rate_single_calls,
+    worker_rate_with_lookups,
 };
 use eddy_tests::{plugin, plugin_target_dir};
 
@@ -75,20 +77,29 @@ fn main() {
     // `-- --only c`: one guest language beside Rust (for profiling).
     let only = only_arg();
     let n = if quick { 20_000 } else { 100_000 };
-    // `-- --one <plugin> <lang> <list|packed> <events>`: one run of one component, nothing else,
+    // `-- --one <plugin> <lang> <list|packed|lookups> <events>`: one run of one component,
     // for counting its instructions (`valgrind --tool=callgrind`), which, unlike the rates,
     // do not move with the machine's speed.
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--one") {
         let [name, lang, crossing, events] = &args[at + 1..at + 5] else {
-            panic!("--one takes <plugin> <lang> <list|packed> <events>");
+            panic!("--one takes <plugin> <lang> <list|packed|lookups> <events>");
         };
         let wasm = component(name, lang);
         let txs = transactions(events.parse().expect("a number of events"));
         let r = match crossing.as_str() {
             "list" => worker_rate_listed_batches(&wasm, "{}", &txs, 256),
             "packed" => worker_rate(&wasm, "{}", &txs, 256),
-            other => panic!("--one: `{other}` is neither list nor packed"),
+            // Packed, with the customer's profile planned in `prepare` and answered from
+            // memory: the in-process cost of a lookup per event.
+            "lookups" => worker_rate_with_lookups(
+                &wasm,
+                r#"{"profiles": "profiles"}"#,
+                &txs,
+                256,
+                |_, key| Some(format!(r#"{{"segment":"s{}"}}"#, key.len() % 7).into_bytes()),
+            ),
+            other => panic!("--one: `{other}` is neither list, packed nor lookups"),
         };
         println!(
             "{name} {lang} {crossing}: {} events in {:.3} s",

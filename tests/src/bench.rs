@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use eddy_host::engine::Worker;
-use eddy_host::engine::{Engine, Event, InstanceContext, Limits};
+use eddy_host::engine::{Engine, Event, InstanceContext, Limits, Prefetched};
+use eddy_host::engine::{Planner, Worker};
 use eddy_host::metrics::Metrics;
 use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemClock};
 
@@ -236,6 +236,61 @@ fn rate_counting_failures(
     crossing: Crossing,
     setup: impl FnOnce(&StateStore),
 ) -> (Rate, usize) {
+    let (_dir, state, mut worker, _) = bench_worker(wasm, config, options, crossing, setup);
+    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    let none = Arc::default();
+    let mut failed = 0;
+    let mut calls = 0;
+    let rate = timed_batches(evs, &kgs, batch, |c, k| {
+        let r = worker.handle(c, k, &none).expect("run");
+        calls += 1;
+        if calls > 20 {
+            failed += r.iter().filter(|r| r.is_err()).count();
+        }
+    });
+    (rate, failed)
+}
+
+/// [`worker_rate`] for a plugin that plans lookups: per batch, its `prepare` call, the
+/// planned keys answered by `answer(store, key)` and handed over as the pipeline hands over
+/// what it fetched, then `handle`. What lookups cost in process, without a store.
+pub fn worker_rate_with_lookups(
+    wasm: &Path,
+    config: &str,
+    evs: &[Event],
+    batch: usize,
+    answer: impl Fn(&str, &str) -> Option<Vec<u8>>,
+) -> Rate {
+    let (_dir, state, mut worker, planner) =
+        bench_worker(wasm, config, store_options(), PIPELINE, |_| {});
+    let mut planner = planner.expect("the plugin exports lookup-planner");
+    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
+    let mut failed = 0;
+    let mut planned = 0;
+    let rate = timed_batches(evs, &kgs, batch, |c, k| {
+        let mut answers = Prefetched::new();
+        for r in planner.prepare(c).into_iter().flatten() {
+            planned += 1;
+            let value = answer(&r.store, &r.key);
+            answers.insert((r.store, r.key), Ok(value));
+        }
+        let r = worker.handle(c, k, &Arc::new(answers)).expect("run");
+        failed += r.iter().filter(|r| r.is_err()).count();
+    });
+    assert_eq!(failed, 0, "{}: all events succeed", wasm.display());
+    assert!(planned > 0, "{}: the plugin plans lookups", wasm.display());
+    rate
+}
+
+/// A worker for `wasm` over a fresh state store (in the returned directory), and the
+/// planner instance the pipeline gives a plugin that exports `lookup-planner`.
+fn bench_worker(
+    wasm: &Path,
+    config: &str,
+    options: StoreOptions,
+    crossing: Crossing,
+    setup: impl FnOnce(&StateStore),
+) -> (tempfile::TempDir, Arc<StateStore>, Worker, Option<Planner>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = Arc::new(
         StateStore::open_with(dir.path(), 128, Arc::new(SystemClock), options).expect("state"),
@@ -258,20 +313,9 @@ fn rate_counting_failures(
         batch_calls: crossing.batch_calls,
         packed_batches: crossing.packed_batches,
     };
-    let mut worker =
-        Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
-    let kgs: Vec<u16> = evs.iter().map(|e| state.key_group(&e.key)).collect();
-    let none = Arc::default();
-    let mut failed = 0;
-    let mut calls = 0;
-    let rate = timed_batches(evs, &kgs, batch, |c, k| {
-        let r = worker.handle(c, k, &none).expect("run");
-        calls += 1;
-        if calls > 20 {
-            failed += r.iter().filter(|r| r.is_err()).count();
-        }
-    });
-    (rate, failed)
+    let planner = Planner::new(&p, &ctx, config).expect("planner");
+    let worker = Worker::new(p, ctx, config.to_string(), Metrics::new("bench")).expect("worker");
+    (dir, state, worker, planner)
 }
 
 /// A process's resident memory now and at its peak, MiB, from its `status` file in `/proc`
