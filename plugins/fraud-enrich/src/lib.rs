@@ -124,6 +124,16 @@ struct Transaction {
     ts: u64,
 }
 
+/// What `plan_lookups` reads of a transaction: the two keys, borrowed from the payload where
+/// they need no unescaping, and nothing else parsed into values.
+#[derive(Debug, Deserialize)]
+struct LookupKeys<'a> {
+    #[serde(borrow)]
+    customer: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    merchant: std::borrow::Cow<'a, str>,
+}
+
 /// A customer's statistics, the `stats` state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Stats {
@@ -278,15 +288,15 @@ impl Processor for FraudEnrich {
     }
 
     fn plan_lookups(&self, event: &Event) -> Vec<LookupRequest> {
-        let Ok(tx) = event.json::<Transaction>() else {
+        let Ok(keys) = serde_json::from_slice::<LookupKeys>(event.payload()) else {
             return Vec::new();
         };
         let mut plan = Vec::new();
         if let Some(p) = &self.profiles {
-            plan.push(p.request(tx.customer));
+            plan.push(p.request(keys.customer));
         }
         if let Some(m) = &self.merchants {
-            plan.push(m.request(tx.merchant));
+            plan.push(m.request(keys.merchant));
         }
         plan
     }
@@ -344,6 +354,17 @@ mod tests {
             max_cents: 0,
             last_ts,
         }
+    }
+
+    #[test]
+    fn lookup_keys_are_read_borrowed_or_unescaped() {
+        let keys: LookupKeys = serde_json::from_slice(
+            br#"{"id":"tx-1","customer":"c-\u0034\"2","amount_cents":1,"merchant":"m-7","category":"g","ts":0}"#,
+        )
+        .expect("keys");
+        assert_eq!(keys.customer, "c-4\"2");
+        assert!(matches!(keys.merchant, std::borrow::Cow::Borrowed("m-7")));
+        assert!(serde_json::from_slice::<LookupKeys>(br#"{"customer":"c-1"}"#).is_err());
     }
 
     #[test]
