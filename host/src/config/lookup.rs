@@ -56,8 +56,8 @@ pub struct LookupStoreConfig {
     #[serde(default)]
     pub cache: CacheConfig,
     /// At most this many keys in one request to the store: the keys an input batch's events
-    /// ask for go together (one Redis `MGET` or pipeline, one PostgreSQL statement; HTTP and
-    /// NATS KV ask per key, concurrently). 1 asks for every key on its own.
+    /// ask for go together (one Redis `MGET` or pipeline, one PostgreSQL statement). HTTP and
+    /// NATS KV ask per key, concurrently, and ignore it. 1 asks for every key on its own.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
 }
@@ -307,7 +307,9 @@ impl LookupStoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupsConfig {
-    /// Most events waiting on lookups at once; a full window holds back the input.
+    /// Most events waiting on lookups at once; a full window holds back the input. Events
+    /// whose lookups are answered wait for the plugin apart from these, up to two input
+    /// batches (`input.batch`).
     #[serde(default = "default_capacity")]
     pub capacity: usize,
     /// `ordered` (outputs in input order) or `unordered` (as lookups complete; events of one

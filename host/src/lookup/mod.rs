@@ -350,12 +350,19 @@ impl Lookups {
                     })
                     .collect();
                 async move {
+                    // All of the event's keys at once; the policies then apply in plan order.
+                    let answers = futures::future::join_all(waits.iter().map(|(_, _, a)| {
+                        let a = a.clone();
+                        async move {
+                            match a {
+                                Some(a) => a.answer().await,
+                                None => Err(LookupFailure::Failed("no answer".into())),
+                            }
+                        }
+                    }))
+                    .await;
                     let mut resolved = Resolved::default();
-                    for (r, policy, a) in waits {
-                        let answer = match a {
-                            Some(a) => a.answer().await,
-                            None => Err(LookupFailure::Failed("no answer".into())),
-                        };
+                    for ((r, policy, _), answer) in waits.into_iter().zip(answers) {
                         let answer = apply_policy(&mut resolved, &r, policy, answer);
                         resolved.answers.insert((r.store, r.key), answer);
                     }
@@ -427,9 +434,24 @@ impl Store {
     /// One answer per key: from the cache, from a request already under way for the key, or
     /// from new requests of up to `max_batch` keys each, run concurrently.
     async fn fetch(self: &Arc<Self>, keys: &[String]) -> Vec<LookupAnswer> {
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let asked = self.ask(&keys, |_| 1);
-        futures::future::join_all(asked.into_iter().map(Asked::answer)).await
+        let mut distinct: Vec<&str> = Vec::with_capacity(keys.len());
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for k in keys {
+            let n = count.entry(k.as_str()).or_insert(0);
+            if *n == 0 {
+                distinct.push(k.as_str());
+            }
+            *n += 1;
+        }
+        let asked = self.ask(&distinct, |k| count.get(k).copied().unwrap_or(1));
+        let answers = futures::future::join_all(asked.into_iter().map(Asked::answer)).await;
+        let by_key: HashMap<&str, &LookupAnswer> = distinct.into_iter().zip(&answers).collect();
+        keys.iter()
+            .map(|k| match by_key.get(k.as_str()) {
+                Some(a) => (*a).clone(),
+                None => Err(LookupFailure::Failed("no answer".into())),
+            })
+            .collect()
     }
 
     /// Asks for distinct `keys`, `asks(key)` times each (the events asking, for the counters):
@@ -489,7 +511,20 @@ impl Store {
     /// Fetches `keys` in one request (retries and timeout included), caches the answers, and
     /// ends their in-flight entries.
     async fn request(self: Arc<Self>, keys: Vec<String>) -> Arc<Vec<KeyAnswer>> {
-        let answers = self.fetch_with_retries(&keys).await;
+        // A panic in a connector fails these keys, not every event that shares the request.
+        let answers = std::panic::AssertUnwindSafe(self.fetch_with_retries(&keys))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(store = %self.name, "a request to the store panicked");
+                vec![
+                    Err(LookupError::Unavailable(format!(
+                        "the request to store `{}` panicked",
+                        self.name
+                    )));
+                    keys.len()
+                ]
+            });
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for (key, answer) in keys.iter().zip(&answers) {
             if let Ok(v) = answer {

@@ -19,13 +19,13 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_nats::jetstream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use super::route::Source;
 use crate::config::OrderMode;
 use crate::engine::Event;
-use crate::lookup::Resolved;
+use crate::lookup::{Resolved, Verdict};
 
 /// One message of the keyed input, on its way through.
 #[derive(Clone)]
@@ -207,29 +207,55 @@ impl<A> Window<A> {
         }
     }
 
-    /// Adds keyed arrivals that wait on lookups, in order, and runs `resolve` as one task for
-    /// all of them: it yields each arrival's `Resolved` (with its index in `arrivals`) once
-    /// that arrival's lookups are answered. One task and one round of store requests per
-    /// admitted group, not per event.
-    pub(crate) fn push_waiting(
-        &mut self,
-        arrivals: Vec<(A, Arrival)>,
+    /// Adds a keyed arrival that waits on its lookups; its answer comes through
+    /// [`Window::await_lookups`] with the returned slot id.
+    pub(crate) fn push_waiting(&mut self, msg: A, arrival: Arrival) -> u64 {
+        let seq = arrival.seq;
+        self.push(Some((seq, msg)), Item::Keyed(arrival), Phase::Waiting)
+    }
+
+    /// Runs `resolve` as one task for the waiting slots `ids`: it yields each slot's
+    /// `Resolved` (with its index in `ids`) once that slot's lookups are answered. One task
+    /// and one round of store requests per admitted batch, not per event. A slot the stream
+    /// ends without answering (a bug, or a panic in it) is answered with a dead letter, so it
+    /// never holds the window.
+    pub(crate) fn await_lookups(
+        &self,
+        ids: Vec<u64>,
         resolve: impl Stream<Item = (usize, Resolved)> + Send + 'static,
     ) {
-        let ids: Vec<u64> = arrivals
-            .into_iter()
-            .map(|(msg, arrival)| {
-                let seq = arrival.seq;
-                self.push(Some((seq, msg)), Item::Keyed(arrival), Phase::Waiting)
-            })
-            .collect();
         let tx = self.tx.clone();
         tokio::spawn(async move {
+            let mut answered = vec![false; ids.len()];
             let mut resolve = std::pin::pin!(resolve);
-            while let Some((i, resolved)) = resolve.next().await {
-                if let Some(&id) = ids.get(i) {
-                    let _ = tx.send((id, resolved));
+            loop {
+                match std::panic::AssertUnwindSafe(resolve.next())
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Some((i, resolved))) => {
+                        if let (Some(&id), Some(done)) = (ids.get(i), answered.get_mut(i)) {
+                            *done = true;
+                            let _ = tx.send((id, resolved));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::error!(
+                            "a lookup resolution panicked; its events are dead-lettered"
+                        );
+                        break;
+                    }
                 }
+            }
+            for (&id, _) in ids.iter().zip(answered).filter(|(_, done)| !done) {
+                let resolved = Resolved {
+                    verdict: Verdict::DeadLetter(
+                        "the lookups of this event were not answered (the resolution failed); replaying the event from the dead-letter subject asks again".into(),
+                    ),
+                    ..Resolved::default()
+                };
+                let _ = tx.send((id, resolved));
             }
         });
     }

@@ -321,10 +321,10 @@ impl Runner {
         })
         .await?;
         self.planner = Some(planner);
-        // Arrivals keep their order in the window: each run of arrivals that need lookups
-        // waits on one resolution, the others are ready at once.
+        // Arrivals keep their order in the window; those that need lookups wait on one
+        // resolution of all their plans.
         let mut plans = plans.into_iter();
-        let mut waiting: Vec<(jetstream::Message, Arrival)> = Vec::new();
+        let mut waiting: Vec<u64> = Vec::new();
         let mut waiting_plans: Vec<Vec<LookupRequest>> = Vec::new();
         for (msg, a) in arrivals {
             let plan = match &a.body {
@@ -332,29 +332,17 @@ impl Runner {
                 _ => Vec::new(),
             };
             if plan.is_empty() {
-                self.wait_on_lookups(&lookups, &mut waiting, &mut waiting_plans);
                 self.window.push_ready(msg, a);
             } else {
-                waiting.push((msg, a));
+                waiting.push(self.window.push_waiting(msg, a));
                 waiting_plans.push(plan);
             }
         }
-        self.wait_on_lookups(&lookups, &mut waiting, &mut waiting_plans);
-        Ok(())
-    }
-
-    /// Puts `waiting` into the window, waiting on one resolution of `plans`.
-    fn wait_on_lookups(
-        &mut self,
-        lookups: &Arc<Lookups>,
-        waiting: &mut Vec<(jetstream::Message, Arrival)>,
-        plans: &mut Vec<Vec<LookupRequest>>,
-    ) {
-        if waiting.is_empty() {
-            return;
+        if !waiting.is_empty() {
+            self.window
+                .await_lookups(waiting, lookups.resolve(waiting_plans));
         }
-        let resolving = lookups.resolve(std::mem::take(plans));
-        self.window.push_waiting(std::mem::take(waiting), resolving);
+        Ok(())
     }
 
     /// Applies broadcast updates that arrived while no keyed event did, once they are
