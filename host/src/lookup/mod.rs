@@ -159,6 +159,22 @@ impl Asked {
     }
 }
 
+/// The distinct `keys`, in first-seen order, and how many times each was given.
+fn distinct<'a>(
+    keys: impl IntoIterator<Item = &'a str>,
+) -> (Vec<&'a str>, HashMap<&'a str, usize>) {
+    let mut order = Vec::new();
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for k in keys {
+        let n = count.entry(k).or_insert(0);
+        if *n == 0 {
+            order.push(k);
+        }
+        *n += 1;
+    }
+    (order, count)
+}
+
 /// Applies a store's failure policy to one of an event's answers: the event's verdict (the
 /// first failure decides it) and the answer the plugin sees.
 fn apply_policy(
@@ -299,29 +315,23 @@ impl Lookups {
         &self,
         plans: Vec<Vec<LookupRequest>>,
     ) -> impl futures::Stream<Item = (usize, Resolved)> + Send + 'static {
-        // Per store, the distinct keys the group asks and how many of its events ask each.
-        let mut asks_of: HashMap<&str, (Vec<&str>, HashMap<&str, usize>)> = HashMap::new();
+        // Per store, the keys the group asks (an event that names a key twice asks once).
+        let mut asks_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for plan in &plans {
             for (j, r) in plan.iter().enumerate() {
-                // An event that names a key twice asks for it once.
-                if plan[..j]
+                if !plan[..j]
                     .iter()
                     .any(|e| e.store == r.store && e.key == r.key)
                 {
-                    continue;
+                    asks_of.entry(&r.store).or_default().push(&r.key);
                 }
-                let (keys, count) = asks_of.entry(r.store.as_str()).or_default();
-                let n = count.entry(r.key.as_str()).or_insert(0);
-                if *n == 0 {
-                    keys.push(r.key.as_str());
-                }
-                *n += 1;
             }
         }
-        let mut asked: HashMap<(String, String), Asked> = HashMap::new();
-        for (store, (keys, count)) in asks_of {
+        let mut asked: HashMap<(&str, &str), Asked> = HashMap::new();
+        for (store, keys) in asks_of {
+            let (keys, count) = distinct(keys);
             let answers = match self.stores.get(store) {
-                Some(s) => s.ask(&keys, |k| count.get(k).copied().unwrap_or(1)),
+                Some(s) => s.ask(&keys, |k| count[k]),
                 None => {
                     let failure = self.unknown_store(store);
                     keys.iter()
@@ -329,45 +339,36 @@ impl Lookups {
                         .collect()
                 }
             };
-            for (key, a) in keys.into_iter().zip(answers) {
-                asked.insert((store.to_string(), key.to_string()), a);
-            }
+            asked.extend(keys.into_iter().map(|k| (store, k)).zip(answers));
         }
-        let events: futures::stream::FuturesUnordered<_> = plans
-            .into_iter()
-            .enumerate()
-            .map(|(i, plan)| {
-                let waits: Vec<(LookupRequest, FailurePolicy, Option<Asked>)> = plan
-                    .into_iter()
+        let waits: Vec<Vec<(FailurePolicy, Asked)>> = plans
+            .iter()
+            .map(|plan| {
+                plan.iter()
                     .map(|r| {
                         let policy = self
                             .stores
                             .get(&r.store)
-                            .map(|s| s.cfg.on_failure)
-                            .unwrap_or(FailurePolicy::Plugin);
-                        let a = asked.get(&(r.store.clone(), r.key.clone())).cloned();
-                        (r, policy, a)
+                            .map_or(FailurePolicy::Plugin, |s| s.cfg.on_failure);
+                        (policy, asked[&(r.store.as_str(), r.key.as_str())].clone())
                     })
-                    .collect();
-                async move {
-                    // All of the event's keys at once; the policies then apply in plan order.
-                    let answers = futures::future::join_all(waits.iter().map(|(_, _, a)| {
-                        let a = a.clone();
-                        async move {
-                            match a {
-                                Some(a) => a.answer().await,
-                                None => Err(LookupFailure::Failed("no answer".into())),
-                            }
-                        }
-                    }))
-                    .await;
-                    let mut resolved = Resolved::default();
-                    for ((r, policy, _), answer) in waits.into_iter().zip(answers) {
-                        let answer = apply_policy(&mut resolved, &r, policy, answer);
-                        resolved.answers.insert((r.store, r.key), answer);
-                    }
-                    (i, resolved)
+                    .collect()
+            })
+            .collect();
+        let events: futures::stream::FuturesUnordered<_> = plans
+            .into_iter()
+            .zip(waits)
+            .enumerate()
+            .map(|(i, (plan, waits))| async move {
+                // All of the event's keys at once; the policies then apply in plan order.
+                let (policies, asked): (Vec<FailurePolicy>, Vec<Asked>) = waits.into_iter().unzip();
+                let answers = futures::future::join_all(asked.into_iter().map(Asked::answer)).await;
+                let mut resolved = Resolved::default();
+                for ((r, policy), answer) in plan.into_iter().zip(policies).zip(answers) {
+                    let answer = apply_policy(&mut resolved, &r, policy, answer);
+                    resolved.answers.insert((r.store, r.key), answer);
                 }
+                (i, resolved)
             })
             .collect();
         events
@@ -434,24 +435,11 @@ impl Store {
     /// One answer per key: from the cache, from a request already under way for the key, or
     /// from new requests of up to `max_batch` keys each, run concurrently.
     async fn fetch(self: &Arc<Self>, keys: &[String]) -> Vec<LookupAnswer> {
-        let mut distinct: Vec<&str> = Vec::with_capacity(keys.len());
-        let mut count: HashMap<&str, usize> = HashMap::new();
-        for k in keys {
-            let n = count.entry(k.as_str()).or_insert(0);
-            if *n == 0 {
-                distinct.push(k.as_str());
-            }
-            *n += 1;
-        }
-        let asked = self.ask(&distinct, |k| count.get(k).copied().unwrap_or(1));
+        let (distinct_keys, count) = distinct(keys.iter().map(String::as_str));
+        let asked = self.ask(&distinct_keys, |k| count[k]);
         let answers = futures::future::join_all(asked.into_iter().map(Asked::answer)).await;
-        let by_key: HashMap<&str, &LookupAnswer> = distinct.into_iter().zip(&answers).collect();
-        keys.iter()
-            .map(|k| match by_key.get(k.as_str()) {
-                Some(a) => (*a).clone(),
-                None => Err(LookupFailure::Failed("no answer".into())),
-            })
-            .collect()
+        let by_key: HashMap<&str, LookupAnswer> = distinct_keys.into_iter().zip(answers).collect();
+        keys.iter().map(|k| by_key[k.as_str()].clone()).collect()
     }
 
     /// Asks for distinct `keys`, `asks(key)` times each (the events asking, for the counters):
