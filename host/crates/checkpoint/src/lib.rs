@@ -6,18 +6,27 @@
 //!
 //! ```text
 //! <checkpoint dir>/
-//!   shared/<sha256:16>-<name>       SST, OPTIONS-* and CURRENT files, by content, shared by
-//!                                   every checkpoint that contains them
-//!   chk-<id>/files/MANIFEST-*       the checkpoint's own copy of RocksDB's MANIFEST
+//!   shared/<sha256:16>-<name>       every file of a checkpoint (SST, OPTIONS-*, CURRENT and
+//!                                   its copy of RocksDB's MANIFEST), by content, shared by
+//!                                   every checkpoint that contains it
 //!   chk-<id>/manifest.json          written last: a checkpoint without it never happened
+//!   chk-<id>/files/<name>           a file of a kind not stored by content (none that RocksDB
+//!                                   writes today; checkpoints of older versions kept their
+//!                                   MANIFEST here)
 //! ```
+//!
+//! A checkpoint adds as few files and directories as it can: a cluster host cuts a checkpoint
+//! a second for every partition it owns, and every new inode costs the kernel (on ext4 without
+//! a journal, a scan past the inodes deleted in the last minutes: a fifth of a cluster host's
+//! CPU in one profile). Everything is linked from the staged cut, nothing copied, so
+//! completing one creates two inodes (`chk-<id>/` and its manifest).
 //!
 //! A checkpoint is taken in three steps. [`Checkpoints::freeze`] runs between two batches, while
 //! the pipeline waits: the input positions are written into the state and the state is frozen
 //! at that cut (`eddy-state`'s `cut` module): under a millisecond. [`FrozenCut::stage`] runs
 //! in the background while writes go on: RocksDB's checkpoint of the cut (SST files
-//! hard-linked). [`complete`] follows it: the SST files (and the rarely changing OPTIONS and
-//! CURRENT) not stored yet are linked (or copied) into `shared/`, every file is checksummed, and the manifest is written last, atomically.
+//! hard-linked). [`complete`] follows it: the files not stored yet are linked (or copied) into
+//! `shared/`, every file is checksummed, and the manifest is written last, atomically.
 //! Only then is the input acknowledged up to the cut. So an incomplete checkpoint is never
 //! used, and each checkpoint stores only the SST files that are new since the previous one.
 //! [`Checkpoints::cut`] is the first two at once.
@@ -302,15 +311,18 @@ impl Checkpoints {
         })
     }
 
-    /// Stores a staged cut: the files [`shared_by_content`] names into `shared/` when new, the
-    /// rest into `chk-<id>/files`, every file checksummed, the manifest last. Returns the manifest; the staged directory is left
-    /// for the caller (queries read it), see [`Checkpoints::retire_staged`].
+    /// Stores a staged cut: the files [`shared_by_content`] names into `shared/` when new, any
+    /// other into `chk-<id>/files`, every file checksummed, the manifest last. Returns the
+    /// manifest; the staged directory is left for the caller (queries read it), see
+    /// [`Checkpoints::retire_staged`].
     pub fn complete(&self, staged: &Staged) -> Result<Manifest> {
         let shared = self.dir.join("shared");
         let own = self.dir.join(format!("chk-{:010}", staged.id));
         let files_dir = own.join("files");
-        std::fs::create_dir_all(&shared).doing(|| format!("create {}", shared.display()))?;
-        std::fs::create_dir_all(&files_dir).doing(|| format!("create {}", files_dir.display()))?;
+        if !shared.is_dir() {
+            std::fs::create_dir_all(&shared).doing(|| format!("create {}", shared.display()))?;
+        }
+        std::fs::create_dir_all(&own).doing(|| format!("create {}", own.display()))?;
         let mut files = Vec::new();
         let (mut total, mut new_bytes) = (0u64, 0u64);
         let read = || -> std::io::Result<Vec<std::fs::DirEntry>> {
@@ -349,6 +361,8 @@ impl Checkpoints {
                 });
             } else {
                 let target = files_dir.join(&name);
+                std::fs::create_dir_all(&files_dir)
+                    .doing(|| format!("create {}", files_dir.display()))?;
                 std::fs::copy(&path, &target)
                     .doing(|| format!("copy {} to {}", path.display(), target.display()))?;
                 new_bytes += size;
@@ -643,23 +657,24 @@ impl Checkpoints {
     }
 }
 
-/// Ids of the `chk-<id>` directories in `dir`, ascending; with `complete`, only those with a
-/// manifest.
 /// Whether a file of a cut is stored by its content under `shared/`, once for all the
 /// checkpoints that have it, and if so whether RocksDB never changes it (so its checksum can
 /// be remembered by name and size):
 /// - SST and OPTIONS files: yes and yes (new options are written to a new OPTIONS file);
 /// - CURRENT, the 16 bytes naming the MANIFEST: the same until RocksDB starts a new MANIFEST,
 ///   so shared, but checksummed every time (its name and size stay when that happens);
-/// - the MANIFEST, a copy of an append-only log that differs at every checkpoint, and anything
-///   else: `None`, the checkpoint's own.
+/// - the MANIFEST: shared, checksummed every time. The cut's copy of an append-only log
+///   differs at almost every checkpoint, so it is rarely shared in fact; stored by content it
+///   is linked from the staged cut (which nothing writes once RocksDB made it: queries open it
+///   read-only, and a restore copies it) instead of copied into a directory of its own;
+/// - anything else: `None`, the checkpoint's own.
 ///
 /// Stored as each checkpoint's own, OPTIONS (26 KB) and CURRENT would cost two more puts to
 /// the store per checkpoint, for files that change about never.
 fn shared_by_content(name: &str) -> Option<bool> {
     if name.ends_with(".sst") || name.starts_with("OPTIONS-") {
         Some(true)
-    } else if name == "CURRENT" {
+    } else if name == "CURRENT" || name.starts_with("MANIFEST-") {
         Some(false)
     } else {
         None
@@ -671,6 +686,8 @@ fn shared_name(sha: &str, name: &str) -> String {
     format!("shared/{}-{name}", &sha[..16])
 }
 
+/// Ids of the `chk-<id>` directories in `dir`, ascending; with `complete`, only those with a
+/// manifest.
 fn list_ids(dir: &Path, complete: bool) -> Vec<u64> {
     let Ok(read) = std::fs::read_dir(dir) else {
         return Vec::new();

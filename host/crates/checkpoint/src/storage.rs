@@ -4,7 +4,8 @@
 //! directory (a mounted shared file system, or a test's temporary directory), lives here.
 //!
 //! Names are `/`-separated paths relative to the pipeline's prefix in the store:
-//! `shared/<sha256:16>-<name>`, `chk-<id>/files/<name>`, `chk-<id>/manifest.json`. An
+//! `shared/<sha256:16>-<name>`, `chk-<id>/manifest.json`, and `chk-<id>/files/<name>` (written
+//! by older versions, still read). An
 //! object is never rewritten once its checkpoint is complete; the manifest is written last.
 //!
 //! Calls block: the checkpoint code runs on blocking threads, and async backends wait on their
