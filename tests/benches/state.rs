@@ -5,7 +5,8 @@
 //! broadcast table.
 //!
 //! Run: `cargo bench --profile dev -p eddy-tests --bench state` (`-- --quick`: 100k and 1M keys,
-//! a shorter broadcast run; `-- --keys N`: checkpoints of N keys alone).
+//! a shorter broadcast run; `-- --keys N`: checkpoints of N keys alone; `-- --partitions`: the
+//! CPU of a checkpoint a second for one store against sixteen, alone).
 
 eddy_tests::host_allocator!();
 
@@ -209,6 +210,95 @@ fn hot_cut(keys: u64) {
     );
 }
 
+/// What a checkpoint a second costs when a host's state is split into partitions: the same
+/// writes (2,000 a second over 5,000 customers) into one store or spread by key over 16, each
+/// store cutting, staging, completing and retaining a checkpoint every simulated second as a
+/// partition run does (`local` checkpoints, no store beyond the host). Prints the process's
+/// CPU (user and system, from `/proc`) per simulated second, in ms, and its ratio to one store.
+fn partitioned_checkpoints(quick: bool) {
+    let seconds: u64 = if quick { 20 } else { 60 };
+    let per_second = 2_000u64;
+    let customers = 5_000u64;
+    let run = |partitions: u64| -> (f64, f64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts: Vec<(StateStore, Checkpoints)> = (0..partitions)
+            .map(|p| {
+                let root = dir.path().join(format!("p{p}"));
+                let store = StateStore::open_with(
+                    &root.join("db"),
+                    128,
+                    Arc::new(SystemClock),
+                    store_options(),
+                )
+                .expect("state");
+                let cps =
+                    Checkpoints::new(&root.join("checkpoints"), &root.join("staging"), "bench", 3);
+                (store, cps)
+            })
+            .collect();
+        let states: Vec<_> = parts
+            .iter()
+            .map(|(store, _)| {
+                store
+                    .open_state("stats", StateKind::Value, None)
+                    .expect("state")
+            })
+            .collect();
+        let mut id = 0u64;
+        let mut second = |n: u64| {
+            let mut batches: Vec<_> = parts.iter().map(|(store, _)| store.batch()).collect();
+            for i in n * per_second..(n + 1) * per_second {
+                let c = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % customers;
+                let key = format!("c-{c}");
+                let p = (c % partitions) as usize;
+                let store = &parts[p].0;
+                let kg = store.key_group(key.as_bytes());
+                KeyedAccess::new(store, &mut batches[p]).value_set(
+                    &states[p],
+                    kg,
+                    key.as_bytes(),
+                    &stats(i),
+                );
+            }
+            id += 1;
+            for ((store, cps), batch) in parts.iter().zip(batches) {
+                store.commit(batch).expect("commit");
+                let staged = cps
+                    .freeze(store, id, Cut::default())
+                    .expect("freeze")
+                    .stage(store)
+                    .expect("stage");
+                cps.complete(&staged).expect("complete");
+                cps.retain(Some(id)).expect("retain");
+            }
+        };
+        // Warm-up: the stores hold every customer, and retention has something to remove.
+        for n in 0..5 {
+            second(n);
+        }
+        let pid = std::process::id();
+        let cpu = eddy_tests::bench::process_cpu_time(pid);
+        let started = Instant::now();
+        for n in 5..5 + seconds {
+            second(n);
+        }
+        let cpu = eddy_tests::bench::process_cpu_time(pid) - cpu;
+        (
+            cpu.as_secs_f64() * 1000.0 / seconds as f64,
+            started.elapsed().as_secs_f64() * 1000.0 / seconds as f64,
+        )
+    };
+    println!(
+        "\nA checkpoint a second: {per_second} writes a second over {customers} customers, {seconds} simulated seconds after 5, one store or spread over 16 (one checkpoint each a second)\n"
+    );
+    println!("| stores | CPU per second, ms | ratio | wall per second, ms |");
+    println!("|---:|---:|---:|---:|");
+    let (one, one_wall) = run(1);
+    println!("| 1 (baseline) | {one:.1} | 1.00 | {one_wall:.1} |");
+    let (many, many_wall) = run(16);
+    println!("| 16 | {many:.1} | {:.2} | {many_wall:.1} |", many / one);
+}
+
 fn broadcast(quick: bool) {
     let n = if quick { 20_000 } else { 200_000 };
     let table = 1_000_000u64;
@@ -260,6 +350,11 @@ fn main() {
     // As the `eddy` binary runs: no transparent huge pages.
     eddy_host::no_huge_page_churn();
     let quick = std::env::args().any(|a| a == "--quick");
+    let partitions_only = std::env::args().any(|a| a == "--partitions");
+    partitioned_checkpoints(quick);
+    if partitions_only {
+        return;
+    }
     // `-- --keys N`: that size alone, in a fresh process (its memory figures then hold only
     // that store).
     let only: Option<u64> = std::env::args()
