@@ -287,10 +287,22 @@ async fn mode() {
     let mut single = Vec::new();
     let mut clustered = Vec::new();
     let mut keyed_subjects = Vec::new();
-    for _ in 0..2 {
-        single.push(process_rate(None, &txs).await);
-        clustered.push(process_rate(Some(PARTITION_SUBJECT), &txs).await);
-        keyed_subjects.push(process_rate(Some("txn.p.{partition}.>"), &txs).await);
+    // The second round runs the cases in the reverse order: a run pays for the files the runs
+    // before it deleted in the last minutes (ext4 without a journal scans past recently
+    // deleted inodes for every new one), which would otherwise always weigh on the same case.
+    for round in 0..2 {
+        let mut cases = [None, Some(PARTITION_SUBJECT), Some("txn.p.{partition}.>")];
+        if round == 1 {
+            cases.reverse();
+        }
+        for layout in cases {
+            let rate = process_rate(layout, &txs).await;
+            match layout {
+                None => single.push(rate),
+                Some(PARTITION_SUBJECT) => clustered.push(rate),
+                Some(_) => keyed_subjects.push(rate),
+            }
+        }
     }
     let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         v.iter().map(f).sum::<f64>() / v.len() as f64
@@ -322,10 +334,17 @@ async fn mode() {
         );
     }
     let (rate, secs) = if quick() { (1_000, 8) } else { (2_000, 20) };
-    let single = steady_cpu(None, rate, secs).await;
-    let clustered = steady_cpu(Some(PARTITION_SUBJECT), rate, secs).await;
+    // Single, cluster, cluster, single (see the rounds above), each the mean of its two.
+    let mut steady = [(0.0, 0.0); 2];
+    for cluster in [false, true, true, false] {
+        let r = steady_cpu(cluster.then_some(PARTITION_SUBJECT), rate, secs).await;
+        let slot = &mut steady[usize::from(cluster)];
+        slot.0 += r.0 / 2.0;
+        slot.1 += r.1 / 2.0;
+    }
+    let [single, clustered] = steady;
     println!(
-        "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers ({secs} s, after 8 s)"
+        "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers ({secs} s, after 8 s; mean of 2)"
     );
     println!(
         "{:<44} {:>14} {:>8} {:>15}",

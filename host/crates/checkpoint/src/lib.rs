@@ -10,16 +10,16 @@
 //!                                   its copy of RocksDB's MANIFEST), by content, shared by
 //!                                   every checkpoint that contains it
 //!   chk-<id>/manifest.json          written last: a checkpoint without it never happened
-//!   chk-<id>/files/<name>           a file of a kind not stored by content (none that RocksDB
-//!                                   writes today; checkpoints of older versions kept their
-//!                                   MANIFEST here)
+//!   chk-<id>/files/<name>           a file of a kind not stored by content: the write-ahead
+//!                                   log a cut written at once carries (checkpoints of older
+//!                                   versions kept their MANIFEST here too)
 //! ```
 //!
 //! A checkpoint adds as few files and directories as it can: a cluster host cuts a checkpoint
 //! a second for every partition it owns, and every new inode costs the kernel (on ext4 without
-//! a journal, a scan past the inodes deleted in the last minutes: a fifth of a cluster host's
-//! CPU in one profile). Everything is linked from the staged cut, nothing copied, so
-//! completing one creates two inodes (`chk-<id>/` and its manifest).
+//! a journal, a scan past the inodes deleted in the last minutes). The staged cut's files are
+//! linked, not copied (unless the checkpoint directory is on another file system), so
+//! completing a switched cut creates two inodes: `chk-<id>/` and its manifest.
 //!
 //! A checkpoint is taken in three steps. [`Checkpoints::freeze`] runs between two batches, while
 //! the pipeline waits: the input positions are written into the state and the state is frozen
@@ -667,7 +667,8 @@ impl Checkpoints {
 ///   differs at almost every checkpoint, so it is rarely shared in fact; stored by content it
 ///   is linked from the staged cut (which nothing writes once RocksDB made it: queries open it
 ///   read-only, and a restore copies it) instead of copied into a directory of its own;
-/// - anything else: `None`, the checkpoint's own.
+/// - anything else (the write-ahead log of a cut written at once): `None`, the checkpoint's
+///   own.
 ///
 /// Stored as each checkpoint's own, OPTIONS (26 KB) and CURRENT would cost two more puts to
 /// the store per checkpoint, for files that change about never.

@@ -1,5 +1,6 @@
 //! Checkpoints kept in a store beyond the host ([`crate::storage::Storage`]): what a
-//! checkpoint uploads (SST files once, by content; its own small files; the manifest last),
+//! checkpoint uploads (its files under `shared/` once, by content; any of its own; the
+//! manifest last),
 //! what a restore downloads (only what the local cache lacks), and what retention deletes
 //! there.
 
@@ -104,8 +105,11 @@ impl Remote {
         Ok(())
     }
 
-    /// Uploads the files of `m` the store lacks (shared SST files once; the checkpoint's own
-    /// files always) from the local directory `dir`; returns the bytes sent.
+    /// Uploads the files of `m` the store lacks (shared files once; the checkpoint's own files,
+    /// if any, always) from the local directory `dir`; returns the bytes sent. A shared file
+    /// whose put failed is not noted, so the next checkpoint that has it puts it again; if the
+    /// failed put was stored all the same, it stays until a run's first listing finds it
+    /// unused (a MANIFEST copy: at most 64 KiB).
     pub(crate) fn upload_files(&self, dir: &Path, m: &Manifest) -> Result<u64> {
         let stored: Vec<&crate::FileEntry> = {
             let known = self.known()?;
