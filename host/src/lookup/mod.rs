@@ -136,6 +136,39 @@ pub struct Store {
     in_flight: std::sync::Mutex<HashMap<String, (InFlight, usize)>>,
     /// Its counters.
     pub stats: Arc<StoreStats>,
+    /// Its `lookup failed` warnings, at most one per [`FAILURE_WARNING_EVERY`].
+    failure_warnings: Throttle,
+}
+
+/// How often a store's `lookup failed` warning is logged at most. While a store is down every
+/// request fails, one per key for stores asked key by key (HTTP, NATS KV): a warning each
+/// would flood the log. The counters (`eddy_lookups_total`, results `error` and `failure`)
+/// still count every one.
+const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// Lets one occurrence through per period and counts the ones it holds back meanwhile.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// When one was last let through, and how many were held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// `Some(held back since the last one let through)` if this one goes through at `now`.
+    fn admit(&self, now: std::time::Instant, every: Duration) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.0 {
+            Some(last) if now.saturating_duration_since(last) < every => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held = state.1;
+                *state = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
 }
 
 /// One key asked of a store: answered already, or by a request under way (and its place in it).
@@ -265,6 +298,7 @@ impl Lookups {
                 connector,
                 in_flight: std::sync::Mutex::default(),
                 stats: Arc::default(),
+                failure_warnings: Throttle::default(),
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;
@@ -595,8 +629,21 @@ impl Store {
         let failed = out.iter().filter(|r| r.is_err()).count() as u64;
         if failed > 0 {
             self.stats.failures.fetch_add(failed, Ordering::Relaxed);
-            if let Some(Err(e)) = out.iter().find(|r| r.is_err()) {
-                tracing::warn!(store = %self.name, keys = failed, "lookup failed: {e}");
+            if let Some(Err(e)) = out.iter().find(|r| r.is_err())
+                && let Some(held) = self
+                    .failure_warnings
+                    .admit(std::time::Instant::now(), FAILURE_WARNING_EVERY)
+            {
+                if held == 0 {
+                    tracing::warn!(store = %self.name, keys = failed, "lookup failed: {e}");
+                } else {
+                    tracing::warn!(
+                        store = %self.name,
+                        keys = failed,
+                        "lookup failed: {e} ({held} more failed requests not logged in the last {} s)",
+                        FAILURE_WARNING_EVERY.as_secs()
+                    );
+                }
             }
         }
         out
@@ -619,6 +666,55 @@ pub(crate) fn url_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_failure_warning_goes_through_per_period_and_counts_the_rest() {
+        let t = Throttle::default();
+        let every = Duration::from_secs(5);
+        let start = std::time::Instant::now();
+        assert_eq!(t.admit(start, every), Some(0), "the first goes through");
+        for ms in [1, 100, 4_999] {
+            assert_eq!(t.admit(start + Duration::from_millis(ms), every), None);
+        }
+        assert_eq!(
+            t.admit(start + every, every),
+            Some(3),
+            "the next period's first says how many were held back"
+        );
+        assert_eq!(t.admit(start + every * 2, every), Some(0));
+    }
+
+    /// A store that refuses every connection: each request fails and is counted, and the
+    /// warnings are held back after the first.
+    #[tokio::test]
+    async fn a_store_that_is_down_counts_every_failure_and_warns_once_a_period() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let toml = format!(
+            "[pipeline]\nname = \"p\"\nstate_dir = \"s\"\n\n[input]\nstream = \"IN\"\nsubjects = [\"in\"]\nkey = {{ json = \"/k\" }}\n\n[plugin]\npath = \"p.wasm\"\n\n[output]\nsubject = \"out\"\n\n[dead_letter]\nsubject = \"dlq\"\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"http://127.0.0.1:{port}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 2000\nretry = {{ attempts = 1, backoff_ms = 1 }}\n"
+        );
+        let cfg = crate::config::PipelineConfig::parse(&toml).expect("config");
+        let lookups = Lookups::connect(&cfg, None)
+            .await
+            .expect("connect")
+            .expect("a store");
+        let store = lookups.stores["h"].clone();
+        for i in 0..20 {
+            let answers = store.clone().request(vec![format!("k{i}")]).await;
+            assert!(answers[0].is_err(), "{:?}", answers[0]);
+        }
+        assert_eq!(store.stats.failures.load(Ordering::Relaxed), 20);
+        let (logged, held) = *store
+            .failure_warnings
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        assert!(logged.is_some(), "the first failure was logged");
+        assert_eq!(held, 19, "the other 19 were held back");
+    }
 
     #[test]
     fn keys_are_encoded_for_urls() {
