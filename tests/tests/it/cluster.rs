@@ -421,10 +421,17 @@ async fn a_joining_host_takes_its_share_and_only_moved_partitions_pause() {
         "d",
         &format!("\n[query]\nhttp = \"127.0.0.1:{http_port}\"\ntoken = \"s3cret\"\n"),
     ));
-    eventually("d owns its share", Duration::from_secs(90), async || {
-        shared(&hosts[0].config, &["a", "b", "c", "d"], 2, 2)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !shared(&hosts[0].config, &["a", "b", "c", "d"], 2, 2) {
+        if Instant::now() > deadline {
+            panic!(
+                "d does not own its share after 90 s: {:?}\n{}",
+                owners(&hosts[0].config),
+                log_tails(dir.path(), &["a", "b", "c", "d"])
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // One read of the owners that shows every partition owned (a partition whose lease a
     // host starved of CPU let lapse is unowned for a moment before it is taken again).
     let mut after = owners(&hosts[0].config);
