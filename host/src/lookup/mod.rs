@@ -2,8 +2,9 @@
 //! timeouts, retries and failure policies.
 //!
 //! Owns: the stores a pipeline declares (`[lookup.<name>]`), their connections (`redis`,
-//! `nats_kv`, `http`, `postgres`), their caches (`cache`), and how one event's lookups are
-//! resolved. A plugin reaches these stores and nothing else.
+//! `nats_kv`, `http`, `postgres`), their caches (`cache`), their failure warnings
+//! (`throttle`), and how one event's lookups are resolved. A plugin reaches these stores and
+//! nothing else.
 //!
 //! Design (the "declare, then process" model, chosen over async host imports on fibers): a
 //! plugin says in `prepare` which keys each event needs; the host fetches them for many events
@@ -25,6 +26,7 @@ mod http;
 mod nats_kv;
 mod postgres;
 mod redis;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,7 +139,7 @@ pub struct Store {
     /// Its counters.
     pub stats: Arc<StoreStats>,
     /// Its `lookup failed` warnings, at most one per [`FAILURE_WARNING_EVERY`].
-    failure_warnings: Throttle,
+    failure_warnings: throttle::Throttle,
 }
 
 /// How often a store's `lookup failed` warning is logged at most. While a store is down every
@@ -145,31 +147,6 @@ pub struct Store {
 /// would flood the log. The counters (`eddy_lookups_total`, results `error` and `failure`)
 /// still count every one.
 const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(5);
-
-/// Lets one occurrence through per period and counts the ones it holds back meanwhile.
-#[derive(Debug, Default)]
-struct Throttle {
-    /// When one was last let through, and how many were held back since.
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl Throttle {
-    /// `Some(held back since the last one let through)` if this one goes through at `now`.
-    fn admit(&self, now: std::time::Instant, every: Duration) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.0 {
-            Some(last) if now.saturating_duration_since(last) < every => {
-                state.1 += 1;
-                None
-            }
-            _ => {
-                let held = state.1;
-                *state = (Some(now), 0);
-                Some(held)
-            }
-        }
-    }
-}
 
 /// One key asked of a store: answered already, or by a request under way (and its place in it).
 #[derive(Clone)]
@@ -298,7 +275,7 @@ impl Lookups {
                 connector,
                 in_flight: std::sync::Mutex::default(),
                 stats: Arc::default(),
-                failure_warnings: Throttle::default(),
+                failure_warnings: throttle::Throttle::default(),
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;
@@ -666,23 +643,6 @@ pub(crate) fn url_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_failure_warning_goes_through_per_period_and_counts_the_rest() {
-        let t = Throttle::default();
-        let every = Duration::from_secs(5);
-        let start = std::time::Instant::now();
-        assert_eq!(t.admit(start, every), Some(0), "the first goes through");
-        for ms in [1, 100, 4_999] {
-            assert_eq!(t.admit(start + Duration::from_millis(ms), every), None);
-        }
-        assert_eq!(
-            t.admit(start + every, every),
-            Some(3),
-            "the next period's first says how many were held back"
-        );
-        assert_eq!(t.admit(start + every * 2, every), Some(0));
-    }
 
     /// A store that refuses every connection: each request fails and is counted, and the
     /// warnings are held back after the first.
