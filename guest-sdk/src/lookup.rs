@@ -10,6 +10,11 @@
 //! once. A key that was not planned is fetched when asked for, which is correct but makes the
 //! batch wait.
 //!
+//! Where an event's key in a store is a field of its payload (or the event's key), the pipeline
+//! file can plan it instead: `plan = "/customer"` (a JSON pointer, or `"key"`) under
+//! `[lookup.<store>]`. The host reads it beside the input and, once every store is planned that
+//! way, does not call `plan_lookups` at all: a batch crosses into the plugin once, not twice.
+//!
 //! Lookups must be reads: after a crash the host replays events and re-issues their lookups.
 
 use std::fmt;

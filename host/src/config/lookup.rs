@@ -60,6 +60,30 @@ pub struct LookupStoreConfig {
     /// NATS KV ask per key, concurrently, and ignore it. 1 asks for every key on its own.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Where each event's keys in this store are: JSON pointers into the payload
+    /// (`"/customer"`), or `"key"` for the event's own key. With it the host plans this
+    /// store's lookups from the events itself, without calling the plugin's `prepare`; a
+    /// payload without a string or number there plans nothing for that pointer.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub plan: Vec<String>,
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d).map_err(|_| {
+        serde::de::Error::custom(
+            "expected a JSON pointer or a list of them, e.g. plan = \"/customer\" or plan = [\"/from\", \"/to\"]",
+        )
+    })? {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) => Ok(v),
+    }
 }
 
 fn default_lookup_timeout_ms() -> u64 {
@@ -218,6 +242,16 @@ impl LookupStoreConfig {
                 &f("max_batch"),
                 format!("{} is out of range; use 1 to 10000", self.max_batch),
             ));
+        }
+        for p in &self.plan {
+            if p != "key" && !p.starts_with('/') {
+                return Err(err(
+                    &f("plan"),
+                    format!(
+                        "`{p}` is neither a JSON pointer nor `key`; a pointer starts with `/`, e.g. \"/customer\" for the payload's `customer` field"
+                    ),
+                ));
+            }
         }
         let need = |field: &str, v: &Option<String>, example: &str| match v {
             Some(s) if !s.trim().is_empty() => Ok(()),

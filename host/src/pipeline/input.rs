@@ -1,5 +1,6 @@
 //! The keyed input's reader task: reads batches from JetStream, skips redeliveries and events
-//! the restored checkpoint already holds, and extracts keys, off the run loop.
+//! the restored checkpoint already holds, extracts keys and the lookups the pipeline file
+//! plans, off the run loop.
 //!
 //! It also makes sure nothing is skipped: the input is acknowledged "all up to" each
 //! checkpoint, so a delivery that never arrived here (lost with a failing NATS server, or
@@ -18,6 +19,7 @@ use async_nats::jetstream;
 use tokio::sync::mpsc;
 
 use super::keys;
+use super::plan::FilePlans;
 use super::route::{Source, headers_to_wit};
 use super::window::{Arrival, Body};
 use super::{Fence, KEYED};
@@ -58,6 +60,7 @@ pub(super) async fn read_input(
     let mut delivered = 0;
     let source_name: Arc<str> = KEYED.into();
     let key_of = keys::KeyExtractor::new(&cfg.input.key);
+    let file_plans = FilePlans::new(&cfg);
     loop {
         let next = tokio::time::timeout(IDLE_CHECK, input.next_batch(cfg.input.batch)).await;
         // A run that may have lost its partition reads nothing more: its pulls would take
@@ -123,17 +126,23 @@ pub(super) async fn read_input(
             } else {
                 metrics.events_in.fetch_add(1, Ordering::Relaxed);
                 match key_of.extract(&msg.subject, msg.headers.as_ref(), &msg.payload) {
-                    Ok(key) => Body::Event {
-                        key_group: crate::state::keygroup::key_group(&key, key_groups),
-                        event: Event {
+                    Ok(key) => {
+                        let event = Event {
                             key,
                             subject: msg.subject.to_string(),
                             headers: headers_to_wit(msg.headers.as_ref()),
                             payload: msg.payload.to_vec(),
                             timestamp_ms: stored_ns / 1_000_000,
                             sequence: seq,
-                        },
-                    },
+                        };
+                        let mut plan = Vec::new();
+                        file_plans.add(&event, &mut plan);
+                        Body::Event {
+                            key_group: crate::state::keygroup::key_group(&event.key, key_groups),
+                            event,
+                            plan,
+                        }
+                    }
                     Err(reason) => Body::BadKey(reason),
                 }
             };

@@ -66,6 +66,29 @@ impl KeyExtractor {
     }
 }
 
+/// A JSON pointer split into its tokens once, to find a text in many payloads.
+pub struct Pointer(Vec<String>);
+
+impl Pointer {
+    /// `pointer` split, or `None` if it is not a JSON pointer (it must be empty or start
+    /// with `/`).
+    pub fn new(pointer: &str) -> Option<Pointer> {
+        pointer_tokens(pointer).map(Pointer)
+    }
+
+    /// What the pointer finds in `payload` as text, as a key: a non-empty string (unescaped),
+    /// a number or a boolean. `None` when the payload is not JSON or holds nothing of these
+    /// there.
+    pub fn text_in(&self, payload: &[u8]) -> Option<String> {
+        match json_at(payload, Some(&self.0)).ok()?? {
+            Leaf::Str(s) if !s.is_empty() => Some(s),
+            Leaf::Number(n) => Some(n.to_string()),
+            Leaf::Bool(b) => Some(b.to_string()),
+            Leaf::Str(_) | Leaf::Other(_) => None,
+        }
+    }
+}
+
 /// What a JSON pointer found.
 #[derive(Debug, PartialEq)]
 enum Leaf {

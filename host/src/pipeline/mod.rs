@@ -27,6 +27,7 @@ mod align;
 mod input;
 pub mod json;
 pub mod keys;
+mod plan;
 pub mod route;
 mod runner;
 mod services;
@@ -397,6 +398,7 @@ pub async fn run(
         state,
         worker: Some(worker),
         planner: built.planner,
+        prepare_plans: plan::FilePlans::new(&cfg).prepare_plans(),
         window: Window::new(cfg.lookups.mode, cfg.lookups.capacity, ready_capacity),
         input_rx,
         broadcasts,

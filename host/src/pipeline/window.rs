@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::route::Source;
 use crate::config::OrderMode;
-use crate::engine::Event;
+use crate::engine::{Event, LookupRequest};
 use crate::lookup::{Resolved, Verdict};
 
 /// One message of the keyed input, on its way through.
@@ -50,6 +50,8 @@ pub(crate) enum Body {
         event: Event,
         /// Its key group.
         key_group: u16,
+        /// The lookups the pipeline file plans for it (`lookup.<store>.plan`).
+        plan: Vec<LookupRequest>,
     },
     /// A message whose key could not be extracted: dead-lettered with this reason.
     BadKey(String),

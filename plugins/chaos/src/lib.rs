@@ -23,6 +23,7 @@
 //! | `rule` | emits the payload with the header `Eddy-Rule: <value of broadcast map "rules" at the payload's "rule" field, as JSON, or "none">` |
 //! | `broadcast-write` | tries to write the broadcast map `rules` from the keyed side; emits the header `Eddy-Broadcast-Write` with the error it got (or `written`) |
 //! | `lookup` | plans a lookup of the payload's `key` in store `store`; emits `{"found": bool, "value": <JSON or text>, "error": <text or null>}` |
+//! | `lookup-unplanned` | as `lookup`, but `prepare` does not plan it: the host fetches it when `handle` asks, unless the pipeline file plans it (`lookup.<store>.plan`) |
 //! | `count` | like `ok` without the history: increments `count` and emits the payload with `Eddy-Count` |
 //!
 //! Any other action, a payload that is not JSON or has no string `action`, is rejected with a
@@ -265,7 +266,7 @@ impl Processor for Chaos {
                     Output::new(event.payload()).header("Eddy-Broadcast-Write", result),
                 )
             }
-            "lookup" => {
+            "lookup" | "lookup-unplanned" => {
                 let store = LookupStore::new(command.store);
                 let answer = match store.get(&command.key) {
                     Ok(Some(bytes)) => {

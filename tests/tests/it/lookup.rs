@@ -747,6 +747,31 @@ fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs the 500 lookup events `inputs` (event i asks for `m{i}`, which Redis holds as
+/// `"v{i}"`) through a pipeline with `stores`, checks that every event got its own value, and
+/// returns the `MGET`s and `GET`s Redis served meanwhile.
+async fn five_hundred_lookups(redis: &RedisServer, stores: &str, inputs: &[Value]) -> (u64, u64) {
+    redis.cmd(&["CONFIG", "RESETSTAT"]).expect("reset");
+    let Fixture {
+        nats: _nats,
+        dir: _dir,
+        spec,
+        conn,
+    } = Fixture::start_with(|url, dir| spec(url, dir, stores)).await;
+    publish(&conn.js, inputs).await;
+    let run = Running::start(&spec);
+    wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
+    run.stop().await;
+    let answers = answers_by_input(&conn.js).await;
+    assert_eq!(answers.len(), 500);
+    for (seq, v) in &answers {
+        let i = seq - 1;
+        assert_eq!(v["found"], true, "{v}");
+        assert_eq!(v["value"], format!("v{i}"), "event {i}: {v}");
+    }
+    (redis_calls(redis, "mget"), redis_calls(redis, "get"))
+}
+
 /// 500 events, each asking Redis for its own key, admitted together in a backlog: the keys
 /// asked while a request is made go in the next one (`MGET`), so the store sees a few dozen
 /// requests instead of 500, and every event still gets its own value. With `max_batch = 1`
@@ -759,37 +784,79 @@ async fn keys_asked_together_share_one_request() {
         .collect();
     redis.pipe(&sets).expect("load");
     for max_batch in [256, 1] {
-        redis.cmd(&["CONFIG", "RESETSTAT"]).expect("reset");
         let stores = format!(
             "[lookups]\ncapacity = 100\n\n[lookup.r]\nkind = \"redis\"\nurl = \"{}\"\nmax_batch = {max_batch}\ncache = {{ mode = \"none\" }}\n",
             redis.url()
         );
-        let Fixture {
-            nats: _nats,
-            dir: _dir,
-            spec,
-            conn,
-        } = Fixture::start_with(|url, dir| spec(url, dir, &stores)).await;
         let inputs: Vec<Value> = (0..500)
             .map(|i| lookup(i, &format!("c{}", i % 50), "r", &format!("m{i}")))
             .collect();
-        publish(&conn.js, &inputs).await;
-        let run = Running::start(&spec);
-        wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
-        run.stop().await;
-        let answers = answers_by_input(&conn.js).await;
-        assert_eq!(answers.len(), 500);
-        for (seq, v) in &answers {
-            let i = seq - 1;
-            assert_eq!(v["found"], true, "{v}");
-            assert_eq!(v["value"], format!("v{i}"), "event {i}: {v}");
-        }
-        let (mget, get) = (redis_calls(&redis, "mget"), redis_calls(&redis, "get"));
+        let (mget, get) = five_hundred_lookups(&redis, &stores, &inputs).await;
         eprintln!("max_batch {max_batch}: {mget} MGET and {get} GET for 500 keys");
         if max_batch == 1 {
             assert_eq!((mget, get), (0, 500), "one GET per key");
         } else {
             assert!(mget > 0 && mget + get <= 100, "{mget} MGET + {get} GET");
+        }
+    }
+}
+
+/// Lookups the pipeline file plans (`lookup.<store>.plan`) are fetched before `handle`, like
+/// those `prepare` plans, without the plugin planning them: 500 events whose lookups the
+/// plugin does not plan (`lookup-unplanned`) cost one `GET` each, fetched when `handle` asks,
+/// and a few dozen requests (`MGET`s) once the file plans them by a JSON pointer. With a second store the
+/// file does not plan, `prepare` still plans that one's lookups (they too come in `MGET`s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
+    let redis = RedisServer::start().expect("redis");
+    let sets: Vec<Vec<String>> = (0..500)
+        .map(|i| vec!["SET".into(), format!("m{i}"), format!("\"v{i}\"")])
+        .collect();
+    redis.pipe(&sets).expect("load");
+    let store = |name: &str, plan: &str| {
+        format!(
+            "[lookup.{name}]\nkind = \"redis\"\nurl = \"{}\"\ncache = {{ mode = \"none\" }}\n{plan}\n",
+            redis.url()
+        )
+    };
+    // For each run: what the file declares, and the action and store of event i.
+    type Action = fn(usize) -> (&'static str, &'static str);
+    let runs: [(String, Action); 3] = [
+        (store("r", ""), |_| ("lookup-unplanned", "r")),
+        (store("r", "plan = \"/key\""), |_| ("lookup-unplanned", "r")),
+        (
+            format!("{}{}", store("r", "plan = [\"/key\"]"), store("q", "")),
+            |i| {
+                if i % 2 == 0 {
+                    ("lookup-unplanned", "r")
+                } else {
+                    ("lookup", "q")
+                }
+            },
+        ),
+    ];
+    for (n, (stores, action)) in runs.into_iter().enumerate() {
+        let stores = format!("[lookups]\ncapacity = 100\n\n{stores}");
+        let inputs: Vec<Value> = (0..500)
+            .map(|i| {
+                let (act, store) = action(i);
+                json!({"i": i, "k": format!("c{}", i % 50), "action": act, "store": store, "key": format!("m{i}")})
+            })
+            .collect();
+        let (mget, get) = five_hundred_lookups(&redis, &stores, &inputs).await;
+        eprintln!("run {n}: {mget} MGET and {get} GET for 500 keys");
+        if n == 0 {
+            assert_eq!(
+                (mget, get),
+                (0, 500),
+                "unplanned: one GET per key, when handle asks"
+            );
+        } else {
+            // A planned key asked alone (the last of a burst) goes as a GET.
+            assert!(
+                mget > 0 && mget + get <= 100,
+                "run {n}: {mget} MGET + {get} GET"
+            );
         }
     }
 }

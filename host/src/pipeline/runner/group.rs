@@ -50,7 +50,9 @@ impl Runner {
                     );
                     continue;
                 }
-                Body::Event { event, key_group } => (event, key_group),
+                Body::Event {
+                    event, key_group, ..
+                } => (event, key_group),
             };
             match resolved.verdict {
                 Verdict::DeadLetter(reason) => out.push(self.routes.dead_letter(

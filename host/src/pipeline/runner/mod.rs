@@ -53,6 +53,9 @@ pub(super) struct Runner {
     /// Moved onto a blocking thread while the plugin runs ([`Runner::on_worker`]).
     pub(super) worker: Option<Worker>,
     pub(super) planner: Option<Planner>,
+    /// Whether the planner's `prepare` is called: some lookup store has no `plan` in the
+    /// pipeline file.
+    pub(super) prepare_plans: bool,
     pub(super) window: Window<jetstream::Message>,
     pub(super) input_rx: mpsc::Receiver<Vec<(jetstream::Message, Arrival)>>,
     pub(super) broadcasts: Vec<BroadcastInput>,
@@ -302,33 +305,52 @@ impl Runner {
         &mut self,
         arrivals: Vec<(jetstream::Message, Arrival)>,
     ) -> anyhow::Result<()> {
-        let (Some(lookups), Some(mut planner)) = (self.lookups.clone(), self.planner.take()) else {
+        let Some(lookups) = self.lookups.clone() else {
             for (msg, a) in arrivals {
                 self.window.push_ready(msg, a);
             }
             return Ok(());
         };
-        let events: Vec<Event> = arrivals
-            .iter()
-            .filter_map(|(_, a)| match &a.body {
-                Body::Event { event, .. } => Some(event.clone()),
-                _ => None,
-            })
-            .collect();
-        let (planner, plans) = tokio::task::spawn_blocking(move || {
-            let plans = planner.prepare(&events);
-            (planner, plans)
-        })
-        .await?;
-        self.planner = Some(planner);
+        // The reader planned what the pipeline file declares; the plugin's `prepare` plans the
+        // stores the file does not.
+        let from_plugin = match self.planner.take() {
+            Some(mut planner) if self.prepare_plans => {
+                let events: Vec<Event> = arrivals
+                    .iter()
+                    .filter_map(|(_, a)| match &a.body {
+                        Body::Event { event, .. } => Some(event.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let (planner, plans) = tokio::task::spawn_blocking(move || {
+                    let plans = planner.prepare(&events);
+                    (planner, plans)
+                })
+                .await?;
+                self.planner = Some(planner);
+                plans
+            }
+            planner => {
+                self.planner = planner;
+                Vec::new()
+            }
+        };
         // Arrivals keep their order in the window; those that need lookups wait on one
         // resolution of all their plans.
-        let mut plans = plans.into_iter();
+        let mut from_plugin = from_plugin.into_iter();
         let mut waiting: Vec<u64> = Vec::new();
         let mut waiting_plans: Vec<Vec<LookupRequest>> = Vec::new();
-        for (msg, a) in arrivals {
-            let plan = match &a.body {
-                Body::Event { .. } => plans.next().unwrap_or_default(),
+        for (msg, mut a) in arrivals {
+            let plan = match &mut a.body {
+                Body::Event { plan, .. } => {
+                    let mut plan = std::mem::take(plan);
+                    for r in from_plugin.next().unwrap_or_default() {
+                        if !plan.iter().any(|p| p.store == r.store && p.key == r.key) {
+                            plan.push(r);
+                        }
+                    }
+                    plan
+                }
                 _ => Vec::new(),
             };
             if plan.is_empty() {
