@@ -84,6 +84,7 @@ impl crate::metrics::LookupCounters for LookupTally {
                 ("error", &st.errors),
                 ("failure", &st.failures),
                 ("load", &st.loads),
+                ("unplanned", &st.unplanned),
             ] {
                 f(name, result, c.load(Ordering::Relaxed));
             }
@@ -118,6 +119,9 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Full-cache loads.
     pub loads: AtomicU64,
+    /// Keys `handle` asked for that no plan declared (neither `lookup.<store>.plan` nor the
+    /// plugin's `prepare`): fetched while the batch waited. They count as hits or misses too.
+    pub unplanned: AtomicU64,
 }
 
 /// A store's answer for one key.
@@ -140,6 +144,8 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     /// Its `lookup failed` warnings, at most one per [`FAILURE_WARNING_EVERY`].
     failure_warnings: throttle::Throttle,
+    /// Its warnings of keys asked without a plan, at most one per [`UNPLANNED_WARNING_EVERY`].
+    unplanned_warnings: throttle::Throttle,
 }
 
 /// How often a store's `lookup failed` warning is logged at most. While a store is down every
@@ -147,6 +153,11 @@ pub struct Store {
 /// would flood the log. The counters (`eddy_lookups_total`, results `error` and `failure`)
 /// still count every one.
 const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a store's warning of keys asked without a plan is logged at most: a plugin that
+/// plans nothing asks for every event's keys this way, so the warning says how many it held
+/// back. `eddy_lookups_unplanned_total` counts each key.
+const UNPLANNED_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 /// One key asked of a store: answered already, or by a request under way (and its place in it).
 #[derive(Clone)]
@@ -276,6 +287,7 @@ impl Lookups {
                 in_flight: std::sync::Mutex::default(),
                 stats: Arc::default(),
                 failure_warnings: throttle::Throttle::default(),
+                unplanned_warnings: throttle::Throttle::default(),
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;
@@ -411,7 +423,11 @@ impl std::fmt::Debug for Lookups {
 }
 
 impl LookupSource for Lookups {
+    /// Keys `handle` asks for that no plan declared: fetched now, while the batch waits.
     fn fetch_blocking(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
+        if let Some(s) = self.stores.get(store) {
+            s.asked_unplanned(keys.len());
+        }
         self.runtime.block_on(self.fetch(store, keys))
     }
 }
@@ -440,6 +456,23 @@ impl Store {
                 tracing::warn!(store = %self.name, "lookup cache load failed: {e}; keeping what it had")
             }
             Err(_) => tracing::warn!(store = %self.name, "lookup cache load timed out"),
+        }
+    }
+
+    /// Counts `n` keys asked without a plan, and says so in the log once a period with the fix.
+    fn asked_unplanned(&self, n: usize) {
+        self.stats.unplanned.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(held) = self
+            .unplanned_warnings
+            .admit(std::time::Instant::now(), UNPLANNED_WARNING_EVERY)
+        {
+            tracing::warn!(
+                store = %self.name,
+                keys = n as u64 + held,
+                "handle asked for keys of lookup store `{0}` that no plan declared, so its batch waited for the store ({held} more such requests in the last {1} s); declare where an event's key is with `plan = \"/field\"` (or `plan = \"key\"`) under [lookup.{0}], or return it from the plugin's plan_lookups",
+                self.name,
+                UNPLANNED_WARNING_EVERY.as_secs()
+            );
         }
     }
 
@@ -641,45 +674,4 @@ pub(crate) fn url_encode(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store that refuses every connection: each request fails and is counted, and the
-    /// warnings are held back after the first.
-    #[tokio::test]
-    async fn a_store_that_is_down_counts_every_failure_and_warns_once_a_period() {
-        // A port nothing listens on: bound, then closed.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let toml = format!(
-            "[pipeline]\nname = \"p\"\nstate_dir = \"s\"\n\n[input]\nstream = \"IN\"\nsubjects = [\"in\"]\nkey = {{ json = \"/k\" }}\n\n[plugin]\npath = \"p.wasm\"\n\n[output]\nsubject = \"out\"\n\n[dead_letter]\nsubject = \"dlq\"\n\n[lookup.h]\nkind = \"http\"\nurl_template = \"http://127.0.0.1:{port}/{{key}}\"\ncache = {{ mode = \"none\" }}\ntimeout_ms = 2000\nretry = {{ attempts = 1, backoff_ms = 1 }}\n"
-        );
-        let cfg = crate::config::PipelineConfig::parse(&toml).expect("config");
-        let lookups = Lookups::connect(&cfg, None)
-            .await
-            .expect("connect")
-            .expect("a store");
-        let store = lookups.stores["h"].clone();
-        for i in 0..20 {
-            let answers = store.clone().request(vec![format!("k{i}")]).await;
-            assert!(answers[0].is_err(), "{:?}", answers[0]);
-        }
-        assert_eq!(store.stats.failures.load(Ordering::Relaxed), 20);
-        let (logged, held) = *store
-            .failure_warnings
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        assert!(logged.is_some(), "the first failure was logged");
-        assert_eq!(held, 19, "the other 19 were held back");
-    }
-
-    #[test]
-    fn keys_are_encoded_for_urls() {
-        assert_eq!(url_encode("m-7"), "m-7");
-        assert_eq!(url_encode("a b/c?d"), "a%20b%2Fc%3Fd");
-        assert_eq!(url_encode("é"), "%C3%A9");
-    }
-}
+mod tests;

@@ -118,7 +118,7 @@ pub struct Metrics {
 /// `crate::lookup::Lookups`; the metrics know nothing of stores).
 pub trait LookupCounters: Send + Sync + std::fmt::Debug {
     /// Calls `f(store, result, count)` for every store and result (`hit`, `miss`, `error`,
-    /// `failure`, `load`).
+    /// `failure`, `load`), and for the keys asked without a plan (`unplanned`).
     fn each(&self, f: &mut dyn FnMut(&str, &str, u64));
 }
 
@@ -577,16 +577,27 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .totals();
         if let Some(totals) = totals {
+            let (unplanned, answers): (Vec<_>, Vec<_>) = totals
+                .into_iter()
+                .partition(|((_, result), _)| result == "unplanned");
             let name = "eddy_lookups_total";
             let _ = writeln!(
                 out,
                 "# HELP {name} Lookup answers by store and result.\n# TYPE {name} counter"
             );
-            for ((store, result), count) in totals {
+            for ((store, result), count) in answers {
                 let _ = writeln!(
                     out,
                     "{name}{{{l},store=\"{store}\",result=\"{result}\"}} {count}"
                 );
+            }
+            let name = "eddy_lookups_unplanned_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Keys the plugin's handle asked for that no plan declared (lookup.<store>.plan or the plugin's prepare): fetched while its batch waited.\n# TYPE {name} counter"
+            );
+            for ((store, _), count) in unplanned {
+                let _ = writeln!(out, "{name}{{{l},store=\"{store}\"}} {count}");
             }
         }
     }

@@ -747,10 +747,18 @@ fn redis_calls(redis: &RedisServer, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// What Redis and the host counted while 500 lookups ran.
+struct Counted {
+    mget: u64,
+    get: u64,
+    /// The host's `eddy_lookups_unplanned_total` for store `r`.
+    unplanned: Option<u64>,
+}
+
 /// Runs the 500 lookup events `inputs` (event i asks for `m{i}`, which Redis holds as
 /// `"v{i}"`) through a pipeline with `stores`, checks that every event got its own value, and
-/// returns the `MGET`s and `GET`s Redis served meanwhile.
-async fn five_hundred_lookups(redis: &RedisServer, stores: &str, inputs: &[Value]) -> (u64, u64) {
+/// returns what Redis served and the host counted meanwhile.
+async fn five_hundred_lookups(redis: &RedisServer, stores: &str, inputs: &[Value]) -> Counted {
     redis.cmd(&["CONFIG", "RESETSTAT"]).expect("reset");
     let Fixture {
         nats: _nats,
@@ -761,6 +769,12 @@ async fn five_hundred_lookups(redis: &RedisServer, stores: &str, inputs: &[Value
     publish(&conn.js, inputs).await;
     let run = Running::start(&spec);
     wait_for_len(&conn.js, "OUT", 500, Duration::from_secs(60)).await;
+    let series = "eddy_lookups_unplanned_total{pipeline=\"lk\",store=\"r\"}";
+    let unplanned = run
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok());
     run.stop().await;
     let answers = answers_by_input(&conn.js).await;
     assert_eq!(answers.len(), 500);
@@ -769,7 +783,11 @@ async fn five_hundred_lookups(redis: &RedisServer, stores: &str, inputs: &[Value
         assert_eq!(v["found"], true, "{v}");
         assert_eq!(v["value"], format!("v{i}"), "event {i}: {v}");
     }
-    (redis_calls(redis, "mget"), redis_calls(redis, "get"))
+    Counted {
+        mget: redis_calls(redis, "mget"),
+        get: redis_calls(redis, "get"),
+        unplanned,
+    }
 }
 
 /// 500 events, each asking Redis for its own key, admitted together in a backlog: the keys
@@ -791,7 +809,7 @@ async fn keys_asked_together_share_one_request() {
         let inputs: Vec<Value> = (0..500)
             .map(|i| lookup(i, &format!("c{}", i % 50), "r", &format!("m{i}")))
             .collect();
-        let (mget, get) = five_hundred_lookups(&redis, &stores, &inputs).await;
+        let Counted { mget, get, .. } = five_hundred_lookups(&redis, &stores, &inputs).await;
         eprintln!("max_batch {max_batch}: {mget} MGET and {get} GET for 500 keys");
         if max_batch == 1 {
             assert_eq!((mget, get), (0, 500), "one GET per key");
@@ -843,15 +861,21 @@ async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
                 json!({"i": i, "k": format!("c{}", i % 50), "action": act, "store": store, "key": format!("m{i}")})
             })
             .collect();
-        let (mget, get) = five_hundred_lookups(&redis, &stores, &inputs).await;
-        eprintln!("run {n}: {mget} MGET and {get} GET for 500 keys");
+        let Counted {
+            mget,
+            get,
+            unplanned,
+        } = five_hundred_lookups(&redis, &stores, &inputs).await;
+        eprintln!("run {n}: {mget} MGET and {get} GET for 500 keys, {unplanned:?} unplanned");
         if n == 0 {
             assert_eq!(
                 (mget, get),
                 (0, 500),
                 "unplanned: one GET per key, when handle asks"
             );
+            assert_eq!(unplanned, Some(500), "the host counts each");
         } else {
+            assert_eq!(unplanned, Some(0), "run {n}: every key planned");
             // A planned key asked alone (the last of a burst) goes as a GET.
             assert!(
                 mget > 0 && mget + get <= 100,
