@@ -1,5 +1,5 @@
-//! Tests of the stores' counters and once-a-period warnings (against ports nothing listens on) and of
-//! keys encoded for URLs.
+//! Tests of the stores' counters and once-a-period warnings (against ports nothing listens
+//! on), and of keys encoded for URLs.
 
 use super::*;
 
