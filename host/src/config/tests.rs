@@ -66,6 +66,30 @@ fn an_empty_state_dir_and_a_malformed_nats_url_are_refused() {
 }
 
 #[test]
+fn a_batch_wait_beyond_a_second_is_refused_and_two_milliseconds_is_the_default() {
+    assert_eq!(
+        PipelineConfig::parse(GOOD)
+            .expect("valid")
+            .input
+            .batch_wait_ms,
+        2
+    );
+    let e = with(
+        "key = { json = \"/customer\" }",
+        "key = { json = \"/customer\" }\nbatch_wait_ms = 5000",
+    )
+    .expect_err("too long a wait");
+    assert_eq!(e.field, "input.batch_wait_ms", "{e}");
+    assert!(e.message.contains("use 0 to 1000"), "{e}");
+    let off = with(
+        "key = { json = \"/customer\" }",
+        "key = { json = \"/customer\" }\nbatch_wait_ms = 0",
+    )
+    .expect("0 turns it off");
+    assert_eq!(off.input.batch_wait_ms, 0);
+}
+
+#[test]
 fn a_value_of_the_wrong_type_names_its_field_not_a_byte_offset() {
     let e = with(
         "[input]\nstream = \"TXN\"",

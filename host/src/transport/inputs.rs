@@ -184,11 +184,17 @@ impl Input {
     }
 
     /// Waits for at least one message (None at end of stream), then takes up to `max`
-    /// that are already here: batches grow with load and latency stays low when idle.
-    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
-    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<jetstream::Message>> {
+    /// that are already here: batches grow with load and latency stays low when idle. A
+    /// batch short of `max` while the consumer has more to deliver waits up to `wait` for
+    /// them (see [`next_batch`]). Transient errors (heartbeats missed during a NATS outage)
+    /// are logged and waited out.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Option<Vec<jetstream::Message>> {
         loop {
-            match next_batch(self.messages.as_mut()?, max).await {
+            match next_batch(self.messages.as_mut()?, max, wait).await {
                 Pulled::Batch(batch) => {
                     if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
                         self.pending.store(info.pending, Ordering::Relaxed);
@@ -266,8 +272,8 @@ async fn pull(
 }
 
 /// What a wait for the next batch gave.
-enum Pulled {
-    Batch(Vec<jetstream::Message>),
+enum Pulled<M> {
+    Batch(Vec<M>),
     /// The input ended.
     End,
     /// The pull request found no responder (a consumer whose leader is not elected yet).
@@ -317,9 +323,10 @@ fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
     }
 }
 
-async fn next_batch<S>(messages: &mut S, max: usize) -> Pulled
+async fn next_batch<S, M>(messages: &mut S, max: usize, wait: Duration) -> Pulled<M>
 where
-    S: futures::Stream<Item = Result<jetstream::Message, consumer::pull::MessagesError>> + Unpin,
+    S: futures::Stream<Item = Result<M, consumer::pull::MessagesError>> + Unpin,
+    M: Delivered,
 {
     let mut batch = Vec::with_capacity(max);
     loop {
@@ -357,7 +364,35 @@ where
             _ => break,
         }
     }
+    // Behind the stream: the pull's next deliveries are on their way. Waiting for them here,
+    // off the run loop, makes one fuller batch of what would be several small ones (a host
+    // with many partition consumers gets about half-full batches otherwise).
+    if !wait.is_zero() && batch.len() < max && batch.last().is_some_and(|m| m.more_to_deliver()) {
+        let until = tokio::time::Instant::now() + wait;
+        while batch.len() < max {
+            match tokio::time::timeout_at(until, messages.next()).await {
+                Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) => {
+                    tracing::warn!("input: {e}");
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
     Pulled::Batch(batch)
+}
+
+/// A delivered message, as [`next_batch`] needs it.
+trait Delivered {
+    /// Whether the consumer had more messages to deliver when it sent this one.
+    fn more_to_deliver(&self) -> bool;
+}
+
+impl Delivered for jetstream::Message {
+    fn more_to_deliver(&self) -> bool {
+        self.info().is_ok_and(|i| i.pending > 0)
+    }
 }
 
 /// A broadcast input: every host reads all of it, through an ordered consumer (ephemeral,
@@ -479,5 +514,73 @@ impl BroadcastInput {
         while let Some(Some(Ok(m))) = self.messages.next().now_or_never() {
             self.push(m);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message that says whether the consumer had more after it.
+    struct Msg {
+        more: bool,
+    }
+
+    impl Delivered for Msg {
+        fn more_to_deliver(&self) -> bool {
+            self.more
+        }
+    }
+
+    type Item = Result<Msg, consumer::pull::MessagesError>;
+
+    /// `n` messages, the last saying there is nothing more; each after the first arrives
+    /// `gap` later, or (with no gap) on the next poll, as deliveries already on their way do.
+    fn arriving(n: usize, gap: Duration) -> impl futures::Stream<Item = Item> + Unpin {
+        Box::pin(futures::stream::iter(0..n).then(move |i| async move {
+            if i > 0 && gap.is_zero() {
+                tokio::task::yield_now().await;
+            } else if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            Ok(Msg { more: i + 1 < n })
+        }))
+    }
+
+    fn len(p: Pulled<Msg>) -> usize {
+        match p {
+            Pulled::Batch(b) => b.len(),
+            _ => panic!("a batch"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_batch_behind_the_stream_waits_for_the_deliveries_on_their_way() {
+        let wait = Duration::from_millis(500);
+        // Behind: the deliveries on their way join the batch, up to `max`.
+        let mut behind = arriving(10, Duration::ZERO);
+        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 8);
+        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 2);
+        // Without a wait, a batch is what has arrived: one message.
+        let mut at_once = arriving(10, Duration::ZERO);
+        assert_eq!(len(next_batch(&mut at_once, 8, Duration::ZERO).await), 1);
+        // The wait is bounded: deliveries slower than it are left for the next batch.
+        let mut slow = arriving(10, Duration::from_secs(5));
+        let started = std::time::Instant::now();
+        assert_eq!(len(next_batch(&mut slow, 8, wait).await), 1);
+        let took = started.elapsed();
+        assert!(took >= wait && took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_has_caught_up_never_waits() {
+        // Nothing more in the stream after it: handed on at once.
+        let mut caught_up = arriving(1, Duration::ZERO);
+        let started = std::time::Instant::now();
+        assert_eq!(
+            len(next_batch(&mut caught_up, 8, Duration::from_secs(30)).await),
+            1
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
