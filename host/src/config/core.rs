@@ -252,10 +252,10 @@ pub struct InputConfig {
     /// checkpoint is taken early when half of it is reached.
     #[serde(default = "default_max_pending")]
     pub max_pending: i64,
-    /// How long a batch short of `batch` waits for more events while the stream holds more
-    /// for this input (a backlog), in milliseconds: those events are on their way, and a
-    /// fuller batch costs less per event. 0 hands every batch on as it is. A reader that has
-    /// caught up never waits.
+    /// How long a batch short of `batch` waits for more events while the stream holds at
+    /// least as many more as it lacks (a backlog), in milliseconds: those events are on their
+    /// way, and a full batch costs less per event. 0 hands every batch on as it is. A reader
+    /// that has caught up, or is just behind a steady flow, never waits.
     #[serde(default = "default_batch_wait_ms")]
     pub batch_wait_ms: u64,
 }

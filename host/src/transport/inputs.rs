@@ -364,10 +364,14 @@ where
             _ => break,
         }
     }
-    // Behind the stream: the pull's next deliveries are on their way. Waiting for them here,
-    // off the run loop, makes one fuller batch of what would be several small ones (a host
-    // with many partition consumers gets about half-full batches otherwise).
-    if !wait.is_zero() && batch.len() < max && batch.last().is_some_and(|m| m.more_to_deliver()) {
+    // Behind the stream by at least what the batch lacks (a backlog): the pull's next
+    // deliveries are on their way. Waiting for them here, off the run loop, makes one full
+    // batch of what would be several small ones (a host with many partition consumers gets
+    // about half-full batches otherwise). A reader just behind a steady flow (a message or two
+    // in the stream, each arriving as it is published) does not wait: that would only add
+    // latency.
+    let short = max - batch.len();
+    if !wait.is_zero() && short > 0 && batch.last().is_some_and(|m| m.pending() >= short as u64) {
         let until = tokio::time::Instant::now() + wait;
         while batch.len() < max {
             match tokio::time::timeout_at(until, messages.next()).await {
@@ -385,13 +389,13 @@ where
 
 /// A delivered message, as [`next_batch`] needs it.
 trait Delivered {
-    /// Whether the consumer had more messages to deliver when it sent this one.
-    fn more_to_deliver(&self) -> bool;
+    /// How many more messages the consumer had to deliver when it sent this one.
+    fn pending(&self) -> u64;
 }
 
 impl Delivered for jetstream::Message {
-    fn more_to_deliver(&self) -> bool {
-        self.info().is_ok_and(|i| i.pending > 0)
+    fn pending(&self) -> u64 {
+        self.info().map_or(0, |i| i.pending)
     }
 }
 
@@ -521,21 +525,21 @@ impl BroadcastInput {
 mod tests {
     use super::*;
 
-    /// A message that says whether the consumer had more after it.
+    /// A message that says how many the consumer had after it.
     struct Msg {
-        more: bool,
+        pending: u64,
     }
 
     impl Delivered for Msg {
-        fn more_to_deliver(&self) -> bool {
-            self.more
+        fn pending(&self) -> u64 {
+            self.pending
         }
     }
 
     type Item = Result<Msg, consumer::pull::MessagesError>;
 
-    /// `n` messages, the last saying there is nothing more; each after the first arrives
-    /// `gap` later, or (with no gap) on the next poll, as deliveries already on their way do.
+    /// `n` messages, each saying how many come after it; each after the first arrives `gap`
+    /// later, or (with no gap) on the next poll, as deliveries already on their way do.
     fn arriving(n: usize, gap: Duration) -> impl futures::Stream<Item = Item> + Unpin {
         Box::pin(futures::stream::iter(0..n).then(move |i| async move {
             if i > 0 && gap.is_zero() {
@@ -543,7 +547,9 @@ mod tests {
             } else if i > 0 {
                 tokio::time::sleep(gap).await;
             }
-            Ok(Msg { more: i + 1 < n })
+            Ok(Msg {
+                pending: (n - i - 1) as u64,
+            })
         }))
     }
 
@@ -557,10 +563,12 @@ mod tests {
     #[tokio::test]
     async fn a_short_batch_behind_the_stream_waits_for_the_deliveries_on_their_way() {
         let wait = Duration::from_millis(500);
-        // Behind: the deliveries on their way join the batch, up to `max`.
-        let mut behind = arriving(10, Duration::ZERO);
+        // Behind by more than a batch: the deliveries on their way join it, up to `max`; the
+        // backlog's last few, fewer than a batch lacks, go as they come.
+        let mut behind = arriving(20, Duration::ZERO);
         assert_eq!(len(next_batch(&mut behind, 8, wait).await), 8);
-        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 2);
+        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 8);
+        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 1);
         // Without a wait, a batch is what has arrived: one message.
         let mut at_once = arriving(10, Duration::ZERO);
         assert_eq!(len(next_batch(&mut at_once, 8, Duration::ZERO).await), 1);
