@@ -62,8 +62,10 @@ pub struct LookupStoreConfig {
     pub max_batch: usize,
     /// Where each event's keys in this store are: JSON pointers into the payload
     /// (`"/customer"`), or `"key"` for the event's own key. With it the host plans this
-    /// store's lookups from the events itself, without calling the plugin's `prepare`; a
-    /// payload without a string or number there plans nothing for that pointer.
+    /// store's lookups from the events itself, without calling the plugin's `prepare`. A
+    /// payload without a string or an integer there plans nothing for that pointer. Every
+    /// event whose payload has one is planned, whether or not the plugin then asks for it, so
+    /// `on_failure` applies to it as to any planned lookup.
     #[serde(default, deserialize_with = "one_or_many")]
     pub plan: Vec<String>,
 }

@@ -119,8 +119,8 @@ pub struct StoreStats {
     pub failures: AtomicU64,
     /// Full-cache loads.
     pub loads: AtomicU64,
-    /// Keys `handle` asked for that no plan declared (neither `lookup.<store>.plan` nor the
-    /// plugin's `prepare`): fetched while the batch waited. They count as hits or misses too.
+    /// Keys the plugin asked for that no plan declared (neither `lookup.<store>.plan` nor the
+    /// plugin's `prepare`): fetched while it waited. They count as hits or misses too.
     pub unplanned: AtomicU64,
 }
 
@@ -423,7 +423,7 @@ impl std::fmt::Debug for Lookups {
 }
 
 impl LookupSource for Lookups {
-    /// Keys `handle` asks for that no plan declared: fetched now, while the batch waits.
+    /// Keys the plugin asks for that no plan declared: fetched now, while it waits.
     fn fetch_blocking(&self, store: &str, keys: &[String]) -> Vec<LookupAnswer> {
         if let Some(s) = self.stores.get(store) {
             s.asked_unplanned(keys.len());
@@ -468,10 +468,9 @@ impl Store {
         {
             tracing::warn!(
                 store = %self.name,
-                keys = n as u64 + held,
-                "handle asked for keys of lookup store `{0}` that no plan declared, so its batch waited for the store ({held} more such requests in the last {1} s); declare where an event's key is with `plan = \"/field\"` (or `plan = \"key\"`) under [lookup.{0}], or return it from the plugin's plan_lookups",
-                self.name,
-                UNPLANNED_WARNING_EVERY.as_secs()
+                keys = n,
+                "the plugin asked for keys of lookup store `{0}` that no plan declared, so it waited for the store ({held} more such requests since the last warning); declare where an event's key is with `plan = \"/field\"` (or `plan = \"key\"`) under [lookup.{0}], or return it from the plugin's plan_lookups",
+                self.name
             );
         }
     }

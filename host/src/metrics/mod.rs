@@ -594,7 +594,7 @@ impl Metrics {
             let name = "eddy_lookups_unplanned_total";
             let _ = writeln!(
                 out,
-                "# HELP {name} Keys the plugin's handle asked for that no plan declared (lookup.<store>.plan or the plugin's prepare): fetched while its batch waited.\n# TYPE {name} counter"
+                "# HELP {name} Keys the plugin asked for that no plan declared (lookup.<store>.plan or the plugin's prepare): fetched while it waited.\n# TYPE {name} counter"
             );
             for ((store, _), count) in unplanned {
                 let _ = writeln!(out, "{name}{{{l},store=\"{store}\"}} {count}");

@@ -63,8 +63,9 @@ pub(super) async fn read_input(
     let batch_wait = std::time::Duration::from_millis(cfg.input.batch_wait_ms);
     let file_plans = FilePlans::new(&cfg);
     loop {
-        let next =
-            tokio::time::timeout(IDLE_CHECK, input.next_batch(cfg.input.batch, batch_wait)).await;
+        let next = input
+            .next_batch(cfg.input.batch, batch_wait, IDLE_CHECK)
+            .await;
         // A run that may have lost its partition reads nothing more: its pulls would take
         // deliveries from the new owner's consumer, which has the same name.
         if let Some(why) = fence.as_ref().and_then(|f| f.check().err()) {

@@ -76,15 +76,15 @@ impl Pointer {
         pointer_tokens(pointer).map(Pointer)
     }
 
-    /// What the pointer finds in `payload` as text, as a key: a non-empty string (unescaped),
-    /// a number or a boolean. `None` when the payload is not JSON or holds nothing of these
-    /// there.
+    /// What the pointer finds in `payload` as a lookup key: a non-empty string (unescaped) or
+    /// an integer (its decimal digits). `None` when the payload is not JSON or holds anything
+    /// else there: a fraction or an exponent has several texts (`1e2`, `100.0`, `100`), and a
+    /// key the plugin writes differently would be fetched for nothing.
     pub fn text_in(&self, payload: &[u8]) -> Option<String> {
         match json_at(payload, Some(&self.0)).ok()?? {
             Leaf::Str(s) if !s.is_empty() => Some(s),
-            Leaf::Number(n) => Some(n.to_string()),
-            Leaf::Bool(b) => Some(b.to_string()),
-            Leaf::Str(_) | Leaf::Other(_) => None,
+            Leaf::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Leaf::Str(_) | Leaf::Number(_) | Leaf::Bool(_) | Leaf::Other(_) => None,
         }
     }
 }

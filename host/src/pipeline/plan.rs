@@ -57,8 +57,8 @@ impl FilePlans {
     }
 
     /// Adds the lookups `event` needs by the file's plans to `plan`, each key once. A pointer
-    /// that finds no string, number or boolean plans nothing: the plugin may still ask, and is
-    /// then answered on the spot.
+    /// that finds no string or integer plans nothing: the plugin may still ask, and is then
+    /// answered on the spot.
     pub(super) fn add(&self, event: &Event, plan: &mut Vec<LookupRequest>) {
         for (store, sources) in &self.stores {
             for source in sources {
@@ -139,14 +139,17 @@ mod tests {
             r#"{"merchant":null}"#,
             r#"{"merchant":""}"#,
             r#"{"merchant":{"id":"m-1"}}"#,
+            r#"{"merchant":true}"#,
+            r#"{"merchant":1e2}"#,
+            r#"{"merchant":7.5}"#,
             "not json",
             r#"{"merchant":"m-1""#,
         ] {
             assert_eq!(planned(&p, &event("c-1", payload)), vec![], "{payload}");
         }
         assert_eq!(
-            planned(&p, &event("c-1", r#"{"merchant":true}"#)),
-            vec![("merchants".to_string(), "true".to_string())]
+            planned(&p, &event("c-1", r#"{"merchant":-7}"#)),
+            vec![("merchants".to_string(), "-7".to_string())]
         );
     }
 

@@ -183,26 +183,33 @@ impl Input {
         format!("keyed:{}/{}", cfg.input.stream, cfg.consumer_name())
     }
 
-    /// Waits for at least one message (None at end of stream), then takes up to `max`
-    /// that are already here: batches grow with load and latency stays low when idle. A
-    /// batch short of `max` while the consumer has more to deliver waits up to `wait` for
-    /// them (see [`next_batch`]). Transient errors (heartbeats missed during a NATS outage)
-    /// are logged and waited out.
+    /// Waits up to `idle` for at least one message (`Ok(None)` at end of stream,
+    /// `Err(Idle)` if none came), then takes up to `max` that are already here: batches grow
+    /// with load and latency stays low when idle. In a backlog, a batch short of `max` waits
+    /// up to `wait` for the deliveries on their way (see [`next_batch`]); `idle` never cuts
+    /// that wait short, so a batch whose first message arrived is always handed on.
+    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
     pub async fn next_batch(
         &mut self,
         max: usize,
         wait: Duration,
-    ) -> Option<Vec<jetstream::Message>> {
+        idle: Duration,
+    ) -> Result<Option<Vec<jetstream::Message>>, Idle> {
+        let first_by = tokio::time::Instant::now() + idle;
         loop {
-            match next_batch(self.messages.as_mut()?, max, wait).await {
+            let Some(messages) = self.messages.as_mut() else {
+                return Ok(None);
+            };
+            match next_batch(messages, max, wait, first_by).await {
                 Pulled::Batch(batch) => {
                     if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
                         self.pending.store(info.pending, Ordering::Relaxed);
                         self.read_through = info.stream_sequence;
                     }
-                    return Some(batch);
+                    return Ok(Some(batch));
                 }
-                Pulled::End => return None,
+                Pulled::End => return Ok(None),
+                Pulled::Idle => return Err(Idle),
                 Pulled::Lost(e) => {
                     // The client counts the lost pull as still open and would ask again only
                     // once heartbeats are missed (10 s): ask again now, from the same consumer
@@ -274,11 +281,17 @@ async fn pull(
 /// What a wait for the next batch gave.
 enum Pulled<M> {
     Batch(Vec<M>),
+    /// No message came by the time given.
+    Idle,
     /// The input ended.
     End,
     /// The pull request found no responder (a consumer whose leader is not elected yet).
     Lost(consumer::pull::MessagesError),
 }
+
+/// No message came in the time [`Input::next_batch`] was given.
+#[derive(Debug)]
+pub struct Idle;
 
 /// (Re)creates the durable consumer `config` names, positioned just after `after`, and
 /// starts pulling from it. Also returns the stream sequence the old consumer had delivered up
@@ -323,14 +336,22 @@ fn deliver_after(resume_after: u64) -> consumer::DeliverPolicy {
     }
 }
 
-async fn next_batch<S, M>(messages: &mut S, max: usize, wait: Duration) -> Pulled<M>
+async fn next_batch<S, M>(
+    messages: &mut S,
+    max: usize,
+    wait: Duration,
+    first_by: tokio::time::Instant,
+) -> Pulled<M>
 where
     S: futures::Stream<Item = Result<M, consumer::pull::MessagesError>> + Unpin,
     M: Delivered,
 {
     let mut batch = Vec::with_capacity(max);
     loop {
-        match messages.next().await {
+        let Ok(next) = tokio::time::timeout_at(first_by, messages.next()).await else {
+            return Pulled::Idle;
+        };
+        match next {
             Some(Ok(m)) => {
                 batch.push(m);
                 break;
@@ -566,29 +587,54 @@ mod tests {
         // Behind by more than a batch: the deliveries on their way join it, up to `max`; the
         // backlog's last few, fewer than a batch lacks, go as they come.
         let mut behind = arriving(20, Duration::ZERO);
-        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 8);
-        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 8);
-        assert_eq!(len(next_batch(&mut behind, 8, wait).await), 1);
+        assert_eq!(len(next_batch(&mut behind, 8, wait, later()).await), 8);
+        assert_eq!(len(next_batch(&mut behind, 8, wait, later()).await), 8);
+        assert_eq!(len(next_batch(&mut behind, 8, wait, later()).await), 1);
         // Without a wait, a batch is what has arrived: one message.
         let mut at_once = arriving(10, Duration::ZERO);
-        assert_eq!(len(next_batch(&mut at_once, 8, Duration::ZERO).await), 1);
+        assert_eq!(
+            len(next_batch(&mut at_once, 8, Duration::ZERO, later()).await),
+            1
+        );
         // The wait is bounded: deliveries slower than it are left for the next batch.
         let mut slow = arriving(10, Duration::from_secs(5));
         let started = std::time::Instant::now();
-        assert_eq!(len(next_batch(&mut slow, 8, wait).await), 1);
+        assert_eq!(len(next_batch(&mut slow, 8, wait, later()).await), 1);
         let took = started.elapsed();
         assert!(took >= wait && took < Duration::from_secs(5), "{took:?}");
     }
 
+    /// A first message due long after any test's end.
+    fn later() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(600)
+    }
+
     #[tokio::test]
-    async fn a_reader_that_has_caught_up_never_waits() {
-        // Nothing more in the stream after it: handed on at once.
-        let mut caught_up = arriving(1, Duration::ZERO);
+    async fn a_reader_that_has_caught_up_or_is_just_behind_a_steady_flow_never_waits() {
+        let wait = Duration::from_secs(30);
         let started = std::time::Instant::now();
-        assert_eq!(
-            len(next_batch(&mut caught_up, 8, Duration::from_secs(30)).await),
-            1
-        );
+        // Nothing more in the stream after it (and nothing ever arrives): handed on at once.
+        let mut caught_up = arriving(1, Duration::ZERO).chain(futures::stream::pending());
+        assert_eq!(len(next_batch(&mut caught_up, 8, wait, later()).await), 1);
+        // Fewer in the stream than the batch lacks, each published a while after the one
+        // before: handed on at once, not held for them.
+        let mut steady = arriving(3, Duration::from_secs(60));
+        assert_eq!(len(next_batch(&mut steady, 8, wait, later()).await), 1);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn no_first_message_in_time_is_idle_and_a_started_batch_is_never_cut_short() {
+        let mut nothing = futures::stream::pending::<Item>();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            next_batch(&mut nothing, 8, Duration::from_millis(2), soon).await,
+            Pulled::Idle
+        ));
+        // The first message came in time; the wait for the rest runs past `first_by`.
+        let mut behind = arriving(20, Duration::from_millis(20));
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        let batch = next_batch(&mut behind, 8, Duration::from_secs(5), soon).await;
+        assert_eq!(len(batch), 8);
     }
 }

@@ -822,8 +822,9 @@ async fn keys_asked_together_share_one_request() {
 /// Lookups the pipeline file plans (`lookup.<store>.plan`) are fetched before `handle`, like
 /// those `prepare` plans, without the plugin planning them: 500 events whose lookups the
 /// plugin does not plan (`lookup-unplanned`) cost one `GET` each, fetched when `handle` asks,
-/// and a few dozen requests (`MGET`s) once the file plans them by a JSON pointer. With a second store the
-/// file does not plan, `prepare` still plans that one's lookups (they too come in `MGET`s).
+/// and a few dozen requests (`MGET`s) once the file plans them by a JSON pointer. With a second
+/// store the file does not plan, `prepare` still plans that one's lookups (they too come in
+/// `MGET`s); with every store planned by the file, `prepare` is not called at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
     let redis = RedisServer::start().expect("redis");
@@ -839,7 +840,7 @@ async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
     };
     // For each run: what the file declares, and the action and store of event i.
     type Action = fn(usize) -> (&'static str, &'static str);
-    let runs: [(String, Action); 3] = [
+    let runs: [(String, Action); 4] = [
         (store("r", ""), |_| ("lookup-unplanned", "r")),
         (store("r", "plan = \"/key\""), |_| ("lookup-unplanned", "r")),
         (
@@ -852,6 +853,9 @@ async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
                 }
             },
         ),
+        // Every store planned by the file (by a field these events lack): `prepare` is not
+        // called, so the keys it would have planned are asked for unplanned.
+        (store("r", "plan = \"/missing\""), |_| ("lookup", "r")),
     ];
     for (n, (stores, action)) in runs.into_iter().enumerate() {
         let stores = format!("[lookups]\ncapacity = 100\n\n{stores}");
@@ -867,20 +871,28 @@ async fn lookups_the_pipeline_file_plans_are_fetched_before_handle() {
             unplanned,
         } = five_hundred_lookups(&redis, &stores, &inputs).await;
         eprintln!("run {n}: {mget} MGET and {get} GET for 500 keys, {unplanned:?} unplanned");
-        if n == 0 {
-            assert_eq!(
-                (mget, get),
-                (0, 500),
-                "unplanned: one GET per key, when handle asks"
-            );
-            assert_eq!(unplanned, Some(500), "the host counts each");
-        } else {
-            assert_eq!(unplanned, Some(0), "run {n}: every key planned");
-            // A planned key asked alone (the last of a burst) goes as a GET.
-            assert!(
-                mget > 0 && mget + get <= 100,
-                "run {n}: {mget} MGET + {get} GET"
-            );
+        match n {
+            0 => {
+                assert_eq!(
+                    (mget, get),
+                    (0, 500),
+                    "unplanned: one GET per key, when handle asks"
+                );
+                assert_eq!(unplanned, Some(500), "the host counts each");
+            }
+            3 => assert_eq!(
+                unplanned,
+                Some(500),
+                "prepare was not called: its keys were asked for unplanned"
+            ),
+            _ => {
+                assert_eq!(unplanned, Some(0), "run {n}: every key planned");
+                // A planned key asked alone (the last of a burst) goes as a GET.
+                assert!(
+                    mget > 0 && mget + get <= 100,
+                    "run {n}: {mget} MGET + {get} GET"
+                );
+            }
         }
     }
 }
