@@ -198,6 +198,12 @@ impl PipelineConfig {
         }
     }
 
+    /// Whether the plugin's `prepare` plans lookups: some lookup store has no `plan` in the
+    /// file. Otherwise the host makes no instance of the plugin for planning.
+    pub fn prepare_plans_lookups(&self) -> bool {
+        self.lookup.values().any(|store| store.plan.is_empty())
+    }
+
     /// Checks that need the plugin file: it exists.
     pub fn validate_plugin(&self) -> Result<(), ConfigError> {
         if !self.plugin.path.is_file() {

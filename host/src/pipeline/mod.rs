@@ -311,6 +311,7 @@ pub async fn run(
         ctx: std::sync::RwLock::new(worker.context().clone()),
         config_json: worker.config_json().to_string(),
         needs_broadcast: !cfg.broadcast.is_empty(),
+        prepare_plans: cfg.prepare_plans_lookups(),
     });
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
@@ -398,7 +399,7 @@ pub async fn run(
         state,
         worker: Some(worker),
         planner: built.planner,
-        prepare_plans: plan::FilePlans::new(&cfg).prepare_plans(),
+        prepare_plans: cfg.prepare_plans_lookups(),
         window: Window::new(cfg.lookups.mode, cfg.lookups.capacity, ready_capacity),
         input_rx,
         broadcasts,

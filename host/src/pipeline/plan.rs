@@ -22,8 +22,6 @@ enum Source {
 pub(super) struct FilePlans {
     /// Each store with a `plan`, and where its keys are.
     stores: Vec<(String, Vec<Source>)>,
-    /// Whether some store has no `plan`, so the plugin's `prepare` still plans.
-    prepare_plans: bool,
 }
 
 impl FilePlans {
@@ -45,15 +43,7 @@ impl FilePlans {
                 (name.clone(), sources)
             })
             .collect();
-        FilePlans {
-            stores,
-            prepare_plans: cfg.lookup.values().any(|store| store.plan.is_empty()),
-        }
-    }
-
-    /// Whether the plugin's `prepare` is called: some store has no `plan`.
-    pub(super) fn prepare_plans(&self) -> bool {
-        self.prepare_plans
+        FilePlans { stores }
     }
 
     /// Adds the lookups `event` needs by the file's plans to `plan`, each key once. A pointer
@@ -82,11 +72,15 @@ impl FilePlans {
 mod tests {
     use super::*;
 
-    fn plans(lookups: &str) -> FilePlans {
+    fn cfg(lookups: &str) -> PipelineConfig {
         let toml = format!(
             "[pipeline]\nname = \"p\"\nstate_dir = \"/tmp/p\"\n[input]\nstream = \"IN\"\nsubjects = [\"in\"]\nkey = {{ json = \"/customer\" }}\n[plugin]\npath = \"p.wasm\"\n[output]\nsubject = \"out\"\n[dead_letter]\nsubject = \"dlq\"\n{lookups}"
         );
-        FilePlans::new(&PipelineConfig::parse(&toml).expect("valid"))
+        PipelineConfig::parse(&toml).expect("valid")
+    }
+
+    fn plans(lookups: &str) -> FilePlans {
+        FilePlans::new(&cfg(lookups))
     }
 
     fn event(key: &str, payload: &str) -> Event {
@@ -108,11 +102,13 @@ mod tests {
 
     #[test]
     fn keys_come_from_the_payload_and_the_event_key_each_once() {
-        let p = plans(
-            "[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = \"key\"\n\
-             [lookup.merchants]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = [\"/merchant\", \"/via/0\", \"/merchant\"]\n",
+        let lookups = "[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = \"key\"\n\
+             [lookup.merchants]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = [\"/merchant\", \"/via/0\", \"/merchant\"]\n";
+        assert!(
+            !cfg(lookups).prepare_plans_lookups(),
+            "every store is planned by the file"
         );
-        assert!(!p.prepare_plans(), "every store is planned by the file");
+        let p = plans(lookups);
         let e = event(
             "c-1",
             r#"{"customer":"c-1","merchant":"m-\u0037","via":[42,"x"]}"#,
@@ -155,14 +151,14 @@ mod tests {
 
     #[test]
     fn prepare_still_plans_the_stores_without_a_plan() {
-        let p = plans(
+        let mixed = cfg(
             "[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = \"key\"\n\
              [lookup.merchants]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n",
         );
-        assert!(p.prepare_plans());
-        let none = plans("[lookup.merchants]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n");
-        assert!(none.prepare_plans());
-        assert_eq!(planned(&none, &event("c-1", "{}")), vec![]);
+        assert!(mixed.prepare_plans_lookups());
+        let none = cfg("[lookup.merchants]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n");
+        assert!(none.prepare_plans_lookups());
+        assert_eq!(planned(&FilePlans::new(&none), &event("c-1", "{}")), vec![]);
     }
 
     #[test]

@@ -246,6 +246,9 @@ pub struct Validator {
     pub config_json: String,
     /// Whether the pipeline has broadcast inputs (the version must handle them).
     pub needs_broadcast: bool,
+    /// Whether the plugin's `prepare` plans lookups (some store has no `plan` in the file):
+    /// only then does a version get a planning instance.
+    pub prepare_plans: bool,
 }
 
 impl Validator {
@@ -271,7 +274,7 @@ impl Validator {
         let instance = plugin
             .instantiate(&ctx, &self.config_json)
             .map_err(|e| format!("{e:#}"))?;
-        let planner = if ctx.lookups.is_some() {
+        let planner = if ctx.lookups.is_some() && self.prepare_plans {
             Planner::new(&plugin, &ctx, &self.config_json).map_err(|e| format!("{e:#}"))?
         } else {
             None

@@ -163,13 +163,14 @@ impl Runner {
         } else {
             drop((instance, planner, state));
             let p = plugin.clone();
+            let prepare_plans = self.prepare_plans;
             let remade = self
                 .on_worker(move |w| {
                     let (ctx, config) = (w.context(), w.config_json());
                     let instance = p.instantiate(ctx, config)?;
                     let planner = match ctx.lookups {
-                        Some(_) => Planner::new(&p, ctx, config)?,
-                        None => None,
+                        Some(_) if prepare_plans => Planner::new(&p, ctx, config)?,
+                        _ => None,
                     };
                     anyhow::Ok((instance, planner))
                 })
@@ -243,12 +244,13 @@ impl Runner {
 
     /// Drops the held writes and puts `previous` back (a fresh instance of it).
     async fn go_back(&mut self, previous: Plugin) -> anyhow::Result<()> {
+        let prepare_plans = self.prepare_plans;
         let restored = self
             .on_worker(move |worker| {
                 worker.discard();
                 let (ctx, config) = (worker.context().clone(), worker.config_json().to_string());
                 let instance = previous.instantiate(&ctx, &config)?;
-                let planner = if ctx.lookups.is_some() {
+                let planner = if ctx.lookups.is_some() && prepare_plans {
                     Planner::new(&previous, &ctx, &config).ok().flatten()
                 } else {
                     None

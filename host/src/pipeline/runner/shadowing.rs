@@ -307,8 +307,8 @@ impl Runner {
                     ..live_ctx
                 };
                 let planner = match ctx.lookups {
-                    Some(_) => Planner::new(&plugin, &ctx, &config)?,
-                    None => None,
+                    Some(_) if cfg.prepare_plans_lookups() => Planner::new(&plugin, &ctx, &config)?,
+                    _ => None,
                 };
                 let mut worker = Worker::new(plugin, ctx, config, Arc::new(()))?;
                 if let Err(refused) = worker.migrate(&previous)? {
