@@ -74,18 +74,16 @@ fn a_batch_wait_beyond_a_second_is_refused_and_two_milliseconds_is_the_default()
             .batch_wait_ms,
         2
     );
-    let e = with(
-        "key = { json = \"/customer\" }",
-        "key = { json = \"/customer\" }\nbatch_wait_ms = 5000",
-    )
-    .expect_err("too long a wait");
+    let wait = |ms: u64| {
+        with(
+            "key = { json = \"/customer\" }",
+            &format!("key = {{ json = \"/customer\" }}\nbatch_wait_ms = {ms}"),
+        )
+    };
+    let e = wait(5000).expect_err("too long a wait");
     assert_eq!(e.field, "input.batch_wait_ms", "{e}");
     assert!(e.message.contains("use 0 to 1000"), "{e}");
-    let off = with(
-        "key = { json = \"/customer\" }",
-        "key = { json = \"/customer\" }\nbatch_wait_ms = 0",
-    )
-    .expect("0 turns it off");
+    let off = wait(0).expect("0 turns it off");
     assert_eq!(off.input.batch_wait_ms, 0);
 }
 

@@ -399,7 +399,6 @@ pub async fn run(
         state,
         worker: Some(worker),
         planner: built.planner,
-        prepare_plans: cfg.prepare_plans_lookups(),
         window: Window::new(cfg.lookups.mode, cfg.lookups.capacity, ready_capacity),
         input_rx,
         broadcasts,

@@ -5,10 +5,26 @@
 //! the plugin's `prepare` (a second crossing of the whole batch into the plugin) is called only
 //! while some store has no `plan`. Both kinds of plan go to the same resolution
 //! (`crate::lookup::Lookups::resolve`), and `handle` finds the answers in place either way.
+//! Where `prepare` is never called, no instance of the plugin is made for it ([`planner`]).
 
 use super::keys::Pointer;
 use crate::config::PipelineConfig;
-use crate::engine::{Event, LookupRequest};
+use crate::engine::{Event, InstanceContext, LookupRequest, Planner, Plugin};
+
+/// The plugin's planning instance, for a run, a new version or a shadow: only when the
+/// pipeline has lookup stores and some of them have no `plan` in the file (the others are
+/// planned by the input reader, and `prepare` is then never called).
+pub(super) fn planner(
+    plugin: &Plugin,
+    ctx: &InstanceContext,
+    config_json: &str,
+    cfg: &PipelineConfig,
+) -> anyhow::Result<Option<Planner>> {
+    if ctx.lookups.is_none() || !cfg.prepare_plans_lookups() {
+        return Ok(None);
+    }
+    Planner::new(plugin, ctx, config_json)
+}
 
 /// Where one of an event's keys is.
 enum Source {
@@ -72,11 +88,15 @@ impl FilePlans {
 mod tests {
     use super::*;
 
-    fn cfg(lookups: &str) -> PipelineConfig {
-        let toml = format!(
+    /// A pipeline file with `lookups` for its lookup sections.
+    fn file(lookups: &str) -> String {
+        format!(
             "[pipeline]\nname = \"p\"\nstate_dir = \"/tmp/p\"\n[input]\nstream = \"IN\"\nsubjects = [\"in\"]\nkey = {{ json = \"/customer\" }}\n[plugin]\npath = \"p.wasm\"\n[output]\nsubject = \"out\"\n[dead_letter]\nsubject = \"dlq\"\n{lookups}"
-        );
-        PipelineConfig::parse(&toml).expect("valid")
+        )
+    }
+
+    fn cfg(lookups: &str) -> PipelineConfig {
+        PipelineConfig::parse(&file(lookups)).expect("valid")
     }
 
     fn plans(lookups: &str) -> FilePlans {
@@ -163,8 +183,10 @@ mod tests {
 
     #[test]
     fn a_plan_that_is_not_a_pointer_is_refused_with_the_fix() {
-        let toml = "[pipeline]\nname = \"p\"\nstate_dir = \"/tmp/p\"\n[input]\nstream = \"IN\"\nsubjects = [\"in\"]\nkey = { json = \"/customer\" }\n[plugin]\npath = \"p.wasm\"\n[output]\nsubject = \"out\"\n[dead_letter]\nsubject = \"dlq\"\n[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = \"customer\"\n";
-        let e = PipelineConfig::parse(toml)
+        let toml = file(
+            "[lookup.profiles]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nplan = \"customer\"\n",
+        );
+        let e = PipelineConfig::parse(&toml)
             .expect_err("refused")
             .to_string();
         assert!(e.contains("lookup.profiles.plan"), "{e}");

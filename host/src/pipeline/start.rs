@@ -216,11 +216,7 @@ pub(super) fn build_worker_on(
         packed_batches: true,
     };
     let config_json = cfg.plugin.config_json();
-    let planner = if ctx.lookups.is_some() && cfg.prepare_plans_lookups() {
-        Planner::new(&plugin, &ctx, &config_json)?
-    } else {
-        None
-    };
+    let planner = super::plan::planner(&plugin, &ctx, &config_json, cfg)?;
     let worker = Worker::new(plugin, ctx, config_json, metrics)?;
     Ok(Built {
         worker,

@@ -52,10 +52,9 @@ pub(super) struct Runner {
     pub(super) state: Arc<StateStore>,
     /// Moved onto a blocking thread while the plugin runs ([`Runner::on_worker`]).
     pub(super) worker: Option<Worker>,
+    /// The plugin's planning instance: only while some lookup store has no `plan` in the
+    /// pipeline file (`super::plan::planner`).
     pub(super) planner: Option<Planner>,
-    /// Whether the planner's `prepare` is called: some lookup store has no `plan` in the
-    /// pipeline file.
-    pub(super) prepare_plans: bool,
     pub(super) window: Window<jetstream::Message>,
     pub(super) input_rx: mpsc::Receiver<Vec<(jetstream::Message, Arrival)>>,
     pub(super) broadcasts: Vec<BroadcastInput>,
@@ -314,7 +313,7 @@ impl Runner {
         // The reader planned what the pipeline file declares; the plugin's `prepare` plans the
         // stores the file does not.
         let from_plugin = match self.planner.take() {
-            Some(mut planner) if self.prepare_plans => {
+            Some(mut planner) => {
                 let events: Vec<Event> = arrivals
                     .iter()
                     .filter_map(|(_, a)| match &a.body {
@@ -330,10 +329,7 @@ impl Runner {
                 self.planner = Some(planner);
                 plans
             }
-            planner => {
-                self.planner = planner;
-                Vec::new()
-            }
+            None => Vec::new(),
         };
         // Arrivals keep their order in the window; those that need lookups wait on one
         // resolution of all their plans.

@@ -14,7 +14,8 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::Runner;
-use crate::engine::{Planner, Plugin};
+use crate::engine::Plugin;
+use crate::pipeline::plan;
 use crate::pipeline::window::Released;
 use crate::reload::{
     Candidate, DeployStatus, Deployment, History, Judgement, Probation, ReloadEvent, record,
@@ -163,15 +164,12 @@ impl Runner {
         } else {
             drop((instance, planner, state));
             let p = plugin.clone();
-            let prepare_plans = self.prepare_plans;
+            let cfg = self.cfg.clone();
             let remade = self
                 .on_worker(move |w| {
                     let (ctx, config) = (w.context(), w.config_json());
                     let instance = p.instantiate(ctx, config)?;
-                    let planner = match ctx.lookups {
-                        Some(_) if prepare_plans => Planner::new(&p, ctx, config)?,
-                        _ => None,
-                    };
+                    let planner = plan::planner(&p, ctx, config, &cfg)?;
                     anyhow::Ok((instance, planner))
                 })
                 .await?;
@@ -244,17 +242,13 @@ impl Runner {
 
     /// Drops the held writes and puts `previous` back (a fresh instance of it).
     async fn go_back(&mut self, previous: Plugin) -> anyhow::Result<()> {
-        let prepare_plans = self.prepare_plans;
+        let cfg = self.cfg.clone();
         let restored = self
             .on_worker(move |worker| {
                 worker.discard();
                 let (ctx, config) = (worker.context().clone(), worker.config_json().to_string());
                 let instance = previous.instantiate(&ctx, &config)?;
-                let planner = if ctx.lookups.is_some() && prepare_plans {
-                    Planner::new(&previous, &ctx, &config).ok().flatten()
-                } else {
-                    None
-                };
+                let planner = plan::planner(&previous, &ctx, &config, &cfg).ok().flatten();
                 worker.swap(previous, instance);
                 anyhow::Ok(planner)
             })

@@ -20,6 +20,7 @@ use super::Runner;
 use crate::engine::{
     BroadcastEvent, Event, Failure, InstanceContext, Outcome, Planner, Prefetched, Worker,
 };
+use crate::pipeline::plan;
 use crate::reload::shadow::{ShadowReport, Subjects};
 use crate::reload::{Candidate, DeployStatus, Deployment, Validator};
 use crate::state::StateStore;
@@ -306,10 +307,7 @@ impl Runner {
                     state: state.clone(),
                     ..live_ctx
                 };
-                let planner = match ctx.lookups {
-                    Some(_) if cfg.prepare_plans_lookups() => Planner::new(&plugin, &ctx, &config)?,
-                    _ => None,
-                };
+                let planner = plan::planner(&plugin, &ctx, &config, &cfg)?;
                 let mut worker = Worker::new(plugin, ctx, config, Arc::new(()))?;
                 if let Err(refused) = worker.migrate(&previous)? {
                     anyhow::bail!("migrate refused: {refused}");
