@@ -429,6 +429,17 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_utf8_reaches_the_processor_with_replacement_characters() {
+        init::<Show>("{}".to_owned()).expect("init succeeds");
+        let mut p = packed(&[wit_event("a")]);
+        // The subject is the second piece: put a byte that is never UTF-8 in its middle.
+        let subject_start = p.ends[0] as usize;
+        p.bytes[subject_start + 1] = 0xff;
+        let shown = payloads(&unpacked(handle_packed(p)));
+        assert!(shown[0].contains('\u{fffd}'), "{}", shown[0]);
+    }
+
+    #[test]
     fn packed_outcomes_are_the_outcomes_handle_returns() {
         let events = || {
             vec![

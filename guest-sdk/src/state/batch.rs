@@ -131,24 +131,40 @@ fn slots_of<T: Clone>(
 }
 
 /// The spans of values in buffer `buf` (of `len` bytes) that start at `start` and end at
-/// `ends`, checked against the buffer.
-fn spans_of(buf: u32, mut start: u32, ends: &[u32], len: usize) -> Result<Vec<Span>, StateError> {
-    ends.iter()
-        .map(|&end| {
-            if end < start || end as usize > len {
-                return Err(StateError::Storage(format!(
-                    "a value of the batch ends at {end}, outside its range (from {start} in {len} bytes)"
-                )));
-            }
-            let span = Span { buf, start, end };
-            start = end;
-            Ok(span)
-        })
-        .collect()
+/// `ends`, checked against the buffer first. Nothing is allocated: a value write takes this
+/// path once per event.
+fn spans_of(
+    buf: u32,
+    start: u32,
+    ends: &[u32],
+    len: usize,
+) -> Result<impl Iterator<Item = Span> + '_, StateError> {
+    let mut from = start;
+    for &end in ends {
+        if end < from || end as usize > len {
+            return Err(StateError::Storage(format!(
+                "a value of the batch ends at {end}, outside its range (from {from} in {len} bytes)"
+            )));
+        }
+        from = end;
+    }
+    let mut from = start;
+    Ok(ends.iter().map(move |&end| {
+        let span = Span {
+            buf,
+            start: from,
+            end,
+        };
+        from = end;
+        span
+    }))
 }
 
 /// The spans of a fetch's values, kept as buffer `buf`.
-fn fetched_spans(buf: u32, packed: &wit::PackedValues) -> Result<Vec<Span>, StateError> {
+fn fetched_spans(
+    buf: u32,
+    packed: &wit::PackedValues,
+) -> Result<impl Iterator<Item = Span> + '_, StateError> {
     spans_of(buf, 0, &packed.ends, packed.bytes.len())
 }
 
@@ -231,7 +247,7 @@ impl Batch {
             if present.len() != count {
                 return Err(short_answer(present.len(), count));
             }
-            let mut spans = fetched_spans(self.fetched.len() as u32, &packed)?.into_iter();
+            let mut spans = fetched_spans(self.fetched.len() as u32, &packed)?;
             for (known, present) in values.iter_mut().zip(present) {
                 let value = if present {
                     Some(spans.next().ok_or_else(|| short_answer(0, count))?)
@@ -242,6 +258,7 @@ impl Batch {
                     *known = ValueSlot::Known(value);
                 }
             }
+            drop(spans);
             self.fetched.push(packed.bytes);
         }
         let ValueSlot::Known(span) = self.values[state as usize][slot] else {
@@ -279,7 +296,7 @@ impl Batch {
             if counts.len() != count {
                 return Err(short_answer(counts.len(), count));
             }
-            let mut spans = fetched_spans(self.fetched.len() as u32, &packed)?.into_iter();
+            let mut spans = fetched_spans(self.fetched.len() as u32, &packed)?;
             for (known, n) in lists.iter_mut().zip(counts) {
                 let mut list: Vec<Span> = spans.by_ref().take(n as usize).collect();
                 if list.len() != n as usize {
@@ -290,6 +307,7 @@ impl Batch {
                     *known = ListSlot::Known(list);
                 }
             }
+            drop(spans);
             self.fetched.push(packed.bytes);
         }
         let ListSlot::Known(spans) = &self.lists[state as usize][slot] else {
@@ -319,13 +337,18 @@ impl Batch {
             self.ends.truncate(first);
             return Err(e);
         }
-        let ends = &self.ends[first..];
-        let spans = spans_of(WRITTEN, bytes_before as u32, ends, self.bytes.len())?;
+        let written = (self.ends.len() - first) as u32;
+        let mut spans = spans_of(
+            WRITTEN,
+            bytes_before as u32,
+            &self.ends[first..],
+            self.bytes.len(),
+        )?;
         use wit::ChangeKind as C;
         match change {
             C::ValueSet | C::ValueSetWithTtl | C::ValueClear => {
                 let values = slots_of(&mut self.values, state, count, ValueSlot::Unknown);
-                values[slot] = ValueSlot::Known(spans.first().copied());
+                values[slot] = ValueSlot::Known(spans.next());
             }
             C::ListAddAll | C::ListUpdate | C::ListClear => {
                 let unknown = ListSlot::Unknown {
@@ -333,9 +356,9 @@ impl Batch {
                 };
                 let list = &mut slots_of(&mut self.lists, state, count, unknown)[slot];
                 match (change, list) {
-                    (C::ListAddAll, ListSlot::Known(list)) => list.extend(&spans),
-                    (C::ListAddAll, ListSlot::Unknown { appended }) => appended.extend(&spans),
-                    (_, list) => *list = ListSlot::Known(spans.clone()),
+                    (C::ListAddAll, ListSlot::Known(list)) => list.extend(spans),
+                    (C::ListAddAll, ListSlot::Unknown { appended }) => appended.extend(spans),
+                    (_, list) => *list = ListSlot::Known(spans.collect()),
                 }
             }
         }
@@ -345,7 +368,7 @@ impl Batch {
             change,
             // A write with its own TTL is never logged: it takes its state out of the batch.
             ttl_ms: None,
-            values: spans.len() as u32,
+            values: written,
         });
         Ok(())
     }

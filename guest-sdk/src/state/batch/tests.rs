@@ -94,7 +94,7 @@ fn write(b: &mut Batch, src: &mut Stored, state: u32, event: u32, kind: C, value
 /// The writes handed to the host: per write, its event, kind and values.
 fn handed(b: &mut Batch) -> Vec<(u32, C, Vec<String>)> {
     let (writes, packed) = b.take_writes();
-    let mut spans = fetched_spans(0, &packed).expect("spans").into_iter();
+    let mut spans = fetched_spans(0, &packed).expect("spans");
     writes
         .iter()
         .map(|w| {
