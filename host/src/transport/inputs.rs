@@ -36,6 +36,9 @@ pub struct Input {
     /// The stream sequence of the last message read: where a consumer that is gone is
     /// created again.
     read_through: u64,
+    /// A pull found lost while a batch was being filled: the batch went on, and the next call
+    /// asks again before it waits (the client would only after 10 s of missed heartbeats).
+    lost: Option<consumer::pull::MessagesError>,
 }
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
@@ -138,6 +141,7 @@ impl Input {
             pending: Arc::new(AtomicU64::new(u64::MAX)),
             delivered_before,
             read_through: resume_after,
+            lost: None,
         })
     }
 
@@ -148,6 +152,7 @@ impl Input {
         // The old pulls stop first: one sent while the consumer is recreated (the same name)
         // would take deliveries of the new one into an inbox nobody reads.
         self.messages = None;
+        self.lost = None;
         self.messages = Some(
             start_consumer(&self.stream, &self.config, self.batch, after)
                 .await?
@@ -188,7 +193,9 @@ impl Input {
     /// with load and latency stays low when idle. In a backlog, a batch short of `max` waits
     /// up to `wait` for the deliveries on their way (see [`next_batch`]); `idle` never cuts
     /// that wait short, so a batch whose first message arrived is always handed on.
-    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out.
+    /// Transient errors (heartbeats missed during a NATS outage) are logged and waited out. A
+    /// pull found lost (no responder, the consumer gone) is asked for again at once; lost
+    /// while a batch fills, the batch is handed on first.
     pub async fn next_batch(
         &mut self,
         max: usize,
@@ -197,11 +204,26 @@ impl Input {
     ) -> Result<Option<Vec<jetstream::Message>>, Idle> {
         let first_by = tokio::time::Instant::now() + idle;
         loop {
+            if let Some(e) = self.lost.take() {
+                // The client counts the lost pull as still open and would ask again only
+                // once heartbeats are missed (10 s): ask again now, from the same consumer
+                // (its position is where the last message read left it), or from a new one
+                // if it is gone.
+                tracing::warn!(
+                    "input: {e} (the consumer's leader is not ready, or the consumer is gone); pulling again"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match self.pull_again().await {
+                    Ok(messages) => self.messages = Some(messages),
+                    Err(e) => tracing::warn!("input: {e:#}; retrying"),
+                }
+            }
             let Some(messages) = self.messages.as_mut() else {
                 return Ok(None);
             };
             match next_batch(messages, max, wait, first_by).await {
-                Pulled::Batch(batch) => {
+                Pulled::Batch(batch, lost) => {
+                    self.lost = lost;
                     if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
                         self.pending.store(info.pending, Ordering::Relaxed);
                         self.read_through = info.stream_sequence;
@@ -210,20 +232,7 @@ impl Input {
                 }
                 Pulled::End => return Ok(None),
                 Pulled::Idle => return Err(Idle),
-                Pulled::Lost(e) => {
-                    // The client counts the lost pull as still open and would ask again only
-                    // once heartbeats are missed (10 s): ask again now, from the same consumer
-                    // (its position is unchanged: nothing was delivered), or from a new one
-                    // if it is gone.
-                    tracing::warn!(
-                        "input: {e} (the consumer's leader is not ready, or the consumer is gone); pulling again"
-                    );
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    match self.pull_again().await {
-                        Ok(messages) => self.messages = Some(messages),
-                        Err(e) => tracing::warn!("input: {e:#}; retrying"),
-                    }
-                }
+                Pulled::Lost(e) => self.lost = Some(e),
             }
         }
     }
@@ -280,7 +289,9 @@ async fn pull(
 
 /// What a wait for the next batch gave.
 enum Pulled<M> {
-    Batch(Vec<M>),
+    /// A batch, and the pull found lost while it was filled, if it was: the batch is handed
+    /// on, and the pull asked for again before the next.
+    Batch(Vec<M>, Option<consumer::pull::MessagesError>),
     /// No message came by the time given.
     Idle,
     /// The input ended.
@@ -356,18 +367,7 @@ where
                 batch.push(m);
                 break;
             }
-            Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::NoResponders => {
-                return Pulled::Lost(e);
-            }
-            // The consumer was deleted, or the server answered a pull that it has no such
-            // consumer (async-nats says so only in the pull error's text).
-            Some(Err(e))
-                if e.kind() == consumer::pull::MessagesErrorKind::ConsumerDeleted
-                    || (e.kind() == consumer::pull::MessagesErrorKind::Pull
-                        && e.to_string().contains("consumer not found")) =>
-            {
-                return Pulled::Lost(e);
-            }
+            Some(Err(e)) if lost(&e) => return Pulled::Lost(e),
             Some(Err(e)) => {
                 tracing::warn!("input: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -378,6 +378,7 @@ where
     while batch.len() < max {
         match messages.next().now_or_never() {
             Some(Some(Ok(m))) => batch.push(m),
+            Some(Some(Err(e))) if lost(&e) => return Pulled::Batch(batch, Some(e)),
             Some(Some(Err(e))) => {
                 tracing::warn!("input: {e}");
                 break;
@@ -397,6 +398,7 @@ where
         while batch.len() < max {
             match tokio::time::timeout_at(until, messages.next()).await {
                 Ok(Some(Ok(m))) => batch.push(m),
+                Ok(Some(Err(e))) if lost(&e) => return Pulled::Batch(batch, Some(e)),
                 Ok(Some(Err(e))) => {
                     tracing::warn!("input: {e}");
                     break;
@@ -405,7 +407,17 @@ where
             }
         }
     }
-    Pulled::Batch(batch)
+    Pulled::Batch(batch, None)
+}
+
+/// Whether `e` says the pull will deliver nothing more: no responder (a consumer whose leader
+/// is not elected yet), the consumer deleted, or the server answering that it has no such
+/// consumer (async-nats says so only in the pull error's text).
+fn lost(e: &consumer::pull::MessagesError) -> bool {
+    use consumer::pull::MessagesErrorKind as K;
+    e.kind() == K::NoResponders
+        || e.kind() == K::ConsumerDeleted
+        || (e.kind() == K::Pull && e.to_string().contains("consumer not found"))
 }
 
 /// A delivered message, as [`next_batch`] needs it.
@@ -576,7 +588,7 @@ mod tests {
 
     fn len(p: Pulled<Msg>) -> usize {
         match p {
-            Pulled::Batch(b) => b.len(),
+            Pulled::Batch(b, _) => b.len(),
             _ => panic!("a batch"),
         }
     }
@@ -621,6 +633,57 @@ mod tests {
         let mut steady = arriving(3, Duration::from_secs(60));
         assert_eq!(len(next_batch(&mut steady, 8, wait, later()).await), 1);
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// `n` messages on their way behind a long backlog, then the pull lost (`kind`).
+    fn lost_after(
+        n: usize,
+        kind: consumer::pull::MessagesErrorKind,
+    ) -> impl futures::Stream<Item = Item> + Unpin {
+        let delivered = (0..n).map(|_| Ok(Msg { pending: 1000 }));
+        futures::stream::iter(delivered)
+            .chain(futures::stream::iter([Err(
+                consumer::pull::MessagesError::new(kind),
+            )]))
+            .chain(futures::stream::pending())
+    }
+
+    #[tokio::test]
+    async fn a_pull_lost_while_a_batch_fills_hands_the_batch_on_and_says_so() {
+        use consumer::pull::MessagesErrorKind as K;
+        let wait = Duration::from_secs(30);
+        let started = std::time::Instant::now();
+        for kind in [K::NoResponders, K::ConsumerDeleted] {
+            // Lost after three of eight: the three go on at once, with the loss, not after
+            // the wait (and not dropped).
+            match next_batch(&mut lost_after(3, kind), 8, wait, later()).await {
+                Pulled::Batch(batch, Some(e)) => {
+                    assert_eq!(batch.len(), 3);
+                    assert_eq!(e.kind(), kind);
+                }
+                _ => panic!("a batch of three and the lost pull ({kind:?})"),
+            }
+        }
+        // Lost before any message: no batch, the loss.
+        assert!(matches!(
+            next_batch(&mut lost_after(0, K::NoResponders), 8, wait, later()).await,
+            Pulled::Lost(_)
+        ));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // A heartbeat missed is not a loss (the client asks again by itself): the batch
+        // waits its time for more as usual, then goes on without a loss.
+        let short_wait = Duration::from_millis(50);
+        match next_batch(
+            &mut lost_after(3, K::MissingHeartbeat),
+            8,
+            short_wait,
+            later(),
+        )
+        .await
+        {
+            Pulled::Batch(batch, None) => assert_eq!(batch.len(), 3),
+            _ => panic!("a batch of three, no loss"),
+        }
     }
 
     #[tokio::test]
