@@ -52,7 +52,7 @@ var batch struct {
 	haveSlots bool
 	slots     []uint32 // the key slot of each event
 	count     int      // distinct keys
-	tables    map[uint32]*stateTable
+	tables    []*stateTable // by state id (small integers, handed out in order); nil: untouched
 	fetched   [][]byte
 	writes    []ks.StateWrite
 	bytes     []byte
@@ -62,13 +62,23 @@ var batch struct {
 }
 
 // sparse holds, per state id, whether the last batch that read it read it for few events.
-var sparse = map[uint32]bool{}
+// Slices by id rather than maps: a map lookup per state read and write cost a Go plugin
+// more than the slot it found.
+var sparse []bool
+
+// isSparse reports whether the last batch that read state id read it for few events.
+func isSparse(id uint32) bool {
+	return int(id) < len(sparse) && sparse[id]
+}
 
 // forgetBatch forgets the batch, remembering which states it read sparsely.
 func forgetBatch() {
 	events := len(batch.slots)
 	for id, t := range batch.tables {
-		if t.reads > 0 {
+		if t != nil && t.reads > 0 {
+			for len(sparse) <= id {
+				sparse = append(sparse, false)
+			}
 			sparse[id] = t.reads*4 < events
 		}
 	}
@@ -101,8 +111,8 @@ func batchSlot(ev uint32) (int, error) {
 }
 
 func tableOf(id uint32, list bool) *stateTable {
-	if batch.tables == nil {
-		batch.tables = map[uint32]*stateTable{}
+	for len(batch.tables) <= int(id) {
+		batch.tables = append(batch.tables, nil)
 	}
 	t := batch.tables[id]
 	if t == nil {
@@ -160,7 +170,7 @@ func batchValue(id, ev uint32) ([]byte, bool, error) {
 	t := tableOf(id, false)
 	t.reads++
 	v := &t.values[slot]
-	if !v.known && sparse[id] {
+	if !v.known && isSparse(id) {
 		b, found, err := hostValueGet(id, ev)
 		if err != nil {
 			return nil, false, err
@@ -212,7 +222,7 @@ func batchList(id, ev uint32) (*listSlot, error) {
 	t := tableOf(id, true)
 	t.reads++
 	l := &t.lists[slot]
-	if !l.known && sparse[id] {
+	if !l.known && isSparse(id) {
 		elems, err := hostListGet(id, ev)
 		if err != nil {
 			return nil, err
@@ -338,7 +348,7 @@ func (s *slot) batched(id uint32) (bool, error) {
 			s.batch = 1
 		}
 	}
-	if t := batch.tables[id]; t != nil && t.direct {
+	if int(id) < len(batch.tables) && batch.tables[id] != nil && batch.tables[id].direct {
 		return false, nil
 	}
 	return s.batch == 1, nil

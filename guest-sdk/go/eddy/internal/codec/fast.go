@@ -47,8 +47,26 @@ type fastField struct {
 type plan struct {
 	ok     bool
 	fields []fastField
-	// scratch is where a decode lands before it is known to succeed (reused: one thread).
-	scratch reflect.Value
+	// whole: the fields are every field of the struct and all plain scalars (no pointer,
+	// slice or raw message), so a decode that read them all may store the struct at once.
+	whole bool
+	// scratch is where a decode lands before it is known to succeed, and scratchFields its
+	// fields in the order of fields (reused: one thread). Each reflect.Value.Field costs a
+	// Go guest more than reading the value does, so the fields are taken once.
+	scratch       reflect.Value
+	scratchFields []reflect.Value
+	// enc is where an encode copies the value, for its fields (encFields) taken once too.
+	enc       reflect.Value
+	encFields []reflect.Value
+}
+
+// fieldsOf is the fields of struct value v in the order of p.fields.
+func (p *plan) fieldsOf(v reflect.Value) []reflect.Value {
+	fields := make([]reflect.Value, len(p.fields))
+	for j, f := range p.fields {
+		fields[j] = v.Field(f.index)
+	}
+	return fields
 }
 
 var (
@@ -129,10 +147,34 @@ func simpleName(name string) bool {
 	return name != ""
 }
 
-func planOf(t reflect.Type) *plan {
-	if p, ok := plans[t]; ok {
-		return p
+// recentPlans are the plans asked for last, looked through before the map: a map keyed by
+// an interface hashes it at each lookup, and a Go plugin asks several times an event.
+var (
+	recentPlans [8]struct {
+		t reflect.Type
+		p *plan
 	}
+	nextRecent int
+)
+
+func planOf(t reflect.Type) *plan {
+	for i := range recentPlans {
+		if recentPlans[i].t == t {
+			return recentPlans[i].p
+		}
+	}
+	p, ok := plans[t]
+	if !ok {
+		p = makePlan(t)
+		plans[t] = p
+	}
+	recentPlans[nextRecent].t, recentPlans[nextRecent].p = t, p
+	nextRecent = (nextRecent + 1) % len(recentPlans)
+	return p
+}
+
+// makePlan works out struct type t's fast path.
+func makePlan(t reflect.Type) *plan {
 	p := &plan{ok: !custom(t)}
 	for i := 0; p.ok && i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -162,6 +204,10 @@ func planOf(t reflect.Type) *plan {
 		required := !omit && f.Type.Kind() != reflect.Pointer
 		p.fields = append(p.fields, fastField{name: name, index: i, shape: s, required: required, omitEmpty: omit})
 	}
+	p.whole = len(p.fields) == t.NumField()
+	for _, f := range p.fields {
+		p.whole = p.whole && !f.shape.ptr && !f.shape.slice && f.shape.kind != kRaw
+	}
 	// Two fields of one name: encoding/json's rules for which wins are the general path's.
 	for i := range p.fields {
 		for j := i + 1; j < len(p.fields); j++ {
@@ -170,7 +216,6 @@ func planOf(t reflect.Type) *plan {
 			}
 		}
 	}
-	plans[t] = p
 	return p
 }
 
@@ -201,10 +246,17 @@ func fastAppend(out []byte, v any) ([]byte, bool) {
 	if out == nil {
 		out = make([]byte, 0, 64+24*len(p.fields))
 	}
+	if !p.enc.IsValid() {
+		p.enc = reflect.New(rv.Type()).Elem()
+		p.encFields = p.fieldsOf(p.enc)
+	}
+	// One copy of the struct, then its fields as taken once (see plan).
+	p.enc.Set(rv)
+	defer p.enc.SetZero() // keeps nothing of the value alive after the call
 	out = append(out, '{')
 	first := true
-	for _, f := range p.fields {
-		fv := rv.Field(f.index)
+	for j, f := range p.fields {
+		fv := p.encFields[j]
 		if f.omitEmpty && empty(fv, f.shape) {
 			continue
 		}
@@ -362,6 +414,7 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 	}
 	if !p.scratch.IsValid() {
 		p.scratch = reflect.New(t).Elem()
+		p.scratchFields = p.fieldsOf(p.scratch)
 	}
 	tmp := p.scratch
 	tmp.SetZero()
@@ -410,7 +463,7 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 				}
 				seen |= 1 << idx
 				f := &p.fields[idx]
-				if i, ok = readValue(data, i, tmp.Field(f.index), f.shape); !ok {
+				if i, ok = readValue(data, i, p.scratchFields[idx], f.shape); !ok {
 					return false
 				}
 			}
@@ -435,9 +488,13 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 		}
 	}
 	dst := rv.Elem()
+	if p.whole && seen == 1<<len(p.fields)-1 {
+		dst.Set(tmp) // every field read, each a plain value: the same as field by field
+		return true
+	}
 	for j, f := range p.fields {
 		if seen&(1<<j) != 0 {
-			store(dst.Field(f.index), tmp.Field(f.index), f.shape)
+			store(dst.Field(f.index), p.scratchFields[j], f.shape)
 		}
 	}
 	return true

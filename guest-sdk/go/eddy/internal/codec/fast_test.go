@@ -280,3 +280,45 @@ func TestDecodingIntoAFilledDestination(t *testing.T) {
 		t.Fatalf("what the old slices and pointer see: general %v %v %s, fast %v %v %s", gS, *gP, gR, fS, *fP, fR)
 	}
 }
+
+type plainOmit struct {
+	A string `json:"a"`
+	B uint32 `json:"b,omitempty"`
+}
+
+type withSkipped struct {
+	A string `json:"a"`
+	S string `json:"-"`
+}
+
+// decodeIntoBoth decodes data into two copies of prefilled, one by the general path and one
+// with the fast paths first: a destination that holds values keeps what the document does
+// not name, whether the fast path stores the struct at once or field by field.
+func decodeIntoBoth[T any](t *testing.T, data string, prefilled T) {
+	t.Helper()
+	general, fast := prefilled, prefilled
+	errGeneral := decode([]byte(data), &general, false)
+	errFast := Unmarshal([]byte(data), &fast)
+	if fmt.Sprint(errGeneral) != fmt.Sprint(errFast) || !reflect.DeepEqual(general, fast) {
+		t.Fatalf("%T %q into %+v: general %+v (%v), with fast paths %+v (%v)", prefilled, data, prefilled, general, errGeneral, fast, errFast)
+	}
+}
+
+func TestStructsStoredAtOnceOrFieldByField(t *testing.T) {
+	decodeIntoBoth(t, `{"id":"tx-2","customer":"c","amount_cents":1,"ts":2}`, tx{"tx-1", "c-42", 1250, 1})
+	decodeIntoBoth(t, `{"a":"x","b":7}`, plainOmit{"old", 9})
+	decodeIntoBoth(t, `{"a":"x"}`, plainOmit{"old", 9})
+	decodeIntoBoth(t, `{"b":7}`, plainOmit{"old", 9})
+	decodeIntoBoth(t, `{"a":"x"}`, withSkipped{"old", "kept"})
+	limit := uint64(3)
+	decodeIntoBoth(t, `{"name":"n","count":2,"limit":9,"label":null,"NoTag":1}`, mixed{Name: "m", Limit: &limit, Recent: []uint64{5}})
+	// The fast path took these (or the comparisons prove nothing about it).
+	var p plainOmit
+	if !fastUnmarshal([]byte(`{"a":"x","b":7}`), &p, false) || p != (plainOmit{"x", 7}) {
+		t.Fatalf("plainOmit: %+v", p)
+	}
+	w := withSkipped{"old", "kept"}
+	if !fastUnmarshal([]byte(`{"a":"x"}`), &w, false) || w != (withSkipped{"x", "kept"}) {
+		t.Fatalf("withSkipped: %+v", w)
+	}
+}
