@@ -203,19 +203,30 @@ impl Input {
         idle: Duration,
     ) -> Result<Option<Vec<jetstream::Message>>, Idle> {
         let first_by = tokio::time::Instant::now() + idle;
+        let mut pause = Duration::from_millis(250);
         loop {
-            if let Some(e) = self.lost.take() {
+            if let Some(lost) = self.lost.take() {
                 // The client counts the lost pull as still open and would ask again only
                 // once heartbeats are missed (10 s): ask again now, from the same consumer
-                // (its position is where the last message read left it), or from a new one
-                // if it is gone.
-                tracing::warn!(
-                    "input: {e} (the consumer's leader is not ready, or the consumer is gone); pulling again"
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                // (it delivers after what it sent before, read or not: the reader's gap check
+                // reads again what was sent and not read), or from a new one if it is gone.
+                // The old pulls stop first, as in `reopen`: one still open while the consumer
+                // is created again (the same name) would take deliveries nobody reads.
+                tokio::time::sleep(pause).await;
+                self.messages = None;
                 match self.pull_again().await {
                     Ok(messages) => self.messages = Some(messages),
-                    Err(e) => tracing::warn!("input: {e:#}; retrying"),
+                    Err(e) => {
+                        // Kept, so that every call asks again until one succeeds: a pull
+                        // that ended (a deleted consumer's) would read as the input's end.
+                        tracing::warn!("input: {e:#}; pulling again");
+                        self.lost = Some(lost);
+                        pause = Duration::from_secs(1);
+                        if tokio::time::Instant::now() >= first_by {
+                            return Err(Idle);
+                        }
+                        continue;
+                    }
                 }
             }
             let Some(messages) = self.messages.as_mut() else {
@@ -223,6 +234,9 @@ impl Input {
             };
             match next_batch(messages, max, wait, first_by).await {
                 Pulled::Batch(batch, lost) => {
+                    if let Some(e) = &lost {
+                        warn_lost(e);
+                    }
                     self.lost = lost;
                     if let Some(Ok(info)) = batch.last().map(|m| m.info()) {
                         self.pending.store(info.pending, Ordering::Relaxed);
@@ -232,7 +246,10 @@ impl Input {
                 }
                 Pulled::End => return Ok(None),
                 Pulled::Idle => return Err(Idle),
-                Pulled::Lost(e) => self.lost = Some(e),
+                Pulled::Lost(e) => {
+                    warn_lost(&e);
+                    self.lost = Some(e);
+                }
             }
         }
     }
@@ -296,8 +313,15 @@ enum Pulled<M> {
     Idle,
     /// The input ended.
     End,
-    /// The pull request found no responder (a consumer whose leader is not elected yet).
+    /// The pull will deliver nothing more (see [`lost`]) and no message came before it said so.
     Lost(consumer::pull::MessagesError),
+}
+
+/// Logs a pull found lost, once per loss.
+fn warn_lost(e: &consumer::pull::MessagesError) {
+    tracing::warn!(
+        "input: {e} (the consumer's leader is not ready, or the consumer is gone); pulling again"
+    );
 }
 
 /// No message came in the time [`Input::next_batch`] was given.

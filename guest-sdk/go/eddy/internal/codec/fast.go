@@ -453,8 +453,9 @@ func fastUnmarshal(data []byte, v any, denyUnknown bool) bool {
 				if denyUnknown {
 					return false
 				}
+				unknown := string(name) // one string, on this rare path only
 				for j := range p.fields {
-					if strings.EqualFold(p.fields[j].name, string(name)) {
+					if strings.EqualFold(p.fields[j].name, unknown) {
 						return false // encoding/json would fill it
 					}
 				}
