@@ -17,6 +17,8 @@ for lang in js python go c; do
 done
 say "testing the Go layer's JSON codec against encoding/json"
 bash scripts/guests/go.sh test
+say "testing the Python layer's JSON shortcuts against the standard library"
+bash scripts/guests/python.sh test
 say "testing the C layer's JSON code natively, under AddressSanitizer and UBSan"
 bash scripts/guests/c.sh test
 say "building"

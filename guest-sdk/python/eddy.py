@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import enum
 import json
+import json.encoder
+import json.scanner
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple,
                     Union)
 
@@ -46,11 +48,52 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 _encode = _ENCODER.encode
 
 
+def _c_encoder() -> Optional[Callable[[Any, int], Any]]:
+    """The C encoder that ``_ENCODER.encode`` builds at every call, built once: the same
+    options, the same output and errors, without the Python frames around it (about 2 µs of a
+    small value's 5 inside the component). None where CPython has no ``_json``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    return make({}, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False,
+                False, False)
+
+
+_encode_fast = _c_encoder()
+# ``json.loads``'s scanner, called without ``loads``' and ``decode``'s frames and their two
+# whitespace matches (about 3 µs of a small object's 7 inside the component).
+_scan = getattr(json.scanner, "c_make_scanner", None)
+_scan = _scan(json.JSONDecoder()) if _scan is not None else None
+
+
 def json_bytes(value: Any) -> bytes:
     """The compact JSON encoding of ``value`` in UTF-8: the shared state encoding."""
+    global _encode_fast
     if type(value) is int:  # the common list element: digits, as the encoder writes them
         return str(value).encode()
-    return _encode(value).encode()
+    if _encode_fast is None:
+        return _encode(value).encode()
+    try:
+        return "".join(_encode_fast(value, 0)).encode()
+    except BaseException:
+        # A failed encode can leave the objects it was inside in the encoder's record of
+        # them (its check for cycles), which would fail the next encode of those objects.
+        _encode_fast = _c_encoder()
+        raise
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``. Text with nothing around its value (what JSON writers, and every
+    layer's state, give) is read by the scanner alone; anything else, and every error, goes
+    through ``json.loads`` itself, so values and messages are exactly its own."""
+    if _scan is not None:
+        try:
+            value, end = _scan(text, 0)
+        except (StopIteration, ValueError):
+            return json.loads(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 def parse_json(data: Union[bytes, str]) -> Any:
@@ -59,7 +102,7 @@ def parse_json(data: Union[bytes, str]) -> Any:
         return int(data)  # a plain non-negative integer, read as json.loads would
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data).decode("utf-8")
-    return json.loads(data)
+    return _loads(data)
 
 
 def is_u64(v: Any) -> bool:

@@ -4,6 +4,9 @@
 # Usage:
 #   scripts/guests/python.sh tools                       install the pinned toolchain
 #   scripts/guests/python.sh build <plugin-dir> <out>    build one plugin (its module is app.py)
+#   scripts/guests/python.sh test                        the layer's JSON shortcuts against
+#                                                        the standard library, natively
+#                                                        (guest-sdk/python/test/test_codec.py)
 #   scripts/guests/python.sh fuzz <corpus> <seconds>     atheris on the layer's decoders
 #                                                        (guest-sdk/python/test/fuzz_layer.py)
 #   scripts/guests/python.sh                             tools + build the Python samples and
@@ -126,6 +129,9 @@ main() {
                 exit 2
             fi
             build "$2" "$3"
+            ;;
+        test)
+            "${PYTHON:-python3}" "$ROOT/guest-sdk/python/test/test_codec.py"
             ;;
         fuzz)
             if [[ $# -ne 3 ]]; then

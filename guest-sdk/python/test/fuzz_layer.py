@@ -3,49 +3,26 @@ is given by events and by the host's state, read by ``guest-sdk/python/eddy.py``
 
 For any bytes:
 - ``parse_json`` answers as ``json.loads`` of the UTF-8 text does (its integer shortcut
-  included): the same value, or a ``ValueError`` where that refuses;
-- what it accepts, ``json_bytes`` writes as JSON that parses back to the same value;
+  included): the same value, or the same error with the same message;
+- what it accepts, ``json_bytes`` writes byte for byte as the standard library's encoder with
+  the layer's options does, or refuses with the same error, also after a failed encode; what
+  it writes parses back to the same value;
 - each map-key type decodes the bytes to a key or refuses them with a ``ValueError`` (a
   ``UnicodeDecodeError`` for strings), and a key that decodes encodes back to the same bytes;
   fixed-width keys order as their bytes do.
 
 Run by ``scripts/guests/python.sh fuzz <corpus> <seconds>`` (from ``scripts/dev/fuzz.sh``). The
-layer imports the component's bindings, which exist only inside a component: this harness
+layer imports the component's bindings, which exist only inside a component: ``stand_in``
 stands empty modules in for them, since none of the decoders calls the host.
 """
 
 import json
 import math
-import os
 import sys
-import types
 
+import stand_in
 
-def _stand_in_bindings() -> None:
-    class _Anything:
-        def __getattr__(self, name):
-            return _Anything()
-
-        def __call__(self, *args, **kwargs):
-            return _Anything()
-
-    def module(name: str) -> types.ModuleType:
-        m = types.ModuleType(name)
-        m.__getattr__ = lambda attr: _Anything()  # type: ignore[attr-defined]
-        sys.modules[name] = m
-        return m
-
-    module("componentize_py_types")
-    for package in ("wit_world", "wit_world.exports", "wit_world.imports"):
-        module(package)
-    for name in ("broadcast_handler", "keyed_visitor", "lookup_planner"):
-        module(f"wit_world.exports.{name}")
-    for name in ("broadcast_state", "clock", "keyed_state", "log", "lookup", "types"):
-        module(f"wit_world.imports.{name}")
-
-
-_stand_in_bindings()
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+stand_in.bindings()
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
@@ -69,30 +46,41 @@ def same(a, b) -> bool:
     return a == b
 
 
+def outcome(f, *args):
+    """What ``f(*args)`` gives: its value, or the type and text of the error it raises."""
+    try:
+        return f(*args)
+    except (ValueError, TypeError, RecursionError) as e:
+        return (type(e), str(e))
+
+
 def check_json(data: bytes) -> None:
     try:
-        want = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        want = ValueError
-    try:
-        got = eddy.parse_json(data)
-    except (ValueError, RecursionError):
-        got = ValueError
-    if want is ValueError or got is ValueError:
-        if want is not got:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        got = outcome(eddy.parse_json, data)
+        if got != (UnicodeDecodeError, str(e)):
+            raise AssertionError(f"{data!r}: not UTF-8 ({e}), parse_json {got!r}")
+        return
+    want, got = outcome(json.loads, text), outcome(eddy.parse_json, data)
+    if isinstance(want, tuple) or isinstance(got, tuple):
+        # The same error, message and all (or an integer json.loads also reads).
+        if want != got:
             raise AssertionError(f"{data!r}: json.loads {want!r}, parse_json {got!r}")
         return
     if not same(want, got):
         raise AssertionError(f"{data!r}: json.loads {want!r}, parse_json {got!r}")
-    try:
-        written = eddy.json_bytes(got)
-    except ValueError:
-        # Infinity and NaN (from 1e999 or the NaN literal json.loads allows) have no JSON form:
-        # the encoder refuses them rather than writing what no other language reads.
-        return
-    back = eddy.parse_json(written)
-    if not same(back, got):
-        raise AssertionError(f"{data!r}: written as {written!r}, read back as {back!r}")
+    # Written as the standard library's encoder with the layer's options writes it (errors
+    # too: Infinity and NaN, from 1e999 or the NaN literal json.loads allows, have no JSON
+    # form), and again after a failed encode of a list holding it.
+    for value in (got, [got, float("nan")], [got, float("nan")], got):
+        expected = outcome(lambda v: eddy._ENCODER.encode(v).encode(), value)
+        written = outcome(eddy.json_bytes, value)
+        if expected != written:
+            raise AssertionError(f"{data!r}: {value!r} written as {written!r}, not {expected!r}")
+    written = outcome(eddy.json_bytes, got)
+    if not isinstance(written, tuple) and not same(eddy.parse_json(written), got):
+        raise AssertionError(f"{data!r}: written as {written!r}, read back differently")
 
 
 def check_keys(data: bytes) -> None:
