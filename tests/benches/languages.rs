@@ -16,7 +16,9 @@
 //! `valgrind --tool=callgrind --smc-check=all`: two event counts, subtracted, give its
 //! instructions per event, which this machine's drifting speed does not move. With
 //! `EDDY_BENCH_ENGINE_CACHE=<dir>` the compiled component is kept between runs: compile it in
-//! a native run first, or valgrind spends most of its time in the compiler.
+//! a native run first, or valgrind spends most of its time in the compiler; with
+//! `EDDY_BENCH_CPU_MS_PER_EVENT=60000` a batch slowed down by valgrind is not cut by the
+//! plugin's CPU budget and re-run event by event (the Python components' batches are).
 
 eddy_tests::host_allocator!();
 

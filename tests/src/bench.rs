@@ -303,10 +303,20 @@ fn bench_worker(
         .unwrap_or_else(|| dir.path().join("cache"));
     let engine = Engine::new(Some(&cache)).expect("engine");
     let p = engine.load_file(wasm).expect("plugin");
+    // `EDDY_BENCH_CPU_MS_PER_EVENT`: the plugin's CPU budget per event. Under valgrind a
+    // batch of a slow guest (Python, ~5 ms an event there) outruns the default's one-second cap
+    // on a call; the worker then re-runs the batch event by event, and the instructions
+    // counted are those of both runs.
+    let cpu_per_event = std::env::var("EDDY_BENCH_CPU_MS_PER_EVENT")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(Limits::default().cpu_per_event);
     let ctx = InstanceContext {
         state: state.clone(),
         limits: Limits {
             memory_bytes: 512 << 20,
+            cpu_per_event,
             ..Limits::default()
         },
         lookups: None,

@@ -19,6 +19,10 @@
 # budget that the goal of 0.2 of Rust's fraud-enrich allows: 1/(0.2 × Rust's events/s),
 # ~34 µs per event for everything (parse, state, output, host calls) at the Rust figure in
 # docs/BENCHMARKS.md.
+#
+# Then the whole fraud-enrich-js and -python plugins (layer, bindings, host calls), as the
+# languages benchmark runs them, each against its engine's floor in the same round: what the
+# layer and the host add on top of the logic (the project's goal: at most 1.3x the floor).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -80,6 +84,27 @@ if ((spidermonkey)); then
     (cd "$work/js" && "${cjs[@]}" --aot --weval-bin "$TOOLS/weval/bin/weval" -o "$work/sm-aot.wasm" >/dev/null)
 fi
 
+# The whole plugins, built as the guest scripts build them, where the languages benchmark
+# finds them (`-- --one`: one run of one component through the worker, 10,000 keys).
+PLUGINS="${EDDY_PLUGIN_TARGET_DIR:-$HOME/.cache/eddy/plugins-target}/guests"
+bash "$EDDY_ROOT/scripts/guests/js.sh" build "$EDDY_ROOT/plugins/fraud-enrich-js" \
+    "$PLUGINS/fraud-enrich-js.wasm" >/dev/null
+bash "$EDDY_ROOT/scripts/guests/python.sh" build "$EDDY_ROOT/plugins/fraud-enrich-python" \
+    "$PLUGINS/fraud-enrich-python.wasm" >/dev/null
+(cd "$EDDY_ROOT" && cargo bench -q --profile dev -p eddy-tests --bench languages --no-run 2>/dev/null)
+# µs per event of the whole fraud-enrich plugin in language $1 (20,000 events, 256 a call).
+whole_plugin() {
+    local out
+    out="$(cd "$EDDY_ROOT" && cargo bench -q --profile dev -p eddy-tests --bench languages -- \
+        --one fraud-enrich "$1" packed 20000 2>/dev/null)"
+    if [[ "$out" =~ ([0-9]+)\ events\ in\ ([0-9.]+)\ s ]]; then
+        awk -v n="${BASH_REMATCH[1]}" -v s="${BASH_REMATCH[2]}" 'BEGIN { printf "%.2f", s * 1e6 / n }'
+    else
+        echo "run.sh: the $1 plugin did not report a rate: $out" >&2
+        exit 1
+    fi
+}
+
 # Every figure is taken before the table is printed: a run that reports none stops the script
 # here (set -e) instead of printing an empty row.
 node_us="$(node -e "import('$work/js/index.js').then((m) => console.log(m.bench()))")"
@@ -104,3 +129,32 @@ if ((spidermonkey)); then
 fi
 row "python3 $(python3 -c 'import platform; print(platform.python_version())') (native): baseline" "$python_us" "$python_us"
 row "CPython (componentize-py, the project's Python engine)" "$cpython_us" "$python_us"
+
+# The whole plugin against its engine's floor, three rounds, each the floor then the plugin one
+# after the other (the machine's speed moves between minutes): the median ratio and the range.
+ratios=()
+for lang in js python; do
+    rs=()
+    for _ in 1 2 3; do
+        if [[ $lang == js ]]; then floor="$(in_component "$work/qjs.wasm")"; else floor="$(in_component "$work/python.wasm")"; fi
+        whole="$(whole_plugin "$lang")"
+        rs+=("$floor $whole")
+    done
+    ratios+=("$lang|${rs[*]}")
+done
+echo
+echo "the whole fraud-enrich plugin (layer, bindings, host calls) against its engine's floor above"
+echo
+echo "| plugin | floor, µs per event | plugin, µs per event | plugin / floor | lowest..highest |"
+echo "|---|---:|---:|---:|---:|"
+for entry in "${ratios[@]}"; do
+    lang="${entry%%|*}"
+    echo "${entry#*|}" | awk -v lang="$lang" '{
+        n = NF / 2
+        for (i = 1; i <= n; i++) { f[i] = $(2 * i - 1); w[i] = $(2 * i); r[i] = w[i] / f[i] }
+        # the round with the median ratio
+        for (i = 1; i <= n; i++) { below = 0; for (j = 1; j <= n; j++) if (r[j] < r[i]) below++; if (below == int(n / 2)) m = i }
+        lo = r[1]; hi = r[1]; for (i = 2; i <= n; i++) { if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
+        printf "| fraud-enrich-%s | %.2f | %.2f | %.2f | %.2f..%.2f |\n", lang, f[m], w[m], r[m], lo, hi
+    }'
+done
