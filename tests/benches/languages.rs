@@ -18,7 +18,9 @@
 //! `EDDY_BENCH_ENGINE_CACHE=<dir>` the compiled component is kept between runs: compile it in
 //! a native run first, or valgrind spends most of its time in the compiler; with
 //! `EDDY_BENCH_CPU_MS_PER_EVENT=60000` a batch slowed down by valgrind is not cut by the
-//! plugin's CPU budget and re-run event by event (the Python components' batches are).
+//! plugin's CPU budget and re-run event by event (a Python batch there takes about the one
+//! second a call may). The first 20 batches run twice (a warm-up, as in every rate here): two
+//! event counts of at least 5,120 each cancel it; below that, every event is counted twice.
 
 eddy_tests::host_allocator!();
 

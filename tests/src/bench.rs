@@ -304,9 +304,9 @@ fn bench_worker(
     let engine = Engine::new(Some(&cache)).expect("engine");
     let p = engine.load_file(wasm).expect("plugin");
     // `EDDY_BENCH_CPU_MS_PER_EVENT`: the plugin's CPU budget per event. Under valgrind a
-    // batch of a slow guest (Python, ~5 ms an event there) outruns the default's one-second cap
-    // on a call; the worker then re-runs the batch event by event, and the instructions
-    // counted are those of both runs.
+    // batch of a slow guest (Python, ~4 ms an event there) comes near the default's one-second
+    // cap on a call; past it, the worker re-runs the batch event by event, and the
+    // instructions counted would be those of both runs.
     let cpu_per_event = std::env::var("EDDY_BENCH_CPU_MS_PER_EVENT")
         .ok()
         .and_then(|ms| ms.parse().ok())
