@@ -317,7 +317,6 @@ fn bench_worker(
         limits: Limits {
             memory_bytes: 512 << 20,
             cpu_per_event,
-            ..Limits::default()
         },
         lookups: None,
         batch_calls: crossing.batch_calls,
