@@ -214,7 +214,14 @@ impl Input {
                 // is created again (the same name) would take deliveries nobody reads.
                 tokio::time::sleep(pause).await;
                 self.messages = None;
-                match self.pull_again().await {
+                // Within the call's own time (a second at least): a request to a server that
+                // cannot be reached waits out the client's timeout (10 s), and the reader's
+                // checks run when the call returns.
+                let until = first_by.max(tokio::time::Instant::now() + Duration::from_secs(1));
+                let again = tokio::time::timeout_at(until, self.pull_again())
+                    .await
+                    .unwrap_or_else(|_| Err(anyhow!("no answer from NATS in time")));
+                match again {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         // Kept, so that every call asks again until one succeeds: a pull
@@ -273,7 +280,8 @@ impl Input {
                         .await?;
                 Ok(messages)
             }
-            _ => {
+            Err(e) => bail!("cannot look up consumer `{name}`: {e}"),
+            Ok(_) => {
                 let consumer: consumer::PullConsumer = self
                     .stream
                     .get_consumer(&name)

@@ -216,3 +216,84 @@ async fn deliveries_another_reader_took_are_read_again_not_acknowledged_unread()
     assert_eq!(summary.outputs, 2_001);
     assert_eq!(unacknowledged(&conn.js).await, 0);
 }
+
+/// The input reader's answer to a pull that is lost (the consumer gone) when NATS cannot be
+/// reached to pull again: it keeps asking, call after call, and reads on once NATS is back.
+/// Taking the ended pull for the end of the input would stop the partition for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pull_that_cannot_be_renewed_while_nats_is_down_is_renewed_when_it_is_back() {
+    let mut nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = chaos_spec(&nats.url(), dir.path());
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let payloads = |range: std::ops::Range<u32>| -> Vec<String> {
+        range.map(|i| format!(r#"{{"k":"a","n":{i}}}"#)).collect()
+    };
+    publish(&conn.js, &payloads(0..3)).await;
+
+    let reader = nats.connect().await.expect("connect");
+    let cfg = spec.config();
+    let mut input = eddy_host::transport::Input::open(&reader, &cfg, 0)
+        .await
+        .expect("input");
+    let read = |batch: Vec<async_nats::jetstream::Message>| -> Vec<String> {
+        batch
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    };
+    let wait = Duration::from_millis(50);
+    let mut first = Vec::new();
+    while first.len() < 3 {
+        let batch = input.next_batch(10, wait, Duration::from_secs(5)).await;
+        first.extend(read(batch.expect("a batch").expect("not the end")));
+    }
+    assert_eq!(first, payloads(0..3));
+
+    // The consumer goes (as a restarted server's in-memory consumer does): its pull ends with
+    // "consumer deleted". Then NATS goes away before the reader can pull again.
+    let stream = conn.js.get_stream(&spec.stream).await.expect("stream");
+    stream
+        .delete_consumer(input.consumer())
+        .await
+        .expect("delete consumer");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.stop();
+
+    // While NATS is down, every call finds no message and says so, in about the time it was
+    // given (the reader's checks run between calls; a request to the absent server would wait
+    // 10 s); none says the input ended.
+    for call in 0..2 {
+        let started = std::time::Instant::now();
+        let r = input.next_batch(10, wait, Duration::from_secs(2)).await;
+        assert!(
+            matches!(r, Err(eddy_host::transport::inputs::Idle)),
+            "call {call} while NATS is down: {:?}",
+            r.map(|b| b.map(read))
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "call {call} took {:?} for 2 s of idle time",
+            started.elapsed()
+        );
+    }
+
+    nats.restart().expect("restart");
+    let back = nats.connect().await.expect("connect");
+    publish(&back.js, &payloads(3..5)).await;
+    let mut after = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while after.len() < 2 && tokio::time::Instant::now() < until {
+        match input.next_batch(10, wait, Duration::from_secs(2)).await {
+            Ok(Some(batch)) => after.extend(read(batch)),
+            Ok(None) => panic!("the input ended after NATS came back"),
+            Err(_idle) => {}
+        }
+    }
+    assert_eq!(
+        after,
+        payloads(3..5),
+        "the messages stored after the outage, read once each from the consumer created again"
+    );
+}
