@@ -66,13 +66,19 @@ _scan = getattr(json.scanner, "c_make_scanner", None)
 _scan = _scan(json.JSONDecoder()) if _scan is not None else None
 
 
+# Whether the encoder built once is in use: code it calls (a dict subclass's ``items``, a
+# finalizer) may encode too, and must not share its record of the objects it is inside.
+_encoding = False
+
+
 def json_bytes(value: Any) -> bytes:
     """The compact JSON encoding of ``value`` in UTF-8: the shared state encoding."""
-    global _encode_fast
+    global _encode_fast, _encoding
     if type(value) is int:  # the common list element: digits, as the encoder writes them
         return str(value).encode()
-    if _encode_fast is None:
+    if _encode_fast is None or _encoding:
         return _encode(value).encode()
+    _encoding = True
     try:
         return "".join(_encode_fast(value, 0)).encode()
     except BaseException:
@@ -80,6 +86,8 @@ def json_bytes(value: Any) -> bytes:
         # them (its check for cycles), which would fail the next encode of those objects.
         _encode_fast = _c_encoder()
         raise
+    finally:
+        _encoding = False
 
 
 def _loads(text: str) -> Any:

@@ -154,7 +154,7 @@ main() {
             echo "$out $(size_of "$out") bytes"
             ;;
         *)
-            echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | fuzz <corpus-dir> <seconds>]" >&2
+            echo "usage: $0 [tools | build <plugin-dir> <out.wasm> | test | fuzz <corpus-dir> <seconds>]" >&2
             exit 2
             ;;
     esac

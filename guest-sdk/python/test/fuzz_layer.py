@@ -64,7 +64,11 @@ def check_json(data: bytes) -> None:
         return
     want, got = outcome(json.loads, text), outcome(eddy.parse_json, data)
     if isinstance(want, tuple) or isinstance(got, tuple):
-        # The same error, message and all (or an integer json.loads also reads).
+        # The same error, message and all; near the recursion limit, CPython before 3.12
+        # counts the Python frames around the C scanner and encoder too, and the standard
+        # library's path has more of them (the component's CPython, 3.14, does not).
+        if RecursionError in {v[0] for v in (want, got) if isinstance(v, tuple)}:
+            return
         if want != got:
             raise AssertionError(f"{data!r}: json.loads {want!r}, parse_json {got!r}")
         return
@@ -73,9 +77,12 @@ def check_json(data: bytes) -> None:
     # Written as the standard library's encoder with the layer's options writes it (errors
     # too: Infinity and NaN, from 1e999 or the NaN literal json.loads allows, have no JSON
     # form), and again after a failed encode of a list holding it.
-    for value in (got, [got, float("nan")], [got, float("nan")], got):
+    bad = [got, float("nan")]
+    for value in (got, bad, bad, got):
         expected = outcome(lambda v: eddy._ENCODER.encode(v).encode(), value)
         written = outcome(eddy.json_bytes, value)
+        if RecursionError in {v[0] for v in (expected, written) if isinstance(v, tuple)}:
+            continue  # as above
         if expected != written:
             raise AssertionError(f"{data!r}: {value!r} written as {written!r}, not {expected!r}")
     written = outcome(eddy.json_bytes, got)

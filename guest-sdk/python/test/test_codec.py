@@ -71,11 +71,31 @@ class JsonBytes(unittest.TestCase):
         failed = outcome(eddy.json_bytes, outer)
         self.assertEqual(failed[0], ValueError)
         self.assertIn("Out of range float values", failed[1])
-        # The encoder was inside `outer` (and `inner` before it) when it gave up: encoding
-        # them again must not see a cycle that is not there.
+        # The encoder was inside `outer` when it gave up: encoding it again must not see a
+        # cycle that is not there.
         outer[1] = 2
         self.assertEqual(eddy.json_bytes(outer), b'[{"a":1},2]')
         self.assertEqual(eddy.json_bytes(inner), b'{"a":1}')
+
+    def test_an_encode_from_inside_an_encode_has_its_own_record_of_cycles(self):
+        inner_results = []
+
+        class Reentrant(dict):
+            # The C encoder asks a dict subclass for its items: code that runs mid-encode.
+            def items(self):
+                if not inner_results:  # once: the nested encode asks for the items again
+                    inner_results.append(None)
+                    inner_results[0] = eddy.json_bytes(outer)
+                return super().items()
+
+        outer = [1]
+        outer.append(Reentrant(a=2))
+        want = self.encoded(outer)
+        self.assertEqual(want, ("value", b'[1,{"a":2}]'))
+        inner_results.clear()
+        self.assertEqual(outcome(eddy.json_bytes, outer), want)
+        # The nested encode of `outer` (which the outer one is inside) is no cycle either.
+        self.assertEqual(inner_results, [b'[1,{"a":2}]'])
 
 
 if __name__ == "__main__":
