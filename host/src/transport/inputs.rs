@@ -178,6 +178,12 @@ impl Input {
         self.stream.cached_info().state.last_sequence
     }
 
+    /// Whether a pull was found lost and is still to be asked for again (NATS could not be
+    /// reached to do it): the input is stalled until it is.
+    pub fn pull_lost(&self) -> bool {
+        self.lost.is_some()
+    }
+
     /// The durable consumer's name.
     pub fn consumer(&self) -> &str {
         self.config.durable_name.as_deref().unwrap_or_default()

@@ -258,7 +258,7 @@ async fn a_lost_pull_that_cannot_be_renewed_while_nats_is_down_is_renewed_when_i
         .delete_consumer(input.consumer())
         .await
         .expect("delete consumer");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     nats.stop();
 
     // While NATS is down, every call finds no message and says so, in about the time it was
@@ -277,6 +277,8 @@ async fn a_lost_pull_that_cannot_be_renewed_while_nats_is_down_is_renewed_when_i
             "call {call} took {:?} for 2 s of idle time",
             started.elapsed()
         );
+        // The pull's end was read (else this would test nothing) and is still to be renewed.
+        assert!(input.pull_lost(), "call {call}: the lost pull is kept");
     }
 
     nats.restart().expect("restart");
