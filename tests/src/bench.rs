@@ -309,8 +309,12 @@ fn bench_worker(
     // instructions counted would be those of both runs.
     let cpu_per_event = std::env::var("EDDY_BENCH_CPU_MS_PER_EVENT")
         .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(std::time::Duration::from_millis)
+        .map(|ms| {
+            let ms = ms.parse().unwrap_or_else(|_| {
+                panic!("EDDY_BENCH_CPU_MS_PER_EVENT={ms}: a whole number of milliseconds")
+            });
+            std::time::Duration::from_millis(ms)
+        })
         .unwrap_or(Limits::default().cpu_per_event);
     let ctx = InstanceContext {
         state: state.clone(),

@@ -153,7 +153,12 @@ for entry in "${ratios[@]}"; do
         n = NF / 2
         for (i = 1; i <= n; i++) { f[i] = $(2 * i - 1); w[i] = $(2 * i); r[i] = w[i] / f[i] }
         # the round with the median ratio
-        for (i = 1; i <= n; i++) { below = 0; for (j = 1; j <= n; j++) if (r[j] < r[i]) below++; if (below == int(n / 2)) m = i }
+        k = int(n / 2)
+        for (i = 1; i <= n; i++) {
+            below = 0; same = 0
+            for (j = 1; j <= n; j++) { if (r[j] < r[i]) below++; if (r[j] == r[i]) same++ }
+            if (below <= k && k < below + same) m = i
+        }
         lo = r[1]; hi = r[1]; for (i = 2; i <= n; i++) { if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
         printf "| fraud-enrich-%s | %.2f | %.2f | %.2f | %.2f..%.2f |\n", lang, f[m], w[m], r[m], lo, hi
     }'
