@@ -98,9 +98,10 @@ def _loads(text: str) -> Any:
         try:
             value, end = _scan(text, 0)
         except (StopIteration, ValueError):
-            return json.loads(text)
-        if end == len(text):
-            return value
+            pass
+        else:
+            if end == len(text):
+                return value
     return json.loads(text)
 
 

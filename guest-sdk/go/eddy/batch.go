@@ -76,9 +76,7 @@ func forgetBatch() {
 	events := len(batch.slots)
 	for id, t := range batch.tables {
 		if t != nil && t.reads > 0 {
-			for len(sparse) <= id {
-				sparse = append(sparse, false)
-			}
+			sparse = reaching(sparse, id)
 			sparse[id] = t.reads*4 < events
 		}
 	}
@@ -110,10 +108,17 @@ func batchSlot(ev uint32) (int, error) {
 	return int(batch.slots[ev]), nil
 }
 
-func tableOf(id uint32, list bool) *stateTable {
-	for len(batch.tables) <= int(id) {
-		batch.tables = append(batch.tables, nil)
+// reaching is s, grown with zero values if it has no index id.
+func reaching[T any](s []T, id int) []T {
+	for len(s) <= id {
+		var zero T
+		s = append(s, zero)
 	}
+	return s
+}
+
+func tableOf(id uint32, list bool) *stateTable {
+	batch.tables = reaching(batch.tables, int(id))
 	t := batch.tables[id]
 	if t == nil {
 		t = &stateTable{}

@@ -162,13 +162,17 @@ impl Input {
         Ok(())
     }
 
-    /// How many deliveries the consumer has sent (its delivery count), as the server says.
+    /// How many deliveries the consumer has sent (its delivery count), as the server says,
+    /// asked for 2 s at most (see [`answered_by`]): the reader asks between idle calls.
     pub async fn delivered(&self) -> anyhow::Result<u64> {
-        let info = self
-            .stream
-            .consumer_info(self.consumer())
-            .await
-            .with_context(|| format!("cannot read consumer `{}`", self.consumer()))?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        let info = answered_by(until, async {
+            self.stream
+                .consumer_info(self.consumer())
+                .await
+                .with_context(|| format!("cannot read consumer `{}`", self.consumer()))
+        })
+        .await?;
         Ok(info.delivered.consumer_sequence)
     }
 
@@ -220,14 +224,9 @@ impl Input {
                 // is created again (the same name) would take deliveries nobody reads.
                 tokio::time::sleep(pause).await;
                 self.messages = None;
-                // Within the call's own time (a second at least): a request to a server that
-                // cannot be reached waits out the client's timeout (10 s), and the reader's
-                // checks run when the call returns.
+                // Within the call's own time (a second at least).
                 let until = first_by.max(tokio::time::Instant::now() + Duration::from_secs(1));
-                let again = tokio::time::timeout_at(until, self.pull_again())
-                    .await
-                    .unwrap_or_else(|_| Err(anyhow!("no answer from NATS in time")));
-                match again {
+                match answered_by(until, self.pull_again()).await {
                     Ok(messages) => self.messages = Some(messages),
                     Err(e) => {
                         // Kept, so that every call asks again until one succeeds: a pull
@@ -297,6 +296,18 @@ impl Input {
             }
         }
     }
+}
+
+/// `requests`' answer, or an error at `until`. A request to a server that cannot be reached
+/// waits out the client's timeout (10 s); the input reader's fence and gap checks run between
+/// its calls, so its requests give up sooner.
+async fn answered_by<T>(
+    until: tokio::time::Instant,
+    requests: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout_at(until, requests)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no answer from NATS in time")))
 }
 
 /// Pulls from `consumer`, `batch` messages at most per request.

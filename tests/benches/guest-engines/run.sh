@@ -131,35 +131,27 @@ row "python3 $(python3 -c 'import platform; print(platform.python_version())') (
 row "CPython (componentize-py, the project's Python engine)" "$cpython_us" "$python_us"
 
 # The whole plugin against its engine's floor, three rounds, each the floor then the plugin one
-# after the other (the machine's speed moves between minutes): the median ratio and the range.
-ratios=()
+# after the other (the machine's speed moves between minutes): the round with the median ratio,
+# and the lowest and highest ratio.
+declare -A floor_wasm=([js]="$work/qjs.wasm" [python]="$work/python.wasm")
+rows=()
 for lang in js python; do
-    rs=()
+    rounds=""
     for _ in 1 2 3; do
-        if [[ $lang == js ]]; then floor="$(in_component "$work/qjs.wasm")"; else floor="$(in_component "$work/python.wasm")"; fi
+        floor="$(in_component "${floor_wasm[$lang]}")"
         whole="$(whole_plugin "$lang")"
-        rs+=("$floor $whole")
+        rounds+="$(awk -v f="$floor" -v w="$whole" 'BEGIN { printf "%.4f %s %s", w / f, f, w }')"$'\n'
     done
-    ratios+=("$lang|${rs[*]}")
+    sorted="$(printf '%s' "$rounds" | sort -g)"
+    read -r _ f w <<<"$(sed -n 2p <<<"$sorted")"
+    lo="$(head -n1 <<<"$sorted" | cut -d' ' -f1)"
+    hi="$(tail -n1 <<<"$sorted" | cut -d' ' -f1)"
+    rows+=("$(awk -v l="$lang" -v f="$f" -v w="$w" -v lo="$lo" -v hi="$hi" \
+        'BEGIN { printf "| fraud-enrich-%s | %.2f | %.2f | %.2f | %.2f..%.2f |", l, f, w, w / f, lo, hi }')")
 done
 echo
 echo "the whole fraud-enrich plugin (layer, bindings, host calls) against its engine's floor above"
 echo
 echo "| plugin | floor, µs per event | plugin, µs per event | plugin / floor | lowest..highest |"
 echo "|---|---:|---:|---:|---:|"
-for entry in "${ratios[@]}"; do
-    lang="${entry%%|*}"
-    echo "${entry#*|}" | awk -v lang="$lang" '{
-        n = NF / 2
-        for (i = 1; i <= n; i++) { f[i] = $(2 * i - 1); w[i] = $(2 * i); r[i] = w[i] / f[i] }
-        # the round with the median ratio
-        k = int(n / 2)
-        for (i = 1; i <= n; i++) {
-            below = 0; same = 0
-            for (j = 1; j <= n; j++) { if (r[j] < r[i]) below++; if (r[j] == r[i]) same++ }
-            if (below <= k && k < below + same) m = i
-        }
-        lo = r[1]; hi = r[1]; for (i = 2; i <= n; i++) { if (r[i] < lo) lo = r[i]; if (r[i] > hi) hi = r[i] }
-        printf "| fraud-enrich-%s | %.2f | %.2f | %.2f | %.2f..%.2f |\n", lang, f[m], w[m], r[m], lo, hi
-    }'
-done
+printf '%s\n' "${rows[@]}"
