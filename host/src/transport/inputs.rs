@@ -39,6 +39,45 @@ pub struct Input {
     /// A pull found lost while a batch was being filled: the batch went on, and the next call
     /// asks again before it waits (the client would only after 10 s of missed heartbeats).
     lost: Option<consumer::pull::MessagesError>,
+    /// The failures to pull again since the last success, for the log.
+    renewal: Failing,
+}
+
+/// How often a failure that goes on is logged again as a warning (each partition's reader
+/// asks again every second while NATS is away; the attempts between go to the debug log).
+const WARN_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// Repeated failures of one thing, to log the first, then one every [`WARN_AGAIN_AFTER`] with
+/// how long it has failed, then the recovery.
+#[derive(Debug, Default)]
+struct Failing {
+    /// The first failure since the last success, and the attempts since.
+    since: Option<(tokio::time::Instant, u32)>,
+    warned: Option<tokio::time::Instant>,
+}
+
+impl Failing {
+    /// Counts a failure at `now`: `Some((attempts, failing for))` if it is to be logged as a
+    /// warning.
+    fn failed(&mut self, now: tokio::time::Instant) -> Option<(u32, Duration)> {
+        let (since, attempts) = self.since.get_or_insert((now, 0));
+        *attempts += 1;
+        let warn = self
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= WARN_AGAIN_AFTER);
+        if warn {
+            self.warned = Some(now);
+        }
+        warn.then(|| (*attempts, now.duration_since(*since)))
+    }
+
+    /// Counts a success at `now`: `Some((attempts, failed for))` if it ends a run of failures.
+    fn succeeded(&mut self, now: tokio::time::Instant) -> Option<(u32, Duration)> {
+        self.warned = None;
+        self.since
+            .take()
+            .map(|(since, attempts)| (attempts, now.duration_since(since)))
+    }
 }
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
@@ -142,6 +181,7 @@ impl Input {
             delivered_before,
             read_through: resume_after,
             lost: None,
+            renewal: Failing::default(),
         })
     }
 
@@ -227,11 +267,28 @@ impl Input {
                 // Within the call's own time (a second at least).
                 let until = first_by.max(tokio::time::Instant::now() + Duration::from_secs(1));
                 match answered_by(until, self.pull_again()).await {
-                    Ok(messages) => self.messages = Some(messages),
+                    Ok(messages) => {
+                        self.messages = Some(messages);
+                        let now = tokio::time::Instant::now();
+                        if let Some((attempts, failed_for)) = self.renewal.succeeded(now) {
+                            tracing::info!(
+                                consumer = %self.consumer(),
+                                "input: pulling again after {failed_for:.1?} and {attempts} failed attempts"
+                            );
+                        }
+                    }
                     Err(e) => {
                         // Kept, so that every call asks again until one succeeds: a pull
                         // that ended (a deleted consumer's) would read as the input's end.
-                        tracing::warn!("input: {e:#}; pulling again");
+                        match self.renewal.failed(tokio::time::Instant::now()) {
+                            Some((1, _)) => tracing::warn!(
+                                "input: {e:#}; pulling again every second (said again every {WARN_AGAIN_AFTER:?} while it fails)"
+                            ),
+                            Some((attempts, failing_for)) => tracing::warn!(
+                                "input: {e:#}; still pulling again ({attempts} attempts in {failing_for:.0?})"
+                            ),
+                            None => tracing::debug!("input: {e:#}; pulling again"),
+                        }
                         self.lost = Some(lost);
                         pause = Duration::from_secs(1);
                         if tokio::time::Instant::now() >= first_by {

@@ -144,3 +144,33 @@ async fn no_first_message_in_time_is_idle_and_a_started_batch_is_never_cut_short
     let batch = next_batch(&mut behind, 8, Duration::from_secs(5), soon).await;
     assert_eq!(len(batch), 8);
 }
+
+#[test]
+fn a_failure_that_goes_on_is_warned_of_first_then_once_a_period_then_its_end() {
+    let start = tokio::time::Instant::now();
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    let mut f = Failing::default();
+    assert_eq!(f.succeeded(at(0)), None, "no failure to end");
+    assert_eq!(
+        f.failed(at(0)),
+        Some((1, Duration::ZERO)),
+        "the first is warned of"
+    );
+    // One attempt a second: quiet until the period has passed since the last warning.
+    for s in 1..30 {
+        assert_eq!(f.failed(at(s * 1_000)), None, "attempt {}", s + 1);
+    }
+    assert_eq!(
+        f.failed(at(30_000)),
+        Some((31, Duration::from_secs(30))),
+        "warned again after the period, with the count and how long"
+    );
+    assert_eq!(f.failed(at(31_000)), None);
+    assert_eq!(
+        f.succeeded(at(31_500)),
+        Some((32, Duration::from_millis(31_500))),
+        "the recovery says how long it failed"
+    );
+    // A new outage starts its own count and is warned of at once.
+    assert_eq!(f.failed(at(32_000)), Some((1, Duration::ZERO)));
+}
