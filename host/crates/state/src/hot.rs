@@ -13,9 +13,12 @@
 //! - Value and list entries are *deferred*: a commit puts them here, dirty, and they reach
 //!   RocksDB when the store settles (before a savepoint, a visit, a flush, when the budget is
 //!   full, and when the store is dropped), or when a checkpoint's cut takes them over whole
-//!   (`take_dirty`, a swap): the cut writes them into RocksDB from another thread, and until
-//!   the next cut they are read here after the other entries. A key written by every event of a
-//!   checkpoint interval then costs one RocksDB write per interval instead of one per batch.
+//!   (`take_dirty`, a swap): the cut writes them into RocksDB from another thread, and they are
+//!   read here after the other entries, for the next [`KEPT_CUTS`] cuts. A key written by every
+//!   event of a checkpoint interval then costs one RocksDB write per interval instead of one
+//!   per batch, and a key written in one interval and read again a few intervals later (a
+//!   customer whose events come every few seconds, with a checkpoint every second) is read
+//!   here, not from RocksDB's files.
 //!   The live database has no write-ahead log and is rebuilt from the newest checkpoint at
 //!   every start, so nothing a checkpoint holds is lost by deferring.
 //! - Anything that changes the database behind the commit path forgets the clean entries: a
@@ -28,10 +31,11 @@
 //! and the keeping (a generation count), so a query that read just before a commit cannot put
 //! the older value back over the committed one.
 //!
-//! Bounded by bytes; when full, the store settles the dirty entries and this starts over empty
-//! (cheap, and a stream's working set refills it within a batch or two).
+//! Bounded by bytes; when full, the oldest cuts' entries go first, then the store settles the
+//! dirty entries and this starts over empty (cheap, and a stream's working set refills it
+//! within a batch or two).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -45,6 +49,10 @@ pub(super) type Entries = HashMap<Vec<u8>, Vec<u8>, Hasher>;
 /// Default budget of a store's hot values, in bytes of keys and values.
 pub const DEFAULT_BUDGET: usize = 32 << 20;
 
+/// How many cuts' entries are kept readable: the last cut's, and those of the cuts before it
+/// (each a map a miss looks into, so a few).
+pub const KEPT_CUTS: usize = 4;
+
 /// Per-entry bookkeeping counted against the budget besides key and value bytes.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -54,7 +62,7 @@ fn size(key: &[u8], value: &[u8]) -> usize {
 }
 
 /// The dirty entries a checkpoint cut took (`cut`): read here until RocksDB holds them, and
-/// after that as clean entries until the next cut takes their place.
+/// after that as clean entries until [`KEPT_CUTS`] later cuts have taken their place.
 #[derive(Debug)]
 struct FrozenLayer {
     entries: Arc<Entries>,
@@ -77,7 +85,7 @@ pub(super) struct Handover {
     pub(super) written: Arc<AtomicBool>,
     /// Dirty puts they stand for (see [`HotValues::deferred_since_settle`]).
     pub(super) deferred: u64,
-    /// The previous cut's entries, no longer read: dropped with the handover, off the caller's
+    /// The entries of a cut no longer kept: dropped with the handover, off the caller's
     /// thread.
     pub(super) _retired: Option<Arc<Entries>>,
 }
@@ -88,10 +96,12 @@ pub(super) struct HotValues {
     clean: Entries,
     /// Committed entries RocksDB does not hold yet.
     dirty: Entries,
-    /// The dirty entries of the last cut (see [`FrozenLayer`]); read after the two maps.
-    frozen: Option<FrozenLayer>,
+    /// The dirty entries of the last cuts (see [`FrozenLayer`]), newest first, read after the
+    /// two maps; only the newest may not be written yet.
+    layers: VecDeque<FrozenLayer>,
     clean_bytes: usize,
     dirty_bytes: usize,
+    layer_bytes: usize,
     budget: usize,
     /// Dirty puts since the last settle (a key rewritten while dirty counts each time).
     deferred_puts: u64,
@@ -106,9 +116,10 @@ impl HotValues {
         HotValues {
             clean: HashMap::default(),
             dirty: HashMap::default(),
-            frozen: None,
+            layers: VecDeque::new(),
             clean_bytes: 0,
             dirty_bytes: 0,
+            layer_bytes: 0,
             budget,
             deferred_puts: 0,
             compaction_epoch: 0,
@@ -148,13 +159,13 @@ impl HotValues {
         }
     }
 
-    /// The newest bytes at `key`, if hot. One found only among the last cut's entries is
-    /// copied among the clean ones, so that a key read often stays hot past the next cut.
+    /// The newest bytes at `key`, if hot. One found only among the cuts' entries is copied
+    /// among the clean ones, so that a key read often stays hot past the cuts.
     pub(super) fn get(&mut self, key: &[u8]) -> Option<Vec<u8>> {
         if let Some(v) = self.dirty.get(key).or_else(|| self.clean.get(key)) {
             return Some(v.clone());
         }
-        let v = self.frozen.as_ref()?.entries.get(key)?.clone();
+        let v = self.layers.iter().find_map(|l| l.entries.get(key))?.clone();
         if self.fits(key, &v) {
             self.clean_bytes += size(key, &v);
             self.clean.insert(key.to_vec(), v.clone());
@@ -163,7 +174,32 @@ impl HotValues {
     }
 
     fn bytes(&self) -> usize {
-        self.clean_bytes + self.dirty_bytes + self.frozen.as_ref().map_or(0, |f| f.bytes)
+        self.clean_bytes + self.dirty_bytes + self.layer_bytes
+    }
+
+    /// Whether a cut's entries hold `key`.
+    fn in_layers(&self, key: &[u8]) -> bool {
+        self.layers.iter().any(|l| l.entries.contains_key(key))
+    }
+
+    /// Drops the oldest cuts' entries that RocksDB holds until `value` at `key` fits (the
+    /// newest cut's stay, written or not). Whether it fits.
+    fn make_room(&mut self, key: &[u8], value: &[u8]) -> bool {
+        while !self.fits(key, value) {
+            if self.layers.len() < 2 {
+                return false;
+            }
+            if let Some(oldest) = self.layers.pop_back() {
+                self.layer_bytes -= oldest.bytes;
+            }
+        }
+        true
+    }
+
+    /// Keeps only the layers `keep` says to, with their bytes counted.
+    fn retain_layers(&mut self, keep: impl Fn(&FrozenLayer) -> bool) {
+        self.layers.retain(|l| keep(l));
+        self.layer_bytes = self.layers.iter().map(|l| l.bytes).sum();
     }
 
     /// Caches bytes that RocksDB holds (read, or written through). When full, the clean
@@ -179,7 +215,7 @@ impl HotValues {
             overwrite(&mut self.dirty_bytes, held, value);
             return;
         }
-        if !self.fits(key, value) {
+        if !self.make_room(key, value) {
             self.forget_clean();
             if !self.fits(key, value) {
                 self.remove(key);
@@ -199,12 +235,8 @@ impl HotValues {
     /// blind write is not a sign of a coming read; a read-modify-write read it, and so cached
     /// it, first).
     pub(super) fn refresh(&mut self, key: &[u8], value: &[u8]) {
-        let cached = self.dirty.contains_key(key)
-            || self.clean.contains_key(key)
-            || self
-                .frozen
-                .as_ref()
-                .is_some_and(|f| f.entries.contains_key(key));
+        let cached =
+            self.dirty.contains_key(key) || self.clean.contains_key(key) || self.in_layers(key);
         if cached {
             self.put(key, value);
         }
@@ -214,7 +246,7 @@ impl HotValues {
     /// does not fit: the store then settles, starts over and tries again.
     #[must_use]
     pub(super) fn put_dirty(&mut self, key: &[u8], value: &[u8]) -> bool {
-        if !self.enabled() || !self.fits(key, value) {
+        if !self.enabled() || !self.make_room(key, value) {
             return false;
         }
         self.deferred_puts += 1;
@@ -253,9 +285,9 @@ impl HotValues {
         self.bytes() - held + size(key, value) <= self.budget
     }
 
-    /// Forgets `key`, dirty or not (its delete was written to RocksDB). The last cut's entries
-    /// go too if they hold it: RocksDB holds them by now (a write reaches RocksDB only after
-    /// the cut's entries do).
+    /// Forgets `key`, dirty or not (its delete was written to RocksDB). The entries of any cut
+    /// that holds it go too: RocksDB holds them by now (a write reaches RocksDB only after the
+    /// cut's entries do).
     pub(super) fn remove(&mut self, key: &[u8]) {
         if let Some(v) = self.dirty.remove(key) {
             self.dirty_bytes -= size(key, &v);
@@ -263,13 +295,13 @@ impl HotValues {
         if let Some(v) = self.clean.remove(key) {
             self.clean_bytes -= size(key, &v);
         }
-        if self
-            .frozen
-            .as_ref()
-            .is_some_and(|f| f.entries.contains_key(key))
-        {
-            debug_assert!(self.frozen.as_ref().is_some_and(FrozenLayer::written));
-            self.frozen = None;
+        if self.in_layers(key) {
+            debug_assert!(
+                self.layers
+                    .iter()
+                    .all(|l| l.written() || !l.entries.contains_key(key))
+            );
+            self.retain_layers(|l| !l.entries.contains_key(key));
         }
     }
 
@@ -295,11 +327,11 @@ impl HotValues {
         self.deferred_puts = 0;
     }
 
-    /// Hands the dirty entries over to a cut, in constant time: they are read among the last
-    /// cut's entries from now on, and stay there until the next cut. The previous cut's
-    /// entries must be written (the store waits for that first).
+    /// Hands the dirty entries over to a cut, in constant time: they are read among the cuts'
+    /// entries from now on, for [`KEPT_CUTS`] cuts. The previous cut's entries must be written
+    /// (the store waits for that first).
     pub(super) fn take_dirty(&mut self) -> Handover {
-        debug_assert!(self.frozen.as_ref().is_none_or(FrozenLayer::written));
+        debug_assert!(self.layers.front().is_none_or(FrozenLayer::written));
         let entries = Arc::new(std::mem::take(&mut self.dirty));
         let written = Arc::new(AtomicBool::new(entries.is_empty()));
         let deferred = std::mem::take(&mut self.deferred_puts);
@@ -312,12 +344,20 @@ impl HotValues {
                 _retired: None,
             };
         }
-        let retired = self.frozen.take().map(|f| f.entries);
-        self.frozen = Some(FrozenLayer {
+        let bytes = std::mem::take(&mut self.dirty_bytes);
+        self.layer_bytes += bytes;
+        self.layers.push_front(FrozenLayer {
             entries: entries.clone(),
-            bytes: std::mem::take(&mut self.dirty_bytes),
+            bytes,
             written: written.clone(),
         });
+        let retired = (self.layers.len() > KEPT_CUTS)
+            .then(|| self.layers.pop_back())
+            .flatten()
+            .map(|oldest| {
+                self.layer_bytes -= oldest.bytes;
+                oldest.entries
+            });
         Handover {
             entries,
             written,
@@ -326,14 +366,11 @@ impl HotValues {
         }
     }
 
-    /// Forgets every clean entry, and the last cut's entries once RocksDB holds them; dirty
-    /// ones stay.
+    /// Forgets every clean entry, and the cuts' entries RocksDB holds; dirty ones stay.
     pub(super) fn forget_clean(&mut self) {
         self.clean = HashMap::default();
         self.clean_bytes = 0;
-        if self.frozen.as_ref().is_some_and(FrozenLayer::written) {
-            self.frozen = None;
-        }
+        self.retain_layers(|l| !l.written());
         self.generation += 1;
     }
 
@@ -343,12 +380,13 @@ impl HotValues {
             self.dirty.is_empty(),
             "forgetting dirty entries loses writes"
         );
-        debug_assert!(self.frozen.as_ref().is_none_or(FrozenLayer::written));
+        debug_assert!(self.layers.iter().all(FrozenLayer::written));
         self.clean = HashMap::default();
         self.dirty = HashMap::default();
-        self.frozen = None;
+        self.layers.clear();
         self.clean_bytes = 0;
         self.dirty_bytes = 0;
+        self.layer_bytes = 0;
         self.generation += 1;
     }
 
@@ -529,10 +567,7 @@ mod tests {
         hot.remove(b"a");
         assert_eq!(hot.get(b"a"), None, "a delete hides the cut's entry");
         let next = hot.take_dirty();
-        assert!(
-            next._retired.is_none(),
-            "the first cut's layer went with the delete"
-        );
+        assert!(next._retired.is_none(), "nothing to retire yet");
         assert_eq!(hot.get(b"b"), Some(b"2".to_vec()));
         next.written.store(true, Ordering::Release);
         hot.forget_clean();
@@ -542,6 +577,52 @@ mod tests {
             "written: forgotten as clean entries are"
         );
         assert_eq!(hot.bytes(), 0);
+    }
+
+    #[test]
+    fn a_key_written_once_stays_readable_for_the_kept_cuts_and_the_oldest_go_first() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        // One key per interval, each written once and not read again until much later, as a
+        // customer whose events come every few checkpoint intervals.
+        let cut = |hot: &mut HotValues, key: &[u8]| {
+            assert!(hot.put_dirty(key, b"v"));
+            let handover = hot.take_dirty();
+            handover.written.store(true, Ordering::Release);
+            handover._retired.map(|r| sorted(&r).len())
+        };
+        assert_eq!(cut(&mut hot, b"k0"), None);
+        for i in 1..KEPT_CUTS {
+            assert_eq!(cut(&mut hot, format!("k{i}").as_bytes()), None, "cut {i}");
+        }
+        assert_eq!(
+            hot.get(b"k0"),
+            Some(b"v".to_vec()),
+            "{KEPT_CUTS} cuts later"
+        );
+        assert_eq!(
+            cut(&mut hot, b"k-next"),
+            Some(1),
+            "the oldest cut's entries retired"
+        );
+        assert_eq!(
+            hot.get(b"k0"),
+            Some(b"v".to_vec()),
+            "read before it retired: kept among the clean entries"
+        );
+        assert_eq!(hot.get(b"k1"), Some(b"v".to_vec()), "still among the kept");
+        // A budget that holds a clean entry and three cuts' entries, all of one size: the
+        // oldest cut's make room first, the clean entries stay.
+        let one = size(b"k0", b"v");
+        let mut small = HotValues::new(4 * one);
+        small.put(b"cl", b"v");
+        for i in 0..3 {
+            cut(&mut small, format!("k{i}").as_bytes());
+        }
+        assert_eq!(small.bytes(), 4 * one);
+        assert!(small.put_dirty(b"nw", b"v"), "room made by the oldest cut");
+        assert_eq!(small.get(b"k0"), None, "the oldest cut's entries went");
+        assert_eq!(small.get(b"cl"), Some(b"v".to_vec()));
+        assert_eq!(small.get(b"k2"), Some(b"v".to_vec()));
     }
 
     #[test]
