@@ -5,8 +5,9 @@
 //!     checkpoints in the NATS object store and in S3, as ratios to local checkpoints;
 //! (c) one host in cluster mode (16 partitions, leases) against one host as today (`eddy run`
 //!     processes, the same input), with one input subject per partition and with the key
-//!     token kept after it; then the host's CPU at a steady load, where every partition
-//!     checkpoints every second;
+//!     token kept after it (the median of four rounds' ratios); then the host's CPU at a
+//!     steady load with every partition checkpointing every second, at the default interval,
+//!     and with no load;
 //! (d) failover: a 3-node NATS cluster, 3 hosts, 16 partitions, 1M keys in state, steady
 //!     load; kill -9 one host: time from the kill to the first output of each moved partition;
 //! (e) rebalance: the killed host starts again and takes its share back by hand-off: the
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use eddy_host::cli::produce::{self, Transaction};
 use eddy_host::cli::streams;
+use eddy_host::config::CheckpointConfig;
 use eddy_tests::bench::{only_arg, process_cpu_time};
 use eddy_tests::hosts::{self, HostProcess};
 use eddy_tests::{
@@ -215,10 +217,11 @@ fn cluster_spec(url: &str, dir: &Path, name: &str, interval_ms: Option<u64>) -> 
 }
 
 /// A nats-server and the spec of one host, `a`: a single host (`layout` `None`) or in cluster
-/// mode with `layout` as its partition subject; a checkpoint every second either way. Its
-/// metrics are served on the port returned.
+/// mode with `layout` as its partition subject; a checkpoint every `interval_ms` either way.
+/// Its metrics are served on the port returned.
 async fn one_host(
     layout: Option<&str>,
+    interval_ms: u64,
 ) -> (
     NatsServer,
     eddy_host::transport::Nats,
@@ -229,9 +232,9 @@ async fn one_host(
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(1_000));
+    let mut spec = cluster_spec(&nats.url(), dir.path(), "a", Some(interval_ms));
     match layout {
-        None => spec.extra = "[checkpoint]\ninterval_ms = 1000\n".into(),
+        None => spec.extra = format!("[checkpoint]\ninterval_ms = {interval_ms}\n"),
         Some(subject) => spec.extra = spec.extra.replace(PARTITION_SUBJECT, subject),
     }
     let metrics_port = eddy_tests::free_port();
@@ -260,7 +263,7 @@ async fn metric(port: u16, name: &str) -> f64 {
 /// events per plugin call and the checkpoints taken. `layout`: the cluster's
 /// `partition_subject`, or `None` for a single host without `[cluster]`.
 async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f64) {
-    let (_nats, conn, dir, spec, metrics_port) = one_host(layout).await;
+    let (_nats, conn, dir, spec, metrics_port) = one_host(layout, 1_000).await;
     let cfg = spec.config();
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
@@ -283,16 +286,19 @@ async fn process_rate(layout: Option<&str>, txs: &[Transaction]) -> (f64, f64, f
 
 async fn mode() {
     let n = if quick() { 40_000 } else { 200_000 };
+    let rounds = if quick() { 2 } else { 4 };
     let txs = produce::transactions(n, 5_000, 43, 0);
     let mut single = Vec::new();
     let mut clustered = Vec::new();
     let mut keyed_subjects = Vec::new();
-    // The second round runs the cases in the reverse order: a run pays for the files the runs
+    // Every other round runs the cases in the reverse order: a run pays for the files the runs
     // before it deleted in the last minutes (ext4 without a journal scans past recently
     // deleted inodes for every new one), which would otherwise always weigh on the same case.
-    for round in 0..2 {
+    // A ratio is taken within a round (this machine's speed moves by tens of percent between
+    // minutes), and the median of the rounds' ratios is the figure.
+    for round in 0..rounds {
         let mut cases = [None, Some(PARTITION_SUBJECT), Some("txn.p.{partition}.>")];
-        if round == 1 {
+        if round % 2 == 1 {
             cases.reverse();
         }
         for layout in cases {
@@ -307,11 +313,10 @@ async fn mode() {
     let mean = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
         v.iter().map(f).sum::<f64>() / v.len() as f64
     };
-    let base = mean(&single, |r| r.0);
-    println!("\n(c) one `eddy run` host, fraud-enrich, {n} events (mean of 2)");
+    println!("\n(c) one `eddy run` host, fraud-enrich, {n} events ({rounds} rounds)");
     println!(
-        "{:<44} {:>12} {:>8} {:>14} {:>12}",
-        "mode", "events/s", "ratio", "events/call", "checkpoints"
+        "{:<44} {:>12} {:>14} {:>13} {:>14} {:>12}",
+        "mode", "events/s", "median ratio", "lowest..highest", "events/call", "checkpoints"
     );
     for (label, runs) in [
         ("single host, no [cluster] (baseline)".to_string(), &single),
@@ -324,51 +329,79 @@ async fn mode() {
             &keyed_subjects,
         ),
     ] {
+        let mut ratios: Vec<f64> = runs.iter().zip(&single).map(|(r, s)| r.0 / s.0).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
+        let range = format!("{:.2}..{:.2}", ratios[0], ratios[ratios.len() - 1]);
         println!(
-            "{:<44} {:>12.0} {:>8.2} {:>14.1} {:>12.0}",
+            "{:<44} {:>12.0} {:>14.2} {:>15} {:>14.1} {:>12.0}",
             label,
             mean(runs, |r| r.0),
-            mean(runs, |r| r.0) / base,
+            median,
+            range,
             mean(runs, |r| r.1),
             mean(runs, |r| r.2)
         );
     }
     let (rate, secs) = if quick() { (1_000, 8) } else { (2_000, 20) };
-    // Single, cluster, cluster, single (see the rounds above), each the mean of its two.
-    let mut steady = [(0.0, 0.0); 2];
-    for cluster in [false, true, true, false] {
-        let r = steady_cpu(cluster.then_some(PARTITION_SUBJECT), rate, secs).await;
-        let slot = &mut steady[usize::from(cluster)];
-        slot.0 += r.0 / 2.0;
-        slot.1 += r.1 / 2.0;
-    }
-    let [single, clustered] = steady;
     println!(
-        "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers ({secs} s, after 8 s; mean of 2)"
+        "\n(c) the same host's CPU at a steady {rate} events/s over 5,000 customers, and idle ({secs} s, after 8 s; mean of 2)"
     );
     println!(
-        "{:<44} {:>14} {:>8} {:>15}",
-        "mode", "% of a core", "ratio", "checkpoints/s"
+        "{:<44} {:>10} {:>14} {:>8} {:>15} {:>12}",
+        "mode", "checkpoint", "% of a core", "ratio", "checkpoints/s", "events/call"
     );
-    for (label, (cpu, checkpoints)) in [
-        ("single host, no [cluster] (baseline)".to_string(), single),
-        (
-            format!("[cluster], {PARTITIONS} partitions, leases"),
-            clustered,
-        ),
+    // At a checkpoint every second (every partition of the cluster host cuts one a second), at
+    // the default interval, and with no load (what the partitions' readers, leases and timers
+    // cost by themselves). Each case runs single, cluster, cluster, single (see the rounds
+    // above), each figure the mean of its two.
+    for (rate, interval_ms) in [
+        (rate, 1_000),
+        (rate, CheckpointConfig::default().interval_ms),
+        (0, 1_000),
     ] {
-        println!(
-            "{label:<44} {cpu:>14.1} {:>8.2} {checkpoints:>15.1}",
-            cpu / single.0
-        );
+        let mut steady = [(0.0, 0.0, 0.0); 2];
+        for cluster in [false, true, true, false] {
+            let r = steady_cpu(
+                cluster.then_some(PARTITION_SUBJECT),
+                interval_ms,
+                rate,
+                secs,
+            )
+            .await;
+            let slot = &mut steady[usize::from(cluster)];
+            slot.0 += r.0 / 2.0;
+            slot.1 += r.1 / 2.0;
+            slot.2 += r.2 / 2.0;
+        }
+        let [single, clustered] = steady;
+        let load = if rate == 0 { " (idle)" } else { "" };
+        for (label, (cpu, checkpoints, per_call)) in [
+            (format!("single host, no [cluster]{load}"), single),
+            (
+                format!("[cluster], {PARTITIONS} partitions, leases{load}"),
+                clustered,
+            ),
+        ] {
+            println!(
+                "{label:<44} {:>10} {cpu:>14.1} {:>8.2} {checkpoints:>15.1} {per_call:>12.1}",
+                format!("{:.0} s", interval_ms as f64 / 1e3),
+                cpu / single.0
+            );
+        }
     }
 }
 
-/// The `eddy run` host's CPU, in % of a core, and the checkpoints it completed a second, while
-/// `rate` events a second arrive for `secs` seconds (after 8 s of the same load), a checkpoint
-/// due every second.
-async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> (f64, f64) {
-    let (_nats, conn, dir, spec, metrics_port) = one_host(layout).await;
+/// The `eddy run` host's CPU, in % of a core, the checkpoints it completed a second and the
+/// events per plugin call, while `rate` events a second (none if 0) arrive for `secs` seconds (after 8 s of the same load),
+/// a checkpoint due every `interval_ms`.
+async fn steady_cpu(
+    layout: Option<&str>,
+    interval_ms: u64,
+    rate: usize,
+    secs: u64,
+) -> (f64, f64, f64) {
+    let (_nats, conn, dir, spec, metrics_port) = one_host(layout, interval_ms).await;
     let cfg = spec.config();
     streams::ensure(&conn, &cfg, &cfg.input.subjects)
         .await
@@ -376,19 +409,33 @@ async fn steady_cpu(layout: Option<&str>, rate: usize, secs: u64) -> (f64, f64) 
     let config = dir.path().join("a.toml");
     spec.write(&config).expect("config");
     let mut host = HostProcess::spawn("a", &config, &dir.path().join("a.log"));
-    let load = steady_load(conn.js.clone(), 5_000, rate);
+    let load = (rate > 0).then(|| steady_load(conn.js.clone(), 5_000, rate));
     tokio::time::sleep(Duration::from_secs(8)).await;
     let before = process_cpu_time(host.pid());
-    let checkpoints = metric(metrics_port, "eddy_checkpoints_total").await;
+    let started = window_counts(metrics_port).await;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let used = process_cpu_time(host.pid()) - before;
-    let checkpoints = metric(metrics_port, "eddy_checkpoints_total").await - checkpoints;
-    load.abort();
+    let ended = window_counts(metrics_port).await;
+    let [checkpoints, events, calls]: [f64; 3] = std::array::from_fn(|i| ended[i] - started[i]);
+    if let Some(load) = load {
+        load.abort();
+    }
     host.stop();
     (
         used.as_secs_f64() / secs as f64 * 100.0,
         checkpoints / secs as f64,
+        events / calls.max(1.0),
     )
+}
+
+/// What [`steady_cpu`] counts over its window, from the host's metrics on `port`: checkpoints,
+/// events handed to the plugin, plugin calls.
+async fn window_counts(port: u16) -> [f64; 3] {
+    [
+        metric(port, "eddy_checkpoints_total").await,
+        metric(port, "eddy_batch_size_sum").await,
+        metric(port, "eddy_batch_size_count").await,
+    ]
 }
 
 /// Arrival times of outputs per partition, recorded from a core subscription to the output
