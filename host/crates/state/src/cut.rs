@@ -112,8 +112,8 @@ impl Running<'_> {
         };
         let result = self.store.run_cut(job);
         if result.is_ok() {
-            // Dropped here, with the previous cut's entries it retired: off the run loop
-            // when the checkpoint's writer does the job.
+            // Dropped here, with the entries of the oldest kept cut it retired: off the run
+            // loop when the checkpoint's writer does the job.
             self.job = None;
         }
         result

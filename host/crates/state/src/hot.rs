@@ -14,7 +14,7 @@
 //!   RocksDB when the store settles (before a savepoint, a visit, a flush, when the budget is
 //!   full, and when the store is dropped), or when a checkpoint's cut takes them over whole
 //!   (`take_dirty`, a swap): the cut writes them into RocksDB from another thread, and they are
-//!   read here after the other entries, for the next [`KEPT_CUTS`] cuts. A key written by every
+//!   read here after the other entries, until [`KEPT_CUTS`] later cuts have taken entries. A key written by every
 //!   event of a checkpoint interval then costs one RocksDB write per interval instead of one
 //!   per batch, and a key written in one interval and read again a few intervals later (a
 //!   customer whose events come every few seconds, with a checkpoint every second) is read
@@ -62,7 +62,8 @@ fn size(key: &[u8], value: &[u8]) -> usize {
 }
 
 /// The dirty entries a checkpoint cut took (`cut`): read here until RocksDB holds them, and
-/// after that as clean entries until [`KEPT_CUTS`] later cuts have taken their place.
+/// after that as clean entries until [`KEPT_CUTS`] later cuts that took entries have taken
+/// their place (a cut with nothing dirty takes nothing and retires nothing).
 #[derive(Debug)]
 struct FrozenLayer {
     entries: Arc<Entries>,
@@ -202,9 +203,10 @@ impl HotValues {
         self.layer_bytes = self.layers.iter().map(|l| l.bytes).sum();
     }
 
-    /// Caches bytes that RocksDB holds (read, or written through). When full, the clean
-    /// entries are forgotten first (and the last cut's, once written); if what is left fills
-    /// the budget, the bytes are not kept (the next commit settles and starts over).
+    /// Caches bytes that RocksDB holds (read, or written through). When full, the oldest cuts'
+    /// entries go first (the newest cut's stay), then the clean entries with every written
+    /// cut's; if what is left fills the budget, the bytes are not kept (the next commit settles
+    /// and starts over).
     pub(super) fn put(&mut self, key: &[u8], value: &[u8]) {
         if !self.enabled() {
             return;
@@ -285,9 +287,10 @@ impl HotValues {
         self.bytes() - held + size(key, value) <= self.budget
     }
 
-    /// Forgets `key`, dirty or not (its delete was written to RocksDB). The entries of any cut
-    /// that holds it go too: RocksDB holds them by now (a write reaches RocksDB only after the
-    /// cut's entries do).
+    /// Forgets `key`, dirty or not (its delete was written to RocksDB). The newest cut's entries
+    /// that hold it go too, with every older cut's: RocksDB holds them by now (a write reaches
+    /// RocksDB only after the cut's entries do). Only older ones may go, never a newer one
+    /// alone: another key of the dropped cut would be read from an older cut's bytes.
     pub(super) fn remove(&mut self, key: &[u8]) {
         if let Some(v) = self.dirty.remove(key) {
             self.dirty_bytes -= size(key, &v);
@@ -295,13 +298,10 @@ impl HotValues {
         if let Some(v) = self.clean.remove(key) {
             self.clean_bytes -= size(key, &v);
         }
-        if self.in_layers(key) {
-            debug_assert!(
-                self.layers
-                    .iter()
-                    .all(|l| l.written() || !l.entries.contains_key(key))
-            );
-            self.retain_layers(|l| !l.entries.contains_key(key));
+        if let Some(newest) = self.layers.iter().position(|l| l.entries.contains_key(key)) {
+            debug_assert!(self.layers.iter().skip(newest).all(FrozenLayer::written));
+            self.layers.truncate(newest);
+            self.layer_bytes = self.layers.iter().map(|l| l.bytes).sum();
         }
     }
 
@@ -328,7 +328,7 @@ impl HotValues {
     }
 
     /// Hands the dirty entries over to a cut, in constant time: they are read among the cuts'
-    /// entries from now on, for [`KEPT_CUTS`] cuts. The previous cut's entries must be written
+    /// entries from now on, until [`KEPT_CUTS`] later cuts have taken entries. The previous cut's entries must be written
     /// (the store waits for that first).
     pub(super) fn take_dirty(&mut self) -> Handover {
         debug_assert!(self.layers.front().is_none_or(FrozenLayer::written));
@@ -623,6 +623,33 @@ mod tests {
         assert_eq!(small.get(b"k0"), None, "the oldest cut's entries went");
         assert_eq!(small.get(b"cl"), Some(b"v".to_vec()));
         assert_eq!(small.get(b"k2"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_delete_never_uncovers_an_older_cut_s_bytes_of_another_key() {
+        let mut hot = HotValues::new(DEFAULT_BUDGET);
+        let cut = |hot: &mut HotValues| {
+            let handover = hot.take_dirty();
+            handover.written.store(true, Ordering::Release);
+        };
+        assert!(hot.put_dirty(b"j", b"1"));
+        cut(&mut hot);
+        assert!(hot.put_dirty(b"j", b"2"));
+        assert!(hot.put_dirty(b"k", b"x"));
+        cut(&mut hot);
+        assert!(hot.put_dirty(b"n", b"new"));
+        cut(&mut hot);
+        // `k`'s delete is written: the cut that holds it goes, and with it every older one
+        // (which holds `j` at 1), while the newer cut stays.
+        hot.remove(b"k");
+        assert_eq!(hot.get(b"k"), None);
+        assert_ne!(
+            hot.get(b"j"),
+            Some(b"1".to_vec()),
+            "j was written 2 after 1"
+        );
+        assert_eq!(hot.get(b"j"), None, "read from RocksDB, which holds 2");
+        assert_eq!(hot.get(b"n"), Some(b"new".to_vec()), "the newer cut stays");
     }
 
     #[test]
