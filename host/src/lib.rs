@@ -21,7 +21,8 @@
 //! - [`query`]: queryable state over NATS and HTTP;
 //! - [`control`]: operator requests to running hosts (savepoints, checkpoints, status);
 //! - [`metrics`]: counters, histograms and the Prometheus endpoint;
-//! - [`cli`]: the `eddy` command's subcommands beyond `run` (event generator, tail, streams).
+//! - [`cli`]: the `eddy` command's subcommands beyond `run` (event generator, tail, streams);
+//! - `throttle`: a failure's log line once a period, for failures that repeat.
 
 pub mod cli;
 pub mod cluster;
@@ -33,6 +34,7 @@ pub mod pipeline;
 pub mod query;
 pub mod reload;
 pub mod storage;
+mod throttle;
 pub mod transport;
 pub mod web;
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use eddy_host::cli::produce::{self, Transaction};
 use eddy_host::cli::streams;
 use eddy_host::config::CheckpointConfig;
-use eddy_tests::bench::{only_arg, process_cpu_time};
+use eddy_tests::bench::{median, only_arg, process_cpu_time, spread};
 use eddy_tests::hosts::{self, HostProcess};
 use eddy_tests::{
     NatsCluster, NatsServer, PipelineSpec, Running, S3Server, create_streams, plugin,
@@ -329,16 +329,14 @@ async fn mode() {
             &keyed_subjects,
         ),
     ] {
-        let mut ratios: Vec<f64> = runs.iter().zip(&single).map(|(r, s)| r.0 / s.0).collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = (ratios[(ratios.len() - 1) / 2] + ratios[ratios.len() / 2]) / 2.0;
-        let range = format!("{:.2}..{:.2}", ratios[0], ratios[ratios.len() - 1]);
+        let ratios: Vec<f64> = runs.iter().zip(&single).map(|(r, s)| r.0 / s.0).collect();
+        let (lo, hi) = spread(&ratios);
         println!(
             "{:<44} {:>12.0} {:>14.2} {:>15} {:>14.1} {:>12.0}",
             label,
             mean(runs, |r| r.0),
-            median,
-            range,
+            median(ratios),
+            format!("{lo:.2}..{hi:.2}"),
             mean(runs, |r| r.1),
             mean(runs, |r| r.2)
         );

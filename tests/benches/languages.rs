@@ -25,8 +25,8 @@
 eddy_tests::host_allocator!();
 
 use eddy_tests::bench::{
-    only_arg, transactions, worker_rate, worker_rate_listed_batches, worker_rate_single_calls,
-    worker_rate_with_lookups,
+    median, only_arg, spread, transactions, worker_rate, worker_rate_listed_batches,
+    worker_rate_single_calls, worker_rate_with_lookups,
 };
 use eddy_tests::{plugin, plugin_target_dir};
 
@@ -36,19 +36,6 @@ type Measure =
 
 /// Paired rounds per language.
 const ROUNDS: usize = 3;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The lowest and highest of `ratios`.
-fn spread(ratios: &[f64]) -> (f64, f64) {
-    (
-        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        ratios.iter().copied().fold(0.0, f64::max),
-    )
-}
 
 /// The component of `name` in `lang` ("Rust"/"rust": the Rust sample; otherwise built by
 /// `scripts/guests/<lang>.sh`).

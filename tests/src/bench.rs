@@ -1,4 +1,5 @@
-//! Shared by the in-process benchmarks (`benches/engine.rs`, `benches/languages.rs`).
+//! Shared by the benchmarks: in-process rates (`benches/engine.rs`, `benches/languages.rs`),
+//! process CPU, and the median and spread of repeated rounds.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,21 @@ use eddy_host::state::{KeyedAccess, StateKind, StateStore, StoreOptions, SystemC
 /// profiling).
 pub fn only_arg() -> Option<String> {
     std::env::args().skip_while(|a| a != "--only").nth(1)
+}
+
+/// The median of `v` (the mean of the two middle values of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (v[(n - 1) / 2] + v[n / 2]) / 2.0
+}
+
+/// The lowest and highest of `ratios`.
+pub fn spread(ratios: &[f64]) -> (f64, f64) {
+    (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    )
 }
 
 /// CPU time used so far by process `pid` (all its live threads), from Linux's

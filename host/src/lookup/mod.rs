@@ -3,7 +3,7 @@
 //!
 //! Owns: the stores a pipeline declares (`[lookup.<name>]`), their connections (`redis`,
 //! `nats_kv`, `http`, `postgres`), their caches (`cache`), their failure warnings
-//! (`throttle`), and how one event's lookups are resolved. A plugin reaches these stores and
+//! (`crate::throttle`), and how one event's lookups are resolved. A plugin reaches these stores and
 //! nothing else.
 //!
 //! Design (the "declare, then process" model, chosen over async host imports on fibers): a
@@ -26,7 +26,6 @@ mod http;
 mod nats_kv;
 mod postgres;
 mod redis;
-mod throttle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +39,7 @@ use crate::config::{
     CacheMode, FailurePolicy, LookupStoreConfig, PipelineConfig, RetryOn, StoreKind,
 };
 use crate::engine::{LookupAnswer, LookupFailure, LookupRequest, LookupSource, Prefetched};
+use crate::throttle::Throttle;
 use crate::transport::Nats;
 
 pub use cache::Cache;
@@ -143,9 +143,9 @@ pub struct Store {
     /// Its counters.
     pub stats: Arc<StoreStats>,
     /// Its `lookup failed` warnings, at most one per [`FAILURE_WARNING_EVERY`].
-    failure_warnings: throttle::Throttle,
+    failure_warnings: Throttle,
     /// Its warnings of keys asked without a plan, at most one per [`UNPLANNED_WARNING_EVERY`].
-    unplanned_warnings: throttle::Throttle,
+    unplanned_warnings: Throttle,
 }
 
 /// How often a store's `lookup failed` warning is logged at most. While a store is down every
@@ -286,8 +286,8 @@ impl Lookups {
                 connector,
                 in_flight: std::sync::Mutex::default(),
                 stats: Arc::default(),
-                failure_warnings: throttle::Throttle::default(),
-                unplanned_warnings: throttle::Throttle::default(),
+                failure_warnings: Throttle::default(),
+                unplanned_warnings: Throttle::default(),
             });
             if sc.cache.mode == CacheMode::Full {
                 store.load().await;

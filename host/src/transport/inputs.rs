@@ -12,6 +12,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::Nats;
 use crate::config::PipelineConfig;
+use crate::throttle::Throttle;
 
 /// The keyed input: a durable pull consumer with explicit "ack all" acknowledgement.
 pub struct Input {
@@ -39,46 +40,15 @@ pub struct Input {
     /// A pull found lost while a batch was being filled: the batch went on, and the next call
     /// asks again before it waits (the client would only after 10 s of missed heartbeats).
     lost: Option<consumer::pull::MessagesError>,
-    /// The failures to pull again since the last success, for the log.
-    renewal: Failing,
+    /// Since when pulling again has failed (none while it has not), and the warnings of it:
+    /// each partition's reader asks again every second while NATS is away.
+    failing_since: Option<std::time::Instant>,
+    renewal_warnings: Throttle,
 }
 
-/// How often a failure that goes on is logged again as a warning (each partition's reader
-/// asks again every second while NATS is away; the attempts between go to the debug log).
+/// How often a re-pull that keeps failing is logged again as a warning (the attempts between
+/// go to the debug log).
 const WARN_AGAIN_AFTER: Duration = Duration::from_secs(30);
-
-/// Repeated failures of one thing, to log the first, then one every [`WARN_AGAIN_AFTER`] with
-/// how long it has failed, then the recovery.
-#[derive(Debug, Default)]
-struct Failing {
-    /// The first failure since the last success, and the attempts since.
-    since: Option<(tokio::time::Instant, u32)>,
-    warned: Option<tokio::time::Instant>,
-}
-
-impl Failing {
-    /// Counts a failure at `now`: `Some((attempts, failing for))` if it is to be logged as a
-    /// warning.
-    fn failed(&mut self, now: tokio::time::Instant) -> Option<(u32, Duration)> {
-        let (since, attempts) = self.since.get_or_insert((now, 0));
-        *attempts += 1;
-        let warn = self
-            .warned
-            .is_none_or(|at| now.duration_since(at) >= WARN_AGAIN_AFTER);
-        if warn {
-            self.warned = Some(now);
-        }
-        warn.then(|| (*attempts, now.duration_since(*since)))
-    }
-
-    /// Counts a success at `now`: `Some((attempts, failed for))` if it ends a run of failures.
-    fn succeeded(&mut self, now: tokio::time::Instant) -> Option<(u32, Duration)> {
-        self.warned = None;
-        self.since
-            .take()
-            .map(|(since, attempts)| (attempts, now.duration_since(since)))
-    }
-}
 
 /// Looks into a stream, past what an input has read, for the next message its subject filters
 /// select. The run loop uses it on the keyed input before applying broadcast updates while no
@@ -181,7 +151,8 @@ impl Input {
             delivered_before,
             read_through: resume_after,
             lost: None,
-            renewal: Failing::default(),
+            failing_since: None,
+            renewal_warnings: Throttle::default(),
         })
     }
 
@@ -269,23 +240,24 @@ impl Input {
                 match answered_by(until, self.pull_again()).await {
                     Ok(messages) => {
                         self.messages = Some(messages);
-                        let now = tokio::time::Instant::now();
-                        if let Some((attempts, failed_for)) = self.renewal.succeeded(now) {
+                        if let Some(since) = self.failing_since.take() {
+                            self.renewal_warnings = Throttle::default();
                             tracing::info!(
                                 consumer = %self.consumer(),
-                                "input: pulling again after {failed_for:.1?} and {attempts} failed attempts"
+                                "input: pulling again, after {:.1?} of failures",
+                                since.elapsed()
                             );
                         }
                     }
                     Err(e) => {
                         // Kept, so that every call asks again until one succeeds: a pull
                         // that ended (a deleted consumer's) would read as the input's end.
-                        match self.renewal.failed(tokio::time::Instant::now()) {
-                            Some((1, _)) => tracing::warn!(
-                                "input: {e:#}; pulling again every second (said again every {WARN_AGAIN_AFTER:?} while it fails)"
-                            ),
-                            Some((attempts, failing_for)) => tracing::warn!(
-                                "input: {e:#}; still pulling again ({attempts} attempts in {failing_for:.0?})"
+                        let now = std::time::Instant::now();
+                        let since = *self.failing_since.get_or_insert(now);
+                        match self.renewal_warnings.admit(now, WARN_AGAIN_AFTER) {
+                            Some(held) => tracing::warn!(
+                                "input: {e:#}; pulling again every second (failing for {:.0?}, {held} failures since the last warning; said again every {WARN_AGAIN_AFTER:?})",
+                                now - since
                             ),
                             None => tracing::debug!("input: {e:#}; pulling again"),
                         }

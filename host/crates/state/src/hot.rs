@@ -197,9 +197,8 @@ impl HotValues {
         true
     }
 
-    /// Keeps only the layers `keep` says to, with their bytes counted.
-    fn retain_layers(&mut self, keep: impl Fn(&FrozenLayer) -> bool) {
-        self.layers.retain(|l| keep(l));
+    /// Counts the bytes of the layers left after some were dropped.
+    fn recount_layers(&mut self) {
         self.layer_bytes = self.layers.iter().map(|l| l.bytes).sum();
     }
 
@@ -301,7 +300,7 @@ impl HotValues {
         if let Some(newest) = self.layers.iter().position(|l| l.entries.contains_key(key)) {
             debug_assert!(self.layers.iter().skip(newest).all(FrozenLayer::written));
             self.layers.truncate(newest);
-            self.layer_bytes = self.layers.iter().map(|l| l.bytes).sum();
+            self.recount_layers();
         }
     }
 
@@ -370,7 +369,8 @@ impl HotValues {
     pub(super) fn forget_clean(&mut self) {
         self.clean = HashMap::default();
         self.clean_bytes = 0;
-        self.retain_layers(|l| !l.written());
+        self.layers.retain(|l| !l.written());
+        self.recount_layers();
         self.generation += 1;
     }
 

@@ -147,30 +147,31 @@ async fn no_first_message_in_time_is_idle_and_a_started_batch_is_never_cut_short
 
 #[test]
 fn a_failure_that_goes_on_is_warned_of_first_then_once_a_period_then_its_end() {
-    let start = tokio::time::Instant::now();
+    // As the reader counts its re-pulls: one attempt a second, through `Throttle`.
+    let start = std::time::Instant::now();
     let at = |ms: u64| start + Duration::from_millis(ms);
-    let mut f = Failing::default();
-    assert_eq!(f.succeeded(at(0)), None, "no failure to end");
+    let mut warnings = Throttle::default();
     assert_eq!(
-        f.failed(at(0)),
-        Some((1, Duration::ZERO)),
+        warnings.admit(at(0), WARN_AGAIN_AFTER),
+        Some(0),
         "the first is warned of"
     );
-    // One attempt a second: quiet until the period has passed since the last warning.
+    // Quiet until the period has passed since the last warning.
     for s in 1..30 {
-        assert_eq!(f.failed(at(s * 1_000)), None, "attempt {}", s + 1);
+        assert_eq!(
+            warnings.admit(at(s * 1_000), WARN_AGAIN_AFTER),
+            None,
+            "attempt {}",
+            s + 1
+        );
     }
     assert_eq!(
-        f.failed(at(30_000)),
-        Some((31, Duration::from_secs(30))),
-        "warned again after the period, with the count and how long"
+        warnings.admit(at(30_000), WARN_AGAIN_AFTER),
+        Some(29),
+        "warned again after the period, with the attempts not logged"
     );
-    assert_eq!(f.failed(at(31_000)), None);
-    assert_eq!(
-        f.succeeded(at(31_500)),
-        Some((32, Duration::from_millis(31_500))),
-        "the recovery says how long it failed"
-    );
-    // A new outage starts its own count and is warned of at once.
-    assert_eq!(f.failed(at(32_000)), Some((1, Duration::ZERO)));
+    assert_eq!(warnings.admit(at(31_000), WARN_AGAIN_AFTER), None);
+    // The reader starts over at a success: a new outage is warned of at once.
+    warnings = Throttle::default();
+    assert_eq!(warnings.admit(at(32_000), WARN_AGAIN_AFTER), Some(0));
 }

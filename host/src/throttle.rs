@@ -1,5 +1,6 @@
-//! Logging a failure that repeats with every event once a period: the first occurrence goes
-//! through, the rest are counted until the period is over.
+//! Logging a failure that repeats (with every event, with every retry) once a period: the
+//! first occurrence goes through, the rest are counted until the period is over. Used by the
+//! lookups' failure warnings and the input's re-pulls during a NATS outage.
 
 use std::time::{Duration, Instant};
 
