@@ -203,6 +203,10 @@ pub enum Command {
         /// CPU budget per event, ms, as `limits.cpu_ms_per_event` in a pipeline.
         #[arg(long, default_value_t = 100)]
         cpu_ms_per_event: u64,
+        /// Answer the plugin's lookups from this JSON file, store by store, key by key:
+        /// {"profiles": {"c1": {"tier": "gold"}, "c2": null}} (no store is contacted).
+        #[arg(long)]
+        lookups: Option<PathBuf>,
     },
     /// Creates something new from a template: `eddy new plugin --lang python my-filter`.
     New {

@@ -134,6 +134,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             cpu_ms_per_event,
             pipeline,
             expect,
+            lookups,
         } => {
             let opts = harness::HarnessOptions {
                 cpu_ms_per_event,
@@ -143,6 +144,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
                 batch,
                 dump_state,
                 expect,
+                lookups,
             };
             harness::command(plugin, events, opts).await
         }

@@ -14,6 +14,7 @@ mod cluster;
 mod console;
 mod delivery;
 mod engine;
+mod harness;
 mod languages;
 mod lookup;
 mod pipeline;

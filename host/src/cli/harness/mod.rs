@@ -19,6 +19,12 @@
 //! With `--expect expected.jsonl`, the lines are compared with the file's instead of printed:
 //! an expected object matches when every field it names is equal (fields it leaves out, such
 //! as headers, are not compared); the command fails with each difference shown.
+//!
+//! Lookups are answered from `--lookups answers.json` (`answers`), never from a store; how
+//! many the plugin's `prepare` planned and how many it made from `handle` is printed to
+//! standard error.
+
+mod answers;
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -27,12 +33,13 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 
 use crate::config::KeySource;
-use crate::engine::Worker;
 use crate::engine::{BroadcastEvent, Engine, Event, InstanceContext, Limits, Outcome};
+use crate::engine::{LookupSource, Planner, Worker};
 use crate::metrics::Metrics;
 use crate::pipeline::keys::KeyExtractor;
 use crate::state::layout::{PREFIX_LEN, decode_list, decode_value};
 use crate::state::{StateKind, StateStore, SystemClock};
+use answers::Answers;
 
 /// What `eddy test` is asked to do.
 #[derive(Debug, Clone)]
@@ -51,6 +58,8 @@ pub struct HarnessOptions {
     pub dump_state: bool,
     /// Compare the lines with this file's instead of printing them.
     pub expect: Option<std::path::PathBuf>,
+    /// Answer lookups from this file (`answers`).
+    pub lookups: Option<std::path::PathBuf>,
 }
 
 /// Where `eddy test` finds keys when `--key` is not given: the `input.key` of the pipeline
@@ -167,6 +176,10 @@ pub fn run(
     opts: &HarnessOptions,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let answers = Arc::new(match &opts.lookups {
+        Some(path) => Answers::load(path)?,
+        None => Answers::none(),
+    });
     let dir = tempfile::tempdir()?;
     let state = Arc::new(StateStore::open(
         &dir.path().join("db"),
@@ -185,10 +198,11 @@ pub fn run(
             cpu_per_event: std::time::Duration::from_millis(opts.cpu_ms_per_event),
             ..Limits::default()
         },
-        lookups: None,
+        lookups: Some(answers.clone() as Arc<dyn LookupSource>),
         batch_calls: true,
         packed_batches: true,
     };
+    let mut planner = Planner::new(&p, &ctx, &opts.config)?;
     let mut worker = Worker::new(p, ctx, opts.config.clone(), Metrics::new("test"))?;
     let reader: Box<dyn BufRead> = if events == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -201,15 +215,20 @@ pub fn run(
     let key_of = KeyExtractor::new(&opts.key);
     let mut pending: Vec<Event> = Vec::new();
     let mut n = 0u64;
-    let flush = |worker: &mut Worker,
-                 pending: &mut Vec<Event>,
-                 out: &mut dyn Write|
+    let mut flush = |worker: &mut Worker,
+                     pending: &mut Vec<Event>,
+                     out: &mut dyn Write|
      -> anyhow::Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let kgs: Vec<u16> = pending.iter().map(|e| state.key_group(&e.key)).collect();
-        let results = worker.handle(pending, &kgs, &Arc::default())?;
+        // As `eddy run` does: what `prepare` plans is answered before `handle` is called.
+        let prefetched = match planner.as_mut() {
+            Some(planner) => Arc::new(answers.prefetch(&planner.prepare(pending))),
+            None => Arc::default(),
+        };
+        let results = worker.handle(pending, &kgs, &prefetched)?;
         for (e, r) in pending.iter().zip(results) {
             let line = match r {
                 Ok(Outcome::Emit(outputs)) => serde_json::json!({
@@ -270,6 +289,22 @@ pub fn run(
         }
     }
     flush(&mut worker, &mut pending, out)?;
+    let (planned, unplanned) = answers.counts();
+    if planned + unplanned > 0 {
+        let from = match &opts.lookups {
+            Some(path) => path.display().to_string(),
+            None => "nowhere (no --lookups)".to_string(),
+        };
+        eprintln!(
+            "eddy test: {} lookups answered from {from}: {planned} planned by prepare, {unplanned} made from handle",
+            planned + unplanned
+        );
+        if unplanned > 0 {
+            eprintln!(
+                "  a running pipeline waits for each lookup made from handle; plan them in the plugin's prepare, or with the pipeline file's `lookup.<store>.plan`"
+            );
+        }
+    }
     if opts.dump_state {
         for line in dump(&state)? {
             writeln!(out, "{line}")?;
