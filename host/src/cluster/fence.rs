@@ -17,6 +17,8 @@ pub(super) struct LeaseFence {
     pub(super) coord: Coordination,
     pub(super) partition: u32,
     pub(super) epoch: u64,
+    /// This owner's generation: its checkpoint ids start at `generation << 32`.
+    pub(super) generation: u64,
     /// The pointer's revision this owner last wrote.
     pub(super) pointer_revision: Arc<AtomicU64>,
     /// The checkpoint the pointer named when this owner claimed it.
@@ -43,7 +45,12 @@ impl Fence for LeaseFence {
     }
 
     fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), String>> {
-        let (coord, p, epoch) = (self.coord.clone(), self.partition, self.epoch);
+        let (coord, p, epoch, generation) = (
+            self.coord.clone(),
+            self.partition,
+            self.epoch,
+            self.generation,
+        );
         let revision = self.pointer_revision.clone();
         let deadline = self.deadline_ms.clone();
         let last = self.last_committed.clone();
@@ -52,7 +59,10 @@ impl Fence for LeaseFence {
                 return Err(format!("the lease on partition {p} may have lapsed"));
             }
             let at = revision.load(Ordering::Acquire);
-            match coord.write_pointer(p, Some(id), epoch, at).await {
+            match coord
+                .write_pointer(p, Some(id), epoch, generation, at)
+                .await
+            {
                 Ok(new) => {
                     revision.store(new, Ordering::Release);
                     last.store(id, Ordering::Release);
@@ -69,6 +79,6 @@ impl Fence for LeaseFence {
     }
 
     fn id_base(&self) -> u64 {
-        self.epoch << 32
+        self.generation << 32
     }
 }

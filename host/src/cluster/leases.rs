@@ -9,7 +9,12 @@
 //!   its owner to hand it over (see `assign`);
 //! - `eddy-<pipeline>-pointers`: a key per partition naming its committed checkpoint and the
 //!   epoch of the owner that committed it, moved only by compare-and-set. A new owner claims
-//!   it (writes its epoch) before restoring; an earlier owner's next commit then fails.
+//!   it (writes its epoch) before restoring; an earlier owner's next commit then fails. The
+//!   claim also counts the partition's owners (its *generation*): each owner gives its
+//!   checkpoints ids from `generation << 32` up, so ids grow from owner to owner and two
+//!   owners never write the same names. (The epoch cannot serve there: it is a revision of
+//!   the whole leases bucket, which every renewal of every partition moves, and passes 2^32
+//!   within a year at a few hundred partitions.)
 //!
 //! Ownership is decided by the result of a compare-and-set, never by a read (reads may come
 //! from a stale replica, ADR-8).
@@ -98,6 +103,17 @@ pub(crate) struct Want {
     pub(crate) checkpoint: Option<u64>,
 }
 
+/// A partition's pointer as its new owner claimed it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim {
+    /// The checkpoint it names (none: the partition starts empty).
+    pub(crate) committed: Option<u64>,
+    /// Its revision, for the owner's next commit.
+    pub(crate) revision: u64,
+    /// The owner's generation (see [`Pointer::generation`]).
+    pub(crate) generation: u64,
+}
+
 /// What a pointer key holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Pointer {
@@ -107,6 +123,26 @@ pub(crate) struct Pointer {
     pub(crate) epoch: u64,
     /// That owner.
     pub(crate) host: String,
+    /// That owner's generation: its checkpoint ids start at `generation << 32` (0 in pointers
+    /// written before generations were counted, whose owners started theirs at the epoch's).
+    #[serde(default)]
+    pub(crate) generation: u64,
+}
+
+/// The generation of the owner that claims a partition whose pointer is `current`: above
+/// the last owner's, and above the owner of the committed checkpoint by its id (a pointer
+/// that names no generation).
+fn next_generation(current: Option<&Pointer>) -> anyhow::Result<u64> {
+    let after = current.map_or(0, |c| {
+        c.generation
+            .max(c.checkpoint.map_or(0, |id| id >> 32))
+            .saturating_add(1)
+    });
+    // Ids are `generation << 32` plus the owner's count: 2^32 claims of one partition.
+    if after >= 1 << 32 {
+        anyhow::bail!("partition ids are exhausted: generation {after} does not fit 32 bits");
+    }
+    Ok(after.max(1))
 }
 
 /// Since when this host has seen each key at its current revision.
@@ -481,9 +517,9 @@ impl Coordination {
     }
 
     /// Claims partition `p`'s pointer for `lease` (before restoring): returns the committed
-    /// checkpoint and the pointer's revision for the next commit. Fails if an owner with a
-    /// newer epoch wrote it.
-    pub(crate) async fn claim(&self, lease: &Lease) -> anyhow::Result<(Option<u64>, u64)> {
+    /// checkpoint, the pointer's revision for the next commit and this owner's generation.
+    /// Fails if an owner with a newer epoch wrote it.
+    pub(crate) async fn claim(&self, lease: &Lease) -> anyhow::Result<Claim> {
         let p = lease.partition;
         let (current, revision) = self.pointer(p).await?;
         if let Some(c) = &current
@@ -495,11 +531,16 @@ impl Coordination {
                 c.epoch
             );
         }
+        let generation = next_generation(current.as_ref())?;
         let checkpoint = current.and_then(|c| c.checkpoint);
         let revision = self
-            .write_pointer(p, checkpoint, lease.epoch, revision)
+            .write_pointer(p, checkpoint, lease.epoch, generation, revision)
             .await?;
-        Ok((checkpoint, revision))
+        Ok(Claim {
+            committed: checkpoint,
+            revision,
+            generation,
+        })
     }
 
     /// Moves partition `p`'s pointer to `checkpoint` if it is still at `revision`; returns the
@@ -509,12 +550,14 @@ impl Coordination {
         p: u32,
         checkpoint: Option<u64>,
         epoch: u64,
+        generation: u64,
         revision: u64,
     ) -> anyhow::Result<u64> {
         let value: Bytes = serde_json::to_vec(&Pointer {
             checkpoint,
             epoch,
             host: self.me.clone(),
+            generation,
         })?
         .into();
         let key = format!("p{p}");
@@ -567,6 +610,50 @@ mod tests {
             Some(7),
             "still known"
         );
+    }
+
+    fn pointer(checkpoint: Option<u64>, epoch: u64, generation: u64) -> Pointer {
+        Pointer {
+            checkpoint,
+            epoch,
+            host: "a".into(),
+            generation,
+        }
+    }
+
+    #[test]
+    fn each_owner_s_ids_start_above_the_last_owner_s_whatever_the_epoch() {
+        // The first owner.
+        assert_eq!(next_generation(None).unwrap(), 1);
+        assert_eq!(next_generation(Some(&pointer(None, 9, 0))).unwrap(), 1);
+        // Epochs are revisions of the whole leases bucket: past 2^32 they no longer fit an
+        // id's upper half, and the generation does not depend on them.
+        let epoch = (1 << 32) + 7;
+        let committed = (3 << 32) + 9;
+        let g = next_generation(Some(&pointer(Some(committed), epoch, 3))).unwrap();
+        assert_eq!(g, 4);
+        assert!(g << 32 > committed);
+        // A pointer from before generations were counted: its owner's ids started at its
+        // epoch's, so the next owner's start above the committed one's.
+        let old = (40_000u64 << 32) + 12;
+        let old_pointer: Pointer = serde_json::from_str(&format!(
+            r#"{{"checkpoint": {old}, "epoch": 40000, "host": "a"}}"#
+        ))
+        .unwrap();
+        assert_eq!(old_pointer.generation, 0);
+        let g = next_generation(Some(&old_pointer)).unwrap();
+        assert_eq!(g, 40_001);
+        assert!(g << 32 > old);
+        // A claimed partition that never committed still counts its owners.
+        assert_eq!(next_generation(Some(&pointer(None, 50, 6))).unwrap(), 7);
+        // The last generation that fits, and then a clear error rather than ids that wrap.
+        let last = (1u64 << 32) - 2;
+        assert_eq!(
+            next_generation(Some(&pointer(None, 1, last))).unwrap(),
+            last + 1
+        );
+        let e = next_generation(Some(&pointer(None, 1, last + 1))).unwrap_err();
+        assert!(e.to_string().contains("exhausted"), "{e}");
     }
 
     #[test]

@@ -273,7 +273,7 @@ impl Member {
             return Ok(None);
         };
         let deadline_ms = Arc::new(AtomicU64::new(self.renewals.deadline_after(sent)));
-        let (committed, pointer_revision) = match coord.claim(&lease).await {
+        let claim = match coord.claim(&lease).await {
             Ok(c) => c,
             Err(e) => {
                 coord.release(&lease).await;
@@ -287,16 +287,18 @@ impl Member {
         tracing::info!(
             partition = p,
             epoch = lease.epoch,
-            checkpoint = ?committed,
+            generation = claim.generation,
+            checkpoint = ?claim.committed,
             "took the partition"
         );
-        let last_committed = Arc::new(AtomicU64::new(committed.unwrap_or(0)));
+        let last_committed = Arc::new(AtomicU64::new(claim.committed.unwrap_or(0)));
         let fence = Arc::new(LeaseFence {
             coord: coord.clone(),
             partition: p,
             epoch: lease.epoch,
-            pointer_revision: Arc::new(AtomicU64::new(pointer_revision)),
-            committed,
+            generation: claim.generation,
+            pointer_revision: Arc::new(AtomicU64::new(claim.revision)),
+            committed: claim.committed,
             last_committed: last_committed.clone(),
             deadline_ms: deadline_ms.clone(),
         });

@@ -102,7 +102,7 @@ pub trait Fence: Send + Sync {
     fn commit(&self, id: u64) -> futures::future::BoxFuture<'static, Result<(), String>>;
     /// The checkpoint the pointer names: restore it (or an older one), never a newer one.
     fn committed(&self) -> Option<u64>;
-    /// The base of this owner's checkpoint ids (`epoch << 32`).
+    /// The base of this owner's checkpoint ids (its generation `<< 32`).
     fn id_base(&self) -> u64;
 }
 

@@ -904,3 +904,71 @@ async fn time_travel_answers_the_same_after_a_partition_moves() {
     }
     drop((a, b));
 }
+
+/// Checkpoint ids grow from owner to owner when the leases bucket's revisions (the owners'
+/// epochs) pass 2^32, as they do within a year of renewals at a few hundred partitions: the
+/// third owner of every partition, its state directory wiped, restores the second owner's
+/// committed checkpoint from the store and ends with the reference's outputs and state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_ids_keep_growing_when_lease_epochs_pass_32_bits() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nats, conn) = start_cluster(dir.path()).await;
+    let txs = produce::transactions(9_000, 100, 33, 0);
+    let rounds: Vec<&[produce::Transaction]> = txs.chunks(3_000).collect();
+    // One owner's round: its events processed and, after a few more checkpoints than the
+    // store keeps (retention runs at each), every partition committed; then a hand-off stop.
+    let round = async |n: usize| -> BTreeMap<u32, (u64, u64)> {
+        publish_txs_by_customer(&conn.js, "txn.in.*", rounds[n]).await;
+        let mut host = spawn(dir.path(), &nats.url(), "a");
+        let want = 3_000 * (n as u64 + 1);
+        wait_for_len(&conn.js, "FRAUD_OUT", want, Duration::from_secs(120)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        eventually(
+            "every partition committed",
+            Duration::from_secs(30),
+            async || pointers(&host.config).len() == PARTITIONS as usize,
+        )
+        .await;
+        assert!(host.stop().success(), "{}", log_tails(dir.path(), &["a"]));
+        pointers(&host.config)
+    };
+    let first = round(0).await;
+    // The next revisions of the leases bucket straddle 2^32.
+    let leases = conn
+        .js
+        .get_stream("KV_eddy-fraud-leases")
+        .await
+        .expect("the leases bucket's stream");
+    leases
+        .purge()
+        .sequence((1 << 32) - 3)
+        .await
+        .expect("purge up to a revision near 2^32");
+    let second = round(1).await;
+    assert!(
+        second.values().any(|(epoch, _)| *epoch > 1 << 32),
+        "the epochs passed 2^32: {second:?}"
+    );
+    for (p, (_, id)) in &second {
+        assert!(
+            *id > first[p].1,
+            "partition {p}: the second owner's checkpoint {id:#x} is not above the first's {:#x}",
+            first[p].1
+        );
+    }
+    // The third owner has only the store to restore from.
+    std::fs::remove_dir_all(dir.path().join("a")).expect("wipe the state directory");
+    let third = round(2).await;
+    for (p, (_, id)) in &third {
+        assert!(
+            *id > second[p].1,
+            "partition {p}: {id:#x} is not above {:#x}",
+            second[p].1
+        );
+    }
+    let outs = outputs(&conn.js).await;
+    let mut host = spawn(dir.path(), &nats.url(), "a");
+    assert_exact(&conn, &txs, &outs).await;
+    host.stop();
+}

@@ -238,8 +238,8 @@ impl Checkpoints {
         self.retention
     }
 
-    /// Gives new checkpoints ids in `(base, base + 2^32)`: an owner under lease epoch `e`
-    /// uses `e << 32`, so ids grow from owner to owner and never collide.
+    /// Gives new checkpoints ids in `(base, base + 2^32)`: a partition's `g`-th owner in
+    /// cluster mode uses `g << 32`, so ids grow from owner to owner and never collide.
     pub fn with_id_base(mut self, base: u64) -> Checkpoints {
         self.id_base = base;
         self
