@@ -413,7 +413,13 @@ pub async fn run(
         input_pending,
         keyed_read_through: resume_after,
         restored_skip: skip,
-        publisher: Publisher::spawn(nats.js.clone(), metrics.clone()),
+        publisher: Publisher::spawn(
+            nats.js.clone(),
+            metrics.clone(),
+            opts.fence
+                .clone()
+                .map(|fence| Arc::new(move || fence.check()) as transport::publisher::Gate),
+        ),
         checkpointing: Checkpointing::new(checkpoints, resume_after),
         reloading: Reloading::new(
             reload_rx,

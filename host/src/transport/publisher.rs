@@ -16,6 +16,13 @@
 //! the input behind it) unacknowledged meanwhile and `eddy_publish_parked` saying so.
 //!
 //! Outputs and dead letters are counted when stored, not when routed.
+//!
+//! A publisher may be given a [`Gate`] (a cluster partition's fence): it asks it before every
+//! send and every retry, and once it says no, drops what it holds unsent and stops, so a host
+//! that lost the partition during an outage does not publish, when NATS is back, outputs the
+//! new owner published already (perhaps longer ago than the streams' duplicate window). What
+//! it drops was never acknowledged at the input: the new owner replays it. A publisher that is
+//! dropped (its run ended without [`Publisher::close`]) stops at once for the same reason.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,6 +38,9 @@ use crate::metrics::{DeadLetterReason, Metrics};
 /// Builds the dead letter that replaces an output that can never be stored, from the kind and
 /// the reason.
 pub type Fallback = Arc<dyn Fn(DeadLetterReason, &str) -> OutMessage + Send + Sync>;
+
+/// Whether this host may still publish: `Err(why)` once it may not (see the module's notes).
+pub type Gate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What a message is, for counting once it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +131,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts publishing on `js`.
-    pub fn spawn(js: jetstream::Context, metrics: Arc<Metrics>) -> Publisher {
+    /// Starts publishing on `js`, while `gate` (if any) allows it.
+    pub fn spawn(js: jetstream::Context, metrics: Arc<Metrics>, gate: Option<Gate>) -> Publisher {
         let (tx, rx) = mpsc::channel(JOBS_IN_FLIGHT);
         let (acked_tx, acked) = watch::channel(0);
-        let task = tokio::spawn(run(js, rx, acked_tx, metrics));
+        let task = tokio::spawn(run(js, rx, acked_tx, metrics, gate));
         Publisher {
             tx: Some(tx),
             acked,
@@ -186,6 +196,17 @@ impl Publisher {
     }
 }
 
+impl Drop for Publisher {
+    /// A run that ended without [`Publisher::close`] (an error, a fence) leaves its input
+    /// unacknowledged past the last checkpoint, so whatever is still queued or being retried
+    /// is published again by whoever replays it: stop here rather than publish it late.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 /// Waits until the watched job id reaches `id`.
 pub async fn wait_for(mut acked: watch::Receiver<u64>, id: u64) -> anyhow::Result<()> {
     acked
@@ -200,6 +221,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     acked: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    gate: Option<Gate>,
 ) {
     // Jobs are published in groups: every job queued when the previous group is stored goes
     // out together, all acks awaited (failures retried) before the next group. The group grows
@@ -217,9 +239,32 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let sent = send_all(&js, messages).await;
-        settle(&js, sent, &metrics).await;
+        let settled = match send_all(&js, messages, gate.as_ref()).await {
+            Ok(sent) => settle(&js, sent, &metrics, gate.as_ref()).await,
+            Err(stopped) => Err(stopped),
+        };
+        if let Err(Stopped { why, unsent }) = settled {
+            tracing::warn!(
+                "stopped publishing: {why}; {unsent} messages and {} jobs queued dropped unsent (their input was never acknowledged: whoever replays it publishes them)",
+                rx.len()
+            );
+            return;
+        }
         let _ = acked.send(last);
+    }
+}
+
+/// The gate closed with messages still to send.
+struct Stopped {
+    why: String,
+    unsent: usize,
+}
+
+/// `Err` if `gate` says this host may not publish `unsent` messages.
+fn check(gate: Option<&Gate>, unsent: usize) -> Result<(), Stopped> {
+    match gate.map(|g| g()) {
+        Some(Err(why)) => Err(Stopped { why, unsent }),
+        _ => Ok(()),
     }
 }
 
@@ -235,7 +280,12 @@ type Sent = Vec<(
 /// handed to the client: those messages wait, in order, behind the failed ones, so that what
 /// the client buffers during an outage (and re-sends on reconnect, ahead of our retries) stays
 /// as small as possible. Each message's place is kept either way.
-async fn send_all(js: &jetstream::Context, messages: Vec<OutMessage>) -> Sent {
+async fn send_all(
+    js: &jetstream::Context,
+    messages: Vec<OutMessage>,
+    gate: Option<&Gate>,
+) -> Result<Sent, Stopped> {
+    check(gate, messages.len())?;
     let client = js.client();
     let mut sent = Vec::with_capacity(messages.len());
     let mut down = false;
@@ -253,16 +303,21 @@ async fn send_all(js: &jetstream::Context, messages: Vec<OutMessage>) -> Sent {
         let r = js.send_publish(m.subject.clone(), publish).await;
         sent.push((m, r));
     }
-    sent
+    Ok(sent)
 }
 
 /// Awaits the acks of sent messages, retrying failures until every message (or its dead
-/// letter) is stored.
-async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
+/// letter) is stored, or the gate closes.
+async fn settle(
+    js: &jetstream::Context,
+    sent: Sent,
+    metrics: &Metrics,
+    gate: Option<&Gate>,
+) -> Result<(), Stopped> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut pending = sent;
-    let mut parked = 0u64;
+    let mut parked = Parked { metrics, count: 0 };
     let mut last_alarm: Option<Instant> = None;
     loop {
         let results = futures::future::join_all(pending.into_iter().map(|(m, r)| async move {
@@ -312,16 +367,13 @@ async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
                 }
             }
         }
-        let now_parked = if stuck.is_some() {
+        parked.set(if stuck.is_some() {
             retry.len() as u64
         } else {
             0
-        };
-        metrics.parked.fetch_add(now_parked, Ordering::Relaxed);
-        metrics.parked.fetch_sub(parked, Ordering::Relaxed);
-        parked = now_parked;
+        });
         if retry.is_empty() {
-            return;
+            return Ok(());
         }
         metrics
             .publish_retries
@@ -345,7 +397,28 @@ async fn settle(js: &jetstream::Context, sent: Sent, metrics: &Metrics) {
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
-        pending = send_all(js, retry).await;
+        pending = send_all(js, retry, gate).await?;
+    }
+}
+
+/// This group's share of `eddy_publish_parked`, given back however the group ends (stored,
+/// dropped at a closed gate, or its task aborted).
+struct Parked<'a> {
+    metrics: &'a Metrics,
+    count: u64,
+}
+
+impl Parked<'_> {
+    fn set(&mut self, count: u64) {
+        self.metrics.parked.fetch_add(count, Ordering::Relaxed);
+        self.metrics.parked.fetch_sub(self.count, Ordering::Relaxed);
+        self.count = count;
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.metrics.parked.fetch_sub(self.count, Ordering::Relaxed);
     }
 }
 

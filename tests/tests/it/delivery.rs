@@ -299,3 +299,94 @@ async fn a_lost_pull_that_cannot_be_renewed_while_nats_is_down_is_renewed_when_i
         "the messages stored after the outage, read once each from the consumer created again"
     );
 }
+
+/// An output to `subject` with message id `id`.
+fn output(subject: &str, id: &str) -> eddy_host::transport::publisher::OutMessage {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    eddy_host::transport::publisher::OutMessage {
+        subject: subject.into(),
+        headers,
+        payload: Bytes::from(id.to_string()),
+        kind: eddy_host::transport::publisher::OutKind::Output,
+        fallback: None,
+    }
+}
+
+/// A publisher whose gate closes (a partition's fence: the lease may have lapsed) sends
+/// nothing more: the job queued after stays unstored and waiting for it says the publisher
+/// stopped; what it dropped was never acknowledged upstream, so the new owner sends it.
+#[tokio::test]
+async fn a_publisher_whose_gate_closes_sends_nothing_more() {
+    use eddy_host::transport::Publisher;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let nats = NatsServer::start().expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    create_stream(&conn.js, "OUT", &["out.>"])
+        .await
+        .expect("stream");
+    let open = Arc::new(AtomicBool::new(true));
+    let gate = {
+        let open = open.clone();
+        Arc::new(move || {
+            if open.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("the lease may have lapsed".to_string())
+            }
+        }) as eddy_host::transport::publisher::Gate
+    };
+    let metrics = eddy_host::metrics::Metrics::new("gate");
+    let mut publisher = Publisher::spawn(conn.js.clone(), metrics, Some(gate));
+    let first = publisher
+        .publish(vec![output("out.a", "1")])
+        .await
+        .expect("queued");
+    publisher.wait_acked(first).await.expect("stored");
+    open.store(false, Ordering::Release);
+    let second = publisher
+        .publish(vec![output("out.a", "2")])
+        .await
+        .expect("queued");
+    let waited = tokio::time::timeout(Duration::from_secs(10), publisher.wait_acked(second))
+        .await
+        .expect("the wait ends");
+    assert!(
+        waited
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("stopped")),
+        "{waited:?}"
+    );
+    assert_eq!(stream_len(&conn.js, "OUT").await.expect("len"), 1);
+}
+
+/// A publisher dropped while it retries (its run ended without closing it) stops: an output
+/// held because no stream captured its subject is not published once an operator creates
+/// the stream, possibly long after whoever replayed its event published it.
+#[tokio::test]
+async fn a_dropped_publisher_stops_retrying() {
+    use eddy_host::transport::Publisher;
+    let nats = NatsServer::start().expect("nats-server");
+    let conn = nats.connect().await.expect("connect");
+    let metrics = eddy_host::metrics::Metrics::new("dropped");
+    let mut publisher = Publisher::spawn(conn.js.clone(), metrics.clone(), None);
+    publisher
+        .publish(vec![output("late.a", "1")])
+        .await
+        .expect("queued");
+    // Retried (no stream yet) with growing pauses.
+    eventually(
+        "the output is being retried",
+        Duration::from_secs(10),
+        async || metrics.publish_retries.load(Ordering::Relaxed) >= 2,
+    )
+    .await;
+    drop(publisher);
+    create_stream(&conn.js, "LATE", &["late.>"])
+        .await
+        .expect("stream");
+    // Past the longest pause between retries (2 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(stream_len(&conn.js, "LATE").await.expect("len"), 0);
+}

@@ -425,8 +425,19 @@ impl Runner {
             return Err(anyhow::Error::new(Fenced(why)));
         }
         self.checkpointing.dirty = true;
-        self.publisher.publish_outgoing(out).await?;
+        if let Err(e) = self.publisher.publish_outgoing(out).await {
+            // The publisher stops by itself once the fence closes (see its notes).
+            return Err(self.fenced_or(e));
+        }
         Ok(())
+    }
+
+    /// `e`, or [`Fenced`] if this run's fence is closed: what stopped the publisher.
+    fn fenced_or(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.fence.as_ref().and_then(|f| f.check().err()) {
+            Some(why) => anyhow::Error::new(Fenced(why)),
+            None => e,
+        }
     }
 
     /// Runs `f` with the worker on a blocking thread and puts the worker back: the plugin's
