@@ -280,6 +280,14 @@ impl PipelineConfig {
                     ),
                 ));
             }
+            // A partition's next owner restores what the pointer names from the store: on
+            // another host's disk it would find nothing, and start from empty state.
+            if self.checkpoint.store == CheckpointStore::Local {
+                return Err(err(
+                    "checkpoint.store",
+                    "is \"local\" with [cluster]: a partition that moves restores its checkpoint on another host, which cannot read this one's disk; use \"nats\" (the default) or \"s3\"".into(),
+                ));
+            }
             if self.query.http.is_some() && !self.query.nats {
                 return Err(err(
                     "query.http",

@@ -201,6 +201,30 @@ fn a_cluster_serves_http_queries_through_its_nats_query_service() {
 }
 
 #[test]
+fn a_cluster_keeps_its_checkpoints_where_every_host_reads_them() {
+    let cluster =
+        "[partitions]\ncount = 4\n\n[cluster]\npartition_subject = \"txn.p.{partition}.>\"\n";
+    for store in [
+        "store = \"nats\"\n",
+        "store = \"s3\"\n\n[checkpoint.s3]\nbucket = \"b\"\n",
+    ] {
+        PipelineConfig::parse(&format!("{GOOD}\n{cluster}\n[checkpoint]\n{store}"))
+            .unwrap_or_else(|e| panic!("{store} with [cluster]: {e}"));
+    }
+    let e = PipelineConfig::parse(&format!(
+        "{GOOD}\n{cluster}\n[checkpoint]\nstore = \"local\"\n"
+    ))
+    .expect_err("local checkpoints in a cluster");
+    assert_eq!(e.field, "checkpoint.store", "{e}");
+    assert!(
+        e.message.contains("use \"nats\" (the default) or \"s3\""),
+        "{e}"
+    );
+    PipelineConfig::parse(&format!("{GOOD}\n[checkpoint]\nstore = \"local\"\n"))
+        .expect("local checkpoints on a single host");
+}
+
+#[test]
 fn console_and_query_tls_and_tokens_are_checked() {
     let parse = |extra: &str| PipelineConfig::parse(&format!("{GOOD}\n{extra}"));
     let e = parse("[console]\ntls_cert = \"c.pem\"\n").expect_err("a certificate without key");
