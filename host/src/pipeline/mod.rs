@@ -313,6 +313,12 @@ pub async fn run(
         needs_broadcast: !cfg.broadcast.is_empty(),
         prepare_plans: cfg.prepare_plans_lookups(),
     });
+    // The input and the publisher stop touching the partition's streams once its lease may
+    // have lapsed, even in the middle of a call.
+    let gate = opts
+        .fence
+        .clone()
+        .map(|fence| Arc::new(move || fence.check()) as transport::Gate);
     let (input, broadcasts, services) = tokio::join!(
         Input::open(&nats, &cfg, resume_after),
         open_broadcasts(&nats, &cfg, &restored),
@@ -331,7 +337,7 @@ pub async fn run(
     );
     let services = services?;
     let (input, broadcasts) = match (input, broadcasts) {
-        (Ok(input), Ok(broadcasts)) => (input, broadcasts),
+        (Ok(input), Ok(broadcasts)) => (input.with_gate(gate.clone()), broadcasts),
         (Err(e), _) | (_, Err(e)) => {
             services.stop().await;
             return Err(e);
@@ -413,13 +419,7 @@ pub async fn run(
         input_pending,
         keyed_read_through: resume_after,
         restored_skip: skip,
-        publisher: Publisher::spawn(
-            nats.js.clone(),
-            metrics.clone(),
-            opts.fence
-                .clone()
-                .map(|fence| Arc::new(move || fence.check()) as transport::publisher::Gate),
-        ),
+        publisher: Publisher::spawn(nats.js.clone(), metrics.clone(), gate.clone()),
         checkpointing: Checkpointing::new(checkpoints, resume_after),
         reloading: Reloading::new(
             reload_rx,

@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 
-use super::Nats;
+use super::{Gate, Nats};
 use crate::config::PipelineConfig;
 use crate::throttle::Throttle;
 
@@ -44,6 +44,8 @@ pub struct Input {
     /// each partition's reader asks again every second while NATS is away.
     failing_since: Option<std::time::Instant>,
     renewal_warnings: Throttle,
+    /// Whether the reader may still create its consumer again (see [`Input::with_gate`]).
+    gate: Option<Gate>,
 }
 
 /// How often a re-pull that keeps failing is logged again as a warning (the attempts between
@@ -153,7 +155,16 @@ impl Input {
             lost: None,
             failing_since: None,
             renewal_warnings: Throttle::default(),
+            gate: None,
         })
+    }
+
+    /// Pulls again, after a lost pull, only while `gate` allows: a reader whose partition may
+    /// have a new owner must not create the consumer again, since the new owner's is the same
+    /// durable, positioned where its checkpoint says.
+    pub fn with_gate(mut self, gate: Option<Gate>) -> Input {
+        self.gate = gate;
+        self
     }
 
     /// Opens the consumer again just after stream sequence `after`: what was delivered
@@ -301,6 +312,9 @@ impl Input {
     /// again just after the last message read. Its deliveries then count from 1 again, which
     /// the reader takes for a recreated consumer and reads again after its own position.
     async fn pull_again(&mut self) -> anyhow::Result<consumer::pull::Stream> {
+        if let Some(why) = self.gate.as_ref().and_then(|g| g().err()) {
+            bail!("not pulling again: {why}");
+        }
         let name = self.consumer().to_string();
         match self.stream.consumer_info(&name).await {
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
@@ -309,10 +323,19 @@ impl Input {
                     "input: the consumer is gone (a restarted nats-server keeps no consumer stored in memory); creating it again after stream sequence {}",
                     self.read_through
                 );
-                let (messages, _) =
-                    start_consumer(&self.stream, &self.config, self.batch, self.read_through)
-                        .await?;
-                Ok(messages)
+                // Created only if still absent: another reader of the partition (its new owner)
+                // may have created it meanwhile, at its own position, and deleting that one
+                // would skip what lies between.
+                let config = consumer::pull::Config {
+                    deliver_policy: deliver_after(self.read_through),
+                    ..self.config.clone()
+                };
+                let consumer: consumer::PullConsumer = self
+                    .stream
+                    .create_consumer_strict(config)
+                    .await
+                    .with_context(|| format!("cannot create consumer `{name}` again"))?;
+                pull(&consumer, self.batch).await
             }
             Err(e) => bail!("cannot look up consumer `{name}`: {e}"),
             Ok(_) => {

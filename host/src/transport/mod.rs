@@ -21,6 +21,11 @@ pub mod publisher;
 pub use inputs::{Backlog, BroadcastInput, Input};
 pub use publisher::Publisher;
 
+/// Whether this host may still touch a partition's streams: `Err(why)` once it may not (a
+/// cluster partition's fence, whose lease may have lapsed). The publisher stops sending and the
+/// input stops creating its consumer again at the first `Err`.
+pub type Gate = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Oldest server whose features Eddy relies on (per-key TTL, KV semantics async-nats expects).
 pub const MIN_SERVER: (u64, u64) = (2, 11);
 

@@ -33,14 +33,12 @@ use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMes
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use super::Gate;
 use crate::metrics::{DeadLetterReason, Metrics};
 
 /// Builds the dead letter that replaces an output that can never be stored, from the kind and
 /// the reason.
 pub type Fallback = Arc<dyn Fn(DeadLetterReason, &str) -> OutMessage + Send + Sync>;
-
-/// Whether this host may still publish: `Err(why)` once it may not (see the module's notes).
-pub type Gate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What a message is, for counting once it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -335,7 +335,7 @@ async fn a_publisher_whose_gate_closes_sends_nothing_more() {
             } else {
                 Err("the lease may have lapsed".to_string())
             }
-        }) as eddy_host::transport::publisher::Gate
+        }) as eddy_host::transport::Gate
     };
     let metrics = eddy_host::metrics::Metrics::new("gate");
     let mut publisher = Publisher::spawn(conn.js.clone(), metrics, Some(gate));
@@ -389,4 +389,83 @@ async fn a_dropped_publisher_stops_retrying() {
     // Past the longest pause between retries (2 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(stream_len(&conn.js, "LATE").await.expect("len"), 0);
+}
+
+/// A reader whose partition may have a new owner (its gate closed) never creates its
+/// consumer again after a lost pull: the new owner's consumer is the same durable, created at
+/// the new owner's position, and must stay as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_reader_leaves_the_new_owner_s_consumer_alone() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let nats = NatsServer::start().expect("nats-server");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = chaos_spec(&nats.url(), dir.path());
+    let conn = nats.connect().await.expect("connect");
+    create_streams(&conn.js, &spec).await.expect("streams");
+    let payloads: Vec<String> = (0..5).map(|i| format!(r#"{{"k":"a","n":{i}}}"#)).collect();
+    publish(&conn.js, &payloads).await;
+    let cfg = spec.config();
+    let open = Arc::new(AtomicBool::new(true));
+    let gate = {
+        let open = open.clone();
+        Arc::new(move || {
+            if open.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("the lease may have lapsed".to_string())
+            }
+        }) as eddy_host::transport::Gate
+    };
+    let reader = nats.connect().await.expect("connect");
+    let mut old = eddy_host::transport::Input::open(&reader, &cfg, 0)
+        .await
+        .expect("input")
+        .with_gate(Some(gate));
+    let wait = Duration::from_millis(50);
+    let mut read = 0;
+    while read < 5 {
+        let batch = old.next_batch(10, wait, Duration::from_secs(5)).await;
+        read += batch.expect("a batch").expect("not the end").len();
+    }
+    // The lease lapses; the new owner's start deletes the consumer (the old reader's pull is
+    // lost) and creates it after its checkpoint's position, 2.
+    open.store(false, Ordering::Release);
+    let stream = conn.js.get_stream(&spec.stream).await.expect("stream");
+    stream
+        .delete_consumer(old.consumer())
+        .await
+        .expect("delete consumer");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = old.next_batch(10, wait, Duration::from_secs(2)).await;
+    assert!(r.is_err(), "the fenced reader reads nothing");
+    assert!(old.pull_lost(), "the lost pull is not renewed");
+    let consumer_info = |name: String| {
+        let stream = stream.clone();
+        async move { stream.consumer_info(&name).await }
+    };
+    assert!(
+        consumer_info(old.consumer().to_string()).await.is_err(),
+        "the fenced reader did not create the consumer again"
+    );
+    let new = eddy_host::transport::Input::open(&conn, &cfg, 2)
+        .await
+        .expect("the new owner's input");
+    for _ in 0..2 {
+        let _ = old.next_batch(10, wait, Duration::from_secs(1)).await;
+    }
+    let info = consumer_info(new.consumer().to_string())
+        .await
+        .expect("the new owner's consumer is there");
+    assert_eq!(
+        info.config.deliver_policy,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: 3 },
+        "the new owner's consumer as it created it"
+    );
+    // The new owner has not pulled yet: nothing delivered past its start means the old
+    // reader took none of its deliveries.
+    assert_eq!(
+        info.delivered.stream_sequence, 2,
+        "nothing delivered past the new owner's start"
+    );
 }
