@@ -313,30 +313,35 @@ fn output(subject: &str, id: &str) -> eddy_host::transport::publisher::OutMessag
     }
 }
 
+/// A gate that is open until the flag is cleared (a fence whose lease may have lapsed).
+fn gate() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    eddy_host::transport::Gate,
+) {
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = open.clone();
+    let gate = std::sync::Arc::new(move || {
+        if flag.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("the lease may have lapsed".to_string())
+        }
+    });
+    (open, gate)
+}
+
 /// A publisher whose gate closes (a partition's fence: the lease may have lapsed) sends
 /// nothing more: the job queued after stays unstored and waiting for it says the publisher
 /// stopped; what it dropped was never acknowledged upstream, so the new owner sends it.
 #[tokio::test]
 async fn a_publisher_whose_gate_closes_sends_nothing_more() {
     use eddy_host::transport::Publisher;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     let nats = NatsServer::start().expect("nats-server");
     let conn = nats.connect().await.expect("connect");
     create_stream(&conn.js, "OUT", &["out.>"])
         .await
         .expect("stream");
-    let open = Arc::new(AtomicBool::new(true));
-    let gate = {
-        let open = open.clone();
-        Arc::new(move || {
-            if open.load(Ordering::Acquire) {
-                Ok(())
-            } else {
-                Err("the lease may have lapsed".to_string())
-            }
-        }) as eddy_host::transport::Gate
-    };
+    let (open, gate) = gate();
     let metrics = eddy_host::metrics::Metrics::new("gate");
     let mut publisher = Publisher::spawn(conn.js.clone(), metrics, Some(gate));
     let first = publisher
@@ -396,8 +401,6 @@ async fn a_dropped_publisher_stops_retrying() {
 /// the new owner's position, and must stay as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fenced_reader_leaves_the_new_owner_s_consumer_alone() {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
     let nats = NatsServer::start().expect("nats-server");
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = chaos_spec(&nats.url(), dir.path());
@@ -406,17 +409,7 @@ async fn a_fenced_reader_leaves_the_new_owner_s_consumer_alone() {
     let payloads: Vec<String> = (0..5).map(|i| format!(r#"{{"k":"a","n":{i}}}"#)).collect();
     publish(&conn.js, &payloads).await;
     let cfg = spec.config();
-    let open = Arc::new(AtomicBool::new(true));
-    let gate = {
-        let open = open.clone();
-        Arc::new(move || {
-            if open.load(Ordering::Acquire) {
-                Ok(())
-            } else {
-                Err("the lease may have lapsed".to_string())
-            }
-        }) as eddy_host::transport::Gate
-    };
+    let (open, gate) = gate();
     let reader = nats.connect().await.expect("connect");
     let mut old = eddy_host::transport::Input::open(&reader, &cfg, 0)
         .await
