@@ -1,9 +1,13 @@
 //! The fence of one owned partition: its run stops by itself once the lease may have lapsed
 //! by this host's clock, and a checkpoint counts only once the partition's pointer moved by
 //! compare-and-set at the revision this owner last wrote.
+//!
+//! Once closed, the fence stays closed for the run, even if a late renewal then succeeds:
+//! whatever saw it closed (the publisher, which drops what it holds; the input; a commit) has
+//! stopped, and the run must end with them, as fenced, rather than go on without them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -27,24 +31,32 @@ pub(super) struct LeaseFence {
     pub(super) last_committed: Arc<AtomicU64>,
     /// Until when (by [`mono_ms`]) the lease surely holds.
     pub(super) deadline_ms: Arc<AtomicU64>,
+    /// Why the fence closed, once it has (it never opens again).
+    pub(super) closed: OnceLock<String>,
 }
 
 impl Fence for LeaseFence {
     fn check(&self) -> Result<(), String> {
+        if let Some(why) = self.closed.get() {
+            return Err(why.clone());
+        }
         let now = mono_ms();
         let deadline = self.deadline_ms.load(Ordering::Acquire);
         if now < deadline {
-            Ok(())
-        } else {
-            Err(format!(
-                "the lease on partition {} was last renewed too long ago ({} ms past its margin); another host may own it",
-                self.partition,
-                now - deadline
-            ))
+            return Ok(());
         }
+        let why = format!(
+            "the lease on partition {} was last renewed too long ago ({} ms past its margin); another host may own it",
+            self.partition,
+            now - deadline
+        );
+        Err(self.closed.get_or_init(|| why).clone())
     }
 
     fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), String>> {
+        if let Err(why) = self.check() {
+            return futures::future::ready(Err(why)).boxed();
+        }
         let (coord, p, epoch, generation) = (
             self.coord.clone(),
             self.partition,

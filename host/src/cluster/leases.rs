@@ -130,11 +130,18 @@ pub(crate) struct Pointer {
 }
 
 /// The generation of the owner that claims a partition whose pointer is `current`: above
-/// the last owner's, and above the owner of the committed checkpoint by its id (a pointer
-/// that names no generation).
+/// the last owner's. A pointer that names no generation was written by an owner whose ids
+/// started at its epoch's: then above that epoch (if it fit an id's upper half) and the
+/// committed checkpoint's.
 fn next_generation(current: Option<&Pointer>) -> anyhow::Result<u64> {
     let after = current.map_or(0, |c| {
+        let epoch = if c.generation == 0 && c.epoch < 1 << 32 {
+            c.epoch
+        } else {
+            0
+        };
         c.generation
+            .max(epoch)
             .max(c.checkpoint.map_or(0, |id| id >> 32))
             .saturating_add(1)
     });
@@ -625,7 +632,8 @@ mod tests {
     fn each_owner_s_ids_start_above_the_last_owner_s_whatever_the_epoch() {
         // The first owner.
         assert_eq!(next_generation(None).unwrap(), 1);
-        assert_eq!(next_generation(Some(&pointer(None, 9, 0))).unwrap(), 1);
+        // Claimed by an owner from before generations (epoch 9, ids from 9 << 32).
+        assert_eq!(next_generation(Some(&pointer(None, 9, 0))).unwrap(), 10);
         // Epochs are revisions of the whole leases bucket: past 2^32 they no longer fit an
         // id's upper half, and the generation does not depend on them.
         let epoch = (1 << 32) + 7;
@@ -646,6 +654,13 @@ mod tests {
         assert!(g << 32 > old);
         // A claimed partition that never committed still counts its owners.
         assert_eq!(next_generation(Some(&pointer(None, 50, 6))).unwrap(), 7);
+        // An owner from before generations claimed (epoch 90) and may have stored checkpoints
+        // of its own (ids from 90 << 32) without committing one: the next starts above them.
+        let claimed_only: Pointer = serde_json::from_str(&format!(
+            r#"{{"checkpoint": {old}, "epoch": 90000, "host": "b"}}"#
+        ))
+        .unwrap();
+        assert_eq!(next_generation(Some(&claimed_only)).unwrap(), 90_001);
         // The last generation that fits, and then a clear error rather than ids that wrap.
         let last = (1u64 << 32) - 2;
         assert_eq!(

@@ -301,6 +301,7 @@ impl Member {
             committed: claim.committed,
             last_committed: last_committed.clone(),
             deadline_ms: deadline_ms.clone(),
+            closed: std::sync::OnceLock::new(),
         });
         let hand_off = Arc::new(HandOff::default());
         let run_opts = RunOptions {

@@ -203,7 +203,7 @@ pub struct Checkpoints {
     /// complete only once its manifest is stored there.
     remote: Option<remote::Remote>,
     /// Ids this host gives new checkpoints start above this (a partition's owner in cluster
-    /// mode: its lease epoch, shifted, so two owners never write the same names).
+    /// mode: its generation, shifted, so two owners never write the same names).
     id_base: u64,
 }
 

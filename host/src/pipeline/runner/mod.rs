@@ -198,7 +198,7 @@ impl Runner {
     /// Stops for a hand-off: nothing more is handled, and the checkpoint in progress is
     /// abandoned (its pointer commit would fail anyway once the new owner claims the
     /// partition). What this run did since the committed checkpoint, the new owner does again
-    /// from it; outputs already queued are still published, as the same duplicates.
+    /// from it, outputs included: those still queued here are dropped with the publisher.
     fn let_go(&mut self) {
         tracing::info!("handing the partition over from its committed checkpoint");
         self.draining = true;
