@@ -631,14 +631,17 @@ mod tests {
     #[test]
     fn each_owner_s_ids_start_above_the_last_owner_s_whatever_the_epoch() {
         // The first owner.
-        assert_eq!(next_generation(None).unwrap(), 1);
+        assert_eq!(next_generation(None).expect("valid"), 1);
         // Claimed by an owner from before generations (epoch 9, ids from 9 << 32).
-        assert_eq!(next_generation(Some(&pointer(None, 9, 0))).unwrap(), 10);
+        assert_eq!(
+            next_generation(Some(&pointer(None, 9, 0))).expect("valid"),
+            10
+        );
         // Epochs are revisions of the whole leases bucket: past 2^32 they no longer fit an
         // id's upper half, and the generation does not depend on them.
         let epoch = (1 << 32) + 7;
         let committed = (3 << 32) + 9;
-        let g = next_generation(Some(&pointer(Some(committed), epoch, 3))).unwrap();
+        let g = next_generation(Some(&pointer(Some(committed), epoch, 3))).expect("valid");
         assert_eq!(g, 4);
         assert!(g << 32 > committed);
         // A pointer from before generations were counted: its owner's ids started at its
@@ -647,27 +650,30 @@ mod tests {
         let old_pointer: Pointer = serde_json::from_str(&format!(
             r#"{{"checkpoint": {old}, "epoch": 40000, "host": "a"}}"#
         ))
-        .unwrap();
+        .expect("valid");
         assert_eq!(old_pointer.generation, 0);
-        let g = next_generation(Some(&old_pointer)).unwrap();
+        let g = next_generation(Some(&old_pointer)).expect("valid");
         assert_eq!(g, 40_001);
         assert!(g << 32 > old);
         // A claimed partition that never committed still counts its owners.
-        assert_eq!(next_generation(Some(&pointer(None, 50, 6))).unwrap(), 7);
+        assert_eq!(
+            next_generation(Some(&pointer(None, 50, 6))).expect("valid"),
+            7
+        );
         // An owner from before generations claimed (epoch 90) and may have stored checkpoints
         // of its own (ids from 90 << 32) without committing one: the next starts above them.
         let claimed_only: Pointer = serde_json::from_str(&format!(
             r#"{{"checkpoint": {old}, "epoch": 90000, "host": "b"}}"#
         ))
-        .unwrap();
-        assert_eq!(next_generation(Some(&claimed_only)).unwrap(), 90_001);
+        .expect("valid");
+        assert_eq!(next_generation(Some(&claimed_only)).expect("valid"), 90_001);
         // The last generation that fits, and then a clear error rather than ids that wrap.
         let last = (1u64 << 32) - 2;
         assert_eq!(
-            next_generation(Some(&pointer(None, 1, last))).unwrap(),
+            next_generation(Some(&pointer(None, 1, last))).expect("valid"),
             last + 1
         );
-        let e = next_generation(Some(&pointer(None, 1, last + 1))).unwrap_err();
+        let e = next_generation(Some(&pointer(None, 1, last + 1))).expect_err("an error");
         assert!(e.to_string().contains("exhausted"), "{e}");
     }
 

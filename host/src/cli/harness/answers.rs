@@ -141,12 +141,12 @@ mod tests {
         let a = Answers::parse(
             r#"{"profiles": {"c1": {"tier": "gold", "n": 2}, "c2": "plain", "c3": null, "c4": 7}}"#,
         )
-        .unwrap();
+        .expect("valid");
         let got = a.fetch_blocking(
             "profiles",
             &["c1", "c2", "c3", "c4", "c5"].map(String::from),
         );
-        let got: Vec<Option<Vec<u8>>> = got.into_iter().map(Result::unwrap).collect();
+        let got: Vec<Option<Vec<u8>>> = got.into_iter().map(|a| a.expect("an answer")).collect();
         assert_eq!(
             got,
             vec![
@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_store_without_answers_is_unknown_and_the_error_names_the_fix() {
-        let mut a = Answers::parse(r#"{"profiles": {}}"#).unwrap();
+        let mut a = Answers::parse(r#"{"profiles": {}}"#).expect("valid");
         a.file = Some(PathBuf::from("answers.json"));
         match a.fetch_blocking("merchants", &["m1".into()]).pop() {
             Some(Err(LookupFailure::UnknownStore(m))) => {
@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn planned_lookups_are_answered_once_each_and_counted_apart_from_the_rest() {
-        let a = Answers::parse(r#"{"profiles": {"c1": "x"}}"#).unwrap();
+        let a = Answers::parse(r#"{"profiles": {"c1": "x"}}"#).expect("valid");
         let plans = vec![
             vec![request("profiles", "c1")],
             vec![request("profiles", "c1"), request("profiles", "c2")],
