@@ -391,8 +391,8 @@ async fn mode() {
 }
 
 /// The `eddy run` host's CPU, in % of a core, the checkpoints it completed a second and the
-/// events per plugin call, while `rate` events a second (none if 0) arrive for `secs` seconds (after 8 s of the same load),
-/// a checkpoint due every `interval_ms`.
+/// events per plugin call, while `rate` events a second (none if 0) arrive for `secs` seconds
+/// (after 8 s of the same load), a checkpoint due every `interval_ms`.
 async fn steady_cpu(
     layout: Option<&str>,
     interval_ms: u64,

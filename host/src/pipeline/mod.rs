@@ -119,6 +119,17 @@ impl std::fmt::Display for Fenced {
 
 impl std::error::Error for Fenced {}
 
+impl Fenced {
+    /// `e`, or [`Fenced`] if `fence` is closed: the publisher and the input stop by
+    /// themselves at a closed fence, and their errors then mean that.
+    pub(crate) fn or(fence: Option<&Arc<dyn Fence>>, e: anyhow::Error) -> anyhow::Error {
+        match fence.and_then(|f| f.check().err()) {
+            Some(why) => anyhow::Error::new(Fenced(why)),
+            None => e,
+        }
+    }
+}
+
 /// How long an owner waits for the receiver of a planned move to fetch the partition's
 /// checkpoint before handing the partition over anyway: the longest a run holds its
 /// checkpoints for a hand-off (the start-up check of the duplicate window counts it).

@@ -170,13 +170,9 @@ impl Runner {
             let staged = tokio::task::spawn_blocking(move || frozen.stage(&state)).await;
             drop(staged_tx);
             let staged = staged??;
-            if let Err(e) = transport::publisher::wait_for(acked, job).await {
-                // The publisher stops by itself once the fence closes.
-                return Err(match fence.as_ref().and_then(|f| f.check().err()) {
-                    Some(why) => anyhow::Error::new(Fenced(why)),
-                    None => e,
-                });
-            }
+            transport::publisher::wait_for(acked, job)
+                .await
+                .map_err(|e| Fenced::or(fence.as_ref(), e))?;
             let (staged, manifest) = {
                 let checkpoints = checkpoints.clone();
                 tokio::task::spawn_blocking(move || {

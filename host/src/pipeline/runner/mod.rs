@@ -168,10 +168,12 @@ impl Runner {
                     Some(arrivals) => self.admit(arrivals).await?,
                     // The reader stops by itself only once this run may have lost its
                     // partition (or when NATS closed the input for good).
-                    None => match self.fence.as_ref().and_then(|f| f.check().err()) {
-                        Some(why) => return Err(anyhow::Error::new(Fenced(why))),
-                        None => anyhow::bail!("the keyed input ended"),
-                    },
+                    None => {
+                        return Err(Fenced::or(
+                            self.fence.as_ref(),
+                            anyhow::anyhow!("the keyed input ended"),
+                        ));
+                    }
                 },
                 _ = tick.tick() => {
                     self.idle_broadcasts().await;
@@ -425,19 +427,11 @@ impl Runner {
             return Err(anyhow::Error::new(Fenced(why)));
         }
         self.checkpointing.dirty = true;
-        if let Err(e) = self.publisher.publish_outgoing(out).await {
-            // The publisher stops by itself once the fence closes (see its notes).
-            return Err(self.fenced_or(e));
-        }
+        self.publisher
+            .publish_outgoing(out)
+            .await
+            .map_err(|e| Fenced::or(self.fence.as_ref(), e))?;
         Ok(())
-    }
-
-    /// `e`, or [`Fenced`] if this run's fence is closed: what stopped the publisher.
-    fn fenced_or(&self, e: anyhow::Error) -> anyhow::Error {
-        match self.fence.as_ref().and_then(|f| f.check().err()) {
-            Some(why) => anyhow::Error::new(Fenced(why)),
-            None => e,
-        }
     }
 
     /// Runs `f` with the worker on a blocking thread and puts the worker back: the plugin's
