@@ -456,6 +456,7 @@ pub async fn run(
         catching_up,
     };
     let result = runner.run(shutdown).await;
+    runner.settle().await;
 
     // 8. Teardown: everything that holds the state goes, so the same process can open it
     //    again.

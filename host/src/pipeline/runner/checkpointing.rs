@@ -79,17 +79,22 @@ impl Checkpointing {
             && (self.last_cut.elapsed() >= interval || self.unacked >= early)
     }
 
-    /// Gives up the checkpoint in progress (the partition moves to another host): it is not
-    /// committed, and whoever waits for it hears why.
-    pub(super) fn abandon(&mut self) {
-        if let Some(c) = self.completing.take() {
-            c.task.abort();
-            for w in c.waiters {
-                let _ = w.send(Err(format!(
-                    "checkpoint {}: abandoned, the partition moved to another host",
-                    c.id
-                )));
-            }
+    /// Gives up the checkpoint in progress, if any, and waits until its task has stopped, so
+    /// that nothing it holds (the state store among it) outlives the run: the same host may
+    /// open the partition's state again at once. What the task had already written to a
+    /// blocking thread runs to its end; it is not committed unless its commit came first, and
+    /// whoever waits for it hears `why` (or the summary, if it was committed).
+    pub(super) async fn abandon(&mut self, why: &str) {
+        let Some(c) = self.completing.take() else {
+            return;
+        };
+        c.task.abort();
+        let answer = match c.task.await {
+            Ok(Ok(m)) => Ok(CheckpointSummary::from(&m)),
+            _ => Err(format!("checkpoint {}: abandoned, {why}", c.id)),
+        };
+        for w in c.waiters {
+            let _ = w.send(answer.clone());
         }
     }
 
@@ -351,5 +356,50 @@ async fn blocking_in_place<T: Send + 'static>(
         Ok(tokio::task::block_in_place(f))
     } else {
         Ok(tokio::task::spawn_blocking(f).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that ends while a checkpoint is being completed lets go of what the completion
+    /// holds (the state store, in a run) before it returns: the same host may open the
+    /// partition's state again at once.
+    #[tokio::test]
+    async fn an_abandoned_checkpoint_has_let_go_of_what_it_held_when_abandon_returns() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let checkpoints = Checkpoints::new(&dir.path().join("store"), dir.path(), "p", 2);
+        let mut checkpointing = Checkpointing::new(Arc::new(checkpoints), 0);
+        let held = Arc::new(());
+        let in_task = held.clone();
+        let (running_tx, running_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _held = in_task;
+            let _ = running_tx.send(());
+            std::future::pending::<anyhow::Result<Manifest>>().await
+        });
+        running_rx.await.expect("the completion task runs");
+        let (waiter_tx, waiter_rx) = oneshot::channel();
+        checkpointing.completing = Some(Completing {
+            id: 7,
+            task,
+            staged: None,
+            waiters: vec![waiter_tx],
+        });
+
+        checkpointing.abandon("the run ended").await;
+
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "the abandoned completion still holds what it held"
+        );
+        assert!(!checkpointing.in_progress());
+        let answer = waiter_rx.await.expect("the waiter hears back");
+        assert_eq!(
+            answer.expect_err("an abandoned checkpoint is not reported complete"),
+            "checkpoint 7: abandoned, the run ended"
+        );
     }
 }

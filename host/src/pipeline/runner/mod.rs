@@ -191,7 +191,7 @@ impl Runner {
             .as_ref()
             .is_some_and(|h| h.quick.load(Ordering::Acquire))
         {
-            self.let_go();
+            self.let_go().await;
             return Ok(());
         }
         self.drain().await
@@ -201,10 +201,21 @@ impl Runner {
     /// abandoned (its pointer commit would fail anyway once the new owner claims the
     /// partition). What this run did since the committed checkpoint, the new owner does again
     /// from it, outputs included: those still queued here are dropped with the publisher.
-    fn let_go(&mut self) {
+    async fn let_go(&mut self) {
         tracing::info!("handing the partition over from its committed checkpoint");
         self.draining = true;
-        self.checkpointing.abandon();
+        self.checkpointing
+            .abandon("the partition moved to another host")
+            .await;
+    }
+
+    /// Ends whatever of the run is still in the background once [`Runner::run`] has returned
+    /// (on an error, or fenced): a checkpoint in progress is abandoned and its task waited
+    /// for, so the state store is free to open again.
+    pub(super) async fn settle(&mut self) {
+        self.checkpointing
+            .abandon("the run ended before it completed")
+            .await;
     }
 
     /// Stops cleanly: finishes the events in the window, ends probation, completes a last
