@@ -93,6 +93,10 @@ impl Checkpointing {
             Ok(Ok(m)) => Ok(CheckpointSummary::from(&m)),
             _ => Err(format!("checkpoint {}: abandoned, {why}", c.id)),
         };
+        // Writing the cut's files runs on a blocking thread that the abort does not stop.
+        if let Some(staged) = c.staged {
+            let _ = staged.await;
+        }
         for w in c.waiters {
             let _ = w.send(answer.clone());
         }
@@ -172,9 +176,15 @@ impl Runner {
         let query = self.query.clone();
         let (staged_tx, staged_rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            let staged = tokio::task::spawn_blocking(move || frozen.stage(&state)).await;
-            drop(staged_tx);
-            let staged = staged??;
+            // The signal goes with the store's handle when the files are written, from the
+            // blocking thread: a task aborted meanwhile does not stop that thread.
+            let staged = tokio::task::spawn_blocking(move || {
+                let staged = frozen.stage(&state);
+                drop(state);
+                drop(staged_tx);
+                staged
+            })
+            .await??;
             transport::publisher::wait_for(acked, job)
                 .await
                 .map_err(|e| Fenced::or(fence.as_ref(), e))?;
@@ -364,19 +374,28 @@ mod tests {
     use super::*;
 
     /// A run that ends while a checkpoint is being completed lets go of what the completion
-    /// holds (the state store, in a run) before it returns: the same host may open the
-    /// partition's state again at once.
+    /// holds (the state store, in a run) before it returns, the part on a blocking thread
+    /// included: the same host may open the partition's state again at once.
     #[tokio::test]
     async fn an_abandoned_checkpoint_has_let_go_of_what_it_held_when_abandon_returns() {
         let dir = tempfile::tempdir().expect("temp dir");
         let checkpoints = Checkpoints::new(&dir.path().join("store"), dir.path(), "p", 2);
         let mut checkpointing = Checkpointing::new(Arc::new(checkpoints), 0);
         let held = Arc::new(());
-        let in_task = held.clone();
+        let (in_task, on_thread) = (held.clone(), held.clone());
         let (running_tx, running_rx) = oneshot::channel();
+        let (staged_tx, staged_rx) = oneshot::channel::<()>();
+        // As a completion does: the cut's files written on a blocking thread, which signals
+        // when it is done, then the rest awaited.
         let task = tokio::spawn(async move {
             let _held = in_task;
-            let _ = running_tx.send(());
+            let writing = tokio::task::spawn_blocking(move || {
+                let _ = running_tx.send(());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                drop(on_thread);
+                drop(staged_tx);
+            });
+            let _ = writing.await;
             std::future::pending::<anyhow::Result<Manifest>>().await
         });
         running_rx.await.expect("the completion task runs");
@@ -384,7 +403,7 @@ mod tests {
         checkpointing.completing = Some(Completing {
             id: 7,
             task,
-            staged: None,
+            staged: Some(staged_rx),
             waiters: vec![waiter_tx],
         });
 
