@@ -155,10 +155,31 @@ async fn join(
     );
     let replicas = transport::replicas(&nats);
     let coord = Coordination::open(&nats, &cfg.pipeline.name, &me, lease, replicas).await?;
+    let changed = coord.agree_on_lease(&nats, true).await?;
     // A bucket another host has just created may not take writes yet: the renewal task says
     // it is alive again at once.
     if let Err(e) = coord.heartbeat().await {
         tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
+    }
+    // Two hosts that started together with different leases may each have found no other
+    // host and set its own: once registered, one whose lease the buckets no longer carry
+    // leaves, and so does one that changed them while another host registered (which may
+    // have checked the buckets before the change).
+    let agreed = match coord.agree_on_lease(&nats, false).await {
+        Ok(_) if changed => match coord.other_hosts().await {
+            Ok(others) if others.is_empty() => Ok(()),
+            Ok(others) => Err(anyhow::anyhow!(
+                "{} registered while this host changed the cluster buckets to its cluster.lease_ms ({} ms); every host of a pipeline must use the same lease: start this host again once the others run with it, or stop them all and start them with one lease_ms",
+                others.join(", "),
+                lease.as_millis()
+            )),
+            Err(e) => Err(e),
+        },
+        other => other.map(drop),
+    };
+    if let Err(e) = agreed {
+        coord.leave().await;
+        return Err(e);
     }
     let renewals = Renewals::new(lease);
     let renewing = renewals.spawn(coord.clone(), metrics.clone());

@@ -972,3 +972,72 @@ async fn checkpoint_ids_keep_growing_when_lease_epochs_pass_32_bits() {
     assert_exact(&conn, &txs, &outs).await;
     host.stop();
 }
+
+/// Every host of a pipeline runs with the lease the cluster's buckets expire keys after: a
+/// host started with another `cluster.lease_ms` while a host runs is refused with the fix;
+/// once every host has stopped, the first to start with the new lease changes the buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_agree_on_the_lease_or_are_refused_with_the_fix() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nats, conn) = start_cluster(dir.path()).await;
+    let max_age = async |bucket: &str| -> Duration {
+        let kv = conn.js.get_key_value(bucket).await.expect("bucket");
+        kv.status().await.expect("status").max_age()
+    };
+    let mut a = spawn(dir.path(), &nats.url(), "a");
+    eventually(
+        "a owns every partition",
+        Duration::from_secs(60),
+        async || shared(&a.config, &["a"], PARTITIONS as usize, PARTITIONS as usize),
+    )
+    .await;
+    assert_eq!(max_age("eddy-fraud-leases").await, Duration::from_secs(3));
+
+    // b, with a 5 s lease, while a runs with 3 s.
+    let with_lease = |name: &str, ms: u64| -> HostProcess {
+        let config = dir.path().join(format!("{name}.toml"));
+        let mut spec = spec(&nats.url(), dir.path(), name);
+        spec.extra = spec
+            .extra
+            .replace("lease_ms = 3000", &format!("lease_ms = {ms}"));
+        spec.write(&config).expect("config");
+        HostProcess::spawn(name, &config, &dir.path().join(format!("{name}.log")))
+    };
+    let mut b = with_lease("b", 5000);
+    let status = b.wait_exit_within(Duration::from_secs(60));
+    assert!(!status.success(), "b ran beside a with another lease");
+    let log = std::fs::read_to_string(dir.path().join("b.log")).expect("b's log");
+    assert!(
+        log.contains("expires keys after 3000 ms, but this host's cluster.lease_ms is 5000 ms"),
+        "{log}"
+    );
+    assert!(log.contains("Set cluster.lease_ms = 3000"), "{log}");
+    assert_eq!(
+        max_age("eddy-fraud-leases").await,
+        Duration::from_secs(3),
+        "a refused host changed the bucket"
+    );
+    assert!(
+        owners(&a.config).values().all(|h| h == "a"),
+        "{:?}",
+        owners(&a.config)
+    );
+
+    // Every host stopped: b starts with the new lease, changes the buckets and runs.
+    assert!(a.stop().success(), "{}", log_tails(dir.path(), &["a"]));
+    let b = with_lease("b", 5000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !shared(&b.config, &["b"], PARTITIONS as usize, PARTITIONS as usize) {
+        assert!(
+            Instant::now() < deadline,
+            "b does not own every partition after 60 s: {:?}\n{}",
+            owners(&b.config),
+            log_tails(dir.path(), &["b"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(max_age("eddy-fraud-leases").await, Duration::from_secs(5));
+    assert_eq!(max_age("eddy-fraud-hosts").await, Duration::from_secs(5));
+    drop(b);
+}
