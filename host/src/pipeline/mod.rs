@@ -243,7 +243,18 @@ async fn prepare(
         start::choose_plugin(&nats, cfg),
         start::check_outputs(&nats, cfg)
     );
-    let (state, restored) = restore??;
+    let (state, restored, seeded) = restore??;
+    // A partition seeded from a savepoint commits that state before it reads any input: a
+    // later owner restores it from the pointer, with or without `--from-savepoint`.
+    if let (Some(fence), Some(m), true) = (&opts.fence, &restored, seeded) {
+        fence
+            .commit(m.id)
+            .await
+            .map_err(|why| anyhow::Error::new(Fenced(why)))?;
+        let (checkpoints, keep) = (checkpoints.clone(), m.id);
+        tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await??;
+        tracing::info!(checkpoint = m.id, "the savepoint's state is committed");
+    }
     metrics
         .restore_seconds
         .observe(restoring.elapsed().as_secs_f64());

@@ -18,18 +18,37 @@ use crate::state::{StateStore, StoreOptions};
 use crate::transport::{self, Nats};
 
 /// Restores state: from a savepoint if asked, else from the newest checkpoint (or empty).
+/// Returns the checkpoint restored, and whether it is the savepoint's (cut from it here, not
+/// yet committed under a lease).
+///
+/// In cluster mode a savepoint seeds only a partition that has never committed a checkpoint:
+/// a host started with `--from-savepoint` keeps the option for every partition it takes
+/// later, and those must go on from their committed state.
 pub(super) fn restore(
     cfg: &PipelineConfig,
     opts: &RunOptions,
     checkpoints: &Checkpoints,
-) -> anyhow::Result<(Arc<StateStore>, Option<Manifest>)> {
+) -> anyhow::Result<(Arc<StateStore>, Option<Manifest>, bool)> {
     let db_dir = cfg.db_dir();
     // A savepoint's cut left by a crash while it was written: nothing will finish it.
     let _ = std::fs::remove_dir_all(cfg.savepoint_staging_dir());
-    if let Some(sp) = &opts.from_savepoint {
+    let committed = opts.fence.as_ref().and_then(|f| f.committed());
+    let from_savepoint = match (&opts.from_savepoint, committed) {
+        (Some(sp), Some(id)) => {
+            tracing::info!(
+                checkpoint = id,
+                savepoint = %sp.display(),
+                "the partition has a committed checkpoint: restored from it, not from the savepoint (--from-savepoint seeds only partitions that never committed one)"
+            );
+            None
+        }
+        (sp, _) => sp.as_ref(),
+    };
+    if let Some(sp) = from_savepoint {
         // The state directory's own checkpoints: a store beyond the host may hold this
         // pipeline's earlier checkpoints, and the savepoint's cut becomes the newest there.
-        if !checkpoints.list_local().is_empty() {
+        // (Under a lease the pointer decides instead, and it names none of them.)
+        if opts.fence.is_none() && !checkpoints.list_local().is_empty() {
             anyhow::bail!(
                 "--from-savepoint: {} already holds checkpoints of this pipeline; restore into an empty state directory (pipeline.state_dir), or move the checkpoints away",
                 checkpoints.dir().display()
@@ -80,10 +99,13 @@ pub(super) fn restore(
         };
         let staged = checkpoints.cut(&state, checkpoints.next_id(), cut)?;
         let manifest = checkpoints.complete(&staged)?;
-        checkpoints.retain(Some(staged.id()))?;
-        return Ok((state, Some(manifest)));
+        if opts.fence.is_none() {
+            // Under a lease retention waits for the commit (`super::prepare`): until then the
+            // pointer names an older checkpoint, which retention would keep, or none.
+            checkpoints.retain(Some(staged.id()))?;
+        }
+        return Ok((state, Some(manifest), true));
     }
-    let committed = opts.fence.as_ref().and_then(|f| f.committed());
     // A spinner while a single host restores (and downloads what its cache lacks), at a
     // terminal only; cluster partitions restore in the background and log instead.
     let spinner = match &opts.fence {
@@ -130,7 +152,7 @@ pub(super) fn restore(
             cfg.pipeline.key_groups
         );
     }
-    Ok((state, manifest))
+    Ok((state, manifest, false))
 }
 
 /// Opens the state in `db_dir` with the pipeline's settings (also a shadow's, seeded there).

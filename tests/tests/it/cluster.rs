@@ -67,6 +67,21 @@ async fn three_hosts(dir: &Path, url: &str) -> Vec<HostProcess> {
     hosts
 }
 
+/// Waits until `host` (named `name`) owns every partition alone.
+async fn owns_all(dir: &Path, host: &HostProcess, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all = PARTITIONS as usize;
+    while !shared(&host.config, &[name], all, all) {
+        assert!(
+            Instant::now() < deadline,
+            "{name} does not own every partition after 60 s: {:?}\n{}",
+            owners(&host.config),
+            log_tails(dir, &[name])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The last lines each host logged, for a failure's message (the directory goes with the
 /// panic).
 fn log_tails(dir: &Path, names: &[&str]) -> String {
@@ -986,12 +1001,7 @@ async fn hosts_agree_on_the_lease_or_are_refused_with_the_fix() {
         kv.status().await.expect("status").max_age()
     };
     let mut a = spawn(dir.path(), &nats.url(), "a");
-    eventually(
-        "a owns every partition",
-        Duration::from_secs(60),
-        async || shared(&a.config, &["a"], PARTITIONS as usize, PARTITIONS as usize),
-    )
-    .await;
+    owns_all(dir.path(), &a, "a").await;
     assert_eq!(max_age("eddy-fraud-leases").await, Duration::from_secs(3));
 
     // b, with a 5 s lease, while a runs with 3 s.
@@ -1027,17 +1037,125 @@ async fn hosts_agree_on_the_lease_or_are_refused_with_the_fix() {
     // Every host stopped: b starts with the new lease, changes the buckets and runs.
     assert!(a.stop().success(), "{}", log_tails(dir.path(), &["a"]));
     let b = with_lease("b", 5000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !shared(&b.config, &["b"], PARTITIONS as usize, PARTITIONS as usize) {
-        assert!(
-            Instant::now() < deadline,
-            "b does not own every partition after 60 s: {:?}\n{}",
-            owners(&b.config),
-            log_tails(dir.path(), &["b"])
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    owns_all(dir.path(), &b, "b").await;
     assert_eq!(max_age("eddy-fraud-leases").await, Duration::from_secs(5));
     assert_eq!(max_age("eddy-fraud-hosts").await, Duration::from_secs(5));
     drop(b);
+}
+
+/// A cluster seeded from a savepoint (`eddy state load`, then `eddy run --from-savepoint` on
+/// its hosts) commits the savepoint's state for every partition before it reads any input: a
+/// host started later without the option restores that state from the store, and a host
+/// started with the option again goes on from what was committed since, not from the
+/// savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_seeded_from_a_savepoint_keeps_that_state_and_never_returns_to_it() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nats, conn) = start_cluster(dir.path()).await;
+    // 100 customers seeded with five transactions of 100 cents each.
+    let lines: String = (0..100)
+        .map(|i| {
+            format!(
+                "{{\"key\": \"s-{i}\", \"value\": {{\"count\": 5, \"sum_cents\": 500, \"max_cents\": 100, \"last_ts\": 0}}}}\n"
+            )
+        })
+        .collect();
+    let file = dir.path().join("stats.jsonl");
+    std::fs::write(&file, lines).expect("stats file");
+    let load_config = dir.path().join("load.toml");
+    spec(&nats.url(), dir.path(), "load")
+        .write(&load_config)
+        .expect("config");
+    let sp = dir.path().join("sp");
+    let loaded = Command::new(eddy_tests::eddy_bin())
+        .args(["state", "load"])
+        .arg(&load_config)
+        .arg(&file)
+        .args(["--state", "stats", "--to"])
+        .arg(&sp)
+        .output()
+        .expect("eddy state load");
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    let count_of = async |customer: &str| -> Value {
+        let q = Query {
+            state: Some("stats".into()),
+            key: Some(customer.to_string()),
+            ..Query::default()
+        };
+        eventually_answer(&conn, &q).await["value"]["count"].clone()
+    };
+    let sp_arg = sp.to_str().expect("utf-8 path").to_string();
+    let start = |name: &str, from_savepoint: bool| -> HostProcess {
+        let config = dir.path().join(format!("{name}.toml"));
+        spec(&nats.url(), dir.path(), name)
+            .write(&config)
+            .expect("config");
+        let args: Vec<&str> = if from_savepoint {
+            vec!["--from-savepoint", &sp_arg]
+        } else {
+            vec![]
+        };
+        let log = dir.path().join(format!("{name}.log"));
+        HostProcess::spawn_with(name, &config, &log, &args)
+    };
+
+    // a seeds every partition from the savepoint, reads no event, and hands them all off.
+    let mut a = start("a", true);
+    owns_all(dir.path(), &a, "a").await;
+    assert_eq!(count_of("s-7").await, 5);
+    eventually(
+        "every partition committed the savepoint's state",
+        Duration::from_secs(30),
+        async || pointers(&a.config).len() == PARTITIONS as usize,
+    )
+    .await;
+    assert!(a.stop().success(), "{}", log_tails(dir.path(), &["a"]));
+
+    // b, without the option and with a state directory of its own, restores it from the
+    // store; events then add to it.
+    let mut b = start("b", false);
+    owns_all(dir.path(), &b, "b").await;
+    for i in [7, 42, 99] {
+        assert_eq!(count_of(&format!("s-{i}")).await, 5, "s-{i} on b");
+    }
+    let mut txs = produce::transactions(20, 1, 5, 0);
+    for t in &mut txs {
+        t.customer = "s-7".into();
+    }
+    publish_txs_by_customer(&conn.js, "txn.in.*", &txs).await;
+    wait_for_len(&conn.js, "FRAUD_OUT", 20, Duration::from_secs(60)).await;
+    assert_eq!(count_of("s-7").await, 25);
+    let p = hosts::partition_of("s-7", PARTITIONS);
+    let seeded = pointers(&b.config)[&p].1;
+    eventually(
+        "s-7's partition committed the events",
+        Duration::from_secs(30),
+        async || pointers(&b.config)[&p].1 > seeded,
+    )
+    .await;
+    assert!(b.stop().success(), "{}", log_tails(dir.path(), &["b"]));
+    // The stream no longer holds those events (its retention, say): only the committed state
+    // has them.
+    let input = spec(&nats.url(), dir.path(), "b").config().input.stream;
+    conn.js
+        .get_stream(&input)
+        .await
+        .expect("input stream")
+        .purge()
+        .await
+        .expect("purge the input");
+
+    // a again, with the option: every partition has committed state, which wins.
+    let a = start("a", true);
+    owns_all(dir.path(), &a, "a").await;
+    assert_eq!(count_of("s-7").await, 25, "a went back to the savepoint");
+    assert_eq!(count_of("s-42").await, 5);
+    let log = std::fs::read_to_string(dir.path().join("a.log")).expect("a's log");
+    assert!(log.contains("not from the savepoint"), "{log}");
+    drop(a);
 }
