@@ -342,7 +342,14 @@ impl Member {
                     tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
                     self.cooling.insert(p, Instant::now());
                 }
-                Err(_) => tracing::warn!(partition = p, "partition stopped (lease lost)"),
+                Err(e) => {
+                    // A panic in the run (a defect: the plugin's traps are errors, not panics).
+                    tracing::error!(
+                        partition = p,
+                        "partition run ended abnormally: {e}; handing it back"
+                    );
+                    self.cooling.insert(p, Instant::now());
+                }
             }
             // Nothing runs under its lease any more, which may still name this host (a fenced
             // run's renewal came late but no one took it): give it up, so the partition is free

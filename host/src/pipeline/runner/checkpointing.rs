@@ -212,7 +212,7 @@ impl Runner {
                 tracing::warn!("input ack failed ({e}); the next checkpoint acknowledges it");
             }
             let keep = staged.id();
-            tokio::task::spawn_blocking(move || {
+            let retained = tokio::task::spawn_blocking(move || {
                 // Queries at `checkpoint` freshness read this cut from now on (the first of
                 // them opens it): named before retention removes the one they read so far,
                 // which is closed here, off the loop.
@@ -221,7 +221,15 @@ impl Runner {
                 }
                 checkpoints.retain(Some(keep))
             })
-            .await??;
+            .await?;
+            // The checkpoint is committed and its input acknowledged whatever retention does:
+            // what it failed to remove, the next checkpoint's retention removes.
+            if let Err(e) = retained {
+                tracing::warn!(
+                    checkpoint = keep,
+                    "checkpoint complete, but removing older checkpoints failed: {e:#}; the next checkpoint tries again"
+                );
+            }
             Ok(manifest)
         });
         c.completing = Some(Completing {
