@@ -581,6 +581,30 @@ impl Coordination {
             .await;
     }
 
+    /// Gives up partition `p`'s lease if it names this host: for a lease no run of this host
+    /// holds (a take whose first renewal failed, a release that failed), which would keep the
+    /// partition from every other host while this one lives, and from this one too.
+    pub(crate) async fn release_if_mine(&self, p: u32) {
+        let key = format!("p{p}");
+        let Ok(Some(e)) = self.leases.entry(&key).await else {
+            return;
+        };
+        let mine = e.operation == kv::Operation::Put
+            && serde_json::from_slice::<LeaseValue>(&e.value).is_ok_and(|v| v.host == self.me);
+        if mine
+            && self
+                .leases
+                .delete_expect_revision(&key, Some(e.revision))
+                .await
+                .is_ok()
+        {
+            tracing::warn!(
+                partition = p,
+                "gave up a lease that named this host though no run of it held the partition"
+            );
+        }
+    }
+
     /// Partition `p`'s pointer and its revision.
     async fn pointer(&self, p: u32) -> anyhow::Result<(Option<Pointer>, u64)> {
         match self.pointers.entry(format!("p{p}")).await {

@@ -160,6 +160,12 @@ impl Member {
             .await;
         self.cooling
             .retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        for (p, owner) in &owners {
+            if *owner == self.me && !self.owned.contains_key(p) && !self.handing_off.contains_key(p)
+            {
+                self.coord.release_if_mine(*p).await;
+            }
+        }
         for p in moves.acquire {
             if self.owned.contains_key(&p) || self.cooling.contains_key(&p) {
                 continue;
