@@ -314,20 +314,6 @@ async fn a_host_paused_past_its_lease_is_fenced_even_where_the_server_keeps_its_
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (nats, conn) = start_cluster(dir.path()).await;
-    // The hosts and leases buckets made beforehand without an age limit, as a server whose
-    // replica fails to expire keys would leave them (nats-server issues 3653, 4754): b must
-    // see for itself that a stopped renewing.
-    for what in ["hosts", "leases"] {
-        conn.js
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: format!("eddy-fraud-{what}"),
-                history: 1,
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await
-            .expect("bucket");
-    }
     let txs = produce::transactions(40_000, 200, 23, 0);
     publish_txs_by_customer(&conn.js, "txn.in.*", &txs[..20_000]).await;
     let mut a = spawn(dir.path(), &nats.url(), "a");
@@ -344,6 +330,19 @@ async fn a_host_paused_past_its_lease_is_fenced_even_where_the_server_keeps_its_
         },
     )
     .await;
+    // The hosts and leases buckets keep their keys from now on, as a server whose replica
+    // fails to expire keys would (nats-server issues 3653, 4754): b must see for itself that
+    // a stopped renewing.
+    for what in ["hosts", "leases"] {
+        let mut stream = conn
+            .js
+            .get_stream(format!("KV_eddy-fraud-{what}"))
+            .await
+            .expect("bucket's stream");
+        let mut config = stream.info().await.expect("info").config.clone();
+        config.max_age = Duration::ZERO;
+        conn.js.update_stream(&config).await.expect("no age limit");
+    }
     a.signal("-STOP");
     eventually(
         "b took a's partitions",
