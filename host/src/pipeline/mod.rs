@@ -251,9 +251,14 @@ async fn prepare(
             .commit(m.id)
             .await
             .map_err(|why| anyhow::Error::new(Fenced(why)))?;
-        let (checkpoints, keep) = (checkpoints.clone(), m.id);
-        tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await??;
         tracing::info!(checkpoint = m.id, "the savepoint's state is committed");
+        let (checkpoints, keep) = (checkpoints.clone(), m.id);
+        if let Err(e) = tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await? {
+            tracing::warn!(
+                checkpoint = keep,
+                "removing older checkpoints failed: {e:#}; the next checkpoint tries again"
+            );
+        }
     }
     metrics
         .restore_seconds
