@@ -232,12 +232,13 @@ impl Coordination {
     /// take a partition its owner still runs. Buckets created with another lease are changed
     /// to this one if `may_change` and no other host is registered (every host was stopped
     /// to change `cluster.lease_ms`); otherwise this host refuses to join, with the fix.
-    /// Returns whether it changed them.
+    /// Returns the settings of the buckets it changed, as they were (see
+    /// [`Coordination::put_back`]).
     pub(crate) async fn agree_on_lease(
         &self,
         nats: &Nats,
         may_change: bool,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Vec<async_nats::jetstream::stream::Config>> {
         let mut differ = Vec::new();
         for kv in [&self.hosts, &self.leases] {
             // Read afresh: the bucket's own status is what it was when it was opened.
@@ -253,7 +254,7 @@ impl Coordination {
             }
         }
         let Some((bucket, config)) = differ.first() else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
         let others = self.other_hosts().await?;
         if !may_change || !others.is_empty() {
@@ -272,7 +273,9 @@ impl Coordination {
                 config.max_age.as_millis(),
             );
         }
+        let mut changed = Vec::new();
         for (bucket, mut config) in differ {
+            changed.push(config.clone());
             let from = config.max_age;
             config.max_age = self.lease;
             config.duplicate_window = config.duplicate_window.min(self.lease);
@@ -289,7 +292,25 @@ impl Coordination {
                 "no other host is registered: the bucket now expires keys after this host's cluster.lease_ms"
             );
         }
-        Ok(true)
+        Ok(changed)
+    }
+
+    /// Gives buckets changed by [`Coordination::agree_on_lease`] their settings back, for a
+    /// host that changed them and then found another host registered with the old lease.
+    pub(crate) async fn put_back(
+        &self,
+        nats: &Nats,
+        configs: Vec<async_nats::jetstream::stream::Config>,
+    ) {
+        for config in configs {
+            if let Err(e) = nats.js.update_stream(&config).await {
+                tracing::warn!(
+                    stream = %config.name,
+                    "cannot give the cluster bucket back its lease of {} ms: {e}",
+                    config.max_age.as_millis()
+                );
+            }
+        }
     }
 
     /// The other hosts registered now.

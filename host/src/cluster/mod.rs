@@ -161,23 +161,7 @@ async fn join(
     if let Err(e) = coord.heartbeat().await {
         tracing::warn!("first cluster heartbeat failed ({e:#}); retrying");
     }
-    // Two hosts that started together with different leases may each have found no other
-    // host and set its own: once registered, one whose lease the buckets no longer carry
-    // leaves, and so does one that changed them while another host registered (which may
-    // have checked the buckets before the change).
-    let agreed = match coord.agree_on_lease(&nats, false).await {
-        Ok(_) if changed => match coord.other_hosts().await {
-            Ok(others) if others.is_empty() => Ok(()),
-            Ok(others) => Err(anyhow::anyhow!(
-                "{} registered while this host changed the cluster buckets to its cluster.lease_ms ({} ms); every host of a pipeline must use the same lease: start this host again once the others run with it, or stop them all and start them with one lease_ms",
-                others.join(", "),
-                lease.as_millis()
-            )),
-            Err(e) => Err(e),
-        },
-        other => other.map(drop),
-    };
-    if let Err(e) = agreed {
+    if let Err(e) = confirm_lease(&coord, &nats, changed, lease).await {
         coord.leave().await;
         return Err(e);
     }
@@ -186,6 +170,32 @@ async fn join(
     tracing::info!(pipeline = %cfg.pipeline.name, host = %me, partitions = cfg.partitions.count, "joined the cluster");
     let member = Member::new(cfg, opts, metrics, nats, coord, renewals, me);
     Ok((member, renewing))
+}
+
+/// Two hosts that started together with different leases may each have found no other host
+/// and set its own. Once registered, a host leaves if the buckets no longer carry its lease,
+/// or if it changed them while another host registered (that host may have checked them
+/// before the change): the buckets then get back the lease they had.
+async fn confirm_lease(
+    coord: &Coordination,
+    nats: &transport::Nats,
+    changed: Vec<async_nats::jetstream::stream::Config>,
+    lease: Duration,
+) -> anyhow::Result<()> {
+    coord.agree_on_lease(nats, false).await?;
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let others = coord.other_hosts().await?;
+    if others.is_empty() {
+        return Ok(());
+    }
+    coord.put_back(nats, changed).await;
+    anyhow::bail!(
+        "{} registered while this host changed the cluster buckets to its cluster.lease_ms ({} ms); every host of a pipeline must use the same lease: start this host again once the others run with it, or stop them all and start them with one lease_ms",
+        others.join(", "),
+        lease.as_millis()
+    )
 }
 
 /// HTTP queries for the whole pipeline, whichever partitions this host owns at the time.
