@@ -40,6 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::transport::Nats;
 
+mod agreement;
+
 /// Attempts at withdrawing a want before it is left to lapse.
 const UNWANT_TRIES: u32 = 4;
 
@@ -224,104 +226,6 @@ impl Coordination {
             seen: Arc::default(),
             me: me.to_string(),
         })
-    }
-
-    /// Makes sure the hosts and leases buckets expire keys after this host's lease. Every
-    /// host of a pipeline must agree on it: a fence stops an owner a sixth of *its* lease
-    /// after its last renewal, so a bucket that expires keys sooner would let another host
-    /// take a partition its owner still runs. Buckets created with another lease are changed
-    /// to this one if `may_change` and no other host is registered (every host was stopped
-    /// to change `cluster.lease_ms`); otherwise this host refuses to join, with the fix.
-    /// Returns the settings of the buckets it changed, as they were (see
-    /// [`Coordination::put_back`]).
-    pub(crate) async fn agree_on_lease(
-        &self,
-        nats: &Nats,
-        may_change: bool,
-    ) -> anyhow::Result<Vec<async_nats::jetstream::stream::Config>> {
-        let mut differ = Vec::new();
-        for kv in [&self.hosts, &self.leases] {
-            // Read afresh: the bucket's own status is what it was when it was opened.
-            let mut stream = kv.stream.clone();
-            let config = stream
-                .info()
-                .await
-                .map_err(|e| anyhow!("read the settings of the NATS KV bucket `{}`: {e}", kv.name))?
-                .config
-                .clone();
-            if config.max_age != self.lease {
-                differ.push((kv.name.as_str(), config));
-            }
-        }
-        let Some((bucket, config)) = differ.first() else {
-            return Ok(Vec::new());
-        };
-        let others = self.other_hosts().await?;
-        if !may_change || !others.is_empty() {
-            let running = if others.is_empty() {
-                "another host has just set it".to_string()
-            } else {
-                format!(
-                    "registered with it: {}; a host killed within the lease still counts",
-                    others.join(", ")
-                )
-            };
-            anyhow::bail!(
-                "the NATS KV bucket `{bucket}` expires keys after {} ms, but this host's cluster.lease_ms is {} ms ({running}); every host of a pipeline must use the same lease, or one host could take a partition another still runs. Set cluster.lease_ms = {} here, or stop every host of the pipeline and start them all with the new lease_ms (the first to start changes the buckets)",
-                config.max_age.as_millis(),
-                self.lease.as_millis(),
-                config.max_age.as_millis(),
-            );
-        }
-        let mut changed = Vec::new();
-        for (bucket, mut config) in differ {
-            changed.push(config.clone());
-            let from = config.max_age;
-            config.max_age = self.lease;
-            config.duplicate_window = config.duplicate_window.min(self.lease);
-            nats.js.update_stream(&config).await.map_err(|e| {
-                anyhow!(
-                    "change the NATS KV bucket `{bucket}` to expire keys after cluster.lease_ms ({} ms): {e}",
-                    self.lease.as_millis()
-                )
-            })?;
-            tracing::warn!(
-                bucket,
-                from_ms = from.as_millis() as u64,
-                to_ms = self.lease.as_millis() as u64,
-                "no other host is registered: the bucket now expires keys after this host's cluster.lease_ms"
-            );
-        }
-        Ok(changed)
-    }
-
-    /// Gives buckets changed by [`Coordination::agree_on_lease`] their settings back, for a
-    /// host that changed them and then found another host registered with the old lease.
-    pub(crate) async fn put_back(
-        &self,
-        nats: &Nats,
-        configs: Vec<async_nats::jetstream::stream::Config>,
-    ) {
-        for config in configs {
-            if let Err(e) = nats.js.update_stream(&config).await {
-                tracing::warn!(
-                    stream = %config.name,
-                    "cannot give the cluster bucket back its lease of {} ms: {e}",
-                    config.max_age.as_millis()
-                );
-            }
-        }
-    }
-
-    /// The other hosts registered now.
-    pub(crate) async fn other_hosts(&self) -> anyhow::Result<Vec<String>> {
-        Ok(self
-            .heartbeats()
-            .await?
-            .into_iter()
-            .map(|(host, _, _)| host)
-            .filter(|host| *host != self.me)
-            .collect())
     }
 
     /// Says this host is alive (again).
@@ -719,89 +623,4 @@ impl Coordination {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sightings_of_hosts_that_left_are_forgotten() {
-        let seen = Sightings::default();
-        for key in ["h.a-1-0", "h.b-2-0", "l.p3"] {
-            assert_eq!(seen.unchanged_for(key, 7), Duration::ZERO);
-        }
-        seen.keep_only("h.", &BTreeSet::from(["h.a-1-0".to_string()]));
-        let keys: BTreeSet<String> = seen.0.lock().expect("seen").keys().cloned().collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from(["h.a-1-0".to_string(), "l.p3".to_string()])
-        );
-        assert_eq!(
-            seen.stale("h.a-1-0", Duration::ZERO),
-            Some(7),
-            "still known"
-        );
-    }
-
-    fn pointer(checkpoint: Option<u64>, epoch: u64, generation: u64) -> Pointer {
-        Pointer {
-            checkpoint,
-            epoch,
-            host: "a".into(),
-            generation,
-        }
-    }
-
-    #[test]
-    fn each_owner_s_ids_start_above_the_last_owner_s_whatever_the_epoch() {
-        // The first owner.
-        assert_eq!(next_generation(None).expect("valid"), 1);
-        // Claimed by an owner from before generations (epoch 9, ids from 9 << 32).
-        assert_eq!(
-            next_generation(Some(&pointer(None, 9, 0))).expect("valid"),
-            10
-        );
-        // Epochs are revisions of the whole leases bucket: past 2^32 they no longer fit an
-        // id's upper half, and the generation does not depend on them.
-        let epoch = (1 << 32) + 7;
-        let committed = (3 << 32) + 9;
-        let g = next_generation(Some(&pointer(Some(committed), epoch, 3))).expect("valid");
-        assert_eq!(g, 4);
-        assert!(g << 32 > committed);
-        // A pointer from before generations were counted: its owner's ids started at its
-        // epoch's, so the next owner's start above the committed one's.
-        let old = (40_000u64 << 32) + 12;
-        let old_pointer: Pointer = serde_json::from_str(&format!(
-            r#"{{"checkpoint": {old}, "epoch": 40000, "host": "a"}}"#
-        ))
-        .expect("valid");
-        assert_eq!(old_pointer.generation, 0);
-        let g = next_generation(Some(&old_pointer)).expect("valid");
-        assert_eq!(g, 40_001);
-        assert!(g << 32 > old);
-        // A claimed partition that never committed still counts its owners.
-        assert_eq!(
-            next_generation(Some(&pointer(None, 50, 6))).expect("valid"),
-            7
-        );
-        // An owner from before generations claimed (epoch 90) and may have stored checkpoints
-        // of its own (ids from 90 << 32) without committing one: the next starts above them.
-        let claimed_only: Pointer = serde_json::from_str(&format!(
-            r#"{{"checkpoint": {old}, "epoch": 90000, "host": "b"}}"#
-        ))
-        .expect("valid");
-        assert_eq!(next_generation(Some(&claimed_only)).expect("valid"), 90_001);
-        // The last generation that fits, and then a clear error rather than ids that wrap.
-        let last = (1u64 << 32) - 2;
-        assert_eq!(
-            next_generation(Some(&pointer(None, 1, last))).expect("valid"),
-            last + 1
-        );
-        let e = next_generation(Some(&pointer(None, 1, last + 1))).expect_err("an error");
-        assert!(e.to_string().contains("exhausted"), "{e}");
-    }
-
-    #[test]
-    fn bucket_names_are_valid_kv_names() {
-        assert_eq!(super::bucket_name("fraud", "leases"), "eddy-fraud-leases");
-        assert_eq!(super::bucket_name("a:b.c", "hosts"), "eddy-a_b_c-hosts");
-    }
-}
+mod tests;
