@@ -8,6 +8,13 @@
 //! host fetches its committed checkpoint first and then says it wants it (a `want`), and only
 //! then does the owner let go, so the partition pauses for the hand-off itself rather than
 //! for the download.
+//!
+//! A host whose run of a partition failed (its disk, a store it cannot reach) lets the
+//! partition cool and says so (an *unfit* mark). Another live host takes the partition at
+//! once, beyond its own share (the hosts without marks share such partitions evenly), and
+//! the plan then evens the shares out as after a join: the failing host gets a partition it
+//! has no mark for. A marked partition stays where it runs while the mark stands. A partition
+//! every live host has marked is free like any other, and waits for a host's cooling to end.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +27,8 @@ pub(crate) struct Moves {
     pub(crate) release: Vec<(u32, String)>,
     /// Partitions another live host owns that should come here: warm up for them.
     pub(crate) incoming: Vec<u32>,
+    /// Of `acquire`, those taken beyond this host's share for a host that cannot run them.
+    pub(crate) rescues: Vec<u32>,
 }
 
 /// How many partitions `host` should own: `count / hosts`, one more for the first
@@ -31,13 +40,14 @@ pub(crate) fn share(count: u32, hosts: &BTreeSet<String>, host: &str) -> u32 {
 }
 
 /// The partitions that should move between live hosts now, each with its receiver: the
-/// surplus of every host above its share (its highest partitions first) goes to the hosts
-/// below theirs, in id order. Empty while any partition is free: free partitions fill the
-/// hosts below their share first, and only what is left must move.
+/// surplus of every host above its share (its highest partitions first, never one in
+/// `pinned`) goes to the hosts below theirs, in id order. Empty while any partition is free:
+/// free partitions fill the hosts below their share first, and only what is left must move.
 pub(crate) fn plan(
     count: u32,
     hosts: &BTreeSet<String>,
     owners: &BTreeMap<u32, String>,
+    pinned: &BTreeSet<u32>,
 ) -> BTreeMap<u32, String> {
     let live_owned = |h: &String| -> Vec<u32> {
         owners
@@ -56,7 +66,8 @@ pub(crate) fn plan(
         let mine = live_owned(h);
         let target = share(count, hosts, h) as usize;
         if mine.len() > target {
-            surplus.extend(mine.iter().rev().take(mine.len() - target).copied());
+            let movable = mine.iter().rev().filter(|p| !pinned.contains(p));
+            surplus.extend(movable.take(mine.len() - target).copied());
         } else {
             receivers.extend(std::iter::repeat_n(h.clone(), target - mine.len()));
         }
@@ -64,24 +75,58 @@ pub(crate) fn plan(
     surplus.into_iter().zip(receivers).collect()
 }
 
-/// The moves of `me`, given the live hosts (including `me`), each owned partition's owner
-/// (partitions of hosts no longer live count as free), and who wants which partition.
-pub(crate) fn moves(
-    count: u32,
-    hosts: &BTreeSet<String>,
-    owners: &BTreeMap<u32, String>,
-    wants: &BTreeMap<u32, String>,
-    me: &str,
-) -> Moves {
+/// What every host sees of the cluster at one look.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    /// The live hosts.
+    pub(crate) hosts: BTreeSet<String>,
+    /// Each leased partition's owner (partitions of hosts no longer live count as free).
+    pub(crate) owners: BTreeMap<u32, String>,
+    /// Which host wants which partition.
+    pub(crate) wants: BTreeMap<u32, String>,
+    /// The hosts that cannot run a partition for now.
+    pub(crate) unfit: BTreeMap<u32, BTreeSet<String>>,
+}
+
+impl View {
+    /// Whether a live host cannot run `p` for now.
+    fn is_marked(&self, p: u32) -> bool {
+        self.unfit
+            .get(&p)
+            .is_some_and(|u| u.iter().any(|h| self.hosts.contains(h)))
+    }
+
+    /// Whether a live host cannot run `p` for now and another live host can: `p` is run by
+    /// a host without a mark, beyond its share if need be.
+    fn needs_rescue(&self, p: u32) -> bool {
+        self.is_marked(p) && self.hosts.iter().any(|h| !self.is_unfit(p, h))
+    }
+
+    /// Whether `host` cannot run `p` for now.
+    fn is_unfit(&self, p: u32, host: &str) -> bool {
+        self.unfit.get(&p).is_some_and(|u| u.contains(host))
+    }
+
+    fn is_free(&self, p: u32) -> bool {
+        self.owners.get(&p).is_none_or(|o| !self.hosts.contains(o))
+    }
+}
+
+/// The moves of `me` (one of `view.hosts`).
+pub(crate) fn moves(count: u32, view: &View, me: &str) -> Moves {
+    let hosts = &view.hosts;
     // A free partition a live host wants is as good as that host's: a release does not
     // empty the plan (and make every receiver drop what it fetched) until it is taken.
-    let mut claimed = owners.clone();
-    for (p, w) in wants {
-        if hosts.contains(w) && owners.get(p).is_none_or(|o| !hosts.contains(o)) {
+    let mut claimed = view.owners.clone();
+    for (p, w) in &view.wants {
+        if hosts.contains(w) && view.is_free(*p) {
             claimed.insert(*p, w.clone());
         }
     }
-    let planned = plan(count, hosts, &claimed);
+    // A partition a live host cannot run for now stays where it runs.
+    let pinned: BTreeSet<u32> = (0..count).filter(|p| view.is_marked(*p)).collect();
+    let owners = &view.owners;
+    let planned = plan(count, hosts, &claimed, &pinned);
     let release: Vec<(u32, String)> = planned
         .iter()
         .filter(|(p, _)| owners.get(p).is_some_and(|o| o == me))
@@ -94,15 +139,38 @@ pub(crate) fn moves(
         .collect();
     let target = share(count, hosts, me) as usize;
     let mine = owners.values().filter(|o| *o == me).count();
-    // A free partition another live host has warmed up for is left to it.
-    let free: Vec<u32> = (0..count)
-        .filter(|p| owners.get(p).is_none_or(|o| !hosts.contains(o)))
-        .filter(|p| wants.get(p).is_none_or(|w| w == me || !hosts.contains(w)))
+    // A free partition another live host cannot run is taken here beyond this host's share,
+    // unless this host cannot run it either: up to this host's part of all such partitions,
+    // shared by the hosts without marks, so that one host's failing disk does not double the
+    // load of the first host to look.
+    let rescued: Vec<u32> = (0..count).filter(|p| view.needs_rescue(*p)).collect();
+    let marked: BTreeSet<&String> = (view.unfit.values().flatten())
+        .filter(|h| hosts.contains(*h))
         .collect();
+    let unmarked = hosts.iter().filter(|h| !marked.contains(h)).count();
+    let part = rescued.len().div_ceil(unmarked.max(1));
+    let rescuing = (rescued.iter())
+        .filter(|p| owners.get(p).is_some_and(|o| o == me))
+        .count();
+    let rescues: Vec<u32> = (rescued.iter().copied())
+        .filter(|p| view.is_free(*p) && !view.is_unfit(*p, me))
+        .take(part.saturating_sub(rescuing))
+        .collect();
+    // A free partition another live host has warmed up for is left to it.
+    let free = (0..count)
+        .filter(|p| view.is_free(*p) && !view.is_unfit(*p, me) && !rescues.contains(p))
+        .filter(|p| {
+            view.wants
+                .get(p)
+                .is_none_or(|w| w == me || !hosts.contains(w))
+        });
     Moves {
-        acquire: free.into_iter().take(target.saturating_sub(mine)).collect(),
+        acquire: (rescues.iter().copied())
+            .chain(free.take(target.saturating_sub(mine)))
+            .collect(),
         release,
         incoming,
+        rescues,
     }
 }
 
@@ -112,6 +180,19 @@ mod tests {
 
     fn hosts(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn view(
+        hosts: &BTreeSet<String>,
+        owners: &BTreeMap<u32, String>,
+        wants: &BTreeMap<u32, String>,
+    ) -> View {
+        View {
+            hosts: hosts.clone(),
+            owners: owners.clone(),
+            wants: wants.clone(),
+            unfit: BTreeMap::new(),
+        }
     }
 
     /// Runs every host's moves against a shared owner map until nothing changes, the way
@@ -126,7 +207,7 @@ mod tests {
         for _ in 0..100 {
             let mut changed = false;
             for h in live {
-                let m = moves(count, live, &owners, &BTreeMap::new(), h);
+                let m = moves(count, &view(live, &owners, &BTreeMap::new()), h);
                 for (p, _) in m.release {
                     owners.remove(&p);
                     changed = true;
@@ -209,16 +290,16 @@ mod tests {
         let three = hosts(&["a", "b", "c"]);
         let (before, _) = settle(16, &three, BTreeMap::new());
         let four = hosts(&["a", "b", "c", "d"]);
-        let planned = plan(16, &four, &before);
+        let planned = plan(16, &four, &before, &BTreeSet::new());
         assert_eq!(planned.len(), 4, "{planned:?}");
         assert!(planned.values().all(|to| to == "d"));
-        let d = moves(16, &four, &before, &BTreeMap::new(), "d");
+        let d = moves(16, &view(&four, &before, &BTreeMap::new()), "d");
         assert_eq!(d.incoming, planned.keys().copied().collect::<Vec<_>>());
         assert!(d.acquire.is_empty(), "nothing is free yet");
         // Every owner hands off exactly what the plan names of its own.
         let mut released = Vec::new();
         for h in ["a", "b", "c"] {
-            for (p, to) in moves(16, &four, &before, &BTreeMap::new(), h).release {
+            for (p, to) in moves(16, &view(&four, &before, &BTreeMap::new()), h).release {
                 assert_eq!(before[&p], h);
                 assert_eq!(to, "d");
                 released.push(p);
@@ -234,8 +315,12 @@ mod tests {
         owners.remove(&p);
         let wants = BTreeMap::from([(p, "d".to_string())]);
         let five = hosts(&["a", "b", "c", "d", "e"]);
-        assert!(!moves(16, &five, &owners, &wants, "e").acquire.contains(&p));
-        let d = moves(16, &four, &owners, &wants, "d");
+        assert!(
+            !moves(16, &view(&five, &owners, &wants), "e")
+                .acquire
+                .contains(&p)
+        );
+        let d = moves(16, &view(&four, &owners, &wants), "d");
         assert!(d.acquire.contains(&p));
         assert_eq!(
             d.incoming,
@@ -244,7 +329,11 @@ mod tests {
         );
         // A want of a host no longer live holds nothing.
         let gone = BTreeMap::from([(p, "z".to_string())]);
-        assert!(moves(16, &five, &owners, &gone, "e").acquire.contains(&p));
+        assert!(
+            moves(16, &view(&five, &owners, &gone), "e")
+                .acquire
+                .contains(&p)
+        );
     }
 
     #[test]
@@ -252,6 +341,81 @@ mod tests {
         let three = hosts(&["a", "b", "c"]);
         let (mut owners, _) = settle(16, &three, BTreeMap::new());
         owners.remove(&0);
-        assert!(plan(16, &hosts(&["a", "b", "c", "d"]), &owners).is_empty());
+        assert!(plan(16, &hosts(&["a", "b", "c", "d"]), &owners, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_partition_its_host_cannot_run_is_run_by_another_and_shares_even_out() {
+        let two = hosts(&["a", "b"]);
+        let (owners, _) = settle(8, &two, BTreeMap::new());
+        let a_owns: Vec<u32> = (0..8).filter(|p| owners[p] == "a").collect();
+        let sick = a_owns[0];
+        // a's run of `sick` failed: it let go of it and says it cannot run it for now.
+        let mut v = view(&two, &owners, &BTreeMap::new());
+        v.owners.remove(&sick);
+        v.unfit.insert(sick, hosts(&["a"]));
+        let b = moves(8, &v, "b");
+        assert_eq!(b.acquire, vec![sick], "b takes it beyond its share");
+        assert_eq!(b.rescues, vec![sick]);
+        assert!(b.release.is_empty() && b.incoming.is_empty(), "{b:?}");
+        assert_eq!(moves(8, &v, "a"), Moves::default(), "a takes nothing");
+
+        // Once b runs it, b hands a partition a can run to a, never the sick one.
+        v.owners.insert(sick, "b".into());
+        let b = moves(8, &v, "b");
+        assert_eq!(b.release.len(), 1, "{b:?}");
+        let (moved, to) = &b.release[0];
+        assert!(*moved != sick && to == "a", "{b:?}");
+        assert_eq!(moves(8, &v, "a").incoming, vec![*moved]);
+        // A joining host warms up for its share, never for the sick partition.
+        v.hosts = hosts(&["a", "b", "c"]);
+        assert!(!moves(8, &v, "c").incoming.contains(&sick));
+        v.hosts = two.clone();
+
+        // Settled (4 and 4), nothing moves, marked or not.
+        v.owners.insert(*moved, "a".into());
+        assert_eq!(moves(8, &v, "a"), Moves::default());
+        assert_eq!(moves(8, &v, "b"), Moves::default());
+        v.unfit.clear();
+        assert_eq!(moves(8, &v, "a"), Moves::default());
+        assert_eq!(moves(8, &v, "b"), Moves::default());
+
+        // A partition every live host has marked is taken by nobody beyond a share, and its
+        // marks move nothing else; a mark of a dead host counts for nothing.
+        v.owners.remove(&sick);
+        v.unfit.insert(sick, hosts(&["a", "b"]));
+        for h in ["a", "b"] {
+            let m = moves(8, &v, h);
+            assert!(m.rescues.is_empty() && m.release.is_empty(), "{h}: {m:?}");
+        }
+        v.unfit.insert(sick, hosts(&["z"]));
+        assert!(moves(8, &v, "b").acquire.contains(&sick));
+    }
+
+    #[test]
+    fn partitions_failing_on_one_host_are_shared_by_the_others() {
+        let three = hosts(&["a", "b", "c"]);
+        let (mut owners, _) = settle(9, &three, BTreeMap::new());
+        // a's disk failed: all three of its partitions are marked and free.
+        let of_a: Vec<u32> = (0..9).filter(|p| owners[p] == "a").collect();
+        let mut v = view(&three, &owners, &BTreeMap::new());
+        for p in &of_a {
+            owners.remove(p);
+            v.owners.remove(p);
+            v.unfit.insert(*p, hosts(&["a"]));
+        }
+        let b = moves(9, &v, "b");
+        assert_eq!(
+            b.rescues.len(),
+            2,
+            "b's part of three over two hosts: {b:?}"
+        );
+        // b took them: c takes what is left, not b's part.
+        for p in &b.rescues {
+            v.owners.insert(*p, "b".into());
+        }
+        let c = moves(9, &v, "c");
+        assert_eq!(c.rescues.len(), 1, "{c:?}");
+        assert!(moves(9, &v, "b").rescues.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 
 use super::leases::Coordination;
 use super::mono_ms;
-use crate::pipeline::Fence;
+use crate::pipeline::{CommitError, Fence};
 
 /// The fence of one owned partition.
 pub(super) struct LeaseFence {
@@ -53,9 +53,9 @@ impl Fence for LeaseFence {
         Err(self.closed.get_or_init(|| why).clone())
     }
 
-    fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), String>> {
+    fn commit(&self, id: u64) -> BoxFuture<'static, Result<(), CommitError>> {
         if let Err(why) = self.check() {
-            return futures::future::ready(Err(why)).boxed();
+            return futures::future::ready(Err(CommitError::Fenced(why))).boxed();
         }
         let (coord, p, epoch, generation) = (
             self.coord.clone(),
@@ -68,20 +68,15 @@ impl Fence for LeaseFence {
         let last = self.last_committed.clone();
         async move {
             if mono_ms() >= deadline.load(Ordering::Acquire) {
-                return Err(format!("the lease on partition {p} may have lapsed"));
+                return Err(CommitError::Fenced(format!(
+                    "the lease on partition {p} may have lapsed"
+                )));
             }
             let at = revision.load(Ordering::Acquire);
-            match coord
-                .write_pointer(p, Some(id), epoch, generation, at)
-                .await
-            {
-                Ok(new) => {
-                    revision.store(new, Ordering::Release);
-                    last.store(id, Ordering::Release);
-                    Ok(())
-                }
-                Err(e) => Err(format!("{e:#}")),
-            }
+            let new = coord.commit_pointer(p, id, epoch, generation, at).await?;
+            revision.store(new, Ordering::Release);
+            last.store(id, Ordering::Release);
+            Ok(())
         }
         .boxed()
     }

@@ -1,5 +1,6 @@
 //! This host as a member of the cluster ([`Member`]): the partitions it owns, hands off, has
-//! coming and lets cool after a failure, and the steps the supervisor loop takes with them:
+//! coming and lets cool after a failure (while another host runs them, see `assign`), and the
+//! steps the supervisor loop takes with them:
 //! settle what ended, take what is ready, look at the cluster and move partitions toward the
 //! assignment, and leave.
 
@@ -30,6 +31,17 @@ const MOVING: Duration = Duration::from_millis(500);
 /// partitions off looks whether their runs have ended.
 pub(super) const TAKING: Duration = Duration::from_millis(100);
 
+/// How long a partition whose run failed here cools before this host tries it again, after
+/// its first failure; doubled at each failure after it, up to [`COOL_MAX`].
+const COOL_FIRST: Duration = Duration::from_secs(10);
+
+/// The longest cooling: how long a partition no live host can run (a store outage) waits at
+/// most, once the cause is gone.
+const COOL_MAX: Duration = Duration::from_secs(120);
+
+/// A run that failed after running this long starts the count of failures over.
+const HEALTHY: Duration = Duration::from_secs(300);
+
 /// A partition this host owns and runs.
 struct Owned {
     /// The lease, with what the renewal task keeps fresh.
@@ -39,6 +51,8 @@ struct Owned {
     /// The checkpoint the partition's pointer names, as this owner last wrote it (0: none).
     committed: Arc<AtomicU64>,
     task: JoinHandle<anyhow::Result<RunSummary>>,
+    /// When this host took it.
+    since: Instant,
 }
 
 impl Owned {
@@ -59,6 +73,14 @@ impl Owned {
     }
 }
 
+/// A partition whose run failed here.
+struct Cooling {
+    /// When it failed.
+    since: Instant,
+    /// Until when this host leaves it to others.
+    until: Instant,
+}
+
 /// This host in the cluster.
 pub(super) struct Member {
     cfg: Arc<PipelineConfig>,
@@ -77,8 +99,11 @@ pub(super) struct Member {
     incoming: Incoming,
     /// Since when each of this host's partitions has been planned to go.
     planned_since: BTreeMap<u32, Instant>,
-    /// A partition whose run failed (not fenced) waits before this host takes it again.
-    cooling: BTreeMap<u32, Instant>,
+    /// Partitions whose run failed here (not fenced), each waiting before this host takes it
+    /// again. Meanwhile this host says it cannot run it, and others may.
+    cooling: BTreeMap<u32, Cooling>,
+    /// How many runs of each partition failed here in a row.
+    failures: BTreeMap<u32, u32>,
 }
 
 impl Member {
@@ -104,12 +129,19 @@ impl Member {
             incoming: Incoming::default(),
             planned_since: BTreeMap::new(),
             cooling: BTreeMap::new(),
+            failures: BTreeMap::new(),
         }
     }
 
-    /// Says again which partitions this host wants (its wants expire like leases).
+    /// Says again which partitions this host wants, and which it cannot run for now (both
+    /// expire like leases).
     pub(super) async fn renew_wants(&mut self) {
         self.incoming.renew(&self.coord).await;
+        for p in self.cooling.keys() {
+            if let Err(e) = self.coord.unfit(*p).await {
+                tracing::warn!(partition = *p, "{e:#}");
+            }
+        }
     }
 
     /// Collects runs that ended, releases finished hand-offs, and takes the partitions on
@@ -140,26 +172,50 @@ impl Member {
     /// free ones that are this host's. Returns how soon to look again (`usual` unless
     /// partitions are moving; `None` if the cluster could not be read).
     pub(super) async fn rebalance(&mut self, usual: Duration) -> Option<Duration> {
-        let (hosts, owners, wants) = match look(&self.coord, &self.me).await {
+        let (hosts, leased) = match look(&self.coord, &self.me).await {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!("cannot read the cluster's hosts and leases ({e:#}); retrying");
                 return None;
             }
         };
-        let moves = assign::moves(
-            self.cfg.partitions.count,
-            &hosts,
-            &owners,
-            &wants.iter().map(|(p, w)| (*p, w.host.clone())).collect(),
-            &self.me,
-        );
-        self.hand_off(&moves.release, &wants);
+        let count = self.cfg.partitions.count;
+        let view = assign::View {
+            hosts,
+            owners: leased.owners,
+            wants: (leased.wants.iter())
+                .map(|(p, w)| (*p, w.host.clone()))
+                .collect(),
+            unfit: leased.unfit,
+        };
+        let moves = assign::moves(count, &view, &self.me);
+        let (hosts, owners) = (view.hosts, view.owners);
+        self.hand_off(&moves.release, &leased.wants);
         self.incoming
             .follow(&moves.incoming, &self.cfg, &self.nats, &self.coord)
             .await;
-        self.cooling
-            .retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        // A partition that failed on every live host does not fail because of this one (the
+        // checkpoint store out of reach, a plugin that cannot start): it is tried again after
+        // the first cooling, however many times it failed here.
+        for (p, cooling) in self.cooling.iter_mut() {
+            let everywhere =
+                (view.unfit.get(p)).is_some_and(|u| hosts.iter().all(|h| u.contains(h)));
+            if everywhere {
+                cooling.until = cooling.until.min(cooling.since + COOL_FIRST);
+            }
+        }
+        let cooled: Vec<u32> = (self.cooling.iter())
+            .filter(|(_, c)| Instant::now() >= c.until)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in cooled {
+            self.cooling.remove(&p);
+            self.coord.fit_again(p).await;
+            tracing::info!(
+                partition = p,
+                "the partition has cooled: this host may run it again"
+            );
+        }
         for (p, owner) in &owners {
             if *owner == self.me && !self.owned.contains_key(p) && !self.handing_off.contains_key(p)
             {
@@ -172,13 +228,17 @@ impl Member {
             }
             let failover = owners.contains_key(&p);
             let taken = self.start_partition(p, failover).await;
+            if matches!(taken, Ok(Some(_))) && moves.rescues.contains(&p) {
+                let on: Vec<&String> = (view.unfit.get(&p).into_iter().flatten()).collect();
+                tracing::info!(partition = p, failing_on = ?on, "took the partition beyond this host's share: its run failed on another host");
+            }
             self.taken(p, taken).await;
         }
         let moving = !self.handing_off.is_empty()
             || !self.incoming.is_empty()
             || !self.planned_since.is_empty()
-            || (self.owned.len() as u32)
-                < assign::share(self.cfg.partitions.count, &hosts, &self.me);
+            || ((self.owned.len() + self.cooling.len()) as u32)
+                < assign::share(count, &hosts, &self.me);
         Some(if moving { MOVING.min(usual) } else { usual })
     }
 
@@ -231,6 +291,9 @@ impl Member {
     /// commits still count. Returns the host's summary.
     pub(super) async fn leave(mut self, renewing: Renewing) -> RunSummary {
         self.incoming.clear(&self.coord).await;
+        for p in std::mem::take(&mut self.cooling).into_keys() {
+            self.coord.fit_again(p).await;
+        }
         tracing::info!(
             partitions = self.owned.len(),
             "leaving the cluster: handing partitions off"
@@ -333,28 +396,35 @@ impl Member {
             hand_off,
             committed: last_committed,
             task,
+            since: Instant::now(),
         }))
     }
 
     /// Collects runs that ended on their own, and gives up their leases.
     async fn reap(&mut self) {
         for (p, o) in take_finished(&mut self.owned) {
+            let ran = o.since.elapsed();
             match o.task.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    self.failures.remove(&p);
+                }
                 Ok(Err(e)) if e.downcast_ref::<Fenced>().is_some() => {
                     tracing::warn!(partition = p, "partition stopped: {e:#}");
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(partition = p, "partition failed: {e:#}; handing it back");
-                    self.cooling.insert(p, Instant::now());
+                    let cool = self.cool(p, ran).await;
+                    tracing::error!(
+                        partition = p,
+                        "partition failed: {e:#}; handing it back: another host may run it, and this one tries again in {cool:?}"
+                    );
                 }
                 Err(e) => {
                     // A panic in the run (a defect: the plugin's traps are errors, not panics).
+                    let cool = self.cool(p, ran).await;
                     tracing::error!(
                         partition = p,
-                        "partition run ended abnormally: {e}; handing it back"
+                        "partition run ended abnormally: {e}; handing it back: another host may run it, and this one tries again in {cool:?}"
                     );
-                    self.cooling.insert(p, Instant::now());
                 }
             }
             // Nothing runs under its lease any more, which may still name this host (a fenced
@@ -366,6 +436,31 @@ impl Member {
         }
     }
 
+    /// Lets partition `p`, whose run failed after running `ran`, cool before this host tries
+    /// it again, and says so, so that another host runs it meanwhile; returns for how long.
+    async fn cool(&mut self, p: u32, ran: Duration) -> Duration {
+        self.metrics
+            .partition_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let failures = self.failures.entry(p).or_insert(0);
+        *failures = if ran >= HEALTHY { 1 } else { *failures + 1 };
+        let cool = COOL_FIRST
+            .saturating_mul(1 << (*failures - 1).min(16))
+            .min(COOL_MAX);
+        let since = Instant::now();
+        self.cooling.insert(
+            p,
+            Cooling {
+                since,
+                until: since + cool,
+            },
+        );
+        if let Err(e) = self.coord.unfit(p).await {
+            tracing::warn!(partition = p, "{e:#}");
+        }
+        cool
+    }
+
     /// Releases the leases of hand-offs whose run finished cleanly (its last checkpoint is
     /// committed), so another host takes the partition without waiting for expiry.
     async fn finish_hand_offs(&mut self) {
@@ -375,6 +470,7 @@ impl Member {
             match o.task.await {
                 Ok(Ok(_)) => {
                     self.coord.release(&*o.held.lease.lock().await).await;
+                    self.failures.remove(&p);
                     tracing::info!(partition = p, "partition handed off");
                 }
                 Ok(Err(e)) => {
@@ -386,20 +482,15 @@ impl Member {
     }
 }
 
-/// The live hosts (this one included), each partition's owner, and each want.
+/// The live hosts (this one included), and what the leases bucket says.
 async fn look(
     coord: &Coordination,
     me: &str,
-) -> anyhow::Result<(
-    BTreeSet<String>,
-    BTreeMap<u32, String>,
-    BTreeMap<u32, leases::Want>,
-)> {
+) -> anyhow::Result<(BTreeSet<String>, leases::Leased)> {
     let (hosts, leases) = tokio::join!(coord.hosts(), coord.leases());
     let mut hosts = hosts?;
     hosts.insert(me.to_string());
-    let (owners, wants) = leases?;
-    Ok((hosts, owners, wants))
+    Ok((hosts, leases?))
 }
 
 /// Removes the partitions whose runs have ended from `runs`, and returns them.

@@ -218,15 +218,15 @@ async fn serve_queries(
     Ok(Some(served))
 }
 
-/// The live hosts of a pipeline, each partition's owner, and its pointer, for `eddy cluster
-/// status`.
+/// The live hosts of a pipeline, each partition's owner and the live hosts that cannot run it
+/// for now, and its pointer, for `eddy cluster status`.
 pub(crate) async fn view(
     nats: &transport::Nats,
     cfg: &PipelineConfig,
     lease: Duration,
 ) -> anyhow::Result<(
     BTreeSet<String>,
-    BTreeMap<u32, String>,
+    leases::Leased,
     BTreeMap<u32, leases::Pointer>,
 )> {
     let replicas = transport::replicas(nats);
@@ -239,7 +239,10 @@ pub(crate) async fn view(
     let hosts = coord
         .recent_hosts((2 * lease).max(Duration::from_secs(30)))
         .await?;
-    let mut owners = coord.owners().await?;
-    owners.retain(|_, h| hosts.contains(h));
-    Ok((hosts, owners, coord.pointers(cfg.partitions.count).await))
+    let mut leased = coord.leases().await?;
+    leased.owners.retain(|_, h| hosts.contains(h));
+    for unfit in leased.unfit.values_mut() {
+        unfit.retain(|h| hosts.contains(h));
+    }
+    Ok((hosts, leased, coord.pointers(cfg.partitions.count).await))
 }

@@ -15,6 +15,9 @@ pub struct PartitionStatus {
     pub partition: u32,
     /// Its owner, if a live lease names one.
     pub owner: Option<String>,
+    /// The live hosts whose run of it failed, and that let it cool (another host runs it
+    /// meanwhile).
+    pub failing_on: Vec<String>,
     /// The epoch of the owner that committed the pointer.
     pub epoch: Option<u64>,
     /// Events in its input not yet acknowledged.
@@ -38,7 +41,7 @@ pub async fn collect(pipeline: &Path) -> anyhow::Result<(Vec<String>, Vec<Partit
     };
     let lease = Duration::from_millis(cluster.lease_ms);
     let nats = transport::connect(&cfg.nats, "eddy-cluster-status").await?;
-    let (hosts, owners, pointers) = super::view(&nats, &cfg, lease).await?;
+    let (hosts, leased, pointers) = super::view(&nats, &cfg, lease).await?;
     let mut out = Vec::new();
     for p in 0..cfg.partitions.count {
         let part = cfg.for_partition(p);
@@ -77,7 +80,10 @@ pub async fn collect(pipeline: &Path) -> anyhow::Result<(Vec<String>, Vec<Partit
         }
         out.push(PartitionStatus {
             partition: p,
-            owner: owners.get(&p).cloned(),
+            owner: leased.owners.get(&p).cloned(),
+            failing_on: (leased.unfit.get(&p))
+                .map(|u| u.iter().cloned().collect())
+                .unwrap_or_default(),
             epoch: pointer.map(|ptr| ptr.epoch),
             lag,
             checkpoint,
@@ -94,14 +100,14 @@ pub fn table(hosts: &[String], partitions: &[PartitionStatus]) -> String {
     let _ = writeln!(s, "hosts ({}): {}", hosts.len(), hosts.join(", "));
     let _ = writeln!(
         s,
-        "{:>9}  {:<32}  {:>12}  {:>8}  {:>22}  {:>8}  {:>12}",
+        "{:>9}  {:<32}  {:>12}  {:>8}  {:>22}  {:>8}  {:>12}  failing on",
         "partition", "owner", "epoch", "lag", "checkpoint", "age s", "bytes"
     );
     let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for p in partitions {
         let _ = writeln!(
             s,
-            "{:>9}  {:<32}  {:>12}  {:>8}  {:>22}  {:>8}  {:>12}",
+            "{:>9}  {:<32}  {:>12}  {:>8}  {:>22}  {:>8}  {:>12}  {}",
             p.partition,
             dash(p.owner.clone()),
             dash(p.epoch.map(|e| e.to_string())),
@@ -112,6 +118,11 @@ pub fn table(hosts: &[String], partitions: &[PartitionStatus]) -> String {
                     .map(|a| format!("{:.1}", a as f64 / 1000.0))
             ),
             dash(p.checkpoint_bytes.map(|b| b.to_string())),
+            if p.failing_on.is_empty() {
+                "-".to_string()
+            } else {
+                p.failing_on.join(", ")
+            },
         );
     }
     s

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub partitions_acquired: AtomicU64,
     /// Of those, partitions another host held before (failovers and hand-offs).
     pub failovers: AtomicU64,
+    /// Partition runs on this host that ended on an error (cluster mode): each lets the
+    /// partition cool here while another host may run it.
+    pub partition_failures: AtomicU64,
     /// Seconds a lease renewal took (cluster mode).
     pub lease_renewal_seconds: Histogram,
     /// Seconds restoring state took at the start of a run (downloads included).
@@ -202,6 +205,7 @@ impl Metrics {
             partitions_owned: AtomicU64::new(0),
             partitions_acquired: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
+            partition_failures: AtomicU64::new(0),
             lease_renewal_seconds: Histogram::new(LATENCY_BOUNDS),
             restore_seconds: Histogram::new(RESTORE_BOUNDS),
             checkpoint_upload_bytes: AtomicU64::new(0),
@@ -451,6 +455,11 @@ impl Metrics {
                 "eddy_partition_failovers_total",
                 "Partitions this host took over from another host (cluster mode).",
                 &self.failovers,
+            ),
+            (
+                "eddy_partition_failures_total",
+                "Partition runs on this host that ended on an error (cluster mode).",
+                &self.partition_failures,
             ),
             (
                 "eddy_checkpoint_upload_bytes_total",

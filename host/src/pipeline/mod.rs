@@ -97,13 +97,42 @@ impl RunSummary {
 pub trait Fence: Send + Sync {
     /// `Err(why)` once this host's lease may have lapsed by its own clock.
     fn check(&self) -> Result<(), String>;
-    /// Moves the partition's checkpoint pointer to checkpoint `id` by compare-and-set;
-    /// `Err(why)` when another owner moved it since (this host is fenced).
-    fn commit(&self, id: u64) -> futures::future::BoxFuture<'static, Result<(), String>>;
+    /// Moves the partition's checkpoint pointer to checkpoint `id` by compare-and-set.
+    fn commit(&self, id: u64) -> futures::future::BoxFuture<'static, Result<(), CommitError>>;
     /// The checkpoint the pointer names: restore it (or an older one), never a newer one.
     fn committed(&self) -> Option<u64>;
     /// The base of this owner's checkpoint ids (its generation `<< 32`).
     fn id_base(&self) -> u64;
+}
+
+/// Why [`Fence::commit`] did not commit a checkpoint.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Another owner moved the pointer, or this host's lease may have lapsed: the run stops.
+    Fenced(String),
+    /// The pointer could be neither written nor read back (NATS out of reach, a timeout): the
+    /// checkpoint does not count, nothing is acknowledged, and the next checkpoint tries again.
+    Failed(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Fenced(why) | CommitError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl CommitError {
+    /// The run's error for it: [`Fenced`] for a fenced commit.
+    pub(crate) fn into_error(self) -> anyhow::Error {
+        match self {
+            CommitError::Fenced(why) => anyhow::Error::new(Fenced(why)),
+            CommitError::Failed(why) => {
+                anyhow::anyhow!("the checkpoint could not be committed: {why}")
+            }
+        }
+    }
 }
 
 /// The error a fenced run stops with: it lost its lease, and did not acknowledge, commit or
@@ -247,10 +276,7 @@ async fn prepare(
     // A partition seeded from a savepoint commits that state before it reads any input: a
     // later owner restores it from the pointer, with or without `--from-savepoint`.
     if let (Some(fence), Some(m), true) = (&opts.fence, &restored, seeded) {
-        fence
-            .commit(m.id)
-            .await
-            .map_err(|why| anyhow::Error::new(Fenced(why)))?;
+        fence.commit(m.id).await.map_err(CommitError::into_error)?;
         tracing::info!(checkpoint = m.id, "the savepoint's state is committed");
         let (checkpoints, keep) = (checkpoints.clone(), m.id);
         if let Err(e) = tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await? {

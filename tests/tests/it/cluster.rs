@@ -17,6 +17,8 @@ use eddy_tests::{
 };
 use serde_json::Value;
 
+mod failing;
+
 const PARTITIONS: u32 = 8;
 
 /// One cluster test at a time: each runs three nats-servers and three or four hosts, and two

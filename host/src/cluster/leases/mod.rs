@@ -6,7 +6,8 @@
 //!   absent), renewed by `update` at the revision the owner last wrote, expiring with the
 //!   bucket's `max_age` when not renewed. The revision of the `create` is the owner's epoch.
 //!   Beside them, `w<N>` keys: a host that has fetched partition N's checkpoint and waits for
-//!   its owner to hand it over (see `assign`);
+//!   its owner to hand it over (see `assign`); and `u<N>.<host>` keys: a host whose run of
+//!   partition N failed and that lets it cool, so that another host runs it meanwhile;
 //! - `eddy-<pipeline>-pointers`: a key per partition naming its committed checkpoint and the
 //!   epoch of the owner that committed it, moved only by compare-and-set. A new owner claims
 //!   it (writes its epoch) before restoring; an earlier owner's next commit then fails. The
@@ -32,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::transport::Nats;
 
 mod agreement;
+mod pointers;
 
 /// Attempts at withdrawing a want before it is left to lapse.
 const UNWANT_TRIES: u32 = 4;
@@ -103,6 +105,17 @@ struct LeaseValue {
 pub(crate) struct Want {
     pub(crate) host: String,
     pub(crate) checkpoint: Option<u64>,
+}
+
+/// What the leases bucket says, at one look.
+#[derive(Debug, Default)]
+pub(crate) struct Leased {
+    /// Each leased partition's owner.
+    pub(crate) owners: BTreeMap<u32, String>,
+    /// Each wanted partition's want.
+    pub(crate) wants: BTreeMap<u32, Want>,
+    /// The hosts whose run of a partition failed and that let it cool.
+    pub(crate) unfit: BTreeMap<u32, BTreeSet<String>>,
 }
 
 /// A partition's pointer as its new owner claimed it.
@@ -300,17 +313,10 @@ impl Coordination {
             .collect())
     }
 
-    /// Each leased partition's owner.
-    pub(crate) async fn owners(&self) -> anyhow::Result<BTreeMap<u32, String>> {
-        Ok(self.leases().await?.0)
-    }
-
-    /// Each leased partition's owner, and each wanted partition's wanting host (`w<N>`
-    /// keys: a host that has fetched partition N's checkpoint and waits for its owner to
-    /// let go).
-    pub(crate) async fn leases(
-        &self,
-    ) -> anyhow::Result<(BTreeMap<u32, String>, BTreeMap<u32, Want>)> {
+    /// Each leased partition's owner, each wanted partition's wanting host (`w<N>` keys: a
+    /// host that has fetched partition N's checkpoint and waits for its owner to let go), and
+    /// the hosts that cannot run a partition for now (`u<N>.<host>` keys).
+    pub(crate) async fn leases(&self) -> anyhow::Result<Leased> {
         let keys: Vec<String> = self
             .leases
             .keys()
@@ -319,14 +325,16 @@ impl Coordination {
             .try_collect()
             .await
             .map_err(|e| anyhow!("list leases: {e}"))?;
-        let (mut owners, mut wants) = (BTreeMap::new(), BTreeMap::new());
+        let mut out = Leased::default();
+        let mut marks = BTreeSet::new();
         // All reads at once (see `heartbeats`).
         let entries = futures::future::join_all(keys.iter().map(|k| self.leases.entry(k))).await;
         for (k, entry) in keys.into_iter().zip(entries) {
             if k.is_empty() {
                 continue;
             }
-            let (kind, n) = k.split_at(1);
+            let (kind, rest) = k.split_at(1);
+            let (n, host) = rest.split_once('.').unwrap_or((rest, ""));
             let Ok(p) = n.parse::<u32>() else { continue };
             let Ok(Some(e)) = entry else {
                 continue;
@@ -338,18 +346,49 @@ impl Coordination {
                 "p" => {
                     if let Ok(v) = serde_json::from_slice::<LeaseValue>(&e.value) {
                         self.seen.unchanged_for(&format!("l.{k}"), e.revision);
-                        owners.insert(p, v.host);
+                        out.owners.insert(p, v.host);
                     }
                 }
                 "w" => {
                     if let Ok(w) = serde_json::from_slice::<Want>(&e.value) {
-                        wants.insert(p, w);
+                        out.wants.insert(p, w);
+                    }
+                }
+                // Rewritten every third of a lease while it stands: one the server kept unchanged
+                // for a whole lease (see the module's notes on expiry) is no longer meant.
+                "u" if !host.is_empty() => {
+                    marks.insert(format!("l.{k}"));
+                    if self.seen.unchanged_for(&format!("l.{k}"), e.revision) < self.lease {
+                        out.unfit.entry(p).or_default().insert(host.to_string());
                     }
                 }
                 _ => {}
             }
         }
-        Ok((owners, wants))
+        self.seen.keep_only("l.u", &marks);
+        Ok(out)
+    }
+
+    /// Says this host cannot run partition `p` for now (its run failed here), so that
+    /// another host runs it meanwhile (see `assign`). Renewed like a want: it lapses within
+    /// a lease when not rewritten, and with the host.
+    pub(crate) async fn unfit(&self, p: u32) -> anyhow::Result<()> {
+        self.leases
+            .put(format!("u{p}.{}", self.me), Bytes::new())
+            .await
+            .map(drop)
+            .map_err(|e| anyhow!("say this host cannot run partition {p} for now: {e}"))
+    }
+
+    /// Withdraws [`Coordination::unfit`]: this host tries partition `p` again.
+    pub(crate) async fn fit_again(&self, p: u32) {
+        if let Err(e) = self.leases.delete(format!("u{p}.{}", self.me)).await {
+            tracing::warn!(
+                partition = p,
+                "could not withdraw this host's unfit mark of partition {p} ({e}); it lapses within a lease ({:?})",
+                self.lease
+            );
+        }
     }
 
     /// Says this host has fetched partition `p`'s `checkpoint` and waits to take it
@@ -528,97 +567,6 @@ impl Coordination {
                 "gave up a lease that named this host though no run of it held the partition"
             );
         }
-    }
-
-    /// Partition `p`'s pointer and its revision.
-    async fn pointer(&self, p: u32) -> anyhow::Result<(Option<Pointer>, u64)> {
-        match self.pointers.entry(format!("p{p}")).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                let ptr = serde_json::from_slice(&e.value)
-                    .with_context(|| format!("the checkpoint pointer of partition {p}"))?;
-                Ok((Some(ptr), e.revision))
-            }
-            Ok(Some(e)) => Ok((None, e.revision)),
-            Ok(None) => Ok((None, 0)),
-            Err(e) => Err(anyhow!("read the checkpoint pointer of partition {p}: {e}")),
-        }
-    }
-
-    /// The checkpoint partition `p`'s pointer names (none: never committed).
-    pub(crate) async fn committed(&self, p: u32) -> anyhow::Result<Option<u64>> {
-        Ok(self.pointer(p).await?.0.and_then(|ptr| ptr.checkpoint))
-    }
-
-    /// Claims partition `p`'s pointer for `lease` (before restoring): returns the committed
-    /// checkpoint, the pointer's revision for the next commit and this owner's generation.
-    /// Fails if an owner with a newer epoch wrote it.
-    pub(crate) async fn claim(&self, lease: &Lease) -> anyhow::Result<Claim> {
-        let p = lease.partition;
-        let (current, revision) = self.pointer(p).await?;
-        if let Some(c) = &current
-            && c.epoch > lease.epoch
-        {
-            anyhow::bail!(
-                "partition {p} was committed by a newer owner ({} at epoch {})",
-                c.host,
-                c.epoch
-            );
-        }
-        let generation = next_generation(current.as_ref())?;
-        let checkpoint = current.and_then(|c| c.checkpoint);
-        let revision = self
-            .write_pointer(p, checkpoint, lease.epoch, generation, revision)
-            .await?;
-        Ok(Claim {
-            committed: checkpoint,
-            revision,
-            generation,
-        })
-    }
-
-    /// Moves partition `p`'s pointer to `checkpoint` if it is still at `revision`; returns the
-    /// new revision. `Err` when another owner moved it: this host is fenced.
-    pub(crate) async fn write_pointer(
-        &self,
-        p: u32,
-        checkpoint: Option<u64>,
-        epoch: u64,
-        generation: u64,
-        revision: u64,
-    ) -> anyhow::Result<u64> {
-        let value: Bytes = serde_json::to_vec(&Pointer {
-            checkpoint,
-            epoch,
-            host: self.me.clone(),
-            generation,
-        })?
-        .into();
-        let key = format!("p{p}");
-        let written = if revision == 0 {
-            self.pointers
-                .create(&key, value)
-                .await
-                .map_err(|e| anyhow!("{e}"))
-        } else {
-            self.pointers
-                .update(&key, value, revision)
-                .await
-                .map_err(|e| anyhow!("{e}"))
-        };
-        written.with_context(|| {
-            format!("partition {p}'s checkpoint pointer moved since revision {revision}")
-        })
-    }
-
-    /// Every partition's pointer, for `eddy cluster status`.
-    pub(crate) async fn pointers(&self, count: u32) -> BTreeMap<u32, Pointer> {
-        let mut out = BTreeMap::new();
-        for p in 0..count {
-            if let Ok((Some(ptr), _)) = self.pointer(p).await {
-                out.insert(p, ptr);
-            }
-        }
-        out
     }
 }
 

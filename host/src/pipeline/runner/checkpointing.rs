@@ -203,7 +203,7 @@ impl Runner {
                 fence
                     .commit(manifest.id)
                     .await
-                    .map_err(|why| anyhow::Error::new(Fenced(why)))?;
+                    .map_err(crate::pipeline::CommitError::into_error)?;
             }
             // The cut is durable and every output up to it is stored: acknowledge the input.
             if let Some(msg) = ack
