@@ -209,16 +209,34 @@ async fn fetch_ahead(
     coord: Coordination,
     p: u32,
 ) -> anyhow::Result<Option<u64>> {
-    let Some(id) = coord.committed(p).await? else {
-        return Ok(None);
-    };
     let pcfg = cfg.for_partition(p);
     let Some(storage) = crate::storage::open(&pcfg, &nats).await? else {
-        return Ok(Some(id));
+        return coord.committed(p).await;
     };
-    let checkpoints = pcfg.checkpoints().with_storage(storage);
-    tokio::task::spawn_blocking(move || checkpoints.prefetch(id)).await??;
-    Ok(Some(id))
+    let checkpoints = Arc::new(pcfg.checkpoints().with_storage(storage));
+    let mut tries = 0;
+    loop {
+        let Some(id) = coord.committed(p).await? else {
+            return Ok(None);
+        };
+        let fetching = checkpoints.clone();
+        match tokio::task::spawn_blocking(move || fetching.prefetch(id)).await? {
+            Ok(()) => return Ok(Some(id)),
+            // The owner committed a newer checkpoint meanwhile, and its retention removed
+            // files of this one (reported as missing): fetch the newer one instead.
+            Err(e) => {
+                tries += 1;
+                if tries >= 3 || coord.committed(p).await? == Some(id) {
+                    return Err(e.into());
+                }
+                tracing::debug!(
+                    partition = p,
+                    checkpoint = id,
+                    "the owner committed a newer checkpoint while this one was fetched ({e}); fetching that"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
