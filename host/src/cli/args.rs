@@ -342,6 +342,19 @@ pub enum ClusterAction {
         #[arg(long)]
         json: bool,
     },
+    /// Starts a partition over that cannot go on from its checkpoints (every one corrupt):
+    /// its next owner starts from empty state and replays its input from the start of the
+    /// stream, or seeds it from a savepoint on a host started with `--from-savepoint`.
+    Reset {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The partition.
+        #[arg(long)]
+        partition: u32,
+        /// Even while a live host runs it (its state is thrown away).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `eddy dlq` actions.

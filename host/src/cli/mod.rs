@@ -123,6 +123,20 @@ pub async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cluster {
+            action:
+                ClusterAction::Reset {
+                    pipeline,
+                    partition,
+                    force,
+                },
+        } => {
+            println!(
+                "{}",
+                crate::cluster::reset::reset(&pipeline, partition, force).await?
+            );
+            Ok(())
+        }
         Command::Test {
             plugin,
             events,

@@ -28,7 +28,12 @@
 //!   the partition, claims its pointer, restores the committed checkpoint from the store and
 //!   replays from its input position. Replayed outputs carry the same message ids, so the
 //!   output stream's duplicate window drops them (checked at start: the window must cover a
-//!   checkpoint interval plus the lease plus the recovery allowance).
+//!   checkpoint interval plus the lease plus the recovery allowance);
+//! - *a failing run* (its state directory, disk or store on this host): the host lets the
+//!   partition cool and says so, and another host runs it beyond its share (`assign`).
+//!
+//! The operator's view and levers: `status` (`eddy cluster status`) and `reset` (`eddy
+//! cluster reset`, for a partition whose every checkpoint is corrupt).
 //!
 //! Fencing: each run holds a [`crate::pipeline::Fence`]. It stops by itself once its lease may
 //! have lapsed by its own clock (renewed less than `lease_ms` ago, minus a margin), before
@@ -44,6 +49,7 @@ mod handoff;
 mod leases;
 mod member;
 mod renewals;
+pub mod reset;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -130,7 +130,7 @@ pub(super) fn restore(
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
-    let manifest = manifest?;
+    let manifest = manifest.map_err(|e| in_cluster(e, cfg, opts))?;
     match &manifest {
         Some(m) => tracing::info!(checkpoint = m.id, "restored the newest checkpoint"),
         None => {
@@ -153,6 +153,22 @@ pub(super) fn restore(
         );
     }
     Ok((state, manifest, false))
+}
+
+/// A restore's error, with the way back that applies in a cluster: there `--from-savepoint`
+/// seeds only partitions that never committed a checkpoint, so a partition whose every
+/// checkpoint is corrupt is started over with `eddy cluster reset`.
+fn in_cluster(
+    e: crate::checkpoint::Error,
+    cfg: &PipelineConfig,
+    opts: &RunOptions,
+) -> anyhow::Error {
+    match (&e, &opts.fence, cfg.run_partition) {
+        (crate::checkpoint::Error::AllCorrupt { ids, .. }, Some(_), Some(p)) => anyhow::anyhow!(
+            "every checkpoint of partition {p} is corrupt ({ids:?}): run `eddy cluster reset <pipeline.toml> --partition {p}` to start it over (its next owner replays the input stream from its start, or seeds the partition from a savepoint if that host runs with --from-savepoint)"
+        ),
+        _ => e.into(),
+    }
 }
 
 /// Opens the state in `db_dir` with the pipeline's settings (also a shadow's, seeded there).

@@ -136,6 +136,11 @@ async fn assert_exact(
         let id = e["id"].as_str().expect("id");
         assert_eq!(outs[id].0, e, "output of {id}");
     }
+    assert_state(conn, txs).await;
+}
+
+/// The hosts' state answers every customer's count and sum as the reference does.
+async fn assert_state(conn: &eddy_host::transport::Nats, txs: &[produce::Transaction]) {
     let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for t in txs {
         let e = want.entry(t.customer.clone()).or_default();

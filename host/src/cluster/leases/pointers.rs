@@ -185,4 +185,31 @@ impl Coordination {
         }
         out
     }
+
+    /// Makes partition `p`'s pointer name no checkpoint, keeping its epoch and generation
+    /// (`eddy cluster reset`); returns the checkpoint it named (none: nothing to reset).
+    pub(crate) async fn reset_pointer(&self, p: u32) -> anyhow::Result<Option<u64>> {
+        let (current, revision) = self.pointer(p).await?;
+        let Some(ptr) = current else {
+            return Ok(None);
+        };
+        let Some(id) = ptr.checkpoint else {
+            return Ok(None);
+        };
+        let reset = Pointer {
+            checkpoint: None,
+            host: self.me.clone(),
+            ..ptr
+        };
+        self.put_pointer(p, &reset, revision)
+            .await
+            .map_err(|(conflict, why)| {
+                if conflict {
+                    anyhow!("partition {p}'s checkpoint pointer moved while it was reset (an owner took or committed it): run the command again")
+                } else {
+                    anyhow!("reset partition {p}'s checkpoint pointer: {why}")
+                }
+            })?;
+        Ok(Some(id))
+    }
 }
