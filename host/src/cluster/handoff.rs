@@ -48,7 +48,9 @@ pub(crate) fn owner_step(
     planned_for: Duration,
 ) -> Step {
     match want {
-        Some(w) if w.host == to && w.checkpoint == committed => Step::Go { warmed: true },
+        // A newer checkpoint than this owner's is its own commit whose answer was lost (ids
+        // only grow): the receiver has what the pointer names.
+        Some(w) if w.host == to && w.checkpoint >= committed => Step::Go { warmed: true },
         _ if planned_for >= WARM_WAIT => Step::Go { warmed: false },
         Some(w) if w.host == to => Step::Hold,
         _ => Step::Run,
@@ -267,6 +269,11 @@ mod tests {
             owner_step(Some(&want("b", None)), "b", None, soon),
             Step::Go { warmed: true },
             "nothing committed yet: nothing to fetch"
+        );
+        assert_eq!(
+            owner_step(Some(&want("b", Some(8))), "b", Some(7), soon),
+            Step::Go { warmed: true },
+            "the pointer names a newer checkpoint of this owner's (a commit whose answer was lost)"
         );
         assert_eq!(
             owner_step(Some(&want("c", Some(7))), "b", Some(7), soon),

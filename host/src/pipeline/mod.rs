@@ -276,7 +276,22 @@ async fn prepare(
     // A partition seeded from a savepoint commits that state before it reads any input: a
     // later owner restores it from the pointer, with or without `--from-savepoint`.
     if let (Some(fence), Some(m), true) = (&opts.fence, &restored, seeded) {
-        fence.commit(m.id).await.map_err(CommitError::into_error)?;
+        // A failed commit is tried again here: the run failing would hand the partition to a
+        // host that may not have the savepoint.
+        let mut tries = 0;
+        while let Err(e) = fence.commit(m.id).await {
+            tries += 1;
+            match e {
+                CommitError::Failed(why) if tries < 10 => {
+                    tracing::warn!(
+                        checkpoint = m.id,
+                        "committing the savepoint's state failed ({why}); trying again"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                e => return Err(e.into_error()),
+            }
+        }
         tracing::info!(checkpoint = m.id, "the savepoint's state is committed");
         let (checkpoints, keep) = (checkpoints.clone(), m.id);
         if let Err(e) = tokio::task::spawn_blocking(move || checkpoints.retain(Some(keep))).await? {

@@ -313,6 +313,20 @@ impl Coordination {
             .collect())
     }
 
+    /// Each leased partition's owner.
+    pub(crate) async fn owners(&self) -> anyhow::Result<BTreeMap<u32, String>> {
+        Ok(self.leases().await?.owners)
+    }
+
+    /// Deletes partition `p`'s lease, whoever holds it (`eddy cluster reset --force`): its
+    /// owner's next renewal fails, and its fence closes.
+    pub(crate) async fn drop_lease(&self, p: u32) -> anyhow::Result<()> {
+        self.leases
+            .delete(format!("p{p}"))
+            .await
+            .map_err(|e| anyhow!("delete the lease of partition {p}: {e}"))
+    }
+
     /// Each leased partition's owner, each wanted partition's wanting host (`w<N>` keys: a
     /// host that has fetched partition N's checkpoint and waits for its owner to let go), and
     /// the hosts that cannot run a partition for now (`u<N>.<host>` keys).

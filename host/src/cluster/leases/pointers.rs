@@ -186,9 +186,16 @@ impl Coordination {
         out
     }
 
-    /// Makes partition `p`'s pointer name no checkpoint, keeping its epoch and generation
-    /// (`eddy cluster reset`); returns the checkpoint it named (none: nothing to reset).
-    pub(crate) async fn reset_pointer(&self, p: u32) -> anyhow::Result<Option<u64>> {
+    /// Makes partition `p`'s pointer name no checkpoint (`eddy cluster reset`), keeping its
+    /// epoch and a generation at least as high as any of its checkpoint ids says. Refused
+    /// while a lease names an owner, unless `force`; then the lease goes too, so that its
+    /// owner stops at its next renewal even if it commits nothing. Returns the checkpoint the
+    /// pointer named and the lowest id the next owner can give (none: nothing to reset).
+    pub(crate) async fn reset_pointer(
+        &self,
+        p: u32,
+        force: bool,
+    ) -> anyhow::Result<Option<(u64, u64)>> {
         let (current, revision) = self.pointer(p).await?;
         let Some(ptr) = current else {
             return Ok(None);
@@ -196,9 +203,18 @@ impl Coordination {
         let Some(id) = ptr.checkpoint else {
             return Ok(None);
         };
+        // Read after the pointer: a host that took the partition since the caller looked has
+        // claimed the pointer by now, or its claim fails against the reset's write.
+        if !force && let Some(owner) = self.owners().await?.get(&p) {
+            anyhow::bail!(
+                "partition {p} runs on {owner}: a reset throws its state away and replays its input from the start of the stream. To do that anyway, run again with --force"
+            );
+        }
+        let next = next_generation(Some(&ptr))?;
         let reset = Pointer {
             checkpoint: None,
             host: self.me.clone(),
+            generation: next - 1,
             ..ptr
         };
         self.put_pointer(p, &reset, revision)
@@ -210,6 +226,9 @@ impl Coordination {
                     anyhow!("reset partition {p}'s checkpoint pointer: {why}")
                 }
             })?;
-        Ok(Some(id))
+        if force {
+            self.drop_lease(p).await?;
+        }
+        Ok(Some((id, next << 32)))
     }
 }

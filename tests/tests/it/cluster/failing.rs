@@ -244,6 +244,16 @@ async fn a_partition_whose_checkpoints_are_all_corrupt_starts_over_after_a_reset
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(said.contains("no longer names checkpoint"), "{said}");
+    // The old checkpoints are gone from the store: no restore falls back into them.
+    let mut listed = store.list().await.expect("list the bucket");
+    while let Some(o) = listed.next().await {
+        let o = o.expect("an object");
+        assert!(
+            !manifests.contains(&o.name),
+            "{} is still in the store",
+            o.name
+        );
+    }
 
     // b starts it over from empty state and replays the stream from its start: every output
     // the reference has (those replayed after the duplicate window published again, each
