@@ -216,28 +216,28 @@ async fn fetch_ahead(
         return coord.committed(p).await;
     };
     let checkpoints = Arc::new(pcfg.checkpoints().with_storage(storage));
+    let mut committed = coord.committed(p).await?;
     let mut tries = 0;
     loop {
-        let Some(id) = coord.committed(p).await? else {
+        tries += 1;
+        let Some(id) = committed else {
             return Ok(None);
         };
         let fetching = checkpoints.clone();
-        match tokio::task::spawn_blocking(move || fetching.prefetch(id)).await? {
-            Ok(()) => return Ok(Some(id)),
-            // The owner committed a newer checkpoint meanwhile, and its retention removed
-            // files of this one (reported as missing): fetch the newer one instead.
-            Err(e) => {
-                tries += 1;
-                if tries >= 3 || coord.committed(p).await? == Some(id) {
-                    return Err(e.into());
-                }
-                tracing::debug!(
-                    partition = p,
-                    checkpoint = id,
-                    "the owner committed a newer checkpoint while this one was fetched ({e}); fetching that"
-                );
-            }
+        let Err(e) = tokio::task::spawn_blocking(move || fetching.prefetch(id)).await? else {
+            return Ok(Some(id));
+        };
+        // The owner committed a newer checkpoint meanwhile, and its retention removed files
+        // of this one (reported as missing): fetch the newer one instead.
+        committed = coord.committed(p).await?;
+        if tries >= 3 || committed == Some(id) {
+            return Err(e.into());
         }
+        tracing::debug!(
+            partition = p,
+            checkpoint = id,
+            "the owner committed a newer checkpoint while this one was fetched ({e}); fetching that"
+        );
     }
 }
 

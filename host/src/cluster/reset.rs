@@ -8,7 +8,6 @@
 //! the next owner's retention to collect once unused.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::leases::Coordination;
@@ -42,38 +41,30 @@ pub async fn reset(pipeline: &Path, partition: u32, force: bool) -> anyhow::Resu
             "partition {partition} has no committed checkpoint: nothing to reset"
         ));
     };
-    let removed = match crate::storage::open(&cfg.for_partition(partition), &nats).await? {
-        Some(storage) => tokio::task::spawn_blocking(move || remove_below(storage, floor))
+    let pcfg = cfg.for_partition(partition);
+    let removed = match crate::storage::open(&pcfg, &nats).await? {
+        Some(storage) => {
+            let checkpoints = pcfg.checkpoints().with_storage(storage);
+            tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+                let old: Vec<u64> = (checkpoints.ids()?.into_iter())
+                    .filter(|id| *id < floor)
+                    .collect();
+                for id in &old {
+                    checkpoints.delete(*id)?;
+                }
+                Ok(old.len())
+            })
             .await?
             .map_err(|e| {
                 anyhow::anyhow!(
                     "partition {partition} is reset, but deleting its old checkpoints failed ({e:#}): run the command again to delete them"
                 )
-            })?,
+            })?
+        }
         None => 0,
     };
     Ok(format!(
         "partition {partition} no longer names checkpoint {id} ({removed} old checkpoints deleted): its next owner starts it over, from empty state replaying stream {} from its start (outputs older than the output stream's duplicate window are published again), or from the savepoint of a host started with --from-savepoint",
         cfg.input.stream
     ))
-}
-
-/// Deletes from `storage` every checkpoint whose id is below `floor`, manifests first (a
-/// checkpoint without one never happened); returns how many.
-fn remove_below(
-    storage: Arc<dyn crate::checkpoint::storage::Storage>,
-    floor: u64,
-) -> anyhow::Result<usize> {
-    let id_of =
-        |name: &str| -> Option<u64> { name.strip_prefix("chk-")?.split('/').next()?.parse().ok() };
-    let names = storage.list("chk-")?;
-    let old: Vec<&String> = (names.iter())
-        .filter(|n| id_of(n).is_some_and(|id| id < floor))
-        .collect();
-    let (manifests, files): (Vec<&String>, Vec<&String>) =
-        old.into_iter().partition(|n| n.ends_with("/manifest.json"));
-    for name in manifests.iter().chain(&files) {
-        storage.delete(name)?;
-    }
-    Ok(manifests.len())
 }

@@ -115,14 +115,6 @@ pub enum CommitError {
     Failed(String),
 }
 
-impl std::fmt::Display for CommitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CommitError::Fenced(why) | CommitError::Failed(why) => f.write_str(why),
-        }
-    }
-}
-
 impl CommitError {
     /// The run's error for it: [`Fenced`] for a fenced commit.
     pub(crate) fn into_error(self) -> anyhow::Error {

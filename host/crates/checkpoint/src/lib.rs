@@ -598,6 +598,15 @@ impl Checkpoints {
             .collect()
     }
 
+    /// Ids of the completed checkpoints, oldest first (in the store, when there is one),
+    /// whether or not their manifests read.
+    pub fn ids(&self) -> Result<Vec<u64>> {
+        match &self.remote {
+            Some(remote) => remote.ids(),
+            None => Ok(list_ids(&self.dir, true)),
+        }
+    }
+
     /// Completed checkpoints, oldest first (those in the store, when there is one).
     pub fn list(&self) -> Vec<Manifest> {
         match &self.remote {

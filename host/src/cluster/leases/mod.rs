@@ -81,6 +81,14 @@ async fn bucket(
     .await
 }
 
+/// The keys of `bucket` (`what` names it in errors).
+async fn keys_of(bucket: &kv::Store, what: &str) -> anyhow::Result<Vec<String>> {
+    let keys = (bucket.keys().await).map_err(|e| anyhow!("list {what}: {e}"))?;
+    keys.try_collect()
+        .await
+        .map_err(|e| anyhow!("list {what}: {e}"))
+}
+
 /// A partition held by this host.
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
@@ -261,14 +269,7 @@ impl Coordination {
     /// Every host's heartbeat: (host, revision, when the server stored it, ns since the
     /// epoch).
     async fn heartbeats(&self) -> anyhow::Result<Vec<(String, u64, i128)>> {
-        let keys: Vec<String> = self
-            .hosts
-            .keys()
-            .await
-            .map_err(|e| anyhow!("list hosts: {e}"))?
-            .try_collect()
-            .await
-            .map_err(|e| anyhow!("list hosts: {e}"))?;
+        let keys = keys_of(&self.hosts, "hosts").await?;
         // One read per key, all at once: read one after another, a look at a loaded cluster
         // took seconds, and the renewals wait behind it.
         let entries = futures::future::join_all(keys.iter().map(|k| self.hosts.entry(k))).await;
@@ -331,14 +332,7 @@ impl Coordination {
     /// host that has fetched partition N's checkpoint and waits for its owner to let go), and
     /// the hosts that cannot run a partition for now (`u<N>.<host>` keys).
     pub(crate) async fn leases(&self) -> anyhow::Result<Leased> {
-        let keys: Vec<String> = self
-            .leases
-            .keys()
-            .await
-            .map_err(|e| anyhow!("list leases: {e}"))?
-            .try_collect()
-            .await
-            .map_err(|e| anyhow!("list leases: {e}"))?;
+        let keys = keys_of(&self.leases, "leases").await?;
         let mut out = Leased::default();
         let mut marks = BTreeSet::new();
         // All reads at once (see `heartbeats`).
@@ -371,10 +365,11 @@ impl Coordination {
                 // Rewritten every third of a lease while it stands: one the server kept unchanged
                 // for a whole lease (see the module's notes on expiry) is no longer meant.
                 "u" if !host.is_empty() => {
-                    marks.insert(format!("l.{k}"));
-                    if self.seen.unchanged_for(&format!("l.{k}"), e.revision) < self.lease {
+                    let seen = format!("l.{k}");
+                    if self.seen.unchanged_for(&seen, e.revision) < self.lease {
                         out.unfit.entry(p).or_default().insert(host.to_string());
                     }
+                    marks.insert(seen);
                 }
                 _ => {}
             }
